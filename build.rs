@@ -1,0 +1,39 @@
+//! Compiles proto/ with protox (pure Rust, no system `protoc`) and generates
+//! the tonic stubs. Two descriptor sets go to OUT_DIR for reflection: ours and
+//! the google.rpc error-detail types, so grpcurl can decode both.
+
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "chatbot/v1/user.proto",
+    "chatbot/v1/chatbot.proto",
+    "chatbot/v1/api_key.proto",
+    "chatbot/v1/user_service.proto",
+    "chatbot/v1/chatbot_service.proto",
+    "chatbot/v1/api_key_service.proto",
+    "chatbot/v1/auth_service.proto",
+    "chatbot/v1/status_service.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=third_party/googleapis");
+
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    std::fs::write(
+        out_dir.join("chatbot_v1_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+
+    let rpc_descriptors = protox::compile(
+        ["google/rpc/status.proto", "google/rpc/error_details.proto"],
+        ["third_party/googleapis"],
+    )?;
+    std::fs::write(
+        out_dir.join("google_rpc_descriptor.bin"),
+        prost::Message::encode_to_vec(&rpc_descriptors),
+    )?;
+    Ok(())
+}

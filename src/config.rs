@@ -1,0 +1,182 @@
+//! One `Settings` struct, filled from flags, environment variables and a
+//! `.env` file (flags win), and validated before anything starts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Everything the server can be told. Every field has a flag and an
+/// environment variable; README lists them all.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/chatbot",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Address to serve gRPC on; port 0 picks a free port (logged).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen_addr: SocketAddr,
+
+    /// Maximum number of pooled database connections.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: usize,
+
+    /// Milliseconds a request waits for a pooled connection before UNAVAILABLE.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    pub database_acquire_timeout_ms: u64,
+
+    /// Milliseconds opening a database connection may take.
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
+    pub database_connect_timeout_ms: u64,
+
+    /// Milliseconds a single SQL statement may run (PostgreSQL statement_timeout).
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
+    pub database_statement_timeout_ms: u64,
+
+    /// Apply pending migrations when `serve` starts.
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+
+    /// Allow llm_endpoint_url to point at loopback/private addresses
+    /// (a local LLM server in development).
+    #[arg(long, env = "ALLOW_PRIVATE_LLM_ENDPOINTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_llm_endpoints: bool,
+
+    /// HS256 signing key for access tokens, at least 32 bytes. Unset: a random
+    /// key per process (tokens die with it).
+    #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// Previous signing key: still verifies tokens, never signs (rotation).
+    #[arg(long, env = "SECRET_KEY_PREVIOUS", hide_env_values = true)]
+    pub secret_key_previous: Option<String>,
+
+    /// Access token lifetime in seconds.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
+    pub access_token_ttl_secs: u64,
+
+    /// Refresh token lifetime in seconds.
+    #[arg(long, env = "REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_ttl_secs: u64,
+
+    /// Whether anyone may sign up with CreateUser; false makes it admin-only.
+    #[arg(long, env = "ALLOW_SIGNUP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_signup: bool,
+
+    /// Failed logins per email within the throttle window before RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_EMAIL", default_value_t = 5)]
+    pub login_max_failures_per_email: u32,
+
+    /// Failed logins per client address within the throttle window.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ADDRESS", default_value_t = 20)]
+    pub login_max_failures_per_address: u32,
+
+    /// Length of the login throttle window in seconds.
+    #[arg(long, env = "LOGIN_THROTTLE_WINDOW_SECS", default_value_t = 15 * 60)]
+    pub login_throttle_window_secs: u64,
+
+    /// Simultaneous argon2 hashes; more wait, so logins cannot starve cheap RPCs.
+    #[arg(long, env = "MAX_CONCURRENT_HASHES", default_value_t = 2)]
+    pub max_concurrent_hashes: usize,
+
+    /// Maximum active (not revoked, not expired) API keys per chatbot.
+    #[arg(long, env = "MAX_ACTIVE_API_KEYS_PER_CHATBOT", default_value_t = 100)]
+    pub max_active_api_keys_per_chatbot: i64,
+
+    /// Seconds between flushes of API keys' last-used times.
+    #[arg(long, env = "LAST_USED_FLUSH_INTERVAL_SECS", default_value_t = 30)]
+    pub last_used_flush_interval_secs: u64,
+
+    /// Seconds between database health checks (readiness).
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL_SECS", default_value_t = 5)]
+    pub health_check_interval_secs: u64,
+
+    /// On SIGTERM, seconds to keep serving while reporting NOT_SERVING, so
+    /// load balancers stop routing here first.
+    #[arg(long, env = "SHUTDOWN_DRAIN_DELAY_SECS", default_value_t = 5)]
+    pub shutdown_drain_delay_secs: u64,
+
+    /// Seconds in-flight RPCs get to finish after the listener closes.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 15)]
+    pub shutdown_grace_secs: u64,
+
+    /// Largest accepted request message in bytes.
+    #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Deadline in seconds for RPCs whose client sets none.
+    #[arg(long, env = "DEFAULT_RPC_TIMEOUT_SECS", default_value_t = 30)]
+    pub default_rpc_timeout_secs: u64,
+
+    /// Maximum concurrent requests per connection.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS_PER_CONNECTION", default_value_t = 256)]
+    pub max_concurrent_requests_per_connection: usize,
+
+    /// Log format: plain or json. Filter with RUST_LOG.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Rejects settings that cannot work, naming the bad one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(key) = &self.secret_key {
+            anyhow::ensure!(
+                key.len() >= 32,
+                "SECRET_KEY must be at least 32 bytes (got {})",
+                key.len()
+            );
+        }
+        if let Some(key) = &self.secret_key_previous {
+            anyhow::ensure!(key.len() >= 32, "SECRET_KEY_PREVIOUS must be at least 32 bytes");
+            anyhow::ensure!(
+                self.secret_key.is_some(),
+                "SECRET_KEY_PREVIOUS needs SECRET_KEY to be set"
+            );
+        }
+        anyhow::ensure!(self.database_pool_size >= 1, "DATABASE_POOL_SIZE must be at least 1");
+        anyhow::ensure!(self.max_concurrent_hashes >= 1, "MAX_CONCURRENT_HASHES must be at least 1");
+        anyhow::ensure!(self.access_token_ttl_secs >= 1, "ACCESS_TOKEN_TTL_SECS must be positive");
+        anyhow::ensure!(self.refresh_token_ttl_secs >= 1, "REFRESH_TOKEN_TTL_SECS must be positive");
+        anyhow::ensure!(
+            self.max_active_api_keys_per_chatbot >= 1,
+            "MAX_ACTIVE_API_KEYS_PER_CHATBOT must be at least 1"
+        );
+        anyhow::ensure!(
+            self.last_used_flush_interval_secs >= 1,
+            "LAST_USED_FLUSH_INTERVAL_SECS must be at least 1"
+        );
+        anyhow::ensure!(
+            self.health_check_interval_secs >= 1,
+            "HEALTH_CHECK_INTERVAL_SECS must be at least 1"
+        );
+        anyhow::ensure!(self.max_request_bytes >= 1024, "MAX_REQUEST_BYTES must be at least 1024");
+        anyhow::ensure!(
+            self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://"),
+            "DATABASE_URL must be a postgres:// URL"
+        );
+        Ok(())
+    }
+
+    pub fn pool_settings(&self) -> crate::db::PoolSettings {
+        crate::db::PoolSettings {
+            max_size: self.database_pool_size,
+            acquire_timeout: Duration::from_millis(self.database_acquire_timeout_ms),
+            connect_timeout: Duration::from_millis(self.database_connect_timeout_ms),
+            statement_timeout: Duration::from_millis(self.database_statement_timeout_ms),
+        }
+    }
+}

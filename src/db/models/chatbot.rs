@@ -1,0 +1,146 @@
+//! The `chatbots` table.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    AsChangeset, BoolExpressionMethods, ExpressionMethods, Insertable, OptionalExtension, QueryDsl,
+    Queryable, Selectable, SelectableHelper,
+};
+use diesel_async::RunQueryDsl;
+
+use crate::db::schema::chatbots;
+use crate::db::DbConnection;
+use crate::domain::{ChatbotId, PageCursor, PageRequest, UserId};
+
+/// A row of `chatbots`.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = chatbots, check_for_backend(diesel::pg::Pg))]
+pub struct Chatbot {
+    pub id: ChatbotId,
+    pub owner_id: UserId,
+    pub name: String,
+    pub llm_endpoint_url: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A chatbot to insert.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = chatbots)]
+pub struct NewChatbot {
+    pub id: ChatbotId,
+    pub owner_id: UserId,
+    pub name: String,
+    pub llm_endpoint_url: String,
+}
+
+/// Fields to change; `None` leaves a column alone.
+#[derive(Debug, AsChangeset, Default)]
+#[diesel(table_name = chatbots)]
+pub struct ChatbotChanges {
+    pub name: Option<String>,
+    pub llm_endpoint_url: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Chatbot {
+    pub fn cursor(&self) -> PageCursor<ChatbotId> {
+        PageCursor {
+            create_time: self.created_at,
+            id: self.id,
+        }
+    }
+
+    pub async fn insert(conn: &mut DbConnection, new: &NewChatbot) -> diesel::QueryResult<Chatbot> {
+        diesel::insert_into(chatbots::table)
+            .values(new)
+            .returning(Chatbot::as_returning())
+            .get_result(conn)
+            .await
+    }
+
+    pub async fn find(
+        conn: &mut DbConnection,
+        id: ChatbotId,
+    ) -> diesel::QueryResult<Option<Chatbot>> {
+        chatbots::table
+            .find(id)
+            .select(Chatbot::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// Owner of a chatbot, the one fact authorization needs.
+    pub async fn find_owner(
+        conn: &mut DbConnection,
+        id: ChatbotId,
+    ) -> diesel::QueryResult<Option<UserId>> {
+        chatbots::table
+            .find(id)
+            .select(chatbots::owner_id)
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// Locks the chatbot's row until the transaction ends, serialising
+    /// changes to its key set (the active-key limit).
+    pub async fn lock(conn: &mut DbConnection, id: ChatbotId) -> diesel::QueryResult<bool> {
+        let locked: Option<ChatbotId> = chatbots::table
+            .find(id)
+            .select(chatbots::id)
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?;
+        Ok(locked.is_some())
+    }
+
+    /// One page in (created_at, id) order, of one owner or of everyone, plus
+    /// one extra row if more follow.
+    pub async fn list(
+        conn: &mut DbConnection,
+        owner: Option<UserId>,
+        page: &PageRequest<ChatbotId>,
+    ) -> diesel::QueryResult<Vec<Chatbot>> {
+        let mut query = chatbots::table
+            .select(Chatbot::as_select())
+            .order((chatbots::created_at.asc(), chatbots::id.asc()))
+            .limit(page.fetch_limit())
+            .into_boxed();
+        if let Some(owner) = owner {
+            query = query.filter(chatbots::owner_id.eq(owner));
+        }
+        if let Some(after) = &page.after {
+            query = query.filter(
+                chatbots::created_at.gt(after.create_time).or(chatbots::created_at
+                    .eq(after.create_time)
+                    .and(chatbots::id.gt(after.id))),
+            );
+        }
+        query.load(conn).await
+    }
+
+    pub async fn update(
+        conn: &mut DbConnection,
+        id: ChatbotId,
+        changes: &ChatbotChanges,
+    ) -> diesel::QueryResult<Option<Chatbot>> {
+        diesel::update(chatbots::table.find(id))
+            .set(changes)
+            .returning(Chatbot::as_returning())
+            .get_result(conn)
+            .await
+            .optional()
+    }
+
+    /// Deletes the chatbot; its API keys go by cascade.
+    pub async fn delete(conn: &mut DbConnection, id: ChatbotId) -> diesel::QueryResult<bool> {
+        let deleted = diesel::delete(chatbots::table.find(id)).execute(conn).await?;
+        Ok(deleted > 0)
+    }
+
+    pub async fn count(conn: &mut DbConnection) -> diesel::QueryResult<i64> {
+        chatbots::table.count().get_result(conn).await
+    }
+}

@@ -1,0 +1,12 @@
+//! One module per table: the row type, its insert/changeset types and every
+//! query on that table, as associated functions taking the connection.
+
+pub mod api_key;
+pub mod chatbot;
+pub mod refresh_token;
+pub mod user;
+
+pub use api_key::{ApiKey, ApiKeyListFilter, NewApiKey, VerificationRecord};
+pub use chatbot::{Chatbot, ChatbotChanges, NewChatbot};
+pub use refresh_token::{NewRefreshToken, RefreshToken};
+pub use user::{NewUser, User, UserChanges};

@@ -1,0 +1,111 @@
+//! The `refresh_tokens` table. Tokens are found by the SHA-256 digest of the
+//! presented secret; one family per login, rotated on every refresh.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    ExpressionMethods, Insertable, OptionalExtension, QueryDsl, Queryable, Selectable,
+    SelectableHelper,
+};
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use crate::db::schema::refresh_tokens;
+use crate::db::DbConnection;
+use crate::domain::UserId;
+
+/// A row of `refresh_tokens`, without the digest.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = refresh_tokens, check_for_backend(diesel::pg::Pg))]
+pub struct RefreshToken {
+    pub id: Uuid,
+    pub user_id: UserId,
+    pub family_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A token to insert.
+#[derive(Insertable)]
+#[diesel(table_name = refresh_tokens)]
+pub struct NewRefreshToken<'a> {
+    pub id: Uuid,
+    pub user_id: UserId,
+    pub family_id: Uuid,
+    pub token_hash: &'a [u8],
+    pub expires_at: DateTime<Utc>,
+}
+
+impl RefreshToken {
+    pub async fn insert(conn: &mut DbConnection, new: NewRefreshToken<'_>) -> diesel::QueryResult<()> {
+        diesel::insert_into(refresh_tokens::table)
+            .values(new)
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+
+    pub async fn find_by_hash(
+        conn: &mut DbConnection,
+        token_hash: &[u8],
+    ) -> diesel::QueryResult<Option<RefreshToken>> {
+        refresh_tokens::table
+            .filter(refresh_tokens::token_hash.eq(token_hash))
+            .select(RefreshToken::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// Marks a token used if it still is usable; false means another request
+    /// used or revoked it first (the caller then treats this as re-use).
+    pub async fn mark_used(
+        conn: &mut DbConnection,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> diesel::QueryResult<bool> {
+        let updated = diesel::update(
+            refresh_tokens::table
+                .find(id)
+                .filter(refresh_tokens::used_at.is_null())
+                .filter(refresh_tokens::revoked_at.is_null()),
+        )
+        .set(refresh_tokens::used_at.eq(now))
+        .execute(conn)
+        .await?;
+        Ok(updated == 1)
+    }
+
+    /// Revokes every token of one login.
+    pub async fn revoke_family(
+        conn: &mut DbConnection,
+        family_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> diesel::QueryResult<usize> {
+        diesel::update(
+            refresh_tokens::table
+                .filter(refresh_tokens::family_id.eq(family_id))
+                .filter(refresh_tokens::revoked_at.is_null()),
+        )
+        .set(refresh_tokens::revoked_at.eq(now))
+        .execute(conn)
+        .await
+    }
+
+    /// Revokes every token of a user (password change).
+    pub async fn revoke_all_for_user(
+        conn: &mut DbConnection,
+        user_id: UserId,
+        now: DateTime<Utc>,
+    ) -> diesel::QueryResult<usize> {
+        diesel::update(
+            refresh_tokens::table
+                .filter(refresh_tokens::user_id.eq(user_id))
+                .filter(refresh_tokens::revoked_at.is_null()),
+        )
+        .set(refresh_tokens::revoked_at.eq(now))
+        .execute(conn)
+        .await
+    }
+}

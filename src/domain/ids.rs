@@ -1,0 +1,114 @@
+//! Typed identifiers, so a chatbot id can never be passed where a user id is
+//! expected.
+
+use std::fmt;
+
+use diesel::deserialize::{FromSql, FromSqlRow};
+use diesel::expression::AsExpression;
+use diesel::pg::{Pg, PgValue};
+use diesel::serialize::{Output, ToSql};
+use diesel::sql_types;
+use uuid::Uuid;
+
+use crate::error::FieldViolation;
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, AsExpression, FromSqlRow)]
+        #[diesel(sql_type = sql_types::Uuid)]
+        pub struct $name(pub Uuid);
+
+        impl ToSql<sql_types::Uuid, Pg> for $name {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
+                <Uuid as ToSql<sql_types::Uuid, Pg>>::to_sql(&self.0, out)
+            }
+        }
+
+        impl FromSql<sql_types::Uuid, Pg> for $name {
+            fn from_sql(bytes: PgValue<'_>) -> diesel::deserialize::Result<Self> {
+                <Uuid as FromSql<sql_types::Uuid, Pg>>::from_sql(bytes).map(Self)
+            }
+        }
+
+        impl $name {
+            /// A new, time-ordered id (UUIDv7 keeps index inserts local).
+            pub fn generate() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            /// Parses a UUID string from request field `field`.
+            pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
+                if value.is_empty() {
+                    return Err(FieldViolation::new(field, "is required"));
+                }
+                Uuid::parse_str(value)
+                    .map(Self)
+                    .map_err(|_| FieldViolation::new(field, "must be a UUID"))
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = uuid::Error;
+
+            fn from_str(value: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(value).map(Self)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// Id of a user.
+    UserId
+);
+uuid_id!(
+    /// Id of a chatbot.
+    ChatbotId
+);
+
+/// Id of an API key (auto-increment, as in the original data model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, AsExpression, FromSqlRow)]
+#[diesel(sql_type = sql_types::BigInt)]
+pub struct ApiKeyId(pub i64);
+
+impl ToSql<sql_types::BigInt, Pg> for ApiKeyId {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
+        <i64 as ToSql<sql_types::BigInt, Pg>>::to_sql(&self.0, out)
+    }
+}
+
+impl FromSql<sql_types::BigInt, Pg> for ApiKeyId {
+    fn from_sql(bytes: PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        <i64 as FromSql<sql_types::BigInt, Pg>>::from_sql(bytes).map(Self)
+    }
+}
+
+impl ApiKeyId {
+    pub fn parse(field: &str, value: i64) -> Result<Self, FieldViolation> {
+        if value <= 0 {
+            return Err(FieldViolation::new(field, "must be a positive API key id"));
+        }
+        Ok(Self(value))
+    }
+}
+
+impl std::str::FromStr for ApiKeyId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        value.parse().map(Self)
+    }
+}
+
+impl fmt::Display for ApiKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

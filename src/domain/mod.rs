@@ -1,0 +1,18 @@
+//! Request values parsed at the edge into types that cannot hold bad data.
+//! Past a handler's first line nothing re-checks strings.
+
+mod api_key_secret;
+mod chatbot;
+mod email;
+mod ids;
+mod paging;
+mod password;
+mod role;
+
+pub use api_key_secret::{ApiKeyDigest, ApiKeySecret, API_KEY_PREFIX};
+pub use chatbot::{ChatbotName, LlmEndpoint};
+pub use email::Email;
+pub use ids::{ApiKeyId, ChatbotId, UserId};
+pub use paging::{PageCursor, PageRequest};
+pub use password::Password;
+pub use role::Role;

@@ -1,0 +1,182 @@
+//! The one error type of the service layer and its one mapping to
+//! `tonic::Status`. Clients only ever see the restricted set of codes below;
+//! causes of INTERNAL go to the log, never to the wire.
+
+use std::time::Duration;
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// One invalid request field, reported as a `google.rpc.BadRequest` violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Collects every violation of a request so the client can fix all at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps the parsed value, or records why it failed and yields `None`.
+    pub fn check<T>(&mut self, parsed: Result<T, FieldViolation>) -> Option<T> {
+        match parsed {
+            Ok(value) => Some(value),
+            Err(violation) => {
+                self.0.push(violation);
+                None
+            }
+        }
+    }
+
+    pub fn push(&mut self, violation: FieldViolation) {
+        self.0.push(violation);
+    }
+
+    /// Fails with every recorded violation, if any.
+    pub fn finish(self) -> Result<(), AppError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::InvalidArgument(self.0))
+        }
+    }
+}
+
+impl From<FieldViolation> for AppError {
+    fn from(violation: FieldViolation) -> Self {
+        AppError::InvalidArgument(vec![violation])
+    }
+}
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("invalid argument")]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("the caller may not do this")]
+    PermissionDenied,
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: Duration,
+    },
+    #[error("the database is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl AppError {
+    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+        AppError::Internal(error.into())
+    }
+}
+
+impl From<DieselError> for AppError {
+    fn from(error: DieselError) -> Self {
+        match error {
+            DieselError::NotFound => AppError::NotFound("resource"),
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+                AppError::AlreadyExists("the resource already exists".into())
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+                AppError::Unavailable(error.into())
+            }
+            DieselError::DatabaseError(_, ref info) if is_transient(info.message()) => {
+                AppError::Unavailable(error.into())
+            }
+            other => AppError::Internal(other.into()),
+        }
+    }
+}
+
+/// Connection loss and statement timeouts surface from tokio-postgres as
+/// "unknown" database errors; their text is all that tells them apart.
+fn is_transient(message: &str) -> bool {
+    const TRANSIENT: &[&str] = &[
+        "statement timeout",
+        "connection closed",
+        "connection reset",
+        "broken pipe",
+        "terminating connection",
+        "the database system is",
+        "error communicating with the server",
+        "unexpected EOF",
+    ];
+    TRANSIENT.iter().any(|needle| message.contains(needle))
+}
+
+impl From<crate::db::PoolError> for AppError {
+    fn from(error: crate::db::PoolError) -> Self {
+        AppError::Unavailable(anyhow::anyhow!("database pool: {error}"))
+    }
+}
+
+impl From<AppError> for Status {
+    fn from(error: AppError) -> Self {
+        match error {
+            AppError::InvalidArgument(violations) => {
+                let message = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let mut details = ErrorDetails::new();
+                for violation in violations {
+                    details.add_bad_request_violation(violation.field, violation.description);
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            AppError::NotFound(what) => Status::not_found(format!("{what} not found")),
+            AppError::AlreadyExists(message) => Status::already_exists(message),
+            AppError::FailedPrecondition(message) => Status::failed_precondition(message),
+            AppError::PermissionDenied => {
+                Status::permission_denied("the caller may not access this resource")
+            }
+            AppError::Unauthenticated(message) => Status::unauthenticated(message),
+            AppError::ResourceExhausted {
+                message,
+                retry_after,
+            } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            AppError::Unavailable(cause) => {
+                tracing::warn!(error = format!("{cause:#}"), "database unavailable");
+                Status::unavailable("the database is unavailable; retry later")
+            }
+            AppError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// What handlers return.
+pub type AppResult<T> = Result<T, AppError>;

@@ -1,0 +1,13 @@
+//! chatbot-backend: a gRPC service managing users, the chatbots they own and
+//! the API keys those chatbots are called with.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod proto;
+pub mod services;
+pub mod startup;
+pub mod telemetry;

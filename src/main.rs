@@ -1,0 +1,101 @@
+//! The `chatbot-backend` command line: parse, load settings, dispatch.
+
+use clap::{Parser, Subcommand};
+
+use chatbot_backend::config::Settings;
+use chatbot_backend::db::{self, Database};
+use chatbot_backend::startup::Application;
+use chatbot_backend::{admin, telemetry};
+
+#[derive(Parser)]
+#[command(name = "chatbot-backend", version, about = "gRPC service for users, chatbots and their API keys")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC (the default); applies pending migrations first unless
+    /// MIGRATE_ON_START=false.
+    Serve,
+    /// Apply pending migrations, or revert the newest one.
+    Migrate {
+        /// Revert the newest applied migration instead.
+        #[arg(long)]
+        revert: bool,
+    },
+    /// Create idempotent demo data; prints new accounts' passwords once.
+    Seed,
+    /// Create an admin, or promote an existing user; reads the password
+    /// from stdin.
+    CreateAdmin {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // A missing .env is normal; flags and the environment still apply.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    telemetry::init(cli.settings.log_format);
+    let settings = cli.settings;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            app.run_until(shutdown_signal()).await
+        }
+        Command::Migrate { revert: false } => {
+            settings.validate()?;
+            let applied = db::run_migrations(&settings.database_url).await?;
+            println!("applied {} migration(s): {applied:?}", applied.len());
+            Ok(())
+        }
+        Command::Migrate { revert: true } => {
+            settings.validate()?;
+            let reverted = db::revert_last_migration(&settings.database_url).await?;
+            println!("reverted migration {reverted}");
+            Ok(())
+        }
+        Command::Seed => {
+            settings.validate()?;
+            db::run_migrations(&settings.database_url).await?;
+            let db = Database::new(&settings.database_url, &settings.pool_settings())?;
+            admin::seed(&db).await
+        }
+        Command::CreateAdmin { email } => {
+            settings.validate()?;
+            db::run_migrations(&settings.database_url).await?;
+            let db = Database::new(&settings.database_url, &settings.pool_settings())?;
+            let user = admin::create_admin(&db, &email, std::io::stdin().lock()).await?;
+            println!("{} is now an admin (id {})", user.email, user.id);
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = terminate => tracing::info!("received SIGTERM"),
+    }
+}

@@ -1,0 +1,14 @@
+//! Code generated from proto/ by build.rs, and the descriptor sets served by
+//! reflection.
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+tonic::include_proto!("chatbot.v1");
+
+/// Descriptors of every chatbot.v1 file (and the well-known types it uses).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/chatbot_v1_descriptor.bin"));
+
+/// Descriptors of google.rpc.Status and the error-detail messages, so grpcurl
+/// can decode `grpc-status-details-bin`.
+pub const GOOGLE_RPC_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/google_rpc_descriptor.bin"));

@@ -1,0 +1,68 @@
+//! Model rows to proto messages, and time conversions. The only place that
+//! knows both shapes.
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use crate::db::models;
+use crate::domain::Role;
+use crate::error::FieldViolation;
+use crate::proto;
+
+pub fn timestamp(time: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A client-sent timestamp, checked for range.
+pub fn parse_timestamp(field: &str, value: &Timestamp) -> Result<DateTime<Utc>, FieldViolation> {
+    u32::try_from(value.nanos)
+        .ok()
+        .filter(|nanos| *nanos < 1_000_000_000)
+        .and_then(|nanos| DateTime::from_timestamp(value.seconds, nanos))
+        .ok_or_else(|| FieldViolation::new(field, "is not a valid timestamp"))
+}
+
+pub fn role(role: Role) -> proto::UserRole {
+    match role {
+        Role::User => proto::UserRole::User,
+        Role::Admin => proto::UserRole::Admin,
+    }
+}
+
+pub fn user(row: models::User) -> proto::User {
+    proto::User {
+        id: row.id.to_string(),
+        role: role(row.role()).into(),
+        email: row.email,
+        create_time: Some(timestamp(row.created_at)),
+        update_time: Some(timestamp(row.updated_at)),
+    }
+}
+
+pub fn chatbot(row: models::Chatbot) -> proto::Chatbot {
+    proto::Chatbot {
+        id: row.id.to_string(),
+        owner_id: row.owner_id.to_string(),
+        name: row.name,
+        llm_endpoint_url: row.llm_endpoint_url,
+        create_time: Some(timestamp(row.created_at)),
+        update_time: Some(timestamp(row.updated_at)),
+    }
+}
+
+pub fn api_key(row: models::ApiKey) -> proto::ApiKey {
+    proto::ApiKey {
+        id: row.id.0,
+        chatbot_id: row.chatbot_id.to_string(),
+        display_name: row.display_name,
+        key_prefix: row.key_prefix,
+        revoked: row.revoked,
+        create_time: Some(timestamp(row.created_at)),
+        expire_time: row.expires_at.map(timestamp),
+        revoke_time: row.revoked_at.map(timestamp),
+        last_used_time: row.last_used_at.map(timestamp),
+    }
+}

@@ -1,0 +1,69 @@
+//! The tonic service implementations: thin adapters that parse the request
+//! into domain types, authorize the caller, run model queries and convert
+//! the result. Shared state lives in [`AppState`].
+
+pub mod api_keys;
+pub mod auth;
+pub mod chatbots;
+pub mod convert;
+pub mod status;
+pub mod users;
+
+use std::time::Duration;
+
+use crate::auth::{LoginThrottle, PasswordHasher, TokenKeys};
+use crate::db::Database;
+use crate::error::{FieldViolation, Violations};
+use api_keys::LastUsedRecorder;
+
+/// Policy knobs the handlers need.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub allow_signup: bool,
+    pub allow_private_llm_endpoints: bool,
+    pub refresh_token_ttl: Duration,
+    pub max_active_api_keys_per_chatbot: i64,
+}
+
+/// Everything handlers share.
+pub struct AppState {
+    pub db: Database,
+    pub hasher: PasswordHasher,
+    pub tokens: std::sync::Arc<TokenKeys>,
+    pub throttle: LoginThrottle,
+    pub last_used: LastUsedRecorder,
+    pub policy: Policy,
+}
+
+/// The paths of an update mask, each checked against the fields an update
+/// may change; output-only and unknown paths are INVALID_ARGUMENT.
+pub fn mask_paths<'a>(
+    mask: Option<&'a prost_types::FieldMask>,
+    updatable: &[&str],
+    output_only: &[&str],
+    violations: &mut Violations,
+) -> Vec<&'a str> {
+    let paths: Vec<&str> = mask
+        .map(|mask| mask.paths.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    paths
+        .into_iter()
+        .filter(|path| {
+            if updatable.contains(path) {
+                true
+            } else if output_only.contains(path) {
+                violations.push(FieldViolation::new(
+                    "update_mask",
+                    format!("{path:?} is output only"),
+                ));
+                false
+            } else {
+                violations.push(FieldViolation::new(
+                    "update_mask",
+                    format!("{path:?} is not an updatable field; use one of {updatable:?}"),
+                ));
+                false
+            }
+        })
+        .collect()
+}

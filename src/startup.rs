@@ -1,0 +1,293 @@
+//! `Application`: builds the pool, migrates, binds the listener (port 0
+//! allowed), wires health, reflection, the auth layer and the services, and
+//! runs until told to shut down, gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::auth::{AuthLayer, LoginThrottle, PasswordHasher, TokenKeys};
+use crate::config::Settings;
+use crate::db::{self, Database};
+use crate::proto;
+use crate::proto::api_key_service_server::ApiKeyServiceServer;
+use crate::proto::auth_service_server::AuthServiceServer;
+use crate::proto::chatbot_service_server::ChatbotServiceServer;
+use crate::proto::status_service_server::StatusServiceServer;
+use crate::proto::user_service_server::UserServiceServer;
+use crate::services::api_keys::{ApiKeys, LastUsedRecorder};
+use crate::services::auth::Auth;
+use crate::services::chatbots::Chatbots;
+use crate::services::status::StatusApi;
+use crate::services::users::Users;
+use crate::services::{AppState, Policy};
+
+/// Health service name that reports SERVING while the process runs, whatever
+/// the database does: point Kubernetes' liveness probe at it, and the
+/// readiness probe at "" (the whole server).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
+/// Services whose health follows the database.
+const READINESS_SERVICES: &[&str] = &[
+    "",
+    "chatbot.v1.UserService",
+    "chatbot.v1.ChatbotService",
+    "chatbot.v1.ApiKeyService",
+    "chatbot.v1.AuthService",
+    "chatbot.v1.StatusService",
+];
+
+/// A built, bound, not yet serving server.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: Arc<AppState>,
+    settings: Settings,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        if settings.migrate_on_start {
+            let applied = db::run_migrations(&settings.database_url).await?;
+            if !applied.is_empty() {
+                tracing::info!(?applied, "applied migrations");
+            }
+        }
+        let db = Database::new(&settings.database_url, &settings.pool_settings())?;
+
+        let secret = match &settings.secret_key {
+            Some(key) => key.as_bytes().to_vec(),
+            None => {
+                tracing::warn!(
+                    "SECRET_KEY is not set: signing tokens with a random per-process key; \
+                     every token dies with this process and replicas reject each other's tokens"
+                );
+                TokenKeys::ephemeral_secret()
+            }
+        };
+        let tokens = TokenKeys::new(
+            &secret,
+            settings.secret_key_previous.as_deref().map(str::as_bytes),
+            Duration::from_secs(settings.access_token_ttl_secs),
+        );
+        let state = Arc::new(AppState {
+            db,
+            hasher: PasswordHasher::new(settings.max_concurrent_hashes)?,
+            tokens: Arc::new(tokens),
+            throttle: LoginThrottle::new(
+                settings.login_max_failures_per_email,
+                settings.login_max_failures_per_address,
+                Duration::from_secs(settings.login_throttle_window_secs),
+            ),
+            last_used: LastUsedRecorder::default(),
+            policy: Policy {
+                allow_signup: settings.allow_signup,
+                allow_private_llm_endpoints: settings.allow_private_llm_endpoints,
+                refresh_token_ttl: Duration::from_secs(settings.refresh_token_ttl_secs),
+                max_active_api_keys_per_chatbot: settings.max_active_api_keys_per_chatbot,
+            },
+        });
+
+        let listener = TcpListener::bind(settings.listen_addr)
+            .await
+            .with_context(|| format!("binding LISTEN_ADDR {}", settings.listen_addr))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            state,
+            settings,
+        })
+    }
+
+    /// The bound address (the real port when LISTEN_ADDR had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.state.db
+    }
+
+    /// Serves until `shutdown` resolves, then: health NOT_SERVING, keep
+    /// serving for the drain delay, stop accepting, let in-flight RPCs finish
+    /// within the grace period, flush last-used times, close the pool.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            local_addr,
+            state,
+            settings,
+        } = self;
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
+        set_readiness(&health_reporter, ServingStatus::Serving).await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(proto::GOOGLE_RPC_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(proto::GOOGLE_RPC_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let max_bytes = settings.max_request_bytes;
+        let (stop_background, background_stopped) = watch::channel(false);
+        let health_task = tokio::spawn(watch_database_health(
+            state.db.clone(),
+            health_reporter.clone(),
+            Duration::from_secs(settings.health_check_interval_secs),
+            background_stopped.clone(),
+        ));
+        let flush_task = tokio::spawn(flush_last_used_periodically(
+            state.clone(),
+            Duration::from_secs(settings.last_used_flush_interval_secs),
+            background_stopped,
+        ));
+
+        let drain_delay = Duration::from_secs(settings.shutdown_drain_delay_secs);
+        let grace = Duration::from_secs(settings.shutdown_grace_secs);
+        let reporter_for_shutdown = health_reporter.clone();
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop_serving = async move {
+            shutdown.await;
+            tracing::info!(?drain_delay, "shutting down: reporting NOT_SERVING, draining");
+            set_readiness(&reporter_for_shutdown, ServingStatus::NotServing).await;
+            tokio::time::sleep(drain_delay).await;
+            tracing::info!("no longer accepting connections; finishing in-flight RPCs");
+            let _ = draining_tx.send(());
+        };
+
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = Server::builder()
+            .timeout(Duration::from_secs(settings.default_rpc_timeout_secs))
+            .concurrency_limit_per_connection(settings.max_concurrent_requests_per_connection)
+            .trace_fn(|request| {
+                tracing::info_span!(
+                    "rpc",
+                    rpc.system = "grpc",
+                    rpc.method = %request.uri().path(),
+                )
+            })
+            .layer(AuthLayer::new(state.tokens.clone()))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                UserServiceServer::new(Users::new(state.clone())).max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                ChatbotServiceServer::new(Chatbots::new(state.clone()))
+                    .max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                ApiKeyServiceServer::new(ApiKeys::new(state.clone()))
+                    .max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                AuthServiceServer::new(Auth::new(state.clone())).max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                StatusServiceServer::new(StatusApi::new(state.clone()))
+                    .max_decoding_message_size(max_bytes),
+            )
+            .serve_with_incoming_shutdown(incoming, stop_serving);
+
+        tracing::info!(%local_addr, "serving gRPC");
+        // The grace period bounds how long a connection that refuses to close
+        // can hold up the exit; it starts once the server stops accepting.
+        let served = tokio::select! {
+            result = server => result.context("gRPC server failed"),
+            () = async {
+                match draining_rx.await {
+                    Ok(()) => tokio::time::sleep(grace).await,
+                    Err(_) => std::future::pending().await,
+                }
+            } => {
+                tracing::warn!(?grace, "grace period over; abandoning remaining connections");
+                Ok(())
+            }
+        };
+
+        let _ = stop_background.send(true);
+        let _ = health_task.await;
+        let _ = flush_task.await;
+        match state.last_used.flush(&state.db).await {
+            Ok(flushed) => tracing::info!(flushed, "flushed API key last-used times"),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "could not flush last-used times"),
+        }
+        state.db.close();
+        tracing::info!("shut down");
+        served
+    }
+}
+
+async fn set_readiness(reporter: &HealthReporter, status: ServingStatus) {
+    for service in READINESS_SERVICES {
+        reporter.set_service_status(*service, status).await;
+    }
+}
+
+/// Readiness follows the database: NOT_SERVING while it does not answer,
+/// SERVING again by itself when it does.
+async fn watch_database_health(
+    db: Database,
+    reporter: HealthReporter,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut healthy = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        let probe = async {
+            let mut conn = db.conn().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            db::ping(&mut conn).await.map_err(anyhow::Error::from)
+        };
+        let ok = matches!(tokio::time::timeout(interval.min(Duration::from_secs(2)), probe).await, Ok(Ok(_)));
+        if ok != healthy {
+            healthy = ok;
+            if ok {
+                tracing::info!("database reachable again: SERVING");
+                set_readiness(&reporter, ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("database unreachable: NOT_SERVING");
+                set_readiness(&reporter, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}
+
+async fn flush_last_used_periodically(
+    state: Arc<AppState>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(error) = state.last_used.flush(&state.db).await {
+            tracing::warn!(error = format!("{error:#}"), "could not flush last-used times; will retry");
+        }
+    }
+}

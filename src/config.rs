@@ -122,7 +122,11 @@ pub struct Settings {
     pub default_rpc_timeout_secs: u64,
 
     /// Maximum concurrent requests per connection.
-    #[arg(long, env = "MAX_CONCURRENT_REQUESTS_PER_CONNECTION", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "MAX_CONCURRENT_REQUESTS_PER_CONNECTION",
+        default_value_t = 256
+    )]
     pub max_concurrent_requests_per_connection: usize,
 
     /// Log format: plain or json. Filter with RUST_LOG.
@@ -141,16 +145,31 @@ impl Settings {
             );
         }
         if let Some(key) = &self.secret_key_previous {
-            anyhow::ensure!(key.len() >= 32, "SECRET_KEY_PREVIOUS must be at least 32 bytes");
+            anyhow::ensure!(
+                key.len() >= 32,
+                "SECRET_KEY_PREVIOUS must be at least 32 bytes"
+            );
             anyhow::ensure!(
                 self.secret_key.is_some(),
                 "SECRET_KEY_PREVIOUS needs SECRET_KEY to be set"
             );
         }
-        anyhow::ensure!(self.database_pool_size >= 1, "DATABASE_POOL_SIZE must be at least 1");
-        anyhow::ensure!(self.max_concurrent_hashes >= 1, "MAX_CONCURRENT_HASHES must be at least 1");
-        anyhow::ensure!(self.access_token_ttl_secs >= 1, "ACCESS_TOKEN_TTL_SECS must be positive");
-        anyhow::ensure!(self.refresh_token_ttl_secs >= 1, "REFRESH_TOKEN_TTL_SECS must be positive");
+        anyhow::ensure!(
+            self.database_pool_size >= 1,
+            "DATABASE_POOL_SIZE must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_concurrent_hashes >= 1,
+            "MAX_CONCURRENT_HASHES must be at least 1"
+        );
+        anyhow::ensure!(
+            self.access_token_ttl_secs >= 1,
+            "ACCESS_TOKEN_TTL_SECS must be positive"
+        );
+        anyhow::ensure!(
+            self.refresh_token_ttl_secs >= 1,
+            "REFRESH_TOKEN_TTL_SECS must be positive"
+        );
         anyhow::ensure!(
             self.max_active_api_keys_per_chatbot >= 1,
             "MAX_ACTIVE_API_KEYS_PER_CHATBOT must be at least 1"
@@ -163,9 +182,13 @@ impl Settings {
             self.health_check_interval_secs >= 1,
             "HEALTH_CHECK_INTERVAL_SECS must be at least 1"
         );
-        anyhow::ensure!(self.max_request_bytes >= 1024, "MAX_REQUEST_BYTES must be at least 1024");
         anyhow::ensure!(
-            self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://"),
+            self.max_request_bytes >= 1024,
+            "MAX_REQUEST_BYTES must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.database_url.starts_with("postgres://")
+                || self.database_url.starts_with("postgresql://"),
             "DATABASE_URL must be a postgres:// URL"
         );
         Ok(())

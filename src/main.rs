@@ -8,7 +8,11 @@ use chatbot_backend::startup::Application;
 use chatbot_backend::{admin, telemetry};
 
 #[derive(Parser)]
-#[command(name = "chatbot-backend", version, about = "gRPC service for users, chatbots and their API keys")]
+#[command(
+    name = "chatbot-backend",
+    version,
+    about = "gRPC service for users, chatbots and their API keys"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

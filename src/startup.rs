@@ -122,7 +122,10 @@ impl Application {
     /// Serves until `shutdown` resolves, then: health NOT_SERVING, keep
     /// serving for the drain delay, stop accepting, let in-flight RPCs finish
     /// within the grace period, flush last-used times, close the pool.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Self {
             listener,
             local_addr,
@@ -167,7 +170,10 @@ impl Application {
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let stop_serving = async move {
             shutdown.await;
-            tracing::info!(?drain_delay, "shutting down: reporting NOT_SERVING, draining");
+            tracing::info!(
+                ?drain_delay,
+                "shutting down: reporting NOT_SERVING, draining"
+            );
             set_readiness(&reporter_for_shutdown, ServingStatus::NotServing).await;
             tokio::time::sleep(drain_delay).await;
             tracing::info!("no longer accepting connections; finishing in-flight RPCs");
@@ -190,7 +196,8 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                UserServiceServer::new(Users::new(state.clone())).max_decoding_message_size(max_bytes),
+                UserServiceServer::new(Users::new(state.clone()))
+                    .max_decoding_message_size(max_bytes),
             )
             .add_service(
                 ChatbotServiceServer::new(Chatbots::new(state.clone()))
@@ -201,7 +208,8 @@ impl Application {
                     .max_decoding_message_size(max_bytes),
             )
             .add_service(
-                AuthServiceServer::new(Auth::new(state.clone())).max_decoding_message_size(max_bytes),
+                AuthServiceServer::new(Auth::new(state.clone()))
+                    .max_decoding_message_size(max_bytes),
             )
             .add_service(
                 StatusServiceServer::new(StatusApi::new(state.clone()))
@@ -230,7 +238,10 @@ impl Application {
         let _ = flush_task.await;
         match state.last_used.flush(&state.db).await {
             Ok(flushed) => tracing::info!(flushed, "flushed API key last-used times"),
-            Err(error) => tracing::warn!(error = format!("{error:#}"), "could not flush last-used times"),
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "could not flush last-used times"
+            ),
         }
         state.db.close();
         tracing::info!("shut down");
@@ -262,7 +273,10 @@ async fn watch_database_health(
             let mut conn = db.conn().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             db::ping(&mut conn).await.map_err(anyhow::Error::from)
         };
-        let ok = matches!(tokio::time::timeout(interval.min(Duration::from_secs(2)), probe).await, Ok(Ok(_)));
+        let ok = matches!(
+            tokio::time::timeout(interval.min(Duration::from_secs(2)), probe).await,
+            Ok(Ok(_))
+        );
         if ok != healthy {
             healthy = ok;
             if ok {
@@ -287,7 +301,10 @@ async fn flush_last_used_periodically(
             _ = stop.changed() => return,
         }
         if let Err(error) = state.last_used.flush(&state.db).await {
-            tracing::warn!(error = format!("{error:#}"), "could not flush last-used times; will retry");
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "could not flush last-used times; will retry"
+            );
         }
     }
 }

@@ -109,7 +109,10 @@ where
 
 /// `Ok(None)` without an authorization header; `Err` with a client-safe
 /// reason when one is present but unusable.
-fn authenticate(keys: &TokenKeys, headers: &http::HeaderMap) -> Result<Option<Caller>, &'static str> {
+fn authenticate(
+    keys: &TokenKeys,
+    headers: &http::HeaderMap,
+) -> Result<Option<Caller>, &'static str> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Ok(None);
     };

@@ -36,8 +36,7 @@ impl Caller {
 /// without a valid token, so a miss here is a wiring bug, reported as
 /// UNAUTHENTICATED rather than trusted.
 pub fn caller<T>(request: &tonic::Request<T>) -> AppResult<Caller> {
-    optional_caller(request)
-        .ok_or_else(|| AppError::Unauthenticated("missing bearer token".into()))
+    optional_caller(request).ok_or_else(|| AppError::Unauthenticated("missing bearer token".into()))
 }
 
 /// The caller of a public RPC, if it presented a valid token.

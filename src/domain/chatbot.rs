@@ -24,7 +24,10 @@ impl ChatbotName {
             return Err(FieldViolation::new(field, "must be at most 100 characters"));
         }
         if value.chars().any(char::is_control) {
-            return Err(FieldViolation::new(field, "must not contain control characters"));
+            return Err(FieldViolation::new(
+                field,
+                "must not contain control characters",
+            ));
         }
         Ok(Self(value.to_owned()))
     }
@@ -49,7 +52,10 @@ impl LlmEndpoint {
             return Err(FieldViolation::new(field, "is required"));
         }
         if value.len() > Self::MAX_LEN {
-            return Err(FieldViolation::new(field, "must be at most 2048 characters"));
+            return Err(FieldViolation::new(
+                field,
+                "must be at most 2048 characters",
+            ));
         }
         let url = Url::parse(value)
             .map_err(|_| FieldViolation::new(field, "must be an absolute http(s) URL"))?;
@@ -142,7 +148,10 @@ mod tests {
             "ftp://example.com/",
             "example.com/path",
         ] {
-            assert!(LlmEndpoint::parse("u", bad, false).is_err(), "{bad} was accepted");
+            assert!(
+                LlmEndpoint::parse("u", bad, false).is_err(),
+                "{bad} was accepted"
+            );
         }
     }
 

@@ -18,7 +18,8 @@ impl Email {
         if value.len() > Self::MAX_LEN {
             return Err(FieldViolation::new(field, "must be at most 254 characters"));
         }
-        let invalid = || FieldViolation::new(field, "must be an email address like name@example.com");
+        let invalid =
+            || FieldViolation::new(field, "must be an email address like name@example.com");
         let (local, domain) = value.rsplit_once('@').ok_or_else(invalid)?;
         let local_ok = !local.is_empty()
             && local.len() <= 64
@@ -58,7 +59,15 @@ mod tests {
 
     #[test]
     fn emails_without_domain_or_at_sign_are_rejected() {
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "ada@exa mple.com", "a@.com"] {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "ada@exa mple.com",
+            "a@.com",
+        ] {
             assert!(Email::parse("email", bad).is_err(), "{bad:?} was accepted");
         }
     }

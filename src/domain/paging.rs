@@ -62,11 +62,7 @@ impl<K: FromStr + Display> PageRequest<K> {
 
     /// Trims the extra row and returns the token for the next page, empty at
     /// the end.
-    pub fn finish<T>(
-        &self,
-        rows: &mut Vec<T>,
-        cursor_of: impl Fn(&T) -> PageCursor<K>,
-    ) -> String {
+    pub fn finish<T>(&self, rows: &mut Vec<T>, cursor_of: impl Fn(&T) -> PageCursor<K>) -> String {
         let page_len = usize::try_from(self.size).unwrap_or(usize::MAX);
         if rows.len() <= page_len {
             return String::new();
@@ -85,7 +81,10 @@ fn fingerprint(filter: &str) -> String {
 
 fn encode_token<K: Display>(cursor: &PageCursor<K>, filter_fingerprint: &str) -> String {
     let micros = cursor.create_time.timestamp_micros();
-    let raw = format!("{TOKEN_VERSION}|{filter_fingerprint}|{micros}|{}", cursor.id);
+    let raw = format!(
+        "{TOKEN_VERSION}|{filter_fingerprint}|{micros}|{}",
+        cursor.id
+    );
     URL_SAFE_NO_PAD.encode(raw)
 }
 

@@ -68,7 +68,10 @@ impl LastUsedRecorder {
         if result.is_err() {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             for (id, at) in batch {
-                pending.entry(id).and_modify(|t| *t = (*t).max(at)).or_insert(at);
+                pending
+                    .entry(id)
+                    .and_modify(|t| *t = (*t).max(at))
+                    .or_insert(at);
             }
         }
         result
@@ -77,7 +80,11 @@ impl LastUsedRecorder {
 
 /// The chatbot exists and the caller owns it, or is an admin. Non-admins
 /// cannot tell a missing chatbot from someone else's (AIP-193).
-async fn authorize_chatbot(conn: &mut DbConnection, caller: &Caller, id: ChatbotId) -> AppResult<()> {
+async fn authorize_chatbot(
+    conn: &mut DbConnection,
+    caller: &Caller,
+    id: ChatbotId,
+) -> AppResult<()> {
     match Chatbot::find_owner(conn, id).await? {
         Some(owner) if caller.may_act_for(owner) => Ok(()),
         Some(_) => Err(AppError::PermissionDenied),
@@ -87,7 +94,11 @@ async fn authorize_chatbot(conn: &mut DbConnection, caller: &Caller, id: Chatbot
 }
 
 /// The key exists and the caller owns its chatbot, or is an admin.
-async fn authorized_key(conn: &mut DbConnection, caller: &Caller, id: ApiKeyId) -> AppResult<ApiKey> {
+async fn authorized_key(
+    conn: &mut DbConnection,
+    caller: &Caller,
+    id: ApiKeyId,
+) -> AppResult<ApiKey> {
     match ApiKey::find_with_owner(conn, id).await? {
         Some((key, owner)) if caller.may_act_for(owner) => Ok(key),
         Some(_) => Err(AppError::PermissionDenied),
@@ -99,10 +110,16 @@ async fn authorized_key(conn: &mut DbConnection, caller: &Caller, id: ApiKeyId) 
 fn parse_display_name(value: &str) -> Result<String, FieldViolation> {
     let value = value.trim();
     if value.chars().count() > MAX_DISPLAY_NAME_CHARS {
-        return Err(FieldViolation::new("display_name", "must be at most 100 characters"));
+        return Err(FieldViolation::new(
+            "display_name",
+            "must be at most 100 characters",
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(FieldViolation::new("display_name", "must not contain control characters"));
+        return Err(FieldViolation::new(
+            "display_name",
+            "must not contain control characters",
+        ));
     }
     Ok(value.to_owned())
 }
@@ -114,7 +131,10 @@ fn parse_grace_period(value: Option<&prost_types::Duration>) -> Result<Duration,
     let grace = Duration::try_from(*value)
         .map_err(|_| FieldViolation::new("grace_period", "must not be negative"))?;
     if grace > MAX_GRACE_PERIOD {
-        return Err(FieldViolation::new("grace_period", "must be at most 30 days"));
+        return Err(FieldViolation::new(
+            "grace_period",
+            "must be at most 30 days",
+        ));
     }
     Ok(grace)
 }
@@ -298,7 +318,8 @@ impl ApiKeyService for ApiKeys {
             .into());
         }
         let grace_ends = now
-            + chrono::Duration::from_std(grace).map_err(|e| AppError::internal(anyhow::anyhow!(e)))?;
+            + chrono::Duration::from_std(grace)
+                .map_err(|e| AppError::internal(anyhow::anyhow!(e)))?;
         let secret = ApiKeySecret::generate();
         // Rotation is exempt from the active-key limit: the old key is on
         // its way out.
@@ -343,7 +364,10 @@ impl ApiKeyService for ApiKeys {
         let id = ApiKeyId::parse("id", request.get_ref().id).map_err(AppError::from)?;
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         authorized_key(&mut conn, &caller, id).await?;
-        if !ApiKey::delete(&mut conn, id).await.map_err(AppError::from)? {
+        if !ApiKey::delete(&mut conn, id)
+            .await
+            .map_err(AppError::from)?
+        {
             return Err(AppError::NotFound("API key").into());
         }
         tracing::info!(api_key_id = %id, "API key deleted");

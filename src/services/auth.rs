@@ -40,7 +40,11 @@ impl Auth {
         role: Role,
         family_id: Uuid,
     ) -> AppResult<TokenPair> {
-        let access = self.state.tokens.issue(user_id, role).map_err(AppError::Internal)?;
+        let access = self
+            .state
+            .tokens
+            .issue(user_id, role)
+            .map_err(AppError::Internal)?;
         let refresh_token = format!(
             "{REFRESH_PREFIX}{}",
             Alphanumeric.sample_string(&mut rand::rngs::OsRng, 43)

@@ -79,12 +79,14 @@ impl ChatbotService for Chatbots {
             name: name.into_inner(),
             llm_endpoint_url: endpoint.into_inner(),
         };
-        let chatbot = Chatbot::insert(&mut conn, &new).await.map_err(|error| match error {
-            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                AppError::NotFound("owner")
-            }
-            other => other.into(),
-        })?;
+        let chatbot = Chatbot::insert(&mut conn, &new)
+            .await
+            .map_err(|error| match error {
+                DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                    AppError::NotFound("owner")
+                }
+                other => other.into(),
+            })?;
         tracing::info!(chatbot_id = %chatbot.id, owner_id = %chatbot.owner_id, "chatbot created");
         Ok(Response::new(proto::CreateChatbotResponse {
             chatbot: Some(convert::chatbot(chatbot)),
@@ -117,7 +119,10 @@ impl ChatbotService for Chatbots {
         } else {
             violations.check(UserId::parse("owner_id", &request.owner_id))
         };
-        let filter = format!("chatbots|owner={}", owner.map_or("*".into(), |o| o.to_string()));
+        let filter = format!(
+            "chatbots|owner={}",
+            owner.map_or("*".into(), |o| o.to_string())
+        );
         let page = violations.check(PageRequest::parse(
             request.page_size,
             &request.page_token,
@@ -160,8 +165,16 @@ impl ChatbotService for Chatbots {
             &["id", "owner_id", "create_time", "update_time"],
             &mut violations,
         );
-        if paths.is_empty() && request.update_mask.as_ref().is_none_or(|m| m.paths.is_empty()) {
-            violations.push(FieldViolation::new("update_mask", "must name at least one field"));
+        if paths.is_empty()
+            && request
+                .update_mask
+                .as_ref()
+                .is_none_or(|m| m.paths.is_empty())
+        {
+            violations.push(FieldViolation::new(
+                "update_mask",
+                "must name at least one field",
+            ));
         }
         let name = paths
             .contains(&"name")
@@ -206,7 +219,10 @@ impl ChatbotService for Chatbots {
         let id = ChatbotId::parse("id", &request.get_ref().id).map_err(AppError::from)?;
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         authorized_chatbot(&mut conn, &caller, id).await?;
-        if !Chatbot::delete(&mut conn, id).await.map_err(AppError::from)? {
+        if !Chatbot::delete(&mut conn, id)
+            .await
+            .map_err(AppError::from)?
+        {
             return Err(AppError::NotFound("chatbot").into());
         }
         tracing::info!(chatbot_id = %id, "chatbot deleted with its keys");

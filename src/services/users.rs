@@ -87,7 +87,12 @@ impl UserService for Users {
             return Err(AppError::PermissionDenied.into());
         }
 
-        let hashed_password = self.state.hasher.hash(password).await.map_err(AppError::Internal)?;
+        let hashed_password = self
+            .state
+            .hasher
+            .hash(password)
+            .await
+            .map_err(AppError::Internal)?;
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         let user = User::insert(
             &mut conn,
@@ -168,7 +173,10 @@ impl UserService for Users {
             match parse_role("user.role", user.role) {
                 Ok(Some(role)) => Some(role),
                 Ok(None) => {
-                    violations.push(FieldViolation::new("user.role", "must be USER_ROLE_USER or USER_ROLE_ADMIN"));
+                    violations.push(FieldViolation::new(
+                        "user.role",
+                        "must be USER_ROLE_USER or USER_ROLE_ADMIN",
+                    ));
                     None
                 }
                 Err(violation) => {
@@ -214,8 +222,9 @@ impl UserService for Users {
                 // lock the owner out: changing one's own password needs the
                 // current one.
                 if caller.user_id == id {
-                    let presented = Password::presented("current_password", request.current_password)
-                        .map_err(AppError::from)?;
+                    let presented =
+                        Password::presented("current_password", request.current_password)
+                            .map_err(AppError::from)?;
                     let matches = self
                         .state
                         .hasher
@@ -230,7 +239,13 @@ impl UserService for Users {
                         .into());
                     }
                 }
-                Some(self.state.hasher.hash(new_password).await.map_err(AppError::Internal)?)
+                Some(
+                    self.state
+                        .hasher
+                        .hash(new_password)
+                        .await
+                        .map_err(AppError::Internal)?,
+                )
             }
         };
 

@@ -6,8 +6,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Timestamptz};
 use diesel::{
-    BoolExpressionMethods, ExpressionMethods, Insertable,
-    OptionalExtension, QueryDsl, Queryable, Selectable, SelectableHelper,
+    BoolExpressionMethods, ExpressionMethods, Insertable, OptionalExtension, QueryDsl, Queryable,
+    Selectable, SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
 
@@ -77,7 +77,10 @@ impl ApiKey {
         }
     }
 
-    pub async fn insert(conn: &mut DbConnection, new: NewApiKey<'_>) -> diesel::QueryResult<ApiKey> {
+    pub async fn insert(
+        conn: &mut DbConnection,
+        new: NewApiKey<'_>,
+    ) -> diesel::QueryResult<ApiKey> {
         diesel::insert_into(api_keys::table)
             .values(new)
             .returning(ApiKey::as_returning())
@@ -85,7 +88,10 @@ impl ApiKey {
             .await
     }
 
-    pub async fn find(conn: &mut DbConnection, id: ApiKeyId) -> diesel::QueryResult<Option<ApiKey>> {
+    pub async fn find(
+        conn: &mut DbConnection,
+        id: ApiKeyId,
+    ) -> diesel::QueryResult<Option<ApiKey>> {
         api_keys::table
             .find(id)
             .select(ApiKey::as_select())
@@ -150,9 +156,11 @@ impl ApiKey {
         }
         if let Some(after) = &page.after {
             query = query.filter(
-                api_keys::created_at.gt(after.create_time).or(api_keys::created_at
-                    .eq(after.create_time)
-                    .and(api_keys::id.gt(after.id))),
+                api_keys::created_at
+                    .gt(after.create_time)
+                    .or(api_keys::created_at
+                        .eq(after.create_time)
+                        .and(api_keys::id.gt(after.id))),
             );
         }
         query.load(conn).await
@@ -167,7 +175,11 @@ impl ApiKey {
         api_keys::table
             .filter(api_keys::chatbot_id.eq(chatbot_id))
             .filter(api_keys::revoked.eq(false))
-            .filter(api_keys::expires_at.is_null().or(api_keys::expires_at.gt(now)))
+            .filter(
+                api_keys::expires_at
+                    .is_null()
+                    .or(api_keys::expires_at.gt(now)),
+            )
             .count()
             .get_result(conn)
             .await
@@ -193,9 +205,11 @@ impl ApiKey {
         until: DateTime<Utc>,
     ) -> diesel::QueryResult<Option<ApiKey>> {
         diesel::update(
-            api_keys::table
-                .find(id)
-                .filter(api_keys::expires_at.is_null().or(api_keys::expires_at.gt(until))),
+            api_keys::table.find(id).filter(
+                api_keys::expires_at
+                    .is_null()
+                    .or(api_keys::expires_at.gt(until)),
+            ),
         )
         .set(api_keys::expires_at.eq(until))
         .execute(conn)
@@ -204,7 +218,9 @@ impl ApiKey {
     }
 
     pub async fn delete(conn: &mut DbConnection, id: ApiKeyId) -> diesel::QueryResult<bool> {
-        let deleted = diesel::delete(api_keys::table.find(id)).execute(conn).await?;
+        let deleted = diesel::delete(api_keys::table.find(id))
+            .execute(conn)
+            .await?;
         Ok(deleted > 0)
     }
 

@@ -113,9 +113,11 @@ impl Chatbot {
         }
         if let Some(after) = &page.after {
             query = query.filter(
-                chatbots::created_at.gt(after.create_time).or(chatbots::created_at
-                    .eq(after.create_time)
-                    .and(chatbots::id.gt(after.id))),
+                chatbots::created_at
+                    .gt(after.create_time)
+                    .or(chatbots::created_at
+                        .eq(after.create_time)
+                        .and(chatbots::id.gt(after.id))),
             );
         }
         query.load(conn).await
@@ -136,7 +138,9 @@ impl Chatbot {
 
     /// Deletes the chatbot; its API keys go by cascade.
     pub async fn delete(conn: &mut DbConnection, id: ChatbotId) -> diesel::QueryResult<bool> {
-        let deleted = diesel::delete(chatbots::table.find(id)).execute(conn).await?;
+        let deleted = diesel::delete(chatbots::table.find(id))
+            .execute(conn)
+            .await?;
         Ok(deleted > 0)
     }
 

@@ -38,7 +38,10 @@ pub struct NewRefreshToken<'a> {
 }
 
 impl RefreshToken {
-    pub async fn insert(conn: &mut DbConnection, new: NewRefreshToken<'_>) -> diesel::QueryResult<()> {
+    pub async fn insert(
+        conn: &mut DbConnection,
+        new: NewRefreshToken<'_>,
+    ) -> diesel::QueryResult<()> {
         diesel::insert_into(refresh_tokens::table)
             .values(new)
             .execute(conn)

@@ -1,0 +1,369 @@
+//! The authorization matrix: every protected RPC called as every kind of
+//! caller, asserting the exact code of each cell.
+
+use chatbot_backend::proto;
+use prost_types::FieldMask;
+use tonic::{Code, Status};
+
+use crate::auth::bad_tokens;
+use crate::helpers::{spawn_app_with, TestApp, TestUser};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rpc {
+    GetUser,
+    ListUsers,
+    UpdateUser,
+    DeleteUser,
+    CreateChatbot,
+    GetChatbot,
+    ListChatbots,
+    UpdateChatbot,
+    DeleteChatbot,
+    CreateApiKey,
+    GetApiKey,
+    ListApiKeys,
+    RevokeApiKey,
+    RotateApiKey,
+    DeleteApiKey,
+    VerifyApiKey,
+    GetCurrentUser,
+    Logout,
+    GetDatabaseStatus,
+}
+
+const ALL_RPCS: &[Rpc] = &[
+    Rpc::GetUser,
+    Rpc::ListUsers,
+    Rpc::UpdateUser,
+    Rpc::DeleteUser,
+    Rpc::CreateChatbot,
+    Rpc::GetChatbot,
+    Rpc::ListChatbots,
+    Rpc::UpdateChatbot,
+    Rpc::DeleteChatbot,
+    Rpc::CreateApiKey,
+    Rpc::GetApiKey,
+    Rpc::ListApiKeys,
+    Rpc::RevokeApiKey,
+    Rpc::RotateApiKey,
+    Rpc::DeleteApiKey,
+    Rpc::VerifyApiKey,
+    Rpc::GetCurrentUser,
+    Rpc::Logout,
+    Rpc::GetDatabaseStatus,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Anonymous,
+    BadToken(usize),
+    /// Another user, on the owner's objects.
+    Stranger,
+    Owner,
+    Admin,
+    /// A plain user, on ids that do not exist.
+    UserOnMissing,
+    /// An admin, on ids that do not exist.
+    AdminOnMissing,
+}
+
+/// What one cell targets: a user, their chatbot, its key.
+struct Target {
+    user_id: String,
+    chatbot_id: String,
+    api_key_id: i64,
+    key: String,
+    refresh_token: String,
+}
+
+impl Rpc {
+    fn is_public(self) -> bool {
+        self == Rpc::VerifyApiKey
+    }
+
+    /// RPCs that name an existing object, so "missing" cells apply.
+    fn targets_an_object(self) -> bool {
+        matches!(
+            self,
+            Rpc::GetUser
+                | Rpc::UpdateUser
+                | Rpc::DeleteUser
+                | Rpc::GetChatbot
+                | Rpc::UpdateChatbot
+                | Rpc::DeleteChatbot
+                | Rpc::CreateApiKey
+                | Rpc::GetApiKey
+                | Rpc::ListApiKeys
+                | Rpc::RevokeApiKey
+                | Rpc::RotateApiKey
+                | Rpc::DeleteApiKey
+                | Rpc::ListChatbots
+                | Rpc::CreateChatbot
+        )
+    }
+
+    fn admin_only(self) -> bool {
+        matches!(self, Rpc::ListUsers | Rpc::GetDatabaseStatus)
+    }
+
+    /// RPCs about the caller alone, which any valid caller may use.
+    fn about_the_caller(self) -> bool {
+        matches!(self, Rpc::GetCurrentUser | Rpc::Logout)
+    }
+}
+
+fn expected(rpc: Rpc, who: Who) -> Code {
+    if rpc.is_public() {
+        return Code::Ok;
+    }
+    match who {
+        Who::Anonymous | Who::BadToken(_) => Code::Unauthenticated,
+        Who::Admin => Code::Ok,
+        _ if rpc.admin_only() => Code::PermissionDenied,
+        _ if rpc.about_the_caller() => Code::Ok,
+        Who::Owner => Code::Ok,
+        Who::Stranger | Who::UserOnMissing => Code::PermissionDenied,
+        Who::AdminOnMissing => Code::NotFound,
+    }
+}
+
+async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Result<(), Status> {
+    let id_mask = |path: &str| {
+        Some(FieldMask {
+            paths: vec![path.into()],
+        })
+    };
+    match rpc {
+        Rpc::GetUser => app
+            .users(token)
+            .get_user(proto::GetUserRequest {
+                id: t.user_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::ListUsers => app
+            .users(token)
+            .list_users(proto::ListUsersRequest::default())
+            .await
+            .map(drop),
+        Rpc::UpdateUser => app
+            .users(token)
+            .update_user(proto::UpdateUserRequest {
+                user: Some(proto::User {
+                    id: t.user_id.clone(),
+                    email: format!("renamed-{}@example.com", uuid::Uuid::new_v4().simple()),
+                    ..Default::default()
+                }),
+                update_mask: id_mask("email"),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteUser => app
+            .users(token)
+            .delete_user(proto::DeleteUserRequest {
+                id: t.user_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::CreateChatbot => app
+            .chatbots(token)
+            .create_chatbot(proto::CreateChatbotRequest {
+                owner_id: t.user_id.clone(),
+                name: "matrix".into(),
+                llm_endpoint_url: "https://llm.example.com".into(),
+            })
+            .await
+            .map(drop),
+        Rpc::GetChatbot => app
+            .chatbots(token)
+            .get_chatbot(proto::GetChatbotRequest {
+                id: t.chatbot_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::ListChatbots => app
+            .chatbots(token)
+            .list_chatbots(proto::ListChatbotsRequest {
+                owner_id: t.user_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::UpdateChatbot => app
+            .chatbots(token)
+            .update_chatbot(proto::UpdateChatbotRequest {
+                chatbot: Some(proto::Chatbot {
+                    id: t.chatbot_id.clone(),
+                    name: "renamed".into(),
+                    ..Default::default()
+                }),
+                update_mask: id_mask("name"),
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteChatbot => app
+            .chatbots(token)
+            .delete_chatbot(proto::DeleteChatbotRequest {
+                id: t.chatbot_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::CreateApiKey => app
+            .api_keys(token)
+            .create_api_key(proto::CreateApiKeyRequest {
+                chatbot_id: t.chatbot_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::GetApiKey => app
+            .api_keys(token)
+            .get_api_key(proto::GetApiKeyRequest { id: t.api_key_id })
+            .await
+            .map(drop),
+        Rpc::ListApiKeys => app
+            .api_keys(token)
+            .list_api_keys(proto::ListApiKeysRequest {
+                chatbot_id: t.chatbot_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::RevokeApiKey => app
+            .api_keys(token)
+            .revoke_api_key(proto::RevokeApiKeyRequest { id: t.api_key_id })
+            .await
+            .map(drop),
+        Rpc::RotateApiKey => app
+            .api_keys(token)
+            .rotate_api_key(proto::RotateApiKeyRequest {
+                id: t.api_key_id,
+                grace_period: None,
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteApiKey => app
+            .api_keys(token)
+            .delete_api_key(proto::DeleteApiKeyRequest { id: t.api_key_id })
+            .await
+            .map(drop),
+        Rpc::VerifyApiKey => app
+            .api_keys(token)
+            .verify_api_key(proto::VerifyApiKeyRequest { key: t.key.clone() })
+            .await
+            .map(drop),
+        Rpc::GetCurrentUser => app
+            .auth(token)
+            .get_current_user(proto::GetCurrentUserRequest {})
+            .await
+            .map(drop),
+        Rpc::Logout => app
+            .auth(token)
+            .logout(proto::LogoutRequest {
+                refresh_token: t.refresh_token.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::GetDatabaseStatus => app
+            .status(token)
+            .get_database_status(proto::GetDatabaseStatusRequest {})
+            .await
+            .map(drop),
+    }
+}
+
+/// A fresh owner with a chatbot and a key, so destructive cells do not
+/// disturb each other.
+async fn fresh_target(app: &TestApp) -> (TestUser, Target) {
+    let owner = app.new_user().await;
+    let chatbot = app.create_chatbot(&owner, "matrix bot").await;
+    let key = app.create_api_key(&owner, &chatbot.id).await;
+    let target = Target {
+        user_id: owner.id.clone(),
+        chatbot_id: chatbot.id,
+        api_key_id: key.api_key.unwrap().id,
+        key: key.key,
+        refresh_token: owner.refresh_token.clone(),
+    };
+    (owner, target)
+}
+
+fn missing_target() -> Target {
+    Target {
+        user_id: uuid::Uuid::new_v4().to_string(),
+        chatbot_id: uuid::Uuid::new_v4().to_string(),
+        api_key_id: 987_654_321,
+        key: "cbk_missing".into(),
+        refresh_token: "cbr_missing".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_rpc_answers_each_kind_of_caller_with_the_documented_code() {
+    let app = spawn_app_for_matrix().await;
+    let stranger = app.new_user().await;
+    let admin = app.new_admin().await;
+    let bad = bad_tokens(&stranger.id);
+    let mut whos = vec![Who::Anonymous];
+    whos.extend((0..bad.len()).map(Who::BadToken));
+    whos.extend([
+        Who::Stranger,
+        Who::Owner,
+        Who::Admin,
+        Who::UserOnMissing,
+        Who::AdminOnMissing,
+    ]);
+
+    let mut failures = Vec::new();
+    let mut cells = 0;
+    for &rpc in ALL_RPCS {
+        for &who in &whos {
+            if matches!(who, Who::UserOnMissing | Who::AdminOnMissing)
+                && (!rpc.targets_an_object()
+                    || rpc == Rpc::ListChatbots
+                    || rpc == Rpc::CreateChatbot)
+            {
+                continue;
+            }
+            let (owner, target) = fresh_target(&app).await;
+            let target = if matches!(who, Who::UserOnMissing | Who::AdminOnMissing) {
+                missing_target()
+            } else {
+                target
+            };
+            let token = match who {
+                Who::Anonymous => None,
+                Who::BadToken(i) => Some(bad[i].1.clone()),
+                Who::Stranger | Who::UserOnMissing => Some(stranger.token.clone()),
+                Who::Owner => Some(owner.token.clone()),
+                Who::Admin | Who::AdminOnMissing => Some(admin.token.clone()),
+            };
+            let code = match call(&app, rpc, token.as_deref(), &target).await {
+                Ok(()) => Code::Ok,
+                Err(status) => status.code(),
+            };
+            cells += 1;
+            let want = expected(rpc, who);
+            if code != want {
+                let who = match who {
+                    Who::BadToken(i) => format!("token {}", bad[i].0),
+                    other => format!("{other:?}"),
+                };
+                failures.push(format!("{rpc:?} as {who}: got {code:?}, want {want:?}"));
+            }
+        }
+    }
+    assert!(cells > 200, "the matrix shrank to {cells} cells");
+    assert!(
+        failures.is_empty(),
+        "{} cells wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+async fn spawn_app_for_matrix() -> TestApp {
+    // Many fresh owners log in; keep the throttle out of the way.
+    spawn_app_with(&["--login-max-failures-per-address", "100000"]).await
+}

@@ -1,0 +1,376 @@
+//! The test harness: `spawn_app()` creates a fresh database, starts the
+//! server on port 0 and hands out typed clients; dropping the app stops the
+//! server and drops the database.
+
+use std::io::Write;
+use std::sync::{Arc, LazyLock, Mutex, Once};
+
+use chatbot_backend::auth::PasswordHasher;
+use chatbot_backend::config::Settings;
+use chatbot_backend::db::models::User;
+use chatbot_backend::db::Database;
+use chatbot_backend::domain::Password;
+use chatbot_backend::proto::api_key_service_client::ApiKeyServiceClient;
+use chatbot_backend::proto::auth_service_client::AuthServiceClient;
+use chatbot_backend::proto::chatbot_service_client::ChatbotServiceClient;
+use chatbot_backend::proto::status_service_client::StatusServiceClient;
+use chatbot_backend::proto::user_service_client::UserServiceClient;
+use chatbot_backend::proto::{self};
+use chatbot_backend::startup::Application;
+use clap::Parser;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+pub const SECRET_KEY: &str = "test-secret-key-that-is-at-least-32-bytes-long";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Everything the server logged during this test binary's run, so tests
+/// can assert that no secret ever reaches a log line.
+pub static LOGS: LazyLock<Arc<Mutex<Vec<u8>>>> = LazyLock::new(Arc::default);
+
+#[derive(Clone)]
+struct LogSink;
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        if std::env::var_os("TEST_LOG").is_some() {
+            std::io::stdout().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_logging() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::new(
+            "debug,h2=info,hyper=info,tower=info,hyper_util=info",
+        );
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(|| LogSink)
+            .init();
+    });
+}
+
+pub fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
+#[derive(Parser)]
+struct TestCli {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+fn test_server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(server_url: &str, name: &str) -> String {
+    let mut url = url::Url::parse(server_url).expect("TEST_DATABASE_URL is a URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+/// Interceptor that adds `authorization: Bearer <token>` when a token is set.
+#[derive(Clone)]
+pub struct Bearer(Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            let value = format!("Bearer {token}").parse().expect("token is ASCII");
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// A signed-up, logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: String,
+    pub email: String,
+    pub password: String,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+pub struct TestApp {
+    pub database_url: String,
+    pub database_name: String,
+    pub db: Database,
+    channel: Channel,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts a server with default test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Starts a server with extra command-line flags, e.g. `["--allow-signup", "false"]`.
+pub async fn spawn_app_with(extra_flags: &[&str]) -> TestApp {
+    init_logging();
+    let server_url = test_server_url();
+    let database_name = format!("cbtest_{}", uuid::Uuid::new_v4().simple());
+    let database_url = with_database(&server_url, &database_name);
+    let mut admin = AsyncPgConnection::establish(&server_url)
+        .await
+        .expect("PostgreSQL at TEST_DATABASE_URL must be reachable");
+    diesel::sql_query(format!("CREATE DATABASE \"{database_name}\""))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+
+    let mut args = vec![
+        "test".to_owned(),
+        "--database-url".into(),
+        database_url.clone(),
+        "--listen-addr".into(),
+        "127.0.0.1:0".into(),
+        "--shutdown-drain-delay-secs".into(),
+        "0".into(),
+        "--database-pool-size".into(),
+        "4".into(),
+    ];
+    if !extra_flags.contains(&"--secret-key") {
+        args.extend(["--secret-key".to_owned(), SECRET_KEY.to_owned()]);
+    }
+    args.extend(extra_flags.iter().map(|s| (*s).to_owned()));
+    let settings = TestCli::parse_from(args).settings;
+    let app = Application::build(settings)
+        .await
+        .expect("application builds");
+    let addr = app.local_addr();
+    let db = app.database().clone();
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = shutdown_rx.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("valid URI")
+        .connect()
+        .await
+        .expect("connect to the test server");
+    TestApp {
+        database_url,
+        database_name,
+        db,
+        channel,
+        shutdown: Some(shutdown_tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    fn authed(&self, token: Option<&str>) -> Authed {
+        InterceptedService::new(self.channel.clone(), Bearer(token.map(str::to_owned)))
+    }
+
+    pub fn users(&self, token: Option<&str>) -> UserServiceClient<Authed> {
+        UserServiceClient::new(self.authed(token))
+    }
+
+    pub fn chatbots(&self, token: Option<&str>) -> ChatbotServiceClient<Authed> {
+        ChatbotServiceClient::new(self.authed(token))
+    }
+
+    pub fn api_keys(&self, token: Option<&str>) -> ApiKeyServiceClient<Authed> {
+        ApiKeyServiceClient::new(self.authed(token))
+    }
+
+    pub fn auth(&self, token: Option<&str>) -> AuthServiceClient<Authed> {
+        AuthServiceClient::new(self.authed(token))
+    }
+
+    pub fn status(&self, token: Option<&str>) -> StatusServiceClient<Authed> {
+        StatusServiceClient::new(self.authed(token))
+    }
+
+    pub async fn sign_up(&self, email: &str, password: &str) -> Result<proto::User, Status> {
+        let response = self
+            .users(None)
+            .create_user(proto::CreateUserRequest {
+                email: email.into(),
+                password: password.into(),
+                role: 0,
+            })
+            .await?;
+        Ok(response.into_inner().user.expect("user in response"))
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<proto::LoginResponse, Status> {
+        Ok(self
+            .auth(None)
+            .login(proto::LoginRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// A new user with a unique email, signed up and logged in.
+    pub async fn new_user(&self) -> TestUser {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        let user = self
+            .sign_up(&email, PASSWORD)
+            .await
+            .expect("sign-up succeeds");
+        let login = self.login(&email, PASSWORD).await.expect("login succeeds");
+        TestUser {
+            id: user.id,
+            email,
+            password: PASSWORD.into(),
+            token: login.access_token,
+            refresh_token: login.refresh_token,
+        }
+    }
+
+    /// A new admin, created the way `create-admin` does, and logged in.
+    pub async fn new_admin(&self) -> TestUser {
+        let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
+        let hash = PasswordHasher::new(1)
+            .unwrap()
+            .hash(Password::parse("password", PASSWORD.into()).unwrap())
+            .await
+            .unwrap();
+        let mut conn = self.db.conn().await.unwrap();
+        let user = User::upsert_admin(&mut conn, &email, &hash).await.unwrap();
+        let login = self
+            .login(&email, PASSWORD)
+            .await
+            .expect("admin login succeeds");
+        TestUser {
+            id: user.id.to_string(),
+            email,
+            password: PASSWORD.into(),
+            token: login.access_token,
+            refresh_token: login.refresh_token,
+        }
+    }
+
+    pub async fn create_chatbot(&self, owner: &TestUser, name: &str) -> proto::Chatbot {
+        self.chatbots(Some(&owner.token))
+            .create_chatbot(proto::CreateChatbotRequest {
+                owner_id: String::new(),
+                name: name.into(),
+                llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
+            })
+            .await
+            .expect("create chatbot")
+            .into_inner()
+            .chatbot
+            .expect("chatbot in response")
+    }
+
+    pub async fn create_api_key(
+        &self,
+        owner: &TestUser,
+        chatbot_id: &str,
+    ) -> proto::CreateApiKeyResponse {
+        self.api_keys(Some(&owner.token))
+            .create_api_key(proto::CreateApiKeyRequest {
+                chatbot_id: chatbot_id.into(),
+                display_name: "test key".into(),
+                expire_time: None,
+            })
+            .await
+            .expect("create API key")
+            .into_inner()
+    }
+
+    pub async fn verify(&self, key: &str) -> proto::VerifyApiKeyResponse {
+        self.api_keys(None)
+            .verify_api_key(proto::VerifyApiKeyRequest { key: key.into() })
+            .await
+            .expect("VerifyApiKey answers OK")
+            .into_inner()
+    }
+
+    /// Runs SQL against this test's database directly.
+    pub async fn sql(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.database_url)
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server exits cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let server_url = test_server_url();
+        let name = self.database_name.clone();
+        // Drop cannot await; a short-lived runtime on its own thread can.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                if let Ok(mut conn) = AsyncPgConnection::establish(&server_url).await {
+                    let _ = diesel::sql_query(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    ))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Asserts a call failed with `code`, returning the status for more checks.
+#[track_caller]
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
+    match result {
+        Ok(value) => panic!("expected {code:?}, got OK: {value:?}"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "unexpected status: {status:?}");
+            status
+        }
+    }
+}
+
+/// The field paths of a status's BadRequest violations.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

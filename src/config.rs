@@ -129,6 +129,26 @@ pub struct Settings {
     )]
     pub max_concurrent_requests_per_connection: usize,
 
+    /// Requests per second per authenticated user (burst: rate x burst factor); 0 = off.
+    #[arg(long, env = "RATE_LIMIT_PER_USER", default_value_t = 100)]
+    pub rate_limit_per_user: u32,
+
+    /// Requests per second per client address for calls without a token; 0 = off.
+    #[arg(long, env = "RATE_LIMIT_PER_ADDRESS", default_value_t = 20)]
+    pub rate_limit_per_address: u32,
+
+    /// VerifyApiKey calls per second per API key; 0 = off.
+    #[arg(long, env = "RATE_LIMIT_PER_API_KEY", default_value_t = 1000)]
+    pub rate_limit_per_api_key: u32,
+
+    /// Bucket size as a multiple of the per-second rate.
+    #[arg(long, env = "RATE_LIMIT_BURST_FACTOR", default_value_t = 2)]
+    pub rate_limit_burst_factor: u32,
+
+    /// Address for the Prometheus metrics endpoint; unset = no endpoint.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Log format: plain or json. Filter with RUST_LOG.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -192,6 +212,15 @@ impl Settings {
             "DATABASE_URL must be a postgres:// URL"
         );
         Ok(())
+    }
+
+    pub fn rate_limit_settings(&self) -> crate::rate_limit::RateLimitSettings {
+        crate::rate_limit::RateLimitSettings {
+            per_user: self.rate_limit_per_user,
+            per_address: self.rate_limit_per_address,
+            per_api_key: self.rate_limit_per_api_key,
+            burst_factor: self.rate_limit_burst_factor,
+        }
     }
 
     pub fn pool_settings(&self) -> crate::db::PoolSettings {

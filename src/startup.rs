@@ -18,12 +18,15 @@ use tonic_health::ServingStatus;
 use crate::auth::{AuthLayer, LoginThrottle, PasswordHasher, TokenKeys};
 use crate::config::Settings;
 use crate::db::{self, Database};
+use crate::metrics::{self, Metrics};
+use crate::observability::RpcLayer;
 use crate::proto;
 use crate::proto::api_key_service_server::ApiKeyServiceServer;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::chatbot_service_server::ChatbotServiceServer;
 use crate::proto::status_service_server::StatusServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
+use crate::rate_limit::RateLimits;
 use crate::services::api_keys::{ApiKeys, LastUsedRecorder};
 use crate::services::auth::Auth;
 use crate::services::chatbots::Chatbots;
@@ -50,6 +53,8 @@ const READINESS_SERVICES: &[&str] = &[
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    metrics: Metrics,
     state: Arc<AppState>,
     settings: Settings,
 }
@@ -90,6 +95,7 @@ impl Application {
                 Duration::from_secs(settings.login_throttle_window_secs),
             ),
             last_used: LastUsedRecorder::default(),
+            rate_limits: RateLimits::new(settings.rate_limit_settings()),
             policy: Policy {
                 allow_signup: settings.allow_signup,
                 allow_private_llm_endpoints: settings.allow_private_llm_endpoints,
@@ -102,9 +108,20 @@ impl Application {
             .await
             .with_context(|| format!("binding LISTEN_ADDR {}", settings.listen_addr))?;
         let local_addr = listener.local_addr()?;
+        let metrics = Metrics::default();
+        let metrics_addr = match settings.metrics_addr {
+            Some(addr) => Some(
+                metrics::serve(addr, metrics.clone(), state.db.clone())
+                    .await
+                    .with_context(|| format!("binding METRICS_ADDR {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
+            metrics_addr,
+            metrics,
             state,
             settings,
         })
@@ -113,6 +130,11 @@ impl Application {
     /// The bound address (the real port when LISTEN_ADDR had port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where metrics are served, if METRICS_ADDR was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn database(&self) -> &Database {
@@ -129,8 +151,10 @@ impl Application {
         let Self {
             listener,
             local_addr,
+            metrics,
             state,
             settings,
+            ..
         } = self;
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -138,6 +162,7 @@ impl Application {
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
         set_readiness(&health_reporter, ServingStatus::Serving).await;
+        metrics.set_serving(true);
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -155,6 +180,7 @@ impl Application {
         let health_task = tokio::spawn(watch_database_health(
             state.db.clone(),
             health_reporter.clone(),
+            metrics.clone(),
             Duration::from_secs(settings.health_check_interval_secs),
             background_stopped.clone(),
         ));
@@ -167,6 +193,7 @@ impl Application {
         let drain_delay = Duration::from_secs(settings.shutdown_drain_delay_secs);
         let grace = Duration::from_secs(settings.shutdown_grace_secs);
         let reporter_for_shutdown = health_reporter.clone();
+        let metrics_for_shutdown = metrics.clone();
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let stop_serving = async move {
             shutdown.await;
@@ -175,6 +202,7 @@ impl Application {
                 "shutting down: reporting NOT_SERVING, draining"
             );
             set_readiness(&reporter_for_shutdown, ServingStatus::NotServing).await;
+            metrics_for_shutdown.set_serving(false);
             tokio::time::sleep(drain_delay).await;
             tracing::info!("no longer accepting connections; finishing in-flight RPCs");
             let _ = draining_tx.send(());
@@ -184,14 +212,12 @@ impl Application {
         let server = Server::builder()
             .timeout(Duration::from_secs(settings.default_rpc_timeout_secs))
             .concurrency_limit_per_connection(settings.max_concurrent_requests_per_connection)
-            .trace_fn(|request| {
-                tracing::info_span!(
-                    "rpc",
-                    rpc.system = "grpc",
-                    rpc.method = %request.uri().path(),
-                )
-            })
-            .layer(AuthLayer::new(state.tokens.clone()))
+            // First added is outermost: observe everything, then authenticate.
+            .layer(RpcLayer::new(metrics.clone()))
+            .layer(AuthLayer::new(
+                state.tokens.clone(),
+                state.rate_limits.clone(),
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -260,6 +286,7 @@ async fn set_readiness(reporter: &HealthReporter, status: ServingStatus) {
 async fn watch_database_health(
     db: Database,
     reporter: HealthReporter,
+    metrics: Metrics,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -279,6 +306,7 @@ async fn watch_database_health(
         );
         if ok != healthy {
             healthy = ok;
+            metrics.set_serving(ok);
             if ok {
                 tracing::info!("database reachable again: SERVING");
                 set_readiness(&reporter, ServingStatus::Serving).await;
@@ -300,6 +328,7 @@ async fn flush_last_used_periodically(
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
+        state.rate_limits.sweep();
         if let Err(error) = state.last_used.flush(&state.db).await {
             tracing::warn!(
                 error = format!("{error:#}"),

@@ -10,9 +10,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::body::Body;
+use tonic::transport::server::TcpConnectInfo;
+use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 use super::{Caller, TokenKeys};
+use crate::rate_limit::{RateKey, RateLimits};
 
 /// Full method paths callable without an access token. On these a token is
 /// optional and an invalid one is ignored (a client refreshing its session
@@ -35,15 +38,20 @@ fn is_public(path: &str) -> bool {
     PUBLIC_METHODS.contains(&path) || PUBLIC_SERVICE_PREFIXES.iter().any(|p| path.starts_with(p))
 }
 
+/// Limited per API key inside the handler instead of per address: one
+/// calling service verifies many keys from one address.
+const PER_KEY_LIMITED: &str = "/chatbot.v1.ApiKeyService/VerifyApiKey";
+
 /// Wraps services in [`AuthMiddleware`].
 #[derive(Clone)]
 pub struct AuthLayer {
     keys: Arc<TokenKeys>,
+    limits: RateLimits,
 }
 
 impl AuthLayer {
-    pub fn new(keys: Arc<TokenKeys>) -> Self {
-        Self { keys }
+    pub fn new(keys: Arc<TokenKeys>, limits: RateLimits) -> Self {
+        Self { keys, limits }
     }
 }
 
@@ -54,6 +62,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthMiddleware {
             inner,
             keys: self.keys.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -63,6 +72,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthMiddleware<S> {
     inner: S,
     keys: Arc<TokenKeys>,
+    limits: RateLimits,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
@@ -82,9 +92,35 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let public = is_public(request.uri().path());
-        match authenticate(&self.keys, request.headers()) {
+        let path = request.uri().path();
+        let public = is_public(path);
+        let exempt =
+            PUBLIC_SERVICE_PREFIXES.iter().any(|p| path.starts_with(p)) || path == PER_KEY_LIMITED;
+        let address = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+            .map(|addr| addr.ip());
+        let authenticated = authenticate(&self.keys, request.headers());
+        // Health and reflection are exempt; everyone else has a bucket.
+        let rate_key = match (&authenticated, address) {
+            _ if exempt => None,
+            (Ok(Some(caller)), _) => Some(RateKey::User(caller.user_id)),
+            (_, Some(ip)) => Some(RateKey::Address(ip)),
+            (_, None) => None,
+        };
+        if let Some(Err(retry_after)) = rate_key.map(|key| self.limits.check(key)) {
+            let status = tonic::Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                "rate limit exceeded; retry later",
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            );
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        match authenticated {
             Ok(Some(caller)) => {
+                tracing::Span::current()
+                    .record("enduser.id", tracing::field::display(caller.user_id));
                 request.extensions_mut().insert(caller);
             }
             Ok(None) if public => {}

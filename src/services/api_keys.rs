@@ -21,6 +21,7 @@ use crate::domain::{ApiKeyId, ApiKeySecret, ChatbotId, PageRequest};
 use crate::error::{AppError, AppResult, FieldViolation, Violations};
 use crate::proto::api_key_service_server::ApiKeyService;
 use crate::proto::{self, VerifyApiKeyReason};
+use crate::rate_limit::RateKey;
 
 /// Longest grace period RotateApiKey grants.
 const MAX_GRACE_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -388,8 +389,16 @@ impl ApiKeyService for ApiKeys {
         let Some(secret) = ApiKeySecret::parse(&request.get_ref().key) else {
             return invalid(VerifyApiKeyReason::Malformed);
         };
+        let digest = secret.digest();
+        if let Err(retry_after) = self.state.rate_limits.check(RateKey::api_key(&digest)) {
+            return Err(AppError::ResourceExhausted {
+                message: "rate limit for this API key exceeded; retry later".into(),
+                retry_after,
+            }
+            .into());
+        }
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        let record = ApiKey::find_for_verification(&mut conn, &secret.digest())
+        let record = ApiKey::find_for_verification(&mut conn, &digest)
             .await
             .map_err(AppError::from)?;
         drop(conn);

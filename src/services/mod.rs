@@ -32,6 +32,7 @@ pub struct AppState {
     pub tokens: std::sync::Arc<TokenKeys>,
     pub throttle: LoginThrottle,
     pub last_used: LastUsedRecorder,
+    pub rate_limits: crate::rate_limit::RateLimits,
     pub policy: Policy,
 }
 

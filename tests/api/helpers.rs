@@ -109,6 +109,7 @@ pub struct TestUser {
 }
 
 pub struct TestApp {
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub database_url: String,
     pub database_name: String,
     pub db: Database,
@@ -147,8 +148,18 @@ pub async fn spawn_app_with(extra_flags: &[&str]) -> TestApp {
         "--database-pool-size".into(),
         "4".into(),
     ];
-    if !extra_flags.contains(&"--secret-key") {
-        args.extend(["--secret-key".to_owned(), SECRET_KEY.to_owned()]);
+    // Defaults a test can override by passing the flag itself; rate limits
+    // are off unless a test is about them.
+    let defaults = [
+        ("--secret-key", SECRET_KEY),
+        ("--rate-limit-per-user", "0"),
+        ("--rate-limit-per-address", "0"),
+        ("--rate-limit-per-api-key", "0"),
+    ];
+    for (flag, value) in defaults {
+        if !extra_flags.contains(&flag) {
+            args.extend([flag.to_owned(), value.to_owned()]);
+        }
     }
     args.extend(extra_flags.iter().map(|s| (*s).to_owned()));
     let settings = TestCli::parse_from(args).settings;
@@ -156,6 +167,7 @@ pub async fn spawn_app_with(extra_flags: &[&str]) -> TestApp {
         .await
         .expect("application builds");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let db = app.database().clone();
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
@@ -167,6 +179,7 @@ pub async fn spawn_app_with(extra_flags: &[&str]) -> TestApp {
         .await
         .expect("connect to the test server");
     TestApp {
+        metrics_addr,
         database_url,
         database_name,
         db,

@@ -6,5 +6,6 @@ mod auth;
 mod authorization;
 mod chatbots;
 mod helpers;
+mod limits;
 mod server;
 mod users;

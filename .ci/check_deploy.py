@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Checks that deploy/ agrees with the code.
+
+- Deployment containerPort == port of LISTEN_ADDR in the ConfigMap == port of
+  ENV LISTEN_ADDR (and EXPOSE) in deploy/Dockerfile;
+- liveness (and startup) probe is grpc on that port with service
+  LIVENESS_SERVICE from src/startup.rs; readiness is grpc on that port with
+  service "" or absent;
+- terminationGracePeriodSeconds > SHUTDOWN_DRAIN_DELAY_SECS +
+  SHUTDOWN_GRACE_SECS (ConfigMap, else the defaults in src/config.rs);
+- every ConfigMap/Secret key is an `env = "NAME"` in src/config.rs;
+- the Service targets the grpc port and selects the Deployment's pods;
+- envFrom names exist; the migrate Job runs `migrate` with the same image.
+
+Stdlib + PyYAML (installed with pip if missing). Exit 1 on any failure.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+try:
+    import yaml
+except ImportError:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "pyyaml"])
+    import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "kubernetes"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+CONFIG_RS = ROOT / "src" / "config.rs"
+STARTUP_RS = ROOT / "src" / "startup.rs"
+
+errors = []
+
+
+def fail(msg):
+    errors.append(msg)
+
+
+def port_of(addr, what):
+    m = re.fullmatch(r"(?:\[[^\]]+\]|[^:]+):(\d+)", str(addr).strip())
+    if not m:
+        fail(f"{what}: cannot read a port from {addr!r}")
+        return None
+    return int(m.group(1))
+
+
+def load_docs():
+    docs = []
+    files = sorted(list(K8S.glob("*.yaml")) + list(K8S.glob("*.yml")))
+    if not files:
+        fail(f"no YAML files in {K8S}")
+    for path in files:
+        try:
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc is None:
+                    continue
+                if not isinstance(doc, dict) or "kind" not in doc:
+                    fail(f"{path.name}: document without kind")
+                    continue
+                docs.append((path.name, doc))
+        except yaml.YAMLError as e:
+            fail(f"{path.name}: invalid YAML: {e}")
+    return docs
+
+
+def one(docs, kind, name=None):
+    found = [(f, d) for f, d in docs if d.get("kind") == kind
+             and (name is None or d.get("metadata", {}).get("name") == name)]
+    if len(found) != 1:
+        fail(f"expected exactly one {kind}{' ' + name if name else ''}, found {len(found)}")
+        return None, {}
+    return found[0]
+
+
+def config_env_names():
+    text = CONFIG_RS.read_text()
+    names = set(re.findall(r'\benv\s*=\s*"([A-Z0-9_]+)"', text))
+    if not names:
+        fail("src/config.rs: found no env = \"NAME\" attributes")
+    return names, text
+
+
+def config_default(text, env):
+    """default_value_t of the field whose #[arg] carries env = "ENV"."""
+    m = re.search(r'env\s*=\s*"' + re.escape(env) + r'"[^)]*?default_value_t\s*=\s*(\d+)', text, re.S)
+    return int(m.group(1)) if m else None
+
+
+def liveness_service():
+    m = re.search(r'const\s+LIVENESS_SERVICE\s*:\s*&str\s*=\s*"([^"]*)"\s*;', STARTUP_RS.read_text())
+    if not m:
+        fail("src/startup.rs: LIVENESS_SERVICE constant not found")
+        return None
+    return m.group(1)
+
+
+def dockerfile_port():
+    text = DOCKERFILE.read_text()
+    env_port = None
+    for m in re.finditer(r"^\s*ENV\s+(.*)$", text, re.M):
+        mm = re.search(r'(?:^|\s)LISTEN_ADDR[=\s]"?([^"\s]+)"?', m.group(1))
+        if mm:
+            env_port = port_of(mm.group(1), "Dockerfile ENV LISTEN_ADDR")
+    if env_port is None:
+        fail("deploy/Dockerfile: no ENV LISTEN_ADDR")
+    exposed = {int(p) for m in re.finditer(r"^\s*EXPOSE\s+(.*)$", text, re.M)
+               for p in re.findall(r"(\d+)", m.group(1))}
+    if env_port is not None and env_port not in exposed:
+        fail(f"deploy/Dockerfile: EXPOSE {sorted(exposed)} does not include LISTEN_ADDR port {env_port}")
+    return env_port
+
+
+def check_probe(container, key, port, want_service, allow_absent):
+    probe = container.get(key)
+    if not probe:
+        fail(f"Deployment: {key} missing")
+        return
+    grpc = probe.get("grpc")
+    if not isinstance(grpc, dict):
+        fail(f"Deployment: {key} is not a grpc probe")
+        return
+    if grpc.get("port") != port:
+        fail(f"Deployment: {key} grpc port {grpc.get('port')!r} != container port {port}")
+    service = grpc.get("service", None if allow_absent else "<absent>")
+    if service is None:
+        service = ""
+    if service != want_service:
+        fail(f"Deployment: {key} grpc service {service!r}, expected {want_service!r}")
+
+
+def main():
+    env_names, config_text = config_env_names()
+    live = liveness_service()
+    docker_port = dockerfile_port()
+    docs = load_docs()
+
+    _, cm = one(docs, "ConfigMap")
+    _, secret = one(docs, "Secret")
+    _, dep = one(docs, "Deployment")
+    _, svc = one(docs, "Service")
+    _, job = one(docs, "Job")
+
+    cm_data = cm.get("data") or {}
+    secret_keys = set((secret.get("stringData") or {})) | set((secret.get("data") or {}))
+    for where, keys in (("ConfigMap", cm_data), ("Secret", secret_keys)):
+        for k in sorted(keys):
+            if k not in env_names:
+                fail(f"{where}: {k} is not an env var in src/config.rs")
+    if "DATABASE_URL" not in secret_keys:
+        fail("Secret: DATABASE_URL missing")
+    if "SECRET_KEY" not in secret_keys:
+        fail("Secret: SECRET_KEY missing")
+    if str(cm_data.get("MIGRATE_ON_START", "")).lower() != "false":
+        fail("ConfigMap: MIGRATE_ON_START must be \"false\" (the migrate Job migrates)")
+
+    cm_port = port_of(cm_data["LISTEN_ADDR"], "ConfigMap LISTEN_ADDR") if "LISTEN_ADDR" in cm_data else None
+    if cm_port is None and "LISTEN_ADDR" not in cm_data:
+        fail("ConfigMap: LISTEN_ADDR missing")
+
+    spec = dep.get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    pod_labels = spec.get("template", {}).get("metadata", {}).get("labels", {}) or {}
+    containers = pod.get("containers") or []
+    if len(containers) != 1:
+        fail(f"Deployment: expected one container, found {len(containers)}")
+    c = containers[0] if containers else {}
+    grpc_ports = [p for p in c.get("ports", []) if p.get("name") == "grpc"]
+    port = grpc_ports[0].get("containerPort") if grpc_ports else None
+    if port is None:
+        fail("Deployment: no container port named grpc")
+    for what, other in (("ConfigMap LISTEN_ADDR", cm_port), ("Dockerfile ENV LISTEN_ADDR", docker_port)):
+        if port is not None and other is not None and other != port:
+            fail(f"Deployment containerPort {port} != {what} port {other}")
+
+    if live is not None and port is not None:
+        check_probe(c, "livenessProbe", port, live, allow_absent=False)
+        check_probe(c, "startupProbe", port, live, allow_absent=False)
+        check_probe(c, "readinessProbe", port, "", allow_absent=True)
+
+    def shutdown_secs(env):
+        if env in cm_data:
+            return int(cm_data[env])
+        default = config_default(config_text, env)
+        if default is None:
+            fail(f"src/config.rs: no default_value_t for {env} (and not set in the ConfigMap)")
+            return 0
+        return default
+
+    drain = shutdown_secs("SHUTDOWN_DRAIN_DELAY_SECS")
+    grace = shutdown_secs("SHUTDOWN_GRACE_SECS")
+    tgps = pod.get("terminationGracePeriodSeconds", 30)
+    if not tgps > drain + grace:
+        fail(f"Deployment: terminationGracePeriodSeconds {tgps} must exceed "
+             f"SHUTDOWN_DRAIN_DELAY_SECS {drain} + SHUTDOWN_GRACE_SECS {grace}")
+
+    selector = (spec.get("selector") or {}).get("matchLabels") or {}
+    if not selector or any(pod_labels.get(k) != v for k, v in selector.items()):
+        fail("Deployment: selector does not match the pod template labels")
+
+    cm_name = cm.get("metadata", {}).get("name")
+    secret_name = secret.get("metadata", {}).get("name")
+
+    def check_env_from(what, container):
+        refs = container.get("envFrom") or []
+        cms = {r["configMapRef"]["name"] for r in refs if "configMapRef" in r}
+        secs = {r["secretRef"]["name"] for r in refs if "secretRef" in r}
+        if cm_name not in cms:
+            fail(f"{what}: envFrom lacks configMapRef {cm_name}")
+        if secret_name not in secs:
+            fail(f"{what}: envFrom lacks secretRef {secret_name}")
+
+    check_env_from("Deployment", c)
+
+    sc = c.get("securityContext") or {}
+    psc = pod.get("securityContext") or {}
+    if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+        fail("Deployment: runAsNonRoot not set")
+    if not sc.get("readOnlyRootFilesystem"):
+        fail("Deployment: readOnlyRootFilesystem not set")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        fail("Deployment: allowPrivilegeEscalation must be false")
+    if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+        fail("Deployment: capabilities must drop ALL")
+
+    svc_spec = svc.get("spec", {})
+    svc_ports = [p for p in svc_spec.get("ports", []) if p.get("name") == "grpc"]
+    if not svc_ports:
+        fail("Service: no port named grpc")
+    else:
+        sp = svc_ports[0]
+        target = sp.get("targetPort", sp.get("port"))
+        if target not in ("grpc", port):
+            fail(f"Service: targetPort {target!r} is neither 'grpc' nor {port}")
+        if sp.get("port") != port:
+            fail(f"Service: port {sp.get('port')} != container port {port}")
+        if sp.get("appProtocol") not in ("grpc", "kubernetes.io/h2c"):
+            fail(f"Service: appProtocol {sp.get('appProtocol')!r}, expected grpc or kubernetes.io/h2c")
+    svc_sel = svc_spec.get("selector") or {}
+    if not svc_sel or any(pod_labels.get(k) != v for k, v in svc_sel.items()):
+        fail("Service: selector does not match the Deployment's pod labels")
+
+    job_pod = job.get("spec", {}).get("template", {})
+    job_labels = job_pod.get("metadata", {}).get("labels", {}) or {}
+    if svc_sel and all(job_labels.get(k) == v for k, v in svc_sel.items()):
+        fail("Service: selector also matches the migrate Job's pods")
+    job_cs = job_pod.get("spec", {}).get("containers") or []
+    if len(job_cs) != 1:
+        fail(f"Job: expected one container, found {len(job_cs)}")
+    else:
+        jc = job_cs[0]
+        argv = list(jc.get("command") or []) + list(jc.get("args") or [])
+        if "migrate" not in argv:
+            fail(f"Job: command/args {argv} do not run `migrate`")
+        if jc.get("image") != c.get("image"):
+            fail(f"Job image {jc.get('image')!r} != Deployment image {c.get('image')!r}")
+        check_env_from("Job", jc)
+
+    if errors:
+        print("deploy check FAILED:", file=sys.stderr)
+        for e in errors:
+            print(f"  - {e}", file=sys.stderr)
+        return 1
+    print(f"deploy check OK: port {port} (Dockerfile, ConfigMap, Deployment, Service); "
+          f"probes liveness={live!r} readiness=''; "
+          f"terminationGracePeriodSeconds {tgps} > drain {drain} + grace {grace}; "
+          f"{len(cm_data)} ConfigMap + {len(secret_keys)} Secret keys known to src/config.rs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -84,7 +84,7 @@ fn with_database(server_url: &str, name: &str) -> String {
 
 /// Interceptor that adds `authorization: Bearer <token>` when a token is set.
 #[derive(Clone)]
-pub struct Bearer(Option<String>);
+pub struct Bearer(pub Option<String>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -111,7 +111,7 @@ pub struct TestUser {
 pub struct TestApp {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub database_url: String,
-    pub database_name: String,
+    database: TestDatabase,
     pub db: Database,
     channel: Channel,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -123,19 +123,75 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
+/// A fresh, empty database, dropped (with any connections to it) on drop.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        init_logging();
+        let server_url = test_server_url();
+        let name = format!("cbtest_{}", uuid::Uuid::new_v4().simple());
+        let url = with_database(&server_url, &name);
+        let mut admin = AsyncPgConnection::establish(&server_url)
+            .await
+            .expect("PostgreSQL at TEST_DATABASE_URL must be reachable");
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        Self { name, url }
+    }
+
+    /// The same database reached through another host:port (a proxy).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        let mut url = url::Url::parse(&self.url).unwrap();
+        url.set_host(Some(&addr.ip().to_string())).unwrap();
+        url.set_port(Some(addr.port())).unwrap();
+        url.to_string()
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let server_url = test_server_url();
+        let name = self.name.clone();
+        // Drop cannot await; a short-lived runtime on its own thread can.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                if let Ok(mut conn) = AsyncPgConnection::establish(&server_url).await {
+                    let _ = diesel::sql_query(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    ))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// Starts a server with extra command-line flags, e.g. `["--allow-signup", "false"]`.
 pub async fn spawn_app_with(extra_flags: &[&str]) -> TestApp {
-    init_logging();
-    let server_url = test_server_url();
-    let database_name = format!("cbtest_{}", uuid::Uuid::new_v4().simple());
-    let database_url = with_database(&server_url, &database_name);
-    let mut admin = AsyncPgConnection::establish(&server_url)
-        .await
-        .expect("PostgreSQL at TEST_DATABASE_URL must be reachable");
-    diesel::sql_query(format!("CREATE DATABASE \"{database_name}\""))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
+    let database = TestDatabase::create().await;
+    let url = database.url.clone();
+    spawn_app_on(database, &url, extra_flags).await
+}
+
+/// Starts a server on `database`, reached through `database_url`.
+pub async fn spawn_app_on(
+    database: TestDatabase,
+    database_url: &str,
+    extra_flags: &[&str],
+) -> TestApp {
+    let database_url = database_url.to_owned();
 
     let mut args = vec![
         "test".to_owned(),
@@ -180,8 +236,8 @@ pub async fn spawn_app_with(extra_flags: &[&str]) -> TestApp {
         .expect("connect to the test server");
     TestApp {
         metrics_addr,
-        database_url,
-        database_name,
+        database_url: database.url.clone(),
+        database,
         db,
         channel,
         shutdown: Some(shutdown_tx),
@@ -345,25 +401,8 @@ impl Drop for TestApp {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        let server_url = test_server_url();
-        let name = self.database_name.clone();
-        // Drop cannot await; a short-lived runtime on its own thread can.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                if let Ok(mut conn) = AsyncPgConnection::establish(&server_url).await {
-                    let _ = diesel::sql_query(format!(
-                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                    ))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
-        })
-        .join();
+        // The database is dropped after this, with FORCE.
+        let _ = &self.database;
     }
 }
 

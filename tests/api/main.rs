@@ -6,6 +6,7 @@ mod auth;
 mod authorization;
 mod chatbots;
 mod helpers;
+mod lifecycle;
 mod limits;
 mod server;
 mod users;

@@ -1,0 +1,351 @@
+//! Process lifecycle under stress: SIGTERM with calls in flight, and a
+//! database outage cut by a TCP proxy the test controls.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chatbot_backend::proto;
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::ServingStatus;
+
+use crate::helpers::{spawn_app_on, Bearer, TestDatabase, PASSWORD, SECRET_KEY};
+
+async fn health_status(channel: Channel, service: &str) -> Option<i32> {
+    let mut health = HealthClient::new(channel);
+    let request = tonic::Request::new(HealthCheckRequest {
+        service: service.into(),
+    });
+    tokio::time::timeout(Duration::from_secs(2), health.check(request))
+        .await
+        .ok()?
+        .ok()
+        .map(|r| r.into_inner().status)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_every_in_flight_call_finish_and_exits_zero() {
+    let database = TestDatabase::create().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
+        .arg("serve")
+        .env("DATABASE_URL", &database.url)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("SECRET_KEY", SECRET_KEY)
+        .env("SHUTDOWN_DRAIN_DELAY_SECS", "1")
+        .env("SHUTDOWN_GRACE_SECS", "10")
+        .env("RATE_LIMIT_PER_USER", "0")
+        .env("RATE_LIMIT_PER_ADDRESS", "0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the server binary");
+
+    // Learn the bound port from the log, then keep draining stdout.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("server starts in time")
+            .unwrap()
+            .expect("server is running");
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if event["message"] == "serving gRPC" {
+            break event["local_addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let users =
+        || chatbot_backend::proto::user_service_client::UserServiceClient::new(channel.clone());
+    users()
+        .create_user(proto::CreateUserRequest {
+            email: "term@example.com".into(),
+            password: PASSWORD.into(),
+            role: 0,
+        })
+        .await
+        .unwrap();
+    let auth =
+        || chatbot_backend::proto::auth_service_client::AuthServiceClient::new(channel.clone());
+    let login = || {
+        let mut client = auth();
+        async move {
+            client
+                .login(proto::LoginRequest {
+                    email: "term@example.com".into(),
+                    password: PASSWORD.into(),
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let token = login().await.unwrap().access_token;
+
+    // Slow calls (argon2, two at a time) in flight when the signal lands.
+    let slow: Vec<_> = (0..12).map(|_| tokio::spawn(login())).collect();
+    // Cheap calls keep coming, as from a load balancer, until health says
+    // NOT_SERVING.
+    let cheap = {
+        let channel = channel.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            loop {
+                if health_status(channel.clone(), "").await != Some(ServingStatus::Serving as i32) {
+                    return results;
+                }
+                let mut client = chatbot_backend::proto::auth_service_client::AuthServiceClient::with_interceptor(
+                    channel.clone(),
+                    Bearer(Some(token.clone())),
+                );
+                results.push(
+                    client
+                        .get_current_user(proto::GetCurrentUserRequest {})
+                        .await
+                        .map(drop),
+                );
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    for call in slow {
+        call.await
+            .unwrap()
+            .expect("an in-flight login failed during shutdown");
+    }
+    let cheap = cheap.await.unwrap();
+    assert!(!cheap.is_empty());
+    for result in cheap {
+        result.expect("a call made while SERVING failed");
+    }
+    let status = tokio::time::timeout(Duration::from_secs(25), child.wait())
+        .await
+        .expect("the server exits before the hard deadline")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// A TCP proxy the test can cut (dropping every connection and refusing new
+/// ones) and restore.
+struct Proxy {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (cut_flag, registry) = (cut.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if AtomicBool::load(&cut_flag, Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                registry.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            cut,
+            connections,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_answers_unavailable_flips_readiness_and_loses_no_acknowledged_write() {
+    let database = TestDatabase::create().await;
+    let postgres: SocketAddr = {
+        let url = url::Url::parse(&database.url).unwrap();
+        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+            .parse()
+            .unwrap()
+    };
+    let proxy = Proxy::start(postgres).await;
+    let via_proxy = database.url_via(proxy.addr);
+    let direct_url = database.url.clone();
+    let app = spawn_app_on(
+        database,
+        &via_proxy,
+        &[
+            "--health-check-interval-secs",
+            "1",
+            "--database-acquire-timeout-ms",
+            "1000",
+            "--database-connect-timeout-ms",
+            "1000",
+        ],
+    )
+    .await;
+    let user = app.new_user().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let mut client = app.chatbots(Some(&user.token));
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut failures = Vec::new();
+                let mut n = 0;
+                while !AtomicBool::load(&stop, Ordering::SeqCst) {
+                    n += 1;
+                    let mut request = tonic::Request::new(proto::CreateChatbotRequest {
+                        owner_id: String::new(),
+                        name: format!("w{w}-{n}"),
+                        llm_endpoint_url: "https://llm.example.com".into(),
+                    });
+                    request.set_timeout(Duration::from_secs(5));
+                    let started = Instant::now();
+                    match client.create_chatbot(request).await {
+                        Ok(response) => {
+                            acknowledged.push(response.into_inner().chatbot.unwrap().id)
+                        }
+                        Err(status) => failures.push((
+                            status.code(),
+                            status.message().to_owned(),
+                            started.elapsed(),
+                        )),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (acknowledged, failures)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut();
+    let mut saw_not_serving = false;
+    let mut liveness_stayed_up = true;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        liveness_stayed_up &=
+            health_status(app.channel(), "liveness").await == Some(ServingStatus::Serving as i32);
+        if health_status(app.channel(), "").await == Some(ServingStatus::NotServing as i32) {
+            saw_not_serving = true;
+            break;
+        }
+    }
+    assert!(
+        saw_not_serving,
+        "readiness never reported NOT_SERVING during the outage"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    proxy.restore();
+    let mut serving_again = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        liveness_stayed_up &=
+            health_status(app.channel(), "liveness").await == Some(ServingStatus::Serving as i32);
+        if health_status(app.channel(), "").await == Some(ServingStatus::Serving as i32) {
+            serving_again = true;
+            break;
+        }
+    }
+    assert!(serving_again, "readiness did not recover without a restart");
+    assert!(liveness_stayed_up, "liveness must not follow the database");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let mut acknowledged = Vec::new();
+    let mut failures = Vec::new();
+    for writer in writers {
+        let (ok, failed) = writer.await.unwrap();
+        acknowledged.extend(ok);
+        failures.extend(failed);
+    }
+    assert!(
+        !failures.is_empty(),
+        "the outage was not observed by any call"
+    );
+    for (code, message, elapsed) in &failures {
+        assert_eq!(*code, Code::Unavailable, "{message}");
+        assert!(!message.to_lowercase().contains("sql"), "leaked: {message}");
+        assert!(
+            *elapsed < Duration::from_secs(5),
+            "a call hung for {elapsed:?}"
+        );
+    }
+
+    // Requests succeed again, and every acknowledged write is stored.
+    app.create_chatbot(&user, "after the outage").await;
+    let mut conn = diesel_async::AsyncPgConnection::establish_direct(&direct_url).await;
+    let stored: Vec<Id> = diesel::sql_query("SELECT id::text AS id FROM chatbots")
+        .load(&mut conn)
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<String> = stored.into_iter().map(|r| r.id).collect();
+    for id in &acknowledged {
+        assert!(stored.contains(id), "acknowledged chatbot {id} was lost");
+    }
+    assert!(acknowledged.len() > 4);
+}
+
+trait EstablishDirect {
+    async fn establish_direct(url: &str) -> Self;
+}
+
+impl EstablishDirect for diesel_async::AsyncPgConnection {
+    async fn establish_direct(url: &str) -> Self {
+        <Self as diesel_async::AsyncConnection>::establish(url)
+            .await
+            .unwrap()
+    }
+}

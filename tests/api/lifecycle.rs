@@ -151,6 +151,21 @@ async fn sigterm_lets_every_in_flight_call_finish_and_exits_zero() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// Polls readiness every 100 ms until it reports `want` (at most `polls`
+/// times); also reports whether liveness stayed SERVING throughout.
+async fn wait_for_readiness(channel: Channel, want: ServingStatus, polls: usize) -> (bool, bool) {
+    let mut liveness_stayed_up = true;
+    for _ in 0..polls {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        liveness_stayed_up &=
+            health_status(channel.clone(), "liveness").await == Some(ServingStatus::Serving as i32);
+        if health_status(channel.clone(), "").await == Some(want as i32) {
+            return (true, liveness_stayed_up);
+        }
+    }
+    (false, liveness_stayed_up)
+}
+
 /// A TCP proxy the test can cut (dropping every connection and refusing new
 /// ones) and restore.
 struct Proxy {
@@ -272,33 +287,17 @@ async fn a_database_outage_answers_unavailable_flips_readiness_and_loses_no_ackn
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.cut();
-    let mut saw_not_serving = false;
-    let mut liveness_stayed_up = true;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        liveness_stayed_up &=
-            health_status(app.channel(), "liveness").await == Some(ServingStatus::Serving as i32);
-        if health_status(app.channel(), "").await == Some(ServingStatus::NotServing as i32) {
-            saw_not_serving = true;
-            break;
-        }
-    }
+    let (saw_not_serving, mut liveness_stayed_up) =
+        wait_for_readiness(app.channel(), ServingStatus::NotServing, 50).await;
     assert!(
         saw_not_serving,
         "readiness never reported NOT_SERVING during the outage"
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     proxy.restore();
-    let mut serving_again = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        liveness_stayed_up &=
-            health_status(app.channel(), "liveness").await == Some(ServingStatus::Serving as i32);
-        if health_status(app.channel(), "").await == Some(ServingStatus::Serving as i32) {
-            serving_again = true;
-            break;
-        }
-    }
+    let (serving_again, live) =
+        wait_for_readiness(app.channel(), ServingStatus::Serving, 100).await;
+    liveness_stayed_up &= live;
     assert!(serving_again, "readiness did not recover without a restart");
     assert!(liveness_stayed_up, "liveness must not follow the database");
     tokio::time::sleep(Duration::from_millis(700)).await;

@@ -1,0 +1,666 @@
+//! `loadgen`: a closed-loop load generator for one RPC of a running
+//! chatbot-backend.
+//!
+//! ```text
+//! cargo run --release --bin loadgen -- --addr http://127.0.0.1:50051 \
+//!     --rpc get-chatbot --concurrency 64 --duration-secs 10
+//! cargo run --release --bin loadgen -- --rpc verify-api-key-valid --requests 100000 --json
+//! ```
+//!
+//! It first sets up its own data through the public API: a new user
+//! (`loadgen-<uuid>@example.com`, via UserService.CreateUser), a login for
+//! its access token, a chatbot, and, when the RPC needs them, 60 more
+//! chatbots (so ListChatbots fills a 50-item page) or an API key. Then
+//! `--concurrency` callers, spread over `--connections` HTTP/2 connections,
+//! each send requests back to back. Requests started during the first
+//! `--warmup-secs` are not measured; measurement then lasts
+//! `--duration-secs` (default 10) or until `--requests` have been started.
+//!
+//! Progress goes to stderr once a second; the summary (throughput, latency
+//! percentiles, counts per status code) goes to stdout, followed with
+//! `--json` by one JSON line for scripts. VerifyApiKey outcomes are counted
+//! per reason too (`OK/VALID`, `OK/NOT_FOUND`, ...).
+//!
+//! The server's rate limits apply to the load generator like to anyone:
+//! expect RESOURCE_EXHAUSTED beyond them (see `--rate-limit-per-user`,
+//! `--rate-limit-per-address`, `--rate-limit-per-api-key`; 0 turns one off).
+//!
+//! RPCs (`--rpc`):
+//! - `get-chatbot`: ChatbotService.GetChatbot of the user's chatbot.
+//! - `list-chatbots`: ChatbotService.ListChatbots, page_size 50.
+//! - `verify-api-key-valid`: ApiKeyService.VerifyApiKey with the issued key.
+//! - `verify-api-key-invalid`: a well-formed key (valid checksum) that was
+//!   never issued, new on every request: a database miss (NOT_FOUND).
+//! - `verify-api-key-malformed`: a key failing the format check, answered
+//!   without the database (MALFORMED).
+//! - `create-chatbot`: ChatbotService.CreateChatbot, a new chatbot each time.
+//! - `login`: AuthService.Login with the correct password.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use chatbot_backend::domain::ApiKeySecret;
+use chatbot_backend::proto::api_key_service_client::ApiKeyServiceClient;
+use chatbot_backend::proto::auth_service_client::AuthServiceClient;
+use chatbot_backend::proto::chatbot_service_client::ChatbotServiceClient;
+use chatbot_backend::proto::user_service_client::UserServiceClient;
+use chatbot_backend::proto::{self, VerifyApiKeyReason};
+use clap::{Parser, ValueEnum};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+const PASSWORD: &str = "loadgen password, not a secret";
+const LLM_ENDPOINT_URL: &str = "https://llm.example.com/v1";
+/// Chatbots the user owns for `list-chatbots`, so a 50-item page is full.
+const LIST_CHATBOTS: usize = 60;
+const LIST_PAGE_SIZE: i32 = 50;
+/// Fails VerifyApiKey's format check (wrong prefix and length).
+const MALFORMED_KEY: &str = "sk_live_0123456789abcdefghijklmnopqrstuvwxyz";
+
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    about = "Closed-loop load generator for one chatbot-backend RPC"
+)]
+struct Args {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+
+    /// The RPC to call.
+    #[arg(long, value_enum)]
+    rpc: Rpc,
+
+    /// Callers sending requests back to back.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+
+    /// HTTP/2 connections the callers are spread over (at most one per caller).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+
+    /// Seconds to measure after the warm-up [default: 10 unless --requests].
+    #[arg(long, conflicts_with = "requests")]
+    duration_secs: Option<u64>,
+
+    /// Measure this many requests instead of a duration.
+    #[arg(long)]
+    requests: Option<u64>,
+
+    /// Seconds of load before measuring starts, excluded from the results.
+    #[arg(long, default_value_t = 1)]
+    warmup_secs: u64,
+
+    /// Per-request deadline in milliseconds (sent as grpc-timeout).
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+
+    /// Also print the summary as one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Rpc {
+    GetChatbot,
+    ListChatbots,
+    VerifyApiKeyValid,
+    VerifyApiKeyInvalid,
+    VerifyApiKeyMalformed,
+    CreateChatbot,
+    Login,
+}
+
+impl Rpc {
+    fn name(self) -> &'static str {
+        match self {
+            Rpc::GetChatbot => "get-chatbot",
+            Rpc::ListChatbots => "list-chatbots",
+            Rpc::VerifyApiKeyValid => "verify-api-key-valid",
+            Rpc::VerifyApiKeyInvalid => "verify-api-key-invalid",
+            Rpc::VerifyApiKeyMalformed => "verify-api-key-malformed",
+            Rpc::CreateChatbot => "create-chatbot",
+            Rpc::Login => "login",
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+/// What the setup created; every caller shares it.
+struct Fixture {
+    email: String,
+    bearer: Bearer,
+    chatbot_id: String,
+    api_key: Option<String>,
+}
+
+/// The result of one request: its status code and, for VerifyApiKey, the
+/// reason in the response.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Outcome {
+    code: Code,
+    reason: Option<i32>,
+}
+
+impl Outcome {
+    fn label(self) -> String {
+        let code = code_name(self.code);
+        match self.reason {
+            None => code.to_owned(),
+            Some(reason) => {
+                let reason = VerifyApiKeyReason::try_from(reason).map_or_else(
+                    |_| reason.to_string(),
+                    |r| {
+                        r.as_str_name()
+                            .trim_start_matches("VERIFY_API_KEY_REASON_")
+                            .to_owned()
+                    },
+                );
+                format!("{code}/{reason}")
+            }
+        }
+    }
+}
+
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// One caller's clients; `call` sends a single request of the chosen RPC.
+struct Caller {
+    rpc: Rpc,
+    fixture: Arc<Fixture>,
+    chatbots: ChatbotServiceClient<Authed>,
+    api_keys: ApiKeyServiceClient<Channel>,
+    auth: AuthServiceClient<Channel>,
+    id: usize,
+    sent: u64,
+}
+
+impl Caller {
+    fn new(rpc: Rpc, fixture: Arc<Fixture>, channel: Channel, id: usize) -> Self {
+        Self {
+            rpc,
+            chatbots: ChatbotServiceClient::new(InterceptedService::new(
+                channel.clone(),
+                fixture.bearer.clone(),
+            )),
+            api_keys: ApiKeyServiceClient::new(channel.clone()),
+            auth: AuthServiceClient::new(channel),
+            fixture,
+            id,
+            sent: 0,
+        }
+    }
+
+    /// Sends one request; `Ok` holds VerifyApiKey's reason.
+    async fn call(&mut self) -> Result<Option<i32>, Status> {
+        self.sent += 1;
+        let fixture = &self.fixture;
+        match self.rpc {
+            Rpc::GetChatbot => self
+                .chatbots
+                .get_chatbot(proto::GetChatbotRequest {
+                    id: fixture.chatbot_id.clone(),
+                })
+                .await
+                .map(|_| None),
+            Rpc::ListChatbots => self
+                .chatbots
+                .list_chatbots(proto::ListChatbotsRequest {
+                    page_size: LIST_PAGE_SIZE,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| None),
+            Rpc::CreateChatbot => self
+                .chatbots
+                .create_chatbot(proto::CreateChatbotRequest {
+                    owner_id: String::new(),
+                    name: format!("loadgen {}-{}", self.id, self.sent),
+                    llm_endpoint_url: LLM_ENDPOINT_URL.into(),
+                })
+                .await
+                .map(|_| None),
+            Rpc::Login => self
+                .auth
+                .login(proto::LoginRequest {
+                    email: fixture.email.clone(),
+                    password: PASSWORD.into(),
+                })
+                .await
+                .map(|_| None),
+            Rpc::VerifyApiKeyValid | Rpc::VerifyApiKeyInvalid | Rpc::VerifyApiKeyMalformed => {
+                let key = match self.rpc {
+                    Rpc::VerifyApiKeyValid => fixture.api_key.clone().unwrap_or_default(),
+                    Rpc::VerifyApiKeyInvalid => ApiKeySecret::generate().expose().to_owned(),
+                    _ => MALFORMED_KEY.to_owned(),
+                };
+                self.api_keys
+                    .verify_api_key(proto::VerifyApiKeyRequest { key })
+                    .await
+                    .map(|response| Some(response.into_inner().reason))
+            }
+        }
+    }
+}
+
+/// Counters and the schedule every caller reads.
+struct Shared {
+    measure_start: Instant,
+    deadline: Option<Instant>,
+    request_limit: Option<u64>,
+    /// Measured requests started so far (against `request_limit`).
+    started: AtomicU64,
+    /// Requests completed, warm-up included (for the progress rate).
+    completed: AtomicU64,
+    /// Measured requests completed.
+    measured: AtomicU64,
+    done: AtomicBool,
+}
+
+impl Shared {
+    /// Whether a request starting now is measured, or `None` when the
+    /// caller should stop.
+    fn next(&self) -> Option<bool> {
+        let now = Instant::now();
+        if now < self.measure_start {
+            return Some(false);
+        }
+        if self.deadline.is_some_and(|deadline| now >= deadline) {
+            return None;
+        }
+        if let Some(limit) = self.request_limit {
+            if self.started.fetch_add(1, Ordering::Relaxed) >= limit {
+                return None;
+            }
+        }
+        Some(true)
+    }
+}
+
+/// What one caller measured.
+#[derive(Default)]
+struct Record {
+    latencies_us: Vec<u32>,
+    outcomes: HashMap<Outcome, u64>,
+    /// The first error message seen per code, to explain the counts.
+    messages: HashMap<Code, String>,
+    /// When the caller's last measured request finished.
+    finished: Option<Instant>,
+}
+
+async fn run_caller(mut caller: Caller, shared: Arc<Shared>) -> Record {
+    let mut record = Record::default();
+    while let Some(measured) = shared.next() {
+        let start = Instant::now();
+        let result = caller.call().await;
+        let end = Instant::now();
+        shared.completed.fetch_add(1, Ordering::Relaxed);
+        if !measured {
+            continue;
+        }
+        shared.measured.fetch_add(1, Ordering::Relaxed);
+        let micros = u32::try_from(end.duration_since(start).as_micros()).unwrap_or(u32::MAX);
+        record.latencies_us.push(micros);
+        let outcome = match result {
+            Ok(reason) => Outcome {
+                code: Code::Ok,
+                reason,
+            },
+            Err(status) => {
+                record
+                    .messages
+                    .entry(status.code())
+                    .or_insert_with(|| status.message().to_owned());
+                Outcome {
+                    code: status.code(),
+                    reason: None,
+                }
+            }
+        };
+        *record.outcomes.entry(outcome).or_default() += 1;
+        record.finished = Some(end);
+    }
+    record
+}
+
+async fn progress(shared: Arc<Shared>, start: Instant) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut last_completed = 0;
+    let mut last_tick = Instant::now();
+    while !shared.done.load(Ordering::Relaxed) {
+        ticker.tick().await;
+        let now = Instant::now();
+        let completed = shared.completed.load(Ordering::Relaxed);
+        let rate =
+            (completed - last_completed) as f64 / now.duration_since(last_tick).as_secs_f64();
+        let phase = if now < shared.measure_start {
+            "warm-up"
+        } else {
+            "measuring"
+        };
+        eprintln!(
+            "[{:6.1}s] {phase:<9} requests={:<9} rate={rate:.0} req/s",
+            now.duration_since(start).as_secs_f64(),
+            shared.measured.load(Ordering::Relaxed),
+        );
+        last_completed = completed;
+        last_tick = now;
+    }
+}
+
+fn endpoint(args: &Args) -> anyhow::Result<Endpoint> {
+    let endpoint = Endpoint::from_shared(args.addr.clone())
+        .with_context(|| format!("--addr {:?} is not a URL", args.addr))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_millis(args.timeout_ms))
+        .tcp_nodelay(true);
+    Ok(endpoint)
+}
+
+fn bearer(token: &str) -> anyhow::Result<Bearer> {
+    let value = format!("Bearer {token}")
+        .parse()
+        .context("access token is not valid metadata")?;
+    Ok(Bearer(value))
+}
+
+async fn create_chatbot(
+    client: &mut ChatbotServiceClient<Authed>,
+    name: &str,
+) -> anyhow::Result<String> {
+    let chatbot = client
+        .create_chatbot(proto::CreateChatbotRequest {
+            owner_id: String::new(),
+            name: name.into(),
+            llm_endpoint_url: LLM_ENDPOINT_URL.into(),
+        })
+        .await
+        .context("CreateChatbot")?
+        .into_inner()
+        .chatbot
+        .context("CreateChatbot returned no chatbot")?;
+    Ok(chatbot.id)
+}
+
+/// Signs up a new user and creates what `rpc` needs.
+async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
+    let email = format!("loadgen-{}@example.com", uuid::Uuid::new_v4().simple());
+    UserServiceClient::new(channel.clone())
+        .create_user(proto::CreateUserRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+            role: 0,
+        })
+        .await
+        .context("CreateUser (sign-up)")?;
+    let login = AuthServiceClient::new(channel.clone())
+        .login(proto::LoginRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .context("Login")?
+        .into_inner();
+    let bearer = bearer(&login.access_token)?;
+    let mut chatbots =
+        ChatbotServiceClient::new(InterceptedService::new(channel.clone(), bearer.clone()));
+    let chatbot_id = create_chatbot(&mut chatbots, "loadgen").await?;
+
+    if rpc == Rpc::ListChatbots {
+        for i in 1..LIST_CHATBOTS {
+            create_chatbot(&mut chatbots, &format!("loadgen list {i}")).await?;
+        }
+        let page = chatbots
+            .list_chatbots(proto::ListChatbotsRequest {
+                page_size: LIST_PAGE_SIZE,
+                ..Default::default()
+            })
+            .await
+            .context("ListChatbots")?
+            .into_inner();
+        if page.chatbots.len() != LIST_PAGE_SIZE as usize {
+            bail!(
+                "ListChatbots returned {} chatbots, expected {LIST_PAGE_SIZE}",
+                page.chatbots.len()
+            );
+        }
+    }
+
+    let api_key = if rpc == Rpc::VerifyApiKeyValid {
+        let created = ApiKeyServiceClient::new(InterceptedService::new(channel, bearer.clone()))
+            .create_api_key(proto::CreateApiKeyRequest {
+                chatbot_id: chatbot_id.clone(),
+                display_name: "loadgen".into(),
+                expire_time: None,
+            })
+            .await
+            .context("CreateApiKey")?
+            .into_inner();
+        Some(created.key)
+    } else {
+        None
+    };
+
+    Ok(Fixture {
+        email,
+        bearer,
+        chatbot_id,
+        api_key,
+    })
+}
+
+/// The value at percentile `p` (0-100) of sorted latencies, nearest rank.
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(micros: u32) -> f64 {
+    f64::from(micros) / 1000.0
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.concurrency == 0 || args.connections == 0 {
+        bail!("--concurrency and --connections must be at least 1");
+    }
+    let connections = args.connections.min(args.concurrency);
+    let duration = match (args.duration_secs, args.requests) {
+        (_, Some(_)) => None,
+        (Some(secs), None) => Some(Duration::from_secs(secs)),
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+
+    let endpoint = endpoint(&args)?;
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", args.addr))?;
+        channels.push(channel);
+    }
+    let fixture = Arc::new(set_up(channels[0].clone(), args.rpc).await?);
+    eprintln!(
+        "set up {}; running {} with {} callers over {connections} connection(s)",
+        fixture.email,
+        args.rpc.name(),
+        args.concurrency,
+    );
+
+    let start = Instant::now();
+    let measure_start = start + Duration::from_secs(args.warmup_secs);
+    let shared = Arc::new(Shared {
+        measure_start,
+        deadline: duration.map(|d| measure_start + d),
+        request_limit: args.requests,
+        started: AtomicU64::new(0),
+        completed: AtomicU64::new(0),
+        measured: AtomicU64::new(0),
+        done: AtomicBool::new(false),
+    });
+    let reporter = tokio::spawn(progress(shared.clone(), start));
+    let callers: Vec<_> = (0..args.concurrency)
+        .map(|id| {
+            let channel = channels[id % connections].clone();
+            let caller = Caller::new(args.rpc, fixture.clone(), channel, id);
+            tokio::spawn(run_caller(caller, shared.clone()))
+        })
+        .collect();
+
+    let mut latencies = Vec::new();
+    let mut outcomes: HashMap<Outcome, u64> = HashMap::new();
+    let mut messages: HashMap<Code, String> = HashMap::new();
+    let mut finished = measure_start;
+    for caller in callers {
+        let record = caller.await.context("a caller panicked")?;
+        latencies.extend(record.latencies_us);
+        for (outcome, count) in record.outcomes {
+            *outcomes.entry(outcome).or_default() += count;
+        }
+        for (code, message) in record.messages {
+            messages.entry(code).or_insert(message);
+        }
+        if let Some(end) = record.finished {
+            finished = finished.max(end);
+        }
+    }
+    shared.done.store(true, Ordering::Relaxed);
+    reporter.abort();
+
+    latencies.sort_unstable();
+    let total = latencies.len();
+    let elapsed = finished.duration_since(measure_start).as_secs_f64();
+    let throughput = if elapsed > 0.0 {
+        total as f64 / elapsed
+    } else {
+        0.0
+    };
+    let p50 = ms(percentile(&latencies, 50.0));
+    let p90 = ms(percentile(&latencies, 90.0));
+    let p99 = ms(percentile(&latencies, 99.0));
+    let max = ms(latencies.last().copied().unwrap_or(0));
+    let mut counts: Vec<(String, u64, Option<&str>)> = outcomes
+        .into_iter()
+        .map(|(outcome, count)| {
+            let message = messages.get(&outcome.code).map(String::as_str);
+            (outcome.label(), count, message)
+        })
+        .collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+
+    let ok: u64 = counts
+        .iter()
+        .filter(|(label, _, _)| label.starts_with("OK"))
+        .map(|(_, count, _)| count)
+        .sum();
+    let ok_throughput = if elapsed > 0.0 {
+        ok as f64 / elapsed
+    } else {
+        0.0
+    };
+
+    println!("rpc:          {}", args.rpc.name());
+    println!(
+        "concurrency:  {} ({connections} connections)",
+        args.concurrency
+    );
+    println!("requests:     {total}");
+    println!("duration:     {elapsed:.3} s");
+    println!("throughput:   {throughput:.1} req/s ({ok_throughput:.1} req/s OK)");
+    println!("latency (ms): p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  max {max:.3}");
+    println!("status:");
+    for (label, count, message) in &counts {
+        match message {
+            Some(message) => println!("  {label:<24} {count:>10}  (e.g. {message:?})"),
+            None => println!("  {label:<24} {count:>10}"),
+        }
+    }
+
+    if messages.contains_key(&Code::ResourceExhausted) {
+        eprintln!(
+            "note: the server's rate limits answered RESOURCE_EXHAUSTED; to measure \
+             capacity, start it with --rate-limit-per-user 0 --rate-limit-per-address 0 \
+             --rate-limit-per-api-key 0"
+        );
+    }
+
+    if args.json {
+        let status = counts
+            .iter()
+            .map(|(label, count, _)| format!("{}:{count}", json_string(label)))
+            .collect::<Vec<_>>()
+            .join(",");
+        println!(
+            "{{\"rpc\":{},\"concurrency\":{},\"connections\":{connections},\"requests\":{total},\
+             \"ok_requests\":{ok},\"duration_secs\":{elapsed:.3},\
+             \"throughput_rps\":{throughput:.1},\"ok_throughput_rps\":{ok_throughput:.1},\
+             \"latency_ms\":{{\"p50\":{p50:.3},\"p90\":{p90:.3},\"p99\":{p99:.3},\"max\":{max:.3}}},\
+             \"status\":{{{status}}}}}",
+            json_string(args.rpc.name()),
+            args.concurrency,
+        );
+    }
+    Ok(())
+}

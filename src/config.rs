@@ -17,11 +17,13 @@ pub enum LogFormat {
 /// environment variable; README lists them all.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// PostgreSQL URL.
+    /// Where data lives: a `postgres://` URL selects PostgreSQL; a
+    /// `sqlite://PATH` URL or a bare file path selects the embedded SQLite
+    /// store, created and migrated on first start.
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/chatbot",
+        default_value = "sqlite://chatbot-backend.db",
         hide_env_values = true
     )]
     pub database_url: String,
@@ -206,12 +208,13 @@ impl Settings {
             self.max_request_bytes >= 1024,
             "MAX_REQUEST_BYTES must be at least 1024"
         );
-        anyhow::ensure!(
-            self.database_url.starts_with("postgres://")
-                || self.database_url.starts_with("postgresql://"),
-            "DATABASE_URL must be a postgres:// URL"
-        );
+        self.database_target()?;
         Ok(())
+    }
+
+    /// The store `DATABASE_URL` selects.
+    pub fn database_target(&self) -> anyhow::Result<crate::db::DatabaseTarget> {
+        crate::db::DatabaseTarget::parse(&self.database_url)
     }
 
     pub fn rate_limit_settings(&self) -> crate::rate_limit::RateLimitSettings {

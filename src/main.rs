@@ -55,26 +55,26 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate { revert: false } => {
             settings.validate()?;
-            let applied = db::run_migrations(&settings.database_url).await?;
+            let applied = db::run_migrations(&settings.database_target()?).await?;
             println!("applied {} migration(s): {applied:?}", applied.len());
             Ok(())
         }
         Command::Migrate { revert: true } => {
             settings.validate()?;
-            let reverted = db::revert_last_migration(&settings.database_url).await?;
+            let reverted = db::revert_last_migration(&settings.database_target()?).await?;
             println!("reverted migration {reverted}");
             Ok(())
         }
         Command::Seed => {
             settings.validate()?;
-            db::run_migrations(&settings.database_url).await?;
-            let db = Database::new(&settings.database_url, &settings.pool_settings())?;
+            db::run_migrations(&settings.database_target()?).await?;
+            let db = Database::new(&settings.database_target()?, &settings.pool_settings())?;
             admin::seed(&db).await
         }
         Command::CreateAdmin { email } => {
             settings.validate()?;
-            db::run_migrations(&settings.database_url).await?;
-            let db = Database::new(&settings.database_url, &settings.pool_settings())?;
+            db::run_migrations(&settings.database_target()?).await?;
+            let db = Database::new(&settings.database_target()?, &settings.pool_settings())?;
             let user = admin::create_admin(&db, &email, std::io::stdin().lock()).await?;
             println!("{} is now an admin (id {})", user.email, user.id);
             Ok(())

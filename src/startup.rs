@@ -62,13 +62,20 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate()?;
+        let target = settings.database_target()?;
+        tracing::info!(
+            backend = target.backend_name(),
+            database = %target.redacted(),
+            "using the {} store",
+            target.backend_name()
+        );
         if settings.migrate_on_start {
-            let applied = db::run_migrations(&settings.database_url).await?;
+            let applied = db::run_migrations(&target).await?;
             if !applied.is_empty() {
                 tracing::info!(?applied, "applied migrations");
             }
         }
-        let db = Database::new(&settings.database_url, &settings.pool_settings())?;
+        let db = Database::new(&target, &settings.pool_settings())?;
 
         let secret = match &settings.secret_key {
             Some(key) => key.as_bytes().to_vec(),

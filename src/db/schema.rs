@@ -1,12 +1,18 @@
-// @generated automatically by Diesel CLI.
+//! The tables, written once for both backends. Maintained by hand rather
+//! than by `diesel print-schema`: the uuid and timestamp columns use the
+//! backend-neutral types of [`crate::db::sql_types`]. Column docs match the
+//! `COMMENT ON` statements of the PostgreSQL migrations.
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
     /// Credentials for calling a chatbot; only digests are stored.
     api_keys (id) {
         /// Increasing identifier.
         id -> Int8,
         /// Chatbot the key belongs to; deleting it deletes the key.
-        chatbot_id -> Uuid,
+        chatbot_id -> DbUuid,
         /// Human-readable label.
         display_name -> Text,
         /// First characters of the key, shown in lists; not secret.
@@ -16,61 +22,70 @@ diesel::table! {
         /// Whether the key was revoked.
         revoked -> Bool,
         /// Creation time; first key of the list order.
-        created_at -> Timestamptz,
+        created_at -> DbTimestamp,
         /// When the key stops working; NULL means never.
-        expires_at -> Nullable<Timestamptz>,
+        expires_at -> Nullable<DbTimestamp>,
         /// When the key was revoked.
-        revoked_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<DbTimestamp>,
         /// Last successful verification, recorded in batches.
-        last_used_at -> Nullable<Timestamptz>,
+        last_used_at -> Nullable<DbTimestamp>,
     }
 }
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
     /// Chatbots, each owned by one user.
     chatbots (id) {
         /// UUIDv7 assigned by the server.
-        id -> Uuid,
+        id -> DbUuid,
         /// Owning user; deleting the user deletes the chatbot.
-        owner_id -> Uuid,
+        owner_id -> DbUuid,
         /// Display name, 1 to 100 characters.
         name -> Text,
         /// Absolute http(s) URL of the LLM endpoint.
         llm_endpoint_url -> Text,
         /// Creation time; first key of the list order.
-        created_at -> Timestamptz,
+        created_at -> DbTimestamp,
         /// Time of the last change.
-        updated_at -> Timestamptz,
+        updated_at -> DbTimestamp,
     }
 }
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
     /// Refresh tokens; one family per login, rotated on every refresh.
     refresh_tokens (id) {
         /// UUIDv7 assigned by the server.
-        id -> Uuid,
+        id -> DbUuid,
         /// User the token signs in.
-        user_id -> Uuid,
+        user_id -> DbUuid,
         /// Shared by every token rotated from one login; re-use revokes the family.
-        family_id -> Uuid,
+        family_id -> DbUuid,
         /// SHA-256 digest of the token; the token itself is never stored.
         token_hash -> Bytea,
         /// Issue time.
-        created_at -> Timestamptz,
+        created_at -> DbTimestamp,
         /// When the token stops working.
-        expires_at -> Timestamptz,
+        expires_at -> DbTimestamp,
         /// When it was exchanged for a new token; using it again is re-use.
-        used_at -> Nullable<Timestamptz>,
+        used_at -> Nullable<DbTimestamp>,
         /// When it was revoked by logout, re-use or password change.
-        revoked_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<DbTimestamp>,
     }
 }
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
     /// People who own chatbots.
     users (id) {
         /// UUIDv7 assigned by the server.
-        id -> Uuid,
+        id -> DbUuid,
         /// Lowercased email address; unique case-insensitively.
         email -> Text,
         /// argon2id PHC string; never the password itself.
@@ -78,9 +93,9 @@ diesel::table! {
         /// user or admin.
         role -> Text,
         /// Creation time; first key of the list order.
-        created_at -> Timestamptz,
+        created_at -> DbTimestamp,
         /// Time of the last change.
-        updated_at -> Timestamptz,
+        updated_at -> DbTimestamp,
     }
 }
 

@@ -8,26 +8,40 @@ use diesel::expression::AsExpression;
 use diesel::pg::{Pg, PgValue};
 use diesel::serialize::{Output, ToSql};
 use diesel::sql_types;
+use diesel::sqlite::{Sqlite, SqliteValue};
 use uuid::Uuid;
 
+use crate::db::sql_types::{self as db_types, DbUuid};
 use crate::error::FieldViolation;
 
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, AsExpression, FromSqlRow)]
-        #[diesel(sql_type = sql_types::Uuid)]
+        #[diesel(sql_type = DbUuid)]
         pub struct $name(pub Uuid);
 
-        impl ToSql<sql_types::Uuid, Pg> for $name {
+        impl ToSql<DbUuid, Pg> for $name {
             fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
-                <Uuid as ToSql<sql_types::Uuid, Pg>>::to_sql(&self.0, out)
+                db_types::uuid_to_pg(&self.0, out)
             }
         }
 
-        impl FromSql<sql_types::Uuid, Pg> for $name {
+        impl FromSql<DbUuid, Pg> for $name {
             fn from_sql(bytes: PgValue<'_>) -> diesel::deserialize::Result<Self> {
-                <Uuid as FromSql<sql_types::Uuid, Pg>>::from_sql(bytes).map(Self)
+                db_types::uuid_from_pg(bytes).map(Self)
+            }
+        }
+
+        impl ToSql<DbUuid, Sqlite> for $name {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> diesel::serialize::Result {
+                db_types::uuid_to_sqlite(&self.0, out)
+            }
+        }
+
+        impl FromSql<DbUuid, Sqlite> for $name {
+            fn from_sql(bytes: SqliteValue<'_, '_, '_>) -> diesel::deserialize::Result<Self> {
+                db_types::uuid_from_sqlite(bytes).map(Self)
             }
         }
 
@@ -72,6 +86,14 @@ uuid_id!(
     /// Id of a chatbot.
     ChatbotId
 );
+uuid_id!(
+    /// Id of one refresh token.
+    RefreshTokenId
+);
+uuid_id!(
+    /// Id of a login session: every refresh token rotated from one login.
+    TokenFamilyId
+);
 
 /// Id of an API key (auto-increment, as in the original data model).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, AsExpression, FromSqlRow)]
@@ -87,6 +109,18 @@ impl ToSql<sql_types::BigInt, Pg> for ApiKeyId {
 impl FromSql<sql_types::BigInt, Pg> for ApiKeyId {
     fn from_sql(bytes: PgValue<'_>) -> diesel::deserialize::Result<Self> {
         <i64 as FromSql<sql_types::BigInt, Pg>>::from_sql(bytes).map(Self)
+    }
+}
+
+impl ToSql<sql_types::BigInt, Sqlite> for ApiKeyId {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> diesel::serialize::Result {
+        <i64 as ToSql<sql_types::BigInt, Sqlite>>::to_sql(&self.0, out)
+    }
+}
+
+impl FromSql<sql_types::BigInt, Sqlite> for ApiKeyId {
+    fn from_sql(bytes: SqliteValue<'_, '_, '_>) -> diesel::deserialize::Result<Self> {
+        <i64 as FromSql<sql_types::BigInt, Sqlite>>::from_sql(bytes).map(Self)
     }
 }
 

@@ -10,12 +10,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::result::Error as DieselError;
 use diesel_async::scoped_futures::ScopedFutureExt;
-use diesel_async::AsyncConnection;
 use tonic::{Request, Response, Status};
 
 use super::{convert, AppState};
 use crate::auth::{caller, Caller};
 use crate::db::models::{ApiKey, ApiKeyListFilter, Chatbot, NewApiKey};
+use crate::db::sql_types::Timestamp;
 use crate::db::{Database, DbConnection};
 use crate::domain::{ApiKeyId, ApiKeySecret, ChatbotId, PageRequest};
 use crate::error::{AppError, AppResult, FieldViolation, Violations};
@@ -63,7 +63,14 @@ impl LastUsedRecorder {
         }
         let result = async {
             let mut conn = db.conn().await?;
-            anyhow::Ok(ApiKey::record_last_used(&mut conn, &batch).await?)
+            let batch = &batch;
+            // One transaction: one commit for the whole batch.
+            let updated = conn
+                .transaction(|conn| {
+                    async move { ApiKey::record_last_used(conn, batch).await }.scope_boxed()
+                })
+                .await?;
+            anyhow::Ok(updated)
         }
         .await;
         if result.is_err() {
@@ -197,7 +204,7 @@ impl ApiKeyService for ApiKeys {
                             display_name,
                             key_prefix: secret.display_prefix(),
                             key_hash: &secret.digest().0,
-                            expires_at,
+                            expires_at: expires_at.map(Timestamp),
                         },
                     )
                     .await?;

@@ -7,13 +7,13 @@ use chrono::{DateTime, Utc};
 use rand::distributions::{Alphanumeric, DistString};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use super::{convert, AppState};
 use crate::auth::caller;
 use crate::db::models::{NewRefreshToken, RefreshToken, User};
+use crate::db::sql_types::Timestamp;
 use crate::db::DbConnection;
-use crate::domain::{Email, Password, Role, UserId};
+use crate::domain::{Email, Password, RefreshTokenId, Role, TokenFamilyId, UserId};
 use crate::error::{AppError, AppResult, FieldViolation, Violations};
 use crate::proto;
 use crate::proto::auth_service_server::AuthService;
@@ -38,7 +38,7 @@ impl Auth {
         conn: &mut DbConnection,
         user_id: UserId,
         role: Role,
-        family_id: Uuid,
+        family_id: TokenFamilyId,
     ) -> AppResult<TokenPair> {
         let access = self
             .state
@@ -53,11 +53,11 @@ impl Auth {
         RefreshToken::insert(
             conn,
             NewRefreshToken {
-                id: Uuid::now_v7(),
+                id: RefreshTokenId::generate(),
                 user_id,
                 family_id,
                 token_hash: &digest(&refresh_token),
-                expires_at: refresh_expires_at,
+                expires_at: Timestamp(refresh_expires_at),
             },
         )
         .await?;
@@ -138,7 +138,7 @@ impl AuthService for Auth {
 
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         let pair = self
-            .issue_pair(&mut conn, user.id, user.role(), Uuid::now_v7())
+            .issue_pair(&mut conn, user.id, user.role(), TokenFamilyId::generate())
             .await?;
         tracing::info!(user_id = %user.id, "login succeeded");
         Ok(Response::new(proto::LoginResponse {

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use tonic::{Request, Response, Status};
 
 use super::{convert, mask_paths, AppState};
 use crate::auth::{caller, Caller};
 use crate::db::models::{Chatbot, ChatbotChanges, NewChatbot};
+use crate::db::sql_types::Timestamp;
 use crate::db::DbConnection;
 use crate::domain::{ChatbotId, ChatbotName, LlmEndpoint, PageRequest, UserId};
 use crate::error::{AppError, AppResult, FieldViolation, Violations};
@@ -200,7 +200,7 @@ impl ChatbotService for Chatbots {
         let changes = ChatbotChanges {
             name: name.map(ChatbotName::into_inner),
             llm_endpoint_url: endpoint.map(LlmEndpoint::into_inner),
-            updated_at: Some(Utc::now()),
+            updated_at: Some(Timestamp::now()),
         };
         let updated = Chatbot::update(&mut conn, id, &changes)
             .await

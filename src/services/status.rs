@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::AppState;
 use crate::auth::caller;
+use crate::db;
 use crate::db::models::{ApiKey, Chatbot, User};
-use crate::db::{self, BACKEND_NAME};
 use crate::error::AppError;
 use crate::proto;
 use crate::proto::status_service_server::StatusService;
@@ -48,7 +48,7 @@ impl StatusService for StatusApi {
         let api_key_count = ApiKey::count(&mut conn).await.map_err(AppError::from)?;
         Ok(Response::new(proto::GetDatabaseStatusResponse {
             connected: true,
-            backend: BACKEND_NAME.into(),
+            backend: self.state.db.backend_name().into(),
             latency: prost_types::Duration::try_from(latency).ok(),
             schema_version,
             user_count,

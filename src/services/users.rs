@@ -6,12 +6,12 @@ use std::sync::Arc;
 use chrono::Utc;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::scoped_futures::ScopedFutureExt;
-use diesel_async::AsyncConnection;
 use tonic::{Request, Response, Status};
 
 use super::{convert, mask_paths, AppState};
 use crate::auth::{caller, optional_caller, Caller};
 use crate::db::models::{NewUser, RefreshToken, User, UserChanges};
+use crate::db::sql_types::Timestamp;
 use crate::domain::{Email, PageRequest, Password, Role, UserId};
 use crate::error::{AppError, AppResult, FieldViolation, Violations};
 use crate::proto::user_service_server::UserService;
@@ -254,7 +254,7 @@ impl UserService for Users {
             email: email.map(Email::into_inner),
             hashed_password,
             role: role.map(|role| role.as_str().to_owned()),
-            updated_at: Some(Utc::now()),
+            updated_at: Some(Timestamp::now()),
         };
         let updated = conn
             .transaction(|conn| {

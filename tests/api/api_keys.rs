@@ -1,11 +1,9 @@
 use std::time::Duration;
 
 use chatbot_backend::proto::{self, VerifyApiKeyReason};
-use diesel::QueryableByName;
-use diesel_async::RunQueryDsl;
 use tonic::Code;
 
-use crate::helpers::{assert_code, logs, spawn_app, spawn_app_with, violated_fields};
+use crate::helpers::{assert_code, backend_test, logs, spawn_app, spawn_app_with, violated_fields};
 
 fn in_seconds(seconds: i64) -> prost_types::Timestamp {
     let at = chrono::Utc::now() + chrono::Duration::seconds(seconds);
@@ -15,433 +13,416 @@ fn in_seconds(seconds: i64) -> prost_types::Timestamp {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_key_verifies_until_it_is_revoked_and_revocation_is_idempotent() {
-    let app = spawn_app().await;
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "bot").await;
-    let created = app.create_api_key(&owner, &chatbot.id).await;
-    let record = created.api_key.clone().unwrap();
-    assert!(created.key.starts_with("cbk_"));
-    assert!(created.key.starts_with(&record.key_prefix));
-    assert!(
-        record.key_prefix.len() < 16,
-        "the prefix must not reveal the key"
-    );
-    assert!(!record.revoked && record.revoke_time.is_none() && record.expire_time.is_none());
+backend_test! {
+    async fn a_key_verifies_until_it_is_revoked_and_revocation_is_idempotent() {
+        let app = spawn_app().await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let record = created.api_key.clone().unwrap();
+        assert!(created.key.starts_with("cbk_"));
+        assert!(created.key.starts_with(&record.key_prefix));
+        assert!(
+            record.key_prefix.len() < 16,
+            "the prefix must not reveal the key"
+        );
+        assert!(!record.revoked && record.revoke_time.is_none() && record.expire_time.is_none());
 
-    let verdict = app.verify(&created.key).await;
-    assert!(verdict.valid);
-    assert_eq!(verdict.reason(), VerifyApiKeyReason::Valid);
-    assert_eq!(verdict.api_key_id, record.id);
-    assert_eq!(verdict.chatbot_id, chatbot.id);
-    assert_eq!(verdict.owner_id, owner.id);
-    assert_eq!(verdict.llm_endpoint_url, chatbot.llm_endpoint_url);
+        let verdict = app.verify(&created.key).await;
+        assert!(verdict.valid);
+        assert_eq!(verdict.reason(), VerifyApiKeyReason::Valid);
+        assert_eq!(verdict.api_key_id, record.id);
+        assert_eq!(verdict.chatbot_id, chatbot.id);
+        assert_eq!(verdict.owner_id, owner.id);
+        assert_eq!(verdict.llm_endpoint_url, chatbot.llm_endpoint_url);
 
-    let revoke = || {
-        let mut client = app.api_keys(Some(&owner.token));
-        async move {
-            client
-                .revoke_api_key(proto::RevokeApiKeyRequest { id: record.id })
-                .await
-                .unwrap()
-                .into_inner()
-                .api_key
-                .unwrap()
-        }
-    };
-    let first = revoke().await;
-    assert!(first.revoked && first.revoke_time.is_some());
-    let verdict = app.verify(&created.key).await;
-    assert!(!verdict.valid);
-    assert_eq!(verdict.reason(), VerifyApiKeyReason::Revoked);
-    assert!(
-        verdict.chatbot_id.is_empty(),
-        "an invalid key reveals nothing"
-    );
-    let second = revoke().await;
-    assert_eq!(second.revoke_time, first.revoke_time);
+        let revoke = || {
+            let mut client = app.api_keys(Some(&owner.token));
+            async move {
+                client
+                    .revoke_api_key(proto::RevokeApiKeyRequest { id: record.id })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .api_key
+                    .unwrap()
+            }
+        };
+        let first = revoke().await;
+        assert!(first.revoked && first.revoke_time.is_some());
+        let verdict = app.verify(&created.key).await;
+        assert!(!verdict.valid);
+        assert_eq!(verdict.reason(), VerifyApiKeyReason::Revoked);
+        assert!(
+            verdict.chatbot_id.is_empty(),
+            "an invalid key reveals nothing"
+        );
+        let second = revoke().await;
+        assert_eq!(second.revoke_time, first.revoke_time);
+    }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_key_stops_verifying_when_it_expires() {
-    let app = spawn_app().await;
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "bot").await;
-    let created = app
-        .api_keys(Some(&owner.token))
-        .create_api_key(proto::CreateApiKeyRequest {
-            chatbot_id: chatbot.id.clone(),
-            display_name: "short".into(),
-            expire_time: Some(in_seconds(2)),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        app.verify(&created.key).await.reason(),
-        VerifyApiKeyReason::Valid
-    );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        app.verify(&created.key).await.reason(),
-        VerifyApiKeyReason::Expired
-    );
-
-    let status = assert_code(
-        app.api_keys(Some(&owner.token))
+backend_test! {
+    async fn a_key_stops_verifying_when_it_expires() {
+        let app = spawn_app().await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let created = app
+            .api_keys(Some(&owner.token))
             .create_api_key(proto::CreateApiKeyRequest {
                 chatbot_id: chatbot.id.clone(),
-                display_name: String::new(),
-                expire_time: Some(in_seconds(-10)),
+                display_name: "short".into(),
+                expire_time: Some(in_seconds(2)),
             })
-            .await,
-        Code::InvalidArgument,
-    );
-    assert_eq!(violated_fields(&status), ["expire_time"]);
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            app.verify(&created.key).await.reason(),
+            VerifyApiKeyReason::Valid
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(
+            app.verify(&created.key).await.reason(),
+            VerifyApiKeyReason::Expired
+        );
+
+        let status = assert_code(
+            app.api_keys(Some(&owner.token))
+                .create_api_key(proto::CreateApiKeyRequest {
+                    chatbot_id: chatbot.id.clone(),
+                    display_name: String::new(),
+                    expire_time: Some(in_seconds(-10)),
+                })
+                .await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(violated_fields(&status), ["expire_time"]);
+    }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_rotated_key_keeps_working_only_for_its_grace_period() {
-    let app = spawn_app().await;
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "bot").await;
-    let old = app.create_api_key(&owner, &chatbot.id).await;
-    let rotated = app
-        .api_keys(Some(&owner.token))
-        .rotate_api_key(proto::RotateApiKeyRequest {
-            id: old.api_key.as_ref().unwrap().id,
-            grace_period: Some(prost_types::Duration {
-                seconds: 2,
-                nanos: 0,
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_ne!(rotated.key, old.key);
-    assert!(rotated.previous_api_key.unwrap().expire_time.is_some());
-    assert_eq!(
-        app.verify(&old.key).await.reason(),
-        VerifyApiKeyReason::Valid
-    );
-    assert_eq!(
-        app.verify(&rotated.key).await.reason(),
-        VerifyApiKeyReason::Valid
-    );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        app.verify(&old.key).await.reason(),
-        VerifyApiKeyReason::Expired
-    );
-    assert_eq!(
-        app.verify(&rotated.key).await.reason(),
-        VerifyApiKeyReason::Valid
-    );
-
-    // A revoked key cannot be rotated back to life.
-    let new_id = rotated.api_key.unwrap().id;
-    app.api_keys(Some(&owner.token))
-        .revoke_api_key(proto::RevokeApiKeyRequest { id: new_id })
-        .await
-        .unwrap();
-    assert_code(
-        app.api_keys(Some(&owner.token))
+backend_test! {
+    async fn a_rotated_key_keeps_working_only_for_its_grace_period() {
+        let app = spawn_app().await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let old = app.create_api_key(&owner, &chatbot.id).await;
+        let rotated = app
+            .api_keys(Some(&owner.token))
             .rotate_api_key(proto::RotateApiKeyRequest {
-                id: new_id,
-                grace_period: None,
+                id: old.api_key.as_ref().unwrap().id,
+                grace_period: Some(prost_types::Duration {
+                    seconds: 2,
+                    nanos: 0,
+                }),
             })
-            .await,
-        Code::FailedPrecondition,
-    );
-}
+            .await
+            .unwrap()
+            .into_inner();
+        assert_ne!(rotated.key, old.key);
+        assert!(rotated.previous_api_key.unwrap().expire_time.is_some());
+        assert_eq!(
+            app.verify(&old.key).await.reason(),
+            VerifyApiKeyReason::Valid
+        );
+        assert_eq!(
+            app.verify(&rotated.key).await.reason(),
+            VerifyApiKeyReason::Valid
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(
+            app.verify(&old.key).await.reason(),
+            VerifyApiKeyReason::Expired
+        );
+        assert_eq!(
+            app.verify(&rotated.key).await.reason(),
+            VerifyApiKeyReason::Valid
+        );
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_deleted_key_verifies_as_not_found() {
-    let app = spawn_app().await;
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "bot").await;
-    let created = app.create_api_key(&owner, &chatbot.id).await;
-    let id = created.api_key.unwrap().id;
-    app.api_keys(Some(&owner.token))
-        .delete_api_key(proto::DeleteApiKeyRequest { id })
-        .await
-        .unwrap();
-    assert_eq!(
-        app.verify(&created.key).await.reason(),
-        VerifyApiKeyReason::NotFound
-    );
-    let admin = app.new_admin().await;
-    assert_code(
-        app.api_keys(Some(&admin.token))
-            .get_api_key(proto::GetApiKeyRequest { id })
-            .await,
-        Code::NotFound,
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn malformed_keys_are_answered_without_a_database_query() {
-    let app = spawn_app().await;
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "bot").await;
-    let real = app.create_api_key(&owner, &chatbot.id).await.key;
-    let mut bad_checksum = real.clone().into_bytes();
-    let last = bad_checksum.len() - 1;
-    bad_checksum[last] = if bad_checksum[last] == b'A' {
-        b'B'
-    } else {
-        b'A'
-    };
-    let bad_checksum = String::from_utf8(bad_checksum).unwrap();
-    let wrong_prefix = real.replacen("cbk_", "sk__", 1);
-    let very_long = "cbk_".to_owned() + &"a".repeat(10_000);
-
-    let before = app.db.statements_executed();
-    for key in [
-        "",
-        "hello",
-        wrong_prefix.as_str(),
-        bad_checksum.as_str(),
-        very_long.as_str(),
-    ] {
-        let verdict = app.verify(key).await;
-        assert!(!verdict.valid);
-        assert_eq!(verdict.reason(), VerifyApiKeyReason::Malformed, "{key:.20}");
+        // A revoked key cannot be rotated back to life.
+        let new_id = rotated.api_key.unwrap().id;
+        app.api_keys(Some(&owner.token))
+            .revoke_api_key(proto::RevokeApiKeyRequest { id: new_id })
+            .await
+            .unwrap();
+        assert_code(
+            app.api_keys(Some(&owner.token))
+                .rotate_api_key(proto::RotateApiKeyRequest {
+                    id: new_id,
+                    grace_period: None,
+                })
+                .await,
+            Code::FailedPrecondition,
+        );
     }
-    assert_eq!(
-        app.db.statements_executed(),
-        before,
-        "malformed keys must not reach the database"
-    );
-
-    // The counter does count: a well-formed unknown key costs a query.
-    let unknown = chatbot_backend::domain::ApiKeySecret::generate();
-    assert_eq!(
-        app.verify(unknown.expose()).await.reason(),
-        VerifyApiKeyReason::NotFound
-    );
-    assert!(app.db.statements_executed() > before);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn verification_writes_nothing_and_last_use_is_recorded_in_batches() {
-    let app = spawn_app_with(&["--last-used-flush-interval-secs", "1"]).await;
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "bot").await;
-    let created = app.create_api_key(&owner, &chatbot.id).await;
-    let id = created.api_key.unwrap().id;
-    for _ in 0..5 {
-        assert!(app.verify(&created.key).await.valid);
-    }
-    let get = || {
-        let mut client = app.api_keys(Some(&owner.token));
-        async move {
-            client
+backend_test! {
+    async fn a_deleted_key_verifies_as_not_found() {
+        let app = spawn_app().await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let id = created.api_key.unwrap().id;
+        app.api_keys(Some(&owner.token))
+            .delete_api_key(proto::DeleteApiKeyRequest { id })
+            .await
+            .unwrap();
+        assert_eq!(
+            app.verify(&created.key).await.reason(),
+            VerifyApiKeyReason::NotFound
+        );
+        let admin = app.new_admin().await;
+        assert_code(
+            app.api_keys(Some(&admin.token))
                 .get_api_key(proto::GetApiKeyRequest { id })
-                .await
-                .unwrap()
-                .into_inner()
-                .api_key
-                .unwrap()
-        }
-    };
-    let mut recorded = None;
-    for _ in 0..50 {
-        recorded = get().await.last_used_time;
-        if recorded.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+                .await,
+            Code::NotFound,
+        );
     }
-    assert!(recorded.is_some(), "last_used_time was never flushed");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_chatbot_cannot_exceed_its_active_key_limit() {
-    let app = spawn_app_with(&["--max-active-api-keys-per-chatbot", "2"]).await;
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "bot").await;
-    let first = app.create_api_key(&owner, &chatbot.id).await;
-    app.create_api_key(&owner, &chatbot.id).await;
-    let create = || {
-        let mut client = app.api_keys(Some(&owner.token));
-        let request = proto::CreateApiKeyRequest {
+backend_test! {
+    async fn malformed_keys_are_answered_without_a_database_query() {
+        let app = spawn_app().await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let real = app.create_api_key(&owner, &chatbot.id).await.key;
+        let mut bad_checksum = real.clone().into_bytes();
+        let last = bad_checksum.len() - 1;
+        bad_checksum[last] = if bad_checksum[last] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
+        let bad_checksum = String::from_utf8(bad_checksum).unwrap();
+        let wrong_prefix = real.replacen("cbk_", "sk__", 1);
+        let very_long = "cbk_".to_owned() + &"a".repeat(10_000);
+
+        let before = app.db.statements_executed();
+        for key in [
+            "",
+            "hello",
+            wrong_prefix.as_str(),
+            bad_checksum.as_str(),
+            very_long.as_str(),
+        ] {
+            let verdict = app.verify(key).await;
+            assert!(!verdict.valid);
+            assert_eq!(verdict.reason(), VerifyApiKeyReason::Malformed, "{key:.20}");
+        }
+        assert_eq!(
+            app.db.statements_executed(),
+            before,
+            "malformed keys must not reach the database"
+        );
+
+        // The counter does count: a well-formed unknown key costs a query.
+        let unknown = chatbot_backend::domain::ApiKeySecret::generate();
+        assert_eq!(
+            app.verify(unknown.expose()).await.reason(),
+            VerifyApiKeyReason::NotFound
+        );
+        assert!(app.db.statements_executed() > before);
+    }
+}
+
+backend_test! {
+    async fn verification_writes_nothing_and_last_use_is_recorded_in_batches() {
+        let app = spawn_app_with(&["--last-used-flush-interval-secs", "1"]).await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let id = created.api_key.unwrap().id;
+        for _ in 0..5 {
+            assert!(app.verify(&created.key).await.valid);
+        }
+        let get = || {
+            let mut client = app.api_keys(Some(&owner.token));
+            async move {
+                client
+                    .get_api_key(proto::GetApiKeyRequest { id })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .api_key
+                    .unwrap()
+            }
+        };
+        let mut recorded = None;
+        for _ in 0..50 {
+            recorded = get().await.last_used_time;
+            if recorded.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(recorded.is_some(), "last_used_time was never flushed");
+    }
+}
+
+backend_test! {
+    async fn a_chatbot_cannot_exceed_its_active_key_limit() {
+        let app = spawn_app_with(&["--max-active-api-keys-per-chatbot", "2"]).await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let first = app.create_api_key(&owner, &chatbot.id).await;
+        app.create_api_key(&owner, &chatbot.id).await;
+        let create = || {
+            let mut client = app.api_keys(Some(&owner.token));
+            let request = proto::CreateApiKeyRequest {
+                chatbot_id: chatbot.id.clone(),
+                ..Default::default()
+            };
+            async move { client.create_api_key(request).await }
+        };
+        assert_code(create().await, Code::FailedPrecondition);
+        app.api_keys(Some(&owner.token))
+            .revoke_api_key(proto::RevokeApiKeyRequest {
+                id: first.api_key.unwrap().id,
+            })
+            .await
+            .unwrap();
+        create().await.unwrap();
+    }
+}
+
+backend_test! {
+    async fn list_api_keys_filters_revoked_and_expiring_keys_and_pages() {
+        let app = spawn_app().await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(
+                app.create_api_key(&owner, &chatbot.id)
+                    .await
+                    .api_key
+                    .unwrap()
+                    .id,
+            );
+        }
+        let expiring = app
+            .api_keys(Some(&owner.token))
+            .create_api_key(proto::CreateApiKeyRequest {
+                chatbot_id: chatbot.id.clone(),
+                display_name: "expiring".into(),
+                expire_time: Some(in_seconds(3600)),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .api_key
+            .unwrap();
+        app.api_keys(Some(&owner.token))
+            .revoke_api_key(proto::RevokeApiKeyRequest { id: ids[0] })
+            .await
+            .unwrap();
+
+        let list = |request: proto::ListApiKeysRequest| {
+            let mut client = app.api_keys(Some(&owner.token));
+            async move { client.list_api_keys(request).await.map(|r| r.into_inner()) }
+        };
+        let base = proto::ListApiKeysRequest {
             chatbot_id: chatbot.id.clone(),
             ..Default::default()
         };
-        async move { client.create_api_key(request).await }
-    };
-    assert_code(create().await, Code::FailedPrecondition);
-    app.api_keys(Some(&owner.token))
-        .revoke_api_key(proto::RevokeApiKeyRequest {
-            id: first.api_key.unwrap().id,
+
+        let active = list(base.clone()).await.unwrap();
+        let active_ids: Vec<i64> = active.api_keys.iter().map(|k| k.id).collect();
+        assert_eq!(active_ids, [ids[1], ids[2], ids[3], expiring.id]);
+
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = list(proto::ListApiKeysRequest {
+                page_size: 2,
+                page_token: token,
+                show_revoked: true,
+                ..base.clone()
+            })
+            .await
+            .unwrap();
+            all.extend(page.api_keys.iter().map(|k| k.id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(all, [ids[0], ids[1], ids[2], ids[3], expiring.id]);
+
+        let soon = list(proto::ListApiKeysRequest {
+            expire_before: Some(in_seconds(7200)),
+            ..base.clone()
         })
         .await
         .unwrap();
-    create().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn list_api_keys_filters_revoked_and_expiring_keys_and_pages() {
-    let app = spawn_app().await;
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "bot").await;
-    let mut ids = Vec::new();
-    for _ in 0..4 {
-        ids.push(
-            app.create_api_key(&owner, &chatbot.id)
-                .await
-                .api_key
-                .unwrap()
-                .id,
+        assert_eq!(
+            soon.api_keys.iter().map(|k| k.id).collect::<Vec<_>>(),
+            [expiring.id]
         );
-    }
-    let expiring = app
-        .api_keys(Some(&owner.token))
-        .create_api_key(proto::CreateApiKeyRequest {
-            chatbot_id: chatbot.id.clone(),
-            display_name: "expiring".into(),
-            expire_time: Some(in_seconds(3600)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .api_key
-        .unwrap();
-    app.api_keys(Some(&owner.token))
-        .revoke_api_key(proto::RevokeApiKeyRequest { id: ids[0] })
-        .await
-        .unwrap();
 
-    let list = |request: proto::ListApiKeysRequest| {
-        let mut client = app.api_keys(Some(&owner.token));
-        async move { client.list_api_keys(request).await.map(|r| r.into_inner()) }
-    };
-    let base = proto::ListApiKeysRequest {
-        chatbot_id: chatbot.id.clone(),
-        ..Default::default()
-    };
-
-    let active = list(base.clone()).await.unwrap();
-    let active_ids: Vec<i64> = active.api_keys.iter().map(|k| k.id).collect();
-    assert_eq!(active_ids, [ids[1], ids[2], ids[3], expiring.id]);
-
-    let mut all = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = list(proto::ListApiKeysRequest {
-            page_size: 2,
-            page_token: token,
-            show_revoked: true,
-            ..base.clone()
-        })
-        .await
-        .unwrap();
-        all.extend(page.api_keys.iter().map(|k| k.id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
-    assert_eq!(all, [ids[0], ids[1], ids[2], ids[3], expiring.id]);
-
-    let soon = list(proto::ListApiKeysRequest {
-        expire_before: Some(in_seconds(7200)),
-        ..base.clone()
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        soon.api_keys.iter().map(|k| k.id).collect::<Vec<_>>(),
-        [expiring.id]
-    );
-
-    let first_page = list(proto::ListApiKeysRequest {
-        page_size: 1,
-        ..base.clone()
-    })
-    .await
-    .unwrap();
-    let status = assert_code(
-        list(proto::ListApiKeysRequest {
+        let first_page = list(proto::ListApiKeysRequest {
             page_size: 1,
-            page_token: first_page.next_page_token,
-            show_revoked: true,
             ..base.clone()
-        })
-        .await,
-        Code::InvalidArgument,
-    );
-    assert_eq!(violated_fields(&status), ["page_token"]);
-}
-
-#[derive(QueryableByName)]
-struct Row {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    row: String,
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn no_plaintext_key_or_password_reaches_the_database_or_the_log() {
-    let app = spawn_app_with(&["--last-used-flush-interval-secs", "1"]).await;
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "bot").await;
-    let created = app.create_api_key(&owner, &chatbot.id).await;
-    let id = created.api_key.unwrap().id;
-    assert!(app.verify(&created.key).await.valid);
-    let rotated = app
-        .api_keys(Some(&owner.token))
-        .rotate_api_key(proto::RotateApiKeyRequest {
-            id,
-            grace_period: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(app.verify(&rotated.key).await.valid);
-    app.api_keys(Some(&owner.token))
-        .revoke_api_key(proto::RevokeApiKeyRequest {
-            id: rotated.api_key.unwrap().id,
         })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+        let status = assert_code(
+            list(proto::ListApiKeysRequest {
+                page_size: 1,
+                page_token: first_page.next_page_token,
+                show_revoked: true,
+                ..base.clone()
+            })
+            .await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(violated_fields(&status), ["page_token"]);
+    }
+}
 
-    // Every row of every table, as text.
-    let mut conn = app.sql().await;
-    let tables = [
-        "users",
-        "chatbots",
-        "api_keys",
-        "refresh_tokens",
-        "__diesel_schema_migrations",
-    ];
-    let mut dump = String::new();
-    for table in tables {
-        let rows: Vec<Row> =
-            diesel::sql_query(format!("SELECT row_to_json(t)::text AS row FROM {table} t"))
-                .load(&mut conn)
-                .await
-                .unwrap();
-        for row in rows {
-            dump.push_str(&row.row);
-            dump.push('\n');
+backend_test! {
+    async fn no_plaintext_key_or_password_reaches_the_database_or_the_log() {
+        let app = spawn_app_with(&["--last-used-flush-interval-secs", "1"]).await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let id = created.api_key.unwrap().id;
+        assert!(app.verify(&created.key).await.valid);
+        let rotated = app
+            .api_keys(Some(&owner.token))
+            .rotate_api_key(proto::RotateApiKeyRequest {
+                id,
+                grace_period: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(app.verify(&rotated.key).await.valid);
+        app.api_keys(Some(&owner.token))
+            .revoke_api_key(proto::RevokeApiKeyRequest {
+                id: rotated.api_key.unwrap().id,
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        let dump = app.stored_data().await;
+        assert!(dump.contains(&owner.email), "the dump is real");
+        let log = logs();
+        let secrets = [
+            created.key.as_str(),
+            rotated.key.as_str(),
+            owner.password.as_str(),
+            owner.token.as_str(),
+            owner.refresh_token.as_str(),
+        ];
+        for secret in secrets {
+            assert!(!dump.contains(secret), "a secret is in the database");
+            assert!(!log.contains(secret), "a secret is in the log");
         }
+        // The key body without the fixed prefix must not appear either.
+        assert!(!dump.contains(&created.key[4..]));
     }
-    assert!(dump.contains(&owner.email), "the dump is real");
-    let log = logs();
-    let secrets = [
-        created.key.as_str(),
-        rotated.key.as_str(),
-        owner.password.as_str(),
-        owner.token.as_str(),
-        owner.refresh_token.as_str(),
-    ];
-    for secret in secrets {
-        assert!(!dump.contains(secret), "a secret is in the database");
-        assert!(!log.contains(secret), "a secret is in the log");
-    }
-    // The key body without the fixed prefix must not appear either.
-    assert!(!dump.contains(&created.key[4..]));
 }

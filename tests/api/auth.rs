@@ -5,7 +5,7 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{assert_code, spawn_app, spawn_app_with, PASSWORD, SECRET_KEY};
+use crate::helpers::{assert_code, backend_test, spawn_app, spawn_app_with, PASSWORD, SECRET_KEY};
 
 /// Forged and broken tokens for `user_id`, each of which must be refused.
 pub fn bad_tokens(user_id: &str) -> Vec<(&'static str, String)> {
@@ -54,169 +54,177 @@ pub fn bad_tokens(user_id: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn login_returns_an_access_token_that_identifies_the_user() {
-    let app = spawn_app().await;
-    let user = app.new_user().await;
-    let login = app
-        .login(&user.email.to_uppercase(), PASSWORD)
-        .await
-        .unwrap();
-    assert_eq!(login.token_type, "Bearer");
-    assert!(login.refresh_token.starts_with("cbr_"));
-    assert!(login.access_token_expire_time.unwrap().seconds > chrono::Utc::now().timestamp());
-    let me = app
-        .auth(Some(&login.access_token))
-        .get_current_user(proto::GetCurrentUserRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
-    assert_eq!(me.id, user.id);
+backend_test! {
+    async fn login_returns_an_access_token_that_identifies_the_user() {
+        let app = spawn_app().await;
+        let user = app.new_user().await;
+        let login = app
+            .login(&user.email.to_uppercase(), PASSWORD)
+            .await
+            .unwrap();
+        assert_eq!(login.token_type, "Bearer");
+        assert!(login.refresh_token.starts_with("cbr_"));
+        assert!(login.access_token_expire_time.unwrap().seconds > chrono::Utc::now().timestamp());
+        let me = app
+            .auth(Some(&login.access_token))
+            .get_current_user(proto::GetCurrentUserRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap();
+        assert_eq!(me.id, user.id);
+    }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn wrong_password_and_unknown_email_fail_alike() {
-    let app = spawn_app().await;
-    let user = app.new_user().await;
-    let wrong = assert_code(
-        app.login(&user.email, "wrong password!").await,
-        Code::Unauthenticated,
-    );
-    let unknown = assert_code(
-        app.login("nobody@example.com", PASSWORD).await,
-        Code::Unauthenticated,
-    );
-    assert_eq!(wrong.message(), unknown.message());
+backend_test! {
+    async fn wrong_password_and_unknown_email_fail_alike() {
+        let app = spawn_app().await;
+        let user = app.new_user().await;
+        let wrong = assert_code(
+            app.login(&user.email, "wrong password!").await,
+            Code::Unauthenticated,
+        );
+        let unknown = assert_code(
+            app.login("nobody@example.com", PASSWORD).await,
+            Code::Unauthenticated,
+        );
+        assert_eq!(wrong.message(), unknown.message());
+    }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_unusable_token_is_refused_with_unauthenticated() {
-    let app = spawn_app().await;
-    let user = app.new_user().await;
-    for (what, token) in bad_tokens(&user.id) {
+backend_test! {
+    async fn every_unusable_token_is_refused_with_unauthenticated() {
+        let app = spawn_app().await;
+        let user = app.new_user().await;
+        for (what, token) in bad_tokens(&user.id) {
+            let status = assert_code(
+                app.auth(Some(&token))
+                    .get_current_user(proto::GetCurrentUserRequest {})
+                    .await,
+                Code::Unauthenticated,
+            );
+            assert!(!status.message().is_empty(), "{what}");
+        }
         let status = assert_code(
-            app.auth(Some(&token))
+            app.auth(None)
                 .get_current_user(proto::GetCurrentUserRequest {})
                 .await,
             Code::Unauthenticated,
         );
-        assert!(!status.message().is_empty(), "{what}");
+        assert!(status.message().contains("authorization"));
     }
-    let status = assert_code(
-        app.auth(None)
-            .get_current_user(proto::GetCurrentUserRequest {})
-            .await,
-        Code::Unauthenticated,
-    );
-    assert!(status.message().contains("authorization"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn refresh_rotates_the_token_and_reuse_revokes_the_whole_session() {
-    let app = spawn_app().await;
-    let user = app.new_user().await;
-    let refresh = |token: &str| {
-        let mut client = app.auth(None);
-        let request = proto::RefreshTokenRequest {
-            refresh_token: token.into(),
+backend_test! {
+    async fn refresh_rotates_the_token_and_reuse_revokes_the_whole_session() {
+        let app = spawn_app().await;
+        let user = app.new_user().await;
+        let refresh = |token: &str| {
+            let mut client = app.auth(None);
+            let request = proto::RefreshTokenRequest {
+                refresh_token: token.into(),
+            };
+            async move { client.refresh_token(request).await.map(|r| r.into_inner()) }
         };
-        async move { client.refresh_token(request).await.map(|r| r.into_inner()) }
-    };
-    let second = refresh(&user.refresh_token).await.unwrap();
-    assert_ne!(second.refresh_token, user.refresh_token);
-    app.auth(Some(&second.access_token))
-        .get_current_user(proto::GetCurrentUserRequest {})
-        .await
-        .unwrap();
+        let second = refresh(&user.refresh_token).await.unwrap();
+        assert_ne!(second.refresh_token, user.refresh_token);
+        app.auth(Some(&second.access_token))
+            .get_current_user(proto::GetCurrentUserRequest {})
+            .await
+            .unwrap();
 
-    // Replaying the rotated token is theft: the descendant dies too.
-    assert_code(refresh(&user.refresh_token).await, Code::Unauthenticated);
-    assert_code(refresh(&second.refresh_token).await, Code::Unauthenticated);
-    assert_code(refresh("cbr_unknown").await, Code::Unauthenticated);
+        // Replaying the rotated token is theft: the descendant dies too.
+        assert_code(refresh(&user.refresh_token).await, Code::Unauthenticated);
+        assert_code(refresh(&second.refresh_token).await, Code::Unauthenticated);
+        assert_code(refresh("cbr_unknown").await, Code::Unauthenticated);
+    }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn logout_revokes_the_refresh_token() {
-    let app = spawn_app().await;
-    let user = app.new_user().await;
-    app.auth(Some(&user.token))
-        .logout(proto::LogoutRequest {
-            refresh_token: user.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
-    assert_code(
-        app.auth(None)
-            .refresh_token(proto::RefreshTokenRequest {
+backend_test! {
+    async fn logout_revokes_the_refresh_token() {
+        let app = spawn_app().await;
+        let user = app.new_user().await;
+        app.auth(Some(&user.token))
+            .logout(proto::LogoutRequest {
                 refresh_token: user.refresh_token.clone(),
             })
-            .await,
-        Code::Unauthenticated,
-    );
-    // Idempotent.
-    app.auth(Some(&user.token))
-        .logout(proto::LogoutRequest {
-            refresh_token: user.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn repeated_failed_logins_are_throttled_before_any_hashing() {
-    let app = spawn_app_with(&["--login-max-failures-per-email", "3"]).await;
-    let user = app.new_user().await;
-    for _ in 0..3 {
+            .await
+            .unwrap();
         assert_code(
-            app.login(&user.email, "wrong password!").await,
+            app.auth(None)
+                .refresh_token(proto::RefreshTokenRequest {
+                    refresh_token: user.refresh_token.clone(),
+                })
+                .await,
             Code::Unauthenticated,
         );
+        // Idempotent.
+        app.auth(Some(&user.token))
+            .logout(proto::LogoutRequest {
+                refresh_token: user.refresh_token.clone(),
+            })
+            .await
+            .unwrap();
     }
-    // Even the right password is refused while throttled.
-    let status = assert_code(
-        app.login(&user.email, PASSWORD).await,
-        Code::ResourceExhausted,
-    );
-    let retry = status.get_details_retry_info().expect("RetryInfo detail");
-    assert!(retry.retry_delay.is_some_and(|d| d.as_secs() > 0));
-    // Other accounts are unaffected.
-    let other = app.new_user().await;
-    app.login(&other.email, PASSWORD).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tokens_signed_with_the_previous_key_still_verify_after_rotation() {
-    let new_key = "a-brand-new-signing-key-of-at-least-32-bytes";
-    let app = spawn_app_with(&["--secret-key", new_key, "--secret-key-previous", SECRET_KEY]).await;
-    let user = app.new_user().await;
-    let now = chrono::Utc::now().timestamp();
-    let claims = serde_json::json!({
-        "sub": user.id, "role": "user", "iat": now, "exp": now + 600,
-        "iss": "chatbot-backend", "aud": "chatbot-backend",
-    });
-    let old_token = encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET_KEY.as_bytes()),
-    )
-    .unwrap();
-    app.auth(Some(&old_token))
-        .get_current_user(proto::GetCurrentUserRequest {})
-        .await
+backend_test! {
+    async fn repeated_failed_logins_are_throttled_before_any_hashing() {
+        let app = spawn_app_with(&["--login-max-failures-per-email", "3"]).await;
+        let user = app.new_user().await;
+        for _ in 0..3 {
+            assert_code(
+                app.login(&user.email, "wrong password!").await,
+                Code::Unauthenticated,
+            );
+        }
+        // Even the right password is refused while throttled.
+        let status = assert_code(
+            app.login(&user.email, PASSWORD).await,
+            Code::ResourceExhausted,
+        );
+        let retry = status.get_details_retry_info().expect("RetryInfo detail");
+        assert!(retry.retry_delay.is_some_and(|d| d.as_secs() > 0));
+        // Other accounts are unaffected.
+        let other = app.new_user().await;
+        app.login(&other.email, PASSWORD).await.unwrap();
+    }
+}
+
+backend_test! {
+    async fn tokens_signed_with_the_previous_key_still_verify_after_rotation() {
+        let new_key = "a-brand-new-signing-key-of-at-least-32-bytes";
+        let app = spawn_app_with(&["--secret-key", new_key, "--secret-key-previous", SECRET_KEY]).await;
+        let user = app.new_user().await;
+        let now = chrono::Utc::now().timestamp();
+        let claims = serde_json::json!({
+            "sub": user.id, "role": "user", "iat": now, "exp": now + 600,
+            "iss": "chatbot-backend", "aud": "chatbot-backend",
+        });
+        let old_token = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET_KEY.as_bytes()),
+        )
         .unwrap();
+        app.auth(Some(&old_token))
+            .get_current_user(proto::GetCurrentUserRequest {})
+            .await
+            .unwrap();
+    }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_server_refuses_a_secret_key_shorter_than_32_bytes() {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        settings: chatbot_backend::config::Settings,
+backend_test! {
+    async fn the_server_refuses_a_secret_key_shorter_than_32_bytes() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: chatbot_backend::config::Settings,
+        }
+        let settings = Cli::parse_from(["test", "--secret-key", "too-short"]).settings;
+        let error = settings.validate().unwrap_err();
+        assert!(error.to_string().contains("SECRET_KEY"), "{error}");
     }
-    let settings = Cli::parse_from(["test", "--secret-key", "too-short"]).settings;
-    let error = settings.validate().unwrap_err();
-    assert!(error.to_string().contains("SECRET_KEY"), "{error}");
 }

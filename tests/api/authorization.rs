@@ -6,7 +6,7 @@ use prost_types::FieldMask;
 use tonic::{Code, Status};
 
 use crate::auth::bad_tokens;
-use crate::helpers::{spawn_app_with, TestApp, TestUser};
+use crate::helpers::{backend_test, spawn_app_with, TestApp, TestUser};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rpc {
@@ -299,68 +299,69 @@ fn missing_target() -> Target {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_rpc_answers_each_kind_of_caller_with_the_documented_code() {
-    let app = spawn_app_for_matrix().await;
-    let stranger = app.new_user().await;
-    let admin = app.new_admin().await;
-    let bad = bad_tokens(&stranger.id);
-    let mut whos = vec![Who::Anonymous];
-    whos.extend((0..bad.len()).map(Who::BadToken));
-    whos.extend([
-        Who::Stranger,
-        Who::Owner,
-        Who::Admin,
-        Who::UserOnMissing,
-        Who::AdminOnMissing,
-    ]);
+backend_test! {
+    async fn every_rpc_answers_each_kind_of_caller_with_the_documented_code() {
+        let app = spawn_app_for_matrix().await;
+        let stranger = app.new_user().await;
+        let admin = app.new_admin().await;
+        let bad = bad_tokens(&stranger.id);
+        let mut whos = vec![Who::Anonymous];
+        whos.extend((0..bad.len()).map(Who::BadToken));
+        whos.extend([
+            Who::Stranger,
+            Who::Owner,
+            Who::Admin,
+            Who::UserOnMissing,
+            Who::AdminOnMissing,
+        ]);
 
-    let mut failures = Vec::new();
-    let mut cells = 0;
-    for &rpc in ALL_RPCS {
-        for &who in &whos {
-            if matches!(who, Who::UserOnMissing | Who::AdminOnMissing)
-                && (!rpc.targets_an_object()
-                    || rpc == Rpc::ListChatbots
-                    || rpc == Rpc::CreateChatbot)
-            {
-                continue;
-            }
-            let (owner, target) = fresh_target(&app).await;
-            let target = if matches!(who, Who::UserOnMissing | Who::AdminOnMissing) {
-                missing_target()
-            } else {
-                target
-            };
-            let token = match who {
-                Who::Anonymous => None,
-                Who::BadToken(i) => Some(bad[i].1.clone()),
-                Who::Stranger | Who::UserOnMissing => Some(stranger.token.clone()),
-                Who::Owner => Some(owner.token.clone()),
-                Who::Admin | Who::AdminOnMissing => Some(admin.token.clone()),
-            };
-            let code = match call(&app, rpc, token.as_deref(), &target).await {
-                Ok(()) => Code::Ok,
-                Err(status) => status.code(),
-            };
-            cells += 1;
-            let want = expected(rpc, who);
-            if code != want {
-                let who = match who {
-                    Who::BadToken(i) => format!("token {}", bad[i].0),
-                    other => format!("{other:?}"),
+        let mut failures = Vec::new();
+        let mut cells = 0;
+        for &rpc in ALL_RPCS {
+            for &who in &whos {
+                if matches!(who, Who::UserOnMissing | Who::AdminOnMissing)
+                    && (!rpc.targets_an_object()
+                        || rpc == Rpc::ListChatbots
+                        || rpc == Rpc::CreateChatbot)
+                {
+                    continue;
+                }
+                let (owner, target) = fresh_target(&app).await;
+                let target = if matches!(who, Who::UserOnMissing | Who::AdminOnMissing) {
+                    missing_target()
+                } else {
+                    target
                 };
-                failures.push(format!("{rpc:?} as {who}: got {code:?}, want {want:?}"));
+                let token = match who {
+                    Who::Anonymous => None,
+                    Who::BadToken(i) => Some(bad[i].1.clone()),
+                    Who::Stranger | Who::UserOnMissing => Some(stranger.token.clone()),
+                    Who::Owner => Some(owner.token.clone()),
+                    Who::Admin | Who::AdminOnMissing => Some(admin.token.clone()),
+                };
+                let code = match call(&app, rpc, token.as_deref(), &target).await {
+                    Ok(()) => Code::Ok,
+                    Err(status) => status.code(),
+                };
+                cells += 1;
+                let want = expected(rpc, who);
+                if code != want {
+                    let who = match who {
+                        Who::BadToken(i) => format!("token {}", bad[i].0),
+                        other => format!("{other:?}"),
+                    };
+                    failures.push(format!("{rpc:?} as {who}: got {code:?}, want {want:?}"));
+                }
             }
         }
+        assert!(cells > 200, "the matrix shrank to {cells} cells");
+        assert!(
+            failures.is_empty(),
+            "{} cells wrong:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
-    assert!(cells > 200, "the matrix shrank to {cells} cells");
-    assert!(
-        failures.is_empty(),
-        "{} cells wrong:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
 }
 
 async fn spawn_app_for_matrix() -> TestApp {

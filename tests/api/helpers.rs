@@ -1,8 +1,11 @@
 //! The test harness: `spawn_app()` creates a fresh database, starts the
 //! server on port 0 and hands out typed clients; dropping the app stops the
-//! server and drops the database.
+//! server and drops the database. [`backend_test!`] runs a test once on
+//! PostgreSQL and once on SQLite.
 
+use std::future::Future;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex, Once};
 
 use chatbot_backend::auth::PasswordHasher;
@@ -22,6 +25,65 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+
+/// The store a test's server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+tokio::task_local! {
+    static BACKEND: Backend;
+}
+
+impl Backend {
+    /// The backend of the running test; PostgreSQL for tests declared
+    /// without [`backend_test!`].
+    pub fn current() -> Self {
+        BACKEND
+            .try_with(|backend| *backend)
+            .unwrap_or(Backend::Postgres)
+    }
+
+    /// Runs `test` with this backend as [`Backend::current`].
+    pub async fn run<F: Future>(self, test: F) -> F::Output {
+        BACKEND.scope(self, test).await
+    }
+
+    /// The name GetDatabaseStatus reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgresql",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// Declares a test twice, as `<name>::postgres` and `<name>::sqlite`, each
+/// on a fresh database of that backend. A test that only makes sense on one
+/// backend is a plain `#[tokio::test]` whose name says which.
+macro_rules! backend_test {
+    (async fn $name:ident() $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body() $body
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() {
+                $crate::helpers::Backend::Postgres.run(body()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() {
+                $crate::helpers::Backend::Sqlite.run(body()).await
+            }
+        }
+    };
+}
+pub(crate) use backend_test;
 
 pub const SECRET_KEY: &str = "test-secret-key-that-is-at-least-32-bytes-long";
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -123,17 +185,31 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
-/// A fresh, empty database, dropped (with any connections to it) on drop.
+/// A fresh, empty database of the current [`Backend`], dropped on drop
+/// (a PostgreSQL database with any connections to it, or a SQLite file).
 pub struct TestDatabase {
+    pub backend: Backend,
     pub name: String,
     pub url: String,
+    sqlite_path: Option<PathBuf>,
 }
 
 impl TestDatabase {
     pub async fn create() -> Self {
         init_logging();
-        let server_url = test_server_url();
+        let backend = Backend::current();
         let name = format!("cbtest_{}", uuid::Uuid::new_v4().simple());
+        if backend == Backend::Sqlite {
+            // The server creates and migrates the file on start.
+            let path = std::env::temp_dir().join(format!("{name}.db"));
+            return Self {
+                backend,
+                url: format!("sqlite://{}", path.display()),
+                name,
+                sqlite_path: Some(path),
+            };
+        }
+        let server_url = test_server_url();
         let url = with_database(&server_url, &name);
         let mut admin = AsyncPgConnection::establish(&server_url)
             .await
@@ -142,7 +218,12 @@ impl TestDatabase {
             .execute(&mut admin)
             .await
             .expect("create test database");
-        Self { name, url }
+        Self {
+            backend,
+            name,
+            url,
+            sqlite_path: None,
+        }
     }
 
     /// The same database reached through another host:port (a proxy).
@@ -156,6 +237,14 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if let Some(path) = &self.sqlite_path {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = path.clone().into_os_string();
+                file.push(suffix);
+                let _ = std::fs::remove_file(file);
+            }
+            return;
+        }
         let server_url = test_server_url();
         let name = self.name.clone();
         // Drop cannot await; a short-lived runtime on its own thread can.
@@ -375,11 +464,51 @@ impl TestApp {
             .into_inner()
     }
 
-    /// Runs SQL against this test's database directly.
+    /// Runs SQL against this test's PostgreSQL database directly.
     pub async fn sql(&self) -> AsyncPgConnection {
+        assert_eq!(self.database.backend, Backend::Postgres);
         AsyncPgConnection::establish(&self.database_url)
             .await
             .unwrap()
+    }
+
+    /// Everything the database holds, as text: every row of every table on
+    /// PostgreSQL; the raw bytes of the database file and its write-ahead
+    /// log on SQLite.
+    pub async fn stored_data(&self) -> String {
+        if let Some(path) = &self.database.sqlite_path {
+            let mut bytes = std::fs::read(path).expect("read the SQLite file");
+            let mut wal = path.clone().into_os_string();
+            wal.push("-wal");
+            bytes.extend(std::fs::read(wal).unwrap_or_default());
+            return String::from_utf8_lossy(&bytes).into_owned();
+        }
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            row: String,
+        }
+        let mut conn = self.sql().await;
+        let tables = [
+            "users",
+            "chatbots",
+            "api_keys",
+            "refresh_tokens",
+            "__diesel_schema_migrations",
+        ];
+        let mut dump = String::new();
+        for table in tables {
+            let rows: Vec<Row> =
+                diesel::sql_query(format!("SELECT row_to_json(t)::text AS row FROM {table} t"))
+                    .load(&mut conn)
+                    .await
+                    .unwrap();
+            for row in rows {
+                dump.push_str(&row.row);
+                dump.push('\n');
+            }
+        }
+        dump
     }
 
     /// Stops the server gracefully and waits for it.

@@ -19,7 +19,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::ServingStatus;
 
-use crate::helpers::{spawn_app_on, Bearer, TestDatabase, PASSWORD, SECRET_KEY};
+use crate::helpers::{backend_test, spawn_app_on, Bearer, TestDatabase, PASSWORD, SECRET_KEY};
 
 async fn health_status(channel: Channel, service: &str) -> Option<i32> {
     let mut health = HealthClient::new(channel);
@@ -33,122 +33,123 @@ async fn health_status(channel: Channel, service: &str) -> Option<i32> {
         .map(|r| r.into_inner().status)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_lets_every_in_flight_call_finish_and_exits_zero() {
-    let database = TestDatabase::create().await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
-        .arg("serve")
-        .env("DATABASE_URL", &database.url)
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("SECRET_KEY", SECRET_KEY)
-        .env("SHUTDOWN_DRAIN_DELAY_SECS", "1")
-        .env("SHUTDOWN_GRACE_SECS", "10")
-        .env("RATE_LIMIT_PER_USER", "0")
-        .env("RATE_LIMIT_PER_ADDRESS", "0")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the server binary");
+backend_test! {
+    async fn sigterm_lets_every_in_flight_call_finish_and_exits_zero() {
+        let database = TestDatabase::create().await;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
+            .arg("serve")
+            .env("DATABASE_URL", &database.url)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("SECRET_KEY", SECRET_KEY)
+            .env("SHUTDOWN_DRAIN_DELAY_SECS", "1")
+            .env("SHUTDOWN_GRACE_SECS", "10")
+            .env("RATE_LIMIT_PER_USER", "0")
+            .env("RATE_LIMIT_PER_ADDRESS", "0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the server binary");
 
-    // Learn the bound port from the log, then keep draining stdout.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("server starts in time")
-            .unwrap()
-            .expect("server is running");
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if event["message"] == "serving gRPC" {
-            break event["local_addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let users =
-        || chatbot_backend::proto::user_service_client::UserServiceClient::new(channel.clone());
-    users()
-        .create_user(proto::CreateUserRequest {
-            email: "term@example.com".into(),
-            password: PASSWORD.into(),
-            role: 0,
-        })
-        .await
-        .unwrap();
-    let auth =
-        || chatbot_backend::proto::auth_service_client::AuthServiceClient::new(channel.clone());
-    let login = || {
-        let mut client = auth();
-        async move {
-            client
-                .login(proto::LoginRequest {
-                    email: "term@example.com".into(),
-                    password: PASSWORD.into(),
-                })
+        // Learn the bound port from the log, then keep draining stdout.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr: SocketAddr = loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
                 .await
-                .map(|r| r.into_inner())
-        }
-    };
-    let token = login().await.unwrap().access_token;
-
-    // Slow calls (argon2, two at a time) in flight when the signal lands.
-    let slow: Vec<_> = (0..12).map(|_| tokio::spawn(login())).collect();
-    // Cheap calls keep coming, as from a load balancer, until health says
-    // NOT_SERVING.
-    let cheap = {
-        let channel = channel.clone();
-        let token = token.clone();
-        tokio::spawn(async move {
-            let mut results = Vec::new();
-            loop {
-                if health_status(channel.clone(), "").await != Some(ServingStatus::Serving as i32) {
-                    return results;
-                }
-                let mut client = chatbot_backend::proto::auth_service_client::AuthServiceClient::with_interceptor(
-                    channel.clone(),
-                    Bearer(Some(token.clone())),
-                );
-                results.push(
-                    client
-                        .get_current_user(proto::GetCurrentUserRequest {})
-                        .await
-                        .map(drop),
-                );
+                .expect("server starts in time")
+                .unwrap()
+                .expect("server is running");
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if event["message"] == "serving gRPC" {
+                break event["local_addr"].as_str().unwrap().parse().unwrap();
             }
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
-    for call in slow {
-        call.await
+        let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
-            .expect("an in-flight login failed during shutdown");
+            .connect()
+            .await
+            .unwrap();
+        let users =
+            || chatbot_backend::proto::user_service_client::UserServiceClient::new(channel.clone());
+        users()
+            .create_user(proto::CreateUserRequest {
+                email: "term@example.com".into(),
+                password: PASSWORD.into(),
+                role: 0,
+            })
+            .await
+            .unwrap();
+        let auth =
+            || chatbot_backend::proto::auth_service_client::AuthServiceClient::new(channel.clone());
+        let login = || {
+            let mut client = auth();
+            async move {
+                client
+                    .login(proto::LoginRequest {
+                        email: "term@example.com".into(),
+                        password: PASSWORD.into(),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        };
+        let token = login().await.unwrap().access_token;
+
+        // Slow calls (argon2, two at a time) in flight when the signal lands.
+        let slow: Vec<_> = (0..12).map(|_| tokio::spawn(login())).collect();
+        // Cheap calls keep coming, as from a load balancer, until health says
+        // NOT_SERVING.
+        let cheap = {
+            let channel = channel.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                loop {
+                    if health_status(channel.clone(), "").await != Some(ServingStatus::Serving as i32) {
+                        return results;
+                    }
+                    let mut client = chatbot_backend::proto::auth_service_client::AuthServiceClient::with_interceptor(
+                        channel.clone(),
+                        Bearer(Some(token.clone())),
+                    );
+                    results.push(
+                        client
+                            .get_current_user(proto::GetCurrentUserRequest {})
+                            .await
+                            .map(drop),
+                    );
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let pid = child.id().unwrap().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+
+        for call in slow {
+            call.await
+                .unwrap()
+                .expect("an in-flight login failed during shutdown");
+        }
+        let cheap = cheap.await.unwrap();
+        assert!(!cheap.is_empty());
+        for result in cheap {
+            result.expect("a call made while SERVING failed");
+        }
+        let status = tokio::time::timeout(Duration::from_secs(25), child.wait())
+            .await
+            .expect("the server exits before the hard deadline")
+            .unwrap();
+        assert!(status.success(), "exit status {status:?}");
     }
-    let cheap = cheap.await.unwrap();
-    assert!(!cheap.is_empty());
-    for result in cheap {
-        result.expect("a call made while SERVING failed");
-    }
-    let status = tokio::time::timeout(Duration::from_secs(25), child.wait())
-        .await
-        .expect("the server exits before the hard deadline")
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
 }
 
 /// Polls readiness every 100 ms until it reports `want` (at most `polls`
@@ -224,7 +225,7 @@ struct Id {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_database_outage_answers_unavailable_flips_readiness_and_loses_no_acknowledged_write() {
+async fn a_postgres_outage_answers_unavailable_flips_readiness_and_loses_no_acknowledged_write() {
     let database = TestDatabase::create().await;
     let postgres: SocketAddr = {
         let url = url::Url::parse(&database.url).unwrap();

@@ -7,100 +7,103 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt;
 
-use crate::helpers::{assert_code, spawn_app_with, PASSWORD};
+use crate::helpers::{assert_code, backend_test, spawn_app_with, PASSWORD};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_authenticated_caller_past_its_rate_gets_resource_exhausted_with_retry_info() {
-    let app = spawn_app_with(&[
-        "--rate-limit-per-user",
-        "1",
-        "--rate-limit-burst-factor",
-        "3",
-    ])
-    .await;
-    let user = app.new_user().await;
-    let mut codes = Vec::new();
-    for _ in 0..6 {
-        let result = app
-            .auth(Some(&user.token))
-            .get_current_user(proto::GetCurrentUserRequest {})
-            .await;
-        match result {
-            Ok(_) => codes.push(Code::Ok),
-            Err(status) => {
-                assert_eq!(status.code(), Code::ResourceExhausted);
-                assert!(status
-                    .get_details_retry_info()
-                    .and_then(|r| r.retry_delay)
-                    .is_some());
-                codes.push(status.code());
+backend_test! {
+    async fn an_authenticated_caller_past_its_rate_gets_resource_exhausted_with_retry_info() {
+        let app = spawn_app_with(&[
+            "--rate-limit-per-user",
+            "1",
+            "--rate-limit-burst-factor",
+            "3",
+        ])
+        .await;
+        let user = app.new_user().await;
+        let mut codes = Vec::new();
+        for _ in 0..6 {
+            let result = app
+                .auth(Some(&user.token))
+                .get_current_user(proto::GetCurrentUserRequest {})
+                .await;
+            match result {
+                Ok(_) => codes.push(Code::Ok),
+                Err(status) => {
+                    assert_eq!(status.code(), Code::ResourceExhausted);
+                    assert!(status
+                        .get_details_retry_info()
+                        .and_then(|r| r.retry_delay)
+                        .is_some());
+                    codes.push(status.code());
+                }
             }
         }
-    }
-    assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
-    // Health probes are exempt.
-    let mut health = HealthClient::new(app.channel());
-    for _ in 0..10 {
-        health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
+        assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
+        // Health probes are exempt.
+        let mut health = HealthClient::new(app.channel());
+        for _ in 0..10 {
+            health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap();
+        }
+        // Another user has their own bucket.
+        let other = app.new_user().await;
+        app.auth(Some(&other.token))
+            .get_current_user(proto::GetCurrentUserRequest {})
             .await
             .unwrap();
     }
-    // Another user has their own bucket.
-    let other = app.new_user().await;
-    app.auth(Some(&other.token))
-        .get_current_user(proto::GetCurrentUserRequest {})
-        .await
-        .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn anonymous_callers_are_limited_per_address() {
-    let app = spawn_app_with(&[
-        "--rate-limit-per-address",
-        "1",
-        "--rate-limit-burst-factor",
-        "2",
-    ])
-    .await;
-    let mut exhausted = false;
-    for _ in 0..5 {
-        if let Err(status) = app.login("nobody@example.com", PASSWORD).await {
-            exhausted |= status.code() == Code::ResourceExhausted;
+backend_test! {
+    async fn anonymous_callers_are_limited_per_address() {
+        let app = spawn_app_with(&[
+            "--rate-limit-per-address",
+            "1",
+            "--rate-limit-burst-factor",
+            "2",
+        ])
+        .await;
+        let mut exhausted = false;
+        for _ in 0..5 {
+            if let Err(status) = app.login("nobody@example.com", PASSWORD).await {
+                exhausted |= status.code() == Code::ResourceExhausted;
+            }
         }
+        assert!(exhausted);
     }
-    assert!(exhausted);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn verify_api_key_is_limited_per_key() {
-    let app = spawn_app_with(&[
-        "--rate-limit-per-api-key",
-        "1",
-        "--rate-limit-burst-factor",
-        "2",
-    ])
-    .await;
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "bot").await;
-    let first = app.create_api_key(&owner, &chatbot.id).await.key;
-    let second = app.create_api_key(&owner, &chatbot.id).await.key;
-    let verify = |key: String| {
-        let mut client = app.api_keys(None);
-        async move {
-            client
-                .verify_api_key(proto::VerifyApiKeyRequest { key })
-                .await
+backend_test! {
+    async fn verify_api_key_is_limited_per_key() {
+        let app = spawn_app_with(&[
+            "--rate-limit-per-api-key",
+            "1",
+            "--rate-limit-burst-factor",
+            "2",
+        ])
+        .await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let first = app.create_api_key(&owner, &chatbot.id).await.key;
+        let second = app.create_api_key(&owner, &chatbot.id).await.key;
+        let verify = |key: String| {
+            let mut client = app.api_keys(None);
+            async move {
+                client
+                    .verify_api_key(proto::VerifyApiKeyRequest { key })
+                    .await
+            }
+        };
+        let mut results = Vec::new();
+        for _ in 0..5 {
+            results.push(verify(first.clone()).await.map(drop));
         }
-    };
-    let mut results = Vec::new();
-    for _ in 0..5 {
-        results.push(verify(first.clone()).await.map(drop));
+        assert_code(results.pop().unwrap(), Code::ResourceExhausted);
+        verify(second).await.unwrap();
     }
-    assert_code(results.pop().unwrap(), Code::ResourceExhausted);
-    verify(second).await.unwrap();
 }
 
 async fn scrape(addr: std::net::SocketAddr) -> String {
@@ -117,28 +120,29 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     body
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn metrics_count_rpcs_by_method_and_code_in_go_grpc_prometheus_names() {
-    let app = spawn_app_with(&["--metrics-addr", "127.0.0.1:0"]).await;
-    let user = app.new_user().await;
-    app.auth(Some(&user.token))
-        .get_current_user(proto::GetCurrentUserRequest {})
-        .await
-        .unwrap();
-    let _ = app
-        .chatbots(Some(&user.token))
-        .get_chatbot(proto::GetChatbotRequest { id: "bad".into() })
-        .await;
-    let body = scrape(app.metrics_addr.expect("metrics enabled")).await;
-    assert!(body.starts_with("HTTP/1.1 200"));
-    for expected in [
-        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="chatbot.v1.AuthService",grpc_method="GetCurrentUser",grpc_code="OK"} 1"#,
-        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="chatbot.v1.ChatbotService",grpc_method="GetChatbot",grpc_code="InvalidArgument"} 1"#,
-        r#"grpc_server_started_total{grpc_type="unary",grpc_service="chatbot.v1.UserService",grpc_method="CreateUser"} 1"#,
-        r#"grpc_server_handling_seconds_count{grpc_type="unary",grpc_service="chatbot.v1.AuthService",grpc_method="Login"} 1"#,
-        "db_pool_max_connections 4",
-        "health_serving 1",
-    ] {
-        assert!(body.contains(expected), "missing {expected}\n{body}");
+backend_test! {
+    async fn metrics_count_rpcs_by_method_and_code_in_go_grpc_prometheus_names() {
+        let app = spawn_app_with(&["--metrics-addr", "127.0.0.1:0"]).await;
+        let user = app.new_user().await;
+        app.auth(Some(&user.token))
+            .get_current_user(proto::GetCurrentUserRequest {})
+            .await
+            .unwrap();
+        let _ = app
+            .chatbots(Some(&user.token))
+            .get_chatbot(proto::GetChatbotRequest { id: "bad".into() })
+            .await;
+        let body = scrape(app.metrics_addr.expect("metrics enabled")).await;
+        assert!(body.starts_with("HTTP/1.1 200"));
+        for expected in [
+            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="chatbot.v1.AuthService",grpc_method="GetCurrentUser",grpc_code="OK"} 1"#,
+            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="chatbot.v1.ChatbotService",grpc_method="GetChatbot",grpc_code="InvalidArgument"} 1"#,
+            r#"grpc_server_started_total{grpc_type="unary",grpc_service="chatbot.v1.UserService",grpc_method="CreateUser"} 1"#,
+            r#"grpc_server_handling_seconds_count{grpc_type="unary",grpc_service="chatbot.v1.AuthService",grpc_method="Login"} 1"#,
+            "db_pool_max_connections 4",
+            "health_serving 1",
+        ] {
+            assert!(body.contains(expected), "missing {expected}\n{body}");
+        }
     }
 }

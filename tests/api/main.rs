@@ -1,5 +1,6 @@
 //! Black-box tests: each starts the real server on a random port against a
-//! fresh PostgreSQL database and calls it through the generated clients.
+//! fresh database and calls it through the generated clients. Most run
+//! twice, on PostgreSQL and on SQLite (see `helpers::backend_test!`).
 
 mod api_keys;
 mod auth;

@@ -4,7 +4,6 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{Array, BigInt, Timestamptz};
 use diesel::{
     BoolExpressionMethods, ExpressionMethods, Insertable, OptionalExtension, QueryDsl, Queryable,
     Selectable, SelectableHelper,
@@ -12,12 +11,13 @@ use diesel::{
 use diesel_async::RunQueryDsl;
 
 use crate::db::schema::{api_keys, chatbots};
-use crate::db::DbConnection;
+use crate::db::sql_types::Timestamp;
+use crate::db::{db_run, DbConnection};
 use crate::domain::{ApiKeyDigest, ApiKeyId, ChatbotId, PageCursor, PageRequest, UserId};
 
 /// A row of `api_keys`, without the digest (which no reader needs).
 #[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg))]
+#[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct ApiKey {
     pub id: ApiKeyId,
     pub chatbot_id: ChatbotId,
@@ -38,7 +38,7 @@ pub struct NewApiKey<'a> {
     pub display_name: &'a str,
     pub key_prefix: &'a str,
     pub key_hash: &'a [u8],
-    pub expires_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<Timestamp>,
 }
 
 impl fmt::Debug for NewApiKey<'_> {
@@ -81,23 +81,27 @@ impl ApiKey {
         conn: &mut DbConnection,
         new: NewApiKey<'_>,
     ) -> diesel::QueryResult<ApiKey> {
-        diesel::insert_into(api_keys::table)
-            .values(new)
-            .returning(ApiKey::as_returning())
-            .get_result(conn)
-            .await
+        db_run!(conn => {
+            diesel::insert_into(api_keys::table)
+                .values((new, api_keys::created_at.eq(Timestamp::now())))
+                .returning(ApiKey::as_returning())
+                .get_result(conn)
+                .await
+        })
     }
 
     pub async fn find(
         conn: &mut DbConnection,
         id: ApiKeyId,
     ) -> diesel::QueryResult<Option<ApiKey>> {
-        api_keys::table
-            .find(id)
-            .select(ApiKey::as_select())
-            .first(conn)
-            .await
-            .optional()
+        db_run!(conn => {
+            api_keys::table
+                .find(id)
+                .select(ApiKey::as_select())
+                .first(conn)
+                .await
+                .optional()
+        })
     }
 
     /// The key and the owner of its chatbot, for authorization.
@@ -105,13 +109,15 @@ impl ApiKey {
         conn: &mut DbConnection,
         id: ApiKeyId,
     ) -> diesel::QueryResult<Option<(ApiKey, UserId)>> {
-        api_keys::table
-            .inner_join(chatbots::table)
-            .filter(api_keys::id.eq(id))
-            .select((ApiKey::as_select(), chatbots::owner_id))
-            .first(conn)
-            .await
-            .optional()
+        db_run!(conn => {
+            api_keys::table
+                .inner_join(chatbots::table)
+                .filter(api_keys::id.eq(id))
+                .select((ApiKey::as_select(), chatbots::owner_id))
+                .first(conn)
+                .await
+                .optional()
+        })
     }
 
     /// The hot path of VerifyApiKey: one probe of the unique digest index.
@@ -119,20 +125,22 @@ impl ApiKey {
         conn: &mut DbConnection,
         digest: &ApiKeyDigest,
     ) -> diesel::QueryResult<Option<VerificationRecord>> {
-        api_keys::table
-            .inner_join(chatbots::table)
-            .filter(api_keys::key_hash.eq(&digest.0[..]))
-            .select((
-                api_keys::id,
-                api_keys::chatbot_id,
-                api_keys::revoked,
-                api_keys::expires_at,
-                chatbots::owner_id,
-                chatbots::llm_endpoint_url,
-            ))
-            .first(conn)
-            .await
-            .optional()
+        db_run!(conn => {
+            api_keys::table
+                .inner_join(chatbots::table)
+                .filter(api_keys::key_hash.eq(&digest.0[..]))
+                .select((
+                    api_keys::id,
+                    api_keys::chatbot_id,
+                    api_keys::revoked,
+                    api_keys::expires_at,
+                    chatbots::owner_id,
+                    chatbots::llm_endpoint_url,
+                ))
+                .first(conn)
+                .await
+                .optional()
+        })
     }
 
     /// One page of a chatbot's keys in (created_at, id) order, plus one extra
@@ -142,28 +150,30 @@ impl ApiKey {
         filter: &ApiKeyListFilter,
         page: &PageRequest<ApiKeyId>,
     ) -> diesel::QueryResult<Vec<ApiKey>> {
-        let mut query = api_keys::table
-            .filter(api_keys::chatbot_id.eq(filter.chatbot_id))
-            .select(ApiKey::as_select())
-            .order((api_keys::created_at.asc(), api_keys::id.asc()))
-            .limit(page.fetch_limit())
-            .into_boxed();
-        if !filter.show_revoked {
-            query = query.filter(api_keys::revoked.eq(false));
-        }
-        if let Some(before) = filter.expire_before {
-            query = query.filter(api_keys::expires_at.lt(before));
-        }
-        if let Some(after) = &page.after {
-            query = query.filter(
-                api_keys::created_at
-                    .gt(after.create_time)
-                    .or(api_keys::created_at
-                        .eq(after.create_time)
-                        .and(api_keys::id.gt(after.id))),
-            );
-        }
-        query.load(conn).await
+        db_run!(conn => {
+            let mut query = api_keys::table
+                .filter(api_keys::chatbot_id.eq(filter.chatbot_id))
+                .select(ApiKey::as_select())
+                .order((api_keys::created_at.asc(), api_keys::id.asc()))
+                .limit(page.fetch_limit())
+                .into_boxed();
+            if !filter.show_revoked {
+                query = query.filter(api_keys::revoked.eq(false));
+            }
+            if let Some(before) = filter.expire_before {
+                query = query.filter(api_keys::expires_at.lt(Timestamp(before)));
+            }
+            if let Some(after) = &page.after {
+                query = query.filter(
+                    api_keys::created_at
+                        .gt(Timestamp(after.create_time))
+                        .or(api_keys::created_at
+                            .eq(Timestamp(after.create_time))
+                            .and(api_keys::id.gt(after.id))),
+                );
+            }
+            query.load(conn).await
+        })
     }
 
     /// Keys of a chatbot that still work: not revoked and not expired.
@@ -172,17 +182,19 @@ impl ApiKey {
         chatbot_id: ChatbotId,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<i64> {
-        api_keys::table
-            .filter(api_keys::chatbot_id.eq(chatbot_id))
-            .filter(api_keys::revoked.eq(false))
-            .filter(
-                api_keys::expires_at
-                    .is_null()
-                    .or(api_keys::expires_at.gt(now)),
-            )
-            .count()
-            .get_result(conn)
-            .await
+        db_run!(conn => {
+            api_keys::table
+                .filter(api_keys::chatbot_id.eq(chatbot_id))
+                .filter(api_keys::revoked.eq(false))
+                .filter(
+                    api_keys::expires_at
+                        .is_null()
+                        .or(api_keys::expires_at.gt(Timestamp(now))),
+                )
+                .count()
+                .get_result(conn)
+                .await
+        })
     }
 
     /// Revokes a key; a second call keeps the first revoke time.
@@ -191,10 +203,12 @@ impl ApiKey {
         id: ApiKeyId,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<Option<ApiKey>> {
-        diesel::update(api_keys::table.find(id).filter(api_keys::revoked.eq(false)))
-            .set((api_keys::revoked.eq(true), api_keys::revoked_at.eq(now)))
-            .execute(conn)
-            .await?;
+        db_run!(conn => {
+            diesel::update(api_keys::table.find(id).filter(api_keys::revoked.eq(false)))
+                .set((api_keys::revoked.eq(true), api_keys::revoked_at.eq(Timestamp(now))))
+                .execute(conn)
+                .await
+        })?;
         Self::find(conn, id).await
     }
 
@@ -204,49 +218,57 @@ impl ApiKey {
         id: ApiKeyId,
         until: DateTime<Utc>,
     ) -> diesel::QueryResult<Option<ApiKey>> {
-        diesel::update(
-            api_keys::table.find(id).filter(
-                api_keys::expires_at
-                    .is_null()
-                    .or(api_keys::expires_at.gt(until)),
-            ),
-        )
-        .set(api_keys::expires_at.eq(until))
-        .execute(conn)
-        .await?;
+        db_run!(conn => {
+            diesel::update(
+                api_keys::table.find(id).filter(
+                    api_keys::expires_at
+                        .is_null()
+                        .or(api_keys::expires_at.gt(Timestamp(until))),
+                ),
+            )
+            .set(api_keys::expires_at.eq(Timestamp(until)))
+            .execute(conn)
+            .await
+        })?;
         Self::find(conn, id).await
     }
 
     pub async fn delete(conn: &mut DbConnection, id: ApiKeyId) -> diesel::QueryResult<bool> {
-        let deleted = diesel::delete(api_keys::table.find(id))
-            .execute(conn)
-            .await?;
-        Ok(deleted > 0)
+        db_run!(conn => {
+            let deleted = diesel::delete(api_keys::table.find(id))
+                .execute(conn)
+                .await?;
+            Ok(deleted > 0)
+        })
     }
 
     pub async fn count(conn: &mut DbConnection) -> diesel::QueryResult<i64> {
-        api_keys::table.count().get_result(conn).await
+        db_run!(conn => {
+            api_keys::table.count().get_result(conn).await
+        })
     }
 
-    /// Records many keys' last use in one statement; never moves a time back.
+    /// Records keys' last use; never moves a time back. One statement per
+    /// key: the caller batches them into one transaction.
     pub async fn record_last_used(
         conn: &mut DbConnection,
         uses: &[(ApiKeyId, DateTime<Utc>)],
     ) -> diesel::QueryResult<usize> {
-        if uses.is_empty() {
-            return Ok(0);
+        let mut updated = 0;
+        for &(id, at) in uses {
+            updated += db_run!(conn => {
+                diesel::update(
+                    api_keys::table.find(id).filter(
+                        api_keys::last_used_at
+                            .is_null()
+                            .or(api_keys::last_used_at.lt(Timestamp(at))),
+                    ),
+                )
+                .set(api_keys::last_used_at.eq(Timestamp(at)))
+                .execute(conn)
+                .await
+            })?;
         }
-        let ids: Vec<i64> = uses.iter().map(|(id, _)| id.0).collect();
-        let times: Vec<DateTime<Utc>> = uses.iter().map(|(_, time)| *time).collect();
-        diesel::sql_query(
-            "UPDATE api_keys SET last_used_at = used.at \
-             FROM unnest($1, $2) AS used(id, at) \
-             WHERE api_keys.id = used.id \
-               AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < used.at)",
-        )
-        .bind::<Array<BigInt>, _>(ids)
-        .bind::<Array<Timestamptz>, _>(times)
-        .execute(conn)
-        .await
+        Ok(updated)
     }
 }

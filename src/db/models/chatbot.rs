@@ -8,12 +8,13 @@ use diesel::{
 use diesel_async::RunQueryDsl;
 
 use crate::db::schema::chatbots;
-use crate::db::DbConnection;
+use crate::db::sql_types::Timestamp;
+use crate::db::{db_run, DbConnection};
 use crate::domain::{ChatbotId, PageCursor, PageRequest, UserId};
 
 /// A row of `chatbots`.
 #[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = chatbots, check_for_backend(diesel::pg::Pg))]
+#[diesel(table_name = chatbots, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct Chatbot {
     pub id: ChatbotId,
     pub owner_id: UserId,
@@ -39,7 +40,7 @@ pub struct NewChatbot {
 pub struct ChatbotChanges {
     pub name: Option<String>,
     pub llm_endpoint_url: Option<String>,
-    pub updated_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<Timestamp>,
 }
 
 impl Chatbot {
@@ -51,23 +52,28 @@ impl Chatbot {
     }
 
     pub async fn insert(conn: &mut DbConnection, new: &NewChatbot) -> diesel::QueryResult<Chatbot> {
-        diesel::insert_into(chatbots::table)
-            .values(new)
-            .returning(Chatbot::as_returning())
-            .get_result(conn)
-            .await
+        db_run!(conn => {
+            let now = Timestamp::now();
+            diesel::insert_into(chatbots::table)
+                .values((new, chatbots::created_at.eq(now), chatbots::updated_at.eq(now)))
+                .returning(Chatbot::as_returning())
+                .get_result(conn)
+                .await
+        })
     }
 
     pub async fn find(
         conn: &mut DbConnection,
         id: ChatbotId,
     ) -> diesel::QueryResult<Option<Chatbot>> {
-        chatbots::table
-            .find(id)
-            .select(Chatbot::as_select())
-            .first(conn)
-            .await
-            .optional()
+        db_run!(conn => {
+            chatbots::table
+                .find(id)
+                .select(Chatbot::as_select())
+                .first(conn)
+                .await
+                .optional()
+        })
     }
 
     /// Owner of a chatbot, the one fact authorization needs.
@@ -75,25 +81,30 @@ impl Chatbot {
         conn: &mut DbConnection,
         id: ChatbotId,
     ) -> diesel::QueryResult<Option<UserId>> {
-        chatbots::table
-            .find(id)
-            .select(chatbots::owner_id)
-            .first(conn)
-            .await
-            .optional()
+        db_run!(conn => {
+            chatbots::table
+                .find(id)
+                .select(chatbots::owner_id)
+                .first(conn)
+                .await
+                .optional()
+        })
     }
 
     /// Locks the chatbot's row until the transaction ends, serialising
-    /// changes to its key set (the active-key limit).
+    /// changes to its key set (the active-key limit). A no-op write rather
+    /// than `SELECT ... FOR UPDATE`, which SQLite lacks: on PostgreSQL it
+    /// takes the row lock, on SQLite the database's write lock, and as the
+    /// transaction's first statement it waits (busy_timeout) instead of
+    /// failing a later read-to-write upgrade with SQLITE_BUSY.
     pub async fn lock(conn: &mut DbConnection, id: ChatbotId) -> diesel::QueryResult<bool> {
-        let locked: Option<ChatbotId> = chatbots::table
-            .find(id)
-            .select(chatbots::id)
-            .for_update()
-            .first(conn)
-            .await
-            .optional()?;
-        Ok(locked.is_some())
+        let locked = db_run!(conn => {
+            diesel::update(chatbots::table.find(id))
+                .set(chatbots::updated_at.eq(chatbots::updated_at))
+                .execute(conn)
+                .await
+        })?;
+        Ok(locked == 1)
     }
 
     /// One page in (created_at, id) order, of one owner or of everyone, plus
@@ -103,24 +114,26 @@ impl Chatbot {
         owner: Option<UserId>,
         page: &PageRequest<ChatbotId>,
     ) -> diesel::QueryResult<Vec<Chatbot>> {
-        let mut query = chatbots::table
-            .select(Chatbot::as_select())
-            .order((chatbots::created_at.asc(), chatbots::id.asc()))
-            .limit(page.fetch_limit())
-            .into_boxed();
-        if let Some(owner) = owner {
-            query = query.filter(chatbots::owner_id.eq(owner));
-        }
-        if let Some(after) = &page.after {
-            query = query.filter(
-                chatbots::created_at
-                    .gt(after.create_time)
-                    .or(chatbots::created_at
-                        .eq(after.create_time)
-                        .and(chatbots::id.gt(after.id))),
-            );
-        }
-        query.load(conn).await
+        db_run!(conn => {
+            let mut query = chatbots::table
+                .select(Chatbot::as_select())
+                .order((chatbots::created_at.asc(), chatbots::id.asc()))
+                .limit(page.fetch_limit())
+                .into_boxed();
+            if let Some(owner) = owner {
+                query = query.filter(chatbots::owner_id.eq(owner));
+            }
+            if let Some(after) = &page.after {
+                query = query.filter(
+                    chatbots::created_at
+                        .gt(Timestamp(after.create_time))
+                        .or(chatbots::created_at
+                            .eq(Timestamp(after.create_time))
+                            .and(chatbots::id.gt(after.id))),
+                );
+            }
+            query.load(conn).await
+        })
     }
 
     pub async fn update(
@@ -128,23 +141,29 @@ impl Chatbot {
         id: ChatbotId,
         changes: &ChatbotChanges,
     ) -> diesel::QueryResult<Option<Chatbot>> {
-        diesel::update(chatbots::table.find(id))
-            .set(changes)
-            .returning(Chatbot::as_returning())
-            .get_result(conn)
-            .await
-            .optional()
+        db_run!(conn => {
+            diesel::update(chatbots::table.find(id))
+                .set(changes)
+                .returning(Chatbot::as_returning())
+                .get_result(conn)
+                .await
+                .optional()
+        })
     }
 
     /// Deletes the chatbot; its API keys go by cascade.
     pub async fn delete(conn: &mut DbConnection, id: ChatbotId) -> diesel::QueryResult<bool> {
-        let deleted = diesel::delete(chatbots::table.find(id))
-            .execute(conn)
-            .await?;
-        Ok(deleted > 0)
+        db_run!(conn => {
+            let deleted = diesel::delete(chatbots::table.find(id))
+                .execute(conn)
+                .await?;
+            Ok(deleted > 0)
+        })
     }
 
     pub async fn count(conn: &mut DbConnection) -> diesel::QueryResult<i64> {
-        chatbots::table.count().get_result(conn).await
+        db_run!(conn => {
+            chatbots::table.count().get_result(conn).await
+        })
     }
 }

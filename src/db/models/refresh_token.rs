@@ -7,19 +7,19 @@ use diesel::{
     SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
-use uuid::Uuid;
 
 use crate::db::schema::refresh_tokens;
-use crate::db::DbConnection;
-use crate::domain::UserId;
+use crate::db::sql_types::Timestamp;
+use crate::db::{db_run, DbConnection};
+use crate::domain::{RefreshTokenId, TokenFamilyId, UserId};
 
 /// A row of `refresh_tokens`, without the digest.
 #[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = refresh_tokens, check_for_backend(diesel::pg::Pg))]
+#[diesel(table_name = refresh_tokens, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct RefreshToken {
-    pub id: Uuid,
+    pub id: RefreshTokenId,
     pub user_id: UserId,
-    pub family_id: Uuid,
+    pub family_id: TokenFamilyId,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub used_at: Option<DateTime<Utc>>,
@@ -30,11 +30,11 @@ pub struct RefreshToken {
 #[derive(Insertable)]
 #[diesel(table_name = refresh_tokens)]
 pub struct NewRefreshToken<'a> {
-    pub id: Uuid,
+    pub id: RefreshTokenId,
     pub user_id: UserId,
-    pub family_id: Uuid,
+    pub family_id: TokenFamilyId,
     pub token_hash: &'a [u8],
-    pub expires_at: DateTime<Utc>,
+    pub expires_at: Timestamp,
 }
 
 impl RefreshToken {
@@ -42,58 +42,66 @@ impl RefreshToken {
         conn: &mut DbConnection,
         new: NewRefreshToken<'_>,
     ) -> diesel::QueryResult<()> {
-        diesel::insert_into(refresh_tokens::table)
-            .values(new)
-            .execute(conn)
-            .await
-            .map(drop)
+        db_run!(conn => {
+            diesel::insert_into(refresh_tokens::table)
+                .values((new, refresh_tokens::created_at.eq(Timestamp::now())))
+                .execute(conn)
+                .await
+                .map(drop)
+        })
     }
 
     pub async fn find_by_hash(
         conn: &mut DbConnection,
         token_hash: &[u8],
     ) -> diesel::QueryResult<Option<RefreshToken>> {
-        refresh_tokens::table
-            .filter(refresh_tokens::token_hash.eq(token_hash))
-            .select(RefreshToken::as_select())
-            .first(conn)
-            .await
-            .optional()
+        db_run!(conn => {
+            refresh_tokens::table
+                .filter(refresh_tokens::token_hash.eq(token_hash))
+                .select(RefreshToken::as_select())
+                .first(conn)
+                .await
+                .optional()
+        })
     }
 
     /// Marks a token used if it still is usable; false means another request
     /// used or revoked it first (the caller then treats this as re-use).
     pub async fn mark_used(
         conn: &mut DbConnection,
-        id: Uuid,
+        id: RefreshTokenId,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<bool> {
-        let updated = diesel::update(
-            refresh_tokens::table
-                .find(id)
-                .filter(refresh_tokens::used_at.is_null())
-                .filter(refresh_tokens::revoked_at.is_null()),
-        )
-        .set(refresh_tokens::used_at.eq(now))
-        .execute(conn)
-        .await?;
-        Ok(updated == 1)
+        db_run!(conn => {
+            let updated = diesel::update(
+                refresh_tokens::table
+                    .find(id)
+                    .filter(refresh_tokens::used_at.is_null())
+                    .filter(refresh_tokens::revoked_at.is_null()),
+            )
+            .set(refresh_tokens::used_at.eq(Timestamp(now)))
+            .execute(conn)
+            .await?;
+            Ok(updated == 1)
+        })
     }
 
     /// Revokes every token of one login.
     pub async fn revoke_family(
         conn: &mut DbConnection,
-        family_id: Uuid,
+        family_id: TokenFamilyId,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<usize> {
-        diesel::update(
-            refresh_tokens::table
-                .filter(refresh_tokens::family_id.eq(family_id))
-                .filter(refresh_tokens::revoked_at.is_null()),
-        )
-        .set(refresh_tokens::revoked_at.eq(now))
-        .execute(conn)
-        .await
+        db_run!(conn => {
+            diesel::update(
+                refresh_tokens::table
+                    .filter(refresh_tokens::family_id.eq(family_id))
+                    .filter(refresh_tokens::revoked_at.is_null()),
+            )
+            .set(refresh_tokens::revoked_at.eq(Timestamp(now)))
+            .execute(conn)
+            .await
+        })
     }
 
     /// Revokes every token of a user (password change).
@@ -102,13 +110,15 @@ impl RefreshToken {
         user_id: UserId,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<usize> {
-        diesel::update(
-            refresh_tokens::table
-                .filter(refresh_tokens::user_id.eq(user_id))
-                .filter(refresh_tokens::revoked_at.is_null()),
-        )
-        .set(refresh_tokens::revoked_at.eq(now))
-        .execute(conn)
-        .await
+        db_run!(conn => {
+            diesel::update(
+                refresh_tokens::table
+                    .filter(refresh_tokens::user_id.eq(user_id))
+                    .filter(refresh_tokens::revoked_at.is_null()),
+            )
+            .set(refresh_tokens::revoked_at.eq(Timestamp(now)))
+            .execute(conn)
+            .await
+        })
     }
 }

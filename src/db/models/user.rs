@@ -10,12 +10,13 @@ use diesel::{
 use diesel_async::RunQueryDsl;
 
 use crate::db::schema::users;
-use crate::db::DbConnection;
+use crate::db::sql_types::Timestamp;
+use crate::db::{db_run, DbConnection};
 use crate::domain::{PageCursor, PageRequest, Role, UserId};
 
 /// A row of `users`. Its `Debug` leaves out the password hash.
 #[derive(Clone, Queryable, Selectable)]
-#[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
+#[diesel(table_name = users, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct User {
     pub id: UserId,
     pub email: String,
@@ -52,7 +53,7 @@ pub struct UserChanges {
     pub email: Option<String>,
     pub hashed_password: Option<String>,
     pub role: Option<String>,
-    pub updated_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<Timestamp>,
 }
 
 impl User {
@@ -69,20 +70,25 @@ impl User {
     }
 
     pub async fn insert(conn: &mut DbConnection, new: NewUser<'_>) -> diesel::QueryResult<User> {
-        diesel::insert_into(users::table)
-            .values(new)
-            .returning(User::as_returning())
-            .get_result(conn)
-            .await
+        db_run!(conn => {
+            let now = Timestamp::now();
+            diesel::insert_into(users::table)
+                .values((new, users::created_at.eq(now), users::updated_at.eq(now)))
+                .returning(User::as_returning())
+                .get_result(conn)
+                .await
+        })
     }
 
     pub async fn find(conn: &mut DbConnection, id: UserId) -> diesel::QueryResult<Option<User>> {
-        users::table
-            .find(id)
-            .select(User::as_select())
-            .first(conn)
-            .await
-            .optional()
+        db_run!(conn => {
+            users::table
+                .find(id)
+                .select(User::as_select())
+                .first(conn)
+                .await
+                .optional()
+        })
     }
 
     /// `email` must already be normalised (lowercase).
@@ -90,12 +96,14 @@ impl User {
         conn: &mut DbConnection,
         email: &str,
     ) -> diesel::QueryResult<Option<User>> {
-        users::table
-            .filter(users::email.eq(email))
-            .select(User::as_select())
-            .first(conn)
-            .await
-            .optional()
+        db_run!(conn => {
+            users::table
+                .filter(users::email.eq(email))
+                .select(User::as_select())
+                .first(conn)
+                .await
+                .optional()
+        })
     }
 
     /// One page in (created_at, id) order, plus one extra row if more follow.
@@ -103,19 +111,21 @@ impl User {
         conn: &mut DbConnection,
         page: &PageRequest<UserId>,
     ) -> diesel::QueryResult<Vec<User>> {
-        let mut query = users::table
-            .select(User::as_select())
-            .order((users::created_at.asc(), users::id.asc()))
-            .limit(page.fetch_limit())
-            .into_boxed();
-        if let Some(after) = &page.after {
-            query = query.filter(
-                users::created_at.gt(after.create_time).or(users::created_at
-                    .eq(after.create_time)
-                    .and(users::id.gt(after.id))),
-            );
-        }
-        query.load(conn).await
+        db_run!(conn => {
+            let mut query = users::table
+                .select(User::as_select())
+                .order((users::created_at.asc(), users::id.asc()))
+                .limit(page.fetch_limit())
+                .into_boxed();
+            if let Some(after) = &page.after {
+                query = query.filter(
+                    users::created_at.gt(Timestamp(after.create_time)).or(users::created_at
+                        .eq(Timestamp(after.create_time))
+                        .and(users::id.gt(after.id))),
+                );
+            }
+            query.load(conn).await
+        })
     }
 
     pub async fn update(
@@ -123,22 +133,28 @@ impl User {
         id: UserId,
         changes: &UserChanges,
     ) -> diesel::QueryResult<Option<User>> {
-        diesel::update(users::table.find(id))
-            .set(changes)
-            .returning(User::as_returning())
-            .get_result(conn)
-            .await
-            .optional()
+        db_run!(conn => {
+            diesel::update(users::table.find(id))
+                .set(changes)
+                .returning(User::as_returning())
+                .get_result(conn)
+                .await
+                .optional()
+        })
     }
 
     /// Deletes the user; chatbots, keys and refresh tokens go by cascade.
     pub async fn delete(conn: &mut DbConnection, id: UserId) -> diesel::QueryResult<bool> {
-        let deleted = diesel::delete(users::table.find(id)).execute(conn).await?;
-        Ok(deleted > 0)
+        db_run!(conn => {
+            let deleted = diesel::delete(users::table.find(id)).execute(conn).await?;
+            Ok(deleted > 0)
+        })
     }
 
     pub async fn count(conn: &mut DbConnection) -> diesel::QueryResult<i64> {
-        users::table.count().get_result(conn).await
+        db_run!(conn => {
+            users::table.count().get_result(conn).await
+        })
     }
 
     /// Creates an admin, or promotes an existing user and sets the password.
@@ -147,24 +163,30 @@ impl User {
         email: &str,
         hashed_password: &str,
     ) -> diesel::QueryResult<User> {
-        let now = Utc::now();
-        diesel::insert_into(users::table)
-            .values(NewUser {
-                id: UserId::generate(),
-                email,
-                hashed_password,
-                role: Role::Admin.as_str(),
-            })
-            .on_conflict(users::email)
-            .do_update()
-            .set(UserChanges {
-                email: None,
-                hashed_password: Some(hashed_password.to_owned()),
-                role: Some(Role::Admin.as_str().to_owned()),
-                updated_at: Some(now),
-            })
-            .returning(User::as_returning())
-            .get_result(conn)
-            .await
+        db_run!(conn => {
+            let now = Utc::now();
+            diesel::insert_into(users::table)
+                .values((
+                    NewUser {
+                    id: UserId::generate(),
+                    email,
+                    hashed_password,
+                    role: Role::Admin.as_str(),
+                    },
+                    users::created_at.eq(Timestamp(now)),
+                    users::updated_at.eq(Timestamp(now)),
+                ))
+                .on_conflict(users::email)
+                .do_update()
+                .set(UserChanges {
+                    email: None,
+                    hashed_password: Some(hashed_password.to_owned()),
+                    role: Some(Role::Admin.as_str().to_owned()),
+                    updated_at: Some(Timestamp(now)),
+                })
+                .returning(User::as_returning())
+                .get_result(conn)
+                .await
+        })
     }
 }

@@ -4,8 +4,11 @@
 #
 # - Builds nothing: the server binary is $SERVER_BIN (default
 #   target/debug/chatbot-backend; run `cargo build` first).
-# - Starts it on 127.0.0.1:50051 (the address the README uses) against a fresh
-#   database readme_<random>, which is dropped again at exit.
+# - Starts it on 127.0.0.1:50051 (the address the README uses) in a scratch
+#   directory. By default without DATABASE_URL, as the README's run command
+#   does, so it serves from a fresh SQLite file there; with
+#   README_BACKEND=postgres against a fresh PostgreSQL database
+#   readme_<random>, dropped again at exit.
 # - Extracts every ```sh block of README.md, in order, and runs them all in ONE
 #   bash session under `set -euo pipefail`, so variables (TOKEN, CHATBOT_ID,
 #   ...) carry from block to block. Blocks fenced as ```console or ```text are
@@ -13,8 +16,8 @@
 #   the binary, so the operator commands (create-admin, seed) need no build.
 # - Then checks a few expectations the walkthrough must have established.
 #
-# Needs: PostgreSQL at 127.0.0.1:5432 (user postgres, trust), psql, grpcurl,
-# python3. Exit status non-zero on any failure, naming the README block.
+# Needs: grpcurl, python3; for README_BACKEND=postgres also PostgreSQL at
+# 127.0.0.1:5432 (user postgres, trust) and psql. Exit status non-zero on any failure, naming the README block.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,6 +25,7 @@ REPO_ROOT=$(pwd)
 README="${README_FILE:-$REPO_ROOT/README.md}"   # README_FILE: to try an edited copy
 ADDR=127.0.0.1:50051
 PG_SERVER_URL=postgres://postgres@127.0.0.1:5432
+BACKEND=${README_BACKEND:-sqlite}
 
 SERVER_BIN=${SERVER_BIN:-target/debug/chatbot-backend}
 if [[ ! -x "$SERVER_BIN" ]]; then
@@ -30,7 +34,9 @@ if [[ ! -x "$SERVER_BIN" ]]; then
 fi
 SERVER_BIN="$(cd "$(dirname "$SERVER_BIN")" && pwd)/$(basename "$SERVER_BIN")"
 
-for tool in grpcurl psql python3; do
+tools=(grpcurl python3)
+[[ $BACKEND == postgres ]] && tools+=(psql)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || { echo "readme_grpcurl: $tool is required" >&2; exit 1; }
 done
 
@@ -40,7 +46,11 @@ if (exec 3<>"/dev/tcp/${ADDR%:*}/${ADDR##*:}") 2>/dev/null; then
 fi
 
 DB_NAME="readme_$(date +%s)_$RANDOM"
-export DATABASE_URL="$PG_SERVER_URL/$DB_NAME"
+case $BACKEND in
+    postgres) export DATABASE_URL="$PG_SERVER_URL/$DB_NAME" ;;
+    sqlite) unset DATABASE_URL; DB_NAME="chatbot-backend.db (SQLite, the default)" ;;
+    *) echo "readme_grpcurl: README_BACKEND must be sqlite or postgres" >&2; exit 1 ;;
+esac
 WORK=$(mktemp -d -t readme_grpcurl.XXXXXX)
 SERVER_LOG="$WORK/server.log"
 SERVER_PID=
@@ -60,9 +70,11 @@ cleanup() {
         echo "--- last lines of the server log ($SERVER_LOG):" >&2
         tail -n 40 "$SERVER_LOG" >&2 || true
     fi
-    psql "$PG_SERVER_URL/postgres" -q -v ON_ERROR_STOP=1 \
-        -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 \
-        || echo "readme_grpcurl: could not drop database $DB_NAME" >&2
+    if [[ $BACKEND == postgres ]]; then
+        psql "$PG_SERVER_URL/postgres" -q -v ON_ERROR_STOP=1 \
+            -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 \
+            || echo "readme_grpcurl: could not drop database $DB_NAME" >&2
+    fi
     rm -rf "$WORK"
     exit "$status"
 }

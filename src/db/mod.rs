@@ -546,3 +546,54 @@ pub async fn ping(conn: &mut DbConnection) -> diesel::QueryResult<String> {
     let row: ServerVersion = db_run!(conn => diesel::sql_query(query).get_result(conn).await?);
     Ok(row.server_version)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DatabaseTarget;
+    use std::path::PathBuf;
+
+    #[test]
+    fn postgres_urls_select_postgres() {
+        for url in ["postgres://u@h/db", "postgresql://u:p@h:5432/db"] {
+            assert_eq!(
+                DatabaseTarget::parse(url).unwrap(),
+                DatabaseTarget::Postgres(url.into())
+            );
+        }
+    }
+
+    #[test]
+    fn sqlite_urls_and_bare_paths_select_sqlite() {
+        for (url, path) in [
+            ("sqlite://chatbot-backend.db", "chatbot-backend.db"),
+            ("sqlite:data/app.db", "data/app.db"),
+            ("sqlite:///var/lib/app.db", "/var/lib/app.db"),
+            ("/tmp/app.sqlite3", "/tmp/app.sqlite3"),
+        ] {
+            assert_eq!(
+                DatabaseTarget::parse(url).unwrap(),
+                DatabaseTarget::Sqlite(PathBuf::from(path))
+            );
+        }
+    }
+
+    #[test]
+    fn memory_databases_empty_paths_and_other_schemes_are_refused() {
+        for url in [
+            "sqlite::memory:",
+            ":memory:",
+            "sqlite://",
+            "",
+            "mysql://u@h/db",
+        ] {
+            assert!(DatabaseTarget::parse(url).is_err(), "{url:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_logged_postgres_location_hides_the_password() {
+        let target = DatabaseTarget::parse("postgres://app:hunter2@db:5432/chatbot").unwrap();
+        assert!(!target.redacted().contains("hunter2"));
+        assert!(target.redacted().contains("db:5432/chatbot"));
+    }
+}

@@ -349,3 +349,67 @@ impl EstablishDirect for diesel_async::AsyncPgConnection {
             .unwrap()
     }
 }
+
+/// SQLite-only by nature: what a newcomer's `cargo run` does.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_database_url_the_binary_serves_from_a_sqlite_file_in_its_working_directory() {
+    let workdir = std::env::temp_dir().join(format!("cbtest_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&workdir).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
+        .current_dir(&workdir)
+        .env_remove("DATABASE_URL")
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the server binary");
+
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut backend_logged = false;
+    let addr: SocketAddr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("server starts in time")
+            .unwrap()
+            .expect("server is running");
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if event["backend"] == "sqlite" {
+            backend_logged = true;
+        }
+        if event["message"] == "serving gRPC" {
+            break event["local_addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    assert!(backend_logged, "the log names the store in use");
+
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        health_status(channel.clone(), "").await,
+        Some(ServingStatus::Serving as i32)
+    );
+    let user = chatbot_backend::proto::user_service_client::UserServiceClient::new(channel)
+        .create_user(proto::CreateUserRequest {
+            email: "newcomer@example.com".into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("sign-up works with zero setup")
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(user.email, "newcomer@example.com");
+    assert!(workdir.join("chatbot-backend.db").is_file());
+
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&workdir);
+}

@@ -98,6 +98,17 @@ pub struct Settings {
     #[arg(long, env = "MAX_ACTIVE_API_KEYS_PER_CHATBOT", default_value_t = 100)]
     pub max_active_api_keys_per_chatbot: i64,
 
+    /// Most VerifyApiKey lookups held in the in-process cache; 0 turns the
+    /// cache off.
+    #[arg(long, env = "API_KEY_CACHE_CAPACITY", default_value_t = 10_000)]
+    pub api_key_cache_capacity: usize,
+
+    /// Seconds a cached VerifyApiKey lookup may be served. Changes reach
+    /// every replica's cache at once (PostgreSQL LISTEN/NOTIFY); this bounds
+    /// the damage of a missed notification. 0 turns the cache off.
+    #[arg(long, env = "API_KEY_CACHE_TTL_SECS", default_value_t = 10)]
+    pub api_key_cache_ttl_secs: u64,
+
     /// Seconds between flushes of API keys' last-used times.
     #[arg(long, env = "LAST_USED_FLUSH_INTERVAL_SECS", default_value_t = 30)]
     pub last_used_flush_interval_secs: u64,

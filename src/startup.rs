@@ -17,7 +17,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{AuthLayer, LoginThrottle, PasswordHasher, TokenKeys};
 use crate::config::Settings;
-use crate::db::{self, Database};
+use crate::db::{self, Database, DatabaseTarget, ListenEvent};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
 use crate::proto;
@@ -27,6 +27,7 @@ use crate::proto::chatbot_service_server::ChatbotServiceServer;
 use crate::proto::status_service_server::StatusServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
 use crate::rate_limit::RateLimits;
+use crate::services::api_key_cache::{ApiKeyCache, Invalidation};
 use crate::services::api_keys::{ApiKeys, LastUsedRecorder};
 use crate::services::auth::Auth;
 use crate::services::chatbots::Chatbots;
@@ -102,6 +103,10 @@ impl Application {
                 Duration::from_secs(settings.login_throttle_window_secs),
             ),
             last_used: LastUsedRecorder::default(),
+            api_key_cache: Arc::new(ApiKeyCache::new(
+                settings.api_key_cache_capacity,
+                Duration::from_secs(settings.api_key_cache_ttl_secs),
+            )),
             rate_limits: RateLimits::new(settings.rate_limit_settings()),
             policy: Policy {
                 allow_signup: settings.allow_signup,
@@ -142,6 +147,12 @@ impl Application {
     /// Where metrics are served, if METRICS_ADDR was set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The VerifyApiKey cache, for tests that prove it is used and
+    /// invalidated.
+    pub fn api_key_cache(&self) -> Arc<ApiKeyCache> {
+        self.state.api_key_cache.clone()
     }
 
     pub fn database(&self) -> &Database {
@@ -194,8 +205,32 @@ impl Application {
         let flush_task = tokio::spawn(flush_last_used_periodically(
             state.clone(),
             Duration::from_secs(settings.last_used_flush_interval_secs),
-            background_stopped,
+            background_stopped.clone(),
         ));
+        let listen_task = match settings.database_target()? {
+            // Other replicas' changes arrive as notifications; the cache
+            // serves only while they can.
+            DatabaseTarget::Postgres(url) => {
+                let cache = state.api_key_cache.clone();
+                tokio::spawn(db::listen_for_invalidations(
+                    url,
+                    move |event| match event {
+                        ListenEvent::Listening => cache.activate(),
+                        ListenEvent::Lost => cache.deactivate(),
+                        ListenEvent::Notification(payload) => match Invalidation::parse(&payload) {
+                            Some(what) => cache.invalidate(what),
+                            None => cache.clear(),
+                        },
+                    },
+                    background_stopped,
+                ))
+            }
+            // One process per SQLite file: every change is made here.
+            DatabaseTarget::Sqlite(_) => {
+                state.api_key_cache.activate();
+                tokio::spawn(async {})
+            }
+        };
 
         let drain_delay = Duration::from_secs(settings.shutdown_drain_delay_secs);
         let grace = Duration::from_secs(settings.shutdown_grace_secs);
@@ -269,6 +304,7 @@ impl Application {
         let _ = stop_background.send(true);
         let _ = health_task.await;
         let _ = flush_task.await;
+        let _ = listen_task.await;
         match state.last_used.flush(&state.db).await {
             Ok(flushed) => tracing::info!(flushed, "flushed API key last-used times"),
             Err(error) => tracing::warn!(

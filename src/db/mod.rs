@@ -7,9 +7,14 @@
 //! both backends and runs the one matching the connection (the pattern
 //! vaultwarden uses).
 
+mod listen;
 pub mod models;
 pub mod schema;
 pub mod sql_types;
+
+pub use listen::{
+    listen_for_invalidations, notify_invalidation, ListenEvent, INVALIDATION_CHANNEL,
+};
 
 use std::fmt;
 use std::path::PathBuf;

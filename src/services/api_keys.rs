@@ -12,6 +12,7 @@ use diesel::result::Error as DieselError;
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::{Request, Response, Status};
 
+use super::api_key_cache::{Invalidation, Lookup};
 use super::{convert, AppState};
 use crate::auth::{caller, Caller};
 use crate::db::models::{ApiKey, ApiKeyListFilter, Chatbot, NewApiKey};
@@ -290,6 +291,9 @@ impl ApiKeyService for ApiKeys {
             .await
             .map_err(AppError::from)?
             .ok_or(AppError::NotFound("API key"))?;
+        self.state
+            .invalidate_api_keys(&mut conn, Invalidation::Key(id))
+            .await;
         tracing::info!(api_key_id = %id, "API key revoked");
         Ok(Response::new(proto::RevokeApiKeyResponse {
             api_key: Some(convert::api_key(key)),
@@ -356,6 +360,9 @@ impl ApiKeyService for ApiKeys {
             })
             .await
             .map_err(AppError::from)?;
+        self.state
+            .invalidate_api_keys(&mut conn, Invalidation::Key(id))
+            .await;
         tracing::info!(old_api_key_id = %id, new_api_key_id = %new_key.id, "API key rotated");
         Ok(Response::new(proto::RotateApiKeyResponse {
             api_key: Some(convert::api_key(new_key)),
@@ -378,6 +385,9 @@ impl ApiKeyService for ApiKeys {
         {
             return Err(AppError::NotFound("API key").into());
         }
+        self.state
+            .invalidate_api_keys(&mut conn, Invalidation::Key(id))
+            .await;
         tracing::info!(api_key_id = %id, "API key deleted");
         Ok(Response::new(proto::DeleteApiKeyResponse {}))
     }
@@ -404,11 +414,21 @@ impl ApiKeyService for ApiKeys {
             }
             .into());
         }
-        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        let record = ApiKey::find_for_verification(&mut conn, &digest)
-            .await
-            .map_err(AppError::from)?;
-        drop(conn);
+        let record = match self.state.api_key_cache.get(&digest) {
+            Lookup::Hit(record) => record,
+            Lookup::Miss(generation) => {
+                let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
+                let record = ApiKey::find_for_verification(&mut conn, &digest)
+                    .await
+                    .map_err(AppError::from)?
+                    .map(Arc::new);
+                drop(conn);
+                self.state
+                    .api_key_cache
+                    .insert(&digest, record.clone(), generation);
+                record
+            }
+        };
         let Some(record) = record else {
             return invalid(VerifyApiKeyReason::NotFound);
         };
@@ -426,7 +446,7 @@ impl ApiKeyService for ApiKeys {
             api_key_id: record.id.0,
             chatbot_id: record.chatbot_id.to_string(),
             owner_id: record.owner_id.to_string(),
-            llm_endpoint_url: record.llm_endpoint_url,
+            llm_endpoint_url: record.llm_endpoint_url.clone(),
         }))
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use tonic::{Request, Response, Status};
 
+use super::api_key_cache::Invalidation;
 use super::{convert, mask_paths, AppState};
 use crate::auth::{caller, Caller};
 use crate::db::models::{Chatbot, ChatbotChanges, NewChatbot};
@@ -206,6 +207,10 @@ impl ChatbotService for Chatbots {
             .await
             .map_err(AppError::from)?
             .ok_or(AppError::NotFound("chatbot"))?;
+        // Verification answers carry the endpoint URL.
+        self.state
+            .invalidate_api_keys(&mut conn, Invalidation::Chatbot(id))
+            .await;
         Ok(Response::new(proto::UpdateChatbotResponse {
             chatbot: Some(convert::chatbot(updated)),
         }))
@@ -225,6 +230,9 @@ impl ChatbotService for Chatbots {
         {
             return Err(AppError::NotFound("chatbot").into());
         }
+        self.state
+            .invalidate_api_keys(&mut conn, Invalidation::Chatbot(id))
+            .await;
         tracing::info!(chatbot_id = %id, "chatbot deleted with its keys");
         Ok(Response::new(proto::DeleteChatbotResponse {}))
     }

@@ -2,6 +2,7 @@
 //! into domain types, authorize the caller, run model queries and convert
 //! the result. Shared state lives in [`AppState`].
 
+pub mod api_key_cache;
 pub mod api_keys;
 pub mod auth;
 pub mod chatbots;
@@ -12,8 +13,9 @@ pub mod users;
 use std::time::Duration;
 
 use crate::auth::{LoginThrottle, PasswordHasher, TokenKeys};
-use crate::db::Database;
+use crate::db::{self, Database, DbConnection};
 use crate::error::{FieldViolation, Violations};
+use api_key_cache::{ApiKeyCache, Invalidation};
 use api_keys::LastUsedRecorder;
 
 /// Policy knobs the handlers need.
@@ -32,8 +34,26 @@ pub struct AppState {
     pub tokens: std::sync::Arc<TokenKeys>,
     pub throttle: LoginThrottle,
     pub last_used: LastUsedRecorder,
+    pub api_key_cache: std::sync::Arc<ApiKeyCache>,
     pub rate_limits: crate::rate_limit::RateLimits,
     pub policy: Policy,
+}
+
+impl AppState {
+    /// After a committed change, drops the cached verification rows it made
+    /// stale: here at once, on other replicas when the notification arrives.
+    /// If the notification cannot be sent, their entries still expire
+    /// within the cache TTL.
+    pub async fn invalidate_api_keys(&self, conn: &mut DbConnection, what: Invalidation) {
+        self.api_key_cache.invalidate(what);
+        if let Err(error) = db::notify_invalidation(conn, &what.payload()).await {
+            tracing::warn!(
+                error = %error,
+                payload = %what.payload(),
+                "could not notify other replicas of an API key change"
+            );
+        }
+    }
 }
 
 /// The paths of an update mask, each checked against the fields an update

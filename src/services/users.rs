@@ -8,6 +8,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::{Request, Response, Status};
 
+use super::api_key_cache::Invalidation;
 use super::{convert, mask_paths, AppState};
 use crate::auth::{caller, optional_caller, Caller};
 use crate::db::models::{NewUser, RefreshToken, User, UserChanges};
@@ -287,6 +288,9 @@ impl UserService for Users {
         if !User::delete(&mut conn, id).await.map_err(AppError::from)? {
             return Err(AppError::NotFound("user").into());
         }
+        self.state
+            .invalidate_api_keys(&mut conn, Invalidation::Owner(id))
+            .await;
         tracing::info!(user_id = %id, "user deleted with their chatbots and keys");
         Ok(Response::new(proto::DeleteUserResponse {}))
     }

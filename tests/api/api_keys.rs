@@ -426,3 +426,113 @@ backend_test! {
         assert!(!dump.contains(&created.key[4..]));
     }
 }
+
+backend_test! {
+    async fn a_hot_key_is_verified_from_the_cache_without_a_query_and_revocation_is_seen_at_once() {
+        let app = spawn_app().await;
+        app.wait_for_api_key_cache().await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let created = app.create_api_key(&owner, &chatbot.id).await;
+
+        assert!(app.verify(&created.key).await.valid);
+        let before = app.db.statements_executed();
+        for _ in 0..5 {
+            let answer = app.verify(&created.key).await;
+            assert!(answer.valid);
+            assert_eq!(answer.llm_endpoint_url, chatbot.llm_endpoint_url);
+        }
+        assert_eq!(app.db.statements_executed(), before, "served from the cache");
+
+        app.api_keys(Some(&owner.token))
+            .revoke_api_key(proto::RevokeApiKeyRequest {
+                id: created.api_key.unwrap().id,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            app.verify(&created.key).await.reason(),
+            VerifyApiKeyReason::Revoked
+        );
+    }
+}
+
+backend_test! {
+    async fn changing_or_deleting_a_chatbot_updates_cached_verifications_at_once() {
+        let app = spawn_app().await;
+        app.wait_for_api_key_cache().await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let created = app.create_api_key(&owner, &chatbot.id).await;
+        assert!(app.verify(&created.key).await.valid);
+
+        app.chatbots(Some(&owner.token))
+            .update_chatbot(proto::UpdateChatbotRequest {
+                chatbot: Some(proto::Chatbot {
+                    id: chatbot.id.clone(),
+                    llm_endpoint_url: "https://llm.example.org/v2".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["llm_endpoint_url".into()],
+                }),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            app.verify(&created.key).await.llm_endpoint_url,
+            "https://llm.example.org/v2"
+        );
+
+        app.chatbots(Some(&owner.token))
+            .delete_chatbot(proto::DeleteChatbotRequest {
+                id: chatbot.id.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            app.verify(&created.key).await.reason(),
+            VerifyApiKeyReason::NotFound
+        );
+    }
+}
+
+/// Replicas share PostgreSQL only; SQLite serves one process per file.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_a_revoke_through_one_replica_reaches_the_others_cache_within_a_second() {
+    // A TTL far beyond the test: only the notification can explain a change.
+    let flags = ["--api-key-cache-ttl-secs", "600"];
+    let first = spawn_app_with(&flags).await;
+    let second = first.spawn_replica(&flags).await;
+    first.wait_for_api_key_cache().await;
+    second.wait_for_api_key_cache().await;
+    let owner = first.new_user().await;
+    let chatbot = first.create_chatbot(&owner, "bot").await;
+    let created = first.create_api_key(&owner, &chatbot.id).await;
+
+    // Cached on the second replica.
+    assert!(second.verify(&created.key).await.valid);
+    let before = second.db.statements_executed();
+    assert!(second.verify(&created.key).await.valid);
+    assert_eq!(second.db.statements_executed(), before);
+
+    first
+        .api_keys(Some(&owner.token))
+        .revoke_api_key(proto::RevokeApiKeyRequest {
+            id: created.api_key.unwrap().id,
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let reason = second.verify(&created.key).await.reason();
+        if reason == VerifyApiKeyReason::Revoked {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second replica still answers {reason:?} a second after the revoke"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

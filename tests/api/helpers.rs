@@ -19,6 +19,7 @@ use chatbot_backend::proto::chatbot_service_client::ChatbotServiceClient;
 use chatbot_backend::proto::status_service_client::StatusServiceClient;
 use chatbot_backend::proto::user_service_client::UserServiceClient;
 use chatbot_backend::proto::{self};
+use chatbot_backend::services::api_key_cache::ApiKeyCache;
 use chatbot_backend::startup::Application;
 use clap::Parser;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -175,6 +176,7 @@ pub struct TestApp {
     pub database_url: String,
     database: TestDatabase,
     pub db: Database,
+    pub api_key_cache: Arc<ApiKeyCache>,
     channel: Channel,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -192,6 +194,8 @@ pub struct TestDatabase {
     pub name: String,
     pub url: String,
     sqlite_path: Option<PathBuf>,
+    /// Only the owner drops the database.
+    owner: bool,
 }
 
 impl TestDatabase {
@@ -207,6 +211,7 @@ impl TestDatabase {
                 url: format!("sqlite://{}", path.display()),
                 name,
                 sqlite_path: Some(path),
+                owner: true,
             };
         }
         let server_url = test_server_url();
@@ -223,6 +228,18 @@ impl TestDatabase {
             name,
             url,
             sqlite_path: None,
+            owner: true,
+        }
+    }
+
+    /// The same database, for a second server; dropping it drops nothing.
+    pub fn shared(&self) -> Self {
+        Self {
+            backend: self.backend,
+            name: self.name.clone(),
+            url: self.url.clone(),
+            sqlite_path: self.sqlite_path.clone(),
+            owner: false,
         }
     }
 
@@ -237,6 +254,9 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if !self.owner {
+            return;
+        }
         if let Some(path) = &self.sqlite_path {
             for suffix in ["", "-wal", "-shm"] {
                 let mut file = path.clone().into_os_string();
@@ -314,6 +334,7 @@ pub async fn spawn_app_on(
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
     let db = app.database().clone();
+    let api_key_cache = app.api_key_cache();
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
         let _ = shutdown_rx.await;
@@ -328,6 +349,7 @@ pub async fn spawn_app_on(
         database_url: database.url.clone(),
         database,
         db,
+        api_key_cache,
         channel,
         shutdown: Some(shutdown_tx),
         server: Some(server),
@@ -509,6 +531,23 @@ impl TestApp {
             }
         }
         dump
+    }
+
+    /// A second server (replica) on this app's database, with `extra_flags`.
+    pub async fn spawn_replica(&self, extra_flags: &[&str]) -> TestApp {
+        spawn_app_on(self.database.shared(), &self.database_url, extra_flags).await
+    }
+
+    /// Waits (up to 10 s) until VerifyApiKey answers from the cache, which
+    /// on PostgreSQL starts once the invalidation listener is connected.
+    pub async fn wait_for_api_key_cache(&self) {
+        for _ in 0..200 {
+            if self.api_key_cache.is_active() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the API key cache did not become active");
     }
 
     /// Stops the server gracefully and waits for it.

@@ -127,6 +127,23 @@ impl DatabaseTarget {
     }
 }
 
+/// Calls `$method` of the connection's own transaction manager, which
+/// tracks the transaction state (so the pool discards a connection left
+/// mid-transaction).
+macro_rules! with_transaction_manager {
+    ($conn:expr, $method:ident) => {
+        match $conn {
+            DbConnection::Postgres(c) => {
+                <AsyncPgConnection as AsyncConnection>::TransactionManager::$method(&mut **c).await
+            }
+            DbConnection::Sqlite(c) => {
+                <SqliteAsyncConnection as AsyncConnection>::TransactionManager::$method(&mut **c)
+                    .await
+            }
+        }
+    };
+}
+
 /// A pooled connection to either backend. Model queries take
 /// `&mut DbConnection` and dispatch with [`db_run!`].
 pub enum DbConnection {
@@ -169,50 +186,15 @@ impl DbConnection {
     }
 
     async fn begin(&mut self) -> diesel::QueryResult<()> {
-        match self {
-            Self::Postgres(c) => {
-                <AsyncPgConnection as AsyncConnection>::TransactionManager::begin_transaction(
-                    &mut **c,
-                )
-                .await
-            }
-            Self::Sqlite(c) => {
-                <SqliteAsyncConnection as AsyncConnection>::TransactionManager::begin_transaction(
-                    &mut **c,
-                )
-                .await
-            }
-        }
+        with_transaction_manager!(self, begin_transaction)
     }
 
     async fn commit(&mut self) -> diesel::QueryResult<()> {
-        match self {
-            Self::Postgres(c) => {
-                <AsyncPgConnection as AsyncConnection>::TransactionManager::commit_transaction(
-                    &mut **c,
-                )
-                .await
-            }
-            Self::Sqlite(c) => {
-                <SqliteAsyncConnection as AsyncConnection>::TransactionManager::commit_transaction(
-                    &mut **c,
-                )
-                .await
-            }
-        }
+        with_transaction_manager!(self, commit_transaction)
     }
 
     async fn rollback(&mut self) -> diesel::QueryResult<()> {
-        match self {
-            Self::Postgres(c) => {
-                <AsyncPgConnection as AsyncConnection>::TransactionManager::rollback_transaction(&mut **c)
-                    .await
-            }
-            Self::Sqlite(c) => {
-                <SqliteAsyncConnection as AsyncConnection>::TransactionManager::rollback_transaction(&mut **c)
-                .await
-            }
-        }
+        with_transaction_manager!(self, rollback_transaction)
     }
 }
 

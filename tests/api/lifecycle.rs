@@ -21,6 +21,32 @@ use tonic_health::ServingStatus;
 
 use crate::helpers::{backend_test, spawn_app_on, Bearer, TestDatabase, PASSWORD, SECRET_KEY};
 
+/// Reads the JSON log of a server binary started with `LOG_FORMAT=json` and
+/// `LISTEN_ADDR` port 0 until it says where it serves, showing each event to
+/// `inspect`; stdout is drained in the background afterwards.
+async fn serving_addr(
+    child: &mut tokio::process::Child,
+    mut inspect: impl FnMut(&serde_json::Value),
+) -> SocketAddr {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("server starts in time")
+            .unwrap()
+            .expect("server is running");
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        inspect(&event);
+        if event["message"] == "serving gRPC" {
+            break event["local_addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr
+}
+
 async fn health_status(channel: Channel, service: &str) -> Option<i32> {
     let mut health = HealthClient::new(channel);
     let request = tonic::Request::new(HealthCheckRequest {
@@ -52,22 +78,7 @@ backend_test! {
             .spawn()
             .expect("start the server binary");
 
-        // Learn the bound port from the log, then keep draining stdout.
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr: SocketAddr = loop {
-            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-                .await
-                .expect("server starts in time")
-                .unwrap()
-                .expect("server is running");
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if event["message"] == "serving gRPC" {
-                break event["local_addr"].as_str().unwrap().parse().unwrap();
-            }
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr = serving_addr(&mut child, |_| {}).await;
 
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
@@ -366,25 +377,11 @@ async fn with_no_database_url_the_binary_serves_from_a_sqlite_file_in_its_workin
         .spawn()
         .expect("start the server binary");
 
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut backend_logged = false;
-    let addr: SocketAddr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("server starts in time")
-            .unwrap()
-            .expect("server is running");
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if event["backend"] == "sqlite" {
-            backend_logged = true;
-        }
-        if event["message"] == "serving gRPC" {
-            break event["local_addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = serving_addr(&mut child, |event| {
+        backend_logged |= event["backend"] == "sqlite";
+    })
+    .await;
     assert!(backend_logged, "the log names the store in use");
 
     let channel = Channel::from_shared(format!("http://{addr}"))

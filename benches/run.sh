@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Reproduces BENCHMARKS.md in one sitting: pgbench's point-select rate, then
+# every benchmarked RPC through the load generator at 8 and 64 callers
+# against a release build on PostgreSQL, the cheap RPCs again under a Login
+# flood, the server's peak RSS, CPU per request and start-up time.
+#
+#   benches/run.sh                 # writes target/bench/results.jsonl and prints a table
+#   DURATION=5 benches/run.sh      # shorter runs
+#
+# Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust), pgbench and
+# python3. Builds with `cargo build --release --bins`. Port 50061 must be free.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+ADDR=127.0.0.1:50061
+PG=postgres://postgres@127.0.0.1:5432
+BENCH_DB=chatbot_bench
+OUT=target/bench
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+
+cargo build --release --bins
+SERVER=target/release/chatbot-backend
+LOADGEN=target/release/loadgen
+
+echo "== machine"
+nproc
+grep -m1 'model name' /proc/cpuinfo || true
+free -g | head -2
+
+echo "== pgbench -S -M prepared (scale 10), same machine, same sitting"
+psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS pgbench_cb" -c "CREATE DATABASE pgbench_cb" >/dev/null
+pgbench -i -q -s 10 -h 127.0.0.1 -U postgres pgbench_cb >/dev/null 2>&1
+for clients in 8 64; do
+    tps=$(pgbench -S -M prepared -c "$clients" -j 2 -T "$DURATION" -h 127.0.0.1 -U postgres pgbench_cb 2>/dev/null \
+        | awk '/^tps/ {print $3; exit}')
+    echo "{\"rpc\":\"pgbench\",\"concurrency\":$clients,\"throughput_rps\":$tps}" | tee -a "$RESULTS"
+done
+
+echo "== server (release, PostgreSQL $BENCH_DB, rate limits off)"
+psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" >/dev/null
+# Migrate first, so the start-up time below excludes migrations.
+DATABASE_URL="$PG/$BENCH_DB" "$SERVER" migrate >/dev/null
+export DATABASE_URL="$PG/$BENCH_DB" LISTEN_ADDR="$ADDR" LOG_FORMAT=json RUST_LOG=warn,chatbot_backend::startup=info \
+    RATE_LIMIT_PER_USER=0 RATE_LIMIT_PER_ADDRESS=0 RATE_LIMIT_PER_API_KEY=0 \
+    SECRET_KEY=benchmark-secret-key-0123456789abcdef SHUTDOWN_DRAIN_DELAY_SECS=0
+start_ns=$(date +%s%N)
+"$SERVER" serve >"$OUT/server.log" 2>&1 &
+SERVER_PID=$!
+trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
+for _ in $(seq 500); do
+    grep -q '"serving gRPC"' "$OUT/server.log" 2>/dev/null && break
+    sleep 0.01
+done
+ready_ns=$(date +%s%N)
+startup_ms=$(( (ready_ns - start_ns) / 1000000 ))
+echo "{\"metric\":\"startup_ms\",\"value\":$startup_ms}" | tee -a "$RESULTS"
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+TICKS=$(getconf CLK_TCK)
+
+run() { # rpc concurrency [label]
+    local before after
+    before=$(cpu_ticks)
+    line=$("$LOADGEN" --addr "http://$ADDR" --rpc "$1" --concurrency "$2" \
+        --duration-secs "$DURATION" --warmup-secs 1 --json 2>/dev/null | tail -n1)
+    after=$(cpu_ticks)
+    python3 - "$line" "$before" "$after" "$TICKS" "${3:-}" <<'PY' | tee -a "$RESULTS"
+import json, sys
+r = json.loads(sys.argv[1]); before, after, hz = map(int, sys.argv[2:5])
+# CPU over the whole run including warm-up and setup: an upper bound.
+r["server_cpu_us_per_request"] = round((after - before) / hz * 1e6 / max(r["requests"], 1), 1)
+if sys.argv[5]: r["label"] = sys.argv[5]
+print(json.dumps(r))
+PY
+}
+
+echo "== RPCs"
+for rpc in get-chatbot list-chatbots verify-api-key-valid verify-api-key-invalid create-chatbot login; do
+    for c in 8 64; do
+        run "$rpc" "$c"
+    done
+done
+
+echo "== cheap RPCs under a Login flood (64 callers)"
+"$LOADGEN" --addr "http://$ADDR" --rpc login --concurrency 64 \
+    --duration-secs $((2 * DURATION + 10)) >/dev/null 2>&1 &
+FLOOD=$!
+sleep 3
+run get-chatbot 64 "under login flood"
+run verify-api-key-valid 64 "under login flood"
+wait $FLOOD || true
+
+peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
+echo "{\"metric\":\"peak_rss_kb\",\"value\":$peak_kb}" | tee -a "$RESULTS"
+kill -TERM $SERVER_PID
+wait $SERVER_PID || true
+trap - EXIT
+psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS pgbench_cb" >/dev/null
+echo "results in $RESULTS"

@@ -36,6 +36,18 @@ pub struct Metrics {
     serving: Arc<AtomicBool>,
 }
 
+/// The stats of `path`, allocating its key only the first time: this runs
+/// twice per RPC.
+fn method_stats<'a>(
+    methods: &'a mut BTreeMap<String, MethodStats>,
+    path: &str,
+) -> &'a mut MethodStats {
+    if !methods.contains_key(path) {
+        methods.insert(path.to_owned(), MethodStats::default());
+    }
+    methods.get_mut(path).expect("inserted above")
+}
+
 fn split(path: &str) -> (&str, &str) {
     let path = path.trim_start_matches('/');
     path.split_once('/').unwrap_or((path, ""))
@@ -44,13 +56,13 @@ fn split(path: &str) -> (&str, &str) {
 impl Metrics {
     pub fn rpc_started(&self, path: &str) {
         let mut methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
-        methods.entry(path.to_owned()).or_default().started += 1;
+        method_stats(&mut methods, path).started += 1;
     }
 
     pub fn rpc_handled(&self, path: &str, code: &'static str, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         let mut methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = methods.entry(path.to_owned()).or_default();
+        let stats = method_stats(&mut methods, path);
         *stats.handled.entry(code).or_default() += 1;
         if stats.bucket_counts.is_empty() {
             stats.bucket_counts = vec![0; BUCKETS.len()];

@@ -13,6 +13,12 @@ pub enum LogFormat {
     Json,
 }
 
+/// Each argon2 hash keeps a core busy for tens of milliseconds and holds
+/// 19 MiB: a Login flood may take at most half the machine.
+fn half_the_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// Everything the server can be told. Every field has a flag and an
 /// environment variable; README lists them all.
 #[derive(Debug, Clone, Args)]
@@ -90,8 +96,9 @@ pub struct Settings {
     #[arg(long, env = "LOGIN_THROTTLE_WINDOW_SECS", default_value_t = 15 * 60)]
     pub login_throttle_window_secs: u64,
 
-    /// Simultaneous argon2 hashes; more wait, so logins cannot starve cheap RPCs.
-    #[arg(long, env = "MAX_CONCURRENT_HASHES", default_value_t = 2)]
+    /// Simultaneous argon2 hashes; more wait, so logins cannot starve cheap
+    /// RPCs. Default: half the CPU cores, at least 1.
+    #[arg(long, env = "MAX_CONCURRENT_HASHES", default_value_t = half_the_cores())]
     pub max_concurrent_hashes: usize,
 
     /// Maximum active (not revoked, not expired) API keys per chatbot.

@@ -115,7 +115,8 @@ impl From<DieselError> for AppError {
 }
 
 /// Connection loss and statement timeouts surface from tokio-postgres as
-/// "unknown" database errors; their text is all that tells them apart.
+/// "unknown" database errors, and so does SQLite's write lock held past the
+/// busy timeout; their text is all that tells them apart.
 fn is_transient(message: &str) -> bool {
     const TRANSIENT: &[&str] = &[
         "statement timeout",
@@ -126,6 +127,10 @@ fn is_transient(message: &str) -> bool {
         "the database system is",
         "error communicating with the server",
         "unexpected EOF",
+        // SQLITE_BUSY and SQLITE_LOCKED: another writer held the lock for
+        // the whole busy timeout; retrying later can succeed.
+        "database is locked",
+        "database table is locked",
     ];
     TRANSIENT.iter().any(|needle| message.contains(needle))
 }
@@ -180,3 +185,17 @@ impl From<AppError> for Status {
 
 /// What handlers return.
 pub type AppResult<T> = Result<T, AppError>;
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient;
+
+    #[test]
+    fn lock_timeouts_and_lost_connections_are_transient_but_constraint_failures_are_not() {
+        assert!(is_transient("database is locked"));
+        assert!(is_transient("canceling statement due to statement timeout"));
+        assert!(is_transient("connection closed"));
+        assert!(!is_transient("UNIQUE constraint failed: users.email"));
+        assert!(!is_transient("FOREIGN KEY constraint failed"));
+    }
+}

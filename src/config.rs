@@ -116,6 +116,11 @@ pub struct Settings {
     #[arg(long, env = "API_KEY_CACHE_TTL_SECS", default_value_t = 10)]
     pub api_key_cache_ttl_secs: u64,
 
+    /// Batches of coalesced chatbot reads (GetChatbot) at the database at
+    /// once; reads arriving meanwhile wait to go out together in the next.
+    #[arg(long, env = "READ_BATCHES_IN_FLIGHT", default_value_t = 2)]
+    pub read_batches_in_flight: usize,
+
     /// Seconds between flushes of API keys' last-used times.
     #[arg(long, env = "LAST_USED_FLUSH_INTERVAL_SECS", default_value_t = 30)]
     pub last_used_flush_interval_secs: u64,

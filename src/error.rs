@@ -94,6 +94,28 @@ impl AppError {
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
         AppError::Internal(error.into())
     }
+
+    /// The same error for another caller that shared the failed work (a
+    /// batched read); the cause travels as text, which is all the log needs.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            AppError::InvalidArgument(violations) => AppError::InvalidArgument(violations.clone()),
+            AppError::NotFound(what) => AppError::NotFound(what),
+            AppError::AlreadyExists(message) => AppError::AlreadyExists(message.clone()),
+            AppError::FailedPrecondition(message) => AppError::FailedPrecondition(message.clone()),
+            AppError::PermissionDenied => AppError::PermissionDenied,
+            AppError::Unauthenticated(message) => AppError::Unauthenticated(message.clone()),
+            AppError::ResourceExhausted {
+                message,
+                retry_after,
+            } => AppError::ResourceExhausted {
+                message: message.clone(),
+                retry_after: *retry_after,
+            },
+            AppError::Unavailable(cause) => AppError::Unavailable(anyhow::anyhow!("{cause:#}")),
+            AppError::Internal(cause) => AppError::Internal(anyhow::anyhow!("{cause:#}")),
+        }
+    }
 }
 
 impl From<DieselError> for AppError {

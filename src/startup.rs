@@ -30,6 +30,7 @@ use crate::rate_limit::RateLimits;
 use crate::services::api_key_cache::{ApiKeyCache, Invalidation};
 use crate::services::api_keys::{ApiKeys, LastUsedRecorder};
 use crate::services::auth::Auth;
+use crate::services::chatbot_reads::{ChatbotReads, ReadStats};
 use crate::services::chatbots::Chatbots;
 use crate::services::status::StatusApi;
 use crate::services::users::Users;
@@ -94,6 +95,7 @@ impl Application {
             Duration::from_secs(settings.access_token_ttl_secs),
         );
         let state = Arc::new(AppState {
+            chatbot_reads: ChatbotReads::start(db.clone(), settings.read_batches_in_flight),
             db,
             hasher: PasswordHasher::new(settings.max_concurrent_hashes)?,
             tokens: Arc::new(tokens),
@@ -153,6 +155,12 @@ impl Application {
     /// invalidated.
     pub fn api_key_cache(&self) -> Arc<ApiKeyCache> {
         self.state.api_key_cache.clone()
+    }
+
+    /// Counters of GetChatbot's coalesced reads, for tests that prove the
+    /// coalescing.
+    pub fn chatbot_read_stats(&self) -> Arc<ReadStats> {
+        self.state.chatbot_reads.stats()
     }
 
     pub fn database(&self) -> &Database {

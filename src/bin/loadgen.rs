@@ -26,7 +26,8 @@
 //! `--rate-limit-per-address`, `--rate-limit-per-api-key`; 0 turns one off).
 //!
 //! RPCs (`--rpc`):
-//! - `get-chatbot`: ChatbotService.GetChatbot of the user's chatbot.
+//! - `get-chatbot`: ChatbotService.GetChatbot, cycling through 100 of the
+//!   user's chatbots so that concurrent callers read different rows.
 //! - `list-chatbots`: ChatbotService.ListChatbots, page_size 50.
 //! - `verify-api-key-valid`: ApiKeyService.VerifyApiKey with the issued key.
 //! - `verify-api-key-invalid`: a well-formed key (valid checksum) that was
@@ -58,6 +59,9 @@ const PASSWORD: &str = "loadgen password, not a secret";
 const LLM_ENDPOINT_URL: &str = "https://llm.example.com/v1";
 /// Chatbots the user owns for `list-chatbots`, so a 50-item page is full.
 const LIST_CHATBOTS: usize = 60;
+/// Chatbots `get-chatbot` cycles through: more than the callers usually run,
+/// so concurrent reads are of different rows, as from many users' traffic.
+const GET_CHATBOTS: usize = 100;
 const LIST_PAGE_SIZE: i32 = 50;
 /// Fails VerifyApiKey's format check (wrong prefix and length).
 const MALFORMED_KEY: &str = "sk_live_0123456789abcdefghijklmnopqrstuvwxyz";
@@ -149,7 +153,8 @@ type Authed = InterceptedService<Channel, Bearer>;
 struct Fixture {
     email: String,
     bearer: Bearer,
-    chatbot_id: String,
+    /// What `get-chatbot` reads.
+    read_ids: Vec<String>,
     api_key: Option<String>,
 }
 
@@ -238,7 +243,9 @@ impl Caller {
             Rpc::GetChatbot => self
                 .chatbots
                 .get_chatbot(proto::GetChatbotRequest {
-                    id: fixture.chatbot_id.clone(),
+                    // Callers start at different rows and step together.
+                    id: fixture.read_ids[(self.id + self.sent as usize) % fixture.read_ids.len()]
+                        .clone(),
                 })
                 .await
                 .map(|_| None),
@@ -445,6 +452,12 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
     let mut chatbots =
         ChatbotServiceClient::new(InterceptedService::new(channel.clone(), bearer.clone()));
     let chatbot_id = create_chatbot(&mut chatbots, "loadgen").await?;
+    let mut read_ids = vec![chatbot_id.clone()];
+    if rpc == Rpc::GetChatbot {
+        for i in 1..GET_CHATBOTS {
+            read_ids.push(create_chatbot(&mut chatbots, &format!("loadgen read {i}")).await?);
+        }
+    }
 
     if rpc == Rpc::ListChatbots {
         for i in 1..LIST_CHATBOTS {
@@ -484,7 +497,7 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
     Ok(Fixture {
         email,
         bearer,
-        chatbot_id,
+        read_ids,
         api_key,
     })
 }

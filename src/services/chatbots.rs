@@ -37,7 +37,12 @@ pub async fn authorized_chatbot(
     caller: &Caller,
     id: ChatbotId,
 ) -> AppResult<Chatbot> {
-    match Chatbot::find(conn, id).await? {
+    authorize(caller, Chatbot::find(conn, id).await?)
+}
+
+/// [`authorized_chatbot`]'s rule applied to a chatbot already looked up.
+fn authorize(caller: &Caller, found: Option<Chatbot>) -> AppResult<Chatbot> {
+    match found {
         Some(chatbot) if caller.may_act_for(chatbot.owner_id) => Ok(chatbot),
         Some(_) => Err(AppError::PermissionDenied),
         None if caller.is_admin() => Err(AppError::NotFound("chatbot")),
@@ -100,8 +105,7 @@ impl ChatbotService for Chatbots {
     ) -> Result<Response<proto::GetChatbotResponse>, Status> {
         let caller = caller(&request)?;
         let id = ChatbotId::parse("id", &request.get_ref().id).map_err(AppError::from)?;
-        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        let chatbot = authorized_chatbot(&mut conn, &caller, id).await?;
+        let chatbot = authorize(&caller, self.state.chatbot_reads.find(id).await?)?;
         Ok(Response::new(proto::GetChatbotResponse {
             chatbot: Some(convert::chatbot(chatbot)),
         }))

@@ -5,6 +5,7 @@
 pub mod api_key_cache;
 pub mod api_keys;
 pub mod auth;
+pub mod chatbot_reads;
 pub mod chatbots;
 pub mod convert;
 pub mod status;
@@ -17,6 +18,7 @@ use crate::db::{self, Database, DbConnection};
 use crate::error::{FieldViolation, Violations};
 use api_key_cache::{ApiKeyCache, Invalidation};
 use api_keys::LastUsedRecorder;
+use chatbot_reads::ChatbotReads;
 
 /// Policy knobs the handlers need.
 #[derive(Debug, Clone)]
@@ -35,6 +37,7 @@ pub struct AppState {
     pub throttle: LoginThrottle,
     pub last_used: LastUsedRecorder,
     pub api_key_cache: std::sync::Arc<ApiKeyCache>,
+    pub chatbot_reads: ChatbotReads,
     pub rate_limits: crate::rate_limit::RateLimits,
     pub policy: Policy,
 }

@@ -1,3 +1,5 @@
+use chatbot_backend::db::models::Chatbot;
+use chatbot_backend::domain::ChatbotId;
 use chatbot_backend::proto;
 use prost_types::FieldMask;
 use tonic::Code;
@@ -267,4 +269,182 @@ backend_test! {
             Code::NotFound,
         );
     }
+}
+
+/// One GetChatbot read and what it must answer: the chatbot's name, or a
+/// refusal code.
+struct ExpectedRead {
+    token: String,
+    id: String,
+    answer: Result<String, Code>,
+}
+
+/// Sends every read at once and checks each answer against its own
+/// expectation, so a row handed to the wrong reader of a batch fails.
+async fn read_concurrently(app: &crate::helpers::TestApp, reads: Vec<ExpectedRead>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for read in reads {
+        let mut client = app.chatbots(Some(&read.token));
+        tasks.spawn(async move {
+            let got = client
+                .get_chatbot(proto::GetChatbotRequest {
+                    id: read.id.clone(),
+                })
+                .await
+                .map(|response| response.into_inner().chatbot.unwrap())
+                .map_err(|status| status.code());
+            match (&got, &read.answer) {
+                (Ok(chatbot), Ok(name)) => {
+                    assert_eq!(&chatbot.name, name);
+                    assert_eq!(chatbot.id, read.id);
+                }
+                (Err(code), Err(expected)) => assert_eq!(code, expected, "reading {}", read.id),
+                _ => panic!(
+                    "reading {}: got {got:?}, expected {:?}",
+                    read.id, read.answer
+                ),
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+}
+
+/// Alice's and Bob's chatbots, and every kind of read of them: own (twice),
+/// another's, missing, and an admin's.
+async fn mixed_reads(app: &crate::helpers::TestApp) -> Vec<ExpectedRead> {
+    let alice = app.new_user().await;
+    let bob = app.new_user().await;
+    let admin = app.new_admin().await;
+    let mut reads = Vec::new();
+    for i in 0..6 {
+        for (owner, other) in [(&alice, &bob), (&bob, &alice)] {
+            let name = format!("{} bot {i}", &owner.id[..8]);
+            let chatbot = app.create_chatbot(owner, &name).await;
+            for reader in [owner, owner, &admin] {
+                reads.push(ExpectedRead {
+                    token: reader.token.clone(),
+                    id: chatbot.id.clone(),
+                    answer: Ok(name.clone()),
+                });
+            }
+            reads.push(ExpectedRead {
+                token: other.token.clone(),
+                id: chatbot.id.clone(),
+                answer: Err(Code::PermissionDenied),
+            });
+        }
+        let missing = uuid::Uuid::new_v4().to_string();
+        reads.push(ExpectedRead {
+            token: alice.token.clone(),
+            id: missing.clone(),
+            answer: Err(Code::PermissionDenied),
+        });
+        reads.push(ExpectedRead {
+            token: admin.token.clone(),
+            id: missing,
+            answer: Err(Code::NotFound),
+        });
+    }
+    reads
+}
+
+backend_test! {
+    async fn concurrent_reads_each_get_the_answer_they_would_get_alone() {
+        let app = spawn_app().await;
+        let reads = mixed_reads(&app).await;
+        let reads_before = app.chatbot_reads.reads();
+        let count = reads.len() as u64;
+        read_concurrently(&app, reads).await;
+        assert_eq!(app.chatbot_reads.reads() - reads_before, count);
+    }
+}
+
+backend_test! {
+    async fn one_statement_finds_many_chatbots_and_skips_missing_ids() {
+        let app = spawn_app().await;
+        let user = app.new_user().await;
+        let first = app.create_chatbot(&user, "first").await;
+        let second = app.create_chatbot(&user, "second").await;
+        let ids: Vec<ChatbotId> = [&first.id, &second.id, &uuid::Uuid::new_v4().to_string()]
+            .into_iter()
+            .map(|id| ChatbotId::parse("id", id).unwrap())
+            .collect();
+        let mut conn = app.db.conn().await.unwrap();
+        let mut names: Vec<String> = Chatbot::find_many(&mut conn, &ids)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|chatbot| chatbot.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["first", "second"]);
+        assert!(Chatbot::find_many(&mut conn, &[]).await.unwrap().is_empty());
+    }
+}
+
+/// Only PostgreSQL lets a test hold a read at the database (a table lock),
+/// which makes the coalescing observable without relying on timing.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_reads_that_queue_behind_a_busy_batch_go_out_together_as_one_statement() {
+    use diesel_async::SimpleAsyncConnection;
+
+    let app = spawn_app_with(&["--read-batches-in-flight", "1"]).await;
+    let reads = mixed_reads(&app).await;
+    let user = app.new_user().await;
+    let held = app.create_chatbot(&user, "held").await;
+    let stats = app.chatbot_reads.clone();
+    let before = (stats.reads(), stats.batches());
+
+    let mut lock = app.sql().await;
+    lock.batch_execute("BEGIN; LOCK TABLE chatbots IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // The first read takes the only slot and waits at the lock.
+    let first = tokio::spawn(read_one(app.chatbots(Some(&user.token)), held.id.clone()));
+    wait_until(|| stats.batches() == before.1 + 1).await;
+    // The rest queue behind it.
+    let count = reads.len() as u64;
+    let rest = read_concurrently(&app, reads);
+    tokio::pin!(rest);
+    tokio::select! {
+        () = &mut rest => panic!("reads were answered while the table was locked"),
+        () = wait_until(|| stats.reads() == before.0 + 1 + count) => {}
+    }
+    lock.batch_execute("COMMIT").await.unwrap();
+    rest.await;
+    assert_eq!(first.await.unwrap(), "held");
+    assert_eq!(
+        stats.batches() - before.1,
+        2,
+        "one batch held, one for the rest"
+    );
+}
+
+async fn read_one(
+    mut client: chatbot_backend::proto::chatbot_service_client::ChatbotServiceClient<
+        crate::helpers::Authed,
+    >,
+    id: String,
+) -> String {
+    client
+        .get_chatbot(proto::GetChatbotRequest { id })
+        .await
+        .unwrap()
+        .into_inner()
+        .chatbot
+        .unwrap()
+        .name
+}
+
+/// Polls `condition` every 10 ms for up to 10 s.
+async fn wait_until(condition: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 10 s");
 }

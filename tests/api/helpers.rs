@@ -20,6 +20,7 @@ use chatbot_backend::proto::status_service_client::StatusServiceClient;
 use chatbot_backend::proto::user_service_client::UserServiceClient;
 use chatbot_backend::proto::{self};
 use chatbot_backend::services::api_key_cache::ApiKeyCache;
+use chatbot_backend::services::chatbot_reads::ReadStats;
 use chatbot_backend::startup::Application;
 use clap::Parser;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -177,6 +178,7 @@ pub struct TestApp {
     database: TestDatabase,
     pub db: Database,
     pub api_key_cache: Arc<ApiKeyCache>,
+    pub chatbot_reads: Arc<ReadStats>,
     channel: Channel,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -335,6 +337,7 @@ pub async fn spawn_app_on(
     let metrics_addr = app.metrics_addr();
     let db = app.database().clone();
     let api_key_cache = app.api_key_cache();
+    let chatbot_reads = app.chatbot_read_stats();
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
         let _ = shutdown_rx.await;
@@ -350,6 +353,7 @@ pub async fn spawn_app_on(
         database,
         db,
         api_key_cache,
+        chatbot_reads,
         channel,
         shutdown: Some(shutdown_tx),
         server: Some(server),

@@ -76,6 +76,21 @@ impl Chatbot {
         })
     }
 
+    /// The chatbots among `ids` that exist, in no particular order: one
+    /// statement for many point reads (`= ANY($1)` on PostgreSQL).
+    pub async fn find_many(
+        conn: &mut DbConnection,
+        ids: &[ChatbotId],
+    ) -> diesel::QueryResult<Vec<Chatbot>> {
+        db_run!(conn => {
+            chatbots::table
+                .filter(chatbots::id.eq_any(ids))
+                .select(Chatbot::as_select())
+                .load(conn)
+                .await
+        })
+    }
+
     /// Owner of a chatbot, the one fact authorization needs.
     pub async fn find_owner(
         conn: &mut DbConnection,

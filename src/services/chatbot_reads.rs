@@ -1,0 +1,159 @@
+//! Coalesced point reads of chatbots, the path GetChatbot takes.
+//!
+//! Each read on its own costs a pooled connection, a round trip and a
+//! PostgreSQL wake-up, and under load those, not the row lookup, are what
+//! the machine spends its time on. So reads queue here, and a dispatcher
+//! sends the ones that queued up together as a single `WHERE id = ANY($1)`.
+//! At most a few batches are at the database at once; while they are, new
+//! reads wait for the next batch. At low load a read goes out alone, at once.
+//!
+//! A read is as fresh as a direct one: it joins only a batch whose statement
+//! has not been sent yet, so it sees every write committed before it arrived.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::db::models::Chatbot;
+use crate::db::Database;
+use crate::domain::ChatbotId;
+use crate::error::{AppError, AppResult};
+
+/// Reads per statement at most: enough to absorb every caller of a busy
+/// server, few enough that one slow batch delays nobody for long.
+const MAX_BATCH: usize = 128;
+
+/// The handle handlers read through. Dropping the last one stops the
+/// dispatcher.
+pub struct ChatbotReads {
+    queue: mpsc::UnboundedSender<PendingRead>,
+    stats: Arc<ReadStats>,
+}
+
+/// Reads asked for and statements sent for them, so far; their ratio is the
+/// mean batch size.
+#[derive(Debug, Default)]
+pub struct ReadStats {
+    reads: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl ReadStats {
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+}
+
+struct PendingRead {
+    id: ChatbotId,
+    reply: oneshot::Sender<AppResult<Option<Chatbot>>>,
+}
+
+impl ChatbotReads {
+    /// Starts the dispatcher on the current runtime; `batches_in_flight`
+    /// bounds the connections it holds at once.
+    pub fn start(db: Database, batches_in_flight: usize) -> Self {
+        let (queue, pending) = mpsc::unbounded_channel();
+        let stats = Arc::new(ReadStats::default());
+        tokio::spawn(dispatch(
+            pending,
+            db,
+            batches_in_flight.max(1),
+            stats.clone(),
+        ));
+        Self { queue, stats }
+    }
+
+    pub fn stats(&self) -> Arc<ReadStats> {
+        self.stats.clone()
+    }
+
+    /// The chatbot, if it exists.
+    pub async fn find(&self, id: ChatbotId) -> AppResult<Option<Chatbot>> {
+        let (reply, answer) = oneshot::channel();
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.queue
+            .send(PendingRead { id, reply })
+            .map_err(|_| AppError::internal(anyhow::anyhow!("the read dispatcher has stopped")))?;
+        answer.await.unwrap_or_else(|_| {
+            Err(AppError::internal(anyhow::anyhow!(
+                "a batched read ended without an answer"
+            )))
+        })
+    }
+}
+
+async fn dispatch(
+    mut pending: mpsc::UnboundedReceiver<PendingRead>,
+    db: Database,
+    batches_in_flight: usize,
+    stats: Arc<ReadStats>,
+) {
+    let slots = Arc::new(Semaphore::new(batches_in_flight));
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // Reads that arrived while every slot was busy go out together.
+        while batch.len() < MAX_BATCH {
+            match pending.try_recv() {
+                Ok(read) => batch.push(read),
+                Err(_) => break,
+            }
+        }
+        let reads = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        let db = db.clone();
+        tokio::spawn(async move {
+            answer(&db, reads).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Runs one batch and hands each reader its row, or each the same error.
+async fn answer(db: &Database, reads: Vec<PendingRead>) {
+    let ids: Vec<ChatbotId> = reads.iter().map(|read| read.id).collect();
+    let found: AppResult<Vec<Chatbot>> = async {
+        let mut conn = db.conn().await?;
+        Ok(Chatbot::find_many(&mut conn, &ids).await?)
+    }
+    .await;
+    match found {
+        Ok(rows) => {
+            // Each row with how many readers still want it: the last one
+            // takes it, earlier ones (the same id read twice) get copies.
+            let mut rows: HashMap<ChatbotId, (Chatbot, usize)> =
+                rows.into_iter().map(|row| (row.id, (row, 0))).collect();
+            for read in &reads {
+                if let Some((_, wanted)) = rows.get_mut(&read.id) {
+                    *wanted += 1;
+                }
+            }
+            for read in reads {
+                let row = match rows.get_mut(&read.id) {
+                    Some((row, wanted)) if *wanted > 1 => {
+                        *wanted -= 1;
+                        Some(row.clone())
+                    }
+                    Some(_) => rows.remove(&read.id).map(|(row, _)| row),
+                    None => None,
+                };
+                let _ = read.reply.send(Ok(row));
+            }
+        }
+        Err(error) => {
+            for read in reads {
+                // A reader that gave up (its RPC was cancelled) is skipped.
+                let _ = read.reply.send(Err(error.duplicate()));
+            }
+        }
+    }
+}

@@ -96,8 +96,9 @@ pub struct Settings {
     #[arg(long, env = "LOGIN_THROTTLE_WINDOW_SECS", default_value_t = 15 * 60)]
     pub login_throttle_window_secs: u64,
 
-    /// Simultaneous argon2 hashes; more wait, so logins cannot starve cheap
-    /// RPCs. Default: half the CPU cores, at least 1.
+    /// Threads running argon2 hashes, at lower priority; more hashes wait,
+    /// so logins cannot starve cheap RPCs. Default: half the CPU cores, at
+    /// least 1.
     #[arg(long, env = "MAX_CONCURRENT_HASHES", default_value_t = half_the_cores())]
     pub max_concurrent_hashes: usize,
 

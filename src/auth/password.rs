@@ -1,20 +1,33 @@
-//! argon2id password hashing (OWASP: m=19456 KiB, t=2, p=1) on blocking
-//! threads, a bounded number at a time, so a flood of logins cannot starve
-//! the async runtime or cheap RPCs.
+//! argon2id password hashing (OWASP: m=19456 KiB, t=2, p=1) on a few
+//! dedicated threads of lower scheduling priority, so a flood of logins
+//! cannot starve the async runtime or cheap RPCs: the hashes queue for the
+//! threads, and when the CPU is contended the kernel runs the cheap work
+//! (and PostgreSQL) first.
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use crate::domain::Password;
+
+/// The hashing threads' nice value: a tenth of a normal thread's CPU share
+/// when both want a core (CFS weight 110 against 1024), all of it when the
+/// core is otherwise idle.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+const HASH_THREAD_NICE: i32 = 10;
+
+type Job = Box<dyn FnOnce() + Send>;
 
 /// Hashes and verifies passwords.
 #[derive(Clone)]
 pub struct PasswordHasher {
-    permits: Arc<Semaphore>,
+    /// Work for the hashing threads; they exit when the last clone drops.
+    jobs: mpsc::Sender<Job>,
     /// A real hash of a random password: verifying against it makes a login
     /// with an unknown email cost the same as one with a wrong password.
     dummy_hash: Arc<str>,
@@ -26,14 +39,37 @@ fn argon2() -> Argon2<'static> {
 }
 
 impl PasswordHasher {
+    /// Starts `max_concurrent` hashing threads.
     pub fn new(max_concurrent: usize) -> anyhow::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..max_concurrent.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{index}"))
+                .spawn(move || {
+                    lower_this_threads_priority();
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match next {
+                            // A panicking hash fails its caller, not the thread.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                            }
+                            Err(mpsc::RecvError) => return,
+                        }
+                    }
+                })
+                .context("starting a password hashing thread")?;
+        }
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
         let dummy_hash = argon2()
             .hash_password(uuid::Uuid::new_v4().to_string().as_bytes(), &salt)
             .map_err(|e| anyhow::anyhow!("hashing the dummy password: {e}"))?
             .to_string();
         Ok(Self {
-            permits: Arc::new(Semaphore::new(max_concurrent)),
+            jobs,
             dummy_hash: dummy_hash.into(),
         })
     }
@@ -71,13 +107,73 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let _permit = self
-            .permits
-            .acquire()
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                // A caller that gave up while queued (deadline, cancel) would
+                // waste a hash; skip it.
+                if !reply.is_closed() {
+                    let _ = reply.send(work());
+                }
+            }))
+            .ok()
+            .context("the password hashing threads have stopped")?;
+        answer.await.context("password hashing panicked")?
+    }
+}
+
+/// Raises this thread's nice value to [`HASH_THREAD_NICE`]. On Linux the
+/// nice value is per thread, so the runtime's threads keep theirs.
+fn lower_this_threads_priority() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: gettid and setpriority take no pointers; raising one's own
+        // nice value needs no privilege.
+        let result = unsafe {
+            libc::setpriority(
+                libc::PRIO_PROCESS,
+                libc::gettid() as libc::id_t,
+                HASH_THREAD_NICE,
+            )
+        };
+        if result != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "could not lower the password hashing thread's priority"
+            );
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::*;
+
+    fn this_threads_nice() -> i32 {
+        // SAFETY: no pointers; -1 is also a valid nice value, which errno
+        // would tell apart, but these tests never run at -1.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[tokio::test]
+    async fn hashes_run_on_threads_of_lower_priority_than_the_runtime() {
+        let hasher = PasswordHasher::new(1).unwrap();
+        let runtime_nice = this_threads_nice();
+        let hashing_nice = hasher
+            .run_blocking(|| Ok(this_threads_nice()))
             .await
-            .context("password hasher closed")?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .context("password hashing task panicked")?
+            .unwrap();
+        assert_eq!(hashing_nice, HASH_THREAD_NICE.max(runtime_nice));
+        assert_eq!(this_threads_nice(), runtime_nice);
+    }
+
+    #[tokio::test]
+    async fn a_hash_that_panics_fails_its_caller_and_the_thread_keeps_working() {
+        let hasher = PasswordHasher::new(1).unwrap();
+        let failed = hasher.run_blocking(|| -> anyhow::Result<()> { panic!("boom") });
+        assert!(failed.await.is_err());
+        let password = Password::parse("password", "a long enough password".into()).unwrap();
+        let hash = hasher.hash(password.clone()).await.unwrap();
+        assert!(hasher.verify(password, Some(hash)).await.unwrap());
     }
 }

@@ -147,7 +147,8 @@ pub struct Settings {
     #[arg(long, env = "DEFAULT_RPC_TIMEOUT_SECS", default_value_t = 30)]
     pub default_rpc_timeout_secs: u64,
 
-    /// Maximum concurrent requests per connection.
+    /// Maximum concurrent requests (HTTP/2 streams) per connection,
+    /// announced to clients, which wait for a free stream beyond it.
     #[arg(
         long,
         env = "MAX_CONCURRENT_REQUESTS_PER_CONNECTION",

@@ -261,7 +261,12 @@ impl Application {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = Server::builder()
             .timeout(Duration::from_secs(settings.default_rpc_timeout_secs))
-            .concurrency_limit_per_connection(settings.max_concurrent_requests_per_connection)
+            // HTTP/2's own limit, announced to clients in SETTINGS: cheaper
+            // than a per-request semaphore, and a client learns the limit
+            // instead of queueing blind.
+            .max_concurrent_streams(
+                u32::try_from(settings.max_concurrent_requests_per_connection).unwrap_or(u32::MAX),
+            )
             // First added is outermost: observe everything, then authenticate.
             .layer(RpcLayer::new(metrics.clone()))
             .layer(AuthLayer::new(

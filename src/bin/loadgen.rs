@@ -149,6 +149,87 @@ impl tonic::service::Interceptor for Bearer {
 
 type Authed = InterceptedService<Channel, Bearer>;
 
+/// One HTTP/2 connection the callers share, used by the generated clients
+/// directly. tonic's `Channel` queues every request through a buffer task
+/// (one more task hop each way), which made the load generator cost as much
+/// CPU per request as the server it measures, on the same cores.
+#[derive(Clone)]
+struct Connection {
+    send: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+    origin: Arc<http::uri::Parts>,
+    /// `--timeout-ms` as gRPC's `grpc-timeout` header; the server enforces it.
+    grpc_timeout: http::HeaderValue,
+}
+
+impl Connection {
+    async fn open(args: &Args) -> anyhow::Result<Self> {
+        let uri: http::Uri = args
+            .addr
+            .parse()
+            .with_context(|| format!("--addr {:?} is not a URL", args.addr))?;
+        let authority = uri.authority().context("--addr has no host:port")?.clone();
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(authority.as_str()),
+        )
+        .await
+        .context("connect timed out")??;
+        tcp.set_nodelay(true)?;
+        let (send, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .context("HTTP/2 handshake")?;
+        tokio::spawn(connection);
+        let mut origin = http::uri::Parts::default();
+        origin.scheme = Some(uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP));
+        origin.authority = Some(authority);
+        Ok(Self {
+            send,
+            origin: Arc::new(origin),
+            grpc_timeout: format!("{}m", args.timeout_ms).parse()?,
+        })
+    }
+}
+
+type ResponseFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>,
+            > + Send,
+    >,
+>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for Connection {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.send.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        // The generated client sets only the path; HTTP/2 needs the rest.
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = self.origin.scheme.clone();
+        parts.authority = self.origin.authority.clone();
+        parts.path_and_query = request.uri().path_and_query().cloned();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+        request
+            .headers_mut()
+            .insert("grpc-timeout", self.grpc_timeout.clone());
+        Box::pin(self.send.send_request(request))
+    }
+}
+
+type Direct = InterceptedService<Connection, Bearer>;
+
 /// What the setup created; every caller shares it.
 struct Fixture {
     email: String,
@@ -212,15 +293,15 @@ fn code_name(code: Code) -> &'static str {
 struct Caller {
     rpc: Rpc,
     fixture: Arc<Fixture>,
-    chatbots: ChatbotServiceClient<Authed>,
-    api_keys: ApiKeyServiceClient<Channel>,
-    auth: AuthServiceClient<Channel>,
+    chatbots: ChatbotServiceClient<Direct>,
+    api_keys: ApiKeyServiceClient<Connection>,
+    auth: AuthServiceClient<Connection>,
     id: usize,
     sent: u64,
 }
 
 impl Caller {
-    fn new(rpc: Rpc, fixture: Arc<Fixture>, channel: Channel, id: usize) -> Self {
+    fn new(rpc: Rpc, fixture: Arc<Fixture>, channel: Connection, id: usize) -> Self {
         Self {
             rpc,
             chatbots: ChatbotServiceClient::new(InterceptedService::new(
@@ -545,16 +626,20 @@ async fn main() -> anyhow::Result<()> {
         (None, None) => Some(Duration::from_secs(10)),
     };
 
-    let endpoint = endpoint(&args)?;
-    let mut channels = Vec::with_capacity(connections);
+    // Setup goes through tonic's Channel; the measured calls do not.
+    let setup_channel = endpoint(&args)?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    let fixture = Arc::new(set_up(setup_channel, args.rpc).await?);
+    let mut connections_for_callers = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {}", args.addr))?;
-        channels.push(channel);
+        connections_for_callers.push(
+            Connection::open(&args)
+                .await
+                .with_context(|| format!("connecting to {}", args.addr))?,
+        );
     }
-    let fixture = Arc::new(set_up(channels[0].clone(), args.rpc).await?);
     eprintln!(
         "set up {}; running {} with {} callers over {connections} connection(s)",
         fixture.email,
@@ -576,7 +661,7 @@ async fn main() -> anyhow::Result<()> {
     let reporter = tokio::spawn(progress(shared.clone(), start));
     let callers: Vec<_> = (0..args.concurrency)
         .map(|id| {
-            let channel = channels[id % connections].clone();
+            let channel = connections_for_callers[id % connections].clone();
             let caller = Caller::new(args.rpc, fixture.clone(), channel, id);
             tokio::spawn(run_caller(caller, shared.clone()))
         })

@@ -173,6 +173,8 @@ pub struct TestUser {
 }
 
 pub struct TestApp {
+    /// Where the gRPC server listens.
+    pub addr: std::net::SocketAddr,
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub database_url: String,
     database: TestDatabase,
@@ -348,6 +350,7 @@ pub async fn spawn_app_on(
         .await
         .expect("connect to the test server");
     TestApp {
+        addr,
         metrics_addr,
         database_url: database.url.clone(),
         database,

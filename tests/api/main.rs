@@ -9,5 +9,6 @@ mod chatbots;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod loadgen;
 mod server;
 mod users;

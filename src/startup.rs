@@ -95,7 +95,11 @@ impl Application {
             Duration::from_secs(settings.access_token_ttl_secs),
         );
         let state = Arc::new(AppState {
-            chatbot_reads: ChatbotReads::start(db.clone(), settings.read_batches_in_flight),
+            chatbot_reads: ChatbotReads::start(
+                db.clone(),
+                settings.read_batches_in_flight,
+                batched_read_timeout(&settings.pool_settings()),
+            ),
             db,
             hasher: PasswordHasher::new(settings.max_concurrent_hashes)?,
             tokens: Arc::new(tokens),
@@ -329,6 +333,13 @@ impl Application {
         tracing::info!("shut down");
         served
     }
+}
+
+/// How long a batch of coalesced reads may take: what one direct read could
+/// wait for (a pooled connection, a new connection, its statement), plus a
+/// second of slack.
+fn batched_read_timeout(pool: &db::PoolSettings) -> Duration {
+    pool.acquire_timeout + pool.connect_timeout + pool.statement_timeout + Duration::from_secs(1)
 }
 
 async fn set_readiness(reporter: &HealthReporter, status: ServingStatus) {

@@ -1,8 +1,10 @@
 //! argon2id password hashing (OWASP: m=19456 KiB, t=2, p=1) on a few
 //! dedicated threads of lower scheduling priority, so a flood of logins
 //! cannot starve the async runtime or cheap RPCs: the hashes queue for the
-//! threads, and when the CPU is contended the kernel runs the cheap work
-//! (and PostgreSQL) first.
+//! threads, and when the process's CPU is contended the kernel runs the
+//! runtime's threads first. Nice values compete only within a scheduling
+//! group: a PostgreSQL on the same host in the same group also goes first;
+//! a container's CPU quota is still shared by everything in it.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
@@ -15,9 +17,9 @@ use tokio::sync::oneshot;
 
 use crate::domain::Password;
 
-/// The hashing threads' nice value: a tenth of a normal thread's CPU share
-/// when both want a core (CFS weight 110 against 1024), all of it when the
-/// core is otherwise idle.
+/// How much the hashing threads' nice value exceeds the process's (capped
+/// at 19): at +10, a tenth of a normal thread's CPU share when both want a
+/// core (CFS weight 110 against 1024), all of it when the core is idle.
 #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 const HASH_THREAD_NICE: i32 = 10;
 
@@ -122,18 +124,20 @@ impl PasswordHasher {
     }
 }
 
-/// Raises this thread's nice value to [`HASH_THREAD_NICE`]. On Linux the
+/// Raises this thread's nice value by [`HASH_THREAD_NICE`]. On Linux the
 /// nice value is per thread, so the runtime's threads keep theirs.
 fn lower_this_threads_priority() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: gettid and setpriority take no pointers; raising one's own
-        // nice value needs no privilege.
+        // SAFETY: gettid, getpriority and setpriority take no pointers;
+        // raising one's own nice value needs no privilege.
         let result = unsafe {
+            let thread = libc::gettid() as libc::id_t;
+            let current = libc::getpriority(libc::PRIO_PROCESS, thread);
             libc::setpriority(
                 libc::PRIO_PROCESS,
-                libc::gettid() as libc::id_t,
-                HASH_THREAD_NICE,
+                thread,
+                (current + HASH_THREAD_NICE).min(19),
             )
         };
         if result != 0 {
@@ -163,7 +167,7 @@ mod tests {
             .run_blocking(|| Ok(this_threads_nice()))
             .await
             .unwrap();
-        assert_eq!(hashing_nice, HASH_THREAD_NICE.max(runtime_nice));
+        assert_eq!(hashing_nice, (runtime_nice + HASH_THREAD_NICE).min(19));
         assert_eq!(this_threads_nice(), runtime_nice);
     }
 

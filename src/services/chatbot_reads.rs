@@ -9,10 +9,15 @@
 //!
 //! A read is as fresh as a direct one: it joins only a batch whose statement
 //! has not been sent yet, so it sees every write committed before it arrived.
+//!
+//! A batch is bounded in time like a direct read (pool wait, connect and
+//! statement timeouts), so a connection that hangs cannot hold a slot, and
+//! with it every later read, for longer; its readers get UNAVAILABLE.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -57,14 +62,16 @@ struct PendingRead {
 
 impl ChatbotReads {
     /// Starts the dispatcher on the current runtime; `batches_in_flight`
-    /// bounds the connections it holds at once.
-    pub fn start(db: Database, batches_in_flight: usize) -> Self {
+    /// bounds the connections it holds at once, `batch_timeout` how long
+    /// one batch may take from asking the pool for a connection.
+    pub fn start(db: Database, batches_in_flight: usize, batch_timeout: Duration) -> Self {
         let (queue, pending) = mpsc::unbounded_channel();
         let stats = Arc::new(ReadStats::default());
         tokio::spawn(dispatch(
             pending,
             db,
             batches_in_flight.max(1),
+            batch_timeout,
             stats.clone(),
         ));
         Self { queue, stats }
@@ -77,10 +84,12 @@ impl ChatbotReads {
     /// The chatbot, if it exists.
     pub async fn find(&self, id: ChatbotId) -> AppResult<Option<Chatbot>> {
         let (reply, answer) = oneshot::channel();
-        self.stats.reads.fetch_add(1, Ordering::Relaxed);
         self.queue
             .send(PendingRead { id, reply })
             .map_err(|_| AppError::internal(anyhow::anyhow!("the read dispatcher has stopped")))?;
+        // Counted once queued, so a count that includes a read means the
+        // dispatcher can see it.
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
         answer.await.unwrap_or_else(|_| {
             Err(AppError::internal(anyhow::anyhow!(
                 "a batched read ended without an answer"
@@ -93,6 +102,7 @@ async fn dispatch(
     mut pending: mpsc::UnboundedReceiver<PendingRead>,
     db: Database,
     batches_in_flight: usize,
+    batch_timeout: Duration,
     stats: Arc<ReadStats>,
 ) {
     let slots = Arc::new(Semaphore::new(batches_in_flight));
@@ -108,24 +118,37 @@ async fn dispatch(
                 Err(_) => break,
             }
         }
+        // Readers whose RPC was cancelled while queued need no row.
+        batch.retain(|read| !read.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         let reads = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
         stats.batches.fetch_add(1, Ordering::Relaxed);
         let db = db.clone();
         tokio::spawn(async move {
-            answer(&db, reads).await;
+            answer(&db, reads, batch_timeout).await;
             drop(slot);
         });
     }
 }
 
 /// Runs one batch and hands each reader its row, or each the same error.
-async fn answer(db: &Database, reads: Vec<PendingRead>) {
+async fn answer(db: &Database, reads: Vec<PendingRead>, batch_timeout: Duration) {
     let ids: Vec<ChatbotId> = reads.iter().map(|read| read.id).collect();
-    let found: AppResult<Vec<Chatbot>> = async {
+    let query = async {
         let mut conn = db.conn().await?;
         Ok(Chatbot::find_many(&mut conn, &ids).await?)
-    }
-    .await;
+    };
+    // On timeout the statement is abandoned, not its readers: they get
+    // UNAVAILABLE now rather than whenever the connection answers.
+    let found: AppResult<Vec<Chatbot>> = tokio::time::timeout(batch_timeout, query)
+        .await
+        .unwrap_or_else(|_| {
+            Err(AppError::Unavailable(anyhow::anyhow!(
+                "a batched chatbot read took longer than {batch_timeout:?}"
+            )))
+        });
     match found {
         Ok(rows) => {
             // Each row with how many readers still want it: the last one

@@ -390,7 +390,14 @@ backend_test! {
 async fn on_postgres_reads_that_queue_behind_a_busy_batch_go_out_together_as_one_statement() {
     use diesel_async::SimpleAsyncConnection;
 
-    let app = spawn_app_with(&["--read-batches-in-flight", "1"]).await;
+    // Statements wait at the lock for as long as the test needs.
+    let app = spawn_app_with(&[
+        "--read-batches-in-flight",
+        "1",
+        "--database-statement-timeout-ms",
+        "60000",
+    ])
+    .await;
     let reads = mixed_reads(&app).await;
     let user = app.new_user().await;
     let held = app.create_chatbot(&user, "held").await;
@@ -420,6 +427,42 @@ async fn on_postgres_reads_that_queue_behind_a_busy_batch_go_out_together_as_one
         2,
         "one batch held, one for the rest"
     );
+}
+
+backend_test! {
+    async fn reads_that_queue_while_the_pool_is_busy_go_out_together_and_each_gets_its_own_answer() {
+        // One connection, one batch at a time, and a pool wait longer than
+        // the test: holding the connection holds the first batch.
+        let app = spawn_app_with(&[
+            "--database-pool-size",
+            "1",
+            "--read-batches-in-flight",
+            "1",
+            "--database-acquire-timeout-ms",
+            "60000",
+        ])
+        .await;
+        let reads = mixed_reads(&app).await;
+        let user = app.new_user().await;
+        let held = app.create_chatbot(&user, "held").await;
+        let stats = app.chatbot_reads.clone();
+        let before = (stats.reads(), stats.batches());
+
+        let connection = app.db.conn().await.unwrap();
+        let first = tokio::spawn(read_one(app.chatbots(Some(&user.token)), held.id.clone()));
+        wait_until(|| stats.batches() == before.1 + 1).await;
+        let count = reads.len() as u64;
+        let rest = read_concurrently(&app, reads);
+        tokio::pin!(rest);
+        tokio::select! {
+            () = &mut rest => panic!("reads were answered while the pool was busy"),
+            () = wait_until(|| stats.reads() == before.0 + 1 + count) => {}
+        }
+        drop(connection);
+        rest.await;
+        assert_eq!(first.await.unwrap(), "held");
+        assert_eq!(stats.batches() - before.1, 2, "one batch held, one for the rest");
+    }
 }
 
 async fn read_one(

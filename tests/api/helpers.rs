@@ -314,13 +314,12 @@ pub async fn spawn_app_on(
         "127.0.0.1:0".into(),
         "--shutdown-drain-delay-secs".into(),
         "0".into(),
-        "--database-pool-size".into(),
-        "4".into(),
     ];
     // Defaults a test can override by passing the flag itself; rate limits
     // are off unless a test is about them.
     let defaults = [
         ("--secret-key", SECRET_KEY),
+        ("--database-pool-size", "4"),
         ("--rate-limit-per-user", "0"),
         ("--rate-limit-per-address", "0"),
         ("--rate-limit-per-api-key", "0"),
@@ -442,6 +441,8 @@ impl TestApp {
             .unwrap();
         let mut conn = self.db.conn().await.unwrap();
         let user = User::upsert_admin(&mut conn, &email, &hash).await.unwrap();
+        // Login needs a connection too, and a test's pool may have one.
+        drop(conn);
         let login = self
             .login(&email, PASSWORD)
             .await

@@ -491,3 +491,39 @@ async fn wait_until(condition: impl Fn() -> bool) {
     }
     panic!("condition not reached within 10 s");
 }
+
+backend_test! {
+    async fn when_no_connection_is_free_every_reader_of_a_batch_gets_unavailable() {
+        let app = spawn_app_with(&[
+            "--database-pool-size",
+            "1",
+            "--database-acquire-timeout-ms",
+            "300",
+        ])
+        .await;
+        let user = app.new_user().await;
+        let chatbot = app.create_chatbot(&user, "bot").await;
+
+        let connection = app.db.conn().await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..5 {
+            let mut client = app.chatbots(Some(&user.token));
+            let id = chatbot.id.clone();
+            tasks.spawn(async move {
+                client
+                    .get_chatbot(proto::GetChatbotRequest { id })
+                    .await
+                    .map(|_| ())
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            assert_code(joined.unwrap(), Code::Unavailable);
+        }
+        drop(connection);
+        // Served again once a connection is free.
+        app.chatbots(Some(&user.token))
+            .get_chatbot(proto::GetChatbotRequest { id: chatbot.id })
+            .await
+            .unwrap();
+    }
+}

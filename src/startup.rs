@@ -98,7 +98,7 @@ impl Application {
             chatbot_reads: ChatbotReads::start(
                 db.clone(),
                 settings.read_batches_in_flight,
-                batched_read_timeout(&settings.pool_settings()),
+                &settings.pool_settings(),
             ),
             db,
             hasher: PasswordHasher::new(settings.max_concurrent_hashes)?,
@@ -333,13 +333,6 @@ impl Application {
         tracing::info!("shut down");
         served
     }
-}
-
-/// How long a batch of coalesced reads may take: what one direct read could
-/// wait for (a pooled connection, a new connection, its statement), plus a
-/// second of slack.
-fn batched_read_timeout(pool: &db::PoolSettings) -> Duration {
-    pool.acquire_timeout + pool.connect_timeout + pool.statement_timeout + Duration::from_secs(1)
 }
 
 async fn set_readiness(reporter: &HealthReporter, status: ServingStatus) {

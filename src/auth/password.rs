@@ -8,7 +8,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
@@ -32,12 +32,28 @@ pub struct PasswordHasher {
     jobs: mpsc::Sender<Job>,
     /// A real hash of a random password: verifying against it makes a login
     /// with an unknown email cost the same as one with a wrong password.
-    dummy_hash: Arc<str>,
+    /// Made by the hashing threads' first job, so neither start-up nor the
+    /// async runtime pays for it; a verification that needs it sooner waits.
+    dummy_hash: Arc<OnceLock<String>>,
 }
 
 fn argon2() -> Argon2<'static> {
     let params = Params::new(19_456, 2, 1, None).expect("OWASP argon2 parameters are valid");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// A PHC string of `secret` under a fresh salt.
+fn hash_with_new_salt(secret: &[u8]) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    argon2()
+        .hash_password(secret, &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
+}
+
+fn new_dummy_hash() -> String {
+    hash_with_new_salt(uuid::Uuid::new_v4().to_string().as_bytes())
+        .expect("argon2 hashes a random password with valid parameters")
 }
 
 impl PasswordHasher {
@@ -65,37 +81,34 @@ impl PasswordHasher {
                 })
                 .context("starting a password hashing thread")?;
         }
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        let dummy_hash = argon2()
-            .hash_password(uuid::Uuid::new_v4().to_string().as_bytes(), &salt)
-            .map_err(|e| anyhow::anyhow!("hashing the dummy password: {e}"))?
-            .to_string();
-        Ok(Self {
-            jobs,
-            dummy_hash: dummy_hash.into(),
-        })
+        let dummy_hash = Arc::new(OnceLock::new());
+        let first_job = dummy_hash.clone();
+        jobs.send(Box::new(move || {
+            first_job.get_or_init(new_dummy_hash);
+        }))
+        .ok()
+        .context("the password hashing threads have stopped")?;
+        Ok(Self { jobs, dummy_hash })
     }
 
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`).
     pub async fn hash(&self, password: Password) -> anyhow::Result<String> {
-        self.run_blocking(move || {
-            let salt = SaltString::generate(&mut rand::rngs::OsRng);
-            argon2()
-                .hash_password(password.expose().as_bytes(), &salt)
-                .map(|hash| hash.to_string())
-                .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
-        })
-        .await
+        self.run_on_hashing_thread(move || hash_with_new_salt(password.expose().as_bytes()))
+            .await
     }
 
     /// Whether `password` matches `hash`; with `None`, spends the same work
     /// on the dummy hash and answers false.
     pub async fn verify(&self, password: Password, hash: Option<String>) -> anyhow::Result<bool> {
         let known = hash.is_some();
-        let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
+        let dummy_hash = self.dummy_hash.clone();
         let matches = self
-            .run_blocking(move || {
-                let parsed = PasswordHash::new(&hash)
+            .run_on_hashing_thread(move || {
+                let hash = match &hash {
+                    Some(hash) => hash.as_str(),
+                    None => dummy_hash.get_or_init(new_dummy_hash),
+                };
+                let parsed = PasswordHash::new(hash)
                     .map_err(|e| anyhow::anyhow!("stored password hash is invalid: {e}"))?;
                 Ok(argon2()
                     .verify_password(password.expose().as_bytes(), &parsed)
@@ -105,7 +118,7 @@ impl PasswordHasher {
         Ok(known && matches)
     }
 
-    async fn run_blocking<T: Send + 'static>(
+    async fn run_on_hashing_thread<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
@@ -164,7 +177,7 @@ mod tests {
         let hasher = PasswordHasher::new(1).unwrap();
         let runtime_nice = this_threads_nice();
         let hashing_nice = hasher
-            .run_blocking(|| Ok(this_threads_nice()))
+            .run_on_hashing_thread(|| Ok(this_threads_nice()))
             .await
             .unwrap();
         assert_eq!(hashing_nice, (runtime_nice + HASH_THREAD_NICE).min(19));
@@ -172,9 +185,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn without_a_stored_hash_the_dummy_is_verified_and_nothing_matches() {
+        let hasher = PasswordHasher::new(2).unwrap();
+        let password = Password::parse("password", "a long enough password".into()).unwrap();
+        assert!(!hasher.verify(password.clone(), None).await.unwrap());
+        let dummy = hasher
+            .dummy_hash
+            .get()
+            .expect("made by the first job")
+            .clone();
+        assert!(dummy.starts_with("$argon2id$"));
+        // Made once, whichever thread needed it first.
+        assert!(!hasher.verify(password, None).await.unwrap());
+        assert_eq!(hasher.dummy_hash.get(), Some(&dummy));
+    }
+
+    #[tokio::test]
     async fn a_hash_that_panics_fails_its_caller_and_the_thread_keeps_working() {
         let hasher = PasswordHasher::new(1).unwrap();
-        let failed = hasher.run_blocking(|| -> anyhow::Result<()> { panic!("boom") });
+        let failed = hasher.run_on_hashing_thread(|| -> anyhow::Result<()> { panic!("boom") });
         assert!(failed.await.is_err());
         let password = Password::parse("password", "a long enough password".into()).unwrap();
         let hash = hasher.hash(password.clone()).await.unwrap();

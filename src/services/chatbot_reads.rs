@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::db::models::Chatbot;
-use crate::db::Database;
+use crate::db::{Database, PoolSettings};
 use crate::domain::ChatbotId;
 use crate::error::{AppError, AppResult};
 
@@ -62,9 +62,14 @@ struct PendingRead {
 
 impl ChatbotReads {
     /// Starts the dispatcher on the current runtime; `batches_in_flight`
-    /// bounds the connections it holds at once, `batch_timeout` how long
-    /// one batch may take from asking the pool for a connection.
-    pub fn start(db: Database, batches_in_flight: usize, batch_timeout: Duration) -> Self {
+    /// bounds the connections it holds at once. A batch may take what one
+    /// direct read could wait for under `pool` (a pooled connection, a new
+    /// connection, its statement), plus a second of slack.
+    pub fn start(db: Database, batches_in_flight: usize, pool: &PoolSettings) -> Self {
+        let batch_timeout = pool.acquire_timeout
+            + pool.connect_timeout
+            + pool.statement_timeout
+            + Duration::from_secs(1);
         let (queue, pending) = mpsc::unbounded_channel();
         let stats = Arc::new(ReadStats::default());
         tokio::spawn(dispatch(

@@ -384,8 +384,62 @@ backend_test! {
     }
 }
 
-/// Only PostgreSQL lets a test hold a read at the database (a table lock),
-/// which makes the coalescing observable without relying on timing.
+/// What the held-batch tests read: the mixed reads, and one more read to
+/// hold. Made before anything is held, since making it needs the database.
+struct HeldBatch {
+    reads: Vec<ExpectedRead>,
+    reader: crate::helpers::TestUser,
+    held_id: String,
+}
+
+impl HeldBatch {
+    async fn prepare(app: &crate::helpers::TestApp) -> Self {
+        let reads = mixed_reads(app).await;
+        let reader = app.new_user().await;
+        let held_id = app.create_chatbot(&reader, "held").await.id;
+        Self {
+            reads,
+            reader,
+            held_id,
+        }
+    }
+
+    /// Sends the held read (which the test is holding at the database or
+    /// the pool), queues the mixed reads behind it, awaits `release`, and
+    /// checks that the queued reads went out as one more statement, each
+    /// with its own answer. The app must allow one batch in flight.
+    async fn assert_queued_reads_go_out_as_one_batch(
+        self,
+        app: &crate::helpers::TestApp,
+        release: impl std::future::Future<Output = ()>,
+    ) {
+        let stats = app.chatbot_reads.clone();
+        let before = (stats.reads(), stats.batches());
+        let first = tokio::spawn(read_one(
+            app.chatbots(Some(&self.reader.token)),
+            self.held_id,
+        ));
+        wait_until(|| stats.batches() == before.1 + 1).await;
+        let count = self.reads.len() as u64;
+        let rest = read_concurrently(app, self.reads);
+        tokio::pin!(rest);
+        tokio::select! {
+            () = &mut rest => panic!("reads were answered while the first was held"),
+            () = wait_until(|| stats.reads() == before.0 + 1 + count) => {}
+        }
+        release.await;
+        rest.await;
+        assert_eq!(first.await.unwrap(), "held");
+        assert_eq!(
+            stats.batches() - before.1,
+            2,
+            "one batch held, one for the rest"
+        );
+    }
+}
+
+/// Only PostgreSQL lets a test hold a statement at the database (a table
+/// lock), after the batch has been sent.
 #[tokio::test(flavor = "multi_thread")]
 async fn on_postgres_reads_that_queue_behind_a_busy_batch_go_out_together_as_one_statement() {
     use diesel_async::SimpleAsyncConnection;
@@ -398,41 +452,23 @@ async fn on_postgres_reads_that_queue_behind_a_busy_batch_go_out_together_as_one
         "60000",
     ])
     .await;
-    let reads = mixed_reads(&app).await;
-    let user = app.new_user().await;
-    let held = app.create_chatbot(&user, "held").await;
-    let stats = app.chatbot_reads.clone();
-    let before = (stats.reads(), stats.batches());
-
+    let batch = HeldBatch::prepare(&app).await;
     let mut lock = app.sql().await;
     lock.batch_execute("BEGIN; LOCK TABLE chatbots IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    // The first read takes the only slot and waits at the lock.
-    let first = tokio::spawn(read_one(app.chatbots(Some(&user.token)), held.id.clone()));
-    wait_until(|| stats.batches() == before.1 + 1).await;
-    // The rest queue behind it.
-    let count = reads.len() as u64;
-    let rest = read_concurrently(&app, reads);
-    tokio::pin!(rest);
-    tokio::select! {
-        () = &mut rest => panic!("reads were answered while the table was locked"),
-        () = wait_until(|| stats.reads() == before.0 + 1 + count) => {}
-    }
-    lock.batch_execute("COMMIT").await.unwrap();
-    rest.await;
-    assert_eq!(first.await.unwrap(), "held");
-    assert_eq!(
-        stats.batches() - before.1,
-        2,
-        "one batch held, one for the rest"
-    );
+    batch
+        .assert_queued_reads_go_out_as_one_batch(&app, async move {
+            lock.batch_execute("COMMIT").await.unwrap();
+        })
+        .await;
 }
 
 backend_test! {
     async fn reads_that_queue_while_the_pool_is_busy_go_out_together_and_each_gets_its_own_answer() {
         // One connection, one batch at a time, and a pool wait longer than
-        // the test: holding the connection holds the first batch.
+        // the test: holding the connection holds the first batch before it
+        // is sent.
         let app = spawn_app_with(&[
             "--database-pool-size",
             "1",
@@ -442,26 +478,11 @@ backend_test! {
             "60000",
         ])
         .await;
-        let reads = mixed_reads(&app).await;
-        let user = app.new_user().await;
-        let held = app.create_chatbot(&user, "held").await;
-        let stats = app.chatbot_reads.clone();
-        let before = (stats.reads(), stats.batches());
-
+        let batch = HeldBatch::prepare(&app).await;
         let connection = app.db.conn().await.unwrap();
-        let first = tokio::spawn(read_one(app.chatbots(Some(&user.token)), held.id.clone()));
-        wait_until(|| stats.batches() == before.1 + 1).await;
-        let count = reads.len() as u64;
-        let rest = read_concurrently(&app, reads);
-        tokio::pin!(rest);
-        tokio::select! {
-            () = &mut rest => panic!("reads were answered while the pool was busy"),
-            () = wait_until(|| stats.reads() == before.0 + 1 + count) => {}
-        }
-        drop(connection);
-        rest.await;
-        assert_eq!(first.await.unwrap(), "held");
-        assert_eq!(stats.batches() - before.1, 2, "one batch held, one for the rest");
+        batch
+            .assert_queued_reads_go_out_as_one_batch(&app, async move { drop(connection) })
+            .await;
     }
 }
 

@@ -2,15 +2,19 @@
 
 use std::io::BufRead;
 
+use chrono::Utc;
+use diesel_async::scoped_futures::ScopedFutureExt;
 use rand::distributions::{Alphanumeric, DistString};
 
 use crate::auth::PasswordHasher;
-use crate::db::models::{Chatbot, NewChatbot, NewUser, User};
-use crate::db::Database;
+use crate::db::models::{Chatbot, NewChatbot, NewUser, RefreshToken, Session, User};
+use crate::db::{self, Database, Invalidation};
 use crate::domain::{ChatbotId, Email, Password, Role, UserId};
 
 /// Creates an admin or promotes an existing user; the password comes from
-/// stdin (one line), never from argv where `ps` would show it.
+/// stdin (one line), never from argv where `ps` would show it. Setting an
+/// existing user's password signs them out everywhere, as UpdateUser does,
+/// and running servers learn the new role at once.
 pub async fn create_admin(db: &Database, email: &str, input: impl BufRead) -> anyhow::Result<User> {
     let email = Email::parse("--email", email)
         .map_err(|v| anyhow::anyhow!("{}: {}", v.field, v.description))?;
@@ -26,7 +30,21 @@ pub async fn create_admin(db: &Database, email: &str, input: impl BufRead) -> an
     .map_err(|v| anyhow::anyhow!("password {}", v.description))?;
     let hash = PasswordHasher::new(1)?.hash(password).await?;
     let mut conn = db.conn().await?;
-    Ok(User::upsert_admin(&mut conn, email.as_str(), &hash).await?)
+    let hash = &hash;
+    let admin = conn
+        .transaction(|conn| {
+            async move {
+                let admin = User::upsert_admin(conn, email.as_str(), hash).await?;
+                let now = Utc::now();
+                RefreshToken::revoke_all_for_user(conn, admin.id, now).await?;
+                Session::revoke_all_for_user(conn, admin.id, now).await?;
+                db::notify_invalidation(conn, &Invalidation::Owner(admin.id)).await?;
+                Ok::<_, diesel::result::Error>(admin)
+            }
+            .scope_boxed()
+        })
+        .await?;
+    Ok(admin)
 }
 
 /// Idempotent demo data: an admin, a demo user and two chatbots. Passwords

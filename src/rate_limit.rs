@@ -3,7 +3,7 @@
 //! VerifyApiKey. In-process, so each replica enforces its own share.
 
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,29 @@ pub enum RateKey {
     ApiKey([u8; 16]),
 }
 
+/// The unit one client controls: an IPv4 address (also when it arrives
+/// mapped into IPv6), or an IPv6 /64, the smallest network a site is
+/// assigned; counting single IPv6 addresses would give a client 2^64
+/// budgets.
+pub fn client_network(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1_u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+        },
+    }
+}
+
 impl RateKey {
+    /// Calls from `address`, counted per [`client_network`].
+    pub fn address(address: IpAddr) -> Self {
+        RateKey::Address(client_network(address))
+    }
+
     pub fn api_key(digest: &ApiKeyDigest) -> Self {
         let mut prefix = [0_u8; 16];
         prefix.copy_from_slice(&digest.0[..16]);
@@ -95,5 +117,23 @@ impl RateLimits {
             limiter.0.retain_recent();
             limiter.0.shrink_to_fit();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        let network = |text: &str| client_network(text.parse().unwrap()).to_string();
+        assert_eq!(network("203.0.113.9"), "203.0.113.9");
+        assert_eq!(network("::ffff:203.0.113.9"), "203.0.113.9");
+        assert_eq!(
+            network("2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
+            "2001:db8:1:2::"
+        );
+        assert_eq!(network("2001:db8:1:2::1"), network("2001:db8:1:2:ffff::9"));
+        assert_ne!(network("2001:db8:1:2::1"), network("2001:db8:1:3::1"));
     }
 }

@@ -15,8 +15,9 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::auth::{AuthLayer, LoginThrottle, PasswordHasher, TokenKeys};
+use crate::auth::{AuthLayer, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
 use crate::config::Settings;
+use crate::db::Invalidation;
 use crate::db::{self, Database, DatabaseTarget, ListenEvent};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
@@ -27,7 +28,7 @@ use crate::proto::chatbot_service_server::ChatbotServiceServer;
 use crate::proto::status_service_server::StatusServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
 use crate::rate_limit::RateLimits;
-use crate::services::api_key_cache::{ApiKeyCache, Invalidation};
+use crate::services::api_key_cache::ApiKeyCache;
 use crate::services::api_keys::{ApiKeys, LastUsedRecorder};
 use crate::services::auth::Auth;
 use crate::services::chatbot_reads::{ChatbotReads, ReadStats};
@@ -94,16 +95,19 @@ impl Application {
             settings.secret_key_previous.as_deref().map(str::as_bytes),
             Duration::from_secs(settings.access_token_ttl_secs),
         );
+        let state_db = db.clone();
         let state = Arc::new(AppState {
             chatbot_reads: ChatbotReads::start(
                 db.clone(),
                 settings.read_batches_in_flight,
                 &settings.pool_settings(),
             ),
+            sessions: Sessions::new(state_db.clone()),
             db,
             hasher: PasswordHasher::new(settings.max_concurrent_hashes)?,
             tokens: Arc::new(tokens),
             throttle: LoginThrottle::new(
+                state_db.clone(),
                 settings.login_max_failures_per_email,
                 settings.login_max_failures_per_address,
                 Duration::from_secs(settings.login_throttle_window_secs),
@@ -220,18 +224,27 @@ impl Application {
             background_stopped.clone(),
         ));
         let listen_task = match settings.database_target()? {
-            // Other replicas' changes arrive as notifications; the cache
-            // serves only while they can.
+            // Other replicas' changes arrive as notifications; the caches
+            // serve only while they can.
             DatabaseTarget::Postgres(url) => {
-                let cache = state.api_key_cache.clone();
+                let state = state.clone();
                 tokio::spawn(db::listen_for_invalidations(
                     url,
                     move |event| match event {
-                        ListenEvent::Listening => cache.activate(),
-                        ListenEvent::Lost => cache.deactivate(),
+                        ListenEvent::Listening => {
+                            state.api_key_cache.activate();
+                            state.sessions.cache().activate();
+                        }
+                        ListenEvent::Lost => {
+                            state.api_key_cache.deactivate();
+                            state.sessions.cache().deactivate();
+                        }
                         ListenEvent::Notification(payload) => match Invalidation::parse(&payload) {
-                            Some(what) => cache.invalidate(what),
-                            None => cache.clear(),
+                            Some(change) => state.invalidate_here(&change),
+                            None => {
+                                state.api_key_cache.clear();
+                                state.sessions.cache().clear();
+                            }
                         },
                     },
                     background_stopped,
@@ -240,6 +253,7 @@ impl Application {
             // One process per SQLite file: every change is made here.
             DatabaseTarget::Sqlite(_) => {
                 state.api_key_cache.activate();
+                state.sessions.cache().activate();
                 tokio::spawn(async {})
             }
         };
@@ -275,6 +289,7 @@ impl Application {
             .layer(RpcLayer::new(metrics.clone()))
             .layer(AuthLayer::new(
                 state.tokens.clone(),
+                state.sessions.clone(),
                 state.rate_limits.clone(),
             ))
             .add_service(health_service)
@@ -389,6 +404,12 @@ async fn flush_last_used_periodically(
             _ = stop.changed() => return,
         }
         state.rate_limits.sweep();
+        if let Err(error) = state.throttle.purge_ended().await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "could not purge ended login throttle windows; will retry"
+            );
+        }
         if let Err(error) = state.last_used.flush(&state.db).await {
             tracing::warn!(
                 error = format!("{error:#}"),

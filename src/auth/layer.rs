@@ -1,8 +1,10 @@
 //! The one authentication layer: a tower layer around every gRPC service.
-//! It reads `authorization: Bearer <token>`, verifies it, and puts the
-//! [`Caller`] into the request's extensions. Anything not on the public list
-//! without a valid token is answered UNAUTHENTICATED before any handler runs,
-//! so a new RPC is protected by default.
+//! It reads `authorization: Bearer <token>`, verifies it, checks that the
+//! token's session is live (cached, see [`Sessions`]) and puts the
+//! [`Caller`], with the user's current role, into the request's extensions.
+//! Anything not on the public list without a valid token is answered
+//! UNAUTHENTICATED before any handler runs, so a new RPC is protected by
+//! default.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +16,8 @@ use tonic::transport::server::TcpConnectInfo;
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
-use super::{Caller, TokenKeys};
+use super::{Caller, Sessions, TokenKeys};
+use crate::domain::{SessionId, UserId};
 use crate::rate_limit::{RateKey, RateLimits};
 
 /// Full method paths callable without an access token. On these a token is
@@ -46,12 +49,17 @@ const PER_KEY_LIMITED: &str = "/chatbot.v1.ApiKeyService/VerifyApiKey";
 #[derive(Clone)]
 pub struct AuthLayer {
     keys: Arc<TokenKeys>,
+    sessions: Sessions,
     limits: RateLimits,
 }
 
 impl AuthLayer {
-    pub fn new(keys: Arc<TokenKeys>, limits: RateLimits) -> Self {
-        Self { keys, limits }
+    pub fn new(keys: Arc<TokenKeys>, sessions: Sessions, limits: RateLimits) -> Self {
+        Self {
+            keys,
+            sessions,
+            limits,
+        }
     }
 }
 
@@ -62,6 +70,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthMiddleware {
             inner,
             keys: self.keys.clone(),
+            sessions: self.sessions.clone(),
             limits: self.limits.clone(),
         }
     }
@@ -72,6 +81,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthMiddleware<S> {
     inner: S,
     keys: Arc<TokenKeys>,
+    sessions: Sessions,
     limits: RateLimits,
 }
 
@@ -101,12 +111,25 @@ where
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr)
             .map(|addr| addr.ip());
-        let authenticated = authenticate(&self.keys, request.headers());
-        // Health and reflection are exempt; everyone else has a bucket.
-        let rate_key = match (&authenticated, address) {
+        let presented = match presented_token(&self.keys, request.headers()) {
+            Ok(token) => Ok(token),
+            Err(Presented::Invalid(reason)) => Err(reason),
+            // Two authorization entries are ambiguous: which one would a
+            // proxy in front have checked? Refused even on public RPCs.
+            Err(Presented::Ambiguous) => {
+                let status = tonic::Status::unauthenticated(
+                    "send one `authorization` metadata entry, not several",
+                );
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+        };
+        // Health and reflection are exempt; everyone else has a bucket. The
+        // token's user is counted before its session is checked, so a
+        // flood of tokens cannot buy itself database lookups.
+        let rate_key = match (&presented, address) {
             _ if exempt => None,
-            (Ok(Some(caller)), _) => Some(RateKey::User(caller.user_id)),
-            (_, Some(ip)) => Some(RateKey::Address(ip)),
+            (Ok(Some(token)), _) => Some(RateKey::User(token.user_id)),
+            (_, Some(ip)) => Some(RateKey::address(ip)),
             (_, None) => None,
         };
         if let Some(Err(retry_after)) = rate_key.map(|key| self.limits.check(key)) {
@@ -117,50 +140,85 @@ where
             );
             return Box::pin(async move { Ok(status.into_http()) });
         }
-        match authenticated {
-            Ok(Some(caller)) => {
-                tracing::Span::current()
-                    .record("enduser.id", tracing::field::display(caller.user_id));
-                request.extensions_mut().insert(caller);
-            }
-            Ok(None) if public => {}
-            Err(_) if public => {}
-            Ok(None) => {
-                let status = tonic::Status::unauthenticated(
-                    "missing access token: send metadata `authorization: Bearer <token>` (see AuthService.Login)",
-                );
-                return Box::pin(async move { Ok(status.into_http()) });
-            }
-            Err(reason) => {
-                let status = tonic::Status::unauthenticated(reason);
-                return Box::pin(async move { Ok(status.into_http()) });
-            }
-        }
+        let sessions = self.sessions.clone();
         // The clone is ready only if polled; swap so the polled one serves.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move { inner.call(request).await })
+        Box::pin(async move {
+            let authenticated = match presented {
+                Ok(Some(token)) => match sessions.live(token.session_id).await {
+                    Ok(Some(session)) if session.user_id == token.user_id => Ok(Some(Caller {
+                        user_id: session.user_id,
+                        role: session.role,
+                    })),
+                    Ok(_) => Err("the session has ended (signed out, password changed or user deleted); log in again"),
+                    // Fail closed: an unknown session state is no session.
+                    Err(error) => return Ok(tonic::Status::from(error).into_http()),
+                },
+                Ok(None) => Ok(None),
+                Err(reason) => Err(reason),
+            };
+            match authenticated {
+                Ok(Some(caller)) => {
+                    tracing::Span::current()
+                        .record("enduser.id", tracing::field::display(caller.user_id));
+                    request.extensions_mut().insert(caller);
+                }
+                Ok(None) | Err(_) if public => {}
+                Ok(None) => {
+                    let status = tonic::Status::unauthenticated(
+                        "missing access token: send metadata `authorization: Bearer <token>` (see AuthService.Login)",
+                    );
+                    return Ok(status.into_http());
+                }
+                Err(reason) => return Ok(tonic::Status::unauthenticated(reason).into_http()),
+            }
+            inner.call(request).await
+        })
     }
 }
 
-/// `Ok(None)` without an authorization header; `Err` with a client-safe
-/// reason when one is present but unusable.
-fn authenticate(
+/// The user and session an access token names.
+struct PresentedToken {
+    user_id: UserId,
+    session_id: SessionId,
+}
+
+/// Why a presented authorization entry is unusable.
+enum Presented {
+    /// Refused with this client-safe reason (ignored on public RPCs).
+    Invalid(&'static str),
+    /// More than one entry.
+    Ambiguous,
+}
+
+/// `Ok(None)` without an authorization header; `Err` when one is present
+/// but unusable.
+fn presented_token(
     keys: &TokenKeys,
     headers: &http::HeaderMap,
-) -> Result<Option<Caller>, &'static str> {
-    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+) -> Result<Option<PresentedToken>, Presented> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(Presented::Ambiguous);
+    }
     let value = value
         .to_str()
-        .map_err(|_| "authorization metadata is not valid text")?;
+        .map_err(|_| Presented::Invalid("authorization metadata is not valid text"))?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|token| !token.is_empty())
-        .ok_or("authorization metadata must be `Bearer <token>`")?;
-    let (user_id, role) = keys.verify(token)?;
-    Ok(Some(Caller { user_id, role }))
+        .ok_or(Presented::Invalid(
+            "authorization metadata must be `Bearer <token>`",
+        ))?;
+    let (user_id, session_id) = keys.verify(token).map_err(Presented::Invalid)?;
+    Ok(Some(PresentedToken {
+        user_id,
+        session_id,
+    }))
 }

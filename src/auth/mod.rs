@@ -1,20 +1,23 @@
-//! Who is calling: password hashing, access tokens (JWT), the one
-//! authentication layer, and login throttling.
+//! Who is calling: password hashing, access tokens (JWT) and the sessions
+//! they belong to, the one authentication layer, and login throttling.
 
 mod layer;
 mod password;
+mod sessions;
 mod throttle;
 mod tokens;
 
 pub use layer::{AuthLayer, PUBLIC_METHODS};
 pub use password::PasswordHasher;
-pub use throttle::LoginThrottle;
+pub use sessions::{SessionCache, Sessions};
+pub use throttle::{LoginThrottle, Reservation};
 pub use tokens::{AccessToken, Claims, TokenKeys, AUDIENCE, ISSUER};
 
 use crate::domain::{Role, UserId};
 use crate::error::{AppError, AppResult};
 
-/// The authenticated caller, put into request extensions by [`AuthLayer`].
+/// The authenticated caller, put into request extensions by [`AuthLayer`]:
+/// a live session's user with their current role (not the token's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
     pub user_id: UserId,

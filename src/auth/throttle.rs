@@ -1,93 +1,145 @@
-//! Login throttling: failed attempts are counted per email and per client
-//! address in a fixed window; past the limit Login is refused before any
-//! hashing. In-process, so each replica counts on its own.
+//! Login throttling: a budget of password checks per email and per client
+//! network in a fixed window, kept in the database every replica shares.
+//!
+//! A check is reserved before the password is hashed, in one transaction
+//! for both subjects, so 40 concurrent guesses (or guesses spread over
+//! replicas) cannot all be checked: each reservation counts at once, and
+//! past the limit Login is refused before any hashing, which protects the
+//! CPU too. A refused attempt reserves nothing. A right password gives its
+//! reservation back, so the counts are the wrong passwords of the window
+//! plus the checks in flight.
+//!
+//! The policy (OWASP Authentication Cheat Sheet, "Account Lockout"): the
+//! per-email budget bounds guessing one account from any number of
+//! addresses; the per-address budget bounds spraying many accounts from one
+//! client. A spent budget unlocks itself when its window ends (no lockout
+//! that needs an admin), and refusals do not extend it.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Entries kept before stale ones are swept, bounding memory under attack.
-const SWEEP_THRESHOLD: usize = 100_000;
+use chrono::{DateTime, Utc};
+use diesel_async::scoped_futures::ScopedFutureExt;
+use sha2::{Digest, Sha256};
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Subject {
-    Email(String),
-    Address(IpAddr),
-}
+use crate::db::models::LoginAttempt;
+use crate::db::Database;
+use crate::domain::Email;
+use crate::error::{AppError, AppResult};
+use crate::rate_limit::client_network;
 
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    started: Instant,
-    failures: u32,
-}
-
-/// Counts failed logins.
+/// The shared budgets.
 #[derive(Clone)]
 pub struct LoginThrottle {
-    inner: Arc<Mutex<HashMap<Subject, Window>>>,
+    db: Database,
     max_per_email: u32,
     max_per_address: u32,
     window: Duration,
 }
 
+/// Password checks reserved for one Login; see [`LoginThrottle::refund`].
+#[must_use = "a successful login gives its reservation back"]
+pub struct Reservation {
+    windows: Vec<(Vec<u8>, DateTime<Utc>)>,
+}
+
+/// Subjects are stored as digests: fixed width, and the table does not
+/// list who tried to log in.
+fn subject(kind: &str, value: &str) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(kind.as_bytes());
+    hasher.update(b":");
+    hasher.update(value.as_bytes());
+    hasher.finalize().to_vec()
+}
+
 impl LoginThrottle {
-    pub fn new(max_per_email: u32, max_per_address: u32, window: Duration) -> Self {
+    pub fn new(db: Database, max_per_email: u32, max_per_address: u32, window: Duration) -> Self {
         Self {
-            inner: Arc::default(),
+            db,
             max_per_email,
             max_per_address,
             window,
         }
     }
 
-    /// `Err(retry_after)` when either subject is over its limit.
-    pub fn check(&self, email: &str, address: Option<IpAddr>) -> Result<(), Duration> {
-        let now = Instant::now();
-        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut subjects = vec![(Subject::Email(email.to_owned()), self.max_per_email)];
-        subjects.extend(address.map(|ip| (Subject::Address(ip), self.max_per_address)));
-        let mut retry_after = None;
-        for (subject, limit) in subjects {
-            if let Some(window) = map.get(&subject) {
-                let elapsed = now.duration_since(window.started);
-                if elapsed < self.window && window.failures >= limit {
-                    let wait = self.window - elapsed;
-                    retry_after = Some(retry_after.map_or(wait, |w: Duration| w.max(wait)));
+    fn window_length(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.window).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// Reserves one password check for `email` from `address`, or
+    /// RESOURCE_EXHAUSTED (with the time until the budget refills) when
+    /// either budget is spent; UNAVAILABLE if the database cannot count, so
+    /// an outage never lets guesses through unthrottled.
+    pub async fn reserve(&self, email: &Email, address: Option<IpAddr>) -> AppResult<Reservation> {
+        let mut subjects = vec![(subject("email", email.as_str()), self.max_per_email)];
+        subjects.extend(address.map(|ip| {
+            (
+                subject("address", &client_network(ip).to_string()),
+                self.max_per_address,
+            )
+        }));
+        let now = Utc::now();
+        let window = self.window_length();
+        let window_ended_at = now
+            .checked_sub_signed(window)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let mut conn = self.db.conn().await?;
+        conn.transaction(|conn| {
+            async move {
+                let mut windows = Vec::with_capacity(subjects.len());
+                let mut retry_after: Option<Duration> = None;
+                for (subject, limit) in subjects {
+                    let reserved =
+                        LoginAttempt::reserve(conn, &subject, now, window_ended_at).await?;
+                    if i64::from(reserved.attempts) > i64::from(limit) {
+                        let refills_at = reserved.started.checked_add_signed(window).unwrap_or(now);
+                        let wait = (refills_at - now).to_std().unwrap_or_default();
+                        retry_after = Some(retry_after.unwrap_or_default().max(wait));
+                    }
+                    windows.push((subject, reserved.started));
+                }
+                match retry_after {
+                    // Rolls the transaction back: a refused attempt counts nowhere.
+                    Some(retry_after) => Err(AppError::ResourceExhausted {
+                        message: "too many failed logins; retry later".into(),
+                        retry_after: retry_after.max(Duration::from_secs(1)),
+                    }),
+                    None => Ok(Reservation { windows }),
                 }
             }
-        }
-        retry_after.map_or(Ok(()), Err)
+            .scope_boxed()
+        })
+        .await
     }
 
-    pub fn record_failure(&self, email: &str, address: Option<IpAddr>) {
-        let now = Instant::now();
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > SWEEP_THRESHOLD {
-            map.retain(|_, window| now.duration_since(window.started) < self.window);
-        }
-        let mut subjects = vec![Subject::Email(email.to_owned())];
-        subjects.extend(address.map(Subject::Address));
-        for subject in subjects {
-            let window = map.entry(subject).or_insert(Window {
-                started: now,
-                failures: 0,
-            });
-            if now.duration_since(window.started) >= self.window {
-                *window = Window {
-                    started: now,
-                    failures: 0,
-                };
+    /// Gives back the reservation of a login whose password was right.
+    /// Failing only costs the user a slot of their budget, so it is logged,
+    /// not returned.
+    pub async fn refund(&self, reservation: Reservation) {
+        let refunded = async {
+            let mut conn = self.db.conn().await?;
+            for (subject, started) in &reservation.windows {
+                LoginAttempt::refund(&mut conn, subject, *started).await?;
             }
-            window.failures += 1;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(error) = refunded {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "could not give back a successful login's throttle reservation"
+            );
         }
     }
 
-    /// A successful login clears the email's count (not the address's, so a
-    /// valid account cannot be used to reset an address spraying others).
-    pub fn record_success(&self, email: &str) {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(&Subject::Email(email.to_owned()));
+    /// Deletes ended windows; run periodically so the table stays small.
+    pub async fn purge_ended(&self) -> anyhow::Result<usize> {
+        let window_ended_at = Utc::now()
+            .checked_sub_signed(self.window_length())
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let mut conn = self.db.conn().await?;
+        Ok(LoginAttempt::purge_ended(&mut conn, window_ended_at).await?)
     }
 }
 
@@ -96,24 +148,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn email_is_throttled_after_its_limit() {
-        let throttle = LoginThrottle::new(2, 100, Duration::from_secs(60));
-        assert!(throttle.check("a@x.io", None).is_ok());
-        throttle.record_failure("a@x.io", None);
-        throttle.record_failure("a@x.io", None);
-        assert!(throttle.check("a@x.io", None).is_err());
-        assert!(throttle.check("b@x.io", None).is_ok());
-        throttle.record_success("a@x.io");
-        assert!(throttle.check("a@x.io", None).is_ok());
-    }
-
-    #[test]
-    fn address_is_throttled_across_emails() {
-        let ip: IpAddr = "203.0.113.9".parse().unwrap();
-        let throttle = LoginThrottle::new(100, 2, Duration::from_secs(60));
-        throttle.record_failure("a@x.io", Some(ip));
-        throttle.record_failure("b@x.io", Some(ip));
-        assert!(throttle.check("c@x.io", Some(ip)).is_err());
-        assert!(throttle.check("c@x.io", None).is_ok());
+    fn subjects_of_different_kinds_never_collide() {
+        assert_ne!(subject("email", "a@x.io"), subject("address", "a@x.io"));
+        assert_eq!(subject("email", "a@x.io"), subject("email", "a@x.io"));
+        assert_eq!(subject("email", "a@x.io").len(), 32);
     }
 }

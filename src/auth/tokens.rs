@@ -11,15 +11,19 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{Role, UserId};
+use crate::domain::{Role, SessionId, UserId};
 
 pub const ISSUER: &str = "chatbot-backend";
 pub const AUDIENCE: &str = "chatbot-backend";
 
-/// What an access token asserts.
+/// What an access token asserts. `role` is the role at issue time, for
+/// clients' convenience; authorization uses the current one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
+    /// The session the token was issued in; it dies with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
     pub role: Role,
     pub iat: i64,
     pub exp: i64,
@@ -73,11 +77,17 @@ impl TokenKeys {
         secret
     }
 
-    pub fn issue(&self, user_id: UserId, role: Role) -> anyhow::Result<AccessToken> {
+    pub fn issue(
+        &self,
+        user_id: UserId,
+        session_id: SessionId,
+        role: Role,
+    ) -> anyhow::Result<AccessToken> {
         let now = Utc::now();
         let expires_at = now + self.access_ttl;
         let claims = Claims {
             sub: user_id.to_string(),
+            sid: Some(session_id.to_string()),
             role,
             iat: now.timestamp(),
             exp: expires_at.timestamp(),
@@ -88,8 +98,9 @@ impl TokenKeys {
         Ok(AccessToken { token, expires_at })
     }
 
-    /// The caller a token names, or why it is refused (safe to show clients).
-    pub fn verify(&self, token: &str) -> Result<(UserId, Role), &'static str> {
+    /// The user and session a token names, or why it is refused (safe to
+    /// show clients).
+    pub fn verify(&self, token: &str) -> Result<(UserId, SessionId), &'static str> {
         use jsonwebtoken::errors::ErrorKind;
         let mut last_error = "invalid access token";
         for key in &self.verifying {
@@ -98,7 +109,16 @@ impl TokenKeys {
                     let user_id = Uuid::parse_str(&data.claims.sub)
                         .map(UserId)
                         .map_err(|_| "invalid access token subject")?;
-                    return Ok((user_id, data.claims.role));
+                    // Tokens from before sessions existed name none; a
+                    // refresh issues one that does.
+                    let session_id = data
+                        .claims
+                        .sid
+                        .as_deref()
+                        .and_then(|sid| Uuid::parse_str(sid).ok())
+                        .map(SessionId)
+                        .ok_or("access token names no session; refresh it or log in again")?;
+                    return Ok((user_id, session_id));
                 }
                 Err(error) => {
                     last_error = match error.kind() {

@@ -11,9 +11,48 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 
 use super::DbConnection;
+use crate::domain::{ApiKeyId, ChatbotId, SessionId, UserId};
 
 /// The channel carrying API-key cache invalidations.
 pub const INVALIDATION_CHANNEL: &str = "chatbot_api_key_invalidation";
+
+/// What a committed change made stale, as other replicas learn it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// One API key changed (revoked, rotated, deleted).
+    Key(ApiKeyId),
+    /// A chatbot changed or was deleted, and with it its keys.
+    Chatbot(ChatbotId),
+    /// A user changed (role, password) or was deleted, and with them their
+    /// sessions, chatbots and keys.
+    Owner(UserId),
+    /// One session ended (logout, refresh-token re-use).
+    Session(SessionId),
+}
+
+impl Invalidation {
+    /// The `NOTIFY` payload: `key:<id>`, `chatbot:<uuid>`, `user:<uuid>` or
+    /// `session:<uuid>`.
+    pub fn payload(&self) -> String {
+        match self {
+            Self::Key(id) => format!("key:{id}"),
+            Self::Chatbot(id) => format!("chatbot:{id}"),
+            Self::Owner(id) => format!("user:{id}"),
+            Self::Session(id) => format!("session:{id}"),
+        }
+    }
+
+    pub fn parse(payload: &str) -> Option<Self> {
+        let (kind, id) = payload.split_once(':')?;
+        match kind {
+            "key" => id.parse().ok().map(Self::Key),
+            "chatbot" => id.parse().ok().map(Self::Chatbot),
+            "user" => id.parse().ok().map(Self::Owner),
+            "session" => id.parse().ok().map(Self::Session),
+            _ => None,
+        }
+    }
+}
 
 /// What the listener reports to its handler.
 #[derive(Debug)]
@@ -27,17 +66,18 @@ pub enum ListenEvent {
     Lost,
 }
 
-/// Tells every replica (this one included) about `payload`. On SQLite it
-/// does nothing: one process serves a SQLite file, so there is no one else
-/// to tell.
+/// Tells every replica (this one included) about `change`. Inside a
+/// transaction PostgreSQL delivers it at commit, and only if it commits. On
+/// SQLite it does nothing: one process serves a SQLite file, so there is no
+/// one else to tell.
 pub async fn notify_invalidation(
     conn: &mut DbConnection,
-    payload: &str,
+    change: &Invalidation,
 ) -> diesel::QueryResult<()> {
     match conn {
         DbConnection::Postgres(conn) => diesel::sql_query("SELECT pg_notify($1, $2)")
             .bind::<Text, _>(INVALIDATION_CHANNEL)
-            .bind::<Text, _>(payload)
+            .bind::<Text, _>(change.payload())
             .execute(&mut **conn)
             .await
             .map(drop),
@@ -123,4 +163,23 @@ async fn listen_once(
     .await;
     io.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidation_payloads_round_trip() {
+        for change in [
+            Invalidation::Key(ApiKeyId(42)),
+            Invalidation::Chatbot(ChatbotId::generate()),
+            Invalidation::Owner(UserId::generate()),
+            Invalidation::Session(SessionId::generate()),
+        ] {
+            assert_eq!(Invalidation::parse(&change.payload()), Some(change));
+        }
+        assert_eq!(Invalidation::parse("bogus"), None);
+        assert_eq!(Invalidation::parse("key:x"), None);
+    }
 }

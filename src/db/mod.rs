@@ -13,7 +13,7 @@ pub mod schema;
 pub mod sql_types;
 
 pub use listen::{
-    listen_for_invalidations, notify_invalidation, ListenEvent, INVALIDATION_CHANNEL,
+    listen_for_invalidations, notify_invalidation, Invalidation, ListenEvent, INVALIDATION_CHANNEL,
 };
 
 use std::fmt;

@@ -29,6 +29,8 @@ diesel::table! {
         revoked_at -> Nullable<DbTimestamp>,
         /// Last successful verification, recorded in batches.
         last_used_at -> Nullable<DbTimestamp>,
+        /// When RotateApiKey replaced the key; a key is replaced at most once.
+        rotated_at -> Nullable<DbTimestamp>,
     }
 }
 
@@ -50,6 +52,38 @@ diesel::table! {
         created_at -> DbTimestamp,
         /// Time of the last change.
         updated_at -> DbTimestamp,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::DbTimestamp;
+
+    /// Login throttle: password checks per email and per client address in the current window.
+    login_attempts (subject) {
+        /// SHA-256 of "email:<address>" or "address:<client address or IPv6 /64>".
+        subject -> Bytea,
+        /// Start of the current window.
+        window_start -> DbTimestamp,
+        /// Password checks in the window that did not succeed, in flight ones included.
+        attempts -> Int4,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
+    /// One per login; access tokens name theirs (claim sid) and die with it.
+    sessions (id) {
+        /// The refresh-token family id of the login.
+        id -> DbUuid,
+        /// User signed in; deleting the user deletes the session.
+        user_id -> DbUuid,
+        /// Login time.
+        created_at -> DbTimestamp,
+        /// When logout, refresh-token re-use or a password change ended it.
+        revoked_at -> Nullable<DbTimestamp>,
     }
 }
 
@@ -102,5 +136,13 @@ diesel::table! {
 diesel::joinable!(api_keys -> chatbots (chatbot_id));
 diesel::joinable!(chatbots -> users (owner_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
+diesel::joinable!(sessions -> users (user_id));
 
-diesel::allow_tables_to_appear_in_same_query!(api_keys, chatbots, refresh_tokens, users,);
+diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
+    chatbots,
+    login_attempts,
+    refresh_tokens,
+    sessions,
+    users,
+);

@@ -91,8 +91,10 @@ uuid_id!(
     RefreshTokenId
 );
 uuid_id!(
-    /// Id of a login session: every refresh token rotated from one login.
-    TokenFamilyId
+    /// Id of a login session: every refresh token rotated from one login
+    /// shares it (the refresh-token family), and every access token issued
+    /// in it names it.
+    SessionId
 );
 
 /// Id of an API key (auto-increment, as in the original data model).

@@ -12,7 +12,7 @@ mod role;
 pub use api_key_secret::{ApiKeyDigest, ApiKeySecret, API_KEY_PREFIX};
 pub use chatbot::{ChatbotName, LlmEndpoint};
 pub use email::Email;
-pub use ids::{ApiKeyId, ChatbotId, RefreshTokenId, TokenFamilyId, UserId};
+pub use ids::{ApiKeyId, ChatbotId, RefreshTokenId, SessionId, UserId};
 pub use paging::{PageCursor, PageRequest};
 pub use password::Password;
 pub use role::Role;

@@ -137,6 +137,18 @@ fn parse_grace_period(value: Option<&prost_types::Duration>) -> Result<Duration,
     let Some(value) = value else {
         return Ok(Duration::ZERO);
     };
+    // google.protobuf.Duration: nanos within one second, with the sign of
+    // seconds. prost would normalise anything else; a client that sent it
+    // meant something we cannot know.
+    if !(-999_999_999..=999_999_999).contains(&value.nanos)
+        || (value.seconds > 0 && value.nanos < 0)
+        || (value.seconds < 0 && value.nanos > 0)
+    {
+        return Err(FieldViolation::new(
+            "grace_period",
+            "nanos must be within one second and have the sign of seconds",
+        ));
+    }
     let grace = Duration::try_from(*value)
         .map_err(|_| FieldViolation::new("grace_period", "must not be negative"))?;
     if grace > MAX_GRACE_PERIOD {
@@ -315,35 +327,55 @@ impl ApiKeyService for ApiKeys {
         };
 
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        let old = authorized_key(&mut conn, &caller, id).await?;
+        let chatbot_id = authorized_key(&mut conn, &caller, id).await?.chatbot_id;
         let now = Utc::now();
-        if old.revoked {
-            return Err(AppError::FailedPrecondition(
-                "the key is revoked; create a new key instead".into(),
-            )
-            .into());
-        }
-        if old.expires_at.is_some_and(|t| t <= now) {
-            return Err(AppError::FailedPrecondition(
-                "the key has expired; create a new key instead".into(),
-            )
-            .into());
-        }
         let grace_ends = now
             + chrono::Duration::from_std(grace)
                 .map_err(|e| AppError::internal(anyhow::anyhow!(e)))?;
         let secret = ApiKeySecret::generate();
-        // Rotation is exempt from the active-key limit: the old key is on
-        // its way out.
+        let max_active = self.state.policy.max_active_api_keys_per_chatbot;
+        // Under the chatbot's lock, like CreateApiKey: concurrent rotations
+        // and creations, on any replica, see each other's keys, so a key is
+        // replaced once and the active-key limit holds.
         let (new_key, old_key) = conn
             .transaction(|conn| {
                 let secret = &secret;
-                let old = &old;
                 async move {
+                    if !Chatbot::lock(conn, chatbot_id).await? {
+                        return Err(AppError::NotFound("API key"));
+                    }
+                    let old = ApiKey::find(conn, id)
+                        .await?
+                        .ok_or(AppError::NotFound("API key"))?;
+                    if old.revoked {
+                        return Err(AppError::FailedPrecondition(
+                            "the key is revoked; create a new key instead".into(),
+                        ));
+                    }
+                    if old.rotated_at.is_some() {
+                        return Err(AppError::FailedPrecondition(
+                            "the key was already replaced by a rotation; rotate its replacement instead".into(),
+                        ));
+                    }
+                    if old.expires_at.is_some_and(|t| t <= now) {
+                        return Err(AppError::FailedPrecondition(
+                            "the key has expired; create a new key instead".into(),
+                        ));
+                    }
+                    // A key in its grace period is a live secret: it counts.
+                    // Without a grace period the replacement takes the old
+                    // key's place, so the count does not change.
+                    if !grace.is_zero()
+                        && ApiKey::count_active(conn, chatbot_id, now).await? >= max_active
+                    {
+                        return Err(AppError::FailedPrecondition(format!(
+                            "the chatbot already has {max_active} active API keys, and during a grace period both keys count; rotate without a grace period or revoke a key first"
+                        )));
+                    }
                     let new_key = ApiKey::insert(
                         conn,
                         NewApiKey {
-                            chatbot_id: old.chatbot_id,
+                            chatbot_id,
                             display_name: &old.display_name,
                             key_prefix: secret.display_prefix(),
                             key_hash: &secret.digest().0,
@@ -351,15 +383,14 @@ impl ApiKeyService for ApiKeys {
                         },
                     )
                     .await?;
-                    let old_key = ApiKey::expire_no_later_than(conn, old.id, grace_ends)
+                    let old_key = ApiKey::mark_rotated(conn, id, grace_ends, now)
                         .await?
-                        .ok_or(DieselError::NotFound)?;
-                    Ok::<_, DieselError>((new_key, old_key))
+                        .ok_or(AppError::NotFound("API key"))?;
+                    Ok((new_key, old_key))
                 }
                 .scope_boxed()
             })
-            .await
-            .map_err(AppError::from)?;
+            .await?;
         self.state
             .invalidate_api_keys(&mut conn, Invalidation::Key(id))
             .await;

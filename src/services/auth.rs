@@ -4,16 +4,17 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use diesel_async::scoped_futures::ScopedFutureExt;
 use rand::distributions::{Alphanumeric, DistString};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::{convert, AppState};
 use crate::auth::caller;
-use crate::db::models::{NewRefreshToken, RefreshToken, User};
+use crate::db::models::{NewRefreshToken, RefreshToken, Session, User};
 use crate::db::sql_types::Timestamp;
-use crate::db::DbConnection;
-use crate::domain::{Email, Password, RefreshTokenId, Role, TokenFamilyId, UserId};
+use crate::db::{self, DbConnection, Invalidation};
+use crate::domain::{Email, Password, RefreshTokenId, Role, SessionId, UserId};
 use crate::error::{AppError, AppResult, FieldViolation, Violations};
 use crate::proto;
 use crate::proto::auth_service_server::AuthService;
@@ -32,18 +33,18 @@ impl Auth {
         Self { state }
     }
 
-    /// A new access token and a new refresh token in `family_id`.
+    /// A new access token and a new refresh token in session `family_id`.
     async fn issue_pair(
         &self,
         conn: &mut DbConnection,
         user_id: UserId,
         role: Role,
-        family_id: TokenFamilyId,
+        family_id: SessionId,
     ) -> AppResult<TokenPair> {
         let access = self
             .state
             .tokens
-            .issue(user_id, role)
+            .issue(user_id, family_id, role)
             .map_err(AppError::Internal)?;
         let refresh_token = format!(
             "{REFRESH_PREFIX}{}",
@@ -70,6 +71,37 @@ impl Auth {
     }
 }
 
+/// Ends a session in one transaction: its refresh tokens, its row, and the
+/// notification that makes every replica refuse its access tokens (sent at
+/// commit, so never for a change that rolled back). Then drops it here.
+async fn end_session(
+    state: &AppState,
+    conn: &mut DbConnection,
+    session: SessionId,
+) -> AppResult<()> {
+    let now = Utc::now();
+    conn.transaction(|conn| {
+        async move {
+            RefreshToken::revoke_family(conn, session, now).await?;
+            Session::revoke(conn, session, now).await?;
+            db::notify_invalidation(conn, &Invalidation::Session(session)).await?;
+            Ok::<_, diesel::result::Error>(())
+        }
+        .scope_boxed()
+    })
+    .await?;
+    state.invalidate_here(&Invalidation::Session(session));
+    Ok(())
+}
+
+/// What a presented refresh token is, before any lookup.
+enum PresentedRefreshToken<'a> {
+    /// Could be one of ours.
+    Plausible(&'a str),
+    /// Cannot be one of ours (too long, wrong shape): an unknown token.
+    Unknown,
+}
+
 struct TokenPair {
     access_token: String,
     access_expires_at: DateTime<Utc>,
@@ -81,14 +113,17 @@ fn digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-fn parse_refresh_token(value: &str) -> Result<&str, FieldViolation> {
+/// Missing is INVALID_ARGUMENT; anything else that is not one of ours (an
+/// access token sent by mistake, say) is just an unknown token, which the
+/// caller answers as such (UNAUTHENTICATED on refresh).
+fn parse_refresh_token(value: &str) -> Result<PresentedRefreshToken<'_>, FieldViolation> {
     if value.is_empty() {
         return Err(FieldViolation::new("refresh_token", "is required"));
     }
-    if value.len() > 256 {
-        return Err(FieldViolation::new("refresh_token", "is too long"));
+    if value.len() > 256 || !value.starts_with(REFRESH_PREFIX) {
+        return Ok(PresentedRefreshToken::Unknown);
     }
-    Ok(value)
+    Ok(PresentedRefreshToken::Plausible(value))
 }
 
 #[tonic::async_trait]
@@ -107,14 +142,9 @@ impl AuthService for Auth {
             unreachable!("finish() returned Ok, so every field parsed");
         };
 
-        // Refuse before hashing anything: the throttle protects the CPU too.
-        if let Err(retry_after) = self.state.throttle.check(email.as_str(), address) {
-            return Err(AppError::ResourceExhausted {
-                message: "too many failed logins; retry later".into(),
-                retry_after,
-            }
-            .into());
-        }
+        // Reserve the check before hashing anything: the budget is shared by
+        // concurrent calls and replicas, and it protects the CPU too.
+        let reservation = self.state.throttle.reserve(&email, address).await?;
 
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         let user = User::find_by_email(&mut conn, email.as_str())
@@ -130,15 +160,23 @@ impl AuthService for Auth {
             .await
             .map_err(AppError::Internal)?;
         let Some(user) = user.filter(|_| verified) else {
-            self.state.throttle.record_failure(email.as_str(), address);
+            // The reservation stays spent: a wrong password.
             tracing::info!("login failed");
             return Err(AppError::Unauthenticated(LOGIN_FAILED.into()).into());
         };
-        self.state.throttle.record_success(email.as_str());
+        self.state.throttle.refund(reservation).await;
 
+        let session = SessionId::generate();
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        let pair = self
-            .issue_pair(&mut conn, user.id, user.role(), TokenFamilyId::generate())
+        let (user_id, role) = (user.id, user.role());
+        let pair = conn
+            .transaction(|conn| {
+                async move {
+                    Session::insert(conn, session, user_id).await?;
+                    self.issue_pair(conn, user_id, role, session).await
+                }
+                .scope_boxed()
+            })
             .await?;
         tracing::info!(user_id = %user.id, "login succeeded");
         Ok(Response::new(proto::LoginResponse {
@@ -155,8 +193,12 @@ impl AuthService for Auth {
         request: Request<proto::RefreshTokenRequest>,
     ) -> Result<Response<proto::RefreshTokenResponse>, Status> {
         let request = request.into_inner();
-        let presented = parse_refresh_token(&request.refresh_token).map_err(AppError::from)?;
         let invalid = || AppError::Unauthenticated("refresh token is invalid".into());
+        let PresentedRefreshToken::Plausible(presented) =
+            parse_refresh_token(&request.refresh_token).map_err(AppError::from)?
+        else {
+            return Err(invalid().into());
+        };
 
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         let now = Utc::now();
@@ -177,9 +219,7 @@ impl AuthService for Auth {
                 .await
                 .map_err(AppError::from)?;
         if !first_use {
-            RefreshToken::revoke_family(&mut conn, token.family_id, now)
-                .await
-                .map_err(AppError::from)?;
+            end_session(&self.state, &mut conn, token.family_id).await?;
             tracing::warn!(user_id = %token.user_id, "refresh token re-use detected; session revoked");
             return Err(AppError::Unauthenticated(
                 "refresh token was already used; the session has been revoked, log in again".into(),
@@ -208,7 +248,12 @@ impl AuthService for Auth {
     ) -> Result<Response<proto::LogoutResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
-        let presented = parse_refresh_token(&request.refresh_token).map_err(AppError::from)?;
+        let PresentedRefreshToken::Plausible(presented) =
+            parse_refresh_token(&request.refresh_token).map_err(AppError::from)?
+        else {
+            // Nothing of ours to end.
+            return Ok(Response::new(proto::LogoutResponse {}));
+        };
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         let token = RefreshToken::find_by_hash(&mut conn, &digest(presented))
             .await
@@ -216,9 +261,7 @@ impl AuthService for Auth {
         // Someone else's token is treated like an unknown one: nothing to
         // revoke, and nothing learned about it.
         if let Some(token) = token.filter(|t| caller.may_act_for(t.user_id)) {
-            RefreshToken::revoke_family(&mut conn, token.family_id, Utc::now())
-                .await
-                .map_err(AppError::from)?;
+            end_session(&self.state, &mut conn, token.family_id).await?;
             tracing::info!(user_id = %token.user_id, "logged out");
         }
         Ok(Response::new(proto::LogoutResponse {}))

@@ -13,10 +13,10 @@ pub mod users;
 
 use std::time::Duration;
 
-use crate::auth::{LoginThrottle, PasswordHasher, TokenKeys};
-use crate::db::{self, Database, DbConnection};
+use crate::auth::{LoginThrottle, PasswordHasher, Sessions, TokenKeys};
+use crate::db::{self, Database, DbConnection, Invalidation};
 use crate::error::{FieldViolation, Violations};
-use api_key_cache::{ApiKeyCache, Invalidation};
+use api_key_cache::ApiKeyCache;
 use api_keys::LastUsedRecorder;
 use chatbot_reads::ChatbotReads;
 
@@ -35,6 +35,7 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     pub tokens: std::sync::Arc<TokenKeys>,
     pub throttle: LoginThrottle,
+    pub sessions: Sessions,
     pub last_used: LastUsedRecorder,
     pub api_key_cache: std::sync::Arc<ApiKeyCache>,
     pub chatbot_reads: ChatbotReads,
@@ -48,14 +49,26 @@ impl AppState {
     /// If the notification cannot be sent, their entries still expire
     /// within the cache TTL.
     pub async fn invalidate_api_keys(&self, conn: &mut DbConnection, what: Invalidation) {
-        self.api_key_cache.invalidate(what);
-        if let Err(error) = db::notify_invalidation(conn, &what.payload()).await {
+        self.invalidate_here(&what);
+        if let Err(error) = db::notify_invalidation(conn, &what).await {
             tracing::warn!(
                 error = %error,
                 payload = %what.payload(),
                 "could not notify other replicas of an API key change"
             );
         }
+    }
+}
+
+impl AppState {
+    /// Drops what a committed change made stale from this replica's caches.
+    /// Changes that are security decisions (sessions, roles, deletions) send
+    /// their notification for the other replicas inside their transaction,
+    /// so it goes out if and only if they commit; this is the local half,
+    /// done before the RPC answers.
+    pub fn invalidate_here(&self, change: &Invalidation) {
+        self.api_key_cache.invalidate(change);
+        self.sessions.cache().invalidate(change);
     }
 }
 

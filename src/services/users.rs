@@ -8,11 +8,11 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::{Request, Response, Status};
 
-use super::api_key_cache::Invalidation;
 use super::{convert, mask_paths, AppState};
 use crate::auth::{caller, optional_caller, Caller};
-use crate::db::models::{NewUser, RefreshToken, User, UserChanges};
+use crate::db::models::{NewUser, RefreshToken, Session, User, UserChanges};
 use crate::db::sql_types::Timestamp;
+use crate::db::{self, Invalidation};
 use crate::domain::{Email, PageRequest, Password, Role, UserId};
 use crate::error::{AppError, AppResult, FieldViolation, Violations};
 use crate::proto::user_service_server::UserService;
@@ -251,6 +251,8 @@ impl UserService for Users {
         };
 
         let password_changed = hashed_password.is_some();
+        // Both take effect on the user's access tokens at their next call.
+        let sessions_affected = password_changed || role.is_some_and(|r| r != current.role());
         let changes = UserChanges {
             email: email.map(Email::into_inner),
             hashed_password,
@@ -261,8 +263,16 @@ impl UserService for Users {
             .transaction(|conn| {
                 async move {
                     let updated = User::update(conn, id, &changes).await?;
-                    if password_changed && updated.is_some() {
-                        RefreshToken::revoke_all_for_user(conn, id, Utc::now()).await?;
+                    if updated.is_some() {
+                        if password_changed {
+                            // Signs the user out everywhere.
+                            let now = Utc::now();
+                            RefreshToken::revoke_all_for_user(conn, id, now).await?;
+                            Session::revoke_all_for_user(conn, id, now).await?;
+                        }
+                        if sessions_affected {
+                            db::notify_invalidation(conn, &Invalidation::Owner(id)).await?;
+                        }
                     }
                     Ok::<_, DieselError>(updated)
                 }
@@ -271,6 +281,9 @@ impl UserService for Users {
             .await
             .map_err(email_taken)?
             .ok_or(AppError::NotFound("user"))?;
+        if sessions_affected {
+            self.state.invalidate_here(&Invalidation::Owner(id));
+        }
         tracing::info!(user_id = %id, password_changed, "user updated");
         Ok(Response::new(proto::UpdateUserResponse {
             user: Some(convert::user(updated)),
@@ -285,12 +298,25 @@ impl UserService for Users {
         let id = UserId::parse("id", &request.get_ref().id).map_err(AppError::from)?;
         authorize(&caller, id)?;
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        if !User::delete(&mut conn, id).await.map_err(AppError::from)? {
+        // Sessions, chatbots and keys go with the user (cascade); every
+        // replica hears of it at commit.
+        let deleted = conn
+            .transaction(|conn| {
+                async move {
+                    let deleted = User::delete(conn, id).await?;
+                    if deleted {
+                        db::notify_invalidation(conn, &Invalidation::Owner(id)).await?;
+                    }
+                    Ok::<_, DieselError>(deleted)
+                }
+                .scope_boxed()
+            })
+            .await
+            .map_err(AppError::from)?;
+        if !deleted {
             return Err(AppError::NotFound("user").into());
         }
-        self.state
-            .invalidate_api_keys(&mut conn, Invalidation::Owner(id))
-            .await;
+        self.state.invalidate_here(&Invalidation::Owner(id));
         tracing::info!(user_id = %id, "user deleted with their chatbots and keys");
         Ok(Response::new(proto::DeleteUserResponse {}))
     }

@@ -7,6 +7,15 @@ use tonic_types::StatusExt;
 
 use crate::helpers::{assert_code, backend_test, spawn_app, spawn_app_with, PASSWORD, SECRET_KEY};
 
+/// The session an access token names (its `sid` claim), read without
+/// verifying: for tests that sign tokens of their own in a real session.
+pub fn session_of(token: &str) -> String {
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    claims["sid"].as_str().expect("a sid claim").to_owned()
+}
+
 /// Forged and broken tokens for `user_id`, each of which must be refused.
 pub fn bad_tokens(user_id: &str) -> Vec<(&'static str, String)> {
     let now = chrono::Utc::now().timestamp();
@@ -159,13 +168,16 @@ backend_test! {
                 .await,
             Code::Unauthenticated,
         );
-        // Idempotent.
-        app.auth(Some(&user.token))
-            .logout(proto::LogoutRequest {
-                refresh_token: user.refresh_token.clone(),
-            })
-            .await
-            .unwrap();
+        // The session's access token ended with it, so even a second
+        // logout is refused.
+        assert_code(
+            app.auth(Some(&user.token))
+                .logout(proto::LogoutRequest {
+                    refresh_token: user.refresh_token.clone(),
+                })
+                .await,
+            Code::Unauthenticated,
+        );
     }
 }
 
@@ -199,8 +211,8 @@ backend_test! {
         let user = app.new_user().await;
         let now = chrono::Utc::now().timestamp();
         let claims = serde_json::json!({
-            "sub": user.id, "role": "user", "iat": now, "exp": now + 600,
-            "iss": "chatbot-backend", "aud": "chatbot-backend",
+            "sub": user.id, "sid": session_of(&user.token), "role": "user", "iat": now,
+            "exp": now + 600, "iss": "chatbot-backend", "aud": "chatbot-backend",
         });
         let old_token = encode(
             &Header::default(),

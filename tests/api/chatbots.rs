@@ -397,6 +397,20 @@ impl HeldBatch {
         let reads = mixed_reads(app).await;
         let reader = app.new_user().await;
         let held_id = app.create_chatbot(&reader, "held").await.id;
+        // As on a warm replica, every caller's session is cached, so that
+        // holding the pool holds only the reads, not authentication.
+        app.wait_for_api_key_cache().await;
+        let tokens: std::collections::BTreeSet<&String> = reads
+            .iter()
+            .map(|read| &read.token)
+            .chain([&reader.token])
+            .collect();
+        for token in tokens {
+            app.auth(Some(token))
+                .get_current_user(proto::GetCurrentUserRequest {})
+                .await
+                .unwrap();
+        }
         Self {
             reads,
             reader,

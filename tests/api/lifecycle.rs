@@ -71,6 +71,10 @@ backend_test! {
             .env("SHUTDOWN_GRACE_SECS", "10")
             .env("RATE_LIMIT_PER_USER", "0")
             .env("RATE_LIMIT_PER_ADDRESS", "0")
+            // Logins in flight count against the email's budget until they
+            // succeed; this test runs 12 at once.
+            .env("LOGIN_MAX_FAILURES_PER_EMAIL", "100")
+            .env("LOGIN_MAX_FAILURES_PER_ADDRESS", "100")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

@@ -10,5 +10,6 @@ mod helpers;
 mod lifecycle;
 mod limits;
 mod loadgen;
+mod readme;
 mod server;
 mod users;

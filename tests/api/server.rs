@@ -126,7 +126,7 @@ backend_test! {
             .into_inner();
         assert!(status.connected);
         assert_eq!(status.backend, Backend::current().name());
-        assert_eq!(status.schema_version, "20261128000002");
+        assert_eq!(status.schema_version, "20261129000003");
         assert_eq!(
             (
                 status.user_count,

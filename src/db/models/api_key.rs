@@ -28,6 +28,7 @@ pub struct ApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    pub rotated_at: Option<DateTime<Utc>>,
 }
 
 /// A key to insert.
@@ -212,13 +213,19 @@ impl ApiKey {
         Self::find(conn, id).await
     }
 
-    /// Lets a key work only until `until`, unless it already ends sooner.
-    pub async fn expire_no_later_than(
+    /// Marks a key replaced by a rotation at `now`, letting it work only
+    /// until `until` unless it already ends sooner.
+    pub async fn mark_rotated(
         conn: &mut DbConnection,
         id: ApiKeyId,
         until: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> diesel::QueryResult<Option<ApiKey>> {
         db_run!(conn => {
+            diesel::update(api_keys::table.find(id))
+                .set(api_keys::rotated_at.eq(Timestamp(now)))
+                .execute(conn)
+                .await?;
             diesel::update(
                 api_keys::table.find(id).filter(
                     api_keys::expires_at

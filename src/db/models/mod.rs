@@ -3,10 +3,14 @@
 
 pub mod api_key;
 pub mod chatbot;
+pub mod login_attempt;
 pub mod refresh_token;
+pub mod session;
 pub mod user;
 
 pub use api_key::{ApiKey, ApiKeyListFilter, NewApiKey, VerificationRecord};
 pub use chatbot::{Chatbot, ChatbotChanges, NewChatbot};
+pub use login_attempt::{LoginAttempt, Window};
 pub use refresh_token::{NewRefreshToken, RefreshToken};
+pub use session::{LiveSession, Session};
 pub use user::{NewUser, User, UserChanges};

@@ -11,7 +11,7 @@ use diesel_async::RunQueryDsl;
 use crate::db::schema::refresh_tokens;
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
-use crate::domain::{RefreshTokenId, TokenFamilyId, UserId};
+use crate::domain::{RefreshTokenId, SessionId, UserId};
 
 /// A row of `refresh_tokens`, without the digest.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -19,7 +19,7 @@ use crate::domain::{RefreshTokenId, TokenFamilyId, UserId};
 pub struct RefreshToken {
     pub id: RefreshTokenId,
     pub user_id: UserId,
-    pub family_id: TokenFamilyId,
+    pub family_id: SessionId,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub used_at: Option<DateTime<Utc>>,
@@ -32,7 +32,7 @@ pub struct RefreshToken {
 pub struct NewRefreshToken<'a> {
     pub id: RefreshTokenId,
     pub user_id: UserId,
-    pub family_id: TokenFamilyId,
+    pub family_id: SessionId,
     pub token_hash: &'a [u8],
     pub expires_at: Timestamp,
 }
@@ -89,7 +89,7 @@ impl RefreshToken {
     /// Revokes every token of one login.
     pub async fn revoke_family(
         conn: &mut DbConnection,
-        family_id: TokenFamilyId,
+        family_id: SessionId,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<usize> {
         db_run!(conn => {

@@ -1,0 +1,103 @@
+//! The `sessions` table: one row per login, named by every access token
+//! issued in it, so that ending the session ends those tokens too.
+
+use chrono::{DateTime, Utc};
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
+use diesel_async::RunQueryDsl;
+
+use crate::db::schema::{sessions, users};
+use crate::db::sql_types::Timestamp;
+use crate::db::{db_run, DbConnection};
+use crate::domain::{Role, SessionId, UserId};
+
+/// A live session and its user's current role: what authorizing a call
+/// needs, read in one indexed lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSession {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub role: Role,
+}
+
+pub struct Session;
+
+impl Session {
+    pub async fn insert(
+        conn: &mut DbConnection,
+        id: SessionId,
+        user_id: UserId,
+    ) -> diesel::QueryResult<()> {
+        db_run!(conn => {
+            diesel::insert_into(sessions::table)
+                .values((
+                    sessions::id.eq(id),
+                    sessions::user_id.eq(user_id),
+                    sessions::created_at.eq(Timestamp::now()),
+                ))
+                .execute(conn)
+                .await
+                .map(drop)
+        })
+    }
+
+    /// The session if it has not ended and its user still exists.
+    pub async fn find_live(
+        conn: &mut DbConnection,
+        id: SessionId,
+    ) -> diesel::QueryResult<Option<LiveSession>> {
+        let row: Option<(UserId, String)> = db_run!(conn => {
+            sessions::table
+                .inner_join(users::table)
+                .filter(sessions::id.eq(id))
+                .filter(sessions::revoked_at.is_null())
+                .select((users::id, users::role))
+                .first(conn)
+                .await
+                .optional()
+        })?;
+        Ok(row.map(|(user_id, role)| LiveSession {
+            id,
+            user_id,
+            // The CHECK constraint admits only the two roles; anything else
+            // gets the lesser one.
+            role: role.parse().unwrap_or(Role::User),
+        }))
+    }
+
+    /// Ends one session; false if it had already ended.
+    pub async fn revoke(
+        conn: &mut DbConnection,
+        id: SessionId,
+        now: DateTime<Utc>,
+    ) -> diesel::QueryResult<bool> {
+        let ended = db_run!(conn => {
+            diesel::update(
+                sessions::table
+                    .find(id)
+                    .filter(sessions::revoked_at.is_null()),
+            )
+            .set(sessions::revoked_at.eq(Timestamp(now)))
+            .execute(conn)
+            .await
+        })?;
+        Ok(ended == 1)
+    }
+
+    /// Ends every session of a user (password change).
+    pub async fn revoke_all_for_user(
+        conn: &mut DbConnection,
+        user_id: UserId,
+        now: DateTime<Utc>,
+    ) -> diesel::QueryResult<usize> {
+        db_run!(conn => {
+            diesel::update(
+                sessions::table
+                    .filter(sessions::user_id.eq(user_id))
+                    .filter(sessions::revoked_at.is_null()),
+            )
+            .set(sessions::revoked_at.eq(Timestamp(now)))
+            .execute(conn)
+            .await
+        })
+    }
+}

@@ -240,3 +240,66 @@ backend_test! {
         assert!(error.to_string().contains("SECRET_KEY"), "{error}");
     }
 }
+
+backend_test! {
+    async fn refreshing_with_anything_but_a_refresh_token_is_unauthenticated() {
+        let app = spawn_app().await;
+        let user = app.new_user().await;
+        for presented in [user.token.clone(), "x".repeat(10_000), "not-a-token".into()] {
+            assert_code(
+                app.auth(None)
+                    .refresh_token(proto::RefreshTokenRequest {
+                        refresh_token: presented,
+                    })
+                    .await,
+                Code::Unauthenticated,
+            );
+        }
+        // Missing is a malformed request.
+        assert_code(
+            app.auth(None)
+                .refresh_token(proto::RefreshTokenRequest::default())
+                .await,
+            Code::InvalidArgument,
+        );
+    }
+}
+
+backend_test! {
+    async fn two_authorization_entries_are_refused_even_on_public_rpcs() {
+        let app = spawn_app().await;
+        let admin = app.new_admin().await;
+        let user = app.new_user().await;
+        let twice = |mut request: tonic::Request<()>| {
+            for token in [&admin.token, &user.token] {
+                request.metadata_mut().append(
+                    "authorization",
+                    format!("Bearer {token}").parse().unwrap(),
+                );
+            }
+            Ok(request)
+        };
+        let mut auth = proto::auth_service_client::AuthServiceClient::with_interceptor(
+            app.channel(),
+            twice,
+        );
+        assert_code(
+            auth.get_current_user(proto::GetCurrentUserRequest {}).await,
+            Code::Unauthenticated,
+        );
+        let mut users = proto::user_service_client::UserServiceClient::with_interceptor(
+            app.channel(),
+            twice,
+        );
+        assert_code(
+            users
+                .create_user(proto::CreateUserRequest {
+                    email: "ambiguous@example.com".into(),
+                    password: PASSWORD.into(),
+                    role: proto::UserRole::Admin.into(),
+                })
+                .await,
+            Code::Unauthenticated,
+        );
+    }
+}

@@ -5,8 +5,10 @@
 
 use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex, Once};
+use std::time::Duration;
 
 use chatbot_backend::auth::PasswordHasher;
 use chatbot_backend::config::Settings;
@@ -24,6 +26,7 @@ use chatbot_backend::services::chatbot_reads::ReadStats;
 use chatbot_backend::startup::Application;
 use clap::Parser;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -601,4 +604,122 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .get_details_bad_request()
         .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
+}
+
+/// Reads the JSON log of a server binary started with `LOG_FORMAT=json` and
+/// `LISTEN_ADDR` port 0 until it says where it serves, showing each event to
+/// `inspect`; stdout is drained in the background afterwards.
+pub async fn serving_addr(
+    child: &mut tokio::process::Child,
+    mut inspect: impl FnMut(&serde_json::Value),
+) -> SocketAddr {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("server starts in time")
+            .unwrap()
+            .expect("server is running");
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        inspect(&event);
+        if event["message"] == "serving gRPC" {
+            break event["local_addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr
+}
+
+/// A second server as its own process (the real binary) on a test app's
+/// database: a replica shares nothing with the first but the database.
+pub struct ReplicaProcess {
+    channel: Channel,
+    _child: tokio::process::Child,
+}
+
+impl TestApp {
+    /// Starts the server binary on this app's database with `env` on top of
+    /// the test defaults, and returns once it serves and, on PostgreSQL,
+    /// listens for other replicas' changes (so its caches are live).
+    pub async fn spawn_replica_process(&self, env: &[(&str, &str)]) -> ReplicaProcess {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"));
+        command
+            .arg("serve")
+            .env("DATABASE_URL", &self.database_url)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("SECRET_KEY", SECRET_KEY)
+            .env("MIGRATE_ON_START", "false")
+            .env("SHUTDOWN_DRAIN_DELAY_SECS", "0")
+            .env("RATE_LIMIT_PER_USER", "0")
+            .env("RATE_LIMIT_PER_ADDRESS", "0")
+            .env("RATE_LIMIT_PER_API_KEY", "0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("start the server binary");
+        // Ready once it serves and, on PostgreSQL, listens for the other
+        // replicas' changes (only then are its caches live).
+        let must_listen = self.database.backend == Backend::Postgres;
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut addr, mut listening) = (None, false);
+        while addr.is_none() || (must_listen && !listening) {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("the replica starts in time")
+                .unwrap()
+                .expect("the replica is running");
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if event["message"] == "serving gRPC" {
+                addr = event["local_addr"].as_str().map(|a| a.to_owned());
+            }
+            listening |= event["message"] == "listening for API key invalidations";
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let channel = Channel::from_shared(format!("http://{}", addr.unwrap()))
+            .expect("valid URI")
+            .connect()
+            .await
+            .expect("connect to the replica");
+        ReplicaProcess {
+            channel,
+            _child: child,
+        }
+    }
+}
+
+impl ReplicaProcess {
+    fn authed(&self, token: Option<&str>) -> Authed {
+        InterceptedService::new(self.channel.clone(), Bearer(token.map(str::to_owned)))
+    }
+
+    pub fn users(&self, token: Option<&str>) -> UserServiceClient<Authed> {
+        UserServiceClient::new(self.authed(token))
+    }
+
+    pub fn auth(&self, token: Option<&str>) -> AuthServiceClient<Authed> {
+        AuthServiceClient::new(self.authed(token))
+    }
+
+    pub fn api_keys(&self, token: Option<&str>) -> ApiKeyServiceClient<Authed> {
+        ApiKeyServiceClient::new(self.authed(token))
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<proto::LoginResponse, Status> {
+        Ok(self
+            .auth(None)
+            .login(proto::LoginRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await?
+            .into_inner())
+    }
 }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use chatbot_backend::proto;
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 use tonic::transport::Channel;
@@ -19,33 +18,9 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::ServingStatus;
 
-use crate::helpers::{backend_test, spawn_app_on, Bearer, TestDatabase, PASSWORD, SECRET_KEY};
-
-/// Reads the JSON log of a server binary started with `LOG_FORMAT=json` and
-/// `LISTEN_ADDR` port 0 until it says where it serves, showing each event to
-/// `inspect`; stdout is drained in the background afterwards.
-async fn serving_addr(
-    child: &mut tokio::process::Child,
-    mut inspect: impl FnMut(&serde_json::Value),
-) -> SocketAddr {
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("server starts in time")
-            .unwrap()
-            .expect("server is running");
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        inspect(&event);
-        if event["message"] == "serving gRPC" {
-            break event["local_addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    addr
-}
+use crate::helpers::{
+    backend_test, serving_addr, spawn_app_on, Bearer, TestDatabase, PASSWORD, SECRET_KEY,
+};
 
 async fn health_status(channel: Channel, service: &str) -> Option<i32> {
     let mut health = HealthClient::new(channel);

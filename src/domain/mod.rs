@@ -8,6 +8,7 @@ mod ids;
 mod paging;
 mod password;
 mod role;
+mod time_range;
 
 pub use api_key_secret::{ApiKeyDigest, ApiKeySecret, API_KEY_PREFIX};
 pub use chatbot::{ChatbotName, LlmEndpoint};
@@ -16,3 +17,4 @@ pub use ids::{ApiKeyId, ChatbotId, RefreshTokenId, TokenFamilyId, UserId};
 pub use paging::{PageCursor, PageRequest};
 pub use password::Password;
 pub use role::Role;
+pub use time_range::{parse_timestamp_parts, MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS};

@@ -10,5 +10,6 @@ mod helpers;
 mod lifecycle;
 mod limits;
 mod loadgen;
+mod out_of_range;
 mod server;
 mod users;

@@ -6,9 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use url::{Host, Url};
 
+use super::display_text::DisplayText;
 use crate::error::FieldViolation;
 
-/// A chatbot's display name: trimmed, 1 to 100 characters, no control chars.
+/// A chatbot's display name: 1 to 100 characters of [`DisplayText`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatbotName(String);
 
@@ -16,20 +17,11 @@ impl ChatbotName {
     pub const MAX_CHARS: usize = 100;
 
     pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
-        let value = value.trim();
-        if value.is_empty() {
+        let text = DisplayText::parse(field, value, Self::MAX_CHARS)?;
+        if text.is_empty() {
             return Err(FieldViolation::new(field, "is required"));
         }
-        if value.chars().count() > Self::MAX_CHARS {
-            return Err(FieldViolation::new(field, "must be at most 100 characters"));
-        }
-        if value.chars().any(char::is_control) {
-            return Err(FieldViolation::new(
-                field,
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self(value.to_owned()))
+        Ok(Self(text.into_inner()))
     }
 
     pub fn into_inner(self) -> String {
@@ -159,5 +151,25 @@ mod tests {
     fn internal_urls_are_accepted_when_allowed() {
         assert!(LlmEndpoint::parse("u", "http://127.0.0.1:11434/api", true).is_ok());
         assert!(LlmEndpoint::parse("u", "http://u:p@127.0.0.1/", true).is_err());
+    }
+
+    #[test]
+    fn chatbot_names_are_display_text_and_required() {
+        let precomposed = ChatbotName::parse("name", "Caf\u{e9}").unwrap();
+        let decomposed = ChatbotName::parse("name", "Cafe\u{301}").unwrap();
+        assert_eq!(precomposed, decomposed);
+        for bad in [
+            "",
+            "  ",
+            "\u{200B}",
+            "bot\u{202E}",
+            "\u{FEFF}bot",
+            "a\u{0}b",
+        ] {
+            let violation = ChatbotName::parse("name", bad).unwrap_err();
+            assert_eq!(violation.field, "name", "{bad:?}");
+        }
+        assert!(ChatbotName::parse("name", &"n".repeat(100)).is_ok());
+        assert!(ChatbotName::parse("name", &"n".repeat(101)).is_err());
     }
 }

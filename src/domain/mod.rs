@@ -3,6 +3,7 @@
 
 mod api_key_secret;
 mod chatbot;
+mod display_text;
 mod email;
 mod ids;
 mod paging;
@@ -12,6 +13,7 @@ mod time_range;
 
 pub use api_key_secret::{ApiKeyDigest, ApiKeySecret, API_KEY_PREFIX};
 pub use chatbot::{ChatbotName, LlmEndpoint};
+pub use display_text::DisplayText;
 pub use email::Email;
 pub use ids::{ApiKeyId, ChatbotId, RefreshTokenId, TokenFamilyId, UserId};
 pub use paging::{PageCursor, PageRequest};

@@ -10,6 +10,7 @@ mod helpers;
 mod lifecycle;
 mod limits;
 mod loadgen;
+mod look_alike_text;
 mod out_of_range;
 mod server;
 mod users;

@@ -8,6 +8,7 @@ mod email;
 mod ids;
 mod paging;
 mod password;
+mod public_host;
 mod role;
 mod time_range;
 

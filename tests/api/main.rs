@@ -9,6 +9,7 @@ mod chatbots;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod llm_endpoints;
 mod loadgen;
 mod look_alike_text;
 mod out_of_range;

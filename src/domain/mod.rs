@@ -20,4 +20,6 @@ pub use ids::{ApiKeyId, ChatbotId, RefreshTokenId, TokenFamilyId, UserId};
 pub use paging::{PageCursor, PageRequest};
 pub use password::Password;
 pub use role::Role;
-pub use time_range::{parse_timestamp_parts, MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS};
+pub use time_range::{
+    parse_duration_parts, parse_timestamp_parts, MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS,
+};

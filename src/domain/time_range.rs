@@ -4,6 +4,10 @@
 //! before 4714 BC and SQLite's RFC 3339 text only sorts as time while the
 //! year has 4 digits, so a wider instant would fail in the store (INTERNAL)
 //! or compare wrongly. Checking here makes it the client's INVALID_ARGUMENT.
+//! Durations likewise: google.protobuf.Duration's documented range, checked
+//! before any conversion can overflow.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
@@ -34,6 +38,37 @@ pub fn parse_timestamp_parts(
     }
     DateTime::from_timestamp(seconds, nanos)
         .ok_or_else(|| FieldViolation::new(field, "is not a valid timestamp"))
+}
+
+/// ±10,000 years, the range google.protobuf.Duration documents.
+pub const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
+
+/// A non-negative span of `seconds` + `nanos`, as a google.protobuf.Duration
+/// carries it, if it is in the documented range; otherwise a violation of
+/// `field`. Checked by hand because prost's conversion to
+/// `std::time::Duration` negates `i64::MIN` (an overflow panic in debug
+/// builds) for the most negative input.
+pub fn parse_duration_parts(
+    field: &str,
+    seconds: i64,
+    nanos: i32,
+) -> Result<Duration, FieldViolation> {
+    if seconds < 0 || nanos < 0 {
+        return Err(FieldViolation::new(field, "must not be negative"));
+    }
+    if nanos > 999_999_999 {
+        return Err(FieldViolation::new(
+            field,
+            "must have nanos between 0 and 999999999",
+        ));
+    }
+    if seconds > MAX_DURATION_SECONDS {
+        return Err(FieldViolation::new(
+            field,
+            "must be at most 315576000000 seconds",
+        ));
+    }
+    Ok(Duration::new(seconds.unsigned_abs(), nanos.unsigned_abs()))
 }
 
 /// The instant `micros` after the Unix epoch, if it is in the same range.
@@ -98,5 +133,38 @@ mod tests {
         assert!(time_from_micros(max_micros + 1).is_none());
         assert!(time_from_micros(i64::MIN).is_none());
         assert!(time_from_micros(i64::MAX).is_none());
+    }
+
+    #[test]
+    fn durations_in_range_are_accepted_and_others_name_the_field() {
+        let cases = [
+            (0, 0, Some(Duration::ZERO)),
+            (1, 500, Some(Duration::new(1, 500))),
+            (
+                MAX_DURATION_SECONDS,
+                999_999_999,
+                Some(Duration::new(315_576_000_000, 999_999_999)),
+            ),
+            (MAX_DURATION_SECONDS + 1, 0, None),
+            (-1, 0, None),
+            (0, -1, None),
+            (1, -1, None),
+            (-1, 1, None),
+            (i64::MIN, 0, None),
+            (i64::MIN, i32::MIN, None),
+            (i64::MAX, i32::MAX, None),
+            (0, 1_000_000_000, None),
+        ];
+        for (seconds, nanos, expected) in cases {
+            let parsed = parse_duration_parts("grace_period", seconds, nanos);
+            assert_eq!(
+                parsed.as_ref().ok(),
+                expected.as_ref(),
+                "{seconds}s {nanos}ns"
+            );
+            if let Err(violation) = parsed {
+                assert_eq!(violation.field, "grace_period");
+            }
+        }
     }
 }

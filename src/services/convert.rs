@@ -22,6 +22,15 @@ pub fn parse_timestamp(field: &str, value: &Timestamp) -> Result<DateTime<Utc>, 
     domain::parse_timestamp_parts(field, value.seconds, value.nanos)
 }
 
+/// A client-sent non-negative duration, within the range
+/// google.protobuf.Duration documents; never panics, whatever the numbers.
+pub fn parse_duration(
+    field: &str,
+    value: &prost_types::Duration,
+) -> Result<std::time::Duration, FieldViolation> {
+    domain::parse_duration_parts(field, value.seconds, value.nanos)
+}
+
 pub fn role(role: Role) -> proto::UserRole {
     match role {
         Role::User => proto::UserRole::User,

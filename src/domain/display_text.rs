@@ -11,7 +11,8 @@ use unicode_properties::{GeneralCategory, UnicodeEmoji, UnicodeGeneralCategory};
 
 use crate::error::FieldViolation;
 
-/// A trimmed, NFC-normalised label with only visible characters and spaces.
+/// A trimmed, NFC-normalised label with only visible characters and U+0020
+/// spaces.
 /// May be empty; a caller for whom the label is required checks that.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayText(String);
@@ -20,12 +21,21 @@ impl DisplayText {
     /// Parses request field `field`, at most `max_chars` characters (counted
     /// after normalisation, as stored).
     pub fn parse(field: &str, value: &str, max_chars: usize) -> Result<Self, FieldViolation> {
+        let value = value.trim();
         // Bound the work before normalising. NFC composes at most a few
         // characters into one (Greek U+1F86 is 4), so longer input cannot fit.
         if value.chars().count() > max_chars.saturating_mul(4).max(64) {
             return Err(too_long(field, max_chars));
         }
-        let text: String = value.trim().nfc().collect();
+        // Other spaces (no-break, ideographic U+3000 from CJK input) become
+        // U+0020: what the writer meant, and no look-alike of it remains.
+        let text: String = value
+            .nfc()
+            .map(|c| match c.general_category() {
+                GeneralCategory::SpaceSeparator => ' ',
+                _ => c,
+            })
+            .collect();
         let chars: Vec<char> = text.chars().collect();
         if chars.len() > max_chars {
             return Err(too_long(field, max_chars));
@@ -93,15 +103,16 @@ pub(super) fn hidden_char(c: char) -> Option<&'static str> {
         GeneralCategory::PrivateUse => Some("private-use characters"),
         GeneralCategory::Unassigned => Some("unassigned code points"),
         GeneralCategory::SpaceSeparator if c != ' ' => Some("spaces other than U+0020"),
-        _ if is_default_ignorable(c) => Some("invisible characters"),
+        _ if renders_blank(c) => Some("invisible characters"),
         _ => None,
     }
 }
 
 /// Default_Ignorable_Code_Point characters outside Cf and Cn (Unicode
-/// DerivedCoreProperties.txt): rendered as nothing, yet not format
-/// characters, e.g. the Hangul fillers that pass for blank names.
-fn is_default_ignorable(c: char) -> bool {
+/// DerivedCoreProperties.txt), rendered as nothing yet not format
+/// characters, e.g. the Hangul fillers that pass for blank names; and the
+/// braille blank, used for the same.
+fn renders_blank(c: char) -> bool {
     matches!(
         c,
         '\u{034F}' // combining grapheme joiner
@@ -109,6 +120,7 @@ fn is_default_ignorable(c: char) -> bool {
             | '\u{17B4}'..='\u{17B5}' // Khmer inherent vowels
             | '\u{180B}'..='\u{180F}' // Mongolian variation selectors
             | '\u{3164}' // Hangul filler
+            | '\u{2800}' // braille pattern blank, not ignorable but as blank
             | '\u{FE00}'..='\u{FE0F}' // variation selectors
             | '\u{FFA0}' // halfwidth Hangul filler
             | '\u{E0100}'..='\u{E01EF}' // variation selectors supplement
@@ -199,8 +211,7 @@ mod tests {
             ("a\nb", "newline"),
             ("a\u{2028}b", "line separator"),
             ("a\u{2029}b", "paragraph separator"),
-            ("a\u{00A0}b", "no-break space"),
-            ("a\u{3000}b", "ideographic space inside"),
+            ("\u{2800}", "braille pattern blank"),
             ("\u{3164}", "Hangul filler"),
             ("a\u{115F}b", "Hangul choseong filler"),
             ("a\u{034F}b", "combining grapheme joiner"),
@@ -212,6 +223,16 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{why} ({bad:?}) was accepted");
         }
+    }
+
+    #[test]
+    fn other_spaces_become_plain_spaces() {
+        assert_eq!(parse("a\u{00A0}b").unwrap(), "a b");
+        assert_eq!(
+            parse("\u{5C71}\u{3000}\u{7530}").unwrap(),
+            "\u{5C71} \u{7530}"
+        );
+        assert_eq!(parse("\u{3000}ab\u{2009}").unwrap(), "ab");
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! Chatbot fields. The endpoint URL is called by other services, so it is
-//! checked against SSRF (OWASP API7): no credentials, no literal internal
-//! addresses unless configuration allows them.
+//! checked against SSRF (OWASP API7): no credentials, and a host that is
+//! public by everything its text shows (see `public_host`) unless
+//! configuration allows internal ones.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use url::Url;
 
-use url::{Host, Url};
-
+use super::display_text::DisplayText;
+use super::public_host::non_public_reason;
 use crate::error::FieldViolation;
 
-/// A chatbot's display name: trimmed, 1 to 100 characters, no control chars.
+/// A chatbot's display name: 1 to 100 characters of [`DisplayText`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatbotName(String);
 
@@ -16,20 +17,11 @@ impl ChatbotName {
     pub const MAX_CHARS: usize = 100;
 
     pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
-        let value = value.trim();
-        if value.is_empty() {
+        let text = DisplayText::parse(field, value, Self::MAX_CHARS)?;
+        if text.is_empty() {
             return Err(FieldViolation::new(field, "is required"));
         }
-        if value.chars().count() > Self::MAX_CHARS {
-            return Err(FieldViolation::new(field, "must be at most 100 characters"));
-        }
-        if value.chars().any(char::is_control) {
-            return Err(FieldViolation::new(
-                field,
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self(value.to_owned()))
+        Ok(Self(text.into_inner()))
     }
 
     pub fn into_inner(self) -> String {
@@ -37,15 +29,17 @@ impl ChatbotName {
     }
 }
 
-/// An absolute http(s) URL without credentials that is safe to call.
+/// An absolute http(s) URL without credentials that is safe to call as far
+/// as its text shows; the caller must still check the address it connects
+/// to (see `public_host`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LlmEndpoint(String);
 
 impl LlmEndpoint {
     pub const MAX_LEN: usize = 2048;
 
-    /// `allow_private` admits loopback and private addresses (a local LLM
-    /// server in development).
+    /// `allow_private` admits any host, internal names and addresses
+    /// included (a local LLM server in development).
     pub fn parse(field: &str, value: &str, allow_private: bool) -> Result<Self, FieldViolation> {
         let value = value.trim();
         if value.is_empty() {
@@ -68,11 +62,13 @@ impl LlmEndpoint {
         let host = url
             .host()
             .ok_or_else(|| FieldViolation::new(field, "must name a host"))?;
-        if !allow_private && is_internal_host(&host) {
-            return Err(FieldViolation::new(
-                field,
-                "must not point at a loopback, private, link-local or metadata address",
-            ));
+        if !allow_private {
+            if let Some(reason) = non_public_reason(&host) {
+                return Err(FieldViolation::new(
+                    field,
+                    format!("must point at a publicly reachable host: {reason}"),
+                ));
+            }
         }
         Ok(Self(url.to_string()))
     }
@@ -80,46 +76,6 @@ impl LlmEndpoint {
     pub fn into_inner(self) -> String {
         self.0
     }
-}
-
-fn is_internal_host(host: &Host<&str>) -> bool {
-    match host {
-        Host::Ipv4(ip) => is_internal_ipv4(*ip),
-        Host::Ipv6(ip) => is_internal_ipv6(*ip),
-        Host::Domain(name) => {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            name == "localhost"
-                || name.ends_with(".localhost")
-                || name == "metadata.google.internal"
-                || name == "metadata"
-                || name.parse::<IpAddr>().is_ok()
-        }
-    }
-}
-
-fn is_internal_ipv4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local() // includes 169.254.169.254, the cloud metadata address
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
-        || a == 0
-}
-
-fn is_internal_ipv6(ip: Ipv6Addr) -> bool {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return is_internal_ipv4(v4);
-    }
-    let first = ip.segments()[0];
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00 // unique local
-        || (first & 0xffc0) == 0xfe80 // link-local
-        || ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) // AWS metadata over IPv6
 }
 
 #[cfg(test)]
@@ -159,5 +115,59 @@ mod tests {
     fn internal_urls_are_accepted_when_allowed() {
         assert!(LlmEndpoint::parse("u", "http://127.0.0.1:11434/api", true).is_ok());
         assert!(LlmEndpoint::parse("u", "http://u:p@127.0.0.1/", true).is_err());
+    }
+
+    #[test]
+    fn the_issues_probes_are_refused_naming_the_field() {
+        for bad in [
+            "http://[::ffff:0:7f00:1]/",
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[2002:7f00:1::]/",
+            "http://192.0.0.192/",
+            "http://198.18.0.1/",
+            "http://240.0.0.1/",
+            "http://instance-data/latest/meta-data",
+            "http://kubernetes.default.svc/api",
+            // Zone ids are not URL syntax; `url` refuses them.
+            "http://[fe80::1%25eth0]/",
+            "http://[fe80::1%eth0]/",
+        ] {
+            let violation = LlmEndpoint::parse("llm_endpoint_url", bad, false).unwrap_err();
+            assert_eq!(violation.field, "llm_endpoint_url", "{bad}");
+        }
+    }
+
+    #[test]
+    fn allowing_private_endpoints_admits_internal_names_and_addresses() {
+        for local in [
+            "http://localhost:11434/api",
+            "http://ollama:11434/",
+            "http://[::1]:8080/",
+            "http://host.docker.internal/",
+        ] {
+            assert!(LlmEndpoint::parse("u", local, true).is_ok(), "{local}");
+            assert!(LlmEndpoint::parse("u", local, false).is_err(), "{local}");
+        }
+    }
+
+    #[test]
+    fn chatbot_names_are_display_text_and_required() {
+        let precomposed = ChatbotName::parse("name", "Caf\u{e9}").unwrap();
+        let decomposed = ChatbotName::parse("name", "Cafe\u{301}").unwrap();
+        assert_eq!(precomposed, decomposed);
+        for bad in [
+            "",
+            "  ",
+            "\u{200B}",
+            "bot\u{202E}",
+            "\u{FEFF}bot",
+            "a\u{0}b",
+        ] {
+            let violation = ChatbotName::parse("name", bad).unwrap_err();
+            assert_eq!(violation.field, "name", "{bad:?}");
+        }
+        assert!(ChatbotName::parse("name", &"n".repeat(100)).is_ok());
+        assert!(ChatbotName::parse("name", &"n".repeat(101)).is_err());
     }
 }

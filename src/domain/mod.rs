@@ -3,16 +3,23 @@
 
 mod api_key_secret;
 mod chatbot;
+mod display_text;
 mod email;
 mod ids;
 mod paging;
 mod password;
+mod public_host;
 mod role;
+mod time_range;
 
 pub use api_key_secret::{ApiKeyDigest, ApiKeySecret, API_KEY_PREFIX};
 pub use chatbot::{ChatbotName, LlmEndpoint};
+pub use display_text::DisplayText;
 pub use email::Email;
 pub use ids::{ApiKeyId, ChatbotId, RefreshTokenId, SessionId, UserId};
 pub use paging::{PageCursor, PageRequest};
 pub use password::Password;
 pub use role::Role;
+pub use time_range::{
+    parse_duration_parts, parse_timestamp_parts, MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS,
+};

@@ -1,5 +1,7 @@
 //! Keyset pagination: page sizes per AIP-158 and opaque page tokens that
 //! encode the last row's (create time, id) and the filter they belong to.
+//! A token is client input like any other: whatever its bytes, decoding
+//! yields a cursor the stores can compare with, or a `page_token` violation.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -8,6 +10,7 @@ use sha2::{Digest, Sha256};
 use std::fmt::Display;
 use std::str::FromStr;
 
+use super::time_range::time_from_micros;
 use crate::error::FieldViolation;
 
 /// The position after which the next page starts: the last row's creation
@@ -27,6 +30,9 @@ pub struct PageRequest<K> {
 }
 
 const TOKEN_VERSION: &str = "p1";
+/// Longer than any token this service issues (a UUID cursor encodes to
+/// about 100 characters); refusing longer ones bounds the decoding work.
+const MAX_TOKEN_LEN: usize = 512;
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 1000;
 
@@ -93,6 +99,9 @@ fn decode_token<K: FromStr>(
     filter_fingerprint: &str,
 ) -> Result<PageCursor<K>, FieldViolation> {
     let invalid = || FieldViolation::new("page_token", "is not a token this list issued");
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(invalid());
+    }
     let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let raw = String::from_utf8(raw).map_err(|_| invalid())?;
     let mut parts = raw.splitn(4, '|');
@@ -108,7 +117,9 @@ fn decode_token<K: FromStr>(
         ));
     }
     let micros: i64 = micros.parse().map_err(|_| invalid())?;
-    let create_time = DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
+    // Only instants the stores hold: PostgreSQL refuses years before 4714 BC
+    // (an INTERNAL error), SQLite would compare out-of-range text wrongly.
+    let create_time = time_from_micros(micros).ok_or_else(invalid)?;
     let id = id.parse().map_err(|_| invalid())?;
     Ok(PageCursor { create_time, id })
 }
@@ -141,5 +152,113 @@ mod tests {
         assert!(PageRequest::<i64>::parse(1, &token, "owner=b").is_err());
         assert!(PageRequest::<i64>::parse(1, "garbage!", "owner=a").is_err());
         assert!(PageRequest::<uuid::Uuid>::parse(1, &token, "owner=a").is_err());
+    }
+
+    /// A token as this service writes it, with every part chosen by the test.
+    fn forged(fingerprint_of: &str, micros: &str, id: &str) -> String {
+        let raw = format!(
+            "{TOKEN_VERSION}|{}|{micros}|{id}",
+            fingerprint(fingerprint_of)
+        );
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    #[test]
+    fn forged_cursors_outside_the_timestamp_range_are_refused() {
+        use super::super::time_range::{MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS};
+        let min = MIN_TIMESTAMP_SECONDS * 1_000_000;
+        let max = MAX_TIMESTAMP_SECONDS * 1_000_000 + 999_999;
+        let year_minus_5000 = -219_929_716_800_000_000_i64;
+        let cases: [(i128, bool); 10] = [
+            (0, true),
+            (min.into(), true),
+            (max.into(), true),
+            ((min - 1).into(), false),
+            ((max + 1).into(), false),
+            (year_minus_5000.into(), false),
+            (i64::MIN.into(), false),
+            (i64::MAX.into(), false),
+            (i128::from(i64::MAX) + 1, false), // does not fit an i64
+            (-(i128::from(i64::MAX)) - 2, false),
+        ];
+        for (micros, ok) in cases {
+            let token = forged("f", &micros.to_string(), "7");
+            let parsed = PageRequest::<i64>::parse(10, &token, "f");
+            assert_eq!(parsed.is_ok(), ok, "{micros}: {parsed:?}");
+            if let Err(violation) = parsed {
+                assert_eq!(violation.field, "page_token");
+            }
+        }
+    }
+
+    #[test]
+    fn forged_tokens_with_bad_parts_are_page_token_violations() {
+        let uuid = "0190a7a0-0000-7000-8000-000000000000";
+        for token in [
+            forged("f", "0", "not-a-uuid"),
+            forged("f", "0", ""),
+            forged("f", "", uuid),
+            forged("f", "1e6", uuid),
+            forged("f", "0x10", uuid),
+            forged("f", " 1", uuid),
+            forged("other filter", "0", uuid),
+            URL_SAFE_NO_PAD.encode(format!("p2|{}|0|{uuid}", fingerprint("f"))),
+            URL_SAFE_NO_PAD.encode("p1"),
+            URL_SAFE_NO_PAD.encode([0xff, 0xfe, b'|']),
+            "=".into(),
+            "a".into(),
+            "!!!!".into(),
+            "A".repeat(MAX_TOKEN_LEN + 1),
+        ] {
+            let parsed = PageRequest::<uuid::Uuid>::parse(10, &token, "f");
+            let violation = parsed.expect_err(&token);
+            assert_eq!(violation.field, "page_token", "{token}");
+        }
+        assert!(PageRequest::<uuid::Uuid>::parse(10, &forged("f", "0", uuid), "f").is_ok());
+    }
+
+    #[test]
+    fn random_tokens_never_panic_and_are_refused_or_in_range() {
+        use rand::{Rng, RngCore, SeedableRng};
+        // Seeded: a failure reproduces.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        for round in 0..20_000 {
+            let token = match round % 4 {
+                // Random bytes, base64-encoded: passes the first decoding step.
+                0 => {
+                    let mut bytes = vec![0u8; rng.gen_range(1..96)];
+                    rng.fill_bytes(&mut bytes);
+                    URL_SAFE_NO_PAD.encode(bytes)
+                }
+                // Random text, mostly not base64 at all.
+                1 => (0..rng.gen_range(1..64))
+                    .map(|_| char::from(rng.gen_range(0x20u8..0x7f)))
+                    .collect(),
+                // Well-formed, with a random time and id.
+                2 => forged(
+                    "f",
+                    &rng.gen::<i64>().to_string(),
+                    &rng.gen::<i64>().to_string(),
+                ),
+                // Well-formed, with a time near a bound.
+                _ => {
+                    let bound = if rng.gen() {
+                        super::super::time_range::MIN_TIMESTAMP_SECONDS
+                    } else {
+                        super::super::time_range::MAX_TIMESTAMP_SECONDS
+                    };
+                    let micros = bound * 1_000_000 + rng.gen_range(-2_000_000..2_000_000);
+                    forged("f", &micros.to_string(), "1")
+                }
+            };
+            match PageRequest::<i64>::parse(10, &token, "f") {
+                Ok(page) => {
+                    let after = page.after.expect("a token gives a cursor");
+                    let year = chrono::Datelike::year(&after.create_time);
+                    assert!((1..=9999).contains(&year), "{token}: {after:?}");
+                }
+                Err(violation) => assert_eq!(violation.field, "page_token", "{token}"),
+            }
+        }
     }
 }

@@ -117,40 +117,15 @@ async fn authorized_key(
 }
 
 fn parse_display_name(value: &str) -> Result<String, FieldViolation> {
-    let value = value.trim();
-    if value.chars().count() > MAX_DISPLAY_NAME_CHARS {
-        return Err(FieldViolation::new(
-            "display_name",
-            "must be at most 100 characters",
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(FieldViolation::new(
-            "display_name",
-            "must not contain control characters",
-        ));
-    }
-    Ok(value.to_owned())
+    crate::domain::DisplayText::parse("display_name", value, MAX_DISPLAY_NAME_CHARS)
+        .map(String::from)
 }
 
 fn parse_grace_period(value: Option<&prost_types::Duration>) -> Result<Duration, FieldViolation> {
     let Some(value) = value else {
         return Ok(Duration::ZERO);
     };
-    // google.protobuf.Duration: nanos within one second, with the sign of
-    // seconds. prost would normalise anything else; a client that sent it
-    // meant something we cannot know.
-    if !(-999_999_999..=999_999_999).contains(&value.nanos)
-        || (value.seconds > 0 && value.nanos < 0)
-        || (value.seconds < 0 && value.nanos > 0)
-    {
-        return Err(FieldViolation::new(
-            "grace_period",
-            "nanos must be within one second and have the sign of seconds",
-        ));
-    }
-    let grace = Duration::try_from(*value)
-        .map_err(|_| FieldViolation::new("grace_period", "must not be negative"))?;
+    let grace = convert::parse_duration("grace_period", value)?;
     if grace > MAX_GRACE_PERIOD {
         return Err(FieldViolation::new(
             "grace_period",

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 use crate::db::models;
-use crate::domain::Role;
+use crate::domain::{self, Role};
 use crate::error::FieldViolation;
 use crate::proto;
 
@@ -16,13 +16,19 @@ pub fn timestamp(time: DateTime<Utc>) -> Timestamp {
     }
 }
 
-/// A client-sent timestamp, checked for range.
+/// A client-sent timestamp, within the range google.protobuf.Timestamp
+/// documents (years 1 to 9999), which both stores hold.
 pub fn parse_timestamp(field: &str, value: &Timestamp) -> Result<DateTime<Utc>, FieldViolation> {
-    u32::try_from(value.nanos)
-        .ok()
-        .filter(|nanos| *nanos < 1_000_000_000)
-        .and_then(|nanos| DateTime::from_timestamp(value.seconds, nanos))
-        .ok_or_else(|| FieldViolation::new(field, "is not a valid timestamp"))
+    domain::parse_timestamp_parts(field, value.seconds, value.nanos)
+}
+
+/// A client-sent non-negative duration, within the range
+/// google.protobuf.Duration documents; never panics, whatever the numbers.
+pub fn parse_duration(
+    field: &str,
+    value: &prost_types::Duration,
+) -> Result<std::time::Duration, FieldViolation> {
+    domain::parse_duration_parts(field, value.seconds, value.nanos)
 }
 
 pub fn role(role: Role) -> proto::UserRole {

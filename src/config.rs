@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+/// PostgreSQL's `statement_timeout` is a 32-bit count of milliseconds; the
+/// other timeouts share its bound (about 24 days).
+const MAX_TIMEOUT_MS: u64 = i32::MAX as u64;
+/// Intervals and delays: a day at most.
+const MAX_INTERVAL_SECS: u64 = 24 * 3600;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -201,38 +207,151 @@ impl Settings {
                 "SECRET_KEY_PREVIOUS needs SECRET_KEY to be set"
             );
         }
-        anyhow::ensure!(
-            self.database_pool_size >= 1,
-            "DATABASE_POOL_SIZE must be at least 1"
-        );
-        anyhow::ensure!(
-            self.max_concurrent_hashes >= 1,
-            "MAX_CONCURRENT_HASHES must be at least 1"
-        );
-        anyhow::ensure!(
-            self.access_token_ttl_secs >= 1,
-            "ACCESS_TOKEN_TTL_SECS must be positive"
-        );
-        anyhow::ensure!(
-            self.refresh_token_ttl_secs >= 1,
-            "REFRESH_TOKEN_TTL_SECS must be positive"
-        );
-        anyhow::ensure!(
-            self.max_active_api_keys_per_chatbot >= 1,
-            "MAX_ACTIVE_API_KEYS_PER_CHATBOT must be at least 1"
-        );
-        anyhow::ensure!(
-            self.last_used_flush_interval_secs >= 1,
-            "LAST_USED_FLUSH_INTERVAL_SECS must be at least 1"
-        );
-        anyhow::ensure!(
-            self.health_check_interval_secs >= 1,
-            "HEALTH_CHECK_INTERVAL_SECS must be at least 1"
-        );
-        anyhow::ensure!(
-            self.max_request_bytes >= 1024,
-            "MAX_REQUEST_BYTES must be at least 1024"
-        );
+        // Each (name, value, least, most) must hold: outside it the server
+        // would start but could not work (every RPC cancelled, no answer
+        // at all, a panic on the first token, a database that refuses the
+        // session setting...).
+        let bounds: [(&str, u64, u64, u64); 21] = [
+            (
+                "DATABASE_POOL_SIZE",
+                self.database_pool_size as u64,
+                1,
+                10_000,
+            ),
+            (
+                "DATABASE_ACQUIRE_TIMEOUT_MS",
+                self.database_acquire_timeout_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            ),
+            (
+                "DATABASE_CONNECT_TIMEOUT_MS",
+                self.database_connect_timeout_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            ),
+            // PostgreSQL's statement_timeout is a 32-bit count of milliseconds.
+            (
+                "DATABASE_STATEMENT_TIMEOUT_MS",
+                self.database_statement_timeout_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            ),
+            (
+                "MAX_CONCURRENT_HASHES",
+                self.max_concurrent_hashes as u64,
+                1,
+                1024,
+            ),
+            (
+                "ACCESS_TOKEN_TTL_SECS",
+                self.access_token_ttl_secs,
+                1,
+                24 * 3600,
+            ),
+            (
+                "REFRESH_TOKEN_TTL_SECS",
+                self.refresh_token_ttl_secs,
+                1,
+                10 * 365 * 24 * 3600,
+            ),
+            (
+                "LOGIN_MAX_FAILURES_PER_EMAIL",
+                self.login_max_failures_per_email.into(),
+                1,
+                1_000_000,
+            ),
+            (
+                "LOGIN_MAX_FAILURES_PER_ADDRESS",
+                self.login_max_failures_per_address.into(),
+                1,
+                1_000_000,
+            ),
+            (
+                "LOGIN_THROTTLE_WINDOW_SECS",
+                self.login_throttle_window_secs,
+                1,
+                365 * 24 * 3600,
+            ),
+            (
+                "MAX_ACTIVE_API_KEYS_PER_CHATBOT",
+                u64::try_from(self.max_active_api_keys_per_chatbot).unwrap_or(0),
+                1,
+                1_000_000,
+            ),
+            (
+                "READ_BATCHES_IN_FLIGHT",
+                self.read_batches_in_flight as u64,
+                1,
+                1024,
+            ),
+            (
+                "LAST_USED_FLUSH_INTERVAL_SECS",
+                self.last_used_flush_interval_secs,
+                1,
+                MAX_INTERVAL_SECS,
+            ),
+            (
+                "HEALTH_CHECK_INTERVAL_SECS",
+                self.health_check_interval_secs,
+                1,
+                MAX_INTERVAL_SECS,
+            ),
+            (
+                "SHUTDOWN_DRAIN_DELAY_SECS",
+                self.shutdown_drain_delay_secs,
+                0,
+                MAX_INTERVAL_SECS,
+            ),
+            (
+                "SHUTDOWN_GRACE_SECS",
+                self.shutdown_grace_secs,
+                0,
+                MAX_INTERVAL_SECS,
+            ),
+            (
+                "MAX_REQUEST_BYTES",
+                self.max_request_bytes as u64,
+                1024,
+                64 * 1024 * 1024,
+            ),
+            (
+                "DEFAULT_RPC_TIMEOUT_SECS",
+                self.default_rpc_timeout_secs,
+                1,
+                MAX_INTERVAL_SECS,
+            ),
+            (
+                "MAX_CONCURRENT_REQUESTS_PER_CONNECTION",
+                self.max_concurrent_requests_per_connection as u64,
+                1,
+                u32::MAX.into(),
+            ),
+            (
+                "RATE_LIMIT_BURST_FACTOR",
+                self.rate_limit_burst_factor.into(),
+                1,
+                1_000,
+            ),
+            (
+                "API_KEY_CACHE_TTL_SECS",
+                self.api_key_cache_ttl_secs,
+                0,
+                MAX_INTERVAL_SECS,
+            ),
+        ];
+        for (name, value, least, most) in bounds {
+            anyhow::ensure!(
+                (least..=most).contains(&value),
+                "{name} must be between {least} and {most} (got {value})"
+            );
+        }
+        if let Some(metrics_addr) = self.metrics_addr {
+            anyhow::ensure!(
+                metrics_addr != self.listen_addr || self.listen_addr.port() == 0,
+                "METRICS_ADDR must differ from LISTEN_ADDR ({metrics_addr})"
+            );
+        }
         self.database_target()?;
         Ok(())
     }

@@ -175,3 +175,57 @@ backend_test! {
             .is_err());
     }
 }
+
+/// Settings under which the server would start but could not work: each
+/// stops the real binary at start, with an error naming the setting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_setting_that_cannot_work_stops_the_start_naming_itself() {
+    let unworkable = [
+        ("DEFAULT_RPC_TIMEOUT_SECS", "0"),
+        ("DATABASE_CONNECT_TIMEOUT_MS", "0"),
+        ("DATABASE_ACQUIRE_TIMEOUT_MS", "0"),
+        ("DATABASE_STATEMENT_TIMEOUT_MS", "0"),
+        ("DATABASE_STATEMENT_TIMEOUT_MS", "3000000000"),
+        ("MAX_CONCURRENT_REQUESTS_PER_CONNECTION", "0"),
+        ("MAX_CONCURRENT_REQUESTS_PER_CONNECTION", "5000000000"),
+        ("READ_BATCHES_IN_FLIGHT", "0"),
+        ("LOGIN_MAX_FAILURES_PER_EMAIL", "0"),
+        ("LOGIN_MAX_FAILURES_PER_ADDRESS", "0"),
+        ("LOGIN_THROTTLE_WINDOW_SECS", "0"),
+        ("ACCESS_TOKEN_TTL_SECS", "18446744073709551615"),
+        ("REFRESH_TOKEN_TTL_SECS", "0"),
+        ("RATE_LIMIT_BURST_FACTOR", "0"),
+        ("MAX_CONCURRENT_HASHES", "0"),
+        ("DATABASE_POOL_SIZE", "0"),
+        ("MAX_REQUEST_BYTES", "10"),
+        ("HEALTH_CHECK_INTERVAL_SECS", "0"),
+    ];
+    let scratch = std::env::temp_dir().join(format!("settings-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    for (name, value) in unworkable {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
+            .arg("serve")
+            .current_dir(&scratch)
+            .env("DATABASE_URL", scratch.join("never-created.db"))
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env(name, value)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(std::time::Duration::from_secs(30), output)
+            .await
+            .unwrap_or_else(|_| panic!("{name}={value}: the server started instead of stopping"))
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.status.success(), "{name}={value} was accepted");
+        assert!(printed.contains(name), "{name}={value}: {printed}");
+        assert!(
+            !scratch.join("never-created.db").exists(),
+            "{name}={value}: the store was opened before the settings were checked"
+        );
+    }
+    std::fs::remove_dir_all(&scratch).unwrap();
+}

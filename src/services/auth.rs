@@ -164,20 +164,24 @@ impl AuthService for Auth {
             tracing::info!("login failed");
             return Err(AppError::Unauthenticated(LOGIN_FAILED.into()).into());
         };
-        self.state.throttle.refund(reservation).await;
-
         let session = SessionId::generate();
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         let (user_id, role) = (user.id, user.role());
+        let checked_hash = &user.hashed_password;
         let pair = conn
             .transaction(|conn| {
                 async move {
+                    if !User::lock_if_password_unchanged(conn, user_id, checked_hash).await? {
+                        // The password changed while this one was checked.
+                        return Err(AppError::Unauthenticated(LOGIN_FAILED.into()));
+                    }
                     Session::insert(conn, session, user_id).await?;
                     self.issue_pair(conn, user_id, role, session).await
                 }
                 .scope_boxed()
             })
             .await?;
+        self.state.throttle.refund(reservation).await;
         tracing::info!(user_id = %user.id, "login succeeded");
         Ok(Response::new(proto::LoginResponse {
             access_token: pair.access_token,
@@ -226,12 +230,22 @@ impl AuthService for Auth {
             )
             .into());
         }
-        let user = User::find(&mut conn, token.user_id)
-            .await
-            .map_err(AppError::from)?
-            .ok_or_else(invalid)?;
-        let pair = self
-            .issue_pair(&mut conn, user.id, user.role(), token.family_id)
+        // Under the session's lock: a logout or password change ending it
+        // meanwhile either comes first (refused here) or waits for this.
+        let session = token.family_id;
+        let pair = conn
+            .transaction(|conn| {
+                async move {
+                    if !Session::lock_live(conn, session).await? {
+                        return Err(AppError::Unauthenticated(
+                            "the session has ended; log in again".into(),
+                        ));
+                    }
+                    let user = User::find(conn, token.user_id).await?.ok_or_else(invalid)?;
+                    self.issue_pair(conn, user.id, user.role(), session).await
+                }
+                .scope_boxed()
+            })
             .await?;
         Ok(Response::new(proto::RefreshTokenResponse {
             access_token: pair.access_token,

@@ -234,3 +234,72 @@ async fn on_postgres_a_demotion_through_one_process_takes_effect_on_another_with
         .unwrap();
     refused_within_a_second(list_users, Code::PermissionDenied).await;
 }
+
+backend_test! {
+    async fn a_password_change_racing_logins_leaves_no_session_of_the_old_password() {
+        let app = spawn_app_with(&["--login-max-failures-per-email", "100"]).await;
+        let user = app.new_user().await;
+        let mut logins = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let mut client = app.auth(None);
+            let (email, password) = (user.email.clone(), user.password.clone());
+            logins.spawn(async move {
+                client
+                    .login(proto::LoginRequest { email, password })
+                    .await
+                    .map(|r| r.into_inner().access_token)
+            });
+        }
+        app.users(Some(&user.token))
+            .update_user(proto::UpdateUserRequest {
+                user: Some(proto::User { id: user.id.clone(), ..Default::default() }),
+                update_mask: None,
+                new_password: "a brand new password".into(),
+                current_password: user.password.clone(),
+            })
+            .await
+            .unwrap();
+        // Whichever logins got through with the old password, before or
+        // during the change, their sessions ended with it.
+        for token in logins.join_all().await.into_iter().flatten() {
+            assert_code(who_am_i(&app, &token).await, Code::Unauthenticated);
+        }
+    }
+}
+
+backend_test! {
+    async fn a_logout_racing_refreshes_leaves_no_working_token_of_that_session() {
+        let app = spawn_app().await;
+        let user = app.new_user().await;
+        // A chain of refreshes running while the session is ended.
+        let mut client = app.auth(None);
+        let mut refresh_token = user.refresh_token.clone();
+        let chain = tokio::spawn(async move {
+            let mut access_tokens = Vec::new();
+            while let Ok(pair) = client
+                .refresh_token(proto::RefreshTokenRequest { refresh_token: refresh_token.clone() })
+                .await
+            {
+                let pair = pair.into_inner();
+                access_tokens.push(pair.access_token);
+                refresh_token = pair.refresh_token;
+            }
+            (access_tokens, refresh_token)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        app.auth(Some(&user.token))
+            .logout(proto::LogoutRequest { refresh_token: user.refresh_token.clone() })
+            .await
+            .unwrap();
+        let (access_tokens, last_refresh_token) = chain.await.unwrap();
+        for token in access_tokens.iter().chain([&user.token]) {
+            assert_code(who_am_i(&app, token).await, Code::Unauthenticated);
+        }
+        assert_code(
+            app.auth(None)
+                .refresh_token(proto::RefreshTokenRequest { refresh_token: last_refresh_token })
+                .await,
+            Code::Unauthenticated,
+        );
+    }
+}

@@ -64,6 +64,23 @@ impl Session {
         }))
     }
 
+    /// Locks a live session's row until the transaction ends, so that ending
+    /// it waits for tokens being issued in it (a no-op write, which SQLite
+    /// can also lock); false if it has ended.
+    pub async fn lock_live(conn: &mut DbConnection, id: SessionId) -> diesel::QueryResult<bool> {
+        let locked = db_run!(conn => {
+            diesel::update(
+                sessions::table
+                    .find(id)
+                    .filter(sessions::revoked_at.is_null()),
+            )
+            .set(sessions::created_at.eq(sessions::created_at))
+            .execute(conn)
+            .await
+        })?;
+        Ok(locked == 1)
+    }
+
     /// Ends one session; false if it had already ended.
     pub async fn revoke(
         conn: &mut DbConnection,

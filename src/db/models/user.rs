@@ -106,6 +106,29 @@ impl User {
         })
     }
 
+    /// Locks the user's row until the transaction ends if the password is
+    /// still the one whose hash was checked (a no-op write, which SQLite can
+    /// also lock). A login starts its session under this lock, so a password
+    /// change either waits and then ends that session, or came first and
+    /// the login fails.
+    pub async fn lock_if_password_unchanged(
+        conn: &mut DbConnection,
+        id: UserId,
+        hashed_password: &str,
+    ) -> diesel::QueryResult<bool> {
+        let locked = db_run!(conn => {
+            diesel::update(
+                users::table
+                    .find(id)
+                    .filter(users::hashed_password.eq(hashed_password)),
+            )
+            .set(users::updated_at.eq(users::updated_at))
+            .execute(conn)
+            .await
+        })?;
+        Ok(locked == 1)
+    }
+
     /// One page in (created_at, id) order, plus one extra row if more follow.
     pub async fn list(
         conn: &mut DbConnection,

@@ -23,7 +23,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use sha2::{Digest, Sha256};
 
 use crate::db::models::LoginAttempt;
-use crate::db::Database;
+use crate::db::{Database, DbConnection};
 use crate::domain::Email;
 use crate::error::{AppError, AppResult};
 use crate::rate_limit::client_network;
@@ -113,24 +113,16 @@ impl LoginThrottle {
         .await
     }
 
-    /// Gives back the reservation of a login whose password was right.
-    /// Failing only costs the user a slot of their budget, so it is logged,
-    /// not returned.
-    pub async fn refund(&self, reservation: Reservation) {
-        let refunded = async {
-            let mut conn = self.db.conn().await?;
-            for (subject, started) in &reservation.windows {
-                LoginAttempt::refund(&mut conn, subject, *started).await?;
-            }
-            anyhow::Ok(())
+    /// Gives back the reservation of a login whose password was right, in
+    /// the transaction that starts its session (so on its connection).
+    pub async fn refund(
+        conn: &mut DbConnection,
+        reservation: &Reservation,
+    ) -> diesel::QueryResult<()> {
+        for (subject, started) in &reservation.windows {
+            LoginAttempt::refund(conn, subject, *started).await?;
         }
-        .await;
-        if let Err(error) = refunded {
-            tracing::warn!(
-                error = format!("{error:#}"),
-                "could not give back a successful login's throttle reservation"
-            );
-        }
+        Ok(())
     }
 
     /// Deletes ended windows; run periodically so the table stays small.

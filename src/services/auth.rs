@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::{convert, AppState};
-use crate::auth::caller;
+use crate::auth::{caller, LoginThrottle};
 use crate::db::models::{NewRefreshToken, RefreshToken, Session, User};
 use crate::db::sql_types::Timestamp;
 use crate::db::{self, DbConnection, Invalidation};
@@ -168,6 +168,7 @@ impl AuthService for Auth {
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         let (user_id, role) = (user.id, user.role());
         let checked_hash = &user.hashed_password;
+        let reservation = &reservation;
         let pair = conn
             .transaction(|conn| {
                 async move {
@@ -175,13 +176,13 @@ impl AuthService for Auth {
                         // The password changed while this one was checked.
                         return Err(AppError::Unauthenticated(LOGIN_FAILED.into()));
                     }
+                    LoginThrottle::refund(conn, reservation).await?;
                     Session::insert(conn, session, user_id).await?;
                     self.issue_pair(conn, user_id, role, session).await
                 }
                 .scope_boxed()
             })
             .await?;
-        self.state.throttle.refund(reservation).await;
         tracing::info!(user_id = %user.id, "login succeeded");
         Ok(Response::new(proto::LoginResponse {
             access_token: pair.access_token,

@@ -184,7 +184,7 @@ pub struct TestApp {
     pub db: Database,
     pub api_key_cache: Arc<ApiKeyCache>,
     pub chatbot_reads: Arc<ReadStats>,
-    channel: Channel,
+    clients: Clients,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -359,13 +359,19 @@ pub async fn spawn_app_on(
         db,
         api_key_cache,
         chatbot_reads,
-        channel,
+        clients: Clients { channel },
         shutdown: Some(shutdown_tx),
         server: Some(server),
     }
 }
 
-impl TestApp {
+/// Typed clients of one server, for a token or none. [`TestApp`] and
+/// [`ReplicaProcess`] both dereference to it.
+pub struct Clients {
+    channel: Channel,
+}
+
+impl Clients {
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
@@ -394,6 +400,27 @@ impl TestApp {
         StatusServiceClient::new(self.authed(token))
     }
 
+    pub async fn login(&self, email: &str, password: &str) -> Result<proto::LoginResponse, Status> {
+        Ok(self
+            .auth(None)
+            .login(proto::LoginRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await?
+            .into_inner())
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Clients;
+
+    fn deref(&self) -> &Clients {
+        &self.clients
+    }
+}
+
+impl TestApp {
     pub async fn sign_up(&self, email: &str, password: &str) -> Result<proto::User, Status> {
         let response = self
             .users(None)
@@ -404,17 +431,6 @@ impl TestApp {
             })
             .await?;
         Ok(response.into_inner().user.expect("user in response"))
-    }
-
-    pub async fn login(&self, email: &str, password: &str) -> Result<proto::LoginResponse, Status> {
-        Ok(self
-            .auth(None)
-            .login(proto::LoginRequest {
-                email: email.into(),
-                password: password.into(),
-            })
-            .await?
-            .into_inner())
     }
 
     /// A new user with a unique email, signed up and logged in.
@@ -635,7 +651,7 @@ pub async fn serving_addr(
 /// A second server as its own process (the real binary) on a test app's
 /// database: a replica shares nothing with the first but the database.
 pub struct ReplicaProcess {
-    channel: Channel,
+    clients: Clients,
     _child: tokio::process::Child,
 }
 
@@ -689,37 +705,16 @@ impl TestApp {
             .await
             .expect("connect to the replica");
         ReplicaProcess {
-            channel,
+            clients: Clients { channel },
             _child: child,
         }
     }
 }
 
-impl ReplicaProcess {
-    fn authed(&self, token: Option<&str>) -> Authed {
-        InterceptedService::new(self.channel.clone(), Bearer(token.map(str::to_owned)))
-    }
+impl std::ops::Deref for ReplicaProcess {
+    type Target = Clients;
 
-    pub fn users(&self, token: Option<&str>) -> UserServiceClient<Authed> {
-        UserServiceClient::new(self.authed(token))
-    }
-
-    pub fn auth(&self, token: Option<&str>) -> AuthServiceClient<Authed> {
-        AuthServiceClient::new(self.authed(token))
-    }
-
-    pub fn api_keys(&self, token: Option<&str>) -> ApiKeyServiceClient<Authed> {
-        ApiKeyServiceClient::new(self.authed(token))
-    }
-
-    pub async fn login(&self, email: &str, password: &str) -> Result<proto::LoginResponse, Status> {
-        Ok(self
-            .auth(None)
-            .login(proto::LoginRequest {
-                email: email.into(),
-                password: password.into(),
-            })
-            .await?
-            .into_inner())
+    fn deref(&self) -> &Clients {
+        &self.clients
     }
 }

@@ -26,6 +26,18 @@ async fn second_session(app: &TestApp, user: &TestUser) -> TestUser {
     }
 }
 
+fn password_change(user: &TestUser, new_password: &str) -> proto::UpdateUserRequest {
+    proto::UpdateUserRequest {
+        user: Some(proto::User {
+            id: user.id.clone(),
+            ..Default::default()
+        }),
+        update_mask: None,
+        new_password: new_password.into(),
+        current_password: user.password.clone(),
+    }
+}
+
 fn role_change(id: &str, role: UserRole) -> proto::UpdateUserRequest {
     proto::UpdateUserRequest {
         user: Some(proto::User {
@@ -83,12 +95,7 @@ backend_test! {
         let user = app.new_user().await;
         let other = second_session(&app, &user).await;
         app.users(Some(&user.token))
-            .update_user(proto::UpdateUserRequest {
-                user: Some(proto::User { id: user.id.clone(), ..Default::default() }),
-                update_mask: None,
-                new_password: "a brand new password".into(),
-                current_password: user.password.clone(),
-            })
+            .update_user(password_change(&user, "a brand new password"))
             .await
             .unwrap();
         assert_code(who_am_i(&app, &user.token).await, Code::Unauthenticated);
@@ -251,12 +258,7 @@ backend_test! {
             });
         }
         app.users(Some(&user.token))
-            .update_user(proto::UpdateUserRequest {
-                user: Some(proto::User { id: user.id.clone(), ..Default::default() }),
-                update_mask: None,
-                new_password: "a brand new password".into(),
-                current_password: user.password.clone(),
-            })
+            .update_user(password_change(&user, "a brand new password"))
             .await
             .unwrap();
         // Whichever logins got through with the old password, before or

@@ -12,3 +12,4 @@ mod limits;
 mod loadgen;
 mod server;
 mod users;
+mod read_races;

@@ -95,3 +95,63 @@ impl Health for HealthService {
         Ok(Response::new(Box::pin(updates)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(service: &str) -> Request<HealthCheckRequest> {
+        Request::new(HealthCheckRequest {
+            service: service.into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_watched_unknown_service_is_announced_once_it_is_reported() {
+        let (reporter, _) = health_reporter();
+        let service = HealthService {
+            statuses: reporter.statuses.clone(),
+        };
+        let mut updates = service
+            .watch(request("late.Service"))
+            .await
+            .unwrap()
+            .into_inner();
+        let status = |update: Option<Result<HealthCheckResponse, Status>>| {
+            update.expect("the stream is open").unwrap().status
+        };
+        assert_eq!(
+            status(updates.next().await),
+            WireStatus::ServiceUnknown as i32
+        );
+        // Another service's change is not repeated to this watcher.
+        reporter
+            .set_service_status("other.Service", ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_service_status("late.Service", ServingStatus::Serving)
+            .await;
+        assert_eq!(status(updates.next().await), WireStatus::Serving as i32);
+        reporter
+            .set_service_status("late.Service", ServingStatus::NotServing)
+            .await;
+        assert_eq!(status(updates.next().await), WireStatus::NotServing as i32);
+        assert_eq!(
+            service
+                .check(request("late.Service"))
+                .await
+                .unwrap()
+                .into_inner()
+                .status,
+            WireStatus::NotServing as i32
+        );
+        assert_eq!(
+            service
+                .check(request("never.Service"))
+                .await
+                .unwrap_err()
+                .code(),
+            tonic::Code::NotFound
+        );
+    }
+}

@@ -310,8 +310,9 @@ where
             enduser.id = tracing::field::Empty,
             request_id = %request_id,
         );
-        let deadline = grpc_timeout(request.headers())
-            .map_or(self.server_timeout, |client| client.min(self.server_timeout));
+        let deadline = grpc_timeout(request.headers()).map_or(self.server_timeout, |client| {
+            client.min(self.server_timeout)
+        });
         method.started();
         let mut completion = Completion {
             method,

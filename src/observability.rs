@@ -5,8 +5,8 @@
 //!
 //! It is also the edge for statuses tonic makes itself before any handler
 //! runs: a request it could not read is the client's fault, never INTERNAL,
-//! and a call the client abandoned is CANCELLED, whatever tonic answered
-//! into the closed stream.
+//! a call the client abandoned is CANCELLED, whatever tonic answered into
+//! the closed stream, and a call past its deadline is DEADLINE_EXCEEDED.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,8 +34,9 @@ pub struct RpcLayer {
 
 impl RpcLayer {
     /// `server_timeout` is the deadline the server puts on a call that sets
-    /// none (the server builder's `timeout`), so that a call dropped at its
-    /// deadline is told apart from one the client cancelled.
+    /// none (the server builder's `timeout`, which tonic enforces too, but
+    /// answers CANCELLED): past its deadline a call is answered
+    /// DEADLINE_EXCEEDED here.
     pub fn new(metrics: Metrics, server_timeout: Duration) -> Self {
         Self {
             metrics,
@@ -76,6 +77,12 @@ fn request_id(headers: &http::HeaderMap) -> String {
                 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+fn insert_request_id(headers: &mut http::HeaderMap, request_id: &str) {
+    if let Ok(value) = http::HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", value);
+    }
 }
 
 /// The client's deadline from `grpc-timeout` (at most 8 digits and a unit,
@@ -335,19 +342,28 @@ where
         let future = span.in_scope(|| inner.call(request));
         Box::pin(
             async move {
-                // Dropped here (the client reset the stream, or the deadline
-                // passed), `completion` logs and counts the abandoned call.
-                let response = match future.await {
-                    Ok(response) => response,
-                    Err(error) => {
+                // Dropped here (the client reset the stream), `completion`
+                // logs and counts the abandoned call.
+                let deadline = tokio::time::Instant::from_std(started) + deadline;
+                let response = match tokio::time::timeout_at(deadline, future).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(error)) => {
                         completion.finish(Code::Unknown);
                         return Err(error);
                     }
+                    // tonic's own timer, outside this layer, would answer
+                    // CANCELLED; gRPC says DEADLINE_EXCEEDED. This one
+                    // started first, so it fires first.
+                    Err(_) => {
+                        completion.finish(Code::DeadlineExceeded);
+                        let status = Status::deadline_exceeded("the call's deadline passed");
+                        let mut response = status.into_http::<Body>();
+                        insert_request_id(response.headers_mut(), &request_id);
+                        return Ok(response);
+                    }
                 };
                 let (mut parts, body) = response.into_parts();
-                if let Ok(value) = http::HeaderValue::from_str(&request_id) {
-                    parts.headers.insert("x-request-id", value);
-                }
+                insert_request_id(&mut parts.headers, &request_id);
                 // An error answered at once carries its status in the
                 // headers (trailers-only); otherwise it comes at the end.
                 let Some(status) = parts.headers.get("grpc-status") else {

@@ -14,7 +14,7 @@ use chatbot_backend::proto;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tonic::Code;
 
-use crate::helpers::{spawn_app_with, SECRET_KEY};
+use crate::helpers::{assert_code, spawn_app_with, SECRET_KEY};
 
 /// One gRPC call over its own HTTP/2 connection, built by hand.
 pub struct RawCall {
@@ -234,6 +234,41 @@ async fn a_call_cancelled_while_its_handler_waits_is_counted_as_canceled() {
         !handled
             .keys()
             .any(|labels| labels.starts_with(GET_CHATBOT) && !labels.ends_with("\"Canceled\"")),
+        "{handled:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_past_the_servers_deadline_is_deadline_exceeded() {
+    // The handler waits for the one connection, held by the test, for
+    // longer than the server's 1 s deadline.
+    let app = spawn_app_with(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--default-rpc-timeout-secs",
+        "1",
+        "--database-pool-size",
+        "1",
+        "--database-acquire-timeout-ms",
+        "60000",
+    ])
+    .await;
+    let user = app.new_user().await;
+    let chatbot = app.create_chatbot(&user, "bot").await;
+    let held = app.db.conn().await.unwrap();
+    let result = app
+        .chatbots(Some(&user.token))
+        .get_chatbot(proto::GetChatbotRequest { id: chatbot.id })
+        .await;
+    drop(held);
+    assert_code(result, Code::DeadlineExceeded);
+    let handled = series(
+        &scrape(app.metrics_addr.unwrap()).await,
+        "grpc_server_handled_total",
+    );
+    assert_eq!(
+        handled.get(&format!(r#"{GET_CHATBOT},grpc_code="DeadlineExceeded""#)),
+        Some(&1.0),
         "{handled:?}"
     );
 }

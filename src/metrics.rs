@@ -96,7 +96,8 @@ fn latency_histogram() -> Histogram {
 }
 
 /// One method's series, created at start so that an RPC only looks its
-/// method up in an immutable map and bumps atomics.
+/// method up in an immutable map and bumps atomics (and takes the
+/// histogram's own short lock: prometheus-client's, per method).
 struct MethodSeries {
     labels: MethodLabels,
     started: Counter,
@@ -115,12 +116,6 @@ pub struct MethodHandle {
 impl MethodHandle {
     fn series(&self) -> &MethodSeries {
         &self.metrics.inner.methods[self.index]
-    }
-
-    /// The `grpc_type` label: unary, client_stream, server_stream or
-    /// bidi_stream; `unknown` for a path no served method has.
-    pub fn grpc_type(&self) -> &'static str {
-        self.series().labels.grpc_type
     }
 
     pub fn started(&self) {

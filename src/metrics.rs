@@ -1,16 +1,32 @@
 //! Prometheus metrics in the names go-grpc-prometheus made familiar
 //! (grpc_server_started_total, grpc_server_handled_total,
 //! grpc_server_handling_seconds), plus pool and health gauges, served as
-//! text on METRICS_ADDR by a minimal HTTP endpoint.
+//! Prometheus text on `METRICS_ADDR` at `/metrics`.
+//!
+//! Only the methods the server serves get their own labels, as
+//! go-grpc-prometheus does; every other path a client invents counts under
+//! one `unknown` set, so clients cannot grow the series without bound. The
+//! served methods come from the descriptor sets of the registered services,
+//! so a new RPC is labelled without a list to keep in step.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use prost::Message as _;
 use tokio::net::TcpListener;
 
 use crate::db::Database;
@@ -20,155 +36,406 @@ const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Default)]
-struct MethodStats {
-    started: u64,
-    handled: BTreeMap<&'static str, u64>,
-    bucket_counts: Vec<u64>,
-    seconds_sum: f64,
-    seconds_count: u64,
+/// The label every path that is not a served method gets.
+const UNKNOWN: &str = "unknown";
+
+/// gRPC code names as go-grpc-prometheus labels them, indexed by code.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// The go-grpc-prometheus name of a gRPC code; codes outside the table are
+/// `Unknown`, as gRPC treats them.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    CODE_NAMES
+        .get(usize::try_from(code as i32).unwrap_or(usize::MAX))
+        .copied()
+        .unwrap_or("Unknown")
 }
 
-/// Counters shared by the RPC layer and the exporter.
-#[derive(Clone, Default)]
-pub struct Metrics {
-    methods: Arc<Mutex<BTreeMap<String, MethodStats>>>,
-    serving: Arc<AtomicBool>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
 }
 
-/// The stats of `path`, allocating its key only the first time: this runs
-/// twice per RPC.
-fn method_stats<'a>(
-    methods: &'a mut BTreeMap<String, MethodStats>,
-    path: &str,
-) -> &'a mut MethodStats {
-    if !methods.contains_key(path) {
-        methods.insert(path.to_owned(), MethodStats::default());
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandledLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+    grpc_code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS.iter().copied())
+}
+
+/// One method's series, created at start so that an RPC only looks its
+/// method up in an immutable map and bumps atomics (and takes the
+/// histogram's own short lock: prometheus-client's, per method).
+struct MethodSeries {
+    labels: MethodLabels,
+    started: Counter,
+    seconds: Histogram,
+    /// Created on a code's first use, so the output lists only codes seen.
+    handled: [OnceLock<Counter>; 17],
+}
+
+/// The series of one method, as the RPC layer holds them for a call.
+#[derive(Clone)]
+pub struct MethodHandle {
+    metrics: Metrics,
+    index: usize,
+}
+
+impl MethodHandle {
+    fn series(&self) -> &MethodSeries {
+        &self.metrics.inner.methods[self.index]
     }
-    methods.get_mut(path).expect("inserted above")
+
+    pub fn started(&self) {
+        self.series().started.inc();
+    }
+
+    pub fn handled(&self, code: tonic::Code, elapsed: Duration) {
+        let series = self.series();
+        let index = usize::try_from(code as i32)
+            .ok()
+            .filter(|i| *i < CODE_NAMES.len())
+            .unwrap_or(tonic::Code::Unknown as usize);
+        series.handled[index]
+            .get_or_init(|| {
+                self.metrics
+                    .inner
+                    .handled
+                    .get_or_create_owned(&HandledLabels {
+                        grpc_type: series.labels.grpc_type,
+                        grpc_service: series.labels.grpc_service.clone(),
+                        grpc_method: series.labels.grpc_method.clone(),
+                        grpc_code: CODE_NAMES[index],
+                    })
+            })
+            .inc();
+        series.seconds.observe(elapsed.as_secs_f64());
+    }
 }
 
-fn split(path: &str) -> (&str, &str) {
-    let path = path.trim_start_matches('/');
-    path.split_once('/').unwrap_or((path, ""))
+struct Inner {
+    registry: Registry,
+    /// Served methods, then the `unknown` set last.
+    methods: Vec<MethodSeries>,
+    by_path: HashMap<String, usize>,
+    handled: Family<HandledLabels, Counter>,
+    pool_connections: Family<StateLabel, Gauge>,
+    pool_max: Gauge,
+    pool_waiting: Gauge,
+    serving: Gauge,
+}
+
+/// The registry shared by the RPC layer and the exporter.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+/// Every method of every service in `descriptor_sets` (encoded
+/// `FileDescriptorSet`s), as (`/package.Service/Method`, service, method,
+/// grpc_type).
+fn served_methods(
+    descriptor_sets: &[&[u8]],
+) -> anyhow::Result<Vec<(String, String, String, &'static str)>> {
+    let mut methods = Vec::new();
+    for encoded in descriptor_sets {
+        let set = prost_types::FileDescriptorSet::decode(*encoded)
+            .context("decoding a descriptor set")?;
+        for file in set.file {
+            for service in &file.service {
+                let service_name = match file.package() {
+                    "" => service.name().to_owned(),
+                    package => format!("{package}.{}", service.name()),
+                };
+                for method in &service.method {
+                    let grpc_type = match (method.client_streaming(), method.server_streaming()) {
+                        (false, false) => "unary",
+                        (true, false) => "client_stream",
+                        (false, true) => "server_stream",
+                        (true, true) => "bidi_stream",
+                    };
+                    methods.push((
+                        format!("/{service_name}/{}", method.name()),
+                        service_name.clone(),
+                        method.name().to_owned(),
+                        grpc_type,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(methods)
 }
 
 impl Metrics {
-    pub fn rpc_started(&self, path: &str) {
-        let mut methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
-        method_stats(&mut methods, path).started += 1;
+    /// A registry labelling the methods of the services described by
+    /// `descriptor_sets` (the encoded `FileDescriptorSet`s of every service
+    /// the server serves).
+    pub fn new(descriptor_sets: &[&[u8]]) -> anyhow::Result<Self> {
+        let started: Family<MethodLabels, Counter> = Family::default();
+        let handled: Family<HandledLabels, Counter> = Family::default();
+        let seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let mut by_path = HashMap::new();
+        let mut methods = Vec::new();
+        let unknown = (
+            String::new(),
+            UNKNOWN.to_owned(),
+            UNKNOWN.to_owned(),
+            UNKNOWN,
+        );
+        for (path, service, method, grpc_type) in served_methods(descriptor_sets)?
+            .into_iter()
+            .chain([unknown])
+        {
+            let labels = MethodLabels {
+                grpc_type,
+                grpc_service: service,
+                grpc_method: method,
+            };
+            if !path.is_empty() {
+                by_path.insert(path, methods.len());
+            }
+            methods.push(MethodSeries {
+                started: started.get_or_create_owned(&labels),
+                seconds: seconds.get_or_create_owned(&labels),
+                handled: Default::default(),
+                labels,
+            });
+        }
+
+        let mut registry = Registry::default();
+        registry.register(
+            "grpc_server_started",
+            "Total number of RPCs started on the server.",
+            started,
+        );
+        registry.register(
+            "grpc_server_handled",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            handled.clone(),
+        );
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+            seconds,
+        );
+        let pool_connections = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Database connections by state.",
+            pool_connections.clone(),
+        );
+        let pool_max = Gauge::default();
+        registry.register(
+            "db_pool_max_connections",
+            "Configured pool size.",
+            pool_max.clone(),
+        );
+        let pool_waiting = Gauge::default();
+        registry.register(
+            "db_pool_waiting",
+            "Requests waiting for a connection.",
+            pool_waiting.clone(),
+        );
+        let serving = Gauge::default();
+        registry.register(
+            "health_serving",
+            "1 while the server reports SERVING (database reachable).",
+            serving.clone(),
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                registry,
+                methods,
+                by_path,
+                handled,
+                pool_connections,
+                pool_max,
+                pool_waiting,
+                serving,
+            }),
+        })
     }
 
-    pub fn rpc_handled(&self, path: &str, code: &'static str, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        let mut methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = method_stats(&mut methods, path);
-        *stats.handled.entry(code).or_default() += 1;
-        if stats.bucket_counts.is_empty() {
-            stats.bucket_counts = vec![0; BUCKETS.len()];
+    /// The series of the method at `path`, or the `unknown` set.
+    pub fn method(&self, path: &str) -> MethodHandle {
+        let index = self
+            .inner
+            .by_path
+            .get(path)
+            .copied()
+            .unwrap_or(self.inner.methods.len() - 1);
+        MethodHandle {
+            metrics: self.clone(),
+            index,
         }
-        for (count, bound) in stats.bucket_counts.iter_mut().zip(BUCKETS) {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
-        stats.seconds_sum += seconds;
-        stats.seconds_count += 1;
     }
 
     pub fn set_serving(&self, serving: bool) {
-        self.serving.store(serving, Ordering::Relaxed);
+        self.inner.serving.set(i64::from(serving));
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition, with the pool gauges read now.
     pub fn render(&self, db: &Database) -> String {
-        let mut out = String::new();
-        let methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
-        out.push_str("# HELP grpc_server_started_total Total number of RPCs started on the server.\n# TYPE grpc_server_started_total counter\n");
-        for (path, stats) in methods.iter() {
-            let (service, method) = split(path);
-            let _ = writeln!(out, "grpc_server_started_total{{grpc_type=\"unary\",grpc_service=\"{service}\",grpc_method=\"{method}\"}} {}", stats.started);
-        }
-        out.push_str("# HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure.\n# TYPE grpc_server_handled_total counter\n");
-        for (path, stats) in methods.iter() {
-            let (service, method) = split(path);
-            for (code, count) in &stats.handled {
-                let _ = writeln!(out, "grpc_server_handled_total{{grpc_type=\"unary\",grpc_service=\"{service}\",grpc_method=\"{method}\",grpc_code=\"{code}\"}} {count}");
-            }
-        }
-        out.push_str("# HELP grpc_server_handling_seconds Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.\n# TYPE grpc_server_handling_seconds histogram\n");
-        for (path, stats) in methods.iter() {
-            let (service, method) = split(path);
-            let labels =
-                format!("grpc_type=\"unary\",grpc_service=\"{service}\",grpc_method=\"{method}\"");
-            for (count, bound) in stats.bucket_counts.iter().zip(BUCKETS) {
-                let _ = writeln!(
-                    out,
-                    "grpc_server_handling_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "grpc_server_handling_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                stats.seconds_count
-            );
-            let _ = writeln!(
-                out,
-                "grpc_server_handling_seconds_sum{{{labels}}} {}",
-                stats.seconds_sum
-            );
-            let _ = writeln!(
-                out,
-                "grpc_server_handling_seconds_count{{{labels}}} {}",
-                stats.seconds_count
-            );
-        }
-        drop(methods);
         let pool = db.pool_status();
-        let in_use = pool.size.saturating_sub(pool.available);
-        let _ = write!(
-            out,
-            "# HELP db_pool_connections Database connections by state.\n# TYPE db_pool_connections gauge\n\
-             db_pool_connections{{state=\"open\"}} {}\ndb_pool_connections{{state=\"in_use\"}} {in_use}\n\
-             db_pool_connections{{state=\"idle\"}} {}\n\
-             # HELP db_pool_max_connections Configured pool size.\n# TYPE db_pool_max_connections gauge\ndb_pool_max_connections {}\n\
-             # HELP db_pool_waiting Requests waiting for a connection.\n# TYPE db_pool_waiting gauge\ndb_pool_waiting {}\n\
-             # HELP health_serving 1 while the server reports SERVING (database reachable).\n# TYPE health_serving gauge\nhealth_serving {}\n",
-            pool.size,
-            pool.available,
-            pool.max_size,
-            pool.waiting,
-            u8::from(self.serving.load(Ordering::Relaxed)),
-        );
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let connections = &self.inner.pool_connections;
+        connections
+            .get_or_create(&StateLabel { state: "open" })
+            .set(gauge(pool.size));
+        connections
+            .get_or_create(&StateLabel { state: "in_use" })
+            .set(gauge(pool.size.saturating_sub(pool.available)));
+        connections
+            .get_or_create(&StateLabel { state: "idle" })
+            .set(gauge(pool.available));
+        self.inner.pool_max.set(gauge(pool.max_size));
+        self.inner.pool_waiting.set(gauge(pool.waiting));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.inner.registry);
         out
     }
 }
 
-/// Serves `GET /metrics` (any path, in fact) until the process ends.
+/// How long the exporter pauses after a failed accept (out of file
+/// descriptors, say) before trying again: doubling, at most a second.
+const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Serves `GET /metrics` over HTTP/1.1 until the process ends.
 pub async fn serve(addr: SocketAddr, metrics: Metrics, db: Database) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tracing::info!(%bound, "serving Prometheus metrics");
     tokio::spawn(async move {
+        let mut backoff = ACCEPT_BACKOFF_START;
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = ACCEPT_BACKOFF_START;
+                    stream
+                }
+                Err(error) => {
+                    // Logged once per run of failures, not once per retry.
+                    if backoff == ACCEPT_BACKOFF_START {
+                        tracing::warn!(%error, "metrics endpoint cannot accept connections");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
             };
             let metrics = metrics.clone();
             let db = db.clone();
             tokio::spawn(async move {
-                let mut request = [0_u8; 1024];
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
-                let body = metrics.render(&db);
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    let db = db.clone();
+                    async move { Ok::<_, Infallible>(respond(&request, &metrics, &db)) }
+                });
+                // A client that never finishes its request headers is cut off.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
     Ok(bound)
+}
+
+fn respond<B>(
+    request: &http::Request<B>,
+    metrics: &Metrics,
+    db: &Database,
+) -> http::Response<Full<Bytes>> {
+    let response = http::Response::builder();
+    if request.uri().path() != "/metrics" {
+        return response
+            .status(http::StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
+            .unwrap_or_default();
+    }
+    if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
+        return response
+            .status(http::StatusCode::METHOD_NOT_ALLOWED)
+            .header(http::header::ALLOW, "GET, HEAD")
+            .body(Full::default())
+            .unwrap_or_default();
+    }
+    let body = metrics.render(db);
+    response
+        .header(http::header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_methods_come_from_the_descriptors_with_their_streaming_type() {
+        let methods = served_methods(&[
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ])
+        .unwrap();
+        let find = |path: &str| {
+            methods
+                .iter()
+                .find(|(p, ..)| p == path)
+                .map(|(_, service, method, kind)| (service.as_str(), method.as_str(), *kind))
+        };
+        assert_eq!(
+            find("/chatbot.v1.ApiKeyService/VerifyApiKey"),
+            Some(("chatbot.v1.ApiKeyService", "VerifyApiKey", "unary"))
+        );
+        assert_eq!(
+            find("/grpc.health.v1.Health/Watch"),
+            Some(("grpc.health.v1.Health", "Watch", "server_stream"))
+        );
+        assert_eq!(find("/chatbot.v1.ApiKeyService/Invented"), None);
+    }
+
+    #[test]
+    fn codes_are_named_as_go_grpc_prometheus_names_them() {
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(code_name(tonic::Code::Cancelled), "Canceled");
+        assert_eq!(code_name(tonic::Code::Unauthenticated), "Unauthenticated");
+    }
 }

@@ -2,28 +2,46 @@
 //! semantic-convention attributes, a request id, a completion log line at a
 //! level that separates client errors from server errors, and the RPC
 //! metrics.
+//!
+//! It is also the edge for statuses tonic makes itself before any handler
+//! runs: a request it could not read is the client's fault, never INTERNAL,
+//! a call the client abandoned is CANCELLED, whatever tonic answered into
+//! the closed stream, and a call past its deadline is DEADLINE_EXCEEDED.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body::Frame;
 use tonic::body::Body;
 use tonic::transport::server::TcpConnectInfo;
+use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::metrics::Metrics;
+use crate::metrics::{code_name, MethodHandle, Metrics};
 
 /// Wraps services in [`RpcMiddleware`].
 #[derive(Clone)]
 pub struct RpcLayer {
     metrics: Metrics,
+    server_timeout: Duration,
 }
 
 impl RpcLayer {
-    pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
+    /// `server_timeout` is the deadline the server puts on a call that sets
+    /// none (the server builder's `timeout`, which tonic enforces too, but
+    /// answers CANCELLED): past its deadline a call is answered
+    /// DEADLINE_EXCEEDED here.
+    pub fn new(metrics: Metrics, server_timeout: Duration) -> Self {
+        Self {
+            metrics,
+            server_timeout,
+        }
     }
 }
 
@@ -34,6 +52,7 @@ impl<S> Layer<S> for RpcLayer {
         RpcMiddleware {
             inner,
             metrics: self.metrics.clone(),
+            server_timeout: self.server_timeout,
         }
     }
 }
@@ -43,33 +62,10 @@ impl<S> Layer<S> for RpcLayer {
 pub struct RpcMiddleware<S> {
     inner: S,
     metrics: Metrics,
+    server_timeout: Duration,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
-
-/// gRPC code names as go-grpc-prometheus labels them.
-pub fn code_name(code: i32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "Canceled",
-        2 => "Unknown",
-        3 => "InvalidArgument",
-        4 => "DeadlineExceeded",
-        5 => "NotFound",
-        6 => "AlreadyExists",
-        7 => "PermissionDenied",
-        8 => "ResourceExhausted",
-        9 => "FailedPrecondition",
-        10 => "Aborted",
-        11 => "OutOfRange",
-        12 => "Unimplemented",
-        13 => "Internal",
-        14 => "Unavailable",
-        15 => "DataLoss",
-        16 => "Unauthenticated",
-        _ => "Unknown",
-    }
-}
 
 fn request_id(headers: &http::HeaderMap) -> String {
     headers
@@ -83,11 +79,208 @@ fn request_id(headers: &http::HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
-impl<S, B> Service<http::Request<B>> for RpcMiddleware<S>
+fn insert_request_id(headers: &mut http::HeaderMap, request_id: &str) {
+    if let Ok(value) = http::HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", value);
+    }
+}
+
+/// The client's deadline from `grpc-timeout` (at most 8 digits and a unit,
+/// as gRPC's HTTP/2 protocol defines it), read as tonic reads it.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 60 * 60),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Messages of the statuses tonic (and prost, through it) answers when it
+/// cannot read the request message: an unparsable protobuf (garbage bytes,
+/// a string that is not UTF-8), a truncated or empty body, a bad
+/// compressed-flag, a body that does not decompress. The request is the
+/// client's fault, so INVALID_ARGUMENT: the client learns not to retry it
+/// unchanged, and INTERNAL keeps meaning a bug here. Only these texts tell
+/// them apart from a handler's INTERNAL; tests pin each.
+const UNREADABLE_REQUEST: &[&str] = &[
+    "failed to decode Protobuf message",
+    "Unexpected EOF decoding stream",
+    "Missing request message",
+    "protocol error: received message with",
+    "Error decompressing",
+];
+
+/// tonic's answer to a message larger than the server's decoding limit,
+/// OUT_OF_RANGE, where gRPC's status-code table (and so every other
+/// implementation) says RESOURCE_EXHAUSTED.
+const TOO_LARGE: &str = "Error, decoded message length too large";
+
+/// The code the client gets for a status tonic made about a request it
+/// could not read, where that differs from tonic's; `None` keeps the code
+/// (every status a handler makes).
+fn reclassify(code: Code, message: &str) -> Option<Code> {
+    match code {
+        Code::OutOfRange if message.starts_with(TOO_LARGE) => Some(Code::ResourceExhausted),
+        Code::Internal if UNREADABLE_REQUEST.iter().any(|p| message.starts_with(p)) => {
+            Some(Code::InvalidArgument)
+        }
+        _ => None,
+    }
+}
+
+fn grpc_message(headers: &http::HeaderMap) -> String {
+    headers
+        .get("grpc-message")
+        .map(|value| {
+            percent_encoding::percent_decode(value.as_bytes())
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// Ends an RPC exactly once: counts it, records its code on the span and
+/// logs the completion line in the span. Dropped unfinished, the call was
+/// abandoned: at or past its deadline, DEADLINE_EXCEEDED; before it, the
+/// client cancelled.
+struct Completion {
+    method: MethodHandle,
+    span: tracing::Span,
+    started: Instant,
+    deadline: Duration,
+    finished: bool,
+}
+
+impl Completion {
+    fn finish(&mut self, code: Code) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        self.method.handled(code, elapsed);
+        let name = code_name(code);
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        self.span.in_scope(|| {
+            tracing::Span::current().record("rpc.grpc.status_code", code as i32);
+            match code {
+                // Server-side failures.
+                Code::Unknown | Code::Internal | Code::DataLoss => {
+                    tracing::error!(code = name, duration_ms, "rpc failed");
+                }
+                Code::DeadlineExceeded | Code::Unavailable => {
+                    tracing::warn!(code = name, duration_ms, "rpc failed");
+                }
+                // The client went away: nothing failed here.
+                Code::Cancelled => tracing::info!(code = name, duration_ms, "rpc cancelled"),
+                // OK and client errors (bad input, not found, denied...).
+                _ => tracing::info!(code = name, duration_ms, "rpc handled"),
+            }
+        });
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if !self.finished {
+            let code = if self.started.elapsed() >= self.deadline {
+                Code::DeadlineExceeded
+            } else {
+                Code::Cancelled
+            };
+            self.finish(code);
+        }
+    }
+}
+
+/// The request body, noting whether reading it failed: the client reset
+/// the stream or dropped the connection mid-request.
+struct RequestBody {
+    inner: Body,
+    aborted: Arc<AtomicBool>,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if matches!(frame, Some(Err(_))) {
+            self.aborted.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response whose status comes in trailers (any response but an error
+/// answered at once): the RPC ends with them, or, if the body is dropped
+/// first, was abandoned.
+struct ResponseBody {
+    inner: Body,
+    completion: Completion,
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = trailers
+                        .get("grpc-status")
+                        .map_or(Code::Unknown, |v| Code::from_bytes(v.as_bytes()));
+                    self.completion.finish(code);
+                }
+            }
+            Some(Err(status)) => self.completion.finish(status.code()),
+            // A gRPC response always ends with a status.
+            None => self.completion.finish(Code::Unknown),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Not before the status is seen, so that nothing drops the body
+        // (and with it the completion) unread.
+        self.completion.finished && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<S> Service<http::Request<Body>> for RpcMiddleware<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -97,12 +290,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_owned();
-        let (service, method) = path
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // Taken before tonic's deadline timer starts (it starts once this
+        // returns), so a call dropped by that timer is always past it here.
+        let started = Instant::now();
+        let path = request.uri().path();
+        let method = self.metrics.method(path);
+        let (service, method_name) = path
             .trim_start_matches('/')
             .split_once('/')
-            .unwrap_or((&path, ""));
+            .unwrap_or((path, ""));
         let peer = request
             .extensions()
             .get::<TcpConnectInfo>()
@@ -113,54 +310,130 @@ where
             otel.kind = "server",
             rpc.system = "grpc",
             rpc.service = %service,
-            rpc.method = %method,
+            rpc.method = %method_name,
             rpc.grpc.status_code = tracing::field::Empty,
             network.peer.address = peer.map(|p| p.ip().to_string()).unwrap_or_default(),
             network.peer.port = peer.map(|p| p.port()).unwrap_or_default(),
             enduser.id = tracing::field::Empty,
             request_id = %request_id,
         );
-        let observed = !path.starts_with("/grpc.reflection.");
-        if observed {
-            self.metrics.rpc_started(&path);
-        }
+        let deadline = grpc_timeout(request.headers()).map_or(self.server_timeout, |client| {
+            client.min(self.server_timeout)
+        });
+        method.started();
+        let mut completion = Completion {
+            method,
+            span: span.clone(),
+            started,
+            deadline,
+            finished: false,
+        };
+
+        let aborted = Arc::new(AtomicBool::new(false));
+        let request = request.map(|inner| {
+            Body::new(RequestBody {
+                inner,
+                aborted: aborted.clone(),
+            })
+        });
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // Entered so the auth layer can record the user on this span.
         let future = span.in_scope(|| inner.call(request));
-        let metrics = self.metrics.clone();
-        let started = Instant::now();
         Box::pin(
             async move {
-                let mut response = future.await?;
-                // Errors from unary handlers travel as trailers-only responses,
-                // so their status is in the headers; no status there is OK.
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .unwrap_or(0);
-                let elapsed = started.elapsed();
-                let name = code_name(code);
-                tracing::Span::current().record("rpc.grpc.status_code", code);
-                let duration_ms = elapsed.as_secs_f64() * 1000.0;
-                match code {
-                    // Server-side failures.
-                    2 | 13 | 15 => tracing::error!(code = name, duration_ms, "rpc failed"),
-                    4 | 14 => tracing::warn!(code = name, duration_ms, "rpc failed"),
-                    // OK and client errors (bad input, not found, denied...).
-                    _ => tracing::info!(code = name, duration_ms, "rpc handled"),
+                // Dropped here (the client reset the stream), `completion`
+                // logs and counts the abandoned call.
+                let deadline = tokio::time::Instant::from_std(started) + deadline;
+                let response = match tokio::time::timeout_at(deadline, future).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(error)) => {
+                        completion.finish(Code::Unknown);
+                        return Err(error);
+                    }
+                    // tonic's own timer, outside this layer, would answer
+                    // CANCELLED; gRPC says DEADLINE_EXCEEDED. This one
+                    // started first, so it fires first.
+                    Err(_) => {
+                        completion.finish(Code::DeadlineExceeded);
+                        let status = Status::deadline_exceeded("the call's deadline passed");
+                        let mut response = status.into_http::<Body>();
+                        insert_request_id(response.headers_mut(), &request_id);
+                        return Ok(response);
+                    }
+                };
+                let (mut parts, body) = response.into_parts();
+                insert_request_id(&mut parts.headers, &request_id);
+                // An error answered at once carries its status in the
+                // headers (trailers-only); otherwise it comes at the end.
+                let Some(status) = parts.headers.get("grpc-status") else {
+                    let body = Body::new(ResponseBody {
+                        inner: body,
+                        completion,
+                    });
+                    return Ok(http::Response::from_parts(parts, body));
+                };
+                let mut code = Code::from_bytes(status.as_bytes());
+                if code != Code::Ok && aborted.load(Ordering::Relaxed) {
+                    // tonic answered what it could of a half-read request;
+                    // the client has gone and will never see it.
+                    code = Code::Cancelled;
+                } else if let Some(edge_code) = reclassify(code, &grpc_message(&parts.headers)) {
+                    code = edge_code;
                 }
-                if observed {
-                    metrics.rpc_handled(&path, name, elapsed);
-                }
-                if let Ok(value) = http::HeaderValue::from_str(&request_id) {
-                    response.headers_mut().insert("x-request-id", value);
-                }
-                Ok(response)
+                parts
+                    .headers
+                    .insert("grpc-status", http::HeaderValue::from(code as i32));
+                completion.finish(code);
+                Ok(http::Response::from_parts(parts, body))
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tonics_own_statuses_about_unreadable_requests_are_reclassified() {
+        assert_eq!(
+            reclassify(
+                Code::Internal,
+                "failed to decode Protobuf message: LoginRequest.email: invalid string value: data is not UTF-8 encoded"
+            ),
+            Some(Code::InvalidArgument)
+        );
+        assert_eq!(
+            reclassify(
+                Code::OutOfRange,
+                "Error, decoded message length too large: found 204811 bytes, the limit is: 65536 bytes"
+            ),
+            Some(Code::ResourceExhausted)
+        );
+        // A handler's own codes pass through untouched.
+        assert_eq!(reclassify(Code::Internal, "internal error"), None);
+        assert_eq!(reclassify(Code::OutOfRange, "page beyond the end"), None);
+        assert_eq!(
+            reclassify(Code::InvalidArgument, "failed to decode Protobuf message"),
+            None
+        );
+    }
+
+    #[test]
+    fn grpc_timeout_is_read_in_each_unit_and_garbage_is_ignored() {
+        let timeout = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", http::HeaderValue::from_static(value));
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout("100n"), Some(Duration::from_nanos(100)));
+        assert_eq!(timeout("123456789S"), None);
+        assert_eq!(timeout("10x"), None);
+        assert_eq!(timeout("S"), None);
     }
 }

@@ -12,13 +12,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
-use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::auth::{AuthLayer, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
 use crate::config::Settings;
 use crate::db::Invalidation;
 use crate::db::{self, Database, DatabaseTarget, ListenEvent};
+use crate::health::{self, HealthReporter};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
 use crate::proto;
@@ -42,14 +42,24 @@ use crate::services::{AppState, Policy};
 /// readiness probe at "" (the whole server).
 pub const LIVENESS_SERVICE: &str = "liveness";
 
-/// Services whose health follows the database.
+/// Services whose health follows the database: the whole server and each
+/// API service, by its generated name.
 const READINESS_SERVICES: &[&str] = &[
     "",
-    "chatbot.v1.UserService",
-    "chatbot.v1.ChatbotService",
-    "chatbot.v1.ApiKeyService",
-    "chatbot.v1.AuthService",
-    "chatbot.v1.StatusService",
+    proto::user_service_server::SERVICE_NAME,
+    proto::chatbot_service_server::SERVICE_NAME,
+    proto::api_key_service_server::SERVICE_NAME,
+    proto::auth_service_server::SERVICE_NAME,
+    proto::status_service_server::SERVICE_NAME,
+];
+
+/// Descriptors of every service served, for reflection and for the
+/// methods metrics label by name.
+const SERVED_DESCRIPTOR_SETS: &[&[u8]] = &[
+    proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
 ];
 
 /// A built, bound, not yet serving server.
@@ -130,7 +140,7 @@ impl Application {
             .await
             .with_context(|| format!("binding LISTEN_ADDR {}", settings.listen_addr))?;
         let local_addr = listener.local_addr()?;
-        let metrics = Metrics::default();
+        let metrics = Metrics::new(SERVED_DESCRIPTOR_SETS)?;
         let metrics_addr = match settings.metrics_addr {
             Some(addr) => Some(
                 metrics::serve(addr, metrics.clone(), state.db.clone())
@@ -191,7 +201,7 @@ impl Application {
             ..
         } = self;
 
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let (health_reporter, health_service) = health::health_reporter();
         health_reporter
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
@@ -277,8 +287,9 @@ impl Application {
         };
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let rpc_timeout = Duration::from_secs(settings.default_rpc_timeout_secs);
         let server = Server::builder()
-            .timeout(Duration::from_secs(settings.default_rpc_timeout_secs))
+            .timeout(rpc_timeout)
             // HTTP/2's own limit, announced to clients in SETTINGS: cheaper
             // than a per-request semaphore, and a client learns the limit
             // instead of queueing blind.
@@ -286,7 +297,7 @@ impl Application {
                 u32::try_from(settings.max_concurrent_requests_per_connection).unwrap_or(u32::MAX),
             )
             // First added is outermost: observe everything, then authenticate.
-            .layer(RpcLayer::new(metrics.clone()))
+            .layer(RpcLayer::new(metrics.clone(), rpc_timeout))
             .layer(AuthLayer::new(
                 state.tokens.clone(),
                 state.sessions.clone(),

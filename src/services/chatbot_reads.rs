@@ -140,20 +140,60 @@ async fn dispatch(
 
 /// Runs one batch and hands each reader its row, or each the same error.
 async fn answer(db: &Database, reads: Vec<PendingRead>, batch_timeout: Duration) {
-    let ids: Vec<ChatbotId> = reads.iter().map(|read| read.id).collect();
-    let query = async {
-        let mut conn = db.conn().await?;
-        Ok(Chatbot::find_many(&mut conn, &ids).await?)
-    };
-    // On timeout the statement is abandoned, not its readers: they get
-    // UNAVAILABLE now rather than whenever the connection answers.
-    let found: AppResult<Vec<Chatbot>> = tokio::time::timeout(batch_timeout, query)
-        .await
-        .unwrap_or_else(|_| {
-            Err(AppError::Unavailable(anyhow::anyhow!(
-                "a batched chatbot read took longer than {batch_timeout:?}"
-            )))
+    let ids: Arc<[ChatbotId]> = reads.iter().map(|read| read.id).collect();
+    distribute(query(db, ids, batch_timeout).await, reads);
+}
+
+/// The batch's statement, run in a task of its own, for two reasons. On
+/// timeout the statement is left to finish rather than dropped half-way:
+/// a SQLite statement dropped while its blocking thread still runs leaves
+/// its connection shared with that thread, and the pool's next checkout
+/// of it panics (diesel_async#281). And such a panic, from a connection
+/// that a cancelled RPC elsewhere abandoned, fails one statement, not the
+/// batch's readers: deadpool discarded that connection, so the statement
+/// is retried once on another.
+async fn query(
+    db: &Database,
+    ids: Arc<[ChatbotId]>,
+    batch_timeout: Duration,
+) -> AppResult<Vec<Chatbot>> {
+    let deadline = tokio::time::Instant::now() + batch_timeout;
+    let mut retried = false;
+    loop {
+        let db = db.clone();
+        let ids = ids.clone();
+        let statement = tokio::spawn(async move {
+            let mut conn = db.conn().await?;
+            Ok(Chatbot::find_many(&mut conn, &ids).await?)
         });
+        // On timeout the statement is abandoned, not its readers: they get
+        // UNAVAILABLE now rather than whenever the connection answers.
+        match tokio::time::timeout_at(deadline, statement).await {
+            Ok(Ok(found)) => return found,
+            Ok(Err(failed)) if failed.is_panic() && !retried => {
+                tracing::warn!(
+                    error = %failed,
+                    "a batched chatbot read panicked; retrying it on another connection"
+                );
+                retried = true;
+            }
+            Ok(Err(failed)) => {
+                return Err(AppError::internal(anyhow::anyhow!(
+                    "a batched chatbot read failed: {failed}"
+                )))
+            }
+            Err(_) => {
+                return Err(AppError::Unavailable(anyhow::anyhow!(
+                    "a batched chatbot read took longer than {batch_timeout:?}"
+                )))
+            }
+        }
+    }
+}
+
+/// Hands each reader its row (or `None`), or each the same error. A reader
+/// that gave up (its RPC was cancelled) is skipped.
+fn distribute(found: AppResult<Vec<Chatbot>>, reads: Vec<PendingRead>) {
     match found {
         Ok(rows) => {
             // Each row with how many readers still want it: the last one
@@ -179,9 +219,63 @@ async fn answer(db: &Database, reads: Vec<PendingRead>, batch_timeout: Duration)
         }
         Err(error) => {
             for read in reads {
-                // A reader that gave up (its RPC was cancelled) is skipped.
                 let _ = read.reply.send(Err(error.duplicate()));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::domain::UserId;
+
+    fn chatbot(name: &str) -> Chatbot {
+        Chatbot {
+            id: ChatbotId::generate(),
+            owner_id: UserId::generate(),
+            name: name.into(),
+            llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn read(id: ChatbotId) -> (PendingRead, oneshot::Receiver<AppResult<Option<Chatbot>>>) {
+        let (reply, answer) = oneshot::channel();
+        (PendingRead { id, reply }, answer)
+    }
+
+    #[test]
+    fn every_live_reader_of_a_batch_gets_its_own_row_when_others_were_cancelled_mid_batch() {
+        let a = chatbot("a");
+        let b = chatbot("b");
+        let missing = ChatbotId::generate();
+        // In batch order: the first and the last reader of `a` and the
+        // only reader of `b` give up after the batch was sent.
+        let ids = [a.id, a.id, b.id, a.id, missing, b.id, a.id];
+        let cancelled = [0, 2, 6];
+        let (reads, mut answers): (Vec<_>, Vec<_>) = ids.iter().map(|id| read(*id)).unzip();
+        for index in cancelled {
+            answers[index].close();
+        }
+        distribute(Ok(vec![a.clone(), b.clone()]), reads);
+        for (index, (id, mut answer)) in ids.iter().zip(answers).enumerate() {
+            if cancelled.contains(&index) {
+                continue;
+            }
+            let row = answer
+                .try_recv()
+                .expect("a live reader is answered")
+                .expect("no error");
+            let expected = [&a, &b].into_iter().find(|row| row.id == *id);
+            assert_eq!(
+                row.map(|row| (row.id, row.name)),
+                expected.map(|row| (row.id, row.name.clone())),
+                "reader {index}"
+            );
         }
     }
 }

@@ -148,7 +148,7 @@ backend_test! {
 }
 
 backend_test! {
-    async fn requests_larger_than_the_limit_are_refused() {
+    async fn requests_larger_than_the_limit_are_resource_exhausted() {
         let app = spawn_app().await;
         let result = app
             .users(None)
@@ -158,7 +158,7 @@ backend_test! {
                 role: 0,
             })
             .await;
-        assert_code(result, Code::OutOfRange);
+        assert_code(result, Code::ResourceExhausted);
     }
 }
 

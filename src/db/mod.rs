@@ -271,7 +271,7 @@ impl Database {
     pub async fn conn(&self) -> Result<DbConnection, PoolError> {
         match &self.pool {
             DbPool::Postgres(pool) => pool.get().await.map(DbConnection::Postgres),
-            DbPool::Sqlite(pool) => pool.get().await.map(DbConnection::Sqlite),
+            DbPool::Sqlite(pool) => sqlite_checkout(pool).await.map(DbConnection::Sqlite),
         }
     }
 
@@ -374,6 +374,33 @@ fn sqlite_pool(
         .recycle_timeout(Some(settings.connect_timeout))
         .build()
         .context("building the SQLite pool")
+}
+
+/// Checks out a SQLite connection, passing over ones a cancelled RPC left
+/// unusable. A SQLite statement runs on a blocking thread; when its RPC is
+/// cancelled mid-statement, the connection goes back to the pool while that
+/// thread still shares it, and checking it out again panics inside
+/// diesel-async (diesel_async#281). deadpool drops a connection whose
+/// checkout panicked, so the next attempt gets another (or a new) one; the
+/// abandoned one closes once its statement ends.
+async fn sqlite_checkout(
+    pool: &Pool<SqliteAsyncConnection>,
+) -> Result<Object<SqliteAsyncConnection>, PoolError> {
+    use futures_util::FutureExt;
+    // Every pooled connection could be an abandoned one, once.
+    let attempts = pool.status().max_size + 1;
+    for _ in 1..attempts {
+        match std::panic::AssertUnwindSafe(pool.get())
+            .catch_unwind()
+            .await
+        {
+            Ok(checked_out) => return checked_out,
+            Err(_) => tracing::warn!(
+                "passed over a SQLite connection still busy with a cancelled statement"
+            ),
+        }
+    }
+    pool.get().await
 }
 
 /// Applies pending migrations, creating the database first if it does not

@@ -144,50 +144,30 @@ async fn answer(db: &Database, reads: Vec<PendingRead>, batch_timeout: Duration)
     distribute(query(db, ids, batch_timeout).await, reads);
 }
 
-/// The batch's statement, run in a task of its own, for two reasons. On
-/// timeout the statement is left to finish rather than dropped half-way:
-/// a SQLite statement dropped while its blocking thread still runs leaves
-/// its connection shared with that thread, and the pool's next checkout
-/// of it panics (diesel_async#281). And such a panic, from a connection
-/// that a cancelled RPC elsewhere abandoned, fails one statement, not the
-/// batch's readers: deadpool discarded that connection, so the statement
-/// is retried once on another.
+/// The batch's statement, run in a task of its own so that on timeout it is
+/// left to finish rather than dropped half-way: a SQLite statement dropped
+/// while its blocking thread still runs leaves its connection shared with
+/// that thread (see `sqlite_checkout` in `crate::db`).
 async fn query(
     db: &Database,
     ids: Arc<[ChatbotId]>,
     batch_timeout: Duration,
 ) -> AppResult<Vec<Chatbot>> {
-    let deadline = tokio::time::Instant::now() + batch_timeout;
-    let mut retried = false;
-    loop {
-        let db = db.clone();
-        let ids = ids.clone();
-        let statement = tokio::spawn(async move {
-            let mut conn = db.conn().await?;
-            Ok(Chatbot::find_many(&mut conn, &ids).await?)
-        });
-        // On timeout the statement is abandoned, not its readers: they get
-        // UNAVAILABLE now rather than whenever the connection answers.
-        match tokio::time::timeout_at(deadline, statement).await {
-            Ok(Ok(found)) => return found,
-            Ok(Err(failed)) if failed.is_panic() && !retried => {
-                tracing::warn!(
-                    error = %failed,
-                    "a batched chatbot read panicked; retrying it on another connection"
-                );
-                retried = true;
-            }
-            Ok(Err(failed)) => {
-                return Err(AppError::internal(anyhow::anyhow!(
-                    "a batched chatbot read failed: {failed}"
-                )))
-            }
-            Err(_) => {
-                return Err(AppError::Unavailable(anyhow::anyhow!(
-                    "a batched chatbot read took longer than {batch_timeout:?}"
-                )))
-            }
-        }
+    let db = db.clone();
+    let statement = tokio::spawn(async move {
+        let mut conn = db.conn().await?;
+        Ok(Chatbot::find_many(&mut conn, &ids).await?)
+    });
+    // On timeout the statement is abandoned, not its readers: they get
+    // UNAVAILABLE now rather than whenever the connection answers.
+    match tokio::time::timeout(batch_timeout, statement).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(failed)) => Err(AppError::internal(anyhow::anyhow!(
+            "a batched chatbot read failed: {failed}"
+        ))),
+        Err(_) => Err(AppError::Unavailable(anyhow::anyhow!(
+            "a batched chatbot read took longer than {batch_timeout:?}"
+        ))),
     }
 }
 

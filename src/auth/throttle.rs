@@ -7,7 +7,10 @@
 //! past the limit Login is refused before any hashing, which protects the
 //! CPU too. A refused attempt reserves nothing. A right password gives its
 //! reservation back, so the counts are the wrong passwords of the window
-//! plus the checks in flight.
+//! plus the checks in flight. Every place that checks a password the caller
+//! presents spends from the same budgets: Login, and UpdateUser's
+//! `current_password` (else a stolen access token would be an unthrottled
+//! password oracle).
 //!
 //! The policy (OWASP Authentication Cheat Sheet, "Account Lockout"): the
 //! per-email budget bounds guessing one account from any number of
@@ -24,7 +27,6 @@ use sha2::{Digest, Sha256};
 
 use crate::db::models::LoginAttempt;
 use crate::db::{Database, DbConnection};
-use crate::domain::Email;
 use crate::error::{AppError, AppResult};
 use crate::rate_limit::client_network;
 
@@ -67,12 +69,13 @@ impl LoginThrottle {
         chrono::Duration::from_std(self.window).unwrap_or(chrono::Duration::MAX)
     }
 
-    /// Reserves one password check for `email` from `address`, or
+    /// Reserves one password check for `email` (normalised, as stored) from
+    /// `address`, or
     /// RESOURCE_EXHAUSTED (with the time until the budget refills) when
     /// either budget is spent; UNAVAILABLE if the database cannot count, so
     /// an outage never lets guesses through unthrottled.
-    pub async fn reserve(&self, email: &Email, address: Option<IpAddr>) -> AppResult<Reservation> {
-        let mut subjects = vec![(subject("email", email.as_str()), self.max_per_email)];
+    pub async fn reserve(&self, email: &str, address: Option<IpAddr>) -> AppResult<Reservation> {
+        let mut subjects = vec![(subject("email", email), self.max_per_email)];
         subjects.extend(address.map(|ip| {
             (
                 subject("address", &client_network(ip).to_string()),

@@ -144,7 +144,7 @@ impl AuthService for Auth {
 
         // Reserve the check before hashing anything: the budget is shared by
         // concurrent calls and replicas, and it protects the CPU too.
-        let reservation = self.state.throttle.reserve(&email, address).await?;
+        let reservation = self.state.throttle.reserve(email.as_str(), address).await?;
 
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         let user = User::find_by_email(&mut conn, email.as_str())

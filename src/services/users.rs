@@ -9,7 +9,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::{Request, Response, Status};
 
 use super::{convert, mask_paths, AppState};
-use crate::auth::{caller, optional_caller, Caller};
+use crate::auth::{caller, optional_caller, Caller, LoginThrottle};
 use crate::db::models::{NewUser, RefreshToken, Session, User, UserChanges};
 use crate::db::sql_types::Timestamp;
 use crate::db::{self, Invalidation};
@@ -154,6 +154,7 @@ impl UserService for Users {
         request: Request<proto::UpdateUserRequest>,
     ) -> Result<Response<proto::UpdateUserResponse>, Status> {
         let caller = caller(&request)?;
+        let address = request.remote_addr().map(|addr| addr.ip());
         let request = request.into_inner();
         let mut violations = Violations::new();
         let Some(user) = request.user else {
@@ -216,16 +217,20 @@ impl UserService for Users {
             .map_err(AppError::from)?
             .ok_or(AppError::NotFound("user"))?;
 
+        // No connection is held through the slow hashes.
+        drop(conn);
+        let mut reservation = None;
         let hashed_password = match new_password {
             None => None,
             Some(new_password) => {
                 // Someone holding a stolen access token must not be able to
                 // lock the owner out: changing one's own password needs the
-                // current one.
+                // current one, checked against the login budget like Login.
                 if caller.user_id == id {
                     let presented =
                         Password::presented("current_password", request.current_password)
                             .map_err(AppError::from)?;
+                    let reserved = self.state.throttle.reserve(&current.email, address).await?;
                     let matches = self
                         .state
                         .hasher
@@ -239,6 +244,7 @@ impl UserService for Users {
                         ))
                         .into());
                     }
+                    reservation = Some(reserved);
                 }
                 Some(
                     self.state
@@ -259,9 +265,15 @@ impl UserService for Users {
             role: role.map(|role| role.as_str().to_owned()),
             updated_at: Some(Timestamp::now()),
         };
+        let reservation = reservation.as_ref();
+        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         let updated = conn
             .transaction(|conn| {
                 async move {
+                    if let Some(reservation) = reservation {
+                        // The current password was right: it costs no budget.
+                        LoginThrottle::refund(conn, reservation).await?;
+                    }
                     let updated = User::update(conn, id, &changes).await?;
                     if updated.is_some() {
                         if password_changed {

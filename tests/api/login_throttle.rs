@@ -139,3 +139,37 @@ async fn on_postgres_guesses_alternating_between_two_server_processes_share_one_
         Code::ResourceExhausted,
     );
 }
+
+backend_test! {
+    async fn current_password_guesses_through_update_user_spend_the_same_budget_as_logins() {
+        let app = spawn_app_with(&[
+            "--login-max-failures-per-email",
+            "3",
+            "--login-max-failures-per-address",
+            "1000",
+        ])
+        .await;
+        let user = app.new_user().await;
+        let change = |current: &str| chatbot_backend::proto::UpdateUserRequest {
+            user: Some(chatbot_backend::proto::User {
+                id: user.id.clone(),
+                ..Default::default()
+            }),
+            update_mask: None,
+            new_password: "a brand new password".into(),
+            current_password: current.into(),
+        };
+        // A stolen access token is no unthrottled password oracle.
+        for _ in 0..3 {
+            assert_code(
+                app.users(Some(&user.token)).update_user(change("wrong guess!")).await,
+                Code::InvalidArgument,
+            );
+        }
+        assert_code(
+            app.users(Some(&user.token)).update_user(change(PASSWORD)).await,
+            Code::ResourceExhausted,
+        );
+        assert_code(app.login(&user.email, PASSWORD).await, Code::ResourceExhausted);
+    }
+}

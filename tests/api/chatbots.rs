@@ -33,16 +33,7 @@ backend_test! {
         assert_eq!(chatbot.name, "Support Bot");
         assert_eq!(chatbot.llm_endpoint_url, "https://llm.example.com/v1");
 
-        let got = app
-            .chatbots(Some(&user.token))
-            .get_chatbot(proto::GetChatbotRequest {
-                id: chatbot.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .chatbot
-            .unwrap();
+        let got = app.read_chatbot(&user.token, &chatbot.id).await;
         assert_eq!(got, chatbot);
     }
 }

@@ -400,6 +400,18 @@ impl Clients {
         StatusServiceClient::new(self.authed(token))
     }
 
+    /// The chatbot as GetChatbot answers it to `token`'s user; panics on
+    /// an error status.
+    pub async fn read_chatbot(&self, token: &str, id: &str) -> proto::Chatbot {
+        self.chatbots(Some(token))
+            .get_chatbot(proto::GetChatbotRequest { id: id.into() })
+            .await
+            .expect("GetChatbot answers OK")
+            .into_inner()
+            .chatbot
+            .expect("chatbot in response")
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> Result<proto::LoginResponse, Status> {
         Ok(self
             .auth(None)

@@ -121,16 +121,7 @@ backend_test! {
                 "{url}"
             );
         }
-        let stored = app
-            .chatbots(Some(&user.token))
-            .get_chatbot(proto::GetChatbotRequest {
-                id: chatbot.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .chatbot
-            .unwrap();
+        let stored = app.read_chatbot(&user.token, &chatbot.id).await;
         assert_eq!(stored.llm_endpoint_url, chatbot.llm_endpoint_url);
     }
 }

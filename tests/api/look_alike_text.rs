@@ -125,16 +125,7 @@ backend_test! {
             let status = assert_code(rename(name).await, Code::InvalidArgument);
             assert_eq!(violated_fields(&status), ["chatbot.name"], "{name:?}");
         }
-        let stored = app
-            .chatbots(Some(&user.token))
-            .get_chatbot(proto::GetChatbotRequest {
-                id: chatbot.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .chatbot
-            .unwrap();
+        let stored = app.read_chatbot(&user.token, &chatbot.id).await;
         assert_eq!(stored.name, "Support");
 
         let renamed = rename("Cafe\u{301}").await.unwrap().into_inner().chatbot.unwrap();

@@ -8,21 +8,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// One invalid request field, reported as a `google.rpc.BadRequest` violation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    pub field: String,
-    pub description: String,
-}
-
-impl FieldViolation {
-    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            description: description.into(),
-        }
-    }
-}
+pub use crate::domain::FieldViolation;
 
 /// Collects every violation of a request so the client can fix all at once.
 #[derive(Debug, Default)]

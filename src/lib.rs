@@ -14,5 +14,6 @@ pub mod observability;
 pub mod proto;
 pub mod rate_limit;
 pub mod services;
+pub mod sql_types;
 pub mod startup;
 pub mod telemetry;

@@ -10,7 +10,8 @@
 mod listen;
 pub mod models;
 pub mod schema;
-pub mod sql_types;
+/// Kept under `db` too, where the models and schema look for them.
+pub use crate::sql_types;
 
 pub use listen::{
     listen_for_invalidations, notify_invalidation, Invalidation, ListenEvent, INVALIDATION_CHANNEL,

@@ -7,7 +7,7 @@ use url::Url;
 
 use super::display_text::DisplayText;
 use super::public_host::non_public_reason;
-use crate::error::FieldViolation;
+use super::FieldViolation;
 
 /// A chatbot's display name: 1 to 100 characters of [`DisplayText`].
 #[derive(Debug, Clone, PartialEq, Eq)]

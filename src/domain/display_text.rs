@@ -9,7 +9,7 @@
 use unicode_normalization::UnicodeNormalization;
 use unicode_properties::{GeneralCategory, UnicodeEmoji, UnicodeGeneralCategory};
 
-use crate::error::FieldViolation;
+use super::FieldViolation;
 
 /// A trimmed, NFC-normalised label with only visible characters and U+0020
 /// spaces.

@@ -15,7 +15,7 @@
 use unicode_normalization::UnicodeNormalization;
 
 use super::display_text::hidden_char;
-use crate::error::FieldViolation;
+use super::FieldViolation;
 
 /// A syntactically plausible email address: NFC, lowercase, its domain in
 /// IDNA Unicode form.

@@ -11,8 +11,8 @@ use diesel::sql_types;
 use diesel::sqlite::{Sqlite, SqliteValue};
 use uuid::Uuid;
 
-use crate::db::sql_types::{self as db_types, DbUuid};
-use crate::error::FieldViolation;
+use super::FieldViolation;
+use crate::sql_types::{self as db_types, DbUuid};
 
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {

@@ -11,7 +11,7 @@ use std::fmt::Display;
 use std::str::FromStr;
 
 use super::time_range::time_from_micros;
-use crate::error::FieldViolation;
+use super::FieldViolation;
 
 /// The position after which the next page starts: the last row's creation
 /// time and id (`K`: the table's id type).

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::error::FieldViolation;
+use super::FieldViolation;
 
 /// A password that meets the policy (NIST SP 800-63B: 8 to 128 characters).
 #[derive(Clone)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::error::FieldViolation;
+use super::FieldViolation;
 
 /// 0001-01-01T00:00:00Z, in seconds since the Unix epoch.
 pub const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;

@@ -1,7 +1,8 @@
-//! Column types that mean the same on both backends, so `schema.rs` and every
-//! query are written once: PostgreSQL keeps its native `uuid` and
-//! `timestamptz`; SQLite, which has neither, stores text whose byte order is
-//! the value order (lowercase hyphenated UUIDs; RFC 3339 UTC timestamps with
+//! Column types that mean the same on both backends, so `schema.rs` and
+//! every query are written once. A leaf module: `domain`'s typed ids and
+//! `db`'s tables both use it, so it imports neither. PostgreSQL keeps its
+//! native `uuid` and `timestamptz`; SQLite, which has neither, stores text
+//! whose byte order is the value order (lowercase hyphenated UUIDs; RFC 3339 UTC timestamps with
 //! exactly six fractional digits), so keyset pagination sorts identically.
 
 use chrono::{DateTime, SecondsFormat, Utc};

@@ -274,13 +274,17 @@ impl ApiKeyService for ApiKeys {
         let id = ApiKeyId::parse("id", request.get_ref().id).map_err(AppError::from)?;
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         authorized_key(&mut conn, &caller, id).await?;
-        let key = ApiKey::revoke(&mut conn, id, Utc::now())
-            .await
-            .map_err(AppError::from)?
-            .ok_or(AppError::NotFound("API key"))?;
-        self.state
-            .invalidate_api_keys(&mut conn, Invalidation::Key(id))
-            .await;
+        let key = self
+            .state
+            .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
+                async move {
+                    ApiKey::revoke(conn, id, Utc::now())
+                        .await?
+                        .ok_or(AppError::NotFound("API key"))
+                }
+                .scope_boxed()
+            })
+            .await?;
         tracing::info!(api_key_id = %id, "API key revoked");
         Ok(Response::new(proto::RevokeApiKeyResponse {
             api_key: Some(convert::api_key(key)),
@@ -312,8 +316,9 @@ impl ApiKeyService for ApiKeys {
         // Under the chatbot's lock, like CreateApiKey: concurrent rotations
         // and creations, on any replica, see each other's keys, so a key is
         // replaced once and the active-key limit holds.
-        let (new_key, old_key) = conn
-            .transaction(|conn| {
+        let (new_key, old_key) = self
+            .state
+            .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
                 let secret = &secret;
                 async move {
                     if !Chatbot::lock(conn, chatbot_id).await? {
@@ -366,9 +371,6 @@ impl ApiKeyService for ApiKeys {
                 .scope_boxed()
             })
             .await?;
-        self.state
-            .invalidate_api_keys(&mut conn, Invalidation::Key(id))
-            .await;
         tracing::info!(old_api_key_id = %id, new_api_key_id = %new_key.id, "API key rotated");
         Ok(Response::new(proto::RotateApiKeyResponse {
             api_key: Some(convert::api_key(new_key)),
@@ -385,15 +387,17 @@ impl ApiKeyService for ApiKeys {
         let id = ApiKeyId::parse("id", request.get_ref().id).map_err(AppError::from)?;
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         authorized_key(&mut conn, &caller, id).await?;
-        if !ApiKey::delete(&mut conn, id)
-            .await
-            .map_err(AppError::from)?
-        {
-            return Err(AppError::NotFound("API key").into());
-        }
         self.state
-            .invalidate_api_keys(&mut conn, Invalidation::Key(id))
-            .await;
+            .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
+                async move {
+                    match ApiKey::delete(conn, id).await? {
+                        true => Ok(()),
+                        false => Err(AppError::NotFound("API key")),
+                    }
+                }
+                .scope_boxed()
+            })
+            .await?;
         tracing::info!(api_key_id = %id, "API key deleted");
         Ok(Response::new(proto::DeleteApiKeyResponse {}))
     }

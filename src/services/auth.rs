@@ -13,7 +13,7 @@ use super::{convert, AppState};
 use crate::auth::{caller, LoginThrottle};
 use crate::db::models::{NewRefreshToken, RefreshToken, Session, User};
 use crate::db::sql_types::Timestamp;
-use crate::db::{self, DbConnection, Invalidation};
+use crate::db::{DbConnection, Invalidation};
 use crate::domain::{Email, Password, RefreshTokenId, Role, SessionId, UserId};
 use crate::error::{AppError, AppResult, FieldViolation, Violations};
 use crate::proto;
@@ -80,18 +80,16 @@ async fn end_session(
     session: SessionId,
 ) -> AppResult<()> {
     let now = Utc::now();
-    conn.transaction(|conn| {
-        async move {
-            RefreshToken::revoke_family(conn, session, now).await?;
-            Session::revoke(conn, session, now).await?;
-            db::notify_invalidation(conn, &Invalidation::Session(session)).await?;
-            Ok::<_, diesel::result::Error>(())
-        }
-        .scope_boxed()
-    })
-    .await?;
-    state.invalidate_here(&Invalidation::Session(session));
-    Ok(())
+    state
+        .commit_and_invalidate(conn, Invalidation::Session(session), |conn| {
+            async move {
+                RefreshToken::revoke_family(conn, session, now).await?;
+                Session::revoke(conn, session, now).await?;
+                Ok(())
+            }
+            .scope_boxed()
+        })
+        .await
 }
 
 /// What a presented refresh token is, before any lookup.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::{Request, Response, Status};
 
 use super::api_key_cache::Invalidation;
@@ -207,14 +208,19 @@ impl ChatbotService for Chatbots {
             llm_endpoint_url: endpoint.map(LlmEndpoint::into_inner),
             updated_at: Some(Timestamp::now()),
         };
-        let updated = Chatbot::update(&mut conn, id, &changes)
-            .await
-            .map_err(AppError::from)?
-            .ok_or(AppError::NotFound("chatbot"))?;
         // Verification answers carry the endpoint URL.
-        self.state
-            .invalidate_api_keys(&mut conn, Invalidation::Chatbot(id))
-            .await;
+        let changes = &changes;
+        let updated = self
+            .state
+            .commit_and_invalidate(&mut conn, Invalidation::Chatbot(id), |conn| {
+                async move {
+                    Chatbot::update(conn, id, changes)
+                        .await?
+                        .ok_or(AppError::NotFound("chatbot"))
+                }
+                .scope_boxed()
+            })
+            .await?;
         Ok(Response::new(proto::UpdateChatbotResponse {
             chatbot: Some(convert::chatbot(updated)),
         }))
@@ -228,15 +234,17 @@ impl ChatbotService for Chatbots {
         let id = ChatbotId::parse("id", &request.get_ref().id).map_err(AppError::from)?;
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         authorized_chatbot(&mut conn, &caller, id).await?;
-        if !Chatbot::delete(&mut conn, id)
-            .await
-            .map_err(AppError::from)?
-        {
-            return Err(AppError::NotFound("chatbot").into());
-        }
         self.state
-            .invalidate_api_keys(&mut conn, Invalidation::Chatbot(id))
-            .await;
+            .commit_and_invalidate(&mut conn, Invalidation::Chatbot(id), |conn| {
+                async move {
+                    match Chatbot::delete(conn, id).await? {
+                        true => Ok(()),
+                        false => Err(AppError::NotFound("chatbot")),
+                    }
+                }
+                .scope_boxed()
+            })
+            .await?;
         tracing::info!(chatbot_id = %id, "chatbot deleted with its keys");
         Ok(Response::new(proto::DeleteChatbotResponse {}))
     }

@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use crate::auth::{LoginThrottle, PasswordHasher, Sessions, TokenKeys};
 use crate::db::{self, Database, DbConnection, Invalidation};
-use crate::error::{FieldViolation, Violations};
+use crate::error::{AppError, AppResult, FieldViolation, Violations};
 use api_key_cache::ApiKeyCache;
 use api_keys::LastUsedRecorder;
 use chatbot_reads::ChatbotReads;
+use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 
 /// Policy knobs the handlers need.
 #[derive(Debug, Clone)]
@@ -44,28 +45,43 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// After a committed change, drops the cached verification rows it made
-    /// stale: here at once, on other replicas when the notification arrives.
-    /// If the notification cannot be sent, their entries still expire
-    /// within the cache TTL.
-    pub async fn invalidate_api_keys(&self, conn: &mut DbConnection, what: Invalidation) {
-        self.invalidate_here(&what);
-        if let Err(error) = db::notify_invalidation(conn, &what).await {
-            tracing::warn!(
-                error = %error,
-                payload = %what.payload(),
-                "could not notify other replicas of an API key change"
-            );
-        }
+    /// Runs `change` in a transaction that also tells every replica what it
+    /// makes stale (PostgreSQL delivers the NOTIFY at commit, and only if it
+    /// commits), then drops the same entries here before the RPC answers.
+    /// Every change to a cached row goes through here, so no replica can
+    /// keep serving a revoked key or an ended session because a
+    /// notification was lost after its commit.
+    pub async fn commit_and_invalidate<'a, R, F>(
+        &self,
+        conn: &mut DbConnection,
+        stale: Invalidation,
+        change: F,
+    ) -> AppResult<R>
+    where
+        F: for<'r> FnOnce(&'r mut DbConnection) -> ScopedBoxFuture<'a, 'r, AppResult<R>>
+            + Send
+            + 'a,
+        R: Send + 'a,
+    {
+        let result = conn
+            .transaction(|conn| {
+                async move {
+                    let result = change(&mut *conn).await?;
+                    db::notify_invalidation(conn, &stale).await?;
+                    Ok::<_, AppError>(result)
+                }
+                .scope_boxed()
+            })
+            .await?;
+        self.invalidate_here(&stale);
+        Ok(result)
     }
 }
 
 impl AppState {
-    /// Drops what a committed change made stale from this replica's caches.
-    /// Changes that are security decisions (sessions, roles, deletions) send
-    /// their notification for the other replicas inside their transaction,
-    /// so it goes out if and only if they commit; this is the local half,
-    /// done before the RPC answers.
+    /// Drops what a committed change made stale from this replica's caches
+    /// (the local half of [`AppState::commit_and_invalidate`]; also what the
+    /// listener does with other replicas' notifications).
     pub fn invalidate_here(&self, change: &Invalidation) {
         self.api_key_cache.invalidate(change);
         self.sessions.cache().invalidate(change);

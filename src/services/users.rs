@@ -312,23 +312,17 @@ impl UserService for Users {
         let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
         // Sessions, chatbots and keys go with the user (cascade); every
         // replica hears of it at commit.
-        let deleted = conn
-            .transaction(|conn| {
+        self.state
+            .commit_and_invalidate(&mut conn, Invalidation::Owner(id), |conn| {
                 async move {
-                    let deleted = User::delete(conn, id).await?;
-                    if deleted {
-                        db::notify_invalidation(conn, &Invalidation::Owner(id)).await?;
+                    match User::delete(conn, id).await? {
+                        true => Ok(()),
+                        false => Err(AppError::NotFound("user")),
                     }
-                    Ok::<_, DieselError>(deleted)
                 }
                 .scope_boxed()
             })
-            .await
-            .map_err(AppError::from)?;
-        if !deleted {
-            return Err(AppError::NotFound("user").into());
-        }
-        self.state.invalidate_here(&Invalidation::Owner(id));
+            .await?;
         tracing::info!(user_id = %id, "user deleted with their chatbots and keys");
         Ok(Response::new(proto::DeleteUserResponse {}))
     }

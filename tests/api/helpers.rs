@@ -635,14 +635,16 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
 }
 
 /// Reads the JSON log of a server binary started with `LOG_FORMAT=json` and
-/// `LISTEN_ADDR` port 0 until it says where it serves, showing each event to
-/// `inspect`; stdout is drained in the background afterwards.
-pub async fn serving_addr(
+/// `LISTEN_ADDR` port 0, showing each event to `done`, until `done` says so
+/// and the server has said where it serves; stdout is drained in the
+/// background afterwards.
+async fn read_log_until(
     child: &mut tokio::process::Child,
-    mut inspect: impl FnMut(&serde_json::Value),
+    mut done: impl FnMut(&serde_json::Value) -> bool,
 ) -> SocketAddr {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
+    let mut addr = None;
+    loop {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
             .expect("server starts in time")
@@ -651,13 +653,27 @@ pub async fn serving_addr(
         let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        inspect(&event);
         if event["message"] == "serving gRPC" {
-            break event["local_addr"].as_str().unwrap().parse().unwrap();
+            addr = event["local_addr"].as_str().map(|a| a.parse().unwrap());
         }
-    };
+        if done(&event) && addr.is_some() {
+            break;
+        }
+    }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    addr
+    addr.unwrap()
+}
+
+/// [`read_log_until`] it serves, showing each event to `inspect`.
+pub async fn serving_addr(
+    child: &mut tokio::process::Child,
+    mut inspect: impl FnMut(&serde_json::Value),
+) -> SocketAddr {
+    read_log_until(child, |event| {
+        inspect(event);
+        event["message"] == "serving gRPC"
+    })
+    .await
 }
 
 /// A second server as its own process (the real binary) on a test app's
@@ -694,24 +710,13 @@ impl TestApp {
         // Ready once it serves and, on PostgreSQL, listens for the other
         // replicas' changes (only then are its caches live).
         let must_listen = self.database.backend == Backend::Postgres;
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut addr, mut listening) = (None, false);
-        while addr.is_none() || (must_listen && !listening) {
-            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-                .await
-                .expect("the replica starts in time")
-                .unwrap()
-                .expect("the replica is running");
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if event["message"] == "serving gRPC" {
-                addr = event["local_addr"].as_str().map(|a| a.to_owned());
-            }
+        let mut listening = false;
+        let addr = read_log_until(&mut child, |event| {
             listening |= event["message"] == "listening for API key invalidations";
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let channel = Channel::from_shared(format!("http://{}", addr.unwrap()))
+            listening || !must_listen
+        })
+        .await;
+        let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("valid URI")
             .connect()
             .await

@@ -7,6 +7,15 @@
 //! runs: a request it could not read is the client's fault, never INTERNAL,
 //! a call the client abandoned is CANCELLED, whatever tonic answered into
 //! the closed stream, and a call past its deadline is DEADLINE_EXCEEDED.
+//!
+//! Hand-written rather than tower-http's `TraceLayer` and request-id
+//! layers: those see HTTP, not gRPC. The RPC's code arrives in trailers or
+//! in a trailers-only response, tonic's own statuses must be rewritten (not
+//! just classified), a dropped call must be told apart as cancelled or past
+//! its deadline, and a client's `x-request-id` is kept only if it is short
+//! and plain (it goes into every log line), where `SetRequestIdLayer` keeps
+//! any value. One layer doing all of it also reads the path and headers
+//! once per call, on the path every RPC takes.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -2,6 +2,12 @@
 //! server on port 0 and hands out typed clients; dropping the app stops the
 //! server and drops the database. [`backend_test!`] runs a test once on
 //! PostgreSQL and once on SQLite.
+//!
+//! Two things keep the suite fast as it grows. A fresh database is a copy of
+//! a template migrated once per migration set (see [`TestDatabase::create`]),
+//! not a database migrated per test. And servers hash passwords at argon2's
+//! cheapest cost unless a test is about the production cost
+//! ([`spawn_app_with_production_hash_cost`]).
 
 use std::future::Future;
 use std::io::Write;
@@ -10,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex, Once};
 use std::time::Duration;
 
-use chatbot_backend::auth::PasswordHasher;
+use chatbot_backend::auth::{HashCost, PasswordHasher};
 use chatbot_backend::config::Settings;
 use chatbot_backend::db::models::User;
 use chatbot_backend::db::Database;
@@ -26,7 +32,9 @@ use chatbot_backend::services::chatbot_reads::ReadStats;
 use chatbot_backend::startup::Application;
 use clap::Parser;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::OnceCell;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -93,6 +101,14 @@ pub(crate) use backend_test;
 pub const SECRET_KEY: &str = "test-secret-key-that-is-at-least-32-bytes-long";
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// argon2's cheapest parameters: a hash takes microseconds instead of tens
+/// of milliseconds (more on a busy machine, where the hashing threads' low
+/// priority starves them), which dominated the suite's run time.
+pub const TEST_HASH_COST: HashCost = HashCost {
+    memory_kib: 8,
+    iterations: 1,
+};
+
 /// Everything the server logged during this test binary's run, so tests
 /// can assert that no secret ever reaches a log line.
 pub static LOGS: LazyLock<Arc<Mutex<Vec<u8>>>> = LazyLock::new(Arc::default);
@@ -149,6 +165,160 @@ fn with_database(server_url: &str, name: &str) -> String {
     url.to_string()
 }
 
+async fn admin_connection() -> AsyncPgConnection {
+    AsyncPgConnection::establish(&test_server_url())
+        .await
+        .expect("PostgreSQL at TEST_DATABASE_URL must be reachable")
+}
+
+/// The first 16 hex digits of a SHA-256 over `migrations/<backend>/`'s
+/// files (paths and contents), so a changed migration set gets a template
+/// of its own and never reuses a stale one.
+fn migrations_digest(backend: &str) -> String {
+    fn collect(dir: &std::path::Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read the migrations directory") {
+            let path = entry.expect("a migrations directory entry").path();
+            if path.is_dir() {
+                collect(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let mut files = Vec::new();
+    collect(&root, &mut files);
+    files.sort();
+    let mut digest = Sha256::new();
+    for file in files {
+        let relative = file
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        digest.update(relative.as_bytes());
+        digest.update([0]);
+        digest.update(std::fs::read(&file).expect("read a migration"));
+        digest.update([0]);
+    }
+    digest.finalize()[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Applies the migrations to `database_url` the way an operator does, with
+/// the binary's `migrate` subcommand, which also creates the database.
+async fn migrate_with_the_binary(database_url: &str) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
+        .arg("migrate")
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run the migrate subcommand");
+    assert!(
+        output.status.success(),
+        "migrating the template failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The name of the PostgreSQL database that test databases are cloned
+/// from, migrated once per migration set. It is migrated under a unique
+/// name and renamed when complete, so a run never clones a half-migrated
+/// template and concurrent test runs never collide (the loser of a race
+/// drops its copy). Connections to it are refused: `CREATE DATABASE ..
+/// TEMPLATE` fails while anyone is connected to the template.
+async fn postgres_template() -> &'static str {
+    static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let name = format!("cbtemplate_{}", migrations_digest("postgres"));
+            let mut admin = admin_connection().await;
+            if database_exists(&mut admin, &name).await {
+                return name;
+            }
+            let staging = format!("{name}_{}", uuid::Uuid::new_v4().simple());
+            migrate_with_the_binary(&with_database(&test_server_url(), &staging)).await;
+            diesel::sql_query(format!(
+                "ALTER DATABASE \"{staging}\" WITH ALLOW_CONNECTIONS false"
+            ))
+            .execute(&mut admin)
+            .await
+            .expect("close the template to connections");
+            let renamed =
+                diesel::sql_query(format!("ALTER DATABASE \"{staging}\" RENAME TO \"{name}\""))
+                    .execute(&mut admin)
+                    .await;
+            if renamed.is_err() {
+                // Another run finished its template first; use that one.
+                diesel::sql_query(format!(
+                    "DROP DATABASE IF EXISTS \"{staging}\" WITH (FORCE)"
+                ))
+                .execute(&mut admin)
+                .await
+                .expect("drop the redundant template");
+                assert!(
+                    database_exists(&mut admin, &name).await,
+                    "could not rename the template: {renamed:?}"
+                );
+            }
+            name
+        })
+        .await
+}
+
+async fn database_exists(admin: &mut AsyncPgConnection, name: &str) -> bool {
+    #[derive(diesel::QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        found: bool,
+    }
+    diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS found")
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_result::<Found>(admin)
+        .await
+        .expect("look up a database")
+        .found
+}
+
+/// The SQLite file that test databases are copied from, migrated once per
+/// migration set; made under a unique name and renamed into place, which
+/// is atomic, so a concurrent run never copies a half-migrated file.
+async fn sqlite_template() -> &'static std::path::Path {
+    static TEMPLATE: OnceCell<PathBuf> = OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let directory = std::env::temp_dir();
+            let digest = migrations_digest("sqlite");
+            let path = directory.join(format!("cbtemplate_{digest}.db"));
+            if path.is_file() {
+                return path;
+            }
+            let staging = directory.join(format!(
+                "cbtemplate_{digest}_{}.db",
+                uuid::Uuid::new_v4().simple()
+            ));
+            migrate_with_the_binary(&format!("sqlite://{}", staging.display())).await;
+            // The last connection's close checkpoints the write-ahead log
+            // into the file; a copy of the file alone must be complete.
+            let mut wal = staging.clone().into_os_string();
+            wal.push("-wal");
+            assert!(
+                std::fs::metadata(&wal).map_or(true, |wal| wal.len() == 0),
+                "the migrated template left a write-ahead log behind"
+            );
+            std::fs::rename(&staging, &path).expect("move the SQLite template into place");
+            path
+        })
+        .await
+}
+
 /// Interceptor that adds `authorization: Bearer <token>` when a token is set.
 #[derive(Clone)]
 pub struct Bearer(pub Option<String>);
@@ -194,8 +364,8 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
-/// A fresh, empty database of the current [`Backend`], dropped on drop
-/// (a PostgreSQL database with any connections to it, or a SQLite file).
+/// A fresh database of the current [`Backend`], dropped on drop (a
+/// PostgreSQL database with any connections to it, or a SQLite file).
 pub struct TestDatabase {
     pub backend: Backend,
     pub name: String,
@@ -206,37 +376,62 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// A database already migrated to the latest schema: a copy of this
+    /// migration set's template (`CREATE DATABASE .. TEMPLATE`, or a copy of
+    /// the SQLite file), which costs a fraction of migrating it.
     pub async fn create() -> Self {
+        let database = Self::named();
+        match &database.sqlite_path {
+            Some(path) => {
+                std::fs::copy(sqlite_template().await, path).expect("copy the SQLite template");
+            }
+            None => {
+                let template = postgres_template().await;
+                database
+                    .create_on_postgres(&format!("TEMPLATE \"{template}\""))
+                    .await;
+            }
+        }
+        database
+    }
+
+    /// An empty database (on SQLite, not even the file), which the server
+    /// migrates on start: for tests of that path.
+    pub async fn create_empty() -> Self {
+        let database = Self::named();
+        if database.sqlite_path.is_none() {
+            database.create_on_postgres("").await;
+        }
+        database
+    }
+
+    /// A new name and its URL for the current backend; nothing created yet.
+    fn named() -> Self {
         init_logging();
         let backend = Backend::current();
         let name = format!("cbtest_{}", uuid::Uuid::new_v4().simple());
-        if backend == Backend::Sqlite {
-            // The server creates and migrates the file on start.
-            let path = std::env::temp_dir().join(format!("{name}.db"));
-            return Self {
-                backend,
-                url: format!("sqlite://{}", path.display()),
-                name,
-                sqlite_path: Some(path),
-                owner: true,
-            };
-        }
-        let server_url = test_server_url();
-        let url = with_database(&server_url, &name);
-        let mut admin = AsyncPgConnection::establish(&server_url)
-            .await
-            .expect("PostgreSQL at TEST_DATABASE_URL must be reachable");
-        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
+        let (url, sqlite_path) = match backend {
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!("{name}.db"));
+                (format!("sqlite://{}", path.display()), Some(path))
+            }
+            Backend::Postgres => (with_database(&test_server_url(), &name), None),
+        };
         Self {
             backend,
             name,
             url,
-            sqlite_path: None,
+            sqlite_path,
             owner: true,
         }
+    }
+
+    async fn create_on_postgres(&self, options: &str) {
+        let mut admin = admin_connection().await;
+        diesel::sql_query(format!("CREATE DATABASE \"{}\" {options}", self.name))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
     }
 
     /// The same database, for a second server; dropping it drops nothing.
@@ -294,6 +489,22 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Starts a server that hashes passwords at the production cost (the
+/// defaults of `PASSWORD_HASH_MEMORY_KIB` and `PASSWORD_HASH_ITERATIONS`),
+/// for the tests about that cost.
+pub async fn spawn_app_with_production_hash_cost() -> TestApp {
+    let database = TestDatabase::create().await;
+    let url = database.url.clone();
+    start_server(database, &url, &[], HashCosts::ServerDefault).await
+}
+
+/// What a test server hashes passwords at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HashCosts {
+    Cheapest,
+    ServerDefault,
+}
+
 /// Starts a server with extra command-line flags, e.g. `["--allow-signup", "false"]`.
 pub async fn spawn_app_with(extra_flags: &[&str]) -> TestApp {
     let database = TestDatabase::create().await;
@@ -306,6 +517,15 @@ pub async fn spawn_app_on(
     database: TestDatabase,
     database_url: &str,
     extra_flags: &[&str],
+) -> TestApp {
+    start_server(database, database_url, extra_flags, HashCosts::Cheapest).await
+}
+
+async fn start_server(
+    database: TestDatabase,
+    database_url: &str,
+    extra_flags: &[&str],
+    hash_costs: HashCosts,
 ) -> TestApp {
     let database_url = database_url.to_owned();
 
@@ -320,13 +540,25 @@ pub async fn spawn_app_on(
     ];
     // Defaults a test can override by passing the flag itself; rate limits
     // are off unless a test is about them.
-    let defaults = [
-        ("--secret-key", SECRET_KEY),
-        ("--database-pool-size", "4"),
-        ("--rate-limit-per-user", "0"),
-        ("--rate-limit-per-address", "0"),
-        ("--rate-limit-per-api-key", "0"),
+    let mut defaults = vec![
+        ("--secret-key", SECRET_KEY.to_owned()),
+        ("--database-pool-size", "4".to_owned()),
+        ("--rate-limit-per-user", "0".to_owned()),
+        ("--rate-limit-per-address", "0".to_owned()),
+        ("--rate-limit-per-api-key", "0".to_owned()),
     ];
+    if hash_costs == HashCosts::Cheapest {
+        defaults.extend([
+            (
+                "--password-hash-memory-kib",
+                TEST_HASH_COST.memory_kib.to_string(),
+            ),
+            (
+                "--password-hash-iterations",
+                TEST_HASH_COST.iterations.to_string(),
+            ),
+        ]);
+    }
     for (flag, value) in defaults {
         if !extra_flags.contains(&flag) {
             args.extend([flag.to_owned(), value.to_owned()]);
@@ -465,7 +697,7 @@ impl TestApp {
     /// A new admin, created the way `create-admin` does, and logged in.
     pub async fn new_admin(&self) -> TestUser {
         let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
-        let hash = PasswordHasher::new(1)
+        let hash = PasswordHasher::with_cost(1, TEST_HASH_COST)
             .unwrap()
             .hash(Password::parse("password", PASSWORD.into()).unwrap())
             .await
@@ -549,21 +781,29 @@ impl TestApp {
             #[diesel(sql_type = diesel::sql_types::Text)]
             row: String,
         }
+        #[derive(diesel::QueryableByName)]
+        struct Table {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            name: String,
+        }
         let mut conn = self.sql().await;
-        let tables = [
-            "users",
-            "chatbots",
-            "api_keys",
-            "refresh_tokens",
-            "__diesel_schema_migrations",
-        ];
+        // Every table, so a write to a table added later shows up too.
+        let tables: Vec<Table> = diesel::sql_query(
+            "SELECT table_name::text AS name FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+        )
+        .load(&mut conn)
+        .await
+        .unwrap();
         let mut dump = String::new();
-        for table in tables {
-            let rows: Vec<Row> =
-                diesel::sql_query(format!("SELECT row_to_json(t)::text AS row FROM {table} t"))
-                    .load(&mut conn)
-                    .await
-                    .unwrap();
+        for Table { name: table } in tables {
+            dump.push_str(&format!("-- {table}\n"));
+            let rows: Vec<Row> = diesel::sql_query(format!(
+                "SELECT row_to_json(t)::text AS row FROM \"{table}\" t"
+            ))
+            .load(&mut conn)
+            .await
+            .unwrap();
             for row in rows {
                 dump.push_str(&row.row);
                 dump.push('\n');
@@ -699,6 +939,14 @@ impl TestApp {
             .env("RATE_LIMIT_PER_USER", "0")
             .env("RATE_LIMIT_PER_ADDRESS", "0")
             .env("RATE_LIMIT_PER_API_KEY", "0")
+            .env(
+                "PASSWORD_HASH_MEMORY_KIB",
+                TEST_HASH_COST.memory_kib.to_string(),
+            )
+            .env(
+                "PASSWORD_HASH_ITERATIONS",
+                TEST_HASH_COST.iterations.to_string(),
+            )
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())

@@ -576,11 +576,12 @@ impl Drop for TestDatabase {
 
 /// Starts a server that hashes passwords at the production cost (the
 /// defaults of `PASSWORD_HASH_MEMORY_KIB` and `PASSWORD_HASH_ITERATIONS`),
-/// for the tests about that cost.
-pub async fn spawn_app_with_production_hash_cost() -> TestApp {
+/// for the tests about that cost or that need hashes to take a while, with
+/// extra command-line flags.
+pub async fn spawn_app_with_production_hash_cost(extra_flags: &[&str]) -> TestApp {
     let database = TestDatabase::create().await;
     let url = database.url.clone();
-    start_server(database, &url, &[], HashCosts::ServerDefault).await
+    start_server(database, &url, extra_flags, HashCosts::ServerDefault).await
 }
 
 /// What a test server hashes passwords at.

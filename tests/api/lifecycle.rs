@@ -36,8 +36,7 @@ async fn health_status(channel: Channel, service: &str) -> Option<i32> {
 
 backend_test! {
     async fn sigterm_lets_every_in_flight_call_finish_and_exits_zero() {
-        // Empty: the binary migrates it on start, as in production.
-        let database = TestDatabase::create_empty().await;
+        let database = TestDatabase::create().await;
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
             .arg("serve")
             .env("DATABASE_URL", &database.url)

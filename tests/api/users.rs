@@ -16,7 +16,7 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
 backend_test! {
     async fn create_user_normalises_the_email_and_returns_no_password() {
         // The stored hash's parameters are the production ones.
-        let app = spawn_app_with_production_hash_cost().await;
+        let app = spawn_app_with_production_hash_cost(&[]).await;
         let user = app
             .sign_up("  Ada.Lovelace@Example.COM ", PASSWORD)
             .await

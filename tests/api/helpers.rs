@@ -1,12 +1,14 @@
-//! The test harness: `spawn_app()` creates a fresh database, starts the
+//! The test harness: `spawn_app()` gets a fresh database, starts the
 //! server on port 0 and hands out typed clients; dropping the app stops the
-//! server and drops the database. [`backend_test!`] runs a test once on
-//! PostgreSQL and once on SQLite.
+//! server and gives the database back. [`backend_test!`] runs a test once
+//! on PostgreSQL and once on SQLite.
 //!
-//! Two things keep the suite fast as it grows. A fresh database is a copy of
-//! a template migrated once per migration set (see [`TestDatabase::create`]),
-//! not a database migrated per test. And servers hash passwords at argon2's
-//! cheapest cost unless a test is about the production cost
+//! Two things keep the suite fast as it grows. Fresh databases come from a
+//! template migrated once per migration set: on SQLite a copy of its file,
+//! on PostgreSQL an emptied database leased from a pool made from it (see
+//! [`TestDatabase::create`]); no test migrates, creates or drops a database
+//! unless it is about that. And servers hash passwords at argon2's cheapest
+//! cost unless a test needs the production cost
 //! ([`spawn_app_with_production_hash_cost`]).
 
 use std::future::Future;
@@ -482,7 +484,11 @@ impl TestDatabase {
     pub async fn create_empty() -> Self {
         let database = Self::named();
         if database.sqlite_path.is_none() {
-            database.create_on_postgres("").await;
+            let mut admin = admin_connection().await;
+            diesel::sql_query(format!("CREATE DATABASE \"{}\"", database.name))
+                .execute(&mut admin)
+                .await
+                .expect("create test database");
         }
         database
     }
@@ -507,14 +513,6 @@ impl TestDatabase {
             owner: true,
             lease: None,
         }
-    }
-
-    async fn create_on_postgres(&self, options: &str) {
-        let mut admin = admin_connection().await;
-        diesel::sql_query(format!("CREATE DATABASE \"{}\" {options}", self.name))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
     }
 
     /// The same database, for a second server; dropping it drops nothing.
@@ -934,7 +932,7 @@ impl Drop for TestApp {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        // The database is dropped after this, with FORCE.
+        // The database is given back (or dropped) after this.
         let _ = &self.database;
     }
 }

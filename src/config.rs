@@ -191,6 +191,17 @@ pub struct Settings {
     /// Log format: plain or json. Filter with RUST_LOG.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
+
+    /// Memory in KiB each new password hash (argon2id) uses. Below the
+    /// default (OWASP's recommendation) the server warns at start; tests
+    /// use argon2's minimum, 8.
+    #[arg(long, env = "PASSWORD_HASH_MEMORY_KIB", default_value_t = 19_456)]
+    pub password_hash_memory_kib: u32,
+
+    /// Passes over that memory per new password hash. Below the default
+    /// (OWASP's recommendation) the server warns at start.
+    #[arg(long, env = "PASSWORD_HASH_ITERATIONS", default_value_t = 2)]
+    pub password_hash_iterations: u32,
 }
 
 /// Settings that passed [`Settings::validate`], with what needed parsing
@@ -358,6 +369,28 @@ impl Settings {
             ),
         ];
         for (name, value, least, most) in bounds {
+            anyhow::ensure!(
+                (least..=most).contains(&value),
+                "{name} must be between {least} and {most} (got {value})"
+            );
+        }
+        // argon2 accepts no less than 8 KiB and 1 pass; above 1 GiB or 100
+        // passes every Login would outlast its deadline.
+        let hash_cost_bounds: [(&str, u32, u32, u32); 2] = [
+            (
+                "PASSWORD_HASH_MEMORY_KIB",
+                self.password_hash_memory_kib,
+                8,
+                1024 * 1024,
+            ),
+            (
+                "PASSWORD_HASH_ITERATIONS",
+                self.password_hash_iterations,
+                1,
+                100,
+            ),
+        ];
+        for (name, value, least, most) in hash_cost_bounds {
             anyhow::ensure!(
                 (least..=most).contains(&value),
                 "{name} must be between {least} and {most} (got {value})"

@@ -15,7 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::auth::{AuthLayer, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
+use crate::auth::{AuthLayer, HashCost, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
 use crate::config::{Config, Settings};
 use crate::db::Invalidation;
 use crate::db::{self, Database, DatabaseTarget, ListenEvent};
@@ -123,7 +123,13 @@ impl Application {
             ),
             sessions: Sessions::new(state_db.clone()),
             db,
-            hasher: PasswordHasher::new(settings.max_concurrent_hashes)?,
+            hasher: PasswordHasher::with_cost(
+                settings.max_concurrent_hashes,
+                HashCost {
+                    memory_kib: settings.password_hash_memory_kib,
+                    iterations: settings.password_hash_iterations,
+                },
+            )?,
             tokens: Arc::new(tokens),
             throttle: LoginThrottle::new(
                 state_db.clone(),

@@ -8,7 +8,7 @@ mod throttle;
 mod tokens;
 
 pub use layer::{AuthLayer, PUBLIC_METHODS};
-pub use password::PasswordHasher;
+pub use password::{HashCost, PasswordHasher};
 pub use sessions::{SessionCache, Sessions};
 pub use throttle::{LoginThrottle, Reservation};
 pub use tokens::{AccessToken, Claims, TokenKeys, AUDIENCE, ISSUER};

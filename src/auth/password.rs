@@ -1,5 +1,5 @@
-//! argon2id password hashing (OWASP: m=19456 KiB, t=2, p=1) on a few
-//! dedicated threads of lower scheduling priority, so a flood of logins
+//! argon2id password hashing (by default OWASP's m=19456 KiB, t=2, p=1;
+//! configurable, see [`HashCost`]) on a few dedicated threads of lower scheduling priority, so a flood of logins
 //! cannot starve the async runtime or cheap RPCs: the hashes queue for the
 //! threads, and when the process's CPU is contended the kernel runs the
 //! runtime's threads first. Nice values compete only within a scheduling
@@ -25,40 +25,88 @@ const HASH_THREAD_NICE: i32 = 10;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// The argon2id cost of new hashes: memory in KiB and passes over it, one
+/// lane. A hash is a PHC string that carries its own parameters, so hashes
+/// made at any cost keep verifying after the cost changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+}
+
+impl HashCost {
+    /// OWASP's recommendation for argon2id (Password Storage Cheat Sheet).
+    pub const OWASP: Self = Self {
+        memory_kib: 19_456,
+        iterations: 2,
+    };
+
+    /// Whether either parameter is below [`HashCost::OWASP`]'s, as tests
+    /// set them to keep the suite fast.
+    pub fn is_below_owasp(self) -> bool {
+        self.memory_kib < Self::OWASP.memory_kib || self.iterations < Self::OWASP.iterations
+    }
+
+    fn argon2(self) -> anyhow::Result<Argon2<'static>> {
+        let params = Params::new(self.memory_kib, self.iterations, 1, None)
+            .map_err(|e| anyhow::anyhow!("invalid argon2 parameters {self:?}: {e}"))?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+}
+
+impl Default for HashCost {
+    fn default() -> Self {
+        Self::OWASP
+    }
+}
+
 /// Hashes and verifies passwords.
 #[derive(Clone)]
 pub struct PasswordHasher {
     /// Work for the hashing threads; they exit when the last clone drops.
     jobs: mpsc::Sender<Job>,
-    /// A real hash of a random password: verifying against it makes a login
-    /// with an unknown email cost the same as one with a wrong password.
+    /// New hashes are made with this.
+    argon2: Arc<Argon2<'static>>,
+    /// A real hash of a random password, at the configured cost: verifying
+    /// against it makes a login with an unknown email cost the same as one
+    /// with a wrong password.
     /// Made by the hashing threads' first job, so neither start-up nor the
     /// async runtime pays for it; a verification that needs it sooner waits.
     dummy_hash: Arc<OnceLock<String>>,
 }
 
-fn argon2() -> Argon2<'static> {
-    let params = Params::new(19_456, 2, 1, None).expect("OWASP argon2 parameters are valid");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-}
-
 /// A PHC string of `secret` under a fresh salt.
-fn hash_with_new_salt(secret: &[u8]) -> anyhow::Result<String> {
+fn hash_with_new_salt(argon2: &Argon2<'_>, secret: &[u8]) -> anyhow::Result<String> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    argon2()
+    argon2
         .hash_password(secret, &salt)
         .map(|hash| hash.to_string())
         .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
 }
 
-fn new_dummy_hash() -> String {
-    hash_with_new_salt(uuid::Uuid::new_v4().to_string().as_bytes())
-        .expect("argon2 hashes a random password with valid parameters")
+fn new_dummy_hash(argon2: &Argon2<'_>) -> String {
+    hash_with_new_salt(argon2, uuid::Uuid::new_v4().to_string().as_bytes())
+        .expect("argon2 hashes a random password with validated parameters")
 }
 
 impl PasswordHasher {
-    /// Starts `max_concurrent` hashing threads.
+    /// Starts `max_concurrent` hashing threads hashing at [`HashCost::OWASP`].
     pub fn new(max_concurrent: usize) -> anyhow::Result<Self> {
+        Self::with_cost(max_concurrent, HashCost::OWASP)
+    }
+
+    /// Starts `max_concurrent` hashing threads hashing at `cost`; warns
+    /// once when `cost` is below OWASP's recommendation.
+    pub fn with_cost(max_concurrent: usize, cost: HashCost) -> anyhow::Result<Self> {
+        let argon2 = Arc::new(cost.argon2()?);
+        if cost.is_below_owasp() {
+            tracing::warn!(
+                memory_kib = cost.memory_kib,
+                iterations = cost.iterations,
+                "password hashes are cheaper than OWASP's recommendation \
+                 (19456 KiB, 2 iterations); fine for tests, weak in production"
+            );
+        }
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         for index in 0..max_concurrent.max(1) {
@@ -82,35 +130,44 @@ impl PasswordHasher {
                 .context("starting a password hashing thread")?;
         }
         let dummy_hash = Arc::new(OnceLock::new());
-        let first_job = dummy_hash.clone();
+        let (first_job, first_argon2) = (dummy_hash.clone(), argon2.clone());
         jobs.send(Box::new(move || {
-            first_job.get_or_init(new_dummy_hash);
+            first_job.get_or_init(|| new_dummy_hash(&first_argon2));
         }))
         .ok()
         .context("the password hashing threads have stopped")?;
-        Ok(Self { jobs, dummy_hash })
+        Ok(Self {
+            jobs,
+            argon2,
+            dummy_hash,
+        })
     }
 
-    /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`).
+    /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...` at the default cost).
     pub async fn hash(&self, password: Password) -> anyhow::Result<String> {
-        self.run_on_hashing_thread(move || hash_with_new_salt(password.expose().as_bytes()))
-            .await
+        let argon2 = self.argon2.clone();
+        self.run_on_hashing_thread(move || {
+            hash_with_new_salt(&argon2, password.expose().as_bytes())
+        })
+        .await
     }
 
     /// Whether `password` matches `hash`; with `None`, spends the same work
     /// on the dummy hash and answers false.
     pub async fn verify(&self, password: Password, hash: Option<String>) -> anyhow::Result<bool> {
         let known = hash.is_some();
-        let dummy_hash = self.dummy_hash.clone();
+        let (dummy_hash, argon2) = (self.dummy_hash.clone(), self.argon2.clone());
         let matches = self
             .run_on_hashing_thread(move || {
                 let hash = match &hash {
                     Some(hash) => hash.as_str(),
-                    None => dummy_hash.get_or_init(new_dummy_hash),
+                    None => dummy_hash.get_or_init(|| new_dummy_hash(&argon2)),
                 };
                 let parsed = PasswordHash::new(hash)
                     .map_err(|e| anyhow::anyhow!("stored password hash is invalid: {e}"))?;
-                Ok(argon2()
+                // The parameters come from the hash itself, whatever the
+                // configured cost was when it was made.
+                Ok(argon2
                     .verify_password(password.expose().as_bytes(), &parsed)
                     .is_ok())
             })
@@ -198,6 +255,64 @@ mod tests {
         // Made once, whichever thread needed it first.
         assert!(!hasher.verify(password, None).await.unwrap());
         assert_eq!(hasher.dummy_hash.get(), Some(&dummy));
+    }
+
+    const CHEAPEST: HashCost = HashCost {
+        memory_kib: 8,
+        iterations: 1,
+    };
+
+    #[tokio::test]
+    async fn hashes_carry_their_cost_and_verify_whatever_the_configured_cost() {
+        let cheap = PasswordHasher::with_cost(1, CHEAPEST).unwrap();
+        let owasp = PasswordHasher::new(1).unwrap();
+        let password = Password::parse("password", "a long enough password".into()).unwrap();
+        let wrong = Password::parse("password", "another long password".into()).unwrap();
+
+        let cheap_hash = cheap.hash(password.clone()).await.unwrap();
+        assert!(
+            cheap_hash.starts_with("$argon2id$v=19$m=8,t=1,p=1$"),
+            "{cheap_hash}"
+        );
+        let owasp_hash = owasp.hash(password.clone()).await.unwrap();
+        assert!(
+            owasp_hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{owasp_hash}"
+        );
+
+        for hasher in [&cheap, &owasp] {
+            for hash in [&cheap_hash, &owasp_hash] {
+                assert!(hasher
+                    .verify(password.clone(), Some(hash.clone()))
+                    .await
+                    .unwrap());
+                assert!(!hasher
+                    .verify(wrong.clone(), Some(hash.clone()))
+                    .await
+                    .unwrap());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_dummy_hash_costs_what_a_real_one_costs() {
+        let hasher = PasswordHasher::with_cost(1, CHEAPEST).unwrap();
+        let password = Password::parse("password", "a long enough password".into()).unwrap();
+        assert!(!hasher.verify(password, None).await.unwrap());
+        let dummy = hasher.dummy_hash.get().expect("made by the first job");
+        assert!(dummy.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{dummy}");
+    }
+
+    #[test]
+    fn a_cost_below_argon2s_minimum_is_refused_and_only_below_owasp_is_flagged() {
+        let too_little_memory = HashCost {
+            memory_kib: 7,
+            iterations: 1,
+        };
+        assert!(PasswordHasher::with_cost(1, too_little_memory).is_err());
+        assert!(CHEAPEST.is_below_owasp());
+        assert!(!HashCost::OWASP.is_below_owasp());
+        assert_eq!(HashCost::default(), HashCost::OWASP);
     }
 
     #[tokio::test]

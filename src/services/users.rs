@@ -270,11 +270,13 @@ impl UserService for Users {
         let updated = conn
             .transaction(|conn| {
                 async move {
+                    // The user's row before the throttle's, as Login locks
+                    // them: the other order deadlocks with a racing Login.
+                    let updated = User::update(conn, id, &changes).await?;
                     if let Some(reservation) = reservation {
                         // The current password was right: it costs no budget.
                         LoginThrottle::refund(conn, reservation).await?;
                     }
-                    let updated = User::update(conn, id, &changes).await?;
                     if updated.is_some() {
                         if password_changed {
                             // Signs the user out everywhere.

@@ -3,13 +3,44 @@ use std::time::Duration;
 use chatbot_backend::proto::{self, VerifyApiKeyReason};
 use tonic::Code;
 
-use crate::helpers::{assert_code, backend_test, logs, spawn_app, spawn_app_with, violated_fields};
+use crate::helpers::{
+    assert_code, backend_test, logs, spawn_app, spawn_app_with, violated_fields, TestApp,
+};
 
 fn in_seconds(seconds: i64) -> prost_types::Timestamp {
     let at = chrono::Utc::now() + chrono::Duration::seconds(seconds);
     prost_types::Timestamp {
         seconds: at.timestamp(),
         nanos: 0,
+    }
+}
+
+/// Verifies `key` until it answers EXPIRED, asserting every earlier answer
+/// is VALID and that EXPIRED comes only once `expire_time` has passed (the
+/// server shares the test's clock); panics if it has not expired 10 s
+/// after `expire_time`.
+async fn verify_until_expired(app: &TestApp, key: &str, expire_time: &prost_types::Timestamp) {
+    let expire_at = chrono::DateTime::from_timestamp(expire_time.seconds, expire_time.nanos as u32)
+        .expect("a valid expire_time");
+    let give_up = expire_at + chrono::Duration::seconds(10);
+    loop {
+        let reason = app.verify(key).await.reason();
+        let answered_at = chrono::Utc::now();
+        match reason {
+            VerifyApiKeyReason::Expired => {
+                assert!(
+                    answered_at >= expire_at,
+                    "EXPIRED at {answered_at}, before the expire_time {expire_at}"
+                );
+                return;
+            }
+            VerifyApiKeyReason::Valid => assert!(
+                answered_at < give_up,
+                "still VALID 10 s after the expire_time {expire_at}"
+            ),
+            other => panic!("{other:?} while waiting for the key to expire"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -81,11 +112,8 @@ backend_test! {
             app.verify(&created.key).await.reason(),
             VerifyApiKeyReason::Valid
         );
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert_eq!(
-            app.verify(&created.key).await.reason(),
-            VerifyApiKeyReason::Expired
-        );
+        let expire_time = created.api_key.unwrap().expire_time.unwrap();
+        verify_until_expired(&app, &created.key, &expire_time).await;
 
         let status = assert_code(
             app.api_keys(Some(&owner.token))
@@ -120,7 +148,8 @@ backend_test! {
             .unwrap()
             .into_inner();
         assert_ne!(rotated.key, old.key);
-        assert!(rotated.previous_api_key.unwrap().expire_time.is_some());
+        let grace_ends = rotated.previous_api_key.unwrap().expire_time;
+        assert!(grace_ends.is_some());
         assert_eq!(
             app.verify(&old.key).await.reason(),
             VerifyApiKeyReason::Valid
@@ -129,11 +158,7 @@ backend_test! {
             app.verify(&rotated.key).await.reason(),
             VerifyApiKeyReason::Valid
         );
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert_eq!(
-            app.verify(&old.key).await.reason(),
-            VerifyApiKeyReason::Expired
-        );
+        verify_until_expired(&app, &old.key, &grace_ends.unwrap()).await;
         assert_eq!(
             app.verify(&rotated.key).await.reason(),
             VerifyApiKeyReason::Valid
@@ -229,35 +254,55 @@ backend_test! {
 
 backend_test! {
     async fn verification_writes_nothing_and_last_use_is_recorded_in_batches() {
-        let app = spawn_app_with(&["--last-used-flush-interval-secs", "1"]).await;
+        // No flush comes due during this test: any change to the database
+        // while keys are verified would be the verification's own write.
+        let app = spawn_app_with(&["--last-used-flush-interval-secs", "3600"]).await;
         let owner = app.new_user().await;
         let chatbot = app.create_chatbot(&owner, "bot").await;
         let created = app.create_api_key(&owner, &chatbot.id).await;
         let id = created.api_key.unwrap().id;
+        let stored_before = app.stored_data().await;
         for _ in 0..5 {
             assert!(app.verify(&created.key).await.valid);
         }
-        let get = || {
-            let mut client = app.api_keys(Some(&owner.token));
-            async move {
-                client
-                    .get_api_key(proto::GetApiKeyRequest { id })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .api_key
-                    .unwrap()
-            }
-        };
-        let mut recorded = None;
-        for _ in 0..50 {
-            recorded = get().await.last_used_time;
-            if recorded.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            app.stored_data().await == stored_before,
+            "verifying a key wrote to the database"
+        );
+
+        // A server that flushes every second records the last use, in a
+        // batch written after the verifications.
+        let flushing = app
+            .spawn_replica(&["--last-used-flush-interval-secs", "1"])
+            .await;
+        assert!(flushing.verify(&created.key).await.valid);
+        let last_used = poll_until_last_used_is_recorded(&flushing, &owner.token, id).await;
+        assert!(last_used.is_some(), "last_used_time was never flushed");
+    }
+}
+
+/// GetApiKey's `last_used_time`, polled every 100 ms until it is set or
+/// 10 s have passed.
+async fn poll_until_last_used_is_recorded(
+    app: &TestApp,
+    token: &str,
+    id: i64,
+) -> Option<prost_types::Timestamp> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let recorded = app
+            .api_keys(Some(token))
+            .get_api_key(proto::GetApiKeyRequest { id })
+            .await
+            .unwrap()
+            .into_inner()
+            .api_key
+            .unwrap()
+            .last_used_time;
+        if recorded.is_some() || tokio::time::Instant::now() >= deadline {
+            return recorded;
         }
-        assert!(recorded.is_some(), "last_used_time was never flushed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -400,13 +445,16 @@ backend_test! {
             .unwrap()
             .into_inner();
         assert!(app.verify(&rotated.key).await.valid);
+        let rotated_id = rotated.api_key.unwrap().id;
         app.api_keys(Some(&owner.token))
-            .revoke_api_key(proto::RevokeApiKeyRequest {
-                id: rotated.api_key.unwrap().id,
-            })
+            .revoke_api_key(proto::RevokeApiKeyRequest { id: rotated_id })
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Once both keys' last use is flushed, the dump holds every write.
+        for key_id in [id, rotated_id] {
+            let recorded = poll_until_last_used_is_recorded(&app, &owner.token, key_id).await;
+            assert!(recorded.is_some(), "last_used_time was never flushed");
+        }
 
         let dump = app.stored_data().await;
         assert!(dump.contains(&owner.email), "the dump is real");

@@ -1,7 +1,15 @@
-//! The test harness: `spawn_app()` creates a fresh database, starts the
+//! The test harness: `spawn_app()` gets a fresh database, starts the
 //! server on port 0 and hands out typed clients; dropping the app stops the
-//! server and drops the database. [`backend_test!`] runs a test once on
-//! PostgreSQL and once on SQLite.
+//! server and gives the database back. [`backend_test!`] runs a test once
+//! on PostgreSQL and once on SQLite.
+//!
+//! Two things keep the suite fast as it grows. Fresh databases come from a
+//! template migrated once per migration set: on SQLite a copy of its file,
+//! on PostgreSQL an emptied database leased from a pool made from it (see
+//! [`TestDatabase::create`]); no test migrates, creates or drops a database
+//! unless it is about that. And servers hash passwords at argon2's cheapest
+//! cost unless a test needs the production cost
+//! ([`spawn_app_with_production_hash_cost`]).
 
 use std::future::Future;
 use std::io::Write;
@@ -10,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex, Once};
 use std::time::Duration;
 
-use chatbot_backend::auth::PasswordHasher;
+use chatbot_backend::auth::{HashCost, PasswordHasher};
 use chatbot_backend::config::Settings;
 use chatbot_backend::db::models::User;
 use chatbot_backend::db::Database;
@@ -26,7 +34,9 @@ use chatbot_backend::services::chatbot_reads::ReadStats;
 use chatbot_backend::startup::Application;
 use clap::Parser;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::OnceCell;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -93,6 +103,14 @@ pub(crate) use backend_test;
 pub const SECRET_KEY: &str = "test-secret-key-that-is-at-least-32-bytes-long";
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// argon2's cheapest parameters: a hash takes microseconds instead of tens
+/// of milliseconds (more on a busy machine, where the hashing threads' low
+/// priority starves them), which dominated the suite's run time.
+pub const TEST_HASH_COST: HashCost = HashCost {
+    memory_kib: 8,
+    iterations: 1,
+};
+
 /// Everything the server logged during this test binary's run, so tests
 /// can assert that no secret ever reaches a log line.
 pub static LOGS: LazyLock<Arc<Mutex<Vec<u8>>>> = LazyLock::new(Arc::default);
@@ -149,6 +167,234 @@ fn with_database(server_url: &str, name: &str) -> String {
     url.to_string()
 }
 
+async fn admin_connection() -> AsyncPgConnection {
+    AsyncPgConnection::establish(&test_server_url())
+        .await
+        .expect("PostgreSQL at TEST_DATABASE_URL must be reachable")
+}
+
+/// The first 16 hex digits of a SHA-256 over `migrations/<backend>/`'s
+/// files (paths and contents), so a changed migration set gets a template
+/// of its own and never reuses a stale one.
+fn migrations_digest(backend: &str) -> String {
+    fn collect(dir: &std::path::Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read the migrations directory") {
+            let path = entry.expect("a migrations directory entry").path();
+            if path.is_dir() {
+                collect(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let mut files = Vec::new();
+    collect(&root, &mut files);
+    files.sort();
+    let mut digest = Sha256::new();
+    for file in files {
+        let relative = file
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        digest.update(relative.as_bytes());
+        digest.update([0]);
+        digest.update(std::fs::read(&file).expect("read a migration"));
+        digest.update([0]);
+    }
+    digest.finalize()[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Applies the migrations to `database_url` the way an operator does, with
+/// the binary's `migrate` subcommand, which also creates the database.
+async fn migrate_with_the_binary(database_url: &str) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
+        .arg("migrate")
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run the migrate subcommand");
+    assert!(
+        output.status.success(),
+        "migrating the template failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The name of the PostgreSQL database that test databases are cloned
+/// from, migrated once per migration set. It is migrated under a unique
+/// name and renamed when complete, so a run never clones a half-migrated
+/// template and concurrent test runs never collide (the loser of a race
+/// drops its copy). Connections to it are refused: `CREATE DATABASE ..
+/// TEMPLATE` fails while anyone is connected to the template.
+async fn postgres_template() -> &'static str {
+    static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let name = format!("cbtemplate_{}", migrations_digest("postgres"));
+            let mut admin = admin_connection().await;
+            if database_exists(&mut admin, &name).await {
+                return name;
+            }
+            let staging = format!("{name}_{}", uuid::Uuid::new_v4().simple());
+            migrate_with_the_binary(&with_database(&test_server_url(), &staging)).await;
+            diesel::sql_query(format!(
+                "ALTER DATABASE \"{staging}\" WITH ALLOW_CONNECTIONS false"
+            ))
+            .execute(&mut admin)
+            .await
+            .expect("close the template to connections");
+            let renamed =
+                diesel::sql_query(format!("ALTER DATABASE \"{staging}\" RENAME TO \"{name}\""))
+                    .execute(&mut admin)
+                    .await;
+            if renamed.is_err() {
+                // Another run finished its template first; use that one.
+                diesel::sql_query(format!(
+                    "DROP DATABASE IF EXISTS \"{staging}\" WITH (FORCE)"
+                ))
+                .execute(&mut admin)
+                .await
+                .expect("drop the redundant template");
+                assert!(
+                    database_exists(&mut admin, &name).await,
+                    "could not rename the template: {renamed:?}"
+                );
+            }
+            name
+        })
+        .await
+}
+
+/// Leases a database of the pool that belongs to this migration set's
+/// template: the first slot whose advisory lock this connection gets, made
+/// from the template on first use and emptied on every later one. The
+/// lock, and so the lease, lasts as long as the returned connection.
+async fn lease_postgres_database() -> (String, AsyncPgConnection) {
+    #[derive(diesel::QueryableByName)]
+    struct Locked {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        locked: bool,
+    }
+    let template = postgres_template().await;
+    let mut lease = admin_connection().await;
+    for slot in 0.. {
+        let name = format!("{}_{slot}", template.replacen("cbtemplate_", "cbpool_", 1));
+        let locked = diesel::sql_query("SELECT pg_try_advisory_lock(hashtext($1)) AS locked")
+            .bind::<diesel::sql_types::Text, _>(&name)
+            .get_result::<Locked>(&mut lease)
+            .await
+            .expect("try a pool slot's lock")
+            .locked;
+        if !locked {
+            continue;
+        }
+        if database_exists(&mut lease, &name).await {
+            empty_pooled_database(&mut lease, &name).await;
+        } else {
+            diesel::sql_query(format!(
+                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+            ))
+            .execute(&mut lease)
+            .await
+            .expect("create a pooled database from the template");
+        }
+        return (name, lease);
+    }
+    unreachable!("slots are unbounded")
+}
+
+/// Ends every connection a pooled database's previous holder left (a
+/// server still shutting down must not write into the next test) and
+/// deletes every row but the migration history. Sequences keep counting,
+/// so a late write by id can never hit a row of the next test.
+async fn empty_pooled_database(lease: &mut AsyncPgConnection, name: &str) {
+    #[derive(diesel::QueryableByName)]
+    struct Table {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind::<diesel::sql_types::Text, _>(name)
+    .execute(lease)
+    .await
+    .expect("end the previous holder's connections");
+    let mut conn = AsyncPgConnection::establish(&with_database(&test_server_url(), name))
+        .await
+        .expect("connect to a pooled database");
+    let tables: Vec<Table> = diesel::sql_query(
+        "SELECT format('%I', table_name) AS name FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE' \
+         AND table_name <> '__diesel_schema_migrations'",
+    )
+    .load(&mut conn)
+    .await
+    .expect("list a pooled database's tables");
+    let tables: Vec<String> = tables.into_iter().map(|table| table.name).collect();
+    diesel::sql_query(format!("TRUNCATE {} CASCADE", tables.join(", ")))
+        .execute(&mut conn)
+        .await
+        .expect("empty a pooled database");
+}
+
+async fn database_exists(admin: &mut AsyncPgConnection, name: &str) -> bool {
+    #[derive(diesel::QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        found: bool,
+    }
+    diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS found")
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_result::<Found>(admin)
+        .await
+        .expect("look up a database")
+        .found
+}
+
+/// The SQLite file that test databases are copied from, migrated once per
+/// migration set; made under a unique name and renamed into place, which
+/// is atomic, so a concurrent run never copies a half-migrated file.
+async fn sqlite_template() -> &'static std::path::Path {
+    static TEMPLATE: OnceCell<PathBuf> = OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let directory = std::env::temp_dir();
+            let digest = migrations_digest("sqlite");
+            let path = directory.join(format!("cbtemplate_{digest}.db"));
+            if path.is_file() {
+                return path;
+            }
+            let staging = directory.join(format!(
+                "cbtemplate_{digest}_{}.db",
+                uuid::Uuid::new_v4().simple()
+            ));
+            migrate_with_the_binary(&format!("sqlite://{}", staging.display())).await;
+            // The last connection's close checkpoints the write-ahead log
+            // into the file; a copy of the file alone must be complete.
+            let mut wal = staging.clone().into_os_string();
+            wal.push("-wal");
+            assert!(
+                std::fs::metadata(&wal).map_or(true, |wal| wal.len() == 0),
+                "the migrated template left a write-ahead log behind"
+            );
+            std::fs::rename(&staging, &path).expect("move the SQLite template into place");
+            path
+        })
+        .await
+}
+
 /// Interceptor that adds `authorization: Bearer <token>` when a token is set.
 #[derive(Clone)]
 pub struct Bearer(pub Option<String>);
@@ -194,48 +440,78 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
-/// A fresh, empty database of the current [`Backend`], dropped on drop
-/// (a PostgreSQL database with any connections to it, or a SQLite file).
+/// A fresh database of the current [`Backend`]: a SQLite file deleted on
+/// drop, or a PostgreSQL database leased from a pool (see
+/// [`TestDatabase::create`]) and given back on drop.
 pub struct TestDatabase {
     pub backend: Backend,
     pub name: String,
     pub url: String,
     sqlite_path: Option<PathBuf>,
-    /// Only the owner drops the database.
+    /// Only the owner drops the database or gives back its lease.
     owner: bool,
+    /// Holds a pooled PostgreSQL database's lease (an advisory lock) while
+    /// it lives; closing it gives the database back instead of dropping it.
+    lease: Option<AsyncPgConnection>,
 }
 
 impl TestDatabase {
+    /// A database already migrated to the latest schema and holding no
+    /// rows. On SQLite, a copy of this migration set's template file. On
+    /// PostgreSQL, a database leased from a pool shared by every test
+    /// process (an advisory lock on the server is the lease) and emptied:
+    /// creating a database from a template takes about a second on a busy
+    /// machine and dropping one forces a checkpoint of the whole server,
+    /// while emptying a leased one takes milliseconds.
     pub async fn create() -> Self {
+        let mut database = Self::named();
+        match &database.sqlite_path {
+            Some(path) => {
+                std::fs::copy(sqlite_template().await, path).expect("copy the SQLite template");
+            }
+            None => {
+                let (name, lease) = lease_postgres_database().await;
+                database.url = with_database(&test_server_url(), &name);
+                database.name = name;
+                database.lease = Some(lease);
+            }
+        }
+        database
+    }
+
+    /// An empty database (on SQLite, not even the file), which the server
+    /// migrates on start: for tests of that path.
+    pub async fn create_empty() -> Self {
+        let database = Self::named();
+        if database.sqlite_path.is_none() {
+            let mut admin = admin_connection().await;
+            diesel::sql_query(format!("CREATE DATABASE \"{}\"", database.name))
+                .execute(&mut admin)
+                .await
+                .expect("create test database");
+        }
+        database
+    }
+
+    /// A new name and its URL for the current backend; nothing created yet.
+    fn named() -> Self {
         init_logging();
         let backend = Backend::current();
         let name = format!("cbtest_{}", uuid::Uuid::new_v4().simple());
-        if backend == Backend::Sqlite {
-            // The server creates and migrates the file on start.
-            let path = std::env::temp_dir().join(format!("{name}.db"));
-            return Self {
-                backend,
-                url: format!("sqlite://{}", path.display()),
-                name,
-                sqlite_path: Some(path),
-                owner: true,
-            };
-        }
-        let server_url = test_server_url();
-        let url = with_database(&server_url, &name);
-        let mut admin = AsyncPgConnection::establish(&server_url)
-            .await
-            .expect("PostgreSQL at TEST_DATABASE_URL must be reachable");
-        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
+        let (url, sqlite_path) = match backend {
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!("{name}.db"));
+                (format!("sqlite://{}", path.display()), Some(path))
+            }
+            Backend::Postgres => (with_database(&test_server_url(), &name), None),
+        };
         Self {
             backend,
             name,
             url,
-            sqlite_path: None,
+            sqlite_path,
             owner: true,
+            lease: None,
         }
     }
 
@@ -247,6 +523,7 @@ impl TestDatabase {
             url: self.url.clone(),
             sqlite_path: self.sqlite_path.clone(),
             owner: false,
+            lease: None,
         }
     }
 
@@ -261,7 +538,8 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if !self.owner {
+        if !self.owner || self.lease.is_some() {
+            // A leased database is given back when `lease` closes.
             return;
         }
         if let Some(path) = &self.sqlite_path {
@@ -294,6 +572,23 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Starts a server that hashes passwords at the production cost (the
+/// defaults of `PASSWORD_HASH_MEMORY_KIB` and `PASSWORD_HASH_ITERATIONS`),
+/// for the tests about that cost or that need hashes to take a while, with
+/// extra command-line flags.
+pub async fn spawn_app_with_production_hash_cost(extra_flags: &[&str]) -> TestApp {
+    let database = TestDatabase::create().await;
+    let url = database.url.clone();
+    start_server(database, &url, extra_flags, HashCosts::ServerDefault).await
+}
+
+/// What a test server hashes passwords at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HashCosts {
+    Cheapest,
+    ServerDefault,
+}
+
 /// Starts a server with extra command-line flags, e.g. `["--allow-signup", "false"]`.
 pub async fn spawn_app_with(extra_flags: &[&str]) -> TestApp {
     let database = TestDatabase::create().await;
@@ -306,6 +601,15 @@ pub async fn spawn_app_on(
     database: TestDatabase,
     database_url: &str,
     extra_flags: &[&str],
+) -> TestApp {
+    start_server(database, database_url, extra_flags, HashCosts::Cheapest).await
+}
+
+async fn start_server(
+    database: TestDatabase,
+    database_url: &str,
+    extra_flags: &[&str],
+    hash_costs: HashCosts,
 ) -> TestApp {
     let database_url = database_url.to_owned();
 
@@ -320,13 +624,25 @@ pub async fn spawn_app_on(
     ];
     // Defaults a test can override by passing the flag itself; rate limits
     // are off unless a test is about them.
-    let defaults = [
-        ("--secret-key", SECRET_KEY),
-        ("--database-pool-size", "4"),
-        ("--rate-limit-per-user", "0"),
-        ("--rate-limit-per-address", "0"),
-        ("--rate-limit-per-api-key", "0"),
+    let mut defaults = vec![
+        ("--secret-key", SECRET_KEY.to_owned()),
+        ("--database-pool-size", "4".to_owned()),
+        ("--rate-limit-per-user", "0".to_owned()),
+        ("--rate-limit-per-address", "0".to_owned()),
+        ("--rate-limit-per-api-key", "0".to_owned()),
     ];
+    if hash_costs == HashCosts::Cheapest {
+        defaults.extend([
+            (
+                "--password-hash-memory-kib",
+                TEST_HASH_COST.memory_kib.to_string(),
+            ),
+            (
+                "--password-hash-iterations",
+                TEST_HASH_COST.iterations.to_string(),
+            ),
+        ]);
+    }
     for (flag, value) in defaults {
         if !extra_flags.contains(&flag) {
             args.extend([flag.to_owned(), value.to_owned()]);
@@ -465,7 +781,7 @@ impl TestApp {
     /// A new admin, created the way `create-admin` does, and logged in.
     pub async fn new_admin(&self) -> TestUser {
         let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
-        let hash = PasswordHasher::new(1)
+        let hash = PasswordHasher::with_cost(1, TEST_HASH_COST)
             .unwrap()
             .hash(Password::parse("password", PASSWORD.into()).unwrap())
             .await
@@ -549,21 +865,29 @@ impl TestApp {
             #[diesel(sql_type = diesel::sql_types::Text)]
             row: String,
         }
+        #[derive(diesel::QueryableByName)]
+        struct Table {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            name: String,
+        }
         let mut conn = self.sql().await;
-        let tables = [
-            "users",
-            "chatbots",
-            "api_keys",
-            "refresh_tokens",
-            "__diesel_schema_migrations",
-        ];
+        // Every table, so a write to a table added later shows up too.
+        let tables: Vec<Table> = diesel::sql_query(
+            "SELECT table_name::text AS name FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+        )
+        .load(&mut conn)
+        .await
+        .unwrap();
         let mut dump = String::new();
-        for table in tables {
-            let rows: Vec<Row> =
-                diesel::sql_query(format!("SELECT row_to_json(t)::text AS row FROM {table} t"))
-                    .load(&mut conn)
-                    .await
-                    .unwrap();
+        for Table { name: table } in tables {
+            dump.push_str(&format!("-- {table}\n"));
+            let rows: Vec<Row> = diesel::sql_query(format!(
+                "SELECT row_to_json(t)::text AS row FROM \"{table}\" t"
+            ))
+            .load(&mut conn)
+            .await
+            .unwrap();
             for row in rows {
                 dump.push_str(&row.row);
                 dump.push('\n');
@@ -608,7 +932,7 @@ impl Drop for TestApp {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        // The database is dropped after this, with FORCE.
+        // The database is given back (or dropped) after this.
         let _ = &self.database;
     }
 }
@@ -699,6 +1023,14 @@ impl TestApp {
             .env("RATE_LIMIT_PER_USER", "0")
             .env("RATE_LIMIT_PER_ADDRESS", "0")
             .env("RATE_LIMIT_PER_API_KEY", "0")
+            .env(
+                "PASSWORD_HASH_MEMORY_KIB",
+                TEST_HASH_COST.memory_kib.to_string(),
+            )
+            .env(
+                "PASSWORD_HASH_ITERATIONS",
+                TEST_HASH_COST.iterations.to_string(),
+            )
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())

@@ -4,7 +4,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::ServingStatus;
 
-use crate::helpers::{assert_code, backend_test, spawn_app, Backend};
+use crate::helpers::{assert_code, backend_test, spawn_app, spawn_app_on, Backend, TestDatabase};
 
 backend_test! {
     async fn health_reports_serving_for_the_server_liveness_and_each_service() {
@@ -147,6 +147,50 @@ backend_test! {
     }
 }
 
+/// The newest migration's version, as GetDatabaseStatus reports it: the
+/// digits of `migrations/<backend>/`'s last directory name before the `_`.
+fn newest_migration_version() -> String {
+    let backend = match Backend::current() {
+        Backend::Postgres => "postgres",
+        Backend::Sqlite => "sqlite",
+    };
+    let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let newest = std::fs::read_dir(directory)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .max()
+        .expect("at least one migration");
+    newest
+        .split('_')
+        .next()
+        .unwrap()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect()
+}
+
+backend_test! {
+    async fn a_server_started_on_an_empty_database_migrates_it_to_the_newest_schema() {
+        // Other tests start on a copy of a migrated template; this one runs
+        // the server's own migrations from nothing.
+        let database = TestDatabase::create_empty().await;
+        let url = database.url.clone();
+        let app = spawn_app_on(database, &url, &[]).await;
+        let admin = app.new_admin().await;
+        let status = app
+            .status(Some(&admin.token))
+            .get_database_status(proto::GetDatabaseStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.schema_version, newest_migration_version());
+        let user = app.new_user().await;
+        app.create_chatbot(&user, "bot").await;
+    }
+}
+
 backend_test! {
     async fn requests_larger_than_the_limit_are_resource_exhausted() {
         let app = spawn_app().await;
@@ -168,11 +212,14 @@ backend_test! {
         let user = app.new_user().await;
         app.create_chatbot(&user, "bot").await;
         app.stop().await;
-        assert!(app
-            .users(None)
-            .list_users(proto::ListUsersRequest::default())
-            .await
-            .is_err());
+        // Nothing answers any more: the call fails to connect, not with an
+        // answer from a server still half up.
+        assert_code(
+            app.users(None)
+                .list_users(proto::ListUsersRequest::default())
+                .await,
+            Code::Unavailable,
+        );
     }
 }
 
@@ -199,22 +246,36 @@ async fn a_setting_that_cannot_work_stops_the_start_naming_itself() {
         ("DATABASE_POOL_SIZE", "0"),
         ("MAX_REQUEST_BYTES", "10"),
         ("HEALTH_CHECK_INTERVAL_SECS", "0"),
+        ("PASSWORD_HASH_MEMORY_KIB", "7"),
+        ("PASSWORD_HASH_ITERATIONS", "0"),
     ];
     let scratch = std::env::temp_dir().join(format!("settings-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&scratch).unwrap();
-    for (name, value) in unworkable {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
-            .arg("serve")
-            .current_dir(&scratch)
-            .env("DATABASE_URL", scratch.join("never-created.db"))
-            .env("LISTEN_ADDR", "127.0.0.1:0")
-            .env(name, value)
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(std::time::Duration::from_secs(30), output)
-            .await
-            .unwrap_or_else(|_| panic!("{name}={value}: the server started instead of stopping"))
-            .unwrap();
+    // The starts run at once, each in a directory of its own, so a store
+    // opened by one start is blamed on that start alone.
+    let mut starts = tokio::task::JoinSet::new();
+    for (index, (name, value)) in unworkable.into_iter().enumerate() {
+        let workdir = scratch.join(index.to_string());
+        std::fs::create_dir_all(&workdir).unwrap();
+        starts.spawn(async move {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
+                .arg("serve")
+                .current_dir(&workdir)
+                .env("DATABASE_URL", workdir.join("never-created.db"))
+                .env("LISTEN_ADDR", "127.0.0.1:0")
+                .env(name, value)
+                .kill_on_drop(true)
+                .output();
+            let output = tokio::time::timeout(std::time::Duration::from_secs(30), output)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{name}={value}: the server started instead of stopping")
+                })
+                .unwrap();
+            let store_created = workdir.join("never-created.db").exists();
+            (name, value, output, store_created)
+        });
+    }
+    for (name, value, output, store_created) in starts.join_all().await {
         let printed = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -223,7 +284,7 @@ async fn a_setting_that_cannot_work_stops_the_start_naming_itself() {
         assert!(!output.status.success(), "{name}={value} was accepted");
         assert!(printed.contains(name), "{name}={value}: {printed}");
         assert!(
-            !scratch.join("never-created.db").exists(),
+            !store_created,
             "{name}={value}: the store was opened before the settings were checked"
         );
     }

@@ -3,7 +3,8 @@ use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, spawn_app, spawn_app_with, violated_fields, PASSWORD,
+    assert_code, backend_test, spawn_app, spawn_app_with, spawn_app_with_production_hash_cost,
+    violated_fields, PASSWORD,
 };
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
@@ -14,7 +15,8 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
 
 backend_test! {
     async fn create_user_normalises_the_email_and_returns_no_password() {
-        let app = spawn_app().await;
+        // The stored hash's parameters are the production ones.
+        let app = spawn_app_with_production_hash_cost(&[]).await;
         let user = app
             .sign_up("  Ada.Lovelace@Example.COM ", PASSWORD)
             .await

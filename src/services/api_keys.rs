@@ -12,7 +12,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::AppState;
+use super::{found, AppState};
 use crate::auth::{caller, Caller};
 use crate::db::models::{ApiKey, Chatbot, NewApiKey, VerificationRecord};
 use crate::db::sql_types::Timestamp;
@@ -432,13 +432,7 @@ pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> 
     state
         .caches
         .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
-            async move {
-                match ApiKey::delete(conn, id).await? {
-                    true => Ok(()),
-                    false => Err(AppError::NotFound("API key")),
-                }
-            }
-            .scope_boxed()
+            async move { found(ApiKey::delete(conn, id).await?, "API key") }.scope_boxed()
         })
         .await?;
     tracing::info!(api_key_id = %id, "API key deleted");

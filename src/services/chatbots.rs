@@ -9,7 +9,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, mask_paths};
-use super::{AppState, Policy};
+use super::{found, AppState, Policy};
 use crate::auth::{caller, Caller};
 use crate::db::models::{Chatbot, ChatbotChanges, NewChatbot};
 use crate::db::{DbConnection, Invalidation};
@@ -266,13 +266,7 @@ pub async fn delete_chatbot(state: &AppState, caller: &Caller, id: ChatbotId) ->
     state
         .caches
         .commit_and_invalidate(&mut conn, Invalidation::Chatbot(id), |conn| {
-            async move {
-                match Chatbot::delete(conn, id).await? {
-                    true => Ok(()),
-                    false => Err(AppError::NotFound("chatbot")),
-                }
-            }
-            .scope_boxed()
+            async move { found(Chatbot::delete(conn, id).await?, "chatbot") }.scope_boxed()
         })
         .await?;
     tracing::info!(chatbot_id = %id, "chatbot deleted with its keys");

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::auth::{LoginThrottle, PasswordHasher, Sessions, TokenKeys};
 use crate::db::Database;
+use crate::error::{AppError, AppResult};
 use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, LastUsedRecorder};
 use crate::rate_limit::RateLimits;
 
@@ -47,4 +48,14 @@ pub struct AppState {
     pub chatbot_reads: ChatbotReads,
     pub rate_limits: RateLimits,
     pub policy: Policy,
+}
+
+/// What a delete of a row that may be gone answers: NOT_FOUND when no row
+/// matched.
+fn found(deleted: bool, what: &'static str) -> AppResult<()> {
+    if deleted {
+        Ok(())
+    } else {
+        Err(AppError::NotFound(what))
+    }
 }

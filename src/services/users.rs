@@ -10,7 +10,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, mask_paths};
-use super::AppState;
+use super::{found, AppState};
 use crate::auth::{caller, optional_caller, Caller, LoginThrottle};
 use crate::db::models::{NewUser, RefreshToken, Session, User, UserChanges};
 use crate::db::{self, Invalidation};
@@ -336,13 +336,7 @@ pub async fn delete_user(state: &AppState, caller: &Caller, id: UserId) -> AppRe
     state
         .caches
         .commit_and_invalidate(&mut conn, Invalidation::Owner(id), |conn| {
-            async move {
-                match User::delete(conn, id).await? {
-                    true => Ok(()),
-                    false => Err(AppError::NotFound("user")),
-                }
-            }
-            .scope_boxed()
+            async move { found(User::delete(conn, id).await?, "user") }.scope_boxed()
         })
         .await?;
     tracing::info!(user_id = %id, "user deleted with their chatbots and keys");

@@ -246,7 +246,28 @@ pub struct RotatedKey {
 #[derive(Debug)]
 pub enum Verification {
     Valid(Arc<VerificationRecord>),
-    Invalid(VerifyApiKeyReason),
+    Invalid(Rejection),
+}
+
+/// Why a presented key is not valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not shaped like one of our keys; the database was not asked.
+    Malformed,
+    NotFound,
+    Revoked,
+    Expired,
+}
+
+impl From<Rejection> for VerifyApiKeyReason {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::Malformed => VerifyApiKeyReason::Malformed,
+            Rejection::NotFound => VerifyApiKeyReason::NotFound,
+            Rejection::Revoked => VerifyApiKeyReason::Revoked,
+            Rejection::Expired => VerifyApiKeyReason::Expired,
+        }
+    }
 }
 
 impl From<Verification> for proto::VerifyApiKeyResponse {
@@ -262,7 +283,7 @@ impl From<Verification> for proto::VerifyApiKeyResponse {
             },
             Verification::Invalid(reason) => proto::VerifyApiKeyResponse {
                 valid: false,
-                reason: reason.into(),
+                reason: VerifyApiKeyReason::from(reason).into(),
                 ..Default::default()
             },
         }
@@ -444,7 +465,7 @@ pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> 
 /// only when the key's rate limit is spent or the store is unreachable.
 pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Verification> {
     let Some(secret) = cmd.secret else {
-        return Ok(Verification::Invalid(VerifyApiKeyReason::Malformed));
+        return Ok(Verification::Invalid(Rejection::Malformed));
     };
     let digest = secret.digest();
     if let Err(retry_after) = state.rate_limits.check(RateKey::api_key(&digest)) {
@@ -468,14 +489,14 @@ pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Ve
         }
     };
     let Some(record) = record else {
-        return Ok(Verification::Invalid(VerifyApiKeyReason::NotFound));
+        return Ok(Verification::Invalid(Rejection::NotFound));
     };
     let now = Utc::now();
     if record.revoked {
-        return Ok(Verification::Invalid(VerifyApiKeyReason::Revoked));
+        return Ok(Verification::Invalid(Rejection::Revoked));
     }
     if record.expires_at.is_some_and(|t| t <= now) {
-        return Ok(Verification::Invalid(VerifyApiKeyReason::Expired));
+        return Ok(Verification::Invalid(Rejection::Expired));
     }
     state.last_used.record(record.id, now);
     Ok(Verification::Valid(record))

@@ -1,10 +1,16 @@
 //! One `Settings` struct, filled from flags, environment variables and a
-//! `.env` file (flags win), and validated before anything starts.
+//! `.env` file (flags win), and validated once, before anything starts, into
+//! the [`Config`] the rest of the server reads. Secrets (`SECRET_KEY`,
+//! `SECRET_KEY_PREVIOUS`, the password in `DATABASE_URL`) are held in
+//! `secrecy` types, so `Debug` of either prints none of them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::db::DatabaseTarget;
 
 /// PostgreSQL's `statement_timeout` is a 32-bit count of milliseconds; the
 /// other timeouts share its bound (about 24 days).
@@ -38,7 +44,7 @@ pub struct Settings {
         default_value = "sqlite://chatbot-backend.db",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: SecretString,
 
     /// Address to serve gRPC on; port 0 picks a free port (logged).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
@@ -72,11 +78,11 @@ pub struct Settings {
     /// HS256 signing key for access tokens, at least 32 bytes. Unset: a random
     /// key per process (tokens die with it).
     #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
-    pub secret_key: Option<String>,
+    pub secret_key: Option<SecretString>,
 
     /// Previous signing key: still verifies tokens, never signs (rotation).
     #[arg(long, env = "SECRET_KEY_PREVIOUS", hide_env_values = true)]
-    pub secret_key_previous: Option<String>,
+    pub secret_key_previous: Option<SecretString>,
 
     /// Access token lifetime in seconds.
     #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
@@ -187,19 +193,30 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
+/// Settings that passed [`Settings::validate`], with what needed parsing
+/// parsed once: the configuration the server is built from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Every value within its range.
+    pub settings: Settings,
+    /// The store `DATABASE_URL` selects.
+    pub database: DatabaseTarget,
+}
+
 impl Settings {
-    /// Rejects settings that cannot work, naming the bad one.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    /// Rejects settings that cannot work, naming the bad one; otherwise
+    /// parses what needs parsing, once.
+    pub fn validate(self) -> anyhow::Result<Config> {
         if let Some(key) = &self.secret_key {
+            let len = key.expose_secret().len();
             anyhow::ensure!(
-                key.len() >= 32,
-                "SECRET_KEY must be at least 32 bytes (got {})",
-                key.len()
+                len >= 32,
+                "SECRET_KEY must be at least 32 bytes (got {len})"
             );
         }
         if let Some(key) = &self.secret_key_previous {
             anyhow::ensure!(
-                key.len() >= 32,
+                key.expose_secret().len() >= 32,
                 "SECRET_KEY_PREVIOUS must be at least 32 bytes"
             );
             anyhow::ensure!(
@@ -352,13 +369,11 @@ impl Settings {
                 "METRICS_ADDR must differ from LISTEN_ADDR ({metrics_addr})"
             );
         }
-        self.database_target()?;
-        Ok(())
-    }
-
-    /// The store `DATABASE_URL` selects.
-    pub fn database_target(&self) -> anyhow::Result<crate::db::DatabaseTarget> {
-        crate::db::DatabaseTarget::parse(&self.database_url)
+        let database = DatabaseTarget::parse(self.database_url.expose_secret())?;
+        Ok(Config {
+            settings: self,
+            database,
+        })
     }
 
     pub fn rate_limit_settings(&self) -> crate::rate_limit::RateLimitSettings {
@@ -376,6 +391,45 @@ impl Settings {
             acquire_timeout: Duration::from_millis(self.database_acquire_timeout_ms),
             connect_timeout: Duration::from_millis(self.database_connect_timeout_ms),
             statement_timeout: Duration::from_millis(self.database_statement_timeout_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Settings;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    #[test]
+    fn debug_prints_neither_the_secret_keys_nor_the_database_password() {
+        let signing = "signing-key-that-is-at-least-32-bytes-long";
+        let previous = "previous-key-that-is-at-least-32-bytes-long";
+        let settings = Cli::parse_from([
+            "test",
+            "--database-url",
+            "postgres://app:hunter2@db:5432/chatbot",
+            "--secret-key",
+            signing,
+            "--secret-key-previous",
+            previous,
+        ])
+        .settings;
+        let settings_printed = format!("{settings:?}");
+        let config = settings.validate().unwrap();
+        let config_printed = format!("{config:?}");
+        for printed in [settings_printed, config_printed] {
+            for secret in [signing, previous, "hunter2"] {
+                assert!(!printed.contains(secret), "{secret} in {printed}");
+            }
+            // Still useful: the other settings show.
+            assert!(printed.contains("listen_addr"), "{printed}");
         }
     }
 }

@@ -61,34 +61,31 @@ async fn main() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     telemetry::init(cli.settings.log_format);
-    let settings = cli.settings;
+    // Checked before any subcommand touches the store.
+    let config = cli.settings.validate()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let app = Application::build(settings).await?;
+            let app = Application::build_from(config).await?;
             app.run_until(shutdown_signal()).await
         }
         Command::Migrate { revert: false } => {
-            settings.validate()?;
-            let applied = db::run_migrations(&settings.database_target()?).await?;
+            let applied = db::run_migrations(&config.database).await?;
             println!("applied {} migration(s): {applied:?}", applied.len());
             Ok(())
         }
         Command::Migrate { revert: true } => {
-            settings.validate()?;
-            let reverted = db::revert_last_migration(&settings.database_target()?).await?;
+            let reverted = db::revert_last_migration(&config.database).await?;
             println!("reverted migration {reverted}");
             Ok(())
         }
         Command::Seed => {
-            settings.validate()?;
-            db::run_migrations(&settings.database_target()?).await?;
-            let db = Database::new(&settings.database_target()?, &settings.pool_settings())?;
+            db::run_migrations(&config.database).await?;
+            let db = Database::new(&config.database, &config.settings.pool_settings())?;
             admin::seed(&db).await
         }
         Command::CreateAdmin { email } => {
-            settings.validate()?;
-            db::run_migrations(&settings.database_target()?).await?;
-            let db = Database::new(&settings.database_target()?, &settings.pool_settings())?;
+            db::run_migrations(&config.database).await?;
+            let db = Database::new(&config.database, &config.settings.pool_settings())?;
             let user = admin::create_admin(&db, &email, std::io::stdin().lock()).await?;
             println!("{} is now an admin (id {})", user.email, user.id);
             Ok(())

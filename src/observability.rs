@@ -7,6 +7,15 @@
 //! runs: a request it could not read is the client's fault, never INTERNAL,
 //! a call the client abandoned is CANCELLED, whatever tonic answered into
 //! the closed stream, and a call past its deadline is DEADLINE_EXCEEDED.
+//!
+//! Hand-written rather than tower-http's `TraceLayer` and request-id
+//! layers: those see HTTP, not gRPC. The RPC's code arrives in trailers or
+//! in a trailers-only response, tonic's own statuses must be rewritten (not
+//! just classified), a dropped call must be told apart as cancelled or past
+//! its deadline, and a client's `x-request-id` is kept only if it is short
+//! and plain (it goes into every log line), where `SetRequestIdLayer` keeps
+//! any value. One layer doing all of it also reads the path and headers
+//! once per call, on the path every RPC takes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -202,14 +211,23 @@ impl Drop for Completion {
     }
 }
 
-/// The request body, noting whether reading it failed: the client reset
-/// the stream or dropped the connection mid-request.
-struct RequestBody {
-    inner: Body,
-    aborted: Arc<AtomicBool>,
+/// Sees each frame of a body as it passes through an [`ObservedBody`].
+trait FrameObserver: Unpin {
+    fn observe(&mut self, frame: &Option<Result<Frame<Bytes>, Status>>);
+
+    /// Whether the body may report its end yet.
+    fn allows_end(&self) -> bool {
+        true
+    }
 }
 
-impl http_body::Body for RequestBody {
+/// A body passed through unchanged, frame by frame, past an observer.
+struct ObservedBody<O> {
+    inner: Body,
+    observer: O,
+}
+
+impl<O: FrameObserver> http_body::Body for ObservedBody<O> {
     type Data = Bytes;
     type Error = Status;
 
@@ -218,14 +236,12 @@ impl http_body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if matches!(frame, Some(Err(_))) {
-            self.aborted.store(true, Ordering::Relaxed);
-        }
+        self.observer.observe(&frame);
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.observer.allows_end() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
@@ -233,47 +249,42 @@ impl http_body::Body for RequestBody {
     }
 }
 
-/// A response whose status comes in trailers (any response but an error
-/// answered at once): the RPC ends with them, or, if the body is dropped
-/// first, was abandoned.
-struct ResponseBody {
-    inner: Body,
-    completion: Completion,
+/// On the request body: notes whether reading it failed, i.e. the client
+/// reset the stream or dropped the connection mid-request.
+struct AbortFlag(Arc<AtomicBool>);
+
+impl FrameObserver for AbortFlag {
+    fn observe(&mut self, frame: &Option<Result<Frame<Bytes>, Status>>) {
+        if matches!(frame, Some(Err(_))) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        match &frame {
+/// On a response whose status comes in trailers (any response but an error
+/// answered at once): the RPC ends with them, or, if the body is dropped
+/// first, was abandoned.
+impl FrameObserver for Completion {
+    fn observe(&mut self, frame: &Option<Result<Frame<Bytes>, Status>>) {
+        match frame {
             Some(Ok(frame)) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = trailers
                         .get("grpc-status")
                         .map_or(Code::Unknown, |v| Code::from_bytes(v.as_bytes()));
-                    self.completion.finish(code);
+                    self.finish(code);
                 }
             }
-            Some(Err(status)) => self.completion.finish(status.code()),
+            Some(Err(status)) => self.finish(status.code()),
             // A gRPC response always ends with a status.
-            None => self.completion.finish(Code::Unknown),
+            None => self.finish(Code::Unknown),
         }
-        Poll::Ready(frame)
     }
 
-    fn is_end_stream(&self) -> bool {
-        // Not before the status is seen, so that nothing drops the body
-        // (and with it the completion) unread.
-        self.completion.finished && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+    /// Not before the status is seen, so that nothing drops the body (and
+    /// with it the completion) unread.
+    fn allows_end(&self) -> bool {
+        self.finished
     }
 }
 
@@ -331,9 +342,9 @@ where
 
         let aborted = Arc::new(AtomicBool::new(false));
         let request = request.map(|inner| {
-            Body::new(RequestBody {
+            Body::new(ObservedBody {
                 inner,
-                aborted: aborted.clone(),
+                observer: AbortFlag(aborted.clone()),
             })
         });
         let clone = self.inner.clone();
@@ -367,9 +378,9 @@ where
                 // An error answered at once carries its status in the
                 // headers (trailers-only); otherwise it comes at the end.
                 let Some(status) = parts.headers.get("grpc-status") else {
-                    let body = Body::new(ResponseBody {
+                    let body = Body::new(ObservedBody {
                         inner: body,
-                        completion,
+                        observer: completion,
                     });
                     return Ok(http::Response::from_parts(parts, body));
                 };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::{ExposeSecret, SecretSlice};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
@@ -15,7 +16,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::auth::{AuthLayer, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
-use crate::config::Settings;
+use crate::config::{Config, Settings};
 use crate::db::{self, Database, DatabaseTarget};
 use crate::health::{self, HealthReporter};
 use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, LastUsedRecorder, ReadStats};
@@ -67,13 +68,18 @@ pub struct Application {
     metrics_addr: Option<SocketAddr>,
     metrics: Metrics,
     state: Arc<AppState>,
-    settings: Settings,
+    config: Config,
 }
 
 impl Application {
+    /// Validates `settings`, then builds as [`Application::build_from`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        settings.validate()?;
-        let target = settings.database_target()?;
+        Self::build_from(settings.validate()?).await
+    }
+
+    /// Builds from settings already validated (and parsed, once).
+    pub async fn build_from(config: Config) -> anyhow::Result<Self> {
+        let (settings, target) = (&config.settings, &config.database);
         tracing::info!(
             backend = target.backend_name(),
             database = %target.redacted(),
@@ -81,15 +87,15 @@ impl Application {
             target.backend_name()
         );
         if settings.migrate_on_start {
-            let applied = db::run_migrations(&target).await?;
+            let applied = db::run_migrations(target).await?;
             if !applied.is_empty() {
                 tracing::info!(?applied, "applied migrations");
             }
         }
-        let db = Database::new(&target, &settings.pool_settings())?;
+        let db = Database::new(target, &settings.pool_settings())?;
 
         let secret = match &settings.secret_key {
-            Some(key) => key.as_bytes().to_vec(),
+            Some(key) => SecretSlice::from(key.expose_secret().as_bytes().to_vec()),
             None => {
                 tracing::warn!(
                     "SECRET_KEY is not set: signing tokens with a random per-process key; \
@@ -99,8 +105,11 @@ impl Application {
             }
         };
         let tokens = TokenKeys::new(
-            &secret,
-            settings.secret_key_previous.as_deref().map(str::as_bytes),
+            secret.expose_secret(),
+            settings
+                .secret_key_previous
+                .as_ref()
+                .map(|key| key.expose_secret().as_bytes()),
             Duration::from_secs(settings.access_token_ttl_secs),
         );
         let sessions = Sessions::new(db.clone());
@@ -155,7 +164,7 @@ impl Application {
             metrics_addr,
             metrics,
             state,
-            settings,
+            config,
         })
     }
 
@@ -197,9 +206,10 @@ impl Application {
             local_addr,
             metrics,
             state,
-            settings,
+            config,
             ..
         } = self;
+        let Config { settings, database } = config;
 
         let (health_reporter, health_service) = health::health_reporter();
         health_reporter
@@ -233,7 +243,7 @@ impl Application {
             Duration::from_secs(settings.last_used_flush_interval_secs),
             background_stopped.clone(),
         ));
-        let listen_task = match settings.database_target()? {
+        let listen_task = match database {
             // Other replicas' changes arrive as notifications; the caches
             // serve only while they can.
             DatabaseTarget::Postgres(url) => {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
+use secrecy::SecretSlice;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -71,10 +72,10 @@ impl TokenKeys {
     }
 
     /// A random 32-byte key for a server started without SECRET_KEY.
-    pub fn ephemeral_secret() -> Vec<u8> {
+    pub fn ephemeral_secret() -> SecretSlice<u8> {
         let mut secret = vec![0_u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
-        secret
+        SecretSlice::from(secret)
     }
 
     pub fn issue(

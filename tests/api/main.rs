@@ -19,6 +19,7 @@ mod look_alike_text;
 mod out_of_range;
 mod read_coalescing;
 mod readme;
+mod schema;
 mod server;
 mod sessions;
 mod users;

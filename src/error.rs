@@ -10,7 +10,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 pub use crate::domain::FieldViolation;
 
-/// Collects every violation of a request so the client can fix all at once.
+/// Violations of a request that belong to no single parsed field (an
+/// update mask naming unknown paths, say), reported with the fields' own.
 #[derive(Debug, Default)]
 pub struct Violations(Vec<FieldViolation>);
 
@@ -19,34 +20,85 @@ impl Violations {
         Self::default()
     }
 
-    /// Keeps the parsed value, or records why it failed and yields `None`.
-    pub fn check<T>(&mut self, parsed: Result<T, FieldViolation>) -> Option<T> {
-        match parsed {
-            Ok(value) => Some(value),
-            Err(violation) => {
-                self.0.push(violation);
-                None
-            }
-        }
-    }
-
     pub fn push(&mut self, violation: FieldViolation) {
         self.0.push(violation);
     }
+}
 
-    /// Fails with every recorded violation, if any.
-    pub fn finish(self) -> Result<(), AppError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(AppError::InvalidArgument(self.0))
-        }
+/// One parsed part of a request: a field's `Result`, or the [`Violations`]
+/// found along the way.
+pub trait Parsed {
+    type Value;
+    /// The value, or `None` after pushing every violation onto `violations`
+    /// (at least one).
+    fn take(self, violations: &mut Vec<FieldViolation>) -> Option<Self::Value>;
+}
+
+impl<T> Parsed for Result<T, FieldViolation> {
+    type Value = T;
+
+    fn take(self, violations: &mut Vec<FieldViolation>) -> Option<T> {
+        self.map_err(|violation| violations.push(violation)).ok()
     }
 }
+
+impl Parsed for Violations {
+    type Value = ();
+
+    fn take(self, violations: &mut Vec<FieldViolation>) -> Option<()> {
+        let clean = self.0.is_empty();
+        violations.extend(self.0);
+        clean.then_some(())
+    }
+}
+
+/// A tuple of a request's [`Parsed`] parts, in request order.
+pub trait ParsedRequest {
+    type Values;
+    fn all(self) -> AppResult<Self::Values>;
+}
+
+/// Every part's value, or every violation at once (in request order) so
+/// the client can fix them all in one go. The values exist only when
+/// nothing failed, so no caller can reach a field that did not parse.
+pub fn parsed<P: ParsedRequest>(parts: P) -> AppResult<P::Values> {
+    parts.all()
+}
+
+macro_rules! parsed_request {
+    ($($part:ident: $type:ident),+) => {
+        impl<$($type: Parsed),+> ParsedRequest for ($($type,)+) {
+            type Values = ($($type::Value,)+);
+
+            fn all(self) -> AppResult<Self::Values> {
+                let mut violations = Vec::new();
+                let ($($part,)+) = self;
+                $(let $part = $part.take(&mut violations);)+
+                match ($($part,)+) {
+                    ($(Some($part),)+) => Ok(($($part,)+)),
+                    _ => Err(AppError::InvalidArgument(violations)),
+                }
+            }
+        }
+    };
+}
+
+parsed_request!(a: A);
+parsed_request!(a: A, b: B);
+parsed_request!(a: A, b: B, c: C);
+parsed_request!(a: A, b: B, c: C, d: D);
+parsed_request!(a: A, b: B, c: C, d: D, e: E);
 
 impl From<FieldViolation> for AppError {
     fn from(violation: FieldViolation) -> Self {
         AppError::InvalidArgument(vec![violation])
+    }
+}
+
+/// Lets a handler's first line (`ChatbotId::parse(..)?`) end at the edge.
+impl From<FieldViolation> for Status {
+    fn from(violation: FieldViolation) -> Self {
+        AppError::from(violation).into()
     }
 }
 

@@ -9,6 +9,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod health;
+pub mod hot_path;
 pub mod metrics;
 pub mod observability;
 pub mod proto;

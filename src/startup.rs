@@ -17,9 +17,9 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{AuthLayer, HashCost, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
 use crate::config::{Config, Settings};
-use crate::db::Invalidation;
-use crate::db::{self, Database, DatabaseTarget, ListenEvent};
+use crate::db::{self, Database, DatabaseTarget};
 use crate::health::{self, HealthReporter};
+use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, LastUsedRecorder, ReadStats};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
 use crate::proto;
@@ -29,10 +29,8 @@ use crate::proto::chatbot_service_server::ChatbotServiceServer;
 use crate::proto::status_service_server::StatusServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
 use crate::rate_limit::RateLimits;
-use crate::services::api_key_cache::ApiKeyCache;
-use crate::services::api_keys::{ApiKeys, LastUsedRecorder};
+use crate::services::api_keys::ApiKeys;
 use crate::services::auth::Auth;
-use crate::services::chatbot_reads::{ChatbotReads, ReadStats};
 use crate::services::chatbots::Chatbots;
 use crate::services::status::StatusApi;
 use crate::services::users::Users;
@@ -114,15 +112,20 @@ impl Application {
                 .map(|key| key.expose_secret().as_bytes()),
             Duration::from_secs(settings.access_token_ttl_secs),
         );
-        let state_db = db.clone();
+        let sessions = Sessions::new(db.clone());
+        let api_key_cache = Arc::new(ApiKeyCache::new(
+            settings.api_key_cache_capacity,
+            Duration::from_secs(settings.api_key_cache_ttl_secs),
+        ));
         let state = Arc::new(AppState {
             chatbot_reads: ChatbotReads::start(
                 db.clone(),
                 settings.read_batches_in_flight,
                 &settings.pool_settings(),
             ),
-            sessions: Sessions::new(state_db.clone()),
-            db,
+            caches: CacheInvalidation::new(api_key_cache.clone(), sessions.clone()),
+            sessions,
+            api_key_cache,
             hasher: PasswordHasher::with_cost(
                 settings.max_concurrent_hashes,
                 HashCost {
@@ -132,16 +135,13 @@ impl Application {
             )?,
             tokens: Arc::new(tokens),
             throttle: LoginThrottle::new(
-                state_db.clone(),
+                db.clone(),
                 settings.login_max_failures_per_email,
                 settings.login_max_failures_per_address,
                 Duration::from_secs(settings.login_throttle_window_secs),
             ),
+            db,
             last_used: LastUsedRecorder::default(),
-            api_key_cache: Arc::new(ApiKeyCache::new(
-                settings.api_key_cache_capacity,
-                Duration::from_secs(settings.api_key_cache_ttl_secs),
-            )),
             rate_limits: RateLimits::new(settings.rate_limit_settings()),
             policy: Policy {
                 allow_signup: settings.allow_signup,
@@ -253,33 +253,16 @@ impl Application {
             // Other replicas' changes arrive as notifications; the caches
             // serve only while they can.
             DatabaseTarget::Postgres(url) => {
-                let state = state.clone();
+                let caches = state.caches.clone();
                 tokio::spawn(db::listen_for_invalidations(
                     url,
-                    move |event| match event {
-                        ListenEvent::Listening => {
-                            state.api_key_cache.activate();
-                            state.sessions.cache().activate();
-                        }
-                        ListenEvent::Lost => {
-                            state.api_key_cache.deactivate();
-                            state.sessions.cache().deactivate();
-                        }
-                        ListenEvent::Notification(payload) => match Invalidation::parse(&payload) {
-                            Some(change) => state.invalidate_here(&change),
-                            None => {
-                                state.api_key_cache.clear();
-                                state.sessions.cache().clear();
-                            }
-                        },
-                    },
+                    move |event| caches.follow(event),
                     background_stopped,
                 ))
             }
             // One process per SQLite file: every change is made here.
             DatabaseTarget::Sqlite(_) => {
-                state.api_key_cache.activate();
-                state.sessions.cache().activate();
+                state.caches.activate();
                 tokio::spawn(async {})
             }
         };

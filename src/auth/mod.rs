@@ -33,6 +33,28 @@ impl Caller {
     pub fn may_act_for(&self, owner: UserId) -> bool {
         self.is_admin() || self.user_id == owner
     }
+
+    /// The one ownership rule: the caller acts on what `owner` owns only as
+    /// that owner or as an admin; anyone else is PERMISSION_DENIED.
+    pub fn require_may_act_for(&self, owner: UserId) -> AppResult<()> {
+        if self.may_act_for(owner) {
+            Ok(())
+        } else {
+            Err(AppError::PermissionDenied)
+        }
+    }
+
+    /// [`Self::require_may_act_for`] on a lookup of a resource and its owner.
+    /// Authorization comes before existence (AIP-193): a missing resource is
+    /// NOT_FOUND only to an admin, who may see every resource; anyone else
+    /// gets PERMISSION_DENIED, and cannot tell it from someone else's.
+    pub fn authorize<T>(&self, found: Option<(T, UserId)>, what: &'static str) -> AppResult<T> {
+        match found {
+            Some((resource, owner)) => self.require_may_act_for(owner).map(|()| resource),
+            None if self.is_admin() => Err(AppError::NotFound(what)),
+            None => Err(AppError::PermissionDenied),
+        }
+    }
 }
 
 /// The caller of a protected RPC. The layer already refused requests

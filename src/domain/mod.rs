@@ -3,6 +3,7 @@
 
 mod api_key_secret;
 mod chatbot;
+mod commands;
 mod display_text;
 mod email;
 mod field_violation;
@@ -15,11 +16,15 @@ mod time_range;
 
 pub use api_key_secret::{ApiKeyDigest, ApiKeySecret, API_KEY_PREFIX};
 pub use chatbot::{ChatbotName, LlmEndpoint};
+pub use commands::{
+    ApiKeyFilter, CreateApiKey, CreateChatbot, CreateUser, ListApiKeys, ListChatbots, Login,
+    RotateApiKey, UpdateChatbot, UpdateUser, VerifyApiKey,
+};
 pub use display_text::DisplayText;
 pub use email::Email;
 pub use field_violation::FieldViolation;
 pub use ids::{ApiKeyId, ChatbotId, RefreshTokenId, SessionId, UserId};
-pub use paging::{PageCursor, PageRequest};
+pub use paging::{Page, PageCursor, PageRequest};
 pub use password::Password;
 pub use role::Role;
 pub use time_range::{

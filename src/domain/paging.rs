@@ -66,6 +66,16 @@ impl<K: FromStr + Display> PageRequest<K> {
         self.size + 1
     }
 
+    /// The page of `rows` (fetched with [`Self::fetch_limit`]) and the token
+    /// for the next one.
+    pub fn page<T>(&self, mut rows: Vec<T>, cursor_of: impl Fn(&T) -> PageCursor<K>) -> Page<T> {
+        let next_page_token = self.finish(&mut rows, cursor_of);
+        Page {
+            items: rows,
+            next_page_token,
+        }
+    }
+
     /// Trims the extra row and returns the token for the next page, empty at
     /// the end.
     pub fn finish<T>(&self, rows: &mut Vec<T>, cursor_of: impl Fn(&T) -> PageCursor<K>) -> String {
@@ -78,6 +88,13 @@ impl<K: FromStr + Display> PageRequest<K> {
             .map(|last| encode_token(&cursor_of(last), &self.filter_fingerprint))
             .unwrap_or_default()
     }
+}
+
+/// One page of a list, and the token for the next one (empty at the end).
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
 }
 
 fn fingerprint(filter: &str) -> String {

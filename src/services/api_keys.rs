@@ -1,25 +1,28 @@
 //! ApiKeyService. Management RPCs are for the chatbot's owner or an admin;
 //! VerifyApiKey is public (the key is the credential) and is the hot path:
 //! malformed keys never reach the database, valid ones cost one indexed
-//! read, and last-used times are written in batches, never per call.
+//! read (none when cached), and last-used times are written in batches,
+//! never per call (see [`crate::hot_path`]).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use diesel::result::Error as DieselError;
+use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::{Request, Response, Status};
 
-use super::api_key_cache::{Invalidation, Lookup};
-use super::{convert, AppState};
+use super::convert;
+use super::{found, AppState};
 use crate::auth::{caller, Caller};
-use crate::db::models::{ApiKey, ApiKeyListFilter, Chatbot, NewApiKey};
+use crate::db::models::{ApiKey, Chatbot, NewApiKey, VerificationRecord};
 use crate::db::sql_types::Timestamp;
-use crate::db::{Database, DbConnection};
-use crate::domain::{ApiKeyId, ApiKeySecret, ChatbotId, PageRequest};
-use crate::error::{AppError, AppResult, FieldViolation, Violations};
+use crate::db::{DbConnection, Invalidation};
+use crate::domain::{
+    ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, CreateApiKey, DisplayText, ListApiKeys, Page,
+    PageRequest, RotateApiKey, VerifyApiKey,
+};
+use crate::error::{parsed, AppError, AppResult, FieldViolation};
+use crate::hot_path::api_key_cache::Lookup;
 use crate::proto::api_key_service_server::ApiKeyService;
 use crate::proto::{self, VerifyApiKeyReason};
 use crate::rate_limit::RateKey;
@@ -39,102 +42,6 @@ impl ApiKeys {
     }
 }
 
-/// Collects successful verifications and writes them as one batch per
-/// interval, so verification never writes per call.
-#[derive(Clone, Default)]
-pub struct LastUsedRecorder {
-    pending: Arc<Mutex<HashMap<ApiKeyId, DateTime<Utc>>>>,
-}
-
-impl LastUsedRecorder {
-    pub fn record(&self, id: ApiKeyId, at: DateTime<Utc>) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.insert(id, at);
-    }
-
-    /// Writes everything recorded so far; on failure the batch is put back
-    /// (keeping newer times) for the next attempt.
-    pub async fn flush(&self, db: &Database) -> anyhow::Result<usize> {
-        let batch: Vec<(ApiKeyId, DateTime<Utc>)> = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.drain().collect()
-        };
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        let result = async {
-            let mut conn = db.conn().await?;
-            let batch = &batch;
-            // One transaction: one commit for the whole batch.
-            let updated = conn
-                .transaction(|conn| {
-                    async move { ApiKey::record_last_used(conn, batch).await }.scope_boxed()
-                })
-                .await?;
-            anyhow::Ok(updated)
-        }
-        .await;
-        if result.is_err() {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            for (id, at) in batch {
-                pending
-                    .entry(id)
-                    .and_modify(|t| *t = (*t).max(at))
-                    .or_insert(at);
-            }
-        }
-        result
-    }
-}
-
-/// The chatbot exists and the caller owns it, or is an admin. Non-admins
-/// cannot tell a missing chatbot from someone else's (AIP-193).
-async fn authorize_chatbot(
-    conn: &mut DbConnection,
-    caller: &Caller,
-    id: ChatbotId,
-) -> AppResult<()> {
-    match Chatbot::find_owner(conn, id).await? {
-        Some(owner) if caller.may_act_for(owner) => Ok(()),
-        Some(_) => Err(AppError::PermissionDenied),
-        None if caller.is_admin() => Err(AppError::NotFound("chatbot")),
-        None => Err(AppError::PermissionDenied),
-    }
-}
-
-/// The key exists and the caller owns its chatbot, or is an admin.
-async fn authorized_key(
-    conn: &mut DbConnection,
-    caller: &Caller,
-    id: ApiKeyId,
-) -> AppResult<ApiKey> {
-    match ApiKey::find_with_owner(conn, id).await? {
-        Some((key, owner)) if caller.may_act_for(owner) => Ok(key),
-        Some(_) => Err(AppError::PermissionDenied),
-        None if caller.is_admin() => Err(AppError::NotFound("API key")),
-        None => Err(AppError::PermissionDenied),
-    }
-}
-
-fn parse_display_name(value: &str) -> Result<String, FieldViolation> {
-    crate::domain::DisplayText::parse("display_name", value, MAX_DISPLAY_NAME_CHARS)
-        .map(String::from)
-}
-
-fn parse_grace_period(value: Option<&prost_types::Duration>) -> Result<Duration, FieldViolation> {
-    let Some(value) = value else {
-        return Ok(Duration::ZERO);
-    };
-    let grace = convert::parse_duration("grace_period", value)?;
-    if grace > MAX_GRACE_PERIOD {
-        return Err(FieldViolation::new(
-            "grace_period",
-            "must be at most 30 days",
-        ));
-    }
-    Ok(grace)
-}
-
 #[tonic::async_trait]
 impl ApiKeyService for ApiKeys {
     async fn create_api_key(
@@ -142,70 +49,11 @@ impl ApiKeyService for ApiKeys {
         request: Request<proto::CreateApiKeyRequest>,
     ) -> Result<Response<proto::CreateApiKeyResponse>, Status> {
         let caller = caller(&request)?;
-        let request = request.into_inner();
-        let now = Utc::now();
-        let mut violations = Violations::new();
-        let chatbot_id = violations.check(ChatbotId::parse("chatbot_id", &request.chatbot_id));
-        let display_name = violations.check(parse_display_name(&request.display_name));
-        let expires_at = match &request.expire_time {
-            None => Some(None),
-            Some(time) => match convert::parse_timestamp("expire_time", time) {
-                Ok(time) if time <= now => {
-                    violations.push(FieldViolation::new("expire_time", "must be in the future"));
-                    None
-                }
-                Ok(time) => Some(Some(time)),
-                Err(violation) => {
-                    violations.push(violation);
-                    None
-                }
-            },
-        };
-        violations.finish()?;
-        let (Some(chatbot_id), Some(display_name), Some(expires_at)) =
-            (chatbot_id, display_name, expires_at)
-        else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
-
-        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        authorize_chatbot(&mut conn, &caller, chatbot_id).await?;
-        let secret = ApiKeySecret::generate();
-        let max_active = self.state.policy.max_active_api_keys_per_chatbot;
-        let created = conn
-            .transaction(|conn| {
-                let secret = &secret;
-                let display_name = &display_name;
-                async move {
-                    if !Chatbot::lock(conn, chatbot_id).await? {
-                        return Ok(Err(AppError::NotFound("chatbot")));
-                    }
-                    if ApiKey::count_active(conn, chatbot_id, now).await? >= max_active {
-                        return Ok(Err(AppError::FailedPrecondition(format!(
-                            "the chatbot already has {max_active} active API keys; revoke one first"
-                        ))));
-                    }
-                    let key = ApiKey::insert(
-                        conn,
-                        NewApiKey {
-                            chatbot_id,
-                            display_name,
-                            key_prefix: secret.display_prefix(),
-                            key_hash: &secret.digest().0,
-                            expires_at: expires_at.map(Timestamp),
-                        },
-                    )
-                    .await?;
-                    Ok::<_, DieselError>(Ok(key))
-                }
-                .scope_boxed()
-            })
-            .await
-            .map_err(AppError::from)??;
-        tracing::info!(api_key_id = %created.id, chatbot_id = %chatbot_id, "API key created");
+        let cmd = CreateApiKey::try_from(request.into_inner())?;
+        let created = create_api_key(&self.state, &caller, cmd).await?;
         Ok(Response::new(proto::CreateApiKeyResponse {
-            api_key: Some(convert::api_key(created)),
-            key: secret.expose().to_owned(),
+            api_key: Some(created.api_key.into()),
+            key: created.secret.expose().to_owned(),
         }))
     }
 
@@ -214,11 +62,10 @@ impl ApiKeyService for ApiKeys {
         request: Request<proto::GetApiKeyRequest>,
     ) -> Result<Response<proto::GetApiKeyResponse>, Status> {
         let caller = caller(&request)?;
-        let id = ApiKeyId::parse("id", request.get_ref().id).map_err(AppError::from)?;
-        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        let key = authorized_key(&mut conn, &caller, id).await?;
+        let id = ApiKeyId::parse("id", request.get_ref().id)?;
+        let key = get_api_key(&self.state, &caller, id).await?;
         Ok(Response::new(proto::GetApiKeyResponse {
-            api_key: Some(convert::api_key(key)),
+            api_key: Some(key.into()),
         }))
     }
 
@@ -227,42 +74,11 @@ impl ApiKeyService for ApiKeys {
         request: Request<proto::ListApiKeysRequest>,
     ) -> Result<Response<proto::ListApiKeysResponse>, Status> {
         let caller = caller(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let chatbot_id = violations.check(ChatbotId::parse("chatbot_id", &request.chatbot_id));
-        let expire_before = request
-            .expire_before
-            .as_ref()
-            .map(|time| violations.check(convert::parse_timestamp("expire_before", time)));
-        let filter = format!(
-            "api_keys|chatbot={}|revoked={}|before={}",
-            request.chatbot_id,
-            request.show_revoked,
-            expire_before.flatten().map_or(-1, |t| t.timestamp_micros()),
-        );
-        let page = violations.check(PageRequest::parse(
-            request.page_size,
-            &request.page_token,
-            &filter,
-        ));
-        violations.finish()?;
-        let (Some(chatbot_id), Some(page)) = (chatbot_id, page) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
-        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        authorize_chatbot(&mut conn, &caller, chatbot_id).await?;
-        let list_filter = ApiKeyListFilter {
-            chatbot_id,
-            show_revoked: request.show_revoked,
-            expire_before: expire_before.flatten(),
-        };
-        let mut keys = ApiKey::list(&mut conn, &list_filter, &page)
-            .await
-            .map_err(AppError::from)?;
-        let next_page_token = page.finish(&mut keys, ApiKey::cursor);
+        let cmd = ListApiKeys::try_from(request.into_inner())?;
+        let page = list_api_keys(&self.state, &caller, cmd).await?;
         Ok(Response::new(proto::ListApiKeysResponse {
-            api_keys: keys.into_iter().map(convert::api_key).collect(),
-            next_page_token,
+            api_keys: convert::all(page.items),
+            next_page_token: page.next_page_token,
         }))
     }
 
@@ -271,23 +87,10 @@ impl ApiKeyService for ApiKeys {
         request: Request<proto::RevokeApiKeyRequest>,
     ) -> Result<Response<proto::RevokeApiKeyResponse>, Status> {
         let caller = caller(&request)?;
-        let id = ApiKeyId::parse("id", request.get_ref().id).map_err(AppError::from)?;
-        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        authorized_key(&mut conn, &caller, id).await?;
-        let key = self
-            .state
-            .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
-                async move {
-                    ApiKey::revoke(conn, id, Utc::now())
-                        .await?
-                        .ok_or(AppError::NotFound("API key"))
-                }
-                .scope_boxed()
-            })
-            .await?;
-        tracing::info!(api_key_id = %id, "API key revoked");
+        let id = ApiKeyId::parse("id", request.get_ref().id)?;
+        let key = revoke_api_key(&self.state, &caller, id).await?;
         Ok(Response::new(proto::RevokeApiKeyResponse {
-            api_key: Some(convert::api_key(key)),
+            api_key: Some(key.into()),
         }))
     }
 
@@ -296,86 +99,12 @@ impl ApiKeyService for ApiKeys {
         request: Request<proto::RotateApiKeyRequest>,
     ) -> Result<Response<proto::RotateApiKeyResponse>, Status> {
         let caller = caller(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let id = violations.check(ApiKeyId::parse("id", request.id));
-        let grace = violations.check(parse_grace_period(request.grace_period.as_ref()));
-        violations.finish()?;
-        let (Some(id), Some(grace)) = (id, grace) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
-
-        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        let chatbot_id = authorized_key(&mut conn, &caller, id).await?.chatbot_id;
-        let now = Utc::now();
-        let grace_ends = now
-            + chrono::Duration::from_std(grace)
-                .map_err(|e| AppError::internal(anyhow::anyhow!(e)))?;
-        let secret = ApiKeySecret::generate();
-        let max_active = self.state.policy.max_active_api_keys_per_chatbot;
-        // Under the chatbot's lock, like CreateApiKey: concurrent rotations
-        // and creations, on any replica, see each other's keys, so a key is
-        // replaced once and the active-key limit holds.
-        let (new_key, old_key) = self
-            .state
-            .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
-                let secret = &secret;
-                async move {
-                    if !Chatbot::lock(conn, chatbot_id).await? {
-                        return Err(AppError::NotFound("API key"));
-                    }
-                    let old = ApiKey::find(conn, id)
-                        .await?
-                        .ok_or(AppError::NotFound("API key"))?;
-                    if old.revoked {
-                        return Err(AppError::FailedPrecondition(
-                            "the key is revoked; create a new key instead".into(),
-                        ));
-                    }
-                    if old.rotated_at.is_some() {
-                        return Err(AppError::FailedPrecondition(
-                            "the key was already replaced by a rotation; rotate its replacement instead".into(),
-                        ));
-                    }
-                    if old.expires_at.is_some_and(|t| t <= now) {
-                        return Err(AppError::FailedPrecondition(
-                            "the key has expired; create a new key instead".into(),
-                        ));
-                    }
-                    // A key in its grace period is a live secret: it counts.
-                    // Without a grace period the replacement takes the old
-                    // key's place, so the count does not change.
-                    if !grace.is_zero()
-                        && ApiKey::count_active(conn, chatbot_id, now).await? >= max_active
-                    {
-                        return Err(AppError::FailedPrecondition(format!(
-                            "the chatbot already has {max_active} active API keys, and during a grace period both keys count; rotate without a grace period or revoke a key first"
-                        )));
-                    }
-                    let new_key = ApiKey::insert(
-                        conn,
-                        NewApiKey {
-                            chatbot_id,
-                            display_name: &old.display_name,
-                            key_prefix: secret.display_prefix(),
-                            key_hash: &secret.digest().0,
-                            expires_at: None,
-                        },
-                    )
-                    .await?;
-                    let old_key = ApiKey::mark_rotated(conn, id, grace_ends, now)
-                        .await?
-                        .ok_or(AppError::NotFound("API key"))?;
-                    Ok((new_key, old_key))
-                }
-                .scope_boxed()
-            })
-            .await?;
-        tracing::info!(old_api_key_id = %id, new_api_key_id = %new_key.id, "API key rotated");
+        let cmd = RotateApiKey::try_from(request.into_inner())?;
+        let rotated = rotate_api_key(&self.state, &caller, cmd).await?;
         Ok(Response::new(proto::RotateApiKeyResponse {
-            api_key: Some(convert::api_key(new_key)),
-            key: secret.expose().to_owned(),
-            previous_api_key: Some(convert::api_key(old_key)),
+            api_key: Some(rotated.api_key.into()),
+            key: rotated.secret.expose().to_owned(),
+            previous_api_key: Some(rotated.previous.into()),
         }))
     }
 
@@ -384,21 +113,8 @@ impl ApiKeyService for ApiKeys {
         request: Request<proto::DeleteApiKeyRequest>,
     ) -> Result<Response<proto::DeleteApiKeyResponse>, Status> {
         let caller = caller(&request)?;
-        let id = ApiKeyId::parse("id", request.get_ref().id).map_err(AppError::from)?;
-        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        authorized_key(&mut conn, &caller, id).await?;
-        self.state
-            .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
-                async move {
-                    match ApiKey::delete(conn, id).await? {
-                        true => Ok(()),
-                        false => Err(AppError::NotFound("API key")),
-                    }
-                }
-                .scope_boxed()
-            })
-            .await?;
-        tracing::info!(api_key_id = %id, "API key deleted");
+        let id = ApiKeyId::parse("id", request.get_ref().id)?;
+        delete_api_key(&self.state, &caller, id).await?;
         Ok(Response::new(proto::DeleteApiKeyResponse {}))
     }
 
@@ -406,57 +122,401 @@ impl ApiKeyService for ApiKeys {
         &self,
         request: Request<proto::VerifyApiKeyRequest>,
     ) -> Result<Response<proto::VerifyApiKeyResponse>, Status> {
-        let invalid = |reason: VerifyApiKeyReason| {
-            Ok(Response::new(proto::VerifyApiKeyResponse {
-                valid: false,
-                reason: reason.into(),
-                ..Default::default()
-            }))
-        };
-        let Some(secret) = ApiKeySecret::parse(&request.get_ref().key) else {
-            return invalid(VerifyApiKeyReason::Malformed);
-        };
-        let digest = secret.digest();
-        if let Err(retry_after) = self.state.rate_limits.check(RateKey::api_key(&digest)) {
-            return Err(AppError::ResourceExhausted {
-                message: "rate limit for this API key exceeded; retry later".into(),
-                retry_after,
-            }
-            .into());
-        }
-        let record = match self.state.api_key_cache.get(&digest) {
-            Lookup::Hit(record) => record,
-            Lookup::Miss(generation) => {
-                let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-                let record = ApiKey::find_for_verification(&mut conn, &digest)
-                    .await
-                    .map_err(AppError::from)?
-                    .map(Arc::new);
-                drop(conn);
-                self.state
-                    .api_key_cache
-                    .insert(&digest, record.clone(), generation);
-                record
-            }
-        };
-        let Some(record) = record else {
-            return invalid(VerifyApiKeyReason::NotFound);
-        };
-        let now = Utc::now();
-        if record.revoked {
-            return invalid(VerifyApiKeyReason::Revoked);
-        }
-        if record.expires_at.is_some_and(|t| t <= now) {
-            return invalid(VerifyApiKeyReason::Expired);
-        }
-        self.state.last_used.record(record.id, now);
-        Ok(Response::new(proto::VerifyApiKeyResponse {
-            valid: true,
-            reason: VerifyApiKeyReason::Valid.into(),
-            api_key_id: record.id.0,
-            chatbot_id: record.chatbot_id.to_string(),
-            owner_id: record.owner_id.to_string(),
-            llm_endpoint_url: record.llm_endpoint_url.clone(),
-        }))
+        let cmd = VerifyApiKey::from(request.into_inner());
+        let verification = verify_api_key(&self.state, cmd).await?;
+        Ok(Response::new(verification.into()))
     }
+}
+
+impl TryFrom<proto::CreateApiKeyRequest> for CreateApiKey {
+    type Error = AppError;
+
+    fn try_from(request: proto::CreateApiKeyRequest) -> AppResult<Self> {
+        let now = Utc::now();
+        let expires_at = request
+            .expire_time
+            .as_ref()
+            .map(
+                |time| match convert::parse_timestamp("expire_time", time)? {
+                    time if time <= now => {
+                        Err(FieldViolation::new("expire_time", "must be in the future"))
+                    }
+                    time => Ok(time),
+                },
+            )
+            .transpose();
+        let (chatbot_id, display_name, expires_at) = parsed((
+            ChatbotId::parse("chatbot_id", &request.chatbot_id),
+            DisplayText::parse(
+                "display_name",
+                &request.display_name,
+                MAX_DISPLAY_NAME_CHARS,
+            ),
+            expires_at,
+        ))?;
+        Ok(Self {
+            chatbot_id,
+            display_name,
+            expires_at,
+        })
+    }
+}
+
+impl TryFrom<proto::ListApiKeysRequest> for ListApiKeys {
+    type Error = AppError;
+
+    /// The page token is bound to every filter of the request.
+    fn try_from(request: proto::ListApiKeysRequest) -> AppResult<Self> {
+        let expire_before = request
+            .expire_before
+            .as_ref()
+            .map(|time| convert::parse_timestamp("expire_before", time))
+            .transpose();
+        let filter = format!(
+            "api_keys|chatbot={}|revoked={}|before={}",
+            request.chatbot_id,
+            request.show_revoked,
+            expire_before
+                .as_ref()
+                .ok()
+                .copied()
+                .flatten()
+                .map_or(-1, |t| t.timestamp_micros()),
+        );
+        let (chatbot_id, expire_before, page) = parsed((
+            ChatbotId::parse("chatbot_id", &request.chatbot_id),
+            expire_before,
+            PageRequest::parse(request.page_size, &request.page_token, &filter),
+        ))?;
+        Ok(Self {
+            filter: ApiKeyFilter {
+                chatbot_id,
+                show_revoked: request.show_revoked,
+                expire_before,
+            },
+            page,
+        })
+    }
+}
+
+impl TryFrom<proto::RotateApiKeyRequest> for RotateApiKey {
+    type Error = AppError;
+
+    fn try_from(request: proto::RotateApiKeyRequest) -> AppResult<Self> {
+        let grace_period = match &request.grace_period {
+            None => Ok(Duration::ZERO),
+            Some(value) => convert::parse_duration("grace_period", value).and_then(|grace| {
+                if grace > MAX_GRACE_PERIOD {
+                    Err(FieldViolation::new(
+                        "grace_period",
+                        "must be at most 30 days",
+                    ))
+                } else {
+                    Ok(grace)
+                }
+            }),
+        };
+        let (id, grace_period) = parsed((ApiKeyId::parse("id", request.id), grace_period))?;
+        Ok(Self { id, grace_period })
+    }
+}
+
+impl From<proto::VerifyApiKeyRequest> for VerifyApiKey {
+    fn from(request: proto::VerifyApiKeyRequest) -> Self {
+        Self {
+            secret: ApiKeySecret::parse(&request.key),
+        }
+    }
+}
+
+/// A new key, with its secret: shown once, never stored.
+pub struct NewKey {
+    pub api_key: ApiKey,
+    pub secret: ApiKeySecret,
+}
+
+/// A rotation's replacement key (with its secret) and the key it replaced.
+pub struct RotatedKey {
+    pub api_key: ApiKey,
+    pub secret: ApiKeySecret,
+    pub previous: ApiKey,
+}
+
+/// VerifyApiKey's answer: what a valid key grants, or why it is not valid.
+#[derive(Debug)]
+pub enum Verification {
+    Valid(Arc<VerificationRecord>),
+    Invalid(Rejection),
+}
+
+/// Why a presented key is not valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not shaped like one of our keys; the database was not asked.
+    Malformed,
+    NotFound,
+    Revoked,
+    Expired,
+}
+
+impl From<Rejection> for VerifyApiKeyReason {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::Malformed => VerifyApiKeyReason::Malformed,
+            Rejection::NotFound => VerifyApiKeyReason::NotFound,
+            Rejection::Revoked => VerifyApiKeyReason::Revoked,
+            Rejection::Expired => VerifyApiKeyReason::Expired,
+        }
+    }
+}
+
+impl From<Verification> for proto::VerifyApiKeyResponse {
+    fn from(verification: Verification) -> Self {
+        match verification {
+            Verification::Valid(record) => proto::VerifyApiKeyResponse {
+                valid: true,
+                reason: VerifyApiKeyReason::Valid.into(),
+                api_key_id: record.id.0,
+                chatbot_id: record.chatbot_id.to_string(),
+                owner_id: record.owner_id.to_string(),
+                llm_endpoint_url: record.llm_endpoint_url.clone(),
+            },
+            Verification::Invalid(reason) => proto::VerifyApiKeyResponse {
+                valid: false,
+                reason: VerifyApiKeyReason::from(reason).into(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// Under the chatbot's lock, so that the active-key limit holds against
+/// concurrent creations and rotations on any replica.
+pub async fn create_api_key(
+    state: &AppState,
+    caller: &Caller,
+    cmd: CreateApiKey,
+) -> AppResult<NewKey> {
+    let chatbot_id = cmd.chatbot_id;
+    let mut conn = state.db.conn().await?;
+    authorize_chatbot(&mut conn, caller, chatbot_id).await?;
+    let secret = ApiKeySecret::generate();
+    let max_active = state.policy.max_active_api_keys_per_chatbot;
+    let now = Utc::now();
+    let (secret_ref, display_name) = (&secret, cmd.display_name.as_str());
+    let api_key = conn
+        .transaction(|conn| {
+            async move {
+                if !Chatbot::lock(conn, chatbot_id).await? {
+                    return Err(AppError::NotFound("chatbot"));
+                }
+                if ApiKey::count_active(conn, chatbot_id, now).await? >= max_active {
+                    return Err(AppError::FailedPrecondition(format!(
+                        "the chatbot already has {max_active} active API keys; revoke one first"
+                    )));
+                }
+                let key = ApiKey::insert(
+                    conn,
+                    NewApiKey {
+                        chatbot_id,
+                        display_name,
+                        key_prefix: secret_ref.display_prefix(),
+                        key_hash: &secret_ref.digest().0,
+                        expires_at: cmd.expires_at.map(Timestamp),
+                    },
+                )
+                .await?;
+                Ok(key)
+            }
+            .scope_boxed()
+        })
+        .await?;
+    tracing::info!(api_key_id = %api_key.id, chatbot_id = %chatbot_id, "API key created");
+    Ok(NewKey { api_key, secret })
+}
+
+pub async fn get_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> AppResult<ApiKey> {
+    let mut conn = state.db.conn().await?;
+    authorized_key(&mut conn, caller, id).await
+}
+
+pub async fn list_api_keys(
+    state: &AppState,
+    caller: &Caller,
+    cmd: ListApiKeys,
+) -> AppResult<Page<ApiKey>> {
+    let mut conn = state.db.conn().await?;
+    authorize_chatbot(&mut conn, caller, cmd.filter.chatbot_id).await?;
+    let keys = ApiKey::list(&mut conn, &cmd.filter, &cmd.page).await?;
+    Ok(cmd.page.page(keys, ApiKey::cursor))
+}
+
+pub async fn revoke_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> AppResult<ApiKey> {
+    let mut conn = state.db.conn().await?;
+    authorized_key(&mut conn, caller, id).await?;
+    let key = state
+        .caches
+        .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
+            async move {
+                ApiKey::revoke(conn, id, Utc::now())
+                    .await?
+                    .ok_or(AppError::NotFound("API key"))
+            }
+            .scope_boxed()
+        })
+        .await?;
+    tracing::info!(api_key_id = %id, "API key revoked");
+    Ok(key)
+}
+
+/// Under the chatbot's lock, like CreateApiKey: concurrent rotations and
+/// creations, on any replica, see each other's keys, so a key is replaced
+/// once and the active-key limit holds.
+pub async fn rotate_api_key(
+    state: &AppState,
+    caller: &Caller,
+    cmd: RotateApiKey,
+) -> AppResult<RotatedKey> {
+    let RotateApiKey { id, grace_period } = cmd;
+    let mut conn = state.db.conn().await?;
+    let chatbot_id = authorized_key(&mut conn, caller, id).await?.chatbot_id;
+    let now = Utc::now();
+    let grace_ends = now + chrono::Duration::from_std(grace_period).map_err(AppError::internal)?;
+    let secret = ApiKeySecret::generate();
+    let max_active = state.policy.max_active_api_keys_per_chatbot;
+    let secret_ref = &secret;
+    let (api_key, previous) = state
+        .caches
+        .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
+            async move {
+                if !Chatbot::lock(conn, chatbot_id).await? {
+                    return Err(AppError::NotFound("API key"));
+                }
+                let old = ApiKey::find(conn, id)
+                    .await?
+                    .ok_or(AppError::NotFound("API key"))?;
+                if old.revoked {
+                    return Err(AppError::FailedPrecondition(
+                        "the key is revoked; create a new key instead".into(),
+                    ));
+                }
+                if old.rotated_at.is_some() {
+                    return Err(AppError::FailedPrecondition(
+                        "the key was already replaced by a rotation; rotate its replacement instead".into(),
+                    ));
+                }
+                if old.expires_at.is_some_and(|t| t <= now) {
+                    return Err(AppError::FailedPrecondition(
+                        "the key has expired; create a new key instead".into(),
+                    ));
+                }
+                // A key in its grace period is a live secret: it counts.
+                // Without a grace period the replacement takes the old
+                // key's place, so the count does not change.
+                if !grace_period.is_zero()
+                    && ApiKey::count_active(conn, chatbot_id, now).await? >= max_active
+                {
+                    return Err(AppError::FailedPrecondition(format!(
+                        "the chatbot already has {max_active} active API keys, and during a grace period both keys count; rotate without a grace period or revoke a key first"
+                    )));
+                }
+                let new_key = ApiKey::insert(
+                    conn,
+                    NewApiKey {
+                        chatbot_id,
+                        display_name: &old.display_name,
+                        key_prefix: secret_ref.display_prefix(),
+                        key_hash: &secret_ref.digest().0,
+                        expires_at: None,
+                    },
+                )
+                .await?;
+                let old_key = ApiKey::mark_rotated(conn, id, grace_ends, now)
+                    .await?
+                    .ok_or(AppError::NotFound("API key"))?;
+                Ok((new_key, old_key))
+            }
+            .scope_boxed()
+        })
+        .await?;
+    tracing::info!(old_api_key_id = %id, new_api_key_id = %api_key.id, "API key rotated");
+    Ok(RotatedKey {
+        api_key,
+        secret,
+        previous,
+    })
+}
+
+pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> AppResult<()> {
+    let mut conn = state.db.conn().await?;
+    authorized_key(&mut conn, caller, id).await?;
+    state
+        .caches
+        .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
+            async move { found(ApiKey::delete(conn, id).await?, "API key") }.scope_boxed()
+        })
+        .await?;
+    tracing::info!(api_key_id = %id, "API key deleted");
+    Ok(())
+}
+
+/// The hot path: a malformed key costs nothing, a cached one no query, and
+/// nothing is written (last use is recorded for the next batch). Errors
+/// only when the key's rate limit is spent or the store is unreachable.
+pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Verification> {
+    let Some(secret) = cmd.secret else {
+        return Ok(Verification::Invalid(Rejection::Malformed));
+    };
+    let digest = secret.digest();
+    if let Err(retry_after) = state.rate_limits.check(RateKey::api_key(&digest)) {
+        return Err(AppError::ResourceExhausted {
+            message: "rate limit for this API key exceeded; retry later".into(),
+            retry_after,
+        });
+    }
+    let record = match state.api_key_cache.get(&digest) {
+        Lookup::Hit(record) => record,
+        Lookup::Miss(generation) => {
+            let mut conn = state.db.conn().await?;
+            let record = ApiKey::find_for_verification(&mut conn, &digest)
+                .await?
+                .map(Arc::new);
+            drop(conn);
+            state
+                .api_key_cache
+                .insert(&digest, record.clone(), generation);
+            record
+        }
+    };
+    let Some(record) = record else {
+        return Ok(Verification::Invalid(Rejection::NotFound));
+    };
+    let now = Utc::now();
+    if record.revoked {
+        return Ok(Verification::Invalid(Rejection::Revoked));
+    }
+    if record.expires_at.is_some_and(|t| t <= now) {
+        return Ok(Verification::Invalid(Rejection::Expired));
+    }
+    state.last_used.record(record.id, now);
+    Ok(Verification::Valid(record))
+}
+
+/// The caller may act on the chatbot ([`Caller::authorize`]).
+async fn authorize_chatbot(
+    conn: &mut DbConnection,
+    caller: &Caller,
+    id: ChatbotId,
+) -> AppResult<()> {
+    let owner = Chatbot::find_owner(conn, id).await?;
+    caller.authorize(owner.map(|owner| ((), owner)), "chatbot")
+}
+
+/// The key, if the caller may act on its chatbot ([`Caller::authorize`]).
+async fn authorized_key(
+    conn: &mut DbConnection,
+    caller: &Caller,
+    id: ApiKeyId,
+) -> AppResult<ApiKey> {
+    caller.authorize(ApiKey::find_with_owner(conn, id).await?, "API key")
 }

@@ -8,14 +8,16 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::{Request, Response, Status};
 
-use super::api_key_cache::Invalidation;
-use super::{convert, mask_paths, AppState};
+use super::convert::{self, mask_paths};
+use super::{found, AppState, Policy};
 use crate::auth::{caller, Caller};
 use crate::db::models::{Chatbot, ChatbotChanges, NewChatbot};
-use crate::db::sql_types::Timestamp;
-use crate::db::DbConnection;
-use crate::domain::{ChatbotId, ChatbotName, LlmEndpoint, PageRequest, UserId};
-use crate::error::{AppError, AppResult, FieldViolation, Violations};
+use crate::db::{DbConnection, Invalidation};
+use crate::domain::{
+    ChatbotId, ChatbotName, CreateChatbot, ListChatbots, LlmEndpoint, Page, PageRequest,
+    UpdateChatbot, UserId,
+};
+use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::proto;
 use crate::proto::chatbot_service_server::ChatbotService;
 
@@ -30,27 +32,6 @@ impl Chatbots {
     }
 }
 
-/// The one authorization rule of this service: the chatbot exists and the
-/// caller owns it, or the caller is an admin. Non-admins cannot tell a
-/// missing chatbot from someone else's.
-pub async fn authorized_chatbot(
-    conn: &mut DbConnection,
-    caller: &Caller,
-    id: ChatbotId,
-) -> AppResult<Chatbot> {
-    authorize(caller, Chatbot::find(conn, id).await?)
-}
-
-/// [`authorized_chatbot`]'s rule applied to a chatbot already looked up.
-fn authorize(caller: &Caller, found: Option<Chatbot>) -> AppResult<Chatbot> {
-    match found {
-        Some(chatbot) if caller.may_act_for(chatbot.owner_id) => Ok(chatbot),
-        Some(_) => Err(AppError::PermissionDenied),
-        None if caller.is_admin() => Err(AppError::NotFound("chatbot")),
-        None => Err(AppError::PermissionDenied),
-    }
-}
-
 #[tonic::async_trait]
 impl ChatbotService for Chatbots {
     async fn create_chatbot(
@@ -58,45 +39,10 @@ impl ChatbotService for Chatbots {
         request: Request<proto::CreateChatbotRequest>,
     ) -> Result<Response<proto::CreateChatbotResponse>, Status> {
         let caller = caller(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let owner_id = if request.owner_id.is_empty() {
-            Some(caller.user_id)
-        } else {
-            violations.check(UserId::parse("owner_id", &request.owner_id))
-        };
-        let name = violations.check(ChatbotName::parse("name", &request.name));
-        let endpoint = violations.check(LlmEndpoint::parse(
-            "llm_endpoint_url",
-            &request.llm_endpoint_url,
-            self.state.policy.allow_private_llm_endpoints,
-        ));
-        violations.finish()?;
-        let (Some(owner_id), Some(name), Some(endpoint)) = (owner_id, name, endpoint) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
-        if !caller.may_act_for(owner_id) {
-            return Err(AppError::PermissionDenied.into());
-        }
-
-        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        let new = NewChatbot {
-            id: ChatbotId::generate(),
-            owner_id,
-            name: name.into_inner(),
-            llm_endpoint_url: endpoint.into_inner(),
-        };
-        let chatbot = Chatbot::insert(&mut conn, &new)
-            .await
-            .map_err(|error| match error {
-                DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                    AppError::NotFound("owner")
-                }
-                other => other.into(),
-            })?;
-        tracing::info!(chatbot_id = %chatbot.id, owner_id = %chatbot.owner_id, "chatbot created");
+        let cmd = CreateChatbot::parse(request.into_inner(), &caller, &self.state.policy)?;
+        let chatbot = create_chatbot(&self.state, &caller, cmd).await?;
         Ok(Response::new(proto::CreateChatbotResponse {
-            chatbot: Some(convert::chatbot(chatbot)),
+            chatbot: Some(chatbot.into()),
         }))
     }
 
@@ -105,10 +51,10 @@ impl ChatbotService for Chatbots {
         request: Request<proto::GetChatbotRequest>,
     ) -> Result<Response<proto::GetChatbotResponse>, Status> {
         let caller = caller(&request)?;
-        let id = ChatbotId::parse("id", &request.get_ref().id).map_err(AppError::from)?;
-        let chatbot = authorize(&caller, self.state.chatbot_reads.find(id).await?)?;
+        let id = ChatbotId::parse("id", &request.get_ref().id)?;
+        let chatbot = get_chatbot(&self.state, &caller, id).await?;
         Ok(Response::new(proto::GetChatbotResponse {
-            chatbot: Some(convert::chatbot(chatbot)),
+            chatbot: Some(chatbot.into()),
         }))
     }
 
@@ -117,40 +63,11 @@ impl ChatbotService for Chatbots {
         request: Request<proto::ListChatbotsRequest>,
     ) -> Result<Response<proto::ListChatbotsResponse>, Status> {
         let caller = caller(&request)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let owner = if request.owner_id.is_empty() {
-            // Users see their own; admins see everyone's.
-            (!caller.is_admin()).then_some(caller.user_id)
-        } else {
-            violations.check(UserId::parse("owner_id", &request.owner_id))
-        };
-        let filter = format!(
-            "chatbots|owner={}",
-            owner.map_or("*".into(), |o| o.to_string())
-        );
-        let page = violations.check(PageRequest::parse(
-            request.page_size,
-            &request.page_token,
-            &filter,
-        ));
-        violations.finish()?;
-        let Some(page) = page else {
-            unreachable!("finish() returned Ok, so the page parsed");
-        };
-        if let Some(owner) = owner {
-            if !caller.may_act_for(owner) {
-                return Err(AppError::PermissionDenied.into());
-            }
-        }
-        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        let mut chatbots = Chatbot::list(&mut conn, owner, &page)
-            .await
-            .map_err(AppError::from)?;
-        let next_page_token = page.finish(&mut chatbots, Chatbot::cursor);
+        let cmd = ListChatbots::parse(request.into_inner(), &caller)?;
+        let page = list_chatbots(&self.state, &caller, cmd).await?;
         Ok(Response::new(proto::ListChatbotsResponse {
-            chatbots: chatbots.into_iter().map(convert::chatbot).collect(),
-            next_page_token,
+            chatbots: convert::all(page.items),
+            next_page_token: page.next_page_token,
         }))
     }
 
@@ -159,70 +76,10 @@ impl ChatbotService for Chatbots {
         request: Request<proto::UpdateChatbotRequest>,
     ) -> Result<Response<proto::UpdateChatbotResponse>, Status> {
         let caller = caller(&request)?;
-        let request = request.into_inner();
-        let Some(chatbot) = request.chatbot else {
-            return Err(AppError::from(FieldViolation::new("chatbot", "is required")).into());
-        };
-        let mut violations = Violations::new();
-        let id = violations.check(ChatbotId::parse("chatbot.id", &chatbot.id));
-        let paths = mask_paths(
-            request.update_mask.as_ref(),
-            &["name", "llm_endpoint_url"],
-            &["id", "owner_id", "create_time", "update_time"],
-            &mut violations,
-        );
-        if paths.is_empty()
-            && request
-                .update_mask
-                .as_ref()
-                .is_none_or(|m| m.paths.is_empty())
-        {
-            violations.push(FieldViolation::new(
-                "update_mask",
-                "must name at least one field",
-            ));
-        }
-        let name = paths
-            .contains(&"name")
-            .then(|| violations.check(ChatbotName::parse("chatbot.name", &chatbot.name)))
-            .flatten();
-        let endpoint = paths
-            .contains(&"llm_endpoint_url")
-            .then(|| {
-                violations.check(LlmEndpoint::parse(
-                    "chatbot.llm_endpoint_url",
-                    &chatbot.llm_endpoint_url,
-                    self.state.policy.allow_private_llm_endpoints,
-                ))
-            })
-            .flatten();
-        violations.finish()?;
-        let Some(id) = id else {
-            unreachable!("finish() returned Ok, so the id parsed");
-        };
-
-        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        authorized_chatbot(&mut conn, &caller, id).await?;
-        let changes = ChatbotChanges {
-            name: name.map(ChatbotName::into_inner),
-            llm_endpoint_url: endpoint.map(LlmEndpoint::into_inner),
-            updated_at: Some(Timestamp::now()),
-        };
-        // Verification answers carry the endpoint URL.
-        let changes = &changes;
-        let updated = self
-            .state
-            .commit_and_invalidate(&mut conn, Invalidation::Chatbot(id), |conn| {
-                async move {
-                    Chatbot::update(conn, id, changes)
-                        .await?
-                        .ok_or(AppError::NotFound("chatbot"))
-                }
-                .scope_boxed()
-            })
-            .await?;
+        let cmd = UpdateChatbot::parse(request.into_inner(), &self.state.policy)?;
+        let chatbot = update_chatbot(&self.state, &caller, cmd).await?;
         Ok(Response::new(proto::UpdateChatbotResponse {
-            chatbot: Some(convert::chatbot(updated)),
+            chatbot: Some(chatbot.into()),
         }))
     }
 
@@ -231,21 +88,203 @@ impl ChatbotService for Chatbots {
         request: Request<proto::DeleteChatbotRequest>,
     ) -> Result<Response<proto::DeleteChatbotResponse>, Status> {
         let caller = caller(&request)?;
-        let id = ChatbotId::parse("id", &request.get_ref().id).map_err(AppError::from)?;
-        let mut conn = self.state.db.conn().await.map_err(AppError::from)?;
-        authorized_chatbot(&mut conn, &caller, id).await?;
-        self.state
-            .commit_and_invalidate(&mut conn, Invalidation::Chatbot(id), |conn| {
-                async move {
-                    match Chatbot::delete(conn, id).await? {
-                        true => Ok(()),
-                        false => Err(AppError::NotFound("chatbot")),
-                    }
-                }
-                .scope_boxed()
-            })
-            .await?;
-        tracing::info!(chatbot_id = %id, "chatbot deleted with its keys");
+        let id = ChatbotId::parse("id", &request.get_ref().id)?;
+        delete_chatbot(&self.state, &caller, id).await?;
         Ok(Response::new(proto::DeleteChatbotResponse {}))
     }
+}
+
+impl CreateChatbot {
+    /// Without an `owner_id` the chatbot is the caller's.
+    pub fn parse(
+        request: proto::CreateChatbotRequest,
+        caller: &Caller,
+        policy: &Policy,
+    ) -> AppResult<Self> {
+        let owner_id = if request.owner_id.is_empty() {
+            Ok(caller.user_id)
+        } else {
+            UserId::parse("owner_id", &request.owner_id)
+        };
+        let (owner_id, name, endpoint) = parsed((
+            owner_id,
+            ChatbotName::parse("name", &request.name),
+            LlmEndpoint::parse(
+                "llm_endpoint_url",
+                &request.llm_endpoint_url,
+                policy.allow_private_llm_endpoints,
+            ),
+        ))?;
+        Ok(Self {
+            owner_id,
+            name,
+            endpoint,
+        })
+    }
+}
+
+impl ListChatbots {
+    /// Without an `owner_id`, users list their own and admins everyone's.
+    /// The page token is bound to that resolved filter.
+    pub fn parse(request: proto::ListChatbotsRequest, caller: &Caller) -> AppResult<Self> {
+        let owner = if request.owner_id.is_empty() {
+            Ok((!caller.is_admin()).then_some(caller.user_id))
+        } else {
+            UserId::parse("owner_id", &request.owner_id).map(Some)
+        };
+        let filter = format!(
+            "chatbots|owner={}",
+            owner
+                .as_ref()
+                .ok()
+                .copied()
+                .flatten()
+                .map_or("*".into(), |o| o.to_string())
+        );
+        let page = PageRequest::parse(request.page_size, &request.page_token, &filter);
+        let (owner, page) = parsed((owner, page))?;
+        Ok(Self { owner, page })
+    }
+}
+
+impl UpdateChatbot {
+    pub fn parse(request: proto::UpdateChatbotRequest, policy: &Policy) -> AppResult<Self> {
+        let Some(chatbot) = request.chatbot else {
+            return Err(FieldViolation::new("chatbot", "is required").into());
+        };
+        let id = ChatbotId::parse("chatbot.id", &chatbot.id);
+        let mut mask = Violations::new();
+        let paths = mask_paths(
+            request.update_mask.as_ref(),
+            &["name", "llm_endpoint_url"],
+            &["id", "owner_id", "create_time", "update_time"],
+            &mut mask,
+        );
+        if paths.is_empty()
+            && request
+                .update_mask
+                .as_ref()
+                .is_none_or(|m| m.paths.is_empty())
+        {
+            mask.push(FieldViolation::new(
+                "update_mask",
+                "must name at least one field",
+            ));
+        }
+        let name = paths
+            .contains(&"name")
+            .then(|| ChatbotName::parse("chatbot.name", &chatbot.name))
+            .transpose();
+        let endpoint = paths
+            .contains(&"llm_endpoint_url")
+            .then(|| {
+                LlmEndpoint::parse(
+                    "chatbot.llm_endpoint_url",
+                    &chatbot.llm_endpoint_url,
+                    policy.allow_private_llm_endpoints,
+                )
+            })
+            .transpose();
+        let (id, (), name, endpoint) = parsed((id, mask, name, endpoint))?;
+        Ok(Self { id, name, endpoint })
+    }
+}
+
+pub async fn create_chatbot(
+    state: &AppState,
+    caller: &Caller,
+    cmd: CreateChatbot,
+) -> AppResult<Chatbot> {
+    caller.require_may_act_for(cmd.owner_id)?;
+    let mut conn = state.db.conn().await?;
+    let new = NewChatbot {
+        id: ChatbotId::generate(),
+        owner_id: cmd.owner_id,
+        name: cmd.name.into_inner(),
+        llm_endpoint_url: cmd.endpoint.into_inner(),
+    };
+    let chatbot = Chatbot::insert(&mut conn, &new)
+        .await
+        .map_err(|error| match error {
+            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                AppError::NotFound("owner")
+            }
+            other => other.into(),
+        })?;
+    tracing::info!(chatbot_id = %chatbot.id, owner_id = %chatbot.owner_id, "chatbot created");
+    Ok(chatbot)
+}
+
+/// Through the coalesced reads of [`crate::hot_path::read_coalescing`].
+pub async fn get_chatbot(state: &AppState, caller: &Caller, id: ChatbotId) -> AppResult<Chatbot> {
+    let found = state.chatbot_reads.find(id).await?;
+    caller.authorize(with_owner(found), "chatbot")
+}
+
+pub async fn list_chatbots(
+    state: &AppState,
+    caller: &Caller,
+    cmd: ListChatbots,
+) -> AppResult<Page<Chatbot>> {
+    if let Some(owner) = cmd.owner {
+        caller.require_may_act_for(owner)?;
+    }
+    let mut conn = state.db.conn().await?;
+    let chatbots = Chatbot::list(&mut conn, cmd.owner, &cmd.page).await?;
+    Ok(cmd.page.page(chatbots, Chatbot::cursor))
+}
+
+pub async fn update_chatbot(
+    state: &AppState,
+    caller: &Caller,
+    cmd: UpdateChatbot,
+) -> AppResult<Chatbot> {
+    let id = cmd.id;
+    let mut conn = state.db.conn().await?;
+    authorized_chatbot(&mut conn, caller, id).await?;
+    let changes = &ChatbotChanges {
+        name: cmd.name.map(ChatbotName::into_inner),
+        llm_endpoint_url: cmd.endpoint.map(LlmEndpoint::into_inner),
+    };
+    // Verification answers carry the endpoint URL.
+    state
+        .caches
+        .commit_and_invalidate(&mut conn, Invalidation::Chatbot(id), |conn| {
+            async move {
+                Chatbot::update(conn, id, changes)
+                    .await?
+                    .ok_or(AppError::NotFound("chatbot"))
+            }
+            .scope_boxed()
+        })
+        .await
+}
+
+pub async fn delete_chatbot(state: &AppState, caller: &Caller, id: ChatbotId) -> AppResult<()> {
+    let mut conn = state.db.conn().await?;
+    authorized_chatbot(&mut conn, caller, id).await?;
+    state
+        .caches
+        .commit_and_invalidate(&mut conn, Invalidation::Chatbot(id), |conn| {
+            async move { found(Chatbot::delete(conn, id).await?, "chatbot") }.scope_boxed()
+        })
+        .await?;
+    tracing::info!(chatbot_id = %id, "chatbot deleted with its keys");
+    Ok(())
+}
+
+/// The chatbot, if the caller may act on it ([`Caller::authorize`]).
+async fn authorized_chatbot(
+    conn: &mut DbConnection,
+    caller: &Caller,
+    id: ChatbotId,
+) -> AppResult<Chatbot> {
+    caller.authorize(with_owner(Chatbot::find(conn, id).await?), "chatbot")
+}
+
+fn with_owner(found: Option<Chatbot>) -> Option<(Chatbot, UserId)> {
+    found.map(|chatbot| {
+        let owner = chatbot.owner_id;
+        (chatbot, owner)
+    })
 }

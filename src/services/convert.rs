@@ -1,12 +1,13 @@
-//! Model rows to proto messages, and time conversions. The only place that
-//! knows both shapes.
+//! Between proto messages and the service's own types: model rows to
+//! resources, timestamps and durations both ways, update masks. The only
+//! place that knows both shapes.
 
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 use crate::db::models;
 use crate::domain::{self, Role};
-use crate::error::FieldViolation;
+use crate::error::{FieldViolation, Violations};
 use crate::proto;
 
 pub fn timestamp(time: DateTime<Utc>) -> Timestamp {
@@ -31,44 +32,90 @@ pub fn parse_duration(
     domain::parse_duration_parts(field, value.seconds, value.nanos)
 }
 
-pub fn role(role: Role) -> proto::UserRole {
-    match role {
-        Role::User => proto::UserRole::User,
-        Role::Admin => proto::UserRole::Admin,
+/// The paths of an update mask, each checked against the fields an update
+/// may change; output-only and unknown paths are INVALID_ARGUMENT.
+pub fn mask_paths<'a>(
+    mask: Option<&'a prost_types::FieldMask>,
+    updatable: &[&str],
+    output_only: &[&str],
+    violations: &mut Violations,
+) -> Vec<&'a str> {
+    let paths: Vec<&str> = mask
+        .map(|mask| mask.paths.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    paths
+        .into_iter()
+        .filter(|path| {
+            if updatable.contains(path) {
+                true
+            } else if output_only.contains(path) {
+                violations.push(FieldViolation::new(
+                    "update_mask",
+                    format!("{path:?} is output only"),
+                ));
+                false
+            } else {
+                violations.push(FieldViolation::new(
+                    "update_mask",
+                    format!("{path:?} is not an updatable field; use one of {updatable:?}"),
+                ));
+                false
+            }
+        })
+        .collect()
+}
+
+impl From<Role> for proto::UserRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::User => proto::UserRole::User,
+            Role::Admin => proto::UserRole::Admin,
+        }
     }
 }
 
-pub fn user(row: models::User) -> proto::User {
-    proto::User {
-        id: row.id.to_string(),
-        role: role(row.role()).into(),
-        email: row.email,
-        create_time: Some(timestamp(row.created_at)),
-        update_time: Some(timestamp(row.updated_at)),
+impl From<models::User> for proto::User {
+    fn from(row: models::User) -> Self {
+        proto::User {
+            id: row.id.to_string(),
+            role: proto::UserRole::from(row.role()).into(),
+            email: row.email,
+            create_time: Some(timestamp(row.created_at)),
+            update_time: Some(timestamp(row.updated_at)),
+        }
     }
 }
 
-pub fn chatbot(row: models::Chatbot) -> proto::Chatbot {
-    proto::Chatbot {
-        id: row.id.to_string(),
-        owner_id: row.owner_id.to_string(),
-        name: row.name,
-        llm_endpoint_url: row.llm_endpoint_url,
-        create_time: Some(timestamp(row.created_at)),
-        update_time: Some(timestamp(row.updated_at)),
+impl From<models::Chatbot> for proto::Chatbot {
+    fn from(row: models::Chatbot) -> Self {
+        proto::Chatbot {
+            id: row.id.to_string(),
+            owner_id: row.owner_id.to_string(),
+            name: row.name,
+            llm_endpoint_url: row.llm_endpoint_url,
+            create_time: Some(timestamp(row.created_at)),
+            update_time: Some(timestamp(row.updated_at)),
+        }
     }
 }
 
-pub fn api_key(row: models::ApiKey) -> proto::ApiKey {
-    proto::ApiKey {
-        id: row.id.0,
-        chatbot_id: row.chatbot_id.to_string(),
-        display_name: row.display_name,
-        key_prefix: row.key_prefix,
-        revoked: row.revoked,
-        create_time: Some(timestamp(row.created_at)),
-        expire_time: row.expires_at.map(timestamp),
-        revoke_time: row.revoked_at.map(timestamp),
-        last_used_time: row.last_used_at.map(timestamp),
+impl From<models::ApiKey> for proto::ApiKey {
+    fn from(row: models::ApiKey) -> Self {
+        proto::ApiKey {
+            id: row.id.0,
+            chatbot_id: row.chatbot_id.to_string(),
+            display_name: row.display_name,
+            key_prefix: row.key_prefix,
+            revoked: row.revoked,
+            create_time: Some(timestamp(row.created_at)),
+            expire_time: row.expires_at.map(timestamp),
+            revoke_time: row.revoked_at.map(timestamp),
+            last_used_time: row.last_used_at.map(timestamp),
+        }
     }
+}
+
+/// Converts every row of a list.
+pub fn all<T, P: From<T>>(rows: Vec<T>) -> Vec<P> {
+    rows.into_iter().map(P::from).collect()
 }

@@ -13,7 +13,9 @@ use diesel_async::RunQueryDsl;
 use crate::db::schema::{api_keys, chatbots};
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
-use crate::domain::{ApiKeyDigest, ApiKeyId, ChatbotId, PageCursor, PageRequest, UserId};
+use crate::domain::{
+    ApiKeyDigest, ApiKeyFilter, ApiKeyId, ChatbotId, PageCursor, PageRequest, UserId,
+};
 
 /// A row of `api_keys`, without the digest (which no reader needs).
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -60,14 +62,6 @@ pub struct VerificationRecord {
     pub expires_at: Option<DateTime<Utc>>,
     pub owner_id: UserId,
     pub llm_endpoint_url: String,
-}
-
-/// Filters of ListApiKeys.
-#[derive(Debug, Clone, Copy)]
-pub struct ApiKeyListFilter {
-    pub chatbot_id: ChatbotId,
-    pub show_revoked: bool,
-    pub expire_before: Option<DateTime<Utc>>,
 }
 
 impl ApiKey {
@@ -148,7 +142,7 @@ impl ApiKey {
     /// row if more follow.
     pub async fn list(
         conn: &mut DbConnection,
-        filter: &ApiKeyListFilter,
+        filter: &ApiKeyFilter,
         page: &PageRequest<ApiKeyId>,
     ) -> diesel::QueryResult<Vec<ApiKey>> {
         db_run!(conn => {

@@ -34,13 +34,13 @@ pub struct NewChatbot {
     pub llm_endpoint_url: String,
 }
 
-/// Fields to change; `None` leaves a column alone.
+/// Fields to change; `None` leaves a column alone. [`Chatbot::update`]
+/// sets `updated_at` itself.
 #[derive(Debug, AsChangeset, Default)]
 #[diesel(table_name = chatbots)]
 pub struct ChatbotChanges {
     pub name: Option<String>,
     pub llm_endpoint_url: Option<String>,
-    pub updated_at: Option<Timestamp>,
 }
 
 impl Chatbot {
@@ -151,6 +151,7 @@ impl Chatbot {
         })
     }
 
+    /// Applies `changes` and stamps `updated_at`.
     pub async fn update(
         conn: &mut DbConnection,
         id: ChatbotId,
@@ -158,7 +159,7 @@ impl Chatbot {
     ) -> diesel::QueryResult<Option<Chatbot>> {
         db_run!(conn => {
             diesel::update(chatbots::table.find(id))
-                .set(changes)
+                .set((changes, chatbots::updated_at.eq(Timestamp::now())))
                 .returning(Chatbot::as_returning())
                 .get_result(conn)
                 .await

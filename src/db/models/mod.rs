@@ -8,7 +8,7 @@ pub mod refresh_token;
 pub mod session;
 pub mod user;
 
-pub use api_key::{ApiKey, ApiKeyListFilter, NewApiKey, VerificationRecord};
+pub use api_key::{ApiKey, NewApiKey, VerificationRecord};
 pub use chatbot::{Chatbot, ChatbotChanges, NewChatbot};
 pub use login_attempt::{LoginAttempt, Window};
 pub use refresh_token::{NewRefreshToken, RefreshToken};

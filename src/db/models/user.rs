@@ -46,14 +46,14 @@ pub struct NewUser<'a> {
     pub role: &'a str,
 }
 
-/// Fields to change; `None` leaves a column alone.
+/// Fields to change; `None` leaves a column alone. [`User::update`] sets
+/// `updated_at` itself.
 #[derive(AsChangeset, Default)]
 #[diesel(table_name = users)]
 pub struct UserChanges {
     pub email: Option<String>,
     pub hashed_password: Option<String>,
     pub role: Option<String>,
-    pub updated_at: Option<Timestamp>,
 }
 
 impl User {
@@ -151,6 +151,7 @@ impl User {
         })
     }
 
+    /// Applies `changes` and stamps `updated_at`.
     pub async fn update(
         conn: &mut DbConnection,
         id: UserId,
@@ -158,7 +159,7 @@ impl User {
     ) -> diesel::QueryResult<Option<User>> {
         db_run!(conn => {
             diesel::update(users::table.find(id))
-                .set(changes)
+                .set((changes, users::updated_at.eq(Timestamp::now())))
                 .returning(User::as_returning())
                 .get_result(conn)
                 .await
@@ -201,12 +202,14 @@ impl User {
                 ))
                 .on_conflict(users::email)
                 .do_update()
-                .set(UserChanges {
-                    email: None,
-                    hashed_password: Some(hashed_password.to_owned()),
-                    role: Some(Role::Admin.as_str().to_owned()),
-                    updated_at: Some(Timestamp(now)),
-                })
+                .set((
+                    UserChanges {
+                        email: None,
+                        hashed_password: Some(hashed_password.to_owned()),
+                        role: Some(Role::Admin.as_str().to_owned()),
+                    },
+                    users::updated_at.eq(Timestamp(now)),
+                ))
                 .returning(User::as_returning())
                 .get_result(conn)
                 .await

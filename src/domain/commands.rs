@@ -1,0 +1,99 @@
+//! What each RPC that carries more than an id asks for, in parsed domain
+//! types: the edge (`crate::services`) builds these from the requests,
+//! collecting every field violation, and the operations take nothing else.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    ApiKeyId, ApiKeySecret, ChatbotId, ChatbotName, DisplayText, Email, FieldViolation,
+    LlmEndpoint, PageRequest, Password, Role, UserId,
+};
+
+/// CreateUser: sign-up, or an admin creating a user.
+#[derive(Debug)]
+pub struct CreateUser {
+    pub email: Email,
+    pub password: Password,
+    pub role: Role,
+}
+
+/// UpdateUser: the fields the update mask named, and a password change.
+#[derive(Debug)]
+pub struct UpdateUser {
+    pub id: UserId,
+    pub email: Option<Email>,
+    pub role: Option<Role>,
+    pub new_password: Option<Password>,
+    /// Needed only when callers change their own password, so a missing or
+    /// unusable one is reported only then.
+    pub current_password: Result<Password, FieldViolation>,
+}
+
+/// CreateChatbot.
+#[derive(Debug)]
+pub struct CreateChatbot {
+    pub owner_id: UserId,
+    pub name: ChatbotName,
+    pub endpoint: LlmEndpoint,
+}
+
+/// ListChatbots: one owner's, or (`None`, admins only) everyone's.
+#[derive(Debug)]
+pub struct ListChatbots {
+    pub owner: Option<UserId>,
+    pub page: PageRequest<ChatbotId>,
+}
+
+/// UpdateChatbot: the fields the update mask named.
+#[derive(Debug)]
+pub struct UpdateChatbot {
+    pub id: ChatbotId,
+    pub name: Option<ChatbotName>,
+    pub endpoint: Option<LlmEndpoint>,
+}
+
+/// CreateApiKey.
+#[derive(Debug)]
+pub struct CreateApiKey {
+    pub chatbot_id: ChatbotId,
+    pub display_name: DisplayText,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Which of a chatbot's keys ListApiKeys returns.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiKeyFilter {
+    pub chatbot_id: ChatbotId,
+    pub show_revoked: bool,
+    pub expire_before: Option<DateTime<Utc>>,
+}
+
+/// ListApiKeys.
+#[derive(Debug)]
+pub struct ListApiKeys {
+    pub filter: ApiKeyFilter,
+    pub page: PageRequest<ApiKeyId>,
+}
+
+/// RotateApiKey: how long the replaced key keeps working.
+#[derive(Debug)]
+pub struct RotateApiKey {
+    pub id: ApiKeyId,
+    pub grace_period: Duration,
+}
+
+/// VerifyApiKey. A string that cannot be one of our keys is an answer
+/// (not valid: malformed), not an error, so it is kept as `None`.
+#[derive(Debug)]
+pub struct VerifyApiKey {
+    pub secret: Option<ApiKeySecret>,
+}
+
+/// Login.
+#[derive(Debug)]
+pub struct Login {
+    pub email: Email,
+    pub password: Password,
+}

@@ -1,0 +1,27 @@
+//! Machinery that exists for speed, kept out of the handlers so that an RPC
+//! still reads top to bottom and so that what each piece promises is stated
+//! in one place. None of it changes an answer; each piece only avoids work:
+//!
+//! - [`api_key_cache`]: VerifyApiKey answers a hot key without a query. It
+//!   caches the row, not the verdict, so revocation and expiry are judged at
+//!   every read, and it never serves a row a committed change made stale.
+//! - [`read_coalescing`]: GetChatbot's point reads that arrive together go
+//!   to the database as one statement; a read still sees every write
+//!   committed before it arrived.
+//! - [`last_used`]: VerifyApiKey never writes; last-used times are written
+//!   in one batch per interval, and a failed batch is retried, never lost
+//!   or moved back in time.
+//! - [`invalidation`]: every change to a cached row commits together with
+//!   the NOTIFY that tells the other replicas, and drops the row here before
+//!   the RPC answers; the listener applies other replicas' notifications,
+//!   and the caches serve only while it can hear them.
+
+pub mod api_key_cache;
+pub mod invalidation;
+pub mod last_used;
+pub mod read_coalescing;
+
+pub use api_key_cache::ApiKeyCache;
+pub use invalidation::CacheInvalidation;
+pub use last_used::LastUsedRecorder;
+pub use read_coalescing::{ChatbotReads, ReadStats};

@@ -29,8 +29,13 @@ struct TestCli {
 enum TestDatabase {
     /// A database on the PostgreSQL server at `TEST_DATABASE_URL`, as in
     /// the server's own tests.
-    Postgres { server_url: String, name: String },
-    Sqlite { path: PathBuf },
+    Postgres {
+        server_url: String,
+        name: String,
+    },
+    Sqlite {
+        path: PathBuf,
+    },
 }
 
 impl TestDatabase {

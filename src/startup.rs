@@ -295,13 +295,15 @@ impl Application {
             .max_concurrent_streams(
                 u32::try_from(settings.max_concurrent_requests_per_connection).unwrap_or(u32::MAX),
             )
-            // First added is outermost: observe everything, then authenticate.
+            // First added is outermost: observe everything, read the bearer
+            // token, count the request against its user (or the client's
+            // network), and only then look up the token's session.
             .layer(RpcLayer::new(metrics.clone(), rpc_timeout))
-            .layer(AuthLayer::new(
-                state.tokens.clone(),
-                state.sessions.clone(),
+            .layer(crate::auth::CredentialsLayer::new(state.tokens.clone()))
+            .layer(crate::rate_limit::RateLimitLayer::new(
                 state.rate_limits.clone(),
             ))
+            .layer(AuthLayer::new(state.sessions.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

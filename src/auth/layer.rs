@@ -1,65 +1,189 @@
-//! The one authentication layer: a tower layer around every gRPC service.
-//! It reads `authorization: Bearer <token>`, verifies it, checks that the
-//! token's session is live (cached, see [`Sessions`]) and puts the
-//! [`Caller`], with the user's current role, into the request's extensions.
-//! Anything not on the public list without a valid token is answered
-//! UNAUTHENTICATED before any handler runs, so a new RPC is protected by
-//! default.
+//! Authentication as two tower layers around every gRPC service, with the
+//! rate limit (`crate::rate_limit::RateLimitLayer`) between them:
+//!
+//! 1. [`CredentialsLayer`] reads `authorization: Bearer <token>`, verifies
+//!    the token's signature and puts the [`Credentials`] into the request's
+//!    extensions. Only several authorization entries are refused here.
+//! 2. The rate limit counts the request against the token's user, or the
+//!    client's network without a usable token: before any session lookup,
+//!    so a flood of tokens cannot buy itself database lookups.
+//! 3. [`AuthLayer`] checks that the token's session is live (cached, see
+//!    [`Sessions`]) and puts the [`Caller`], with the user's current role,
+//!    into the extensions. Anything not on the public list without a valid
+//!    token is answered UNAUTHENTICATED before any handler runs, so a new
+//!    RPC is protected by default.
+//!
+//! Services and methods are named by the generated servers'
+//! `NamedService::NAME`, so renaming a service or its package cannot
+//! silently make a method public or private.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::{ready, Either, Ready};
 use tonic::body::Body;
-use tonic::transport::server::TcpConnectInfo;
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::server::NamedService;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer as ReflectionV1;
+use tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer as ReflectionV1Alpha;
 use tower::{Layer, Service};
 
 use super::{Caller, Sessions, TokenKeys};
 use crate::domain::{SessionId, UserId};
-use crate::rate_limit::{RateKey, RateLimits};
+use crate::proto::api_key_service_server::ApiKeyServiceServer;
+use crate::proto::auth_service_server::AuthServiceServer;
+use crate::proto::user_service_server::UserServiceServer;
 
-/// Full method paths callable without an access token. On these a token is
-/// optional and an invalid one is ignored (a client refreshing its session
+/// One RPC: its service's full name and the method's name, matched against
+/// a request path `/<service>/<method>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RpcMethod {
+    pub service: &'static str,
+    pub method: &'static str,
+}
+
+impl RpcMethod {
+    pub const fn new(service: &'static str, method: &'static str) -> Self {
+        Self { service, method }
+    }
+
+    /// Whether `path` is this method's request path.
+    pub fn matches(&self, path: &str) -> bool {
+        path.strip_prefix('/')
+            .and_then(|rest| rest.strip_prefix(self.service))
+            .and_then(|rest| rest.strip_prefix('/'))
+            == Some(self.method)
+    }
+}
+
+/// Whether `path` calls a method of `service` (its full name).
+pub fn in_service(path: &str, service: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.strip_prefix(service))
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Methods callable without an access token. On these a token is optional
+/// and an invalid one is ignored (a client refreshing its session
 /// typically still sends the expired token).
-pub const PUBLIC_METHODS: &[&str] = &[
-    "/chatbot.v1.AuthService/Login",
-    "/chatbot.v1.AuthService/RefreshToken",
-    "/chatbot.v1.UserService/CreateUser",
-    "/chatbot.v1.ApiKeyService/VerifyApiKey",
+pub const PUBLIC_METHODS: &[RpcMethod] = &[
+    RpcMethod::new(AuthServiceServer::<()>::NAME, "Login"),
+    RpcMethod::new(AuthServiceServer::<()>::NAME, "RefreshToken"),
+    RpcMethod::new(UserServiceServer::<()>::NAME, "CreateUser"),
+    RpcMethod::new(ApiKeyServiceServer::<()>::NAME, "VerifyApiKey"),
 ];
 
 /// Whole services that never need a token: probes and reflection.
-const PUBLIC_SERVICE_PREFIXES: &[&str] = &[
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1.ServerReflection/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
+pub const PUBLIC_SERVICES: &[&str] = &[
+    HealthServer::<()>::NAME,
+    ReflectionV1::<()>::NAME,
+    ReflectionV1Alpha::<()>::NAME,
 ];
 
 fn is_public(path: &str) -> bool {
-    PUBLIC_METHODS.contains(&path) || PUBLIC_SERVICE_PREFIXES.iter().any(|p| path.starts_with(p))
+    PUBLIC_METHODS.iter().any(|method| method.matches(path))
+        || PUBLIC_SERVICES
+            .iter()
+            .any(|service| in_service(path, service))
 }
 
-/// Limited per API key inside the handler instead of per address: one
-/// calling service verifies many keys from one address.
-const PER_KEY_LIMITED: &str = "/chatbot.v1.ApiKeyService/VerifyApiKey";
+/// What a request's `authorization` entry amounts to; put into the
+/// request's extensions by [`CredentialsLayer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    /// No authorization entry.
+    Absent,
+    /// An access token with a valid signature, its session not yet checked.
+    Token {
+        user_id: UserId,
+        session_id: SessionId,
+    },
+    /// Refused with this client-safe reason (ignored on public RPCs).
+    Invalid(&'static str),
+}
 
-/// Wraps services in [`AuthMiddleware`].
+impl Credentials {
+    /// The user a correctly signed token names, whether or not its session
+    /// is still live.
+    pub fn claimed_user(&self) -> Option<UserId> {
+        match self {
+            Credentials::Token { user_id, .. } => Some(*user_id),
+            Credentials::Absent | Credentials::Invalid(_) => None,
+        }
+    }
+}
+
+/// Wraps services in [`CredentialsMiddleware`].
+#[derive(Clone)]
+pub struct CredentialsLayer {
+    keys: Arc<TokenKeys>,
+}
+
+impl CredentialsLayer {
+    pub fn new(keys: Arc<TokenKeys>) -> Self {
+        Self { keys }
+    }
+}
+
+impl<S> Layer<S> for CredentialsLayer {
+    type Service = CredentialsMiddleware<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CredentialsMiddleware {
+            inner,
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct CredentialsMiddleware<S> {
+    inner: S,
+    keys: Arc<TokenKeys>,
+}
+
+impl<S, B> Service<http::Request<B>> for CredentialsMiddleware<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Self::Response, Self::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let credentials = match presented_token(&self.keys, request.headers()) {
+            Ok(credentials) => credentials,
+            // Two authorization entries are ambiguous: which one would a
+            // proxy in front have checked? Refused even on public RPCs.
+            Err(Ambiguous) => {
+                let status = tonic::Status::unauthenticated(
+                    "send one `authorization` metadata entry, not several",
+                );
+                return Either::Left(ready(Ok(status.into_http())));
+            }
+        };
+        request.extensions_mut().insert(credentials);
+        Either::Right(self.inner.call(request))
+    }
+}
+
+/// Wraps services in [`AuthMiddleware`]. Must sit inside
+/// [`CredentialsLayer`]: a request it did not see has no credentials.
 #[derive(Clone)]
 pub struct AuthLayer {
-    keys: Arc<TokenKeys>,
     sessions: Sessions,
-    limits: RateLimits,
 }
 
 impl AuthLayer {
-    pub fn new(keys: Arc<TokenKeys>, sessions: Sessions, limits: RateLimits) -> Self {
-        Self {
-            keys,
-            sessions,
-            limits,
-        }
+    pub fn new(sessions: Sessions) -> Self {
+        Self { sessions }
     }
 }
 
@@ -69,9 +193,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthMiddleware {
             inner,
-            keys: self.keys.clone(),
             sessions: self.sessions.clone(),
-            limits: self.limits.clone(),
         }
     }
 }
@@ -80,9 +202,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct AuthMiddleware<S> {
     inner: S,
-    keys: Arc<TokenKeys>,
     sessions: Sessions,
-    limits: RateLimits,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
@@ -102,52 +222,21 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        let public = is_public(path);
-        let exempt =
-            PUBLIC_SERVICE_PREFIXES.iter().any(|p| path.starts_with(p)) || path == PER_KEY_LIMITED;
-        let address = request
+        let public = is_public(request.uri().path());
+        let credentials = request
             .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-            .map(|addr| addr.ip());
-        let presented = match presented_token(&self.keys, request.headers()) {
-            Ok(token) => Ok(token),
-            Err(Presented::Invalid(reason)) => Err(reason),
-            // Two authorization entries are ambiguous: which one would a
-            // proxy in front have checked? Refused even on public RPCs.
-            Err(Presented::Ambiguous) => {
-                let status = tonic::Status::unauthenticated(
-                    "send one `authorization` metadata entry, not several",
-                );
-                return Box::pin(async move { Ok(status.into_http()) });
-            }
-        };
-        // Health and reflection are exempt; everyone else has a bucket. The
-        // token's user is counted before its session is checked, so a
-        // flood of tokens cannot buy itself database lookups.
-        let rate_key = match (&presented, address) {
-            _ if exempt => None,
-            (Ok(Some(token)), _) => Some(RateKey::User(token.user_id)),
-            (_, Some(ip)) => Some(RateKey::address(ip)),
-            (_, None) => None,
-        };
-        if let Some(Err(retry_after)) = rate_key.map(|key| self.limits.check(key)) {
-            let status = tonic::Status::with_error_details(
-                tonic::Code::ResourceExhausted,
-                "rate limit exceeded; retry later",
-                ErrorDetails::with_retry_info(Some(retry_after)),
-            );
-            return Box::pin(async move { Ok(status.into_http()) });
-        }
+            .get::<Credentials>()
+            .copied()
+            // Fail closed if the layers were wired without CredentialsLayer.
+            .unwrap_or(Credentials::Invalid("no credentials were read"));
         let sessions = self.sessions.clone();
         // The clone is ready only if polled; swap so the polled one serves.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let authenticated = match presented {
-                Ok(Some(token)) => match sessions.live(token.session_id).await {
-                    Ok(Some(session)) if session.user_id == token.user_id => Ok(Some(Caller {
+            let authenticated = match credentials {
+                Credentials::Token { user_id, session_id } => match sessions.live(session_id).await {
+                    Ok(Some(session)) if session.user_id == user_id => Ok(Some(Caller {
                         user_id: session.user_id,
                         role: session.role,
                     })),
@@ -155,8 +244,8 @@ where
                     // Fail closed: an unknown session state is no session.
                     Err(error) => return Ok(tonic::Status::from(error).into_http()),
                 },
-                Ok(None) => Ok(None),
-                Err(reason) => Err(reason),
+                Credentials::Absent => Ok(None),
+                Credentials::Invalid(reason) => Err(reason),
             };
             match authenticated {
                 Ok(Some(caller)) => {
@@ -178,47 +267,59 @@ where
     }
 }
 
-/// The user and session an access token names.
-struct PresentedToken {
-    user_id: UserId,
-    session_id: SessionId,
-}
+/// More than one authorization entry.
+struct Ambiguous;
 
-/// Why a presented authorization entry is unusable.
-enum Presented {
-    /// Refused with this client-safe reason (ignored on public RPCs).
-    Invalid(&'static str),
-    /// More than one entry.
-    Ambiguous,
-}
-
-/// `Ok(None)` without an authorization header; `Err` when one is present
-/// but unusable.
-fn presented_token(
-    keys: &TokenKeys,
-    headers: &http::HeaderMap,
-) -> Result<Option<PresentedToken>, Presented> {
+/// The credentials in `headers`; `Err` only for several authorization
+/// entries.
+fn presented_token(keys: &TokenKeys, headers: &http::HeaderMap) -> Result<Credentials, Ambiguous> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
-        return Ok(None);
+        return Ok(Credentials::Absent);
     };
     if values.next().is_some() {
-        return Err(Presented::Ambiguous);
+        return Err(Ambiguous);
     }
-    let value = value
-        .to_str()
-        .map_err(|_| Presented::Invalid("authorization metadata is not valid text"))?;
-    let token = value
+    let Ok(value) = value.to_str() else {
+        return Ok(Credentials::Invalid(
+            "authorization metadata is not valid text",
+        ));
+    };
+    let Some(token) = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|token| !token.is_empty())
-        .ok_or(Presented::Invalid(
+    else {
+        return Ok(Credentials::Invalid(
             "authorization metadata must be `Bearer <token>`",
-        ))?;
-    let (user_id, session_id) = keys.verify(token).map_err(Presented::Invalid)?;
-    Ok(Some(PresentedToken {
-        user_id,
-        session_id,
-    }))
+        ));
+    };
+    Ok(match keys.verify(token) {
+        Ok((user_id, session_id)) => Credentials::Token {
+            user_id,
+            session_id,
+        },
+        Err(reason) => Credentials::Invalid(reason),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_rpcs_are_matched_by_their_full_path_only() {
+        assert!(is_public("/chatbot.v1.AuthService/Login"));
+        assert!(is_public("/chatbot.v1.ApiKeyService/VerifyApiKey"));
+        assert!(is_public("/grpc.health.v1.Health/Check"));
+        assert!(is_public(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        ));
+        assert!(!is_public("/chatbot.v1.AuthService/LoginX"));
+        assert!(!is_public("/chatbot.v1.AuthService/Logout"));
+        assert!(!is_public("/chatbot.v1.AuthServiceX/Login"));
+        assert!(!is_public("/grpc.health.v1.HealthX/Check"));
+        assert!(!is_public("chatbot.v1.AuthService/Login"));
+    }
 }

@@ -1,5 +1,6 @@
 //! Who is calling: password hashing, access tokens (JWT) and the sessions
-//! they belong to, the one authentication layer, and login throttling.
+//! they belong to, the authentication layers, the client network an
+//! address belongs to, and login throttling.
 
 mod layer;
 mod password;
@@ -7,11 +8,16 @@ mod sessions;
 mod throttle;
 mod tokens;
 
-pub use layer::{AuthLayer, PUBLIC_METHODS};
+pub use layer::{
+    in_service, AuthLayer, Credentials, CredentialsLayer, RpcMethod, PUBLIC_METHODS,
+    PUBLIC_SERVICES,
+};
 pub use password::{HashCost, PasswordHasher};
 pub use sessions::{SessionCache, Sessions};
 pub use throttle::{LoginThrottle, Reservation};
 pub use tokens::{AccessToken, Claims, TokenKeys, AUDIENCE, ISSUER};
+
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::domain::{Role, UserId};
 use crate::error::{AppError, AppResult};
@@ -67,4 +73,39 @@ pub fn caller<T>(request: &tonic::Request<T>) -> AppResult<Caller> {
 /// The caller of a public RPC, if it presented a valid token.
 pub fn optional_caller<T>(request: &tonic::Request<T>) -> Option<Caller> {
     request.extensions().get::<Caller>().copied()
+}
+
+/// The unit one client controls: an IPv4 address (also when it arrives
+/// mapped into IPv6), or an IPv6 /64, the smallest network a site is
+/// assigned; counting single IPv6 addresses would give a client 2^64
+/// budgets. Rate limits and login budgets count per client network.
+pub fn client_network(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1_u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        let network = |text: &str| client_network(text.parse().unwrap()).to_string();
+        assert_eq!(network("203.0.113.9"), "203.0.113.9");
+        assert_eq!(network("::ffff:203.0.113.9"), "203.0.113.9");
+        assert_eq!(
+            network("2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
+            "2001:db8:1:2::"
+        );
+        assert_eq!(network("2001:db8:1:2::1"), network("2001:db8:1:2:ffff::9"));
+        assert_ne!(network("2001:db8:1:2::1"), network("2001:db8:1:3::1"));
+    }
 }

@@ -25,10 +25,10 @@ use chrono::{DateTime, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use sha2::{Digest, Sha256};
 
+use super::client_network;
 use crate::db::models::LoginAttempt;
 use crate::db::{Database, DbConnection};
 use crate::error::{AppError, AppResult};
-use crate::rate_limit::client_network;
 
 /// The shared budgets.
 #[derive(Clone)]

@@ -13,7 +13,6 @@ mod key_limits;
 mod lifecycle;
 mod limits;
 mod llm_endpoints;
-mod loadgen;
 mod login_throttle;
 mod look_alike_text;
 mod out_of_range;

@@ -2,9 +2,9 @@
 //! chatbot-backend.
 //!
 //! ```text
-//! cargo run --release --bin loadgen -- --addr http://127.0.0.1:50051 \
+//! cargo run --release -p loadgen -- --addr http://127.0.0.1:50051 \
 //!     --rpc get-chatbot --concurrency 64 --duration-secs 10
-//! cargo run --release --bin loadgen -- --rpc verify-api-key-valid --requests 100000 --json
+//! cargo run --release -p loadgen -- --rpc verify-api-key-valid --requests 100000 --json
 //! ```
 //!
 //! It first sets up its own data through the public API: a new user

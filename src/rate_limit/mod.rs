@@ -1,9 +1,11 @@
 //! Token-bucket rate limits per caller (governor's GCRA): per authenticated
-//! user, per client address for anonymous calls, and per API key on
-//! VerifyApiKey. In-process, so each replica enforces its own share.
+//! user, per client network for anonymous calls (both applied by
+//! [`RateLimitLayer`] to every RPC), and per API key on VerifyApiKey (in its
+//! handler, which knows the key). In-process, so each replica enforces its
+//! own share.
 
 use std::hash::Hash;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,12 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::auth::client_network;
 use crate::domain::{ApiKeyDigest, UserId};
+
+mod layer;
+
+pub use layer::RateLimitLayer;
 
 /// Who a request is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,23 +27,6 @@ pub enum RateKey {
     Address(IpAddr),
     /// First 16 bytes of the key's digest: enough to tell keys apart.
     ApiKey([u8; 16]),
-}
-
-/// The unit one client controls: an IPv4 address (also when it arrives
-/// mapped into IPv6), or an IPv6 /64, the smallest network a site is
-/// assigned; counting single IPv6 addresses would give a client 2^64
-/// budgets.
-pub fn client_network(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1_u128 << 64) - 1);
-                IpAddr::V6(Ipv6Addr::from(bits))
-            }
-        },
-    }
 }
 
 impl RateKey {
@@ -117,23 +107,5 @@ impl RateLimits {
             limiter.0.retain_recent();
             limiter.0.shrink_to_fit();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_client_is_an_ipv4_address_or_an_ipv6_slash_64() {
-        let network = |text: &str| client_network(text.parse().unwrap()).to_string();
-        assert_eq!(network("203.0.113.9"), "203.0.113.9");
-        assert_eq!(network("::ffff:203.0.113.9"), "203.0.113.9");
-        assert_eq!(
-            network("2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
-            "2001:db8:1:2::"
-        );
-        assert_eq!(network("2001:db8:1:2::1"), network("2001:db8:1:2:ffff::9"));
-        assert_ne!(network("2001:db8:1:2::1"), network("2001:db8:1:3::1"));
     }
 }

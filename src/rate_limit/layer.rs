@@ -1,0 +1,123 @@
+//! The rate limit as a tower layer around every gRPC service. It sits
+//! between `auth::CredentialsLayer` and `auth::AuthLayer` (see
+//! src/auth/layer.rs): it counts a request against the user its correctly
+//! signed token names, or against the client's network without one, before
+//! the session lookup, so a flood of tokens cannot buy itself database
+//! lookups, and a caller over its budget hears RESOURCE_EXHAUSTED (with a
+//! RetryInfo detail) whether or not its token would have been accepted.
+//! Probes and reflection are not counted, and VerifyApiKey is limited per
+//! key inside its handler instead: one calling service verifies many keys
+//! from one address.
+
+use std::task::{Context, Poll};
+
+use futures_util::future::{ready, Either, Ready};
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::transport::server::TcpConnectInfo;
+use tonic_types::{ErrorDetails, StatusExt};
+use tower::{Layer, Service};
+
+use super::{RateKey, RateLimits};
+use crate::auth::{in_service, Credentials, RpcMethod, PUBLIC_SERVICES};
+use crate::proto::api_key_service_server::ApiKeyServiceServer;
+
+/// Limited per API key in its handler rather than here.
+const PER_KEY_LIMITED: RpcMethod = RpcMethod::new(ApiKeyServiceServer::<()>::NAME, "VerifyApiKey");
+
+fn is_exempt(path: &str) -> bool {
+    PER_KEY_LIMITED.matches(path)
+        || PUBLIC_SERVICES
+            .iter()
+            .any(|service| in_service(path, service))
+}
+
+/// Wraps services in [`RateLimitMiddleware`].
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    limits: RateLimits,
+}
+
+impl RateLimitLayer {
+    pub fn new(limits: RateLimits) -> Self {
+        Self { limits }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimitMiddleware<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitMiddleware {
+            inner,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct RateLimitMiddleware<S> {
+    inner: S,
+    limits: RateLimits,
+}
+
+impl<S, B> Service<http::Request<B>> for RateLimitMiddleware<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Self::Response, Self::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if let Some(Err(retry_after)) = rate_key(&request).map(|key| self.limits.check(key)) {
+            let status = tonic::Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                "rate limit exceeded; retry later",
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            );
+            return Either::Left(ready(Ok(status.into_http())));
+        }
+        Either::Right(self.inner.call(request))
+    }
+}
+
+/// Who `request` is counted against, if anyone.
+fn rate_key<B>(request: &http::Request<B>) -> Option<RateKey> {
+    if is_exempt(request.uri().path()) {
+        return None;
+    }
+    let claimed_user = request
+        .extensions()
+        .get::<Credentials>()
+        .and_then(Credentials::claimed_user);
+    if let Some(user_id) = claimed_user {
+        return Some(RateKey::User(user_id));
+    }
+    let address = request
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)?;
+    Some(RateKey::address(address.ip()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_reflection_and_verify_api_key_are_not_counted_here() {
+        assert!(is_exempt("/grpc.health.v1.Health/Check"));
+        assert!(is_exempt(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        ));
+        assert!(is_exempt("/chatbot.v1.ApiKeyService/VerifyApiKey"));
+        assert!(!is_exempt("/chatbot.v1.ApiKeyService/CreateApiKey"));
+        assert!(!is_exempt("/chatbot.v1.AuthService/Login"));
+    }
+}

@@ -15,7 +15,12 @@ use crate::domain::{ChatbotId, Email, Password, Role, UserId};
 /// stdin (one line), never from argv where `ps` would show it. Setting an
 /// existing user's password signs them out everywhere, as UpdateUser does,
 /// and running servers learn the new role at once.
-pub async fn create_admin(db: &Database, email: &str, input: impl BufRead) -> anyhow::Result<User> {
+pub async fn create_admin(
+    db: &Database,
+    hasher: &PasswordHasher,
+    email: &str,
+    input: impl BufRead,
+) -> anyhow::Result<User> {
     let email = Email::parse("--email", email)
         .map_err(|v| anyhow::anyhow!("{}: {}", v.field, v.description))?;
     let password = input
@@ -28,7 +33,7 @@ pub async fn create_admin(db: &Database, email: &str, input: impl BufRead) -> an
         password.trim_end_matches(['\r', '\n']).to_owned(),
     )
     .map_err(|v| anyhow::anyhow!("password {}", v.description))?;
-    let hash = PasswordHasher::new(1)?.hash(password).await?;
+    let hash = hasher.hash(password).await?;
     let mut conn = db.conn().await?;
     let hash = &hash;
     let admin = conn
@@ -49,8 +54,7 @@ pub async fn create_admin(db: &Database, email: &str, input: impl BufRead) -> an
 
 /// Idempotent demo data: an admin, a demo user and two chatbots. Passwords
 /// of newly created accounts are printed once; existing ones are untouched.
-pub async fn seed(db: &Database) -> anyhow::Result<()> {
-    let hasher = PasswordHasher::new(1)?;
+pub async fn seed(db: &Database, hasher: &PasswordHasher) -> anyhow::Result<()> {
     let mut conn = db.conn().await?;
     let accounts = [
         ("admin@example.com", Role::Admin),

@@ -418,6 +418,15 @@ impl Settings {
         }
     }
 
+    /// The argon2 cost of new password hashes, for the server and the
+    /// operator commands alike.
+    pub fn password_hash_cost(&self) -> crate::auth::HashCost {
+        crate::auth::HashCost {
+            memory_kib: self.password_hash_memory_kib,
+            iterations: self.password_hash_iterations,
+        }
+    }
+
     pub fn pool_settings(&self) -> crate::db::PoolSettings {
         crate::db::PoolSettings {
             max_size: self.database_pool_size,

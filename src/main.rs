@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
-use chatbot_backend::config::Settings;
+use chatbot_backend::auth::PasswordHasher;
+use chatbot_backend::config::{Config, Settings};
 use chatbot_backend::db::{self, Database};
 use chatbot_backend::startup::Application;
 use chatbot_backend::{admin, telemetry};
@@ -81,16 +82,28 @@ async fn main() -> anyhow::Result<()> {
         Command::Seed => {
             db::run_migrations(&config.database).await?;
             let db = Database::new(&config.database, &config.settings.pool_settings())?;
-            admin::seed(&db).await
+            admin::seed(&db, &operator_hasher(&config)?).await
         }
         Command::CreateAdmin { email } => {
             db::run_migrations(&config.database).await?;
             let db = Database::new(&config.database, &config.settings.pool_settings())?;
-            let user = admin::create_admin(&db, &email, std::io::stdin().lock()).await?;
+            let user = admin::create_admin(
+                &db,
+                &operator_hasher(&config)?,
+                &email,
+                std::io::stdin().lock(),
+            )
+            .await?;
             println!("{} is now an admin (id {})", user.email, user.id);
             Ok(())
         }
     }
+}
+
+/// One hashing thread at the configured cost: accounts made by the operator
+/// commands hash like the server's.
+fn operator_hasher(config: &Config) -> anyhow::Result<PasswordHasher> {
+    PasswordHasher::with_cost(1, config.settings.password_hash_cost())
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

@@ -15,7 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::auth::{AuthLayer, HashCost, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
+use crate::auth::{AuthLayer, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
 use crate::config::{Config, Settings};
 use crate::db::{self, Database, DatabaseTarget};
 use crate::health::{self, HealthReporter};
@@ -128,10 +128,7 @@ impl Application {
             api_key_cache,
             hasher: PasswordHasher::with_cost(
                 settings.max_concurrent_hashes,
-                HashCost {
-                    memory_kib: settings.password_hash_memory_kib,
-                    iterations: settings.password_hash_iterations,
-                },
+                settings.password_hash_cost(),
             )?,
             tokens: Arc::new(tokens),
             throttle: LoginThrottle::new(

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chatbot_backend::config::Settings;
-use chatbot_backend::services::chatbot_reads::ReadStats;
+use chatbot_backend::hot_path::read_coalescing::ReadStats;
 use chatbot_backend::startup::Application;
 use clap::Parser;
 

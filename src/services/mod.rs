@@ -11,11 +11,6 @@ pub mod convert;
 pub mod status;
 pub mod users;
 
-/// Where the VerifyApiKey cache and GetChatbot's coalesced reads lived
-/// before they moved to [`crate::hot_path`]; kept for callers of the old
-/// paths.
-pub use crate::hot_path::{api_key_cache, read_coalescing as chatbot_reads};
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -28,3 +28,49 @@ fn readme_client_example_is_examples_verify_api_key_rs() {
         "README.md's ```rust block must be examples/verify_api_key.rs, verbatim"
     );
 }
+
+/// The paths README's "Layout" block names (the first word of each line
+/// that starts in the first column).
+fn readme_layout_paths() -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme
+        .find("## Layout\n")
+        .expect("README.md has a Layout section")..];
+    let start = section
+        .find("```text\n")
+        .expect("the Layout section has a block")
+        + 8;
+    let block = &section[start..start + section[start..].find("```\n").expect("closed")];
+    block
+        .lines()
+        .filter(|line| !line.starts_with(' '))
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn readme_layout_names_paths_that_exist_and_every_top_level_source_file() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let listed = readme_layout_paths();
+    for path in &listed {
+        assert!(
+            root.join(path).exists(),
+            "README's Layout names {path}, which does not exist"
+        );
+    }
+    for entry in std::fs::read_dir(root.join("src")).expect("src/ is readable") {
+        let name = entry.expect("a directory entry").file_name();
+        let name = name.to_string_lossy();
+        let is_dir = root.join("src").join(&*name).is_dir();
+        let path = if is_dir {
+            format!("src/{name}/")
+        } else {
+            format!("src/{name}")
+        };
+        assert!(
+            listed.contains(&path),
+            "README's Layout does not mention {path}"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use rand::distributions::{Alphanumeric, DistString};
 
 use crate::auth::PasswordHasher;
-use crate::db::models::{Chatbot, NewChatbot, NewUser, RefreshToken, Session, User};
+use crate::db::models::{Chatbot, NewChatbot, NewUser, Session, User};
 use crate::db::{self, Database, Invalidation};
 use crate::domain::{ChatbotId, Email, Password, Role, UserId};
 
@@ -40,9 +40,7 @@ pub async fn create_admin(
         .transaction(|conn| {
             async move {
                 let admin = User::upsert_admin(conn, email.as_str(), hash).await?;
-                let now = Utc::now();
-                RefreshToken::revoke_all_for_user(conn, admin.id, now).await?;
-                Session::revoke_all_for_user(conn, admin.id, now).await?;
+                Session::end_all_for_user(conn, admin.id, Utc::now()).await?;
                 db::notify_invalidation(conn, &Invalidation::Owner(admin.id)).await?;
                 Ok::<_, diesel::result::Error>(admin)
             }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod gate;
 pub mod health;
 pub mod hot_path;
 pub mod metrics;

@@ -15,9 +15,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::auth::{AuthLayer, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
+use crate::auth::{AuthLayer, CredentialsGate, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
 use crate::config::{Config, Settings};
 use crate::db::{self, Database, DatabaseTarget};
+use crate::gate::GateLayer;
 use crate::health::{self, HealthReporter};
 use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, LastUsedRecorder, ReadStats};
 use crate::metrics::{self, Metrics};
@@ -28,7 +29,7 @@ use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::chatbot_service_server::ChatbotServiceServer;
 use crate::proto::status_service_server::StatusServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
-use crate::rate_limit::RateLimits;
+use crate::rate_limit::{RateLimitGate, RateLimits};
 use crate::services::api_keys::ApiKeys;
 use crate::services::auth::Auth;
 use crate::services::chatbots::Chatbots;
@@ -296,10 +297,8 @@ impl Application {
             // token, count the request against its user (or the client's
             // network), and only then look up the token's session.
             .layer(RpcLayer::new(metrics.clone(), rpc_timeout))
-            .layer(crate::auth::CredentialsLayer::new(state.tokens.clone()))
-            .layer(crate::rate_limit::RateLimitLayer::new(
-                state.rate_limits.clone(),
-            ))
+            .layer(GateLayer(CredentialsGate::new(state.tokens.clone())))
+            .layer(GateLayer(RateLimitGate::new(state.rate_limits.clone())))
             .layer(AuthLayer::new(state.sessions.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)

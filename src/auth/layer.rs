@@ -1,7 +1,7 @@
 //! Authentication as two tower layers around every gRPC service, with the
-//! rate limit (`crate::rate_limit::RateLimitLayer`) between them:
+//! rate limit (`crate::rate_limit::RateLimitGate`) between them:
 //!
-//! 1. [`CredentialsLayer`] reads `authorization: Bearer <token>`, verifies
+//! 1. [`CredentialsGate`] reads `authorization: Bearer <token>`, verifies
 //!    the token's signature and puts the [`Credentials`] into the request's
 //!    extensions. Only several authorization entries are refused here.
 //! 2. The rate limit counts the request against the token's user, or the
@@ -22,13 +22,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::future::{ready, Either, Ready};
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer as ReflectionV1;
 use tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer as ReflectionV1Alpha;
 use tower::{Layer, Service};
+
+use crate::gate::Gate;
 
 use super::{Caller, Sessions, TokenKeys};
 use crate::domain::{SessionId, UserId};
@@ -90,7 +91,7 @@ fn is_public(path: &str) -> bool {
 }
 
 /// What a request's `authorization` entry amounts to; put into the
-/// request's extensions by [`CredentialsLayer`].
+/// request's extensions by [`CredentialsGate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credentials {
     /// No authorization entry.
@@ -115,67 +116,38 @@ impl Credentials {
     }
 }
 
-/// Wraps services in [`CredentialsMiddleware`].
+/// Reads the bearer token, if any, into [`Credentials`] for the layers
+/// inside (used as `GateLayer(CredentialsGate::new(keys))`).
 #[derive(Clone)]
-pub struct CredentialsLayer {
+pub struct CredentialsGate {
     keys: Arc<TokenKeys>,
 }
 
-impl CredentialsLayer {
+impl CredentialsGate {
     pub fn new(keys: Arc<TokenKeys>) -> Self {
         Self { keys }
     }
 }
 
-impl<S> Layer<S> for CredentialsLayer {
-    type Service = CredentialsMiddleware<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CredentialsMiddleware {
-            inner,
-            keys: self.keys.clone(),
-        }
-    }
-}
-
-/// See the module documentation.
-#[derive(Clone)]
-pub struct CredentialsMiddleware<S> {
-    inner: S,
-    keys: Arc<TokenKeys>,
-}
-
-impl<S, B> Service<http::Request<B>> for CredentialsMiddleware<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<Self::Response, Self::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+impl Gate for CredentialsGate {
+    fn check<B>(&self, request: &mut http::Request<B>) -> Result<(), tonic::Status> {
         let credentials = match presented_token(&self.keys, request.headers()) {
             Ok(credentials) => credentials,
             // Two authorization entries are ambiguous: which one would a
             // proxy in front have checked? Refused even on public RPCs.
             Err(Ambiguous) => {
-                let status = tonic::Status::unauthenticated(
+                return Err(tonic::Status::unauthenticated(
                     "send one `authorization` metadata entry, not several",
-                );
-                return Either::Left(ready(Ok(status.into_http())));
+                ))
             }
         };
         request.extensions_mut().insert(credentials);
-        Either::Right(self.inner.call(request))
+        Ok(())
     }
 }
 
-/// Wraps services in [`AuthMiddleware`]. Must sit inside
-/// [`CredentialsLayer`]: a request it did not see has no credentials.
+/// Wraps services in [`AuthMiddleware`]. Must sit inside the
+/// [`CredentialsGate`]: a request it did not see has no credentials.
 #[derive(Clone)]
 pub struct AuthLayer {
     sessions: Sessions,
@@ -227,7 +199,7 @@ where
             .extensions()
             .get::<Credentials>()
             .copied()
-            // Fail closed if the layers were wired without CredentialsLayer.
+            // Fail closed if the layers were wired without CredentialsGate.
             .unwrap_or(Credentials::Invalid("no credentials were read"));
         let sessions = self.sessions.clone();
         // The clone is ready only if polled; swap so the polled one serves.

@@ -9,8 +9,7 @@ mod throttle;
 mod tokens;
 
 pub use layer::{
-    in_service, AuthLayer, Credentials, CredentialsLayer, RpcMethod, PUBLIC_METHODS,
-    PUBLIC_SERVICES,
+    in_service, AuthLayer, Credentials, CredentialsGate, RpcMethod, PUBLIC_METHODS, PUBLIC_SERVICES,
 };
 pub use password::{HashCost, PasswordHasher};
 pub use sessions::{SessionCache, Sessions};

@@ -45,14 +45,7 @@ impl DisplayText {
             let after = chars.get(index + 1).copied();
             if let Some(kind) = hidden_char(c) {
                 if !joins_emoji(c, before, after) {
-                    return Err(FieldViolation::new(
-                        field,
-                        format!(
-                            "must not contain {kind} such as U+{:04X} (character {})",
-                            u32::from(c),
-                            index + 1
-                        ),
-                    ));
+                    return Err(hidden_char_violation(field, kind, c, index));
                 }
             }
         }
@@ -76,6 +69,24 @@ impl From<DisplayText> for String {
     fn from(text: DisplayText) -> Self {
         text.0
     }
+}
+
+/// Names the hidden character and where it is (1-based), since the client
+/// cannot see it.
+pub(super) fn hidden_char_violation(
+    field: &str,
+    kind: &str,
+    c: char,
+    index: usize,
+) -> FieldViolation {
+    FieldViolation::new(
+        field,
+        format!(
+            "must not contain {kind} such as U+{:04X} (character {})",
+            u32::from(c),
+            index + 1
+        ),
+    )
 }
 
 fn too_long(field: &str, max_chars: usize) -> FieldViolation {

@@ -14,7 +14,7 @@
 
 use unicode_normalization::UnicodeNormalization;
 
-use super::display_text::hidden_char;
+use super::display_text::{hidden_char, hidden_char_violation};
 use super::FieldViolation;
 
 /// A syntactically plausible email address: NFC, lowercase, its domain in
@@ -44,14 +44,7 @@ impl Email {
             .enumerate()
             .find_map(|(i, c)| hidden_char(c).map(|kind| (i, c, kind)))
         {
-            return Err(FieldViolation::new(
-                field,
-                format!(
-                    "must not contain {kind} such as U+{:04X} (character {})",
-                    u32::from(c),
-                    index + 1
-                ),
-            ));
+            return Err(hidden_char_violation(field, kind, c, index));
         }
         // Lowercasing can leave text that is not NFC (rarely), so NFC again.
         let value: String = value

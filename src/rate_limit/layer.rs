@@ -1,5 +1,5 @@
-//! The rate limit as a tower layer around every gRPC service. It sits
-//! between `auth::CredentialsLayer` and `auth::AuthLayer` (see
+//! The rate limit as a gate (`crate::gate`) around every gRPC service. It sits
+//! between `auth::CredentialsGate` and `auth::AuthLayer` (see
 //! src/auth/layer.rs): it counts a request against the user its correctly
 //! signed token names, or against the client's network without one, before
 //! the session lookup, so a flood of tokens cannot buy itself database
@@ -9,17 +9,13 @@
 //! key inside its handler instead: one calling service verifies many keys
 //! from one address.
 
-use std::task::{Context, Poll};
-
-use futures_util::future::{ready, Either, Ready};
-use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 use tonic_types::{ErrorDetails, StatusExt};
-use tower::{Layer, Service};
 
 use super::{RateKey, RateLimits};
 use crate::auth::{in_service, Credentials, RpcMethod, PUBLIC_SERVICES};
+use crate::gate::Gate;
 use crate::proto::api_key_service_server::ApiKeyServiceServer;
 
 /// Limited per API key in its handler rather than here.
@@ -32,58 +28,29 @@ fn is_exempt(path: &str) -> bool {
             .any(|service| in_service(path, service))
 }
 
-/// Wraps services in [`RateLimitMiddleware`].
+/// Counts each request against its key (used as
+/// `GateLayer(RateLimitGate::new(limits))`).
 #[derive(Clone)]
-pub struct RateLimitLayer {
+pub struct RateLimitGate {
     limits: RateLimits,
 }
 
-impl RateLimitLayer {
+impl RateLimitGate {
     pub fn new(limits: RateLimits) -> Self {
         Self { limits }
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimitMiddleware<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimitMiddleware {
-            inner,
-            limits: self.limits.clone(),
-        }
-    }
-}
-
-/// See the module documentation.
-#[derive(Clone)]
-pub struct RateLimitMiddleware<S> {
-    inner: S,
-    limits: RateLimits,
-}
-
-impl<S, B> Service<http::Request<B>> for RateLimitMiddleware<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<Self::Response, Self::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if let Some(Err(retry_after)) = rate_key(&request).map(|key| self.limits.check(key)) {
-            let status = tonic::Status::with_error_details(
+impl Gate for RateLimitGate {
+    fn check<B>(&self, request: &mut http::Request<B>) -> Result<(), tonic::Status> {
+        match rate_key(request).map(|key| self.limits.check(key)) {
+            Some(Err(retry_after)) => Err(tonic::Status::with_error_details(
                 tonic::Code::ResourceExhausted,
                 "rate limit exceeded; retry later",
                 ErrorDetails::with_retry_info(Some(retry_after)),
-            );
-            return Either::Left(ready(Ok(status.into_http())));
+            )),
+            _ => Ok(()),
         }
-        Either::Right(self.inner.call(request))
     }
 }
 

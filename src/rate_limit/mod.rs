@@ -1,6 +1,6 @@
 //! Token-bucket rate limits per caller (governor's GCRA): per authenticated
 //! user, per client network for anonymous calls (both applied by
-//! [`RateLimitLayer`] to every RPC), and per API key on VerifyApiKey (in its
+//! [`RateLimitGate`] to every RPC), and per API key on VerifyApiKey (in its
 //! handler, which knows the key). In-process, so each replica enforces its
 //! own share.
 
@@ -18,7 +18,7 @@ use crate::domain::{ApiKeyDigest, UserId};
 
 mod layer;
 
-pub use layer::RateLimitLayer;
+pub use layer::RateLimitGate;
 
 /// Who a request is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, mask_paths};
 use super::{found, AppState};
 use crate::auth::{caller, optional_caller, Caller, LoginThrottle};
-use crate::db::models::{NewUser, RefreshToken, Session, User, UserChanges};
+use crate::db::models::{NewUser, Session, User, UserChanges};
 use crate::db::{self, Invalidation};
 use crate::domain::{CreateUser, Email, Page, PageRequest, Password, Role, UpdateUser, UserId};
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
@@ -308,9 +308,7 @@ pub async fn update_user(
                 if updated.is_some() {
                     if password_changed {
                         // Signs the user out everywhere.
-                        let now = Utc::now();
-                        RefreshToken::revoke_all_for_user(conn, id, now).await?;
-                        Session::revoke_all_for_user(conn, id, now).await?;
+                        Session::end_all_for_user(conn, id, Utc::now()).await?;
                     }
                     if sessions_affected {
                         db::notify_invalidation(conn, &Invalidation::Owner(id)).await?;

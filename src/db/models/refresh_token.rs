@@ -103,22 +103,4 @@ impl RefreshToken {
             .await
         })
     }
-
-    /// Revokes every token of a user (password change).
-    pub async fn revoke_all_for_user(
-        conn: &mut DbConnection,
-        user_id: UserId,
-        now: DateTime<Utc>,
-    ) -> diesel::QueryResult<usize> {
-        db_run!(conn => {
-            diesel::update(
-                refresh_tokens::table
-                    .filter(refresh_tokens::user_id.eq(user_id))
-                    .filter(refresh_tokens::revoked_at.is_null()),
-            )
-            .set(refresh_tokens::revoked_at.eq(Timestamp(now)))
-            .execute(conn)
-            .await
-        })
-    }
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
 use diesel_async::RunQueryDsl;
 
-use crate::db::schema::{sessions, users};
+use crate::db::schema::{refresh_tokens, sessions, users};
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
 use crate::domain::{Role, SessionId, UserId};
@@ -100,12 +100,14 @@ impl Session {
         Ok(ended == 1)
     }
 
-    /// Ends every session of a user (password change).
-    pub async fn revoke_all_for_user(
+    /// Signs a user out everywhere (password change, `create-admin`): ends
+    /// every session, so their access tokens stop working at the next call,
+    /// and revokes every refresh token, so no new session can follow.
+    pub async fn end_all_for_user(
         conn: &mut DbConnection,
         user_id: UserId,
         now: DateTime<Utc>,
-    ) -> diesel::QueryResult<usize> {
+    ) -> diesel::QueryResult<()> {
         db_run!(conn => {
             diesel::update(
                 sessions::table
@@ -114,7 +116,16 @@ impl Session {
             )
             .set(sessions::revoked_at.eq(Timestamp(now)))
             .execute(conn)
+            .await?;
+            diesel::update(
+                refresh_tokens::table
+                    .filter(refresh_tokens::user_id.eq(user_id))
+                    .filter(refresh_tokens::revoked_at.is_null()),
+            )
+            .set(refresh_tokens::revoked_at.eq(Timestamp(now)))
+            .execute(conn)
             .await
+            .map(drop)
         })
     }
 }

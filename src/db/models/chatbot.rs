@@ -151,7 +151,7 @@ impl Chatbot {
         })
     }
 
-    /// Applies `changes` and stamps `updated_at`.
+    /// Renames the chatbot or moves its endpoint, and stamps `updated_at`.
     pub async fn update(
         conn: &mut DbConnection,
         id: ChatbotId,

@@ -151,7 +151,7 @@ impl User {
         })
     }
 
-    /// Applies `changes` and stamps `updated_at`.
+    /// Changes the email, role or password hash, and stamps `updated_at`.
     pub async fn update(
         conn: &mut DbConnection,
         id: UserId,

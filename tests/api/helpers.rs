@@ -728,6 +728,16 @@ impl Clients {
             .expect("chatbot in response")
     }
 
+    /// GetDatabaseStatus as `token`'s user sees it; panics on an error
+    /// status.
+    pub async fn database_status(&self, token: &str) -> proto::GetDatabaseStatusResponse {
+        self.status(Some(token))
+            .get_database_status(proto::GetDatabaseStatusRequest {})
+            .await
+            .expect("GetDatabaseStatus answers OK")
+            .into_inner()
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> Result<proto::LoginResponse, Status> {
         Ok(self
             .auth(None)

@@ -22,6 +22,14 @@ fn tally(
     counts
 }
 
+/// Three password checks per email and window, and addresses out of the way.
+const THREE_CHECKS_PER_EMAIL: &[&str] = &[
+    "--login-max-failures-per-email",
+    "3",
+    "--login-max-failures-per-address",
+    "1000",
+];
+
 backend_test! {
     async fn concurrent_guesses_for_one_email_check_no_more_passwords_than_its_budget() {
         // Production-cost hashes keep all 40 guesses in flight together; at
@@ -79,13 +87,7 @@ backend_test! {
 
 backend_test! {
     async fn a_right_password_gives_its_check_back_but_wrong_ones_stay_counted() {
-        let app = spawn_app_with(&[
-            "--login-max-failures-per-email",
-            "3",
-            "--login-max-failures-per-address",
-            "1000",
-        ])
-        .await;
+        let app = spawn_app_with(THREE_CHECKS_PER_EMAIL).await;
         let user = app.new_user().await; // one successful login already
         for _ in 0..2 {
             assert_code(app.login(&user.email, "wrong password!").await, Code::Unauthenticated);
@@ -148,13 +150,7 @@ async fn on_postgres_guesses_alternating_between_two_server_processes_share_one_
 
 backend_test! {
     async fn current_password_guesses_through_update_user_spend_the_same_budget_as_logins() {
-        let app = spawn_app_with(&[
-            "--login-max-failures-per-email",
-            "3",
-            "--login-max-failures-per-address",
-            "1000",
-        ])
-        .await;
+        let app = spawn_app_with(THREE_CHECKS_PER_EMAIL).await;
         let user = app.new_user().await;
         let change = |current: &str| chatbot_backend::proto::UpdateUserRequest {
             user: Some(chatbot_backend::proto::User {

@@ -8,6 +8,15 @@ use diesel_async::RunQueryDsl;
 
 use crate::helpers::{spawn_app_with, Backend, TestApp};
 
+/// One pooled connection, so the abandoned one is the only one, and a
+/// statement timeout long enough that it stays abandoned.
+const ONE_CONNECTION_AND_A_LONG_STATEMENT_TIMEOUT: &[&str] = &[
+    "--database-pool-size",
+    "1",
+    "--database-statement-timeout-ms",
+    "60000",
+];
+
 /// Leaves the app's only pooled connection busy with a statement whose
 /// caller gave up, as a cancelled RPC does: another connection holds the
 /// write lock, so the abandoned write waits on its blocking thread until
@@ -46,13 +55,7 @@ async fn a_read_batch_gets_its_answer_after_a_cancelled_statement_left_its_conne
 ) {
     Backend::Sqlite
         .run(async {
-            let app = spawn_app_with(&[
-                "--database-pool-size",
-                "1",
-                "--database-statement-timeout-ms",
-                "60000",
-            ])
-            .await;
+            let app = spawn_app_with(ONE_CONNECTION_AND_A_LONG_STATEMENT_TIMEOUT).await;
             let user = app.new_user().await;
             let chatbot = app.create_chatbot(&user, "bot").await;
 
@@ -76,13 +79,7 @@ async fn a_read_batch_gets_its_answer_after_a_cancelled_statement_left_its_conne
 async fn any_rpc_gets_a_working_connection_after_a_cancelled_statement_left_one_busy_on_sqlite() {
     Backend::Sqlite
         .run(async {
-            let app = spawn_app_with(&[
-                "--database-pool-size",
-                "1",
-                "--database-statement-timeout-ms",
-                "60000",
-            ])
-            .await;
+            let app = spawn_app_with(ONE_CONNECTION_AND_A_LONG_STATEMENT_TIMEOUT).await;
             let user = app.new_user().await;
             app.create_chatbot(&user, "bot").await;
             let lock = abandon_a_statement(&app);

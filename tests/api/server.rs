@@ -118,12 +118,7 @@ backend_test! {
         let chatbot = app.create_chatbot(&user, "bot").await;
         app.create_api_key(&user, &chatbot.id).await;
 
-        let status = app
-            .status(Some(&admin.token))
-            .get_database_status(proto::GetDatabaseStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let status = app.database_status(&admin.token).await;
         assert!(status.connected);
         assert_eq!(status.backend, Backend::current().name());
         assert_eq!(status.schema_version, "20261129000003");
@@ -179,12 +174,7 @@ backend_test! {
         let url = database.url.clone();
         let app = spawn_app_on(database, &url, &[]).await;
         let admin = app.new_admin().await;
-        let status = app
-            .status(Some(&admin.token))
-            .get_database_status(proto::GetDatabaseStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let status = app.database_status(&admin.token).await;
         assert_eq!(status.schema_version, newest_migration_version());
         let user = app.new_user().await;
         app.create_chatbot(&user, "bot").await;

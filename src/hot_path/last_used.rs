@@ -21,16 +21,24 @@ pub struct LastUsedRecorder {
 impl LastUsedRecorder {
     pub fn record(&self, id: ApiKeyId, at: DateTime<Utc>) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.insert(id, at);
+        // Callers race: a slower one must not replace a newer time.
+        pending
+            .entry(id)
+            .and_modify(|t| *t = (*t).max(at))
+            .or_insert(at);
     }
 
     /// Writes everything recorded so far; on failure the batch is put back
     /// (keeping newer times) for the next attempt.
     pub async fn flush(&self, db: &Database) -> anyhow::Result<usize> {
-        let batch: Vec<(ApiKeyId, DateTime<Utc>)> = {
+        let mut batch: Vec<(ApiKeyId, DateTime<Utc>)> = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending.drain().collect()
         };
+        // In key order, so replicas flushing overlapping keys at once lock
+        // their rows in the same order and cannot deadlock (a HashMap's
+        // order differs per process).
+        batch.sort_unstable_by_key(|&(id, _)| id);
         if batch.is_empty() {
             return Ok(0);
         }
@@ -47,12 +55,8 @@ impl LastUsedRecorder {
         }
         .await;
         if result.is_err() {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             for (id, at) in batch {
-                pending
-                    .entry(id)
-                    .and_modify(|t| *t = (*t).max(at))
-                    .or_insert(at);
+                self.record(id, at);
             }
         }
         result

@@ -11,10 +11,10 @@
 
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
-use tonic_types::{ErrorDetails, StatusExt};
 
 use super::{RateKey, RateLimits};
 use crate::auth::{in_service, Credentials, RpcMethod, PUBLIC_SERVICES};
+use crate::error::AppError;
 use crate::gate::Gate;
 use crate::proto::api_key_service_server::ApiKeyServiceServer;
 
@@ -44,11 +44,11 @@ impl RateLimitGate {
 impl Gate for RateLimitGate {
     fn check<B>(&self, request: &mut http::Request<B>) -> Result<(), tonic::Status> {
         match rate_key(request).map(|key| self.limits.check(key)) {
-            Some(Err(retry_after)) => Err(tonic::Status::with_error_details(
-                tonic::Code::ResourceExhausted,
-                "rate limit exceeded; retry later",
-                ErrorDetails::with_retry_info(Some(retry_after)),
-            )),
+            Some(Err(retry_after)) => Err(AppError::ResourceExhausted {
+                message: "rate limit exceeded; retry later".into(),
+                retry_after,
+            }
+            .into()),
             _ => Ok(()),
         }
     }

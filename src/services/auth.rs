@@ -200,33 +200,51 @@ pub async fn refresh_token(
     if token.expires_at <= now {
         return Err(AppError::Unauthenticated("refresh token expired".into()));
     }
-    // mark_used is atomic: of two concurrent refreshes only one wins; the
-    // other, like any replay of a rotated token, revokes the family.
-    let first_use =
-        token.used_at.is_none() && RefreshToken::mark_used(&mut conn, token.id, now).await?;
-    if !first_use {
-        end_session(state, &mut conn, token.family_id).await?;
-        tracing::warn!(user_id = %token.user_id, "refresh token re-use detected; session revoked");
-        return Err(AppError::Unauthenticated(
-            "refresh token was already used; the session has been revoked, log in again".into(),
-        ));
-    }
-    // Under the session's lock: a logout or password change ending it
-    // meanwhile either comes first (refused here) or waits for this.
     let session = token.family_id;
-    conn.transaction(|conn| {
-        async move {
-            if !Session::lock_live(conn, session).await? {
-                return Err(AppError::Unauthenticated(
-                    "the session has ended; log in again".into(),
-                ));
+    let outcome = conn
+        .transaction(|conn| {
+            async move {
+                // Marked used in the same transaction that issues the new
+                // pair, so a failure below rolls it back and the client's
+                // retry is not taken for a replay. The row lock makes it
+                // atomic: of two concurrent refreshes only one wins. Token
+                // rows before the session's, as end_session locks them.
+                if token.used_at.is_some() || !RefreshToken::mark_used(conn, token.id, now).await? {
+                    return Ok(Refresh::Replayed);
+                }
+                // Under the session's lock: a logout or password change
+                // ending it meanwhile either comes first (refused here) or
+                // waits for this.
+                if !Session::lock_live(conn, session).await? {
+                    return Err(AppError::Unauthenticated(
+                        "the session has ended; log in again".into(),
+                    ));
+                }
+                let user = User::find(conn, token.user_id).await?.ok_or_else(invalid)?;
+                let pair = issue_pair(state, conn, user.id, user.role(), session).await?;
+                Ok(Refresh::Issued(pair))
             }
-            let user = User::find(conn, token.user_id).await?.ok_or_else(invalid)?;
-            issue_pair(state, conn, user.id, user.role(), session).await
+            .scope_boxed()
+        })
+        .await?;
+    match outcome {
+        Refresh::Issued(pair) => Ok(pair),
+        // A rotated token presented again: whoever holds it, the session
+        // is no longer safe.
+        Refresh::Replayed => {
+            end_session(state, &mut conn, session).await?;
+            tracing::warn!(user_id = %token.user_id, "refresh token re-use detected; session revoked");
+            Err(AppError::Unauthenticated(
+                "refresh token was already used; the session has been revoked, log in again".into(),
+            ))
         }
-        .scope_boxed()
-    })
-    .await
+    }
+}
+
+/// What a refresh's transaction decided.
+enum Refresh {
+    Issued(TokenPair),
+    Replayed,
 }
 
 /// Ends the token's session. Someone else's token is treated like an

@@ -294,13 +294,27 @@ pub async fn update_user(
         role: cmd.role.map(|role| role.as_str().to_owned()),
     };
     let reservation = reservation.as_ref();
+    let checked_hash = &current.hashed_password;
     let mut conn = state.db.conn().await?;
     let updated = conn
         .transaction(|conn| {
             async move {
                 // The user's row before the throttle's, as Login locks them:
-                // the other order deadlocks with a racing Login.
-                let updated = User::update(conn, id, &changes).await?;
+                // the other order deadlocks with a racing Login. A checked
+                // current password must still be the current one: of two
+                // racing changes that both knew it, only the first applies.
+                if reservation.is_some()
+                    && !User::lock_if_password_unchanged(conn, id, checked_hash).await?
+                {
+                    return Err(FieldViolation::new(
+                        "current_password",
+                        "does not match the current password",
+                    )
+                    .into());
+                }
+                let updated = User::update(conn, id, &changes)
+                    .await
+                    .map_err(email_taken)?;
                 if let Some(reservation) = reservation {
                     // The current password was right: it costs no budget.
                     LoginThrottle::refund(conn, reservation).await?;
@@ -314,12 +328,11 @@ pub async fn update_user(
                         db::notify_invalidation(conn, &Invalidation::Owner(id)).await?;
                     }
                 }
-                Ok::<_, DieselError>(updated)
+                Ok::<_, AppError>(updated)
             }
             .scope_boxed()
         })
-        .await
-        .map_err(email_taken)?
+        .await?
         .ok_or(AppError::NotFound("user"))?;
     if sessions_affected {
         state.caches.invalidate_here(&Invalidation::Owner(id));

@@ -369,6 +369,54 @@ backend_test! {
 }
 
 backend_test! {
+    async fn of_concurrent_password_changes_that_all_knew_the_current_password_only_one_applies() {
+        // Budgets out of the way: every change spends a password check.
+        let app = spawn_app_with(&[
+            "--login-max-failures-per-email",
+            "100",
+            "--login-max-failures-per-address",
+            "100",
+        ])
+        .await;
+        let user = app.new_user().await;
+        let changes = (0..8).map(|i| {
+            let mut client = app.users(Some(&user.token));
+            let request = proto::UpdateUserRequest {
+                user: Some(proto::User {
+                    id: user.id.clone(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+                new_password: format!("new passphrase number {i}"),
+                current_password: PASSWORD.into(),
+            };
+            async move { client.update_user(request).await }
+        });
+        let results = futures_util::future::join_all(changes).await;
+
+        let applied: Vec<usize> = (0..results.len())
+            .filter(|&i| results[i].is_ok())
+            .collect();
+        assert_eq!(applied.len(), 1, "applied: {applied:?}");
+        for result in results.into_iter().filter(Result::is_err) {
+            let status = assert_code(result, Code::InvalidArgument);
+            assert_eq!(violated_fields(&status), ["current_password"]);
+        }
+        // The one that applied is the password now; no other is.
+        for i in 0..8 {
+            let login = app
+                .login(&user.email, &format!("new passphrase number {i}"))
+                .await;
+            if i == applied[0] {
+                login.unwrap();
+            } else {
+                assert_code(login, Code::Unauthenticated);
+            }
+        }
+    }
+}
+
+backend_test! {
     async fn delete_user_deletes_their_chatbots_and_api_keys() {
         let app = spawn_app().await;
         let user = app.new_user().await;

@@ -579,14 +579,15 @@ impl Drop for TestDatabase {
 pub async fn spawn_app_with_production_hash_cost(extra_flags: &[&str]) -> TestApp {
     let database = TestDatabase::create().await;
     let url = database.url.clone();
-    start_server(database, &url, extra_flags, HashCosts::ServerDefault).await
+    start_server(database, &url, extra_flags, HashCosts::Production).await
 }
 
 /// What a test server hashes passwords at.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum HashCosts {
     Cheapest,
-    ServerDefault,
+    /// OWASP's, the server's default.
+    Production,
 }
 
 /// Starts a server with extra command-line flags, e.g. `["--allow-signup", "false"]`.
@@ -631,18 +632,16 @@ async fn start_server(
         ("--rate-limit-per-address", "0".to_owned()),
         ("--rate-limit-per-api-key", "0".to_owned()),
     ];
-    if hash_costs == HashCosts::Cheapest {
-        defaults.extend([
-            (
-                "--password-hash-memory-kib",
-                TEST_HASH_COST.memory_kib.to_string(),
-            ),
-            (
-                "--password-hash-iterations",
-                TEST_HASH_COST.iterations.to_string(),
-            ),
-        ]);
-    }
+    // Passed even for the production cost, so that a PASSWORD_HASH_* in the
+    // developer's environment cannot change what the test measures.
+    let cost = match hash_costs {
+        HashCosts::Cheapest => TEST_HASH_COST,
+        HashCosts::Production => HashCost::OWASP,
+    };
+    defaults.extend([
+        ("--password-hash-memory-kib", cost.memory_kib.to_string()),
+        ("--password-hash-iterations", cost.iterations.to_string()),
+    ]);
     for (flag, value) in defaults {
         if !extra_flags.contains(&flag) {
             args.extend([flag.to_owned(), value.to_owned()]);

@@ -121,7 +121,7 @@ backend_test! {
         let status = app.database_status(&admin.token).await;
         assert!(status.connected);
         assert_eq!(status.backend, Backend::current().name());
-        assert_eq!(status.schema_version, "20261129000003");
+        assert_eq!(status.schema_version, newest_migration_version());
         assert_eq!(
             (
                 status.user_count,
@@ -238,6 +238,8 @@ async fn a_setting_that_cannot_work_stops_the_start_naming_itself() {
         ("HEALTH_CHECK_INTERVAL_SECS", "0"),
         ("PASSWORD_HASH_MEMORY_KIB", "7"),
         ("PASSWORD_HASH_ITERATIONS", "0"),
+        ("PASSWORD_HASH_MEMORY_KIB", "1048577"),
+        ("PASSWORD_HASH_ITERATIONS", "101"),
     ];
     let scratch = std::env::temp_dir().join(format!("settings-{}", uuid::Uuid::new_v4()));
     // The starts run at once, each in a directory of its own, so a store

@@ -304,23 +304,21 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                UserServiceServer::new(Users::new(state.clone()))
+                UserServiceServer::new(Users(state.clone())).max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                ChatbotServiceServer::new(Chatbots(state.clone()))
                     .max_decoding_message_size(max_bytes),
             )
             .add_service(
-                ChatbotServiceServer::new(Chatbots::new(state.clone()))
+                ApiKeyServiceServer::new(ApiKeys(state.clone()))
                     .max_decoding_message_size(max_bytes),
             )
             .add_service(
-                ApiKeyServiceServer::new(ApiKeys::new(state.clone()))
-                    .max_decoding_message_size(max_bytes),
+                AuthServiceServer::new(Auth(state.clone())).max_decoding_message_size(max_bytes),
             )
             .add_service(
-                AuthServiceServer::new(Auth::new(state.clone()))
-                    .max_decoding_message_size(max_bytes),
-            )
-            .add_service(
-                StatusServiceServer::new(StatusApi::new(state.clone()))
+                StatusServiceServer::new(StatusApi(state.clone()))
                     .max_decoding_message_size(max_bytes),
             )
             .serve_with_incoming_shutdown(incoming, stop_serving);

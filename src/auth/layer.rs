@@ -24,6 +24,7 @@ use std::task::{Context, Poll};
 
 use tonic::body::Body;
 use tonic::server::NamedService;
+use tonic::transport::server::TcpConnectInfo;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer as ReflectionV1;
 use tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer as ReflectionV1Alpha;
@@ -201,6 +202,11 @@ where
             .copied()
             // Fail closed if the layers were wired without CredentialsGate.
             .unwrap_or(Credentials::Invalid("no credentials were read"));
+        let address = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+            .map(|addr| addr.ip());
         let sessions = self.sessions.clone();
         // The clone is ready only if polled; swap so the polled one serves.
         let clone = self.inner.clone();
@@ -211,6 +217,7 @@ where
                     Ok(Some(session)) if session.user_id == user_id => Ok(Some(Caller {
                         user_id: session.user_id,
                         role: session.role,
+                        address,
                     })),
                     Ok(_) => Err("the session has ended (signed out, password changed or user deleted); log in again"),
                     // Fail closed: an unknown session state is no session.

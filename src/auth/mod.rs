@@ -22,11 +22,14 @@ use crate::domain::{Role, UserId};
 use crate::error::{AppError, AppResult};
 
 /// The authenticated caller, put into request extensions by [`AuthLayer`]:
-/// a live session's user with their current role (not the token's).
+/// a live session's user with their current role (not the token's), and
+/// the address the call came from (the password-change throttle counts
+/// by it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
     pub user_id: UserId,
     pub role: Role,
+    pub address: Option<IpAddr>,
 }
 
 impl Caller {

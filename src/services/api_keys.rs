@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
 use super::convert;
-use super::{found, AppState};
-use crate::auth::{caller, Caller};
+use super::{found, AppState, Origin, Rpc};
+use crate::auth::Caller;
 use crate::db::models::{ApiKey, Chatbot, NewApiKey, VerificationRecord};
 use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation};
@@ -25,6 +25,12 @@ use crate::error::{parsed, AppError, AppResult, FieldViolation};
 use crate::hot_path::api_key_cache::Lookup;
 use crate::proto::api_key_service_server::ApiKeyService;
 use crate::proto::{self, VerifyApiKeyReason};
+use crate::proto::{
+    CreateApiKeyRequest, CreateApiKeyResponse, DeleteApiKeyRequest, DeleteApiKeyResponse,
+    GetApiKeyRequest, GetApiKeyResponse, ListApiKeysRequest, ListApiKeysResponse,
+    RevokeApiKeyRequest, RevokeApiKeyResponse, RotateApiKeyRequest, RotateApiKeyResponse,
+    VerifyApiKeyRequest, VerifyApiKeyResponse,
+};
 use crate::rate_limit::RateKey;
 
 /// Longest grace period RotateApiKey grants.
@@ -32,99 +38,63 @@ const MAX_GRACE_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_DISPLAY_NAME_CHARS: usize = 100;
 
 /// The ApiKeyService implementation.
-pub struct ApiKeys {
-    state: Arc<AppState>,
-}
-
-impl ApiKeys {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
-    }
-}
+pub struct ApiKeys(pub Arc<AppState>);
 
 #[tonic::async_trait]
 impl ApiKeyService for ApiKeys {
     async fn create_api_key(
         &self,
-        request: Request<proto::CreateApiKeyRequest>,
-    ) -> Result<Response<proto::CreateApiKeyResponse>, Status> {
-        let caller = caller(&request)?;
-        let cmd = CreateApiKey::try_from(request.into_inner())?;
-        let created = create_api_key(&self.state, &caller, cmd).await?;
-        Ok(Response::new(proto::CreateApiKeyResponse {
-            api_key: Some(created.api_key.into()),
-            key: created.secret.expose().to_owned(),
-        }))
+        request: Request<CreateApiKeyRequest>,
+    ) -> Rpc<CreateApiKeyResponse> {
+        let parse = |message, _: &Caller| CreateApiKey::try_from(message);
+        self.0.serve(request, parse, create_api_key).await
     }
 
-    async fn get_api_key(
-        &self,
-        request: Request<proto::GetApiKeyRequest>,
-    ) -> Result<Response<proto::GetApiKeyResponse>, Status> {
-        let caller = caller(&request)?;
-        let id = ApiKeyId::parse("id", request.get_ref().id)?;
-        let key = get_api_key(&self.state, &caller, id).await?;
-        Ok(Response::new(proto::GetApiKeyResponse {
-            api_key: Some(key.into()),
-        }))
+    async fn get_api_key(&self, request: Request<GetApiKeyRequest>) -> Rpc<GetApiKeyResponse> {
+        let parse = |message: GetApiKeyRequest, _: &Caller| ApiKeyId::parse("id", message.id);
+        self.0.serve(request, parse, get_api_key).await
     }
 
     async fn list_api_keys(
         &self,
-        request: Request<proto::ListApiKeysRequest>,
-    ) -> Result<Response<proto::ListApiKeysResponse>, Status> {
-        let caller = caller(&request)?;
-        let cmd = ListApiKeys::try_from(request.into_inner())?;
-        let page = list_api_keys(&self.state, &caller, cmd).await?;
-        Ok(Response::new(proto::ListApiKeysResponse {
-            api_keys: convert::all(page.items),
-            next_page_token: page.next_page_token,
-        }))
+        request: Request<ListApiKeysRequest>,
+    ) -> Rpc<ListApiKeysResponse> {
+        let parse = |message, _: &Caller| ListApiKeys::try_from(message);
+        self.0.serve(request, parse, list_api_keys).await
     }
 
     async fn revoke_api_key(
         &self,
-        request: Request<proto::RevokeApiKeyRequest>,
-    ) -> Result<Response<proto::RevokeApiKeyResponse>, Status> {
-        let caller = caller(&request)?;
-        let id = ApiKeyId::parse("id", request.get_ref().id)?;
-        let key = revoke_api_key(&self.state, &caller, id).await?;
-        Ok(Response::new(proto::RevokeApiKeyResponse {
-            api_key: Some(key.into()),
-        }))
+        request: Request<RevokeApiKeyRequest>,
+    ) -> Rpc<RevokeApiKeyResponse> {
+        let parse = |message: RevokeApiKeyRequest, _: &Caller| ApiKeyId::parse("id", message.id);
+        self.0.serve(request, parse, revoke_api_key).await
     }
 
     async fn rotate_api_key(
         &self,
-        request: Request<proto::RotateApiKeyRequest>,
-    ) -> Result<Response<proto::RotateApiKeyResponse>, Status> {
-        let caller = caller(&request)?;
-        let cmd = RotateApiKey::try_from(request.into_inner())?;
-        let rotated = rotate_api_key(&self.state, &caller, cmd).await?;
-        Ok(Response::new(proto::RotateApiKeyResponse {
-            api_key: Some(rotated.api_key.into()),
-            key: rotated.secret.expose().to_owned(),
-            previous_api_key: Some(rotated.previous.into()),
-        }))
+        request: Request<RotateApiKeyRequest>,
+    ) -> Rpc<RotateApiKeyResponse> {
+        let parse = |message, _: &Caller| RotateApiKey::try_from(message);
+        self.0.serve(request, parse, rotate_api_key).await
     }
 
     async fn delete_api_key(
         &self,
-        request: Request<proto::DeleteApiKeyRequest>,
-    ) -> Result<Response<proto::DeleteApiKeyResponse>, Status> {
-        let caller = caller(&request)?;
-        let id = ApiKeyId::parse("id", request.get_ref().id)?;
-        delete_api_key(&self.state, &caller, id).await?;
-        Ok(Response::new(proto::DeleteApiKeyResponse {}))
+        request: Request<DeleteApiKeyRequest>,
+    ) -> Rpc<DeleteApiKeyResponse> {
+        let parse = |message: DeleteApiKeyRequest, _: &Caller| ApiKeyId::parse("id", message.id);
+        self.0.serve(request, parse, delete_api_key).await
     }
 
     async fn verify_api_key(
         &self,
-        request: Request<proto::VerifyApiKeyRequest>,
-    ) -> Result<Response<proto::VerifyApiKeyResponse>, Status> {
-        let cmd = VerifyApiKey::from(request.into_inner());
-        let verification = verify_api_key(&self.state, cmd).await?;
-        Ok(Response::new(verification.into()))
+        request: Request<VerifyApiKeyRequest>,
+    ) -> Rpc<VerifyApiKeyResponse> {
+        let verify = async |state: &AppState, _: &Origin, cmd| verify_api_key(state, cmd).await;
+        self.0
+            .serve_public(request, VerifyApiKey::try_from, verify)
+            .await
     }
 }
 
@@ -240,6 +210,25 @@ pub struct RotatedKey {
     pub api_key: ApiKey,
     pub secret: ApiKeySecret,
     pub previous: ApiKey,
+}
+
+impl From<NewKey> for CreateApiKeyResponse {
+    fn from(created: NewKey) -> Self {
+        Self {
+            api_key: Some(created.api_key.into()),
+            key: created.secret.expose().to_owned(),
+        }
+    }
+}
+
+impl From<RotatedKey> for RotateApiKeyResponse {
+    fn from(rotated: RotatedKey) -> Self {
+        Self {
+            api_key: Some(rotated.api_key.into()),
+            key: rotated.secret.expose().to_owned(),
+            previous_api_key: Some(rotated.previous.into()),
+        }
+    }
 }
 
 /// VerifyApiKey's answer: what a valid key grants, or why it is not valid.

@@ -1,17 +1,16 @@
 //! AuthService: login, refresh-token rotation with re-use detection, logout
 //! and "who am I".
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use rand::distributions::{Alphanumeric, DistString};
 use sha2::{Digest, Sha256};
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
-use super::{convert, AppState};
-use crate::auth::{caller, Caller, LoginThrottle};
+use super::{convert, no_fields, AppState, Origin, Rpc};
+use crate::auth::{Caller, LoginThrottle};
 use crate::db::models::{NewRefreshToken, RefreshToken, Session, User};
 use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation};
@@ -19,74 +18,48 @@ use crate::domain::{Email, Login, Password, RefreshTokenId, Role, SessionId, Use
 use crate::error::{parsed, AppError, AppResult, FieldViolation};
 use crate::proto;
 use crate::proto::auth_service_server::AuthService;
+use crate::proto::{
+    GetCurrentUserRequest, GetCurrentUserResponse, LoginRequest, LoginResponse, LogoutRequest,
+    LogoutResponse, RefreshTokenRequest, RefreshTokenResponse,
+};
 
 /// One message for every failed login, so accounts cannot be enumerated.
 const LOGIN_FAILED: &str = "invalid email or password";
 const REFRESH_PREFIX: &str = "cbr_";
 
 /// The AuthService implementation.
-pub struct Auth {
-    state: Arc<AppState>,
-}
-
-impl Auth {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
-    }
-}
+pub struct Auth(pub Arc<AppState>);
 
 #[tonic::async_trait]
 impl AuthService for Auth {
-    async fn login(
-        &self,
-        request: Request<proto::LoginRequest>,
-    ) -> Result<Response<proto::LoginResponse>, Status> {
-        let address = request.remote_addr().map(|addr| addr.ip());
-        let cmd = Login::try_from(request.into_inner())?;
-        let pair = login(&self.state, address, cmd).await?;
-        Ok(Response::new(proto::LoginResponse {
-            access_token: pair.access_token,
-            access_token_expire_time: Some(convert::timestamp(pair.access_expires_at)),
-            refresh_token: pair.refresh_token,
-            refresh_token_expire_time: Some(convert::timestamp(pair.refresh_expires_at)),
-            token_type: "Bearer".into(),
-        }))
+    async fn login(&self, request: Request<LoginRequest>) -> Rpc<LoginResponse> {
+        self.0.serve_public(request, Login::try_from, login).await
     }
 
     async fn refresh_token(
         &self,
-        request: Request<proto::RefreshTokenRequest>,
-    ) -> Result<Response<proto::RefreshTokenResponse>, Status> {
-        let presented = PresentedRefreshToken::parse(&request.get_ref().refresh_token)?;
-        let pair = refresh_token(&self.state, presented).await?;
-        Ok(Response::new(proto::RefreshTokenResponse {
-            access_token: pair.access_token,
-            access_token_expire_time: Some(convert::timestamp(pair.access_expires_at)),
-            refresh_token: pair.refresh_token,
-            refresh_token_expire_time: Some(convert::timestamp(pair.refresh_expires_at)),
-            token_type: "Bearer".into(),
-        }))
+        request: Request<RefreshTokenRequest>,
+    ) -> Rpc<RefreshTokenResponse> {
+        let parse =
+            |message: RefreshTokenRequest| PresentedRefreshToken::parse(message.refresh_token);
+        let refresh = async |state: &AppState, _: &Origin, token| refresh_token(state, token).await;
+        self.0.serve_public(request, parse, refresh).await
     }
 
-    async fn logout(
-        &self,
-        request: Request<proto::LogoutRequest>,
-    ) -> Result<Response<proto::LogoutResponse>, Status> {
-        let caller = caller(&request)?;
-        let presented = PresentedRefreshToken::parse(&request.get_ref().refresh_token)?;
-        logout(&self.state, &caller, presented).await?;
-        Ok(Response::new(proto::LogoutResponse {}))
+    async fn logout(&self, request: Request<LogoutRequest>) -> Rpc<LogoutResponse> {
+        let parse = |message: LogoutRequest, _: &Caller| {
+            PresentedRefreshToken::parse(message.refresh_token)
+        };
+        self.0.serve(request, parse, logout).await
     }
 
     async fn get_current_user(
         &self,
-        request: Request<proto::GetCurrentUserRequest>,
-    ) -> Result<Response<proto::GetCurrentUserResponse>, Status> {
-        let caller = caller(&request)?;
-        let user = get_current_user(&self.state, &caller).await?;
-        Ok(Response::new(proto::GetCurrentUserResponse {
-            user: Some(user.into()),
-        }))
+        request: Request<GetCurrentUserRequest>,
+    ) -> Rpc<GetCurrentUserResponse> {
+        let current_user =
+            async |state: &AppState, caller: &Caller, ()| get_current_user(state, caller).await;
+        self.0.serve(request, no_fields, current_user).await
     }
 }
 
@@ -103,18 +76,18 @@ impl TryFrom<proto::LoginRequest> for Login {
 }
 
 /// What a presented refresh token is, before any lookup.
-pub enum PresentedRefreshToken<'a> {
+pub enum PresentedRefreshToken {
     /// Could be one of ours.
-    Plausible(&'a str),
+    Plausible(String),
     /// Cannot be one of ours (too long, wrong shape): an unknown token.
     Unknown,
 }
 
-impl<'a> PresentedRefreshToken<'a> {
+impl PresentedRefreshToken {
     /// Missing is INVALID_ARGUMENT; anything else that is not one of ours
     /// (an access token sent by mistake, say) is just an unknown token,
     /// which the caller answers as such (UNAUTHENTICATED on refresh).
-    fn parse(value: &'a str) -> Result<Self, FieldViolation> {
+    fn parse(value: String) -> Result<Self, FieldViolation> {
         if value.is_empty() {
             return Err(FieldViolation::new("refresh_token", "is required"));
         }
@@ -133,11 +106,33 @@ pub struct TokenPair {
     pub refresh_expires_at: DateTime<Utc>,
 }
 
+/// LoginResponse and RefreshTokenResponse carry the same pair.
+macro_rules! token_responses {
+    ($($response:ident),*) => {$(
+        impl From<TokenPair> for $response {
+            fn from(pair: TokenPair) -> Self {
+                Self {
+                    access_token: pair.access_token,
+                    access_token_expire_time: Some(convert::timestamp(pair.access_expires_at)),
+                    refresh_token: pair.refresh_token,
+                    refresh_token_expire_time: Some(convert::timestamp(pair.refresh_expires_at)),
+                    token_type: "Bearer".into(),
+                }
+            }
+        }
+    )*};
+}
+
+token_responses!(LoginResponse, RefreshTokenResponse);
+
 /// Starts a session. The check is reserved from the login budget before
 /// anything is hashed (the budget is shared by concurrent calls and
 /// replicas, and it protects the CPU too); a right password gives it back.
-pub async fn login(state: &AppState, address: Option<IpAddr>, cmd: Login) -> AppResult<TokenPair> {
-    let reservation = state.throttle.reserve(cmd.email.as_str(), address).await?;
+pub async fn login(state: &AppState, origin: &Origin, cmd: Login) -> AppResult<TokenPair> {
+    let reservation = state
+        .throttle
+        .reserve(cmd.email.as_str(), origin.address)
+        .await?;
     let user = {
         // Released before the slow hash.
         let mut conn = state.db.conn().await?;
@@ -181,7 +176,7 @@ pub async fn login(state: &AppState, address: Option<IpAddr>, cmd: Login) -> App
 /// two concurrent refreshes) ends its whole session.
 pub async fn refresh_token(
     state: &AppState,
-    presented: PresentedRefreshToken<'_>,
+    presented: PresentedRefreshToken,
 ) -> AppResult<TokenPair> {
     let invalid = || AppError::Unauthenticated("refresh token is invalid".into());
     let PresentedRefreshToken::Plausible(presented) = presented else {
@@ -189,7 +184,7 @@ pub async fn refresh_token(
     };
     let mut conn = state.db.conn().await?;
     let now = Utc::now();
-    let token = RefreshToken::find_by_hash(&mut conn, &digest(presented))
+    let token = RefreshToken::find_by_hash(&mut conn, &digest(&presented))
         .await?
         .ok_or_else(invalid)?;
     if token.revoked_at.is_some() {
@@ -252,14 +247,14 @@ enum Refresh {
 pub async fn logout(
     state: &AppState,
     caller: &Caller,
-    presented: PresentedRefreshToken<'_>,
+    presented: PresentedRefreshToken,
 ) -> AppResult<()> {
     let PresentedRefreshToken::Plausible(presented) = presented else {
         // Nothing of ours to end.
         return Ok(());
     };
     let mut conn = state.db.conn().await?;
-    let token = RefreshToken::find_by_hash(&mut conn, &digest(presented)).await?;
+    let token = RefreshToken::find_by_hash(&mut conn, &digest(&presented)).await?;
     if let Some(token) = token.filter(|t| caller.may_act_for(t.user_id)) {
         end_session(state, &mut conn, token.family_id).await?;
         tracing::info!(user_id = %token.user_id, "logged out");

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::scoped_futures::ScopedFutureExt;
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
-use super::convert::{self, mask_paths};
-use super::{found, AppState, Policy};
-use crate::auth::{caller, Caller};
+use super::convert::mask_paths;
+use super::{found, AppState, Policy, Rpc};
+use crate::auth::Caller;
 use crate::db::models::{Chatbot, ChatbotChanges, NewChatbot};
 use crate::db::{DbConnection, Invalidation};
 use crate::domain::{
@@ -20,77 +20,54 @@ use crate::domain::{
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::proto;
 use crate::proto::chatbot_service_server::ChatbotService;
+use crate::proto::{
+    CreateChatbotRequest, CreateChatbotResponse, DeleteChatbotRequest, DeleteChatbotResponse,
+    GetChatbotRequest, GetChatbotResponse, ListChatbotsRequest, ListChatbotsResponse,
+    UpdateChatbotRequest, UpdateChatbotResponse,
+};
 
 /// The ChatbotService implementation.
-pub struct Chatbots {
-    state: Arc<AppState>,
-}
-
-impl Chatbots {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
-    }
-}
+pub struct Chatbots(pub Arc<AppState>);
 
 #[tonic::async_trait]
 impl ChatbotService for Chatbots {
     async fn create_chatbot(
         &self,
-        request: Request<proto::CreateChatbotRequest>,
-    ) -> Result<Response<proto::CreateChatbotResponse>, Status> {
-        let caller = caller(&request)?;
-        let cmd = CreateChatbot::parse(request.into_inner(), &caller, &self.state.policy)?;
-        let chatbot = create_chatbot(&self.state, &caller, cmd).await?;
-        Ok(Response::new(proto::CreateChatbotResponse {
-            chatbot: Some(chatbot.into()),
-        }))
+        request: Request<CreateChatbotRequest>,
+    ) -> Rpc<CreateChatbotResponse> {
+        let parse =
+            |message, caller: &Caller| CreateChatbot::parse(message, caller, &self.0.policy);
+        self.0.serve(request, parse, create_chatbot).await
     }
 
-    async fn get_chatbot(
-        &self,
-        request: Request<proto::GetChatbotRequest>,
-    ) -> Result<Response<proto::GetChatbotResponse>, Status> {
-        let caller = caller(&request)?;
-        let id = ChatbotId::parse("id", &request.get_ref().id)?;
-        let chatbot = get_chatbot(&self.state, &caller, id).await?;
-        Ok(Response::new(proto::GetChatbotResponse {
-            chatbot: Some(chatbot.into()),
-        }))
+    async fn get_chatbot(&self, request: Request<GetChatbotRequest>) -> Rpc<GetChatbotResponse> {
+        let parse = |message: GetChatbotRequest, _: &Caller| ChatbotId::parse("id", &message.id);
+        self.0.serve(request, parse, get_chatbot).await
     }
 
     async fn list_chatbots(
         &self,
-        request: Request<proto::ListChatbotsRequest>,
-    ) -> Result<Response<proto::ListChatbotsResponse>, Status> {
-        let caller = caller(&request)?;
-        let cmd = ListChatbots::parse(request.into_inner(), &caller)?;
-        let page = list_chatbots(&self.state, &caller, cmd).await?;
-        Ok(Response::new(proto::ListChatbotsResponse {
-            chatbots: convert::all(page.items),
-            next_page_token: page.next_page_token,
-        }))
+        request: Request<ListChatbotsRequest>,
+    ) -> Rpc<ListChatbotsResponse> {
+        self.0
+            .serve(request, ListChatbots::parse, list_chatbots)
+            .await
     }
 
     async fn update_chatbot(
         &self,
-        request: Request<proto::UpdateChatbotRequest>,
-    ) -> Result<Response<proto::UpdateChatbotResponse>, Status> {
-        let caller = caller(&request)?;
-        let cmd = UpdateChatbot::parse(request.into_inner(), &self.state.policy)?;
-        let chatbot = update_chatbot(&self.state, &caller, cmd).await?;
-        Ok(Response::new(proto::UpdateChatbotResponse {
-            chatbot: Some(chatbot.into()),
-        }))
+        request: Request<UpdateChatbotRequest>,
+    ) -> Rpc<UpdateChatbotResponse> {
+        let parse = |message, _: &Caller| UpdateChatbot::parse(message, &self.0.policy);
+        self.0.serve(request, parse, update_chatbot).await
     }
 
     async fn delete_chatbot(
         &self,
-        request: Request<proto::DeleteChatbotRequest>,
-    ) -> Result<Response<proto::DeleteChatbotResponse>, Status> {
-        let caller = caller(&request)?;
-        let id = ChatbotId::parse("id", &request.get_ref().id)?;
-        delete_chatbot(&self.state, &caller, id).await?;
-        Ok(Response::new(proto::DeleteChatbotResponse {}))
+        request: Request<DeleteChatbotRequest>,
+    ) -> Rpc<DeleteChatbotResponse> {
+        let parse = |message: DeleteChatbotRequest, _: &Caller| ChatbotId::parse("id", &message.id);
+        self.0.serve(request, parse, delete_chatbot).await
     }
 }
 

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 use crate::db::models;
-use crate::domain::{self, Role};
+use crate::domain::{self, Page, Role};
 use crate::error::{FieldViolation, Violations};
 use crate::proto;
 
@@ -119,3 +119,61 @@ impl From<models::ApiKey> for proto::ApiKey {
 pub fn all<T, P: From<T>>(rows: Vec<T>) -> Vec<P> {
     rows.into_iter().map(P::from).collect()
 }
+
+/// Responses that carry one resource: `Response.field <- Source`.
+macro_rules! resource_responses {
+    ($($response:ident . $field:ident <- $source:ty),* $(,)?) => {$(
+        impl From<$source> for proto::$response {
+            fn from(source: $source) -> Self {
+                Self { $field: Some(source.into()) }
+            }
+        }
+    )*};
+}
+
+resource_responses! {
+    CreateUserResponse.user <- models::User,
+    GetUserResponse.user <- models::User,
+    UpdateUserResponse.user <- models::User,
+    GetCurrentUserResponse.user <- models::User,
+    CreateChatbotResponse.chatbot <- models::Chatbot,
+    GetChatbotResponse.chatbot <- models::Chatbot,
+    UpdateChatbotResponse.chatbot <- models::Chatbot,
+    GetApiKeyResponse.api_key <- models::ApiKey,
+    RevokeApiKeyResponse.api_key <- models::ApiKey,
+}
+
+/// List responses: `Response.items_field <- Row`, with the page token.
+macro_rules! page_responses {
+    ($($response:ident . $field:ident <- $row:ty),* $(,)?) => {$(
+        impl From<Page<$row>> for proto::$response {
+            fn from(page: Page<$row>) -> Self {
+                Self { $field: all(page.items), next_page_token: page.next_page_token }
+            }
+        }
+    )*};
+}
+
+page_responses! {
+    ListUsersResponse.users <- models::User,
+    ListChatbotsResponse.chatbots <- models::Chatbot,
+    ListApiKeysResponse.api_keys <- models::ApiKey,
+}
+
+/// Responses with no fields, to operations that return nothing.
+macro_rules! empty_responses {
+    ($($response:ident),* $(,)?) => {$(
+        impl From<()> for proto::$response {
+            fn from((): ()) -> Self {
+                Self {}
+            }
+        }
+    )*};
+}
+
+empty_responses!(
+    DeleteUserResponse,
+    DeleteChatbotResponse,
+    DeleteApiKeyResponse,
+    LogoutResponse
+);

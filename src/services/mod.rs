@@ -1,8 +1,9 @@
 //! The tonic services. Each file is one service and reads top to bottom:
-//! the handlers (parse the request into a domain command, run one
-//! operation, convert its result), then the operations themselves, which
-//! return [`AppResult`](crate::error::AppResult) and are callable without
-//! tonic. `Status` appears only at the handlers' final `?`.
+//! the handlers, then how each request parses into a domain command, then
+//! the operations, which return [`AppResult`] and are callable without
+//! tonic. Every handler is one call of [`AppState::serve`] (or
+//! [`AppState::serve_public`]): parse, run one operation, convert its
+//! result, the one place an [`AppError`] becomes a `Status`.
 
 pub mod api_keys;
 pub mod auth;
@@ -11,10 +12,15 @@ pub mod convert;
 pub mod status;
 pub mod users;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::{LoginThrottle, PasswordHasher, Sessions, TokenKeys};
+use tonic::{Request, Response, Status};
+
+use crate::auth::{
+    caller, optional_caller, Caller, LoginThrottle, PasswordHasher, Sessions, TokenKeys,
+};
 use crate::db::Database;
 use crate::error::{AppError, AppResult};
 use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, LastUsedRecorder};
@@ -43,6 +49,62 @@ pub struct AppState {
     pub chatbot_reads: ChatbotReads,
     pub rate_limits: RateLimits,
     pub policy: Policy,
+}
+
+/// What every handler returns.
+pub type Rpc<T> = Result<Response<T>, Status>;
+
+/// Who a public RPC's call comes from: the session's user if the call
+/// carried a valid access token, and the peer's address.
+pub struct Origin {
+    pub caller: Option<Caller>,
+    pub address: Option<IpAddr>,
+}
+
+impl AppState {
+    /// The shape of every RPC that needs a session: the caller (else
+    /// UNAUTHENTICATED), the message parsed into a command (INVALID_ARGUMENT
+    /// with every field violation), one operation, its result converted.
+    pub async fn serve<M, C, E, O, R>(
+        &self,
+        request: Request<M>,
+        parse: impl FnOnce(M, &Caller) -> Result<C, E>,
+        operation: impl AsyncFnOnce(&AppState, &Caller, C) -> AppResult<O>,
+    ) -> Rpc<R>
+    where
+        AppError: From<E>,
+        R: From<O>,
+    {
+        let caller = caller(&request)?;
+        let command = parse(request.into_inner(), &caller).map_err(AppError::from)?;
+        let output = operation(self, &caller, command).await?;
+        Ok(Response::new(output.into()))
+    }
+
+    /// [`serve`](Self::serve) for the RPCs anyone may call.
+    pub async fn serve_public<M, C, E, O, R>(
+        &self,
+        request: Request<M>,
+        parse: impl FnOnce(M) -> Result<C, E>,
+        operation: impl AsyncFnOnce(&AppState, &Origin, C) -> AppResult<O>,
+    ) -> Rpc<R>
+    where
+        AppError: From<E>,
+        R: From<O>,
+    {
+        let origin = Origin {
+            caller: optional_caller(&request),
+            address: request.remote_addr().map(|addr| addr.ip()),
+        };
+        let command = parse(request.into_inner()).map_err(AppError::from)?;
+        let output = operation(self, &origin, command).await?;
+        Ok(Response::new(output.into()))
+    }
+}
+
+/// The parse step of an RPC whose request has no fields.
+fn no_fields<M>(_: M, _: &Caller) -> AppResult<()> {
+    Ok(())
 }
 
 /// What a delete of a row that may be gone answers: NOT_FOUND when no row

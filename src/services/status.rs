@@ -4,50 +4,49 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
-use super::AppState;
-use crate::auth::{caller, Caller};
+use super::{no_fields, AppState, Rpc};
+use crate::auth::Caller;
 use crate::db;
 use crate::db::models::{ApiKey, Chatbot, User};
 use crate::error::{AppError, AppResult};
-use crate::proto;
 use crate::proto::status_service_server::StatusService;
+use crate::proto::{GetDatabaseStatusRequest, GetDatabaseStatusResponse};
 
 /// The StatusService implementation.
-pub struct StatusApi {
-    state: Arc<AppState>,
-}
-
-impl StatusApi {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
-    }
-}
+pub struct StatusApi(pub Arc<AppState>);
 
 #[tonic::async_trait]
 impl StatusService for StatusApi {
     async fn get_database_status(
         &self,
-        request: Request<proto::GetDatabaseStatusRequest>,
-    ) -> Result<Response<proto::GetDatabaseStatusResponse>, Status> {
-        let caller = caller(&request)?;
-        let status = database_status(&self.state, &caller).await?;
-        Ok(Response::new(proto::GetDatabaseStatusResponse {
+        request: Request<GetDatabaseStatusRequest>,
+    ) -> Rpc<GetDatabaseStatusResponse> {
+        let status =
+            async |state: &AppState, caller: &Caller, ()| database_status(state, caller).await;
+        self.0.serve(request, no_fields, status).await
+    }
+}
+
+impl From<DatabaseStatus> for GetDatabaseStatusResponse {
+    fn from(status: DatabaseStatus) -> Self {
+        Self {
             connected: true,
-            backend: self.state.db.backend_name().into(),
+            backend: status.backend.into(),
             latency: prost_types::Duration::try_from(status.latency).ok(),
             schema_version: status.schema_version,
             user_count: status.user_count,
             chatbot_count: status.chatbot_count,
             api_key_count: status.api_key_count,
             server_version: status.server_version,
-        }))
+        }
     }
 }
 
 /// What the database answered, and how fast.
 pub struct DatabaseStatus {
+    pub backend: &'static str,
     pub latency: Duration,
     pub server_version: String,
     pub schema_version: String,
@@ -65,6 +64,7 @@ pub async fn database_status(state: &AppState, caller: &Caller) -> AppResult<Dat
     let server_version = db::ping(&mut conn).await?;
     let latency = started.elapsed();
     Ok(DatabaseStatus {
+        backend: state.db.backend_name(),
         latency,
         server_version,
         schema_version: db::schema_version(&mut conn).await?.unwrap_or_default(),

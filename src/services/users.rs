@@ -1,96 +1,58 @@
 //! UserService. Authorization: a user acts only on themselves; ListUsers and
 //! granting admin are admin-only; sign-up is public unless disabled.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::Utc;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::scoped_futures::ScopedFutureExt;
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
-use super::convert::{self, mask_paths};
-use super::{found, AppState};
-use crate::auth::{caller, optional_caller, Caller, LoginThrottle};
+use super::convert::mask_paths;
+use super::{found, AppState, Origin, Rpc};
+use crate::auth::{Caller, LoginThrottle};
 use crate::db::models::{NewUser, Session, User, UserChanges};
 use crate::db::{self, Invalidation};
 use crate::domain::{CreateUser, Email, Page, PageRequest, Password, Role, UpdateUser, UserId};
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::proto::user_service_server::UserService;
 use crate::proto::{self, UserRole};
+use crate::proto::{
+    CreateUserRequest, CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest,
+    GetUserResponse, ListUsersRequest, ListUsersResponse, UpdateUserRequest, UpdateUserResponse,
+};
 
 /// The UserService implementation.
-pub struct Users {
-    state: Arc<AppState>,
-}
-
-impl Users {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
-    }
-}
+pub struct Users(pub Arc<AppState>);
 
 #[tonic::async_trait]
 impl UserService for Users {
-    async fn create_user(
-        &self,
-        request: Request<proto::CreateUserRequest>,
-    ) -> Result<Response<proto::CreateUserResponse>, Status> {
-        let caller = optional_caller(&request);
-        let cmd = CreateUser::try_from(request.into_inner())?;
-        let user = create_user(&self.state, caller.as_ref(), cmd).await?;
-        Ok(Response::new(proto::CreateUserResponse {
-            user: Some(user.into()),
-        }))
+    async fn create_user(&self, request: Request<CreateUserRequest>) -> Rpc<CreateUserResponse> {
+        self.0
+            .serve_public(request, CreateUser::try_from, create_user)
+            .await
     }
 
-    async fn get_user(
-        &self,
-        request: Request<proto::GetUserRequest>,
-    ) -> Result<Response<proto::GetUserResponse>, Status> {
-        let caller = caller(&request)?;
-        let id = UserId::parse("id", &request.get_ref().id)?;
-        let user = get_user(&self.state, &caller, id).await?;
-        Ok(Response::new(proto::GetUserResponse {
-            user: Some(user.into()),
-        }))
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Rpc<GetUserResponse> {
+        let parse = |message: GetUserRequest, _: &Caller| UserId::parse("id", &message.id);
+        self.0.serve(request, parse, get_user).await
     }
 
-    async fn list_users(
-        &self,
-        request: Request<proto::ListUsersRequest>,
-    ) -> Result<Response<proto::ListUsersResponse>, Status> {
-        let caller = caller(&request)?;
-        let request = request.into_inner();
-        let page = PageRequest::parse(request.page_size, &request.page_token, "users")?;
-        let page = list_users(&self.state, &caller, page).await?;
-        Ok(Response::new(proto::ListUsersResponse {
-            users: convert::all(page.items),
-            next_page_token: page.next_page_token,
-        }))
+    async fn list_users(&self, request: Request<ListUsersRequest>) -> Rpc<ListUsersResponse> {
+        let parse = |message: ListUsersRequest, _: &Caller| {
+            PageRequest::parse(message.page_size, &message.page_token, "users")
+        };
+        self.0.serve(request, parse, list_users).await
     }
 
-    async fn update_user(
-        &self,
-        request: Request<proto::UpdateUserRequest>,
-    ) -> Result<Response<proto::UpdateUserResponse>, Status> {
-        let caller = caller(&request)?;
-        let address = request.remote_addr().map(|addr| addr.ip());
-        let cmd = UpdateUser::try_from(request.into_inner())?;
-        let user = update_user(&self.state, &caller, address, cmd).await?;
-        Ok(Response::new(proto::UpdateUserResponse {
-            user: Some(user.into()),
-        }))
+    async fn update_user(&self, request: Request<UpdateUserRequest>) -> Rpc<UpdateUserResponse> {
+        let parse = |message, _: &Caller| UpdateUser::try_from(message);
+        self.0.serve(request, parse, update_user).await
     }
 
-    async fn delete_user(
-        &self,
-        request: Request<proto::DeleteUserRequest>,
-    ) -> Result<Response<proto::DeleteUserResponse>, Status> {
-        let caller = caller(&request)?;
-        let id = UserId::parse("id", &request.get_ref().id)?;
-        delete_user(&self.state, &caller, id).await?;
-        Ok(Response::new(proto::DeleteUserResponse {}))
+    async fn delete_user(&self, request: Request<DeleteUserRequest>) -> Rpc<DeleteUserResponse> {
+        let parse = |message: DeleteUserRequest, _: &Caller| UserId::parse("id", &message.id);
+        self.0.serve(request, parse, delete_user).await
     }
 }
 
@@ -171,14 +133,10 @@ impl TryFrom<proto::UpdateUserRequest> for UpdateUser {
 }
 
 /// Sign-up, unless disabled; only admins create admins.
-pub async fn create_user(
-    state: &AppState,
-    caller: Option<&Caller>,
-    cmd: CreateUser,
-) -> AppResult<User> {
-    let is_admin = caller.is_some_and(Caller::is_admin);
+pub async fn create_user(state: &AppState, origin: &Origin, cmd: CreateUser) -> AppResult<User> {
+    let is_admin = origin.caller.as_ref().is_some_and(Caller::is_admin);
     if !state.policy.allow_signup && !is_admin {
-        return Err(match caller {
+        return Err(match origin.caller {
             None => {
                 AppError::Unauthenticated("sign-up is disabled; an admin must create users".into())
             }
@@ -233,12 +191,7 @@ pub async fn list_users(
 /// Changing one's own password needs the current one, checked against the
 /// login budget like Login; a password change signs the user out
 /// everywhere. No connection is held through the slow hashes.
-pub async fn update_user(
-    state: &AppState,
-    caller: &Caller,
-    address: Option<IpAddr>,
-    cmd: UpdateUser,
-) -> AppResult<User> {
+pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> AppResult<User> {
     let id = cmd.id;
     caller.require_may_act_for(id)?;
     if cmd.role.is_some() && !caller.is_admin() {
@@ -260,7 +213,10 @@ pub async fn update_user(
             // current one, checked against the login budget like Login.
             if caller.user_id == id {
                 let presented = cmd.current_password?;
-                let reserved = state.throttle.reserve(&current.email, address).await?;
+                let reserved = state
+                    .throttle
+                    .reserve(&current.email, caller.address)
+                    .await?;
                 let matches = state
                     .hasher
                     .verify(presented, Some(current.hashed_password.clone()))

@@ -13,9 +13,7 @@ use diesel_async::RunQueryDsl;
 use crate::db::schema::{api_keys, chatbots};
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
-use crate::domain::{
-    ApiKeyDigest, ApiKeyFilter, ApiKeyId, ChatbotId, PageCursor, PageRequest, UserId,
-};
+use crate::domain::{ApiKeyDigest, ApiKeyFilter, ApiKeyId, ChatbotId, PageRequest, UserId};
 
 /// A row of `api_keys`, without the digest (which no reader needs).
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -64,14 +62,9 @@ pub struct VerificationRecord {
     pub llm_endpoint_url: String,
 }
 
-impl ApiKey {
-    pub fn cursor(&self) -> PageCursor<ApiKeyId> {
-        PageCursor {
-            create_time: self.created_at,
-            id: self.id,
-        }
-    }
+resource_table!(ApiKey in api_keys, id ApiKeyId);
 
+impl ApiKey {
     pub async fn insert(
         conn: &mut DbConnection,
         new: NewApiKey<'_>,
@@ -82,20 +75,6 @@ impl ApiKey {
                 .returning(ApiKey::as_returning())
                 .get_result(conn)
                 .await
-        })
-    }
-
-    pub async fn find(
-        conn: &mut DbConnection,
-        id: ApiKeyId,
-    ) -> diesel::QueryResult<Option<ApiKey>> {
-        db_run!(conn => {
-            api_keys::table
-                .find(id)
-                .select(ApiKey::as_select())
-                .first(conn)
-                .await
-                .optional()
         })
     }
 
@@ -146,26 +125,13 @@ impl ApiKey {
         page: &PageRequest<ApiKeyId>,
     ) -> diesel::QueryResult<Vec<ApiKey>> {
         db_run!(conn => {
-            let mut query = api_keys::table
-                .filter(api_keys::chatbot_id.eq(filter.chatbot_id))
-                .select(ApiKey::as_select())
-                .order((api_keys::created_at.asc(), api_keys::id.asc()))
-                .limit(page.fetch_limit())
-                .into_boxed();
+            let mut query = keyset_page!(api_keys, ApiKey, page)
+                .filter(api_keys::chatbot_id.eq(filter.chatbot_id));
             if !filter.show_revoked {
                 query = query.filter(api_keys::revoked.eq(false));
             }
             if let Some(before) = filter.expire_before {
                 query = query.filter(api_keys::expires_at.lt(Timestamp(before)));
-            }
-            if let Some(after) = &page.after {
-                query = query.filter(
-                    api_keys::created_at
-                        .gt(Timestamp(after.create_time))
-                        .or(api_keys::created_at
-                            .eq(Timestamp(after.create_time))
-                            .and(api_keys::id.gt(after.id))),
-                );
             }
             query.load(conn).await
         })
@@ -198,12 +164,12 @@ impl ApiKey {
         id: ApiKeyId,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<Option<ApiKey>> {
-        db_run!(conn => {
-            diesel::update(api_keys::table.find(id).filter(api_keys::revoked.eq(false)))
-                .set((api_keys::revoked.eq(true), api_keys::revoked_at.eq(Timestamp(now))))
-                .execute(conn)
-                .await
-        })?;
+        let active = api_keys::table.find(id).filter(api_keys::revoked.eq(false));
+        let revoke = (
+            api_keys::revoked.eq(true),
+            api_keys::revoked_at.eq(Timestamp(now)),
+        );
+        update_rows!(conn, active, revoke)?;
         Self::find(conn, id).await
     }
 
@@ -215,38 +181,17 @@ impl ApiKey {
         until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<Option<ApiKey>> {
-        db_run!(conn => {
-            diesel::update(api_keys::table.find(id))
-                .set(api_keys::rotated_at.eq(Timestamp(now)))
-                .execute(conn)
-                .await?;
-            diesel::update(
-                api_keys::table.find(id).filter(
-                    api_keys::expires_at
-                        .is_null()
-                        .or(api_keys::expires_at.gt(Timestamp(until))),
-                ),
-            )
-            .set(api_keys::expires_at.eq(Timestamp(until)))
-            .execute(conn)
-            .await
-        })?;
+        let key = api_keys::table.find(id);
+        update_rows!(conn, key, api_keys::rotated_at.eq(Timestamp(now)))?;
+        let ends_later = api_keys::expires_at
+            .is_null()
+            .or(api_keys::expires_at.gt(Timestamp(until)));
+        update_rows!(
+            conn,
+            key.filter(ends_later),
+            api_keys::expires_at.eq(Timestamp(until))
+        )?;
         Self::find(conn, id).await
-    }
-
-    pub async fn delete(conn: &mut DbConnection, id: ApiKeyId) -> diesel::QueryResult<bool> {
-        db_run!(conn => {
-            let deleted = diesel::delete(api_keys::table.find(id))
-                .execute(conn)
-                .await?;
-            Ok(deleted > 0)
-        })
-    }
-
-    pub async fn count(conn: &mut DbConnection) -> diesel::QueryResult<i64> {
-        db_run!(conn => {
-            api_keys::table.count().get_result(conn).await
-        })
     }
 
     /// Records keys' last use; never moves a time back. One statement per
@@ -257,18 +202,11 @@ impl ApiKey {
     ) -> diesel::QueryResult<usize> {
         let mut updated = 0;
         for &(id, at) in uses {
-            updated += db_run!(conn => {
-                diesel::update(
-                    api_keys::table.find(id).filter(
-                        api_keys::last_used_at
-                            .is_null()
-                            .or(api_keys::last_used_at.lt(Timestamp(at))),
-                    ),
-                )
-                .set(api_keys::last_used_at.eq(Timestamp(at)))
-                .execute(conn)
-                .await
-            })?;
+            let used_earlier = api_keys::last_used_at
+                .is_null()
+                .or(api_keys::last_used_at.lt(Timestamp(at)));
+            let key = api_keys::table.find(id).filter(used_earlier);
+            updated += update_rows!(conn, key, api_keys::last_used_at.eq(Timestamp(at)))?;
         }
         Ok(updated)
     }

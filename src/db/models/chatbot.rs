@@ -2,15 +2,14 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    AsChangeset, BoolExpressionMethods, ExpressionMethods, Insertable, OptionalExtension, QueryDsl,
-    Queryable, Selectable, SelectableHelper,
+    AsChangeset, ExpressionMethods, Insertable, OptionalExtension, QueryDsl, Queryable, Selectable,
+    SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
 
 use crate::db::schema::chatbots;
-use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
-use crate::domain::{ChatbotId, PageCursor, PageRequest, UserId};
+use crate::domain::{ChatbotId, PageRequest, UserId};
 
 /// A row of `chatbots`.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -43,39 +42,10 @@ pub struct ChatbotChanges {
     pub llm_endpoint_url: Option<String>,
 }
 
+// Chatbots by id; deleting one takes its API keys with it (by cascade).
+resource_table!(Chatbot in chatbots, id ChatbotId, new &NewChatbot, changes &ChatbotChanges);
+
 impl Chatbot {
-    pub fn cursor(&self) -> PageCursor<ChatbotId> {
-        PageCursor {
-            create_time: self.created_at,
-            id: self.id,
-        }
-    }
-
-    pub async fn insert(conn: &mut DbConnection, new: &NewChatbot) -> diesel::QueryResult<Chatbot> {
-        db_run!(conn => {
-            let now = Timestamp::now();
-            diesel::insert_into(chatbots::table)
-                .values((new, chatbots::created_at.eq(now), chatbots::updated_at.eq(now)))
-                .returning(Chatbot::as_returning())
-                .get_result(conn)
-                .await
-        })
-    }
-
-    pub async fn find(
-        conn: &mut DbConnection,
-        id: ChatbotId,
-    ) -> diesel::QueryResult<Option<Chatbot>> {
-        db_run!(conn => {
-            chatbots::table
-                .find(id)
-                .select(Chatbot::as_select())
-                .first(conn)
-                .await
-                .optional()
-        })
-    }
-
     /// The chatbots among `ids` that exist, in no particular order: one
     /// statement for many point reads (`= ANY($1)` on PostgreSQL).
     pub async fn find_many(
@@ -113,13 +83,8 @@ impl Chatbot {
     /// transaction's first statement it waits (busy_timeout) instead of
     /// failing a later read-to-write upgrade with SQLITE_BUSY.
     pub async fn lock(conn: &mut DbConnection, id: ChatbotId) -> diesel::QueryResult<bool> {
-        let locked = db_run!(conn => {
-            diesel::update(chatbots::table.find(id))
-                .set(chatbots::updated_at.eq(chatbots::updated_at))
-                .execute(conn)
-                .await
-        })?;
-        Ok(locked == 1)
+        let touch = chatbots::updated_at.eq(chatbots::updated_at);
+        Ok(update_rows!(conn, chatbots::table.find(id), touch)? == 1)
     }
 
     /// One page in (created_at, id) order, of one owner or of everyone, plus
@@ -130,56 +95,11 @@ impl Chatbot {
         page: &PageRequest<ChatbotId>,
     ) -> diesel::QueryResult<Vec<Chatbot>> {
         db_run!(conn => {
-            let mut query = chatbots::table
-                .select(Chatbot::as_select())
-                .order((chatbots::created_at.asc(), chatbots::id.asc()))
-                .limit(page.fetch_limit())
-                .into_boxed();
+            let mut query = keyset_page!(chatbots, Chatbot, page);
             if let Some(owner) = owner {
                 query = query.filter(chatbots::owner_id.eq(owner));
             }
-            if let Some(after) = &page.after {
-                query = query.filter(
-                    chatbots::created_at
-                        .gt(Timestamp(after.create_time))
-                        .or(chatbots::created_at
-                            .eq(Timestamp(after.create_time))
-                            .and(chatbots::id.gt(after.id))),
-                );
-            }
             query.load(conn).await
-        })
-    }
-
-    /// Renames the chatbot or moves its endpoint, and stamps `updated_at`.
-    pub async fn update(
-        conn: &mut DbConnection,
-        id: ChatbotId,
-        changes: &ChatbotChanges,
-    ) -> diesel::QueryResult<Option<Chatbot>> {
-        db_run!(conn => {
-            diesel::update(chatbots::table.find(id))
-                .set((changes, chatbots::updated_at.eq(Timestamp::now())))
-                .returning(Chatbot::as_returning())
-                .get_result(conn)
-                .await
-                .optional()
-        })
-    }
-
-    /// Deletes the chatbot; its API keys go by cascade.
-    pub async fn delete(conn: &mut DbConnection, id: ChatbotId) -> diesel::QueryResult<bool> {
-        db_run!(conn => {
-            let deleted = diesel::delete(chatbots::table.find(id))
-                .execute(conn)
-                .await?;
-            Ok(deleted > 0)
-        })
-    }
-
-    pub async fn count(conn: &mut DbConnection) -> diesel::QueryResult<i64> {
-        db_run!(conn => {
-            chatbots::table.count().get_result(conn).await
         })
     }
 }

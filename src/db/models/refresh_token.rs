@@ -72,18 +72,11 @@ impl RefreshToken {
         id: RefreshTokenId,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<bool> {
-        db_run!(conn => {
-            let updated = diesel::update(
-                refresh_tokens::table
-                    .find(id)
-                    .filter(refresh_tokens::used_at.is_null())
-                    .filter(refresh_tokens::revoked_at.is_null()),
-            )
-            .set(refresh_tokens::used_at.eq(Timestamp(now)))
-            .execute(conn)
-            .await?;
-            Ok(updated == 1)
-        })
+        let usable = refresh_tokens::table
+            .find(id)
+            .filter(refresh_tokens::used_at.is_null())
+            .filter(refresh_tokens::revoked_at.is_null());
+        Ok(update_rows!(conn, usable, refresh_tokens::used_at.eq(Timestamp(now)))? == 1)
     }
 
     /// Revokes every token of one login.
@@ -92,15 +85,9 @@ impl RefreshToken {
         family_id: SessionId,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<usize> {
-        db_run!(conn => {
-            diesel::update(
-                refresh_tokens::table
-                    .filter(refresh_tokens::family_id.eq(family_id))
-                    .filter(refresh_tokens::revoked_at.is_null()),
-            )
-            .set(refresh_tokens::revoked_at.eq(Timestamp(now)))
-            .execute(conn)
-            .await
-        })
+        let live = refresh_tokens::table
+            .filter(refresh_tokens::family_id.eq(family_id))
+            .filter(refresh_tokens::revoked_at.is_null());
+        update_rows!(conn, live, refresh_tokens::revoked_at.eq(Timestamp(now)))
     }
 }

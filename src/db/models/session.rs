@@ -68,17 +68,10 @@ impl Session {
     /// it waits for tokens being issued in it (a no-op write, which SQLite
     /// can also lock); false if it has ended.
     pub async fn lock_live(conn: &mut DbConnection, id: SessionId) -> diesel::QueryResult<bool> {
-        let locked = db_run!(conn => {
-            diesel::update(
-                sessions::table
-                    .find(id)
-                    .filter(sessions::revoked_at.is_null()),
-            )
-            .set(sessions::created_at.eq(sessions::created_at))
-            .execute(conn)
-            .await
-        })?;
-        Ok(locked == 1)
+        let live = sessions::table
+            .find(id)
+            .filter(sessions::revoked_at.is_null());
+        Ok(update_rows!(conn, live, sessions::created_at.eq(sessions::created_at))? == 1)
     }
 
     /// Ends one session; false if it had already ended.
@@ -87,17 +80,10 @@ impl Session {
         id: SessionId,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<bool> {
-        let ended = db_run!(conn => {
-            diesel::update(
-                sessions::table
-                    .find(id)
-                    .filter(sessions::revoked_at.is_null()),
-            )
-            .set(sessions::revoked_at.eq(Timestamp(now)))
-            .execute(conn)
-            .await
-        })?;
-        Ok(ended == 1)
+        let live = sessions::table
+            .find(id)
+            .filter(sessions::revoked_at.is_null());
+        Ok(update_rows!(conn, live, sessions::revoked_at.eq(Timestamp(now)))? == 1)
     }
 
     /// Signs a user out everywhere (password change, `create-admin`): ends
@@ -108,24 +94,18 @@ impl Session {
         user_id: UserId,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<()> {
-        db_run!(conn => {
-            diesel::update(
-                sessions::table
-                    .filter(sessions::user_id.eq(user_id))
-                    .filter(sessions::revoked_at.is_null()),
-            )
-            .set(sessions::revoked_at.eq(Timestamp(now)))
-            .execute(conn)
-            .await?;
-            diesel::update(
-                refresh_tokens::table
-                    .filter(refresh_tokens::user_id.eq(user_id))
-                    .filter(refresh_tokens::revoked_at.is_null()),
-            )
-            .set(refresh_tokens::revoked_at.eq(Timestamp(now)))
-            .execute(conn)
-            .await
-            .map(drop)
-        })
+        let live_sessions = sessions::table
+            .filter(sessions::user_id.eq(user_id))
+            .filter(sessions::revoked_at.is_null());
+        update_rows!(conn, live_sessions, sessions::revoked_at.eq(Timestamp(now)))?;
+        let live_tokens = refresh_tokens::table
+            .filter(refresh_tokens::user_id.eq(user_id))
+            .filter(refresh_tokens::revoked_at.is_null());
+        update_rows!(
+            conn,
+            live_tokens,
+            refresh_tokens::revoked_at.eq(Timestamp(now))
+        )?;
+        Ok(())
     }
 }

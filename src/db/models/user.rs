@@ -4,15 +4,15 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    AsChangeset, BoolExpressionMethods, ExpressionMethods, Insertable, OptionalExtension, QueryDsl,
-    Queryable, Selectable, SelectableHelper,
+    AsChangeset, ExpressionMethods, Insertable, OptionalExtension, QueryDsl, Queryable, Selectable,
+    SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
 
 use crate::db::schema::users;
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
-use crate::domain::{PageCursor, PageRequest, Role, UserId};
+use crate::domain::{PageRequest, Role, UserId};
 
 /// A row of `users`. Its `Debug` leaves out the password hash.
 #[derive(Clone, Queryable, Selectable)]
@@ -56,39 +56,14 @@ pub struct UserChanges {
     pub role: Option<String>,
 }
 
+// Users by id; deleting one takes its chatbots, keys and refresh tokens
+// with it (by cascade).
+resource_table!(User in users, id UserId, new NewUser<'_>, changes &UserChanges);
+
 impl User {
     pub fn role(&self) -> Role {
         // The CHECK constraint admits only these two values.
         self.role.parse().unwrap_or(Role::User)
-    }
-
-    pub fn cursor(&self) -> PageCursor<UserId> {
-        PageCursor {
-            create_time: self.created_at,
-            id: self.id,
-        }
-    }
-
-    pub async fn insert(conn: &mut DbConnection, new: NewUser<'_>) -> diesel::QueryResult<User> {
-        db_run!(conn => {
-            let now = Timestamp::now();
-            diesel::insert_into(users::table)
-                .values((new, users::created_at.eq(now), users::updated_at.eq(now)))
-                .returning(User::as_returning())
-                .get_result(conn)
-                .await
-        })
-    }
-
-    pub async fn find(conn: &mut DbConnection, id: UserId) -> diesel::QueryResult<Option<User>> {
-        db_run!(conn => {
-            users::table
-                .find(id)
-                .select(User::as_select())
-                .first(conn)
-                .await
-                .optional()
-        })
     }
 
     /// `email` must already be normalised (lowercase).
@@ -116,17 +91,10 @@ impl User {
         id: UserId,
         hashed_password: &str,
     ) -> diesel::QueryResult<bool> {
-        let locked = db_run!(conn => {
-            diesel::update(
-                users::table
-                    .find(id)
-                    .filter(users::hashed_password.eq(hashed_password)),
-            )
-            .set(users::updated_at.eq(users::updated_at))
-            .execute(conn)
-            .await
-        })?;
-        Ok(locked == 1)
+        let unchanged = users::table
+            .find(id)
+            .filter(users::hashed_password.eq(hashed_password));
+        Ok(update_rows!(conn, unchanged, users::updated_at.eq(users::updated_at))? == 1)
     }
 
     /// One page in (created_at, id) order, plus one extra row if more follow.
@@ -135,49 +103,7 @@ impl User {
         page: &PageRequest<UserId>,
     ) -> diesel::QueryResult<Vec<User>> {
         db_run!(conn => {
-            let mut query = users::table
-                .select(User::as_select())
-                .order((users::created_at.asc(), users::id.asc()))
-                .limit(page.fetch_limit())
-                .into_boxed();
-            if let Some(after) = &page.after {
-                query = query.filter(
-                    users::created_at.gt(Timestamp(after.create_time)).or(users::created_at
-                        .eq(Timestamp(after.create_time))
-                        .and(users::id.gt(after.id))),
-                );
-            }
-            query.load(conn).await
-        })
-    }
-
-    /// Changes the email, role or password hash, and stamps `updated_at`.
-    pub async fn update(
-        conn: &mut DbConnection,
-        id: UserId,
-        changes: &UserChanges,
-    ) -> diesel::QueryResult<Option<User>> {
-        db_run!(conn => {
-            diesel::update(users::table.find(id))
-                .set((changes, users::updated_at.eq(Timestamp::now())))
-                .returning(User::as_returning())
-                .get_result(conn)
-                .await
-                .optional()
-        })
-    }
-
-    /// Deletes the user; chatbots, keys and refresh tokens go by cascade.
-    pub async fn delete(conn: &mut DbConnection, id: UserId) -> diesel::QueryResult<bool> {
-        db_run!(conn => {
-            let deleted = diesel::delete(users::table.find(id)).execute(conn).await?;
-            Ok(deleted > 0)
-        })
-    }
-
-    pub async fn count(conn: &mut DbConnection) -> diesel::QueryResult<i64> {
-        db_run!(conn => {
-            users::table.count().get_result(conn).await
+            keyset_page!(users, User, page).load(conn).await
         })
     }
 

@@ -12,7 +12,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
 use super::convert;
-use super::{found, AppState, Origin, Rpc};
+use super::{delete_row, AppState, Origin, Rpc};
 use crate::auth::Caller;
 use crate::db::models::{ApiKey, Chatbot, NewApiKey, VerificationRecord};
 use crate::db::sql_types::Timestamp;
@@ -439,12 +439,11 @@ pub async fn rotate_api_key(
 pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> AppResult<()> {
     let mut conn = state.db.conn().await?;
     authorized_key(&mut conn, caller, id).await?;
-    state
-        .caches
-        .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
-            async move { found(ApiKey::delete(conn, id).await?, "API key") }.scope_boxed()
-        })
-        .await?;
+    let stale = Invalidation::Key(id);
+    delete_row(state, &mut conn, stale, "API key", move |conn| {
+        ApiKey::delete(conn, id).scope_boxed()
+    })
+    .await?;
     tracing::info!(api_key_id = %id, "API key deleted");
     Ok(())
 }

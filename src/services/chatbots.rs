@@ -9,7 +9,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
 use super::convert::mask_paths;
-use super::{found, AppState, Policy, Rpc};
+use super::{delete_row, required, AppState, Policy, Rpc};
 use crate::auth::Caller;
 use crate::db::models::{Chatbot, ChatbotChanges, NewChatbot};
 use crate::db::{DbConnection, Invalidation};
@@ -126,9 +126,7 @@ impl ListChatbots {
 
 impl UpdateChatbot {
     pub fn parse(request: proto::UpdateChatbotRequest, policy: &Policy) -> AppResult<Self> {
-        let Some(chatbot) = request.chatbot else {
-            return Err(FieldViolation::new("chatbot", "is required").into());
-        };
+        let chatbot = required(request.chatbot, "chatbot")?;
         let id = ChatbotId::parse("chatbot.id", &chatbot.id);
         let mut mask = Violations::new();
         let paths = mask_paths(
@@ -240,12 +238,11 @@ pub async fn update_chatbot(
 pub async fn delete_chatbot(state: &AppState, caller: &Caller, id: ChatbotId) -> AppResult<()> {
     let mut conn = state.db.conn().await?;
     authorized_chatbot(&mut conn, caller, id).await?;
-    state
-        .caches
-        .commit_and_invalidate(&mut conn, Invalidation::Chatbot(id), |conn| {
-            async move { found(Chatbot::delete(conn, id).await?, "chatbot") }.scope_boxed()
-        })
-        .await?;
+    let stale = Invalidation::Chatbot(id);
+    delete_row(state, &mut conn, stale, "chatbot", move |conn| {
+        Chatbot::delete(conn, id).scope_boxed()
+    })
+    .await?;
     tracing::info!(chatbot_id = %id, "chatbot deleted with its keys");
     Ok(())
 }

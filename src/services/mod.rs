@@ -21,8 +21,11 @@ use tonic::{Request, Response, Status};
 use crate::auth::{
     caller, optional_caller, Caller, LoginThrottle, PasswordHasher, Sessions, TokenKeys,
 };
-use crate::db::Database;
-use crate::error::{AppError, AppResult};
+use diesel::QueryResult;
+use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
+
+use crate::db::{Database, DbConnection, Invalidation};
+use crate::error::{AppError, AppResult, FieldViolation};
 use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, LastUsedRecorder};
 use crate::rate_limit::RateLimits;
 
@@ -107,12 +110,34 @@ fn no_fields<M>(_: M, _: &Caller) -> AppResult<()> {
     Ok(())
 }
 
-/// What a delete of a row that may be gone answers: NOT_FOUND when no row
-/// matched.
-fn found(deleted: bool, what: &'static str) -> AppResult<()> {
+/// Deletes a row in a transaction that tells every replica's caches what
+/// went stale; NOT_FOUND (naming `what`) if the row was already gone.
+async fn delete_row<'a, F>(
+    state: &AppState,
+    conn: &mut DbConnection,
+    stale: Invalidation,
+    what: &'static str,
+    delete: F,
+) -> AppResult<()>
+where
+    F: for<'r> FnOnce(&'r mut DbConnection) -> ScopedBoxFuture<'a, 'r, QueryResult<bool>>
+        + Send
+        + 'a,
+{
+    let deleted = state
+        .caches
+        .commit_and_invalidate(conn, stale, |conn| {
+            async move { Ok(delete(conn).await?) }.scope_boxed()
+        })
+        .await?;
     if deleted {
         Ok(())
     } else {
         Err(AppError::NotFound(what))
     }
+}
+
+/// An update's resource message, which the update cannot do without.
+fn required<T>(resource: Option<T>, field: &str) -> Result<T, FieldViolation> {
+    resource.ok_or_else(|| FieldViolation::new(field, "is required"))
 }

@@ -9,7 +9,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
 use super::convert::mask_paths;
-use super::{found, AppState, Origin, Rpc};
+use super::{delete_row, required, AppState, Origin, Rpc};
 use crate::auth::{Caller, LoginThrottle};
 use crate::db::models::{NewUser, Session, User, UserChanges};
 use crate::db::{self, Invalidation};
@@ -88,9 +88,7 @@ impl TryFrom<proto::UpdateUserRequest> for UpdateUser {
     type Error = AppError;
 
     fn try_from(request: proto::UpdateUserRequest) -> AppResult<Self> {
-        let Some(user) = request.user else {
-            return Err(FieldViolation::new("user", "is required").into());
-        };
+        let user = required(request.user, "user")?;
         let id = UserId::parse("user.id", &user.id);
         let mut mask = Violations::new();
         let paths = mask_paths(
@@ -302,12 +300,11 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
 pub async fn delete_user(state: &AppState, caller: &Caller, id: UserId) -> AppResult<()> {
     caller.require_may_act_for(id)?;
     let mut conn = state.db.conn().await?;
-    state
-        .caches
-        .commit_and_invalidate(&mut conn, Invalidation::Owner(id), |conn| {
-            async move { found(User::delete(conn, id).await?, "user") }.scope_boxed()
-        })
-        .await?;
+    let stale = Invalidation::Owner(id);
+    delete_row(state, &mut conn, stale, "user", move |conn| {
+        User::delete(conn, id).scope_boxed()
+    })
+    .await?;
     tracing::info!(user_id = %id, "user deleted with their chatbots and keys");
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    BoolExpressionMethods, ExpressionMethods, Insertable, OptionalExtension, QueryDsl, Queryable,
-    Selectable, SelectableHelper,
+    BoolExpressionMethods, ExpressionMethods, Insertable, QueryDsl, Queryable, Selectable,
+    SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
 
@@ -83,15 +83,13 @@ impl ApiKey {
         conn: &mut DbConnection,
         id: ApiKeyId,
     ) -> diesel::QueryResult<Option<(ApiKey, UserId)>> {
-        db_run!(conn => {
+        first_row!(
+            conn,
             api_keys::table
                 .inner_join(chatbots::table)
                 .filter(api_keys::id.eq(id))
                 .select((ApiKey::as_select(), chatbots::owner_id))
-                .first(conn)
-                .await
-                .optional()
-        })
+        )
     }
 
     /// The hot path of VerifyApiKey: one probe of the unique digest index.
@@ -99,7 +97,8 @@ impl ApiKey {
         conn: &mut DbConnection,
         digest: &ApiKeyDigest,
     ) -> diesel::QueryResult<Option<VerificationRecord>> {
-        db_run!(conn => {
+        first_row!(
+            conn,
             api_keys::table
                 .inner_join(chatbots::table)
                 .filter(api_keys::key_hash.eq(&digest.0[..]))
@@ -111,10 +110,7 @@ impl ApiKey {
                     chatbots::owner_id,
                     chatbots::llm_endpoint_url,
                 ))
-                .first(conn)
-                .await
-                .optional()
-        })
+        )
     }
 
     /// One page of a chatbot's keys in (created_at, id) order, plus one extra

@@ -2,8 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    AsChangeset, ExpressionMethods, Insertable, OptionalExtension, QueryDsl, Queryable, Selectable,
-    SelectableHelper,
+    AsChangeset, ExpressionMethods, Insertable, QueryDsl, Queryable, Selectable, SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
 
@@ -52,13 +51,12 @@ impl Chatbot {
         conn: &mut DbConnection,
         ids: &[ChatbotId],
     ) -> diesel::QueryResult<Vec<Chatbot>> {
-        db_run!(conn => {
+        all_rows!(
+            conn,
             chatbots::table
                 .filter(chatbots::id.eq_any(ids))
                 .select(Chatbot::as_select())
-                .load(conn)
-                .await
-        })
+        )
     }
 
     /// Owner of a chatbot, the one fact authorization needs.
@@ -66,14 +64,7 @@ impl Chatbot {
         conn: &mut DbConnection,
         id: ChatbotId,
     ) -> diesel::QueryResult<Option<UserId>> {
-        db_run!(conn => {
-            chatbots::table
-                .find(id)
-                .select(chatbots::owner_id)
-                .first(conn)
-                .await
-                .optional()
-        })
+        first_row!(conn, chatbots::table.find(id).select(chatbots::owner_id))
     }
 
     /// Locks the chatbot's row until the transaction ends, serialising

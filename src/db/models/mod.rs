@@ -95,6 +95,24 @@ macro_rules! update_rows {
     }};
 }
 
+/// Runs a select on either backend: its first row, if any. `$query` is
+/// expanded once per backend, since `as_select()` is typed by backend.
+macro_rules! first_row {
+    ($conn:ident, $query:expr) => {{
+        use ::diesel::OptionalExtension;
+        use ::diesel_async::RunQueryDsl;
+        $crate::db::db_run!($conn => { $query.first($conn).await.optional() })
+    }};
+}
+
+/// Like `first_row!`, but every row.
+macro_rules! all_rows {
+    ($conn:ident, $query:expr) => {{
+        use ::diesel_async::RunQueryDsl;
+        $crate::db::db_run!($conn => { $query.load($conn).await })
+    }};
+}
+
 /// One page of `$table` in (created_at, id) order, resuming after the
 /// page's cursor, with one row more than the page so the caller knows
 /// whether more follow: a boxed query the caller may filter further.

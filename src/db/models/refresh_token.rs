@@ -2,10 +2,7 @@
 //! presented secret; one family per login, rotated on every refresh.
 
 use chrono::{DateTime, Utc};
-use diesel::{
-    ExpressionMethods, Insertable, OptionalExtension, QueryDsl, Queryable, Selectable,
-    SelectableHelper,
-};
+use diesel::{ExpressionMethods, Insertable, QueryDsl, Queryable, Selectable, SelectableHelper};
 use diesel_async::RunQueryDsl;
 
 use crate::db::schema::refresh_tokens;
@@ -55,14 +52,12 @@ impl RefreshToken {
         conn: &mut DbConnection,
         token_hash: &[u8],
     ) -> diesel::QueryResult<Option<RefreshToken>> {
-        db_run!(conn => {
+        first_row!(
+            conn,
             refresh_tokens::table
                 .filter(refresh_tokens::token_hash.eq(token_hash))
                 .select(RefreshToken::as_select())
-                .first(conn)
-                .await
-                .optional()
-        })
+        )
     }
 
     /// Marks a token used if it still is usable; false means another request

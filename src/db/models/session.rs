@@ -2,7 +2,7 @@
 //! issued in it, so that ending the session ends those tokens too.
 
 use chrono::{DateTime, Utc};
-use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
+use diesel::{ExpressionMethods, QueryDsl};
 use diesel_async::RunQueryDsl;
 
 use crate::db::schema::{refresh_tokens, sessions, users};
@@ -45,16 +45,14 @@ impl Session {
         conn: &mut DbConnection,
         id: SessionId,
     ) -> diesel::QueryResult<Option<LiveSession>> {
-        let row: Option<(UserId, String)> = db_run!(conn => {
+        let row: Option<(UserId, String)> = first_row!(
+            conn,
             sessions::table
                 .inner_join(users::table)
                 .filter(sessions::id.eq(id))
                 .filter(sessions::revoked_at.is_null())
                 .select((users::id, users::role))
-                .first(conn)
-                .await
-                .optional()
-        })?;
+        )?;
         Ok(row.map(|(user_id, role)| LiveSession {
             id,
             user_id,

@@ -4,8 +4,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    AsChangeset, ExpressionMethods, Insertable, OptionalExtension, QueryDsl, Queryable, Selectable,
-    SelectableHelper,
+    AsChangeset, ExpressionMethods, Insertable, QueryDsl, Queryable, Selectable, SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
 
@@ -71,14 +70,12 @@ impl User {
         conn: &mut DbConnection,
         email: &str,
     ) -> diesel::QueryResult<Option<User>> {
-        db_run!(conn => {
+        first_row!(
+            conn,
             users::table
                 .filter(users::email.eq(email))
                 .select(User::as_select())
-                .first(conn)
-                .await
-                .optional()
-        })
+        )
     }
 
     /// Locks the user's row until the transaction ends if the password is

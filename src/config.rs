@@ -184,6 +184,17 @@ pub struct Settings {
     #[arg(long, env = "RATE_LIMIT_BURST_FACTOR", default_value_t = 2)]
     pub rate_limit_burst_factor: u32,
 
+    /// Redis (`redis://[:password@]host:port[/db]`) holding the rate-limit
+    /// counts, so every replica enforces one shared limit. Unset: each
+    /// replica counts in process and enforces its own.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<SecretString>,
+
+    /// Prefix of every Redis key this service writes (several deployments,
+    /// or tests, can share one Redis).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "chatbot-backend:")]
+    pub redis_key_prefix: String,
+
     /// Address for the Prometheus metrics endpoint; unset = no endpoint.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,

@@ -155,6 +155,7 @@ struct Inner {
     pool_max: Gauge,
     pool_waiting: Gauge,
     serving: Gauge,
+    rate_limit_fallbacks: Counter,
 }
 
 /// The registry shared by the RPC layer and the exporter.
@@ -275,9 +276,16 @@ impl Metrics {
             "1 while the server reports SERVING (database reachable).",
             serving.clone(),
         );
+        let rate_limit_fallbacks = Counter::default();
+        registry.register(
+            "rate_limit_store_fallbacks",
+            "Rate-limit checks counted in process because Redis did not answer.",
+            rate_limit_fallbacks.clone(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 registry,
+                rate_limit_fallbacks,
                 methods,
                 by_path,
                 handled,
@@ -287,6 +295,11 @@ impl Metrics {
                 serving,
             }),
         })
+    }
+
+    /// Counts rate-limit checks that fell back from Redis.
+    pub fn rate_limit_fallbacks(&self) -> Counter {
+        self.inner.rate_limit_fallbacks.clone()
     }
 
     /// The series of the method at `path`, or the `unknown` set.

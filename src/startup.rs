@@ -29,7 +29,7 @@ use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::chatbot_service_server::ChatbotServiceServer;
 use crate::proto::status_service_server::StatusServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
-use crate::rate_limit::{RateLimitGate, RateLimits};
+use crate::rate_limit::{RateLimitGate, RateLimits, SharedLimits};
 use crate::services::api_keys::ApiKeys;
 use crate::services::auth::Auth;
 use crate::services::chatbots::Chatbots;
@@ -113,6 +113,18 @@ impl Application {
                 .map(|key| key.expose_secret().as_bytes()),
             Duration::from_secs(settings.access_token_ttl_secs),
         );
+        let metrics = Metrics::new(SERVED_DESCRIPTOR_SETS)?;
+        let shared_limits = match &settings.redis_url {
+            Some(url) => Some(
+                SharedLimits::connect(
+                    url.expose_secret(),
+                    settings.redis_key_prefix.clone(),
+                    metrics.rate_limit_fallbacks(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let sessions = Sessions::new(db.clone());
         let api_key_cache = Arc::new(ApiKeyCache::new(
             settings.api_key_cache_capacity,
@@ -140,7 +152,7 @@ impl Application {
             ),
             db,
             last_used: LastUsedRecorder::default(),
-            rate_limits: RateLimits::new(settings.rate_limit_settings()),
+            rate_limits: RateLimits::new(settings.rate_limit_settings(), shared_limits),
             policy: Policy {
                 allow_signup: settings.allow_signup,
                 allow_private_llm_endpoints: settings.allow_private_llm_endpoints,
@@ -153,7 +165,6 @@ impl Application {
             .await
             .with_context(|| format!("binding LISTEN_ADDR {}", settings.listen_addr))?;
         let local_addr = listener.local_addr()?;
-        let metrics = Metrics::new(SERVED_DESCRIPTOR_SETS)?;
         let metrics_addr = match settings.metrics_addr {
             Some(addr) => Some(
                 metrics::serve(addr, metrics.clone(), state.db.clone())

@@ -30,7 +30,7 @@ use tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer a
 use tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer as ReflectionV1Alpha;
 use tower::{Layer, Service};
 
-use crate::gate::Gate;
+use crate::gate::{Check, Gate};
 
 use super::{Caller, Sessions, TokenKeys};
 use crate::domain::{SessionId, UserId};
@@ -131,19 +131,19 @@ impl CredentialsGate {
 }
 
 impl Gate for CredentialsGate {
-    fn check<B>(&self, request: &mut http::Request<B>) -> Result<(), tonic::Status> {
+    fn check<B>(&self, request: &mut http::Request<B>) -> Check {
         let credentials = match presented_token(&self.keys, request.headers()) {
             Ok(credentials) => credentials,
             // Two authorization entries are ambiguous: which one would a
             // proxy in front have checked? Refused even on public RPCs.
             Err(Ambiguous) => {
-                return Err(tonic::Status::unauthenticated(
+                return Check::Now(Err(tonic::Status::unauthenticated(
                     "send one `authorization` metadata entry, not several",
-                ))
+                )))
             }
         };
         request.extensions_mut().insert(credentials);
-        Ok(())
+        Check::Now(Ok(()))
     }
 }
 

@@ -12,10 +12,12 @@
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 
-use super::{RateKey, RateLimits};
+use futures_util::FutureExt;
+
+use super::{RateKey, RateLimits, Verdict};
 use crate::auth::{in_service, Credentials, RpcMethod, PUBLIC_SERVICES};
 use crate::error::AppError;
-use crate::gate::Gate;
+use crate::gate::{Check, Gate};
 use crate::proto::api_key_service_server::ApiKeyServiceServer;
 
 /// Limited per API key in its handler rather than here.
@@ -42,16 +44,23 @@ impl RateLimitGate {
 }
 
 impl Gate for RateLimitGate {
-    fn check<B>(&self, request: &mut http::Request<B>) -> Result<(), tonic::Status> {
-        match rate_key(request).map(|key| self.limits.check(key)) {
-            Some(Err(retry_after)) => Err(AppError::ResourceExhausted {
-                message: "rate limit exceeded; retry later".into(),
-                retry_after,
-            }
-            .into()),
-            _ => Ok(()),
+    fn check<B>(&self, request: &mut http::Request<B>) -> Check {
+        let Some(key) = rate_key(request) else {
+            return Check::Now(Ok(()));
+        };
+        match self.limits.verdict(key) {
+            Verdict::Now(answer) => Check::Now(answer.map_err(exhausted)),
+            Verdict::Later(answer) => Check::Later(answer.map(|a| a.map_err(exhausted)).boxed()),
         }
     }
+}
+
+fn exhausted(retry_after: std::time::Duration) -> tonic::Status {
+    AppError::ResourceExhausted {
+        message: "rate limit exceeded; retry later".into(),
+        retry_after,
+    }
+    .into()
 }
 
 /// Who `request` is counted against, if anyone.

@@ -1,8 +1,9 @@
 //! Token-bucket rate limits per caller (governor's GCRA): per authenticated
 //! user, per client network for anonymous calls (both applied by
 //! [`RateLimitGate`] to every RPC), and per API key on VerifyApiKey (in its
-//! handler, which knows the key). In-process, so each replica enforces its
-//! own share.
+//! handler, which knows the key). With `REDIS_URL` the counts live in Redis
+//! and every replica shares them ([`shared`]); without it, or while Redis
+//! does not answer, each replica counts in process and enforces its own.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -17,8 +18,10 @@ use crate::auth::client_network;
 use crate::domain::{ApiKeyDigest, UserId};
 
 mod layer;
+pub mod shared;
 
 pub use layer::RateLimitGate;
+pub use shared::SharedLimits;
 
 /// Who a request is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,15 +55,29 @@ pub struct RateLimitSettings {
     pub burst_factor: u32,
 }
 
-struct Limiter(DefaultKeyedRateLimiter<RateKey>);
+/// One kind of limit: its quota, and the in-process counts.
+struct Limiter {
+    counts: DefaultKeyedRateLimiter<RateKey>,
+    /// Time between two calls at the steady rate.
+    interval: Duration,
+    burst: u32,
+}
 
 impl Limiter {
     fn new(per_second: u32, burst_factor: u32) -> Option<Self> {
         let rate = NonZeroU32::new(per_second)?;
         let burst = NonZeroU32::new(per_second.saturating_mul(burst_factor.max(1)))?;
-        Some(Self(RateLimiter::keyed(
-            Quota::per_second(rate).allow_burst(burst),
-        )))
+        Some(Self {
+            counts: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            interval: Duration::from_secs(1) / per_second,
+            burst: burst.get(),
+        })
+    }
+
+    fn check_here(&self, key: RateKey) -> Result<(), Duration> {
+        self.counts
+            .check_key(&key)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 }
 
@@ -70,32 +87,61 @@ pub struct RateLimits {
     user: Option<Arc<Limiter>>,
     address: Option<Arc<Limiter>>,
     api_key: Option<Arc<Limiter>>,
+    shared: Option<Arc<SharedLimits>>,
+}
+
+/// What a check answers: at once (in process), or after asking Redis.
+pub enum Verdict<F> {
+    Now(Result<(), Duration>),
+    Later(F),
 }
 
 impl RateLimits {
-    pub fn new(settings: RateLimitSettings) -> Self {
+    pub fn new(settings: RateLimitSettings, shared: Option<SharedLimits>) -> Self {
         let make = |rate| Limiter::new(rate, settings.burst_factor).map(Arc::new);
         Self {
             user: make(settings.per_user),
             address: make(settings.per_address),
             api_key: make(settings.per_api_key),
+            shared: shared.map(Arc::new),
         }
     }
 
-    /// `Err(retry_after)` when `key` has used up its bucket.
-    pub fn check(&self, key: RateKey) -> Result<(), Duration> {
-        let limiter = match key {
-            RateKey::User(_) => &self.user,
-            RateKey::Address(_) => &self.address,
-            RateKey::ApiKey(_) => &self.api_key,
+    fn limiter(&self, key: RateKey) -> Option<&Arc<Limiter>> {
+        match key {
+            RateKey::User(_) => self.user.as_ref(),
+            RateKey::Address(_) => self.address.as_ref(),
+            RateKey::ApiKey(_) => self.api_key.as_ref(),
+        }
+    }
+
+    /// `Err(retry_after)` when `key` has used up its bucket: in Redis if it
+    /// is configured and answers, else in this process.
+    pub async fn check(&self, key: RateKey) -> Result<(), Duration> {
+        match self.verdict(key) {
+            Verdict::Now(answer) => answer,
+            Verdict::Later(answer) => answer.await,
+        }
+    }
+
+    /// [`check`](Self::check) that answers at once when it can (no limit
+    /// on `key`, or no Redis), so the gate boxes no future then.
+    pub fn verdict(
+        &self,
+        key: RateKey,
+    ) -> Verdict<impl std::future::Future<Output = Result<(), Duration>> + Send + 'static> {
+        let Some(limiter) = self.limiter(key).cloned() else {
+            return Verdict::Now(Ok(()));
         };
-        let Some(limiter) = limiter else {
-            return Ok(());
+        let Some(shared) = self.shared.clone() else {
+            return Verdict::Now(limiter.check_here(key));
         };
-        limiter
-            .0
-            .check_key(&key)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        Verdict::Later(async move {
+            match shared.check(key, limiter.interval, limiter.burst).await {
+                Some(answer) => answer,
+                None => limiter.check_here(key),
+            }
+        })
     }
 
     /// Forgets idle callers; run periodically to bound memory.
@@ -104,8 +150,8 @@ impl RateLimits {
             .into_iter()
             .flatten()
         {
-            limiter.0.retain_recent();
-            limiter.0.shrink_to_fit();
+            limiter.counts.retain_recent();
+            limiter.counts.shrink_to_fit();
         }
     }
 }

@@ -456,7 +456,7 @@ pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Ve
         return Ok(Verification::Invalid(Rejection::Malformed));
     };
     let digest = secret.digest();
-    if let Err(retry_after) = state.rate_limits.check(RateKey::api_key(&digest)) {
+    if let Err(retry_after) = state.rate_limits.check(RateKey::api_key(&digest)).await {
         return Err(AppError::ResourceExhausted {
             message: "rate limit for this API key exceeded; retry later".into(),
             retry_after,

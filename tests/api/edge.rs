@@ -82,7 +82,8 @@ pub async fn raw_unary(addr: SocketAddr, path: &str, message: &[u8]) -> Code {
     call.code().await
 }
 
-async fn scrape(addr: SocketAddr) -> String {
+/// The metrics endpoint's page.
+pub async fn scrape(addr: SocketAddr) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")

@@ -4,14 +4,12 @@
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatbot_backend::proto;
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
 use tonic::transport::Channel;
 use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
@@ -19,7 +17,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::ServingStatus;
 
 use crate::helpers::{
-    backend_test, serving_addr, spawn_app_on, Bearer, TestDatabase, PASSWORD, SECRET_KEY,
+    backend_test, serving_addr, spawn_app_on, Bearer, TcpProxy, TestDatabase, PASSWORD, SECRET_KEY,
 };
 
 async fn health_status(channel: Channel, service: &str) -> Option<i32> {
@@ -157,57 +155,6 @@ async fn wait_for_readiness(channel: Channel, want: ServingStatus, polls: usize)
     (false, liveness_stayed_up)
 }
 
-/// A TCP proxy the test can cut (dropping every connection and refusing new
-/// ones) and restore.
-struct Proxy {
-    addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<AbortHandle>>>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (cut_flag, registry) = (cut.clone(), connections.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                if AtomicBool::load(&cut_flag, Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                registry.lock().unwrap().push(task.abort_handle());
-            }
-        });
-        Self {
-            addr,
-            cut,
-            connections,
-        }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for connection in self.connections.lock().unwrap().drain(..) {
-            connection.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
 #[derive(QueryableByName)]
 struct Id {
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -223,7 +170,7 @@ async fn a_postgres_outage_answers_unavailable_flips_readiness_and_loses_no_ackn
             .parse()
             .unwrap()
     };
-    let proxy = Proxy::start(postgres).await;
+    let proxy = TcpProxy::start(postgres).await;
     let via_proxy = database.url_via(proxy.addr);
     let direct_url = database.url.clone();
     let app = spawn_app_on(

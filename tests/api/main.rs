@@ -21,4 +21,5 @@ mod readme;
 mod schema;
 mod server;
 mod sessions;
+mod shared_limits;
 mod users;

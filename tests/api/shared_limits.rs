@@ -1,0 +1,190 @@
+//! Rate limits shared through Redis (`REDIS_URL`): one limit for every
+//! replica, and an in-process fallback while Redis does not answer. Each
+//! test writes under its own key prefix in its own Redis database and
+//! deletes what it wrote.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use chatbot_backend::proto;
+use tonic::Code;
+
+use crate::edge::scrape;
+use crate::helpers::{logs, spawn_app_with, Clients, TcpProxy};
+
+/// Redis database the tests use, apart from anything else on the server.
+const TEST_REDIS_DB: u32 = 9;
+
+fn redis_addr() -> SocketAddr {
+    std::env::var("TEST_REDIS_ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:6379".into())
+        .parse()
+        .expect("TEST_REDIS_ADDR is host:port")
+}
+
+fn redis_url(addr: SocketAddr) -> String {
+    format!("redis://{addr}/{TEST_REDIS_DB}")
+}
+
+/// A key prefix of this test's own, whose keys are deleted on drop.
+struct RedisPrefix(String);
+
+impl RedisPrefix {
+    fn new() -> Self {
+        Self(format!("test-{}:", uuid::Uuid::new_v4().simple()))
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let url = redis_url(redis_addr());
+        let pattern = format!("{}*", self.0);
+        let _ = std::thread::spawn(move || {
+            let Ok(client) = redis::Client::open(url) else {
+                return;
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    return;
+                };
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(&pattern)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// An anonymous call, counted against the client's address: `Ok` if the
+/// limit let it through (the server then answers UNAUTHENTICATED), `Err`
+/// if the limit refused it.
+async fn anonymous_call(clients: &Clients) -> Result<(), ()> {
+    let status = clients
+        .auth(None)
+        .get_current_user(proto::GetCurrentUserRequest {})
+        .await
+        .expect_err("no token, no user");
+    match status.code() {
+        Code::Unauthenticated => Ok(()),
+        Code::ResourceExhausted => Err(()),
+        other => panic!("a rate-limited anonymous call answered {other:?}: {status:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_sharing_redis_enforce_one_limit_between_them() {
+    let prefix = RedisPrefix::new();
+    let url = redis_url(redis_addr());
+    // One call a second per address, in bursts of three.
+    let app = spawn_app_with(&[
+        "--rate-limit-per-address",
+        "1",
+        "--rate-limit-burst-factor",
+        "3",
+        "--redis-url",
+        &url,
+        "--redis-key-prefix",
+        &prefix.0,
+    ])
+    .await;
+    let replica = app
+        .spawn_replica_process(&[
+            ("RATE_LIMIT_PER_ADDRESS", "1"),
+            ("RATE_LIMIT_BURST_FACTOR", "3"),
+            ("REDIS_URL", &url),
+            ("REDIS_KEY_PREFIX", &prefix.0),
+        ])
+        .await;
+
+    let started = Instant::now();
+    let mut allowed = 0;
+    for call in 0..10 {
+        let through = if call % 2 == 0 { &*app } else { &*replica };
+        allowed += usize::from(anonymous_call(through).await.is_ok());
+    }
+    // Each replica counting alone would let 3 + 3 through; shared, the
+    // burst of 3 (plus one per second the calls took) is all.
+    let refilled = usize::try_from(started.elapsed().as_secs()).unwrap();
+    assert!(
+        (3..=3 + refilled).contains(&allowed),
+        "{allowed} of 10 calls through two replicas were let through; the shared burst is 3 (+{refilled} refilled)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_falls_back_to_counting_in_process_and_recovers() {
+    let prefix = RedisPrefix::new();
+    let proxy = TcpProxy::start(redis_addr()).await;
+    let app = spawn_app_with(&[
+        "--rate-limit-per-address",
+        "1",
+        "--rate-limit-burst-factor",
+        "3",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--redis-url",
+        &redis_url(proxy.addr),
+        "--redis-key-prefix",
+        &prefix.0,
+    ])
+    .await;
+    let fallback_warning = "Redis did not answer a rate-limit check";
+    let warnings_before = logs().matches(fallback_warning).count();
+
+    // Shared counts: two of the burst of three spent in Redis.
+    for _ in 0..2 {
+        anonymous_call(&app).await.expect("within the burst");
+    }
+
+    proxy.cut();
+    // Every call is still answered at once, now by this process's own
+    // bucket, which still limits: a fresh burst of three, then refusals.
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        let started = Instant::now();
+        answers.push(anonymous_call(&app).await);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a check during the outage waited {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        answers.iter().any(Result::is_ok) && answers.iter().any(Result::is_err),
+        "during the outage the in-process limit should let some calls through and refuse others: {answers:?}"
+    );
+    assert_eq!(
+        logs().matches(fallback_warning).count() - warnings_before,
+        1,
+        "one WARN per outage, not one per call"
+    );
+    let metrics = scrape(app.metrics_addr.unwrap()).await;
+    let fallbacks: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("rate_limit_store_fallbacks_total "))
+        .expect("the fallback counter is exported")
+        .parse()
+        .unwrap();
+    assert!(
+        fallbacks >= 6.0,
+        "{fallbacks} fallbacks counted for 6 checks during the outage"
+    );
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !logs().contains("Redis answers again") {
+        assert!(Instant::now() < deadline, "never went back to Redis");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = anonymous_call(&app).await;
+    }
+}

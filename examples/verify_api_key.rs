@@ -11,7 +11,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // first command-line argument.
     let presented = std::env::args().nth(1).unwrap_or_default();
     let answer = client
-        .verify_api_key(VerifyApiKeyRequest { key: presented })
+        .verify_api_key(VerifyApiKeyRequest {
+            key: presented,
+            // What this call spends from the key's credits, if it has any
+            // (e.g. the request's LLM tokens); 0 means 1.
+            cost: 1,
+        })
         .await? // an error status means the check itself failed (e.g. UNAVAILABLE)
         .into_inner();
 
@@ -25,6 +30,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match answer.reason() {
             VerifyApiKeyReason::Revoked | VerifyApiKeyReason::Expired => {
                 println!("key no longer valid")
+            }
+            // Over the key's own rate limit or out of credits: nothing was
+            // spent; tell the client when to come back (e.g. HTTP 429).
+            VerifyApiKeyReason::RateLimited | VerifyApiKeyReason::UsageExceeded => {
+                println!("over its limits until {:?}", answer.reset_time)
             }
             other => println!("rejected: {other:?}"),
         }

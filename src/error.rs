@@ -23,6 +23,22 @@ impl Violations {
     pub fn push(&mut self, violation: FieldViolation) {
         self.0.push(violation);
     }
+
+    /// Keeps a part's violation, if it has one.
+    pub fn check(&mut self, part: Result<(), FieldViolation>) {
+        if let Err(violation) = part {
+            self.push(violation);
+        }
+    }
+
+    /// Every violation kept, or none.
+    pub fn finish(self) -> AppResult<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::InvalidArgument(self.0))
+        }
+    }
 }
 
 /// One parsed part of a request: a field's `Result`, or the [`Violations`]

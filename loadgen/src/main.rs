@@ -362,7 +362,10 @@ impl Caller {
                     _ => MALFORMED_KEY.to_owned(),
                 };
                 self.api_keys
-                    .verify_api_key(proto::VerifyApiKeyRequest { key })
+                    .verify_api_key(proto::VerifyApiKeyRequest {
+                        key,
+                        ..Default::default()
+                    })
                     .await
                     .map(|response| Some(response.into_inner().reason))
             }
@@ -566,6 +569,7 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
                 chatbot_id: chatbot_id.clone(),
                 display_name: "loadgen".into(),
                 expire_time: None,
+                ..Default::default()
             })
             .await
             .context("CreateApiKey")?

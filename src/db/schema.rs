@@ -5,6 +5,29 @@
 
 diesel::table! {
     use diesel::sql_types::*;
+    use crate::db::sql_types::DbTimestamp;
+
+    /// A key's own rate limit and credits; no row: neither.
+    api_key_limits (api_key_id) {
+        /// The key; deleting it deletes its limits.
+        api_key_id -> Int8,
+        /// Calls allowed per rate_limit_window_ms (a bucket refilling evenly); NULL: no limit of its own.
+        rate_limit_calls -> Nullable<Int8>,
+        /// The rate limit's window in milliseconds.
+        rate_limit_window_ms -> Nullable<Int8>,
+        /// Balance of credits as of the last refill and spend; NULL: unlimited. Never below zero.
+        credits_remaining -> Nullable<Int8>,
+        /// The balance after each refill; NULL: no refill.
+        credits_refill_amount -> Nullable<Int8>,
+        /// Time between refills in milliseconds.
+        credits_refill_interval_ms -> Nullable<Int8>,
+        /// The last refill (or when the refill was set); the next is one interval later.
+        credits_refilled_at -> Nullable<DbTimestamp>,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
     use crate::db::sql_types::{DbTimestamp, DbUuid};
 
     /// Credentials for calling a chatbot; only digests are stored.
@@ -133,12 +156,14 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(api_key_limits -> api_keys (api_key_id));
 diesel::joinable!(api_keys -> chatbots (chatbot_id));
 diesel::joinable!(chatbots -> users (owner_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    api_key_limits,
     api_keys,
     chatbots,
     login_attempts,

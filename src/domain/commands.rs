@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ApiKeyId, ApiKeySecret, ChatbotId, ChatbotName, DisplayText, Email, FieldViolation,
-    LlmEndpoint, PageRequest, Password, Role, UserId,
+    ApiKeyId, ApiKeySecret, ChatbotId, ChatbotName, CreditsSetting, DisplayText, Email,
+    FieldViolation, KeyRateLimit, LlmEndpoint, PageRequest, Password, Refill, Role, UserId,
 };
 
 /// CreateUser: sign-up, or an admin creating a user.
@@ -60,6 +60,31 @@ pub struct CreateApiKey {
     pub chatbot_id: ChatbotId,
     pub display_name: DisplayText,
     pub expires_at: Option<DateTime<Utc>>,
+    pub rate_limit: Option<KeyRateLimit>,
+    pub credits: Option<CreditsSetting>,
+}
+
+/// UpdateApiKey: the fields its mask names (`Some`), each with its new
+/// value (`None` inside clears it).
+#[derive(Debug)]
+pub struct UpdateApiKey {
+    pub id: ApiKeyId,
+    pub display_name: Option<DisplayText>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub rate_limit: Option<Option<KeyRateLimit>>,
+    pub credits: CreditsChange,
+}
+
+/// What UpdateApiKey does to a key's credits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditsChange {
+    Unchanged,
+    /// `credits`: the balance and the refill; `None` makes the key unlimited.
+    Replace(Option<CreditsSetting>),
+    /// `credits.remaining`: the balance only (a top-up).
+    Balance(i64),
+    /// `credits.refill`: the refill only; `None` stops refilling.
+    Refill(Option<Refill>),
 }
 
 /// Which of a chatbot's keys ListApiKeys returns.
@@ -89,6 +114,8 @@ pub struct RotateApiKey {
 #[derive(Debug)]
 pub struct VerifyApiKey {
     pub secret: Option<ApiKeySecret>,
+    /// What the call spends from the key's credits (at least 1).
+    pub cost: i64,
 }
 
 /// Login.

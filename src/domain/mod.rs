@@ -8,6 +8,7 @@ mod display_text;
 mod email;
 mod field_violation;
 mod ids;
+mod key_limits;
 mod paging;
 mod password;
 mod public_host;
@@ -17,13 +18,16 @@ mod time_range;
 pub use api_key_secret::{ApiKeyDigest, ApiKeySecret, API_KEY_PREFIX};
 pub use chatbot::{ChatbotName, LlmEndpoint};
 pub use commands::{
-    ApiKeyFilter, CreateApiKey, CreateChatbot, CreateUser, ListApiKeys, ListChatbots, Login,
-    RotateApiKey, UpdateChatbot, UpdateUser, VerifyApiKey,
+    ApiKeyFilter, CreateApiKey, CreateChatbot, CreateUser, CreditsChange, ListApiKeys,
+    ListChatbots, Login, RotateApiKey, UpdateApiKey, UpdateChatbot, UpdateUser, VerifyApiKey,
 };
 pub use display_text::DisplayText;
 pub use email::Email;
 pub use field_violation::FieldViolation;
 pub use ids::{ApiKeyId, ChatbotId, RefreshTokenId, SessionId, UserId};
+pub use key_limits::{
+    parse_balance, parse_cost, CreditsSetting, CreditsState, KeyRateLimit, Refill, MAX_COST,
+};
 pub use paging::{Page, PageCursor, PageRequest};
 pub use password::Password;
 pub use role::Role;

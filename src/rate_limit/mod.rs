@@ -15,10 +15,13 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::auth::client_network;
-use crate::domain::{ApiKeyDigest, UserId};
+use crate::domain::{ApiKeyDigest, ApiKeyId, KeyRateLimit, UserId};
 
 mod layer;
+mod own_limits;
 pub mod shared;
+
+use own_limits::OwnLimits;
 
 pub use layer::RateLimitGate;
 pub use shared::SharedLimits;
@@ -30,6 +33,8 @@ pub enum RateKey {
     Address(IpAddr),
     /// First 16 bytes of the key's digest: enough to tell keys apart.
     ApiKey([u8; 16]),
+    /// A key's own limit (`ApiKey.rate_limit`), which its owner sets.
+    OwnLimit(ApiKeyId),
 }
 
 impl RateKey {
@@ -87,6 +92,7 @@ pub struct RateLimits {
     user: Option<Arc<Limiter>>,
     address: Option<Arc<Limiter>>,
     api_key: Option<Arc<Limiter>>,
+    own_limits: Arc<OwnLimits>,
     shared: Option<Arc<SharedLimits>>,
 }
 
@@ -103,6 +109,7 @@ impl RateLimits {
             user: make(settings.per_user),
             address: make(settings.per_address),
             api_key: make(settings.per_api_key),
+            own_limits: Arc::default(),
             shared: shared.map(Arc::new),
         }
     }
@@ -112,6 +119,7 @@ impl RateLimits {
             RateKey::User(_) => self.user.as_ref(),
             RateKey::Address(_) => self.address.as_ref(),
             RateKey::ApiKey(_) => self.api_key.as_ref(),
+            RateKey::OwnLimit(_) => None,
         }
     }
 
@@ -144,8 +152,21 @@ impl RateLimits {
         })
     }
 
+    /// A key's own limit: `Err(retry_after)` when its bucket is empty. In
+    /// Redis if it is configured and answers, else in this process.
+    pub async fn check_own_limit(&self, id: ApiKeyId, limit: KeyRateLimit) -> Result<(), Duration> {
+        if let Some(shared) = &self.shared {
+            let key = RateKey::OwnLimit(id);
+            if let Some(answer) = shared.check(key, limit.interval(), limit.calls()).await {
+                return answer;
+            }
+        }
+        self.own_limits.check(id, limit.interval(), limit.calls())
+    }
+
     /// Forgets idle callers; run periodically to bound memory.
     pub fn sweep(&self) {
+        self.own_limits.sweep();
         for limiter in [&self.user, &self.address, &self.api_key]
             .into_iter()
             .flatten()

@@ -165,6 +165,7 @@ impl SharedLimits {
                 let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
                 format!("{prefix}rate:api_key:{hex}")
             }
+            RateKey::OwnLimit(id) => format!("{prefix}rate:own_limit:{id}"),
         }
     }
 }

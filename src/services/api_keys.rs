@@ -7,21 +7,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, TimeDelta, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
-use super::convert;
-use super::{delete_row, AppState, Origin, Rpc};
+use super::convert::{self, mask_paths};
+use super::{delete_row, required, AppState, Origin, Rpc};
 use crate::auth::Caller;
-use crate::db::models::{ApiKey, Chatbot, NewApiKey, VerificationRecord};
+use crate::db::models::{
+    ApiKey, Chatbot, KeyLimitChanges, KeyLimits, KeyWithLimits, NewApiKey, VerificationRecord,
+};
 use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation};
 use crate::domain::{
-    ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, CreateApiKey, DisplayText, ListApiKeys, Page,
-    PageRequest, RotateApiKey, VerifyApiKey,
+    parse_balance, parse_cost, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, CreateApiKey,
+    CreditsChange, CreditsSetting, DisplayText, ListApiKeys, Page, PageRequest, Refill,
+    RotateApiKey, UpdateApiKey, VerifyApiKey,
 };
-use crate::error::{parsed, AppError, AppResult, FieldViolation};
+use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::hot_path::api_key_cache::Lookup;
 use crate::proto::api_key_service_server::ApiKeyService;
 use crate::proto::{self, VerifyApiKeyReason};
@@ -29,7 +32,7 @@ use crate::proto::{
     CreateApiKeyRequest, CreateApiKeyResponse, DeleteApiKeyRequest, DeleteApiKeyResponse,
     GetApiKeyRequest, GetApiKeyResponse, ListApiKeysRequest, ListApiKeysResponse,
     RevokeApiKeyRequest, RevokeApiKeyResponse, RotateApiKeyRequest, RotateApiKeyResponse,
-    VerifyApiKeyRequest, VerifyApiKeyResponse,
+    UpdateApiKeyRequest, UpdateApiKeyResponse, VerifyApiKeyRequest, VerifyApiKeyResponse,
 };
 use crate::rate_limit::RateKey;
 
@@ -53,6 +56,14 @@ impl ApiKeyService for ApiKeys {
     async fn get_api_key(&self, request: Request<GetApiKeyRequest>) -> Rpc<GetApiKeyResponse> {
         let parse = |message: GetApiKeyRequest, _: &Caller| ApiKeyId::parse("id", message.id);
         self.0.serve(request, parse, get_api_key).await
+    }
+
+    async fn update_api_key(
+        &self,
+        request: Request<UpdateApiKeyRequest>,
+    ) -> Rpc<UpdateApiKeyResponse> {
+        let parse = |message, _: &Caller| UpdateApiKey::try_from(message);
+        self.0.serve(request, parse, update_api_key).await
     }
 
     async fn list_api_keys(
@@ -106,16 +117,9 @@ impl TryFrom<proto::CreateApiKeyRequest> for CreateApiKey {
         let expires_at = request
             .expire_time
             .as_ref()
-            .map(
-                |time| match convert::parse_timestamp("expire_time", time)? {
-                    time if time <= now => {
-                        Err(FieldViolation::new("expire_time", "must be in the future"))
-                    }
-                    time => Ok(time),
-                },
-            )
+            .map(|time| future_time("expire_time", time, now))
             .transpose();
-        let (chatbot_id, display_name, expires_at) = parsed((
+        let (chatbot_id, display_name, expires_at, rate_limit, credits) = parsed((
             ChatbotId::parse("chatbot_id", &request.chatbot_id),
             DisplayText::parse(
                 "display_name",
@@ -123,11 +127,23 @@ impl TryFrom<proto::CreateApiKeyRequest> for CreateApiKey {
                 MAX_DISPLAY_NAME_CHARS,
             ),
             expires_at,
+            request
+                .rate_limit
+                .as_ref()
+                .map(|limit| convert::parse_rate_limit("rate_limit", limit))
+                .transpose(),
+            request
+                .credits
+                .as_ref()
+                .map(|credits| convert::parse_credits("credits", credits))
+                .transpose(),
         ))?;
         Ok(Self {
             chatbot_id,
             display_name,
             expires_at,
+            rate_limit,
+            credits,
         })
     }
 }
@@ -191,25 +207,154 @@ impl TryFrom<proto::RotateApiKeyRequest> for RotateApiKey {
     }
 }
 
-impl From<proto::VerifyApiKeyRequest> for VerifyApiKey {
-    fn from(request: proto::VerifyApiKeyRequest) -> Self {
-        Self {
-            secret: ApiKeySecret::parse(&request.key),
+/// A time a request sets, which must be in the future.
+fn future_time(
+    field: &str,
+    time: &prost_types::Timestamp,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, FieldViolation> {
+    match convert::parse_timestamp(field, time)? {
+        time if time <= now => Err(FieldViolation::new(field, "must be in the future")),
+        time => Ok(time),
+    }
+}
+
+impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
+    type Error = AppError;
+
+    /// A path in the mask whose field is unset clears it.
+    fn try_from(request: proto::UpdateApiKeyRequest) -> AppResult<Self> {
+        let key = required(request.api_key, "api_key")?;
+        let mut violations = Violations::new();
+        if request
+            .update_mask
+            .as_ref()
+            .is_none_or(|mask| mask.paths.is_empty())
+        {
+            violations.push(FieldViolation::new(
+                "update_mask",
+                "name at least one field to change",
+            ));
         }
+        let paths = mask_paths(
+            request.update_mask.as_ref(),
+            &[
+                "display_name",
+                "expire_time",
+                "rate_limit",
+                "credits",
+                "credits.remaining",
+                "credits.refill",
+            ],
+            &[
+                "id",
+                "chatbot_id",
+                "key_prefix",
+                "revoked",
+                "create_time",
+                "revoke_time",
+                "last_used_time",
+                "credits.next_refill_time",
+            ],
+            &mut violations,
+        );
+        let credit_paths = paths
+            .iter()
+            .filter(|path| path.starts_with("credits"))
+            .count();
+        if credit_paths > 1 {
+            violations.push(FieldViolation::new(
+                "update_mask",
+                "name credits, credits.remaining or credits.refill, not several",
+            ));
+        }
+        let mut cmd = UpdateApiKey {
+            id: ApiKeyId(key.id),
+            display_name: None,
+            expires_at: None,
+            rate_limit: None,
+            credits: CreditsChange::Unchanged,
+        };
+        violations.check(ApiKeyId::parse("api_key.id", key.id).map(|id| cmd.id = id));
+        let now = Utc::now();
+        for path in paths {
+            match path {
+                "display_name" => violations.check(
+                    DisplayText::parse(
+                        "api_key.display_name",
+                        &key.display_name,
+                        MAX_DISPLAY_NAME_CHARS,
+                    )
+                    .map(|name| cmd.display_name = Some(name)),
+                ),
+                "expire_time" => violations.check(
+                    key.expire_time
+                        .as_ref()
+                        .map(|time| future_time("api_key.expire_time", time, now))
+                        .transpose()
+                        .map(|time| cmd.expires_at = Some(time)),
+                ),
+                "rate_limit" => violations.check(
+                    key.rate_limit
+                        .as_ref()
+                        .map(|limit| convert::parse_rate_limit("api_key.rate_limit", limit))
+                        .transpose()
+                        .map(|limit| cmd.rate_limit = Some(limit)),
+                ),
+                "credits" => violations.check(
+                    key.credits
+                        .as_ref()
+                        .map(|credits| convert::parse_credits("api_key.credits", credits))
+                        .transpose()
+                        .map(|credits| cmd.credits = CreditsChange::Replace(credits)),
+                ),
+                "credits.remaining" => {
+                    let remaining = key.credits.as_ref().map_or(0, |credits| credits.remaining);
+                    violations.check(
+                        parse_balance("api_key.credits.remaining", remaining)
+                            .map(|remaining| cmd.credits = CreditsChange::Balance(remaining)),
+                    );
+                }
+                "credits.refill" => violations.check(
+                    key.credits
+                        .as_ref()
+                        .and_then(|credits| credits.refill.as_ref())
+                        .map(|refill| convert::parse_refill("api_key.credits.refill", refill))
+                        .transpose()
+                        .map(|refill| cmd.credits = CreditsChange::Refill(refill)),
+                ),
+                _ => {}
+            }
+        }
+        violations.finish()?;
+        Ok(cmd)
+    }
+}
+
+impl TryFrom<proto::VerifyApiKeyRequest> for VerifyApiKey {
+    type Error = AppError;
+
+    /// A key that cannot be ours is an answer (malformed), not an error; a
+    /// cost out of range is.
+    fn try_from(request: proto::VerifyApiKeyRequest) -> AppResult<Self> {
+        Ok(Self {
+            cost: parse_cost("cost", request.cost)?,
+            secret: ApiKeySecret::parse(&request.key),
+        })
     }
 }
 
 /// A new key, with its secret: shown once, never stored.
 pub struct NewKey {
-    pub api_key: ApiKey,
+    pub api_key: KeyWithLimits,
     pub secret: ApiKeySecret,
 }
 
 /// A rotation's replacement key (with its secret) and the key it replaced.
 pub struct RotatedKey {
-    pub api_key: ApiKey,
+    pub api_key: KeyWithLimits,
     pub secret: ApiKeySecret,
-    pub previous: ApiKey,
+    pub previous: KeyWithLimits,
 }
 
 impl From<NewKey> for CreateApiKeyResponse {
@@ -231,10 +376,14 @@ impl From<RotatedKey> for RotateApiKeyResponse {
     }
 }
 
-/// VerifyApiKey's answer: what a valid key grants, or why it is not valid.
+/// VerifyApiKey's answer: what a valid key grants (and the balance it
+/// leaves, for a key with credits), or why it is not valid.
 #[derive(Debug)]
 pub enum Verification {
-    Valid(Arc<VerificationRecord>),
+    Valid {
+        record: Arc<VerificationRecord>,
+        credits_remaining: Option<i64>,
+    },
     Invalid(Rejection),
 }
 
@@ -246,6 +395,15 @@ pub enum Rejection {
     NotFound,
     Revoked,
     Expired,
+    /// The key's own rate limit is reached until `retry_at`.
+    RateLimited {
+        retry_at: DateTime<Utc>,
+    },
+    /// The balance does not cover the cost; the next refill, if any.
+    UsageExceeded {
+        remaining: i64,
+        next_refill: Option<DateTime<Utc>>,
+    },
 }
 
 impl From<Rejection> for VerifyApiKeyReason {
@@ -255,6 +413,8 @@ impl From<Rejection> for VerifyApiKeyReason {
             Rejection::NotFound => VerifyApiKeyReason::NotFound,
             Rejection::Revoked => VerifyApiKeyReason::Revoked,
             Rejection::Expired => VerifyApiKeyReason::Expired,
+            Rejection::RateLimited { .. } => VerifyApiKeyReason::RateLimited,
+            Rejection::UsageExceeded { .. } => VerifyApiKeyReason::UsageExceeded,
         }
     }
 }
@@ -262,19 +422,36 @@ impl From<Rejection> for VerifyApiKeyReason {
 impl From<Verification> for proto::VerifyApiKeyResponse {
     fn from(verification: Verification) -> Self {
         match verification {
-            Verification::Valid(record) => proto::VerifyApiKeyResponse {
+            Verification::Valid {
+                record,
+                credits_remaining,
+            } => proto::VerifyApiKeyResponse {
                 valid: true,
                 reason: VerifyApiKeyReason::Valid.into(),
                 api_key_id: record.id.0,
                 chatbot_id: record.chatbot_id.to_string(),
                 owner_id: record.owner_id.to_string(),
                 llm_endpoint_url: record.llm_endpoint_url.clone(),
+                credits_remaining,
+                reset_time: None,
             },
-            Verification::Invalid(reason) => proto::VerifyApiKeyResponse {
-                valid: false,
-                reason: VerifyApiKeyReason::from(reason).into(),
-                ..Default::default()
-            },
+            Verification::Invalid(reason) => {
+                let (credits_remaining, reset_time) = match reason {
+                    Rejection::RateLimited { retry_at } => (None, Some(retry_at)),
+                    Rejection::UsageExceeded {
+                        remaining,
+                        next_refill,
+                    } => (Some(remaining), next_refill),
+                    _ => (None, None),
+                };
+                proto::VerifyApiKeyResponse {
+                    valid: false,
+                    reason: VerifyApiKeyReason::from(reason).into(),
+                    credits_remaining,
+                    reset_time: reset_time.map(convert::timestamp),
+                    ..Default::default()
+                }
+            }
         }
     }
 }
@@ -315,41 +492,119 @@ pub async fn create_api_key(
                     },
                 )
                 .await?;
-                Ok(key)
+                let limits = KeyLimitChanges::new_key(cmd.rate_limit, cmd.credits, now);
+                KeyLimits::apply(conn, key.id, &limits).await?;
+                Ok(KeyWithLimits::load(conn, key).await?)
             }
             .scope_boxed()
         })
         .await?;
-    tracing::info!(api_key_id = %api_key.id, chatbot_id = %chatbot_id, "API key created");
+    tracing::info!(api_key_id = %api_key.key.id, chatbot_id = %chatbot_id, "API key created");
     Ok(NewKey { api_key, secret })
 }
 
-pub async fn get_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> AppResult<ApiKey> {
-    let mut conn = state.db.conn().await?;
-    authorized_key(&mut conn, caller, id).await
-}
-
-pub async fn list_api_keys(
+pub async fn get_api_key(
     state: &AppState,
     caller: &Caller,
-    cmd: ListApiKeys,
-) -> AppResult<Page<ApiKey>> {
+    id: ApiKeyId,
+) -> AppResult<KeyWithLimits> {
     let mut conn = state.db.conn().await?;
-    authorize_chatbot(&mut conn, caller, cmd.filter.chatbot_id).await?;
-    let keys = ApiKey::list(&mut conn, &cmd.filter, &cmd.page).await?;
-    Ok(cmd.page.page(keys, ApiKey::cursor))
+    let key = authorized_key(&mut conn, caller, id).await?;
+    Ok(KeyWithLimits::load(&mut conn, key).await?)
 }
 
-pub async fn revoke_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> AppResult<ApiKey> {
+/// Under the key's lock, so concurrent updates apply one after the other;
+/// spends in between are kept (only the fields named are written).
+pub async fn update_api_key(
+    state: &AppState,
+    caller: &Caller,
+    cmd: UpdateApiKey,
+) -> AppResult<KeyWithLimits> {
+    let id = cmd.id;
     let mut conn = state.db.conn().await?;
     authorized_key(&mut conn, caller, id).await?;
     let key = state
         .caches
         .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
             async move {
-                ApiKey::revoke(conn, id, Utc::now())
+                if !ApiKey::lock(conn, id).await? {
+                    return Err(AppError::NotFound("API key"));
+                }
+                let name = cmd.display_name.as_ref().map(DisplayText::as_str);
+                ApiKey::set_label_and_expiry(conn, id, name, cmd.expires_at).await?;
+                let now = Utc::now();
+                let mut limits = KeyLimitChanges::default();
+                if let Some(rate_limit) = cmd.rate_limit {
+                    limits.set_rate_limit(rate_limit);
+                }
+                match cmd.credits {
+                    CreditsChange::Unchanged => {}
+                    CreditsChange::Replace(credits) => limits.set_credits(credits, now),
+                    CreditsChange::Balance(remaining) => limits.set_balance(remaining),
+                    CreditsChange::Refill(refill) => {
+                        let has_balance = KeyLimits::find(conn, id)
+                            .await?
+                            .and_then(|limits| limits.credits())
+                            .is_some();
+                        match refill {
+                            // A refill needs a balance: an unlimited key
+                            // starts at the refill's amount.
+                            Some(refill) if !has_balance => limits.set_credits(
+                                Some(CreditsSetting {
+                                    remaining: refill.amount(),
+                                    refill: Some(refill),
+                                }),
+                                now,
+                            ),
+                            Some(refill) => limits.set_refill(Some(refill), now),
+                            None if has_balance => limits.set_refill(None, now),
+                            None => {}
+                        }
+                    }
+                }
+                KeyLimits::apply(conn, id, &limits).await?;
+                let key = ApiKey::find(conn, id)
                     .await?
-                    .ok_or(AppError::NotFound("API key"))
+                    .ok_or(AppError::NotFound("API key"))?;
+                Ok(KeyWithLimits::load(conn, key).await?)
+            }
+            .scope_boxed()
+        })
+        .await?;
+    tracing::info!(api_key_id = %id, "API key updated");
+    Ok(key)
+}
+
+pub async fn list_api_keys(
+    state: &AppState,
+    caller: &Caller,
+    cmd: ListApiKeys,
+) -> AppResult<Page<KeyWithLimits>> {
+    let mut conn = state.db.conn().await?;
+    authorize_chatbot(&mut conn, caller, cmd.filter.chatbot_id).await?;
+    let keys = ApiKey::list(&mut conn, &cmd.filter, &cmd.page).await?;
+    let page = cmd.page.page(keys, ApiKey::cursor);
+    Ok(Page {
+        items: KeyWithLimits::load_all(&mut conn, page.items).await?,
+        next_page_token: page.next_page_token,
+    })
+}
+
+pub async fn revoke_api_key(
+    state: &AppState,
+    caller: &Caller,
+    id: ApiKeyId,
+) -> AppResult<KeyWithLimits> {
+    let mut conn = state.db.conn().await?;
+    authorized_key(&mut conn, caller, id).await?;
+    let key = state
+        .caches
+        .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
+            async move {
+                let key = ApiKey::revoke(conn, id, Utc::now())
+                    .await?
+                    .ok_or(AppError::NotFound("API key"))?;
+                Ok(KeyWithLimits::load(conn, key).await?)
             }
             .scope_boxed()
         })
@@ -423,12 +678,17 @@ pub async fn rotate_api_key(
                 let old_key = ApiKey::mark_rotated(conn, id, grace_ends, now)
                     .await?
                     .ok_or(AppError::NotFound("API key"))?;
-                Ok((new_key, old_key))
+                let old_key = KeyWithLimits::load(conn, old_key).await?;
+                if let Some(limits) = &old_key.limits {
+                    KeyLimits::apply(conn, new_key.id, &KeyLimitChanges::copy_of(limits, now))
+                        .await?;
+                }
+                Ok((KeyWithLimits::load(conn, new_key).await?, old_key))
             }
             .scope_boxed()
         })
         .await?;
-    tracing::info!(old_api_key_id = %id, new_api_key_id = %api_key.id, "API key rotated");
+    tracing::info!(old_api_key_id = %id, new_api_key_id = %api_key.key.id, "API key rotated");
     Ok(RotatedKey {
         api_key,
         secret,
@@ -486,8 +746,97 @@ pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Ve
     if record.expires_at.is_some_and(|t| t <= now) {
         return Ok(Verification::Invalid(Rejection::Expired));
     }
+    if let Some(limit) = record.rate_limit() {
+        if let Err(retry_after) = state.rate_limits.check_own_limit(record.id, limit).await {
+            let retry_at = now + TimeDelta::from_std(retry_after).unwrap_or(TimeDelta::MAX);
+            return Ok(Verification::Invalid(Rejection::RateLimited { retry_at }));
+        }
+    }
+    let credits_remaining = if record.has_credits() {
+        match spend_credits(state, &record, cmd.cost, now).await? {
+            Spend::Spent(remaining) => Some(remaining),
+            Spend::Unlimited => None,
+            Spend::Short(rejection) => return Ok(Verification::Invalid(rejection)),
+        }
+    } else {
+        None
+    };
     state.last_used.record(record.id, now);
-    Ok(Verification::Valid(record))
+    Ok(Verification::Valid {
+        record,
+        credits_remaining,
+    })
+}
+
+/// What spending a verification's cost came to.
+enum Spend {
+    /// The balance after.
+    Spent(i64),
+    /// The key has no credits (any more): nothing to spend.
+    Unlimited,
+    /// The balance does not cover the cost; nothing was spent.
+    Short(Rejection),
+}
+
+/// Spends `cost` from the key's balance, refilling it first if a refill is
+/// due (lazily: no job per key). One conditional UPDATE in the common case;
+/// exact under any concurrency, on any number of replicas.
+async fn spend_credits(
+    state: &AppState,
+    record: &VerificationRecord,
+    cost: i64,
+    now: DateTime<Utc>,
+) -> AppResult<Spend> {
+    let mut conn = state.db.conn().await?;
+    if let Some((refill, seen)) = record.refill() {
+        refill_if_due(state, &mut conn, record.id, refill, seen, now).await?;
+    }
+    if let Some(remaining) = KeyLimits::spend(&mut conn, record.id, cost).await? {
+        return Ok(Spend::Spent(remaining));
+    }
+    // Short, or the cached record was stale (credits removed, or a refill
+    // this replica had not seen): read the row and decide on that.
+    let Some(credits) = KeyLimits::find(&mut conn, record.id)
+        .await?
+        .and_then(|limits| limits.credits())
+    else {
+        return Ok(Spend::Unlimited);
+    };
+    if let Some((refill, seen)) = credits.refill {
+        if refill_if_due(state, &mut conn, record.id, refill, seen, now).await? {
+            if let Some(remaining) = KeyLimits::spend(&mut conn, record.id, cost).await? {
+                return Ok(Spend::Spent(remaining));
+            }
+        }
+    }
+    let (remaining, next_refill) = KeyLimits::find(&mut conn, record.id)
+        .await?
+        .and_then(|limits| limits.credits())
+        .map_or((0, None), |credits| credits.as_of(now));
+    Ok(Spend::Short(Rejection::UsageExceeded {
+        remaining,
+        next_refill,
+    }))
+}
+
+/// Resets the balance if a refill boundary has passed since `seen`: whether
+/// one had. This replica's cached record then names an old refill, so it is
+/// dropped here (other replicas find out on their next spend).
+async fn refill_if_due(
+    state: &AppState,
+    conn: &mut DbConnection,
+    id: ApiKeyId,
+    refill: Refill,
+    seen: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> AppResult<bool> {
+    let boundary = refill.latest_boundary(seen, now);
+    if boundary <= seen {
+        return Ok(false);
+    }
+    KeyLimits::refill(conn, id, refill, seen, boundary).await?;
+    state.caches.invalidate_here(&Invalidation::Key(id));
+    Ok(true)
 }
 
 /// The caller may act on the chatbot ([`Caller::authorize`]).

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 use crate::db::models;
-use crate::domain::{self, Page, Role};
+use crate::domain::{self, parse_balance, CreditsSetting, KeyRateLimit, Page, Refill, Role};
 use crate::error::{FieldViolation, Violations};
 use crate::proto;
 
@@ -99,9 +99,26 @@ impl From<models::Chatbot> for proto::Chatbot {
     }
 }
 
-impl From<models::ApiKey> for proto::ApiKey {
-    fn from(row: models::ApiKey) -> Self {
+impl From<models::KeyWithLimits> for proto::ApiKey {
+    fn from(models::KeyWithLimits { key: row, limits }: models::KeyWithLimits) -> Self {
+        let rate_limit = limits.and_then(|limits| limits.rate_limit());
+        let credits = limits.and_then(|limits| limits.credits());
         proto::ApiKey {
+            rate_limit: rate_limit.map(|limit| proto::RateLimit {
+                limit: i64::from(limit.calls()),
+                window: prost_types::Duration::try_from(limit.window()).ok(),
+            }),
+            credits: credits.map(|credits| {
+                let (remaining, next_refill) = credits.as_of(Utc::now());
+                proto::Credits {
+                    remaining,
+                    refill: credits.refill.map(|(refill, _)| proto::Refill {
+                        amount: refill.amount(),
+                        interval: prost_types::Duration::try_from(refill.interval()).ok(),
+                    }),
+                    next_refill_time: next_refill.map(timestamp),
+                }
+            }),
             id: row.id.0,
             chatbot_id: row.chatbot_id.to_string(),
             display_name: row.display_name,
@@ -113,6 +130,47 @@ impl From<models::ApiKey> for proto::ApiKey {
             last_used_time: row.last_used_at.map(timestamp),
         }
     }
+}
+
+/// A key's own rate limit as a request sets it (`field` names the message).
+pub fn parse_rate_limit(
+    field: &str,
+    limit: &proto::RateLimit,
+) -> Result<KeyRateLimit, FieldViolation> {
+    let window_field = format!("{field}.window");
+    let window = limit
+        .window
+        .as_ref()
+        .ok_or_else(|| FieldViolation::new(&window_field, "is required"))?;
+    KeyRateLimit::parse(field, limit.limit, parse_duration(&window_field, window)?)
+}
+
+/// Credits as a request sets them (`field` names the message).
+pub fn parse_credits(
+    field: &str,
+    credits: &proto::Credits,
+) -> Result<CreditsSetting, FieldViolation> {
+    Ok(CreditsSetting {
+        remaining: parse_balance(&format!("{field}.remaining"), credits.remaining)?,
+        refill: credits
+            .refill
+            .as_ref()
+            .map(|refill| parse_refill(&format!("{field}.refill"), refill))
+            .transpose()?,
+    })
+}
+
+pub fn parse_refill(field: &str, refill: &proto::Refill) -> Result<Refill, FieldViolation> {
+    let interval_field = format!("{field}.interval");
+    let interval = refill
+        .interval
+        .as_ref()
+        .ok_or_else(|| FieldViolation::new(&interval_field, "is required"))?;
+    Refill::parse(
+        field,
+        refill.amount,
+        parse_duration(&interval_field, interval)?,
+    )
 }
 
 /// Converts every row of a list.
@@ -139,8 +197,9 @@ resource_responses! {
     CreateChatbotResponse.chatbot <- models::Chatbot,
     GetChatbotResponse.chatbot <- models::Chatbot,
     UpdateChatbotResponse.chatbot <- models::Chatbot,
-    GetApiKeyResponse.api_key <- models::ApiKey,
-    RevokeApiKeyResponse.api_key <- models::ApiKey,
+    GetApiKeyResponse.api_key <- models::KeyWithLimits,
+    RevokeApiKeyResponse.api_key <- models::KeyWithLimits,
+    UpdateApiKeyResponse.api_key <- models::KeyWithLimits,
 }
 
 /// List responses: `Response.items_field <- Row`, with the page token.
@@ -157,7 +216,7 @@ macro_rules! page_responses {
 page_responses! {
     ListUsersResponse.users <- models::User,
     ListChatbotsResponse.chatbots <- models::Chatbot,
-    ListApiKeysResponse.api_keys <- models::ApiKey,
+    ListApiKeysResponse.api_keys <- models::KeyWithLimits,
 }
 
 /// Responses with no fields, to operations that return nothing.

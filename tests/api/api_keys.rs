@@ -104,6 +104,7 @@ backend_test! {
                 chatbot_id: chatbot.id.clone(),
                 display_name: "short".into(),
                 expire_time: Some(in_seconds(2)),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -121,6 +122,7 @@ backend_test! {
                     chatbot_id: chatbot.id.clone(),
                     display_name: String::new(),
                     expire_time: Some(in_seconds(-10)),
+                    ..Default::default()
                 })
                 .await,
             Code::InvalidArgument,
@@ -353,6 +355,7 @@ backend_test! {
                 chatbot_id: chatbot.id.clone(),
                 display_name: "expiring".into(),
                 expire_time: Some(in_seconds(3600)),
+                ..Default::default()
             })
             .await
             .unwrap()

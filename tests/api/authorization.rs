@@ -274,7 +274,10 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
             .map(drop),
         Rpc::VerifyApiKey => app
             .api_keys(token)
-            .verify_api_key(proto::VerifyApiKeyRequest { key: t.key.clone() })
+            .verify_api_key(proto::VerifyApiKeyRequest {
+                key: t.key.clone(),
+                ..Default::default()
+            })
             .await
             .map(drop),
         Rpc::GetCurrentUser => app

@@ -839,6 +839,7 @@ impl TestApp {
                 chatbot_id: chatbot_id.into(),
                 display_name: "test key".into(),
                 expire_time: None,
+                ..Default::default()
             })
             .await
             .expect("create API key")
@@ -847,7 +848,10 @@ impl TestApp {
 
     pub async fn verify(&self, key: &str) -> proto::VerifyApiKeyResponse {
         self.api_keys(None)
-            .verify_api_key(proto::VerifyApiKeyRequest { key: key.into() })
+            .verify_api_key(proto::VerifyApiKeyRequest {
+                key: key.into(),
+                ..Default::default()
+            })
             .await
             .expect("VerifyApiKey answers OK")
             .into_inner()

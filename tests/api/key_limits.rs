@@ -24,6 +24,7 @@ fn creation(chatbot_id: &str) -> proto::CreateApiKeyRequest {
         chatbot_id: chatbot_id.into(),
         display_name: "key".into(),
         expire_time: None,
+        ..Default::default()
     }
 }
 

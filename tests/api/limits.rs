@@ -93,7 +93,7 @@ backend_test! {
             let mut client = app.api_keys(None);
             async move {
                 client
-                    .verify_api_key(proto::VerifyApiKeyRequest { key })
+                    .verify_api_key(proto::VerifyApiKeyRequest { key, ..Default::default() })
                     .await
             }
         };

@@ -146,6 +146,7 @@ async fn api_key_display_names_refuse_hidden_characters_and_are_stored_nfc() {
             chatbot_id: chatbot.id.clone(),
             display_name: display_name.into(),
             expire_time: None,
+            ..Default::default()
         };
         async move { client.create_api_key(request).await }
     };

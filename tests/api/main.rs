@@ -6,6 +6,7 @@ mod api_keys;
 mod auth;
 mod authorization;
 mod chatbots;
+mod credits;
 mod edge;
 mod health;
 mod helpers;

@@ -152,6 +152,7 @@ backend_test! {
                 chatbot_id: chatbot.id.clone(),
                 display_name: "expiring".into(),
                 expire_time: Some(new_year(9000)),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -190,6 +191,7 @@ backend_test! {
                 chatbot_id: chatbot.id.clone(),
                 display_name: "k".into(),
                 expire_time: Some(expire_time),
+                ..Default::default()
             };
             async move { client.create_api_key(request).await }
         };

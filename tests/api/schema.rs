@@ -202,6 +202,7 @@ macro_rules! declared_tables {
 
 fn declared_tables() -> Tables<DeclaredColumn> {
     let tables = declared_tables![
+        api_key_limits,
         api_keys,
         chatbots,
         login_attempts,

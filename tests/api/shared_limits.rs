@@ -15,22 +15,22 @@ use crate::helpers::{logs, spawn_app_with, Clients, TcpProxy};
 /// Redis database the tests use, apart from anything else on the server.
 const TEST_REDIS_DB: u32 = 9;
 
-fn redis_addr() -> SocketAddr {
+pub fn redis_addr() -> SocketAddr {
     std::env::var("TEST_REDIS_ADDR")
         .unwrap_or_else(|_| "127.0.0.1:6379".into())
         .parse()
         .expect("TEST_REDIS_ADDR is host:port")
 }
 
-fn redis_url(addr: SocketAddr) -> String {
+pub fn redis_url(addr: SocketAddr) -> String {
     format!("redis://{addr}/{TEST_REDIS_DB}")
 }
 
 /// A key prefix of this test's own, whose keys are deleted on drop.
-struct RedisPrefix(String);
+pub struct RedisPrefix(pub String);
 
 impl RedisPrefix {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self(format!("test-{}:", uuid::Uuid::new_v4().simple()))
     }
 }

@@ -5,15 +5,18 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    BoolExpressionMethods, ExpressionMethods, Insertable, QueryDsl, Queryable, Selectable,
-    SelectableHelper,
+    BoolExpressionMethods, ExpressionMethods, Insertable, NullableExpressionMethods, QueryDsl,
+    Queryable, Selectable, SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
 
-use crate::db::schema::{api_keys, chatbots};
+use super::key_limits::stored_refill;
+use crate::db::schema::{api_key_limits, api_keys, chatbots};
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
-use crate::domain::{ApiKeyDigest, ApiKeyFilter, ApiKeyId, ChatbotId, PageRequest, UserId};
+use crate::domain::{
+    ApiKeyDigest, ApiKeyFilter, ApiKeyId, ChatbotId, KeyRateLimit, PageRequest, Refill, UserId,
+};
 
 /// A row of `api_keys`, without the digest (which no reader needs).
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -51,7 +54,9 @@ impl fmt::Debug for NewApiKey<'_> {
     }
 }
 
-/// What VerifyApiKey needs, read in one indexed lookup.
+/// What VerifyApiKey needs, read in one indexed lookup. The balance itself
+/// is not here (it changes with every spend, and this is cached): only
+/// whether the key has one, and its refill.
 #[derive(Debug, Clone, Queryable)]
 pub struct VerificationRecord {
     pub id: ApiKeyId,
@@ -60,6 +65,33 @@ pub struct VerificationRecord {
     pub expires_at: Option<DateTime<Utc>>,
     pub owner_id: UserId,
     pub llm_endpoint_url: String,
+    pub rate_limit_calls: Option<i64>,
+    pub rate_limit_window_ms: Option<i64>,
+    pub credits_remaining: Option<i64>,
+    pub credits_refill_amount: Option<i64>,
+    pub credits_refill_interval_ms: Option<i64>,
+    pub credits_refilled_at: Option<DateTime<Utc>>,
+}
+
+impl VerificationRecord {
+    pub fn rate_limit(&self) -> Option<KeyRateLimit> {
+        KeyRateLimit::from_stored(self.rate_limit_calls?, self.rate_limit_window_ms?)
+    }
+
+    /// Whether verifying spends credits (the balance read here is stale
+    /// and never used).
+    pub fn has_credits(&self) -> bool {
+        self.credits_remaining.is_some()
+    }
+
+    /// The refill and its last boundary as this record saw them.
+    pub fn refill(&self) -> Option<(Refill, DateTime<Utc>)> {
+        stored_refill(
+            self.credits_refill_amount,
+            self.credits_refill_interval_ms,
+            self.credits_refilled_at,
+        )
+    }
 }
 
 resource_table!(ApiKey in api_keys, id ApiKeyId);
@@ -93,6 +125,34 @@ impl ApiKey {
     }
 
     /// The hot path of VerifyApiKey: one probe of the unique digest index.
+    /// Locks the key's row until the transaction ends (a no-op write, which
+    /// SQLite can also lock), serialising changes to its limits.
+    pub async fn lock(conn: &mut DbConnection, id: ApiKeyId) -> diesel::QueryResult<bool> {
+        let touch = api_keys::display_name.eq(api_keys::display_name);
+        Ok(update_rows!(conn, api_keys::table.find(id), touch)? == 1)
+    }
+
+    /// Changes the label or the expiry.
+    pub async fn set_label_and_expiry(
+        conn: &mut DbConnection,
+        id: ApiKeyId,
+        display_name: Option<&str>,
+        expires_at: Option<Option<DateTime<Utc>>>,
+    ) -> diesel::QueryResult<()> {
+        if let Some(display_name) = display_name {
+            update_rows!(
+                conn,
+                api_keys::table.find(id),
+                api_keys::display_name.eq(display_name)
+            )?;
+        }
+        if let Some(expires_at) = expires_at {
+            let expires_at = api_keys::expires_at.eq(expires_at.map(Timestamp));
+            update_rows!(conn, api_keys::table.find(id), expires_at)?;
+        }
+        Ok(())
+    }
+
     pub async fn find_for_verification(
         conn: &mut DbConnection,
         digest: &ApiKeyDigest,
@@ -101,6 +161,7 @@ impl ApiKey {
             conn,
             api_keys::table
                 .inner_join(chatbots::table)
+                .left_join(api_key_limits::table)
                 .filter(api_keys::key_hash.eq(&digest.0[..]))
                 .select((
                     api_keys::id,
@@ -109,6 +170,12 @@ impl ApiKey {
                     api_keys::expires_at,
                     chatbots::owner_id,
                     chatbots::llm_endpoint_url,
+                    api_key_limits::rate_limit_calls.nullable(),
+                    api_key_limits::rate_limit_window_ms.nullable(),
+                    api_key_limits::credits_remaining.nullable(),
+                    api_key_limits::credits_refill_amount.nullable(),
+                    api_key_limits::credits_refill_interval_ms.nullable(),
+                    api_key_limits::credits_refilled_at.nullable(),
                 ))
         )
     }

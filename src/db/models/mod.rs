@@ -140,6 +140,7 @@ macro_rules! keyset_page {
 
 pub mod api_key;
 pub mod chatbot;
+pub mod key_limits;
 pub mod login_attempt;
 pub mod refresh_token;
 pub mod session;
@@ -147,6 +148,7 @@ pub mod user;
 
 pub use api_key::{ApiKey, NewApiKey, VerificationRecord};
 pub use chatbot::{Chatbot, ChatbotChanges, NewChatbot};
+pub use key_limits::{KeyLimitChanges, KeyLimits, KeyWithLimits};
 pub use login_attempt::{LoginAttempt, Window};
 pub use refresh_token::{NewRefreshToken, RefreshToken};
 pub use session::{LiveSession, Session};

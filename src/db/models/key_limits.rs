@@ -1,0 +1,290 @@
+//! The `api_key_limits` table: a key's own rate limit and credits, one row
+//! per key that has either. Spends are single conditional statements, so
+//! no number of concurrent callers on any number of replicas takes a
+//! balance below zero.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::{AsChangeset, ExpressionMethods, Insertable, QueryDsl, Queryable, Selectable};
+
+use super::ApiKey;
+use crate::db::schema::api_key_limits;
+use crate::db::sql_types::Timestamp;
+use crate::db::DbConnection;
+use crate::domain::{ApiKeyId, CreditsSetting, CreditsState, KeyRateLimit, Refill};
+
+/// A row of `api_key_limits`.
+#[derive(Debug, Clone, Copy, Queryable, Selectable)]
+#[diesel(table_name = api_key_limits, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct KeyLimits {
+    pub api_key_id: ApiKeyId,
+    rate_limit_calls: Option<i64>,
+    rate_limit_window_ms: Option<i64>,
+    credits_remaining: Option<i64>,
+    credits_refill_amount: Option<i64>,
+    credits_refill_interval_ms: Option<i64>,
+    credits_refilled_at: Option<DateTime<Utc>>,
+}
+
+/// The refill columns as one value, if the key has a refill.
+pub fn stored_refill(
+    amount: Option<i64>,
+    interval_ms: Option<i64>,
+    refilled_at: Option<DateTime<Utc>>,
+) -> Option<(Refill, DateTime<Utc>)> {
+    Some((Refill::from_stored(amount?, interval_ms?)?, refilled_at?))
+}
+
+impl KeyLimits {
+    pub fn rate_limit(&self) -> Option<KeyRateLimit> {
+        KeyRateLimit::from_stored(self.rate_limit_calls?, self.rate_limit_window_ms?)
+    }
+
+    /// The stored credits (read them as of a moment with
+    /// [`CreditsState::as_of`]); `None` means unlimited.
+    pub fn credits(&self) -> Option<CreditsState> {
+        Some(CreditsState {
+            remaining: self.credits_remaining?,
+            refill: stored_refill(
+                self.credits_refill_amount,
+                self.credits_refill_interval_ms,
+                self.credits_refilled_at,
+            ),
+        })
+    }
+
+    pub async fn find(
+        conn: &mut DbConnection,
+        id: ApiKeyId,
+    ) -> diesel::QueryResult<Option<KeyLimits>> {
+        use diesel::SelectableHelper;
+        first_row!(
+            conn,
+            api_key_limits::table
+                .find(id)
+                .select(KeyLimits::as_select())
+        )
+    }
+
+    pub async fn find_many(
+        conn: &mut DbConnection,
+        ids: &[ApiKeyId],
+    ) -> diesel::QueryResult<Vec<KeyLimits>> {
+        use diesel::SelectableHelper;
+        all_rows!(
+            conn,
+            api_key_limits::table
+                .filter(api_key_limits::api_key_id.eq_any(ids))
+                .select(KeyLimits::as_select())
+        )
+    }
+
+    /// Applies `changes` to the key's row, creating it if the key had no
+    /// limits. The caller holds the key's lock (two creations would clash).
+    pub async fn apply(
+        conn: &mut DbConnection,
+        id: ApiKeyId,
+        changes: &KeyLimitChanges,
+    ) -> diesel::QueryResult<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let updated = update_rows!(conn, api_key_limits::table.find(id), changes)?;
+        if updated == 0 {
+            let new = changes.as_new(id);
+            crate::db::db_run!(conn => {
+                diesel_async::RunQueryDsl::execute(
+                    diesel::insert_into(api_key_limits::table).values(&new),
+                    conn,
+                )
+                .await
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Takes `cost` from the key's balance if it covers it, in one
+    /// conditional statement: the balance after, or `None` if it did not
+    /// cover the cost (or the key has no credits, or is gone), and then
+    /// nothing was taken.
+    pub async fn spend(
+        conn: &mut DbConnection,
+        id: ApiKeyId,
+        cost: i64,
+    ) -> diesel::QueryResult<Option<i64>> {
+        use diesel::OptionalExtension;
+        use diesel_async::RunQueryDsl;
+        let covered = api_key_limits::table
+            .find(id)
+            .filter(api_key_limits::credits_remaining.ge(cost));
+        let take = api_key_limits::credits_remaining.eq(api_key_limits::credits_remaining - cost);
+        let remaining: Option<Option<i64>> = crate::db::db_run!(conn => {
+            diesel::update(covered)
+                .set(take)
+                .returning(api_key_limits::credits_remaining)
+                .get_result(conn)
+                .await
+                .optional()
+        })?;
+        Ok(remaining.flatten())
+    }
+
+    /// Resets the balance to the refill's amount, if the last refill is still
+    /// the one at `seen` and the refill is still `refill` (whoever refills
+    /// first wins; the others match no row): whether this call refilled.
+    pub async fn refill(
+        conn: &mut DbConnection,
+        id: ApiKeyId,
+        refill: Refill,
+        seen: DateTime<Utc>,
+        boundary: DateTime<Utc>,
+    ) -> diesel::QueryResult<bool> {
+        let still_seen = api_key_limits::table
+            .find(id)
+            .filter(api_key_limits::credits_refilled_at.eq(Timestamp(seen)))
+            .filter(api_key_limits::credits_refill_amount.eq(refill.amount()))
+            .filter(api_key_limits::credits_refill_interval_ms.eq(refill.interval_ms()));
+        let reset = (
+            api_key_limits::credits_remaining.eq(refill.amount()),
+            api_key_limits::credits_refilled_at.eq(Timestamp(boundary)),
+        );
+        Ok(update_rows!(conn, still_seen, reset)? == 1)
+    }
+}
+
+/// A key and its limits, as the API shows them.
+#[derive(Debug, Clone)]
+pub struct KeyWithLimits {
+    pub key: ApiKey,
+    pub limits: Option<KeyLimits>,
+}
+
+impl KeyWithLimits {
+    pub async fn load(conn: &mut DbConnection, key: ApiKey) -> diesel::QueryResult<Self> {
+        let limits = KeyLimits::find(conn, key.id).await?;
+        Ok(Self { key, limits })
+    }
+
+    /// Each key with its limits, in one more query for all of them.
+    pub async fn load_all(
+        conn: &mut DbConnection,
+        keys: Vec<ApiKey>,
+    ) -> diesel::QueryResult<Vec<Self>> {
+        let ids: Vec<ApiKeyId> = keys.iter().map(|key| key.id).collect();
+        let mut limits: HashMap<ApiKeyId, KeyLimits> = KeyLimits::find_many(conn, &ids)
+            .await?
+            .into_iter()
+            .map(|limits| (limits.api_key_id, limits))
+            .collect();
+        Ok(keys
+            .into_iter()
+            .map(|key| {
+                let limits = limits.remove(&key.id);
+                Self { key, limits }
+            })
+            .collect())
+    }
+}
+
+/// Changes to a key's limits: each `None` leaves a column alone,
+/// `Some(None)` clears it.
+#[derive(Debug, Default, Clone, Copy, AsChangeset)]
+#[diesel(table_name = api_key_limits)]
+pub struct KeyLimitChanges {
+    rate_limit_calls: Option<Option<i64>>,
+    rate_limit_window_ms: Option<Option<i64>>,
+    credits_remaining: Option<Option<i64>>,
+    credits_refill_amount: Option<Option<i64>>,
+    credits_refill_interval_ms: Option<Option<i64>>,
+    credits_refilled_at: Option<Option<Timestamp>>,
+}
+
+/// A row to insert: the changes applied to a key without limits.
+#[derive(Insertable)]
+#[diesel(table_name = api_key_limits)]
+pub struct NewKeyLimits {
+    api_key_id: ApiKeyId,
+    rate_limit_calls: Option<i64>,
+    rate_limit_window_ms: Option<i64>,
+    credits_remaining: Option<i64>,
+    credits_refill_amount: Option<i64>,
+    credits_refill_interval_ms: Option<i64>,
+    credits_refilled_at: Option<Timestamp>,
+}
+
+impl KeyLimitChanges {
+    /// A new key's limits.
+    pub fn new_key(
+        rate_limit: Option<KeyRateLimit>,
+        credits: Option<CreditsSetting>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut changes = Self::default();
+        if rate_limit.is_some() {
+            changes.set_rate_limit(rate_limit);
+        }
+        if let Some(credits) = credits {
+            changes.set_credits(Some(credits), now);
+        }
+        changes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rate_limit_calls.is_none()
+            && self.credits_remaining.is_none()
+            && self.credits_refill_amount.is_none()
+    }
+
+    /// The same limits for another key (a rotation's replacement): the rate
+    /// limit, and the credits with their balance now and the refill on the
+    /// same schedule.
+    pub fn copy_of(limits: &KeyLimits, now: DateTime<Utc>) -> Self {
+        let mut changes = Self::default();
+        changes.set_rate_limit(limits.rate_limit());
+        if let Some(credits) = limits.credits() {
+            let (remaining, _) = credits.as_of(now);
+            changes.set_balance(remaining);
+            if let Some((refill, last)) = credits.refill {
+                changes.set_refill(Some(refill), refill.latest_boundary(last, now));
+            }
+        }
+        changes
+    }
+
+    /// Sets (or with `None` clears) the key's own rate limit.
+    pub fn set_rate_limit(&mut self, limit: Option<KeyRateLimit>) {
+        self.rate_limit_calls = Some(limit.map(|limit| i64::from(limit.calls())));
+        self.rate_limit_window_ms = Some(limit.map(|limit| limit.window_ms()));
+    }
+
+    /// Sets the balance and the refill; `None` makes the key unlimited.
+    pub fn set_credits(&mut self, credits: Option<CreditsSetting>, now: DateTime<Utc>) {
+        self.credits_remaining = Some(credits.map(|credits| credits.remaining));
+        self.set_refill(credits.and_then(|credits| credits.refill), now);
+    }
+
+    /// Sets the balance only (a top-up).
+    pub fn set_balance(&mut self, remaining: i64) {
+        self.credits_remaining = Some(Some(remaining));
+    }
+
+    /// Sets (or ends) the refill; the first comes one interval after `now`.
+    pub fn set_refill(&mut self, refill: Option<Refill>, now: DateTime<Utc>) {
+        self.credits_refill_amount = Some(refill.map(|refill| refill.amount()));
+        self.credits_refill_interval_ms = Some(refill.map(|refill| refill.interval_ms()));
+        self.credits_refilled_at = Some(refill.map(|_| Timestamp(now)));
+    }
+
+    fn as_new(&self, api_key_id: ApiKeyId) -> NewKeyLimits {
+        NewKeyLimits {
+            api_key_id,
+            rate_limit_calls: self.rate_limit_calls.flatten(),
+            rate_limit_window_ms: self.rate_limit_window_ms.flatten(),
+            credits_remaining: self.credits_remaining.flatten(),
+            credits_refill_amount: self.credits_refill_amount.flatten(),
+            credits_refill_interval_ms: self.credits_refill_interval_ms.flatten(),
+            credits_refilled_at: self.credits_refilled_at.flatten(),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! A key's own limits: a rate limit (a bucket of calls refilling evenly
+//! over a window) and a budget of credits that verification spends and an
+//! optional refill resets. The bounds are the proto's (api_key.proto).
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::FieldViolation;
+
+const MAX_CALLS: i64 = 1_000_000;
+const MIN_WINDOW: Duration = Duration::from_secs(1);
+const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
+const MAX_CREDITS: i64 = 1_000_000_000_000;
+const MIN_REFILL_INTERVAL: Duration = Duration::from_secs(60);
+const MAX_REFILL_INTERVAL: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Largest cost one VerifyApiKey may spend.
+pub const MAX_COST: i64 = 1_000_000_000;
+
+/// Calls per window, as a bucket of `calls` refilling evenly over `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRateLimit {
+    calls: u32,
+    window: Duration,
+}
+
+impl KeyRateLimit {
+    /// `field` names the message (`rate_limit`, `api_key.rate_limit`).
+    pub fn parse(field: &str, calls: i64, window: Duration) -> Result<Self, FieldViolation> {
+        if !(1..=MAX_CALLS).contains(&calls) {
+            return Err(FieldViolation::new(
+                format!("{field}.limit"),
+                format!("must be from 1 to {MAX_CALLS}"),
+            ));
+        }
+        if !(MIN_WINDOW..=MAX_WINDOW).contains(&window) {
+            return Err(FieldViolation::new(
+                format!("{field}.window"),
+                "must be from 1 second to 1 day",
+            ));
+        }
+        Ok(Self {
+            calls: u32::try_from(calls).unwrap_or(u32::MAX),
+            window,
+        })
+    }
+
+    /// As stored: (calls, window in ms), both checked positive by the schema.
+    pub fn from_stored(calls: i64, window_ms: i64) -> Option<Self> {
+        Some(Self {
+            calls: u32::try_from(calls).ok().filter(|&calls| calls > 0)?,
+            window: Duration::from_millis(u64::try_from(window_ms).ok().filter(|&ms| ms > 0)?),
+        })
+    }
+
+    pub fn calls(&self) -> u32 {
+        self.calls
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    pub fn window_ms(&self) -> i64 {
+        i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Time between two calls at the steady rate.
+    pub fn interval(&self) -> Duration {
+        self.window / self.calls
+    }
+}
+
+/// A periodic reset of a key's balance to `amount`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refill {
+    amount: i64,
+    interval: Duration,
+}
+
+impl Refill {
+    pub fn parse(field: &str, amount: i64, interval: Duration) -> Result<Self, FieldViolation> {
+        if !(1..=MAX_CREDITS).contains(&amount) {
+            return Err(FieldViolation::new(
+                format!("{field}.amount"),
+                format!("must be from 1 to {MAX_CREDITS}"),
+            ));
+        }
+        if !(MIN_REFILL_INTERVAL..=MAX_REFILL_INTERVAL).contains(&interval) {
+            return Err(FieldViolation::new(
+                format!("{field}.interval"),
+                "must be from 1 minute to 366 days",
+            ));
+        }
+        Ok(Self { amount, interval })
+    }
+
+    pub fn from_stored(amount: i64, interval_ms: i64) -> Option<Self> {
+        Some(Self {
+            amount: Some(amount).filter(|&amount| amount > 0)?,
+            interval: Duration::from_millis(u64::try_from(interval_ms).ok().filter(|&ms| ms > 0)?),
+        })
+    }
+
+    pub fn amount(&self) -> i64 {
+        self.amount
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    pub fn interval_ms(&self) -> i64 {
+        i64::try_from(self.interval.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The last refill boundary at or before `now`, counting whole intervals
+    /// from `last` (the last refill, or when the refill was set): `last`
+    /// itself if none has passed.
+    pub fn latest_boundary(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+        let interval_ms = self.interval_ms().max(1);
+        let elapsed_ms = (now - last).num_milliseconds();
+        if elapsed_ms < interval_ms {
+            return last;
+        }
+        last + TimeDelta::milliseconds(elapsed_ms / interval_ms * interval_ms)
+    }
+
+    /// The refill after the one at `boundary`.
+    pub fn next_after(&self, boundary: DateTime<Utc>) -> DateTime<Utc> {
+        boundary + TimeDelta::milliseconds(self.interval_ms())
+    }
+}
+
+/// Credits as set by CreateApiKey or UpdateApiKey.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditsSetting {
+    pub remaining: i64,
+    pub refill: Option<Refill>,
+}
+
+/// Checks a balance a request sets.
+pub fn parse_balance(field: &str, remaining: i64) -> Result<i64, FieldViolation> {
+    if (0..=MAX_CREDITS).contains(&remaining) {
+        Ok(remaining)
+    } else {
+        Err(FieldViolation::new(
+            field,
+            format!("must be from 0 to {MAX_CREDITS}"),
+        ))
+    }
+}
+
+/// A key's stored credits, read as of a moment: a refill that is due counts
+/// as done, as the next spend would do it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditsState {
+    pub remaining: i64,
+    pub refill: Option<(Refill, DateTime<Utc>)>,
+}
+
+impl CreditsState {
+    /// The balance and the next refill time as of `now`.
+    pub fn as_of(&self, now: DateTime<Utc>) -> (i64, Option<DateTime<Utc>>) {
+        match self.refill {
+            None => (self.remaining, None),
+            Some((refill, last)) => {
+                let boundary = refill.latest_boundary(last, now);
+                let remaining = if boundary > last {
+                    refill.amount()
+                } else {
+                    self.remaining
+                };
+                (remaining, Some(refill.next_after(boundary)))
+            }
+        }
+    }
+}
+
+/// What one VerifyApiKey spends: 0 means 1.
+pub fn parse_cost(field: &str, cost: i64) -> Result<i64, FieldViolation> {
+    match cost {
+        0 => Ok(1),
+        1..=MAX_COST => Ok(cost),
+        _ => Err(FieldViolation::new(
+            field,
+            format!("must be from 0 (meaning 1) to {MAX_COST}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    #[test]
+    fn a_refill_boundary_counts_whole_intervals_only() {
+        let refill = Refill::parse("r", 10, Duration::from_secs(60)).unwrap();
+        assert_eq!(refill.latest_boundary(at(0), at(59)), at(0));
+        assert_eq!(refill.latest_boundary(at(0), at(60)), at(60));
+        assert_eq!(refill.latest_boundary(at(0), at(185)), at(180));
+        assert_eq!(refill.next_after(at(180)), at(240));
+    }
+
+    #[test]
+    fn a_due_refill_reads_as_done() {
+        let refill = Refill::parse("r", 10, Duration::from_secs(60)).unwrap();
+        let state = CreditsState {
+            remaining: 3,
+            refill: Some((refill, at(0))),
+        };
+        assert_eq!(state.as_of(at(30)), (3, Some(at(60))));
+        assert_eq!(state.as_of(at(61)), (10, Some(at(120))));
+    }
+
+    #[test]
+    fn limits_outside_the_documented_bounds_are_refused() {
+        assert!(KeyRateLimit::parse("r", 0, Duration::from_secs(60)).is_err());
+        assert!(KeyRateLimit::parse("r", 5, Duration::from_millis(999)).is_err());
+        assert!(KeyRateLimit::parse("r", 5, Duration::from_secs(86_401)).is_err());
+        assert!(Refill::parse("r", 0, Duration::from_secs(60)).is_err());
+        assert!(Refill::parse("r", 1, Duration::from_secs(59)).is_err());
+        assert!(parse_balance("c", -1).is_err());
+        assert_eq!(parse_cost("cost", 0), Ok(1));
+        assert!(parse_cost("cost", -1).is_err());
+        assert!(parse_cost("cost", MAX_COST + 1).is_err());
+    }
+}

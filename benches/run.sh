@@ -39,6 +39,18 @@ for clients in 8 64; do
     echo "{\"rpc\":\"pgbench\",\"concurrency\":$clients,\"throughput_rps\":$tps}" | tee -a "$RESULTS"
 done
 
+echo "== pgbench: the single-row spend VerifyApiKey does per call, over 1,000 rows"
+psql "$PG/pgbench_cb" -qc "CREATE TABLE credits (id int PRIMARY KEY, remaining bigint NOT NULL)" \
+    -c "INSERT INTO credits SELECT i, 1000000000000 FROM generate_series(1, 1000) i" >/dev/null
+SPEND_SQL="$OUT/spend.sql"
+printf '%s\n' '\set id random(1, 1000)' \
+    'UPDATE credits SET remaining = remaining - 1 WHERE id = :id AND remaining >= 1;' >"$SPEND_SQL"
+for clients in 8 64; do
+    tps=$(pgbench -n -f "$SPEND_SQL" -M prepared -c "$clients" -j 2 -T "$DURATION" -h 127.0.0.1 -U postgres pgbench_cb 2>/dev/null \
+        | awk '/^tps/ {print $3; exit}')
+    echo "{\"rpc\":\"pgbench-spend-update\",\"concurrency\":$clients,\"throughput_rps\":$tps}" | tee -a "$RESULTS"
+done
+
 echo "== server (release, PostgreSQL $BENCH_DB, rate limits and login budgets out of the way)"
 psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" >/dev/null
 # Migrate first, so the start-up time below excludes migrations.
@@ -79,7 +91,8 @@ PY
 }
 
 echo "== RPCs"
-for rpc in get-chatbot list-chatbots verify-api-key-valid verify-api-key-invalid create-chatbot login; do
+for rpc in get-chatbot list-chatbots verify-api-key-valid verify-api-key-invalid \
+    verify-api-key-rate-limited verify-api-key-credits create-chatbot login; do
     for c in 8 64; do
         run "$rpc" "$c"
     done
@@ -98,6 +111,22 @@ peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
 echo "{\"metric\":\"peak_rss_kb\",\"value\":$peak_kb}" | tee -a "$RESULTS"
 kill -TERM $SERVER_PID
 wait $SERVER_PID || true
+
+echo "== a key's own rate limit counted in Redis (REDIS_URL), same database"
+REDIS_DB=${REDIS_DB:-15}
+redis-cli -n "$REDIS_DB" flushdb >/dev/null
+REDIS_URL="redis://127.0.0.1:6379/$REDIS_DB" REDIS_KEY_PREFIX=bench: "$SERVER" serve >"$OUT/server-redis.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 500); do
+    grep -q '"serving gRPC"' "$OUT/server-redis.log" 2>/dev/null && break
+    sleep 0.01
+done
+for c in 8 64; do
+    run verify-api-key-rate-limited "$c" "redis"
+done
+kill -TERM $SERVER_PID
+wait $SERVER_PID || true
+redis-cli -n "$REDIS_DB" flushdb >/dev/null
 trap - EXIT
 psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS pgbench_cb" >/dev/null
 echo "results in $RESULTS"

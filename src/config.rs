@@ -134,6 +134,12 @@ pub struct Settings {
     #[arg(long, env = "READ_BATCHES_IN_FLIGHT", default_value_t = 2)]
     pub read_batches_in_flight: usize,
 
+    /// Transactions of batched credit spends (VerifyApiKey on keys with
+    /// credits) at the database at once; spends arriving meanwhile wait to
+    /// go out together in the next.
+    #[arg(long, env = "SPEND_BATCHES_IN_FLIGHT", default_value_t = 2)]
+    pub spend_batches_in_flight: usize,
+
     /// Seconds between flushes of API keys' last-used times.
     #[arg(long, env = "LAST_USED_FLUSH_INTERVAL_SECS", default_value_t = 30)]
     pub last_used_flush_interval_secs: u64,
@@ -250,7 +256,7 @@ impl Settings {
         // would start but could not work (every RPC cancelled, no answer
         // at all, a panic on the first token, a database that refuses the
         // session setting...).
-        let bounds: [(&str, u64, u64, u64); 21] = [
+        let bounds: [(&str, u64, u64, u64); 22] = [
             (
                 "DATABASE_POOL_SIZE",
                 self.database_pool_size as u64,
@@ -321,6 +327,12 @@ impl Settings {
             (
                 "READ_BATCHES_IN_FLIGHT",
                 self.read_batches_in_flight as u64,
+                1,
+                1024,
+            ),
+            (
+                "SPEND_BATCHES_IN_FLIGHT",
+                self.spend_batches_in_flight as u64,
                 1,
                 1024,
             ),

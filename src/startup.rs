@@ -20,7 +20,9 @@ use crate::config::{Config, Settings};
 use crate::db::{self, Database, DatabaseTarget};
 use crate::gate::GateLayer;
 use crate::health::{self, HealthReporter};
-use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, LastUsedRecorder, ReadStats};
+use crate::hot_path::{
+    ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, LastUsedRecorder, ReadStats,
+};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
 use crate::proto;
@@ -134,6 +136,11 @@ impl Application {
             chatbot_reads: ChatbotReads::start(
                 db.clone(),
                 settings.read_batches_in_flight,
+                &settings.pool_settings(),
+            ),
+            credit_spends: CreditSpends::start(
+                db.clone(),
+                settings.spend_batches_in_flight,
                 &settings.pool_settings(),
             ),
             caches: CacheInvalidation::new(api_key_cache.clone(), sessions.clone()),

@@ -34,6 +34,12 @@
 //!   never issued, new on every request: a database miss (NOT_FOUND).
 //! - `verify-api-key-malformed`: a key failing the format check, answered
 //!   without the database (MALFORMED).
+//! - `verify-api-key-rate-limited`: the issued key, with a rate limit of its
+//!   own too high to refuse: what checking a key's limit costs (in process,
+//!   or in Redis when the server has `REDIS_URL`).
+//! - `verify-api-key-credits`: 1,000 keys (on 10 chatbots) with credits,
+//!   each call spending 1 from the next key in turn: one database write per
+//!   call.
 //! - `create-chatbot`: ChatbotService.CreateChatbot, a new chatbot each time.
 //! - `login`: AuthService.Login with the correct password.
 
@@ -116,6 +122,8 @@ enum Rpc {
     VerifyApiKeyValid,
     VerifyApiKeyInvalid,
     VerifyApiKeyMalformed,
+    VerifyApiKeyRateLimited,
+    VerifyApiKeyCredits,
     CreateChatbot,
     Login,
 }
@@ -128,6 +136,8 @@ impl Rpc {
             Rpc::VerifyApiKeyValid => "verify-api-key-valid",
             Rpc::VerifyApiKeyInvalid => "verify-api-key-invalid",
             Rpc::VerifyApiKeyMalformed => "verify-api-key-malformed",
+            Rpc::VerifyApiKeyRateLimited => "verify-api-key-rate-limited",
+            Rpc::VerifyApiKeyCredits => "verify-api-key-credits",
             Rpc::CreateChatbot => "create-chatbot",
             Rpc::Login => "login",
         }
@@ -236,7 +246,8 @@ struct Fixture {
     bearer: Bearer,
     /// What `get-chatbot` reads.
     read_ids: Vec<String>,
-    api_key: Option<String>,
+    /// What the VerifyApiKey RPCs that verify issued keys present, in turn.
+    api_keys: Vec<String>,
 }
 
 /// The result of one request: its status code and, for VerifyApiKey, the
@@ -355,11 +366,17 @@ impl Caller {
                 })
                 .await
                 .map(|_| None),
-            Rpc::VerifyApiKeyValid | Rpc::VerifyApiKeyInvalid | Rpc::VerifyApiKeyMalformed => {
+            Rpc::VerifyApiKeyValid
+            | Rpc::VerifyApiKeyInvalid
+            | Rpc::VerifyApiKeyMalformed
+            | Rpc::VerifyApiKeyRateLimited
+            | Rpc::VerifyApiKeyCredits => {
                 let key = match self.rpc {
-                    Rpc::VerifyApiKeyValid => fixture.api_key.clone().unwrap_or_default(),
                     Rpc::VerifyApiKeyInvalid => ApiKeySecret::generate().expose().to_owned(),
-                    _ => MALFORMED_KEY.to_owned(),
+                    Rpc::VerifyApiKeyMalformed => MALFORMED_KEY.to_owned(),
+                    // Callers start at different keys and step together.
+                    _ => fixture.api_keys[(self.id + self.sent as usize) % fixture.api_keys.len()]
+                        .clone(),
                 };
                 self.api_keys
                     .verify_api_key(proto::VerifyApiKeyRequest {
@@ -563,28 +580,64 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
         }
     }
 
-    let api_key = if rpc == Rpc::VerifyApiKeyValid {
-        let created = ApiKeyServiceClient::new(InterceptedService::new(channel, bearer.clone()))
-            .create_api_key(proto::CreateApiKeyRequest {
-                chatbot_id: chatbot_id.clone(),
-                display_name: "loadgen".into(),
-                expire_time: None,
+    let mut keys = ApiKeyServiceClient::new(InterceptedService::new(channel, bearer.clone()));
+    let mut api_keys = Vec::new();
+    match rpc {
+        Rpc::VerifyApiKeyValid | Rpc::VerifyApiKeyRateLimited => {
+            let rate_limit = (rpc == Rpc::VerifyApiKeyRateLimited).then_some(proto::RateLimit {
+                limit: 1_000_000,
+                window: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+            });
+            api_keys.push(create_key(&mut keys, &chatbot_id, rate_limit, None).await?);
+        }
+        Rpc::VerifyApiKeyCredits => {
+            let credits = proto::Credits {
+                remaining: 1_000_000_000_000,
                 ..Default::default()
-            })
-            .await
-            .context("CreateApiKey")?
-            .into_inner();
-        Some(created.key)
-    } else {
-        None
-    };
+            };
+            // At most 100 active keys per chatbot by default.
+            for c in 0..CREDIT_KEYS / 100 {
+                let owner = create_chatbot(&mut chatbots, &format!("loadgen credits {c}")).await?;
+                for _ in 0..100 {
+                    api_keys.push(create_key(&mut keys, &owner, None, Some(credits)).await?);
+                }
+            }
+        }
+        _ => {}
+    }
 
     Ok(Fixture {
         email,
         bearer,
         read_ids,
-        api_key,
+        api_keys,
     })
+}
+
+/// Keys `verify-api-key-credits` spends from.
+const CREDIT_KEYS: usize = 1000;
+
+async fn create_key(
+    keys: &mut ApiKeyServiceClient<InterceptedService<Channel, Bearer>>,
+    chatbot_id: &str,
+    rate_limit: Option<proto::RateLimit>,
+    credits: Option<proto::Credits>,
+) -> anyhow::Result<String> {
+    Ok(keys
+        .create_api_key(proto::CreateApiKeyRequest {
+            chatbot_id: chatbot_id.into(),
+            display_name: "loadgen".into(),
+            rate_limit,
+            credits,
+            ..Default::default()
+        })
+        .await
+        .context("CreateApiKey")?
+        .into_inner()
+        .key)
 }
 
 /// The value at percentile `p` (0-100) of sorted latencies, nearest rank.

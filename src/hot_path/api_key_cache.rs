@@ -45,9 +45,6 @@ mod tests {
             rate_limit_calls: None,
             rate_limit_window_ms: None,
             credits_remaining: None,
-            credits_refill_amount: None,
-            credits_refill_interval_ms: None,
-            credits_refilled_at: None,
         };
         assert!(record.is_stale_after(&Invalidation::Key(ApiKeyId(1))));
         assert!(record.is_stale_after(&Invalidation::Chatbot(chatbot)));

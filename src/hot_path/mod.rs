@@ -17,11 +17,13 @@
 //!   and the caches serve only while it can hear them.
 
 pub mod api_key_cache;
+pub mod credit_spends;
 pub mod invalidation;
 pub mod last_used;
 pub mod read_coalescing;
 
 pub use api_key_cache::ApiKeyCache;
+pub use credit_spends::{CreditSpends, SpendOutcome};
 pub use invalidation::CacheInvalidation;
 pub use last_used::LastUsedRecorder;
 pub use read_coalescing::{ChatbotReads, ReadStats};

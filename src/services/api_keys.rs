@@ -21,11 +21,12 @@ use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation};
 use crate::domain::{
     parse_balance, parse_cost, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, CreateApiKey,
-    CreditsChange, CreditsSetting, DisplayText, ListApiKeys, Page, PageRequest, Refill,
-    RotateApiKey, UpdateApiKey, VerifyApiKey,
+    CreditsChange, CreditsSetting, DisplayText, ListApiKeys, Page, PageRequest, RotateApiKey,
+    UpdateApiKey, VerifyApiKey,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::hot_path::api_key_cache::Lookup;
+use crate::hot_path::SpendOutcome;
 use crate::proto::api_key_service_server::ApiKeyService;
 use crate::proto::{self, VerifyApiKeyReason};
 use crate::proto::{
@@ -753,10 +754,18 @@ pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Ve
         }
     }
     let credits_remaining = if record.has_credits() {
-        match spend_credits(state, &record, cmd.cost, now).await? {
-            Spend::Spent(remaining) => Some(remaining),
-            Spend::Unlimited => None,
-            Spend::Short(rejection) => return Ok(Verification::Invalid(rejection)),
+        match state.credit_spends.spend(record.id, cmd.cost).await? {
+            SpendOutcome::Spent(remaining) => Some(remaining),
+            SpendOutcome::Unlimited => None,
+            SpendOutcome::Short {
+                remaining,
+                next_refill,
+            } => {
+                return Ok(Verification::Invalid(Rejection::UsageExceeded {
+                    remaining,
+                    next_refill,
+                }))
+            }
         }
     } else {
         None
@@ -766,77 +775,6 @@ pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Ve
         record,
         credits_remaining,
     })
-}
-
-/// What spending a verification's cost came to.
-enum Spend {
-    /// The balance after.
-    Spent(i64),
-    /// The key has no credits (any more): nothing to spend.
-    Unlimited,
-    /// The balance does not cover the cost; nothing was spent.
-    Short(Rejection),
-}
-
-/// Spends `cost` from the key's balance, refilling it first if a refill is
-/// due (lazily: no job per key). One conditional UPDATE in the common case;
-/// exact under any concurrency, on any number of replicas.
-async fn spend_credits(
-    state: &AppState,
-    record: &VerificationRecord,
-    cost: i64,
-    now: DateTime<Utc>,
-) -> AppResult<Spend> {
-    let mut conn = state.db.conn().await?;
-    if let Some((refill, seen)) = record.refill() {
-        refill_if_due(state, &mut conn, record.id, refill, seen, now).await?;
-    }
-    if let Some(remaining) = KeyLimits::spend(&mut conn, record.id, cost).await? {
-        return Ok(Spend::Spent(remaining));
-    }
-    // Short, or the cached record was stale (credits removed, or a refill
-    // this replica had not seen): read the row and decide on that.
-    let Some(credits) = KeyLimits::find(&mut conn, record.id)
-        .await?
-        .and_then(|limits| limits.credits())
-    else {
-        return Ok(Spend::Unlimited);
-    };
-    if let Some((refill, seen)) = credits.refill {
-        if refill_if_due(state, &mut conn, record.id, refill, seen, now).await? {
-            if let Some(remaining) = KeyLimits::spend(&mut conn, record.id, cost).await? {
-                return Ok(Spend::Spent(remaining));
-            }
-        }
-    }
-    let (remaining, next_refill) = KeyLimits::find(&mut conn, record.id)
-        .await?
-        .and_then(|limits| limits.credits())
-        .map_or((0, None), |credits| credits.as_of(now));
-    Ok(Spend::Short(Rejection::UsageExceeded {
-        remaining,
-        next_refill,
-    }))
-}
-
-/// Resets the balance if a refill boundary has passed since `seen`: whether
-/// one had. This replica's cached record then names an old refill, so it is
-/// dropped here (other replicas find out on their next spend).
-async fn refill_if_due(
-    state: &AppState,
-    conn: &mut DbConnection,
-    id: ApiKeyId,
-    refill: Refill,
-    seen: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> AppResult<bool> {
-    let boundary = refill.latest_boundary(seen, now);
-    if boundary <= seen {
-        return Ok(false);
-    }
-    KeyLimits::refill(conn, id, refill, seen, boundary).await?;
-    state.caches.invalidate_here(&Invalidation::Key(id));
-    Ok(true)
 }
 
 /// The caller may act on the chatbot ([`Caller::authorize`]).

@@ -26,7 +26,9 @@ use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 
 use crate::db::{Database, DbConnection, Invalidation};
 use crate::error::{AppError, AppResult, FieldViolation};
-use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, LastUsedRecorder};
+use crate::hot_path::{
+    ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, LastUsedRecorder,
+};
 use crate::rate_limit::RateLimits;
 
 /// Policy knobs the handlers need.
@@ -50,6 +52,7 @@ pub struct AppState {
     /// Every change to a cached row commits through here.
     pub caches: CacheInvalidation,
     pub chatbot_reads: ChatbotReads,
+    pub credit_spends: CreditSpends,
     pub rate_limits: RateLimits,
     pub policy: Policy,
 }

@@ -10,12 +10,11 @@ use diesel::{
 };
 use diesel_async::RunQueryDsl;
 
-use super::key_limits::stored_refill;
 use crate::db::schema::{api_key_limits, api_keys, chatbots};
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
 use crate::domain::{
-    ApiKeyDigest, ApiKeyFilter, ApiKeyId, ChatbotId, KeyRateLimit, PageRequest, Refill, UserId,
+    ApiKeyDigest, ApiKeyFilter, ApiKeyId, ChatbotId, KeyRateLimit, PageRequest, UserId,
 };
 
 /// A row of `api_keys`, without the digest (which no reader needs).
@@ -54,9 +53,9 @@ impl fmt::Debug for NewApiKey<'_> {
     }
 }
 
-/// What VerifyApiKey needs, read in one indexed lookup. The balance itself
-/// is not here (it changes with every spend, and this is cached): only
-/// whether the key has one, and its refill.
+/// What VerifyApiKey needs, read in one indexed lookup. The balance read
+/// here goes stale with the first spend (this is cached): it says only
+/// whether the key has credits; spends read the current one.
 #[derive(Debug, Clone, Queryable)]
 pub struct VerificationRecord {
     pub id: ApiKeyId,
@@ -68,9 +67,6 @@ pub struct VerificationRecord {
     pub rate_limit_calls: Option<i64>,
     pub rate_limit_window_ms: Option<i64>,
     pub credits_remaining: Option<i64>,
-    pub credits_refill_amount: Option<i64>,
-    pub credits_refill_interval_ms: Option<i64>,
-    pub credits_refilled_at: Option<DateTime<Utc>>,
 }
 
 impl VerificationRecord {
@@ -82,15 +78,6 @@ impl VerificationRecord {
     /// and never used).
     pub fn has_credits(&self) -> bool {
         self.credits_remaining.is_some()
-    }
-
-    /// The refill and its last boundary as this record saw them.
-    pub fn refill(&self) -> Option<(Refill, DateTime<Utc>)> {
-        stored_refill(
-            self.credits_refill_amount,
-            self.credits_refill_interval_ms,
-            self.credits_refilled_at,
-        )
     }
 }
 
@@ -173,9 +160,6 @@ impl ApiKey {
                     api_key_limits::rate_limit_calls.nullable(),
                     api_key_limits::rate_limit_window_ms.nullable(),
                     api_key_limits::credits_remaining.nullable(),
-                    api_key_limits::credits_refill_amount.nullable(),
-                    api_key_limits::credits_refill_interval_ms.nullable(),
-                    api_key_limits::credits_refilled_at.nullable(),
                 ))
         )
     }

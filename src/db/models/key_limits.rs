@@ -28,7 +28,7 @@ pub struct KeyLimits {
 }
 
 /// The refill columns as one value, if the key has a refill.
-pub fn stored_refill(
+fn stored_refill(
     amount: Option<i64>,
     interval_ms: Option<i64>,
     refilled_at: Option<DateTime<Utc>>,
@@ -104,53 +104,108 @@ impl KeyLimits {
         Ok(())
     }
 
-    /// Takes `cost` from the key's balance if it covers it, in one
-    /// conditional statement: the balance after, or `None` if it did not
-    /// cover the cost (or the key has no credits, or is gone), and then
-    /// nothing was taken.
-    pub async fn spend(
+    /// The rows of `ids` that exist, locked until the transaction ends,
+    /// in id order (so that concurrent batches on any replica lock in the
+    /// same order and cannot deadlock).
+    pub async fn lock_many(
         conn: &mut DbConnection,
-        id: ApiKeyId,
-        cost: i64,
-    ) -> diesel::QueryResult<Option<i64>> {
-        use diesel::OptionalExtension;
+        ids: &[ApiKeyId],
+    ) -> diesel::QueryResult<Vec<KeyLimits>> {
+        use diesel::SelectableHelper;
         use diesel_async::RunQueryDsl;
-        let covered = api_key_limits::table
-            .find(id)
-            .filter(api_key_limits::credits_remaining.ge(cost));
-        let take = api_key_limits::credits_remaining.eq(api_key_limits::credits_remaining - cost);
-        let remaining: Option<Option<i64>> = crate::db::db_run!(conn => {
-            diesel::update(covered)
-                .set(take)
-                .returning(api_key_limits::credits_remaining)
-                .get_result(conn)
-                .await
-                .optional()
-        })?;
-        Ok(remaining.flatten())
+        let rows = api_key_limits::table
+            .filter(api_key_limits::api_key_id.eq_any(ids))
+            .order(api_key_limits::api_key_id);
+        match conn {
+            DbConnection::Postgres(conn) => {
+                rows.select(KeyLimits::as_select())
+                    .for_update()
+                    .load(&mut **conn)
+                    .await
+            }
+            // SQLite has no row locks: a no-op write as the transaction's
+            // first statement takes the database's write lock (waiting
+            // busy_timeout for it rather than failing a later upgrade).
+            DbConnection::Sqlite(conn) => {
+                let conn: &mut crate::db::SqliteAsyncConnection = conn;
+                diesel::update(
+                    api_key_limits::table.filter(api_key_limits::api_key_id.eq_any(ids)),
+                )
+                .set(api_key_limits::credits_remaining.eq(api_key_limits::credits_remaining))
+                .execute(conn)
+                .await?;
+                rows.select(KeyLimits::as_select()).load(conn).await
+            }
+        }
     }
 
-    /// Resets the balance to the refill's amount, if the last refill is still
-    /// the one at `seen` and the refill is still `refill` (whoever refills
-    /// first wins; the others match no row): whether this call refilled.
-    pub async fn refill(
+    /// Writes balances (and, where a refill happened, the refill's time)
+    /// computed under [`lock_many`](Self::lock_many): one statement for the
+    /// whole batch on PostgreSQL.
+    pub async fn write_balances(
         conn: &mut DbConnection,
-        id: ApiKeyId,
-        refill: Refill,
-        seen: DateTime<Utc>,
-        boundary: DateTime<Utc>,
-    ) -> diesel::QueryResult<bool> {
-        let still_seen = api_key_limits::table
-            .find(id)
-            .filter(api_key_limits::credits_refilled_at.eq(Timestamp(seen)))
-            .filter(api_key_limits::credits_refill_amount.eq(refill.amount()))
-            .filter(api_key_limits::credits_refill_interval_ms.eq(refill.interval_ms()));
-        let reset = (
-            api_key_limits::credits_remaining.eq(refill.amount()),
-            api_key_limits::credits_refilled_at.eq(Timestamp(boundary)),
-        );
-        Ok(update_rows!(conn, still_seen, reset)? == 1)
+        balances: &[Balance],
+    ) -> diesel::QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Nullable, Timestamptz};
+        use diesel_async::RunQueryDsl;
+        if balances.is_empty() {
+            return Ok(());
+        }
+        match conn {
+            DbConnection::Postgres(conn) => {
+                let ids: Vec<i64> = balances.iter().map(|b| b.id.0).collect();
+                let remaining: Vec<i64> = balances.iter().map(|b| b.remaining).collect();
+                let refilled_at: Vec<Option<DateTime<Utc>>> =
+                    balances.iter().map(|b| b.refilled_at).collect();
+                diesel::sql_query(
+                    "UPDATE api_key_limits AS l \
+                     SET credits_remaining = v.remaining, \
+                         credits_refilled_at = COALESCE(v.refilled_at, l.credits_refilled_at) \
+                     FROM unnest($1, $2, $3) AS v(id, remaining, refilled_at) \
+                     WHERE l.api_key_id = v.id",
+                )
+                .bind::<Array<BigInt>, _>(ids)
+                .bind::<Array<BigInt>, _>(remaining)
+                .bind::<Array<Nullable<Timestamptz>>, _>(refilled_at)
+                .execute(&mut **conn)
+                .await
+                .map(drop)
+            }
+            DbConnection::Sqlite(conn) => {
+                let conn: &mut crate::db::SqliteAsyncConnection = conn;
+                for balance in balances {
+                    let row = api_key_limits::table.find(balance.id);
+                    match balance.refilled_at {
+                        Some(at) => {
+                            diesel::update(row)
+                                .set((
+                                    api_key_limits::credits_remaining.eq(balance.remaining),
+                                    api_key_limits::credits_refilled_at.eq(Timestamp(at)),
+                                ))
+                                .execute(conn)
+                                .await?
+                        }
+                        None => {
+                            diesel::update(row)
+                                .set(api_key_limits::credits_remaining.eq(balance.remaining))
+                                .execute(conn)
+                                .await?
+                        }
+                    };
+                }
+                Ok(())
+            }
+        }
     }
+}
+
+/// A balance to write: the new balance, and the new refill time if a
+/// refill happened.
+#[derive(Debug, Clone, Copy)]
+pub struct Balance {
+    pub id: ApiKeyId,
+    pub remaining: i64,
+    pub refilled_at: Option<DateTime<Utc>>,
 }
 
 /// A key and its limits, as the API shows them.

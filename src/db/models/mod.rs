@@ -148,7 +148,7 @@ pub mod user;
 
 pub use api_key::{ApiKey, NewApiKey, VerificationRecord};
 pub use chatbot::{Chatbot, ChatbotChanges, NewChatbot};
-pub use key_limits::{KeyLimitChanges, KeyLimits, KeyWithLimits};
+pub use key_limits::{Balance, KeyLimitChanges, KeyLimits, KeyWithLimits};
 pub use login_attempt::{LoginAttempt, Window};
 pub use refresh_token::{NewRefreshToken, RefreshToken};
 pub use session::{LiveSession, Session};

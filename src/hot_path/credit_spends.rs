@@ -20,13 +20,12 @@
 //! unless it committed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
-use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::batch_queue::{fail_all, BatchQueue, Pending};
 use crate::db::models::{Balance, KeyLimits};
 use crate::db::{Database, PoolSettings};
 use crate::domain::ApiKeyId;
@@ -49,15 +48,9 @@ pub enum SpendOutcome {
     Unlimited,
 }
 
-struct PendingSpend {
-    id: ApiKeyId,
-    cost: i64,
-    reply: oneshot::Sender<AppResult<SpendOutcome>>,
-}
-
 /// The handle VerifyApiKey spends through.
 pub struct CreditSpends {
-    queue: mpsc::UnboundedSender<PendingSpend>,
+    queue: BatchQueue<(ApiKeyId, i64), SpendOutcome>,
 }
 
 impl CreditSpends {
@@ -68,76 +61,33 @@ impl CreditSpends {
             + pool.connect_timeout
             + pool.statement_timeout
             + Duration::from_secs(1);
-        let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(
-            pending,
-            db,
-            batches_in_flight.max(1),
-            batch_timeout,
-        ));
+        let queue = BatchQueue::start(MAX_BATCH, batches_in_flight, move |spends| {
+            let db = db.clone();
+            async move { settle_batch(&db, spends, batch_timeout).await }
+        });
         Self { queue }
     }
 
     /// Spends `cost` from key `id`'s balance, if it covers it.
     pub async fn spend(&self, id: ApiKeyId, cost: i64) -> AppResult<SpendOutcome> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(PendingSpend { id, cost, reply })
-            .map_err(|_| AppError::internal(anyhow::anyhow!("the spend dispatcher has stopped")))?;
-        answer.await.unwrap_or_else(|_| {
-            Err(AppError::internal(anyhow::anyhow!(
-                "a batched spend ended without an answer"
-            )))
-        })
+        self.queue.enqueue((id, cost))?.await
     }
 }
 
-async fn dispatch(
-    mut pending: mpsc::UnboundedReceiver<PendingSpend>,
-    db: Database,
-    batches_in_flight: usize,
+/// Settles one batch and answers each spend, or each the same error.
+async fn settle_batch(
+    db: &Database,
+    spends: Vec<Pending<(ApiKeyId, i64), SpendOutcome>>,
     batch_timeout: Duration,
 ) {
-    let slots = Arc::new(Semaphore::new(batches_in_flight));
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        // Spends that arrived while every slot was busy go out together.
-        while batch.len() < MAX_BATCH {
-            match pending.try_recv() {
-                Ok(spend) => batch.push(spend),
-                Err(_) => break,
+    let asked: Vec<(ApiKeyId, i64)> = spends.iter().map(|spend| spend.item).collect();
+    match run(db, asked, batch_timeout).await {
+        Ok(outcomes) => {
+            for (spend, outcome) in spends.into_iter().zip(outcomes) {
+                spend.answer(Ok(outcome));
             }
         }
-        // A spend whose caller went away before it was sent is not made:
-        // nobody would be told it was.
-        batch.retain(|spend| !spend.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let spends = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        let db = db.clone();
-        tokio::spawn(async move {
-            let asked: Vec<(ApiKeyId, i64)> =
-                spends.iter().map(|spend| (spend.id, spend.cost)).collect();
-            let outcomes = run(&db, asked, batch_timeout).await;
-            match outcomes {
-                Ok(outcomes) => {
-                    for (spend, outcome) in spends.into_iter().zip(outcomes) {
-                        let _ = spend.reply.send(Ok(outcome));
-                    }
-                }
-                Err(error) => {
-                    let error = Arc::new(error);
-                    for spend in spends {
-                        let _ = spend.reply.send(Err(AppError::duplicate(&error)));
-                    }
-                }
-            }
-            drop(slot);
-        });
+        Err(error) => fail_all(spends, &error),
     }
 }
 

@@ -11,12 +11,17 @@
 //! - [`last_used`]: VerifyApiKey never writes; last-used times are written
 //!   in one batch per interval, and a failed batch is retried, never lost
 //!   or moved back in time.
+//! - [`credit_spends`]: VerifyApiKey's spends on keys with credits that
+//!   arrive together settle in one transaction, each answered once it
+//!   commits; balances never go below zero, on any number of replicas.
+//! - [`batch_queue`]: the queue both of those batch through.
 //! - [`invalidation`]: every change to a cached row commits together with
 //!   the NOTIFY that tells the other replicas, and drops the row here before
 //!   the RPC answers; the listener applies other replicas' notifications,
 //!   and the caches serve only while it can hear them.
 
 pub mod api_key_cache;
+pub mod batch_queue;
 pub mod credit_spends;
 pub mod invalidation;
 pub mod last_used;

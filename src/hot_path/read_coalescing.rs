@@ -19,8 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
-
+use super::batch_queue::{fail_all, BatchQueue, Pending};
 use crate::db::models::Chatbot;
 use crate::db::{Database, PoolSettings};
 use crate::domain::ChatbotId;
@@ -33,7 +32,7 @@ const MAX_BATCH: usize = 128;
 /// The handle handlers read through. Dropping the last one stops the
 /// dispatcher.
 pub struct ChatbotReads {
-    queue: mpsc::UnboundedSender<PendingRead>,
+    queue: BatchQueue<ChatbotId, Option<Chatbot>>,
     stats: Arc<ReadStats>,
 }
 
@@ -55,10 +54,7 @@ impl ReadStats {
     }
 }
 
-struct PendingRead {
-    id: ChatbotId,
-    reply: oneshot::Sender<AppResult<Option<Chatbot>>>,
-}
+type PendingRead = Pending<ChatbotId, Option<Chatbot>>;
 
 impl ChatbotReads {
     /// Starts the dispatcher on the current runtime; `batches_in_flight`
@@ -70,15 +66,13 @@ impl ChatbotReads {
             + pool.connect_timeout
             + pool.statement_timeout
             + Duration::from_secs(1);
-        let (queue, pending) = mpsc::unbounded_channel();
         let stats = Arc::new(ReadStats::default());
-        tokio::spawn(dispatch(
-            pending,
-            db,
-            batches_in_flight.max(1),
-            batch_timeout,
-            stats.clone(),
-        ));
+        let counted = stats.clone();
+        let queue = BatchQueue::start(MAX_BATCH, batches_in_flight, move |reads| {
+            counted.batches.fetch_add(1, Ordering::Relaxed);
+            let db = db.clone();
+            async move { answer(&db, reads, batch_timeout).await }
+        });
         Self { queue, stats }
     }
 
@@ -88,59 +82,17 @@ impl ChatbotReads {
 
     /// The chatbot, if it exists.
     pub async fn find(&self, id: ChatbotId) -> AppResult<Option<Chatbot>> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(PendingRead { id, reply })
-            .map_err(|_| AppError::internal(anyhow::anyhow!("the read dispatcher has stopped")))?;
+        let answer = self.queue.enqueue(id)?;
         // Counted once queued, so a count that includes a read means the
         // dispatcher can see it.
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
-        answer.await.unwrap_or_else(|_| {
-            Err(AppError::internal(anyhow::anyhow!(
-                "a batched read ended without an answer"
-            )))
-        })
-    }
-}
-
-async fn dispatch(
-    mut pending: mpsc::UnboundedReceiver<PendingRead>,
-    db: Database,
-    batches_in_flight: usize,
-    batch_timeout: Duration,
-    stats: Arc<ReadStats>,
-) {
-    let slots = Arc::new(Semaphore::new(batches_in_flight));
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        // Reads that arrived while every slot was busy go out together.
-        while batch.len() < MAX_BATCH {
-            match pending.try_recv() {
-                Ok(read) => batch.push(read),
-                Err(_) => break,
-            }
-        }
-        // Readers whose RPC was cancelled while queued need no row.
-        batch.retain(|read| !read.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let reads = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        let db = db.clone();
-        tokio::spawn(async move {
-            answer(&db, reads, batch_timeout).await;
-            drop(slot);
-        });
+        answer.await
     }
 }
 
 /// Runs one batch and hands each reader its row, or each the same error.
 async fn answer(db: &Database, reads: Vec<PendingRead>, batch_timeout: Duration) {
-    let ids: Arc<[ChatbotId]> = reads.iter().map(|read| read.id).collect();
+    let ids: Arc<[ChatbotId]> = reads.iter().map(|read| read.item).collect();
     distribute(query(db, ids, batch_timeout).await, reads);
 }
 
@@ -181,33 +133,31 @@ fn distribute(found: AppResult<Vec<Chatbot>>, reads: Vec<PendingRead>) {
             let mut rows: HashMap<ChatbotId, (Chatbot, usize)> =
                 rows.into_iter().map(|row| (row.id, (row, 0))).collect();
             for read in &reads {
-                if let Some((_, wanted)) = rows.get_mut(&read.id) {
+                if let Some((_, wanted)) = rows.get_mut(&read.item) {
                     *wanted += 1;
                 }
             }
             for read in reads {
-                let row = match rows.get_mut(&read.id) {
+                let row = match rows.get_mut(&read.item) {
                     Some((row, wanted)) if *wanted > 1 => {
                         *wanted -= 1;
                         Some(row.clone())
                     }
-                    Some(_) => rows.remove(&read.id).map(|(row, _)| row),
+                    Some(_) => rows.remove(&read.item).map(|(row, _)| row),
                     None => None,
                 };
-                let _ = read.reply.send(Ok(row));
+                read.answer(Ok(row));
             }
         }
-        Err(error) => {
-            for read in reads {
-                let _ = read.reply.send(Err(error.duplicate()));
-            }
-        }
+        Err(error) => fail_all(reads, &error),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
+
+    use tokio::sync::oneshot;
 
     use super::*;
     use crate::domain::UserId;
@@ -224,8 +174,7 @@ mod tests {
     }
 
     fn read(id: ChatbotId) -> (PendingRead, oneshot::Receiver<AppResult<Option<Chatbot>>>) {
-        let (reply, answer) = oneshot::channel();
-        (PendingRead { id, reply }, answer)
+        Pending::new(id)
     }
 
     #[test]

@@ -50,12 +50,13 @@ impl ApiKeyService for ApiKeys {
         &self,
         request: Request<CreateApiKeyRequest>,
     ) -> Rpc<CreateApiKeyResponse> {
-        let parse = |message, _: &Caller| CreateApiKey::try_from(message);
-        self.0.serve(request, parse, create_api_key).await
+        self.0
+            .serve(request, CreateApiKey::try_from, create_api_key)
+            .await
     }
 
     async fn get_api_key(&self, request: Request<GetApiKeyRequest>) -> Rpc<GetApiKeyResponse> {
-        let parse = |message: GetApiKeyRequest, _: &Caller| ApiKeyId::parse("id", message.id);
+        let parse = |message: GetApiKeyRequest| ApiKeyId::parse("id", message.id);
         self.0.serve(request, parse, get_api_key).await
     }
 
@@ -63,23 +64,25 @@ impl ApiKeyService for ApiKeys {
         &self,
         request: Request<UpdateApiKeyRequest>,
     ) -> Rpc<UpdateApiKeyResponse> {
-        let parse = |message, _: &Caller| UpdateApiKey::try_from(message);
-        self.0.serve(request, parse, update_api_key).await
+        self.0
+            .serve(request, UpdateApiKey::try_from, update_api_key)
+            .await
     }
 
     async fn list_api_keys(
         &self,
         request: Request<ListApiKeysRequest>,
     ) -> Rpc<ListApiKeysResponse> {
-        let parse = |message, _: &Caller| ListApiKeys::try_from(message);
-        self.0.serve(request, parse, list_api_keys).await
+        self.0
+            .serve(request, ListApiKeys::try_from, list_api_keys)
+            .await
     }
 
     async fn revoke_api_key(
         &self,
         request: Request<RevokeApiKeyRequest>,
     ) -> Rpc<RevokeApiKeyResponse> {
-        let parse = |message: RevokeApiKeyRequest, _: &Caller| ApiKeyId::parse("id", message.id);
+        let parse = |message: RevokeApiKeyRequest| ApiKeyId::parse("id", message.id);
         self.0.serve(request, parse, revoke_api_key).await
     }
 
@@ -87,15 +90,16 @@ impl ApiKeyService for ApiKeys {
         &self,
         request: Request<RotateApiKeyRequest>,
     ) -> Rpc<RotateApiKeyResponse> {
-        let parse = |message, _: &Caller| RotateApiKey::try_from(message);
-        self.0.serve(request, parse, rotate_api_key).await
+        self.0
+            .serve(request, RotateApiKey::try_from, rotate_api_key)
+            .await
     }
 
     async fn delete_api_key(
         &self,
         request: Request<DeleteApiKeyRequest>,
     ) -> Rpc<DeleteApiKeyResponse> {
-        let parse = |message: DeleteApiKeyRequest, _: &Caller| ApiKeyId::parse("id", message.id);
+        let parse = |message: DeleteApiKeyRequest| ApiKeyId::parse("id", message.id);
         self.0.serve(request, parse, delete_api_key).await
     }
 
@@ -564,10 +568,7 @@ pub async fn update_api_key(
                     }
                 }
                 KeyLimits::apply(conn, id, &limits).await?;
-                let key = ApiKey::find(conn, id)
-                    .await?
-                    .ok_or(AppError::NotFound("API key"))?;
-                Ok(KeyWithLimits::load(conn, key).await?)
+                key_with_limits(conn, id).await
             }
             .scope_boxed()
         })
@@ -602,10 +603,8 @@ pub async fn revoke_api_key(
         .caches
         .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
             async move {
-                let key = ApiKey::revoke(conn, id, Utc::now())
-                    .await?
-                    .ok_or(AppError::NotFound("API key"))?;
-                Ok(KeyWithLimits::load(conn, key).await?)
+                ApiKey::revoke(conn, id, Utc::now()).await?;
+                key_with_limits(conn, id).await
             }
             .scope_boxed()
         })
@@ -775,6 +774,14 @@ pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Ve
         record,
         credits_remaining,
     })
+}
+
+/// The key with its limits; NOT_FOUND if it is gone.
+async fn key_with_limits(conn: &mut DbConnection, id: ApiKeyId) -> AppResult<KeyWithLimits> {
+    let key = ApiKey::find(conn, id)
+        .await?
+        .ok_or(AppError::NotFound("API key"))?;
+    Ok(KeyWithLimits::load(conn, key).await?)
 }
 
 /// The caller may act on the chatbot ([`Caller::authorize`]).

@@ -47,9 +47,7 @@ impl AuthService for Auth {
     }
 
     async fn logout(&self, request: Request<LogoutRequest>) -> Rpc<LogoutResponse> {
-        let parse = |message: LogoutRequest, _: &Caller| {
-            PresentedRefreshToken::parse(message.refresh_token)
-        };
+        let parse = |message: LogoutRequest| PresentedRefreshToken::parse(message.refresh_token);
         self.0.serve(request, parse, logout).await
     }
 

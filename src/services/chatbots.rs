@@ -41,7 +41,7 @@ impl ChatbotService for Chatbots {
     }
 
     async fn get_chatbot(&self, request: Request<GetChatbotRequest>) -> Rpc<GetChatbotResponse> {
-        let parse = |message: GetChatbotRequest, _: &Caller| ChatbotId::parse("id", &message.id);
+        let parse = |message: GetChatbotRequest| ChatbotId::parse("id", &message.id);
         self.0.serve(request, parse, get_chatbot).await
     }
 
@@ -58,7 +58,7 @@ impl ChatbotService for Chatbots {
         &self,
         request: Request<UpdateChatbotRequest>,
     ) -> Rpc<UpdateChatbotResponse> {
-        let parse = |message, _: &Caller| UpdateChatbot::parse(message, &self.0.policy);
+        let parse = |message| UpdateChatbot::parse(message, &self.0.policy);
         self.0.serve(request, parse, update_chatbot).await
     }
 
@@ -66,7 +66,7 @@ impl ChatbotService for Chatbots {
         &self,
         request: Request<DeleteChatbotRequest>,
     ) -> Rpc<DeleteChatbotResponse> {
-        let parse = |message: DeleteChatbotRequest, _: &Caller| ChatbotId::parse("id", &message.id);
+        let parse = |message: DeleteChatbotRequest| ChatbotId::parse("id", &message.id);
         self.0.serve(request, parse, delete_chatbot).await
     }
 }

@@ -71,18 +71,17 @@ impl AppState {
     /// The shape of every RPC that needs a session: the caller (else
     /// UNAUTHENTICATED), the message parsed into a command (INVALID_ARGUMENT
     /// with every field violation), one operation, its result converted.
-    pub async fn serve<M, C, E, O, R>(
+    pub async fn serve<M, C, O, R, Takes>(
         &self,
         request: Request<M>,
-        parse: impl FnOnce(M, &Caller) -> Result<C, E>,
+        parse: impl Parse<M, C, Takes>,
         operation: impl AsyncFnOnce(&AppState, &Caller, C) -> AppResult<O>,
     ) -> Rpc<R>
     where
-        AppError: From<E>,
         R: From<O>,
     {
         let caller = caller(&request)?;
-        let command = parse(request.into_inner(), &caller).map_err(AppError::from)?;
+        let command = parse.parse(request.into_inner(), &caller)?;
         let output = operation(self, &caller, command).await?;
         Ok(Response::new(output.into()))
     }
@@ -108,8 +107,42 @@ impl AppState {
     }
 }
 
+/// How [`AppState::serve`] turns a message into a command: a function of
+/// the message (`UpdateUser::try_from`), or of the message and the caller
+/// (`ListChatbots::parse`), failing with anything that becomes an
+/// [`AppError`] (a [`FieldViolation`], say). `Takes` tells the two apart.
+pub trait Parse<M, C, Takes> {
+    fn parse(self, message: M, caller: &Caller) -> AppResult<C>;
+}
+
+/// [`Parse`] by a function of the message alone.
+pub struct TheMessage;
+
+/// [`Parse`] by a function of the message and the caller.
+pub struct TheMessageAndCaller;
+
+impl<M, C, E, F> Parse<M, C, TheMessage> for F
+where
+    F: FnOnce(M) -> Result<C, E>,
+    AppError: From<E>,
+{
+    fn parse(self, message: M, _: &Caller) -> AppResult<C> {
+        Ok(self(message)?)
+    }
+}
+
+impl<M, C, E, F> Parse<M, C, TheMessageAndCaller> for F
+where
+    F: FnOnce(M, &Caller) -> Result<C, E>,
+    AppError: From<E>,
+{
+    fn parse(self, message: M, caller: &Caller) -> AppResult<C> {
+        Ok(self(message, caller)?)
+    }
+}
+
 /// The parse step of an RPC whose request has no fields.
-fn no_fields<M>(_: M, _: &Caller) -> AppResult<()> {
+fn no_fields<M>(_: M) -> AppResult<()> {
     Ok(())
 }
 

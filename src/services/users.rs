@@ -34,24 +34,25 @@ impl UserService for Users {
     }
 
     async fn get_user(&self, request: Request<GetUserRequest>) -> Rpc<GetUserResponse> {
-        let parse = |message: GetUserRequest, _: &Caller| UserId::parse("id", &message.id);
+        let parse = |message: GetUserRequest| UserId::parse("id", &message.id);
         self.0.serve(request, parse, get_user).await
     }
 
     async fn list_users(&self, request: Request<ListUsersRequest>) -> Rpc<ListUsersResponse> {
-        let parse = |message: ListUsersRequest, _: &Caller| {
+        let parse = |message: ListUsersRequest| {
             PageRequest::parse(message.page_size, &message.page_token, "users")
         };
         self.0.serve(request, parse, list_users).await
     }
 
     async fn update_user(&self, request: Request<UpdateUserRequest>) -> Rpc<UpdateUserResponse> {
-        let parse = |message, _: &Caller| UpdateUser::try_from(message);
-        self.0.serve(request, parse, update_user).await
+        self.0
+            .serve(request, UpdateUser::try_from, update_user)
+            .await
     }
 
     async fn delete_user(&self, request: Request<DeleteUserRequest>) -> Rpc<DeleteUserResponse> {
-        let parse = |message: DeleteUserRequest, _: &Caller| UserId::parse("id", &message.id);
+        let parse = |message: DeleteUserRequest| UserId::parse("id", &message.id);
         self.0.serve(request, parse, delete_user).await
     }
 }

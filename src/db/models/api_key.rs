@@ -210,14 +210,13 @@ impl ApiKey {
         conn: &mut DbConnection,
         id: ApiKeyId,
         now: DateTime<Utc>,
-    ) -> diesel::QueryResult<Option<ApiKey>> {
+    ) -> diesel::QueryResult<()> {
         let active = api_keys::table.find(id).filter(api_keys::revoked.eq(false));
         let revoke = (
             api_keys::revoked.eq(true),
             api_keys::revoked_at.eq(Timestamp(now)),
         );
-        update_rows!(conn, active, revoke)?;
-        Self::find(conn, id).await
+        update_rows!(conn, active, revoke).map(drop)
     }
 
     /// Marks a key replaced by a rotation at `now`, letting it work only

@@ -1,0 +1,115 @@
+//! The queue GetChatbot's reads and VerifyApiKey's credit spends share:
+//! callers queue items, and a dispatcher sends the ones that queued up
+//! together as one batch. At most `in_flight` batches run at once; while
+//! they do, new items wait for the next batch. At low load an item goes out
+//! alone, at once. An item whose caller went away before its batch was
+//! sent is dropped (nobody waits for its answer).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::error::{AppError, AppResult};
+
+/// One queued item and where its answer goes.
+pub struct Pending<Q, A> {
+    pub item: Q,
+    reply: oneshot::Sender<AppResult<A>>,
+}
+
+impl<Q, A> Pending<Q, A> {
+    /// A pending item and the receiver of its answer (for tests).
+    pub fn new(item: Q) -> (Self, oneshot::Receiver<AppResult<A>>) {
+        let (reply, answer) = oneshot::channel();
+        (Self { item, reply }, answer)
+    }
+
+    /// Whether the caller still waits for the answer.
+    pub fn is_wanted(&self) -> bool {
+        !self.reply.is_closed()
+    }
+
+    pub fn answer(self, answer: AppResult<A>) {
+        // A caller that went away needs no answer.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The handle callers queue through. Dropping it stops the dispatcher.
+pub struct BatchQueue<Q, A> {
+    queue: mpsc::UnboundedSender<Pending<Q, A>>,
+}
+
+impl<Q: Send + 'static, A: Send + 'static> BatchQueue<Q, A> {
+    /// Starts the dispatcher on the current runtime: `run` gets each batch
+    /// (of at most `max_batch` items) and answers every item in it.
+    pub fn start<F, Fut>(max_batch: usize, in_flight: usize, run: F) -> Self
+    where
+        F: Fn(Vec<Pending<Q, A>>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(dispatch(pending, max_batch, in_flight.max(1), run));
+        Self { queue }
+    }
+
+    /// Queues `item`; the returned future is its answer.
+    pub fn enqueue(&self, item: Q) -> AppResult<impl Future<Output = AppResult<A>>> {
+        let (pending, answer) = Pending::new(item);
+        self.queue
+            .send(pending)
+            .map_err(|_| AppError::internal(anyhow::anyhow!("a batch dispatcher has stopped")))?;
+        Ok(async move {
+            answer.await.unwrap_or_else(|_| {
+                Err(AppError::internal(anyhow::anyhow!(
+                    "a batched item ended without an answer"
+                )))
+            })
+        })
+    }
+}
+
+async fn dispatch<Q, A, F, Fut>(
+    mut pending: mpsc::UnboundedReceiver<Pending<Q, A>>,
+    max_batch: usize,
+    in_flight: usize,
+    run: F,
+) where
+    Q: Send + 'static,
+    A: Send + 'static,
+    F: Fn(Vec<Pending<Q, A>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let mut batch = Vec::with_capacity(max_batch);
+    while pending.recv_many(&mut batch, max_batch).await > 0 {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // Items that arrived while every slot was busy go out together.
+        while batch.len() < max_batch {
+            match pending.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        batch.retain(Pending::is_wanted);
+        if batch.is_empty() {
+            continue;
+        }
+        let items = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+        let running = run(items);
+        tokio::spawn(async move {
+            running.await;
+            drop(slot);
+        });
+    }
+}
+
+/// Answers every item of a failed batch with the same error.
+pub fn fail_all<Q, A>(items: Vec<Pending<Q, A>>, error: &AppError) {
+    for item in items {
+        item.answer(Err(error.duplicate()));
+    }
+}

@@ -12,8 +12,12 @@ print("| RPC | callers | req/s (OK) | ratio to pgbench | p50 ms | p90 ms | p99 m
 print("|---|---|---|---|---|---|---|---|---|")
 for c, tps in sorted(pgbench.items()):
     print(f"| pgbench -S -M prepared | {c} | {tps:,.0f} | 1.00 | | | | | |")
+spend = {r["concurrency"]: r["throughput_rps"] for r in rows if r.get("rpc") == "pgbench-spend-update"}
+for c, tps in sorted(spend.items()):
+    ratio = tps / pgbench[c] if c in pgbench else 0
+    print(f"| pgbench: spend UPDATE over 1,000 rows | {c} | {tps:,.0f} | {ratio:.2f} | | | | | |")
 for r in rows:
-    if "rpc" not in r or r["rpc"] == "pgbench":
+    if "rpc" not in r or r["rpc"] in ("pgbench", "pgbench-spend-update"):
         continue
     name = r["rpc"] + (f" ({r['label']})" if r.get("label") else "")
     ratio = r["ok_throughput_rps"] / pgbench[r["concurrency"]] if r["concurrency"] in pgbench else 0

@@ -38,8 +38,8 @@
 //!   own too high to refuse: what checking a key's limit costs (in process,
 //!   or in Redis when the server has `REDIS_URL`).
 //! - `verify-api-key-credits`: 1,000 keys (on 10 chatbots) with credits,
-//!   each call spending 1 from the next key in turn: one database write per
-//!   call.
+//!   each call spending 1 from a key drawn at random (as pgbench draws its
+//!   row): one database write per call.
 //! - `create-chatbot`: ChatbotService.CreateChatbot, a new chatbot each time.
 //! - `login`: AuthService.Login with the correct password.
 
@@ -374,9 +374,14 @@ impl Caller {
                 let key = match self.rpc {
                     Rpc::VerifyApiKeyInvalid => ApiKeySecret::generate().expose().to_owned(),
                     Rpc::VerifyApiKeyMalformed => MALFORMED_KEY.to_owned(),
-                    // Callers start at different keys and step together.
-                    _ => fixture.api_keys[(self.id + self.sent as usize) % fixture.api_keys.len()]
-                        .clone(),
+                    // A key at random, as pgbench's `random(1, 1000)` picks
+                    // its row: callers stepping through the keys together
+                    // would collide on the same rows in lockstep.
+                    Rpc::VerifyApiKeyCredits => {
+                        let draw = splitmix64(((self.id as u64) << 32) | self.sent);
+                        fixture.api_keys[(draw % fixture.api_keys.len() as u64) as usize].clone()
+                    }
+                    _ => fixture.api_keys[0].clone(),
                 };
                 self.api_keys
                     .verify_api_key(proto::VerifyApiKeyRequest {
@@ -615,6 +620,15 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
         read_ids,
         api_keys,
     })
+}
+
+/// A well-mixed 64-bit hash (SplitMix64's finalizer): a cheap, repeatable
+/// random draw per request.
+fn splitmix64(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Keys `verify-api-key-credits` spends from.

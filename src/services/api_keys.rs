@@ -50,9 +50,8 @@ impl ApiKeyService for ApiKeys {
         &self,
         request: Request<CreateApiKeyRequest>,
     ) -> Rpc<CreateApiKeyResponse> {
-        self.0
-            .serve(request, CreateApiKey::try_from, create_api_key)
-            .await
+        let parse = CreateApiKey::try_from;
+        self.0.serve(request, parse, create_api_key).await
     }
 
     async fn get_api_key(&self, request: Request<GetApiKeyRequest>) -> Rpc<GetApiKeyResponse> {
@@ -64,18 +63,16 @@ impl ApiKeyService for ApiKeys {
         &self,
         request: Request<UpdateApiKeyRequest>,
     ) -> Rpc<UpdateApiKeyResponse> {
-        self.0
-            .serve(request, UpdateApiKey::try_from, update_api_key)
-            .await
+        let parse = UpdateApiKey::try_from;
+        self.0.serve(request, parse, update_api_key).await
     }
 
     async fn list_api_keys(
         &self,
         request: Request<ListApiKeysRequest>,
     ) -> Rpc<ListApiKeysResponse> {
-        self.0
-            .serve(request, ListApiKeys::try_from, list_api_keys)
-            .await
+        let parse = ListApiKeys::try_from;
+        self.0.serve(request, parse, list_api_keys).await
     }
 
     async fn revoke_api_key(
@@ -90,9 +87,8 @@ impl ApiKeyService for ApiKeys {
         &self,
         request: Request<RotateApiKeyRequest>,
     ) -> Rpc<RotateApiKeyResponse> {
-        self.0
-            .serve(request, RotateApiKey::try_from, rotate_api_key)
-            .await
+        let parse = RotateApiKey::try_from;
+        self.0.serve(request, parse, rotate_api_key).await
     }
 
     async fn delete_api_key(
@@ -108,9 +104,8 @@ impl ApiKeyService for ApiKeys {
         request: Request<VerifyApiKeyRequest>,
     ) -> Rpc<VerifyApiKeyResponse> {
         let verify = async |state: &AppState, _: &Origin, cmd| verify_api_key(state, cmd).await;
-        self.0
-            .serve_public(request, VerifyApiKey::try_from, verify)
-            .await
+        let parse = VerifyApiKey::try_from;
+        self.0.serve_public(request, parse, verify).await
     }
 }
 
@@ -119,11 +114,9 @@ impl TryFrom<proto::CreateApiKeyRequest> for CreateApiKey {
 
     fn try_from(request: proto::CreateApiKeyRequest) -> AppResult<Self> {
         let now = Utc::now();
-        let expires_at = request
-            .expire_time
-            .as_ref()
-            .map(|time| future_time("expire_time", time, now))
-            .transpose();
+        let expires_at = optional(request.expire_time.as_ref(), |time| {
+            future_time("expire_time", time, now)
+        });
         let (chatbot_id, display_name, expires_at, rate_limit, credits) = parsed((
             ChatbotId::parse("chatbot_id", &request.chatbot_id),
             DisplayText::parse(
@@ -132,16 +125,12 @@ impl TryFrom<proto::CreateApiKeyRequest> for CreateApiKey {
                 MAX_DISPLAY_NAME_CHARS,
             ),
             expires_at,
-            request
-                .rate_limit
-                .as_ref()
-                .map(|limit| convert::parse_rate_limit("rate_limit", limit))
-                .transpose(),
-            request
-                .credits
-                .as_ref()
-                .map(|credits| convert::parse_credits("credits", credits))
-                .transpose(),
+            optional(request.rate_limit.as_ref(), |limit| {
+                convert::parse_rate_limit("rate_limit", limit)
+            }),
+            optional(request.credits.as_ref(), |credits| {
+                convert::parse_credits("credits", credits)
+            }),
         ))?;
         Ok(Self {
             chatbot_id,
@@ -210,6 +199,14 @@ impl TryFrom<proto::RotateApiKeyRequest> for RotateApiKey {
         let (id, grace_period) = parsed((ApiKeyId::parse("id", request.id), grace_period))?;
         Ok(Self { id, grace_period })
     }
+}
+
+/// An optional field of a request, parsed if present.
+fn optional<T, V>(
+    field: Option<&T>,
+    parse: impl FnOnce(&T) -> Result<V, FieldViolation>,
+) -> Result<Option<V>, FieldViolation> {
+    field.map(parse).transpose()
 }
 
 /// A time a request sets, which must be in the future.
@@ -293,25 +290,22 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
                     .map(|name| cmd.display_name = Some(name)),
                 ),
                 "expire_time" => violations.check(
-                    key.expire_time
-                        .as_ref()
-                        .map(|time| future_time("api_key.expire_time", time, now))
-                        .transpose()
-                        .map(|time| cmd.expires_at = Some(time)),
+                    optional(key.expire_time.as_ref(), |time| {
+                        future_time("api_key.expire_time", time, now)
+                    })
+                    .map(|time| cmd.expires_at = Some(time)),
                 ),
                 "rate_limit" => violations.check(
-                    key.rate_limit
-                        .as_ref()
-                        .map(|limit| convert::parse_rate_limit("api_key.rate_limit", limit))
-                        .transpose()
-                        .map(|limit| cmd.rate_limit = Some(limit)),
+                    optional(key.rate_limit.as_ref(), |limit| {
+                        convert::parse_rate_limit("api_key.rate_limit", limit)
+                    })
+                    .map(|limit| cmd.rate_limit = Some(limit)),
                 ),
                 "credits" => violations.check(
-                    key.credits
-                        .as_ref()
-                        .map(|credits| convert::parse_credits("api_key.credits", credits))
-                        .transpose()
-                        .map(|credits| cmd.credits = CreditsChange::Replace(credits)),
+                    optional(key.credits.as_ref(), |credits| {
+                        convert::parse_credits("api_key.credits", credits)
+                    })
+                    .map(|credits| cmd.credits = CreditsChange::Replace(credits)),
                 ),
                 "credits.remaining" => {
                     let remaining = key.credits.as_ref().map_or(0, |credits| credits.remaining);
@@ -321,12 +315,11 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
                     );
                 }
                 "credits.refill" => violations.check(
-                    key.credits
-                        .as_ref()
-                        .and_then(|credits| credits.refill.as_ref())
-                        .map(|refill| convert::parse_refill("api_key.credits.refill", refill))
-                        .transpose()
-                        .map(|refill| cmd.credits = CreditsChange::Refill(refill)),
+                    optional(
+                        key.credits.as_ref().and_then(|c| c.refill.as_ref()),
+                        |refill| convert::parse_refill("api_key.credits.refill", refill),
+                    )
+                    .map(|refill| cmd.credits = CreditsChange::Refill(refill)),
                 ),
                 _ => {}
             }

@@ -49,9 +49,8 @@ impl ChatbotService for Chatbots {
         &self,
         request: Request<ListChatbotsRequest>,
     ) -> Rpc<ListChatbotsResponse> {
-        self.0
-            .serve(request, ListChatbots::parse, list_chatbots)
-            .await
+        let parse = ListChatbots::parse;
+        self.0.serve(request, parse, list_chatbots).await
     }
 
     async fn update_chatbot(

@@ -28,9 +28,8 @@ pub struct Users(pub Arc<AppState>);
 #[tonic::async_trait]
 impl UserService for Users {
     async fn create_user(&self, request: Request<CreateUserRequest>) -> Rpc<CreateUserResponse> {
-        self.0
-            .serve_public(request, CreateUser::try_from, create_user)
-            .await
+        let parse = CreateUser::try_from;
+        self.0.serve_public(request, parse, create_user).await
     }
 
     async fn get_user(&self, request: Request<GetUserRequest>) -> Rpc<GetUserResponse> {
@@ -46,9 +45,8 @@ impl UserService for Users {
     }
 
     async fn update_user(&self, request: Request<UpdateUserRequest>) -> Rpc<UpdateUserResponse> {
-        self.0
-            .serve(request, UpdateUser::try_from, update_user)
-            .await
+        let parse = UpdateUser::try_from;
+        self.0.serve(request, parse, update_user).await
     }
 
     async fn delete_user(&self, request: Request<DeleteUserRequest>) -> Rpc<DeleteUserResponse> {

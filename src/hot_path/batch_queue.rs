@@ -7,9 +7,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::db::PoolSettings;
 use crate::error::{AppError, AppResult};
 
 /// One queued item and where its answer goes.
@@ -105,6 +107,13 @@ async fn dispatch<Q, A, F, Fut>(
             drop(slot);
         });
     }
+}
+
+/// How long a batch may take: what one direct query could wait for under
+/// `pool` (a pooled connection, a new connection, its statement), plus a
+/// second of slack. Past it, the batch's callers get UNAVAILABLE.
+pub fn batch_timeout(pool: &PoolSettings) -> Duration {
+    pool.acquire_timeout + pool.connect_timeout + pool.statement_timeout + Duration::from_secs(1)
 }
 
 /// Answers every item of a failed batch with the same error.

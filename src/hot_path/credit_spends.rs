@@ -25,7 +25,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
 
-use super::batch_queue::{fail_all, BatchQueue, Pending};
+use super::batch_queue::{batch_timeout, fail_all, BatchQueue, Pending};
 use crate::db::models::{Balance, KeyLimits};
 use crate::db::{Database, PoolSettings};
 use crate::domain::ApiKeyId;
@@ -46,6 +46,8 @@ pub enum SpendOutcome {
     },
     /// The key has no credits (any more): nothing to spend.
     Unlimited,
+    /// The key is gone (deleted since the caller looked it up).
+    KeyGone,
 }
 
 /// The handle VerifyApiKey spends through.
@@ -57,10 +59,7 @@ impl CreditSpends {
     /// Starts the dispatcher on the current runtime; `batches_in_flight`
     /// bounds the connections it holds at once.
     pub fn start(db: Database, batches_in_flight: usize, pool: &PoolSettings) -> Self {
-        let batch_timeout = pool.acquire_timeout
-            + pool.connect_timeout
-            + pool.statement_timeout
-            + Duration::from_secs(1);
+        let batch_timeout = batch_timeout(pool);
         let queue = BatchQueue::start(MAX_BATCH, batches_in_flight, move |spends| {
             let db = db.clone();
             async move { settle_batch(&db, spends, batch_timeout).await }
@@ -161,6 +160,9 @@ fn settle(
     let outcomes = spends
         .iter()
         .map(|(id, cost)| match accounts.get_mut(id) {
+            // A key that was looked up with credits has a row until it is
+            // deleted (the row goes by cascade).
+            None if !rows.iter().any(|row| row.api_key_id == *id) => SpendOutcome::KeyGone,
             None => SpendOutcome::Unlimited,
             Some(account) if account.remaining >= *cost => {
                 account.remaining -= cost;

@@ -1,6 +1,7 @@
 //! Machinery that exists for speed, kept out of the handlers so that an RPC
 //! still reads top to bottom and so that what each piece promises is stated
-//! in one place. None of it changes an answer; each piece only avoids work:
+//! in one place. None of it changes an answer (batched credit spends answer
+//! as one spend at a time would); each piece only avoids work:
 //!
 //! - [`api_key_cache`]: VerifyApiKey answers a hot key without a query. It
 //!   caches the row, not the verdict, so revocation and expiry are judged at
@@ -8,7 +9,7 @@
 //! - [`read_coalescing`]: GetChatbot's point reads that arrive together go
 //!   to the database as one statement; a read still sees every write
 //!   committed before it arrived.
-//! - [`last_used`]: VerifyApiKey never writes; last-used times are written
+//! - [`last_used`]: VerifyApiKey writes no last-used time per call; they are written
 //!   in one batch per interval, and a failed batch is retried, never lost
 //!   or moved back in time.
 //! - [`credit_spends`]: VerifyApiKey's spends on keys with credits that

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::batch_queue::{fail_all, BatchQueue, Pending};
+use super::batch_queue::{batch_timeout, fail_all, BatchQueue, Pending};
 use crate::db::models::Chatbot;
 use crate::db::{Database, PoolSettings};
 use crate::domain::ChatbotId;
@@ -58,14 +58,10 @@ type PendingRead = Pending<ChatbotId, Option<Chatbot>>;
 
 impl ChatbotReads {
     /// Starts the dispatcher on the current runtime; `batches_in_flight`
-    /// bounds the connections it holds at once. A batch may take what one
-    /// direct read could wait for under `pool` (a pooled connection, a new
-    /// connection, its statement), plus a second of slack.
+    /// bounds the connections it holds at once, and a batch may take
+    /// [`batch_timeout`].
     pub fn start(db: Database, batches_in_flight: usize, pool: &PoolSettings) -> Self {
-        let batch_timeout = pool.acquire_timeout
-            + pool.connect_timeout
-            + pool.statement_timeout
-            + Duration::from_secs(1);
+        let batch_timeout = batch_timeout(pool);
         let stats = Arc::new(ReadStats::default());
         let counted = stats.clone();
         let queue = BatchQueue::start(MAX_BATCH, batches_in_flight, move |reads| {

@@ -69,10 +69,11 @@ impl SharedLimits {
         let connection = Arc::new(RwLock::new(None));
         let slot = connection.clone();
         let first = ConnectionManager::new_with_config(client.clone(), config.clone());
-        match tokio::time::timeout(Duration::from_secs(1), first).await {
+        let connected = match tokio::time::timeout(Duration::from_secs(1), first).await {
             Ok(Ok(manager)) => {
                 tracing::info!("connected to Redis: rate limits are shared by every replica");
                 *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(manager);
+                true
             }
             failed => {
                 let reason = match failed {
@@ -94,13 +95,15 @@ impl SharedLimits {
                         }
                     }
                 });
+                false
             }
-        }
+        };
         Ok(Self {
             connection,
             script: Script::new(GCRA),
             prefix,
-            in_outage: AtomicBool::new(false),
+            // Unreachable at start is already an outage, warned about above.
+            in_outage: AtomicBool::new(!connected),
             fallbacks,
         })
     }

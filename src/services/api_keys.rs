@@ -702,7 +702,9 @@ pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> 
 }
 
 /// The hot path: a malformed key costs nothing, a cached one no query, and
-/// nothing is written (last use is recorded for the next batch). Errors
+/// nothing is written for a key without credits (last use is recorded for
+/// the next batch); a key with credits spends through one batched write
+/// ([`crate::hot_path::credit_spends`]). Errors
 /// only when the key's rate limit is spent or the store is unreachable.
 pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Verification> {
     let Some(secret) = cmd.secret else {
@@ -749,6 +751,7 @@ pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Ve
         match state.credit_spends.spend(record.id, cmd.cost).await? {
             SpendOutcome::Spent(remaining) => Some(remaining),
             SpendOutcome::Unlimited => None,
+            SpendOutcome::KeyGone => return Ok(Verification::Invalid(Rejection::NotFound)),
             SpendOutcome::Short {
                 remaining,
                 next_refill,

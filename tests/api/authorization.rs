@@ -21,6 +21,7 @@ enum Rpc {
     DeleteChatbot,
     CreateApiKey,
     GetApiKey,
+    UpdateApiKey,
     ListApiKeys,
     RevokeApiKey,
     RotateApiKey,
@@ -43,6 +44,7 @@ const ALL_RPCS: &[Rpc] = &[
     Rpc::DeleteChatbot,
     Rpc::CreateApiKey,
     Rpc::GetApiKey,
+    Rpc::UpdateApiKey,
     Rpc::ListApiKeys,
     Rpc::RevokeApiKey,
     Rpc::RotateApiKey,
@@ -94,6 +96,7 @@ impl Rpc {
                 | Rpc::DeleteChatbot
                 | Rpc::CreateApiKey
                 | Rpc::GetApiKey
+                | Rpc::UpdateApiKey
                 | Rpc::ListApiKeys
                 | Rpc::RevokeApiKey
                 | Rpc::RotateApiKey
@@ -244,6 +247,20 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
         Rpc::GetApiKey => app
             .api_keys(token)
             .get_api_key(proto::GetApiKeyRequest { id: t.api_key_id })
+            .await
+            .map(drop),
+        Rpc::UpdateApiKey => app
+            .api_keys(token)
+            .update_api_key(proto::UpdateApiKeyRequest {
+                api_key: Some(proto::ApiKey {
+                    id: t.api_key_id,
+                    display_name: "renamed".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
+            })
             .await
             .map(drop),
         Rpc::ListApiKeys => app

@@ -528,9 +528,15 @@ pub async fn update_api_key(
                 if !ApiKey::lock(conn, id).await? {
                     return Err(AppError::NotFound("API key"));
                 }
+                let now = Utc::now();
+                if cmd.expires_at.is_some() {
+                    let key = ApiKey::find(conn, id)
+                        .await?
+                        .ok_or(AppError::NotFound("API key"))?;
+                    may_move_expiry(&key, now)?;
+                }
                 let name = cmd.display_name.as_ref().map(DisplayText::as_str);
                 ApiKey::set_label_and_expiry(conn, id, name, cmd.expires_at).await?;
-                let now = Utc::now();
                 let mut limits = KeyLimitChanges::default();
                 if let Some(rate_limit) = cmd.rate_limit {
                     limits.set_rate_limit(rate_limit);
@@ -770,6 +776,24 @@ pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Ve
         record,
         credits_remaining,
     })
+}
+
+/// Whether UpdateApiKey may move a key's expiry: not once the key has
+/// ended, since that would bring back a key that no longer counts against
+/// the chatbot's active-key limit, and not for a key a rotation replaced,
+/// whose grace period the rotation set.
+fn may_move_expiry(key: &ApiKey, now: DateTime<Utc>) -> AppResult<()> {
+    if key.rotated_at.is_some() {
+        return Err(AppError::FailedPrecondition(
+            "the key was replaced by a rotation, which set when it ends".into(),
+        ));
+    }
+    if key.expires_at.is_some_and(|t| t <= now) {
+        return Err(AppError::FailedPrecondition(
+            "the key has expired; create a new key instead".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The key with its limits; NOT_FOUND if it is gone.

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chatbot_backend::db::models::{KeyLimitChanges, KeyLimits};
+use chatbot_backend::db::models::{ApiKey, KeyLimitChanges, KeyLimits};
 use chatbot_backend::domain::{ApiKeyId, Refill};
 use chatbot_backend::proto::{self, VerifyApiKeyReason};
 use prost_types::FieldMask;
@@ -498,5 +498,62 @@ backend_test! {
         assert_eq!(replacement.rate_limit.unwrap().limit, 7);
         assert_eq!(replacement.credits.unwrap().remaining, 25);
         assert_eq!(verify_costing(&app, &rotated.key, 5).await.credits_remaining, Some(20));
+    }
+}
+
+backend_test! {
+    async fn update_api_key_cannot_bring_back_an_expired_or_replaced_key() {
+        let app = spawn_app().await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "revival").await;
+        let expiry = |id: i64| proto::UpdateApiKeyRequest {
+            api_key: Some(proto::ApiKey { id, ..Default::default() }),
+            update_mask: Some(FieldMask { paths: vec!["expire_time".into()] }),
+        };
+
+        // An expired key (its expiry moved into the past in the store, as
+        // time would) stays expired: reviving it would slip past the
+        // chatbot's active-key limit.
+        let expired = app.create_api_key(&owner, &chatbot.id).await;
+        let expired_id = expired.api_key.unwrap().id;
+        let mut conn = app.db.conn().await.unwrap();
+        let past = chrono::Utc::now() - chrono::TimeDelta::seconds(5);
+        ApiKey::set_label_and_expiry(&mut conn, ApiKeyId(expired_id), None, Some(Some(past)))
+            .await
+            .unwrap();
+        drop(conn);
+        assert_code(
+            app.api_keys(Some(&owner.token)).update_api_key(expiry(expired_id)).await,
+            Code::FailedPrecondition,
+        );
+
+        // A key a rotation replaced keeps the end its rotation gave it.
+        let replaced = app.create_api_key(&owner, &chatbot.id).await;
+        let replaced_id = replaced.api_key.unwrap().id;
+        app.api_keys(Some(&owner.token))
+            .rotate_api_key(proto::RotateApiKeyRequest {
+                id: replaced_id,
+                grace_period: window(3600),
+            })
+            .await
+            .unwrap();
+        assert_code(
+            app.api_keys(Some(&owner.token)).update_api_key(expiry(replaced_id)).await,
+            Code::FailedPrecondition,
+        );
+        assert!(get_key(&app, &owner, replaced_id).await.expire_time.is_some());
+
+        // A live key's expiry may be cleared.
+        let live = app.create_api_key(&owner, &chatbot.id).await;
+        let live_id = live.api_key.unwrap().id;
+        let updated = app
+            .api_keys(Some(&owner.token))
+            .update_api_key(expiry(live_id))
+            .await
+            .unwrap()
+            .into_inner()
+            .api_key
+            .unwrap();
+        assert_eq!(updated.expire_time, None);
     }
 }

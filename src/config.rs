@@ -134,10 +134,11 @@ pub struct Settings {
     #[arg(long, env = "READ_BATCHES_IN_FLIGHT", default_value_t = 2)]
     pub read_batches_in_flight: usize,
 
-    /// Transactions of batched credit spends (VerifyApiKey on keys with
-    /// credits) at the database at once; spends arriving meanwhile wait to
-    /// go out together in the next.
-    #[arg(long, env = "SPEND_BATCHES_IN_FLIGHT", default_value_t = 2)]
+    /// Batches of credit spends (VerifyApiKey on keys with credits) at the
+    /// database at once; spends arriving meanwhile wait to go out together
+    /// in the next. One by default: a batch is usually one statement, and
+    /// two at once over shared keys would make each other write again.
+    #[arg(long, env = "SPEND_BATCHES_IN_FLIGHT", default_value_t = 1)]
     pub spend_batches_in_flight: usize,
 
     /// Seconds between flushes of API keys' last-used times.

@@ -3,23 +3,34 @@
 //! One spend on its own is a transaction: a pooled connection, a round trip
 //! and a commit (a WAL flush) each. Spends therefore queue here, like
 //! GetChatbot's reads (`read_coalescing`), and a dispatcher settles the ones
-//! that queued up together in one transaction: lock their rows (in id
-//! order, so batches on different replicas cannot deadlock), apply due
-//! refills and then every spend in arrival order in memory, write the new
-//! balances in one statement, commit, and only then answer. So:
+//! that queued up together: it applies due refills and then every spend in
+//! arrival order to the keys' rows in memory, writes the new balances in one
+//! statement, and only then answers. So:
 //!
 //! - a balance never goes below zero, whatever the concurrency and however
-//!   many replicas: every batch works on locked, current rows;
+//!   many replicas: a balance is written only over the row it was computed
+//!   from (compare-and-set), and a row that changed meanwhile is read again
+//!   and its spends settled again;
 //! - a spend answered VALID is committed: a crash loses none;
 //! - refills happen on time without a job per key: a batch applies any that
 //!   fell due before it spends.
+//!
+//! The rows come from what this process last read or wrote, so on
+//! PostgreSQL a batch is usually one statement: one round trip and one
+//! commit, with no transaction held open across round trips. Only a spend
+//! that succeeds is answered from a remembered row; a refusal is always
+//! decided on the row as read now, so a top-up elsewhere is seen at once.
+//! After a few rounds of conflicts (many replicas spending one key) the rest
+//! of a batch is settled in a transaction that locks its rows in id order,
+//! which is also the only path on SQLite (one writer at a time there).
 //!
 //! At low load a spend goes out alone, at once. A batch is bounded in time
 //! like a direct query; on timeout or a database error its callers get the
 //! error (UNAVAILABLE when the store is unreachable), and nothing was spent
 //! unless it committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -27,12 +38,19 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 
 use super::batch_queue::{batch_timeout, fail_all, BatchQueue, Pending};
 use crate::db::models::{Balance, KeyLimits};
-use crate::db::{Database, PoolSettings};
+use crate::db::{Database, DbConnection, PoolSettings};
 use crate::domain::ApiKeyId;
 use crate::error::{AppError, AppResult};
 
-/// Spends per transaction at most.
+/// Spends per batch at most.
 const MAX_BATCH: usize = 256;
+
+/// Compare-and-set rounds a batch tries before it locks its rows.
+const OPTIMISTIC_ROUNDS: usize = 3;
+
+/// Rows remembered at most; past it the memory starts again empty (a
+/// forgotten row costs one read).
+const MAX_REMEMBERED: usize = 100_000;
 
 /// What a spend came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +77,14 @@ impl CreditSpends {
     /// Starts the dispatcher on the current runtime; `batches_in_flight`
     /// bounds the connections it holds at once.
     pub fn start(db: Database, batches_in_flight: usize, pool: &PoolSettings) -> Self {
-        let batch_timeout = batch_timeout(pool);
+        let settler = Arc::new(Settler {
+            db,
+            batch_timeout: batch_timeout(pool),
+            rows: Mutex::default(),
+        });
         let queue = BatchQueue::start(MAX_BATCH, batches_in_flight, move |spends| {
-            let db = db.clone();
-            async move { settle_batch(&db, spends, batch_timeout).await }
+            let settler = settler.clone();
+            async move { settler.settle_batch(spends).await }
         });
         Self { queue }
     }
@@ -73,59 +95,200 @@ impl CreditSpends {
     }
 }
 
-/// Settles one batch and answers each spend, or each the same error.
-async fn settle_batch(
-    db: &Database,
-    spends: Vec<Pending<(ApiKeyId, i64), SpendOutcome>>,
+struct Settler {
+    db: Database,
     batch_timeout: Duration,
-) {
-    let asked: Vec<(ApiKeyId, i64)> = spends.iter().map(|spend| spend.item).collect();
-    match run(db, asked, batch_timeout).await {
-        Ok(outcomes) => {
-            for (spend, outcome) in spends.into_iter().zip(outcomes) {
-                spend.answer(Ok(outcome));
-            }
-        }
-        Err(error) => fail_all(spends, &error),
-    }
+    /// Each key's row as this process last read or wrote it.
+    rows: Mutex<HashMap<ApiKeyId, KeyLimits>>,
 }
 
-/// The batch's transaction, in a task of its own so that on timeout it is
-/// left to finish (and commit or roll back) rather than dropped half-way.
-async fn run(
-    db: &Database,
-    spends: Vec<(ApiKeyId, i64)>,
-    batch_timeout: Duration,
-) -> AppResult<Vec<SpendOutcome>> {
-    let db = db.clone();
-    let transaction = tokio::spawn(async move {
+impl Settler {
+    /// Settles one batch and answers each spend, or each the same error.
+    async fn settle_batch(self: Arc<Self>, spends: Vec<Pending<(ApiKeyId, i64), SpendOutcome>>) {
+        let asked: Vec<(ApiKeyId, i64)> = spends.iter().map(|spend| spend.item).collect();
+        match self.run(asked).await {
+            Ok(outcomes) => {
+                for (spend, outcome) in spends.into_iter().zip(outcomes) {
+                    spend.answer(Ok(outcome));
+                }
+            }
+            Err(error) => fail_all(spends, &error),
+        }
+    }
+
+    /// The batch's work, in a task of its own so that on timeout it is left
+    /// to finish (and commit or roll back) rather than dropped half-way.
+    async fn run(self: Arc<Self>, spends: Vec<(ApiKeyId, i64)>) -> AppResult<Vec<SpendOutcome>> {
+        let batch_timeout = self.batch_timeout;
+        let work = tokio::spawn(async move {
+            let mut conn = self.db.conn().await?;
+            let mut outcomes = vec![None; spends.len()];
+            let open = if matches!(conn, DbConnection::Postgres(_)) {
+                self.settle_optimistically(&mut conn, &spends, &mut outcomes)
+                    .await?
+            } else {
+                (0..spends.len()).collect()
+            };
+            if !open.is_empty() {
+                let open_spends: Vec<(ApiKeyId, i64)> = open.iter().map(|&i| spends[i]).collect();
+                let settled = self.settle_locked(&mut conn, open_spends).await?;
+                for (i, outcome) in open.into_iter().zip(settled) {
+                    outcomes[i] = Some(outcome);
+                }
+            }
+            Ok::<_, AppError>(outcomes.into_iter().flatten().collect())
+        });
+        match tokio::time::timeout(batch_timeout, work).await {
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(failed)) => Err(AppError::internal(anyhow::anyhow!(
+                "a batch of credit spends failed: {failed}"
+            ))),
+            Err(_) => Err(AppError::Unavailable(anyhow::anyhow!(
+                "a batch of credit spends took longer than {batch_timeout:?}"
+            ))),
+        }
+    }
+
+    /// Settles what it can of `spends` with compare-and-set writes, filling
+    /// `outcomes`; returns the indices of the spends still open.
+    async fn settle_optimistically(
+        &self,
+        conn: &mut DbConnection,
+        spends: &[(ApiKeyId, i64)],
+        outcomes: &mut [Option<SpendOutcome>],
+    ) -> AppResult<Vec<usize>> {
+        let mut open: Vec<usize> = (0..spends.len()).collect();
+        for round in 0..OPTIMISTIC_ROUNDS {
+            if open.is_empty() {
+                break;
+            }
+            let asked: Vec<(ApiKeyId, i64)> = open.iter().map(|&i| spends[i]).collect();
+            let mut ids: Vec<ApiKeyId> = asked.iter().map(|(id, _)| *id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            // The first round starts from remembered rows; later rounds and
+            // keys not remembered read the rows as they are now.
+            let mut rows = Vec::with_capacity(ids.len());
+            let mut unread = Vec::new();
+            if round == 0 {
+                let remembered = self.remembered();
+                for id in ids {
+                    match remembered.get(&id) {
+                        Some(row) => rows.push(*row),
+                        None => unread.push(id),
+                    }
+                }
+            } else {
+                unread = ids;
+            }
+            let read_now: HashSet<ApiKeyId> = unread.iter().copied().collect();
+            if !unread.is_empty() {
+                let read = KeyLimits::find_many(conn, &unread).await?;
+                self.remember(&unread, &read);
+                rows.extend(read);
+            }
+            let (settled, balances) = settle(&rows, &asked, Utc::now());
+            let written: HashSet<ApiKeyId> = match KeyLimits::write_balances(conn, &balances).await
+            {
+                Ok(written) => written.into_iter().collect(),
+                // PostgreSQL refused the statement (a deadlock, say): it
+                // rolled back whole, so the locked path settles the rest.
+                Err(diesel::result::Error::DatabaseError(..)) => return Ok(open),
+                Err(error) => return Err(error.into()),
+            };
+            let conflicted = self.remember_written(&balances, &written);
+            let mut still_open = Vec::new();
+            for (&i, outcome) in open.iter().zip(settled) {
+                let id = spends[i].0;
+                let decided = match outcome {
+                    SpendOutcome::Spent(_) => true,
+                    _ => read_now.contains(&id),
+                };
+                if decided && !conflicted.contains(&id) {
+                    outcomes[i] = Some(outcome);
+                } else {
+                    still_open.push(i);
+                }
+            }
+            open = still_open;
+        }
+        Ok(open)
+    }
+
+    /// Settles `spends` in one transaction over their locked rows.
+    async fn settle_locked(
+        &self,
+        conn: &mut DbConnection,
+        spends: Vec<(ApiKeyId, i64)>,
+    ) -> AppResult<Vec<SpendOutcome>> {
         let mut ids: Vec<ApiKeyId> = spends.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut conn = db.conn().await?;
-        conn.transaction(|conn| {
-            async move {
-                let rows = KeyLimits::lock_many(conn, &ids).await?;
-                let (outcomes, balances) = settle(&rows, &spends, Utc::now());
-                KeyLimits::write_balances(conn, &balances).await?;
-                Ok::<_, AppError>(outcomes)
+        let (outcomes, balances) = conn
+            .transaction(|conn| {
+                async move {
+                    let rows = KeyLimits::lock_many(conn, &ids).await?;
+                    let (outcomes, balances) = settle(&rows, &spends, Utc::now());
+                    let written = KeyLimits::write_balances(conn, &balances).await?;
+                    if written.len() != balances.len() {
+                        return Err(AppError::internal(anyhow::anyhow!(
+                            "a locked credit row changed under its lock"
+                        )));
+                    }
+                    Ok::<_, AppError>((outcomes, balances))
+                }
+                .scope_boxed()
+            })
+            .await?;
+        let written: HashSet<ApiKeyId> = balances.iter().map(|balance| balance.id).collect();
+        self.remember_written(&balances, &written);
+        Ok(outcomes)
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<ApiKeyId, KeyLimits>> {
+        // A panic elsewhere cannot leave a row half-written: plain values.
+        self.rows
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Remembers the rows read for `ids` (a key with no row, or no credits
+    /// any more, is forgotten).
+    fn remember(&self, ids: &[ApiKeyId], read: &[KeyLimits]) {
+        let mut rows = self.remembered();
+        if rows.len() + read.len() > MAX_REMEMBERED {
+            rows.clear();
+        }
+        for id in ids {
+            rows.remove(id);
+        }
+        for row in read.iter().filter(|row| row.credits().is_some()) {
+            rows.insert(row.api_key_id, *row);
+        }
+    }
+
+    /// Remembers the balances `written`, forgets the rows whose write found
+    /// them changed, and returns those keys.
+    fn remember_written(
+        &self,
+        balances: &[Balance],
+        written: &HashSet<ApiKeyId>,
+    ) -> HashSet<ApiKeyId> {
+        let mut rows = self.remembered();
+        let mut conflicted = HashSet::new();
+        for balance in balances {
+            if written.contains(&balance.id) {
+                rows.insert(balance.id, balance.was.with_balance(balance));
+            } else {
+                rows.remove(&balance.id);
+                conflicted.insert(balance.id);
             }
-            .scope_boxed()
-        })
-        .await
-    });
-    match tokio::time::timeout(batch_timeout, transaction).await {
-        Ok(Ok(outcomes)) => outcomes,
-        Ok(Err(failed)) => Err(AppError::internal(anyhow::anyhow!(
-            "a batch of credit spends failed: {failed}"
-        ))),
-        Err(_) => Err(AppError::Unavailable(anyhow::anyhow!(
-            "a batch of credit spends took longer than {batch_timeout:?}"
-        ))),
+        }
+        conflicted
     }
 }
 
-/// Applies `spends` in order to the locked `rows` as of `now`: each spend's
+/// Applies `spends` in order to `rows` as of `now`: each spend's
 /// outcome, and the balances to write (a due refill first resets a balance).
 fn settle(
     rows: &[KeyLimits],
@@ -137,6 +300,7 @@ fn settle(
         next_refill: Option<DateTime<Utc>>,
         refilled_at: Option<DateTime<Utc>>,
         changed: bool,
+        was: KeyLimits,
     }
     let mut accounts: HashMap<ApiKeyId, Account> = rows
         .iter()
@@ -153,16 +317,18 @@ fn settle(
                     next_refill,
                     refilled_at,
                     changed: refilled_at.is_some(),
+                    was: *row,
                 },
             ))
         })
         .collect();
+    let with_row: HashSet<ApiKeyId> = rows.iter().map(|row| row.api_key_id).collect();
     let outcomes = spends
         .iter()
         .map(|(id, cost)| match accounts.get_mut(id) {
             // A key that was looked up with credits has a row until it is
             // deleted (the row goes by cascade).
-            None if !rows.iter().any(|row| row.api_key_id == *id) => SpendOutcome::KeyGone,
+            None if !with_row.contains(id) => SpendOutcome::KeyGone,
             None => SpendOutcome::Unlimited,
             Some(account) if account.remaining >= *cost => {
                 account.remaining -= cost;
@@ -182,6 +348,7 @@ fn settle(
             id,
             remaining: account.remaining,
             refilled_at: account.refilled_at,
+            was: account.was,
         })
         .collect();
     balances.sort_unstable_by_key(|balance| balance.id);

@@ -12,7 +12,8 @@ use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, spawn_app, spawn_app_with, violated_fields, TestApp, TestUser,
+    assert_code, backend_test, spawn_app, spawn_app_with, violated_fields, Clients, TestApp,
+    TestUser,
 };
 
 fn window(seconds: i64) -> Option<prost_types::Duration> {
@@ -270,6 +271,63 @@ async fn a_killed_replica_loses_no_spend_it_answered_valid_postgres() {
     assert_eq!(
         get_key(&app, &owner, id).await.credits.unwrap().remaining,
         10
+    );
+}
+
+/// Each replica settles spends on the balance as it is in the database,
+/// not as that replica last saw it: a spend elsewhere and a top-up
+/// elsewhere both count at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_spends_from_the_balance_as_it_is_now_not_as_it_last_saw_it_postgres() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let created = key_with(&app, &owner, None, Some(credits(5))).await;
+    let id = created.api_key.unwrap().id;
+    let replica = app.spawn_replica_process(&[]).await;
+    let verify_through = |client: &Clients, cost: i64| {
+        let mut client = client.api_keys(None);
+        let key = created.key.clone();
+        async move {
+            client
+                .verify_api_key(proto::VerifyApiKeyRequest { key, cost })
+                .await
+                .expect("VerifyApiKey answers OK")
+                .into_inner()
+        }
+    };
+
+    assert_eq!(verify_through(&app, 1).await.credits_remaining, Some(4));
+    assert_eq!(verify_through(&replica, 3).await.credits_remaining, Some(1));
+    // The first process last saw 4; the key has 1.
+    let refused = verify_through(&app, 3).await;
+    assert_eq!(refused.reason(), VerifyApiKeyReason::UsageExceeded);
+    assert_eq!(refused.credits_remaining, Some(1));
+
+    // A top-up through the replica; the first process last saw 1.
+    replica
+        .api_keys(Some(&owner.token))
+        .update_api_key(proto::UpdateApiKeyRequest {
+            api_key: Some(proto::ApiKey {
+                id,
+                credits: Some(credits(10)),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["credits.remaining".into()],
+            }),
+        })
+        .await
+        .expect("top up");
+    let spent = verify_through(&app, 10).await;
+    assert!(spent.valid, "the top-up counts at once: {spent:?}");
+    assert_eq!(spent.credits_remaining, Some(0));
+    // The replica last saw 10 (its own write); the key has 0.
+    let refused = verify_through(&replica, 1).await;
+    assert_eq!(refused.reason(), VerifyApiKeyReason::UsageExceeded);
+    assert_eq!(refused.credits_remaining, Some(0));
+    assert_eq!(
+        get_key(&app, &owner, id).await.credits.unwrap().remaining,
+        0
     );
 }
 

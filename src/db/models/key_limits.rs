@@ -1,7 +1,7 @@
 //! The `api_key_limits` table: a key's own rate limit and credits, one row
-//! per key that has either. Spends are single conditional statements, so
-//! no number of concurrent callers on any number of replicas takes a
-//! balance below zero.
+//! per key that has either. A balance is written only over the row it was
+//! computed from (compare-and-set), so no number of concurrent callers on
+//! any number of replicas takes a balance below zero.
 
 use std::collections::HashMap;
 
@@ -139,38 +139,31 @@ impl KeyLimits {
         }
     }
 
-    /// Writes balances (and, where a refill happened, the refill's time)
-    /// computed under [`lock_many`](Self::lock_many): one statement for the
-    /// whole batch on PostgreSQL.
+    /// Writes balances computed from rows as they were read, each only if
+    /// its row still holds what it was computed from (every column a
+    /// spend reads): returns the keys written. Under
+    /// [`lock_many`](Self::lock_many) that is all of them; without a lock
+    /// a row another batch or replica changed since is left alone, and its
+    /// spends are settled again on the row as it is now.
+    ///
+    /// One statement on PostgreSQL, which also locks its rows in id order
+    /// first (two batches over the same keys cannot deadlock), and stays
+    /// prepared on the connection: no round trip beyond its own.
     pub async fn write_balances(
         conn: &mut DbConnection,
         balances: &[Balance],
-    ) -> diesel::QueryResult<()> {
-        use diesel::sql_types::{Array, BigInt, Nullable, Timestamptz};
+    ) -> diesel::QueryResult<Vec<ApiKeyId>> {
         use diesel_async::RunQueryDsl;
         if balances.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         match conn {
             DbConnection::Postgres(conn) => {
-                let ids: Vec<i64> = balances.iter().map(|b| b.id.0).collect();
-                let remaining: Vec<i64> = balances.iter().map(|b| b.remaining).collect();
-                let refilled_at: Vec<Option<DateTime<Utc>>> =
-                    balances.iter().map(|b| b.refilled_at).collect();
-                diesel::sql_query(
-                    "UPDATE api_key_limits AS l \
-                     SET credits_remaining = v.remaining, \
-                         credits_refilled_at = COALESCE(v.refilled_at, l.credits_refilled_at) \
-                     FROM unnest($1, $2, $3) AS v(id, remaining, refilled_at) \
-                     WHERE l.api_key_id = v.id",
-                )
-                .bind::<Array<BigInt>, _>(ids)
-                .bind::<Array<BigInt>, _>(remaining)
-                .bind::<Array<Nullable<Timestamptz>>, _>(refilled_at)
-                .execute(&mut **conn)
-                .await
-                .map(drop)
+                let written: Vec<i64> = WriteBalances::new(balances).load(&mut **conn).await?;
+                Ok(written.into_iter().map(ApiKeyId).collect())
             }
+            // SQLite is only ever written under `lock_many`, which holds
+            // the whole database: every row is as it was read.
             DbConnection::Sqlite(conn) => {
                 let conn: &mut crate::db::SqliteAsyncConnection = conn;
                 for balance in balances {
@@ -193,19 +186,113 @@ impl KeyLimits {
                         }
                     };
                 }
-                Ok(())
+                Ok(balances.iter().map(|balance| balance.id).collect())
             }
+        }
+    }
+
+    /// This row after `balance` was written to it.
+    pub fn with_balance(&self, balance: &Balance) -> KeyLimits {
+        KeyLimits {
+            credits_remaining: Some(balance.remaining),
+            credits_refilled_at: balance.refilled_at.or(self.credits_refilled_at),
+            ..*self
         }
     }
 }
 
-/// A balance to write: the new balance, and the new refill time if a
-/// refill happened.
+/// A balance to write: the new balance, the new refill time if a refill
+/// happened, and the row it was computed from.
 #[derive(Debug, Clone, Copy)]
 pub struct Balance {
     pub id: ApiKeyId,
     pub remaining: i64,
     pub refilled_at: Option<DateTime<Utc>>,
+    pub was: KeyLimits,
+}
+
+/// [`KeyLimits::write_balances`]'s statement on PostgreSQL. A query of
+/// its own rather than `sql_query`, which diesel prepares anew on every
+/// call (one more round trip); this one has a static query id, so each
+/// connection prepares it once.
+#[derive(diesel::query_builder::QueryId)]
+struct WriteBalances {
+    ids: Vec<i64>,
+    remaining: Vec<i64>,
+    refilled_at: Vec<Option<DateTime<Utc>>>,
+    was_remaining: Vec<Option<i64>>,
+    was_refilled_at: Vec<Option<DateTime<Utc>>>,
+    was_refill_amount: Vec<Option<i64>>,
+    was_refill_interval_ms: Vec<Option<i64>>,
+}
+
+impl WriteBalances {
+    fn new(balances: &[Balance]) -> Self {
+        Self {
+            ids: balances.iter().map(|b| b.id.0).collect(),
+            remaining: balances.iter().map(|b| b.remaining).collect(),
+            refilled_at: balances.iter().map(|b| b.refilled_at).collect(),
+            was_remaining: balances.iter().map(|b| b.was.credits_remaining).collect(),
+            was_refilled_at: balances.iter().map(|b| b.was.credits_refilled_at).collect(),
+            was_refill_amount: balances
+                .iter()
+                .map(|b| b.was.credits_refill_amount)
+                .collect(),
+            was_refill_interval_ms: balances
+                .iter()
+                .map(|b| b.was.credits_refill_interval_ms)
+                .collect(),
+        }
+    }
+}
+
+impl diesel::query_builder::Query for WriteBalances {
+    type SqlType = diesel::sql_types::BigInt;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for WriteBalances {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Nullable, Timestamptz};
+        out.push_sql(
+            "UPDATE api_key_limits AS l \
+             SET credits_remaining = v.remaining, \
+                 credits_refilled_at = COALESCE(v.refilled_at, l.credits_refilled_at) \
+             FROM unnest(",
+        );
+        out.push_bind_param::<Array<BigInt>, _>(&self.ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.remaining)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&self.refilled_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.was_remaining)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&self.was_refilled_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.was_refill_amount)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.was_refill_interval_ms)?;
+        out.push_sql(
+            ") AS v(id, remaining, refilled_at, was_remaining, was_refilled_at, \
+                    was_refill_amount, was_refill_interval_ms) \
+             WHERE l.api_key_id = v.id \
+               AND l.api_key_id IN (SELECT api_key_id FROM api_key_limits \
+                                    WHERE api_key_id = ANY(",
+        );
+        out.push_bind_param::<Array<BigInt>, _>(&self.ids)?;
+        out.push_sql(
+            ") ORDER BY api_key_id FOR UPDATE) \
+               AND l.credits_remaining IS NOT DISTINCT FROM v.was_remaining \
+               AND l.credits_refilled_at IS NOT DISTINCT FROM v.was_refilled_at \
+               AND l.credits_refill_amount IS NOT DISTINCT FROM v.was_refill_amount \
+               AND l.credits_refill_interval_ms IS NOT DISTINCT FROM v.was_refill_interval_ms \
+             RETURNING l.api_key_id",
+        );
+        Ok(())
+    }
 }
 
 /// A key and its limits, as the API shows them.

@@ -145,6 +145,12 @@ pub struct Settings {
     #[arg(long, env = "LAST_USED_FLUSH_INTERVAL_SECS", default_value_t = 30)]
     pub last_used_flush_interval_secs: u64,
 
+    /// Seconds between flushes of usage counts (VerifyApiKey's answers per
+    /// key and hour); a replica killed without shutting down loses at most
+    /// this long's counts.
+    #[arg(long, env = "USAGE_FLUSH_INTERVAL_SECS", default_value_t = 30)]
+    pub usage_flush_interval_secs: u64,
+
     /// Seconds between database health checks (readiness).
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_SECS", default_value_t = 5)]
     pub health_check_interval_secs: u64,
@@ -257,7 +263,7 @@ impl Settings {
         // would start but could not work (every RPC cancelled, no answer
         // at all, a panic on the first token, a database that refuses the
         // session setting...).
-        let bounds: [(&str, u64, u64, u64); 22] = [
+        let bounds: [(&str, u64, u64, u64); 23] = [
             (
                 "DATABASE_POOL_SIZE",
                 self.database_pool_size as u64,
@@ -340,6 +346,12 @@ impl Settings {
             (
                 "LAST_USED_FLUSH_INTERVAL_SECS",
                 self.last_used_flush_interval_secs,
+                1,
+                MAX_INTERVAL_SECS,
+            ),
+            (
+                "USAGE_FLUSH_INTERVAL_SECS",
+                self.usage_flush_interval_secs,
                 1,
                 MAX_INTERVAL_SECS,
             ),

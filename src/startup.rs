@@ -22,6 +22,7 @@ use crate::gate::GateLayer;
 use crate::health::{self, HealthReporter};
 use crate::hot_path::{
     ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, LastUsedRecorder, ReadStats,
+    UsageRecorder,
 };
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
@@ -159,6 +160,7 @@ impl Application {
             ),
             db,
             last_used: LastUsedRecorder::default(),
+            usage: UsageRecorder::default(),
             rate_limits: RateLimits::new(settings.rate_limit_settings(), shared_limits),
             policy: Policy {
                 allow_signup: settings.allow_signup,
@@ -265,6 +267,24 @@ impl Application {
             Duration::from_secs(settings.last_used_flush_interval_secs),
             background_stopped.clone(),
         ));
+        let usage_task = tokio::spawn(every(
+            Duration::from_secs(settings.usage_flush_interval_secs),
+            background_stopped.clone(),
+            {
+                let state = state.clone();
+                move || {
+                    let state = state.clone();
+                    async move {
+                        if let Err(error) = state.usage.flush(&state.db).await {
+                            tracing::warn!(
+                                error = format!("{error:#}"),
+                                "could not flush usage counts; will retry"
+                            );
+                        }
+                    }
+                }
+            },
+        ));
         let listen_task = match database {
             // Other replicas' changes arrive as notifications; the caches
             // serve only while they can.
@@ -360,12 +380,20 @@ impl Application {
         let _ = stop_background.send(true);
         let _ = health_task.await;
         let _ = flush_task.await;
+        let _ = usage_task.await;
         let _ = listen_task.await;
         match state.last_used.flush(&state.db).await {
             Ok(flushed) => tracing::info!(flushed, "flushed API key last-used times"),
             Err(error) => tracing::warn!(
                 error = format!("{error:#}"),
                 "could not flush last-used times"
+            ),
+        }
+        match state.usage.flush(&state.db).await {
+            Ok(flushed) => tracing::info!(flushed, "flushed usage counts"),
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "could not flush usage counts; they are lost"
             ),
         }
         state.db.close();
@@ -414,6 +442,21 @@ async fn watch_database_health(
                 set_readiness(&reporter, ServingStatus::NotServing).await;
             }
         }
+    }
+}
+
+/// Runs `work` every `interval` until `stop` changes.
+async fn every<F, Fut>(interval: Duration, mut stop: watch::Receiver<bool>, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        work().await;
     }
 }
 

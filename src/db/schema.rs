@@ -61,6 +61,33 @@ diesel::table! {
     use diesel::sql_types::*;
     use crate::db::sql_types::{DbTimestamp, DbUuid};
 
+    /// VerifyApiKey answers per key per hour, added up from every replica's counts.
+    api_key_usage (api_key_id, hour) {
+        /// The key (no foreign key: the history outlives a deleted key).
+        api_key_id -> Int8,
+        /// Start of the hour (UTC) the answers were given in.
+        hour -> DbTimestamp,
+        /// The key's chatbot; deleting it deletes its keys' history.
+        chatbot_id -> DbUuid,
+        /// Answers VALID.
+        valid -> Int8,
+        /// Answers REVOKED.
+        revoked -> Int8,
+        /// Answers EXPIRED.
+        expired -> Int8,
+        /// Answers RATE_LIMITED.
+        rate_limited -> Int8,
+        /// Answers USAGE_EXCEEDED.
+        usage_exceeded -> Int8,
+        /// Credits the VALID answers spent.
+        credits_spent -> Int8,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
     /// Chatbots, each owned by one user.
     chatbots (id) {
         /// UUIDv7 assigned by the server.
@@ -157,6 +184,7 @@ diesel::table! {
 }
 
 diesel::joinable!(api_key_limits -> api_keys (api_key_id));
+diesel::joinable!(api_key_usage -> chatbots (chatbot_id));
 diesel::joinable!(api_keys -> chatbots (chatbot_id));
 diesel::joinable!(chatbots -> users (owner_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
@@ -164,6 +192,7 @@ diesel::joinable!(sessions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_key_limits,
+    api_key_usage,
     api_keys,
     chatbots,
     login_attempts,

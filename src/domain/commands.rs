@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ApiKeyId, ApiKeySecret, ChatbotId, ChatbotName, CreditsSetting, DisplayText, Email,
-    FieldViolation, KeyRateLimit, LlmEndpoint, PageRequest, Password, Refill, Role, UserId,
+    FieldViolation, KeyRateLimit, LlmEndpoint, PageRequest, Password, Refill, Role, UsageRange,
+    UserId,
 };
 
 /// CreateUser: sign-up, or an admin creating a user.
@@ -123,4 +124,11 @@ pub struct VerifyApiKey {
 pub struct Login {
     pub email: Email,
     pub password: Password,
+}
+
+/// GetApiKeyUsage and GetChatbotUsage: whose usage, over which hours.
+#[derive(Debug)]
+pub struct GetUsage<T> {
+    pub of: T,
+    pub range: UsageRange,
 }

@@ -14,11 +14,12 @@ mod password;
 mod public_host;
 mod role;
 mod time_range;
+mod usage;
 
 pub use api_key_secret::{ApiKeyDigest, ApiKeySecret, API_KEY_PREFIX};
 pub use chatbot::{ChatbotName, LlmEndpoint};
 pub use commands::{
-    ApiKeyFilter, CreateApiKey, CreateChatbot, CreateUser, CreditsChange, ListApiKeys,
+    ApiKeyFilter, CreateApiKey, CreateChatbot, CreateUser, CreditsChange, GetUsage, ListApiKeys,
     ListChatbots, Login, RotateApiKey, UpdateApiKey, UpdateChatbot, UpdateUser, VerifyApiKey,
 };
 pub use display_text::DisplayText;
@@ -34,3 +35,4 @@ pub use role::Role;
 pub use time_range::{
     parse_duration_parts, parse_timestamp_parts, MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS,
 };
+pub use usage::{hour_of, UsageCounts, UsageEvent, UsageRange, MAX_USAGE_RANGE_HOURS};

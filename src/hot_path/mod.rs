@@ -12,8 +12,11 @@
 //! - [`last_used`]: VerifyApiKey writes no last-used time per call; they are written
 //!   in one batch per interval, and a failed batch is retried, never lost
 //!   or moved back in time.
+//! - [`usage`]: VerifyApiKey's answers are counted per key and hour in
+//!   memory and added to the store in one batch per interval, like
+//!   last-used times.
 //! - [`credit_spends`]: VerifyApiKey's spends on keys with credits that
-//!   arrive together settle in one transaction, each answered once it
+//!   arrive together settle in one statement, each answered once it
 //!   commits; balances never go below zero, on any number of replicas.
 //! - [`batch_queue`]: the queue both of those batch through.
 //! - [`invalidation`]: every change to a cached row commits together with
@@ -27,9 +30,11 @@ pub mod credit_spends;
 pub mod invalidation;
 pub mod last_used;
 pub mod read_coalescing;
+pub mod usage;
 
 pub use api_key_cache::ApiKeyCache;
 pub use credit_spends::{CreditSpends, SpendOutcome};
 pub use invalidation::CacheInvalidation;
 pub use last_used::LastUsedRecorder;
 pub use read_coalescing::{ChatbotReads, ReadStats};
+pub use usage::UsageRecorder;

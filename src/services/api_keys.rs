@@ -12,7 +12,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
 use super::convert::{self, mask_paths};
-use super::{delete_row, required, AppState, Origin, Rpc};
+use super::{delete_row, required, usage, AppState, Origin, Rpc};
 use crate::auth::Caller;
 use crate::db::models::{
     ApiKey, Chatbot, KeyLimitChanges, KeyLimits, KeyWithLimits, NewApiKey, VerificationRecord,
@@ -21,8 +21,8 @@ use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation};
 use crate::domain::{
     parse_balance, parse_cost, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, CreateApiKey,
-    CreditsChange, CreditsSetting, DisplayText, ListApiKeys, Page, PageRequest, RotateApiKey,
-    UpdateApiKey, VerifyApiKey,
+    CreditsChange, CreditsSetting, DisplayText, GetUsage, ListApiKeys, Page, PageRequest,
+    RotateApiKey, UpdateApiKey, UsageEvent, VerifyApiKey,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::hot_path::api_key_cache::Lookup;
@@ -31,7 +31,8 @@ use crate::proto::api_key_service_server::ApiKeyService;
 use crate::proto::{self, VerifyApiKeyReason};
 use crate::proto::{
     CreateApiKeyRequest, CreateApiKeyResponse, DeleteApiKeyRequest, DeleteApiKeyResponse,
-    GetApiKeyRequest, GetApiKeyResponse, ListApiKeysRequest, ListApiKeysResponse,
+    GetApiKeyRequest, GetApiKeyResponse, GetApiKeyUsageRequest, GetApiKeyUsageResponse,
+    GetChatbotUsageRequest, GetChatbotUsageResponse, ListApiKeysRequest, ListApiKeysResponse,
     RevokeApiKeyRequest, RevokeApiKeyResponse, RotateApiKeyRequest, RotateApiKeyResponse,
     UpdateApiKeyRequest, UpdateApiKeyResponse, VerifyApiKeyRequest, VerifyApiKeyResponse,
 };
@@ -106,6 +107,22 @@ impl ApiKeyService for ApiKeys {
         let verify = async |state: &AppState, _: &Origin, cmd| verify_api_key(state, cmd).await;
         let parse = VerifyApiKey::try_from;
         self.0.serve_public(request, parse, verify).await
+    }
+
+    async fn get_api_key_usage(
+        &self,
+        request: Request<GetApiKeyUsageRequest>,
+    ) -> Rpc<GetApiKeyUsageResponse> {
+        let parse = GetUsage::try_from;
+        self.0.serve(request, parse, usage::get_api_key_usage).await
+    }
+
+    async fn get_chatbot_usage(
+        &self,
+        request: Request<GetChatbotUsageRequest>,
+    ) -> Rpc<GetChatbotUsageResponse> {
+        let parse = GetUsage::try_from;
+        self.0.serve(request, parse, usage::get_chatbot_usage).await
     }
 }
 
@@ -382,7 +399,37 @@ pub enum Verification {
         record: Arc<VerificationRecord>,
         credits_remaining: Option<i64>,
     },
+    /// A key we hold, refused.
+    Refused(Arc<VerificationRecord>, Rejection),
+    /// No key we hold.
     Invalid(Rejection),
+}
+
+impl Verification {
+    /// The key this answer counts for in its usage history, and as what
+    /// (a call that cost `cost`): none for a key we do not hold.
+    fn usage(&self, cost: i64) -> Option<(&VerificationRecord, UsageEvent)> {
+        match self {
+            Self::Valid {
+                record,
+                credits_remaining,
+            } => {
+                let credits_spent = if credits_remaining.is_some() { cost } else { 0 };
+                Some((record, UsageEvent::Valid { credits_spent }))
+            }
+            Self::Refused(record, rejection) => {
+                let event = match rejection {
+                    Rejection::Revoked => UsageEvent::Revoked,
+                    Rejection::Expired => UsageEvent::Expired,
+                    Rejection::RateLimited { .. } => UsageEvent::RateLimited,
+                    Rejection::UsageExceeded { .. } => UsageEvent::UsageExceeded,
+                    Rejection::Malformed | Rejection::NotFound => return None,
+                };
+                Some((record, event))
+            }
+            Self::Invalid(_) => None,
+        }
+    }
 }
 
 /// Why a presented key is not valid.
@@ -433,7 +480,7 @@ impl From<Verification> for proto::VerifyApiKeyResponse {
                 credits_remaining,
                 reset_time: None,
             },
-            Verification::Invalid(reason) => {
+            Verification::Refused(_, reason) | Verification::Invalid(reason) => {
                 let (credits_remaining, reset_time) = match reason {
                     Rejection::RateLimited { retry_at } => (None, Some(retry_at)),
                     Rejection::UsageExceeded {
@@ -708,10 +755,10 @@ pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> 
 }
 
 /// The hot path: a malformed key costs nothing, a cached one no query, and
-/// nothing is written for a key without credits (last use is recorded for
-/// the next batch); a key with credits spends through one batched write
-/// ([`crate::hot_path::credit_spends`]). Errors
-/// only when the key's rate limit is spent or the store is unreachable.
+/// nothing is written for a key without credits (last use and usage are
+/// counted for the next batch); a key with credits spends through one
+/// batched write ([`crate::hot_path::credit_spends`]). Errors only when the
+/// key's rate limit is spent or the store is unreachable.
 pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Verification> {
     let Some(secret) = cmd.secret else {
         return Ok(Verification::Invalid(Rejection::Malformed));
@@ -741,20 +788,39 @@ pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Ve
         return Ok(Verification::Invalid(Rejection::NotFound));
     };
     let now = Utc::now();
+    let verification = judge(state, record, cmd.cost, now).await?;
+    if let Some((record, event)) = verification.usage(cmd.cost) {
+        state.usage.record(record.id, record.chatbot_id, now, event);
+    }
+    Ok(verification)
+}
+
+/// Whether a known key is valid at `now`: not revoked, not expired, within
+/// its own rate limit, and (for a key with credits) covering `cost`, which
+/// it then spends.
+async fn judge(
+    state: &AppState,
+    record: Arc<VerificationRecord>,
+    cost: i64,
+    now: DateTime<Utc>,
+) -> AppResult<Verification> {
     if record.revoked {
-        return Ok(Verification::Invalid(Rejection::Revoked));
+        return Ok(Verification::Refused(record, Rejection::Revoked));
     }
     if record.expires_at.is_some_and(|t| t <= now) {
-        return Ok(Verification::Invalid(Rejection::Expired));
+        return Ok(Verification::Refused(record, Rejection::Expired));
     }
     if let Some(limit) = record.rate_limit() {
         if let Err(retry_after) = state.rate_limits.check_own_limit(record.id, limit).await {
             let retry_at = now + TimeDelta::from_std(retry_after).unwrap_or(TimeDelta::MAX);
-            return Ok(Verification::Invalid(Rejection::RateLimited { retry_at }));
+            return Ok(Verification::Refused(
+                record,
+                Rejection::RateLimited { retry_at },
+            ));
         }
     }
     let credits_remaining = if record.has_credits() {
-        match state.credit_spends.spend(record.id, cmd.cost).await? {
+        match state.credit_spends.spend(record.id, cost).await? {
             SpendOutcome::Spent(remaining) => Some(remaining),
             SpendOutcome::Unlimited => None,
             SpendOutcome::KeyGone => return Ok(Verification::Invalid(Rejection::NotFound)),
@@ -762,10 +828,13 @@ pub async fn verify_api_key(state: &AppState, cmd: VerifyApiKey) -> AppResult<Ve
                 remaining,
                 next_refill,
             } => {
-                return Ok(Verification::Invalid(Rejection::UsageExceeded {
-                    remaining,
-                    next_refill,
-                }))
+                return Ok(Verification::Refused(
+                    record,
+                    Rejection::UsageExceeded {
+                        remaining,
+                        next_refill,
+                    },
+                ))
             }
         }
     } else {
@@ -805,7 +874,7 @@ async fn key_with_limits(conn: &mut DbConnection, id: ApiKeyId) -> AppResult<Key
 }
 
 /// The caller may act on the chatbot ([`Caller::authorize`]).
-async fn authorize_chatbot(
+pub(super) async fn authorize_chatbot(
     conn: &mut DbConnection,
     caller: &Caller,
     id: ChatbotId,
@@ -815,7 +884,7 @@ async fn authorize_chatbot(
 }
 
 /// The key, if the caller may act on its chatbot ([`Caller::authorize`]).
-async fn authorized_key(
+pub(super) async fn authorized_key(
     conn: &mut DbConnection,
     caller: &Caller,
     id: ApiKeyId,

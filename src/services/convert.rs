@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 use crate::db::models;
-use crate::domain::{self, parse_balance, CreditsSetting, KeyRateLimit, Page, Refill, Role};
+use crate::domain::{
+    self, parse_balance, CreditsSetting, KeyRateLimit, Page, Refill, Role, UsageCounts,
+};
 use crate::error::{FieldViolation, Violations};
 use crate::proto;
 
@@ -236,3 +238,40 @@ empty_responses!(
     DeleteApiKeyResponse,
     LogoutResponse
 );
+
+impl From<UsageCounts> for proto::UsageCounts {
+    fn from(counts: UsageCounts) -> Self {
+        Self {
+            valid: counts.valid,
+            revoked: counts.revoked,
+            expired: counts.expired,
+            rate_limited: counts.rate_limited,
+            usage_exceeded: counts.usage_exceeded,
+            credits_spent: counts.credits_spent,
+        }
+    }
+}
+
+/// Usage responses: the hours with their counts, and their total.
+macro_rules! usage_responses {
+    ($($response:ident),* $(,)?) => {$(
+        impl From<models::HourlyUsage> for proto::$response {
+            fn from(hours: models::HourlyUsage) -> Self {
+                let mut total = UsageCounts::default();
+                let buckets = hours
+                    .into_iter()
+                    .map(|(hour, counts)| {
+                        total.add(&counts);
+                        proto::UsageBucket {
+                            start_time: Some(timestamp(hour)),
+                            counts: Some(counts.into()),
+                        }
+                    })
+                    .collect();
+                Self { buckets, total: Some(total.into()) }
+            }
+        }
+    )*};
+}
+
+usage_responses!(GetApiKeyUsageResponse, GetChatbotUsageResponse);

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod chatbots;
 pub mod convert;
 pub mod status;
+pub mod usage;
 pub mod users;
 
 use std::net::IpAddr;
@@ -27,7 +28,7 @@ use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 use crate::db::{Database, DbConnection, Invalidation};
 use crate::error::{AppError, AppResult, FieldViolation};
 use crate::hot_path::{
-    ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, LastUsedRecorder,
+    ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, LastUsedRecorder, UsageRecorder,
 };
 use crate::rate_limit::RateLimits;
 
@@ -48,6 +49,7 @@ pub struct AppState {
     pub throttle: LoginThrottle,
     pub sessions: Sessions,
     pub last_used: LastUsedRecorder,
+    pub usage: UsageRecorder,
     pub api_key_cache: Arc<ApiKeyCache>,
     /// Every change to a cached row commits through here.
     pub caches: CacheInvalidation,

@@ -27,6 +27,8 @@ enum Rpc {
     RotateApiKey,
     DeleteApiKey,
     VerifyApiKey,
+    GetApiKeyUsage,
+    GetChatbotUsage,
     GetCurrentUser,
     Logout,
     GetDatabaseStatus,
@@ -50,6 +52,8 @@ const ALL_RPCS: &[Rpc] = &[
     Rpc::RotateApiKey,
     Rpc::DeleteApiKey,
     Rpc::VerifyApiKey,
+    Rpc::GetApiKeyUsage,
+    Rpc::GetChatbotUsage,
     Rpc::GetCurrentUser,
     Rpc::Logout,
     Rpc::GetDatabaseStatus,
@@ -101,6 +105,8 @@ impl Rpc {
                 | Rpc::RevokeApiKey
                 | Rpc::RotateApiKey
                 | Rpc::DeleteApiKey
+                | Rpc::GetApiKeyUsage
+                | Rpc::GetChatbotUsage
                 | Rpc::ListChatbots
                 | Rpc::CreateChatbot
         )
@@ -126,6 +132,8 @@ impl Rpc {
                 | Rpc::GetApiKey
                 | Rpc::ListApiKeys
                 | Rpc::VerifyApiKey
+                | Rpc::GetApiKeyUsage
+                | Rpc::GetChatbotUsage
                 | Rpc::GetCurrentUser
                 | Rpc::GetDatabaseStatus
         )
@@ -287,6 +295,22 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
         Rpc::DeleteApiKey => app
             .api_keys(token)
             .delete_api_key(proto::DeleteApiKeyRequest { id: t.api_key_id })
+            .await
+            .map(drop),
+        Rpc::GetApiKeyUsage => app
+            .api_keys(token)
+            .get_api_key_usage(proto::GetApiKeyUsageRequest {
+                id: t.api_key_id,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::GetChatbotUsage => app
+            .api_keys(token)
+            .get_chatbot_usage(proto::GetChatbotUsageRequest {
+                chatbot_id: t.chatbot_id.clone(),
+                ..Default::default()
+            })
             .await
             .map(drop),
         Rpc::VerifyApiKey => app

@@ -23,4 +23,5 @@ mod schema;
 mod server;
 mod sessions;
 mod shared_limits;
+mod usage;
 mod users;

@@ -203,6 +203,7 @@ macro_rules! declared_tables {
 fn declared_tables() -> Tables<DeclaredColumn> {
     let tables = declared_tables![
         api_key_limits,
+        api_key_usage,
         api_keys,
         chatbots,
         login_attempts,

@@ -144,6 +144,7 @@ pub mod key_limits;
 pub mod login_attempt;
 pub mod refresh_token;
 pub mod session;
+pub mod usage;
 pub mod user;
 
 pub use api_key::{ApiKey, NewApiKey, VerificationRecord};
@@ -152,4 +153,5 @@ pub use key_limits::{Balance, KeyLimitChanges, KeyLimits, KeyWithLimits};
 pub use login_attempt::{LoginAttempt, Window};
 pub use refresh_token::{NewRefreshToken, RefreshToken};
 pub use session::{LiveSession, Session};
+pub use usage::{HourlyUsage, KeyUsage, UsageRow};
 pub use user::{NewUser, User, UserChanges};

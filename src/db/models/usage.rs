@@ -1,0 +1,206 @@
+//! The `api_key_usage` table: VerifyApiKey's answers per key and hour.
+//! Every replica adds its counts (an upsert that adds, never overwrites),
+//! so the rows are the sum of all replicas' counts.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use diesel::upsert::excluded;
+use diesel::{ExpressionMethods, Insertable, QueryDsl, Queryable, Selectable};
+
+use crate::db::schema::{api_key_usage, chatbots};
+use crate::db::sql_types::Timestamp;
+use crate::db::DbConnection;
+use crate::domain::{ApiKeyId, ChatbotId, UsageCounts, UsageRange};
+
+/// One key's counts of one hour, to add to the store.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageRow {
+    pub api_key_id: ApiKeyId,
+    pub hour: DateTime<Utc>,
+    pub chatbot_id: ChatbotId,
+    pub counts: UsageCounts,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = api_key_usage)]
+struct NewUsage {
+    api_key_id: ApiKeyId,
+    hour: Timestamp,
+    chatbot_id: ChatbotId,
+    valid: i64,
+    revoked: i64,
+    expired: i64,
+    rate_limited: i64,
+    usage_exceeded: i64,
+    credits_spent: i64,
+}
+
+impl From<&UsageRow> for NewUsage {
+    fn from(row: &UsageRow) -> Self {
+        let counts = row.counts;
+        Self {
+            api_key_id: row.api_key_id,
+            hour: Timestamp(row.hour),
+            chatbot_id: row.chatbot_id,
+            valid: counts.valid,
+            revoked: counts.revoked,
+            expired: counts.expired,
+            rate_limited: counts.rate_limited,
+            usage_exceeded: counts.usage_exceeded,
+            credits_spent: counts.credits_spent,
+        }
+    }
+}
+
+/// A stored hour of one key.
+#[derive(Debug, Clone, Copy, Queryable, Selectable)]
+#[diesel(table_name = api_key_usage, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+struct StoredHour {
+    hour: DateTime<Utc>,
+    valid: i64,
+    revoked: i64,
+    expired: i64,
+    rate_limited: i64,
+    usage_exceeded: i64,
+    credits_spent: i64,
+}
+
+impl StoredHour {
+    fn counts(&self) -> UsageCounts {
+        UsageCounts {
+            valid: self.valid,
+            revoked: self.revoked,
+            expired: self.expired,
+            rate_limited: self.rate_limited,
+            usage_exceeded: self.usage_exceeded,
+            credits_spent: self.credits_spent,
+        }
+    }
+}
+
+/// Hours with their counts, oldest first.
+pub type HourlyUsage = Vec<(DateTime<Utc>, UsageCounts)>;
+
+/// Queries of `api_key_usage`.
+pub struct KeyUsage;
+
+impl KeyUsage {
+    /// Adds `rows` to the stored counts (rows of chatbots deleted since
+    /// are dropped); the caller's transaction makes it all or nothing.
+    /// Returns the rows written.
+    pub async fn add(conn: &mut DbConnection, rows: &[UsageRow]) -> diesel::QueryResult<usize> {
+        let mut chatbot_ids: Vec<ChatbotId> = rows.iter().map(|row| row.chatbot_id).collect();
+        chatbot_ids.sort_unstable();
+        chatbot_ids.dedup();
+        let existing: HashSet<ChatbotId> = all_rows!(
+            conn,
+            chatbots::table
+                .filter(chatbots::id.eq_any(&chatbot_ids))
+                .select(chatbots::id)
+        )?
+        .into_iter()
+        .collect();
+        let new: Vec<NewUsage> = rows
+            .iter()
+            .filter(|row| existing.contains(&row.chatbot_id))
+            .map(NewUsage::from)
+            .collect();
+        if new.is_empty() {
+            return Ok(0);
+        }
+        // Each replica's counts are added to the stored ones, never
+        // written over them.
+        macro_rules! add_rows {
+            ($conn:expr, $rows:expr) => {{
+                use api_key_usage::dsl as usage;
+                diesel_async::RunQueryDsl::execute(
+                    diesel::insert_into(usage::api_key_usage)
+                        .values($rows)
+                        .on_conflict((usage::api_key_id, usage::hour))
+                        .do_update()
+                        .set((
+                            usage::valid.eq(usage::valid + excluded(usage::valid)),
+                            usage::revoked.eq(usage::revoked + excluded(usage::revoked)),
+                            usage::expired.eq(usage::expired + excluded(usage::expired)),
+                            usage::rate_limited
+                                .eq(usage::rate_limited + excluded(usage::rate_limited)),
+                            usage::usage_exceeded
+                                .eq(usage::usage_exceeded + excluded(usage::usage_exceeded)),
+                            usage::credits_spent
+                                .eq(usage::credits_spent + excluded(usage::credits_spent)),
+                        )),
+                    $conn,
+                )
+                .await
+            }};
+        }
+        let mut written = 0;
+        match conn {
+            // Bounded statements (65,535 parameters at most).
+            DbConnection::Postgres(conn) => {
+                for chunk in new.chunks(1000) {
+                    written += add_rows!(&mut **conn, chunk)?;
+                }
+            }
+            // SQLite's multi-row insert takes no ON CONFLICT in diesel; one
+            // transaction still makes it one write.
+            DbConnection::Sqlite(conn) => {
+                let conn: &mut crate::db::SqliteAsyncConnection = conn;
+                for row in &new {
+                    written += add_rows!(&mut *conn, row)?;
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Key `id`'s hours in `range`.
+    pub async fn of_key(
+        conn: &mut DbConnection,
+        id: ApiKeyId,
+        range: UsageRange,
+    ) -> diesel::QueryResult<HourlyUsage> {
+        use diesel::SelectableHelper;
+        let hours: Vec<StoredHour> = all_rows!(
+            conn,
+            api_key_usage::table
+                .filter(api_key_usage::api_key_id.eq(id))
+                .filter(api_key_usage::hour.ge(Timestamp(range.start)))
+                .filter(api_key_usage::hour.lt(Timestamp(range.end)))
+                .order(api_key_usage::hour)
+                .select(StoredHour::as_select())
+        )?;
+        Ok(hours
+            .iter()
+            .map(|stored| (stored.hour, stored.counts()))
+            .collect())
+    }
+
+    /// The hours in `range` of all of chatbot `id`'s keys, added up per
+    /// hour (at most 744 hours per key, summed here rather than by SQL's
+    /// SUM, whose type differs between the backends).
+    pub async fn of_chatbot(
+        conn: &mut DbConnection,
+        id: ChatbotId,
+        range: UsageRange,
+    ) -> diesel::QueryResult<HourlyUsage> {
+        use diesel::SelectableHelper;
+        let hours: Vec<StoredHour> = all_rows!(
+            conn,
+            api_key_usage::table
+                .filter(api_key_usage::chatbot_id.eq(id))
+                .filter(api_key_usage::hour.ge(Timestamp(range.start)))
+                .filter(api_key_usage::hour.lt(Timestamp(range.end)))
+                .select(StoredHour::as_select())
+        )?;
+        let mut by_hour: BTreeMap<DateTime<Utc>, UsageCounts> = BTreeMap::new();
+        for stored in &hours {
+            by_hour
+                .entry(stored.hour)
+                .or_default()
+                .add(&stored.counts());
+        }
+        Ok(by_hour.into_iter().collect())
+    }
+}

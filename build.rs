@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "chatbot/v1/api_key_service.proto",
     "chatbot/v1/auth_service.proto",
     "chatbot/v1/status_service.proto",
+    "chatbot/v1/audit_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -104,6 +104,8 @@ parsed_request!(a: A, b: B);
 parsed_request!(a: A, b: B, c: C);
 parsed_request!(a: A, b: B, c: C, d: D);
 parsed_request!(a: A, b: B, c: C, d: D, e: E);
+parsed_request!(a: A, b: B, c: C, d: D, e: E, f: F);
+parsed_request!(a: A, b: B, c: C, d: D, e: E, f: F, g: G);
 
 impl From<FieldViolation> for AppError {
     fn from(violation: FieldViolation) -> Self {

@@ -32,6 +32,7 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use crate::auth::RequestId;
 use crate::metrics::{code_name, MethodHandle, Metrics};
 
 /// Wraps services in [`RpcMiddleware`].
@@ -301,7 +302,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         // Taken before tonic's deadline timer starts (it starts once this
         // returns), so a call dropped by that timer is always past it here.
         let started = Instant::now();
@@ -340,6 +341,10 @@ where
             finished: false,
         };
 
+        // The handlers record it (the audit log).
+        request
+            .extensions_mut()
+            .insert(RequestId(request_id.as_str().into()));
         let aborted = Arc::new(AtomicBool::new(false));
         let request = request.map(|inner| {
             Body::new(ObservedBody {

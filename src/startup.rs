@@ -28,12 +28,14 @@ use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
 use crate::proto;
 use crate::proto::api_key_service_server::ApiKeyServiceServer;
+use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::chatbot_service_server::ChatbotServiceServer;
 use crate::proto::status_service_server::StatusServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
 use crate::rate_limit::{RateLimitGate, RateLimits, SharedLimits};
 use crate::services::api_keys::ApiKeys;
+use crate::services::audit::Audit;
 use crate::services::auth::Auth;
 use crate::services::chatbots::Chatbots;
 use crate::services::status::StatusApi;
@@ -54,6 +56,7 @@ const READINESS_SERVICES: &[&str] = &[
     proto::api_key_service_server::SERVICE_NAME,
     proto::auth_service_server::SERVICE_NAME,
     proto::status_service_server::SERVICE_NAME,
+    proto::audit_service_server::SERVICE_NAME,
 ];
 
 /// Descriptors of every service served, for reflection and for the
@@ -358,6 +361,9 @@ impl Application {
             .add_service(
                 StatusServiceServer::new(StatusApi(state.clone()))
                     .max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                AuditServiceServer::new(Audit(state.clone())).max_decoding_message_size(max_bytes),
             )
             .serve_with_incoming_shutdown(incoming, stop_serving);
 

@@ -32,7 +32,7 @@ use tower::{Layer, Service};
 
 use crate::gate::{Check, Gate};
 
-use super::{Caller, Sessions, TokenKeys};
+use super::{Caller, RequestId, Sessions, TokenKeys};
 use crate::domain::{SessionId, UserId};
 use crate::proto::api_key_service_server::ApiKeyServiceServer;
 use crate::proto::auth_service_server::AuthServiceServer;
@@ -207,6 +207,7 @@ where
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr)
             .map(|addr| addr.ip());
+        let request_id = request.extensions().get::<RequestId>().cloned();
         let sessions = self.sessions.clone();
         // The clone is ready only if polled; swap so the polled one serves.
         let clone = self.inner.clone();
@@ -218,6 +219,7 @@ where
                         user_id: session.user_id,
                         role: session.role,
                         address,
+                        request_id,
                     })),
                     Ok(_) => Err("the session has ended (signed out, password changed or user deleted); log in again"),
                     // Fail closed: an unknown session state is no session.

@@ -24,13 +24,20 @@ use crate::error::{AppError, AppResult};
 /// The authenticated caller, put into request extensions by [`AuthLayer`]:
 /// a live session's user with their current role (not the token's), and
 /// the address the call came from (the password-change throttle counts
-/// by it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// by it), and the call's request id (the audit log records both).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub user_id: UserId,
     pub role: Role,
     pub address: Option<IpAddr>,
+    pub request_id: Option<RequestId>,
 }
+
+/// The request id the outermost layer gave the call (the client's
+/// `x-request-id` if it is short and plain, else a new UUID), in the
+/// request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub std::sync::Arc<str>);
 
 impl Caller {
     pub fn is_admin(&self) -> bool {
@@ -74,7 +81,7 @@ pub fn caller<T>(request: &tonic::Request<T>) -> AppResult<Caller> {
 
 /// The caller of a public RPC, if it presented a valid token.
 pub fn optional_caller<T>(request: &tonic::Request<T>) -> Option<Caller> {
-    request.extensions().get::<Caller>().copied()
+    request.extensions().get::<Caller>().cloned()
 }
 
 /// The unit one client controls: an IPv4 address (also when it arrives

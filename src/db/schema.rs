@@ -88,6 +88,41 @@ diesel::table! {
     use diesel::sql_types::*;
     use crate::db::sql_types::{DbTimestamp, DbUuid};
 
+    /// Every change, recorded in the change's own transaction.
+    audit_events (id) {
+        /// Increasing id; the list order.
+        id -> Int8,
+        /// When it happened.
+        occurred_at -> DbTimestamp,
+        /// What happened, e.g. api_key.revoke.
+        action -> Text,
+        /// succeeded or denied.
+        outcome -> Text,
+        /// The signed-in user who did it; NULL for a command.
+        actor_user_id -> Nullable<DbUuid>,
+        /// That user's email at the time.
+        actor_email -> Nullable<Text>,
+        /// The operator command that did it; NULL for an RPC.
+        actor_command -> Nullable<Text>,
+        /// user, chatbot or api_key.
+        target_type -> Text,
+        /// The target's id (UUID, or an API key's number).
+        target_id -> Text,
+        /// The user who owns the target (for a user, the user); who may see the event.
+        target_owner_id -> Nullable<DbUuid>,
+        /// The request's x-request-id.
+        request_id -> Nullable<Text>,
+        /// The client's IP address.
+        client_address -> Nullable<Text>,
+        /// JSON array of {field, old, new}; never a secret.
+        changes -> Text,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
     /// Chatbots, each owned by one user.
     chatbots (id) {
         /// UUIDv7 assigned by the server.
@@ -194,6 +229,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_key_limits,
     api_key_usage,
     api_keys,
+    audit_events,
     chatbots,
     login_attempts,
     refresh_tokens,

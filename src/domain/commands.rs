@@ -7,9 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ApiKeyId, ApiKeySecret, ChatbotId, ChatbotName, CreditsSetting, DisplayText, Email,
-    FieldViolation, KeyRateLimit, LlmEndpoint, PageRequest, Password, Refill, Role, UsageRange,
-    UserId,
+    ApiKeyId, ApiKeySecret, AuditChange, ChatbotId, ChatbotName, CreditsSetting, DisplayText,
+    Email, FieldViolation, KeyRateLimit, LlmEndpoint, PageRequest, Password, Refill, Role,
+    UsageRange, UserId,
 };
 
 /// CreateUser: sign-up, or an admin creating a user.
@@ -74,6 +74,34 @@ pub struct UpdateApiKey {
     pub expires_at: Option<Option<DateTime<Utc>>>,
     pub rate_limit: Option<Option<KeyRateLimit>>,
     pub credits: CreditsChange,
+}
+
+impl UpdateApiKey {
+    /// The fields it changes, by their API names, for the audit log: the
+    /// new balance of a top-up, the others by name.
+    pub fn changed_fields(&self) -> Vec<AuditChange> {
+        let mut changed = Vec::new();
+        if self.display_name.is_some() {
+            changed.push(AuditChange::field("display_name"));
+        }
+        if self.expires_at.is_some() {
+            changed.push(AuditChange::field("expire_time"));
+        }
+        if self.rate_limit.is_some() {
+            changed.push(AuditChange::field("rate_limit"));
+        }
+        match self.credits {
+            CreditsChange::Unchanged => {}
+            CreditsChange::Replace(_) => changed.push(AuditChange::field("credits")),
+            CreditsChange::Balance(remaining) => changed.push(AuditChange {
+                field: "credits.remaining".into(),
+                old: None,
+                new: Some(remaining.to_string()),
+            }),
+            CreditsChange::Refill(_) => changed.push(AuditChange::field("credits.refill")),
+        }
+        changed
+    }
 }
 
 /// What UpdateApiKey does to a key's credits.

@@ -2,6 +2,7 @@
 //! Past a handler's first line nothing re-checks strings.
 
 mod api_key_secret;
+mod audit;
 mod chatbot;
 mod commands;
 mod display_text;
@@ -17,6 +18,9 @@ mod time_range;
 mod usage;
 
 pub use api_key_secret::{ApiKeyDigest, ApiKeySecret, API_KEY_PREFIX};
+pub use audit::{
+    AuditAction, AuditChange, AuditFilter, AuditRecord, AuditTarget, ListAuditEvents, TargetType,
+};
 pub use chatbot::{ChatbotName, LlmEndpoint};
 pub use commands::{
     ApiKeyFilter, CreateApiKey, CreateChatbot, CreateUser, CreditsChange, GetUsage, ListApiKeys,

@@ -12,7 +12,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
 use super::convert::{self, mask_paths};
-use super::{delete_row, required, usage, AppState, Origin, Rpc};
+use super::{audit, delete_row, required, usage, AppState, Origin, Rpc};
 use crate::auth::Caller;
 use crate::db::models::{
     ApiKey, Chatbot, KeyLimitChanges, KeyLimits, KeyWithLimits, NewApiKey, VerificationRecord,
@@ -20,9 +20,10 @@ use crate::db::models::{
 use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation};
 use crate::domain::{
-    parse_balance, parse_cost, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, CreateApiKey,
-    CreditsChange, CreditsSetting, DisplayText, GetUsage, ListApiKeys, Page, PageRequest,
-    RotateApiKey, UpdateApiKey, UsageEvent, VerifyApiKey,
+    parse_balance, parse_cost, ApiKeyFilter, ApiKeyId, ApiKeySecret, AuditAction, AuditChange,
+    AuditRecord, AuditTarget, ChatbotId, CreateApiKey, CreditsChange, CreditsSetting, DisplayText,
+    GetUsage, ListApiKeys, Page, PageRequest, RotateApiKey, UpdateApiKey, UsageEvent, UserId,
+    VerifyApiKey,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::hot_path::api_key_cache::Lookup;
@@ -510,7 +511,7 @@ pub async fn create_api_key(
 ) -> AppResult<NewKey> {
     let chatbot_id = cmd.chatbot_id;
     let mut conn = state.db.conn().await?;
-    authorize_chatbot(&mut conn, caller, chatbot_id).await?;
+    let owner = authorize_chatbot(&mut conn, caller, chatbot_id).await?;
     let secret = ApiKeySecret::generate();
     let max_active = state.policy.max_active_api_keys_per_chatbot;
     let now = Utc::now();
@@ -539,6 +540,13 @@ pub async fn create_api_key(
                 .await?;
                 let limits = KeyLimitChanges::new_key(cmd.rate_limit, cmd.credits, now);
                 KeyLimits::apply(conn, key.id, &limits).await?;
+                let target = AuditTarget::api_key(key.id, owner);
+                audit::record(
+                    conn,
+                    caller,
+                    &AuditRecord::new(AuditAction::ApiKeyCreate, target),
+                )
+                .await?;
                 Ok(KeyWithLimits::load(conn, key).await?)
             }
             .scope_boxed()
@@ -567,7 +575,9 @@ pub async fn update_api_key(
 ) -> AppResult<KeyWithLimits> {
     let id = cmd.id;
     let mut conn = state.db.conn().await?;
-    authorized_key(&mut conn, caller, id).await?;
+    let (_, owner) = authorized_key_and_owner(&mut conn, caller, id).await?;
+    let record = AuditRecord::new(AuditAction::ApiKeyUpdate, AuditTarget::api_key(id, owner))
+        .with_changes(cmd.changed_fields());
     let key = state
         .caches
         .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
@@ -614,6 +624,7 @@ pub async fn update_api_key(
                     }
                 }
                 KeyLimits::apply(conn, id, &limits).await?;
+                audit::record(conn, caller, &record).await?;
                 key_with_limits(conn, id).await
             }
             .scope_boxed()
@@ -644,12 +655,16 @@ pub async fn revoke_api_key(
     id: ApiKeyId,
 ) -> AppResult<KeyWithLimits> {
     let mut conn = state.db.conn().await?;
-    authorized_key(&mut conn, caller, id).await?;
+    let (_, owner) = authorized_key_and_owner(&mut conn, caller, id).await?;
+    let record = AuditRecord::new(AuditAction::ApiKeyRevoke, AuditTarget::api_key(id, owner));
     let key = state
         .caches
         .commit_and_invalidate(&mut conn, Invalidation::Key(id), |conn| {
             async move {
-                ApiKey::revoke(conn, id, Utc::now()).await?;
+                // Revoking a revoked key changes nothing, and records nothing.
+                if ApiKey::revoke(conn, id, Utc::now()).await? {
+                    audit::record(conn, caller, &record).await?;
+                }
                 key_with_limits(conn, id).await
             }
             .scope_boxed()
@@ -669,7 +684,8 @@ pub async fn rotate_api_key(
 ) -> AppResult<RotatedKey> {
     let RotateApiKey { id, grace_period } = cmd;
     let mut conn = state.db.conn().await?;
-    let chatbot_id = authorized_key(&mut conn, caller, id).await?.chatbot_id;
+    let (old_key, owner) = authorized_key_and_owner(&mut conn, caller, id).await?;
+    let chatbot_id = old_key.chatbot_id;
     let now = Utc::now();
     let grace_ends = now + chrono::Duration::from_std(grace_period).map_err(AppError::internal)?;
     let secret = ApiKeySecret::generate();
@@ -729,6 +745,14 @@ pub async fn rotate_api_key(
                     KeyLimits::apply(conn, new_key.id, &KeyLimitChanges::copy_of(limits, now))
                         .await?;
                 }
+                let record =
+                    AuditRecord::new(AuditAction::ApiKeyRotate, AuditTarget::api_key(id, owner))
+                        .with_changes(vec![AuditChange::values(
+                            "replacement_id",
+                            "",
+                            new_key.id,
+                        )]);
+                audit::record(conn, caller, &record).await?;
                 Ok((KeyWithLimits::load(conn, new_key).await?, old_key))
             }
             .scope_boxed()
@@ -744,10 +768,18 @@ pub async fn rotate_api_key(
 
 pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> AppResult<()> {
     let mut conn = state.db.conn().await?;
-    authorized_key(&mut conn, caller, id).await?;
+    let (_, owner) = authorized_key_and_owner(&mut conn, caller, id).await?;
     let stale = Invalidation::Key(id);
+    let record = AuditRecord::new(AuditAction::ApiKeyDelete, AuditTarget::api_key(id, owner));
     delete_row(state, &mut conn, stale, "API key", move |conn| {
-        ApiKey::delete(conn, id).scope_boxed()
+        async move {
+            let deleted = ApiKey::delete(conn, id).await?;
+            if deleted {
+                audit::record(conn, caller, &record).await?;
+            }
+            Ok(deleted)
+        }
+        .scope_boxed()
     })
     .await?;
     tracing::info!(api_key_id = %id, "API key deleted");
@@ -873,14 +905,14 @@ async fn key_with_limits(conn: &mut DbConnection, id: ApiKeyId) -> AppResult<Key
     Ok(KeyWithLimits::load(conn, key).await?)
 }
 
-/// The caller may act on the chatbot ([`Caller::authorize`]).
+/// The chatbot's owner, if the caller may act on it ([`Caller::authorize`]).
 pub(super) async fn authorize_chatbot(
     conn: &mut DbConnection,
     caller: &Caller,
     id: ChatbotId,
-) -> AppResult<()> {
+) -> AppResult<UserId> {
     let owner = Chatbot::find_owner(conn, id).await?;
-    caller.authorize(owner.map(|owner| ((), owner)), "chatbot")
+    caller.authorize(owner.map(|owner| (owner, owner)), "chatbot")
 }
 
 /// The key, if the caller may act on its chatbot ([`Caller::authorize`]).
@@ -890,4 +922,14 @@ pub(super) async fn authorized_key(
     id: ApiKeyId,
 ) -> AppResult<ApiKey> {
     caller.authorize(ApiKey::find_with_owner(conn, id).await?, "API key")
+}
+
+/// The key and its chatbot's owner, if the caller may act on it.
+async fn authorized_key_and_owner(
+    conn: &mut DbConnection,
+    caller: &Caller,
+    id: ApiKeyId,
+) -> AppResult<(ApiKey, UserId)> {
+    let found = ApiKey::find_with_owner(conn, id).await?;
+    caller.authorize(found.map(|(key, owner)| ((key, owner), owner)), "API key")
 }

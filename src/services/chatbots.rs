@@ -9,13 +9,13 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
 use super::convert::mask_paths;
-use super::{delete_row, required, AppState, Policy, Rpc};
+use super::{audit, delete_row, required, AppState, Policy, Rpc};
 use crate::auth::Caller;
 use crate::db::models::{Chatbot, ChatbotChanges, NewChatbot};
 use crate::db::{DbConnection, Invalidation};
 use crate::domain::{
-    ChatbotId, ChatbotName, CreateChatbot, ListChatbots, LlmEndpoint, Page, PageRequest,
-    UpdateChatbot, UserId,
+    AuditAction, AuditChange, AuditRecord, AuditTarget, ChatbotId, ChatbotName, CreateChatbot,
+    ListChatbots, LlmEndpoint, Page, PageRequest, UpdateChatbot, UserId,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::proto;
@@ -177,14 +177,26 @@ pub async fn create_chatbot(
         name: cmd.name.into_inner(),
         llm_endpoint_url: cmd.endpoint.into_inner(),
     };
-    let chatbot = Chatbot::insert(&mut conn, &new)
-        .await
-        .map_err(|error| match error {
-            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                AppError::NotFound("owner")
+    let new = &new;
+    let chatbot = conn
+        .transaction(|conn| {
+            async move {
+                let chatbot = Chatbot::insert(conn, new)
+                    .await
+                    .map_err(|error| match error {
+                        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                            AppError::NotFound("owner")
+                        }
+                        other => other.into(),
+                    })?;
+                let target = AuditTarget::chatbot(chatbot.id, chatbot.owner_id);
+                let record = AuditRecord::new(AuditAction::ChatbotCreate, target);
+                audit::record(conn, caller, &record).await?;
+                Ok::<_, AppError>(chatbot)
             }
-            other => other.into(),
-        })?;
+            .scope_boxed()
+        })
+        .await?;
     tracing::info!(chatbot_id = %chatbot.id, owner_id = %chatbot.owner_id, "chatbot created");
     Ok(chatbot)
 }
@@ -225,9 +237,32 @@ pub async fn update_chatbot(
         .caches
         .commit_and_invalidate(&mut conn, Invalidation::Chatbot(id), |conn| {
             async move {
-                Chatbot::update(conn, id, changes)
+                // Locked, so the old values the audit log records are the
+                // ones this update replaced.
+                let old = match Chatbot::lock(conn, id).await? {
+                    true => Chatbot::find(conn, id).await?,
+                    false => None,
+                }
+                .ok_or(AppError::NotFound("chatbot"))?;
+                let chatbot = Chatbot::update(conn, id, changes)
                     .await?
-                    .ok_or(AppError::NotFound("chatbot"))
+                    .ok_or(AppError::NotFound("chatbot"))?;
+                let mut changed = Vec::new();
+                if changes.name.is_some() {
+                    changed.push(AuditChange::field("name"));
+                }
+                if changes.llm_endpoint_url.is_some() {
+                    changed.push(AuditChange::values(
+                        "llm_endpoint_url",
+                        &old.llm_endpoint_url,
+                        &chatbot.llm_endpoint_url,
+                    ));
+                }
+                let target = AuditTarget::chatbot(id, chatbot.owner_id);
+                let record =
+                    AuditRecord::new(AuditAction::ChatbotUpdate, target).with_changes(changed);
+                audit::record(conn, caller, &record).await?;
+                Ok(chatbot)
             }
             .scope_boxed()
         })
@@ -236,10 +271,19 @@ pub async fn update_chatbot(
 
 pub async fn delete_chatbot(state: &AppState, caller: &Caller, id: ChatbotId) -> AppResult<()> {
     let mut conn = state.db.conn().await?;
-    authorized_chatbot(&mut conn, caller, id).await?;
+    let chatbot = authorized_chatbot(&mut conn, caller, id).await?;
     let stale = Invalidation::Chatbot(id);
+    let target = AuditTarget::chatbot(id, chatbot.owner_id);
+    let record = AuditRecord::new(AuditAction::ChatbotDelete, target);
     delete_row(state, &mut conn, stale, "chatbot", move |conn| {
-        Chatbot::delete(conn, id).scope_boxed()
+        async move {
+            let deleted = Chatbot::delete(conn, id).await?;
+            if deleted {
+                audit::record(conn, caller, &record).await?;
+            }
+            Ok(deleted)
+        }
+        .scope_boxed()
     })
     .await?;
     tracing::info!(chatbot_id = %id, "chatbot deleted with its keys");

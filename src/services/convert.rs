@@ -219,6 +219,7 @@ page_responses! {
     ListUsersResponse.users <- models::User,
     ListChatbotsResponse.chatbots <- models::Chatbot,
     ListApiKeysResponse.api_keys <- models::KeyWithLimits,
+    ListAuditEventsResponse.audit_events <- models::AuditEvent,
 }
 
 /// Responses with no fields, to operations that return nothing.

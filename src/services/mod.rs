@@ -6,6 +6,7 @@
 //! result, the one place an [`AppError`] becomes a `Status`.
 
 pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod chatbots;
 pub mod convert;

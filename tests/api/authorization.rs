@@ -29,6 +29,7 @@ enum Rpc {
     VerifyApiKey,
     GetApiKeyUsage,
     GetChatbotUsage,
+    ListAuditEvents,
     GetCurrentUser,
     Logout,
     GetDatabaseStatus,
@@ -54,6 +55,7 @@ const ALL_RPCS: &[Rpc] = &[
     Rpc::VerifyApiKey,
     Rpc::GetApiKeyUsage,
     Rpc::GetChatbotUsage,
+    Rpc::ListAuditEvents,
     Rpc::GetCurrentUser,
     Rpc::Logout,
     Rpc::GetDatabaseStatus,
@@ -118,7 +120,10 @@ impl Rpc {
 
     /// RPCs about the caller alone, which any valid caller may use.
     fn about_the_caller(self) -> bool {
-        matches!(self, Rpc::GetCurrentUser | Rpc::Logout)
+        matches!(
+            self,
+            Rpc::GetCurrentUser | Rpc::Logout | Rpc::ListAuditEvents
+        )
     }
 
     /// RPCs that change nothing a later cell could notice.
@@ -134,6 +139,7 @@ impl Rpc {
                 | Rpc::VerifyApiKey
                 | Rpc::GetApiKeyUsage
                 | Rpc::GetChatbotUsage
+                | Rpc::ListAuditEvents
                 | Rpc::GetCurrentUser
                 | Rpc::GetDatabaseStatus
         )
@@ -319,6 +325,11 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
                 key: t.key.clone(),
                 ..Default::default()
             })
+            .await
+            .map(drop),
+        Rpc::ListAuditEvents => app
+            .audit(token)
+            .list_audit_events(proto::ListAuditEventsRequest::default())
             .await
             .map(drop),
         Rpc::GetCurrentUser => app

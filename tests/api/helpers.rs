@@ -27,6 +27,7 @@ use chatbot_backend::domain::Password;
 use chatbot_backend::hot_path::api_key_cache::ApiKeyCache;
 use chatbot_backend::hot_path::read_coalescing::ReadStats;
 use chatbot_backend::proto::api_key_service_client::ApiKeyServiceClient;
+use chatbot_backend::proto::audit_service_client::AuditServiceClient;
 use chatbot_backend::proto::auth_service_client::AuthServiceClient;
 use chatbot_backend::proto::chatbot_service_client::ChatbotServiceClient;
 use chatbot_backend::proto::status_service_client::StatusServiceClient;
@@ -716,6 +717,10 @@ impl Clients {
 
     pub fn status(&self, token: Option<&str>) -> StatusServiceClient<Authed> {
         StatusServiceClient::new(self.authed(token))
+    }
+
+    pub fn audit(&self, token: Option<&str>) -> AuditServiceClient<Authed> {
+        AuditServiceClient::new(self.authed(token))
     }
 
     /// The chatbot as GetChatbot answers it to `token`'s user; panics on

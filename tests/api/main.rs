@@ -3,6 +3,7 @@
 //! twice, on PostgreSQL and on SQLite (see `helpers::backend_test!`).
 
 mod api_keys;
+mod audit;
 mod auth;
 mod authorization;
 mod chatbots;

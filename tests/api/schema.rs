@@ -205,6 +205,7 @@ fn declared_tables() -> Tables<DeclaredColumn> {
         api_key_limits,
         api_key_usage,
         api_keys,
+        audit_events,
         chatbots,
         login_attempts,
         refresh_tokens,

@@ -206,17 +206,18 @@ impl ApiKey {
     }
 
     /// Revokes a key; a second call keeps the first revoke time.
+    /// Revokes the key if it is not yet; whether this revoked it.
     pub async fn revoke(
         conn: &mut DbConnection,
         id: ApiKeyId,
         now: DateTime<Utc>,
-    ) -> diesel::QueryResult<()> {
+    ) -> diesel::QueryResult<bool> {
         let active = api_keys::table.find(id).filter(api_keys::revoked.eq(false));
         let revoke = (
             api_keys::revoked.eq(true),
             api_keys::revoked_at.eq(Timestamp(now)),
         );
-        update_rows!(conn, active, revoke).map(drop)
+        Ok(update_rows!(conn, active, revoke)? == 1)
     }
 
     /// Marks a key replaced by a rotation at `now`, letting it work only

@@ -139,6 +139,7 @@ macro_rules! keyset_page {
 }
 
 pub mod api_key;
+pub mod audit_event;
 pub mod chatbot;
 pub mod key_limits;
 pub mod login_attempt;
@@ -148,6 +149,7 @@ pub mod usage;
 pub mod user;
 
 pub use api_key::{ApiKey, NewApiKey, VerificationRecord};
+pub use audit_event::{AuditActor, AuditEvent};
 pub use chatbot::{Chatbot, ChatbotChanges, NewChatbot};
 pub use key_limits::{Balance, KeyLimitChanges, KeyLimits, KeyWithLimits};
 pub use login_attempt::{LoginAttempt, Window};

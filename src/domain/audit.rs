@@ -1,0 +1,182 @@
+//! The audit log's values: what an event records, and what a listing asks
+//! for. Events are written by the operations that make the changes, in
+//! their own transactions.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use super::{ApiKeyId, ChatbotId, FieldViolation, PageRequest, UserId};
+
+/// What happened. The names are part of the API (ListAuditEvents returns
+/// and filters by them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    ChatbotCreate,
+    ChatbotUpdate,
+    ChatbotDelete,
+    ApiKeyCreate,
+    ApiKeyUpdate,
+    ApiKeyRevoke,
+    ApiKeyRotate,
+    ApiKeyDelete,
+}
+
+impl AuditAction {
+    pub const ALL: [AuditAction; 8] = [
+        Self::ChatbotCreate,
+        Self::ChatbotUpdate,
+        Self::ChatbotDelete,
+        Self::ApiKeyCreate,
+        Self::ApiKeyUpdate,
+        Self::ApiKeyRevoke,
+        Self::ApiKeyRotate,
+        Self::ApiKeyDelete,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ChatbotCreate => "chatbot.create",
+            Self::ChatbotUpdate => "chatbot.update",
+            Self::ChatbotDelete => "chatbot.delete",
+            Self::ApiKeyCreate => "api_key.create",
+            Self::ApiKeyUpdate => "api_key.update",
+            Self::ApiKeyRevoke => "api_key.revoke",
+            Self::ApiKeyRotate => "api_key.rotate",
+            Self::ApiKeyDelete => "api_key.delete",
+        }
+    }
+
+    pub fn parse(field: &str, name: &str) -> Result<Self, FieldViolation> {
+        Self::ALL
+            .into_iter()
+            .find(|action| action.name() == name)
+            .ok_or_else(|| FieldViolation::new(field, "is not an audited action"))
+    }
+}
+
+/// The kinds of thing an action is done to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetType {
+    User,
+    Chatbot,
+    ApiKey,
+}
+
+impl TargetType {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Chatbot => "chatbot",
+            Self::ApiKey => "api_key",
+        }
+    }
+
+    pub fn parse(field: &str, name: &str) -> Result<Self, FieldViolation> {
+        [Self::User, Self::Chatbot, Self::ApiKey]
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| FieldViolation::new(field, "must be user, chatbot or api_key"))
+    }
+}
+
+/// What an action is done to, and who owns it (who may see the event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditTarget {
+    pub kind: TargetType,
+    pub id: String,
+    pub owner: UserId,
+}
+
+impl AuditTarget {
+    pub fn chatbot(id: ChatbotId, owner: UserId) -> Self {
+        Self {
+            kind: TargetType::Chatbot,
+            id: id.to_string(),
+            owner,
+        }
+    }
+
+    pub fn api_key(id: ApiKeyId, owner: UserId) -> Self {
+        Self {
+            kind: TargetType::ApiKey,
+            id: id.to_string(),
+            owner,
+        }
+    }
+}
+
+/// One changed field, by its API name, with its values where the action
+/// records them (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditChange {
+    pub field: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<String>,
+}
+
+impl AuditChange {
+    /// A field that changed, without its values.
+    pub fn field(field: &str) -> Self {
+        Self {
+            field: field.to_owned(),
+            old: None,
+            new: None,
+        }
+    }
+
+    /// A field that changed from `old` to `new`.
+    pub fn values(field: &str, old: impl fmt::Display, new: impl fmt::Display) -> Self {
+        Self {
+            field: field.to_owned(),
+            old: Some(old.to_string()),
+            new: Some(new.to_string()),
+        }
+    }
+}
+
+/// An event to record: the action, its target, what it changed.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub action: AuditAction,
+    pub target: AuditTarget,
+    pub changes: Vec<AuditChange>,
+}
+
+impl AuditRecord {
+    pub fn new(action: AuditAction, target: AuditTarget) -> Self {
+        Self {
+            action,
+            target,
+            changes: Vec::new(),
+        }
+    }
+
+    pub fn with_changes(mut self, changes: Vec<AuditChange>) -> Self {
+        self.changes = changes;
+        self
+    }
+}
+
+/// Which events a listing asks for.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub action: Option<AuditAction>,
+    pub actor: Option<UserId>,
+    pub target_type: Option<TargetType>,
+    pub target_id: Option<String>,
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+    /// Only events on what this user owns, done by them or succeeded (a
+    /// user's view); `None` is an admin's view of every event.
+    pub visible_to: Option<UserId>,
+}
+
+/// ListAuditEvents.
+#[derive(Debug)]
+pub struct ListAuditEvents {
+    pub filter: AuditFilter,
+    pub page: PageRequest<i64>,
+}

@@ -1,0 +1,169 @@
+//! AuditService: the audit log, newest first. Admins see every event; a
+//! user sees the events on what they own (their chatbots and keys), except
+//! refused attempts by others. The events are written by the operations
+//! that make the changes ([`record`]), in their own transactions.
+
+use std::sync::Arc;
+
+use tonic::Request;
+
+use super::convert::{self, timestamp};
+use super::{AppState, Rpc};
+use crate::auth::Caller;
+use crate::db::models::{AuditActor, AuditEvent};
+use crate::db::DbConnection;
+use crate::domain::{
+    AuditAction, AuditFilter, AuditRecord, ListAuditEvents, Page, PageRequest, TargetType, UserId,
+};
+use crate::error::{parsed, AppError, AppResult, FieldViolation};
+use crate::proto::audit_service_server::AuditService;
+use crate::proto::{self, AuditOutcome, ListAuditEventsRequest, ListAuditEventsResponse};
+
+/// The AuditService implementation.
+pub struct Audit(pub Arc<AppState>);
+
+#[tonic::async_trait]
+impl AuditService for Audit {
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Rpc<ListAuditEventsResponse> {
+        let parse = ListAuditEvents::parse;
+        self.0.serve(request, parse, list_audit_events).await
+    }
+}
+
+/// Records `record` as done by `caller`, in the transaction `conn` is in.
+pub async fn record(
+    conn: &mut DbConnection,
+    caller: &Caller,
+    record: &AuditRecord,
+) -> diesel::QueryResult<()> {
+    let actor = AuditActor {
+        user: Some(caller.user_id),
+        command: None,
+        request_id: caller.request_id.as_ref().map(|id| id.0.to_string()),
+        address: caller.address,
+    };
+    AuditEvent::record(conn, &actor, record).await
+}
+
+/// An optional text field: parsed unless empty.
+fn optional_text<T>(
+    field: &str,
+    value: &str,
+    parse: impl FnOnce(&str, &str) -> Result<T, FieldViolation>,
+) -> Result<Option<T>, FieldViolation> {
+    (!value.is_empty()).then(|| parse(field, value)).transpose()
+}
+
+impl ListAuditEvents {
+    /// A user's listing shows only what they may see.
+    pub fn parse(request: ListAuditEventsRequest, caller: &Caller) -> AppResult<Self> {
+        let time = |field: &str, time: Option<&prost_types::Timestamp>| {
+            time.map(|time| convert::parse_timestamp(field, time))
+                .transpose()
+        };
+        let filter = format!(
+            "audit|action={}|actor={}|type={}|target={}|start={:?}|end={:?}",
+            request.action,
+            request.actor_user_id,
+            request.target_type,
+            request.target_id,
+            request.start_time.as_ref().map(|t| (t.seconds, t.nanos)),
+            request.end_time.as_ref().map(|t| (t.seconds, t.nanos)),
+        );
+        let target_id = if request.target_id.is_empty() {
+            Ok(None)
+        } else if request.target_type.is_empty() {
+            Err(FieldViolation::new(
+                "target_type",
+                "is required with target_id",
+            ))
+        } else if request.target_id.len() > 64 {
+            Err(FieldViolation::new(
+                "target_id",
+                "must be at most 64 characters",
+            ))
+        } else {
+            Ok(Some(request.target_id.clone()))
+        };
+        let (action, actor, target_type, target_id, start, end, page) = parsed((
+            optional_text("action", &request.action, AuditAction::parse),
+            optional_text("actor_user_id", &request.actor_user_id, UserId::parse),
+            optional_text("target_type", &request.target_type, TargetType::parse),
+            target_id,
+            time("start_time", request.start_time.as_ref()),
+            time("end_time", request.end_time.as_ref()),
+            PageRequest::parse(request.page_size, &request.page_token, &filter),
+        ))?;
+        Ok(Self {
+            filter: AuditFilter {
+                action,
+                actor,
+                target_type,
+                target_id,
+                start,
+                end,
+                visible_to: (!caller.is_admin()).then_some(caller.user_id),
+            },
+            page,
+        })
+    }
+}
+
+pub async fn list_audit_events(
+    state: &AppState,
+    _: &Caller,
+    cmd: ListAuditEvents,
+) -> AppResult<Page<AuditEvent>> {
+    let mut conn = state.db.conn().await?;
+    let events = AuditEvent::list(&mut conn, &cmd.filter, &cmd.page)
+        .await
+        .map_err(AppError::from)?;
+    Ok(cmd.page.page(events, AuditEvent::cursor))
+}
+
+impl From<AuditEvent> for proto::AuditEvent {
+    fn from(event: AuditEvent) -> Self {
+        let changes = event
+            .changes()
+            .into_iter()
+            .map(|change| proto::AuditChange {
+                field: change.field,
+                old_value: change.old.unwrap_or_default(),
+                new_value: change.new.unwrap_or_default(),
+            })
+            .collect();
+        let outcome = match event.outcome.as_str() {
+            "succeeded" => AuditOutcome::Succeeded,
+            "denied" => AuditOutcome::Denied,
+            _ => AuditOutcome::Unspecified,
+        };
+        proto::AuditEvent {
+            id: event.id,
+            time: Some(timestamp(event.occurred_at)),
+            action: event.action,
+            actor: Some(proto::AuditActor {
+                user_id: event
+                    .actor_user_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+                email: event.actor_email.unwrap_or_default(),
+                command: event.actor_command.unwrap_or_default(),
+            }),
+            target: Some(proto::AuditTarget {
+                r#type: event.target_type,
+                id: event.target_id,
+                owner_id: event
+                    .target_owner_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+            }),
+            request_id: event.request_id.unwrap_or_default(),
+            client_address: event.client_address.unwrap_or_default(),
+            outcome: outcome.into(),
+            changes,
+        }
+    }
+}

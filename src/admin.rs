@@ -7,9 +7,19 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use rand::distributions::{Alphanumeric, DistString};
 
 use crate::auth::PasswordHasher;
-use crate::db::models::{Chatbot, NewChatbot, NewUser, Session, User};
+use crate::db::models::{AuditActor, AuditEvent, Chatbot, NewChatbot, NewUser, Session, User};
 use crate::db::{self, Database, Invalidation};
-use crate::domain::{ChatbotId, Email, Password, Role, UserId};
+use crate::domain::{
+    AuditAction, AuditChange, AuditRecord, AuditTarget, ChatbotId, Email, Password, Role, UserId,
+};
+
+/// An operator command as the audit log's actor.
+fn command_actor(command: &str) -> AuditActor {
+    AuditActor {
+        command: Some(command.to_owned()),
+        ..AuditActor::default()
+    }
+}
 
 /// Creates an admin or promotes an existing user; the password comes from
 /// stdin (one line), never from argv where `ps` would show it. Setting an
@@ -39,9 +49,34 @@ pub async fn create_admin(
     let admin = conn
         .transaction(|conn| {
             async move {
+                let before = User::find_by_email(conn, email.as_str()).await?;
                 let admin = User::upsert_admin(conn, email.as_str(), hash).await?;
                 Session::end_all_for_user(conn, admin.id, Utc::now()).await?;
                 db::notify_invalidation(conn, &Invalidation::Owner(admin.id)).await?;
+                let actor = command_actor("create-admin");
+                let target = || AuditTarget::user(admin.id);
+                let records = match before {
+                    None => vec![AuditRecord::new(AuditAction::UserCreate, target())
+                        .with_changes(vec![AuditChange::values("role", "", Role::Admin)])],
+                    Some(user) => {
+                        let mut records = Vec::new();
+                        if user.role() != Role::Admin {
+                            records.push(
+                                AuditRecord::new(AuditAction::UserRoleChange, target())
+                                    .with_changes(vec![AuditChange::values(
+                                        "role",
+                                        user.role(),
+                                        Role::Admin,
+                                    )]),
+                            );
+                        }
+                        records.push(AuditRecord::new(AuditAction::UserPasswordChange, target()));
+                        records
+                    }
+                };
+                for record in &records {
+                    AuditEvent::record(conn, &actor, record).await?;
+                }
                 Ok::<_, diesel::result::Error>(admin)
             }
             .scope_boxed()
@@ -70,16 +105,29 @@ pub async fn seed(db: &Database, hasher: &PasswordHasher) -> anyhow::Result<()> 
                     .map_err(|v| anyhow::anyhow!("{}", v.description))?,
             )
             .await?;
-        let user = User::insert(
-            &mut conn,
-            NewUser {
-                id: UserId::generate(),
-                email,
-                hashed_password: &hash,
-                role: role.as_str(),
-            },
-        )
-        .await?;
+        let hash = &hash;
+        let user = conn
+            .transaction(|conn| {
+                async move {
+                    let user = User::insert(
+                        conn,
+                        NewUser {
+                            id: UserId::generate(),
+                            email,
+                            hashed_password: hash,
+                            role: role.as_str(),
+                        },
+                    )
+                    .await?;
+                    let record =
+                        AuditRecord::new(AuditAction::UserCreate, AuditTarget::user(user.id))
+                            .with_changes(vec![AuditChange::values("role", "", role)]);
+                    AuditEvent::record(conn, &command_actor("seed"), &record).await?;
+                    Ok::<_, diesel::result::Error>(user)
+                }
+                .scope_boxed()
+            })
+            .await?;
         println!("{email}: created ({role}), password: {password}  (shown once)");
         if role == Role::User {
             for (name, url) in [
@@ -89,16 +137,28 @@ pub async fn seed(db: &Database, hasher: &PasswordHasher) -> anyhow::Result<()> 
                 ),
                 ("Sales Assistant", "https://api.anthropic.com/v1/messages"),
             ] {
-                let chatbot = Chatbot::insert(
-                    &mut conn,
-                    &NewChatbot {
-                        id: ChatbotId::generate(),
-                        owner_id: user.id,
-                        name: name.into(),
-                        llm_endpoint_url: url.into(),
-                    },
-                )
-                .await?;
+                let owner = user.id;
+                let chatbot = conn
+                    .transaction(|conn| {
+                        async move {
+                            let chatbot = Chatbot::insert(
+                                conn,
+                                &NewChatbot {
+                                    id: ChatbotId::generate(),
+                                    owner_id: owner,
+                                    name: name.into(),
+                                    llm_endpoint_url: url.into(),
+                                },
+                            )
+                            .await?;
+                            let target = AuditTarget::chatbot(chatbot.id, owner);
+                            let record = AuditRecord::new(AuditAction::ChatbotCreate, target);
+                            AuditEvent::record(conn, &command_actor("seed"), &record).await?;
+                            Ok::<_, diesel::result::Error>(chatbot)
+                        }
+                        .scope_boxed()
+                    })
+                    .await?;
                 println!("  chatbot {:?}: {}", chatbot.name, chatbot.id);
             }
         }

@@ -12,6 +12,14 @@ use super::{ApiKeyId, ChatbotId, FieldViolation, PageRequest, UserId};
 /// and filters by them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditAction {
+    UserCreate,
+    UserUpdate,
+    UserRoleChange,
+    UserPasswordChange,
+    UserDelete,
+    SessionLogin,
+    SessionLogout,
+    SessionRefreshReuse,
     ChatbotCreate,
     ChatbotUpdate,
     ChatbotDelete,
@@ -23,7 +31,15 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 8] = [
+    pub const ALL: [AuditAction; 16] = [
+        Self::UserCreate,
+        Self::UserUpdate,
+        Self::UserRoleChange,
+        Self::UserPasswordChange,
+        Self::UserDelete,
+        Self::SessionLogin,
+        Self::SessionLogout,
+        Self::SessionRefreshReuse,
         Self::ChatbotCreate,
         Self::ChatbotUpdate,
         Self::ChatbotDelete,
@@ -36,6 +52,14 @@ impl AuditAction {
 
     pub fn name(self) -> &'static str {
         match self {
+            Self::UserCreate => "user.create",
+            Self::UserUpdate => "user.update",
+            Self::UserRoleChange => "user.role_change",
+            Self::UserPasswordChange => "user.password_change",
+            Self::UserDelete => "user.delete",
+            Self::SessionLogin => "session.login",
+            Self::SessionLogout => "session.logout",
+            Self::SessionRefreshReuse => "session.refresh_reuse",
             Self::ChatbotCreate => "chatbot.create",
             Self::ChatbotUpdate => "chatbot.update",
             Self::ChatbotDelete => "chatbot.delete",
@@ -89,6 +113,15 @@ pub struct AuditTarget {
 }
 
 impl AuditTarget {
+    /// A user's account (which the user owns).
+    pub fn user(id: UserId) -> Self {
+        Self {
+            kind: TargetType::User,
+            id: id.to_string(),
+            owner: id,
+        }
+    }
+
     pub fn chatbot(id: ChatbotId, owner: UserId) -> Self {
         Self {
             kind: TargetType::Chatbot,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tonic::Request;
 
 use super::convert::{self, timestamp};
-use super::{AppState, Rpc};
+use super::{AppState, Origin, Rpc};
 use crate::auth::Caller;
 use crate::db::models::{AuditActor, AuditEvent};
 use crate::db::DbConnection;
@@ -39,13 +39,42 @@ pub async fn record(
     caller: &Caller,
     record: &AuditRecord,
 ) -> diesel::QueryResult<()> {
-    let actor = AuditActor {
+    AuditEvent::record(conn, &actor(caller), record).await
+}
+
+/// A signed-in caller as the actor.
+pub fn actor(caller: &Caller) -> AuditActor {
+    AuditActor {
         user: Some(caller.user_id),
         command: None,
         request_id: caller.request_id.as_ref().map(|id| id.0.to_string()),
         address: caller.address,
-    };
-    AuditEvent::record(conn, &actor, record).await
+    }
+}
+
+/// The actor of a public RPC: its signed-in caller, if any, else `user`
+/// acting for themselves (signing up, logging in), or nobody known.
+pub fn public_actor(origin: &Origin, user: Option<UserId>) -> AuditActor {
+    match &origin.caller {
+        Some(caller) => actor(caller),
+        None => AuditActor {
+            user,
+            command: None,
+            request_id: origin.request_id.as_ref().map(|id| id.0.to_string()),
+            address: origin.address,
+        },
+    }
+}
+
+/// `user` acting for themselves on a public RPC (logging in), whatever
+/// token the call carried.
+pub fn acting_for_themselves(origin: &Origin, user: UserId) -> AuditActor {
+    AuditActor {
+        user: Some(user),
+        command: None,
+        request_id: origin.request_id.as_ref().map(|id| id.0.to_string()),
+        address: origin.address,
+    }
 }
 
 /// An optional text field: parsed unless empty.

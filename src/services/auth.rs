@@ -9,12 +9,15 @@ use rand::distributions::{Alphanumeric, DistString};
 use sha2::{Digest, Sha256};
 use tonic::Request;
 
-use super::{convert, no_fields, AppState, Origin, Rpc};
+use super::{audit, convert, no_fields, AppState, Origin, Rpc};
 use crate::auth::{Caller, LoginThrottle};
-use crate::db::models::{NewRefreshToken, RefreshToken, Session, User};
+use crate::db::models::{AuditActor, AuditEvent, NewRefreshToken, RefreshToken, Session, User};
 use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation};
-use crate::domain::{Email, Login, Password, RefreshTokenId, Role, SessionId, UserId};
+use crate::domain::{
+    AuditAction, AuditRecord, AuditTarget, Email, Login, Password, RefreshTokenId, Role, SessionId,
+    UserId,
+};
 use crate::error::{parsed, AppError, AppResult, FieldViolation};
 use crate::proto;
 use crate::proto::auth_service_server::AuthService;
@@ -42,8 +45,7 @@ impl AuthService for Auth {
     ) -> Rpc<RefreshTokenResponse> {
         let parse =
             |message: RefreshTokenRequest| PresentedRefreshToken::parse(message.refresh_token);
-        let refresh = async |state: &AppState, _: &Origin, token| refresh_token(state, token).await;
-        self.0.serve_public(request, parse, refresh).await
+        self.0.serve_public(request, parse, refresh_token).await
     }
 
     async fn logout(&self, request: Request<LogoutRequest>) -> Rpc<LogoutResponse> {
@@ -161,6 +163,14 @@ pub async fn login(state: &AppState, origin: &Origin, cmd: Login) -> AppResult<T
                 }
                 LoginThrottle::refund(conn, reservation).await?;
                 Session::insert(conn, session, user_id).await?;
+                let record =
+                    AuditRecord::new(AuditAction::SessionLogin, AuditTarget::user(user_id));
+                AuditEvent::record(
+                    conn,
+                    &audit::acting_for_themselves(origin, user_id),
+                    &record,
+                )
+                .await?;
                 issue_pair(state, conn, user_id, role, session).await
             }
             .scope_boxed()
@@ -174,6 +184,7 @@ pub async fn login(state: &AppState, origin: &Origin, cmd: Login) -> AppResult<T
 /// two concurrent refreshes) ends its whole session.
 pub async fn refresh_token(
     state: &AppState,
+    origin: &Origin,
     presented: PresentedRefreshToken,
 ) -> AppResult<TokenPair> {
     let invalid = || AppError::Unauthenticated("refresh token is invalid".into());
@@ -225,7 +236,11 @@ pub async fn refresh_token(
         // A rotated token presented again: whoever holds it, the session
         // is no longer safe.
         Refresh::Replayed => {
-            end_session(state, &mut conn, session).await?;
+            // Whoever presented it is not known: no actor, only the call.
+            let actor = audit::public_actor(origin, None);
+            let target = AuditTarget::user(token.user_id);
+            let record = AuditRecord::new(AuditAction::SessionRefreshReuse, target);
+            end_session(state, &mut conn, session, (&actor, &record)).await?;
             tracing::warn!(user_id = %token.user_id, "refresh token re-use detected; session revoked");
             Err(AppError::Unauthenticated(
                 "refresh token was already used; the session has been revoked, log in again".into(),
@@ -254,7 +269,14 @@ pub async fn logout(
     let mut conn = state.db.conn().await?;
     let token = RefreshToken::find_by_hash(&mut conn, &digest(&presented)).await?;
     if let Some(token) = token.filter(|t| caller.may_act_for(t.user_id)) {
-        end_session(state, &mut conn, token.family_id).await?;
+        let record = AuditRecord::new(AuditAction::SessionLogout, AuditTarget::user(token.user_id));
+        end_session(
+            state,
+            &mut conn,
+            token.family_id,
+            (&audit::actor(caller), &record),
+        )
+        .await?;
         tracing::info!(user_id = %token.user_id, "logged out");
     }
     Ok(())
@@ -303,13 +325,15 @@ async fn issue_pair(
     })
 }
 
-/// Ends a session in one transaction: its refresh tokens, its row, and the
-/// notification that makes every replica refuse its access tokens (sent at
-/// commit, so never for a change that rolled back). Then drops it here.
+/// Ends a session in one transaction: its refresh tokens, its row, its
+/// audit event, and the notification that makes every replica refuse its
+/// access tokens (sent at commit, so never for a change that rolled back).
+/// Then drops it here.
 async fn end_session(
     state: &AppState,
     conn: &mut DbConnection,
     session: SessionId,
+    (actor, record): (&AuditActor, &AuditRecord),
 ) -> AppResult<()> {
     let now = Utc::now();
     state
@@ -318,6 +342,7 @@ async fn end_session(
             async move {
                 RefreshToken::revoke_family(conn, session, now).await?;
                 Session::revoke(conn, session, now).await?;
+                AuditEvent::record(conn, actor, record).await?;
                 Ok(())
             }
             .scope_boxed()

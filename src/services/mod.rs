@@ -21,7 +21,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{
-    caller, optional_caller, Caller, LoginThrottle, PasswordHasher, Sessions, TokenKeys,
+    caller, optional_caller, Caller, LoginThrottle, PasswordHasher, RequestId, Sessions, TokenKeys,
 };
 use diesel::QueryResult;
 use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
@@ -68,6 +68,7 @@ pub type Rpc<T> = Result<Response<T>, Status>;
 pub struct Origin {
     pub caller: Option<Caller>,
     pub address: Option<IpAddr>,
+    pub request_id: Option<RequestId>,
 }
 
 impl AppState {
@@ -103,6 +104,7 @@ impl AppState {
         let origin = Origin {
             caller: optional_caller(&request),
             address: request.remote_addr().map(|addr| addr.ip()),
+            request_id: request.extensions().get::<RequestId>().cloned(),
         };
         let command = parse(request.into_inner()).map_err(AppError::from)?;
         let output = operation(self, &origin, command).await?;

@@ -9,11 +9,14 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
 use super::convert::mask_paths;
-use super::{delete_row, required, AppState, Origin, Rpc};
+use super::{audit, delete_row, required, AppState, Origin, Rpc};
 use crate::auth::{Caller, LoginThrottle};
-use crate::db::models::{NewUser, Session, User, UserChanges};
+use crate::db::models::{AuditEvent, NewUser, Session, User, UserChanges};
 use crate::db::{self, Invalidation};
-use crate::domain::{CreateUser, Email, Page, PageRequest, Password, Role, UpdateUser, UserId};
+use crate::domain::{
+    AuditAction, AuditChange, AuditRecord, AuditTarget, CreateUser, Email, Page, PageRequest,
+    Password, Role, UpdateUser, UserId,
+};
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::proto::user_service_server::UserService;
 use crate::proto::{self, UserRole};
@@ -148,18 +151,30 @@ pub async fn create_user(state: &AppState, origin: &Origin, cmd: CreateUser) -> 
         .hash(cmd.password)
         .await
         .map_err(AppError::Internal)?;
+    let id = UserId::generate();
+    // Signing up, the new user is their own actor.
+    let actor = audit::public_actor(origin, Some(id));
+    let record = AuditRecord::new(AuditAction::UserCreate, AuditTarget::user(id))
+        .with_changes(vec![AuditChange::values("role", "", cmd.role.as_str())]);
+    let (email, role, hash) = (cmd.email.as_str(), cmd.role.as_str(), &hashed_password);
+    let (actor, record) = (&actor, &record);
     let mut conn = state.db.conn().await?;
-    let user = User::insert(
-        &mut conn,
-        NewUser {
-            id: UserId::generate(),
-            email: cmd.email.as_str(),
-            hashed_password: &hashed_password,
-            role: cmd.role.as_str(),
-        },
-    )
-    .await
-    .map_err(email_taken)?;
+    let user = conn
+        .transaction(|conn| {
+            async move {
+                let new = NewUser {
+                    id,
+                    email,
+                    hashed_password: hash,
+                    role,
+                };
+                let user = User::insert(conn, new).await.map_err(email_taken)?;
+                AuditEvent::record(conn, actor, record).await?;
+                Ok::<_, AppError>(user)
+            }
+            .scope_boxed()
+        })
+        .await?;
     tracing::info!(user_id = %user.id, "user created");
     Ok(user)
 }
@@ -241,11 +256,13 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
     let password_changed = hashed_password.is_some();
     // Both take effect on the user's access tokens at their next call.
     let sessions_affected = password_changed || cmd.role.is_some_and(|r| r != current.role());
+    let records = audited_changes(&cmd.email, cmd.role, password_changed, &current);
     let changes = UserChanges {
         email: cmd.email.map(Email::into_inner),
         hashed_password,
         role: cmd.role.map(|role| role.as_str().to_owned()),
     };
+    let records = &records;
     let reservation = reservation.as_ref();
     let checked_hash = &current.hashed_password;
     let mut conn = state.db.conn().await?;
@@ -273,6 +290,9 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
                     LoginThrottle::refund(conn, reservation).await?;
                 }
                 if updated.is_some() {
+                    for record in records {
+                        audit::record(conn, caller, record).await?;
+                    }
                     if password_changed {
                         // Signs the user out everywhere.
                         Session::end_all_for_user(conn, id, Utc::now()).await?;
@@ -300,12 +320,50 @@ pub async fn delete_user(state: &AppState, caller: &Caller, id: UserId) -> AppRe
     caller.require_may_act_for(id)?;
     let mut conn = state.db.conn().await?;
     let stale = Invalidation::Owner(id);
+    let record = AuditRecord::new(AuditAction::UserDelete, AuditTarget::user(id));
     delete_row(state, &mut conn, stale, "user", move |conn| {
-        User::delete(conn, id).scope_boxed()
+        async move {
+            let deleted = User::delete(conn, id).await?;
+            if deleted {
+                audit::record(conn, caller, &record).await?;
+            }
+            Ok(deleted)
+        }
+        .scope_boxed()
     })
     .await?;
     tracing::info!(user_id = %id, "user deleted with their chatbots and keys");
     Ok(())
+}
+
+/// What an UpdateUser records: the email by name only (the old one is not
+/// repeated into the log), a role change with both roles, a password change
+/// without any value.
+fn audited_changes(
+    email: &Option<Email>,
+    role: Option<Role>,
+    password_changed: bool,
+    current: &User,
+) -> Vec<AuditRecord> {
+    let target = || AuditTarget::user(current.id);
+    let mut records = Vec::new();
+    if email.is_some() {
+        records.push(
+            AuditRecord::new(AuditAction::UserUpdate, target())
+                .with_changes(vec![AuditChange::field("email")]),
+        );
+    }
+    if let Some(role) = role.filter(|role| *role != current.role()) {
+        records.push(
+            AuditRecord::new(AuditAction::UserRoleChange, target()).with_changes(vec![
+                AuditChange::values("role", current.role().as_str(), role.as_str()),
+            ]),
+        );
+    }
+    if password_changed {
+        records.push(AuditRecord::new(AuditAction::UserPasswordChange, target()));
+    }
+    records
 }
 
 fn email_taken(error: DieselError) -> AppError {

@@ -9,6 +9,7 @@ use tonic::Code;
 
 use crate::helpers::{
     assert_code, backend_test, spawn_app, spawn_app_with, violated_fields, TestApp, TestUser,
+    TEST_HASH_COST,
 };
 
 async fn events(
@@ -38,6 +39,16 @@ async fn all_events(app: &TestApp, who: &TestUser) -> Vec<proto::AuditEvent> {
 
 fn actions(events: &[proto::AuditEvent]) -> Vec<&str> {
     events.iter().map(|event| event.action.as_str()).collect()
+}
+
+/// The events on chatbots and keys (leaving out the sign-ups and logins
+/// of the test's users).
+fn on_chatbots_and_keys(mut events: Vec<proto::AuditEvent>) -> Vec<proto::AuditEvent> {
+    events.retain(|event| {
+        let kind = &event.target.as_ref().unwrap().r#type;
+        kind == "chatbot" || kind == "api_key"
+    });
+    events
 }
 
 backend_test! {
@@ -109,7 +120,7 @@ backend_test! {
             .await
             .unwrap();
 
-        let logged = all_events(&app, &admin).await;
+        let logged = on_chatbots_and_keys(all_events(&app, &admin).await);
         assert_eq!(
             actions(&logged),
             [
@@ -175,6 +186,7 @@ backend_test! {
         let admin = app.new_admin().await;
         let chatbot = app.create_chatbot(&owner, "limited").await;
         app.create_api_key(&owner, &chatbot.id).await;
+        let stranger = app.new_user().await;
         let before = all_events(&app, &admin).await.len();
 
         // Over the active-key limit: the transaction rolls back.
@@ -188,7 +200,6 @@ backend_test! {
             Code::FailedPrecondition,
         );
         // Someone else's chatbot: refused before any change.
-        let stranger = app.new_user().await;
         assert_code(
             app.chatbots(Some(&stranger.token))
                 .delete_chatbot(proto::DeleteChatbotRequest { id: chatbot.id.clone() })
@@ -231,13 +242,13 @@ backend_test! {
             .await
             .unwrap();
 
-        let seen_by_alice = all_events(&app, &alice).await;
+        let seen_by_alice = on_chatbots_and_keys(all_events(&app, &alice).await);
         assert_eq!(actions(&seen_by_alice), ["chatbot.update", "chatbot.create"]);
         assert!(seen_by_alice
             .iter()
             .all(|event| event.target.as_ref().unwrap().id == alices.id));
         assert_eq!(seen_by_alice[0].actor.as_ref().unwrap().user_id, admin.id);
-        let seen_by_bob = all_events(&app, &bob).await;
+        let seen_by_bob = on_chatbots_and_keys(all_events(&app, &bob).await);
         assert_eq!(actions(&seen_by_bob), ["chatbot.create"]);
         assert_eq!(seen_by_bob[0].target.as_ref().unwrap().id, bobs.id);
         // Filtering for someone else's target finds nothing.
@@ -248,7 +259,15 @@ backend_test! {
         })
         .await;
         assert!(asked.is_empty());
-        assert_eq!(all_events(&app, &admin).await.len(), 3);
+        assert_eq!(on_chatbots_and_keys(all_events(&app, &admin).await).len(), 3);
+        // Each sees their own account's events, and only theirs.
+        let alice_account: Vec<_> = all_events(&app, &alice)
+            .await
+            .into_iter()
+            .filter(|event| event.target.as_ref().unwrap().r#type == "user")
+            .collect();
+        assert_eq!(actions(&alice_account), ["session.login", "user.create"]);
+        assert!(alice_account.iter().all(|e| e.target.as_ref().unwrap().id == alice.id));
     }
 }
 
@@ -319,7 +338,9 @@ backend_test! {
                 break;
             }
         }
-        assert_eq!(seen.len(), 5);
+        // Chatbot, three keys and a revocation, and the owner's sign-up and
+        // login.
+        assert_eq!(seen.len(), 7);
         assert!(seen.windows(2).all(|pair| pair[0] > pair[1]));
 
         let status = assert_code(
@@ -338,5 +359,182 @@ backend_test! {
             violated_fields(&status),
             ["action", "actor_user_id", "target_type", "page_size"]
         );
+    }
+}
+
+backend_test! {
+    async fn account_and_session_changes_are_recorded_with_their_actor() {
+        let app = spawn_app().await;
+        let admin = app.new_admin().await;
+        let user = app.new_user().await;
+        // Their own password change, then a new login.
+        app.users(Some(&user.token))
+            .update_user(proto::UpdateUserRequest {
+                user: Some(proto::User {
+                    id: user.id.clone(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+                new_password: "a-brand-new-password".into(),
+                current_password: user.password.clone(),
+            })
+            .await
+            .unwrap();
+        let login = app.login(&user.email, "a-brand-new-password").await.unwrap();
+        // A refresh token used twice ends the session.
+        let refreshed = app
+            .auth(None)
+            .refresh_token(proto::RefreshTokenRequest { refresh_token: login.refresh_token.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_code(
+            app.auth(None)
+                .refresh_token(proto::RefreshTokenRequest { refresh_token: login.refresh_token.clone() })
+                .await,
+            Code::Unauthenticated,
+        );
+        let again = app.login(&user.email, "a-brand-new-password").await.unwrap();
+        app.auth(Some(&again.access_token))
+            .logout(proto::LogoutRequest { refresh_token: again.refresh_token.clone() })
+            .await
+            .unwrap();
+        // An admin makes them an admin, then deletes them.
+        app.users(Some(&admin.token))
+            .update_user(proto::UpdateUserRequest {
+                user: Some(proto::User {
+                    id: user.id.clone(),
+                    role: proto::UserRole::Admin.into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask { paths: vec!["role".into()] }),
+                new_password: String::new(),
+                current_password: String::new(),
+            })
+            .await
+            .unwrap();
+        app.users(Some(&admin.token))
+            .delete_user(proto::DeleteUserRequest { id: user.id.clone() })
+            .await
+            .unwrap();
+
+        let on_user = events(&app, &admin, proto::ListAuditEventsRequest {
+            target_type: "user".into(),
+            target_id: user.id.clone(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            actions(&on_user),
+            [
+                "user.delete",
+                "user.role_change",
+                "session.logout",
+                "session.login",
+                "session.refresh_reuse",
+                "session.login",
+                "user.password_change",
+                "session.login",
+                "user.create",
+            ]
+        );
+        let actor_of = |event: &proto::AuditEvent| event.actor.clone().unwrap().user_id;
+        for event in &on_user {
+            let expected = match event.action.as_str() {
+                "user.delete" | "user.role_change" => admin.id.clone(),
+                // Whoever presented a used refresh token is not known.
+                "session.refresh_reuse" => String::new(),
+                _ => user.id.clone(),
+            };
+            assert_eq!(actor_of(event), expected, "{event:?}");
+            assert_eq!(event.target.as_ref().unwrap().owner_id, user.id);
+        }
+        assert_eq!(
+            on_user[1].changes,
+            [proto::AuditChange {
+                field: "role".into(),
+                old_value: "user".into(),
+                new_value: "admin".into(),
+            }]
+        );
+        // No password, token or hash appears anywhere.
+        let text = format!("{on_user:?}");
+        for secret in [
+            "a-brand-new-password",
+            user.password.as_str(),
+            login.refresh_token.as_str(),
+            refreshed.refresh_token.as_str(),
+            again.access_token.as_str(),
+        ] {
+            assert!(!text.contains(secret));
+        }
+    }
+}
+
+/// Runs an operator command of the server binary on the app's database,
+/// with `stdin` as its input.
+async fn run_command(app: &TestApp, args: &[&str], stdin: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
+        .args(args)
+        .env("DATABASE_URL", &app.database_url)
+        .env(
+            "PASSWORD_HASH_MEMORY_KIB",
+            TEST_HASH_COST.memory_kib.to_string(),
+        )
+        .env(
+            "PASSWORD_HASH_ITERATIONS",
+            TEST_HASH_COST.iterations.to_string(),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the server binary");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    assert!(child.wait().await.unwrap().success(), "{args:?} failed");
+}
+
+backend_test! {
+    async fn operator_commands_are_recorded_with_the_command_as_actor() {
+        let app = spawn_app().await;
+        let admin = app.new_admin().await;
+        let user = app.new_user().await;
+        // A new admin, then an existing user promoted.
+        run_command(&app, &["create-admin", "--email", "ops@example.com"], "a-strong-password\n")
+            .await;
+        run_command(&app, &["create-admin", "--email", &user.email], "another-strong-password\n")
+            .await;
+        run_command(&app, &["seed"], "").await;
+
+        let by_commands: Vec<_> = all_events(&app, &admin)
+            .await
+            .into_iter()
+            .filter(|event| !event.actor.as_ref().unwrap().command.is_empty())
+            .collect();
+        let summary: Vec<(&str, &str)> = by_commands
+            .iter()
+            .map(|event| (event.actor.as_ref().unwrap().command.as_str(), event.action.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("seed", "chatbot.create"),
+                ("seed", "chatbot.create"),
+                ("seed", "user.create"),
+                ("seed", "user.create"),
+                ("create-admin", "user.password_change"),
+                ("create-admin", "user.role_change"),
+                ("create-admin", "user.create"),
+            ]
+        );
+        for event in &by_commands {
+            let actor = event.actor.as_ref().unwrap();
+            assert!(actor.user_id.is_empty() && event.request_id.is_empty(), "{event:?}");
+        }
+        assert_eq!(by_commands[4].target.as_ref().unwrap().id, user.id);
+        assert!(!format!("{by_commands:?}").contains("strong-password"));
     }
 }

@@ -151,6 +151,11 @@ pub struct Settings {
     #[arg(long, env = "USAGE_FLUSH_INTERVAL_SECS", default_value_t = 30)]
     pub usage_flush_interval_secs: u64,
 
+    /// Days the audit log keeps an event (counted from its last repeat);
+    /// older ones are deleted at start and then hourly, in small batches.
+    #[arg(long, env = "AUDIT_RETENTION_DAYS", default_value_t = 365)]
+    pub audit_retention_days: u64,
+
     /// Seconds between database health checks (readiness).
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_SECS", default_value_t = 5)]
     pub health_check_interval_secs: u64,
@@ -263,7 +268,7 @@ impl Settings {
         // would start but could not work (every RPC cancelled, no answer
         // at all, a panic on the first token, a database that refuses the
         // session setting...).
-        let bounds: [(&str, u64, u64, u64); 23] = [
+        let bounds: [(&str, u64, u64, u64); 24] = [
             (
                 "DATABASE_POOL_SIZE",
                 self.database_pool_size as u64,
@@ -354,6 +359,12 @@ impl Settings {
                 self.usage_flush_interval_secs,
                 1,
                 MAX_INTERVAL_SECS,
+            ),
+            (
+                "AUDIT_RETENTION_DAYS",
+                self.audit_retention_days,
+                1,
+                100 * 366,
             ),
             (
                 "HEALTH_CHECK_INTERVAL_SECS",

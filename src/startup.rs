@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{AuthLayer, CredentialsGate, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
 use crate::config::{Config, Settings};
+use crate::db::models::AuditEvent;
 use crate::db::{self, Database, DatabaseTarget};
 use crate::gate::GateLayer;
 use crate::health::{self, HealthReporter};
@@ -288,6 +289,19 @@ impl Application {
                 }
             },
         ));
+        let retention = chrono::TimeDelta::days(settings.audit_retention_days as i64);
+        let purge_task = tokio::spawn({
+            let state = state.clone();
+            let stop = background_stopped.clone();
+            async move {
+                purge_audit_events(&state, retention).await;
+                every(PURGE_INTERVAL, stop, move || {
+                    let state = state.clone();
+                    async move { purge_audit_events(&state, retention).await }
+                })
+                .await;
+            }
+        });
         let listen_task = match database {
             // Other replicas' changes arrive as notifications; the caches
             // serve only while they can.
@@ -387,6 +401,7 @@ impl Application {
         let _ = health_task.await;
         let _ = flush_task.await;
         let _ = usage_task.await;
+        let _ = purge_task.await;
         let _ = listen_task.await;
         match state.last_used.flush(&state.db).await {
             Ok(flushed) => tracing::info!(flushed, "flushed API key last-used times"),
@@ -446,6 +461,41 @@ async fn watch_database_health(
             } else {
                 tracing::warn!("database unreachable: NOT_SERVING");
                 set_readiness(&reporter, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}
+
+/// How often the audit log's expired events are deleted.
+const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Events deleted per statement: small, so a purge never holds locks or a
+/// connection for long, and requests go between its batches.
+const PURGE_BATCH: i64 = 1000;
+
+/// Deletes the audit events older than `retention`, a batch at a time.
+async fn purge_audit_events(state: &AppState, retention: chrono::TimeDelta) {
+    let before = chrono::Utc::now() - retention;
+    loop {
+        let purged = async {
+            let mut conn = state.db.conn().await?;
+            Ok::<_, anyhow::Error>(AuditEvent::purge(&mut conn, before, PURGE_BATCH).await?)
+        }
+        .await;
+        match purged {
+            Ok(purged) if (purged as i64) < PURGE_BATCH => {
+                if purged > 0 {
+                    tracing::info!(purged, "purged expired audit events");
+                }
+                return;
+            }
+            Ok(_) => tokio::task::yield_now().await,
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "could not purge expired audit events; will retry"
+                );
+                return;
             }
         }
     }

@@ -116,6 +116,12 @@ diesel::table! {
         client_address -> Nullable<Text>,
         /// JSON array of {field, old, new}; never a secret.
         changes -> Text,
+        /// How many times it happened (refused attempts repeated within the hour share a row).
+        repeats -> Int8,
+        /// When it last happened.
+        last_occurred_at -> DbTimestamp,
+        /// For refused attempts: what repeats share (action, actor, target, address, hour); NULL otherwise.
+        aggregate_key -> Nullable<Text>,
     }
 }
 

@@ -20,6 +20,8 @@ pub enum AuditAction {
     SessionLogin,
     SessionLogout,
     SessionRefreshReuse,
+    SessionLoginFailed,
+    PermissionDenied,
     ChatbotCreate,
     ChatbotUpdate,
     ChatbotDelete,
@@ -31,7 +33,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 16] = [
+    pub const ALL: [AuditAction; 18] = [
         Self::UserCreate,
         Self::UserUpdate,
         Self::UserRoleChange,
@@ -40,6 +42,8 @@ impl AuditAction {
         Self::SessionLogin,
         Self::SessionLogout,
         Self::SessionRefreshReuse,
+        Self::SessionLoginFailed,
+        Self::PermissionDenied,
         Self::ChatbotCreate,
         Self::ChatbotUpdate,
         Self::ChatbotDelete,
@@ -60,6 +64,8 @@ impl AuditAction {
             Self::SessionLogin => "session.login",
             Self::SessionLogout => "session.logout",
             Self::SessionRefreshReuse => "session.refresh_reuse",
+            Self::SessionLoginFailed => "session.login_failed",
+            Self::PermissionDenied => "rpc.permission_denied",
             Self::ChatbotCreate => "chatbot.create",
             Self::ChatbotUpdate => "chatbot.update",
             Self::ChatbotDelete => "chatbot.delete",
@@ -85,6 +91,8 @@ pub enum TargetType {
     User,
     Chatbot,
     ApiKey,
+    /// A call refused as a whole, named by its RPC.
+    Rpc,
 }
 
 impl TargetType {
@@ -93,23 +101,25 @@ impl TargetType {
             Self::User => "user",
             Self::Chatbot => "chatbot",
             Self::ApiKey => "api_key",
+            Self::Rpc => "rpc",
         }
     }
 
     pub fn parse(field: &str, name: &str) -> Result<Self, FieldViolation> {
-        [Self::User, Self::Chatbot, Self::ApiKey]
+        [Self::User, Self::Chatbot, Self::ApiKey, Self::Rpc]
             .into_iter()
             .find(|kind| kind.name() == name)
-            .ok_or_else(|| FieldViolation::new(field, "must be user, chatbot or api_key"))
+            .ok_or_else(|| FieldViolation::new(field, "must be user, chatbot, api_key or rpc"))
     }
 }
 
-/// What an action is done to, and who owns it (who may see the event).
+/// What an action is done to, and who owns it (who may see the event;
+/// nobody but admins when no user does).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditTarget {
     pub kind: TargetType,
     pub id: String,
-    pub owner: UserId,
+    pub owner: Option<UserId>,
 }
 
 impl AuditTarget {
@@ -118,7 +128,29 @@ impl AuditTarget {
         Self {
             kind: TargetType::User,
             id: id.to_string(),
-            owner: id,
+            owner: Some(id),
+        }
+    }
+
+    /// The account an email names, if there is one; else an unknown
+    /// account (the email itself is not kept: anyone can send any).
+    pub fn account(user: Option<UserId>) -> Self {
+        match user {
+            Some(id) => Self::user(id),
+            None => Self {
+                kind: TargetType::User,
+                id: String::new(),
+                owner: None,
+            },
+        }
+    }
+
+    /// An RPC, refused as a whole.
+    pub fn rpc(name: &str) -> Self {
+        Self {
+            kind: TargetType::Rpc,
+            id: name.to_owned(),
+            owner: None,
         }
     }
 
@@ -126,7 +158,7 @@ impl AuditTarget {
         Self {
             kind: TargetType::Chatbot,
             id: id.to_string(),
-            owner,
+            owner: Some(owner),
         }
     }
 
@@ -134,7 +166,7 @@ impl AuditTarget {
         Self {
             kind: TargetType::ApiKey,
             id: id.to_string(),
-            owner,
+            owner: Some(owner),
         }
     }
 }

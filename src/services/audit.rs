@@ -42,6 +42,33 @@ pub async fn record(
     AuditEvent::record(conn, &actor(caller), record).await
 }
 
+/// Records a refused attempt (repeats within the hour share one event).
+/// Outside any transaction: the refusal is the answer whatever happens
+/// here, so a failure to record it is logged, not returned.
+pub async fn record_refusal(state: &AppState, actor: &AuditActor, record: &AuditRecord) {
+    let recorded = async {
+        let mut conn = state.db.conn().await?;
+        AuditEvent::record_refusal(&mut conn, actor, record).await?;
+        Ok::<_, AppError>(())
+    }
+    .await;
+    if let Err(error) = recorded {
+        tracing::warn!(
+            action = record.action.name(),
+            error = %error,
+            "could not record a refused attempt in the audit log"
+        );
+    }
+}
+
+/// The name of the RPC whose request message is `M` (`DeleteChatbot` for
+/// `DeleteChatbotRequest`).
+pub fn rpc_name<M>() -> &'static str {
+    let message = std::any::type_name::<M>();
+    let message = message.rsplit("::").next().unwrap_or(message);
+    message.strip_suffix("Request").unwrap_or(message)
+}
+
 /// A signed-in caller as the actor.
 pub fn actor(caller: &Caller) -> AuditActor {
     AuditActor {
@@ -193,6 +220,8 @@ impl From<AuditEvent> for proto::AuditEvent {
             client_address: event.client_address.unwrap_or_default(),
             outcome: outcome.into(),
             changes,
+            repeats: event.repeats,
+            last_time: Some(timestamp(event.last_occurred_at)),
         }
     }
 }

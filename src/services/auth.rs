@@ -144,9 +144,15 @@ pub async fn login(state: &AppState, origin: &Origin, cmd: Login) -> AppResult<T
         .verify(cmd.password, stored_hash)
         .await
         .map_err(AppError::Internal)?;
+    let account = user.as_ref().map(|user| user.id);
     let Some(user) = user.filter(|_| verified) else {
         // The reservation stays spent: a wrong password.
         tracing::info!("login failed");
+        let record = AuditRecord::new(
+            AuditAction::SessionLoginFailed,
+            AuditTarget::account(account),
+        );
+        audit::record_refusal(state, &audit::public_actor(origin, None), &record).await;
         return Err(AppError::Unauthenticated(LOGIN_FAILED.into()));
     };
     let session = SessionId::generate();

@@ -26,7 +26,9 @@ use crate::auth::{
 use diesel::QueryResult;
 use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 
+use crate::db::models::AuditActor;
 use crate::db::{Database, DbConnection, Invalidation};
+use crate::domain::{AuditAction, AuditRecord, AuditTarget};
 use crate::error::{AppError, AppResult, FieldViolation};
 use crate::hot_path::{
     ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, LastUsedRecorder, UsageRecorder,
@@ -86,8 +88,11 @@ impl AppState {
     {
         let caller = caller(&request)?;
         let command = parse.parse(request.into_inner(), &caller)?;
-        let output = operation(self, &caller, command).await?;
-        Ok(Response::new(output.into()))
+        let output = operation(self, &caller, command).await;
+        if let Err(AppError::PermissionDenied) = output {
+            self.audit_denial::<M>(&audit::actor(&caller)).await;
+        }
+        Ok(Response::new(output?.into()))
     }
 
     /// [`serve`](Self::serve) for the RPCs anyone may call.
@@ -107,8 +112,19 @@ impl AppState {
             request_id: request.extensions().get::<RequestId>().cloned(),
         };
         let command = parse(request.into_inner()).map_err(AppError::from)?;
-        let output = operation(self, &origin, command).await?;
-        Ok(Response::new(output.into()))
+        let output = operation(self, &origin, command).await;
+        if let Err(AppError::PermissionDenied) = output {
+            self.audit_denial::<M>(&audit::public_actor(&origin, None))
+                .await;
+        }
+        Ok(Response::new(output?.into()))
+    }
+
+    /// Records a PERMISSION_DENIED answer to an RPC taking `M`.
+    async fn audit_denial<M>(&self, actor: &AuditActor) {
+        let target = AuditTarget::rpc(audit::rpc_name::<M>());
+        let record = AuditRecord::new(AuditAction::PermissionDenied, target);
+        audit::record_refusal(self, actor, &record).await;
     }
 }
 

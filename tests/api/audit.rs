@@ -25,6 +25,15 @@ async fn events(
         .audit_events
 }
 
+/// The changes recorded (leaving out refused attempts).
+async fn changes_recorded(app: &TestApp, admin: &TestUser) -> usize {
+    all_events(app, admin)
+        .await
+        .iter()
+        .filter(|event| event.outcome() == AuditOutcome::Succeeded)
+        .count()
+}
+
 async fn all_events(app: &TestApp, who: &TestUser) -> Vec<proto::AuditEvent> {
     events(
         app,
@@ -187,7 +196,7 @@ backend_test! {
         let chatbot = app.create_chatbot(&owner, "limited").await;
         app.create_api_key(&owner, &chatbot.id).await;
         let stranger = app.new_user().await;
-        let before = all_events(&app, &admin).await.len();
+        let before = changes_recorded(&app, &admin).await;
 
         // Over the active-key limit: the transaction rolls back.
         assert_code(
@@ -217,7 +226,7 @@ backend_test! {
                 .await,
             Code::NotFound,
         );
-        assert_eq!(all_events(&app, &admin).await.len(), before);
+        assert_eq!(changes_recorded(&app, &admin).await, before);
     }
 }
 
@@ -536,5 +545,95 @@ backend_test! {
         }
         assert_eq!(by_commands[4].target.as_ref().unwrap().id, user.id);
         assert!(!format!("{by_commands:?}").contains("strong-password"));
+    }
+}
+
+backend_test! {
+    async fn refused_attempts_are_one_event_per_hour_with_their_repeats() {
+        let app = spawn_app().await;
+        let admin = app.new_admin().await;
+        let owner = app.new_user().await;
+        let stranger = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "guarded").await;
+        for _ in 0..3 {
+            assert_code(app.login(&owner.email, "not the password").await, Code::Unauthenticated);
+        }
+        for _ in 0..2 {
+            assert_code(
+                app.login("nobody-at-all@example.com", "not the password").await,
+                Code::Unauthenticated,
+            );
+        }
+        for _ in 0..2 {
+            assert_code(
+                app.chatbots(Some(&stranger.token))
+                    .delete_chatbot(proto::DeleteChatbotRequest { id: chatbot.id.clone() })
+                    .await,
+                Code::PermissionDenied,
+            );
+        }
+
+        let refused: Vec<_> = all_events(&app, &admin)
+            .await
+            .into_iter()
+            .filter(|event| event.outcome() == AuditOutcome::Denied)
+            .collect();
+        let summary: Vec<(&str, &str, &str, i64)> = refused
+            .iter()
+            .map(|event| {
+                let target = event.target.as_ref().unwrap();
+                (event.action.as_str(), target.r#type.as_str(), target.id.as_str(), event.repeats)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("rpc.permission_denied", "rpc", "DeleteChatbot", 2),
+                ("session.login_failed", "user", "", 2),
+                ("session.login_failed", "user", owner.id.as_str(), 3),
+            ]
+        );
+        assert_eq!(refused[0].actor.as_ref().unwrap().user_id, stranger.id);
+        assert!(refused[1..].iter().all(|event| event.actor.as_ref().unwrap().user_id.is_empty()));
+        assert!(refused.iter().all(|event| event.client_address == "127.0.0.1"));
+        assert!(refused
+            .iter()
+            .all(|event| event.last_time.unwrap().seconds >= event.time.unwrap().seconds));
+        // Nobody learns from the log who tried to get in: neither the
+        // owner, nor the stranger.
+        for user in [&owner, &stranger] {
+            assert!(all_events(&app, user)
+                .await
+                .iter()
+                .all(|event| event.outcome() == AuditOutcome::Succeeded));
+        }
+        let text = format!("{refused:?}");
+        assert!(!text.contains("not the password") && !text.contains("nobody-at-all"));
+    }
+}
+
+backend_test! {
+    async fn the_purge_deletes_expired_events_oldest_first_in_batches() {
+        use chatbot_backend::db::models::AuditEvent;
+        let app = spawn_app().await;
+        let admin = app.new_admin().await;
+        let owner = app.new_user().await;
+        for name in ["one", "two", "three"] {
+            app.create_chatbot(&owner, name).await;
+        }
+        let before = all_events(&app, &admin).await.len();
+        let mut conn = app.db.conn().await.unwrap();
+        // Nothing has expired a day ago.
+        let a_day_ago = chrono::Utc::now() - chrono::TimeDelta::days(1);
+        assert_eq!(AuditEvent::purge(&mut conn, a_day_ago, 100).await.unwrap(), 0);
+        // As of an hour from now everything has: two at a time, oldest first.
+        let later = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+        let oldest = all_events(&app, &admin).await.last().unwrap().id;
+        assert_eq!(AuditEvent::purge(&mut conn, later, 2).await.unwrap(), 2);
+        let left = all_events(&app, &admin).await;
+        assert_eq!(left.len(), before - 2);
+        assert!(left.iter().all(|event| event.id > oldest));
+        while AuditEvent::purge(&mut conn, later, 2).await.unwrap() > 0 {}
+        assert!(all_events(&app, &admin).await.is_empty());
     }
 }

@@ -1,6 +1,9 @@
 -- The audit log (issue 16): one row per change, written in the change's own
--- transaction, so neither commits without the other. Append-only: the
--- service never updates a row, and deletes only those past retention.
+-- transaction, so neither commits without the other. Append-only, except
+-- that a refused attempt (a failed login, a PERMISSION_DENIED) repeated
+-- within the hour adds to its row (repeats, last_occurred_at) rather than
+-- adding a row, so that nobody can grow the table without bound. Rows past
+-- retention are deleted.
 
 CREATE TABLE audit_events (
     id BIGSERIAL PRIMARY KEY,
@@ -16,6 +19,9 @@ CREATE TABLE audit_events (
     request_id TEXT,
     client_address TEXT,
     changes TEXT NOT NULL DEFAULT '[]',
+    repeats BIGINT NOT NULL DEFAULT 1,
+    last_occurred_at TIMESTAMPTZ NOT NULL,
+    aggregate_key TEXT UNIQUE,
     CONSTRAINT audit_events_outcome_known CHECK (outcome IN ('succeeded', 'denied'))
 );
 
@@ -36,3 +42,6 @@ COMMENT ON COLUMN audit_events.target_owner_id IS 'The user who owns the target 
 COMMENT ON COLUMN audit_events.request_id IS 'The request''s x-request-id.';
 COMMENT ON COLUMN audit_events.client_address IS 'The client''s IP address.';
 COMMENT ON COLUMN audit_events.changes IS 'JSON array of {field, old, new}; never a secret.';
+COMMENT ON COLUMN audit_events.repeats IS 'How many times it happened (refused attempts repeated within the hour share a row).';
+COMMENT ON COLUMN audit_events.last_occurred_at IS 'When it last happened.';
+COMMENT ON COLUMN audit_events.aggregate_key IS 'For refused attempts: what repeats share (action, actor, target, address, hour); NULL otherwise.';

@@ -14,7 +14,10 @@ CREATE TABLE audit_events (
     target_owner_id TEXT,
     request_id TEXT,
     client_address TEXT,
-    changes TEXT NOT NULL DEFAULT '[]'
+    changes TEXT NOT NULL DEFAULT '[]',
+    repeats INTEGER NOT NULL DEFAULT 1,
+    last_occurred_at TEXT NOT NULL,
+    aggregate_key TEXT UNIQUE
 );
 
 CREATE INDEX audit_events_target_owner_id ON audit_events (target_owner_id, id);

@@ -26,6 +26,10 @@ pub struct AuditActor {
 }
 
 const SUCCEEDED: &str = "succeeded";
+const DENIED: &str = "denied";
+
+/// Refused attempts repeated within this many seconds share one row.
+const REFUSAL_WINDOW_SECS: i64 = 3600;
 
 #[derive(Insertable)]
 #[diesel(table_name = audit_events)]
@@ -42,6 +46,8 @@ struct NewAuditEvent<'a> {
     request_id: Option<&'a str>,
     client_address: Option<String>,
     changes: String,
+    last_occurred_at: Timestamp,
+    aggregate_key: Option<String>,
 }
 
 /// A row of `audit_events`.
@@ -61,6 +67,8 @@ pub struct AuditEvent {
     pub request_id: Option<String>,
     pub client_address: Option<String>,
     changes: String,
+    pub repeats: i64,
+    pub last_occurred_at: DateTime<Utc>,
 }
 
 impl AuditEvent {
@@ -71,26 +79,7 @@ impl AuditEvent {
         actor: &AuditActor,
         record: &AuditRecord,
     ) -> diesel::QueryResult<()> {
-        let actor_email = match actor.user {
-            Some(id) => first_row!(conn, users::table.find(id).select(users::email))?,
-            None => None,
-        };
-        let changes = serde_json::to_string(&record.changes)
-            .map_err(|error| diesel::result::Error::SerializationError(Box::new(error)))?;
-        let new = NewAuditEvent {
-            occurred_at: Timestamp(Utc::now()),
-            action: record.action.name(),
-            outcome: SUCCEEDED,
-            actor_user_id: actor.user,
-            actor_email,
-            actor_command: actor.command.as_deref(),
-            target_type: record.target.kind.name(),
-            target_id: &record.target.id,
-            target_owner_id: Some(record.target.owner),
-            request_id: actor.request_id.as_deref(),
-            client_address: actor.address.map(|address| address.to_string()),
-            changes,
-        };
+        let new = Self::new_row(conn, actor, record, SUCCEEDED, None).await?;
         crate::db::db_run!(conn => {
             diesel_async::RunQueryDsl::execute(
                 diesel::insert_into(audit_events::table).values(&new),
@@ -99,6 +88,99 @@ impl AuditEvent {
             .await
         })
         .map(drop)
+    }
+
+    /// Records a refused attempt: a new row, or one more repeat of the same
+    /// attempt (action, actor, target, address) within the hour.
+    pub async fn record_refusal(
+        conn: &mut DbConnection,
+        actor: &AuditActor,
+        record: &AuditRecord,
+    ) -> diesel::QueryResult<()> {
+        let now = Utc::now();
+        let window = now.timestamp().div_euclid(REFUSAL_WINDOW_SECS);
+        let key = format!(
+            "{}|{}|{}|{}:{}|{}|{window}",
+            record.action.name(),
+            actor.user.map(|id| id.to_string()).unwrap_or_default(),
+            actor.command.as_deref().unwrap_or_default(),
+            record.target.kind.name(),
+            record.target.id,
+            actor
+                .address
+                .map(|address| address.to_string())
+                .unwrap_or_default(),
+        );
+        let new = Self::new_row(conn, actor, record, DENIED, Some(key)).await?;
+        crate::db::db_run!(conn => {
+            diesel_async::RunQueryDsl::execute(
+                diesel::insert_into(audit_events::table)
+                    .values(&new)
+                    .on_conflict(audit_events::aggregate_key)
+                    .do_update()
+                    .set((
+                        audit_events::repeats.eq(audit_events::repeats + 1),
+                        audit_events::last_occurred_at
+                            .eq(diesel::upsert::excluded(audit_events::last_occurred_at)),
+                    )),
+                conn,
+            )
+            .await
+        })
+        .map(drop)
+    }
+
+    async fn new_row<'a>(
+        conn: &mut DbConnection,
+        actor: &'a AuditActor,
+        record: &'a AuditRecord,
+        outcome: &'a str,
+        aggregate_key: Option<String>,
+    ) -> diesel::QueryResult<NewAuditEvent<'a>> {
+        let actor_email = match actor.user {
+            Some(id) => first_row!(conn, users::table.find(id).select(users::email))?,
+            None => None,
+        };
+        let changes = serde_json::to_string(&record.changes)
+            .map_err(|error| diesel::result::Error::SerializationError(Box::new(error)))?;
+        let now = Utc::now();
+        Ok(NewAuditEvent {
+            occurred_at: Timestamp(now),
+            action: record.action.name(),
+            outcome,
+            actor_user_id: actor.user,
+            actor_email,
+            actor_command: actor.command.as_deref(),
+            target_type: record.target.kind.name(),
+            target_id: &record.target.id,
+            target_owner_id: record.target.owner,
+            request_id: actor.request_id.as_deref(),
+            client_address: actor.address.map(|address| address.to_string()),
+            changes,
+            last_occurred_at: Timestamp(now),
+            aggregate_key,
+        })
+    }
+
+    /// Deletes up to `limit` events older than `before`; returns how many.
+    pub async fn purge(
+        conn: &mut DbConnection,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> diesel::QueryResult<usize> {
+        let oldest = audit_events::table
+            .filter(audit_events::last_occurred_at.lt(Timestamp(before)))
+            .order(audit_events::id)
+            .select(audit_events::id)
+            .limit(limit);
+        crate::db::db_run!(conn => {
+            let ids: Vec<i64> = diesel_async::RunQueryDsl::load(oldest, conn).await?;
+            diesel_async::RunQueryDsl::execute(
+                diesel::delete(audit_events::table.filter(audit_events::id.eq_any(ids))),
+                conn,
+            )
+            .await
+        })
     }
 
     /// The events `filter` selects, newest first, one page.

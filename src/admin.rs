@@ -13,7 +13,9 @@ use crate::domain::{
     AuditAction, AuditChange, AuditRecord, AuditTarget, ChatbotId, Email, Password, Role, UserId,
 };
 
-/// An operator command as the audit log's actor.
+/// An operator command as the audit log's actor: the command line, of
+/// which only the command and its own arguments are kept (the server's
+/// flags could carry secrets, such as a database URL's password).
 fn command_actor(command: &str) -> AuditActor {
     AuditActor {
         command: Some(command.to_owned()),
@@ -53,7 +55,7 @@ pub async fn create_admin(
                 let admin = User::upsert_admin(conn, email.as_str(), hash).await?;
                 Session::end_all_for_user(conn, admin.id, Utc::now()).await?;
                 db::notify_invalidation(conn, &Invalidation::Owner(admin.id)).await?;
-                let actor = command_actor("create-admin");
+                let actor = command_actor(&format!("create-admin --email {}", email.as_str()));
                 let target = || AuditTarget::user(admin.id);
                 let records = match before {
                     None => vec![AuditRecord::new(AuditAction::UserCreate, target())

@@ -517,6 +517,7 @@ backend_test! {
         run_command(&app, &["create-admin", "--email", &user.email], "another-strong-password\n")
             .await;
         run_command(&app, &["seed"], "").await;
+        let promoted = format!("create-admin --email {}", user.email);
 
         let by_commands: Vec<_> = all_events(&app, &admin)
             .await
@@ -534,9 +535,9 @@ backend_test! {
                 ("seed", "chatbot.create"),
                 ("seed", "user.create"),
                 ("seed", "user.create"),
-                ("create-admin", "user.password_change"),
-                ("create-admin", "user.role_change"),
-                ("create-admin", "user.create"),
+                (promoted.as_str(), "user.password_change"),
+                (promoted.as_str(), "user.role_change"),
+                ("create-admin --email ops@example.com", "user.create"),
             ]
         );
         for event in &by_commands {

@@ -12,8 +12,8 @@ use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, spawn_app, spawn_app_with, violated_fields, Clients, TestApp,
-    TestUser,
+    assert_code, backend_test, spawn_app, spawn_app_with, verify_costing, violated_fields, Clients,
+    TestApp, TestUser,
 };
 
 fn window(seconds: i64) -> Option<prost_types::Duration> {
@@ -44,17 +44,6 @@ async fn key_with(
         })
         .await
         .expect("create a limited key")
-        .into_inner()
-}
-
-async fn verify_costing(app: &TestApp, key: &str, cost: i64) -> proto::VerifyApiKeyResponse {
-    app.api_keys(None)
-        .verify_api_key(proto::VerifyApiKeyRequest {
-            key: key.into(),
-            cost,
-        })
-        .await
-        .expect("VerifyApiKey answers OK")
         .into_inner()
 }
 

@@ -958,6 +958,24 @@ impl Drop for TestApp {
     }
 }
 
+/// VerifyApiKey of `key` at `cost`, through `clients`; panics on an error
+/// status.
+pub async fn verify_costing(
+    clients: &Clients,
+    key: &str,
+    cost: i64,
+) -> proto::VerifyApiKeyResponse {
+    clients
+        .api_keys(None)
+        .verify_api_key(proto::VerifyApiKeyRequest {
+            key: key.into(),
+            cost,
+        })
+        .await
+        .expect("VerifyApiKey answers OK")
+        .into_inner()
+}
+
 /// Asserts a call failed with `code`, returning the status for more checks.
 #[track_caller]
 pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {

@@ -9,8 +9,8 @@ use prost_types::Timestamp;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, spawn_app, spawn_app_with, violated_fields, Clients, TestApp,
-    TestUser,
+    assert_code, backend_test, spawn_app, spawn_app_with, verify_costing, violated_fields, Clients,
+    TestApp, TestUser,
 };
 
 const FLUSH_EVERY_SECOND: &[&str] = &["--usage-flush-interval-secs", "1"];
@@ -28,18 +28,6 @@ async fn create_key(
         })
         .await
         .expect("create a key")
-        .into_inner()
-}
-
-async fn verify_costing(clients: &Clients, key: &str, cost: i64) -> proto::VerifyApiKeyResponse {
-    clients
-        .api_keys(None)
-        .verify_api_key(proto::VerifyApiKeyRequest {
-            key: key.into(),
-            cost,
-        })
-        .await
-        .expect("VerifyApiKey answers OK")
         .into_inner()
 }
 

@@ -161,39 +161,41 @@ impl KeyUsage {
         id: ApiKeyId,
         range: UsageRange,
     ) -> diesel::QueryResult<HourlyUsage> {
-        use diesel::SelectableHelper;
-        let hours: Vec<StoredHour> = all_rows!(
-            conn,
-            api_key_usage::table
-                .filter(api_key_usage::api_key_id.eq(id))
-                .filter(api_key_usage::hour.ge(Timestamp(range.start)))
-                .filter(api_key_usage::hour.lt(Timestamp(range.end)))
-                .order(api_key_usage::hour)
-                .select(StoredHour::as_select())
-        )?;
-        Ok(hours
-            .iter()
-            .map(|stored| (stored.hour, stored.counts()))
-            .collect())
+        Self::hours(conn, UsageOf::Key(id), range).await
     }
 
     /// The hours in `range` of all of chatbot `id`'s keys, added up per
-    /// hour (at most 744 hours per key, summed here rather than by SQL's
-    /// SUM, whose type differs between the backends).
+    /// hour.
     pub async fn of_chatbot(
         conn: &mut DbConnection,
         id: ChatbotId,
         range: UsageRange,
     ) -> diesel::QueryResult<HourlyUsage> {
+        Self::hours(conn, UsageOf::Chatbot(id), range).await
+    }
+
+    /// The stored hours of `of` in `range`, added up per hour (here rather
+    /// than by SQL's SUM, whose type differs between the backends; a range
+    /// is at most 744 hours per key).
+    async fn hours(
+        conn: &mut DbConnection,
+        of: UsageOf,
+        range: UsageRange,
+    ) -> diesel::QueryResult<HourlyUsage> {
         use diesel::SelectableHelper;
-        let hours: Vec<StoredHour> = all_rows!(
-            conn,
-            api_key_usage::table
-                .filter(api_key_usage::chatbot_id.eq(id))
+        use diesel_async::RunQueryDsl;
+        let hours: Vec<StoredHour> = crate::db::db_run!(conn => {
+            let mut query = api_key_usage::table
                 .filter(api_key_usage::hour.ge(Timestamp(range.start)))
                 .filter(api_key_usage::hour.lt(Timestamp(range.end)))
                 .select(StoredHour::as_select())
-        )?;
+                .into_boxed();
+            query = match of {
+                UsageOf::Key(id) => query.filter(api_key_usage::api_key_id.eq(id)),
+                UsageOf::Chatbot(id) => query.filter(api_key_usage::chatbot_id.eq(id)),
+            };
+            query.load(conn).await
+        })?;
         let mut by_hour: BTreeMap<DateTime<Utc>, UsageCounts> = BTreeMap::new();
         for stored in &hours {
             by_hour
@@ -203,4 +205,11 @@ impl KeyUsage {
         }
         Ok(by_hour.into_iter().collect())
     }
+}
+
+/// Whose usage a query reads.
+#[derive(Debug, Clone, Copy)]
+enum UsageOf {
+    Key(ApiKeyId),
+    Chatbot(ChatbotId),
 }

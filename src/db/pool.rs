@@ -124,11 +124,14 @@ fn count_statements(counter: Arc<AtomicU64>) -> impl Instrumentation {
 /// writer, a bounded wait for the write lock instead of an immediate
 /// SQLITE_BUSY, and foreign keys (off by default in SQLite) for the cascades.
 pub(super) fn sqlite_pragmas(busy_timeout: Duration) -> String {
+    // busy_timeout first: switching a new database file to WAL takes its
+    // lock, and two connections opened at once (a request's and a
+    // background task's) must wait for each other there, not fail.
     format!(
-        "PRAGMA journal_mode = WAL; \
+        "PRAGMA busy_timeout = {}; \
+         PRAGMA journal_mode = WAL; \
          PRAGMA synchronous = NORMAL; \
-         PRAGMA foreign_keys = ON; \
-         PRAGMA busy_timeout = {};",
+         PRAGMA foreign_keys = ON;",
         busy_timeout.as_millis()
     )
 }

@@ -124,9 +124,10 @@ fn count_statements(counter: Arc<AtomicU64>) -> impl Instrumentation {
 /// writer, a bounded wait for the write lock instead of an immediate
 /// SQLITE_BUSY, and foreign keys (off by default in SQLite) for the cascades.
 pub(super) fn sqlite_pragmas(busy_timeout: Duration) -> String {
-    // busy_timeout first: switching a new database file to WAL takes its
-    // lock, and two connections opened at once (a request's and a
-    // background task's) must wait for each other there, not fail.
+    // busy_timeout first: the first connection to open a WAL database
+    // (and one switching it to WAL) holds a lock while it sets the WAL up,
+    // and a second connection opened at that moment (a request's beside a
+    // background task's) must wait for it there, not fail at once.
     format!(
         "PRAGMA busy_timeout = {}; \
          PRAGMA journal_mode = WAL; \

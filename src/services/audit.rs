@@ -80,24 +80,22 @@ pub fn actor(caller: &Caller) -> AuditActor {
 }
 
 /// The actor of a public RPC: its signed-in caller, if any, else `user`
-/// acting for themselves (signing up, logging in), or nobody known.
+/// acting for themselves (signing up), or nobody known.
 pub fn public_actor(origin: &Origin, user: Option<UserId>) -> AuditActor {
     match &origin.caller {
         Some(caller) => actor(caller),
         None => AuditActor {
             user,
-            command: None,
-            request_id: origin.request_id.as_ref().map(|id| id.0.to_string()),
-            address: origin.address,
+            ..acting_for_themselves(origin, None)
         },
     }
 }
 
 /// `user` acting for themselves on a public RPC (logging in), whatever
-/// token the call carried.
-pub fn acting_for_themselves(origin: &Origin, user: UserId) -> AuditActor {
+/// token the call carried: the call's request id and address.
+pub fn acting_for_themselves(origin: &Origin, user: impl Into<Option<UserId>>) -> AuditActor {
     AuditActor {
-        user: Some(user),
+        user: user.into(),
         command: None,
         request_id: origin.request_id.as_ref().map(|id| id.0.to_string()),
         address: origin.address,

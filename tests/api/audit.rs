@@ -638,3 +638,22 @@ backend_test! {
         assert!(all_events(&app, &admin).await.is_empty());
     }
 }
+
+backend_test! {
+    async fn concurrent_refused_attempts_add_up_in_one_event() {
+        let app = spawn_app_with(&["--login-max-failures-per-email", "1000"]).await;
+        let admin = app.new_admin().await;
+        let owner = app.new_user().await;
+        let tries = (0..12).map(|_| app.login(&owner.email, "not the password"));
+        for answer in futures_util::future::join_all(tries).await {
+            assert_code(answer, Code::Unauthenticated);
+        }
+        let failed: Vec<_> = events(&app, &admin, proto::ListAuditEventsRequest {
+            action: "session.login_failed".into(),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].repeats, 12);
+    }
+}

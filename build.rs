@@ -1,6 +1,7 @@
 //! Compiles proto/ with protox (pure Rust, no system `protoc`) and generates
-//! the tonic stubs. Two descriptor sets go to OUT_DIR for reflection: ours and
-//! the google.rpc error-detail types, so grpcurl can decode both.
+//! the tonic stubs. Three descriptor sets go to OUT_DIR for reflection: ours,
+//! the google.rpc error-detail types, so grpcurl can decode both, and Envoy's
+//! external authorization API (third_party/envoy), which we serve.
 
 use std::path::PathBuf;
 
@@ -20,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=third_party/googleapis");
+    println!("cargo:rerun-if-changed=third_party/envoy");
 
     let descriptors = protox::compile(PROTOS, ["proto"])?;
     std::fs::write(
@@ -35,6 +37,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(
         out_dir.join("google_rpc_descriptor.bin"),
         prost::Message::encode_to_vec(&rpc_descriptors),
+    )?;
+
+    // Envoy's Check, for reflection only: its types come from envoy-types.
+    let envoy_descriptors = protox::compile(
+        ["envoy/service/auth/v3/external_auth.proto"],
+        ["third_party/envoy", "third_party/googleapis"],
+    )?;
+    std::fs::write(
+        out_dir.join("envoy_ext_authz_descriptor.bin"),
+        prost::Message::encode_to_vec(&envoy_descriptors),
     )?;
     Ok(())
 }

@@ -10,7 +10,11 @@
   SHUTDOWN_GRACE_SECS (ConfigMap, else the defaults in src/config.rs);
 - every ConfigMap/Secret key is an `env = "NAME"` in src/config.rs;
 - the Service targets the grpc port and selects the Deployment's pods;
-- envFrom names exist; the migrate Job runs `migrate` with the same image.
+- envFrom names exist; the migrate Job runs `migrate` with the same image;
+- deploy/envoy/envoy.yaml: ext_authz is gRPC v3, fails closed, and reaches
+  the server's port through a cluster that speaks HTTP/2 and health-checks
+  a service the server reports; deploy/istio/: the provider names the
+  Service's port and fails closed, the policy is CUSTOM with that provider.
 
 Stdlib + PyYAML (installed with pip if missing). Exit 1 on any failure.
 """
@@ -129,6 +133,77 @@ def check_probe(container, key, port, want_service, allow_absent):
         service = ""
     if service != want_service:
         fail(f"Deployment: {key} grpc service {service!r}, expected {want_service!r}")
+
+
+def walk(node):
+    """Every dict in a parsed YAML tree."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def readiness_services():
+    text = STARTUP_RS.read_text()
+    m = re.search(r"const READINESS_SERVICES: &\[&str\] = &\[(.*?)\];", text, re.S)
+    if not m:
+        fail("src/startup.rs: READINESS_SERVICES not found")
+        return set()
+    names = set(re.findall(r'"([^"]*)"', m.group(1)))
+    if "authorization_server::SERVICE_NAME" in m.group(1):
+        names.add("envoy.service.auth.v3.Authorization")
+    return names
+
+
+def check_gateways(port):
+    """The Envoy and Istio examples against the server's port and health."""
+    envoy_path = ROOT / "deploy" / "envoy" / "envoy.yaml"
+    envoy = yaml.safe_load(envoy_path.read_text())
+    filters = [d for d in walk(envoy) if d.get("name") == "envoy.filters.http.ext_authz"
+               and "typed_config" in d]
+    if len(filters) != 1:
+        fail(f"envoy.yaml: expected one ext_authz filter, found {len(filters)}")
+        return
+    authz = filters[0]["typed_config"]
+    if authz.get("transport_api_version") != "V3":
+        fail("envoy.yaml: ext_authz transport_api_version must be V3")
+    if authz.get("failure_mode_allow", False):
+        fail("envoy.yaml: ext_authz must fail closed (failure_mode_allow false)")
+    cluster_name = authz.get("grpc_service", {}).get("envoy_grpc", {}).get("cluster_name")
+    clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
+    cluster = clusters.get(cluster_name)
+    if cluster is None:
+        fail(f"envoy.yaml: ext_authz cluster {cluster_name!r} is not defined")
+        return
+    ports = [d["port_value"] for d in walk(cluster) if "port_value" in d]
+    if ports != [port]:
+        fail(f"envoy.yaml: cluster {cluster_name} ports {ports} != server port {port}")
+    if not any("http2_protocol_options" in d for d in walk(cluster)):
+        fail(f"envoy.yaml: cluster {cluster_name} must speak HTTP/2 (gRPC)")
+    health = [d["service_name"] for d in walk(cluster) if "service_name" in d]
+    known = readiness_services()
+    for name in health:
+        if name not in known:
+            fail(f"envoy.yaml: health check service {name!r} is not one the server reports")
+
+    mesh = yaml.safe_load((ROOT / "deploy" / "istio" / "mesh-config.yaml").read_text())
+    providers = {p["name"]: p for p in mesh["meshConfig"]["extensionProviders"]}
+    for name, provider in providers.items():
+        grpc = provider.get("envoyExtAuthzGrpc")
+        if grpc is None:
+            fail(f"istio provider {name}: expected envoyExtAuthzGrpc")
+            continue
+        if grpc.get("port") != port:
+            fail(f"istio provider {name}: port {grpc.get('port')} != server port {port}")
+        if grpc.get("failOpen", False):
+            fail(f"istio provider {name}: must fail closed")
+    policy = yaml.safe_load((ROOT / "deploy" / "istio" / "authorization-policy.yaml").read_text())
+    spec = policy.get("spec", {})
+    if spec.get("action") != "CUSTOM" or spec.get("provider", {}).get("name") not in providers:
+        fail("istio AuthorizationPolicy: must be action CUSTOM with a provider of mesh-config.yaml")
 
 
 def main():
@@ -258,6 +333,9 @@ def main():
             fail(f"Job image {jc.get('image')!r} != Deployment image {c.get('image')!r}")
         check_env_from("Job", jc)
 
+    if port is not None:
+        check_gateways(port)
+
     if errors:
         print("deploy check FAILED:", file=sys.stderr)
         for e in errors:
@@ -266,7 +344,8 @@ def main():
     print(f"deploy check OK: port {port} (Dockerfile, ConfigMap, Deployment, Service); "
           f"probes liveness={live!r} readiness=''; "
           f"terminationGracePeriodSeconds {tgps} > drain {drain} + grace {grace}; "
-          f"{len(cm_data)} ConfigMap + {len(secret_keys)} Secret keys known to src/config.rs")
+          f"{len(cm_data)} ConfigMap + {len(secret_keys)} Secret keys known to src/config.rs; "
+          f"Envoy and Istio examples reach port {port} and fail closed")
     return 0
 
 

@@ -27,6 +27,12 @@ pub enum LogFormat {
 
 /// Each argon2 hash keeps a core busy for tens of milliseconds and holds
 /// 19 MiB: a Login flood may take at most half the machine.
+/// A header name, lower case as Envoy sends them.
+fn parse_header_name(name: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("{name:?} is not an HTTP header name"))
+}
+
 fn half_the_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
@@ -117,6 +123,17 @@ pub struct Settings {
     /// Maximum active (not revoked, not expired) API keys per chatbot.
     #[arg(long, env = "MAX_ACTIVE_API_KEYS_PER_CHATBOT", default_value_t = 100)]
     pub max_active_api_keys_per_chatbot: i64,
+
+    /// The request header Envoy's external authorization Check reads a
+    /// client's API key from (an `authorization: Bearer cbk_...` entry is
+    /// read too). It is removed before the request reaches the upstream.
+    #[arg(
+        long,
+        env = "EXT_AUTHZ_API_KEY_HEADER",
+        default_value = "x-api-key",
+        value_parser = parse_header_name
+    )]
+    pub ext_authz_api_key_header: http::HeaderName,
 
     /// Most VerifyApiKey lookups held in the in-process cache; 0 turns the
     /// cache off.

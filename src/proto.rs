@@ -12,3 +12,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// can decode `grpc-status-details-bin`.
 pub const GOOGLE_RPC_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/google_rpc_descriptor.bin"));
+
+/// Descriptors of Envoy's external authorization API
+/// (`envoy.service.auth.v3`), served by reflection beside ours; the types
+/// themselves come from the envoy-types crate.
+pub const ENVOY_EXT_AUTHZ_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_ext_authz_descriptor.bin"));

@@ -39,9 +39,11 @@ use crate::services::api_keys::ApiKeys;
 use crate::services::audit::Audit;
 use crate::services::auth::Auth;
 use crate::services::chatbots::Chatbots;
+use crate::services::external_authorization::ExternalAuthorization;
 use crate::services::status::StatusApi;
 use crate::services::users::Users;
 use crate::services::{AppState, Policy};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Health service name that reports SERVING while the process runs, whatever
 /// the database does: point Kubernetes' liveness probe at it, and the
@@ -58,12 +60,14 @@ const READINESS_SERVICES: &[&str] = &[
     proto::auth_service_server::SERVICE_NAME,
     proto::status_service_server::SERVICE_NAME,
     proto::audit_service_server::SERVICE_NAME,
+    envoy_types::pb::envoy::service::auth::v3::authorization_server::SERVICE_NAME,
 ];
 
 /// Descriptors of every service served, for reflection and for the
 /// methods metrics label by name.
 const SERVED_DESCRIPTOR_SETS: &[&[u8]] = &[
     proto::FILE_DESCRIPTOR_SET,
+    proto::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET,
     tonic_health::pb::FILE_DESCRIPTOR_SET,
     tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
@@ -250,11 +254,13 @@ impl Application {
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(proto::GOOGLE_RPC_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(proto::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET)
             .build_v1()?;
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(proto::GOOGLE_RPC_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(proto::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
         let max_bytes = settings.max_request_bytes;
@@ -378,6 +384,13 @@ impl Application {
             )
             .add_service(
                 AuditServiceServer::new(Audit(state.clone())).max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                AuthorizationServer::new(ExternalAuthorization::new(
+                    state.clone(),
+                    settings.ext_authz_api_key_header.clone(),
+                ))
+                .max_decoding_message_size(max_bytes),
             )
             .serve_with_incoming_shutdown(incoming, stop_serving);
 

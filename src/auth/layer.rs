@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
@@ -75,7 +76,13 @@ pub const PUBLIC_METHODS: &[RpcMethod] = &[
     RpcMethod::new(AuthServiceServer::<()>::NAME, "RefreshToken"),
     RpcMethod::new(UserServiceServer::<()>::NAME, "CreateUser"),
     RpcMethod::new(ApiKeyServiceServer::<()>::NAME, "VerifyApiKey"),
+    EXTERNAL_AUTHORIZATION_CHECK,
 ];
+
+/// Envoy's external authorization Check: the API key in the checked
+/// request is the credential, as for VerifyApiKey.
+pub const EXTERNAL_AUTHORIZATION_CHECK: RpcMethod =
+    RpcMethod::new(AuthorizationServer::<()>::NAME, "Check");
 
 /// Whole services that never need a token: probes and reflection.
 pub const PUBLIC_SERVICES: &[&str] = &[
@@ -293,6 +300,7 @@ mod tests {
     fn public_rpcs_are_matched_by_their_full_path_only() {
         assert!(is_public("/chatbot.v1.AuthService/Login"));
         assert!(is_public("/chatbot.v1.ApiKeyService/VerifyApiKey"));
+        assert!(is_public("/envoy.service.auth.v3.Authorization/Check"));
         assert!(is_public("/grpc.health.v1.Health/Check"));
         assert!(is_public(
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"

@@ -9,7 +9,8 @@ mod throttle;
 mod tokens;
 
 pub use layer::{
-    in_service, AuthLayer, Credentials, CredentialsGate, RpcMethod, PUBLIC_METHODS, PUBLIC_SERVICES,
+    in_service, AuthLayer, Credentials, CredentialsGate, RpcMethod, EXTERNAL_AUTHORIZATION_CHECK,
+    PUBLIC_METHODS, PUBLIC_SERVICES,
 };
 pub use password::{HashCost, PasswordHasher};
 pub use sessions::{SessionCache, Sessions};

@@ -5,9 +5,9 @@
 //! the session lookup, so a flood of tokens cannot buy itself database
 //! lookups, and a caller over its budget hears RESOURCE_EXHAUSTED (with a
 //! RetryInfo detail) whether or not its token would have been accepted.
-//! Probes and reflection are not counted, and VerifyApiKey is limited per
-//! key inside its handler instead: one calling service verifies many keys
-//! from one address.
+//! Probes and reflection are not counted, and VerifyApiKey and Envoy's Check
+//! are limited per key inside their handlers instead: one calling service or
+//! gateway verifies many keys from one address.
 
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
@@ -15,16 +15,22 @@ use tonic::transport::server::TcpConnectInfo;
 use futures_util::FutureExt;
 
 use super::{RateKey, RateLimits, Verdict};
-use crate::auth::{in_service, Credentials, RpcMethod, PUBLIC_SERVICES};
+use crate::auth::{
+    in_service, Credentials, RpcMethod, EXTERNAL_AUTHORIZATION_CHECK, PUBLIC_SERVICES,
+};
 use crate::error::AppError;
 use crate::gate::{Check, Gate};
 use crate::proto::api_key_service_server::ApiKeyServiceServer;
 
-/// Limited per API key in its handler rather than here.
-const PER_KEY_LIMITED: RpcMethod = RpcMethod::new(ApiKeyServiceServer::<()>::NAME, "VerifyApiKey");
+/// Limited per API key in their handlers rather than here: a gateway checks
+/// many clients' keys from one address.
+const PER_KEY_LIMITED: &[RpcMethod] = &[
+    RpcMethod::new(ApiKeyServiceServer::<()>::NAME, "VerifyApiKey"),
+    EXTERNAL_AUTHORIZATION_CHECK,
+];
 
 fn is_exempt(path: &str) -> bool {
-    PER_KEY_LIMITED.matches(path)
+    PER_KEY_LIMITED.iter().any(|method| method.matches(path))
         || PUBLIC_SERVICES
             .iter()
             .any(|service| in_service(path, service))
@@ -93,6 +99,7 @@ mod tests {
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
         ));
         assert!(is_exempt("/chatbot.v1.ApiKeyService/VerifyApiKey"));
+        assert!(is_exempt("/envoy.service.auth.v3.Authorization/Check"));
         assert!(!is_exempt("/chatbot.v1.ApiKeyService/CreateApiKey"));
         assert!(!is_exempt("/chatbot.v1.AuthService/Login"));
     }

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod chatbots;
 pub mod convert;
+pub mod external_authorization;
 pub mod status;
 pub mod usage;
 pub mod users;

@@ -9,6 +9,7 @@ mod authorization;
 mod chatbots;
 mod credits;
 mod edge;
+mod external_authorization;
 mod health;
 mod helpers;
 mod key_limits;

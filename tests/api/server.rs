@@ -74,6 +74,7 @@ backend_test! {
             "chatbot.v1.ApiKeyService",
             "chatbot.v1.AuthService",
             "chatbot.v1.StatusService",
+            "envoy.service.auth.v3.Authorization",
             "grpc.health.v1.Health",
         ] {
             assert!(
@@ -82,31 +83,35 @@ backend_test! {
             );
         }
 
-        let mut v1alpha =
-            tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(
-                app.channel(),
-            );
-        let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(
-                tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
-                    "google.rpc.BadRequest".into(),
+        // grpcurl decodes our error details, and describes and calls
+        // Envoy's Check, through these.
+        for symbol in ["google.rpc.BadRequest", "envoy.service.auth.v3.Authorization"] {
+            let mut v1alpha =
+                tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(
+                    app.channel(),
+                );
+            let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(
+                    tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                        symbol.into(),
+                    ),
                 ),
-            ),
-        };
-        let mut stream = v1alpha
-            .server_reflection_info(tokio_stream::iter([request]))
-            .await
-            .unwrap()
-            .into_inner();
-        let response = stream.next().await.unwrap().unwrap();
-        assert!(
-            matches!(
-                response.message_response,
-                Some(tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
-            ),
-            "google.rpc error details must be resolvable for grpcurl"
-        );
+            };
+            let mut stream = v1alpha
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await
+                .unwrap()
+                .into_inner();
+            let response = stream.next().await.unwrap().unwrap();
+            assert!(
+                matches!(
+                    response.message_response,
+                    Some(tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+                ),
+                "{symbol} must be resolvable by reflection"
+            );
+        }
     }
 }
 

@@ -1,0 +1,449 @@
+//! Envoy's external authorization API (`envoy.service.auth.v3.Authorization`),
+//! so that Envoy's `ext_authz` filter, Istio's `envoyExtAuthzGrpc` provider
+//! and the gateways built on them check a chatbot's API key on every request
+//! with no code in the service behind them.
+//!
+//! Check is VerifyApiKey's check ([`api_keys::verify_api_key`]): the same
+//! cache, revocation, per-key limits and credits, and the same usage history.
+//! Only the request and the answer differ: the key is read from an HTTP
+//! header, and the answer is an HTTP decision. A gRPC error (the store is
+//! unreachable, a route's cost is out of range) is a failed check, which
+//! Envoy treats as a denial unless told to fail open.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use envoy_types::pb::google::rpc;
+use http::HeaderName;
+use tonic::{Code, Request};
+
+use super::api_keys::{verify_api_key, Rejection, Verification};
+use super::{AppState, Origin, Rpc};
+use crate::db::models::VerificationRecord;
+use crate::domain::{parse_cost, ApiKeySecret, VerifyApiKey, API_KEY_PREFIX};
+use crate::error::{AppError, AppResult, FieldViolation};
+
+/// The `context_extensions` entry a route sets to say what a call through
+/// it spends from a key's credits.
+pub const COST_EXTENSION: &str = "cost";
+
+/// The realm named in `WWW-Authenticate`.
+const REALM: &str = "chatbot-backend";
+
+/// The Authorization service.
+pub struct ExternalAuthorization {
+    state: Arc<AppState>,
+    /// The header a client sends its key in (lower case, as Envoy sends
+    /// header names).
+    key_header: HeaderName,
+}
+
+impl ExternalAuthorization {
+    pub fn new(state: Arc<AppState>, key_header: HeaderName) -> Self {
+        Self { state, key_header }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExternalAuthorization {
+    async fn check(&self, request: Request<CheckRequest>) -> Rpc<CheckResponse> {
+        let parse = |message| CheckKey::parse(message, &self.key_header);
+        self.state.serve_public(request, parse, check).await
+    }
+}
+
+/// A Check, parsed: the verification to run and the request headers that
+/// carried a key, which never reach the upstream.
+#[derive(Debug)]
+pub struct CheckKey {
+    verify: VerifyApiKey,
+    /// Whether the request carried anything in a key's place; a request
+    /// without is told a key is missing rather than that it is invalid.
+    presented: bool,
+    key_headers: Vec<String>,
+}
+
+impl CheckKey {
+    /// The key is the `key_header` entry, else an `authorization: Bearer`
+    /// token shaped like one of our keys (any other bearer token belongs to
+    /// the upstream and is left alone). A header sent twice is malformed:
+    /// which of two keys to check is not ours to guess.
+    fn parse(request: CheckRequest, key_header: &HeaderName) -> AppResult<Self> {
+        let attributes = request.attributes.unwrap_or_default();
+        let cost = match attributes.context_extensions.get(COST_EXTENSION) {
+            None => 1,
+            Some(cost) => {
+                let field = "attributes.context_extensions.cost";
+                let cost = cost.parse().map_err(|_| {
+                    AppError::from(FieldViolation::new(field, "must be a whole number"))
+                })?;
+                parse_cost(field, cost)?
+            }
+        };
+        let headers = attributes
+            .request
+            .and_then(|request| request.http)
+            .map(|http| RequestHeaders::from(http.headers, http.header_map))
+            .unwrap_or_default();
+
+        let mut key_headers = Vec::new();
+        let bearer_key = headers
+            .values("authorization")
+            .filter_map(|value| bearer_token(value))
+            .filter(|token| token.starts_with(API_KEY_PREFIX))
+            .collect::<Vec<_>>();
+        if !bearer_key.is_empty() {
+            key_headers.push("authorization".to_owned());
+        }
+        let header_key = headers.values(key_header.as_str()).collect::<Vec<_>>();
+        if !header_key.is_empty() {
+            key_headers.push(key_header.as_str().to_owned());
+        }
+        let presented = match (header_key.as_slice(), bearer_key.as_slice()) {
+            ([], []) => None,
+            ([key], _) | ([], [key]) => Some(Some(*key)),
+            _ => Some(None),
+        };
+        Ok(Self {
+            verify: VerifyApiKey {
+                secret: presented.flatten().and_then(ApiKeySecret::parse),
+                cost,
+            },
+            presented: presented.is_some(),
+            key_headers,
+        })
+    }
+}
+
+/// The request's headers as Envoy sent them: a map of merged values, or
+/// (with `encode_raw_headers`) a list in which a repeated header repeats.
+#[derive(Default)]
+struct RequestHeaders(Vec<(String, String)>);
+
+impl RequestHeaders {
+    fn from(
+        merged: HashMap<String, String>,
+        raw: Option<envoy_types::pb::envoy::config::core::v3::HeaderMap>,
+    ) -> Self {
+        let raw = raw.map(|map| map.headers).unwrap_or_default();
+        let raw = raw.into_iter().map(|header| {
+            let value = if header.raw_value.is_empty() {
+                header.value
+            } else {
+                String::from_utf8_lossy(&header.raw_value).into_owned()
+            };
+            (header.key.to_ascii_lowercase(), value)
+        });
+        Self(merged.into_iter().chain(raw).collect())
+    }
+
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.trim())
+    }
+}
+
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Check's decision, before it becomes Envoy's message.
+pub enum Decision {
+    Allow {
+        record: Arc<VerificationRecord>,
+        credits_remaining: Option<i64>,
+        key_headers: Vec<String>,
+    },
+    /// No key, or not one that is valid now: 401.
+    Unauthenticated {
+        presented: bool,
+        rejection: Rejection,
+    },
+    /// Rate-limited or out of credits: 429.
+    TooManyRequests(Throttle),
+}
+
+/// What a 429 tells the client about when to come back.
+pub struct Throttle {
+    reason: &'static str,
+    message: &'static str,
+    retry_after: Option<Duration>,
+    limit: Option<u32>,
+    remaining: Option<i64>,
+}
+
+/// The operation: VerifyApiKey's check, its answer as a decision. Only a
+/// store that cannot answer fails it.
+pub async fn check(state: &AppState, _: &Origin, cmd: CheckKey) -> AppResult<Decision> {
+    let CheckKey {
+        verify,
+        presented,
+        key_headers,
+    } = cmd;
+    let verification = match verify_api_key(state, verify).await {
+        Ok(verification) => verification,
+        // The service's own per-key limit, which VerifyApiKey reports as an
+        // error: for a gateway it is a 429 like any other.
+        Err(AppError::ResourceExhausted { retry_after, .. }) => {
+            return Ok(Decision::TooManyRequests(Throttle {
+                reason: "rate_limited",
+                message: "too many requests with this API key; retry later",
+                retry_after: Some(retry_after),
+                limit: None,
+                remaining: None,
+            }))
+        }
+        Err(error) => return Err(error),
+    };
+    let (record, rejection) = match verification {
+        Verification::Valid {
+            record,
+            credits_remaining,
+        } => {
+            return Ok(Decision::Allow {
+                record,
+                credits_remaining,
+                key_headers,
+            })
+        }
+        Verification::Refused(record, rejection) => (Some(record), rejection),
+        Verification::Invalid(rejection) => (None, rejection),
+    };
+    let now = Utc::now();
+    let until = |time: DateTime<Utc>| (time - now).to_std().unwrap_or_default();
+    Ok(match rejection {
+        Rejection::RateLimited { retry_at } => {
+            let limit = record
+                .and_then(|record| record.rate_limit())
+                .map(|limit| limit.calls());
+            Decision::TooManyRequests(Throttle {
+                reason: "rate_limited",
+                message: "this API key's rate limit is reached; retry later",
+                retry_after: Some(until(retry_at)),
+                limit,
+                remaining: Some(0),
+            })
+        }
+        Rejection::UsageExceeded {
+            remaining,
+            next_refill,
+        } => Decision::TooManyRequests(Throttle {
+            reason: "credits_exhausted",
+            message: "this API key's credits do not cover the call",
+            retry_after: next_refill.map(until),
+            limit: None,
+            remaining: Some(remaining),
+        }),
+        rejection => Decision::Unauthenticated {
+            presented,
+            rejection,
+        },
+    })
+}
+
+impl From<Decision> for CheckResponse {
+    fn from(decision: Decision) -> Self {
+        match decision {
+            Decision::Allow {
+                record,
+                credits_remaining,
+                key_headers,
+            } => allowed(&record, credits_remaining, key_headers),
+            Decision::Unauthenticated {
+                presented,
+                rejection,
+            } => unauthenticated(presented, rejection),
+            Decision::TooManyRequests(throttle) => too_many_requests(throttle),
+        }
+    }
+}
+
+fn allowed(
+    record: &VerificationRecord,
+    credits_remaining: Option<i64>,
+    key_headers: Vec<String>,
+) -> CheckResponse {
+    let granted = [
+        ("x-chatbot-id", "chatbot_id", record.chatbot_id.to_string()),
+        (
+            "x-chatbot-owner-id",
+            "chatbot_owner_id",
+            record.owner_id.to_string(),
+        ),
+        ("x-api-key-id", "api_key_id", record.id.0.to_string()),
+        (
+            "x-llm-endpoint-url",
+            "llm_endpoint_url",
+            record.llm_endpoint_url.clone(),
+        ),
+    ];
+    // Overwrite, never append: a client's own x-chatbot-id must not reach
+    // the upstream beside ours.
+    let headers = granted
+        .iter()
+        .map(|(header, _, value)| {
+            header_option(header, value, HeaderAppendAction::OverwriteIfExistsOrAdd)
+        })
+        .collect();
+    let mut metadata: std::collections::BTreeMap<String, Value> = granted
+        .into_iter()
+        .map(|(_, key, value)| (key.to_owned(), string_value(value)))
+        .collect();
+    if let Some(remaining) = credits_remaining {
+        metadata.insert(
+            "credits_remaining".to_owned(),
+            Value {
+                kind: Some(Kind::NumberValue(remaining as f64)),
+            },
+        );
+    }
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: Code::Ok.into(),
+            ..Default::default()
+        }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers,
+            headers_to_remove: key_headers,
+            ..Default::default()
+        })),
+        dynamic_metadata: Some(Struct {
+            fields: metadata.into_iter().collect(),
+        }),
+    }
+}
+
+/// 401, with the challenge RFC 6750 describes: without an error code when
+/// no key was sent, `invalid_token` when the key is not valid.
+fn unauthenticated(presented: bool, rejection: Rejection) -> CheckResponse {
+    let (reason, message) = match rejection {
+        _ if !presented => ("missing_api_key", "an API key is required"),
+        Rejection::Revoked => ("api_key_revoked", "the API key is revoked"),
+        Rejection::Expired => ("api_key_expired", "the API key has expired"),
+        _ => ("invalid_api_key", "the API key is not valid"),
+    };
+    let challenge = if presented {
+        format!(r#"Bearer realm="{REALM}", error="invalid_token", error_description="{message}""#)
+    } else {
+        format!(r#"Bearer realm="{REALM}""#)
+    };
+    denied(
+        Code::Unauthenticated,
+        HttpStatusCode::Unauthorized,
+        vec![("www-authenticate", challenge)],
+        reason,
+        message,
+    )
+}
+
+/// 429, with `Retry-After` and the RateLimit header fields
+/// (draft-ietf-httpapi-ratelimit-headers) that apply.
+fn too_many_requests(throttle: Throttle) -> CheckResponse {
+    let mut headers = Vec::new();
+    if let Some(retry_after) = throttle.retry_after {
+        let seconds = whole_seconds(retry_after).to_string();
+        headers.push(("retry-after", seconds.clone()));
+        headers.push(("ratelimit-reset", seconds));
+    }
+    if let Some(limit) = throttle.limit {
+        headers.push(("ratelimit-limit", limit.to_string()));
+    }
+    if let Some(remaining) = throttle.remaining {
+        headers.push(("ratelimit-remaining", remaining.to_string()));
+    }
+    denied(
+        Code::ResourceExhausted,
+        HttpStatusCode::TooManyRequests,
+        headers,
+        throttle.reason,
+        throttle.message,
+    )
+}
+
+fn denied(
+    code: Code,
+    status: HttpStatusCode,
+    headers: Vec<(&'static str, String)>,
+    reason: &str,
+    message: &str,
+) -> CheckResponse {
+    let body = serde_json::json!({ "error": reason, "message": message }).to_string();
+    let headers = headers
+        .into_iter()
+        .chain([("content-type", "application/json".to_owned())])
+        .map(|(name, value)| {
+            header_option(name, &value, HeaderAppendAction::OverwriteIfExistsOrAdd)
+        })
+        .collect();
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: code.into(),
+            message: message.to_owned(),
+            details: Vec::new(),
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: status.into(),
+            }),
+            headers,
+            body,
+        })),
+        dynamic_metadata: None,
+    }
+}
+
+/// Seconds for `Retry-After`, rounded up: a client that waits exactly that
+/// long must not be early.
+fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+fn header_option(name: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
+    #[allow(deprecated)]
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: name.to_owned(),
+            value: value.to_owned(),
+            raw_value: Vec::new(),
+        }),
+        append: None,
+        append_action: action.into(),
+        keep_empty_value: false,
+    }
+}
+
+fn string_value(value: String) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(whole_seconds(Duration::from_millis(2001)), 3);
+    }
+
+    #[test]
+    fn only_a_bearer_scheme_yields_a_token() {
+        assert_eq!(bearer_token("Bearer cbk_x"), Some("cbk_x"));
+        assert_eq!(bearer_token("bearer  cbk_x "), Some("cbk_x"));
+        assert_eq!(bearer_token("Basic cbk_x"), None);
+        assert_eq!(bearer_token("cbk_x"), None);
+    }
+}

@@ -61,7 +61,13 @@ async fn main() -> anyhow::Result<()> {
     // A missing .env is normal; flags and the environment still apply.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    telemetry::init(cli.settings.log_format);
+    let telemetry = telemetry::init(cli.settings.log_format);
+    let outcome = run(cli).await;
+    telemetry.shutdown().await;
+    outcome
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     // Checked before any subcommand touches the store.
     let config = cli.settings.validate()?;
     match cli.command.unwrap_or(Command::Serve) {

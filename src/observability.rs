@@ -34,6 +34,7 @@ use tracing::Instrument;
 
 use crate::auth::RequestId;
 use crate::metrics::{code_name, MethodHandle, Metrics};
+use crate::telemetry;
 
 /// Wraps services in [`RpcMiddleware`].
 #[derive(Clone)]
@@ -182,6 +183,19 @@ impl Completion {
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
         self.span.in_scope(|| {
             tracing::Span::current().record("rpc.grpc.status_code", code as i32);
+            // OpenTelemetry's gRPC conventions: a server span is an error
+            // only for the codes that mean the server failed.
+            if matches!(
+                code,
+                Code::Unknown
+                    | Code::DeadlineExceeded
+                    | Code::Unimplemented
+                    | Code::Internal
+                    | Code::Unavailable
+                    | Code::DataLoss
+            ) {
+                tracing::Span::current().record("otel.status_code", "ERROR");
+            }
             match code {
                 // Server-side failures.
                 Code::Unknown | Code::Internal | Code::DataLoss => {
@@ -319,7 +333,9 @@ where
         let request_id = request_id(request.headers());
         let span = tracing::info_span!(
             "rpc",
+            otel.name = path.trim_start_matches('/'),
             otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
             rpc.service = %service,
             rpc.method = %method_name,
@@ -329,6 +345,7 @@ where
             enduser.id = tracing::field::Empty,
             request_id = %request_id,
         );
+        telemetry::continue_trace(&span, request.headers());
         let deadline = grpc_timeout(request.headers()).map_or(self.server_timeout, |client| {
             client.min(self.server_timeout)
         });

@@ -40,6 +40,10 @@
 //! - `verify-api-key-credits`: 1,000 keys (on 10 chatbots) with credits,
 //!   each call spending 1 from a key drawn at random (as pgbench draws its
 //!   row): one database write per call.
+//! - `ext-authz-check`: Envoy's envoy.service.auth.v3.Authorization.Check
+//!   of an HTTP request carrying the issued key in `x-api-key`, as Envoy's
+//!   ext_authz filter sends it. A denial counts under the code of the
+//!   decision (UNAUTHENTICATED, RESOURCE_EXHAUSTED), not as OK.
 //! - `create-chatbot`: ChatbotService.CreateChatbot, a new chatbot each time.
 //! - `login`: AuthService.Login with the correct password.
 
@@ -57,6 +61,10 @@ use chatbot_backend::proto::chatbot_service_client::ChatbotServiceClient;
 use chatbot_backend::proto::user_service_client::UserServiceClient;
 use chatbot_backend::proto::{self, VerifyApiKeyReason};
 use clap::{Parser, ValueEnum};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{
+    attribute_context, AttributeContext, CheckRequest,
+};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
@@ -124,6 +132,7 @@ enum Rpc {
     VerifyApiKeyMalformed,
     VerifyApiKeyRateLimited,
     VerifyApiKeyCredits,
+    ExtAuthzCheck,
     CreateChatbot,
     Login,
 }
@@ -138,6 +147,7 @@ impl Rpc {
             Rpc::VerifyApiKeyMalformed => "verify-api-key-malformed",
             Rpc::VerifyApiKeyRateLimited => "verify-api-key-rate-limited",
             Rpc::VerifyApiKeyCredits => "verify-api-key-credits",
+            Rpc::ExtAuthzCheck => "ext-authz-check",
             Rpc::CreateChatbot => "create-chatbot",
             Rpc::Login => "login",
         }
@@ -306,6 +316,7 @@ struct Caller {
     fixture: Arc<Fixture>,
     chatbots: ChatbotServiceClient<Direct>,
     api_keys: ApiKeyServiceClient<Connection>,
+    authorization: AuthorizationClient<Connection>,
     auth: AuthServiceClient<Connection>,
     id: usize,
     sent: u64,
@@ -320,6 +331,7 @@ impl Caller {
                 fixture.bearer.clone(),
             )),
             api_keys: ApiKeyServiceClient::new(channel.clone()),
+            authorization: AuthorizationClient::new(channel.clone()),
             auth: AuthServiceClient::new(channel),
             fixture,
             id,
@@ -366,6 +378,19 @@ impl Caller {
                 })
                 .await
                 .map(|_| None),
+            Rpc::ExtAuthzCheck => {
+                let response = self
+                    .authorization
+                    .check(check_request(&fixture.api_keys[0]))
+                    .await?
+                    .into_inner();
+                match response.status {
+                    Some(status) if status.code != Code::Ok as i32 => {
+                        Err(Status::new(Code::from_i32(status.code), status.message))
+                    }
+                    _ => Ok(None),
+                }
+            }
             Rpc::VerifyApiKeyValid
             | Rpc::VerifyApiKeyInvalid
             | Rpc::VerifyApiKeyMalformed
@@ -588,7 +613,7 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
     let mut keys = ApiKeyServiceClient::new(InterceptedService::new(channel, bearer.clone()));
     let mut api_keys = Vec::new();
     match rpc {
-        Rpc::VerifyApiKeyValid | Rpc::VerifyApiKeyRateLimited => {
+        Rpc::VerifyApiKeyValid | Rpc::VerifyApiKeyRateLimited | Rpc::ExtAuthzCheck => {
             let rate_limit = (rpc == Rpc::VerifyApiKeyRateLimited).then_some(proto::RateLimit {
                 limit: 1_000_000,
                 window: Some(prost_types::Duration {
@@ -620,6 +645,24 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
         read_ids,
         api_keys,
     })
+}
+
+/// What Envoy's ext_authz filter asks about a request carrying `key`.
+fn check_request(key: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "POST".into(),
+                    path: "/v1/chat/completions".into(),
+                    headers: HashMap::from([("x-api-key".to_owned(), key.to_owned())]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
 }
 
 /// A well-mixed 64-bit hash (SplitMix64's finalizer): a cheap, repeatable

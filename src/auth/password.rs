@@ -14,6 +14,7 @@ use anyhow::Context;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::domain::Password;
 
@@ -149,6 +150,7 @@ impl PasswordHasher {
         self.run_on_hashing_thread(move || {
             hash_with_new_salt(&argon2, password.expose().as_bytes())
         })
+        .instrument(tracing::debug_span!("password.hash"))
         .await
     }
 
@@ -171,6 +173,7 @@ impl PasswordHasher {
                     .verify_password(password.expose().as_bytes(), &parsed)
                     .is_ok())
             })
+            .instrument(tracing::debug_span!("password.verify"))
             .await?;
         Ok(known && matches)
     }

@@ -11,6 +11,7 @@ use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::scoped_futures::ScopedBoxFuture;
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, TransactionManager};
+use tracing::Instrument;
 
 /// SQLite behind diesel-async: each statement runs on a blocking thread.
 pub type SqliteAsyncConnection = SyncConnectionWrapper<SqliteConnection>;
@@ -18,21 +19,46 @@ pub type SqliteAsyncConnection = SyncConnectionWrapper<SqliteConnection>;
 /// Runs `$body` with `$conn` rebound from `&mut DbConnection` to the concrete
 /// connection of its backend. The body is compiled once per backend, so a
 /// query that one backend cannot run fails to compile rather than at run time.
+/// The body runs as an async block in a [`query_span!`], so a `?` inside it
+/// leaves only the block: put it after the macro.
 macro_rules! db_run {
     ($conn:ident => $body:expr) => {
         match $conn {
             $crate::db::DbConnection::Postgres(pooled) => {
                 let $conn: &mut ::diesel_async::AsyncPgConnection = &mut *pooled;
-                $body
+                ::tracing::Instrument::instrument(
+                    async { $body },
+                    $crate::db::query_span!("postgresql"),
+                )
+                .await
             }
             $crate::db::DbConnection::Sqlite(pooled) => {
                 let $conn: &mut $crate::db::SqliteAsyncConnection = &mut *pooled;
-                $body
+                ::tracing::Instrument::instrument(
+                    async { $body },
+                    $crate::db::query_span!("sqlite"),
+                )
+                .await
             }
         }
     };
 }
-pub(crate) use db_run;
+
+/// A trace's child span for the database work of one [`db_run!`], named by
+/// the model module it runs in. DEBUG, so it costs nothing unless traces
+/// are exported (`crate::telemetry`).
+macro_rules! query_span {
+    ($system:literal) => {
+        ::tracing::debug_span!(
+            "db.query",
+            otel.name = concat!("db ", module_path!()),
+            otel.kind = "client",
+            db.system.name = $system,
+            code.namespace = module_path!(),
+        )
+    };
+}
+pub(crate) use {db_run, query_span};
 
 /// Calls `$method` of the connection's own transaction manager, which
 /// tracks the transaction state (so the pool discards a connection left
@@ -79,13 +105,14 @@ impl DbConnection {
         E: From<diesel::result::Error> + Send + 'a,
         R: Send + 'a,
     {
-        self.begin().await?;
-        match callback(&mut *self).await {
+        let span = tracing::debug_span!("db.transaction");
+        self.begin().instrument(span.clone()).await?;
+        match callback(&mut *self).instrument(span.clone()).await {
             Ok(value) => {
-                self.commit().await?;
+                self.commit().instrument(span).await?;
                 Ok(value)
             }
-            Err(error) => match self.rollback().await {
+            Err(error) => match self.rollback().instrument(span).await {
                 Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(error),
                 Err(rollback_error) => Err(rollback_error.into()),
             },
@@ -120,6 +147,6 @@ pub async fn ping(conn: &mut DbConnection) -> diesel::QueryResult<String> {
         DbConnection::Postgres(_) => "SELECT current_setting('server_version') AS server_version",
         DbConnection::Sqlite(_) => "SELECT sqlite_version() AS server_version",
     };
-    let row: ServerVersion = db_run!(conn => diesel::sql_query(query).get_result(conn).await?);
+    let row: ServerVersion = db_run!(conn => diesel::sql_query(query).get_result(conn).await)?;
     Ok(row.server_version)
 }

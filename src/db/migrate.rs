@@ -154,7 +154,7 @@ pub async fn schema_version(conn: &mut DbConnection) -> diesel::QueryResult<Opti
             "SELECT version FROM __diesel_schema_migrations ORDER BY version DESC LIMIT 1",
         )
         .load(conn)
-        .await?
-    });
+        .await
+    })?;
     Ok(rows.into_iter().next().map(|row| row.version))
 }

@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use anyhow::Context;
 use diesel::connection::{Instrumentation, InstrumentationEvent};
@@ -88,9 +89,19 @@ impl Database {
 
     /// A connection from the pool, or UNAVAILABLE after the acquire timeout.
     pub async fn conn(&self) -> Result<DbConnection, PoolError> {
+        // A trace shows the wait for a free connection apart from the
+        // queries (see `crate::db::query_span`).
+        let span = tracing::debug_span!("db.acquire");
         match &self.pool {
-            DbPool::Postgres(pool) => pool.get().await.map(DbConnection::Postgres),
-            DbPool::Sqlite(pool) => sqlite_checkout(pool).await.map(DbConnection::Sqlite),
+            DbPool::Postgres(pool) => pool
+                .get()
+                .instrument(span)
+                .await
+                .map(DbConnection::Postgres),
+            DbPool::Sqlite(pool) => sqlite_checkout(pool)
+                .instrument(span)
+                .await
+                .map(DbConnection::Sqlite),
         }
     }
 

@@ -25,5 +25,6 @@ mod schema;
 mod server;
 mod sessions;
 mod shared_limits;
+mod traces;
 mod usage;
 mod users;

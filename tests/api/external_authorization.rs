@@ -4,7 +4,6 @@
 //! key's), and denies the rest with the HTTP answer a gateway returns.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use chatbot_backend::domain::ApiKeySecret;
@@ -19,7 +18,7 @@ use tonic::Code;
 
 use crate::helpers::{
     assert_code, backend_test, spawn_app, spawn_app_on, spawn_app_with, violated_fields, Clients,
-    TcpProxy, TestDatabase,
+    TcpProxy, TestApp, TestDatabase,
 };
 
 /// A Check of an HTTP request with these headers, through a route that
@@ -123,6 +122,21 @@ impl From<CheckResponse> for Answer {
         }
         answer
     }
+}
+
+/// A key created with `limits` (on a new user's new chatbot).
+async fn key_with(app: &TestApp, limits: proto::CreateApiKeyRequest) -> String {
+    let owner = app.new_user().await;
+    let chatbot = app.create_chatbot(&owner, "bot").await;
+    app.api_keys(Some(&owner.token))
+        .create_api_key(proto::CreateApiKeyRequest {
+            chatbot_id: chatbot.id,
+            ..limits
+        })
+        .await
+        .expect("create a key")
+        .into_inner()
+        .key
 }
 
 async fn check(
@@ -240,17 +254,14 @@ backend_test! {
             .await
             .unwrap();
         let soon = std::time::SystemTime::now() + Duration::from_secs(1);
-        let expiring = app
-            .api_keys(Some(&owner.token))
-            .create_api_key(proto::CreateApiKeyRequest {
-                chatbot_id: chatbot.id.clone(),
+        let expiring = key_with(
+            &app,
+            proto::CreateApiKeyRequest {
                 expire_time: Some(soon.into()),
                 ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .key;
+            },
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let unknown = ApiKeySecret::generate().expose().to_owned();
         let mut typo = unknown.clone();
@@ -310,22 +321,17 @@ backend_test! {
 backend_test! {
     async fn a_rate_limited_key_is_a_429_with_retry_after_and_ratelimit_headers() {
         let app = spawn_app().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let key = app
-            .api_keys(Some(&owner.token))
-            .create_api_key(proto::CreateApiKeyRequest {
-                chatbot_id: chatbot.id,
+        let key = key_with(
+            &app,
+            proto::CreateApiKeyRequest {
                 rate_limit: Some(proto::RateLimit {
                     limit: 1,
                     window: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
                 }),
                 ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .key;
+            },
+        )
+        .await;
 
         assert!(check_key(&app, &key).await.allowed());
         let answer = check_key(&app, &key).await;
@@ -344,22 +350,17 @@ backend_test! {
 backend_test! {
     async fn a_route_sets_the_cost_and_a_key_out_of_credits_is_a_429() {
         let app = spawn_app().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let key = app
-            .api_keys(Some(&owner.token))
-            .create_api_key(proto::CreateApiKeyRequest {
-                chatbot_id: chatbot.id,
+        let key = key_with(
+            &app,
+            proto::CreateApiKeyRequest {
                 credits: Some(proto::Credits {
                     remaining: 5,
                     ..Default::default()
                 }),
                 ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .key;
+            },
+        )
+        .await;
 
         let expensive = [("cost", "3")];
         let answer = check(&app, &[("x-api-key", &key)], &expensive).await.unwrap();
@@ -424,13 +425,7 @@ backend_test! {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_check_the_store_cannot_answer_fails_with_unavailable() {
     let database = TestDatabase::create().await;
-    let postgres: SocketAddr = {
-        let url = url::Url::parse(&database.url).unwrap();
-        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
-            .parse()
-            .unwrap()
-    };
-    let proxy = TcpProxy::start(postgres).await;
+    let proxy = TcpProxy::start(database.postgres_addr()).await;
     let via_proxy = database.url_via(proxy.addr);
     let app = spawn_app_on(
         database,

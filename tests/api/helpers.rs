@@ -531,6 +531,14 @@ impl TestDatabase {
         }
     }
 
+    /// The PostgreSQL server's address, for a [`TcpProxy`] in front of it.
+    pub fn postgres_addr(&self) -> SocketAddr {
+        let url = url::Url::parse(&self.url).unwrap();
+        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+            .parse()
+            .unwrap()
+    }
+
     /// The same database reached through another host:port (a proxy).
     pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
         let mut url = url::Url::parse(&self.url).unwrap();

@@ -1,7 +1,6 @@
 //! Process lifecycle under stress: SIGTERM with calls in flight, and a
 //! database outage cut by a TCP proxy the test controls.
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -164,13 +163,7 @@ struct Id {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_outage_answers_unavailable_flips_readiness_and_loses_no_acknowledged_write() {
     let database = TestDatabase::create().await;
-    let postgres: SocketAddr = {
-        let url = url::Url::parse(&database.url).unwrap();
-        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
-            .parse()
-            .unwrap()
-    };
-    let proxy = TcpProxy::start(postgres).await;
+    let proxy = TcpProxy::start(database.postgres_addr()).await;
     let via_proxy = database.url_via(proxy.addr);
     let direct_url = database.url.clone();
     let app = spawn_app_on(

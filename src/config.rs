@@ -25,14 +25,20 @@ pub enum LogFormat {
     Json,
 }
 
-/// Each argon2 hash keeps a core busy for tens of milliseconds and holds
-/// 19 MiB: a Login flood may take at most half the machine.
-/// A header name, lower case as Envoy sends them.
+/// A header name, lower case as Envoy sends them. Not `authorization`,
+/// whose bearer keys are read anyway and whose other tokens belong to the
+/// upstream.
 fn parse_header_name(name: &str) -> Result<http::HeaderName, String> {
-    http::HeaderName::from_bytes(name.trim().as_bytes())
-        .map_err(|_| format!("{name:?} is not an HTTP header name"))
+    let header = http::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("{name:?} is not an HTTP header name"))?;
+    if header == http::header::AUTHORIZATION {
+        return Err("authorization is read anyway (`Bearer cbk_...`); name a header of its own, such as x-api-key".into());
+    }
+    Ok(header)
 }
 
+/// Each argon2 hash keeps a core busy for tens of milliseconds and holds
+/// 19 MiB: a Login flood may take at most half the machine.
 fn half_the_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
@@ -511,6 +517,17 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         settings: Settings,
+    }
+
+    #[test]
+    fn the_key_header_is_lower_case_and_not_authorization() {
+        let parse = |header: &str| {
+            Cli::try_parse_from(["test", "--ext-authz-api-key-header", header])
+                .map(|cli| cli.settings.ext_authz_api_key_header)
+        };
+        assert_eq!(parse("X-Chatbot-Key").unwrap().as_str(), "x-chatbot-key");
+        assert!(parse("Authorization").is_err());
+        assert!(parse("not a header").is_err());
     }
 
     #[test]

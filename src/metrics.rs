@@ -118,6 +118,12 @@ impl MethodHandle {
         &self.metrics.inner.methods[self.index]
     }
 
+    /// Whether this is a served method, not the series every unknown path
+    /// shares.
+    pub fn is_known(&self) -> bool {
+        self.index + 1 < self.metrics.inner.methods.len()
+    }
+
     pub fn started(&self) {
         self.series().started.inc();
     }

@@ -333,7 +333,8 @@ where
         let request_id = request_id(request.headers());
         let span = tracing::info_span!(
             "rpc",
-            otel.name = path.trim_start_matches('/'),
+            // Unknown paths share one name, so clients cannot add names.
+            otel.name = if method.is_known() { path.trim_start_matches('/') } else { "unknown" },
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",

@@ -45,18 +45,30 @@ macro_rules! db_run {
 }
 
 /// A trace's child span for the database work of one [`db_run!`], named by
-/// the model module it runs in. DEBUG, so it costs nothing unless traces
-/// are exported (`crate::telemetry`).
+/// the model module it runs in, inside an RPC's span only. DEBUG, so it
+/// costs nothing unless traces are exported (`crate::telemetry`).
 macro_rules! query_span {
     ($system:literal) => {
-        ::tracing::debug_span!(
-            "db.query",
-            otel.name = concat!("db ", module_path!()),
-            otel.kind = "client",
-            db.system.name = $system,
-            code.namespace = module_path!(),
-        )
+        if $crate::db::in_a_trace() {
+            ::tracing::debug_span!(
+                "db.query",
+                otel.name = concat!("db ", module_path!()),
+                otel.kind = "client",
+                db.system.name = $system,
+                code.namespace = module_path!(),
+            )
+        } else {
+            ::tracing::Span::none()
+        }
     };
+}
+
+/// Whether database work runs inside a span (an RPC's) that its own spans
+/// can be children of. Background work (health checks, batched writes)
+/// runs in none, and a span of its own would be a trace of its own every
+/// few seconds.
+pub fn in_a_trace() -> bool {
+    !tracing::Span::current().is_none()
 }
 pub(crate) use {db_run, query_span};
 
@@ -105,7 +117,11 @@ impl DbConnection {
         E: From<diesel::result::Error> + Send + 'a,
         R: Send + 'a,
     {
-        let span = tracing::debug_span!("db.transaction");
+        let span = if in_a_trace() {
+            tracing::debug_span!("db.transaction")
+        } else {
+            tracing::Span::none()
+        };
         self.begin().instrument(span.clone()).await?;
         match callback(&mut *self).instrument(span.clone()).await {
             Ok(value) => {

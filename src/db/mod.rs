@@ -25,7 +25,7 @@ mod target;
 pub use crate::sql_types;
 
 pub(crate) use connection::{db_run, query_span};
-pub use connection::{ping, DbConnection, SqliteAsyncConnection};
+pub use connection::{in_a_trace, ping, DbConnection, SqliteAsyncConnection};
 pub use listen::{
     listen_for_invalidations, notify_invalidation, Invalidation, ListenEvent, INVALIDATION_CHANNEL,
 };

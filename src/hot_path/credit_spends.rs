@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
+use tracing::Instrument;
 
 use super::batch_queue::{batch_timeout, fail_all, BatchQueue, Pending};
 use crate::db::models::{Balance, KeyLimits};
@@ -91,7 +92,12 @@ impl CreditSpends {
 
     /// Spends `cost` from key `id`'s balance, if it covers it.
     pub async fn spend(&self, id: ApiKeyId, cost: i64) -> AppResult<SpendOutcome> {
-        self.queue.enqueue((id, cost))?.await
+        // The batch's own queries run in no RPC's trace; this span shows
+        // the caller's wait for them.
+        self.queue
+            .enqueue((id, cost))?
+            .instrument(tracing::debug_span!("db.credit_spend"))
+            .await
     }
 }
 

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use super::batch_queue::{batch_timeout, fail_all, BatchQueue, Pending};
 use crate::db::models::Chatbot;
 use crate::db::{Database, PoolSettings};
@@ -82,7 +84,11 @@ impl ChatbotReads {
         // Counted once queued, so a count that includes a read means the
         // dispatcher can see it.
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
-        answer.await
+        // The batch's own queries run in no RPC's trace; this span shows
+        // the caller's wait for them.
+        answer
+            .instrument(tracing::debug_span!("db.coalesced_read"))
+            .await
     }
 }
 

@@ -73,8 +73,9 @@ pub struct CheckKey {
 impl CheckKey {
     /// The key is the `key_header` entry, else an `authorization: Bearer`
     /// token shaped like one of our keys (any other bearer token belongs to
-    /// the upstream and is left alone). A header sent twice is malformed:
-    /// which of two keys to check is not ours to guess.
+    /// the upstream and is left alone). A header sent twice, or two
+    /// different keys in the two headers, is malformed: which of two keys
+    /// to check is not ours to guess.
     fn parse(request: CheckRequest, key_header: &HeaderName) -> AppResult<Self> {
         let attributes = request.attributes.unwrap_or_default();
         let cost = match attributes.context_extensions.get(COST_EXTENSION) {
@@ -108,7 +109,8 @@ impl CheckKey {
         }
         let presented = match (header_key.as_slice(), bearer_key.as_slice()) {
             ([], []) => None,
-            ([key], _) | ([], [key]) => Some(Some(*key)),
+            ([key], []) | ([], [key]) => Some(Some(*key)),
+            ([key], [bearer]) if key == bearer => Some(Some(*key)),
             _ => Some(None),
         };
         Ok(Self {

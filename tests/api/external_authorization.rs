@@ -9,6 +9,7 @@ use std::time::Duration;
 use chatbot_backend::domain::ApiKeySecret;
 use chatbot_backend::proto;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -223,6 +224,69 @@ backend_test! {
             .unwrap();
         assert_eq!(answer.http_status, Some(401));
         assert_eq!(answer.error(), "missing_api_key");
+    }
+}
+
+backend_test! {
+    async fn raw_headers_are_read_and_a_repeated_or_conflicting_key_is_malformed() {
+        let app = spawn_app().await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "bot").await;
+        let key = app.create_api_key(&owner, &chatbot.id).await.key;
+        let other = app.create_api_key(&owner, &chatbot.id).await.key;
+
+        // What Envoy sends with `encode_raw_headers`: a list, values as bytes,
+        // a repeated header repeated.
+        let raw = |headers: &[(&str, &str)]| {
+            let mut request = check_request(&[], &[]);
+            let http = request
+                .attributes
+                .as_mut()
+                .and_then(|attributes| attributes.request.as_mut())
+                .and_then(|request| request.http.as_mut())
+                .unwrap();
+            http.header_map = Some(HeaderMap {
+                headers: headers
+                    .iter()
+                    .map(|(name, value)| HeaderValue {
+                        key: (*name).to_owned(),
+                        raw_value: value.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            });
+            request
+        };
+        let mut client = AuthorizationClient::new(app.channel());
+        let mut ask = async |request| -> Answer {
+            client.check(request).await.unwrap().into_inner().into()
+        };
+
+        let answer = ask(raw(&[("x-api-key", &key)])).await;
+        assert!(answer.allowed(), "{answer:?}");
+        let answer = ask(raw(&[("x-api-key", &key), ("x-api-key", &key)])).await;
+        assert_eq!(answer.error(), "invalid_api_key");
+
+        // Envoy merges a repeated header into one value in `headers`.
+        let merged = format!("{key}, {other}");
+        let answer = check(&app, &[("x-api-key", &merged)], &[]).await.unwrap();
+        assert_eq!(answer.error(), "invalid_api_key");
+
+        // The same key in both headers is one key; two keys are not.
+        let bearer = format!("Bearer {key}");
+        let answer = check(&app, &[("x-api-key", &key), ("authorization", &bearer)], &[])
+            .await
+            .unwrap();
+        assert!(answer.allowed(), "{answer:?}");
+        let mut removed = answer.removed.clone();
+        removed.sort();
+        assert_eq!(removed, ["authorization", "x-api-key"]);
+        let bearer = format!("Bearer {other}");
+        let answer = check(&app, &[("x-api-key", &key), ("authorization", &bearer)], &[])
+            .await
+            .unwrap();
+        assert_eq!(answer.http_status, Some(401));
+        assert_eq!(answer.error(), "invalid_api_key");
     }
 }
 

@@ -207,6 +207,9 @@ async fn rpc_spans_are_exported_over_otlp_with_the_callers_parent_their_children
             ("OTEL_SERVICE_NAME", "chatbot-backend-under-test"),
             // Export each batch within 50 ms rather than 5 s.
             ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            // Background database work every second, which must stay out
+            // of the traces.
+            ("HEALTH_CHECK_INTERVAL_SECS", "1"),
         ])
         .await;
 
@@ -257,6 +260,8 @@ async fn rpc_spans_are_exported_over_otlp_with_the_callers_parent_their_children
         .into_inner();
     assert!(verified.valid);
 
+    // Long enough for a health check to run, whose spans must not arrive.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let spans = receiver
         .spans_named(&[
             "chatbot.v1.UserService/CreateUser",
@@ -347,6 +352,15 @@ async fn rpc_spans_are_exported_over_otlp_with_the_callers_parent_their_children
         string_attribute(&create_chatbot.attributes, "enduser.id").as_deref(),
         Some(user.id.as_str())
     );
+
+    // Every trace starts at an RPC (or its caller): background work such as
+    // health checks adds no traces of its own.
+    for received in &spans {
+        let span = &received.span;
+        if span.parent_span_id.is_empty() {
+            assert_eq!(span.kind, SpanKind::Server as i32, "a root span {span:?}");
+        }
+    }
 
     // Every span comes from the named service, and none carries a secret.
     let secrets = [

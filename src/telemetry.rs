@@ -22,7 +22,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{fmt, EnvFilter, Layer as _};
+use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
 use crate::config::LogFormat;
 
@@ -46,10 +46,26 @@ pub fn init(format: LogFormat) -> Telemetry {
         Ok(provider) => (provider, None),
         Err(error) => (None, Some(error)),
     };
+    // Boxed into one list, so that without traces there is no layer at all:
+    // an absent `Option` layer still tells `tracing` it wants every call
+    // site, which would create the RPC span even when the log filter drops
+    // it.
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match format {
+        LogFormat::Plain => fmt::layer()
+            .with_target(false)
+            .with_filter(log_filter)
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_filter(log_filter)
+            .boxed(),
+    }];
     // This crate's spans down to DEBUG (the database and hashing children)
     // and its INFO events (as span events); nothing of the libraries below.
-    let traces = tracer_provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
+    if let Some(provider) = &tracer_provider {
+        let traces = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("chatbot-backend"))
             .with_filter(
                 filter_fn(|meta| {
@@ -58,23 +74,10 @@ pub fn init(format: LogFormat) -> Telemetry {
                             || meta.is_span() && *meta.level() <= tracing::Level::DEBUG)
                 })
                 .with_max_level_hint(LevelFilter::DEBUG),
-            )
-    });
-    let registry = tracing_subscriber::registry().with(traces);
-    let installed = match format {
-        LogFormat::Plain => registry
-            .with(fmt::layer().with_target(false).with_filter(log_filter))
-            .try_init(),
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_filter(log_filter),
-            )
-            .try_init(),
-    };
+            );
+        layers.push(traces.boxed());
+    }
+    let installed = tracing_subscriber::registry().with(layers).try_init();
     if let Some(error) = trace_error {
         tracing::error!(
             error = format!("{error:#}"),

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# A same-sitting A/B of VerifyApiKey (64 callers) between an earlier build and
+# this one, with this build's ext_authz Check and pgbench -S between, three
+# rounds interleaved so that drift on a shared machine hits both alike.
+#
+#   git worktree add /tmp/before <rev>
+#   (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release --bins)
+#   cargo build --release --bins
+#   OLD=/tmp/before-target/release/chatbot-backend benches/ab_verify_before_after.sh
+#
+# Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust) and pgbench;
+# ports 50071 and 50072 free. Writes target/bench/ab.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PG=postgres://postgres@127.0.0.1:5432
+OLD=${OLD:?set OLD to the chatbot-backend binary of the earlier build}
+NEW=target/release/chatbot-backend
+LOADGEN=target/release/loadgen
+mkdir -p target/bench
+OUT=target/bench/ab.jsonl
+: > $OUT
+psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS pgbench_ab" -c "CREATE DATABASE pgbench_ab" >/dev/null
+pgbench -i -q -s 10 -h 127.0.0.1 -U postgres pgbench_ab >/dev/null 2>&1
+for v in old new; do
+  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS ab_$v WITH (FORCE)" >/dev/null
+done
+export LOG_FORMAT=json RUST_LOG=warn RATE_LIMIT_PER_USER=0 RATE_LIMIT_PER_ADDRESS=0 RATE_LIMIT_PER_API_KEY=0 \
+  SECRET_KEY=benchmark-secret-key-0123456789abcdef SHUTDOWN_DRAIN_DELAY_SECS=0
+DATABASE_URL=$PG/ab_old LISTEN_ADDR=127.0.0.1:50071 $OLD serve > target/bench/ab-old.log 2>&1 &
+P1=$!
+DATABASE_URL=$PG/ab_new LISTEN_ADDR=127.0.0.1:50072 $NEW serve > target/bench/ab-new.log 2>&1 &
+P2=$!
+trap 'kill $P1 $P2 2>/dev/null || true' EXIT
+sleep 4
+lg() { # addr rpc label
+  line=$($LOADGEN --addr "http://$1" --rpc "$2" --concurrency 64 --duration-secs 10 --warmup-secs 1 --json 2>/dev/null | tail -n1)
+  python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['label']=sys.argv[2]; print(json.dumps(r))" "$line" "$3" | tee -a $OUT
+}
+for round in 1 2 3; do
+  tps=$(pgbench -S -M prepared -c 64 -j 2 -T 10 -h 127.0.0.1 -U postgres pgbench_ab 2>/dev/null | awk '/^tps/ {print $3; exit}')
+  echo "{\"rpc\":\"pgbench\",\"round\":$round,\"throughput_rps\":$tps}" | tee -a $OUT
+  lg 127.0.0.1:50071 verify-api-key-valid "before r$round"
+  lg 127.0.0.1:50072 verify-api-key-valid "after r$round"
+  lg 127.0.0.1:50072 ext-authz-check "after r$round"
+done
+psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS pgbench_ab" >/dev/null

@@ -44,22 +44,33 @@ macro_rules! db_run {
     };
 }
 
-/// A trace's child span for the database work of one [`db_run!`], named by
-/// the model module it runs in, inside an RPC's span only. DEBUG, so it
-/// costs nothing unless traces are exported (`crate::telemetry`).
-macro_rules! query_span {
-    ($system:literal) => {
-        if $crate::db::in_a_trace() {
-            ::tracing::debug_span!(
-                "db.query",
-                otel.name = concat!("db ", module_path!()),
-                otel.kind = "client",
-                db.system.name = $system,
-                code.namespace = module_path!(),
-            )
+/// A DEBUG span for database work, made only inside an RPC's span
+/// ([`in_a_trace`]), so it costs nothing unless traces are exported
+/// (`crate::telemetry`).
+macro_rules! db_span {
+    ($($span:tt)*) => {
+        // The static level check first: with traces off it settles this
+        // without looking up the current span.
+        if ::tracing::enabled!(kind: ::tracing::metadata::Kind::SPAN, ::tracing::Level::DEBUG)
+            && $crate::db::in_a_trace()
+        {
+            ::tracing::debug_span!($($span)*)
         } else {
             ::tracing::Span::none()
         }
+    };
+}
+
+/// The span of one [`db_run!`], named by the model module it runs in.
+macro_rules! query_span {
+    ($system:literal) => {
+        $crate::db::db_span!(
+            "db.query",
+            otel.name = concat!("db ", module_path!()),
+            otel.kind = "client",
+            db.system.name = $system,
+            code.namespace = module_path!(),
+        )
     };
 }
 
@@ -70,7 +81,7 @@ macro_rules! query_span {
 pub fn in_a_trace() -> bool {
     !tracing::Span::current().is_none()
 }
-pub(crate) use {db_run, query_span};
+pub(crate) use {db_run, db_span, query_span};
 
 /// Calls `$method` of the connection's own transaction manager, which
 /// tracks the transaction state (so the pool discards a connection left
@@ -117,11 +128,7 @@ impl DbConnection {
         E: From<diesel::result::Error> + Send + 'a,
         R: Send + 'a,
     {
-        let span = if in_a_trace() {
-            tracing::debug_span!("db.transaction")
-        } else {
-            tracing::Span::none()
-        };
+        let span = db_span!("db.transaction");
         self.begin().instrument(span.clone()).await?;
         match callback(&mut *self).instrument(span.clone()).await {
             Ok(value) => {

@@ -24,8 +24,9 @@ mod target;
 /// Kept under `db` too, where the models and schema look for them.
 pub use crate::sql_types;
 
-pub(crate) use connection::{db_run, query_span};
-pub use connection::{in_a_trace, ping, DbConnection, SqliteAsyncConnection};
+pub(crate) use connection::in_a_trace;
+pub(crate) use connection::{db_run, db_span, query_span};
+pub use connection::{ping, DbConnection, SqliteAsyncConnection};
 pub use listen::{
     listen_for_invalidations, notify_invalidation, Invalidation, ListenEvent, INVALIDATION_CHANNEL,
 };

@@ -91,11 +91,7 @@ impl Database {
     pub async fn conn(&self) -> Result<DbConnection, PoolError> {
         // A trace shows the wait for a free connection apart from the
         // queries (see `crate::db::query_span`).
-        let span = if super::in_a_trace() {
-            tracing::debug_span!("db.acquire")
-        } else {
-            tracing::Span::none()
-        };
+        let span = super::db_span!("db.acquire");
         match &self.pool {
             DbPool::Postgres(pool) => pool
                 .get()

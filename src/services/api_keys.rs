@@ -771,16 +771,14 @@ pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> 
     let (_, owner) = authorized_key_and_owner(&mut conn, caller, id).await?;
     let stale = Invalidation::Key(id);
     let record = AuditRecord::new(AuditAction::ApiKeyDelete, AuditTarget::api_key(id, owner));
-    delete_row(state, &mut conn, stale, "API key", move |conn| {
-        async move {
-            let deleted = ApiKey::delete(conn, id).await?;
-            if deleted {
-                audit::record(conn, caller, &record).await?;
-            }
-            Ok(deleted)
-        }
-        .scope_boxed()
-    })
+    delete_row(
+        state,
+        &mut conn,
+        stale,
+        "API key",
+        (caller, record),
+        move |conn| ApiKey::delete(conn, id).scope_boxed(),
+    )
     .await?;
     tracing::info!(api_key_id = %id, "API key deleted");
     Ok(())

@@ -275,16 +275,14 @@ pub async fn delete_chatbot(state: &AppState, caller: &Caller, id: ChatbotId) ->
     let stale = Invalidation::Chatbot(id);
     let target = AuditTarget::chatbot(id, chatbot.owner_id);
     let record = AuditRecord::new(AuditAction::ChatbotDelete, target);
-    delete_row(state, &mut conn, stale, "chatbot", move |conn| {
-        async move {
-            let deleted = Chatbot::delete(conn, id).await?;
-            if deleted {
-                audit::record(conn, caller, &record).await?;
-            }
-            Ok(deleted)
-        }
-        .scope_boxed()
-    })
+    delete_row(
+        state,
+        &mut conn,
+        stale,
+        "chatbot",
+        (caller, record),
+        move |conn| Chatbot::delete(conn, id).scope_boxed(),
+    )
     .await?;
     tracing::info!(chatbot_id = %id, "chatbot deleted with its keys");
     Ok(())

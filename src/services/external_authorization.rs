@@ -16,13 +16,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
+    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
 };
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-use envoy_types::pb::google::rpc;
 use http::HeaderName;
-use tonic::{Code, Request};
+use tonic::{Request, Status};
 
 use super::api_keys::{verify_api_key, Rejection, Verification};
 use super::{AppState, Origin, Rpc};
@@ -91,7 +93,7 @@ impl CheckKey {
         let headers = attributes
             .request
             .and_then(|request| request.http)
-            .map(|http| RequestHeaders::from(http.headers, http.header_map))
+            .map(|http| RequestHeaders::new(http.headers, http.header_map))
             .unwrap_or_default();
 
         let mut key_headers = Vec::new();
@@ -130,10 +132,7 @@ impl CheckKey {
 struct RequestHeaders(Vec<(String, String)>);
 
 impl RequestHeaders {
-    fn from(
-        merged: HashMap<String, String>,
-        raw: Option<envoy_types::pb::envoy::config::core::v3::HeaderMap>,
-    ) -> Self {
+    fn new(merged: HashMap<String, String>, raw: Option<HeaderMap>) -> Self {
         let raw = raw.map(|map| map.headers).unwrap_or_default();
         let raw = raw.into_iter().map(|header| {
             let value = if header.raw_value.is_empty() {
@@ -270,6 +269,10 @@ impl From<Decision> for CheckResponse {
     }
 }
 
+/// Headers Check sets replace a client's own: an x-chatbot-id the client
+/// sent must not reach the upstream beside ours.
+const REPLACE: Option<HeaderAppendAction> = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+
 fn allowed(
     record: &VerificationRecord,
     credits_remaining: Option<i64>,
@@ -289,40 +292,35 @@ fn allowed(
             record.llm_endpoint_url.clone(),
         ),
     ];
-    // Overwrite, never append: a client's own x-chatbot-id must not reach
-    // the upstream beside ours.
-    let headers = granted
-        .iter()
-        .map(|(header, _, value)| {
-            header_option(header, value, HeaderAppendAction::OverwriteIfExistsOrAdd)
+    let mut upstream = OkHttpResponseBuilder::new();
+    for (header, _, value) in &granted {
+        upstream.add_header(*header, value, REPLACE, false);
+    }
+    for header in key_headers {
+        upstream.remove_header(header);
+    }
+    let mut metadata: HashMap<String, Value> = granted
+        .into_iter()
+        .map(|(_, key, value)| {
+            (
+                key.to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue(value)),
+                },
+            )
         })
         .collect();
-    let mut metadata: std::collections::BTreeMap<String, Value> = granted
-        .into_iter()
-        .map(|(_, key, value)| (key.to_owned(), string_value(value)))
-        .collect();
     if let Some(remaining) = credits_remaining {
-        metadata.insert(
-            "credits_remaining".to_owned(),
-            Value {
-                kind: Some(Kind::NumberValue(remaining as f64)),
-            },
-        );
+        let remaining = Value {
+            kind: Some(Kind::NumberValue(remaining as f64)),
+        };
+        metadata.insert("credits_remaining".to_owned(), remaining);
     }
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: Code::Ok.into(),
-            ..Default::default()
-        }),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers,
-            headers_to_remove: key_headers,
-            ..Default::default()
-        })),
-        dynamic_metadata: Some(Struct {
-            fields: metadata.into_iter().collect(),
-        }),
-    }
+    let mut response = CheckResponse::with_status(Status::ok(""));
+    response
+        .set_http_response(upstream.build())
+        .set_dynamic_metadata(Some(Struct { fields: metadata }));
+    response
 }
 
 /// 401, with the challenge RFC 6750 describes: without an error code when
@@ -340,11 +338,10 @@ fn unauthenticated(presented: bool, rejection: Rejection) -> CheckResponse {
         format!(r#"Bearer realm="{REALM}""#)
     };
     denied(
-        Code::Unauthenticated,
+        Status::unauthenticated(message),
         HttpStatusCode::Unauthorized,
         vec![("www-authenticate", challenge)],
         reason,
-        message,
     )
 }
 
@@ -364,70 +361,39 @@ fn too_many_requests(throttle: Throttle) -> CheckResponse {
         headers.push(("ratelimit-remaining", remaining.to_string()));
     }
     denied(
-        Code::ResourceExhausted,
+        Status::resource_exhausted(throttle.message),
         HttpStatusCode::TooManyRequests,
         headers,
         throttle.reason,
-        throttle.message,
     )
 }
 
+/// A denial: `status` for Envoy, and for the client an HTTP `code` with
+/// `headers` and a short JSON body naming `reason`.
 fn denied(
-    code: Code,
-    status: HttpStatusCode,
+    status: Status,
+    code: HttpStatusCode,
     headers: Vec<(&'static str, String)>,
     reason: &str,
-    message: &str,
 ) -> CheckResponse {
-    let body = serde_json::json!({ "error": reason, "message": message }).to_string();
-    let headers = headers
-        .into_iter()
-        .chain([("content-type", "application/json".to_owned())])
-        .map(|(name, value)| {
-            header_option(name, &value, HeaderAppendAction::OverwriteIfExistsOrAdd)
-        })
-        .collect();
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: code.into(),
-            message: message.to_owned(),
-            details: Vec::new(),
-        }),
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus {
-                code: status.into(),
-            }),
-            headers,
-            body,
-        })),
-        dynamic_metadata: None,
+    let body = serde_json::json!({ "error": reason, "message": status.message() });
+    let mut client = DeniedHttpResponseBuilder::new();
+    client
+        .set_http_status(code)
+        .set_body(body.to_string())
+        .add_header("content-type", "application/json", REPLACE, false);
+    for (name, value) in headers {
+        client.add_header(name, value, REPLACE, false);
     }
+    let mut response = CheckResponse::with_status(status);
+    response.set_http_response(client.build());
+    response
 }
 
 /// Seconds for `Retry-After`, rounded up: a client that waits exactly that
 /// long must not be early.
 fn whole_seconds(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
-}
-
-fn header_option(name: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
-    #[allow(deprecated)]
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: name.to_owned(),
-            value: value.to_owned(),
-            raw_value: Vec::new(),
-        }),
-        append: None,
-        append_action: action.into(),
-        keep_empty_value: false,
-    }
-}
-
-fn string_value(value: String) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(value)),
-    }
 }
 
 #[cfg(test)]

@@ -169,12 +169,14 @@ fn no_fields<M>(_: M) -> AppResult<()> {
 }
 
 /// Deletes a row in a transaction that tells every replica's caches what
-/// went stale; NOT_FOUND (naming `what`) if the row was already gone.
+/// went stale and records the deletion in the audit log; NOT_FOUND (naming
+/// `what`) if the row was already gone, and then nothing is recorded.
 async fn delete_row<'a, F>(
     state: &AppState,
     conn: &mut DbConnection,
     stale: Invalidation,
     what: &'static str,
+    (caller, record): (&'a Caller, AuditRecord),
     delete: F,
 ) -> AppResult<()>
 where
@@ -184,8 +186,15 @@ where
 {
     let deleted = state
         .caches
-        .commit_and_invalidate(conn, stale, |conn| {
-            async move { Ok(delete(conn).await?) }.scope_boxed()
+        .commit_and_invalidate(conn, stale, move |conn| {
+            async move {
+                let deleted = delete(conn).await?;
+                if deleted {
+                    audit::record(conn, caller, &record).await?;
+                }
+                Ok(deleted)
+            }
+            .scope_boxed()
         })
         .await?;
     if deleted {

@@ -321,16 +321,14 @@ pub async fn delete_user(state: &AppState, caller: &Caller, id: UserId) -> AppRe
     let mut conn = state.db.conn().await?;
     let stale = Invalidation::Owner(id);
     let record = AuditRecord::new(AuditAction::UserDelete, AuditTarget::user(id));
-    delete_row(state, &mut conn, stale, "user", move |conn| {
-        async move {
-            let deleted = User::delete(conn, id).await?;
-            if deleted {
-                audit::record(conn, caller, &record).await?;
-            }
-            Ok(deleted)
-        }
-        .scope_boxed()
-    })
+    delete_row(
+        state,
+        &mut conn,
+        stale,
+        "user",
+        (caller, record),
+        move |conn| User::delete(conn, id).scope_boxed(),
+    )
     .await?;
     tracing::info!(user_id = %id, "user deleted with their chatbots and keys");
     Ok(())

@@ -8,8 +8,8 @@ use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, spawn_app, spawn_app_with, violated_fields, TestApp, TestUser,
-    TEST_HASH_COST,
+    assert_code, backend_test, server_command, spawn_app, spawn_app_with, violated_fields, TestApp,
+    TestUser,
 };
 
 async fn events(
@@ -485,17 +485,9 @@ backend_test! {
 /// with `stdin` as its input.
 async fn run_command(app: &TestApp, args: &[&str], stdin: &str) {
     use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
+    let mut child = server_command()
         .args(args)
         .env("DATABASE_URL", &app.database_url)
-        .env(
-            "PASSWORD_HASH_MEMORY_KIB",
-            TEST_HASH_COST.memory_kib.to_string(),
-        )
-        .env(
-            "PASSWORD_HASH_ITERATIONS",
-            TEST_HASH_COST.iterations.to_string(),
-        )
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()

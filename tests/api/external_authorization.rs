@@ -513,3 +513,70 @@ async fn a_check_the_store_cannot_answer_fails_with_unavailable() {
     );
     proxy.restore();
 }
+
+/// Two server processes on one PostgreSQL, Checked at once: a key's 100
+/// credits allow exactly 100 of 130 concurrent Checks through both, and a
+/// revocation through one is refused by the other's cache within a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn checks_through_two_processes_spend_credits_exactly_and_see_a_revocation() {
+    let flags = ["--api-key-cache-ttl-secs", "600"];
+    let app = spawn_app_with(&flags).await;
+    let replica = app
+        .spawn_replica_process(&[("API_KEY_CACHE_TTL_SECS", "600")])
+        .await;
+    let key = key_with(
+        &app,
+        proto::CreateApiKeyRequest {
+            credits: Some(proto::Credits {
+                remaining: 100,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let headers = [("x-api-key", key.as_str())];
+    let checks = (0..130).map(|call| {
+        let clients: &Clients = if call % 2 == 0 { &app } else { &replica };
+        check(clients, &headers, &[])
+    });
+    let answers: Vec<Answer> = futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .map(|answer| answer.expect("Check answers OK"))
+        .collect();
+    assert_eq!(
+        answers.iter().filter(|answer| answer.allowed()).count(),
+        100
+    );
+    for answer in answers.iter().filter(|answer| !answer.allowed()) {
+        assert_eq!(answer.http_status, Some(429), "{answer:?}");
+        assert_eq!(answer.error(), "credits_exhausted");
+    }
+
+    // Cached by the replica, then revoked through the other process.
+    let owner = app.new_user().await;
+    let chatbot = app.create_chatbot(&owner, "bot").await;
+    let created = app.create_api_key(&owner, &chatbot.id).await;
+    assert!(check_key(&replica, &created.key).await.allowed());
+    app.api_keys(Some(&owner.token))
+        .revoke_api_key(proto::RevokeApiKeyRequest {
+            id: created.api_key.unwrap().id,
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let answer = check_key(&replica, &created.key).await;
+        if answer.http_status == Some(401) {
+            assert_eq!(answer.error(), "api_key_revoked");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica still answers {answer:?} a second after the revoke"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1059,7 +1059,7 @@ impl TestApp {
     /// the test defaults, and returns once it serves and, on PostgreSQL,
     /// listens for other replicas' changes (so its caches are live).
     pub async fn spawn_replica_process(&self, env: &[(&str, &str)]) -> ReplicaProcess {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"));
+        let mut command = server_command();
         command
             .arg("serve")
             .env("DATABASE_URL", &self.database_url)
@@ -1070,14 +1070,6 @@ impl TestApp {
             .env("RATE_LIMIT_PER_USER", "0")
             .env("RATE_LIMIT_PER_ADDRESS", "0")
             .env("RATE_LIMIT_PER_API_KEY", "0")
-            .env(
-                "PASSWORD_HASH_MEMORY_KIB",
-                TEST_HASH_COST.memory_kib.to_string(),
-            )
-            .env(
-                "PASSWORD_HASH_ITERATIONS",
-                TEST_HASH_COST.iterations.to_string(),
-            )
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())
@@ -1113,6 +1105,22 @@ impl std::ops::Deref for ReplicaProcess {
     fn deref(&self) -> &Clients {
         &self.clients
     }
+}
+
+/// The server binary, hashing at [`TEST_HASH_COST`] like the in-process
+/// servers.
+pub fn server_command() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"));
+    command
+        .env(
+            "PASSWORD_HASH_MEMORY_KIB",
+            TEST_HASH_COST.memory_kib.to_string(),
+        )
+        .env(
+            "PASSWORD_HASH_ITERATIONS",
+            TEST_HASH_COST.iterations.to_string(),
+        );
+    command
 }
 
 /// A TCP proxy the test can cut (dropping every connection and refusing new

@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("chatbot_v1_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
+    std::fs::write(out_dir.join("rpc_methods.rs"), rpc_methods(&descriptors))?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
 
     let rpc_descriptors = protox::compile(
@@ -49,4 +50,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&envoy_descriptors),
     )?;
     Ok(())
+}
+
+/// `impl RpcRequest` for each RPC's request message, naming the RPC by its
+/// gRPC method name (every RPC has a request message of its own, which buf
+/// lint's RPC_REQUEST_RESPONSE_UNIQUE keeps true).
+fn rpc_methods(descriptors: &prost_types::FileDescriptorSet) -> String {
+    let mut code = String::new();
+    for file in &descriptors.file {
+        if file.package() != "chatbot.v1" {
+            continue;
+        }
+        for service in &file.service {
+            for method in &service.method {
+                let message = method.input_type().rsplit('.').next().unwrap_or_default();
+                code.push_str(&format!(
+                    "impl RpcRequest for {message} {{ const METHOD: &'static str = {:?}; }}\n",
+                    method.name()
+                ));
+            }
+        }
+    }
+    code
 }

@@ -7,8 +7,8 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use rand::distributions::{Alphanumeric, DistString};
 
 use crate::auth::PasswordHasher;
-use crate::db::models::{AuditActor, AuditEvent, Chatbot, NewChatbot, NewUser, Session, User};
-use crate::db::{self, Database, Invalidation};
+use crate::db::models::{AuditActor, Chatbot, NewChatbot, NewUser, Session, User};
+use crate::db::{self, Database, Invalidation, Written};
 use crate::domain::{
     AuditAction, AuditChange, AuditRecord, AuditTarget, ChatbotId, Email, Password, Role, UserId,
 };
@@ -48,42 +48,37 @@ pub async fn create_admin(
     let hash = hasher.hash(password).await?;
     let mut conn = db.conn().await?;
     let hash = &hash;
-    let admin = conn
-        .transaction(|conn| {
-            async move {
-                let before = User::find_by_email(conn, email.as_str()).await?;
-                let admin = User::upsert_admin(conn, email.as_str(), hash).await?;
-                Session::end_all_for_user(conn, admin.id, Utc::now()).await?;
-                db::notify_invalidation(conn, &Invalidation::Owner(admin.id)).await?;
-                let actor = command_actor(&format!("create-admin --email {}", email.as_str()));
-                let target = || AuditTarget::user(admin.id);
-                let records = match before {
-                    None => vec![AuditRecord::new(AuditAction::UserCreate, target())
-                        .with_changes(vec![AuditChange::values("role", "", Role::Admin)])],
-                    Some(user) => {
-                        let mut records = Vec::new();
-                        if user.role() != Role::Admin {
-                            records.push(
-                                AuditRecord::new(AuditAction::UserRoleChange, target())
-                                    .with_changes(vec![AuditChange::values(
-                                        "role",
-                                        user.role(),
-                                        Role::Admin,
-                                    )]),
-                            );
-                        }
-                        records.push(AuditRecord::new(AuditAction::UserPasswordChange, target()));
-                        records
+    let actor = command_actor(&format!("create-admin --email {}", email.as_str()));
+    // Which user the change makes stale is known only once it is made, so
+    // the notification is sent from inside; this process caches nothing.
+    let admin = db::write(&mut conn, &actor, None, |conn| {
+        async move {
+            let before = User::find_by_email(conn, email.as_str()).await?;
+            let admin = User::upsert_admin(conn, email.as_str(), hash).await?;
+            Session::end_all_for_user(conn, admin.id, Utc::now()).await?;
+            db::notify_invalidation(conn, &Invalidation::Owner(admin.id)).await?;
+            let target = || AuditTarget::user(admin.id);
+            let records = match before {
+                None => vec![AuditRecord::new(AuditAction::UserCreate, target())
+                    .with_changes(vec![AuditChange::values("role", "", Role::Admin)])],
+                Some(user) => {
+                    let mut records = Vec::new();
+                    if user.role() != Role::Admin {
+                        records.push(
+                            AuditRecord::new(AuditAction::UserRoleChange, target()).with_changes(
+                                vec![AuditChange::values("role", user.role(), Role::Admin)],
+                            ),
+                        );
                     }
-                };
-                for record in &records {
-                    AuditEvent::record(conn, &actor, record).await?;
+                    records.push(AuditRecord::new(AuditAction::UserPasswordChange, target()));
+                    records
                 }
-                Ok::<_, diesel::result::Error>(admin)
-            }
-            .scope_boxed()
-        })
-        .await?;
+            };
+            Ok::<_, diesel::result::Error>(Written::recorded_all(admin, records))
+        }
+        .scope_boxed()
+    })
+    .await?;
     Ok(admin)
 }
 
@@ -108,28 +103,23 @@ pub async fn seed(db: &Database, hasher: &PasswordHasher) -> anyhow::Result<()> 
             )
             .await?;
         let hash = &hash;
-        let user = conn
-            .transaction(|conn| {
-                async move {
-                    let user = User::insert(
-                        conn,
-                        NewUser {
-                            id: UserId::generate(),
-                            email,
-                            hashed_password: hash,
-                            role: role.as_str(),
-                        },
-                    )
-                    .await?;
-                    let record =
-                        AuditRecord::new(AuditAction::UserCreate, AuditTarget::user(user.id))
-                            .with_changes(vec![AuditChange::values("role", "", role)]);
-                    AuditEvent::record(conn, &command_actor("seed"), &record).await?;
-                    Ok::<_, diesel::result::Error>(user)
-                }
-                .scope_boxed()
-            })
-            .await?;
+        let actor = command_actor("seed");
+        let user = db::write(&mut conn, &actor, None, |conn| {
+            async move {
+                let new = NewUser {
+                    id: UserId::generate(),
+                    email,
+                    hashed_password: hash,
+                    role: role.as_str(),
+                };
+                let user = User::insert(conn, new).await?;
+                let record = AuditRecord::new(AuditAction::UserCreate, AuditTarget::user(user.id))
+                    .with_changes(vec![AuditChange::values("role", "", role)]);
+                Ok::<_, diesel::result::Error>(Written::recorded(user, record))
+            }
+            .scope_boxed()
+        })
+        .await?;
         println!("{email}: created ({role}), password: {password}  (shown once)");
         if role == Role::User {
             for (name, url) in [
@@ -139,28 +129,23 @@ pub async fn seed(db: &Database, hasher: &PasswordHasher) -> anyhow::Result<()> 
                 ),
                 ("Sales Assistant", "https://api.anthropic.com/v1/messages"),
             ] {
-                let owner = user.id;
-                let chatbot = conn
-                    .transaction(|conn| {
-                        async move {
-                            let chatbot = Chatbot::insert(
-                                conn,
-                                &NewChatbot {
-                                    id: ChatbotId::generate(),
-                                    owner_id: owner,
-                                    name: name.into(),
-                                    llm_endpoint_url: url.into(),
-                                },
-                            )
-                            .await?;
-                            let target = AuditTarget::chatbot(chatbot.id, owner);
-                            let record = AuditRecord::new(AuditAction::ChatbotCreate, target);
-                            AuditEvent::record(conn, &command_actor("seed"), &record).await?;
-                            Ok::<_, diesel::result::Error>(chatbot)
-                        }
-                        .scope_boxed()
-                    })
-                    .await?;
+                let new = NewChatbot {
+                    id: ChatbotId::generate(),
+                    owner_id: user.id,
+                    name: name.into(),
+                    llm_endpoint_url: url.into(),
+                };
+                let new = &new;
+                let chatbot = db::write(&mut conn, &actor, None, |conn| {
+                    async move {
+                        let chatbot = Chatbot::insert(conn, new).await?;
+                        let target = AuditTarget::chatbot(chatbot.id, new.owner_id);
+                        let record = AuditRecord::new(AuditAction::ChatbotCreate, target);
+                        Ok::<_, diesel::result::Error>(Written::recorded(chatbot, record))
+                    }
+                    .scope_boxed()
+                })
+                .await?;
                 println!("  chatbot {:?}: {}", chatbot.name, chatbot.id);
             }
         }

@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 pub use crate::domain::FieldViolation;
+use crate::domain::Precondition;
 
 /// Violations of a request that belong to no single parsed field (an
 /// update mask naming unknown paths, say), reported with the fields' own.
@@ -106,6 +107,12 @@ parsed_request!(a: A, b: B, c: C, d: D);
 parsed_request!(a: A, b: B, c: C, d: D, e: E);
 parsed_request!(a: A, b: B, c: C, d: D, e: E, f: F);
 parsed_request!(a: A, b: B, c: C, d: D, e: E, f: F, g: G);
+
+impl From<Precondition> for AppError {
+    fn from(refused: Precondition) -> Self {
+        AppError::FailedPrecondition(refused.0)
+    }
+}
 
 impl From<FieldViolation> for AppError {
     fn from(violation: FieldViolation) -> Self {

@@ -19,3 +19,4 @@ pub mod services;
 pub mod sql_types;
 pub mod startup;
 pub mod telemetry;
+pub mod verification;

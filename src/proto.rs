@@ -4,6 +4,19 @@
 
 tonic::include_proto!("chatbot.v1");
 
+/// The RPC a request message belongs to, by its gRPC method name (the
+/// audit log names refused RPCs by it). Implemented by build.rs for each
+/// chatbot.v1 RPC's request.
+pub trait RpcRequest {
+    const METHOD: &'static str;
+}
+
+include!(concat!(env!("OUT_DIR"), "/rpc_methods.rs"));
+
+impl RpcRequest for envoy_types::ext_authz::v3::pb::CheckRequest {
+    const METHOD: &'static str = "Check";
+}
+
 /// Descriptors of every chatbot.v1 file (and the well-known types it uses).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/chatbot_v1_descriptor.bin"));

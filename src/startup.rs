@@ -43,6 +43,7 @@ use crate::services::external_authorization::ExternalAuthorization;
 use crate::services::status::StatusApi;
 use crate::services::users::Users;
 use crate::services::{AppState, Policy};
+use crate::verification::KeyVerifier;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Health service name that reports SERVING while the process runs, whatever
@@ -141,17 +142,28 @@ impl Application {
             settings.api_key_cache_capacity,
             Duration::from_secs(settings.api_key_cache_ttl_secs),
         ));
+        let last_used = LastUsedRecorder::default();
+        let usage = UsageRecorder::default();
+        let rate_limits = RateLimits::new(settings.rate_limit_settings(), shared_limits);
+        let verifier = KeyVerifier::new(
+            db.clone(),
+            api_key_cache.clone(),
+            rate_limits.clone(),
+            CreditSpends::start(
+                db.clone(),
+                settings.spend_batches_in_flight,
+                &settings.pool_settings(),
+            ),
+            last_used.clone(),
+            usage.clone(),
+        );
         let state = Arc::new(AppState {
             chatbot_reads: ChatbotReads::start(
                 db.clone(),
                 settings.read_batches_in_flight,
                 &settings.pool_settings(),
             ),
-            credit_spends: CreditSpends::start(
-                db.clone(),
-                settings.spend_batches_in_flight,
-                &settings.pool_settings(),
-            ),
+            verifier,
             caches: CacheInvalidation::new(api_key_cache.clone(), sessions.clone()),
             sessions,
             api_key_cache,
@@ -167,9 +179,9 @@ impl Application {
                 Duration::from_secs(settings.login_throttle_window_secs),
             ),
             db,
-            last_used: LastUsedRecorder::default(),
-            usage: UsageRecorder::default(),
-            rate_limits: RateLimits::new(settings.rate_limit_settings(), shared_limits),
+            last_used,
+            usage,
+            rate_limits,
             policy: Policy {
                 allow_signup: settings.allow_signup,
                 allow_private_llm_endpoints: settings.allow_private_llm_endpoints,

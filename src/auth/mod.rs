@@ -1,8 +1,10 @@
 //! Who is calling: password hashing, access tokens (JWT) and the sessions
 //! they belong to, the authentication layers, the client network an
-//! address belongs to, and login throttling.
+//! address belongs to, login throttling, and what a caller may act on
+//! ([`ownership`]).
 
 mod layer;
+pub mod ownership;
 mod password;
 mod sessions;
 mod throttle;

@@ -9,6 +9,8 @@
 //!   backends and runs the one matching the connection (as vaultwarden does).
 //! - `migrate`: embedded migrations per backend.
 //! - `listen`: LISTEN/NOTIFY cache invalidation between replicas.
+//! - `write`: [`write`], the one shape of a change: its statements, audit
+//!   records and invalidation commit together.
 //! - [`models`]: one module per table, holding every query; [`schema`]:
 //!   the tables, kept by hand (tests/api/schema.rs checks it against both
 //!   migration sets).
@@ -20,6 +22,7 @@ pub mod models;
 mod pool;
 pub mod schema;
 mod target;
+mod write;
 
 /// Kept under `db` too, where the models and schema look for them.
 pub use crate::sql_types;
@@ -33,3 +36,4 @@ pub use listen::{
 pub use migrate::{revert_last_migration, run_migrations, schema_version};
 pub use pool::{Database, PoolError, PoolSettings};
 pub use target::DatabaseTarget;
+pub use write::{write, Written};

@@ -1,6 +1,7 @@
 //! Request values parsed at the edge into types that cannot hold bad data.
 //! Past a handler's first line nothing re-checks strings.
 
+mod api_key_rules;
 mod api_key_secret;
 mod audit;
 mod chatbot;
@@ -17,6 +18,9 @@ mod role;
 mod time_range;
 mod usage;
 
+pub use api_key_rules::{
+    may_add_active_key, may_rotate_with_grace, CreditsEdit, KeyLifecycle, Precondition,
+};
 pub use api_key_secret::{ApiKeyDigest, ApiKeySecret, API_KEY_PREFIX};
 pub use audit::{
     AuditAction, AuditChange, AuditFilter, AuditRecord, AuditTarget, ListAuditEvents, TargetType,

@@ -1,7 +1,7 @@
 //! AuditService: the audit log, newest first. Admins see every event; a
 //! user sees the events on what they own (their chatbots and keys), except
 //! refused attempts by others. The events are written by the operations
-//! that make the changes ([`record`]), in their own transactions.
+//! that make the changes, in their own transactions ([`AppState::write`]).
 
 use std::sync::Arc;
 
@@ -11,7 +11,6 @@ use super::convert::{self, timestamp};
 use super::{AppState, Origin, Rpc};
 use crate::auth::Caller;
 use crate::db::models::{AuditActor, AuditEvent};
-use crate::db::DbConnection;
 use crate::domain::{
     AuditAction, AuditFilter, AuditRecord, ListAuditEvents, Page, PageRequest, TargetType, UserId,
 };
@@ -33,15 +32,6 @@ impl AuditService for Audit {
     }
 }
 
-/// Records `record` as done by `caller`, in the transaction `conn` is in.
-pub async fn record(
-    conn: &mut DbConnection,
-    caller: &Caller,
-    record: &AuditRecord,
-) -> diesel::QueryResult<()> {
-    AuditEvent::record(conn, &actor(caller), record).await
-}
-
 /// Records a refused attempt (repeats within the hour share one event).
 /// Outside any transaction: the refusal is the answer whatever happens
 /// here, so a failure to record it is logged, not returned.
@@ -59,14 +49,6 @@ pub async fn record_refusal(state: &AppState, actor: &AuditActor, record: &Audit
             "could not record a refused attempt in the audit log"
         );
     }
-}
-
-/// The name of the RPC whose request message is `M` (`DeleteChatbot` for
-/// `DeleteChatbotRequest`).
-pub fn rpc_name<M>() -> &'static str {
-    let message = std::any::type_name::<M>();
-    let message = message.rsplit("::").next().unwrap_or(message);
-    message.strip_suffix("Request").unwrap_or(message)
 }
 
 /// A signed-in caller as the actor.

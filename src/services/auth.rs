@@ -11,9 +11,9 @@ use tonic::Request;
 
 use super::{audit, convert, no_fields, AppState, Origin, Rpc};
 use crate::auth::{Caller, LoginThrottle};
-use crate::db::models::{AuditActor, AuditEvent, NewRefreshToken, RefreshToken, Session, User};
+use crate::db::models::{AuditActor, NewRefreshToken, RefreshToken, Session, User};
 use crate::db::sql_types::Timestamp;
-use crate::db::{DbConnection, Invalidation};
+use crate::db::{DbConnection, Invalidation, Written};
 use crate::domain::{
     AuditAction, AuditRecord, AuditTarget, Email, Login, Password, RefreshTokenId, Role, SessionId,
     UserId,
@@ -160,8 +160,10 @@ pub async fn login(state: &AppState, origin: &Origin, cmd: Login) -> AppResult<T
     let (user_id, role) = (user.id, user.role());
     let checked_hash = &user.hashed_password;
     let reservation = &reservation;
-    let pair = conn
-        .transaction(|conn| {
+    let actor = audit::acting_for_themselves(origin, user_id);
+    // A new session: no cache holds it.
+    let pair = state
+        .write(&mut conn, &actor, None, |conn| {
             async move {
                 if !User::lock_if_password_unchanged(conn, user_id, checked_hash).await? {
                     // The password changed while this one was checked.
@@ -169,15 +171,10 @@ pub async fn login(state: &AppState, origin: &Origin, cmd: Login) -> AppResult<T
                 }
                 LoginThrottle::refund(conn, reservation).await?;
                 Session::insert(conn, session, user_id).await?;
+                let pair = issue_pair(state, conn, user_id, role, session).await?;
                 let record =
                     AuditRecord::new(AuditAction::SessionLogin, AuditTarget::user(user_id));
-                AuditEvent::record(
-                    conn,
-                    &audit::acting_for_themselves(origin, user_id),
-                    &record,
-                )
-                .await?;
-                issue_pair(state, conn, user_id, role, session).await
+                Ok(Written::recorded(pair, record))
             }
             .scope_boxed()
         })
@@ -211,8 +208,12 @@ pub async fn refresh_token(
         return Err(AppError::Unauthenticated("refresh token expired".into()));
     }
     let session = token.family_id;
-    let outcome = conn
-        .transaction(|conn| {
+    // A rotation is not audited (a replay is, below), and no cache holds
+    // refresh tokens. Whoever presents a token is not known: no actor, only
+    // the call.
+    let actor = audit::public_actor(origin, None);
+    let outcome = state
+        .write(&mut conn, &actor, None, |conn| {
             async move {
                 // Marked used in the same transaction that issues the new
                 // pair, so a failure below rolls it back and the client's
@@ -220,7 +221,7 @@ pub async fn refresh_token(
                 // atomic: of two concurrent refreshes only one wins. Token
                 // rows before the session's, as end_session locks them.
                 if token.used_at.is_some() || !RefreshToken::mark_used(conn, token.id, now).await? {
-                    return Ok(Refresh::Replayed);
+                    return Ok(Written::unrecorded(Refresh::Replayed));
                 }
                 // Under the session's lock: a logout or password change
                 // ending it meanwhile either comes first (refused here) or
@@ -232,7 +233,7 @@ pub async fn refresh_token(
                 }
                 let user = User::find(conn, token.user_id).await?.ok_or_else(invalid)?;
                 let pair = issue_pair(state, conn, user.id, user.role(), session).await?;
-                Ok(Refresh::Issued(pair))
+                Ok(Written::unrecorded(Refresh::Issued(pair)))
             }
             .scope_boxed()
         })
@@ -243,10 +244,9 @@ pub async fn refresh_token(
         // is no longer safe.
         Refresh::Replayed => {
             // Whoever presented it is not known: no actor, only the call.
-            let actor = audit::public_actor(origin, None);
             let target = AuditTarget::user(token.user_id);
             let record = AuditRecord::new(AuditAction::SessionRefreshReuse, target);
-            end_session(state, &mut conn, session, (&actor, &record)).await?;
+            end_session(state, &mut conn, session, (&actor, record)).await?;
             tracing::warn!(user_id = %token.user_id, "refresh token re-use detected; session revoked");
             Err(AppError::Unauthenticated(
                 "refresh token was already used; the session has been revoked, log in again".into(),
@@ -280,7 +280,7 @@ pub async fn logout(
             state,
             &mut conn,
             token.family_id,
-            (&audit::actor(caller), &record),
+            (&audit::actor(caller), record),
         )
         .await?;
         tracing::info!(user_id = %token.user_id, "logged out");
@@ -339,17 +339,16 @@ async fn end_session(
     state: &AppState,
     conn: &mut DbConnection,
     session: SessionId,
-    (actor, record): (&AuditActor, &AuditRecord),
+    (actor, record): (&AuditActor, AuditRecord),
 ) -> AppResult<()> {
     let now = Utc::now();
+    let stale = Some(Invalidation::Session(session));
     state
-        .caches
-        .commit_and_invalidate(conn, Invalidation::Session(session), |conn| {
+        .write(conn, actor, stale, |conn| {
             async move {
                 RefreshToken::revoke_family(conn, session, now).await?;
                 Session::revoke(conn, session, now).await?;
-                AuditEvent::record(conn, actor, record).await?;
-                Ok(())
+                Ok(Written::recorded((), record))
             }
             .scope_boxed()
         })

@@ -10,9 +10,9 @@ use tonic::Request;
 
 use super::convert::mask_paths;
 use super::{audit, delete_row, required, AppState, Policy, Rpc};
-use crate::auth::Caller;
+use crate::auth::{ownership, Caller};
 use crate::db::models::{Chatbot, ChatbotChanges, NewChatbot};
-use crate::db::{DbConnection, Invalidation};
+use crate::db::{Invalidation, Written};
 use crate::domain::{
     AuditAction, AuditChange, AuditRecord, AuditTarget, ChatbotId, ChatbotName, CreateChatbot,
     ListChatbots, LlmEndpoint, Page, PageRequest, UpdateChatbot, UserId,
@@ -178,8 +178,9 @@ pub async fn create_chatbot(
         llm_endpoint_url: cmd.endpoint.into_inner(),
     };
     let new = &new;
-    let chatbot = conn
-        .transaction(|conn| {
+    // A new chatbot: no cache holds it.
+    let chatbot = state
+        .write(&mut conn, &audit::actor(caller), None, |conn| {
             async move {
                 let chatbot = Chatbot::insert(conn, new)
                     .await
@@ -191,8 +192,7 @@ pub async fn create_chatbot(
                     })?;
                 let target = AuditTarget::chatbot(chatbot.id, chatbot.owner_id);
                 let record = AuditRecord::new(AuditAction::ChatbotCreate, target);
-                audit::record(conn, caller, &record).await?;
-                Ok::<_, AppError>(chatbot)
+                Ok(Written::recorded(chatbot, record))
             }
             .scope_boxed()
         })
@@ -204,7 +204,7 @@ pub async fn create_chatbot(
 /// Through the coalesced reads of [`crate::hot_path::read_coalescing`].
 pub async fn get_chatbot(state: &AppState, caller: &Caller, id: ChatbotId) -> AppResult<Chatbot> {
     let found = state.chatbot_reads.find(id).await?;
-    caller.authorize(with_owner(found), "chatbot")
+    ownership::authorize_chatbot(caller, found)
 }
 
 pub async fn list_chatbots(
@@ -220,6 +220,8 @@ pub async fn list_chatbots(
     Ok(cmd.page.page(chatbots, Chatbot::cursor))
 }
 
+/// Verification answers carry the endpoint URL, so the chatbot's keys go
+/// stale in every replica's cache.
 pub async fn update_chatbot(
     state: &AppState,
     caller: &Caller,
@@ -227,15 +229,14 @@ pub async fn update_chatbot(
 ) -> AppResult<Chatbot> {
     let id = cmd.id;
     let mut conn = state.db.conn().await?;
-    authorized_chatbot(&mut conn, caller, id).await?;
+    ownership::chatbot(&mut conn, caller, id).await?;
     let changes = &ChatbotChanges {
         name: cmd.name.map(ChatbotName::into_inner),
         llm_endpoint_url: cmd.endpoint.map(LlmEndpoint::into_inner),
     };
-    // Verification answers carry the endpoint URL.
+    let stale = Some(Invalidation::Chatbot(id));
     state
-        .caches
-        .commit_and_invalidate(&mut conn, Invalidation::Chatbot(id), |conn| {
+        .write(&mut conn, &audit::actor(caller), stale, |conn| {
             async move {
                 // Locked, so the old values the audit log records are the
                 // ones this update replaced.
@@ -261,8 +262,7 @@ pub async fn update_chatbot(
                 let target = AuditTarget::chatbot(id, chatbot.owner_id);
                 let record =
                     AuditRecord::new(AuditAction::ChatbotUpdate, target).with_changes(changed);
-                audit::record(conn, caller, &record).await?;
-                Ok(chatbot)
+                Ok(Written::recorded(chatbot, record))
             }
             .scope_boxed()
         })
@@ -271,35 +271,18 @@ pub async fn update_chatbot(
 
 pub async fn delete_chatbot(state: &AppState, caller: &Caller, id: ChatbotId) -> AppResult<()> {
     let mut conn = state.db.conn().await?;
-    let chatbot = authorized_chatbot(&mut conn, caller, id).await?;
-    let stale = Invalidation::Chatbot(id);
+    let chatbot = ownership::chatbot(&mut conn, caller, id).await?;
     let target = AuditTarget::chatbot(id, chatbot.owner_id);
     let record = AuditRecord::new(AuditAction::ChatbotDelete, target);
     delete_row(
         state,
         &mut conn,
-        stale,
+        Invalidation::Chatbot(id),
         "chatbot",
-        (caller, record),
+        (&audit::actor(caller), record),
         move |conn| Chatbot::delete(conn, id).scope_boxed(),
     )
     .await?;
     tracing::info!(chatbot_id = %id, "chatbot deleted with its keys");
     Ok(())
-}
-
-/// The chatbot, if the caller may act on it ([`Caller::authorize`]).
-async fn authorized_chatbot(
-    conn: &mut DbConnection,
-    caller: &Caller,
-    id: ChatbotId,
-) -> AppResult<Chatbot> {
-    caller.authorize(with_owner(Chatbot::find(conn, id).await?), "chatbot")
-}
-
-fn with_owner(found: Option<Chatbot>) -> Option<(Chatbot, UserId)> {
-    found.map(|chatbot| {
-        let owner = chatbot.owner_id;
-        (chatbot, owner)
-    })
 }

@@ -3,7 +3,7 @@
 //! and the gateways built on them check a chatbot's API key on every request
 //! with no code in the service behind them.
 //!
-//! Check is VerifyApiKey's check ([`api_keys::verify_api_key`]): the same
+//! Check is VerifyApiKey's check ([`crate::verification`]): the same
 //! cache, revocation, per-key limits and credits, and the same usage history.
 //! Only the request and the answer differ: the key is read from an HTTP
 //! header, and the answer is an HTTP decision. A gRPC error (the store is
@@ -26,11 +26,11 @@ use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use http::HeaderName;
 use tonic::{Request, Status};
 
-use super::api_keys::{verify_api_key, Rejection, Verification};
 use super::{AppState, Origin, Rpc};
 use crate::db::models::VerificationRecord;
 use crate::domain::{parse_cost, ApiKeySecret, VerifyApiKey, API_KEY_PREFIX};
 use crate::error::{AppError, AppResult, FieldViolation};
+use crate::verification::{Rejection, Verification};
 
 /// The `context_extensions` entry a route sets to say what a call through
 /// it spends from a key's credits.
@@ -191,7 +191,7 @@ pub async fn check(state: &AppState, _: &Origin, cmd: CheckKey) -> AppResult<Dec
         presented,
         key_headers,
     } = cmd;
-    let verification = match verify_api_key(state, verify).await {
+    let verification = match state.verifier.verify(verify).await {
         Ok(verification) => verification,
         // The service's own per-key limit, which VerifyApiKey reports as an
         // error: for a gateway it is a 429 like any other.

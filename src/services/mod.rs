@@ -1,9 +1,11 @@
-//! The tonic services. Each file is one service and reads top to bottom:
-//! the handlers, then how each request parses into a domain command, then
-//! the operations, which return [`AppResult`] and are callable without
-//! tonic. Every handler is one call of [`AppState::serve`] (or
-//! [`AppState::serve_public`]): parse, run one operation, convert its
-//! result, the one place an [`AppError`] becomes a `Status`.
+//! The tonic services. Each file (or folder) is one service and reads top
+//! to bottom: the handlers, then how each request parses into a domain
+//! command, then the operations, which return [`AppResult`] and are
+//! callable without tonic. Every handler is one call of [`AppState::serve`]
+//! (or [`AppState::serve_public`]): parse, run one operation, convert its
+//! result, the one place an [`AppError`] becomes a `Status`. Every write
+//! goes through [`AppState::write`]: its transaction, audit records and
+//! cache invalidation cannot be forgotten one without the others.
 
 pub mod api_keys;
 pub mod audit;
@@ -28,13 +30,15 @@ use diesel::QueryResult;
 use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 
 use crate::db::models::AuditActor;
-use crate::db::{Database, DbConnection, Invalidation};
+use crate::db::{self, Database, DbConnection, Invalidation, Written};
 use crate::domain::{AuditAction, AuditRecord, AuditTarget};
 use crate::error::{AppError, AppResult, FieldViolation};
 use crate::hot_path::{
-    ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, LastUsedRecorder, UsageRecorder,
+    ApiKeyCache, CacheInvalidation, ChatbotReads, LastUsedRecorder, UsageRecorder,
 };
+use crate::proto::RpcRequest;
 use crate::rate_limit::RateLimits;
+use crate::verification::KeyVerifier;
 
 /// Policy knobs the handlers need.
 #[derive(Debug, Clone)]
@@ -58,7 +62,8 @@ pub struct AppState {
     /// Every change to a cached row commits through here.
     pub caches: CacheInvalidation,
     pub chatbot_reads: ChatbotReads,
-    pub credit_spends: CreditSpends,
+    /// VerifyApiKey's and Check's decision.
+    pub verifier: KeyVerifier,
     pub rate_limits: RateLimits,
     pub policy: Policy,
 }
@@ -78,7 +83,7 @@ impl AppState {
     /// The shape of every RPC that needs a session: the caller (else
     /// UNAUTHENTICATED), the message parsed into a command (INVALID_ARGUMENT
     /// with every field violation), one operation, its result converted.
-    pub async fn serve<M, C, O, R, Takes>(
+    pub async fn serve<M: RpcRequest, C, O, R, Takes>(
         &self,
         request: Request<M>,
         parse: impl Parse<M, C, Takes>,
@@ -97,7 +102,7 @@ impl AppState {
     }
 
     /// [`serve`](Self::serve) for the RPCs anyone may call.
-    pub async fn serve_public<M, C, E, O, R>(
+    pub async fn serve_public<M: RpcRequest, C, E, O, R>(
         &self,
         request: Request<M>,
         parse: impl FnOnce(M) -> Result<C, E>,
@@ -121,9 +126,10 @@ impl AppState {
         Ok(Response::new(output?.into()))
     }
 
-    /// Records a PERMISSION_DENIED answer to an RPC taking `M`.
-    async fn audit_denial<M>(&self, actor: &AuditActor) {
-        let target = AuditTarget::rpc(audit::rpc_name::<M>());
+    /// Records a PERMISSION_DENIED answer to the RPC taking `M`, named by
+    /// its gRPC method name.
+    async fn audit_denial<M: RpcRequest>(&self, actor: &AuditActor) {
+        let target = AuditTarget::rpc(M::METHOD);
         let record = AuditRecord::new(AuditAction::PermissionDenied, target);
         audit::record_refusal(self, actor, &record).await;
     }
@@ -168,15 +174,42 @@ fn no_fields<M>(_: M) -> AppResult<()> {
     Ok(())
 }
 
-/// Deletes a row in a transaction that tells every replica's caches what
-/// went stale and records the deletion in the audit log; NOT_FOUND (naming
-/// `what`) if the row was already gone, and then nothing is recorded.
+impl AppState {
+    /// The shape of every write ([`db::write`]): `change`, the audit
+    /// records it returns (as done by `actor`) and the notification that
+    /// tells every replica what went `stale` commit in one transaction; then
+    /// the stale entries leave this replica's caches, before the RPC
+    /// answers. A change to nothing any cache holds (a new row) passes
+    /// `None`.
+    pub async fn write<'a, R, F>(
+        &self,
+        conn: &mut DbConnection,
+        actor: &'a AuditActor,
+        stale: Option<Invalidation>,
+        change: F,
+    ) -> AppResult<R>
+    where
+        F: for<'r> FnOnce(&'r mut DbConnection) -> ScopedBoxFuture<'a, 'r, AppResult<Written<R>>>
+            + Send
+            + 'a,
+        R: Send + 'a,
+    {
+        let value = db::write(conn, actor, stale, change).await?;
+        if let Some(stale) = &stale {
+            self.caches.invalidate_here(stale);
+        }
+        Ok(value)
+    }
+}
+
+/// Deletes a row through [`AppState::write`]; NOT_FOUND (naming `what`) if
+/// the row was already gone, and then nothing is recorded.
 async fn delete_row<'a, F>(
     state: &AppState,
     conn: &mut DbConnection,
     stale: Invalidation,
     what: &'static str,
-    (caller, record): (&'a Caller, AuditRecord),
+    (actor, record): (&'a AuditActor, AuditRecord),
     delete: F,
 ) -> AppResult<()>
 where
@@ -185,14 +218,12 @@ where
         + 'a,
 {
     let deleted = state
-        .caches
-        .commit_and_invalidate(conn, stale, move |conn| {
+        .write(conn, actor, Some(stale), move |conn| {
             async move {
-                let deleted = delete(conn).await?;
-                if deleted {
-                    audit::record(conn, caller, &record).await?;
-                }
-                Ok(deleted)
+                Ok(match delete(conn).await? {
+                    true => Written::recorded(true, record),
+                    false => Written::unrecorded(false),
+                })
             }
             .scope_boxed()
         })

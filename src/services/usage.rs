@@ -4,10 +4,9 @@
 
 use chrono::Utc;
 
-use super::api_keys::{authorize_chatbot, authorized_key};
 use super::convert;
 use super::AppState;
-use crate::auth::Caller;
+use crate::auth::{ownership, Caller};
 use crate::db::models::{HourlyUsage, KeyUsage};
 use crate::domain::{ApiKeyId, ChatbotId, GetUsage, UsageRange};
 use crate::error::{parsed, AppError, AppResult, FieldViolation};
@@ -62,7 +61,7 @@ pub async fn get_api_key_usage(
     cmd: GetUsage<ApiKeyId>,
 ) -> AppResult<HourlyUsage> {
     let mut conn = state.db.conn().await?;
-    authorized_key(&mut conn, caller, cmd.of).await?;
+    ownership::api_key(&mut conn, caller, cmd.of).await?;
     Ok(KeyUsage::of_key(&mut conn, cmd.of, cmd.range).await?)
 }
 
@@ -72,6 +71,6 @@ pub async fn get_chatbot_usage(
     cmd: GetUsage<ChatbotId>,
 ) -> AppResult<HourlyUsage> {
     let mut conn = state.db.conn().await?;
-    authorize_chatbot(&mut conn, caller, cmd.of).await?;
+    ownership::chatbot_owner(&mut conn, caller, cmd.of).await?;
     Ok(KeyUsage::of_chatbot(&mut conn, cmd.of, cmd.range).await?)
 }

@@ -11,8 +11,8 @@ use tonic::Request;
 use super::convert::mask_paths;
 use super::{audit, delete_row, required, AppState, Origin, Rpc};
 use crate::auth::{Caller, LoginThrottle};
-use crate::db::models::{AuditEvent, NewUser, Session, User, UserChanges};
-use crate::db::{self, Invalidation};
+use crate::db::models::{NewUser, Session, User, UserChanges};
+use crate::db::{Invalidation, Written};
 use crate::domain::{
     AuditAction, AuditChange, AuditRecord, AuditTarget, CreateUser, Email, Page, PageRequest,
     Password, Role, UpdateUser, UserId,
@@ -157,10 +157,10 @@ pub async fn create_user(state: &AppState, origin: &Origin, cmd: CreateUser) -> 
     let record = AuditRecord::new(AuditAction::UserCreate, AuditTarget::user(id))
         .with_changes(vec![AuditChange::values("role", "", cmd.role.as_str())]);
     let (email, role, hash) = (cmd.email.as_str(), cmd.role.as_str(), &hashed_password);
-    let (actor, record) = (&actor, &record);
     let mut conn = state.db.conn().await?;
-    let user = conn
-        .transaction(|conn| {
+    // A new user: no cache holds them.
+    let user = state
+        .write(&mut conn, &actor, None, |conn| {
             async move {
                 let new = NewUser {
                     id,
@@ -169,8 +169,7 @@ pub async fn create_user(state: &AppState, origin: &Origin, cmd: CreateUser) -> 
                     role,
                 };
                 let user = User::insert(conn, new).await.map_err(email_taken)?;
-                AuditEvent::record(conn, actor, record).await?;
-                Ok::<_, AppError>(user)
+                Ok(Written::recorded(user, record))
             }
             .scope_boxed()
         })
@@ -254,7 +253,6 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
     };
 
     let password_changed = hashed_password.is_some();
-    // Both take effect on the user's access tokens at their next call.
     let sessions_affected = password_changed || cmd.role.is_some_and(|r| r != current.role());
     let records = audited_changes(&cmd.email, cmd.role, password_changed, &current);
     let changes = UserChanges {
@@ -262,12 +260,13 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
         hashed_password,
         role: cmd.role.map(|role| role.as_str().to_owned()),
     };
-    let records = &records;
     let reservation = reservation.as_ref();
     let checked_hash = &current.hashed_password;
+    // Both take effect on the user's access tokens at their next call.
+    let stale = sessions_affected.then_some(Invalidation::Owner(id));
     let mut conn = state.db.conn().await?;
-    let updated = conn
-        .transaction(|conn| {
+    let updated = state
+        .write(&mut conn, &audit::actor(caller), stale, |conn| {
             async move {
                 // The user's row before the throttle's, as Login locks them:
                 // the other order deadlocks with a racing Login. A checked
@@ -289,27 +288,19 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
                     // The current password was right: it costs no budget.
                     LoginThrottle::refund(conn, reservation).await?;
                 }
-                if updated.is_some() {
-                    for record in records {
-                        audit::record(conn, caller, record).await?;
-                    }
-                    if password_changed {
-                        // Signs the user out everywhere.
-                        Session::end_all_for_user(conn, id, Utc::now()).await?;
-                    }
-                    if sessions_affected {
-                        db::notify_invalidation(conn, &Invalidation::Owner(id)).await?;
-                    }
+                if updated.is_none() {
+                    return Ok(Written::unrecorded(None));
                 }
-                Ok::<_, AppError>(updated)
+                if password_changed {
+                    // Signs the user out everywhere.
+                    Session::end_all_for_user(conn, id, Utc::now()).await?;
+                }
+                Ok(Written::recorded_all(updated, records))
             }
             .scope_boxed()
         })
         .await?
         .ok_or(AppError::NotFound("user"))?;
-    if sessions_affected {
-        state.caches.invalidate_here(&Invalidation::Owner(id));
-    }
     tracing::info!(user_id = %id, password_changed, "user updated");
     Ok(updated)
 }
@@ -319,14 +310,13 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
 pub async fn delete_user(state: &AppState, caller: &Caller, id: UserId) -> AppResult<()> {
     caller.require_may_act_for(id)?;
     let mut conn = state.db.conn().await?;
-    let stale = Invalidation::Owner(id);
     let record = AuditRecord::new(AuditAction::UserDelete, AuditTarget::user(id));
     delete_row(
         state,
         &mut conn,
-        stale,
+        Invalidation::Owner(id),
         "user",
-        (caller, record),
+        (&audit::actor(caller), record),
         move |conn| User::delete(conn, id).scope_boxed(),
     )
     .await?;

@@ -1,0 +1,72 @@
+//! The one shape of a change: its statements, the audit records of what it
+//! changed and the NOTIFY that tells every replica's caches what went stale
+//! commit together in one transaction, or none of them does.
+//! [`crate::services::AppState::write`] adds dropping the stale entries from
+//! this process's own caches after the commit.
+
+use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
+
+use super::models::{AuditActor, AuditEvent};
+use super::{notify_invalidation, DbConnection, Invalidation};
+use crate::domain::AuditRecord;
+
+/// What a change's statements did: their result, and the audit record of
+/// each change they made. A change that turned out to change nothing (a
+/// revoked key revoked again, a row already gone) records nothing.
+#[must_use]
+pub struct Written<R> {
+    value: R,
+    records: Vec<AuditRecord>,
+}
+
+impl<R> Written<R> {
+    /// A change the audit log records as `record`.
+    pub fn recorded(value: R, record: AuditRecord) -> Self {
+        Self::recorded_all(value, vec![record])
+    }
+
+    /// A change the audit log records as several events (an UpdateUser that
+    /// changes the email and the role).
+    pub fn recorded_all(value: R, records: Vec<AuditRecord>) -> Self {
+        Self { value, records }
+    }
+
+    /// Nothing the audit log keeps: nothing changed, or the change is
+    /// bookkeeping no one audits (a refresh token's rotation).
+    pub fn unrecorded(value: R) -> Self {
+        Self::recorded_all(value, Vec::new())
+    }
+}
+
+/// Runs `change` in a transaction that also records its audit records as
+/// done by `actor` and, with `stale`, notifies every replica (PostgreSQL
+/// delivers the NOTIFY at commit, and only if it commits). The caller drops
+/// its own cache entries after this returns.
+pub async fn write<'a, R, E, F>(
+    conn: &mut DbConnection,
+    actor: &'a AuditActor,
+    stale: Option<Invalidation>,
+    change: F,
+) -> Result<R, E>
+where
+    F: for<'r> FnOnce(&'r mut DbConnection) -> ScopedBoxFuture<'a, 'r, Result<Written<R>, E>>
+        + Send
+        + 'a,
+    E: From<diesel::result::Error> + Send + 'a,
+    R: Send + 'a,
+{
+    conn.transaction(|conn| {
+        async move {
+            let Written { value, records } = change(&mut *conn).await?;
+            for record in &records {
+                AuditEvent::record(conn, actor, record).await?;
+            }
+            if let Some(stale) = stale {
+                notify_invalidation(conn, &stale).await?;
+            }
+            Ok(value)
+        }
+        .scope_boxed()
+    })
+    .await
+}

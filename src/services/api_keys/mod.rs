@@ -1,0 +1,187 @@
+//! ApiKeyService. Management RPCs are for the chatbot's owner or an admin;
+//! VerifyApiKey is public (the key is the credential) and is the hot path,
+//! whose decision lives in [`crate::verification`] (shared with Envoy's
+//! Check). The handlers are here with what the responses say; the request
+//! parsing is in [`requests`] and the management operations in
+//! [`operations`]; GetApiKeyUsage and GetChatbotUsage are in
+//! [`super::usage`].
+
+mod operations;
+mod requests;
+
+use std::sync::Arc;
+
+use tonic::Request;
+
+pub use operations::{
+    create_api_key, delete_api_key, get_api_key, list_api_keys, revoke_api_key, rotate_api_key,
+    update_api_key, NewKey, RotatedKey,
+};
+
+use super::{convert, usage, AppState, Origin, Rpc};
+use crate::domain::{
+    ApiKeyId, CreateApiKey, GetUsage, ListApiKeys, RotateApiKey, UpdateApiKey, VerifyApiKey,
+};
+use crate::proto::api_key_service_server::ApiKeyService;
+use crate::proto::{self, VerifyApiKeyReason};
+use crate::proto::{
+    CreateApiKeyRequest, CreateApiKeyResponse, DeleteApiKeyRequest, DeleteApiKeyResponse,
+    GetApiKeyRequest, GetApiKeyResponse, GetApiKeyUsageRequest, GetApiKeyUsageResponse,
+    GetChatbotUsageRequest, GetChatbotUsageResponse, ListApiKeysRequest, ListApiKeysResponse,
+    RevokeApiKeyRequest, RevokeApiKeyResponse, RotateApiKeyRequest, RotateApiKeyResponse,
+    UpdateApiKeyRequest, UpdateApiKeyResponse, VerifyApiKeyRequest, VerifyApiKeyResponse,
+};
+use crate::verification::{Rejection, Verification};
+
+/// The ApiKeyService implementation.
+pub struct ApiKeys(pub Arc<AppState>);
+
+#[tonic::async_trait]
+impl ApiKeyService for ApiKeys {
+    async fn create_api_key(
+        &self,
+        request: Request<CreateApiKeyRequest>,
+    ) -> Rpc<CreateApiKeyResponse> {
+        let parse = CreateApiKey::try_from;
+        self.0.serve(request, parse, create_api_key).await
+    }
+
+    async fn get_api_key(&self, request: Request<GetApiKeyRequest>) -> Rpc<GetApiKeyResponse> {
+        let parse = |message: GetApiKeyRequest| ApiKeyId::parse("id", message.id);
+        self.0.serve(request, parse, get_api_key).await
+    }
+
+    async fn update_api_key(
+        &self,
+        request: Request<UpdateApiKeyRequest>,
+    ) -> Rpc<UpdateApiKeyResponse> {
+        let parse = UpdateApiKey::try_from;
+        self.0.serve(request, parse, update_api_key).await
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<ListApiKeysRequest>,
+    ) -> Rpc<ListApiKeysResponse> {
+        let parse = ListApiKeys::try_from;
+        self.0.serve(request, parse, list_api_keys).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<RevokeApiKeyRequest>,
+    ) -> Rpc<RevokeApiKeyResponse> {
+        let parse = |message: RevokeApiKeyRequest| ApiKeyId::parse("id", message.id);
+        self.0.serve(request, parse, revoke_api_key).await
+    }
+
+    async fn rotate_api_key(
+        &self,
+        request: Request<RotateApiKeyRequest>,
+    ) -> Rpc<RotateApiKeyResponse> {
+        let parse = RotateApiKey::try_from;
+        self.0.serve(request, parse, rotate_api_key).await
+    }
+
+    async fn delete_api_key(
+        &self,
+        request: Request<DeleteApiKeyRequest>,
+    ) -> Rpc<DeleteApiKeyResponse> {
+        let parse = |message: DeleteApiKeyRequest| ApiKeyId::parse("id", message.id);
+        self.0.serve(request, parse, delete_api_key).await
+    }
+
+    async fn verify_api_key(
+        &self,
+        request: Request<VerifyApiKeyRequest>,
+    ) -> Rpc<VerifyApiKeyResponse> {
+        let verify = async |state: &AppState, _: &Origin, cmd| state.verifier.verify(cmd).await;
+        let parse = VerifyApiKey::try_from;
+        self.0.serve_public(request, parse, verify).await
+    }
+
+    async fn get_api_key_usage(
+        &self,
+        request: Request<GetApiKeyUsageRequest>,
+    ) -> Rpc<GetApiKeyUsageResponse> {
+        let parse = GetUsage::try_from;
+        self.0.serve(request, parse, usage::get_api_key_usage).await
+    }
+
+    async fn get_chatbot_usage(
+        &self,
+        request: Request<GetChatbotUsageRequest>,
+    ) -> Rpc<GetChatbotUsageResponse> {
+        let parse = GetUsage::try_from;
+        self.0.serve(request, parse, usage::get_chatbot_usage).await
+    }
+}
+
+impl From<NewKey> for CreateApiKeyResponse {
+    fn from(created: NewKey) -> Self {
+        Self {
+            api_key: Some(created.api_key.into()),
+            key: created.secret.expose().to_owned(),
+        }
+    }
+}
+
+impl From<RotatedKey> for RotateApiKeyResponse {
+    fn from(rotated: RotatedKey) -> Self {
+        Self {
+            api_key: Some(rotated.api_key.into()),
+            key: rotated.secret.expose().to_owned(),
+            previous_api_key: Some(rotated.previous.into()),
+        }
+    }
+}
+
+impl From<Rejection> for VerifyApiKeyReason {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::Malformed => VerifyApiKeyReason::Malformed,
+            Rejection::NotFound => VerifyApiKeyReason::NotFound,
+            Rejection::Revoked => VerifyApiKeyReason::Revoked,
+            Rejection::Expired => VerifyApiKeyReason::Expired,
+            Rejection::RateLimited { .. } => VerifyApiKeyReason::RateLimited,
+            Rejection::UsageExceeded { .. } => VerifyApiKeyReason::UsageExceeded,
+        }
+    }
+}
+
+impl From<Verification> for proto::VerifyApiKeyResponse {
+    fn from(verification: Verification) -> Self {
+        match verification {
+            Verification::Valid {
+                record,
+                credits_remaining,
+            } => proto::VerifyApiKeyResponse {
+                valid: true,
+                reason: VerifyApiKeyReason::Valid.into(),
+                api_key_id: record.id.0,
+                chatbot_id: record.chatbot_id.to_string(),
+                owner_id: record.owner_id.to_string(),
+                llm_endpoint_url: record.llm_endpoint_url.clone(),
+                credits_remaining,
+                reset_time: None,
+            },
+            Verification::Refused(_, reason) | Verification::Invalid(reason) => {
+                let (credits_remaining, reset_time) = match reason {
+                    Rejection::RateLimited { retry_at } => (None, Some(retry_at)),
+                    Rejection::UsageExceeded {
+                        remaining,
+                        next_refill,
+                    } => (Some(remaining), next_refill),
+                    _ => (None, None),
+                };
+                proto::VerifyApiKeyResponse {
+                    valid: false,
+                    reason: VerifyApiKeyReason::from(reason).into(),
+                    credits_remaining,
+                    reset_time: reset_time.map(convert::timestamp),
+                    ..Default::default()
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! ApiKeyService's management operations. Each write goes through
+//! [`AppState::write`]; the rules it keeps are pure functions in
+//! [`crate::domain`] ([`KeyLifecycle`], [`CreditsChange::edit`]).
+
+use chrono::Utc;
+use diesel_async::scoped_futures::ScopedFutureExt;
+
+use super::super::{audit, delete_row, AppState};
+use crate::auth::{ownership, Caller};
+use crate::db::models::{ApiKey, Chatbot, KeyLimitChanges, KeyLimits, KeyWithLimits, NewApiKey};
+use crate::db::sql_types::Timestamp;
+use crate::db::{DbConnection, Invalidation, Written};
+use crate::domain::{
+    may_add_active_key, may_rotate_with_grace, ApiKeyId, ApiKeySecret, AuditAction, AuditChange,
+    AuditRecord, AuditTarget, CreateApiKey, CreditsEdit, DisplayText, KeyLifecycle, ListApiKeys,
+    Page, RotateApiKey, UpdateApiKey,
+};
+use crate::error::{AppError, AppResult};
+
+/// A new key, with its secret: shown once, never stored.
+pub struct NewKey {
+    pub api_key: KeyWithLimits,
+    pub secret: ApiKeySecret,
+}
+
+/// A rotation's replacement key (with its secret) and the key it replaced.
+pub struct RotatedKey {
+    pub api_key: KeyWithLimits,
+    pub secret: ApiKeySecret,
+    pub previous: KeyWithLimits,
+}
+
+/// Under the chatbot's lock, so that the active-key limit holds against
+/// concurrent creations and rotations on any replica.
+pub async fn create_api_key(
+    state: &AppState,
+    caller: &Caller,
+    cmd: CreateApiKey,
+) -> AppResult<NewKey> {
+    let chatbot_id = cmd.chatbot_id;
+    let mut conn = state.db.conn().await?;
+    let owner = ownership::chatbot_owner(&mut conn, caller, chatbot_id).await?;
+    let secret = ApiKeySecret::generate();
+    let max_active = state.policy.max_active_api_keys_per_chatbot;
+    let now = Utc::now();
+    let (secret_ref, display_name) = (&secret, cmd.display_name.as_str());
+    // A new key: no cache holds it.
+    let api_key = state
+        .write(&mut conn, &audit::actor(caller), None, |conn| {
+            async move {
+                if !Chatbot::lock(conn, chatbot_id).await? {
+                    return Err(AppError::NotFound("chatbot"));
+                }
+                may_add_active_key(
+                    ApiKey::count_active(conn, chatbot_id, now).await?,
+                    max_active,
+                )?;
+                let key = ApiKey::insert(
+                    conn,
+                    NewApiKey {
+                        chatbot_id,
+                        display_name,
+                        key_prefix: secret_ref.display_prefix(),
+                        key_hash: &secret_ref.digest().0,
+                        expires_at: cmd.expires_at.map(Timestamp),
+                    },
+                )
+                .await?;
+                let limits = KeyLimitChanges::new_key(cmd.rate_limit, cmd.credits, now);
+                KeyLimits::apply(conn, key.id, &limits).await?;
+                let target = AuditTarget::api_key(key.id, owner);
+                let record = AuditRecord::new(AuditAction::ApiKeyCreate, target);
+                Ok(Written::recorded(
+                    KeyWithLimits::load(conn, key).await?,
+                    record,
+                ))
+            }
+            .scope_boxed()
+        })
+        .await?;
+    tracing::info!(api_key_id = %api_key.key.id, chatbot_id = %chatbot_id, "API key created");
+    Ok(NewKey { api_key, secret })
+}
+
+pub async fn get_api_key(
+    state: &AppState,
+    caller: &Caller,
+    id: ApiKeyId,
+) -> AppResult<KeyWithLimits> {
+    let mut conn = state.db.conn().await?;
+    let (key, _) = ownership::api_key(&mut conn, caller, id).await?;
+    Ok(KeyWithLimits::load(&mut conn, key).await?)
+}
+
+/// Under the key's lock, so concurrent updates apply one after the other;
+/// spends in between are kept (only the fields named are written).
+pub async fn update_api_key(
+    state: &AppState,
+    caller: &Caller,
+    cmd: UpdateApiKey,
+) -> AppResult<KeyWithLimits> {
+    let id = cmd.id;
+    let mut conn = state.db.conn().await?;
+    let (_, owner) = ownership::api_key(&mut conn, caller, id).await?;
+    let record = AuditRecord::new(AuditAction::ApiKeyUpdate, AuditTarget::api_key(id, owner))
+        .with_changes(cmd.changed_fields());
+    let key = state
+        .write(
+            &mut conn,
+            &audit::actor(caller),
+            Some(Invalidation::Key(id)),
+            |conn| {
+                async move {
+                    if !ApiKey::lock(conn, id).await? {
+                        return Err(AppError::NotFound("API key"));
+                    }
+                    let now = Utc::now();
+                    if cmd.expires_at.is_some() {
+                        lifecycle(&find_key(conn, id).await?).may_move_expiry(now)?;
+                    }
+                    let name = cmd.display_name.as_ref().map(DisplayText::as_str);
+                    ApiKey::set_label_and_expiry(conn, id, name, cmd.expires_at).await?;
+                    let mut limits = KeyLimitChanges::default();
+                    if let Some(rate_limit) = cmd.rate_limit {
+                        limits.set_rate_limit(rate_limit);
+                    }
+                    let has_balance = cmd.credits.depends_on_balance()
+                        && KeyLimits::find(conn, id)
+                            .await?
+                            .and_then(|limits| limits.credits())
+                            .is_some();
+                    match cmd.credits.edit(has_balance) {
+                        CreditsEdit::Keep => {}
+                        CreditsEdit::Replace(credits) => limits.set_credits(credits, now),
+                        CreditsEdit::Balance(remaining) => limits.set_balance(remaining),
+                        CreditsEdit::Refill(refill) => limits.set_refill(refill, now),
+                    }
+                    KeyLimits::apply(conn, id, &limits).await?;
+                    Ok(Written::recorded(key_with_limits(conn, id).await?, record))
+                }
+                .scope_boxed()
+            },
+        )
+        .await?;
+    tracing::info!(api_key_id = %id, "API key updated");
+    Ok(key)
+}
+
+pub async fn list_api_keys(
+    state: &AppState,
+    caller: &Caller,
+    cmd: ListApiKeys,
+) -> AppResult<Page<KeyWithLimits>> {
+    let mut conn = state.db.conn().await?;
+    ownership::chatbot_owner(&mut conn, caller, cmd.filter.chatbot_id).await?;
+    let keys = ApiKey::list(&mut conn, &cmd.filter, &cmd.page).await?;
+    let page = cmd.page.page(keys, ApiKey::cursor);
+    Ok(Page {
+        items: KeyWithLimits::load_all(&mut conn, page.items).await?,
+        next_page_token: page.next_page_token,
+    })
+}
+
+pub async fn revoke_api_key(
+    state: &AppState,
+    caller: &Caller,
+    id: ApiKeyId,
+) -> AppResult<KeyWithLimits> {
+    let mut conn = state.db.conn().await?;
+    let (_, owner) = ownership::api_key(&mut conn, caller, id).await?;
+    let record = AuditRecord::new(AuditAction::ApiKeyRevoke, AuditTarget::api_key(id, owner));
+    let key = state
+        .write(
+            &mut conn,
+            &audit::actor(caller),
+            Some(Invalidation::Key(id)),
+            |conn| {
+                async move {
+                    let revoked = ApiKey::revoke(conn, id, Utc::now()).await?;
+                    let key = key_with_limits(conn, id).await?;
+                    // Revoking a revoked key changes nothing, and records nothing.
+                    Ok(match revoked {
+                        true => Written::recorded(key, record),
+                        false => Written::unrecorded(key),
+                    })
+                }
+                .scope_boxed()
+            },
+        )
+        .await?;
+    tracing::info!(api_key_id = %id, "API key revoked");
+    Ok(key)
+}
+
+/// Under the chatbot's lock, like CreateApiKey: concurrent rotations and
+/// creations, on any replica, see each other's keys, so a key is replaced
+/// once and the active-key limit holds.
+pub async fn rotate_api_key(
+    state: &AppState,
+    caller: &Caller,
+    cmd: RotateApiKey,
+) -> AppResult<RotatedKey> {
+    let RotateApiKey { id, grace_period } = cmd;
+    let mut conn = state.db.conn().await?;
+    let (old_key, owner) = ownership::api_key(&mut conn, caller, id).await?;
+    let chatbot_id = old_key.chatbot_id;
+    let now = Utc::now();
+    let grace_ends = now + chrono::Duration::from_std(grace_period).map_err(AppError::internal)?;
+    let secret = ApiKeySecret::generate();
+    let max_active = state.policy.max_active_api_keys_per_chatbot;
+    let secret_ref = &secret;
+    let (api_key, previous) = state
+        .write(
+            &mut conn,
+            &audit::actor(caller),
+            Some(Invalidation::Key(id)),
+            |conn| {
+                async move {
+                    if !Chatbot::lock(conn, chatbot_id).await? {
+                        return Err(AppError::NotFound("API key"));
+                    }
+                    let old = find_key(conn, id).await?;
+                    lifecycle(&old).may_rotate(now)?;
+                    let active = match grace_period.is_zero() {
+                        true => 0,
+                        false => ApiKey::count_active(conn, chatbot_id, now).await?,
+                    };
+                    may_rotate_with_grace(!grace_period.is_zero(), active, max_active)?;
+                    let new_key = ApiKey::insert(
+                        conn,
+                        NewApiKey {
+                            chatbot_id,
+                            display_name: &old.display_name,
+                            key_prefix: secret_ref.display_prefix(),
+                            key_hash: &secret_ref.digest().0,
+                            expires_at: None,
+                        },
+                    )
+                    .await?;
+                    let old_key = ApiKey::mark_rotated(conn, id, grace_ends, now)
+                        .await?
+                        .ok_or(AppError::NotFound("API key"))?;
+                    let old_key = KeyWithLimits::load(conn, old_key).await?;
+                    if let Some(limits) = &old_key.limits {
+                        KeyLimits::apply(conn, new_key.id, &KeyLimitChanges::copy_of(limits, now))
+                            .await?;
+                    }
+                    let record = AuditRecord::new(
+                        AuditAction::ApiKeyRotate,
+                        AuditTarget::api_key(id, owner),
+                    )
+                    .with_changes(vec![AuditChange::values(
+                        "replacement_id",
+                        "",
+                        new_key.id,
+                    )]);
+                    let new_key = KeyWithLimits::load(conn, new_key).await?;
+                    Ok(Written::recorded((new_key, old_key), record))
+                }
+                .scope_boxed()
+            },
+        )
+        .await?;
+    tracing::info!(old_api_key_id = %id, new_api_key_id = %api_key.key.id, "API key rotated");
+    Ok(RotatedKey {
+        api_key,
+        secret,
+        previous,
+    })
+}
+
+pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> AppResult<()> {
+    let mut conn = state.db.conn().await?;
+    let (_, owner) = ownership::api_key(&mut conn, caller, id).await?;
+    let record = AuditRecord::new(AuditAction::ApiKeyDelete, AuditTarget::api_key(id, owner));
+    delete_row(
+        state,
+        &mut conn,
+        Invalidation::Key(id),
+        "API key",
+        (&audit::actor(caller), record),
+        move |conn| ApiKey::delete(conn, id).scope_boxed(),
+    )
+    .await?;
+    tracing::info!(api_key_id = %id, "API key deleted");
+    Ok(())
+}
+
+/// The key's row, read again under the transaction's lock; NOT_FOUND if it
+/// is gone.
+async fn find_key(conn: &mut DbConnection, id: ApiKeyId) -> AppResult<ApiKey> {
+    ApiKey::find(conn, id)
+        .await?
+        .ok_or(AppError::NotFound("API key"))
+}
+
+/// Where the key stands, for the rules of [`KeyLifecycle`].
+fn lifecycle(key: &ApiKey) -> KeyLifecycle {
+    KeyLifecycle {
+        revoked: key.revoked,
+        rotated: key.rotated_at.is_some(),
+        expires_at: key.expires_at,
+    }
+}
+
+/// The key with its limits; NOT_FOUND if it is gone.
+async fn key_with_limits(conn: &mut DbConnection, id: ApiKeyId) -> AppResult<KeyWithLimits> {
+    let key = find_key(conn, id).await?;
+    Ok(KeyWithLimits::load(conn, key).await?)
+}

@@ -1,0 +1,252 @@
+//! How ApiKeyService's requests parse into domain commands (every field
+//! violation at once).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::super::convert::{self, mask_paths};
+use super::super::required;
+use crate::domain::{
+    parse_balance, parse_cost, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, CreateApiKey,
+    CreditsChange, DisplayText, ListApiKeys, PageRequest, RotateApiKey, UpdateApiKey, VerifyApiKey,
+};
+use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
+use crate::proto;
+
+/// Longest grace period RotateApiKey grants.
+const MAX_GRACE_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
+const MAX_DISPLAY_NAME_CHARS: usize = 100;
+
+impl TryFrom<proto::CreateApiKeyRequest> for CreateApiKey {
+    type Error = AppError;
+
+    fn try_from(request: proto::CreateApiKeyRequest) -> AppResult<Self> {
+        let now = Utc::now();
+        let expires_at = optional(request.expire_time.as_ref(), |time| {
+            future_time("expire_time", time, now)
+        });
+        let (chatbot_id, display_name, expires_at, rate_limit, credits) = parsed((
+            ChatbotId::parse("chatbot_id", &request.chatbot_id),
+            DisplayText::parse(
+                "display_name",
+                &request.display_name,
+                MAX_DISPLAY_NAME_CHARS,
+            ),
+            expires_at,
+            optional(request.rate_limit.as_ref(), |limit| {
+                convert::parse_rate_limit("rate_limit", limit)
+            }),
+            optional(request.credits.as_ref(), |credits| {
+                convert::parse_credits("credits", credits)
+            }),
+        ))?;
+        Ok(Self {
+            chatbot_id,
+            display_name,
+            expires_at,
+            rate_limit,
+            credits,
+        })
+    }
+}
+
+impl TryFrom<proto::ListApiKeysRequest> for ListApiKeys {
+    type Error = AppError;
+
+    /// The page token is bound to every filter of the request.
+    fn try_from(request: proto::ListApiKeysRequest) -> AppResult<Self> {
+        let expire_before = request
+            .expire_before
+            .as_ref()
+            .map(|time| convert::parse_timestamp("expire_before", time))
+            .transpose();
+        let filter = format!(
+            "api_keys|chatbot={}|revoked={}|before={}",
+            request.chatbot_id,
+            request.show_revoked,
+            expire_before
+                .as_ref()
+                .ok()
+                .copied()
+                .flatten()
+                .map_or(-1, |t| t.timestamp_micros()),
+        );
+        let (chatbot_id, expire_before, page) = parsed((
+            ChatbotId::parse("chatbot_id", &request.chatbot_id),
+            expire_before,
+            PageRequest::parse(request.page_size, &request.page_token, &filter),
+        ))?;
+        Ok(Self {
+            filter: ApiKeyFilter {
+                chatbot_id,
+                show_revoked: request.show_revoked,
+                expire_before,
+            },
+            page,
+        })
+    }
+}
+
+impl TryFrom<proto::RotateApiKeyRequest> for RotateApiKey {
+    type Error = AppError;
+
+    fn try_from(request: proto::RotateApiKeyRequest) -> AppResult<Self> {
+        let grace_period = match &request.grace_period {
+            None => Ok(Duration::ZERO),
+            Some(value) => convert::parse_duration("grace_period", value).and_then(|grace| {
+                if grace > MAX_GRACE_PERIOD {
+                    Err(FieldViolation::new(
+                        "grace_period",
+                        "must be at most 30 days",
+                    ))
+                } else {
+                    Ok(grace)
+                }
+            }),
+        };
+        let (id, grace_period) = parsed((ApiKeyId::parse("id", request.id), grace_period))?;
+        Ok(Self { id, grace_period })
+    }
+}
+
+/// An optional field of a request, parsed if present.
+fn optional<T, V>(
+    field: Option<&T>,
+    parse: impl FnOnce(&T) -> Result<V, FieldViolation>,
+) -> Result<Option<V>, FieldViolation> {
+    field.map(parse).transpose()
+}
+
+/// A time a request sets, which must be in the future.
+fn future_time(
+    field: &str,
+    time: &prost_types::Timestamp,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, FieldViolation> {
+    match convert::parse_timestamp(field, time)? {
+        time if time <= now => Err(FieldViolation::new(field, "must be in the future")),
+        time => Ok(time),
+    }
+}
+
+impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
+    type Error = AppError;
+
+    /// A path in the mask whose field is unset clears it.
+    fn try_from(request: proto::UpdateApiKeyRequest) -> AppResult<Self> {
+        let key = required(request.api_key, "api_key")?;
+        let mut violations = Violations::new();
+        if request
+            .update_mask
+            .as_ref()
+            .is_none_or(|mask| mask.paths.is_empty())
+        {
+            violations.push(FieldViolation::new(
+                "update_mask",
+                "name at least one field to change",
+            ));
+        }
+        let paths = mask_paths(
+            request.update_mask.as_ref(),
+            &[
+                "display_name",
+                "expire_time",
+                "rate_limit",
+                "credits",
+                "credits.remaining",
+                "credits.refill",
+            ],
+            &[
+                "id",
+                "chatbot_id",
+                "key_prefix",
+                "revoked",
+                "create_time",
+                "revoke_time",
+                "last_used_time",
+                "credits.next_refill_time",
+            ],
+            &mut violations,
+        );
+        let credit_paths = paths
+            .iter()
+            .filter(|path| path.starts_with("credits"))
+            .count();
+        if credit_paths > 1 {
+            violations.push(FieldViolation::new(
+                "update_mask",
+                "name credits, credits.remaining or credits.refill, not several",
+            ));
+        }
+        let mut cmd = UpdateApiKey {
+            id: ApiKeyId(key.id),
+            display_name: None,
+            expires_at: None,
+            rate_limit: None,
+            credits: CreditsChange::Unchanged,
+        };
+        violations.check(ApiKeyId::parse("api_key.id", key.id).map(|id| cmd.id = id));
+        let now = Utc::now();
+        for path in paths {
+            match path {
+                "display_name" => violations.check(
+                    DisplayText::parse(
+                        "api_key.display_name",
+                        &key.display_name,
+                        MAX_DISPLAY_NAME_CHARS,
+                    )
+                    .map(|name| cmd.display_name = Some(name)),
+                ),
+                "expire_time" => violations.check(
+                    optional(key.expire_time.as_ref(), |time| {
+                        future_time("api_key.expire_time", time, now)
+                    })
+                    .map(|time| cmd.expires_at = Some(time)),
+                ),
+                "rate_limit" => violations.check(
+                    optional(key.rate_limit.as_ref(), |limit| {
+                        convert::parse_rate_limit("api_key.rate_limit", limit)
+                    })
+                    .map(|limit| cmd.rate_limit = Some(limit)),
+                ),
+                "credits" => violations.check(
+                    optional(key.credits.as_ref(), |credits| {
+                        convert::parse_credits("api_key.credits", credits)
+                    })
+                    .map(|credits| cmd.credits = CreditsChange::Replace(credits)),
+                ),
+                "credits.remaining" => {
+                    let remaining = key.credits.as_ref().map_or(0, |credits| credits.remaining);
+                    violations.check(
+                        parse_balance("api_key.credits.remaining", remaining)
+                            .map(|remaining| cmd.credits = CreditsChange::Balance(remaining)),
+                    );
+                }
+                "credits.refill" => violations.check(
+                    optional(
+                        key.credits.as_ref().and_then(|c| c.refill.as_ref()),
+                        |refill| convert::parse_refill("api_key.credits.refill", refill),
+                    )
+                    .map(|refill| cmd.credits = CreditsChange::Refill(refill)),
+                ),
+                _ => {}
+            }
+        }
+        violations.finish()?;
+        Ok(cmd)
+    }
+}
+
+impl TryFrom<proto::VerifyApiKeyRequest> for VerifyApiKey {
+    type Error = AppError;
+
+    /// A key that cannot be ours is an answer (malformed), not an error; a
+    /// cost out of range is.
+    fn try_from(request: proto::VerifyApiKeyRequest) -> AppResult<Self> {
+        Ok(Self {
+            cost: parse_cost("cost", request.cost)?,
+            secret: ApiKeySecret::parse(&request.key),
+        })
+    }
+}

@@ -1,0 +1,167 @@
+//! VerifyApiKey's decision, in one place: VerifyApiKey and Envoy's Check
+//! both call [`KeyVerifier::verify`] and differ only in how they read the
+//! request and word the answer. A verification runs these steps in order,
+//! and stops at the first that decides:
+//!
+//! 1. **Shape.** A string that cannot be one of our keys is `Malformed`.
+//!    Costs nothing: no hash, no lookup, no limit is spent.
+//! 2. **Per-key-digest rate limit** (`RATE_LIMIT_PER_API_KEY`, the service's
+//!    own protection, in process or in Redis). Spent before the lookup, so a
+//!    flood of one key, known or not, is refused before it costs a query. An
+//!    error (RESOURCE_EXHAUSTED), not an answer: the caller is throttled,
+//!    the key is not judged.
+//! 3. **Lookup** by SHA-256 digest through the cache
+//!    ([`crate::hot_path::api_key_cache`]): a hit costs no query; a miss one
+//!    indexed read, whose row (or absence) is then cached. The cache holds
+//!    rows, not verdicts, and never serves a row a committed change made
+//!    stale. No row is `NotFound`.
+//! 4. **Revocation and expiry**, judged on the row at every call, so a key
+//!    expiring needs no invalidation: `Revoked`, `Expired`.
+//! 5. **The key's own rate limit** (set by its owner): `RateLimited`, with
+//!    the time it resets. Exact across replicas when Redis is configured.
+//! 6. **Credits**, for a key that has them: `cost` is spent through the
+//!    batched compare-and-set of [`crate::hot_path::credit_spends`]; a
+//!    balance short of `cost` is `UsageExceeded` and spends nothing. Never
+//!    below zero, on any number of replicas.
+//! 7. **Valid.** The last-used time and the answer's usage count are
+//!    recorded in memory and written in batches, never per call.
+//!
+//! Every answer about a key we hold (valid or refused) is counted in its
+//! usage history; answers about keys we do not hold are not.
+
+mod outcome;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+pub use outcome::{Rejection, Verification};
+
+use crate::db::models::{ApiKey, VerificationRecord};
+use crate::db::Database;
+use crate::domain::{ApiKeyDigest, VerifyApiKey};
+use crate::error::{AppError, AppResult};
+use crate::hot_path::api_key_cache::Lookup;
+use crate::hot_path::{ApiKeyCache, CreditSpends, LastUsedRecorder, SpendOutcome, UsageRecorder};
+use crate::rate_limit::{RateKey, RateLimits};
+
+/// What a verification reads and records through; built once at start.
+pub struct KeyVerifier {
+    db: Database,
+    cache: Arc<ApiKeyCache>,
+    rate_limits: RateLimits,
+    credit_spends: CreditSpends,
+    last_used: LastUsedRecorder,
+    usage: UsageRecorder,
+}
+
+impl KeyVerifier {
+    pub fn new(
+        db: Database,
+        cache: Arc<ApiKeyCache>,
+        rate_limits: RateLimits,
+        credit_spends: CreditSpends,
+        last_used: LastUsedRecorder,
+        usage: UsageRecorder,
+    ) -> Self {
+        Self {
+            db,
+            cache,
+            rate_limits,
+            credit_spends,
+            last_used,
+            usage,
+        }
+    }
+
+    /// Runs the steps of the module's doc. Errors only when the per-digest
+    /// rate limit is spent or the store is unreachable.
+    pub async fn verify(&self, cmd: VerifyApiKey) -> AppResult<Verification> {
+        let Some(secret) = cmd.secret else {
+            return Ok(Verification::Invalid(Rejection::Malformed));
+        };
+        let digest = secret.digest();
+        if let Err(retry_after) = self.rate_limits.check(RateKey::api_key(&digest)).await {
+            return Err(AppError::ResourceExhausted {
+                message: "rate limit for this API key exceeded; retry later".into(),
+                retry_after,
+            });
+        }
+        let Some(record) = self.lookup(&digest).await? else {
+            return Ok(Verification::Invalid(Rejection::NotFound));
+        };
+        let now = Utc::now();
+        let verification = self.judge(record, cmd.cost, now).await?;
+        if let Some((record, event)) = verification.usage(cmd.cost) {
+            self.usage.record(record.id, record.chatbot_id, now, event);
+        }
+        Ok(verification)
+    }
+
+    /// The key's row, from the cache or one indexed read (then cached,
+    /// absence included).
+    async fn lookup(&self, digest: &ApiKeyDigest) -> AppResult<Option<Arc<VerificationRecord>>> {
+        match self.cache.get(digest) {
+            Lookup::Hit(record) => Ok(record),
+            Lookup::Miss(generation) => {
+                let mut conn = self.db.conn().await?;
+                let record = ApiKey::find_for_verification(&mut conn, digest)
+                    .await?
+                    .map(Arc::new);
+                drop(conn);
+                self.cache.insert(digest, record.clone(), generation);
+                Ok(record)
+            }
+        }
+    }
+
+    /// Steps 4 to 7 on a key we hold, at `now`.
+    async fn judge(
+        &self,
+        record: Arc<VerificationRecord>,
+        cost: i64,
+        now: DateTime<Utc>,
+    ) -> AppResult<Verification> {
+        if record.revoked {
+            return Ok(Verification::Refused(record, Rejection::Revoked));
+        }
+        if record.expires_at.is_some_and(|t| t <= now) {
+            return Ok(Verification::Refused(record, Rejection::Expired));
+        }
+        if let Some(limit) = record.rate_limit() {
+            if let Err(retry_after) = self.rate_limits.check_own_limit(record.id, limit).await {
+                let retry_at = now + TimeDelta::from_std(retry_after).unwrap_or(TimeDelta::MAX);
+                return Ok(Verification::Refused(
+                    record,
+                    Rejection::RateLimited { retry_at },
+                ));
+            }
+        }
+        let credits_remaining = if record.has_credits() {
+            match self.credit_spends.spend(record.id, cost).await? {
+                SpendOutcome::Spent(remaining) => Some(remaining),
+                SpendOutcome::Unlimited => None,
+                SpendOutcome::KeyGone => return Ok(Verification::Invalid(Rejection::NotFound)),
+                SpendOutcome::Short {
+                    remaining,
+                    next_refill,
+                } => {
+                    return Ok(Verification::Refused(
+                        record,
+                        Rejection::UsageExceeded {
+                            remaining,
+                            next_refill,
+                        },
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        self.last_used.record(record.id, now);
+        Ok(Verification::Valid {
+            record,
+            credits_remaining,
+        })
+    }
+}

@@ -1,0 +1,68 @@
+//! What a verification answers, before VerifyApiKey or Check words it.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::db::models::VerificationRecord;
+use crate::domain::UsageEvent;
+
+/// A verification's answer: what a valid key grants (and the balance it
+/// leaves, for a key with credits), or why it is not valid.
+#[derive(Debug)]
+pub enum Verification {
+    Valid {
+        record: Arc<VerificationRecord>,
+        credits_remaining: Option<i64>,
+    },
+    /// A key we hold, refused.
+    Refused(Arc<VerificationRecord>, Rejection),
+    /// No key we hold.
+    Invalid(Rejection),
+}
+
+impl Verification {
+    /// The key this answer counts for in its usage history, and as what
+    /// (a call that cost `cost`): none for a key we do not hold.
+    pub(super) fn usage(&self, cost: i64) -> Option<(&VerificationRecord, UsageEvent)> {
+        match self {
+            Self::Valid {
+                record,
+                credits_remaining,
+            } => {
+                let credits_spent = if credits_remaining.is_some() { cost } else { 0 };
+                Some((record, UsageEvent::Valid { credits_spent }))
+            }
+            Self::Refused(record, rejection) => {
+                let event = match rejection {
+                    Rejection::Revoked => UsageEvent::Revoked,
+                    Rejection::Expired => UsageEvent::Expired,
+                    Rejection::RateLimited { .. } => UsageEvent::RateLimited,
+                    Rejection::UsageExceeded { .. } => UsageEvent::UsageExceeded,
+                    Rejection::Malformed | Rejection::NotFound => return None,
+                };
+                Some((record, event))
+            }
+            Self::Invalid(_) => None,
+        }
+    }
+}
+
+/// Why a presented key is not valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not shaped like one of our keys; the database was not asked.
+    Malformed,
+    NotFound,
+    Revoked,
+    Expired,
+    /// The key's own rate limit is reached until `retry_at`.
+    RateLimited {
+        retry_at: DateTime<Utc>,
+    },
+    /// The balance does not cover the cost; the next refill, if any.
+    UsageExceeded {
+        remaining: i64,
+        next_refill: Option<DateTime<Utc>>,
+    },
+}

@@ -51,7 +51,7 @@ pub async fn create_admin(
     let actor = command_actor(&format!("create-admin --email {}", email.as_str()));
     // Which user the change makes stale is known only once it is made, so
     // the notification is sent from inside; this process caches nothing.
-    let admin = db::write(&mut conn, &actor, None, |conn| {
+    let admin = db::write(&mut conn, actor, None, |conn| {
         async move {
             let before = User::find_by_email(conn, email.as_str()).await?;
             let admin = User::upsert_admin(conn, email.as_str(), hash).await?;
@@ -104,7 +104,7 @@ pub async fn seed(db: &Database, hasher: &PasswordHasher) -> anyhow::Result<()> 
             .await?;
         let hash = &hash;
         let actor = command_actor("seed");
-        let user = db::write(&mut conn, &actor, None, |conn| {
+        let user = db::write(&mut conn, actor.clone(), None, |conn| {
             async move {
                 let new = NewUser {
                     id: UserId::generate(),
@@ -136,7 +136,7 @@ pub async fn seed(db: &Database, hasher: &PasswordHasher) -> anyhow::Result<()> 
                     llm_endpoint_url: url.into(),
                 };
                 let new = &new;
-                let chatbot = db::write(&mut conn, &actor, None, |conn| {
+                let chatbot = db::write(&mut conn, actor.clone(), None, |conn| {
                     async move {
                         let chatbot = Chatbot::insert(conn, new).await?;
                         let target = AuditTarget::chatbot(chatbot.id, new.owner_id);

@@ -21,10 +21,7 @@ use crate::db::models::AuditEvent;
 use crate::db::{self, Database, DatabaseTarget};
 use crate::gate::GateLayer;
 use crate::health::{self, HealthReporter};
-use crate::hot_path::{
-    ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, LastUsedRecorder, ReadStats,
-    UsageRecorder,
-};
+use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, ReadStats};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
 use crate::proto;
@@ -142,8 +139,6 @@ impl Application {
             settings.api_key_cache_capacity,
             Duration::from_secs(settings.api_key_cache_ttl_secs),
         ));
-        let last_used = LastUsedRecorder::default();
-        let usage = UsageRecorder::default();
         let rate_limits = RateLimits::new(settings.rate_limit_settings(), shared_limits);
         let verifier = KeyVerifier::new(
             db.clone(),
@@ -154,8 +149,6 @@ impl Application {
                 settings.spend_batches_in_flight,
                 &settings.pool_settings(),
             ),
-            last_used.clone(),
-            usage.clone(),
         );
         let state = Arc::new(AppState {
             chatbot_reads: ChatbotReads::start(
@@ -179,8 +172,6 @@ impl Application {
                 Duration::from_secs(settings.login_throttle_window_secs),
             ),
             db,
-            last_used,
-            usage,
             rate_limits,
             policy: Policy {
                 allow_signup: settings.allow_signup,
@@ -297,7 +288,7 @@ impl Application {
                 move || {
                     let state = state.clone();
                     async move {
-                        if let Err(error) = state.usage.flush(&state.db).await {
+                        if let Err(error) = state.verifier.usage().flush(&state.db).await {
                             tracing::warn!(
                                 error = format!("{error:#}"),
                                 "could not flush usage counts; will retry"
@@ -428,14 +419,14 @@ impl Application {
         let _ = usage_task.await;
         let _ = purge_task.await;
         let _ = listen_task.await;
-        match state.last_used.flush(&state.db).await {
+        match state.verifier.last_used().flush(&state.db).await {
             Ok(flushed) => tracing::info!(flushed, "flushed API key last-used times"),
             Err(error) => tracing::warn!(
                 error = format!("{error:#}"),
                 "could not flush last-used times"
             ),
         }
-        match state.usage.flush(&state.db).await {
+        match state.verifier.usage().flush(&state.db).await {
             Ok(flushed) => tracing::info!(flushed, "flushed usage counts"),
             Err(error) => tracing::warn!(
                 error = format!("{error:#}"),
@@ -558,7 +549,7 @@ async fn flush_last_used_periodically(
                 "could not purge ended login throttle windows; will retry"
             );
         }
-        if let Err(error) = state.last_used.flush(&state.db).await {
+        if let Err(error) = state.verifier.last_used().flush(&state.db).await {
             tracing::warn!(
                 error = format!("{error:#}"),
                 "could not flush last-used times; will retry"

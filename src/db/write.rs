@@ -44,7 +44,7 @@ impl<R> Written<R> {
 /// its own cache entries after this returns.
 pub async fn write<'a, R, E, F>(
     conn: &mut DbConnection,
-    actor: &'a AuditActor,
+    actor: AuditActor,
     stale: Option<Invalidation>,
     change: F,
 ) -> Result<R, E>
@@ -59,7 +59,7 @@ where
         async move {
             let Written { value, records } = change(&mut *conn).await?;
             for record in &records {
-                AuditEvent::record(conn, actor, record).await?;
+                AuditEvent::record(conn, &actor, record).await?;
             }
             if let Some(stale) = stale {
                 notify_invalidation(conn, &stale).await?;

@@ -163,7 +163,7 @@ pub async fn login(state: &AppState, origin: &Origin, cmd: Login) -> AppResult<T
     let actor = audit::acting_for_themselves(origin, user_id);
     // A new session: no cache holds it.
     let pair = state
-        .write(&mut conn, &actor, None, |conn| {
+        .write(&mut conn, actor, None, |conn| {
             async move {
                 if !User::lock_if_password_unchanged(conn, user_id, checked_hash).await? {
                     // The password changed while this one was checked.
@@ -213,7 +213,7 @@ pub async fn refresh_token(
     // the call.
     let actor = audit::public_actor(origin, None);
     let outcome = state
-        .write(&mut conn, &actor, None, |conn| {
+        .write(&mut conn, actor.clone(), None, |conn| {
             async move {
                 // Marked used in the same transaction that issues the new
                 // pair, so a failure below rolls it back and the client's
@@ -246,7 +246,7 @@ pub async fn refresh_token(
             // Whoever presented it is not known: no actor, only the call.
             let target = AuditTarget::user(token.user_id);
             let record = AuditRecord::new(AuditAction::SessionRefreshReuse, target);
-            end_session(state, &mut conn, session, (&actor, record)).await?;
+            end_session(state, &mut conn, session, (actor, record)).await?;
             tracing::warn!(user_id = %token.user_id, "refresh token re-use detected; session revoked");
             Err(AppError::Unauthenticated(
                 "refresh token was already used; the session has been revoked, log in again".into(),
@@ -280,7 +280,7 @@ pub async fn logout(
             state,
             &mut conn,
             token.family_id,
-            (&audit::actor(caller), record),
+            (audit::actor(caller), record),
         )
         .await?;
         tracing::info!(user_id = %token.user_id, "logged out");
@@ -339,7 +339,7 @@ async fn end_session(
     state: &AppState,
     conn: &mut DbConnection,
     session: SessionId,
-    (actor, record): (&AuditActor, AuditRecord),
+    (actor, record): (AuditActor, AuditRecord),
 ) -> AppResult<()> {
     let now = Utc::now();
     let stale = Some(Invalidation::Session(session));

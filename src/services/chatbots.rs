@@ -180,7 +180,7 @@ pub async fn create_chatbot(
     let new = &new;
     // A new chatbot: no cache holds it.
     let chatbot = state
-        .write(&mut conn, &audit::actor(caller), None, |conn| {
+        .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
                 let chatbot = Chatbot::insert(conn, new)
                     .await
@@ -236,7 +236,7 @@ pub async fn update_chatbot(
     };
     let stale = Some(Invalidation::Chatbot(id));
     state
-        .write(&mut conn, &audit::actor(caller), stale, |conn| {
+        .write(&mut conn, audit::actor(caller), stale, |conn| {
             async move {
                 // Locked, so the old values the audit log records are the
                 // ones this update replaced.
@@ -279,7 +279,7 @@ pub async fn delete_chatbot(state: &AppState, caller: &Caller, id: ChatbotId) ->
         &mut conn,
         Invalidation::Chatbot(id),
         "chatbot",
-        (&audit::actor(caller), record),
+        (audit::actor(caller), record),
         move |conn| Chatbot::delete(conn, id).scope_boxed(),
     )
     .await?;

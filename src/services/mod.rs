@@ -33,9 +33,7 @@ use crate::db::models::AuditActor;
 use crate::db::{self, Database, DbConnection, Invalidation, Written};
 use crate::domain::{AuditAction, AuditRecord, AuditTarget};
 use crate::error::{AppError, AppResult, FieldViolation};
-use crate::hot_path::{
-    ApiKeyCache, CacheInvalidation, ChatbotReads, LastUsedRecorder, UsageRecorder,
-};
+use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads};
 use crate::proto::RpcRequest;
 use crate::rate_limit::RateLimits;
 use crate::verification::KeyVerifier;
@@ -56,8 +54,6 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     pub throttle: LoginThrottle,
     pub sessions: Sessions,
-    pub last_used: LastUsedRecorder,
-    pub usage: UsageRecorder,
     pub api_key_cache: Arc<ApiKeyCache>,
     /// Every change to a cached row commits through here.
     pub caches: CacheInvalidation,
@@ -184,7 +180,7 @@ impl AppState {
     pub async fn write<'a, R, F>(
         &self,
         conn: &mut DbConnection,
-        actor: &'a AuditActor,
+        actor: AuditActor,
         stale: Option<Invalidation>,
         change: F,
     ) -> AppResult<R>
@@ -209,7 +205,7 @@ async fn delete_row<'a, F>(
     conn: &mut DbConnection,
     stale: Invalidation,
     what: &'static str,
-    (actor, record): (&'a AuditActor, AuditRecord),
+    (actor, record): (AuditActor, AuditRecord),
     delete: F,
 ) -> AppResult<()>
 where

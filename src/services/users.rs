@@ -160,7 +160,7 @@ pub async fn create_user(state: &AppState, origin: &Origin, cmd: CreateUser) -> 
     let mut conn = state.db.conn().await?;
     // A new user: no cache holds them.
     let user = state
-        .write(&mut conn, &actor, None, |conn| {
+        .write(&mut conn, actor, None, |conn| {
             async move {
                 let new = NewUser {
                     id,
@@ -266,7 +266,7 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
     let stale = sessions_affected.then_some(Invalidation::Owner(id));
     let mut conn = state.db.conn().await?;
     let updated = state
-        .write(&mut conn, &audit::actor(caller), stale, |conn| {
+        .write(&mut conn, audit::actor(caller), stale, |conn| {
             async move {
                 // The user's row before the throttle's, as Login locks them:
                 // the other order deadlocks with a racing Login. A checked
@@ -316,7 +316,7 @@ pub async fn delete_user(state: &AppState, caller: &Caller, id: UserId) -> AppRe
         &mut conn,
         Invalidation::Owner(id),
         "user",
-        (&audit::actor(caller), record),
+        (audit::actor(caller), record),
         move |conn| User::delete(conn, id).scope_boxed(),
     )
     .await?;

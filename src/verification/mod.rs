@@ -56,22 +56,33 @@ pub struct KeyVerifier {
 }
 
 impl KeyVerifier {
+    /// A verifier with nothing recorded yet.
     pub fn new(
         db: Database,
         cache: Arc<ApiKeyCache>,
         rate_limits: RateLimits,
         credit_spends: CreditSpends,
-        last_used: LastUsedRecorder,
-        usage: UsageRecorder,
     ) -> Self {
         Self {
             db,
             cache,
             rate_limits,
             credit_spends,
-            last_used,
-            usage,
+            last_used: LastUsedRecorder::default(),
+            usage: UsageRecorder::default(),
         }
+    }
+
+    /// The last-used times recorded since the last flush, which the server
+    /// writes in batches.
+    pub fn last_used(&self) -> &LastUsedRecorder {
+        &self.last_used
+    }
+
+    /// The usage counts recorded since the last flush, which the server
+    /// adds to the store in batches.
+    pub fn usage(&self) -> &UsageRecorder {
+        &self.usage
     }
 
     /// Runs the steps of the module's doc. Errors only when the per-digest

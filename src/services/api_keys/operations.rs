@@ -46,7 +46,7 @@ pub async fn create_api_key(
     let (secret_ref, display_name) = (&secret, cmd.display_name.as_str());
     // A new key: no cache holds it.
     let api_key = state
-        .write(&mut conn, &audit::actor(caller), None, |conn| {
+        .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
                 if !Chatbot::lock(conn, chatbot_id).await? {
                     return Err(AppError::NotFound("chatbot"));
@@ -104,43 +104,40 @@ pub async fn update_api_key(
     let (_, owner) = ownership::api_key(&mut conn, caller, id).await?;
     let record = AuditRecord::new(AuditAction::ApiKeyUpdate, AuditTarget::api_key(id, owner))
         .with_changes(cmd.changed_fields());
+    // Every replica's VerifyApiKey cache drops the key.
+    let stale = Some(Invalidation::Key(id));
     let key = state
-        .write(
-            &mut conn,
-            &audit::actor(caller),
-            Some(Invalidation::Key(id)),
-            |conn| {
-                async move {
-                    if !ApiKey::lock(conn, id).await? {
-                        return Err(AppError::NotFound("API key"));
-                    }
-                    let now = Utc::now();
-                    if cmd.expires_at.is_some() {
-                        lifecycle(&find_key(conn, id).await?).may_move_expiry(now)?;
-                    }
-                    let name = cmd.display_name.as_ref().map(DisplayText::as_str);
-                    ApiKey::set_label_and_expiry(conn, id, name, cmd.expires_at).await?;
-                    let mut limits = KeyLimitChanges::default();
-                    if let Some(rate_limit) = cmd.rate_limit {
-                        limits.set_rate_limit(rate_limit);
-                    }
-                    let has_balance = cmd.credits.depends_on_balance()
-                        && KeyLimits::find(conn, id)
-                            .await?
-                            .and_then(|limits| limits.credits())
-                            .is_some();
-                    match cmd.credits.edit(has_balance) {
-                        CreditsEdit::Keep => {}
-                        CreditsEdit::Replace(credits) => limits.set_credits(credits, now),
-                        CreditsEdit::Balance(remaining) => limits.set_balance(remaining),
-                        CreditsEdit::Refill(refill) => limits.set_refill(refill, now),
-                    }
-                    KeyLimits::apply(conn, id, &limits).await?;
-                    Ok(Written::recorded(key_with_limits(conn, id).await?, record))
+        .write(&mut conn, audit::actor(caller), stale, |conn| {
+            async move {
+                if !ApiKey::lock(conn, id).await? {
+                    return Err(AppError::NotFound("API key"));
                 }
-                .scope_boxed()
-            },
-        )
+                let now = Utc::now();
+                if cmd.expires_at.is_some() {
+                    lifecycle(&find_key(conn, id).await?).may_move_expiry(now)?;
+                }
+                let name = cmd.display_name.as_ref().map(DisplayText::as_str);
+                ApiKey::set_label_and_expiry(conn, id, name, cmd.expires_at).await?;
+                let mut limits = KeyLimitChanges::default();
+                if let Some(rate_limit) = cmd.rate_limit {
+                    limits.set_rate_limit(rate_limit);
+                }
+                let has_balance = cmd.credits.depends_on_balance()
+                    && KeyLimits::find(conn, id)
+                        .await?
+                        .and_then(|limits| limits.credits())
+                        .is_some();
+                match cmd.credits.edit(has_balance) {
+                    CreditsEdit::Keep => {}
+                    CreditsEdit::Replace(credits) => limits.set_credits(credits, now),
+                    CreditsEdit::Balance(remaining) => limits.set_balance(remaining),
+                    CreditsEdit::Refill(refill) => limits.set_refill(refill, now),
+                }
+                KeyLimits::apply(conn, id, &limits).await?;
+                Ok(Written::recorded(key_with_limits(conn, id).await?, record))
+            }
+            .scope_boxed()
+        })
         .await?;
     tracing::info!(api_key_id = %id, "API key updated");
     Ok(key)
@@ -169,24 +166,21 @@ pub async fn revoke_api_key(
     let mut conn = state.db.conn().await?;
     let (_, owner) = ownership::api_key(&mut conn, caller, id).await?;
     let record = AuditRecord::new(AuditAction::ApiKeyRevoke, AuditTarget::api_key(id, owner));
+    // Every replica's VerifyApiKey cache drops the key.
+    let stale = Some(Invalidation::Key(id));
     let key = state
-        .write(
-            &mut conn,
-            &audit::actor(caller),
-            Some(Invalidation::Key(id)),
-            |conn| {
-                async move {
-                    let revoked = ApiKey::revoke(conn, id, Utc::now()).await?;
-                    let key = key_with_limits(conn, id).await?;
-                    // Revoking a revoked key changes nothing, and records nothing.
-                    Ok(match revoked {
-                        true => Written::recorded(key, record),
-                        false => Written::unrecorded(key),
-                    })
-                }
-                .scope_boxed()
-            },
-        )
+        .write(&mut conn, audit::actor(caller), stale, |conn| {
+            async move {
+                let revoked = ApiKey::revoke(conn, id, Utc::now()).await?;
+                let key = key_with_limits(conn, id).await?;
+                // Revoking a revoked key changes nothing, and records nothing.
+                Ok(match revoked {
+                    true => Written::recorded(key, record),
+                    false => Written::unrecorded(key),
+                })
+            }
+            .scope_boxed()
+        })
         .await?;
     tracing::info!(api_key_id = %id, "API key revoked");
     Ok(key)
@@ -209,57 +203,48 @@ pub async fn rotate_api_key(
     let secret = ApiKeySecret::generate();
     let max_active = state.policy.max_active_api_keys_per_chatbot;
     let secret_ref = &secret;
+    // Every replica's VerifyApiKey cache drops the key.
+    let stale = Some(Invalidation::Key(id));
     let (api_key, previous) = state
-        .write(
-            &mut conn,
-            &audit::actor(caller),
-            Some(Invalidation::Key(id)),
-            |conn| {
-                async move {
-                    if !Chatbot::lock(conn, chatbot_id).await? {
-                        return Err(AppError::NotFound("API key"));
-                    }
-                    let old = find_key(conn, id).await?;
-                    lifecycle(&old).may_rotate(now)?;
-                    let active = match grace_period.is_zero() {
-                        true => 0,
-                        false => ApiKey::count_active(conn, chatbot_id, now).await?,
-                    };
-                    may_rotate_with_grace(!grace_period.is_zero(), active, max_active)?;
-                    let new_key = ApiKey::insert(
-                        conn,
-                        NewApiKey {
-                            chatbot_id,
-                            display_name: &old.display_name,
-                            key_prefix: secret_ref.display_prefix(),
-                            key_hash: &secret_ref.digest().0,
-                            expires_at: None,
-                        },
-                    )
-                    .await?;
-                    let old_key = ApiKey::mark_rotated(conn, id, grace_ends, now)
-                        .await?
-                        .ok_or(AppError::NotFound("API key"))?;
-                    let old_key = KeyWithLimits::load(conn, old_key).await?;
-                    if let Some(limits) = &old_key.limits {
-                        KeyLimits::apply(conn, new_key.id, &KeyLimitChanges::copy_of(limits, now))
-                            .await?;
-                    }
-                    let record = AuditRecord::new(
-                        AuditAction::ApiKeyRotate,
-                        AuditTarget::api_key(id, owner),
-                    )
-                    .with_changes(vec![AuditChange::values(
-                        "replacement_id",
-                        "",
-                        new_key.id,
-                    )]);
-                    let new_key = KeyWithLimits::load(conn, new_key).await?;
-                    Ok(Written::recorded((new_key, old_key), record))
+        .write(&mut conn, audit::actor(caller), stale, |conn| {
+            async move {
+                if !Chatbot::lock(conn, chatbot_id).await? {
+                    return Err(AppError::NotFound("API key"));
                 }
-                .scope_boxed()
-            },
-        )
+                let old = find_key(conn, id).await?;
+                lifecycle(&old).may_rotate(now)?;
+                let active = match grace_period.is_zero() {
+                    true => 0,
+                    false => ApiKey::count_active(conn, chatbot_id, now).await?,
+                };
+                may_rotate_with_grace(!grace_period.is_zero(), active, max_active)?;
+                let new_key = ApiKey::insert(
+                    conn,
+                    NewApiKey {
+                        chatbot_id,
+                        display_name: &old.display_name,
+                        key_prefix: secret_ref.display_prefix(),
+                        key_hash: &secret_ref.digest().0,
+                        expires_at: None,
+                    },
+                )
+                .await?;
+                let old_key = ApiKey::mark_rotated(conn, id, grace_ends, now)
+                    .await?
+                    .ok_or(AppError::NotFound("API key"))?;
+                let old_key = KeyWithLimits::load(conn, old_key).await?;
+                if let Some(limits) = &old_key.limits {
+                    KeyLimits::apply(conn, new_key.id, &KeyLimitChanges::copy_of(limits, now))
+                        .await?;
+                }
+                let record =
+                    AuditRecord::new(AuditAction::ApiKeyRotate, AuditTarget::api_key(id, owner))
+                        .with_changes(vec![AuditChange::values("replacement_id", "", new_key.id)]);
+                let new_key = KeyWithLimits::load(conn, new_key).await?;
+                Ok(Written::recorded((new_key, old_key), record))
+            }
+            .scope_boxed()
+        })
         .await?;
     tracing::info!(old_api_key_id = %id, new_api_key_id = %api_key.key.id, "API key rotated");
     Ok(RotatedKey {
@@ -278,7 +263,7 @@ pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> 
         &mut conn,
         Invalidation::Key(id),
         "API key",
-        (&audit::actor(caller), record),
+        (audit::actor(caller), record),
         move |conn| ApiKey::delete(conn, id).scope_boxed(),
     )
     .await?;

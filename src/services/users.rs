@@ -10,7 +10,7 @@ use tonic::Request;
 
 use super::convert::mask_paths;
 use super::{audit, delete_row, required, AppState, Origin, Rpc};
-use crate::auth::{Caller, LoginThrottle};
+use crate::auth::{Caller, LoginThrottle, Reservation};
 use crate::db::models::{NewUser, Session, User, UserChanges};
 use crate::db::{Invalidation, Written};
 use crate::domain::{
@@ -215,40 +215,21 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
             .ok_or(AppError::NotFound("user"))?
     };
 
-    let mut reservation = None;
-    let hashed_password = match cmd.new_password {
-        None => None,
+    let (hashed_password, reservation) = match cmd.new_password {
+        None => (None, None),
         Some(new_password) => {
-            // Someone holding a stolen access token must not be able to
-            // lock the owner out: changing one's own password needs the
-            // current one, checked against the login budget like Login.
-            if caller.user_id == id {
-                let presented = cmd.current_password?;
-                let reserved = state
-                    .throttle
-                    .reserve(&current.email, caller.address)
-                    .await?;
-                let matches = state
-                    .hasher
-                    .verify(presented, Some(current.hashed_password.clone()))
-                    .await
-                    .map_err(AppError::Internal)?;
-                if !matches {
-                    return Err(FieldViolation::new(
-                        "current_password",
-                        "does not match the current password",
-                    )
-                    .into());
-                }
-                reservation = Some(reserved);
-            }
-            Some(
-                state
-                    .hasher
-                    .hash(new_password)
-                    .await
-                    .map_err(AppError::Internal)?,
-            )
+            let reservation = match caller.user_id == id {
+                true => Some(
+                    check_current_password(state, caller, &current, cmd.current_password?).await?,
+                ),
+                false => None,
+            };
+            let hash = state
+                .hasher
+                .hash(new_password)
+                .await
+                .map_err(AppError::Internal)?;
+            (Some(hash), reservation)
         }
     };
 
@@ -275,11 +256,7 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
                 if reservation.is_some()
                     && !User::lock_if_password_unchanged(conn, id, checked_hash).await?
                 {
-                    return Err(FieldViolation::new(
-                        "current_password",
-                        "does not match the current password",
-                    )
-                    .into());
+                    return Err(wrong_current_password());
                 }
                 let updated = User::update(conn, id, &changes)
                     .await
@@ -303,6 +280,35 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
         .ok_or(AppError::NotFound("user"))?;
     tracing::info!(user_id = %id, password_changed, "user updated");
     Ok(updated)
+}
+
+/// Someone holding a stolen access token must not be able to lock the
+/// owner out: changing one's own password needs the current one, checked
+/// against the login budget like Login. The reservation is refunded when
+/// the change commits.
+async fn check_current_password(
+    state: &AppState,
+    caller: &Caller,
+    current: &User,
+    presented: Password,
+) -> AppResult<Reservation> {
+    let reservation = state
+        .throttle
+        .reserve(&current.email, caller.address)
+        .await?;
+    let matches = state
+        .hasher
+        .verify(presented, Some(current.hashed_password.clone()))
+        .await
+        .map_err(AppError::Internal)?;
+    match matches {
+        true => Ok(reservation),
+        false => Err(wrong_current_password()),
+    }
+}
+
+fn wrong_current_password() -> AppError {
+    FieldViolation::new("current_password", "does not match the current password").into()
 }
 
 /// Sessions, chatbots and keys go with the user (cascade); every replica

@@ -1,7 +1,7 @@
 //! Token-bucket rate limits per caller (governor's GCRA): per authenticated
 //! user, per client network for anonymous calls (both applied by
-//! [`RateLimitGate`] to every RPC), and per API key on VerifyApiKey (in its
-//! handler, which knows the key). With `REDIS_URL` the counts live in Redis
+//! [`RateLimitGate`] to every RPC), and per API key on VerifyApiKey and
+//! Check (in [`crate::verification`], which knows the key). With `REDIS_URL` the counts live in Redis
 //! and every replica shares them ([`shared`]); without it, or while Redis
 //! does not answer, each replica counts in process and enforces its own.
 

@@ -13,6 +13,7 @@ pub mod health;
 pub mod hot_path;
 pub mod metrics;
 pub mod observability;
+pub mod panics;
 pub mod proto;
 pub mod rate_limit;
 pub mod services;

@@ -24,6 +24,7 @@ use crate::health::{self, HealthReporter};
 use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, ReadStats};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
+use crate::panics::{self, CatchPanicLayer};
 use crate::proto;
 use crate::proto::api_key_service_server::ApiKeyServiceServer;
 use crate::proto::audit_service_server::AuditServiceServer;
@@ -90,6 +91,7 @@ impl Application {
     /// Builds from settings already validated (and parsed, once).
     pub async fn build_from(config: Config) -> anyhow::Result<Self> {
         let (settings, target) = (&config.settings, &config.database);
+        panics::log_panics();
         tracing::info!(
             backend = target.backend_name(),
             database = %target.redacted(),
@@ -361,6 +363,9 @@ impl Application {
             // token, count the request against its user (or the client's
             // network), and only then look up the token's session.
             .layer(RpcLayer::new(metrics.clone(), rpc_timeout))
+            // Inside the RPC's span and metrics, so a panic is answered,
+            // counted and logged like any INTERNAL.
+            .layer(CatchPanicLayer)
             .layer(GateLayer(CredentialsGate::new(state.tokens.clone())))
             .layer(GateLayer(RateLimitGate::new(state.rate_limits.clone())))
             .layer(AuthLayer::new(state.sessions.clone()))

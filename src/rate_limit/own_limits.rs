@@ -1,6 +1,9 @@
 //! Keys' own limits counted in process (no Redis, or Redis not answering):
 //! GCRA like governor's, but each key with its own quota, which its owner
-//! sets and may change at any time.
+//! sets and may change at any time. A change applies at the next call: the
+//! calls already counted are re-timed at the new interval (as the Redis
+//! script does), so a raised limit lets the next call through and a lowered
+//! one refuses it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,9 +13,17 @@ use crate::domain::ApiKeyId;
 
 const SHARDS: usize = 16;
 
-/// Each key's theoretical arrival time (TAT), in shards to spread the locks.
+/// A key's theoretical arrival time (TAT) and the interval it was counted
+/// at.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    tat: Instant,
+    interval: Duration,
+}
+
+/// Each key's count, in shards to spread the locks.
 pub struct OwnLimits {
-    shards: [Mutex<HashMap<ApiKeyId, Instant>>; SHARDS],
+    shards: [Mutex<HashMap<ApiKeyId, Counted>>; SHARDS],
 }
 
 impl Default for OwnLimits {
@@ -28,14 +39,21 @@ impl OwnLimits {
     /// ahead of now; a refused call changes nothing.
     pub fn check(&self, id: ApiKeyId, interval: Duration, burst: u32) -> Result<(), Duration> {
         let now = Instant::now();
+        let capacity = interval.saturating_mul(burst);
         let mut shard = self.shard(id);
-        let tat = shard.get(&id).copied().unwrap_or(now).max(now);
-        let new_tat = tat + interval;
-        let allowed_from = new_tat.checked_sub(interval * burst).unwrap_or(now);
-        if allowed_from > now {
-            return Err(allowed_from - now);
+        let ahead = shard.get(&id).map_or(Duration::ZERO, |counted| {
+            let ahead = counted.tat.saturating_duration_since(now);
+            match counted.interval == interval {
+                true => ahead,
+                false => ahead.mul_f64(interval.as_secs_f64() / counted.interval.as_secs_f64()),
+            }
+        });
+        let new_ahead = ahead.min(capacity) + interval;
+        if new_ahead > capacity {
+            return Err(new_ahead - capacity);
         }
-        shard.insert(id, new_tat);
+        let tat = now + new_ahead;
+        shard.insert(id, Counted { tat, interval });
         Ok(())
     }
 
@@ -46,11 +64,11 @@ impl OwnLimits {
             shard
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .retain(|_, tat| *tat > now);
+                .retain(|_, counted| counted.tat > now);
         }
     }
 
-    fn shard(&self, id: ApiKeyId) -> std::sync::MutexGuard<'_, HashMap<ApiKeyId, Instant>> {
+    fn shard(&self, id: ApiKeyId) -> std::sync::MutexGuard<'_, HashMap<ApiKeyId, Counted>> {
         let index = usize::try_from(id.0.rem_euclid(SHARDS as i64)).unwrap_or(0);
         self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -75,5 +93,26 @@ mod tests {
         );
         // Another key has its own bucket.
         limits.check(ApiKeyId(8), interval, 1).unwrap();
+    }
+
+    #[test]
+    fn a_raised_limit_lets_the_next_call_through_and_a_lowered_one_refuses_it() {
+        let limits = OwnLimits::default();
+        let day = Duration::from_secs(24 * 3600);
+        let id = ApiKeyId(9);
+        // 3 a day, all spent.
+        for _ in 0..3 {
+            limits.check(id, day / 3, 3).unwrap();
+        }
+        limits.check(id, day / 3, 3).unwrap_err();
+        // Raised to 10 a day: 7 more, then refused.
+        for call in 0..7 {
+            limits
+                .check(id, day / 10, 10)
+                .unwrap_or_else(|wait| panic!("call {call} refused for {wait:?}"));
+        }
+        limits.check(id, day / 10, 10).unwrap_err();
+        // Lowered back to 3 a day with 10 spent: refused.
+        limits.check(id, day / 3, 3).unwrap_err();
     }
 }

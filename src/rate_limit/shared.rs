@@ -3,160 +3,234 @@
 //! clock, so a limit of N per second is N for the whole deployment, not N
 //! per replica.
 //!
-//! Redis is a helper, not a dependency: while it is unreachable, slow
-//! (past [`CHECK_TIMEOUT`]) or not yet connected, [`SharedLimits::check`]
-//! answers `None` and the caller counts in process instead. The first
-//! failure of an outage logs one WARN, every fallback is counted in the
-//! `rate_limit_store_fallbacks` metric, and the first success after it
-//! logs that Redis is back. Readiness never depends on it.
+//! Redis is a helper, not a dependency. Any fault (refused, reset, slow
+//! past [`CHECK_TIMEOUT`], silent, bytes that are not a reply, a reply out
+//! of range) starts an outage: one WARN, and from then on checks do not ask
+//! Redis at all ([`SharedLimits::check`] answers `None` at once and the
+//! caller counts in process), so an outage adds nothing to a call. A
+//! background probe opens a fresh connection every [`PROBE_INTERVAL`] and
+//! runs the script; the first that succeeds ends the outage with one INFO.
+//! Every fallback is counted in the `rate_limit_store_fallbacks` metric.
+//! Readiness never depends on Redis.
+//!
+//! Nothing read from Redis is trusted: the script judges what it finds
+//! under a key (a value it did not write counts as no calls yet; a time
+//! further ahead than any call could have moved it is clamped to a full
+//! bucket), and the answer's wait is clamped to what the limit allows.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
+use tokio::sync::Notify;
 
 use super::RateKey;
 
 /// How long a check waits for Redis before counting in process.
 pub const CHECK_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// How often an outage's background probe tries Redis again.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long the probe waits to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// GCRA (as governor computes it in process): every call moves the key's
 /// theoretical arrival time (TAT) on by one emission interval; a call is
 /// allowed if that leaves the TAT at most `burst` intervals ahead of now.
-/// A refused call changes nothing. Returns {1, 0} or {0, retry-after µs}.
+/// A refused call changes nothing. The value is `<tat µs>:<interval µs>`,
+/// so that when a key's limit changes, the calls already counted are
+/// re-timed at the new interval: a raised limit lets the next call through
+/// at once, a lowered one refuses it. Returns {1, 0} or {0, retry-after µs}.
 const GCRA: &str = r"
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now_us)
-if tat < now_us then tat = now_us end
-local new_tat = tat + interval
-local allow_at = new_tat - interval * burst
-if allow_at > now_us then
-  return {0, allow_at - now_us}
+local capacity = interval * burst
+local stored = redis.pcall('GET', KEYS[1])
+local tat, tat_interval = nil, interval
+if type(stored) == 'string' then
+  local t, i = string.match(stored, '^(%d+):(%d+)$')
+  if t then
+    tat, tat_interval = tonumber(t), tonumber(i)
+  else
+    tat = tonumber(stored)
+  end
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now_us) / 1000) + 1)
+if tat == nil or tat ~= tat or tat_interval == nil or tat_interval <= 0 then
+  tat, tat_interval = now_us, interval
+end
+if tat < now_us then tat = now_us end
+if tat_interval ~= interval then
+  tat = now_us + (tat - now_us) / tat_interval * interval
+end
+if tat > now_us + capacity then tat = now_us + capacity end
+local new_tat = tat + interval
+local allow_at = new_tat - capacity
+if allow_at > now_us then
+  return {0, math.ceil(allow_at - now_us)}
+end
+redis.call('SET', KEYS[1], string.format('%.0f:%.0f', new_tat, interval),
+  'PX', math.ceil((new_tat - now_us) / 1000) + 1)
 return {1, 0}
 ";
 
 /// See the module documentation.
 pub struct SharedLimits {
-    connection: Arc<RwLock<Option<ConnectionManager>>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The connection checks use; `None` during an outage.
+    connection: RwLock<Option<ConnectionManager>>,
+    client: Client,
+    config: ConnectionManagerConfig,
     script: Script,
     prefix: String,
     in_outage: AtomicBool,
+    /// Wakes the probe when an outage starts.
+    outage_started: Arc<Notify>,
     fallbacks: Counter,
 }
 
 impl SharedLimits {
-    /// Connects to Redis, waiting at most a second: a server starts
-    /// while Redis is down, counting in process and connecting in the
-    /// background. `url` is checked here, so a malformed `REDIS_URL` stops
-    /// startup.
+    /// Connects to Redis, waiting at most a second: a server starts while
+    /// Redis is down, counting in process until the probe reaches it.
+    /// `url` is checked here, so a malformed `REDIS_URL` stops startup.
     pub async fn connect(url: &str, prefix: String, fallbacks: Counter) -> anyhow::Result<Self> {
         let client = Client::open(url).map_err(|error| {
             // The URL may hold a password: name the problem, not the URL.
             anyhow::anyhow!("REDIS_URL is not a valid Redis URL: {:?}", error.kind())
         })?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(1))
+            .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(CHECK_TIMEOUT)
             .set_number_of_retries(1);
-        let connection = Arc::new(RwLock::new(None));
-        let slot = connection.clone();
-        let first = ConnectionManager::new_with_config(client.clone(), config.clone());
-        let connected = match tokio::time::timeout(Duration::from_secs(1), first).await {
-            Ok(Ok(manager)) => {
-                tracing::info!("connected to Redis: rate limits are shared by every replica");
-                *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(manager);
-                true
-            }
-            failed => {
-                let reason = match failed {
-                    Ok(Err(error)) => format!("{:?}", error.kind()),
-                    _ => "timed out".to_owned(),
-                };
-                tracing::warn!(%reason, "cannot reach Redis; rate limits count in this process until it answers");
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        let next =
-                            ConnectionManager::new_with_config(client.clone(), config.clone());
-                        if let Ok(manager) = next.await {
-                            tracing::info!(
-                                "connected to Redis: rate limits are shared by every replica"
-                            );
-                            *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(manager);
-                            return;
-                        }
-                    }
-                });
-                false
-            }
-        };
-        Ok(Self {
-            connection,
+        let inner = Arc::new(Inner {
+            connection: RwLock::new(None),
+            client,
+            config,
             script: Script::new(GCRA),
             prefix,
-            // Unreachable at start is already an outage, warned about above.
-            in_outage: AtomicBool::new(!connected),
+            in_outage: AtomicBool::new(false),
+            outage_started: Arc::new(Notify::new()),
             fallbacks,
-        })
+        });
+        match inner.open_and_probe().await {
+            Ok(connection) => {
+                tracing::info!("connected to Redis: rate limits are shared by every replica");
+                *inner.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(connection);
+            }
+            Err(reason) => inner.start_outage(
+                &reason,
+                "cannot reach Redis; rate limits count in this process until it answers",
+            ),
+        }
+        tokio::spawn(probe_during_outages(
+            Arc::downgrade(&inner),
+            inner.outage_started.clone(),
+        ));
+        Ok(Self { inner })
     }
 
     /// The shared answer (`Err(retry_after)` when refused), or `None` when
-    /// Redis cannot give one now.
+    /// Redis cannot give one now; during an outage, at once.
     pub async fn check(
         &self,
         key: RateKey,
         interval: Duration,
         burst: u32,
     ) -> Option<Result<(), Duration>> {
-        let connection = self
-            .connection
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let answer = match connection {
-            Some(mut connection) => {
-                let interval_us = u64::try_from(interval.as_micros())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                let mut invocation = self.script.key(self.redis_key(key));
-                invocation.arg(interval_us).arg(burst);
-                tokio::time::timeout(
-                    CHECK_TIMEOUT,
-                    invocation.invoke_async::<(i64, i64)>(&mut connection),
-                )
-                .await
-                .map_err(|_| "timed out".to_owned())
-                .and_then(|result| result.map_err(|error| format!("{:?}", error.kind())))
-            }
-            None => Err("not connected".to_owned()),
+        let inner = &self.inner;
+        let connection = match inner.in_outage.load(Ordering::Relaxed) {
+            true => None,
+            false => inner
+                .connection
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         };
-        match answer {
-            Ok((allowed, retry_after_us)) => {
-                if self.in_outage.swap(false, Ordering::Relaxed) {
-                    tracing::info!("Redis answers again: rate limits are shared again");
-                }
-                Some(if allowed == 1 {
-                    Ok(())
-                } else {
-                    Err(Duration::from_micros(retry_after_us.max(0).unsigned_abs()))
-                })
-            }
+        let Some(mut connection) = connection else {
+            inner.fallbacks.inc();
+            return None;
+        };
+        match inner
+            .run(&mut connection, &inner.redis_key(key), interval, burst)
+            .await
+        {
+            Ok(answer) => Some(answer),
             Err(reason) => {
-                self.fallbacks.inc();
-                if !self.in_outage.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(%reason, "Redis did not answer a rate-limit check; counting in this process until it does");
-                }
+                inner.fallbacks.inc();
+                inner.start_outage(
+                    &reason,
+                    "Redis did not answer a rate-limit check; counting in this process until it does",
+                );
                 None
             }
         }
+    }
+}
+
+impl Inner {
+    /// One GCRA check, its reply judged: only {1, 0} and {0, wait} with a
+    /// wait within the bucket are answers.
+    async fn run(
+        &self,
+        connection: &mut ConnectionManager,
+        redis_key: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<Result<(), Duration>, String> {
+        let interval_us = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut invocation = self.script.key(redis_key);
+        invocation.arg(interval_us).arg(burst);
+        let reply = tokio::time::timeout(
+            CHECK_TIMEOUT,
+            invocation.invoke_async::<(i64, i64)>(connection),
+        )
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|error| format!("{:?}", error.kind()))?;
+        let capacity = interval.saturating_mul(burst);
+        match reply {
+            (1, _) => Ok(Ok(())),
+            (0, wait_us) if wait_us >= 0 => Ok(Err(
+                Duration::from_micros(wait_us.unsigned_abs()).min(capacity)
+            )),
+            other => Err(format!("a reply out of range: {other:?}")),
+        }
+    }
+
+    /// Marks an outage: checks stop asking Redis and the probe starts. Only
+    /// the first failure of an outage logs.
+    fn start_outage(&self, reason: &str, message: &'static str) {
+        *self.connection.write().unwrap_or_else(|e| e.into_inner()) = None;
+        if !self.in_outage.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%reason, "{message}");
+            self.outage_started.notify_one();
+        }
+    }
+
+    /// A fresh connection (one a fault left in an unknown state is never
+    /// reused) on which the script gives a valid answer.
+    async fn open_and_probe(&self) -> Result<ConnectionManager, String> {
+        let open = ConnectionManager::new_with_config(self.client.clone(), self.config.clone());
+        let mut connection = tokio::time::timeout(CONNECT_TIMEOUT, open)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|error| format!("{:?}", error.kind()))?;
+        let probe_key = format!("{}rate:probe", self.prefix);
+        // Allowed or refused, a judged answer proves Redis works.
+        let _answer = self
+            .run(&mut connection, &probe_key, Duration::from_micros(1), 1)
+            .await?;
+        Ok(connection)
     }
 
     fn redis_key(&self, key: RateKey) -> String {
@@ -169,6 +243,36 @@ impl SharedLimits {
                 format!("{prefix}rate:api_key:{hex}")
             }
             RateKey::OwnLimit(id) => format!("{prefix}rate:own_limit:{id}"),
+        }
+    }
+}
+
+/// Ends each outage: every [`PROBE_INTERVAL`] it tries a fresh connection,
+/// and the first that answers correctly is installed. Stops when the
+/// limits it serves are dropped.
+async fn probe_during_outages(inner: Weak<Inner>, outage_started: Arc<Notify>) {
+    loop {
+        let in_outage = match inner.upgrade() {
+            Some(strong) => strong.in_outage.load(Ordering::Relaxed),
+            None => return,
+        };
+        if !in_outage {
+            // Not holding the limits alive while waiting for an outage; the
+            // sleep notices when they are dropped.
+            tokio::select! {
+                () = outage_started.notified() => {}
+                () = tokio::time::sleep(PROBE_INTERVAL) => {}
+            }
+            continue;
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if let Ok(connection) = strong.open_and_probe().await {
+            *strong.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(connection);
+            strong.in_outage.store(false, Ordering::Relaxed);
+            tracing::info!("Redis answers again: rate limits are shared again");
         }
     }
 }

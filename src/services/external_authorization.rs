@@ -393,7 +393,9 @@ fn denied(
 /// Seconds for `Retry-After`, rounded up: a client that waits exactly that
 /// long must not be early.
 fn whole_seconds(duration: Duration) -> u64 {
-    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+    duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0))
 }
 
 #[cfg(test)]

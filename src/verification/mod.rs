@@ -141,7 +141,11 @@ impl KeyVerifier {
         }
         if let Some(limit) = record.rate_limit() {
             if let Err(retry_after) = self.rate_limits.check_own_limit(record.id, limit).await {
-                let retry_at = now + TimeDelta::from_std(retry_after).unwrap_or(TimeDelta::MAX);
+                // A full bucket frees a call within one window, whatever a
+                // store answered.
+                let wait = TimeDelta::from_std(retry_after.min(limit.window()))
+                    .unwrap_or(TimeDelta::zero());
+                let retry_at = now.checked_add_signed(wait).unwrap_or(now);
                 return Ok(Verification::Refused(
                     record,
                     Rejection::RateLimited { retry_at },

@@ -148,15 +148,24 @@ impl ListAuditEvents {
     }
 }
 
+/// A client address is personal data of whoever called from it: only
+/// admins and the actor themselves see it.
 pub async fn list_audit_events(
     state: &AppState,
-    _: &Caller,
+    caller: &Caller,
     cmd: ListAuditEvents,
 ) -> AppResult<Page<AuditEvent>> {
     let mut conn = state.db.conn().await?;
-    let events = AuditEvent::list(&mut conn, &cmd.filter, &cmd.page)
+    let mut events = AuditEvent::list(&mut conn, &cmd.filter, &cmd.page)
         .await
         .map_err(AppError::from)?;
+    if !caller.is_admin() {
+        for event in &mut events {
+            if event.actor_user_id != Some(caller.user_id) {
+                event.client_address = None;
+            }
+        }
+    }
     Ok(cmd.page.page(events, AuditEvent::cursor))
 }
 

@@ -126,6 +126,12 @@ pub struct Settings {
     #[arg(long, env = "MAX_CONCURRENT_HASHES", default_value_t = half_the_cores())]
     pub max_concurrent_hashes: usize,
 
+    /// Password hashes that may wait for a hashing thread; Login, CreateUser
+    /// and UpdateUser calls beyond it are refused at once
+    /// (RESOURCE_EXHAUSTED with a retry time).
+    #[arg(long, env = "MAX_QUEUED_HASHES", default_value_t = 64)]
+    pub max_queued_hashes: usize,
+
     /// Maximum active (not revoked, not expired) API keys per chatbot.
     #[arg(long, env = "MAX_ACTIVE_API_KEYS_PER_CHATBOT", default_value_t = 100)]
     pub max_active_api_keys_per_chatbot: i64,
@@ -163,6 +169,12 @@ pub struct Settings {
     /// two at once over shared keys would make each other write again.
     #[arg(long, env = "SPEND_BATCHES_IN_FLIGHT", default_value_t = 1)]
     pub spend_batches_in_flight: usize,
+
+    /// Items that may wait in each batch queue (GetChatbot's reads,
+    /// VerifyApiKey's credit spends); calls beyond it are refused at once
+    /// (RESOURCE_EXHAUSTED with a retry time).
+    #[arg(long, env = "MAX_QUEUED_BATCH_ITEMS", default_value_t = 10_000)]
+    pub max_queued_batch_items: usize,
 
     /// Seconds between flushes of API keys' last-used times.
     #[arg(long, env = "LAST_USED_FLUSH_INTERVAL_SECS", default_value_t = 30)]
@@ -291,7 +303,7 @@ impl Settings {
         // would start but could not work (every RPC cancelled, no answer
         // at all, a panic on the first token, a database that refuses the
         // session setting...).
-        let bounds: [(&str, u64, u64, u64); 24] = [
+        let bounds: [(&str, u64, u64, u64); 26] = [
             (
                 "DATABASE_POOL_SIZE",
                 self.database_pool_size as u64,
@@ -370,6 +382,18 @@ impl Settings {
                 self.spend_batches_in_flight as u64,
                 1,
                 1024,
+            ),
+            (
+                "MAX_QUEUED_BATCH_ITEMS",
+                self.max_queued_batch_items as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "MAX_QUEUED_HASHES",
+                self.max_queued_hashes as u64,
+                1,
+                65_536,
             ),
             (
                 "LAST_USED_FLUSH_INTERVAL_SECS",

@@ -89,6 +89,12 @@ struct StateLabel {
     state: &'static str,
 }
 
+/// Which bounded queue refused a call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: &'static str,
+}
+
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -162,6 +168,7 @@ struct Inner {
     pool_waiting: Gauge,
     serving: Gauge,
     rate_limit_fallbacks: Counter,
+    overload_refusals: Family<QueueLabel, Counter>,
 }
 
 /// The registry shared by the RPC layer and the exporter.
@@ -288,10 +295,18 @@ impl Metrics {
             "Rate-limit checks counted in process because Redis did not answer.",
             rate_limit_fallbacks.clone(),
         );
+        let overload_refusals = Family::<QueueLabel, Counter>::default();
+        registry.register(
+            "overload_refusals",
+            "Calls answered RESOURCE_EXHAUSTED because a bounded queue was full, by queue \
+             (password_hash, chatbot_reads, credit_spends).",
+            overload_refusals.clone(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 registry,
                 rate_limit_fallbacks,
+                overload_refusals,
                 methods,
                 by_path,
                 handled,
@@ -306,6 +321,14 @@ impl Metrics {
     /// Counts rate-limit checks that fell back from Redis.
     pub fn rate_limit_fallbacks(&self) -> Counter {
         self.inner.rate_limit_fallbacks.clone()
+    }
+
+    /// Counts calls refused because the queue named `queue` was full.
+    pub fn overload_refusals(&self, queue: &'static str) -> Counter {
+        self.inner
+            .overload_refusals
+            .get_or_create(&QueueLabel { queue })
+            .clone()
     }
 
     /// The series of the method at `path`, or the `unknown` set.

@@ -21,6 +21,7 @@ use crate::db::models::AuditEvent;
 use crate::db::{self, Database, DatabaseTarget};
 use crate::gate::GateLayer;
 use crate::health::{self, HealthReporter};
+use crate::hot_path::batch_queue::QueueBound;
 use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, ReadStats};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
@@ -142,6 +143,10 @@ impl Application {
             Duration::from_secs(settings.api_key_cache_ttl_secs),
         ));
         let rate_limits = RateLimits::new(settings.rate_limit_settings(), shared_limits);
+        let queue_bound = |queue| QueueBound {
+            max_queued: settings.max_queued_batch_items,
+            refusals: metrics.overload_refusals(queue),
+        };
         let verifier = KeyVerifier::new(
             db.clone(),
             api_key_cache.clone(),
@@ -149,6 +154,7 @@ impl Application {
             CreditSpends::start(
                 db.clone(),
                 settings.spend_batches_in_flight,
+                queue_bound("credit_spends"),
                 &settings.pool_settings(),
             ),
         );
@@ -156,6 +162,7 @@ impl Application {
             chatbot_reads: ChatbotReads::start(
                 db.clone(),
                 settings.read_batches_in_flight,
+                queue_bound("chatbot_reads"),
                 &settings.pool_settings(),
             ),
             verifier,
@@ -165,7 +172,11 @@ impl Application {
             hasher: PasswordHasher::with_cost(
                 settings.max_concurrent_hashes,
                 settings.password_hash_cost(),
-            )?,
+            )?
+            .with_queue_limit(
+                settings.max_queued_hashes,
+                metrics.overload_refusals("password_hash"),
+            ),
             tokens: Arc::new(tokens),
             throttle: LoginThrottle::new(
                 db.clone(),

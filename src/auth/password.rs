@@ -4,19 +4,34 @@
 //! threads, and when the process's CPU is contended the kernel runs the
 //! runtime's threads first. Nice values compete only within a scheduling
 //! group: a PostgreSQL on the same host in the same group also goes first;
-//! a container's CPU quota is still shared by everything in it.
+//! a container's CPU quota is still shared by everything in it. The queue
+//! is bounded ([`PasswordHasher::with_queue_limit`]): past it a call is
+//! refused at once, RESOURCE_EXHAUSTED with a retry time, instead of
+//! holding memory and a client's deadline for work that cannot start soon.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::domain::Password;
+use crate::error::{AppError, AppResult};
+
+/// Hashes that may wait for a thread unless [`PasswordHasher::with_queue_limit`]
+/// says otherwise.
+pub const DEFAULT_MAX_QUEUED_HASHES: usize = 64;
+
+/// What a refused call is told to wait: about what a queue of hashes takes
+/// to drain on a few threads.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// How much the hashing threads' nice value exceeds the process's (capped
 /// at 19): at +10, a tenth of a normal thread's CPU share when both want a
@@ -74,6 +89,11 @@ pub struct PasswordHasher {
     /// Made by the hashing threads' first job, so neither start-up nor the
     /// async runtime pays for it; a verification that needs it sooner waits.
     dummy_hash: Arc<OnceLock<String>>,
+    /// Jobs sent and not yet started, bounded by `max_queued`.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
+    /// Counts calls refused because the queue was full.
+    refusals: Counter,
 }
 
 /// A PHC string of `secret` under a fresh salt.
@@ -141,11 +161,22 @@ impl PasswordHasher {
             jobs,
             argon2,
             dummy_hash,
+            queued: Arc::default(),
+            max_queued: DEFAULT_MAX_QUEUED_HASHES,
+            refusals: Counter::default(),
         })
     }
 
+    /// At most `max_queued` hashes wait for a thread; more are refused and
+    /// counted in `refusals`.
+    pub fn with_queue_limit(mut self, max_queued: usize, refusals: Counter) -> Self {
+        self.max_queued = max_queued.max(1);
+        self.refusals = refusals;
+        self
+    }
+
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...` at the default cost).
-    pub async fn hash(&self, password: Password) -> anyhow::Result<String> {
+    pub async fn hash(&self, password: Password) -> AppResult<String> {
         let argon2 = self.argon2.clone();
         self.run_on_hashing_thread(move || {
             hash_with_new_salt(&argon2, password.expose().as_bytes())
@@ -156,7 +187,7 @@ impl PasswordHasher {
 
     /// Whether `password` matches `hash`; with `None`, spends the same work
     /// on the dummy hash and answers false.
-    pub async fn verify(&self, password: Password, hash: Option<String>) -> anyhow::Result<bool> {
+    pub async fn verify(&self, password: Password, hash: Option<String>) -> AppResult<bool> {
         let known = hash.is_some();
         let (dummy_hash, argon2) = (self.dummy_hash.clone(), self.argon2.clone());
         let matches = self
@@ -181,10 +212,20 @@ impl PasswordHasher {
     async fn run_on_hashing_thread<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
+    ) -> AppResult<T> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.refusals.inc();
+            return Err(AppError::ResourceExhausted {
+                message: "the server is busy hashing passwords; retry later".into(),
+                retry_after: BUSY_RETRY_AFTER,
+            });
+        }
         let (reply, answer) = oneshot::channel();
+        let queued = self.queued.clone();
         self.jobs
             .send(Box::new(move || {
+                queued.fetch_sub(1, Ordering::AcqRel);
                 // A caller that gave up while queued (deadline, cancel) would
                 // waste a hash; skip it.
                 if !reply.is_closed() {
@@ -192,8 +233,13 @@ impl PasswordHasher {
                 }
             }))
             .ok()
-            .context("the password hashing threads have stopped")?;
-        answer.await.context("password hashing panicked")?
+            .context("the password hashing threads have stopped")
+            .map_err(AppError::Internal)?;
+        answer
+            .await
+            .context("password hashing panicked")
+            .and_then(|answer| answer)
+            .map_err(AppError::Internal)
     }
 }
 

@@ -3,12 +3,17 @@
 //! together as one batch. At most `in_flight` batches run at once; while
 //! they do, new items wait for the next batch. At low load an item goes out
 //! alone, at once. An item whose caller went away before its batch was
-//! sent is dropped (nobody waits for its answer).
+//! sent is dropped (nobody waits for its answer). The queue is bounded
+//! ([`QueueBound`]): when the database falls behind, a call beyond the bound
+//! is refused at once (RESOURCE_EXHAUSTED with a retry time) rather than
+//! queued without limit.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::db::PoolSettings;
@@ -38,30 +43,67 @@ impl<Q, A> Pending<Q, A> {
     }
 }
 
+/// What a refused call is told to wait: a full queue drains in a few
+/// batches' time.
+const FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How many items may wait, and where refusals are counted.
+#[derive(Clone)]
+pub struct QueueBound {
+    pub max_queued: usize,
+    pub refusals: Counter,
+}
+
+impl QueueBound {
+    /// A bound whose refusals no metric reports (tests).
+    pub fn unreported(max_queued: usize) -> Self {
+        Self {
+            max_queued,
+            refusals: Counter::default(),
+        }
+    }
+}
+
 /// The handle callers queue through. Dropping it stops the dispatcher.
 pub struct BatchQueue<Q, A> {
-    queue: mpsc::UnboundedSender<Pending<Q, A>>,
+    queue: mpsc::Sender<Pending<Q, A>>,
+    refusals: Counter,
 }
 
 impl<Q: Send + 'static, A: Send + 'static> BatchQueue<Q, A> {
     /// Starts the dispatcher on the current runtime: `run` gets each batch
     /// (of at most `max_batch` items) and answers every item in it.
-    pub fn start<F, Fut>(max_batch: usize, in_flight: usize, run: F) -> Self
+    pub fn start<F, Fut>(max_batch: usize, in_flight: usize, bound: QueueBound, run: F) -> Self
     where
         F: Fn(Vec<Pending<Q, A>>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let (queue, pending) = mpsc::unbounded_channel();
+        let (queue, pending) = mpsc::channel(bound.max_queued.max(1));
         tokio::spawn(dispatch(pending, max_batch, in_flight.max(1), run));
-        Self { queue }
+        Self {
+            queue,
+            refusals: bound.refusals,
+        }
     }
 
     /// Queues `item`; the returned future is its answer.
     pub fn enqueue(&self, item: Q) -> AppResult<impl Future<Output = AppResult<A>>> {
         let (pending, answer) = Pending::new(item);
-        self.queue
-            .send(pending)
-            .map_err(|_| AppError::internal(anyhow::anyhow!("a batch dispatcher has stopped")))?;
+        match self.queue.try_send(pending) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.refusals.inc();
+                return Err(AppError::ResourceExhausted {
+                    message: "the server is overloaded; retry later".into(),
+                    retry_after: FULL_RETRY_AFTER,
+                });
+            }
+            Err(TrySendError::Closed(_)) => {
+                return Err(AppError::internal(anyhow::anyhow!(
+                    "a batch dispatcher has stopped"
+                )))
+            }
+        }
         Ok(async move {
             answer.await.unwrap_or_else(|_| {
                 Err(AppError::internal(anyhow::anyhow!(
@@ -73,7 +115,7 @@ impl<Q: Send + 'static, A: Send + 'static> BatchQueue<Q, A> {
 }
 
 async fn dispatch<Q, A, F, Fut>(
-    mut pending: mpsc::UnboundedReceiver<Pending<Q, A>>,
+    mut pending: mpsc::Receiver<Pending<Q, A>>,
     max_batch: usize,
     in_flight: usize,
     run: F,

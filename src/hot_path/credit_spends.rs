@@ -37,7 +37,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tracing::Instrument;
 
-use super::batch_queue::{batch_timeout, fail_all, BatchQueue, Pending};
+use super::batch_queue::{batch_timeout, fail_all, BatchQueue, Pending, QueueBound};
 use crate::db::models::{Balance, KeyLimits};
 use crate::db::{Database, DbConnection, PoolSettings};
 use crate::domain::ApiKeyId;
@@ -77,13 +77,18 @@ pub struct CreditSpends {
 impl CreditSpends {
     /// Starts the dispatcher on the current runtime; `batches_in_flight`
     /// bounds the connections it holds at once.
-    pub fn start(db: Database, batches_in_flight: usize, pool: &PoolSettings) -> Self {
+    pub fn start(
+        db: Database,
+        batches_in_flight: usize,
+        bound: QueueBound,
+        pool: &PoolSettings,
+    ) -> Self {
         let settler = Arc::new(Settler {
             db,
             batch_timeout: batch_timeout(pool),
             rows: Mutex::default(),
         });
-        let queue = BatchQueue::start(MAX_BATCH, batches_in_flight, move |spends| {
+        let queue = BatchQueue::start(MAX_BATCH, batches_in_flight, bound, move |spends| {
             let settler = settler.clone();
             async move { settler.settle_batch(spends).await }
         });

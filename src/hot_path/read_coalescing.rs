@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::batch_queue::{batch_timeout, fail_all, BatchQueue, Pending};
+use super::batch_queue::{batch_timeout, fail_all, BatchQueue, Pending, QueueBound};
 use crate::db::models::Chatbot;
 use crate::db::{Database, PoolSettings};
 use crate::domain::ChatbotId;
@@ -62,11 +62,16 @@ impl ChatbotReads {
     /// Starts the dispatcher on the current runtime; `batches_in_flight`
     /// bounds the connections it holds at once, and a batch may take
     /// [`batch_timeout`].
-    pub fn start(db: Database, batches_in_flight: usize, pool: &PoolSettings) -> Self {
+    pub fn start(
+        db: Database,
+        batches_in_flight: usize,
+        bound: QueueBound,
+        pool: &PoolSettings,
+    ) -> Self {
         let batch_timeout = batch_timeout(pool);
         let stats = Arc::new(ReadStats::default());
         let counted = stats.clone();
-        let queue = BatchQueue::start(MAX_BATCH, batches_in_flight, move |reads| {
+        let queue = BatchQueue::start(MAX_BATCH, batches_in_flight, bound, move |reads| {
             counted.batches.fetch_add(1, Ordering::Relaxed);
             let db = db.clone();
             async move { answer(&db, reads, batch_timeout).await }

@@ -139,11 +139,7 @@ pub async fn login(state: &AppState, origin: &Origin, cmd: Login) -> AppResult<T
         User::find_by_email(&mut conn, cmd.email.as_str()).await?
     };
     let stored_hash = user.as_ref().map(|u| u.hashed_password.clone());
-    let verified = state
-        .hasher
-        .verify(cmd.password, stored_hash)
-        .await
-        .map_err(AppError::Internal)?;
+    let verified = state.hasher.verify(cmd.password, stored_hash).await?;
     let account = user.as_ref().map(|user| user.id);
     let Some(user) = user.filter(|_| verified) else {
         // The reservation stays spent: a wrong password.

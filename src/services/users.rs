@@ -146,11 +146,7 @@ pub async fn create_user(state: &AppState, origin: &Origin, cmd: CreateUser) -> 
     if cmd.role == Role::Admin && !is_admin {
         return Err(AppError::PermissionDenied);
     }
-    let hashed_password = state
-        .hasher
-        .hash(cmd.password)
-        .await
-        .map_err(AppError::Internal)?;
+    let hashed_password = state.hasher.hash(cmd.password).await?;
     let id = UserId::generate();
     // Signing up, the new user is their own actor.
     let actor = audit::public_actor(origin, Some(id));
@@ -224,11 +220,7 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
                 ),
                 false => None,
             };
-            let hash = state
-                .hasher
-                .hash(new_password)
-                .await
-                .map_err(AppError::Internal)?;
+            let hash = state.hasher.hash(new_password).await?;
             (Some(hash), reservation)
         }
     };
@@ -299,8 +291,7 @@ async fn check_current_password(
     let matches = state
         .hasher
         .verify(presented, Some(current.hashed_password.clone()))
-        .await
-        .map_err(AppError::Internal)?;
+        .await?;
     match matches {
         true => Ok(reservation),
         false => Err(wrong_current_password()),

@@ -16,6 +16,5 @@ pub mod observability;
 pub mod proto;
 pub mod rate_limit;
 pub mod services;
-pub mod sql_types;
 pub mod startup;
 pub mod telemetry;

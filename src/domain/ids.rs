@@ -1,6 +1,5 @@
 //! Typed identifiers, so a chatbot id can never be passed where a user id is
-//! expected. How they are stored is the database layer's business
-//! (`crate::db::sql_types`).
+//! expected. How they are stored is the database layer's business.
 
 use std::fmt;
 

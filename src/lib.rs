@@ -17,7 +17,6 @@ pub mod panics;
 pub mod proto;
 pub mod rate_limit;
 pub mod services;
-pub mod sql_types;
 pub mod startup;
 pub mod telemetry;
 pub mod verification;

@@ -11,6 +11,8 @@
 //! - `listen`: LISTEN/NOTIFY cache invalidation between replicas.
 //! - `write`: [`write`], the one shape of a change: its statements, audit
 //!   records and invalidation commit together.
+//! - [`sql_types`]: column types meaning the same on both backends, and the
+//!   domain's typed ids as column values.
 //! - [`models`]: one module per table, holding every query; [`schema`]:
 //!   the tables, kept by hand (tests/api/schema.rs checks it against both
 //!   migration sets).
@@ -21,11 +23,9 @@ mod migrate;
 pub mod models;
 mod pool;
 pub mod schema;
+pub mod sql_types;
 mod target;
 mod write;
-
-/// Kept under `db` too, where the models and schema look for them.
-pub use crate::sql_types;
 
 pub(crate) use connection::in_a_trace;
 pub(crate) use connection::{db_run, db_span, query_span};

@@ -1,49 +1,17 @@
 //! Typed identifiers, so a chatbot id can never be passed where a user id is
-//! expected.
+//! expected. How they are stored is the database layer's business.
 
 use std::fmt;
 
-use diesel::deserialize::{FromSql, FromSqlRow};
-use diesel::expression::AsExpression;
-use diesel::pg::{Pg, PgValue};
-use diesel::serialize::{Output, ToSql};
-use diesel::sql_types;
-use diesel::sqlite::{Sqlite, SqliteValue};
 use uuid::Uuid;
 
 use super::FieldViolation;
-use crate::sql_types::{self as db_types, DbUuid};
 
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, AsExpression, FromSqlRow)]
-        #[diesel(sql_type = DbUuid)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(pub Uuid);
-
-        impl ToSql<DbUuid, Pg> for $name {
-            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
-                db_types::uuid_to_pg(&self.0, out)
-            }
-        }
-
-        impl FromSql<DbUuid, Pg> for $name {
-            fn from_sql(bytes: PgValue<'_>) -> diesel::deserialize::Result<Self> {
-                db_types::uuid_from_pg(bytes).map(Self)
-            }
-        }
-
-        impl ToSql<DbUuid, Sqlite> for $name {
-            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> diesel::serialize::Result {
-                db_types::uuid_to_sqlite(&self.0, out)
-            }
-        }
-
-        impl FromSql<DbUuid, Sqlite> for $name {
-            fn from_sql(bytes: SqliteValue<'_, '_, '_>) -> diesel::deserialize::Result<Self> {
-                db_types::uuid_from_sqlite(bytes).map(Self)
-            }
-        }
 
         impl $name {
             /// A new, time-ordered id (UUIDv7 keeps index inserts local).
@@ -98,33 +66,8 @@ uuid_id!(
 );
 
 /// Id of an API key (auto-increment, as in the original data model).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, AsExpression, FromSqlRow)]
-#[diesel(sql_type = sql_types::BigInt)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ApiKeyId(pub i64);
-
-impl ToSql<sql_types::BigInt, Pg> for ApiKeyId {
-    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
-        <i64 as ToSql<sql_types::BigInt, Pg>>::to_sql(&self.0, out)
-    }
-}
-
-impl FromSql<sql_types::BigInt, Pg> for ApiKeyId {
-    fn from_sql(bytes: PgValue<'_>) -> diesel::deserialize::Result<Self> {
-        <i64 as FromSql<sql_types::BigInt, Pg>>::from_sql(bytes).map(Self)
-    }
-}
-
-impl ToSql<sql_types::BigInt, Sqlite> for ApiKeyId {
-    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> diesel::serialize::Result {
-        <i64 as ToSql<sql_types::BigInt, Sqlite>>::to_sql(&self.0, out)
-    }
-}
-
-impl FromSql<sql_types::BigInt, Sqlite> for ApiKeyId {
-    fn from_sql(bytes: SqliteValue<'_, '_, '_>) -> diesel::deserialize::Result<Self> {
-        <i64 as FromSql<sql_types::BigInt, Sqlite>>::from_sql(bytes).map(Self)
-    }
-}
 
 impl ApiKeyId {
     pub fn parse(field: &str, value: i64) -> Result<Self, FieldViolation> {

@@ -43,4 +43,6 @@ pub use role::Role;
 pub use time_range::{
     parse_duration_parts, parse_timestamp_parts, MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS,
 };
-pub use usage::{hour_of, UsageCounts, UsageEvent, UsageRange, MAX_USAGE_RANGE_HOURS};
+pub use usage::{
+    hour_of, UsageCounter, UsageCounts, UsageEvent, UsageRange, MAX_USAGE_RANGE_HOURS,
+};

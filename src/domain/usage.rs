@@ -1,5 +1,8 @@
 //! Usage history's values: what each VerifyApiKey answer counts as, the
-//! counts of one key's hour, and the range of hours a client asks for.
+//! counters and the counts of one key's hour, and the range of hours a
+//! client asks for.
+
+use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -23,41 +26,95 @@ pub enum UsageEvent {
     UsageExceeded,
 }
 
-/// Answers of each kind, and the credits spent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UsageCounts {
-    pub valid: i64,
-    pub revoked: i64,
-    pub expired: i64,
-    pub rate_limited: i64,
-    pub usage_exceeded: i64,
-    pub credits_spent: i64,
+/// One counter of usage history. The list of counters is written here
+/// once: [`UsageCounts`] holds a value for each, and the store's columns and
+/// the API's fields each map every counter in one exhaustive `match`, so a
+/// counter added here (to the enum and to [`Self::ALL`]) fails to compile
+/// until it has a column and a field. (The store's upsert, which adds each
+/// column, is the one place the compiler cannot point to.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UsageCounter {
+    Valid,
+    Revoked,
+    Expired,
+    RateLimited,
+    UsageExceeded,
+    CreditsSpent,
 }
 
+impl UsageCounter {
+    /// Every counter, in declaration order: `ALL[c as usize] == c`.
+    pub const ALL: [Self; 6] = [
+        Self::Valid,
+        Self::Revoked,
+        Self::Expired,
+        Self::RateLimited,
+        Self::UsageExceeded,
+        Self::CreditsSpent,
+    ];
+}
+
+// `ALL` lists each counter at its own index, which `UsageCounts` relies on.
+const _: () = {
+    let mut index = 0;
+    while index < UsageCounter::ALL.len() {
+        assert!(UsageCounter::ALL[index] as usize == index);
+        index += 1;
+    }
+};
+
+/// Answers of each kind, and the credits spent: a value per
+/// [`UsageCounter`]. Sums saturate rather than wrap.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageCounts([i64; UsageCounter::ALL.len()]);
+
 impl UsageCounts {
+    /// Counts with each counter's value given by `value`.
+    pub fn from_fn(value: impl FnMut(UsageCounter) -> i64) -> Self {
+        Self(UsageCounter::ALL.map(value))
+    }
+
+    /// The value of `counter`.
+    pub fn get(&self, counter: UsageCounter) -> i64 {
+        self.0[counter as usize]
+    }
+
+    /// Every counter with its value, in [`UsageCounter::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (UsageCounter, i64)> + '_ {
+        UsageCounter::ALL.into_iter().zip(self.0)
+    }
+
     /// Counts one answer.
     pub fn count(&mut self, event: UsageEvent) {
         let counter = match event {
             UsageEvent::Valid { credits_spent } => {
-                self.credits_spent = self.credits_spent.saturating_add(credits_spent);
-                &mut self.valid
+                self.add_to(UsageCounter::CreditsSpent, credits_spent);
+                UsageCounter::Valid
             }
-            UsageEvent::Revoked => &mut self.revoked,
-            UsageEvent::Expired => &mut self.expired,
-            UsageEvent::RateLimited => &mut self.rate_limited,
-            UsageEvent::UsageExceeded => &mut self.usage_exceeded,
+            UsageEvent::Revoked => UsageCounter::Revoked,
+            UsageEvent::Expired => UsageCounter::Expired,
+            UsageEvent::RateLimited => UsageCounter::RateLimited,
+            UsageEvent::UsageExceeded => UsageCounter::UsageExceeded,
         };
-        *counter = counter.saturating_add(1);
+        self.add_to(counter, 1);
     }
 
     /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &UsageCounts) {
-        self.valid = self.valid.saturating_add(other.valid);
-        self.revoked = self.revoked.saturating_add(other.revoked);
-        self.expired = self.expired.saturating_add(other.expired);
-        self.rate_limited = self.rate_limited.saturating_add(other.rate_limited);
-        self.usage_exceeded = self.usage_exceeded.saturating_add(other.usage_exceeded);
-        self.credits_spent = self.credits_spent.saturating_add(other.credits_spent);
+        for (counter, value) in other.iter() {
+            self.add_to(counter, value);
+        }
+    }
+
+    fn add_to(&mut self, counter: UsageCounter, value: i64) {
+        let sum = &mut self.0[counter as usize];
+        *sum = sum.saturating_add(value);
+    }
+}
+
+impl fmt::Debug for UsageCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -149,12 +206,47 @@ mod tests {
         counts.count(UsageEvent::Valid { credits_spent: 5 });
         counts.count(UsageEvent::Valid { credits_spent: 0 });
         counts.count(UsageEvent::RateLimited);
+        counts.count(UsageEvent::Revoked);
+        counts.count(UsageEvent::Expired);
+        counts.count(UsageEvent::UsageExceeded);
         let mut total = UsageCounts::default();
         total.add(&counts);
         total.add(&counts);
+        let expected = UsageCounts::from_fn(|counter| match counter {
+            UsageCounter::Valid => 4,
+            UsageCounter::CreditsSpent => 10,
+            _ => 2,
+        });
+        assert_eq!(total, expected);
+    }
+
+    #[test]
+    fn counts_iterate_every_counter_in_order_with_its_value() {
+        let counts = UsageCounts::from_fn(|counter| counter as i64 * 10);
+        let listed: Vec<(UsageCounter, i64)> = counts.iter().collect();
+        assert_eq!(listed.len(), UsageCounter::ALL.len());
+        for (index, (counter, value)) in listed.into_iter().enumerate() {
+            assert_eq!(counter, UsageCounter::ALL[index]);
+            assert_eq!(value, counts.get(counter));
+            assert_eq!(value, index as i64 * 10);
+        }
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_wrapping() {
+        let mut counts = UsageCounts::from_fn(|_| i64::MAX - 1);
+        counts.count(UsageEvent::Valid { credits_spent: 5 });
+        counts.add(&UsageCounts::from_fn(|_| 7));
+        assert_eq!(counts, UsageCounts::from_fn(|_| i64::MAX));
+    }
+
+    #[test]
+    fn counts_debug_names_each_counter() {
+        let mut counts = UsageCounts::default();
+        counts.count(UsageEvent::Expired);
         assert_eq!(
-            (total.valid, total.rate_limited, total.credits_spent),
-            (4, 2, 10)
+            format!("{counts:?}"),
+            "{Valid: 0, Revoked: 0, Expired: 1, RateLimited: 0, UsageExceeded: 0, CreditsSpent: 0}"
         );
     }
 }

@@ -242,14 +242,22 @@ empty_responses!(
 
 impl From<UsageCounts> for proto::UsageCounts {
     fn from(counts: UsageCounts) -> Self {
-        Self {
-            valid: counts.valid,
-            revoked: counts.revoked,
-            expired: counts.expired,
-            rate_limited: counts.rate_limited,
-            usage_exceeded: counts.usage_exceeded,
-            credits_spent: counts.credits_spent,
+        use domain::UsageCounter;
+
+        let mut message = Self::default();
+        for (counter, value) in counts.iter() {
+            // Every counter has its field: a new one fails to compile here.
+            let field = match counter {
+                UsageCounter::Valid => &mut message.valid,
+                UsageCounter::Revoked => &mut message.revoked,
+                UsageCounter::Expired => &mut message.expired,
+                UsageCounter::RateLimited => &mut message.rate_limited,
+                UsageCounter::UsageExceeded => &mut message.usage_exceeded,
+                UsageCounter::CreditsSpent => &mut message.credits_spent,
+            };
+            *field = value;
         }
+        message
     }
 }
 

@@ -111,9 +111,9 @@ impl ApiKey {
         )
     }
 
-    /// The hot path of VerifyApiKey: one probe of the unique digest index.
     /// Locks the key's row until the transaction ends (a no-op write, which
-    /// SQLite can also lock), serialising changes to its limits.
+    /// SQLite can also lock), serialising changes to its limits. Whether the
+    /// key exists.
     pub async fn lock(conn: &mut DbConnection, id: ApiKeyId) -> diesel::QueryResult<bool> {
         let touch = api_keys::display_name.eq(api_keys::display_name);
         Ok(update_rows!(conn, api_keys::table.find(id), touch)? == 1)
@@ -140,6 +140,11 @@ impl ApiKey {
         Ok(())
     }
 
+    /// What VerifyApiKey needs about the key whose digest is `digest` (its
+    /// state, its chatbot's owner and LLM endpoint, its limits), or `None`
+    /// for an unknown key. One statement, read on a key-cache miss: a probe
+    /// of the unique digest index, joined with the chatbot and (left) the
+    /// limits by their primary keys.
     pub async fn find_for_verification(
         conn: &mut DbConnection,
         digest: &ApiKeyDigest,
@@ -205,8 +210,8 @@ impl ApiKey {
         })
     }
 
-    /// Revokes a key; a second call keeps the first revoke time.
-    /// Revokes the key if it is not yet; whether this revoked it.
+    /// Revokes the key if it is not yet (a second call keeps the first
+    /// revoke time); whether this call revoked it.
     pub async fn revoke(
         conn: &mut DbConnection,
         id: ApiKeyId,

@@ -11,7 +11,7 @@ use diesel::{ExpressionMethods, Insertable, QueryDsl, Queryable, Selectable};
 use crate::db::schema::{api_key_usage, chatbots};
 use crate::db::sql_types::Timestamp;
 use crate::db::DbConnection;
-use crate::domain::{ApiKeyId, ChatbotId, UsageCounts, UsageRange};
+use crate::domain::{ApiKeyId, ChatbotId, UsageCounter, UsageCounts, UsageRange};
 
 /// One key's counts of one hour, to add to the store.
 #[derive(Debug, Clone, Copy)]
@@ -22,12 +22,10 @@ pub struct UsageRow {
     pub counts: UsageCounts,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = api_key_usage)]
-struct NewUsage {
-    api_key_id: ApiKeyId,
-    hour: Timestamp,
-    chatbot_id: ChatbotId,
+/// The counter columns of a row, written and read together.
+#[derive(Debug, Clone, Copy, Default, Insertable, Queryable, Selectable)]
+#[diesel(table_name = api_key_usage, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+struct CounterColumns {
     valid: i64,
     revoked: i64,
     expired: i64,
@@ -36,19 +34,55 @@ struct NewUsage {
     credits_spent: i64,
 }
 
+impl CounterColumns {
+    /// The column that stores `counter`: the one map from the domain's
+    /// counters to the table's columns (the upsert in [`KeyUsage::add`]
+    /// adds each column too).
+    fn column(&mut self, counter: UsageCounter) -> &mut i64 {
+        match counter {
+            UsageCounter::Valid => &mut self.valid,
+            UsageCounter::Revoked => &mut self.revoked,
+            UsageCounter::Expired => &mut self.expired,
+            UsageCounter::RateLimited => &mut self.rate_limited,
+            UsageCounter::UsageExceeded => &mut self.usage_exceeded,
+            UsageCounter::CreditsSpent => &mut self.credits_spent,
+        }
+    }
+}
+
+impl From<UsageCounts> for CounterColumns {
+    fn from(counts: UsageCounts) -> Self {
+        let mut columns = Self::default();
+        for (counter, value) in counts.iter() {
+            *columns.column(counter) = value;
+        }
+        columns
+    }
+}
+
+impl From<CounterColumns> for UsageCounts {
+    fn from(mut columns: CounterColumns) -> Self {
+        UsageCounts::from_fn(|counter| *columns.column(counter))
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = api_key_usage)]
+struct NewUsage {
+    api_key_id: ApiKeyId,
+    hour: Timestamp,
+    chatbot_id: ChatbotId,
+    #[diesel(embed)]
+    counts: CounterColumns,
+}
+
 impl From<&UsageRow> for NewUsage {
     fn from(row: &UsageRow) -> Self {
-        let counts = row.counts;
         Self {
             api_key_id: row.api_key_id,
             hour: Timestamp(row.hour),
             chatbot_id: row.chatbot_id,
-            valid: counts.valid,
-            revoked: counts.revoked,
-            expired: counts.expired,
-            rate_limited: counts.rate_limited,
-            usage_exceeded: counts.usage_exceeded,
-            credits_spent: counts.credits_spent,
+            counts: row.counts.into(),
         }
     }
 }
@@ -58,25 +92,8 @@ impl From<&UsageRow> for NewUsage {
 #[diesel(table_name = api_key_usage, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 struct StoredHour {
     hour: DateTime<Utc>,
-    valid: i64,
-    revoked: i64,
-    expired: i64,
-    rate_limited: i64,
-    usage_exceeded: i64,
-    credits_spent: i64,
-}
-
-impl StoredHour {
-    fn counts(&self) -> UsageCounts {
-        UsageCounts {
-            valid: self.valid,
-            revoked: self.revoked,
-            expired: self.expired,
-            rate_limited: self.rate_limited,
-            usage_exceeded: self.usage_exceeded,
-            credits_spent: self.credits_spent,
-        }
-    }
+    #[diesel(embed)]
+    counts: CounterColumns,
 }
 
 /// Hours with their counts, oldest first.
@@ -110,7 +127,7 @@ impl KeyUsage {
             return Ok(0);
         }
         // Each replica's counts are added to the stored ones, never
-        // written over them.
+        // written over them: every column of `CounterColumns`.
         macro_rules! add_rows {
             ($conn:expr, $rows:expr) => {{
                 use api_key_usage::dsl as usage;
@@ -201,7 +218,7 @@ impl KeyUsage {
             by_hour
                 .entry(stored.hour)
                 .or_default()
-                .add(&stored.counts());
+                .add(&stored.counts.into());
         }
         Ok(by_hour.into_iter().collect())
     }

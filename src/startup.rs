@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 use crate::auth::{AuthLayer, CredentialsGate, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
 use crate::config::{Config, Settings};
 use crate::db::models::AuditEvent;
-use crate::db::{self, Database, DatabaseTarget};
+use crate::db::{self, Database, DatabaseTarget, ServeLock};
 use crate::gate::GateLayer;
 use crate::health::{self, HealthReporter};
 use crate::hot_path::batch_queue::QueueBound;
@@ -81,6 +81,9 @@ pub struct Application {
     metrics: Metrics,
     state: Arc<AppState>,
     config: Config,
+    /// Held until the server stops: no second process serves its SQLite
+    /// file meanwhile.
+    serve_lock: Option<ServeLock>,
 }
 
 impl Application {
@@ -99,6 +102,7 @@ impl Application {
             "using the {} store",
             target.backend_name()
         );
+        let serve_lock = target.lock_for_serving()?;
         if settings.migrate_on_start {
             let applied = db::run_migrations(target).await?;
             if !applied.is_empty() {
@@ -213,6 +217,7 @@ impl Application {
             metrics,
             state,
             config,
+            serve_lock,
         })
     }
 
@@ -255,6 +260,7 @@ impl Application {
             metrics,
             state,
             config,
+            serve_lock,
             ..
         } = self;
         let Config { settings, database } = config;
@@ -450,6 +456,8 @@ impl Application {
             ),
         }
         state.db.close();
+        // Only now may another process serve the SQLite file.
+        drop(serve_lock);
         tracing::info!("shut down");
         served
     }

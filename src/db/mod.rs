@@ -35,5 +35,5 @@ pub use listen::{
 };
 pub use migrate::{revert_last_migration, run_migrations, schema_version};
 pub use pool::{Database, PoolError, PoolSettings};
-pub use target::DatabaseTarget;
+pub use target::{DatabaseTarget, ServeLock};
 pub use write::{write, Written};

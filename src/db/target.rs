@@ -139,3 +139,47 @@ mod tests {
         assert!(printed.contains("db:5432/chatbot"), "{printed}");
     }
 }
+
+/// A SQLite file held for serving, released when dropped. One process
+/// serves a SQLite file: each process trusts its own caches, which no other
+/// process's changes would invalidate (SQLite has no NOTIFY), so a second
+/// server on the same file could keep accepting a revoked key.
+#[derive(Debug)]
+pub struct ServeLock {
+    _file: std::fs::File,
+}
+
+impl DatabaseTarget {
+    /// For SQLite, takes `<file>.lock` (an advisory lock the kernel drops
+    /// with the process, however it ends), or fails at once naming why;
+    /// PostgreSQL needs none (replicas hear each other's changes).
+    pub fn lock_for_serving(&self) -> anyhow::Result<Option<ServeLock>> {
+        let Self::Sqlite(path) = self else {
+            return Ok(None);
+        };
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|error| {
+                anyhow::anyhow!("cannot open {}: {error}", lock_path.to_string_lossy())
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(ServeLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+                "another process is serving {} (it holds {}): one process serves a SQLite \
+                 file, since each caches what only it can invalidate; stop the other, or use \
+                 PostgreSQL for several replicas",
+                path.display(),
+                lock_path.to_string_lossy()
+            )),
+            Err(std::fs::TryLockError::Error(error)) => Err(anyhow::anyhow!(
+                "cannot lock {}: {error}",
+                lock_path.to_string_lossy()
+            )),
+        }
+    }
+}

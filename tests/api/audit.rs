@@ -114,10 +114,7 @@ backend_test! {
         let replacement_id = rotated.api_key.as_ref().unwrap().id;
         // Revoked twice: the second changes nothing and records nothing.
         for _ in 0..2 {
-            app.api_keys(Some(&owner.token))
-                .revoke_api_key(proto::RevokeApiKeyRequest { id: replacement_id })
-                .await
-                .unwrap();
+            app.revoke_api_key(&owner.token, replacement_id).await.unwrap();
         }
         // An admin deletes the owner's key.
         app.api_keys(Some(&admin.token))
@@ -291,10 +288,7 @@ backend_test! {
             key_ids.push(app.create_api_key(&owner, &chatbot.id).await.api_key.unwrap().id);
         }
         let start = chrono::Utc::now();
-        app.api_keys(Some(&admin.token))
-            .revoke_api_key(proto::RevokeApiKeyRequest { id: key_ids[0] })
-            .await
-            .unwrap();
+        app.revoke_api_key(&admin.token, key_ids[0]).await.unwrap();
 
         let only = |request: proto::ListAuditEventsRequest| events(&app, &owner, request);
         let created = only(proto::ListAuditEventsRequest {
@@ -391,16 +385,9 @@ backend_test! {
             .unwrap();
         let login = app.login(&user.email, "a-brand-new-password").await.unwrap();
         // A refresh token used twice ends the session.
-        let refreshed = app
-            .auth(None)
-            .refresh_token(proto::RefreshTokenRequest { refresh_token: login.refresh_token.clone() })
-            .await
-            .unwrap()
-            .into_inner();
+        let refreshed = app.refresh(&login.refresh_token).await.unwrap();
         assert_code(
-            app.auth(None)
-                .refresh_token(proto::RefreshTokenRequest { refresh_token: login.refresh_token.clone() })
-                .await,
+            app.refresh(&login.refresh_token).await,
             Code::Unauthenticated,
         );
         let again = app.login(&user.email, "a-brand-new-password").await.unwrap();

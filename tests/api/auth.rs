@@ -161,11 +161,7 @@ backend_test! {
             .await
             .unwrap();
         assert_code(
-            app.auth(None)
-                .refresh_token(proto::RefreshTokenRequest {
-                    refresh_token: user.refresh_token.clone(),
-                })
-                .await,
+            app.refresh(&user.refresh_token).await,
             Code::Unauthenticated,
         );
         // The session's access token ended with it, so even a second
@@ -247,11 +243,7 @@ backend_test! {
         let user = app.new_user().await;
         for presented in [user.token.clone(), "x".repeat(10_000), "not-a-token".into()] {
             assert_code(
-                app.auth(None)
-                    .refresh_token(proto::RefreshTokenRequest {
-                        refresh_token: presented,
-                    })
-                    .await,
+                app.refresh(&presented).await,
                 Code::Unauthenticated,
             );
         }

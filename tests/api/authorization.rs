@@ -6,7 +6,7 @@ use prost_types::FieldMask;
 use tonic::{Code, Status};
 
 use crate::auth::bad_tokens;
-use crate::helpers::{backend_test, spawn_app_with, TestApp, TestUser};
+use crate::helpers::{backend_test, spawn_app_with, KeyOwner, TestApp, TestUser};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rpc {
@@ -355,9 +355,12 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
 /// A fresh owner with a chatbot and a key, so cells that change their
 /// target do not disturb each other.
 async fn fresh_target(app: &TestApp) -> (TestUser, Target) {
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "matrix bot").await;
-    let key = app.create_api_key(&owner, &chatbot.id).await;
+    let KeyOwner {
+        owner,
+        chatbot,
+        created,
+    } = app.new_key_owner("matrix bot").await;
+    let key = created;
     let target = Target {
         user_id: owner.id.clone(),
         chatbot_id: chatbot.id,

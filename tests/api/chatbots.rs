@@ -4,7 +4,9 @@ use chatbot_backend::proto;
 use prost_types::FieldMask;
 use tonic::Code;
 
-use crate::helpers::{assert_code, backend_test, spawn_app, spawn_app_with, violated_fields};
+use crate::helpers::{
+    assert_code, backend_test, spawn_app, spawn_app_with, violated_fields, KeyOwner,
+};
 
 fn create_request(name: &str, url: &str) -> proto::CreateChatbotRequest {
     proto::CreateChatbotRequest {
@@ -230,9 +232,8 @@ backend_test! {
 backend_test! {
     async fn delete_chatbot_deletes_it_and_its_keys() {
         let app = spawn_app().await;
-        let user = app.new_user().await;
-        let chatbot = app.create_chatbot(&user, "short-lived").await;
-        let key = app.create_api_key(&user, &chatbot.id).await;
+        let KeyOwner { owner: user, chatbot, created } = app.new_key_owner("short-lived").await;
+        let key = created;
         app.chatbots(Some(&user.token))
             .delete_chatbot(proto::DeleteChatbotRequest {
                 id: chatbot.id.clone(),

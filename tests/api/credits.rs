@@ -35,16 +35,12 @@ async fn key_with(
     credits: Option<proto::Credits>,
 ) -> proto::CreateApiKeyResponse {
     let chatbot = app.create_chatbot(owner, "limited").await;
-    app.api_keys(Some(&owner.token))
-        .create_api_key(proto::CreateApiKeyRequest {
-            chatbot_id: chatbot.id,
-            rate_limit,
-            credits,
-            ..Default::default()
-        })
-        .await
-        .expect("create a limited key")
-        .into_inner()
+    let limits = proto::CreateApiKeyRequest {
+        rate_limit,
+        credits,
+        ..Default::default()
+    };
+    app.create_api_key_with(owner, &chatbot.id, limits).await
 }
 
 async fn get_key(app: &TestApp, owner: &TestUser, id: i64) -> proto::ApiKey {

@@ -7,7 +7,10 @@ use std::time::Duration;
 use chatbot_backend::proto::{self, UserRole};
 use tonic::Code;
 
-use crate::helpers::{assert_code, backend_test, spawn_app, spawn_app_with, TestApp, TestUser};
+use crate::helpers::{
+    assert_code, backend_test, changed_within_a_second, spawn_app, spawn_app_with, TestApp,
+    TestUser,
+};
 
 async fn who_am_i(app: &TestApp, token: &str) -> Result<proto::User, tonic::Status> {
     app.auth(Some(token))
@@ -177,23 +180,15 @@ backend_test! {
 }
 
 /// Polls `call` every 20 ms until it answers `code`, failing after a second.
-async fn refused_within_a_second<F, Fut, T>(mut call: F, code: Code)
+async fn refused_within_a_second<F, Fut, T>(call: F, code: Code)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     T: std::fmt::Debug,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    loop {
-        match call().await {
-            Err(status) if status.code() == code => return,
-            other => assert!(
-                tokio::time::Instant::now() < deadline,
-                "still {other:?} a second after the change"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let refused =
+        |answer: &Result<T, tonic::Status>| matches!(answer, Err(status) if status.code() == code);
+    let _refusal = changed_within_a_second(call, refused).await;
 }
 
 /// Replicas share PostgreSQL only.
@@ -298,9 +293,7 @@ backend_test! {
             assert_code(who_am_i(&app, token).await, Code::Unauthenticated);
         }
         assert_code(
-            app.auth(None)
-                .refresh_token(proto::RefreshTokenRequest { refresh_token: last_refresh_token })
-                .await,
+            app.refresh(&last_refresh_token).await,
             Code::Unauthenticated,
         );
     }

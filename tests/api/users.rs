@@ -358,11 +358,7 @@ backend_test! {
             .await
             .unwrap();
         assert_code(
-            app.auth(None)
-                .refresh_token(proto::RefreshTokenRequest {
-                    refresh_token: user.refresh_token.clone(),
-                })
-                .await,
+            app.refresh(&user.refresh_token).await,
             Code::Unauthenticated,
         );
     }

@@ -97,17 +97,12 @@ backend_test! {
         let app = spawn_app().await;
         let owner = app.new_user().await;
         let chatbot = app.create_chatbot(&owner, "bot").await;
-        let created = app
-            .api_keys(Some(&owner.token))
-            .create_api_key(proto::CreateApiKeyRequest {
-                chatbot_id: chatbot.id.clone(),
-                display_name: "short".into(),
-                expire_time: Some(in_seconds(2)),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let request = proto::CreateApiKeyRequest {
+            display_name: "short".into(),
+            expire_time: Some(in_seconds(2)),
+            ..Default::default()
+        };
+        let created = app.create_api_key_with(&owner, &chatbot.id, request).await;
         assert_eq!(
             app.verify(&created.key).await.reason(),
             VerifyApiKeyReason::Valid
@@ -133,8 +128,7 @@ backend_test! {
 backend_test! {
     async fn a_rotated_key_keeps_working_only_for_its_grace_period() {
         let app = spawn_app().await;
-        let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
-        let old = created;
+        let KeyOwner { owner, created: old, .. } = app.new_key_owner("bot").await;
         let rotated = app
             .api_keys(Some(&owner.token))
             .rotate_api_key(proto::RotateApiKeyRequest {
@@ -298,8 +292,7 @@ async fn poll_until_last_used_is_recorded(
 backend_test! {
     async fn a_chatbot_cannot_exceed_its_active_key_limit() {
         let app = spawn_app_with(&["--max-active-api-keys-per-chatbot", "2"]).await;
-        let KeyOwner { owner, chatbot, created } = app.new_key_owner("bot").await;
-        let first = created;
+        let KeyOwner { owner, chatbot, created: first } = app.new_key_owner("bot").await;
         app.create_api_key(&owner, &chatbot.id).await;
         let create = || {
             let mut client = app.api_keys(Some(&owner.token));
@@ -330,19 +323,12 @@ backend_test! {
                     .id,
             );
         }
-        let expiring = app
-            .api_keys(Some(&owner.token))
-            .create_api_key(proto::CreateApiKeyRequest {
-                chatbot_id: chatbot.id.clone(),
-                display_name: "expiring".into(),
-                expire_time: Some(in_seconds(3600)),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .api_key
-            .unwrap();
+        let request = proto::CreateApiKeyRequest {
+            display_name: "expiring".into(),
+            expire_time: Some(in_seconds(3600)),
+            ..Default::default()
+        };
+        let expiring = app.create_api_key_with(&owner, &chatbot.id, request).await.api_key.unwrap();
         app.revoke_api_key(&owner.token, ids[0]).await.unwrap();
 
         let list = |request: proto::ListApiKeysRequest| {
@@ -499,12 +485,7 @@ backend_test! {
             "https://llm.example.org/v2"
         );
 
-        app.chatbots(Some(&owner.token))
-            .delete_chatbot(proto::DeleteChatbotRequest {
-                id: chatbot.id.clone(),
-            })
-            .await
-            .unwrap();
+        app.delete_chatbot(&owner.token, &chatbot.id).await.unwrap();
         assert_eq!(
             app.verify(&created.key).await.reason(),
             VerifyApiKeyReason::NotFound

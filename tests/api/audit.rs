@@ -8,8 +8,8 @@ use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, server_command, spawn_app, spawn_app_with, violated_fields, TestApp,
-    TestUser,
+    assert_code, backend_test, password_change, role_change, server_command, spawn_app,
+    spawn_app_with, violated_fields, TestApp, TestUser,
 };
 
 async fn events(
@@ -73,14 +73,7 @@ backend_test! {
             ..Default::default()
         });
         create.metadata_mut().insert("x-request-id", "audit-create-1".parse().unwrap());
-        let chatbot = app
-            .chatbots(Some(&owner.token))
-            .create_chatbot(create)
-            .await
-            .unwrap()
-            .into_inner()
-            .chatbot
-            .unwrap();
+        let chatbot = app.create_chatbot_from(&owner.token, create).await.unwrap();
         app.chatbots(Some(&owner.token))
             .update_chatbot(proto::UpdateChatbotRequest {
                 chatbot: Some(proto::Chatbot {
@@ -121,10 +114,7 @@ backend_test! {
             .delete_api_key(proto::DeleteApiKeyRequest { id: key_id })
             .await
             .unwrap();
-        app.chatbots(Some(&owner.token))
-            .delete_chatbot(proto::DeleteChatbotRequest { id: chatbot.id.clone() })
-            .await
-            .unwrap();
+        app.delete_chatbot(&owner.token, &chatbot.id).await.unwrap();
 
         let logged = on_chatbots_and_keys(all_events(&app, &admin).await);
         assert_eq!(
@@ -207,22 +197,16 @@ backend_test! {
         );
         // Someone else's chatbot: refused before any change.
         assert_code(
-            app.chatbots(Some(&stranger.token))
-                .delete_chatbot(proto::DeleteChatbotRequest { id: chatbot.id.clone() })
-                .await,
+            app.delete_chatbot(&stranger.token, &chatbot.id).await,
             Code::PermissionDenied,
         );
         // A chatbot for an owner that does not exist.
-        assert_code(
-            app.chatbots(Some(&admin.token))
-                .create_chatbot(proto::CreateChatbotRequest {
-                    name: "orphan".into(),
-                    llm_endpoint_url: "https://llm.example.com".into(),
-                    owner_id: "0190e4d2-0000-7000-8000-000000000000".into(),
-                })
-                .await,
-            Code::NotFound,
-        );
+        let orphan = proto::CreateChatbotRequest {
+            name: "orphan".into(),
+            llm_endpoint_url: "https://llm.example.com".into(),
+            owner_id: "0190e4d2-0000-7000-8000-000000000000".into(),
+        };
+        assert_code(app.create_chatbot_from(&admin.token, orphan).await, Code::NotFound);
         assert_eq!(changes_recorded(&app, &admin).await, before);
     }
 }
@@ -372,15 +356,7 @@ backend_test! {
         let user = app.new_user().await;
         // Their own password change, then a new login.
         app.users(Some(&user.token))
-            .update_user(proto::UpdateUserRequest {
-                user: Some(proto::User {
-                    id: user.id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: None,
-                new_password: "a-brand-new-password".into(),
-                current_password: user.password.clone(),
-            })
+            .update_user(password_change(&user.id, &user.password, "a-brand-new-password"))
             .await
             .unwrap();
         let login = app.login(&user.email, "a-brand-new-password").await.unwrap();
@@ -397,16 +373,7 @@ backend_test! {
             .unwrap();
         // An admin makes them an admin, then deletes them.
         app.users(Some(&admin.token))
-            .update_user(proto::UpdateUserRequest {
-                user: Some(proto::User {
-                    id: user.id.clone(),
-                    role: proto::UserRole::Admin.into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask { paths: vec!["role".into()] }),
-                new_password: String::new(),
-                current_password: String::new(),
-            })
+            .update_user(role_change(&user.id, proto::UserRole::Admin))
             .await
             .unwrap();
         app.users(Some(&admin.token))
@@ -546,9 +513,7 @@ backend_test! {
         }
         for _ in 0..2 {
             assert_code(
-                app.chatbots(Some(&stranger.token))
-                    .delete_chatbot(proto::DeleteChatbotRequest { id: chatbot.id.clone() })
-                    .await,
+                app.delete_chatbot(&stranger.token, &chatbot.id).await,
                 Code::PermissionDenied,
             );
         }

@@ -238,10 +238,7 @@ async fn a_call_past_the_servers_deadline_is_deadline_exceeded() {
     let user = app.new_user().await;
     let chatbot = app.create_chatbot(&user, "bot").await;
     let held = app.db.conn().await.unwrap();
-    let result = app
-        .chatbots(Some(&user.token))
-        .get_chatbot(proto::GetChatbotRequest { id: chatbot.id })
-        .await;
+    let result = app.get_chatbot(&user.token, &chatbot.id).await;
     drop(held);
     assert_code(result, Code::DeadlineExceeded);
     let handled = series(

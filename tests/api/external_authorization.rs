@@ -297,8 +297,7 @@ backend_test! {
 backend_test! {
     async fn each_key_that_is_not_valid_is_a_401_with_a_challenge_and_a_json_body_without_the_key() {
         let app = spawn_app().await;
-        let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
-        let revoked = created;
+        let KeyOwner { owner, created: revoked, .. } = app.new_key_owner("bot").await;
         app.revoke_api_key(&owner.token, revoked.api_key.unwrap().id).await.unwrap();
         let soon = std::time::SystemTime::now() + Duration::from_secs(1);
         let expiring = key_with(

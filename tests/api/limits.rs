@@ -110,10 +110,7 @@ backend_test! {
             .get_current_user(proto::GetCurrentUserRequest {})
             .await
             .unwrap();
-        let _ = app
-            .chatbots(Some(&user.token))
-            .get_chatbot(proto::GetChatbotRequest { id: "bad".into() })
-            .await;
+        let _ = app.get_chatbot(&user.token, "bad").await;
         let body = scrape(app.metrics_addr.expect("metrics enabled")).await;
         assert!(body.starts_with("HTTP/1.1 200"));
         for expected in [

@@ -85,14 +85,13 @@ backend_test! {
         let app = spawn_app().await;
         let user = app.new_user().await;
         for name in HIDDEN_CHARACTER_NAMES {
+            let request = proto::CreateChatbotRequest {
+                owner_id: String::new(),
+                name: (*name).into(),
+                llm_endpoint_url: "https://llm.example.com/v1".into(),
+            };
             let status = assert_code(
-                app.chatbots(Some(&user.token))
-                    .create_chatbot(proto::CreateChatbotRequest {
-                        owner_id: String::new(),
-                        name: (*name).into(),
-                        llm_endpoint_url: "https://llm.example.com/v1".into(),
-                    })
-                    .await,
+                app.create_chatbot_from(&user.token, request).await,
                 Code::InvalidArgument,
             );
             assert_eq!(violated_fields(&status), ["name"], "{name:?}");

@@ -8,8 +8,8 @@ use chatbot_backend::proto::{self, UserRole};
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, changed_within_a_second, spawn_app, spawn_app_with, TestApp,
-    TestUser,
+    assert_code, backend_test, changed_within_a_second, password_change, role_change, spawn_app,
+    spawn_app_with, TestApp, TestUser,
 };
 
 async fn who_am_i(app: &TestApp, token: &str) -> Result<proto::User, tonic::Status> {
@@ -26,32 +26,6 @@ async fn second_session(app: &TestApp, user: &TestUser) -> TestUser {
         token: login.access_token,
         refresh_token: login.refresh_token,
         ..user.clone()
-    }
-}
-
-fn password_change(user: &TestUser, new_password: &str) -> proto::UpdateUserRequest {
-    proto::UpdateUserRequest {
-        user: Some(proto::User {
-            id: user.id.clone(),
-            ..Default::default()
-        }),
-        update_mask: None,
-        new_password: new_password.into(),
-        current_password: user.password.clone(),
-    }
-}
-
-fn role_change(id: &str, role: UserRole) -> proto::UpdateUserRequest {
-    proto::UpdateUserRequest {
-        user: Some(proto::User {
-            id: id.into(),
-            role: role.into(),
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["role".into()],
-        }),
-        ..Default::default()
     }
 }
 
@@ -98,7 +72,7 @@ backend_test! {
         let user = app.new_user().await;
         let other = second_session(&app, &user).await;
         app.users(Some(&user.token))
-            .update_user(password_change(&user, "a brand new password"))
+            .update_user(password_change(&user.id, &user.password, "a brand new password"))
             .await
             .unwrap();
         assert_code(who_am_i(&app, &user.token).await, Code::Unauthenticated);
@@ -253,7 +227,7 @@ backend_test! {
             });
         }
         app.users(Some(&user.token))
-            .update_user(password_change(&user, "a brand new password"))
+            .update_user(password_change(&user.id, &user.password, "a brand new password"))
             .await
             .unwrap();
         // Whichever logins got through with the old password, before or

@@ -81,16 +81,44 @@ impl Clients {
         AuditServiceClient::new(self.authed(token))
     }
 
+    /// GetUser of user `id`, asked by `token`'s user.
+    pub async fn get_user(&self, token: &str, id: &str) -> Result<proto::User, Status> {
+        let request = proto::GetUserRequest { id: id.into() };
+        let got = self.users(Some(token)).get_user(request).await?;
+        Ok(got.into_inner().user.expect("user in response"))
+    }
+
+    /// GetChatbot of chatbot `id`, asked by `token`'s user.
+    pub async fn get_chatbot(&self, token: &str, id: &str) -> Result<proto::Chatbot, Status> {
+        let request = proto::GetChatbotRequest { id: id.into() };
+        let got = self.chatbots(Some(token)).get_chatbot(request).await?;
+        Ok(got.into_inner().chatbot.expect("chatbot in response"))
+    }
+
+    /// The chatbot CreateChatbot makes from `request`, asked by `token`'s
+    /// user.
+    pub async fn create_chatbot_from(
+        &self,
+        token: &str,
+        request: impl tonic::IntoRequest<proto::CreateChatbotRequest>,
+    ) -> Result<proto::Chatbot, Status> {
+        let created = self.chatbots(Some(token)).create_chatbot(request).await?;
+        Ok(created.into_inner().chatbot.expect("chatbot in response"))
+    }
+
     /// The chatbot as GetChatbot answers it to `token`'s user; panics on
     /// an error status.
     pub async fn read_chatbot(&self, token: &str, id: &str) -> proto::Chatbot {
-        self.chatbots(Some(token))
-            .get_chatbot(proto::GetChatbotRequest { id: id.into() })
+        self.get_chatbot(token, id)
             .await
             .expect("GetChatbot answers OK")
-            .into_inner()
-            .chatbot
-            .expect("chatbot in response")
+    }
+
+    /// DeleteChatbot of chatbot `id`, asked by `token`'s user.
+    pub async fn delete_chatbot(&self, token: &str, id: &str) -> Result<(), Status> {
+        let request = proto::DeleteChatbotRequest { id: id.into() };
+        self.chatbots(Some(token)).delete_chatbot(request).await?;
+        Ok(())
     }
 
     /// GetDatabaseStatus as `token`'s user sees it; panics on an error

@@ -79,17 +79,14 @@ impl TestApp {
     /// A chatbot of `owner` called `name`, created by `owner`; panics on an
     /// error status.
     pub async fn create_chatbot(&self, owner: &TestUser, name: &str) -> proto::Chatbot {
-        self.chatbots(Some(&owner.token))
-            .create_chatbot(proto::CreateChatbotRequest {
-                owner_id: String::new(),
-                name: name.into(),
-                llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
-            })
+        let request = proto::CreateChatbotRequest {
+            owner_id: String::new(),
+            name: name.into(),
+            llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
+        };
+        self.create_chatbot_from(&owner.token, request)
             .await
             .expect("create chatbot")
-            .into_inner()
-            .chatbot
-            .expect("chatbot in response")
     }
 
     /// A key (named "test key", without expiry or limits) on `owner`'s

@@ -14,6 +14,7 @@
 //! What lives where: `app` starts a server, `database` and `templates` make
 //! its database, `clients` calls it, `fixtures` makes the users, chatbots
 //! and keys a test starts from, `polling` waits for an answer to change,
+//! `requests` builds the requests several files send,
 //! `process` runs the real binary, `proxy` cuts a connection, `metrics`
 //! scrapes the metrics endpoint, `logs` keeps what the servers logged, and
 //! `assertions` checks a status.
@@ -28,6 +29,7 @@ mod metrics;
 mod polling;
 mod process;
 mod proxy;
+mod requests;
 mod templates;
 
 pub use app::{
@@ -42,6 +44,7 @@ pub use metrics::scrape;
 pub use polling::{changed_within_a_second, eventually, poll_until};
 pub use process::{server_command, serving_addr, spawn_logging_json};
 pub use proxy::TcpProxy;
+pub use requests::{password_change, role_change};
 
 use std::future::Future;
 

@@ -4,8 +4,8 @@ use chatbot_backend::proto::{self, VerifyApiKeyReason};
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, changed_within_a_second, logs, poll_until, spawn_app,
-    spawn_app_with, violated_fields, KeyOwner, TestApp,
+    assert_code, backend_test, changed_within_a_second, chatbot_update, logs, poll_until,
+    spawn_app, spawn_app_with, violated_fields, KeyOwner, TestApp,
 };
 
 fn in_seconds(seconds: i64) -> prost_types::Timestamp {
@@ -178,10 +178,7 @@ backend_test! {
         let app = spawn_app().await;
         let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
         let id = created.api_key.unwrap().id;
-        app.api_keys(Some(&owner.token))
-            .delete_api_key(proto::DeleteApiKeyRequest { id })
-            .await
-            .unwrap();
+        app.delete_api_key(&owner.token, id).await.unwrap();
         assert_eq!(
             app.verify(&created.key).await.reason(),
             VerifyApiKeyReason::NotFound
@@ -467,17 +464,13 @@ backend_test! {
         let KeyOwner { owner, chatbot, created } = app.new_key_owner("bot").await;
         assert!(app.verify(&created.key).await.valid);
 
+        let moved = proto::Chatbot {
+            id: chatbot.id.clone(),
+            llm_endpoint_url: "https://llm.example.org/v2".into(),
+            ..Default::default()
+        };
         app.chatbots(Some(&owner.token))
-            .update_chatbot(proto::UpdateChatbotRequest {
-                chatbot: Some(proto::Chatbot {
-                    id: chatbot.id.clone(),
-                    llm_endpoint_url: "https://llm.example.org/v2".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["llm_endpoint_url".into()],
-                }),
-            })
+            .update_chatbot(chatbot_update(moved, &["llm_endpoint_url"]))
             .await
             .unwrap();
         assert_eq!(

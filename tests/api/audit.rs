@@ -4,12 +4,11 @@
 //! whom they belong.
 
 use chatbot_backend::proto::{self, AuditOutcome};
-use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, password_change, role_change, server_command, spawn_app,
-    spawn_app_with, violated_fields, TestApp, TestUser,
+    api_key_update, assert_code, backend_test, chatbot_update, password_change, role_change,
+    server_command, spawn_app, spawn_app_with, violated_fields, TestApp, TestUser,
 };
 
 async fn events(
@@ -74,28 +73,22 @@ backend_test! {
         });
         create.metadata_mut().insert("x-request-id", "audit-create-1".parse().unwrap());
         let chatbot = app.create_chatbot_from(&owner.token, create).await.unwrap();
+        let moved = proto::Chatbot {
+            id: chatbot.id.clone(),
+            llm_endpoint_url: "https://llm.example.com/v2".into(),
+            ..Default::default()
+        };
         app.chatbots(Some(&owner.token))
-            .update_chatbot(proto::UpdateChatbotRequest {
-                chatbot: Some(proto::Chatbot {
-                    id: chatbot.id.clone(),
-                    llm_endpoint_url: "https://llm.example.com/v2".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask { paths: vec!["llm_endpoint_url".into()] }),
-            })
+            .update_chatbot(chatbot_update(moved, &["llm_endpoint_url"]))
             .await
             .unwrap();
         let created = app.create_api_key(&owner, &chatbot.id).await;
         let key_id = created.api_key.as_ref().unwrap().id;
         app.api_keys(Some(&owner.token))
-            .update_api_key(proto::UpdateApiKeyRequest {
-                api_key: Some(proto::ApiKey {
-                    id: key_id,
-                    display_name: "renamed".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask { paths: vec!["display_name".into()] }),
-            })
+            .update_api_key(api_key_update(
+                proto::ApiKey { id: key_id, display_name: "renamed".into(), ..Default::default() },
+                &["display_name"],
+            ))
             .await
             .unwrap();
         let rotated = app
@@ -110,10 +103,7 @@ backend_test! {
             app.revoke_api_key(&owner.token, replacement_id).await.unwrap();
         }
         // An admin deletes the owner's key.
-        app.api_keys(Some(&admin.token))
-            .delete_api_key(proto::DeleteApiKeyRequest { id: key_id })
-            .await
-            .unwrap();
+        app.delete_api_key(&admin.token, key_id).await.unwrap();
         app.delete_chatbot(&owner.token, &chatbot.id).await.unwrap();
 
         let logged = on_chatbots_and_keys(all_events(&app, &admin).await);
@@ -220,15 +210,13 @@ backend_test! {
         let alices = app.create_chatbot(&alice, "alice's").await;
         let bobs = app.create_chatbot(&bob, "bob's").await;
         // An admin's change to Alice's chatbot is on Alice's chatbot.
+        let renamed = proto::Chatbot {
+            id: alices.id.clone(),
+            name: "renamed by an admin".into(),
+            ..Default::default()
+        };
         app.chatbots(Some(&admin.token))
-            .update_chatbot(proto::UpdateChatbotRequest {
-                chatbot: Some(proto::Chatbot {
-                    id: alices.id.clone(),
-                    name: "renamed by an admin".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask { paths: vec!["name".into()] }),
-            })
+            .update_chatbot(chatbot_update(renamed, &["name"]))
             .await
             .unwrap();
 
@@ -367,10 +355,7 @@ backend_test! {
             Code::Unauthenticated,
         );
         let again = app.login(&user.email, "a-brand-new-password").await.unwrap();
-        app.auth(Some(&again.access_token))
-            .logout(proto::LogoutRequest { refresh_token: again.refresh_token.clone() })
-            .await
-            .unwrap();
+        app.logout(&again.access_token, &again.refresh_token).await.unwrap();
         // An admin makes them an admin, then deletes them.
         app.users(Some(&admin.token))
             .update_user(role_change(&user.id, proto::UserRole::Admin))

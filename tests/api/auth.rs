@@ -154,12 +154,7 @@ backend_test! {
     async fn logout_revokes_the_refresh_token() {
         let app = spawn_app().await;
         let user = app.new_user().await;
-        app.auth(Some(&user.token))
-            .logout(proto::LogoutRequest {
-                refresh_token: user.refresh_token.clone(),
-            })
-            .await
-            .unwrap();
+        app.logout(&user.token, &user.refresh_token).await.unwrap();
         assert_code(
             app.refresh(&user.refresh_token).await,
             Code::Unauthenticated,
@@ -167,11 +162,7 @@ backend_test! {
         // The session's access token ended with it, so even a second
         // logout is refused.
         assert_code(
-            app.auth(Some(&user.token))
-                .logout(proto::LogoutRequest {
-                    refresh_token: user.refresh_token.clone(),
-                })
-                .await,
+            app.logout(&user.token, &user.refresh_token).await,
             Code::Unauthenticated,
         );
     }

@@ -1,11 +1,10 @@
 use chatbot_backend::db::models::Chatbot;
 use chatbot_backend::domain::ChatbotId;
 use chatbot_backend::proto;
-use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, spawn_app, spawn_app_with, violated_fields, KeyOwner,
+    assert_code, backend_test, chatbot_update, spawn_app, spawn_app_with, violated_fields, KeyOwner,
 };
 
 fn create_request(name: &str, url: &str) -> proto::CreateChatbotRequest {
@@ -164,17 +163,13 @@ backend_test! {
         let chatbot = app.create_chatbot(&user, "old name").await;
         let update = |paths: &[&str], name: &str, url: &str| {
             let mut client = app.chatbots(Some(&user.token));
-            let request = proto::UpdateChatbotRequest {
-                chatbot: Some(proto::Chatbot {
-                    id: chatbot.id.clone(),
-                    name: name.into(),
-                    llm_endpoint_url: url.into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-                }),
+            let changes = proto::Chatbot {
+                id: chatbot.id.clone(),
+                name: name.into(),
+                llm_endpoint_url: url.into(),
+                ..Default::default()
             };
+            let request = chatbot_update(changes, paths);
             async move {
                 let updated = client.update_chatbot(request).await;
                 updated.map(|answer| answer.into_inner().chatbot.unwrap())

@@ -2,10 +2,11 @@
 //! SSRF probes of the hardening issue, in the forms seen and their kin.
 
 use chatbot_backend::proto;
-use prost_types::FieldMask;
 use tonic::Code;
 
-use crate::helpers::{assert_code, backend_test, spawn_app, spawn_app_with, violated_fields};
+use crate::helpers::{
+    assert_code, backend_test, chatbot_update, spawn_app, spawn_app_with, violated_fields,
+};
 
 /// One URL per kind of probe: every textual form of an internal IPv4,
 /// IPv4 inside IPv6, special-purpose ranges of both families, single-label
@@ -68,16 +69,12 @@ fn create_request(url: &str) -> proto::CreateChatbotRequest {
 }
 
 fn update_request(id: &str, url: &str) -> proto::UpdateChatbotRequest {
-    proto::UpdateChatbotRequest {
-        chatbot: Some(proto::Chatbot {
-            id: id.into(),
-            llm_endpoint_url: url.into(),
-            ..Default::default()
-        }),
-        update_mask: Some(FieldMask {
-            paths: vec!["llm_endpoint_url".into()],
-        }),
-    }
+    let moved = proto::Chatbot {
+        id: id.into(),
+        llm_endpoint_url: url.into(),
+        ..Default::default()
+    };
+    chatbot_update(moved, &["llm_endpoint_url"])
 }
 
 backend_test! {

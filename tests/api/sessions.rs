@@ -35,10 +35,7 @@ backend_test! {
         let user = app.new_user().await;
         let other = second_session(&app, &user).await;
         who_am_i(&app, &user.token).await.unwrap();
-        app.auth(Some(&user.token))
-            .logout(proto::LogoutRequest { refresh_token: user.refresh_token.clone() })
-            .await
-            .unwrap();
+        app.logout(&user.token, &user.refresh_token).await.unwrap();
         assert_code(who_am_i(&app, &user.token).await, Code::Unauthenticated);
         who_am_i(&app, &other.token).await.unwrap();
     }
@@ -183,10 +180,7 @@ async fn on_postgres_a_logout_through_one_process_is_refused_by_another_within_a
     whoami().await.unwrap();
     whoami().await.unwrap();
     first
-        .auth(Some(&user.token))
-        .logout(proto::LogoutRequest {
-            refresh_token: user.refresh_token.clone(),
-        })
+        .logout(&user.token, &user.refresh_token)
         .await
         .unwrap();
     refused_within_a_second(whoami, Code::Unauthenticated).await;
@@ -258,10 +252,7 @@ backend_test! {
             (access_tokens, refresh_token)
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        app.auth(Some(&user.token))
-            .logout(proto::LogoutRequest { refresh_token: user.refresh_token.clone() })
-            .await
-            .unwrap();
+        app.logout(&user.token, &user.refresh_token).await.unwrap();
         let (access_tokens, last_refresh_token) = chain.await.unwrap();
         for token in access_tokens.iter().chain([&user.token]) {
             assert_code(who_am_i(&app, token).await, Code::Unauthenticated);

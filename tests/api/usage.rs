@@ -129,10 +129,7 @@ backend_test! {
         // key's history; the deleted key's own usage is gone with it (to a
         // plain user, like every id that names nothing of theirs, it is
         // PERMISSION_DENIED).
-        app.api_keys(Some(&owner.token))
-            .delete_api_key(proto::DeleteApiKeyRequest { id: revoked_id })
-            .await
-            .unwrap();
+        app.delete_api_key(&owner.token, revoked_id).await.unwrap();
         assert_eq!(
             chatbot_usage(&app, &owner, &chatbot.id).await.total,
             Some(UsageCounts {

@@ -1,17 +1,10 @@
 use chatbot_backend::proto::{self, UserRole};
-use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, password_change, role_change, spawn_app, spawn_app_with,
+    assert_code, backend_test, field_mask, password_change, role_change, spawn_app, spawn_app_with,
     spawn_app_with_production_hash_cost, violated_fields, PASSWORD,
 };
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-    })
-}
 
 /// UpdateUser of user `id`: the fields of `changes` that `paths` name.
 fn masked_update(id: &str, changes: proto::User, paths: &[&str]) -> proto::UpdateUserRequest {
@@ -20,7 +13,7 @@ fn masked_update(id: &str, changes: proto::User, paths: &[&str]) -> proto::Updat
             id: id.into(),
             ..changes
         }),
-        update_mask: mask(paths),
+        update_mask: field_mask(paths),
         ..Default::default()
     }
 }

@@ -158,6 +158,23 @@ impl Clients {
         Ok(revoked.into_inner().api_key.expect("api_key in response"))
     }
 
+    /// DeleteApiKey of key `id`, asked by `token`'s user.
+    pub async fn delete_api_key(&self, token: &str, id: i64) -> Result<(), Status> {
+        let request = proto::DeleteApiKeyRequest { id };
+        self.api_keys(Some(token)).delete_api_key(request).await?;
+        Ok(())
+    }
+
+    /// Logout of the session `access_token` belongs to, handing back its
+    /// `refresh_token`.
+    pub async fn logout(&self, access_token: &str, refresh_token: &str) -> Result<(), Status> {
+        let request = proto::LogoutRequest {
+            refresh_token: refresh_token.into(),
+        };
+        self.auth(Some(access_token)).logout(request).await?;
+        Ok(())
+    }
+
     /// RefreshToken's answer for `refresh_token`.
     pub async fn refresh(
         &self,

@@ -44,7 +44,7 @@ pub use metrics::scrape;
 pub use polling::{changed_within_a_second, eventually, poll_until};
 pub use process::{server_command, serving_addr, spawn_logging_json};
 pub use proxy::TcpProxy;
-pub use requests::{password_change, role_change};
+pub use requests::{api_key_update, chatbot_update, field_mask, password_change, role_change};
 
 use std::future::Future;
 

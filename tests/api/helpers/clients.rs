@@ -57,26 +57,32 @@ impl Clients {
         InterceptedService::new(self.channel.clone(), Bearer(token.map(str::to_owned)))
     }
 
+    /// A UserService client that sends `token` as its bearer, or no token.
     pub fn users(&self, token: Option<&str>) -> UserServiceClient<Authed> {
         UserServiceClient::new(self.authed(token))
     }
 
+    /// A ChatbotService client that sends `token` as its bearer, or no token.
     pub fn chatbots(&self, token: Option<&str>) -> ChatbotServiceClient<Authed> {
         ChatbotServiceClient::new(self.authed(token))
     }
 
+    /// A ApiKeyService client that sends `token` as its bearer, or no token.
     pub fn api_keys(&self, token: Option<&str>) -> ApiKeyServiceClient<Authed> {
         ApiKeyServiceClient::new(self.authed(token))
     }
 
+    /// A AuthService client that sends `token` as its bearer, or no token.
     pub fn auth(&self, token: Option<&str>) -> AuthServiceClient<Authed> {
         AuthServiceClient::new(self.authed(token))
     }
 
+    /// A StatusService client that sends `token` as its bearer, or no token.
     pub fn status(&self, token: Option<&str>) -> StatusServiceClient<Authed> {
         StatusServiceClient::new(self.authed(token))
     }
 
+    /// A AuditService client that sends `token` as its bearer, or no token.
     pub fn audit(&self, token: Option<&str>) -> AuditServiceClient<Authed> {
         AuditServiceClient::new(self.authed(token))
     }

@@ -12,12 +12,12 @@
 //! ([`spawn_app_with_production_hash_cost`]).
 //!
 //! What lives where: `app` starts a server, `database` and `templates` make
-//! its database, `clients` calls it, `fixtures` makes the users, chatbots
-//! and keys a test starts from, `polling` waits for an answer to change,
-//! `requests` builds the requests several files send,
-//! `process` runs the real binary, `proxy` cuts a connection, `metrics`
-//! scrapes the metrics endpoint, `logs` keeps what the servers logged, and
-//! `assertions` checks a status.
+//! its database, `clients` calls it, `requests` builds the requests several
+//! files send, `fixtures` makes the users, chatbots and keys a test starts
+//! from, `polling` waits for an answer to change, `process` runs the real
+//! binary, `proxy` cuts a connection, `metrics` scrapes the metrics
+//! endpoint, `logs` keeps what the servers logged, and `assertions` checks
+//! a status.
 
 mod app;
 mod assertions;

@@ -4,7 +4,8 @@ use chatbot_backend::proto::{self, VerifyApiKeyReason};
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, logs, spawn_app, spawn_app_with, violated_fields, TestApp,
+    assert_code, backend_test, changed_within_a_second, chatbot_update, logs, poll_until,
+    spawn_app, spawn_app_with, violated_fields, KeyOwner, TestApp,
 };
 
 fn in_seconds(seconds: i64) -> prost_types::Timestamp {
@@ -47,9 +48,7 @@ async fn verify_until_expired(app: &TestApp, key: &str, expire_time: &prost_type
 backend_test! {
     async fn a_key_verifies_until_it_is_revoked_and_revocation_is_idempotent() {
         let app = spawn_app().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let KeyOwner { owner, chatbot, created } = app.new_key_owner("bot").await;
         let record = created.api_key.clone().unwrap();
         assert!(created.key.starts_with("cbk_"));
         assert!(created.key.starts_with(&record.key_prefix));
@@ -98,17 +97,12 @@ backend_test! {
         let app = spawn_app().await;
         let owner = app.new_user().await;
         let chatbot = app.create_chatbot(&owner, "bot").await;
-        let created = app
-            .api_keys(Some(&owner.token))
-            .create_api_key(proto::CreateApiKeyRequest {
-                chatbot_id: chatbot.id.clone(),
-                display_name: "short".into(),
-                expire_time: Some(in_seconds(2)),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let request = proto::CreateApiKeyRequest {
+            display_name: "short".into(),
+            expire_time: Some(in_seconds(2)),
+            ..Default::default()
+        };
+        let created = app.create_api_key_with(&owner, &chatbot.id, request).await;
         assert_eq!(
             app.verify(&created.key).await.reason(),
             VerifyApiKeyReason::Valid
@@ -134,9 +128,7 @@ backend_test! {
 backend_test! {
     async fn a_rotated_key_keeps_working_only_for_its_grace_period() {
         let app = spawn_app().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let old = app.create_api_key(&owner, &chatbot.id).await;
+        let KeyOwner { owner, created: old, .. } = app.new_key_owner("bot").await;
         let rotated = app
             .api_keys(Some(&owner.token))
             .rotate_api_key(proto::RotateApiKeyRequest {
@@ -168,10 +160,7 @@ backend_test! {
 
         // A revoked key cannot be rotated back to life.
         let new_id = rotated.api_key.unwrap().id;
-        app.api_keys(Some(&owner.token))
-            .revoke_api_key(proto::RevokeApiKeyRequest { id: new_id })
-            .await
-            .unwrap();
+        app.revoke_api_key(&owner.token, new_id).await.unwrap();
         assert_code(
             app.api_keys(Some(&owner.token))
                 .rotate_api_key(proto::RotateApiKeyRequest {
@@ -187,14 +176,9 @@ backend_test! {
 backend_test! {
     async fn a_deleted_key_verifies_as_not_found() {
         let app = spawn_app().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
         let id = created.api_key.unwrap().id;
-        app.api_keys(Some(&owner.token))
-            .delete_api_key(proto::DeleteApiKeyRequest { id })
-            .await
-            .unwrap();
+        app.delete_api_key(&owner.token, id).await.unwrap();
         assert_eq!(
             app.verify(&created.key).await.reason(),
             VerifyApiKeyReason::NotFound
@@ -212,9 +196,8 @@ backend_test! {
 backend_test! {
     async fn malformed_keys_are_answered_without_a_database_query() {
         let app = spawn_app().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let real = app.create_api_key(&owner, &chatbot.id).await.key;
+        let KeyOwner { created, .. } = app.new_key_owner("bot").await;
+        let real = created.key;
         let mut bad_checksum = real.clone().into_bytes();
         let last = bad_checksum.len() - 1;
         bad_checksum[last] = if bad_checksum[last] == b'A' {
@@ -259,9 +242,7 @@ backend_test! {
         // No flush comes due during this test: any change to the database
         // while keys are verified would be the verification's own write.
         let app = spawn_app_with(&["--last-used-flush-interval-secs", "3600"]).await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
         let id = created.api_key.unwrap().id;
         let stored_before = app.stored_data().await;
         for _ in 0..5 {
@@ -283,37 +264,32 @@ backend_test! {
     }
 }
 
-/// GetApiKey's `last_used_time`, polled every 100 ms until it is set or
-/// 10 s have passed.
+/// GetApiKey's `last_used_time`, polled every 100 ms until it is set;
+/// panics if it is not within 10 s.
 async fn poll_until_last_used_is_recorded(
     app: &TestApp,
     token: &str,
     id: i64,
 ) -> Option<prost_types::Timestamp> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let recorded = app
-            .api_keys(Some(token))
-            .get_api_key(proto::GetApiKeyRequest { id })
-            .await
-            .unwrap()
-            .into_inner()
-            .api_key
-            .unwrap()
-            .last_used_time;
-        if recorded.is_some() || tokio::time::Instant::now() >= deadline {
-            return recorded;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last_used = || async move {
+        let mut client = app.api_keys(Some(token));
+        let key = client.get_api_key(proto::GetApiKeyRequest { id }).await;
+        key.unwrap().into_inner().api_key.unwrap().last_used_time
+    };
+    poll_until(
+        "last_used_time was never flushed",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        last_used,
+        Option::is_some,
+    )
+    .await
 }
 
 backend_test! {
     async fn a_chatbot_cannot_exceed_its_active_key_limit() {
         let app = spawn_app_with(&["--max-active-api-keys-per-chatbot", "2"]).await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let first = app.create_api_key(&owner, &chatbot.id).await;
+        let KeyOwner { owner, chatbot, created: first } = app.new_key_owner("bot").await;
         app.create_api_key(&owner, &chatbot.id).await;
         let create = || {
             let mut client = app.api_keys(Some(&owner.token));
@@ -324,12 +300,7 @@ backend_test! {
             async move { client.create_api_key(request).await }
         };
         assert_code(create().await, Code::FailedPrecondition);
-        app.api_keys(Some(&owner.token))
-            .revoke_api_key(proto::RevokeApiKeyRequest {
-                id: first.api_key.unwrap().id,
-            })
-            .await
-            .unwrap();
+        app.revoke_api_key(&owner.token, first.api_key.unwrap().id).await.unwrap();
         create().await.unwrap();
     }
 }
@@ -349,23 +320,13 @@ backend_test! {
                     .id,
             );
         }
-        let expiring = app
-            .api_keys(Some(&owner.token))
-            .create_api_key(proto::CreateApiKeyRequest {
-                chatbot_id: chatbot.id.clone(),
-                display_name: "expiring".into(),
-                expire_time: Some(in_seconds(3600)),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .api_key
-            .unwrap();
-        app.api_keys(Some(&owner.token))
-            .revoke_api_key(proto::RevokeApiKeyRequest { id: ids[0] })
-            .await
-            .unwrap();
+        let request = proto::CreateApiKeyRequest {
+            display_name: "expiring".into(),
+            expire_time: Some(in_seconds(3600)),
+            ..Default::default()
+        };
+        let expiring = app.create_api_key_with(&owner, &chatbot.id, request).await.api_key.unwrap();
+        app.revoke_api_key(&owner.token, ids[0]).await.unwrap();
 
         let list = |request: proto::ListApiKeysRequest| {
             let mut client = app.api_keys(Some(&owner.token));
@@ -433,9 +394,7 @@ backend_test! {
 backend_test! {
     async fn no_plaintext_key_or_password_reaches_the_database_or_the_log() {
         let app = spawn_app_with(&["--last-used-flush-interval-secs", "1"]).await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
         let id = created.api_key.unwrap().id;
         assert!(app.verify(&created.key).await.valid);
         let rotated = app
@@ -449,10 +408,7 @@ backend_test! {
             .into_inner();
         assert!(app.verify(&rotated.key).await.valid);
         let rotated_id = rotated.api_key.unwrap().id;
-        app.api_keys(Some(&owner.token))
-            .revoke_api_key(proto::RevokeApiKeyRequest { id: rotated_id })
-            .await
-            .unwrap();
+        app.revoke_api_key(&owner.token, rotated_id).await.unwrap();
         // Once both keys' last use is flushed, the dump holds every write.
         for key_id in [id, rotated_id] {
             let recorded = poll_until_last_used_is_recorded(&app, &owner.token, key_id).await;
@@ -482,9 +438,7 @@ backend_test! {
     async fn a_hot_key_is_verified_from_the_cache_without_a_query_and_revocation_is_seen_at_once() {
         let app = spawn_app().await;
         app.wait_for_api_key_cache().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let KeyOwner { owner, chatbot, created } = app.new_key_owner("bot").await;
 
         assert!(app.verify(&created.key).await.valid);
         let before = app.db.statements_executed();
@@ -495,12 +449,7 @@ backend_test! {
         }
         assert_eq!(app.db.statements_executed(), before, "served from the cache");
 
-        app.api_keys(Some(&owner.token))
-            .revoke_api_key(proto::RevokeApiKeyRequest {
-                id: created.api_key.unwrap().id,
-            })
-            .await
-            .unwrap();
+        app.revoke_api_key(&owner.token, created.api_key.unwrap().id).await.unwrap();
         assert_eq!(
             app.verify(&created.key).await.reason(),
             VerifyApiKeyReason::Revoked
@@ -512,22 +461,16 @@ backend_test! {
     async fn changing_or_deleting_a_chatbot_updates_cached_verifications_at_once() {
         let app = spawn_app().await;
         app.wait_for_api_key_cache().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let KeyOwner { owner, chatbot, created } = app.new_key_owner("bot").await;
         assert!(app.verify(&created.key).await.valid);
 
+        let moved = proto::Chatbot {
+            id: chatbot.id.clone(),
+            llm_endpoint_url: "https://llm.example.org/v2".into(),
+            ..Default::default()
+        };
         app.chatbots(Some(&owner.token))
-            .update_chatbot(proto::UpdateChatbotRequest {
-                chatbot: Some(proto::Chatbot {
-                    id: chatbot.id.clone(),
-                    llm_endpoint_url: "https://llm.example.org/v2".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["llm_endpoint_url".into()],
-                }),
-            })
+            .update_chatbot(chatbot_update(moved, &["llm_endpoint_url"]))
             .await
             .unwrap();
         assert_eq!(
@@ -535,12 +478,7 @@ backend_test! {
             "https://llm.example.org/v2"
         );
 
-        app.chatbots(Some(&owner.token))
-            .delete_chatbot(proto::DeleteChatbotRequest {
-                id: chatbot.id.clone(),
-            })
-            .await
-            .unwrap();
+        app.delete_chatbot(&owner.token, &chatbot.id).await.unwrap();
         assert_eq!(
             app.verify(&created.key).await.reason(),
             VerifyApiKeyReason::NotFound
@@ -557,9 +495,7 @@ async fn on_postgres_a_revoke_through_one_replica_reaches_the_others_cache_withi
     let second = first.spawn_replica(&flags).await;
     first.wait_for_api_key_cache().await;
     second.wait_for_api_key_cache().await;
-    let owner = first.new_user().await;
-    let chatbot = first.create_chatbot(&owner, "bot").await;
-    let created = first.create_api_key(&owner, &chatbot.id).await;
+    let KeyOwner { owner, created, .. } = first.new_key_owner("bot").await;
 
     // Cached on the second replica.
     assert!(second.verify(&created.key).await.valid);
@@ -567,23 +503,11 @@ async fn on_postgres_a_revoke_through_one_replica_reaches_the_others_cache_withi
     assert!(second.verify(&created.key).await.valid);
     assert_eq!(second.db.statements_executed(), before);
 
-    first
-        .api_keys(Some(&owner.token))
-        .revoke_api_key(proto::RevokeApiKeyRequest {
-            id: created.api_key.unwrap().id,
-        })
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    loop {
-        let reason = second.verify(&created.key).await.reason();
-        if reason == VerifyApiKeyReason::Revoked {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the second replica still answers {reason:?} a second after the revoke"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let id = created.api_key.unwrap().id;
+    first.revoke_api_key(&owner.token, id).await.unwrap();
+    changed_within_a_second(
+        || async { second.verify(&created.key).await.reason() },
+        |reason| *reason == VerifyApiKeyReason::Revoked,
+    )
+    .await;
 }

@@ -4,12 +4,11 @@
 //! whom they belong.
 
 use chatbot_backend::proto::{self, AuditOutcome};
-use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, server_command, spawn_app, spawn_app_with, violated_fields, TestApp,
-    TestUser,
+    api_key_update, assert_code, backend_test, chatbot_update, password_change, role_change,
+    server_command, spawn_app, spawn_app_with, violated_fields, TestApp, TestUser,
 };
 
 async fn events(
@@ -73,36 +72,23 @@ backend_test! {
             ..Default::default()
         });
         create.metadata_mut().insert("x-request-id", "audit-create-1".parse().unwrap());
-        let chatbot = app
-            .chatbots(Some(&owner.token))
-            .create_chatbot(create)
-            .await
-            .unwrap()
-            .into_inner()
-            .chatbot
-            .unwrap();
+        let chatbot = app.create_chatbot_from(&owner.token, create).await.unwrap();
+        let moved = proto::Chatbot {
+            id: chatbot.id.clone(),
+            llm_endpoint_url: "https://llm.example.com/v2".into(),
+            ..Default::default()
+        };
         app.chatbots(Some(&owner.token))
-            .update_chatbot(proto::UpdateChatbotRequest {
-                chatbot: Some(proto::Chatbot {
-                    id: chatbot.id.clone(),
-                    llm_endpoint_url: "https://llm.example.com/v2".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask { paths: vec!["llm_endpoint_url".into()] }),
-            })
+            .update_chatbot(chatbot_update(moved, &["llm_endpoint_url"]))
             .await
             .unwrap();
         let created = app.create_api_key(&owner, &chatbot.id).await;
         let key_id = created.api_key.as_ref().unwrap().id;
         app.api_keys(Some(&owner.token))
-            .update_api_key(proto::UpdateApiKeyRequest {
-                api_key: Some(proto::ApiKey {
-                    id: key_id,
-                    display_name: "renamed".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask { paths: vec!["display_name".into()] }),
-            })
+            .update_api_key(api_key_update(
+                proto::ApiKey { id: key_id, display_name: "renamed".into(), ..Default::default() },
+                &["display_name"],
+            ))
             .await
             .unwrap();
         let rotated = app
@@ -114,20 +100,11 @@ backend_test! {
         let replacement_id = rotated.api_key.as_ref().unwrap().id;
         // Revoked twice: the second changes nothing and records nothing.
         for _ in 0..2 {
-            app.api_keys(Some(&owner.token))
-                .revoke_api_key(proto::RevokeApiKeyRequest { id: replacement_id })
-                .await
-                .unwrap();
+            app.revoke_api_key(&owner.token, replacement_id).await.unwrap();
         }
         // An admin deletes the owner's key.
-        app.api_keys(Some(&admin.token))
-            .delete_api_key(proto::DeleteApiKeyRequest { id: key_id })
-            .await
-            .unwrap();
-        app.chatbots(Some(&owner.token))
-            .delete_chatbot(proto::DeleteChatbotRequest { id: chatbot.id.clone() })
-            .await
-            .unwrap();
+        app.delete_api_key(&admin.token, key_id).await.unwrap();
+        app.delete_chatbot(&owner.token, &chatbot.id).await.unwrap();
 
         let logged = on_chatbots_and_keys(all_events(&app, &admin).await);
         assert_eq!(
@@ -210,22 +187,16 @@ backend_test! {
         );
         // Someone else's chatbot: refused before any change.
         assert_code(
-            app.chatbots(Some(&stranger.token))
-                .delete_chatbot(proto::DeleteChatbotRequest { id: chatbot.id.clone() })
-                .await,
+            app.delete_chatbot(&stranger.token, &chatbot.id).await,
             Code::PermissionDenied,
         );
         // A chatbot for an owner that does not exist.
-        assert_code(
-            app.chatbots(Some(&admin.token))
-                .create_chatbot(proto::CreateChatbotRequest {
-                    name: "orphan".into(),
-                    llm_endpoint_url: "https://llm.example.com".into(),
-                    owner_id: "0190e4d2-0000-7000-8000-000000000000".into(),
-                })
-                .await,
-            Code::NotFound,
-        );
+        let orphan = proto::CreateChatbotRequest {
+            name: "orphan".into(),
+            llm_endpoint_url: "https://llm.example.com".into(),
+            owner_id: "0190e4d2-0000-7000-8000-000000000000".into(),
+        };
+        assert_code(app.create_chatbot_from(&admin.token, orphan).await, Code::NotFound);
         assert_eq!(changes_recorded(&app, &admin).await, before);
     }
 }
@@ -239,15 +210,13 @@ backend_test! {
         let alices = app.create_chatbot(&alice, "alice's").await;
         let bobs = app.create_chatbot(&bob, "bob's").await;
         // An admin's change to Alice's chatbot is on Alice's chatbot.
+        let renamed = proto::Chatbot {
+            id: alices.id.clone(),
+            name: "renamed by an admin".into(),
+            ..Default::default()
+        };
         app.chatbots(Some(&admin.token))
-            .update_chatbot(proto::UpdateChatbotRequest {
-                chatbot: Some(proto::Chatbot {
-                    id: alices.id.clone(),
-                    name: "renamed by an admin".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask { paths: vec!["name".into()] }),
-            })
+            .update_chatbot(chatbot_update(renamed, &["name"]))
             .await
             .unwrap();
 
@@ -291,10 +260,7 @@ backend_test! {
             key_ids.push(app.create_api_key(&owner, &chatbot.id).await.api_key.unwrap().id);
         }
         let start = chrono::Utc::now();
-        app.api_keys(Some(&admin.token))
-            .revoke_api_key(proto::RevokeApiKeyRequest { id: key_ids[0] })
-            .await
-            .unwrap();
+        app.revoke_api_key(&admin.token, key_ids[0]).await.unwrap();
 
         let only = |request: proto::ListAuditEventsRequest| events(&app, &owner, request);
         let created = only(proto::ListAuditEventsRequest {
@@ -378,48 +344,21 @@ backend_test! {
         let user = app.new_user().await;
         // Their own password change, then a new login.
         app.users(Some(&user.token))
-            .update_user(proto::UpdateUserRequest {
-                user: Some(proto::User {
-                    id: user.id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: None,
-                new_password: "a-brand-new-password".into(),
-                current_password: user.password.clone(),
-            })
+            .update_user(password_change(&user.id, &user.password, "a-brand-new-password"))
             .await
             .unwrap();
         let login = app.login(&user.email, "a-brand-new-password").await.unwrap();
         // A refresh token used twice ends the session.
-        let refreshed = app
-            .auth(None)
-            .refresh_token(proto::RefreshTokenRequest { refresh_token: login.refresh_token.clone() })
-            .await
-            .unwrap()
-            .into_inner();
+        let refreshed = app.refresh(&login.refresh_token).await.unwrap();
         assert_code(
-            app.auth(None)
-                .refresh_token(proto::RefreshTokenRequest { refresh_token: login.refresh_token.clone() })
-                .await,
+            app.refresh(&login.refresh_token).await,
             Code::Unauthenticated,
         );
         let again = app.login(&user.email, "a-brand-new-password").await.unwrap();
-        app.auth(Some(&again.access_token))
-            .logout(proto::LogoutRequest { refresh_token: again.refresh_token.clone() })
-            .await
-            .unwrap();
+        app.logout(&again.access_token, &again.refresh_token).await.unwrap();
         // An admin makes them an admin, then deletes them.
         app.users(Some(&admin.token))
-            .update_user(proto::UpdateUserRequest {
-                user: Some(proto::User {
-                    id: user.id.clone(),
-                    role: proto::UserRole::Admin.into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask { paths: vec!["role".into()] }),
-                new_password: String::new(),
-                current_password: String::new(),
-            })
+            .update_user(role_change(&user.id, proto::UserRole::Admin))
             .await
             .unwrap();
         app.users(Some(&admin.token))
@@ -559,9 +498,7 @@ backend_test! {
         }
         for _ in 0..2 {
             assert_code(
-                app.chatbots(Some(&stranger.token))
-                    .delete_chatbot(proto::DeleteChatbotRequest { id: chatbot.id.clone() })
-                    .await,
+                app.delete_chatbot(&stranger.token, &chatbot.id).await,
                 Code::PermissionDenied,
             );
         }

@@ -154,28 +154,15 @@ backend_test! {
     async fn logout_revokes_the_refresh_token() {
         let app = spawn_app().await;
         let user = app.new_user().await;
-        app.auth(Some(&user.token))
-            .logout(proto::LogoutRequest {
-                refresh_token: user.refresh_token.clone(),
-            })
-            .await
-            .unwrap();
+        app.logout(&user.token, &user.refresh_token).await.unwrap();
         assert_code(
-            app.auth(None)
-                .refresh_token(proto::RefreshTokenRequest {
-                    refresh_token: user.refresh_token.clone(),
-                })
-                .await,
+            app.refresh(&user.refresh_token).await,
             Code::Unauthenticated,
         );
         // The session's access token ended with it, so even a second
         // logout is refused.
         assert_code(
-            app.auth(Some(&user.token))
-                .logout(proto::LogoutRequest {
-                    refresh_token: user.refresh_token.clone(),
-                })
-                .await,
+            app.logout(&user.token, &user.refresh_token).await,
             Code::Unauthenticated,
         );
     }
@@ -247,11 +234,7 @@ backend_test! {
         let user = app.new_user().await;
         for presented in [user.token.clone(), "x".repeat(10_000), "not-a-token".into()] {
             assert_code(
-                app.auth(None)
-                    .refresh_token(proto::RefreshTokenRequest {
-                        refresh_token: presented,
-                    })
-                    .await,
+                app.refresh(&presented).await,
                 Code::Unauthenticated,
             );
         }

@@ -2,11 +2,13 @@
 //! caller, asserting the exact code of each cell.
 
 use chatbot_backend::proto;
-use prost_types::FieldMask;
 use tonic::{Code, Status};
 
 use crate::auth::bad_tokens;
-use crate::helpers::{backend_test, spawn_app_with, TestApp, TestUser};
+use crate::helpers::{
+    api_key_update, backend_test, chatbot_update, field_mask, spawn_app_with, KeyOwner, TestApp,
+    TestUser,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rpc {
@@ -169,11 +171,6 @@ fn expected(rpc: Rpc, who: Who) -> Code {
 }
 
 async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Result<(), Status> {
-    let id_mask = |path: &str| {
-        Some(FieldMask {
-            paths: vec![path.into()],
-        })
-    };
     match rpc {
         Rpc::GetUser => app
             .users(token)
@@ -195,7 +192,7 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
                     email: format!("renamed-{}@example.com", uuid::Uuid::new_v4().simple()),
                     ..Default::default()
                 }),
-                update_mask: id_mask("email"),
+                update_mask: field_mask(&["email"]),
                 ..Default::default()
             })
             .await
@@ -233,14 +230,14 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
             .map(drop),
         Rpc::UpdateChatbot => app
             .chatbots(token)
-            .update_chatbot(proto::UpdateChatbotRequest {
-                chatbot: Some(proto::Chatbot {
+            .update_chatbot(chatbot_update(
+                proto::Chatbot {
                     id: t.chatbot_id.clone(),
                     name: "renamed".into(),
                     ..Default::default()
-                }),
-                update_mask: id_mask("name"),
-            })
+                },
+                &["name"],
+            ))
             .await
             .map(drop),
         Rpc::DeleteChatbot => app
@@ -265,16 +262,14 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
             .map(drop),
         Rpc::UpdateApiKey => app
             .api_keys(token)
-            .update_api_key(proto::UpdateApiKeyRequest {
-                api_key: Some(proto::ApiKey {
+            .update_api_key(api_key_update(
+                proto::ApiKey {
                     id: t.api_key_id,
                     display_name: "renamed".into(),
                     ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["display_name".into()],
-                }),
-            })
+                },
+                &["display_name"],
+            ))
             .await
             .map(drop),
         Rpc::ListApiKeys => app
@@ -355,9 +350,12 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
 /// A fresh owner with a chatbot and a key, so cells that change their
 /// target do not disturb each other.
 async fn fresh_target(app: &TestApp) -> (TestUser, Target) {
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "matrix bot").await;
-    let key = app.create_api_key(&owner, &chatbot.id).await;
+    let KeyOwner {
+        owner,
+        chatbot,
+        created,
+    } = app.new_key_owner("matrix bot").await;
+    let key = created;
     let target = Target {
         user_id: owner.id.clone(),
         chatbot_id: chatbot.id,

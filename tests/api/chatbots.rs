@@ -1,10 +1,11 @@
 use chatbot_backend::db::models::Chatbot;
 use chatbot_backend::domain::ChatbotId;
 use chatbot_backend::proto;
-use prost_types::FieldMask;
 use tonic::Code;
 
-use crate::helpers::{assert_code, backend_test, spawn_app, spawn_app_with, violated_fields};
+use crate::helpers::{
+    assert_code, backend_test, chatbot_update, spawn_app, spawn_app_with, violated_fields, KeyOwner,
+};
 
 fn create_request(name: &str, url: &str) -> proto::CreateChatbotRequest {
     proto::CreateChatbotRequest {
@@ -18,17 +19,8 @@ backend_test! {
     async fn create_chatbot_defaults_the_owner_to_the_caller() {
         let app = spawn_app().await;
         let user = app.new_user().await;
-        let chatbot = app
-            .chatbots(Some(&user.token))
-            .create_chatbot(create_request(
-                "  Support Bot ",
-                "https://llm.example.com/v1",
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .chatbot
-            .unwrap();
+        let request = create_request("  Support Bot ", "https://llm.example.com/v1");
+        let chatbot = app.create_chatbot_from(&user.token, request).await.unwrap();
         assert_eq!(chatbot.owner_id, user.id);
         assert_eq!(chatbot.name, "Support Bot");
         assert_eq!(chatbot.llm_endpoint_url, "https://llm.example.com/v1");
@@ -63,9 +55,7 @@ backend_test! {
         ];
         for (name, url, field) in cases {
             let status = assert_code(
-                app.chatbots(Some(&user.token))
-                    .create_chatbot(create_request(name, url))
-                    .await,
+                app.create_chatbot_from(&user.token, create_request(name, url)).await,
                 Code::InvalidArgument,
             );
             assert_eq!(violated_fields(&status), [field], "{name:?} {url:?}");
@@ -81,10 +71,8 @@ backend_test! {
     async fn private_endpoints_are_accepted_when_configuration_allows_them() {
         let app = spawn_app_with(&["--allow-private-llm-endpoints", "true"]).await;
         let user = app.new_user().await;
-        app.chatbots(Some(&user.token))
-            .create_chatbot(create_request("local", "http://127.0.0.1:11434/api/chat"))
-            .await
-            .unwrap();
+        let request = create_request("local", "http://127.0.0.1:11434/api/chat");
+        app.create_chatbot_from(&user.token, request).await.unwrap();
     }
 }
 
@@ -95,21 +83,12 @@ backend_test! {
         let admin = app.new_admin().await;
         let mut request = create_request("for user", "https://llm.example.com");
         request.owner_id = user.id.clone();
-        let chatbot = app
-            .chatbots(Some(&admin.token))
-            .create_chatbot(request.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .chatbot
-            .unwrap();
+        let chatbot = app.create_chatbot_from(&admin.token, request.clone()).await.unwrap();
         assert_eq!(chatbot.owner_id, user.id);
 
         request.owner_id = uuid::Uuid::new_v4().to_string();
         assert_code(
-            app.chatbots(Some(&admin.token))
-                .create_chatbot(request)
-                .await,
+            app.create_chatbot_from(&admin.token, request).await,
             Code::NotFound,
         );
     }
@@ -184,33 +163,24 @@ backend_test! {
         let chatbot = app.create_chatbot(&user, "old name").await;
         let update = |paths: &[&str], name: &str, url: &str| {
             let mut client = app.chatbots(Some(&user.token));
-            let request = proto::UpdateChatbotRequest {
-                chatbot: Some(proto::Chatbot {
-                    id: chatbot.id.clone(),
-                    name: name.into(),
-                    llm_endpoint_url: url.into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-                }),
+            let changes = proto::Chatbot {
+                id: chatbot.id.clone(),
+                name: name.into(),
+                llm_endpoint_url: url.into(),
+                ..Default::default()
             };
-            async move { client.update_chatbot(request).await }
+            let request = chatbot_update(changes, paths);
+            async move {
+                let updated = client.update_chatbot(request).await;
+                updated.map(|answer| answer.into_inner().chatbot.unwrap())
+            }
         };
-        let updated = update(&["name"], "new name", "ignored://")
-            .await
-            .unwrap()
-            .into_inner()
-            .chatbot
-            .unwrap();
+        let updated = update(&["name"], "new name", "ignored://").await.unwrap();
         assert_eq!(updated.name, "new name");
         assert_eq!(updated.llm_endpoint_url, chatbot.llm_endpoint_url);
 
         let updated = update(&["llm_endpoint_url"], "", "https://other.example.com/v2")
             .await
-            .unwrap()
-            .into_inner()
-            .chatbot
             .unwrap();
         assert_eq!(updated.name, "new name");
         assert_eq!(updated.llm_endpoint_url, "https://other.example.com/v2");
@@ -230,33 +200,20 @@ backend_test! {
 backend_test! {
     async fn delete_chatbot_deletes_it_and_its_keys() {
         let app = spawn_app().await;
-        let user = app.new_user().await;
-        let chatbot = app.create_chatbot(&user, "short-lived").await;
-        let key = app.create_api_key(&user, &chatbot.id).await;
-        app.chatbots(Some(&user.token))
-            .delete_chatbot(proto::DeleteChatbotRequest {
-                id: chatbot.id.clone(),
-            })
-            .await
-            .unwrap();
+        let KeyOwner { owner: user, chatbot, created: key } = app.new_key_owner("short-lived").await;
+        app.delete_chatbot(&user.token, &chatbot.id).await.unwrap();
         assert_eq!(
             app.verify(&key.key).await.reason(),
             proto::VerifyApiKeyReason::NotFound
         );
         // Gone: the owner can no longer tell it from someone else's.
         assert_code(
-            app.chatbots(Some(&user.token))
-                .get_chatbot(proto::GetChatbotRequest {
-                    id: chatbot.id.clone(),
-                })
-                .await,
+            app.get_chatbot(&user.token, &chatbot.id).await,
             Code::PermissionDenied,
         );
         let admin = app.new_admin().await;
         assert_code(
-            app.chatbots(Some(&admin.token))
-                .delete_chatbot(proto::DeleteChatbotRequest { id: chatbot.id })
-                .await,
+            app.delete_chatbot(&admin.token, &chatbot.id).await,
             Code::NotFound,
         );
     }
@@ -375,6 +332,10 @@ backend_test! {
     }
 }
 
+/// What every held-batch test's server allows: one read batch in flight,
+/// so the held one keeps the others queued.
+const ONE_READ_BATCH_IN_FLIGHT: &[&str] = &["--read-batches-in-flight", "1"];
+
 /// What the held-batch tests read: the mixed reads, and one more read to
 /// hold. Made before anything is held, since making it needs the database.
 struct HeldBatch {
@@ -412,7 +373,8 @@ impl HeldBatch {
     /// Sends the held read (which the test is holding at the database or
     /// the pool), queues the mixed reads behind it, awaits `release`, and
     /// checks that the queued reads went out as one more statement, each
-    /// with its own answer. The app must allow one batch in flight.
+    /// with its own answer. The app must allow one batch in flight
+    /// ([`ONE_READ_BATCH_IN_FLIGHT`]).
     async fn assert_queued_reads_go_out_as_one_batch(
         self,
         app: &crate::helpers::TestApp,
@@ -450,13 +412,8 @@ async fn on_postgres_reads_that_queue_behind_a_busy_batch_go_out_together_as_one
     use diesel_async::SimpleAsyncConnection;
 
     // Statements wait at the lock for as long as the test needs.
-    let app = spawn_app_with(&[
-        "--read-batches-in-flight",
-        "1",
-        "--database-statement-timeout-ms",
-        "60000",
-    ])
-    .await;
+    let statements_wait = ["--database-statement-timeout-ms", "60000"];
+    let app = spawn_app_with(&[ONE_READ_BATCH_IN_FLIGHT, &statements_wait].concat()).await;
     let batch = HeldBatch::prepare(&app).await;
     let mut lock = app.sql().await;
     lock.batch_execute("BEGIN; LOCK TABLE chatbots IN ACCESS EXCLUSIVE MODE")
@@ -474,15 +431,13 @@ backend_test! {
         // One connection, one batch at a time, and a pool wait longer than
         // the test: holding the connection holds the first batch before it
         // is sent.
-        let app = spawn_app_with(&[
+        let one_connection_waited_for = [
             "--database-pool-size",
-            "1",
-            "--read-batches-in-flight",
             "1",
             "--database-acquire-timeout-ms",
             "60000",
-        ])
-        .await;
+        ];
+        let app = spawn_app_with(&[ONE_READ_BATCH_IN_FLIGHT, &one_connection_waited_for].concat()).await;
         let batch = HeldBatch::prepare(&app).await;
         let connection = app.db.conn().await.unwrap();
         batch
@@ -547,9 +502,6 @@ backend_test! {
         }
         drop(connection);
         // Served again once a connection is free.
-        app.chatbots(Some(&user.token))
-            .get_chatbot(proto::GetChatbotRequest { id: chatbot.id })
-            .await
-            .unwrap();
+        app.get_chatbot(&user.token, &chatbot.id).await.unwrap();
     }
 }

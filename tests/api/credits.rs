@@ -8,12 +8,11 @@ use std::time::Duration;
 use chatbot_backend::db::models::{ApiKey, KeyLimitChanges, KeyLimits};
 use chatbot_backend::domain::{ApiKeyId, Refill};
 use chatbot_backend::proto::{self, VerifyApiKeyReason};
-use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, spawn_app, spawn_app_with, verify_costing, violated_fields, Clients,
-    TestApp, TestUser,
+    api_key_update, assert_code, backend_test, spawn_app, spawn_app_with, verify_costing,
+    violated_fields, Clients, TestApp, TestUser,
 };
 
 fn window(seconds: i64) -> Option<prost_types::Duration> {
@@ -35,16 +34,21 @@ async fn key_with(
     credits: Option<proto::Credits>,
 ) -> proto::CreateApiKeyResponse {
     let chatbot = app.create_chatbot(owner, "limited").await;
-    app.api_keys(Some(&owner.token))
-        .create_api_key(proto::CreateApiKeyRequest {
-            chatbot_id: chatbot.id,
-            rate_limit,
-            credits,
-            ..Default::default()
-        })
-        .await
-        .expect("create a limited key")
-        .into_inner()
+    let limits = proto::CreateApiKeyRequest {
+        rate_limit,
+        credits,
+        ..Default::default()
+    };
+    app.create_api_key_with(owner, &chatbot.id, limits).await
+}
+
+/// An ApiKey naming only its id: with a mask, an update that clears the
+/// fields it names.
+fn key_id(id: i64) -> proto::ApiKey {
+    proto::ApiKey {
+        id,
+        ..Default::default()
+    }
 }
 
 async fn get_key(app: &TestApp, owner: &TestUser, id: i64) -> proto::ApiKey {
@@ -172,18 +176,7 @@ backend_test! {
         let app = spawn_app().await;
         let owner = app.new_user().await;
         let key = key_with(&app, &owner, None, Some(credits(100))).await.key;
-        let calls = (0..130).map(|_| {
-            let client = app.api_keys(None);
-            let key = key.clone();
-            async move {
-                let mut client = client;
-                client
-                    .verify_api_key(proto::VerifyApiKeyRequest { key, cost: 1 })
-                    .await
-                    .expect("VerifyApiKey answers OK")
-                    .into_inner()
-            }
-        });
+        let calls = (0..130).map(|_| verify_costing(&app, &key, 1));
         let answers = futures_util::future::join_all(calls).await;
         let valid = answers.iter().filter(|answer| answer.valid).count();
         assert_eq!(valid, 100);
@@ -210,26 +203,11 @@ async fn credits_spent_through_two_replicas_postgres_add_up_exactly() {
     let key = key_with(&app, &owner, None, Some(credits(100))).await.key;
     let replica = app.spawn_replica_process(&[]).await;
     let calls = (0..130).map(|call| {
-        let mut client = if call % 2 == 0 {
-            app.api_keys(None)
-        } else {
-            replica.api_keys(None)
-        };
-        let key = key.clone();
-        async move {
-            client
-                .verify_api_key(proto::VerifyApiKeyRequest { key, cost: 1 })
-                .await
-                .expect("VerifyApiKey answers OK")
-                .into_inner()
-                .valid
-        }
+        let clients: &Clients = if call % 2 == 0 { &app } else { &replica };
+        verify_costing(clients, &key, 1)
     });
-    let valid = futures_util::future::join_all(calls)
-        .await
-        .into_iter()
-        .filter(|valid| *valid)
-        .count();
+    let answers = futures_util::future::join_all(calls).await;
+    let valid = answers.iter().filter(|answer| answer.valid).count();
     assert_eq!(valid, 100);
 }
 
@@ -243,15 +221,7 @@ async fn a_killed_replica_loses_no_spend_it_answered_valid_postgres() {
     let replica = app.spawn_replica_process(&[]).await;
     let mut spent = 0;
     for _ in 0..20 {
-        let answer = replica
-            .api_keys(None)
-            .verify_api_key(proto::VerifyApiKeyRequest {
-                key: created.key.clone(),
-                cost: 2,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let answer = verify_costing(&replica, &created.key, 2).await;
         spent += if answer.valid { 2 } else { 0 };
     }
     drop(replica); // kill_on_drop: SIGKILL
@@ -273,45 +243,42 @@ async fn a_replica_spends_from_the_balance_as_it_is_now_not_as_it_last_saw_it_po
     let created = key_with(&app, &owner, None, Some(credits(5))).await;
     let id = created.api_key.unwrap().id;
     let replica = app.spawn_replica_process(&[]).await;
-    let verify_through = |client: &Clients, cost: i64| {
-        let mut client = client.api_keys(None);
-        let key = created.key.clone();
-        async move {
-            client
-                .verify_api_key(proto::VerifyApiKeyRequest { key, cost })
-                .await
-                .expect("VerifyApiKey answers OK")
-                .into_inner()
-        }
-    };
 
-    assert_eq!(verify_through(&app, 1).await.credits_remaining, Some(4));
-    assert_eq!(verify_through(&replica, 3).await.credits_remaining, Some(1));
+    assert_eq!(
+        verify_costing(&app, &created.key, 1)
+            .await
+            .credits_remaining,
+        Some(4)
+    );
+    assert_eq!(
+        verify_costing(&replica, &created.key, 3)
+            .await
+            .credits_remaining,
+        Some(1)
+    );
     // The first process last saw 4; the key has 1.
-    let refused = verify_through(&app, 3).await;
+    let refused = verify_costing(&app, &created.key, 3).await;
     assert_eq!(refused.reason(), VerifyApiKeyReason::UsageExceeded);
     assert_eq!(refused.credits_remaining, Some(1));
 
     // A top-up through the replica; the first process last saw 1.
     replica
         .api_keys(Some(&owner.token))
-        .update_api_key(proto::UpdateApiKeyRequest {
-            api_key: Some(proto::ApiKey {
+        .update_api_key(api_key_update(
+            proto::ApiKey {
                 id,
                 credits: Some(credits(10)),
                 ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["credits.remaining".into()],
-            }),
-        })
+            },
+            &["credits.remaining"],
+        ))
         .await
         .expect("top up");
-    let spent = verify_through(&app, 10).await;
+    let spent = verify_costing(&app, &created.key, 10).await;
     assert!(spent.valid, "the top-up counts at once: {spent:?}");
     assert_eq!(spent.credits_remaining, Some(0));
     // The replica last saw 10 (its own write); the key has 0.
-    let refused = verify_through(&replica, 1).await;
+    let refused = verify_costing(&replica, &created.key, 1).await;
     assert_eq!(refused.reason(), VerifyApiKeyReason::UsageExceeded);
     assert_eq!(refused.credits_remaining, Some(0));
     assert_eq!(
@@ -441,15 +408,9 @@ backend_test! {
         let id = created.api_key.clone().unwrap().id;
         assert!(verify_costing(&app, &created.key, 4).await.valid);
 
-        let update = |api_key: proto::ApiKey, paths: &[&str]| proto::UpdateApiKeyRequest {
-            api_key: Some(api_key),
-            update_mask: Some(FieldMask {
-                paths: paths.iter().map(|path| (*path).to_owned()).collect(),
-            }),
-        };
         let updated = app
             .api_keys(Some(&owner.token))
-            .update_api_key(update(
+            .update_api_key(api_key_update(
                 proto::ApiKey {
                     id,
                     display_name: "renamed".into(),
@@ -471,7 +432,7 @@ backend_test! {
         // A top-up sets the balance; the next verification sees it at once.
         let topped = app
             .api_keys(Some(&owner.token))
-            .update_api_key(update(
+            .update_api_key(api_key_update(
                 proto::ApiKey { id, credits: Some(credits(50)), ..Default::default() },
                 &["credits.remaining"],
             ))
@@ -486,7 +447,7 @@ backend_test! {
         // Clearing credits and the limit: unlimited again.
         let cleared = app
             .api_keys(Some(&owner.token))
-            .update_api_key(update(proto::ApiKey { id, ..Default::default() }, &["credits", "rate_limit"]))
+            .update_api_key(api_key_update(key_id(id), &["credits", "rate_limit"]))
             .await
             .unwrap()
             .into_inner()
@@ -501,7 +462,7 @@ backend_test! {
         for paths in [&["key_prefix"][..], &["nonsense"], &[]] {
             let status = assert_code(
                 app.api_keys(Some(&owner.token))
-                    .update_api_key(update(proto::ApiKey { id, ..Default::default() }, paths))
+                    .update_api_key(api_key_update(key_id(id), paths))
                     .await,
                 Code::InvalidArgument,
             );
@@ -512,7 +473,7 @@ backend_test! {
         for id in [id, id + 1000] {
             assert_code(
                 app.api_keys(Some(&stranger.token))
-                    .update_api_key(update(proto::ApiKey { id, ..Default::default() }, &["display_name"]))
+                    .update_api_key(api_key_update(key_id(id), &["display_name"]))
                     .await,
                 Code::PermissionDenied,
             );
@@ -553,10 +514,7 @@ backend_test! {
         let app = spawn_app().await;
         let owner = app.new_user().await;
         let chatbot = app.create_chatbot(&owner, "revival").await;
-        let expiry = |id: i64| proto::UpdateApiKeyRequest {
-            api_key: Some(proto::ApiKey { id, ..Default::default() }),
-            update_mask: Some(FieldMask { paths: vec!["expire_time".into()] }),
-        };
+        let expiry = |id: i64| api_key_update(key_id(id), &["expire_time"]);
 
         // An expired key (its expiry moved into the past in the store, as
         // time would) stays expired: reviving it would slip past the

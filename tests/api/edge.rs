@@ -5,16 +5,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chatbot_backend::proto;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
 
-use crate::helpers::{assert_code, spawn_app_with, SECRET_KEY};
+use crate::helpers::{assert_code, scrape, spawn_app_with, spawn_logging_json, SECRET_KEY};
 
 /// One gRPC call over its own HTTP/2 connection, built by hand.
 pub struct RawCall {
@@ -80,24 +79,6 @@ pub async fn raw_unary(addr: SocketAddr, path: &str, message: &[u8]) -> Code {
     let mut call = RawCall::start(addr, path, "raw").await;
     call.send(grpc_frame(message), true);
     call.code().await
-}
-
-/// The metrics endpoint's page.
-pub async fn scrape(addr: SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .expect("the metrics endpoint answers")
-    .unwrap();
-    response
 }
 
 /// The value of each series of `metric` in a scrape, by its labels.
@@ -257,10 +238,7 @@ async fn a_call_past_the_servers_deadline_is_deadline_exceeded() {
     let user = app.new_user().await;
     let chatbot = app.create_chatbot(&user, "bot").await;
     let held = app.db.conn().await.unwrap();
-    let result = app
-        .chatbots(Some(&user.token))
-        .get_chatbot(proto::GetChatbotRequest { id: chatbot.id })
-        .await;
+    let result = app.get_chatbot(&user.token, &chatbot.id).await;
     drop(held);
     assert_code(result, Code::DeadlineExceeded);
     let handled = series(
@@ -299,7 +277,8 @@ impl LoggingServer {
         let workdir =
             std::env::temp_dir().join(format!("cbtest_{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&workdir).unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"));
+        command
             .arg("serve")
             .env(
                 "DATABASE_URL",
@@ -308,13 +287,8 @@ impl LoggingServer {
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("METRICS_ADDR", "127.0.0.1:0")
             .env("SECRET_KEY", SECRET_KEY)
-            .env("RATE_LIMIT_PER_ADDRESS", "0")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the server binary");
+            .env("RATE_LIMIT_PER_ADDRESS", "0");
+        let mut child = spawn_logging_json(&mut command);
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
         let (mut addr, mut metrics_addr) = (None, None);

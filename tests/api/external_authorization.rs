@@ -18,8 +18,8 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, spawn_app, spawn_app_on, spawn_app_with, violated_fields, Clients,
-    TcpProxy, TestApp, TestDatabase,
+    assert_code, backend_test, changed_within_a_second, spawn_app, spawn_app_on, spawn_app_with,
+    violated_fields, Clients, KeyOwner, TcpProxy, TestApp, TestDatabase,
 };
 
 /// A Check of an HTTP request with these headers, through a route that
@@ -129,14 +129,8 @@ impl From<CheckResponse> for Answer {
 async fn key_with(app: &TestApp, limits: proto::CreateApiKeyRequest) -> String {
     let owner = app.new_user().await;
     let chatbot = app.create_chatbot(&owner, "bot").await;
-    app.api_keys(Some(&owner.token))
-        .create_api_key(proto::CreateApiKeyRequest {
-            chatbot_id: chatbot.id,
-            ..limits
-        })
+    app.create_api_key_with(&owner, &chatbot.id, limits)
         .await
-        .expect("create a key")
-        .into_inner()
         .key
 }
 
@@ -161,9 +155,7 @@ async fn check_key(clients: &Clients, key: &str) -> Answer {
 backend_test! {
     async fn a_valid_key_is_allowed_with_its_chatbot_in_headers_and_metadata_and_the_key_header_removed() {
         let app = spawn_app().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let KeyOwner { owner, chatbot, created } = app.new_key_owner("bot").await;
         let key_id = created.api_key.as_ref().unwrap().id.to_string();
 
         // A client's own x-chatbot-id is replaced, not passed on beside ours.
@@ -199,9 +191,8 @@ backend_test! {
 backend_test! {
     async fn a_bearer_key_is_accepted_and_removed_while_another_bearer_token_is_left_for_the_upstream() {
         let app = spawn_app().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let key = app.create_api_key(&owner, &chatbot.id).await.key;
+        let KeyOwner { created, .. } = app.new_key_owner("bot").await;
+        let key = created.key;
 
         let bearer = format!("Bearer {key}");
         let answer = check(&app, &[("authorization", &bearer)], &[]).await.unwrap();
@@ -230,9 +221,8 @@ backend_test! {
 backend_test! {
     async fn raw_headers_are_read_and_a_repeated_or_conflicting_key_is_malformed() {
         let app = spawn_app().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let key = app.create_api_key(&owner, &chatbot.id).await.key;
+        let KeyOwner { owner, chatbot, created } = app.new_key_owner("bot").await;
+        let key = created.key;
         let other = app.create_api_key(&owner, &chatbot.id).await.key;
 
         // What Envoy sends with `encode_raw_headers`: a list, values as bytes,
@@ -293,9 +283,8 @@ backend_test! {
 backend_test! {
     async fn the_key_header_is_configurable() {
         let app = spawn_app_with(&["--ext-authz-api-key-header", "X-Chatbot-Key"]).await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let key = app.create_api_key(&owner, &chatbot.id).await.key;
+        let KeyOwner { created, .. } = app.new_key_owner("bot").await;
+        let key = created.key;
 
         let answer = check(&app, &[("x-chatbot-key", &key)], &[]).await.unwrap();
         assert!(answer.allowed(), "{answer:?}");
@@ -308,15 +297,8 @@ backend_test! {
 backend_test! {
     async fn each_key_that_is_not_valid_is_a_401_with_a_challenge_and_a_json_body_without_the_key() {
         let app = spawn_app().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let revoked = app.create_api_key(&owner, &chatbot.id).await;
-        app.api_keys(Some(&owner.token))
-            .revoke_api_key(proto::RevokeApiKeyRequest {
-                id: revoked.api_key.unwrap().id,
-            })
-            .await
-            .unwrap();
+        let KeyOwner { owner, created: revoked, .. } = app.new_key_owner("bot").await;
+        app.revoke_api_key(&owner.token, revoked.api_key.unwrap().id).await.unwrap();
         let soon = std::time::SystemTime::now() + Duration::from_secs(1);
         let expiring = key_with(
             &app,
@@ -365,17 +347,10 @@ backend_test! {
 backend_test! {
     async fn a_revoked_key_is_refused_on_the_next_check() {
         let app = spawn_app().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
         assert!(check_key(&app, &created.key).await.allowed());
 
-        app.api_keys(Some(&owner.token))
-            .revoke_api_key(proto::RevokeApiKeyRequest {
-                id: created.api_key.unwrap().id,
-            })
-            .await
-            .unwrap();
+        app.revoke_api_key(&owner.token, created.api_key.unwrap().id).await.unwrap();
         let answer = check_key(&app, &created.key).await;
         assert_eq!(answer.http_status, Some(401));
         assert_eq!(answer.error(), "api_key_revoked");
@@ -502,9 +477,8 @@ async fn a_check_the_store_cannot_answer_fails_with_unavailable() {
         ],
     )
     .await;
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "bot").await;
-    let key = app.create_api_key(&owner, &chatbot.id).await.key;
+    let KeyOwner { created, .. } = app.new_key_owner("bot").await;
+    let key = created.key;
 
     proxy.cut();
     assert_code(
@@ -556,27 +530,14 @@ async fn checks_through_two_processes_spend_credits_exactly_and_see_a_revocation
     }
 
     // Cached by the replica, then revoked through the other process.
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "bot").await;
-    let created = app.create_api_key(&owner, &chatbot.id).await;
+    let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
     assert!(check_key(&replica, &created.key).await.allowed());
-    app.api_keys(Some(&owner.token))
-        .revoke_api_key(proto::RevokeApiKeyRequest {
-            id: created.api_key.unwrap().id,
-        })
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    loop {
-        let answer = check_key(&replica, &created.key).await;
-        if answer.http_status == Some(401) {
-            assert_eq!(answer.error(), "api_key_revoked");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the replica still answers {answer:?} a second after the revoke"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let id = created.api_key.unwrap().id;
+    app.revoke_api_key(&owner.token, id).await.unwrap();
+    let refused = changed_within_a_second(
+        || check_key(&replica, &created.key),
+        |answer| answer.http_status == Some(401),
+    )
+    .await;
+    assert_eq!(refused.error(), "api_key_revoked");
 }

@@ -5,7 +5,9 @@
 use chatbot_backend::proto;
 use tonic::Code;
 
-use crate::helpers::{assert_code, backend_test, spawn_app_with, Authed, TestApp, TestUser};
+use crate::helpers::{
+    assert_code, backend_test, spawn_app_with, Authed, KeyOwner, TestApp, TestUser,
+};
 
 type ApiKeysClient = proto::api_key_service_client::ApiKeyServiceClient<Authed>;
 
@@ -53,9 +55,8 @@ async fn active_keys(app: &TestApp, owner: &TestUser, chatbot_id: &str) -> usize
 backend_test! {
     async fn a_key_is_replaced_once_and_a_second_rotation_is_failed_precondition() {
         let app = spawn_app_with(&[]).await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let key = app.create_api_key(&owner, &chatbot.id).await.api_key.unwrap();
+        let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
+        let key = created.api_key.unwrap();
         let mut client = app.api_keys(Some(&owner.token));
         let rotated = client.rotate_api_key(rotation(key.id, 3600)).await.unwrap().into_inner();
         assert_code(client.rotate_api_key(rotation(key.id, 3600)).await, Code::FailedPrecondition);
@@ -71,9 +72,8 @@ backend_test! {
 backend_test! {
     async fn concurrent_rotations_of_one_key_make_exactly_one_replacement() {
         let app = spawn_app_with(&[]).await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let key = app.create_api_key(&owner, &chatbot.id).await.api_key.unwrap();
+        let KeyOwner { owner, chatbot, created } = app.new_key_owner("bot").await;
+        let key = created.api_key.unwrap();
         let mut rotations = tokio::task::JoinSet::new();
         for _ in 0..20 {
             let mut client = app.api_keys(Some(&owner.token));

@@ -1,7 +1,6 @@
 //! Process lifecycle under stress: SIGTERM with calls in flight, and a
 //! database outage cut by a TCP proxy the test controls.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +15,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::ServingStatus;
 
 use crate::helpers::{
-    backend_test, serving_addr, spawn_app_on, Bearer, TcpProxy, TestDatabase, PASSWORD, SECRET_KEY,
+    backend_test, serving_addr, spawn_app_on, spawn_logging_json, Bearer, TcpProxy, TestDatabase,
+    PASSWORD, SECRET_KEY,
 };
 
 async fn health_status(channel: Channel, service: &str) -> Option<i32> {
@@ -34,7 +34,8 @@ async fn health_status(channel: Channel, service: &str) -> Option<i32> {
 backend_test! {
     async fn sigterm_lets_every_in_flight_call_finish_and_exits_zero() {
         let database = TestDatabase::create().await;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"));
+        command
             .arg("serve")
             .env("DATABASE_URL", &database.url)
             .env("LISTEN_ADDR", "127.0.0.1:0")
@@ -46,13 +47,8 @@ backend_test! {
             // Logins in flight count against the email's budget until they
             // succeed; this test runs 12 at once.
             .env("LOGIN_MAX_FAILURES_PER_EMAIL", "100")
-            .env("LOGIN_MAX_FAILURES_PER_ADDRESS", "100")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the server binary");
+            .env("LOGIN_MAX_FAILURES_PER_ADDRESS", "100");
+        let mut child = spawn_logging_json(&mut command);
 
         let addr = serving_addr(&mut child, |_| {}).await;
 
@@ -285,16 +281,12 @@ impl EstablishDirect for diesel_async::AsyncPgConnection {
 async fn with_no_database_url_the_binary_serves_from_a_sqlite_file_in_its_working_directory() {
     let workdir = std::env::temp_dir().join(format!("cbtest_{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&workdir).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbot-backend"));
+    command
         .current_dir(&workdir)
         .env_remove("DATABASE_URL")
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the server binary");
+        .env("LISTEN_ADDR", "127.0.0.1:0");
+    let mut child = spawn_logging_json(&mut command);
 
     let mut backend_logged = false;
     let addr = serving_addr(&mut child, |event| {

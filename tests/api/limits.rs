@@ -1,13 +1,10 @@
-use std::time::Duration;
-
 use chatbot_backend::proto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt;
 
-use crate::helpers::{assert_code, backend_test, spawn_app_with, PASSWORD};
+use crate::helpers::{assert_code, backend_test, scrape, spawn_app_with, KeyOwner, PASSWORD};
 
 backend_test! {
     async fn an_authenticated_caller_past_its_rate_gets_resource_exhausted_with_retry_info() {
@@ -85,9 +82,8 @@ backend_test! {
             "2",
         ])
         .await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "bot").await;
-        let first = app.create_api_key(&owner, &chatbot.id).await.key;
+        let KeyOwner { owner, chatbot, created } = app.new_key_owner("bot").await;
+        let first = created.key;
         let second = app.create_api_key(&owner, &chatbot.id).await.key;
         let verify = |key: String| {
             let mut client = app.api_keys(None);
@@ -106,20 +102,6 @@ backend_test! {
     }
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
-        .await
-        .unwrap()
-        .unwrap();
-    body
-}
-
 backend_test! {
     async fn metrics_count_rpcs_by_method_and_code_in_go_grpc_prometheus_names() {
         let app = spawn_app_with(&["--metrics-addr", "127.0.0.1:0"]).await;
@@ -128,10 +110,7 @@ backend_test! {
             .get_current_user(proto::GetCurrentUserRequest {})
             .await
             .unwrap();
-        let _ = app
-            .chatbots(Some(&user.token))
-            .get_chatbot(proto::GetChatbotRequest { id: "bad".into() })
-            .await;
+        let _ = app.get_chatbot(&user.token, "bad").await;
         let body = scrape(app.metrics_addr.expect("metrics enabled")).await;
         assert!(body.starts_with("HTTP/1.1 200"));
         for expected in [

@@ -2,10 +2,11 @@
 //! SSRF probes of the hardening issue, in the forms seen and their kin.
 
 use chatbot_backend::proto;
-use prost_types::FieldMask;
 use tonic::Code;
 
-use crate::helpers::{assert_code, backend_test, spawn_app, spawn_app_with, violated_fields};
+use crate::helpers::{
+    assert_code, backend_test, chatbot_update, spawn_app, spawn_app_with, violated_fields,
+};
 
 /// One URL per kind of probe: every textual form of an internal IPv4,
 /// IPv4 inside IPv6, special-purpose ranges of both families, single-label
@@ -68,16 +69,12 @@ fn create_request(url: &str) -> proto::CreateChatbotRequest {
 }
 
 fn update_request(id: &str, url: &str) -> proto::UpdateChatbotRequest {
-    proto::UpdateChatbotRequest {
-        chatbot: Some(proto::Chatbot {
-            id: id.into(),
-            llm_endpoint_url: url.into(),
-            ..Default::default()
-        }),
-        update_mask: Some(FieldMask {
-            paths: vec!["llm_endpoint_url".into()],
-        }),
-    }
+    let moved = proto::Chatbot {
+        id: id.into(),
+        llm_endpoint_url: url.into(),
+        ..Default::default()
+    };
+    chatbot_update(moved, &["llm_endpoint_url"])
 }
 
 backend_test! {
@@ -86,9 +83,7 @@ backend_test! {
         let user = app.new_user().await;
         for url in NON_PUBLIC_URLS {
             let status = assert_code(
-                app.chatbots(Some(&user.token))
-                    .create_chatbot(create_request(url))
-                    .await,
+                app.create_chatbot_from(&user.token, create_request(url)).await,
                 Code::InvalidArgument,
             );
             assert_eq!(violated_fields(&status), ["llm_endpoint_url"], "{url}");
@@ -139,13 +134,9 @@ backend_test! {
             ("http://[64:ff9b::808:808]/", "http://[64:ff9b::808:808]/"),
         ] {
             let chatbot = app
-                .chatbots(Some(&user.token))
-                .create_chatbot(create_request(url))
+                .create_chatbot_from(&user.token, create_request(url))
                 .await
-                .unwrap_or_else(|status| panic!("{url}: {status:?}"))
-                .into_inner()
-                .chatbot
-                .unwrap();
+                .unwrap_or_else(|status| panic!("{url}: {status:?}"));
             assert_eq!(chatbot.llm_endpoint_url, stored, "{url}");
         }
     }
@@ -155,14 +146,8 @@ backend_test! {
     async fn allowing_private_llm_endpoints_accepts_loopback_and_internal_names() {
         let app = spawn_app_with(&["--allow-private-llm-endpoints", "true"]).await;
         let user = app.new_user().await;
-        let chatbot = app
-            .chatbots(Some(&user.token))
-            .create_chatbot(create_request("http://[::ffff:0:7f00:1]:11434/api"))
-            .await
-            .unwrap()
-            .into_inner()
-            .chatbot
-            .unwrap();
+        let request = create_request("http://[::ffff:0:7f00:1]:11434/api");
+        let chatbot = app.create_chatbot_from(&user.token, request).await.unwrap();
         for url in ["http://127.0.0.1:11434/api/chat", "http://ollama:11434/"] {
             let updated = app
                 .chatbots(Some(&user.token))
@@ -176,9 +161,7 @@ backend_test! {
         }
         // Credentials stay refused: the setting is about destinations only.
         let status = assert_code(
-            app.chatbots(Some(&user.token))
-                .create_chatbot(create_request("http://u:p@127.0.0.1/"))
-                .await,
+            app.create_chatbot_from(&user.token, create_request("http://u:p@127.0.0.1/")).await,
             Code::InvalidArgument,
         );
         assert_eq!(violated_fields(&status), ["llm_endpoint_url"]);

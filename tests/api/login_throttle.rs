@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, spawn_app_with, spawn_app_with_production_hash_cost, PASSWORD,
+    assert_code, backend_test, password_change, spawn_app_with,
+    spawn_app_with_production_hash_cost, PASSWORD,
 };
 
 /// Counts answers by code.
@@ -152,15 +153,7 @@ backend_test! {
     async fn current_password_guesses_through_update_user_spend_the_same_budget_as_logins() {
         let app = spawn_app_with(THREE_CHECKS_PER_EMAIL).await;
         let user = app.new_user().await;
-        let change = |current: &str| chatbot_backend::proto::UpdateUserRequest {
-            user: Some(chatbot_backend::proto::User {
-                id: user.id.clone(),
-                ..Default::default()
-            }),
-            update_mask: None,
-            new_password: "a brand new password".into(),
-            current_password: current.into(),
-        };
+        let change = |current: &str| password_change(&user.id, current, "a brand new password");
         // A stolen access token is no unthrottled password oracle.
         for _ in 0..3 {
             assert_code(

@@ -4,10 +4,11 @@
 //! characters and the BOM.
 
 use chatbot_backend::proto;
-use prost_types::FieldMask;
 use tonic::Code;
 
-use crate::helpers::{assert_code, backend_test, spawn_app, violated_fields, PASSWORD};
+use crate::helpers::{
+    assert_code, backend_test, chatbot_update, spawn_app, violated_fields, PASSWORD,
+};
 
 const PRECOMPOSED: &str = "jos\u{e9}@example.com";
 const DECOMPOSED: &str = "jose\u{301}@example.com";
@@ -85,14 +86,13 @@ backend_test! {
         let app = spawn_app().await;
         let user = app.new_user().await;
         for name in HIDDEN_CHARACTER_NAMES {
+            let request = proto::CreateChatbotRequest {
+                owner_id: String::new(),
+                name: (*name).into(),
+                llm_endpoint_url: "https://llm.example.com/v1".into(),
+            };
             let status = assert_code(
-                app.chatbots(Some(&user.token))
-                    .create_chatbot(proto::CreateChatbotRequest {
-                        owner_id: String::new(),
-                        name: (*name).into(),
-                        llm_endpoint_url: "https://llm.example.com/v1".into(),
-                    })
-                    .await,
+                app.create_chatbot_from(&user.token, request).await,
                 Code::InvalidArgument,
             );
             assert_eq!(violated_fields(&status), ["name"], "{name:?}");
@@ -109,16 +109,12 @@ backend_test! {
         let chatbot = app.create_chatbot(&user, "Support").await;
         let rename = |name: &str| {
             let mut client = app.chatbots(Some(&user.token));
-            let request = proto::UpdateChatbotRequest {
-                chatbot: Some(proto::Chatbot {
-                    id: chatbot.id.clone(),
-                    name: name.into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["name".into()],
-                }),
+            let renamed = proto::Chatbot {
+                id: chatbot.id.clone(),
+                name: name.into(),
+                ..Default::default()
             };
+            let request = chatbot_update(renamed, &["name"]);
             async move { client.update_chatbot(request).await }
         };
         for name in HIDDEN_CHARACTER_NAMES {

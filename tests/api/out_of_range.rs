@@ -85,6 +85,27 @@ fn assert_page_token_refused<T: std::fmt::Debug>(result: Result<T, Status>, toke
     assert_eq!(violated_fields(&status), ["page_token"], "{token}");
 }
 
+/// Asks `list` for a first page, which must have a next one, and asserts
+/// that every token forged from that page's (see [`forged_tokens`], with
+/// `bad_id`) is refused; returns a hand-made token for a position inside
+/// the range (year one), for the caller to list from.
+async fn assert_forged_page_tokens_refused<T, Fut>(
+    list: impl Fn(String) -> Fut,
+    next_page_token: impl Fn(T) -> String,
+    bad_id: &str,
+) -> String
+where
+    T: std::fmt::Debug,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let real = next_page_token(list(String::new()).await.unwrap());
+    assert!(!real.is_empty());
+    for token in forged_tokens(&real, bad_id) {
+        assert_page_token_refused(list(token.clone()).await, &token);
+    }
+    tampered(&real, Some(&micros(&new_year(1)).to_string()), None)
+}
+
 async fn list_api_keys(
     app: &TestApp,
     user: &TestUser,
@@ -146,19 +167,12 @@ backend_test! {
         let app = spawn_app().await;
         let user = app.new_user().await;
         let chatbot = app.create_chatbot(&user, "bot").await;
-        let expiring = app
-            .api_keys(Some(&user.token))
-            .create_api_key(proto::CreateApiKeyRequest {
-                chatbot_id: chatbot.id.clone(),
-                display_name: "expiring".into(),
-                expire_time: Some(new_year(9000)),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .api_key
-            .unwrap();
+        let request = proto::CreateApiKeyRequest {
+            display_name: "expiring".into(),
+            expire_time: Some(new_year(9000)),
+            ..Default::default()
+        };
+        let expiring = app.create_api_key_with(&user, &chatbot.id, request).await.api_key.unwrap();
         app.create_api_key(&user, &chatbot.id).await;
         let listed = |expire_before: Timestamp| {
             let request = proto::ListApiKeysRequest {
@@ -241,13 +255,9 @@ backend_test! {
                     .map(tonic::Response::into_inner)
             }
         };
-        let real = list(String::new()).await.unwrap().next_page_token;
-        assert!(!real.is_empty());
-        for token in forged_tokens(&real, "not-a-uuid") {
-            assert_page_token_refused(list(token.clone()).await, &token);
-        }
+        let next = |page: proto::ListUsersResponse| page.next_page_token;
+        let from_year_one = assert_forged_page_tokens_refused(list, next, "not-a-uuid").await;
         // A hand-made cursor inside the range is just a position.
-        let from_year_one = tampered(&real, Some(&micros(&new_year(1)).to_string()), None);
         assert_eq!(list(from_year_one).await.unwrap().users.len(), 1);
     }
 }
@@ -271,12 +281,8 @@ backend_test! {
                     .map(tonic::Response::into_inner)
             }
         };
-        let real = list(String::new()).await.unwrap().next_page_token;
-        assert!(!real.is_empty());
-        for token in forged_tokens(&real, "not-a-uuid") {
-            assert_page_token_refused(list(token.clone()).await, &token);
-        }
-        let from_year_one = tampered(&real, Some(&micros(&new_year(1)).to_string()), None);
+        let next = |page: proto::ListChatbotsResponse| page.next_page_token;
+        let from_year_one = assert_forged_page_tokens_refused(list, next, "not-a-uuid").await;
         let page = list(from_year_one).await.unwrap();
         assert_eq!(page.chatbots.len(), 1);
         assert_eq!(page.chatbots[0].name, "one");
@@ -296,18 +302,10 @@ backend_test! {
             page_token,
             ..Default::default()
         };
-        let real = list_api_keys(&app, &user, request(String::new()))
-            .await
-            .unwrap()
-            .next_page_token;
-        assert!(!real.is_empty());
-        for token in forged_tokens(&real, "99999999999999999999") {
-            assert_page_token_refused(
-                list_api_keys(&app, &user, request(token.clone())).await,
-                &token,
-            );
-        }
-        let from_year_one = tampered(&real, Some(&micros(&new_year(1)).to_string()), None);
+        let list = |page_token| list_api_keys(&app, &user, request(page_token));
+        let next = |page: proto::ListApiKeysResponse| page.next_page_token;
+        let from_year_one =
+            assert_forged_page_tokens_refused(list, next, "99999999999999999999").await;
         let page = list_api_keys(&app, &user, request(from_year_one)).await.unwrap();
         assert_eq!(page.api_keys.len(), 1);
     }

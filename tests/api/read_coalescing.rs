@@ -60,15 +60,10 @@ async fn a_read_batch_gets_its_answer_after_a_cancelled_statement_left_its_conne
             let chatbot = app.create_chatbot(&user, "bot").await;
 
             let lock = abandon_a_statement(&app);
-            let read = app
-                .chatbots(Some(&user.token))
-                .get_chatbot(proto::GetChatbotRequest {
-                    id: chatbot.id.clone(),
-                })
-                .await;
+            let read = app.get_chatbot(&user.token, &chatbot.id).await;
             release(lock);
-            let read = read.expect("the reader gets its chatbot").into_inner();
-            assert_eq!(read.chatbot.unwrap().name, "bot");
+            let read = read.expect("the reader gets its chatbot");
+            assert_eq!(read.name, "bot");
         })
         .await
 }

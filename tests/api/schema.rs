@@ -201,16 +201,17 @@ macro_rules! declared_tables {
 }
 
 fn declared_tables() -> Tables<DeclaredColumn> {
+    // Grouped by what owns what (order does not matter: `Tables` is sorted).
     let tables = declared_tables![
+        users,
+        sessions,
+        refresh_tokens,
+        login_attempts,
+        chatbots,
+        api_keys,
         api_key_limits,
         api_key_usage,
-        api_keys,
         audit_events,
-        chatbots,
-        login_attempts,
-        refresh_tokens,
-        sessions,
-        users,
     ];
     // A table added to schema.rs must be added above too, or it would go
     // unchecked.

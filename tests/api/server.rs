@@ -4,7 +4,9 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::ServingStatus;
 
-use crate::helpers::{assert_code, backend_test, spawn_app, spawn_app_on, Backend, TestDatabase};
+use crate::helpers::{
+    assert_code, backend_test, spawn_app, spawn_app_on, Backend, KeyOwner, TestDatabase,
+};
 
 backend_test! {
     async fn health_reports_serving_for_the_server_liveness_and_each_service() {
@@ -119,9 +121,7 @@ backend_test! {
     async fn database_status_reports_backend_schema_and_counts_to_admins_only() {
         let app = spawn_app().await;
         let admin = app.new_admin().await;
-        let user = app.new_user().await;
-        let chatbot = app.create_chatbot(&user, "bot").await;
-        app.create_api_key(&user, &chatbot.id).await;
+        let KeyOwner { owner: user, .. } = app.new_key_owner("bot").await;
 
         let status = app.database_status(&admin.token).await;
         assert!(status.connected);

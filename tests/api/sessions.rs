@@ -7,7 +7,10 @@ use std::time::Duration;
 use chatbot_backend::proto::{self, UserRole};
 use tonic::Code;
 
-use crate::helpers::{assert_code, backend_test, spawn_app, spawn_app_with, TestApp, TestUser};
+use crate::helpers::{
+    assert_code, backend_test, changed_within_a_second, password_change, role_change, spawn_app,
+    spawn_app_with, TestApp, TestUser,
+};
 
 async fn who_am_i(app: &TestApp, token: &str) -> Result<proto::User, tonic::Status> {
     app.auth(Some(token))
@@ -26,42 +29,13 @@ async fn second_session(app: &TestApp, user: &TestUser) -> TestUser {
     }
 }
 
-fn password_change(user: &TestUser, new_password: &str) -> proto::UpdateUserRequest {
-    proto::UpdateUserRequest {
-        user: Some(proto::User {
-            id: user.id.clone(),
-            ..Default::default()
-        }),
-        update_mask: None,
-        new_password: new_password.into(),
-        current_password: user.password.clone(),
-    }
-}
-
-fn role_change(id: &str, role: UserRole) -> proto::UpdateUserRequest {
-    proto::UpdateUserRequest {
-        user: Some(proto::User {
-            id: id.into(),
-            role: role.into(),
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["role".into()],
-        }),
-        ..Default::default()
-    }
-}
-
 backend_test! {
     async fn after_logout_the_sessions_access_token_is_refused_at_once_and_other_sessions_work() {
         let app = spawn_app().await;
         let user = app.new_user().await;
         let other = second_session(&app, &user).await;
         who_am_i(&app, &user.token).await.unwrap();
-        app.auth(Some(&user.token))
-            .logout(proto::LogoutRequest { refresh_token: user.refresh_token.clone() })
-            .await
-            .unwrap();
+        app.logout(&user.token, &user.refresh_token).await.unwrap();
         assert_code(who_am_i(&app, &user.token).await, Code::Unauthenticated);
         who_am_i(&app, &other.token).await.unwrap();
     }
@@ -95,7 +69,7 @@ backend_test! {
         let user = app.new_user().await;
         let other = second_session(&app, &user).await;
         app.users(Some(&user.token))
-            .update_user(password_change(&user, "a brand new password"))
+            .update_user(password_change(&user.id, &user.password, "a brand new password"))
             .await
             .unwrap();
         assert_code(who_am_i(&app, &user.token).await, Code::Unauthenticated);
@@ -177,23 +151,15 @@ backend_test! {
 }
 
 /// Polls `call` every 20 ms until it answers `code`, failing after a second.
-async fn refused_within_a_second<F, Fut, T>(mut call: F, code: Code)
+async fn refused_within_a_second<F, Fut, T>(call: F, code: Code)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     T: std::fmt::Debug,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    loop {
-        match call().await {
-            Err(status) if status.code() == code => return,
-            other => assert!(
-                tokio::time::Instant::now() < deadline,
-                "still {other:?} a second after the change"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let refused =
+        |answer: &Result<T, tonic::Status>| matches!(answer, Err(status) if status.code() == code);
+    let _refusal = changed_within_a_second(call, refused).await;
 }
 
 /// Replicas share PostgreSQL only.
@@ -214,10 +180,7 @@ async fn on_postgres_a_logout_through_one_process_is_refused_by_another_within_a
     whoami().await.unwrap();
     whoami().await.unwrap();
     first
-        .auth(Some(&user.token))
-        .logout(proto::LogoutRequest {
-            refresh_token: user.refresh_token.clone(),
-        })
+        .logout(&user.token, &user.refresh_token)
         .await
         .unwrap();
     refused_within_a_second(whoami, Code::Unauthenticated).await;
@@ -258,7 +221,7 @@ backend_test! {
             });
         }
         app.users(Some(&user.token))
-            .update_user(password_change(&user, "a brand new password"))
+            .update_user(password_change(&user.id, &user.password, "a brand new password"))
             .await
             .unwrap();
         // Whichever logins got through with the old password, before or
@@ -289,18 +252,13 @@ backend_test! {
             (access_tokens, refresh_token)
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        app.auth(Some(&user.token))
-            .logout(proto::LogoutRequest { refresh_token: user.refresh_token.clone() })
-            .await
-            .unwrap();
+        app.logout(&user.token, &user.refresh_token).await.unwrap();
         let (access_tokens, last_refresh_token) = chain.await.unwrap();
         for token in access_tokens.iter().chain([&user.token]) {
             assert_code(who_am_i(&app, token).await, Code::Unauthenticated);
         }
         assert_code(
-            app.auth(None)
-                .refresh_token(proto::RefreshTokenRequest { refresh_token: last_refresh_token })
-                .await,
+            app.refresh(&last_refresh_token).await,
             Code::Unauthenticated,
         );
     }

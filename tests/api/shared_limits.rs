@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use chatbot_backend::proto;
 use tonic::Code;
 
-use crate::edge::scrape;
-use crate::helpers::{logs, spawn_app_with, Clients, TcpProxy};
+use crate::helpers::{logs, scrape, spawn_app_with, Clients, TcpProxy};
 
 /// Redis database the tests use, apart from anything else on the server.
 const TEST_REDIS_DB: u32 = 9;

@@ -228,16 +228,15 @@ async fn rpc_spans_are_exported_over_otlp_with_the_callers_parent_their_children
         .unwrap();
     let login = server.login(&email, PASSWORD).await.unwrap();
     let chatbot = server
-        .chatbots(Some(&login.access_token))
-        .create_chatbot(proto::CreateChatbotRequest {
-            owner_id: String::new(),
-            name: "traced".into(),
-            llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
-        })
+        .create_chatbot_from(
+            &login.access_token,
+            proto::CreateChatbotRequest {
+                owner_id: String::new(),
+                name: "traced".into(),
+                llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
+            },
+        )
         .await
-        .unwrap()
-        .into_inner()
-        .chatbot
         .unwrap();
     let key = server
         .api_keys(Some(&login.access_token))

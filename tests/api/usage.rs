@@ -4,32 +4,16 @@
 
 use std::time::Duration;
 
-use chatbot_backend::proto::{self, VerifyApiKeyReason};
+use chatbot_backend::proto::{self, UsageCounts, VerifyApiKeyReason};
 use prost_types::Timestamp;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, spawn_app, spawn_app_with, verify_costing, violated_fields, Clients,
-    TestApp, TestUser,
+    assert_code, backend_test, eventually, spawn_app, spawn_app_with, verify_costing,
+    violated_fields, Clients, KeyOwner, TestUser,
 };
 
 const FLUSH_EVERY_SECOND: &[&str] = &["--usage-flush-interval-secs", "1"];
-
-async fn create_key(
-    app: &TestApp,
-    owner: &TestUser,
-    chatbot_id: &str,
-    request: proto::CreateApiKeyRequest,
-) -> proto::CreateApiKeyResponse {
-    app.api_keys(Some(&owner.token))
-        .create_api_key(proto::CreateApiKeyRequest {
-            chatbot_id: chatbot_id.into(),
-            ..request
-        })
-        .await
-        .expect("create a key")
-        .into_inner()
-}
 
 async fn key_usage(clients: &Clients, owner: &TestUser, id: i64) -> proto::GetApiKeyUsageResponse {
     clients
@@ -59,60 +43,35 @@ async fn chatbot_usage(
         .into_inner()
 }
 
-/// Polls `read` until it gives `expected` (counts arrive with a flush),
-/// failing after ten seconds with the last value read.
-async fn eventually<T, F, Fut>(expected: T, mut read: F) -> T
-where
-    T: PartialEq + std::fmt::Debug,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let value = read().await;
-        if value == expected || tokio::time::Instant::now() > deadline {
-            assert_eq!(value, expected);
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn counts(
-    valid: i64,
-    revoked: i64,
-    expired: i64,
-    rate_limited: i64,
-    usage_exceeded: i64,
-    credits_spent: i64,
-) -> Option<proto::UsageCounts> {
-    Some(proto::UsageCounts {
-        valid,
-        revoked,
-        expired,
-        rate_limited,
-        usage_exceeded,
-        credits_spent,
-    })
-}
+/// No answer counted: the six counts of a key or chatbot's usage, all
+/// zero. A test names the counts it expects and leaves the rest to this
+/// (`UsageCounts { valid: 2, ..NONE }`).
+const NONE: UsageCounts = UsageCounts {
+    valid: 0,
+    revoked: 0,
+    expired: 0,
+    rate_limited: 0,
+    usage_exceeded: 0,
+    credits_spent: 0,
+};
 
 backend_test! {
     async fn each_answer_is_counted_under_its_key_hour_and_reason() {
         let app = spawn_app_with(FLUSH_EVERY_SECOND).await;
         let owner = app.new_user().await;
         let chatbot = app.create_chatbot(&owner, "counted").await;
-        let with_credits = create_key(&app, &owner, &chatbot.id, proto::CreateApiKeyRequest {
+        let with_credits = app.create_api_key_with(&owner, &chatbot.id, proto::CreateApiKeyRequest {
             credits: Some(proto::Credits { remaining: 5, ..Default::default() }),
             ..Default::default()
         }).await;
-        let limited = create_key(&app, &owner, &chatbot.id, proto::CreateApiKeyRequest {
+        let limited = app.create_api_key_with(&owner, &chatbot.id, proto::CreateApiKeyRequest {
             rate_limit: Some(proto::RateLimit {
                 limit: 1,
                 window: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
             }),
             ..Default::default()
         }).await;
-        let soon_expired = create_key(&app, &owner, &chatbot.id, proto::CreateApiKeyRequest {
+        let soon_expired = app.create_api_key_with(&owner, &chatbot.id, proto::CreateApiKeyRequest {
             expire_time: Some(Timestamp {
                 seconds: chrono::Utc::now().timestamp() + 2,
                 nanos: 0,
@@ -121,10 +80,7 @@ backend_test! {
         }).await;
         let revoked = app.create_api_key(&owner, &chatbot.id).await;
         let revoked_id = revoked.api_key.as_ref().unwrap().id;
-        app.api_keys(Some(&owner.token))
-            .revoke_api_key(proto::RevokeApiKeyRequest { id: revoked_id })
-            .await
-            .unwrap();
+        app.revoke_api_key(&owner.token, revoked_id).await.unwrap();
 
         assert!(verify_costing(&app, &with_credits.key, 2).await.valid);
         assert!(verify_costing(&app, &with_credits.key, 3).await.valid);
@@ -141,21 +97,21 @@ backend_test! {
         assert_eq!(app.verify(&soon_expired.key).await.reason(), VerifyApiKeyReason::Expired);
 
         let id = |created: &proto::CreateApiKeyResponse| created.api_key.as_ref().unwrap().id;
-        let total = |usage: proto::GetApiKeyUsageResponse| usage.total;
-        eventually(counts(2, 0, 0, 0, 1, 5), || async {
-            total(key_usage(&app, &owner, id(&with_credits)).await)
+        let spent_and_short = UsageCounts { valid: 2, usage_exceeded: 1, credits_spent: 5, ..NONE };
+        eventually(Some(spent_and_short), || async {
+            key_usage(&app, &owner, id(&with_credits)).await.total
         })
         .await;
-        eventually(counts(1, 0, 0, 1, 0, 0), || async {
-            total(key_usage(&app, &owner, id(&limited)).await)
+        eventually(Some(UsageCounts { valid: 1, rate_limited: 1, ..NONE }), || async {
+            key_usage(&app, &owner, id(&limited)).await.total
         })
         .await;
-        eventually(counts(0, 2, 0, 0, 0, 0), || async {
-            total(key_usage(&app, &owner, revoked_id).await)
+        eventually(Some(UsageCounts { revoked: 2, ..NONE }), || async {
+            key_usage(&app, &owner, revoked_id).await.total
         })
         .await;
-        eventually(counts(0, 0, 1, 0, 0, 0), || async {
-            total(key_usage(&app, &owner, id(&soon_expired)).await)
+        eventually(Some(UsageCounts { expired: 1, ..NONE }), || async {
+            key_usage(&app, &owner, id(&soon_expired)).await.total
         })
         .await;
 
@@ -173,13 +129,17 @@ backend_test! {
         // key's history; the deleted key's own usage is gone with it (to a
         // plain user, like every id that names nothing of theirs, it is
         // PERMISSION_DENIED).
-        app.api_keys(Some(&owner.token))
-            .delete_api_key(proto::DeleteApiKeyRequest { id: revoked_id })
-            .await
-            .unwrap();
+        app.delete_api_key(&owner.token, revoked_id).await.unwrap();
         assert_eq!(
             chatbot_usage(&app, &owner, &chatbot.id).await.total,
-            counts(3, 2, 1, 1, 1, 5)
+            Some(UsageCounts {
+                valid: 3,
+                revoked: 2,
+                expired: 1,
+                rate_limited: 1,
+                usage_exceeded: 1,
+                credits_spent: 5,
+            })
         );
         assert_code(
             app.api_keys(Some(&owner.token))
@@ -193,9 +153,8 @@ backend_test! {
 backend_test! {
     async fn a_usage_range_must_be_ordered_and_at_most_31_days() {
         let app = spawn_app().await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "ranges").await;
-        let key = app.create_api_key(&owner, &chatbot.id).await.api_key.unwrap();
+        let KeyOwner { owner, created, .. } = app.new_key_owner("ranges").await;
+        let key = created.api_key.unwrap();
         let at = |seconds: i64| Some(Timestamp { seconds, nanos: 0 });
         let ask = |start_time, end_time| {
             let mut client = app.api_keys(Some(&owner.token));
@@ -228,23 +187,21 @@ backend_test! {
         // 31 days exactly is allowed, and an empty range has no buckets.
         let usage = ask(at(now - 31 * day + 3600), at(now)).await.unwrap().into_inner();
         assert!(usage.buckets.is_empty());
-        assert_eq!(usage.total, counts(0, 0, 0, 0, 0, 0));
+        assert_eq!(usage.total, Some(NONE));
     }
 }
 
 backend_test! {
     async fn a_graceful_shutdown_flushes_the_counts() {
         let mut app = spawn_app_with(&["--usage-flush-interval-secs", "3600"]).await;
-        let owner = app.new_user().await;
-        let chatbot = app.create_chatbot(&owner, "shutdown").await;
-        let created = app.create_api_key(&owner, &chatbot.id).await;
+        let KeyOwner { owner, created, .. } = app.new_key_owner("shutdown").await;
         for _ in 0..3 {
             assert!(app.verify(&created.key).await.valid);
         }
         app.stop().await;
         let replica = app.spawn_replica_process(&[]).await;
         let usage = key_usage(&replica, &owner, created.api_key.unwrap().id).await;
-        assert_eq!(usage.total, counts(3, 0, 0, 0, 0, 0));
+        assert_eq!(usage.total, Some(UsageCounts { valid: 3, ..NONE }));
     }
 }
 
@@ -254,9 +211,11 @@ backend_test! {
 #[tokio::test(flavor = "multi_thread")]
 async fn usage_counted_by_two_replicas_adds_up_exactly_postgres() {
     let app = spawn_app_with(FLUSH_EVERY_SECOND).await;
-    let owner = app.new_user().await;
-    let chatbot = app.create_chatbot(&owner, "replicated").await;
-    let created = app.create_api_key(&owner, &chatbot.id).await;
+    let KeyOwner {
+        owner,
+        chatbot,
+        created,
+    } = app.new_key_owner("replicated").await;
     let id = created.api_key.unwrap().id;
     let replica = app
         .spawn_replica_process(&[("USAGE_FLUSH_INTERVAL_SECS", "1")])
@@ -268,17 +227,17 @@ async fn usage_counted_by_two_replicas_adds_up_exactly_postgres() {
     });
     let valid = futures_util::future::join_all(calls).await;
     assert!(valid.into_iter().all(|valid| valid));
-    eventually(counts(200, 0, 0, 0, 0, 0), || async {
+    eventually(Some(UsageCounts { valid: 200, ..NONE }), || async {
         key_usage(&replica, &owner, id).await.total
     })
     .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         key_usage(&app, &owner, id).await.total,
-        counts(200, 0, 0, 0, 0, 0)
+        Some(UsageCounts { valid: 200, ..NONE })
     );
     assert_eq!(
         chatbot_usage(&app, &owner, &chatbot.id).await.total,
-        counts(200, 0, 0, 0, 0, 0)
+        Some(UsageCounts { valid: 200, ..NONE })
     );
 }

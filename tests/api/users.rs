@@ -1,16 +1,21 @@
 use chatbot_backend::proto::{self, UserRole};
-use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, spawn_app, spawn_app_with, spawn_app_with_production_hash_cost,
-    violated_fields, PASSWORD,
+    assert_code, backend_test, field_mask, password_change, role_change, spawn_app, spawn_app_with,
+    spawn_app_with_production_hash_cost, violated_fields, PASSWORD,
 };
 
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-    })
+/// UpdateUser of user `id`: the fields of `changes` that `paths` name.
+fn masked_update(id: &str, changes: proto::User, paths: &[&str]) -> proto::UpdateUserRequest {
+    proto::UpdateUserRequest {
+        user: Some(proto::User {
+            id: id.into(),
+            ..changes
+        }),
+        update_mask: field_mask(paths),
+        ..Default::default()
+    }
 }
 
 backend_test! {
@@ -110,16 +115,7 @@ backend_test! {
     async fn get_user_returns_the_callers_own_record() {
         let app = spawn_app().await;
         let user = app.new_user().await;
-        let got = app
-            .users(Some(&user.token))
-            .get_user(proto::GetUserRequest {
-                id: user.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .user
-            .unwrap();
+        let got = app.get_user(&user.token, &user.id).await.unwrap();
         assert_eq!((got.id, got.email), (user.id, user.email));
     }
 }
@@ -129,11 +125,7 @@ backend_test! {
         let app = spawn_app().await;
         let user = app.new_user().await;
         let status = assert_code(
-            app.users(Some(&user.token))
-                .get_user(proto::GetUserRequest {
-                    id: "not-a-uuid".into(),
-                })
-                .await,
+            app.get_user(&user.token, "not-a-uuid").await,
             Code::InvalidArgument,
         );
         assert_eq!(violated_fields(&status), ["id"]);
@@ -145,11 +137,7 @@ backend_test! {
         let app = spawn_app().await;
         let admin = app.new_admin().await;
         assert_code(
-            app.users(Some(&admin.token))
-                .get_user(proto::GetUserRequest {
-                    id: uuid::Uuid::new_v4().to_string(),
-                })
-                .await,
+            app.get_user(&admin.token, &uuid::Uuid::new_v4().to_string()).await,
             Code::NotFound,
         );
     }
@@ -214,18 +202,14 @@ backend_test! {
     async fn update_user_changes_the_email_named_in_the_mask_only() {
         let app = spawn_app().await;
         let user = app.new_user().await;
+        let changes = proto::User {
+            email: "New@Example.com".into(),
+            role: UserRole::Admin.into(),
+            ..Default::default()
+        };
         let updated = app
             .users(Some(&user.token))
-            .update_user(proto::UpdateUserRequest {
-                user: Some(proto::User {
-                    id: user.id.clone(),
-                    email: "New@Example.com".into(),
-                    role: UserRole::Admin.into(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["email"]),
-                ..Default::default()
-            })
+            .update_user(masked_update(&user.id, changes, &["email"]))
             .await
             .unwrap()
             .into_inner()
@@ -245,14 +229,7 @@ backend_test! {
         for paths in [&["create_time"][..], &["password"], &[]] {
             let status = assert_code(
                 app.users(Some(&user.token))
-                    .update_user(proto::UpdateUserRequest {
-                        user: Some(proto::User {
-                            id: user.id.clone(),
-                            ..Default::default()
-                        }),
-                        update_mask: mask(paths),
-                        ..Default::default()
-                    })
+                    .update_user(masked_update(&user.id, proto::User::default(), paths))
                     .await,
                 Code::InvalidArgument,
             );
@@ -266,17 +243,13 @@ backend_test! {
         let app = spawn_app().await;
         let user = app.new_user().await;
         let other = app.new_user().await;
+        let changes = proto::User {
+            email: other.email.clone(),
+            ..Default::default()
+        };
         assert_code(
             app.users(Some(&user.token))
-                .update_user(proto::UpdateUserRequest {
-                    user: Some(proto::User {
-                        id: user.id.clone(),
-                        email: other.email.clone(),
-                        ..Default::default()
-                    }),
-                    update_mask: mask(&["email"]),
-                    ..Default::default()
-                })
+                .update_user(masked_update(&user.id, changes, &["email"]))
                 .await,
             Code::AlreadyExists,
         );
@@ -290,19 +263,7 @@ backend_test! {
         let admin = app.new_admin().await;
         let promote = |token: String, id: String| {
             let mut client = app.users(Some(&token));
-            async move {
-                client
-                    .update_user(proto::UpdateUserRequest {
-                        user: Some(proto::User {
-                            id,
-                            role: UserRole::Admin.into(),
-                            ..Default::default()
-                        }),
-                        update_mask: mask(&["role"]),
-                        ..Default::default()
-                    })
-                    .await
-            }
+            async move { client.update_user(role_change(&id, UserRole::Admin)).await }
         };
         assert_code(
             promote(user.token.clone(), user.id.clone()).await,
@@ -335,15 +296,7 @@ backend_test! {
         let user = app.new_user().await;
         let change = |current: &str| {
             let mut client = app.users(Some(&user.token));
-            let request = proto::UpdateUserRequest {
-                user: Some(proto::User {
-                    id: user.id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: None,
-                new_password: "a brand new passphrase".into(),
-                current_password: current.into(),
-            };
+            let request = password_change(&user.id, current, "a brand new passphrase");
             async move { client.update_user(request).await }
         };
         let status = assert_code(change("wrong password").await, Code::InvalidArgument);
@@ -358,11 +311,7 @@ backend_test! {
             .await
             .unwrap();
         assert_code(
-            app.auth(None)
-                .refresh_token(proto::RefreshTokenRequest {
-                    refresh_token: user.refresh_token.clone(),
-                })
-                .await,
+            app.refresh(&user.refresh_token).await,
             Code::Unauthenticated,
         );
     }
@@ -381,15 +330,8 @@ backend_test! {
         let user = app.new_user().await;
         let changes = (0..8).map(|i| {
             let mut client = app.users(Some(&user.token));
-            let request = proto::UpdateUserRequest {
-                user: Some(proto::User {
-                    id: user.id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: None,
-                new_password: format!("new passphrase number {i}"),
-                current_password: PASSWORD.into(),
-            };
+            let new_password = format!("new passphrase number {i}");
+            let request = password_change(&user.id, PASSWORD, &new_password);
             async move { client.update_user(request).await }
         });
         let results = futures_util::future::join_all(changes).await;
@@ -432,19 +374,11 @@ backend_test! {
             .unwrap();
 
         assert_code(
-            app.users(Some(&admin.token))
-                .get_user(proto::GetUserRequest {
-                    id: user.id.clone(),
-                })
-                .await,
+            app.get_user(&admin.token, &user.id).await,
             Code::NotFound,
         );
         assert_code(
-            app.chatbots(Some(&admin.token))
-                .get_chatbot(proto::GetChatbotRequest {
-                    id: chatbot.id.clone(),
-                })
-                .await,
+            app.get_chatbot(&admin.token, &chatbot.id).await,
             Code::NotFound,
         );
         let verdict = app.verify(&key.key).await;

@@ -1,0 +1,150 @@
+//! What tests start from: signed-up users and admins, their chatbots and
+//! their API keys.
+
+use chatbot_backend::auth::PasswordHasher;
+use chatbot_backend::db::models::User;
+use chatbot_backend::domain::Password;
+use chatbot_backend::proto;
+use tonic::Status;
+
+use super::{TestApp, PASSWORD, TEST_HASH_COST};
+
+/// A signed-up, logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: String,
+    pub email: String,
+    pub password: String,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+impl TestApp {
+    /// CreateUser's answer for a sign-up (no token) with `email` and
+    /// `password`.
+    pub async fn sign_up(&self, email: &str, password: &str) -> Result<proto::User, Status> {
+        let response = self
+            .users(None)
+            .create_user(proto::CreateUserRequest {
+                email: email.into(),
+                password: password.into(),
+                role: 0,
+            })
+            .await?;
+        Ok(response.into_inner().user.expect("user in response"))
+    }
+
+    /// A new user with a unique email, signed up and logged in.
+    pub async fn new_user(&self) -> TestUser {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        let user = self
+            .sign_up(&email, PASSWORD)
+            .await
+            .expect("sign-up succeeds");
+        let login = self.login(&email, PASSWORD).await.expect("login succeeds");
+        TestUser {
+            id: user.id,
+            email,
+            password: PASSWORD.into(),
+            token: login.access_token,
+            refresh_token: login.refresh_token,
+        }
+    }
+
+    /// A new admin, created the way `create-admin` does, and logged in.
+    pub async fn new_admin(&self) -> TestUser {
+        let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
+        let hash = PasswordHasher::with_cost(1, TEST_HASH_COST)
+            .unwrap()
+            .hash(Password::parse("password", PASSWORD.into()).unwrap())
+            .await
+            .unwrap();
+        let mut conn = self.db.conn().await.unwrap();
+        let user = User::upsert_admin(&mut conn, &email, &hash).await.unwrap();
+        // Login needs a connection too, and a test's pool may have one.
+        drop(conn);
+        let login = self
+            .login(&email, PASSWORD)
+            .await
+            .expect("admin login succeeds");
+        TestUser {
+            id: user.id.to_string(),
+            email,
+            password: PASSWORD.into(),
+            token: login.access_token,
+            refresh_token: login.refresh_token,
+        }
+    }
+
+    /// A chatbot of `owner` called `name`, created by `owner`; panics on an
+    /// error status.
+    pub async fn create_chatbot(&self, owner: &TestUser, name: &str) -> proto::Chatbot {
+        let request = proto::CreateChatbotRequest {
+            owner_id: String::new(),
+            name: name.into(),
+            llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
+        };
+        self.create_chatbot_from(&owner.token, request)
+            .await
+            .expect("create chatbot")
+    }
+
+    /// A key (named "test key", without expiry or limits) on `owner`'s
+    /// chatbot `chatbot_id`; panics on an error status.
+    pub async fn create_api_key(
+        &self,
+        owner: &TestUser,
+        chatbot_id: &str,
+    ) -> proto::CreateApiKeyResponse {
+        let request = proto::CreateApiKeyRequest {
+            display_name: "test key".into(),
+            ..Default::default()
+        };
+        self.create_api_key_with(owner, chatbot_id, request).await
+    }
+
+    /// A key made by CreateApiKey from `request` (its name, expiry and
+    /// limits) on `owner`'s chatbot `chatbot_id`; panics on an error
+    /// status.
+    pub async fn create_api_key_with(
+        &self,
+        owner: &TestUser,
+        chatbot_id: &str,
+        request: proto::CreateApiKeyRequest,
+    ) -> proto::CreateApiKeyResponse {
+        self.api_keys(Some(&owner.token))
+            .create_api_key(proto::CreateApiKeyRequest {
+                chatbot_id: chatbot_id.into(),
+                ..request
+            })
+            .await
+            .expect("create API key")
+            .into_inner()
+    }
+}
+
+/// The most common start of a test: a signed-up, logged-in user who owns
+/// one chatbot with one API key.
+pub struct KeyOwner {
+    pub owner: TestUser,
+    pub chatbot: proto::Chatbot,
+    /// CreateApiKey's answer: the key's record and, this once, its
+    /// plaintext.
+    pub created: proto::CreateApiKeyResponse,
+}
+
+impl TestApp {
+    /// A new user (see [`TestApp::new_user`]) with a chatbot called
+    /// `chatbot_name` and one key on it (see [`TestApp::create_api_key`]),
+    /// all made through the API.
+    pub async fn new_key_owner(&self, chatbot_name: &str) -> KeyOwner {
+        let owner = self.new_user().await;
+        let chatbot = self.create_chatbot(&owner, chatbot_name).await;
+        let created = self.create_api_key(&owner, &chatbot.id).await;
+        KeyOwner {
+            owner,
+            chatbot,
+            created,
+        }
+    }
+}

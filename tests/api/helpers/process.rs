@@ -1,0 +1,133 @@
+//! The real server binary as a child process: started with JSON logs, and
+//! watched through them until it serves.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::clients::Clients;
+use super::{Backend, TestApp, SECRET_KEY, TEST_HASH_COST};
+
+/// Starts `command` (the server binary, set up by the caller) logging JSON
+/// events at info level to a piped stdout, for [`serving_addr`] to read;
+/// the process is killed when the returned child is dropped.
+pub fn spawn_logging_json(command: &mut Command) -> Child {
+    command
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the server binary")
+}
+
+/// Reads the JSON log of a server binary started with `LOG_FORMAT=json` and
+/// `LISTEN_ADDR` port 0, showing each event to `done`, until `done` says so
+/// and the server has said where it serves; stdout is drained in the
+/// background afterwards.
+async fn read_log_until(
+    child: &mut Child,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> SocketAddr {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = None;
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("server starts in time")
+            .unwrap()
+            .expect("server is running");
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if event["message"] == "serving gRPC" {
+            addr = event["local_addr"].as_str().map(|a| a.parse().unwrap());
+        }
+        if done(&event) && addr.is_some() {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr.unwrap()
+}
+
+/// [`read_log_until`] it serves, showing each event to `inspect`.
+pub async fn serving_addr(
+    child: &mut Child,
+    mut inspect: impl FnMut(&serde_json::Value),
+) -> SocketAddr {
+    read_log_until(child, |event| {
+        inspect(event);
+        event["message"] == "serving gRPC"
+    })
+    .await
+}
+
+/// A second server as its own process (the real binary) on a test app's
+/// database: a replica shares nothing with the first but the database.
+pub struct ReplicaProcess {
+    clients: Clients,
+    _child: Child,
+}
+
+impl TestApp {
+    /// Starts the server binary on this app's database with `env` on top of
+    /// the test defaults, and returns once it serves and, on PostgreSQL,
+    /// listens for other replicas' changes (so its caches are live).
+    pub async fn spawn_replica_process(&self, env: &[(&str, &str)]) -> ReplicaProcess {
+        let mut command = server_command();
+        command
+            .arg("serve")
+            .env("DATABASE_URL", &self.database_url)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("SECRET_KEY", SECRET_KEY)
+            .env("MIGRATE_ON_START", "false")
+            .env("SHUTDOWN_DRAIN_DELAY_SECS", "0")
+            .env("RATE_LIMIT_PER_USER", "0")
+            .env("RATE_LIMIT_PER_ADDRESS", "0")
+            .env("RATE_LIMIT_PER_API_KEY", "0");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = spawn_logging_json(&mut command);
+        // Ready once it serves and, on PostgreSQL, listens for the other
+        // replicas' changes (only then are its caches live).
+        let must_listen = self.database.backend == Backend::Postgres;
+        let mut listening = false;
+        let addr = read_log_until(&mut child, |event| {
+            listening |= event["message"] == "listening for API key invalidations";
+            listening || !must_listen
+        })
+        .await;
+        ReplicaProcess {
+            clients: Clients::connect(addr).await,
+            _child: child,
+        }
+    }
+}
+
+impl std::ops::Deref for ReplicaProcess {
+    type Target = Clients;
+
+    fn deref(&self) -> &Clients {
+        &self.clients
+    }
+}
+
+/// The server binary, hashing at [`TEST_HASH_COST`] like the in-process
+/// servers.
+pub fn server_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chatbot-backend"));
+    command
+        .env(
+            "PASSWORD_HASH_MEMORY_KIB",
+            TEST_HASH_COST.memory_kib.to_string(),
+        )
+        .env(
+            "PASSWORD_HASH_ITERATIONS",
+            TEST_HASH_COST.iterations.to_string(),
+        );
+    command
+}

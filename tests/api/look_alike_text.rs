@@ -129,9 +129,8 @@ backend_test! {
     }
 }
 
-/// The API key display name shares the chatbot name's parser once
-/// `src/services/api_keys.rs` calls `DisplayText` (see the branch report);
-/// until then these are ignored.
+/// The API key display name shares the chatbot name's parser
+/// (`DisplayText`).
 async fn api_key_display_names_refuse_hidden_characters_and_are_stored_nfc() {
     let app = spawn_app().await;
     let user = app.new_user().await;

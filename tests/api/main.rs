@@ -10,6 +10,7 @@ mod chatbots;
 mod credits;
 mod edge;
 mod external_authorization;
+mod faults;
 mod health;
 mod helpers;
 mod key_limits;

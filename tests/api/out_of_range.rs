@@ -312,8 +312,8 @@ backend_test! {
 }
 
 /// prost's conversion of a Duration panics (debug builds) on i64::MIN
-/// seconds; passes once api_keys.rs parses grace_period with
-/// `convert::parse_duration` (see the branch report); ignored until then.
+/// seconds; RotateApiKey parses grace_period with `convert::parse_duration`,
+/// which refuses a value of any size beyond the limit instead.
 async fn grace_periods_of_any_size_beyond_the_limit_are_refused() {
     let app = spawn_app().await;
     let user = app.new_user().await;

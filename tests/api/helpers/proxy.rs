@@ -1,18 +1,24 @@
 //! A TCP proxy in front of PostgreSQL or Redis, so a test can take the
-//! store away from a running server and give it back.
+//! store away from a running server, or garble what it answers, and give
+//! it back.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
+/// What a garbled answer is made of: not a reply in any protocol.
+const GARBAGE: &[u8] = b"\x00\xff?!garbled\r\n";
+
 /// A TCP proxy the test can cut (dropping every connection and refusing new
-/// ones) and restore.
+/// ones), make garble what the store answers, and restore.
 pub struct TcpProxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    garbled: Arc<AtomicBool>,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
@@ -22,20 +28,22 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let garbled = Arc::new(AtomicBool::new(false));
         let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (cut_flag, registry) = (cut.clone(), connections.clone());
+        let (cut_flag, garbling, registry) = (cut.clone(), garbled.clone(), connections.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 if AtomicBool::load(&cut_flag, Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
+                let garbling = garbling.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        forward(inbound, outbound, garbling).await;
                     }
                 });
                 registry.lock().unwrap().push(task.abort_handle());
@@ -44,6 +52,7 @@ impl TcpProxy {
         Self {
             addr,
             cut,
+            garbled,
             connections,
         }
     }
@@ -57,8 +66,44 @@ impl TcpProxy {
         }
     }
 
-    /// Forwards new connections again.
+    /// Replaces every answer of the store with bytes that are not a reply,
+    /// on open connections and new ones, until [`restore`](Self::restore).
+    pub fn garble(&self) {
+        self.garbled.store(true, Ordering::SeqCst);
+    }
+
+    /// Forwards new connections again, and answers as the store does.
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.garbled.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies both ways until either side closes; while `garbled`, what the
+/// store sends is replaced by [`GARBAGE`].
+async fn forward(inbound: TcpStream, outbound: TcpStream, garbled: Arc<AtomicBool>) {
+    let (mut client_read, mut client_write) = inbound.into_split();
+    let (mut store_read, mut store_write) = outbound.into_split();
+    let requests = async move {
+        let _ = tokio::io::copy(&mut client_read, &mut store_write).await;
+    };
+    let answers = async move {
+        let mut buffer = vec![0; 16 * 1024];
+        while let Ok(read) = store_read.read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+            let bytes = match garbled.load(Ordering::SeqCst) {
+                true => GARBAGE,
+                false => &buffer[..read],
+            };
+            if client_write.write_all(bytes).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        () = requests => {}
+        () = answers => {}
     }
 }

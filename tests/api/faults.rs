@@ -1,0 +1,387 @@
+//! Faults and overload (issue 25): what a store holds is judged, not
+//! trusted; a Redis fault of any kind is one outage that ends by itself; a
+//! limit change applies at the next call; overload is refused early; a
+//! second server on one SQLite file is refused; client addresses in the
+//! audit log are shown only to whom they belong.
+
+use std::time::{Duration, Instant};
+
+use chatbot_backend::proto;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::helpers::{
+    api_key_update, backend_test, logs, scrape, server_command, spawn_app_with,
+    spawn_app_with_production_hash_cost, Backend, KeyOwner, TcpProxy, TestApp, TestUser,
+};
+use crate::shared_limits::{redis_addr, redis_url, RedisPrefix};
+
+const DAY: i64 = 24 * 3600;
+
+/// A key on a new owner's chatbot allowing `calls` a day.
+async fn key_allowing_a_day(app: &TestApp, calls: i64) -> (TestUser, proto::CreateApiKeyResponse) {
+    let KeyOwner { owner, chatbot, .. } = app.new_key_owner("bot").await;
+    let request = proto::CreateApiKeyRequest {
+        display_name: "limited".into(),
+        rate_limit: Some(rate_limit(calls)),
+        ..Default::default()
+    };
+    let created = app.create_api_key_with(&owner, &chatbot.id, request).await;
+    (owner, created)
+}
+
+fn rate_limit(calls_a_day: i64) -> proto::RateLimit {
+    proto::RateLimit {
+        limit: calls_a_day,
+        window: Some(prost_types::Duration {
+            seconds: DAY,
+            nanos: 0,
+        }),
+    }
+}
+
+/// How many of `calls` verifications of `key` answer VALID, in order; the
+/// others must be RATE_LIMITED.
+async fn valid_calls(app: &TestApp, key: &str, calls: usize) -> usize {
+    let mut valid = 0;
+    for _ in 0..calls {
+        let answer = app.verify(key).await;
+        match proto::VerifyApiKeyReason::try_from(answer.reason) {
+            Ok(proto::VerifyApiKeyReason::Valid) => valid += 1,
+            Ok(proto::VerifyApiKeyReason::RateLimited) => {}
+            other => panic!("a limited key answered {other:?}"),
+        }
+    }
+    valid
+}
+
+/// Sets `owner`'s key `id` to allow `calls` a day.
+async fn set_daily_limit(app: &TestApp, owner: &TestUser, id: i64, calls: i64) {
+    let changes = proto::ApiKey {
+        id,
+        rate_limit: Some(rate_limit(calls)),
+        ..Default::default()
+    };
+    app.api_keys(Some(&owner.token))
+        .update_api_key(api_key_update(changes, &["rate_limit"]))
+        .await
+        .expect("raise the limit");
+}
+
+/// A raised limit lets the next call through at once and a lowered one
+/// refuses it, whether the calls are counted in process or in Redis.
+async fn a_limit_change_applies_at_the_next_call(app: &TestApp) {
+    let (owner, created) = key_allowing_a_day(app, 3).await;
+    let id = created.api_key.as_ref().unwrap().id;
+    assert_eq!(valid_calls(app, &created.key, 4).await, 3, "3 a day");
+
+    set_daily_limit(app, &owner, id, 10).await;
+    assert_eq!(
+        valid_calls(app, &created.key, 8).await,
+        7,
+        "raised from 3 to 10 a day with 3 spent: 7 more at once, then refused"
+    );
+
+    set_daily_limit(app, &owner, id, 3).await;
+    assert_eq!(
+        valid_calls(app, &created.key, 1).await,
+        0,
+        "lowered to 3 a day with 10 spent: refused"
+    );
+}
+
+backend_test! {
+    async fn a_raised_rate_limit_lets_the_next_call_through_and_a_lowered_one_refuses_it() {
+        let app = spawn_app_with(&[]).await;
+        a_limit_change_applies_at_the_next_call(&app).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limit_change_applies_at_the_next_call_when_counted_in_redis() {
+    let prefix = RedisPrefix::new();
+    let url = redis_url(redis_addr());
+    let app = spawn_app_with(&["--redis-url", &url, "--redis-key-prefix", &prefix.0]).await;
+    a_limit_change_applies_at_the_next_call(&app).await;
+}
+
+/// Writes `command` (e.g. `SET key value`) straight into the tests' Redis.
+async fn redis_command(args: &[&str]) {
+    let client = redis::Client::open(redis_url(redis_addr())).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut command = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        command.arg(*arg);
+    }
+    let () = command.query_async(&mut conn).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn values_in_redis_the_service_did_not_write_are_judged_and_never_break_a_check() {
+    let prefix = RedisPrefix::new();
+    let url = redis_url(redis_addr());
+    let app = spawn_app_with(&["--redis-url", &url, "--redis-key-prefix", &prefix.0]).await;
+    let (_, created) = key_allowing_a_day(&app, 3).await;
+    let entry = format!(
+        "{}rate:own_limit:{}",
+        prefix.0,
+        created.api_key.as_ref().unwrap().id
+    );
+    let warnings = || logs().matches("Redis did not answer").count();
+    let warnings_before = warnings();
+
+    // A time further ahead than any call could have moved it: a full
+    // bucket, which frees a call within the day, not in 10^20 seconds.
+    redis_command(&["SET", &entry, "99999999999999999999999999999999"]).await;
+    let answer = app.verify(&created.key).await;
+    assert_eq!(answer.reason, proto::VerifyApiKeyReason::RateLimited as i32);
+    let reset = std::time::SystemTime::try_from(answer.reset_time.expect("a reset time")).unwrap();
+    let within = reset
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        within <= Duration::from_secs(DAY as u64),
+        "resets in {within:?}"
+    );
+
+    // Text that is not a count, and a value of another type, count as no
+    // calls yet: the key's limit starts afresh.
+    for garbage in [
+        &["SET", &entry, "not a number"][..],
+        &["HSET", &entry, "f", "v"],
+    ] {
+        redis_command(&["DEL", &entry]).await;
+        redis_command(garbage).await;
+        assert_eq!(
+            valid_calls(&app, &created.key, 4).await,
+            3,
+            "after {garbage:?}: the key's own 3 a day"
+        );
+    }
+    assert_eq!(
+        warnings(),
+        warnings_before,
+        "a bad value under one key is not a Redis outage"
+    );
+}
+
+/// An anonymous call through `clients`, counted against the address limit:
+/// `true` if the limit let it through.
+async fn let_through(clients: &crate::helpers::Clients) -> bool {
+    let status = clients
+        .auth(None)
+        .get_current_user(proto::GetCurrentUserRequest {})
+        .await
+        .expect_err("no token, no user");
+    match status.code() {
+        Code::Unauthenticated => true,
+        Code::ResourceExhausted => false,
+        other => panic!("answered {other:?}: {status:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_from_redis_that_are_not_replies_end_in_one_outage_that_two_replicas_recover_from() {
+    let prefix = RedisPrefix::new();
+    let proxy = TcpProxy::start(redis_addr()).await;
+    let url = redis_url(proxy.addr);
+    // One call a second per address in bursts of three, shared by both.
+    let app = spawn_app_with(&[
+        "--rate-limit-per-address",
+        "1",
+        "--rate-limit-burst-factor",
+        "3",
+        "--redis-url",
+        &url,
+        "--redis-key-prefix",
+        &prefix.0,
+    ])
+    .await;
+    let replica = app
+        .spawn_replica_process(&[
+            ("RATE_LIMIT_PER_ADDRESS", "1"),
+            ("RATE_LIMIT_BURST_FACTOR", "3"),
+            ("REDIS_URL", &url),
+            ("REDIS_KEY_PREFIX", &prefix.0),
+        ])
+        .await;
+    let (warn, info) = ("Redis did not answer", "Redis answers again");
+    let (warnings_before, recoveries_before) =
+        (logs().matches(warn).count(), logs().matches(info).count());
+
+    // Load on both replicas while Redis's replies are garbled for 1.5 s.
+    proxy.garble();
+    let garbled_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < garbled_until {
+        let started = Instant::now();
+        let _ = let_through(&app).await;
+        let _ = let_through(&replica).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "calls are answered during the fault"
+        );
+    }
+    proxy.restore();
+
+    // Back to Redis by itself within seconds, with one WARN and one INFO.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while logs().matches(info).count() == recoveries_before {
+        assert!(Instant::now() < deadline, "never went back to Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        logs().matches(warn).count() - warnings_before,
+        1,
+        "one WARN per outage"
+    );
+    assert_eq!(
+        logs().matches(info).count() - recoveries_before,
+        1,
+        "one INFO at recovery"
+    );
+
+    // Both replicas share the limit again: wait out the buckets, then the
+    // shared burst of three is all that ten calls through both get.
+    let mut through = 0;
+    for attempt in 0..10 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let started = Instant::now();
+        through = 0;
+        for call in 0..10 {
+            let clients = if call % 2 == 0 { &*app } else { &*replica };
+            through += usize::from(let_through(clients).await);
+        }
+        let refilled = usize::try_from(started.elapsed().as_secs()).unwrap();
+        if (3..=3 + refilled).contains(&through) {
+            return;
+        }
+        eprintln!("attempt {attempt}: {through} of 10 through; the replica may still be probing");
+    }
+    panic!("{through} of 10 calls through two replicas: the limit is not shared again");
+}
+
+backend_test! {
+    async fn a_user_reading_their_chatbots_audit_log_does_not_see_the_admins_address() {
+        let app = spawn_app_with(&[]).await;
+        let KeyOwner { owner, chatbot, .. } = app.new_key_owner("bot").await;
+        let admin = app.new_admin().await;
+        app.delete_api_key(&admin.token, {
+            let keys = app
+                .api_keys(Some(&owner.token))
+                .list_api_keys(proto::ListApiKeysRequest {
+                    chatbot_id: chatbot.id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            keys.api_keys[0].id
+        })
+        .await
+        .expect("the admin deletes the key");
+
+        let events = |token: String| {
+            let app = &app;
+            async move {
+                app.audit(Some(&token))
+                    .list_audit_events(proto::ListAuditEventsRequest {
+                        action: "api_key.delete".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .audit_events
+            }
+        };
+        let seen_by_owner = events(owner.token.clone()).await;
+        assert_eq!(seen_by_owner.len(), 1, "the owner sees the deletion");
+        assert_eq!(seen_by_owner[0].client_address, "", "but not where the admin called from");
+        let seen_by_admin = events(admin.token.clone()).await;
+        assert_eq!(seen_by_admin.len(), 1);
+        assert_ne!(seen_by_admin[0].client_address, "", "the admin sees it");
+
+        // The owner's own events keep the owner's address.
+        let own = app
+            .audit(Some(&owner.token))
+            .list_audit_events(proto::ListAuditEventsRequest {
+                action: "api_key.create".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .audit_events;
+        assert_ne!(own[0].client_address, "");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_server_on_the_same_sqlite_file_is_refused_at_start() {
+    let app = Backend::Sqlite.run(spawn_app_with(&[])).await;
+    let output = server_command()
+        .arg("serve")
+        .env("DATABASE_URL", &app.database_url)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("SECRET_KEY", crate::helpers::SECRET_KEY)
+        .output()
+        .await
+        .expect("the binary runs");
+    assert!(
+        !output.status.success(),
+        "a second server must not serve the file"
+    );
+    let said = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("another process is serving"), "{said}");
+    // The first goes on serving.
+    let _ = app.new_user().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_ups_beyond_the_hash_queue_are_refused_at_once_with_retry_info_and_counted() {
+    let app = spawn_app_with_production_hash_cost(&[
+        "--max-concurrent-hashes",
+        "1",
+        "--max-queued-hashes",
+        "2",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let sign_ups = (0..24).map(|n| {
+        let mut users = app.users(None);
+        async move {
+            users
+                .create_user(proto::CreateUserRequest {
+                    email: format!("flood-{n}@example.com"),
+                    password: "correct-horse-battery".into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    });
+    let answers = futures_util::future::join_all(sign_ups).await;
+    let refused: Vec<_> = answers
+        .iter()
+        .filter_map(|answer| answer.as_ref().err())
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "24 hashes at once on one thread with a queue of 2"
+    );
+    assert!(refused.len() < answers.len(), "the queue still takes some");
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let retry = status.get_details_retry_info().expect("RetryInfo detail");
+        assert!(retry.retry_delay.is_some());
+    }
+    let metrics = scrape(app.metrics_addr.unwrap()).await;
+    let counted: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("overload_refusals_total{queue=\"password_hash\"} "))
+        .expect("the refusals are counted")
+        .parse()
+        .unwrap();
+    assert_eq!(counted, refused.len() as f64);
+}

@@ -158,6 +158,26 @@ pub fn batch_timeout(pool: &PoolSettings) -> Duration {
     pool.acquire_timeout + pool.connect_timeout + pool.statement_timeout + Duration::from_secs(1)
 }
 
+/// Waits at most `limit` for a batch's `work` (a spawned task, so that on
+/// timeout the work is abandoned, not its callers: they get UNAVAILABLE now
+/// rather than whenever the database answers). A task that failed is
+/// INTERNAL; `what` names the batch in either error.
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    work: tokio::task::JoinHandle<AppResult<T>>,
+) -> AppResult<T> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(failed)) => Err(AppError::internal(anyhow::anyhow!(
+            "{what} failed: {failed}"
+        ))),
+        Err(_) => Err(AppError::Unavailable(anyhow::anyhow!(
+            "{what} took longer than {limit:?}"
+        ))),
+    }
+}
+
 /// Answers every item of a failed batch with the same error.
 pub fn fail_all<Q, A>(items: Vec<Pending<Q, A>>, error: &AppError) {
     for item in items {

@@ -37,7 +37,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tracing::Instrument;
 
-use super::batch_queue::{batch_timeout, fail_all, BatchQueue, Pending, QueueBound};
+use super::batch_queue::{batch_timeout, fail_all, within, BatchQueue, Pending, QueueBound};
 use crate::db::models::{Balance, KeyLimits};
 use crate::db::{Database, DbConnection, PoolSettings};
 use crate::domain::ApiKeyId;
@@ -149,15 +149,7 @@ impl Settler {
             }
             Ok::<_, AppError>(outcomes.into_iter().flatten().collect())
         });
-        match tokio::time::timeout(batch_timeout, work).await {
-            Ok(Ok(outcomes)) => outcomes,
-            Ok(Err(failed)) => Err(AppError::internal(anyhow::anyhow!(
-                "a batch of credit spends failed: {failed}"
-            ))),
-            Err(_) => Err(AppError::Unavailable(anyhow::anyhow!(
-                "a batch of credit spends took longer than {batch_timeout:?}"
-            ))),
-        }
+        within(batch_timeout, "a batch of credit spends", work).await
     }
 
     /// Settles what it can of `spends` with compare-and-set writes, filling

@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::batch_queue::{batch_timeout, fail_all, BatchQueue, Pending, QueueBound};
+use super::batch_queue::{batch_timeout, fail_all, within, BatchQueue, Pending, QueueBound};
 use crate::db::models::Chatbot;
 use crate::db::{Database, PoolSettings};
 use crate::domain::ChatbotId;
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 
 /// Reads per statement at most: enough to absorb every caller of a busy
 /// server, few enough that one slow batch delays nobody for long.
@@ -117,17 +117,7 @@ async fn query(
         let mut conn = db.conn().await?;
         Ok(Chatbot::find_many(&mut conn, &ids).await?)
     });
-    // On timeout the statement is abandoned, not its readers: they get
-    // UNAVAILABLE now rather than whenever the connection answers.
-    match tokio::time::timeout(batch_timeout, statement).await {
-        Ok(Ok(found)) => found,
-        Ok(Err(failed)) => Err(AppError::internal(anyhow::anyhow!(
-            "a batched chatbot read failed: {failed}"
-        ))),
-        Err(_) => Err(AppError::Unavailable(anyhow::anyhow!(
-            "a batched chatbot read took longer than {batch_timeout:?}"
-        ))),
-    }
+    within(batch_timeout, "a batched chatbot read", statement).await
 }
 
 /// Hands each reader its row (or `None`), or each the same error. A reader

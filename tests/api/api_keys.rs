@@ -241,7 +241,7 @@ backend_test! {
     async fn verification_writes_nothing_and_last_use_is_recorded_in_batches() {
         // No flush comes due during this test: any change to the database
         // while keys are verified would be the verification's own write.
-        let app = spawn_app_with(&["--last-used-flush-interval-secs", "3600"]).await;
+        let mut app = spawn_app_with(&["--last-used-flush-interval-secs", "3600"]).await;
         let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
         let id = created.api_key.unwrap().id;
         let stored_before = app.stored_data().await;
@@ -254,7 +254,9 @@ backend_test! {
         );
 
         // A server that flushes every second records the last use, in a
-        // batch written after the verifications.
+        // batch written after the verifications. It takes the first one's
+        // place: one server process per SQLite file.
+        app.stop().await;
         let flushing = app
             .spawn_replica(&["--last-used-flush-interval-secs", "1"])
             .await;

@@ -14,7 +14,10 @@ use crate::helpers::{
     api_key_update, backend_test, logs, scrape, server_command, spawn_app_with,
     spawn_app_with_production_hash_cost, Backend, KeyOwner, TcpProxy, TestApp, TestUser,
 };
-use crate::shared_limits::{redis_addr, redis_url, RedisPrefix};
+use crate::shared_limits::{
+    anonymous_call, let_through_alternating, redis_addr, redis_url, two_replicas_sharing_redis,
+    RedisPrefix,
+};
 
 const DAY: i64 = 24 * 3600;
 
@@ -165,46 +168,11 @@ async fn values_in_redis_the_service_did_not_write_are_judged_and_never_break_a_
     );
 }
 
-/// An anonymous call through `clients`, counted against the address limit:
-/// `true` if the limit let it through.
-async fn let_through(clients: &crate::helpers::Clients) -> bool {
-    let status = clients
-        .auth(None)
-        .get_current_user(proto::GetCurrentUserRequest {})
-        .await
-        .expect_err("no token, no user");
-    match status.code() {
-        Code::Unauthenticated => true,
-        Code::ResourceExhausted => false,
-        other => panic!("answered {other:?}: {status:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn bytes_from_redis_that_are_not_replies_end_in_one_outage_that_two_replicas_recover_from() {
     let prefix = RedisPrefix::new();
     let proxy = TcpProxy::start(redis_addr()).await;
-    let url = redis_url(proxy.addr);
-    // One call a second per address in bursts of three, shared by both.
-    let app = spawn_app_with(&[
-        "--rate-limit-per-address",
-        "1",
-        "--rate-limit-burst-factor",
-        "3",
-        "--redis-url",
-        &url,
-        "--redis-key-prefix",
-        &prefix.0,
-    ])
-    .await;
-    let replica = app
-        .spawn_replica_process(&[
-            ("RATE_LIMIT_PER_ADDRESS", "1"),
-            ("RATE_LIMIT_BURST_FACTOR", "3"),
-            ("REDIS_URL", &url),
-            ("REDIS_KEY_PREFIX", &prefix.0),
-        ])
-        .await;
+    let (app, replica) = two_replicas_sharing_redis(&redis_url(proxy.addr), &prefix).await;
     let (warn, info) = ("Redis did not answer", "Redis answers again");
     let (warnings_before, recoveries_before) =
         (logs().matches(warn).count(), logs().matches(info).count());
@@ -214,8 +182,8 @@ async fn bytes_from_redis_that_are_not_replies_end_in_one_outage_that_two_replic
     let garbled_until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < garbled_until {
         let started = Instant::now();
-        let _ = let_through(&app).await;
-        let _ = let_through(&replica).await;
+        let _ = anonymous_call(&app).await;
+        let _ = anonymous_call(&replica).await;
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "calls are answered during the fault"
@@ -245,13 +213,8 @@ async fn bytes_from_redis_that_are_not_replies_end_in_one_outage_that_two_replic
     let mut through = 0;
     for attempt in 0..10 {
         tokio::time::sleep(Duration::from_secs(4)).await;
-        let started = Instant::now();
-        through = 0;
-        for call in 0..10 {
-            let clients = if call % 2 == 0 { &*app } else { &*replica };
-            through += usize::from(let_through(clients).await);
-        }
-        let refilled = usize::try_from(started.elapsed().as_secs()).unwrap();
+        let refilled;
+        (through, refilled) = let_through_alternating(&app, &replica).await;
         if (3..=3 + refilled).contains(&through) {
             return;
         }

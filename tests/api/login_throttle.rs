@@ -33,10 +33,10 @@ const THREE_CHECKS_PER_EMAIL: &[&str] = &[
 
 backend_test! {
     async fn concurrent_guesses_for_one_email_check_no_more_passwords_than_its_budget() {
-        // Production-cost hashes keep all 40 guesses in flight together; at
-        // the tests' cheap cost the right password can finish and give its
-        // check back before the last wrong guesses ask, and a sixth check
-        // would then be within the rules.
+        // The right password gives its check back when it succeeds, so if
+        // it finishes before the last wrong guesses ask (SQLite serialises
+        // the reservations, and hashes finish in any order), a sixth check
+        // is within the rules: the budget bounds the wrong passwords checked.
         let app = spawn_app_with_production_hash_cost(&[
             "--login-max-failures-per-email",
             "5",
@@ -60,8 +60,10 @@ backend_test! {
         }
         let counts = tally(guesses.join_all().await);
         // Only answers that checked a password are OK or UNAUTHENTICATED.
-        let checked = counts.get(&Code::Ok).unwrap_or(&0) + counts.get(&Code::Unauthenticated).unwrap_or(&0);
-        assert!(checked <= 5, "{checked} passwords were checked: {counts:?}");
+        let wrong_checked = *counts.get(&Code::Unauthenticated).unwrap_or(&0);
+        let checked = counts.get(&Code::Ok).unwrap_or(&0) + wrong_checked;
+        assert!(wrong_checked <= 5, "{wrong_checked} wrong passwords were checked: {counts:?}");
+        assert!(checked <= 6, "{checked} passwords were checked: {counts:?}");
         assert_eq!(checked + counts.get(&Code::ResourceExhausted).unwrap_or(&0), 40, "{counts:?}");
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chatbot_backend::proto;
 use tonic::Code;
 
-use crate::helpers::{logs, scrape, spawn_app_with, Clients, TcpProxy};
+use crate::helpers::{logs, scrape, spawn_app_with, Clients, ReplicaProcess, TcpProxy, TestApp};
 
 /// Redis database the tests use, apart from anything else on the server.
 const TEST_REDIS_DB: u32 = 9;
@@ -67,7 +67,7 @@ impl Drop for RedisPrefix {
 /// An anonymous call, counted against the client's address: `Ok` if the
 /// limit let it through (the server then answers UNAUTHENTICATED), `Err`
 /// if the limit refused it.
-async fn anonymous_call(clients: &Clients) -> Result<(), ()> {
+pub async fn anonymous_call(clients: &Clients) -> Result<(), ()> {
     let status = clients
         .auth(None)
         .get_current_user(proto::GetCurrentUserRequest {})
@@ -80,18 +80,20 @@ async fn anonymous_call(clients: &Clients) -> Result<(), ()> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_replicas_sharing_redis_enforce_one_limit_between_them() {
-    let prefix = RedisPrefix::new();
-    let url = redis_url(redis_addr());
-    // One call a second per address, in bursts of three.
+/// A server and a replica process sharing Redis at `url` under `prefix`,
+/// each allowing one anonymous call a second per address, in bursts of
+/// three.
+pub async fn two_replicas_sharing_redis(
+    url: &str,
+    prefix: &RedisPrefix,
+) -> (TestApp, ReplicaProcess) {
     let app = spawn_app_with(&[
         "--rate-limit-per-address",
         "1",
         "--rate-limit-burst-factor",
         "3",
         "--redis-url",
-        &url,
+        url,
         "--redis-key-prefix",
         &prefix.0,
     ])
@@ -100,20 +102,36 @@ async fn two_replicas_sharing_redis_enforce_one_limit_between_them() {
         .spawn_replica_process(&[
             ("RATE_LIMIT_PER_ADDRESS", "1"),
             ("RATE_LIMIT_BURST_FACTOR", "3"),
-            ("REDIS_URL", &url),
+            ("REDIS_URL", url),
             ("REDIS_KEY_PREFIX", &prefix.0),
         ])
         .await;
+    (app, replica)
+}
 
+/// Ten anonymous calls alternating between `one` and `other`: how many the
+/// address limit let through, and the whole seconds they took (each
+/// refills one call).
+pub async fn let_through_alternating(one: &Clients, other: &Clients) -> (usize, usize) {
     let started = Instant::now();
     let mut allowed = 0;
     for call in 0..10 {
-        let through = if call % 2 == 0 { &*app } else { &*replica };
+        let through = if call % 2 == 0 { one } else { other };
         allowed += usize::from(anonymous_call(through).await.is_ok());
     }
+    (
+        allowed,
+        usize::try_from(started.elapsed().as_secs()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_sharing_redis_enforce_one_limit_between_them() {
+    let prefix = RedisPrefix::new();
+    let (app, replica) = two_replicas_sharing_redis(&redis_url(redis_addr()), &prefix).await;
+    let (allowed, refilled) = let_through_alternating(&app, &replica).await;
     // Each replica counting alone would let 3 + 3 through; shared, the
     // burst of 3 (plus one per second the calls took) is all.
-    let refilled = usize::try_from(started.elapsed().as_secs()).unwrap();
     assert!(
         (3..=3 + refilled).contains(&allowed),
         "{allowed} of 10 calls through two replicas were let through; the shared burst is 3 (+{refilled} refilled)"

@@ -35,14 +35,14 @@ mod templates;
 pub use app::{
     spawn_app, spawn_app_on, spawn_app_with, spawn_app_with_production_hash_cost, TestApp,
 };
-pub use assertions::{assert_code, violated_fields};
+pub use assertions::{assert_code, clock_hour, repeats_by_attempt, violated_fields};
 pub use clients::{verify_costing, Authed, Bearer, Clients};
 pub use database::TestDatabase;
 pub use fixtures::{KeyOwner, TestUser};
 pub use logs::logs;
 pub use metrics::scrape;
 pub use polling::{changed_within_a_second, eventually, poll_until};
-pub use process::{server_command, serving_addr, spawn_logging_json};
+pub use process::{server_command, serving_addr, spawn_logging_json, ReplicaProcess};
 pub use proxy::TcpProxy;
 pub use requests::{api_key_update, chatbot_update, field_mask, password_change, role_change};
 

@@ -185,6 +185,24 @@ impl PasswordHasher {
         .await
     }
 
+    /// Whether `hash` was made with other settings than new hashes are
+    /// (another algorithm, version or cost), so that a login that has just
+    /// checked it should store a new one. A hash that does not parse is
+    /// not this function's to judge: [`Self::verify`] reports it.
+    pub fn is_outdated(&self, hash: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(hash) else {
+            return false;
+        };
+        let current = self.argon2.params();
+        let same_cost = Params::try_from(&parsed).is_ok_and(|params| {
+            (params.m_cost(), params.t_cost(), params.p_cost())
+                == (current.m_cost(), current.t_cost(), current.p_cost())
+        });
+        parsed.algorithm != Algorithm::Argon2id.ident()
+            || parsed.version != Some(Version::V0x13 as u32)
+            || !same_cost
+    }
+
     /// Whether `password` matches `hash`; with `None`, spends the same work
     /// on the dummy hash and answers false.
     pub async fn verify(&self, password: Password, hash: Option<String>) -> AppResult<bool> {
@@ -276,6 +294,23 @@ mod tests {
         // SAFETY: no pointers; -1 is also a valid nice value, which errno
         // would tell apart, but these tests never run at -1.
         unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[tokio::test]
+    async fn a_hash_made_at_another_cost_is_outdated_and_one_made_now_is_not() {
+        let cheap = HashCost {
+            memory_kib: 8,
+            iterations: 1,
+        };
+        let old = PasswordHasher::with_cost(1, cheap).unwrap();
+        let new = PasswordHasher::with_cost(1, HashCost::OWASP).unwrap();
+        let password = Password::parse("password", "correct-horse-battery".into()).unwrap();
+        let old_hash = old.hash(password.clone()).await.unwrap();
+        let new_hash = new.hash(password).await.unwrap();
+        assert!(new.is_outdated(&old_hash));
+        assert!(!new.is_outdated(&new_hash));
+        assert!(!old.is_outdated(&old_hash));
+        assert!(!new.is_outdated("not a PHC string"));
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tonic::Request;
 
 use super::{audit, convert, no_fields, AppState, Origin, Rpc};
-use crate::auth::{Caller, LoginThrottle};
+use crate::auth::{Caller, LoginThrottle, Reservation};
 use crate::db::models::{AuditActor, NewRefreshToken, RefreshToken, Session, User};
 use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation, Written};
@@ -133,13 +133,42 @@ pub async fn login(state: &AppState, origin: &Origin, cmd: Login) -> AppResult<T
         .throttle
         .reserve(cmd.email.as_str(), origin.address)
         .await?;
+    // A hash that changed while this call checked it is checked again, once:
+    // a concurrent login with the right password may have upgraded it.
+    for _ in 0..2 {
+        if let SignIn::Done(pair) = sign_in(state, origin, &cmd, &reservation).await? {
+            return Ok(pair);
+        }
+    }
+    Err(AppError::Unauthenticated(LOGIN_FAILED.into()))
+}
+
+/// How one attempt at a login ended, short of an error.
+enum SignIn {
+    Done(TokenPair),
+    /// The hash checked was replaced before the session could start.
+    HashChanged,
+}
+
+/// Checks the password against the stored hash and starts a session. A
+/// hash made with older settings is replaced by one at the current cost in
+/// the same transaction (best effort: a busy hashing queue leaves it for
+/// the next login). No connection is held through the slow hashes.
+async fn sign_in(
+    state: &AppState,
+    origin: &Origin,
+    cmd: &Login,
+    reservation: &Reservation,
+) -> AppResult<SignIn> {
     let user = {
-        // Released before the slow hash.
         let mut conn = state.db.conn().await?;
         User::find_by_email(&mut conn, cmd.email.as_str()).await?
     };
     let stored_hash = user.as_ref().map(|u| u.hashed_password.clone());
-    let verified = state.hasher.verify(cmd.password, stored_hash).await?;
+    let verified = state
+        .hasher
+        .verify(cmd.password.clone(), stored_hash)
+        .await?;
     let account = user.as_ref().map(|user| user.id);
     let Some(user) = user.filter(|_| verified) else {
         // The reservation stays spent: a wrong password.
@@ -151,32 +180,49 @@ pub async fn login(state: &AppState, origin: &Origin, cmd: Login) -> AppResult<T
         audit::record_refusal(state, &audit::public_actor(origin, None), &record).await;
         return Err(AppError::Unauthenticated(LOGIN_FAILED.into()));
     };
+    let upgraded = match state.hasher.is_outdated(&user.hashed_password) {
+        false => None,
+        true => match state.hasher.hash(cmd.password.clone()).await {
+            Ok(hash) => Some(hash),
+            Err(error) => {
+                tracing::warn!(%error, "could not upgrade a password hash; the next login will try again");
+                None
+            }
+        },
+    };
     let session = SessionId::generate();
     let mut conn = state.db.conn().await?;
     let (user_id, role) = (user.id, user.role());
-    let checked_hash = &user.hashed_password;
-    let reservation = &reservation;
+    let (checked_hash, upgraded) = (&user.hashed_password, upgraded.as_deref());
     let actor = audit::acting_for_themselves(origin, user_id);
     // A new session: no cache holds it.
-    let pair = state
+    let signed_in = state
         .write(&mut conn, actor, None, |conn| {
             async move {
-                if !User::lock_if_password_unchanged(conn, user_id, checked_hash).await? {
-                    // The password changed while this one was checked.
-                    return Err(AppError::Unauthenticated(LOGIN_FAILED.into()));
+                let unchanged = match upgraded {
+                    Some(new_hash) => {
+                        User::upgrade_hash_if_unchanged(conn, user_id, checked_hash, new_hash)
+                            .await?
+                    }
+                    None => User::lock_if_password_unchanged(conn, user_id, checked_hash).await?,
+                };
+                if !unchanged {
+                    return Ok(Written::unrecorded(SignIn::HashChanged));
                 }
                 LoginThrottle::refund(conn, reservation).await?;
                 Session::insert(conn, session, user_id).await?;
                 let pair = issue_pair(state, conn, user_id, role, session).await?;
                 let record =
                     AuditRecord::new(AuditAction::SessionLogin, AuditTarget::user(user_id));
-                Ok(Written::recorded(pair, record))
+                Ok(Written::recorded(SignIn::Done(pair), record))
             }
             .scope_boxed()
         })
         .await?;
-    tracing::info!(user_id = %user.id, "login succeeded");
-    Ok(pair)
+    if let SignIn::Done(_) = signed_in {
+        tracing::info!(user_id = %user.id, upgraded_hash = upgraded.is_some(), "login succeeded");
+    }
+    Ok(signed_in)
 }
 
 /// Rotates a refresh token. A token used twice (a replay, or the loser of

@@ -6,12 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+use chatbot_backend::db::models::User;
 use chatbot_backend::proto;
 use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-    api_key_update, backend_test, logs, scrape, server_command, spawn_app_with,
+    api_key_update, backend_test, logs, scrape, server_command, spawn_app, spawn_app_with,
     spawn_app_with_production_hash_cost, Backend, KeyOwner, TcpProxy, TestApp, TestUser,
 };
 use crate::shared_limits::{
@@ -347,4 +348,42 @@ async fn sign_ups_beyond_the_hash_queue_are_refused_at_once_with_retry_info_and_
         .parse()
         .unwrap();
     assert_eq!(counted, refused.len() as f64);
+}
+
+backend_test! {
+    async fn a_login_upgrades_a_hash_made_at_an_older_cost_and_concurrent_logins_all_succeed() {
+        let mut old_cost = spawn_app().await;
+        let user = old_cost.new_user().await;
+        // The same database served at a higher cost (one server at a time:
+        // SQLite serves one process per file).
+        old_cost.stop().await;
+        let app = old_cost
+            .spawn_replica(&["--password-hash-memory-kib", "64", "--password-hash-iterations", "2"])
+            .await;
+        let stored_hash = || async {
+            let mut conn = app.db.conn().await.unwrap();
+            let found = User::find_by_email(&mut conn, &user.email).await.unwrap();
+            found.expect("the user").hashed_password
+        };
+        assert!(stored_hash().await.contains("$m=8,t=1,p=1$"));
+
+        // Logins at once, each with the right password: one upgrades the
+        // hash, and those that checked the old one check again and succeed.
+        let logins = (0..6).map(|_| app.login(&user.email, &user.password));
+        for answer in futures_util::future::join_all(logins).await {
+            answer.expect("the right password signs in while the hash is upgraded");
+        }
+        let upgraded = stored_hash().await;
+        assert!(upgraded.contains("$m=64,t=2,p=1$"), "{upgraded}");
+
+        // The new hash holds the same password, and is not replaced again.
+        app.login(&user.email, &user.password).await.expect("the same password");
+        assert_eq!(stored_hash().await, upgraded);
+        // A wrong password upgrades nothing (and checks against the new hash).
+        assert_eq!(
+            app.login(&user.email, "not the password").await.unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(stored_hash().await, upgraded);
+    }
 }

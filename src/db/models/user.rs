@@ -94,6 +94,21 @@ impl User {
         Ok(update_rows!(conn, unchanged, users::updated_at.eq(users::updated_at))? == 1)
     }
 
+    /// Replaces the user's password hash with `new_hash` (the same password
+    /// at the current cost) if it is still `checked_hash`, locking the row
+    /// as [`Self::lock_if_password_unchanged`] does; whether it was.
+    pub async fn upgrade_hash_if_unchanged(
+        conn: &mut DbConnection,
+        id: UserId,
+        checked_hash: &str,
+        new_hash: &str,
+    ) -> diesel::QueryResult<bool> {
+        let unchanged = users::table
+            .find(id)
+            .filter(users::hashed_password.eq(checked_hash));
+        Ok(update_rows!(conn, unchanged, users::hashed_password.eq(new_hash))? == 1)
+    }
+
     /// One page in (created_at, id) order, plus one extra row if more follow.
     pub async fn list(
         conn: &mut DbConnection,

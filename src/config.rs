@@ -58,6 +58,13 @@ pub struct Settings {
     )]
     pub database_url: SecretString,
 
+    /// Where the PostgreSQL listener for other replicas' changes connects,
+    /// if not `DATABASE_URL`: LISTEN needs a session of its own, so behind
+    /// a pooler in transaction mode (PgBouncer's default) point this at
+    /// PostgreSQL itself or a session-mode pool.
+    #[arg(long, env = "DATABASE_LISTEN_URL", hide_env_values = true)]
+    pub database_listen_url: Option<SecretString>,
+
     /// Address to serve gRPC on; port 0 picks a free port (logged).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
@@ -497,6 +504,16 @@ impl Settings {
             );
         }
         let database = DatabaseTarget::parse(self.database_url.expose_secret())?;
+        if let Some(url) = &self.database_listen_url {
+            anyhow::ensure!(
+                matches!(database, DatabaseTarget::Postgres(_))
+                    && matches!(
+                        DatabaseTarget::parse(url.expose_secret())?,
+                        DatabaseTarget::Postgres(_)
+                    ),
+                "DATABASE_LISTEN_URL needs a postgres:// URL, and a PostgreSQL DATABASE_URL"
+            );
+        }
         Ok(Config {
             settings: self,
             database,

@@ -62,6 +62,8 @@ async fn main() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     let telemetry = telemetry::init(cli.settings.log_format);
+    // In the binary only: a test harness keeps its own panic report.
+    chatbot_backend::panics::log_panics();
     let outcome = run(cli).await;
     telemetry.shutdown().await;
     outcome

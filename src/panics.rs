@@ -131,7 +131,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_handler_that_panics_is_answered_internal_and_logged_at_error_with_its_location() {
-        log_panics();
+        // Only for this test: the harness keeps its own report for the rest.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(log_panic));
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -151,6 +153,7 @@ mod tests {
             .oneshot(http::Request::new(Body::empty()))
             .await
             .expect("the call is answered");
+        std::panic::set_hook(previous);
 
         let status = tonic::Status::from_header_map(answer.headers()).expect("a gRPC status");
         assert_eq!(status.code(), tonic::Code::Internal);

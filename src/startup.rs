@@ -25,7 +25,7 @@ use crate::hot_path::batch_queue::QueueBound;
 use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, ReadStats};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
-use crate::panics::{self, CatchPanicLayer};
+use crate::panics::CatchPanicLayer;
 use crate::proto;
 use crate::proto::api_key_service_server::ApiKeyServiceServer;
 use crate::proto::audit_service_server::AuditServiceServer;
@@ -95,7 +95,6 @@ impl Application {
     /// Builds from settings already validated (and parsed, once).
     pub async fn build_from(config: Config) -> anyhow::Result<Self> {
         let (settings, target) = (&config.settings, &config.database);
-        panics::log_panics();
         tracing::info!(
             backend = target.backend_name(),
             database = %target.redacted(),
@@ -335,8 +334,13 @@ impl Application {
             // serve only while they can.
             DatabaseTarget::Postgres(url) => {
                 let caches = state.caches.clone();
+                let url = match &settings.database_listen_url {
+                    Some(listen_url) => listen_url.expose_secret().to_owned(),
+                    None => url,
+                };
                 tokio::spawn(db::listen_for_invalidations(
                     url,
+                    state.db.clone(),
                     move |event| caches.follow(event),
                     background_stopped,
                 ))

@@ -1,5 +1,14 @@
 //! PostgreSQL LISTEN/NOTIFY: how replicas tell each other that cached
 //! API-key rows went stale, through the database they already share.
+//!
+//! A LISTEN can be in effect and still receive nothing (through a PgBouncer
+//! in transaction mode, which hands the listening server connection to
+//! other clients). So the listener proves the path every
+//! [`HEARTBEAT_INTERVAL`]: it sends a heartbeat through the pool, on the
+//! same channel and the way every change sends its notification, and the
+//! caches serve only while its own heartbeats come back. One missing for
+//! [`HEARTBEAT_TIMEOUT`] is one WARN and the caches are bypassed; the next
+//! that arrives turns them back on, with one INFO.
 
 use std::future::poll_fn;
 use std::str::FromStr;
@@ -10,8 +19,15 @@ use diesel_async::RunQueryDsl;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 
-use super::DbConnection;
+use super::{Database, DbConnection};
 use crate::domain::{ApiKeyId, ChatbotId, SessionId, UserId};
+
+/// How often the listener sends itself a heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long the listener waits for its own heartbeat before it stops
+/// trusting that it hears every change.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The channel carrying API-key cache invalidations.
 pub const INVALIDATION_CHANNEL: &str = "chatbot_api_key_invalidation";
@@ -86,15 +102,18 @@ pub async fn notify_invalidation(
 }
 
 /// Listens on [`INVALIDATION_CHANNEL`] over a dedicated connection until
-/// `stop` fires, reconnecting with backoff after a failure.
+/// `stop` fires, reconnecting with backoff after a failure, and sending its
+/// heartbeats through `pool`.
 pub async fn listen_for_invalidations(
     url: String,
+    pool: Database,
     mut handler: impl FnMut(ListenEvent) + Send,
     mut stop: watch::Receiver<bool>,
 ) {
+    let heartbeat = Heartbeat::new();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match listen_once(&url, &mut handler, &mut stop).await {
+        match listen_once(&url, &pool, &heartbeat, &mut handler, &mut stop).await {
             Ok(()) => return,
             Err(error) => {
                 handler(ListenEvent::Lost);
@@ -112,8 +131,57 @@ pub async fn listen_for_invalidations(
     }
 }
 
+/// This listener's heartbeat: `key:-N`, with N its own random nonce. No key
+/// has a negative id, so a replica of the previous version reads it as an
+/// invalidation of nothing (its caches survive a rolling upgrade), and
+/// other replicas' heartbeats are told apart from this one's.
+struct Heartbeat {
+    payload: std::sync::Arc<str>,
+}
+
+impl Heartbeat {
+    fn new() -> Self {
+        let nonce = rand::Rng::gen_range(&mut rand::thread_rng(), 1..i64::MAX);
+        Self {
+            payload: Invalidation::Key(ApiKeyId(-nonce)).payload().into(),
+        }
+    }
+
+    /// Sends it the way changes send theirs: a NOTIFY on a pooled
+    /// connection. A failure is the pool's (the heartbeat then stays away).
+    fn send(&self, pool: Database) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let payload = self.payload.clone();
+        async move {
+            let sent = async {
+                let mut conn = pool.conn().await?;
+                if let DbConnection::Postgres(conn) = &mut conn {
+                    diesel::sql_query("SELECT pg_notify($1, $2)")
+                        .bind::<Text, _>(INVALIDATION_CHANNEL)
+                        .bind::<Text, _>(&*payload)
+                        .execute(&mut **conn)
+                        .await?;
+                }
+                anyhow::Ok(())
+            };
+            if let Err(error) = sent.await {
+                tracing::debug!(
+                    error = format!("{error:#}"),
+                    "could not send a listener heartbeat"
+                );
+            }
+        }
+    }
+
+    /// Whether `payload` is a heartbeat (this listener's or another's).
+    fn is_heartbeat(payload: &str) -> bool {
+        matches!(Invalidation::parse(payload), Some(Invalidation::Key(ApiKeyId(id))) if id < 0)
+    }
+}
+
 async fn listen_once(
     url: &str,
+    pool: &Database,
+    heartbeat: &Heartbeat,
     handler: &mut (impl FnMut(ListenEvent) + Send),
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -147,15 +215,50 @@ async fn listen_once(
         client
             .batch_execute(&format!("LISTEN {INVALIDATION_CHANNEL}"))
             .await?;
-        handler(ListenEvent::Listening);
-        tracing::info!("listening for API key invalidations");
+        // Live once the first heartbeat comes back: only then is it known
+        // that this LISTEN hears what the pool sends.
+        // Since the LISTEN, or the last heartbeat heard; `warned` once per
+        // stretch without one.
+        let (mut live, mut warned) = (false, false);
+        let mut last_heard = tokio::time::Instant::now();
+        let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tokio::select! {
                 message = received.recv() => match message {
+                    Some(Ok(payload)) if *payload == *heartbeat.payload => {
+                        last_heard = tokio::time::Instant::now();
+                        if !live {
+                            live = true;
+                            handler(ListenEvent::Listening);
+                            match std::mem::replace(&mut warned, false) {
+                                false => tracing::info!("listening for API key invalidations"),
+                                true => tracing::info!(
+                                    "the invalidation listener hears its notifications again; caching again"
+                                ),
+                            }
+                        }
+                    }
+                    Some(Ok(payload)) if Heartbeat::is_heartbeat(&payload) => {}
                     Some(Ok(payload)) => handler(ListenEvent::Notification(payload)),
                     Some(Err(error)) => return Err(error.into()),
                     None => anyhow::bail!("the listener connection closed"),
                 },
+                _ = beat.tick() => {
+                    if !warned && last_heard.elapsed() > HEARTBEAT_TIMEOUT {
+                        warned = true;
+                        if std::mem::replace(&mut live, false) {
+                            handler(ListenEvent::Lost);
+                        }
+                        tracing::warn!(
+                            "the invalidation listener does not hear its own notifications (a \
+                             pooler in transaction mode between it and PostgreSQL? see \
+                             DATABASE_LISTEN_URL); bypassing the caches until it does"
+                        );
+                    }
+                    // Not awaited here: a pool slow to lend a connection
+                    // must not hold back the notifications.
+                    tokio::spawn(heartbeat.send(pool.clone()));
+                }
                 _ = stop.changed() => return Ok(()),
             }
         }
@@ -180,6 +283,11 @@ mod tests {
             assert_eq!(Invalidation::parse(&change.payload()), Some(change));
         }
         assert_eq!(Invalidation::parse("bogus"), None);
+        let heartbeat = Heartbeat::new();
+        assert!(Heartbeat::is_heartbeat(&heartbeat.payload));
+        assert!(!Heartbeat::is_heartbeat(
+            &Invalidation::Key(ApiKeyId(42)).payload()
+        ));
         assert_eq!(Invalidation::parse("key:x"), None);
     }
 }

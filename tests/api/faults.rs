@@ -12,8 +12,9 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-    api_key_update, backend_test, logs, scrape, server_command, spawn_app, spawn_app_with,
-    spawn_app_with_production_hash_cost, Backend, KeyOwner, TcpProxy, TestApp, TestUser,
+    api_key_update, backend_test, logs, scrape, server_command, spawn_app, spawn_app_on,
+    spawn_app_with, spawn_app_with_production_hash_cost, Backend, KeyOwner, PgBouncer, TcpProxy,
+    TestApp, TestDatabase, TestUser,
 };
 use crate::shared_limits::{
     anonymous_call, let_through_alternating, redis_addr, redis_url, two_replicas_sharing_redis,
@@ -358,7 +359,15 @@ backend_test! {
         // SQLite serves one process per file).
         old_cost.stop().await;
         let app = old_cost
-            .spawn_replica(&["--password-hash-memory-kib", "64", "--password-hash-iterations", "2"])
+            .spawn_replica(&[
+                "--password-hash-memory-kib",
+                "64",
+                "--password-hash-iterations",
+                "2",
+                // Concurrent logins each reserve a check from the budget.
+                "--login-max-failures-per-email",
+                "100",
+            ])
             .await;
         let stored_hash = || async {
             let mut conn = app.db.conn().await.unwrap();
@@ -386,4 +395,56 @@ backend_test! {
         );
         assert_eq!(stored_hash().await, upgraded);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_behind_pgbouncer_in_transaction_mode_is_noticed_and_the_caches_bypassed() {
+    let database = TestDatabase::create().await;
+    let bouncer = PgBouncer::start_in_transaction_mode(database.postgres_addr()).await;
+    let listen_url = database.url_via(bouncer.addr);
+    let url = database.url.clone();
+    let warning = "does not hear its own notifications";
+    let warnings_before = logs().matches(warning).count();
+    // A TTL far beyond the test: only a bypassed cache explains a revoke
+    // seen at once.
+    let app = spawn_app_on(
+        database,
+        &url,
+        &[
+            "--database-listen-url",
+            &listen_url,
+            "--api-key-cache-ttl-secs",
+            "600",
+        ],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while logs().matches(warning).count() == warnings_before {
+        assert!(
+            Instant::now() < deadline,
+            "the deaf listener was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        logs().matches(warning).count() - warnings_before,
+        1,
+        "one WARN"
+    );
+    assert!(!app.api_key_cache.is_active(), "the cache is bypassed");
+
+    // A revoke through another replica (listening directly) is refused here
+    // at once, though this replica heard nothing.
+    let replica = app.spawn_replica_process(&[]).await;
+    let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
+    assert!(app.verify(&created.key).await.valid);
+    replica
+        .revoke_api_key(&owner.token, created.api_key.unwrap().id)
+        .await
+        .expect("revoke through the replica");
+    assert_eq!(
+        app.verify(&created.key).await.reason(),
+        proto::VerifyApiKeyReason::Revoked
+    );
 }

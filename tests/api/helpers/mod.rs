@@ -15,9 +15,9 @@
 //! its database, `clients` calls it, `requests` builds the requests several
 //! files send, `fixtures` makes the users, chatbots and keys a test starts
 //! from, `polling` waits for an answer to change, `process` runs the real
-//! binary, `proxy` cuts a connection, `metrics` scrapes the metrics
-//! endpoint, `logs` keeps what the servers logged, and `assertions` checks
-//! a status.
+//! binary, `proxy` cuts or garbles a connection, `pgbouncer` runs a real
+//! PgBouncer, `metrics` scrapes the metrics endpoint, `logs` keeps what the
+//! servers logged, and `assertions` checks a status.
 
 mod app;
 mod assertions;
@@ -26,6 +26,7 @@ mod database;
 mod fixtures;
 mod logs;
 mod metrics;
+mod pgbouncer;
 mod polling;
 mod process;
 mod proxy;
@@ -41,6 +42,7 @@ pub use database::TestDatabase;
 pub use fixtures::{KeyOwner, TestUser};
 pub use logs::logs;
 pub use metrics::scrape;
+pub use pgbouncer::PgBouncer;
 pub use polling::{changed_within_a_second, eventually, poll_until};
 pub use process::{server_command, serving_addr, spawn_logging_json, ReplicaProcess};
 pub use proxy::TcpProxy;

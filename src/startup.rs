@@ -21,7 +21,7 @@ use crate::db::models::AuditEvent;
 use crate::db::{self, Database, DatabaseTarget, ServeLock};
 use crate::gate::GateLayer;
 use crate::health::{self, HealthReporter};
-use crate::hot_path::batch_queue::QueueBound;
+use crate::hot_path::batch_queue::{BatchSettings, QueueBound};
 use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, ReadStats};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
@@ -146,9 +146,12 @@ impl Application {
             Duration::from_secs(settings.api_key_cache_ttl_secs),
         ));
         let rate_limits = RateLimits::new(settings.rate_limit_settings(), shared_limits);
-        let queue_bound = |queue| QueueBound {
-            max_queued: settings.max_queued_batch_items,
-            refusals: metrics.overload_refusals(queue),
+        let batches = |in_flight, queue| {
+            let bound = QueueBound {
+                max_queued: settings.max_queued_batch_items,
+                refusals: metrics.overload_refusals(queue),
+            };
+            BatchSettings::new(in_flight, bound, &settings.pool_settings())
         };
         let verifier = KeyVerifier::new(
             db.clone(),
@@ -156,17 +159,13 @@ impl Application {
             rate_limits.clone(),
             CreditSpends::start(
                 db.clone(),
-                settings.spend_batches_in_flight,
-                queue_bound("credit_spends"),
-                &settings.pool_settings(),
+                batches(settings.spend_batches_in_flight, "credit_spends"),
             ),
         );
         let state = Arc::new(AppState {
             chatbot_reads: ChatbotReads::start(
                 db.clone(),
-                settings.read_batches_in_flight,
-                queue_bound("chatbot_reads"),
-                &settings.pool_settings(),
+                batches(settings.read_batches_in_flight, "chatbot_reads"),
             ),
             verifier,
             caches: CacheInvalidation::new(api_key_cache.clone(), sessions.clone()),

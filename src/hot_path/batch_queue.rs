@@ -54,12 +54,23 @@ pub struct QueueBound {
     pub refusals: Counter,
 }
 
-impl QueueBound {
-    /// A bound whose refusals no metric reports (tests).
-    pub fn unreported(max_queued: usize) -> Self {
+/// How a batch queue runs: how many batches may be at the database at
+/// once, how many items may wait, and how long a batch may take.
+#[derive(Clone)]
+pub struct BatchSettings {
+    pub in_flight: usize,
+    pub bound: QueueBound,
+    pub timeout: Duration,
+}
+
+impl BatchSettings {
+    /// `in_flight` batches at once and `bound` waiting, each batch given
+    /// [`batch_timeout`] of `pool`.
+    pub fn new(in_flight: usize, bound: QueueBound, pool: &PoolSettings) -> Self {
         Self {
-            max_queued,
-            refusals: Counter::default(),
+            in_flight,
+            bound,
+            timeout: batch_timeout(pool),
         }
     }
 }
@@ -73,16 +84,16 @@ pub struct BatchQueue<Q, A> {
 impl<Q: Send + 'static, A: Send + 'static> BatchQueue<Q, A> {
     /// Starts the dispatcher on the current runtime: `run` gets each batch
     /// (of at most `max_batch` items) and answers every item in it.
-    pub fn start<F, Fut>(max_batch: usize, in_flight: usize, bound: QueueBound, run: F) -> Self
+    pub fn start<F, Fut>(max_batch: usize, settings: &BatchSettings, run: F) -> Self
     where
         F: Fn(Vec<Pending<Q, A>>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let (queue, pending) = mpsc::channel(bound.max_queued.max(1));
-        tokio::spawn(dispatch(pending, max_batch, in_flight.max(1), run));
+        let (queue, pending) = mpsc::channel(settings.bound.max_queued.max(1));
+        tokio::spawn(dispatch(pending, max_batch, settings.in_flight.max(1), run));
         Self {
             queue,
-            refusals: bound.refusals,
+            refusals: settings.bound.refusals.clone(),
         }
     }
 
@@ -154,7 +165,7 @@ async fn dispatch<Q, A, F, Fut>(
 /// How long a batch may take: what one direct query could wait for under
 /// `pool` (a pooled connection, a new connection, its statement), plus a
 /// second of slack. Past it, the batch's callers get UNAVAILABLE.
-pub fn batch_timeout(pool: &PoolSettings) -> Duration {
+fn batch_timeout(pool: &PoolSettings) -> Duration {
     pool.acquire_timeout + pool.connect_timeout + pool.statement_timeout + Duration::from_secs(1)
 }
 

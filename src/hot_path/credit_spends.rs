@@ -37,9 +37,9 @@ use chrono::{DateTime, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tracing::Instrument;
 
-use super::batch_queue::{batch_timeout, fail_all, within, BatchQueue, Pending, QueueBound};
+use super::batch_queue::{fail_all, within, BatchQueue, BatchSettings, Pending};
 use crate::db::models::{Balance, KeyLimits};
-use crate::db::{Database, DbConnection, PoolSettings};
+use crate::db::{Database, DbConnection};
 use crate::domain::ApiKeyId;
 use crate::error::{AppError, AppResult};
 
@@ -75,20 +75,15 @@ pub struct CreditSpends {
 }
 
 impl CreditSpends {
-    /// Starts the dispatcher on the current runtime; `batches_in_flight`
+    /// Starts the dispatcher on the current runtime; `settings.in_flight`
     /// bounds the connections it holds at once.
-    pub fn start(
-        db: Database,
-        batches_in_flight: usize,
-        bound: QueueBound,
-        pool: &PoolSettings,
-    ) -> Self {
+    pub fn start(db: Database, settings: BatchSettings) -> Self {
         let settler = Arc::new(Settler {
             db,
-            batch_timeout: batch_timeout(pool),
+            batch_timeout: settings.timeout,
             rows: Mutex::default(),
         });
-        let queue = BatchQueue::start(MAX_BATCH, batches_in_flight, bound, move |spends| {
+        let queue = BatchQueue::start(MAX_BATCH, &settings, move |spends| {
             let settler = settler.clone();
             async move { settler.settle_batch(spends).await }
         });

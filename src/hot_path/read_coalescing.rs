@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::batch_queue::{batch_timeout, fail_all, within, BatchQueue, Pending, QueueBound};
+use super::batch_queue::{fail_all, within, BatchQueue, BatchSettings, Pending};
 use crate::db::models::Chatbot;
-use crate::db::{Database, PoolSettings};
+use crate::db::Database;
 use crate::domain::ChatbotId;
 use crate::error::AppResult;
 
@@ -59,19 +59,13 @@ impl ReadStats {
 type PendingRead = Pending<ChatbotId, Option<Chatbot>>;
 
 impl ChatbotReads {
-    /// Starts the dispatcher on the current runtime; `batches_in_flight`
-    /// bounds the connections it holds at once, and a batch may take
-    /// [`batch_timeout`].
-    pub fn start(
-        db: Database,
-        batches_in_flight: usize,
-        bound: QueueBound,
-        pool: &PoolSettings,
-    ) -> Self {
-        let batch_timeout = batch_timeout(pool);
+    /// Starts the dispatcher on the current runtime; `settings.in_flight`
+    /// bounds the connections it holds at once.
+    pub fn start(db: Database, settings: BatchSettings) -> Self {
+        let batch_timeout = settings.timeout;
         let stats = Arc::new(ReadStats::default());
         let counted = stats.clone();
-        let queue = BatchQueue::start(MAX_BATCH, batches_in_flight, bound, move |reads| {
+        let queue = BatchQueue::start(MAX_BATCH, &settings, move |reads| {
             counted.batches.fetch_add(1, Ordering::Relaxed);
             let db = db.clone();
             async move { answer(&db, reads, batch_timeout).await }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use chatbot_backend::proto;
 use tonic::Code;
 
-use crate::helpers::{logs, scrape, spawn_app_with, Clients, ReplicaProcess, TcpProxy, TestApp};
+use crate::helpers::{
+    finish_in_drop, logs, scrape, spawn_app_with, Clients, ReplicaProcess, TcpProxy, TestApp,
+};
 
 /// Redis database the tests use, apart from anything else on the server.
 const TEST_REDIS_DB: u32 = 9;
@@ -36,31 +38,23 @@ impl RedisPrefix {
 
 impl Drop for RedisPrefix {
     fn drop(&mut self) {
-        let url = redis_url(redis_addr());
+        let Ok(client) = redis::Client::open(redis_url(redis_addr())) else {
+            return;
+        };
         let pattern = format!("{}*", self.0);
-        let _ = std::thread::spawn(move || {
-            let Ok(client) = redis::Client::open(url) else {
+        finish_in_drop(async move {
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
                 return;
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                    return;
-                };
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(&pattern)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                }
-            });
-        })
-        .join();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+            }
+        });
     }
 }
 

@@ -142,7 +142,7 @@ impl Drop for TestDatabase {
             return;
         }
         if let Some(path) = &self.sqlite_path {
-            for suffix in ["", "-wal", "-shm"] {
+            for suffix in ["", "-wal", "-shm", ".lock"] {
                 let mut file = path.clone().into_os_string();
                 file.push(suffix);
                 let _ = std::fs::remove_file(file);
@@ -151,22 +151,26 @@ impl Drop for TestDatabase {
         }
         let server_url = test_server_url();
         let name = self.name.clone();
-        // Drop cannot await; a short-lived runtime on its own thread can.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                if let Ok(mut conn) = AsyncPgConnection::establish(&server_url).await {
-                    let _ = diesel::sql_query(format!(
-                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                    ))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
-        })
-        .join();
+        finish_in_drop(async move {
+            if let Ok(mut conn) = AsyncPgConnection::establish(&server_url).await {
+                let _ =
+                    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+            }
+        });
     }
+}
+
+/// Runs `cleanup` to completion from a `Drop`, which cannot await: on a
+/// short-lived runtime on a thread of its own, since the test's runtime may
+/// be shutting down.
+pub fn finish_in_drop(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        runtime.expect("a runtime for a cleanup").block_on(cleanup);
+    })
+    .join();
 }

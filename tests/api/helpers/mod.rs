@@ -38,7 +38,7 @@ pub use app::{
 };
 pub use assertions::{assert_code, clock_hour, repeats_by_attempt, violated_fields};
 pub use clients::{verify_costing, Authed, Bearer, Clients};
-pub use database::TestDatabase;
+pub use database::{finish_in_drop, TestDatabase};
 pub use fixtures::{KeyOwner, TestUser};
 pub use logs::logs;
 pub use metrics::scrape;

@@ -170,8 +170,13 @@ async fn values_in_redis_the_service_did_not_write_are_judged_and_never_break_a_
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bytes_from_redis_that_are_not_replies_end_in_one_outage_that_two_replicas_recover_from() {
+/// Injects `fault` into Redis's answers (through a proxy) for 1.5 s while
+/// two replicas sharing it are under load: each call is still answered,
+/// the outage is one WARN and its end one INFO, and the replicas share
+/// their limits again by themselves.
+async fn a_redis_fault_mid_load_is_one_outage_that_two_replicas_recover_from(
+    fault: impl Fn(&TcpProxy),
+) {
     let prefix = RedisPrefix::new();
     let proxy = TcpProxy::start(redis_addr()).await;
     let (app, replica) = two_replicas_sharing_redis(&redis_url(proxy.addr), &prefix).await;
@@ -179,10 +184,10 @@ async fn bytes_from_redis_that_are_not_replies_end_in_one_outage_that_two_replic
     let (warnings_before, recoveries_before) =
         (logs().matches(warn).count(), logs().matches(info).count());
 
-    // Load on both replicas while Redis's replies are garbled for 1.5 s.
-    proxy.garble();
-    let garbled_until = Instant::now() + Duration::from_millis(1500);
-    while Instant::now() < garbled_until {
+    // Load on both replicas while the fault lasts.
+    fault(&proxy);
+    let fault_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < fault_until {
         let started = Instant::now();
         let _ = anonymous_call(&app).await;
         let _ = anonymous_call(&replica).await;
@@ -223,6 +228,54 @@ async fn bytes_from_redis_that_are_not_replies_end_in_one_outage_that_two_replic
         eprintln!("attempt {attempt}: {through} of 10 through; the replica may still be probing");
     }
     panic!("{through} of 10 calls through two replicas: the limit is not shared again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_from_redis_that_are_not_replies_end_in_one_outage_that_two_replicas_recover_from() {
+    a_redis_fault_mid_load_is_one_outage_that_two_replicas_recover_from(TcpProxy::garble).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_stops_answering_is_one_outage_that_two_replicas_recover_from() {
+    a_redis_fault_mid_load_is_one_outage_that_two_replicas_recover_from(TcpProxy::silence).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_beyond_the_batch_queue_are_refused_at_once_with_retry_info_and_counted() {
+    let app = spawn_app_with(&[
+        "--max-queued-batch-items",
+        "1",
+        "--read-batches-in-flight",
+        "1",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let owner = app.new_user().await;
+    let chatbot = app.create_chatbot(&owner, "busy").await;
+    let reads = (0..200).map(|_| app.get_chatbot(&owner.token, &chatbot.id));
+    let answers = futures_util::future::join_all(reads).await;
+    let refused: Vec<_> = answers
+        .iter()
+        .filter_map(|answer| answer.as_ref().err())
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "200 reads at once through a queue of 1"
+    );
+    assert!(refused.len() < answers.len(), "the queue still takes some");
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.get_details_retry_info().is_some(), "{status:?}");
+    }
+    let metrics = scrape(app.metrics_addr.unwrap()).await;
+    let counted: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("overload_refusals_total{queue=\"chatbot_reads\"} "))
+        .expect("the refusals are counted")
+        .parse()
+        .unwrap();
+    assert_eq!(counted, refused.len() as f64);
 }
 
 backend_test! {

@@ -14,11 +14,12 @@ use tokio::task::AbortHandle;
 const GARBAGE: &[u8] = b"\x00\xff?!garbled\r\n";
 
 /// A TCP proxy the test can cut (dropping every connection and refusing new
-/// ones), make garble what the store answers, and restore.
+/// ones), make garble or withhold what the store answers, and restore.
 pub struct TcpProxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
     garbled: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
@@ -29,8 +30,13 @@ impl TcpProxy {
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let garbled = Arc::new(AtomicBool::new(false));
+        let silent = Arc::new(AtomicBool::new(false));
         let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (cut_flag, garbling, registry) = (cut.clone(), garbled.clone(), connections.clone());
+        let (cut_flag, registry) = (cut.clone(), connections.clone());
+        let faults = Faults {
+            garbled: garbled.clone(),
+            silent: silent.clone(),
+        };
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -40,10 +46,10 @@ impl TcpProxy {
                     drop(inbound);
                     continue;
                 }
-                let garbling = garbling.clone();
+                let faults = faults.clone();
                 let task = tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(target).await {
-                        forward(inbound, outbound, garbling).await;
+                        forward(inbound, outbound, faults).await;
                     }
                 });
                 registry.lock().unwrap().push(task.abort_handle());
@@ -53,6 +59,7 @@ impl TcpProxy {
             addr,
             cut,
             garbled,
+            silent,
             connections,
         }
     }
@@ -72,16 +79,30 @@ impl TcpProxy {
         self.garbled.store(true, Ordering::SeqCst);
     }
 
+    /// Keeps every connection open but passes on nothing the store answers
+    /// (a store that hangs), until [`restore`](Self::restore).
+    pub fn silence(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+    }
+
     /// Forwards new connections again, and answers as the store does.
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
         self.garbled.store(false, Ordering::SeqCst);
+        self.silent.store(false, Ordering::SeqCst);
     }
 }
 
-/// Copies both ways until either side closes; while `garbled`, what the
-/// store sends is replaced by [`GARBAGE`].
-async fn forward(inbound: TcpStream, outbound: TcpStream, garbled: Arc<AtomicBool>) {
+/// The faults a proxy injects into what the store answers.
+#[derive(Clone)]
+struct Faults {
+    garbled: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
+}
+
+/// Copies both ways until either side closes; what the store sends is
+/// replaced by [`GARBAGE`] while garbled, and dropped while silent.
+async fn forward(inbound: TcpStream, outbound: TcpStream, faults: Faults) {
     let (mut client_read, mut client_write) = inbound.into_split();
     let (mut store_read, mut store_write) = outbound.into_split();
     let requests = async move {
@@ -93,7 +114,10 @@ async fn forward(inbound: TcpStream, outbound: TcpStream, garbled: Arc<AtomicBoo
             if read == 0 {
                 break;
             }
-            let bytes = match garbled.load(Ordering::SeqCst) {
+            if faults.silent.load(Ordering::SeqCst) {
+                continue;
+            }
+            let bytes = match faults.garbled.load(Ordering::SeqCst) {
                 true => GARBAGE,
                 false => &buffer[..read],
             };

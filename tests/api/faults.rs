@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chatbot_backend::db::models::User;
 use chatbot_backend::proto;
-use tonic::Code;
+use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::helpers::{
@@ -255,27 +255,7 @@ async fn reads_beyond_the_batch_queue_are_refused_at_once_with_retry_info_and_co
     let chatbot = app.create_chatbot(&owner, "busy").await;
     let reads = (0..200).map(|_| app.get_chatbot(&owner.token, &chatbot.id));
     let answers = futures_util::future::join_all(reads).await;
-    let refused: Vec<_> = answers
-        .iter()
-        .filter_map(|answer| answer.as_ref().err())
-        .collect();
-    assert!(
-        !refused.is_empty(),
-        "200 reads at once through a queue of 1"
-    );
-    assert!(refused.len() < answers.len(), "the queue still takes some");
-    for status in &refused {
-        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-        assert!(status.get_details_retry_info().is_some(), "{status:?}");
-    }
-    let metrics = scrape(app.metrics_addr.unwrap()).await;
-    let counted: f64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("overload_refusals_total{queue=\"chatbot_reads\"} "))
-        .expect("the refusals are counted")
-        .parse()
-        .unwrap();
-    assert_eq!(counted, refused.len() as f64);
+    some_refused_for_overload(&app, "chatbot_reads", &answers).await;
 }
 
 backend_test! {
@@ -380,24 +360,33 @@ async fn sign_ups_beyond_the_hash_queue_are_refused_at_once_with_retry_info_and_
         }
     });
     let answers = futures_util::future::join_all(sign_ups).await;
+    some_refused_for_overload(&app, "password_hash", &answers).await;
+}
+
+/// Asserts that some, not all, of `answers` were refused because the bounded
+/// queue `queue` was full: RESOURCE_EXHAUSTED with a retry time, each
+/// counted in the `overload_refusals` metric.
+async fn some_refused_for_overload<T>(app: &TestApp, queue: &str, answers: &[Result<T, Status>]) {
     let refused: Vec<_> = answers
         .iter()
         .filter_map(|answer| answer.as_ref().err())
         .collect();
     assert!(
         !refused.is_empty(),
-        "24 hashes at once on one thread with a queue of 2"
+        "{} calls at once, none refused",
+        answers.len()
     );
     assert!(refused.len() < answers.len(), "the queue still takes some");
     for status in &refused {
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         let retry = status.get_details_retry_info().expect("RetryInfo detail");
-        assert!(retry.retry_delay.is_some());
+        assert!(retry.retry_delay.is_some(), "{status:?}");
     }
     let metrics = scrape(app.metrics_addr.unwrap()).await;
+    let series = format!("overload_refusals_total{{queue=\"{queue}\"}} ");
     let counted: f64 = metrics
         .lines()
-        .find_map(|line| line.strip_prefix("overload_refusals_total{queue=\"password_hash\"} "))
+        .find_map(|line| line.strip_prefix(series.as_str()))
         .expect("the refusals are counted")
         .parse()
         .unwrap();

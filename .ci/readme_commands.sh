@@ -55,7 +55,7 @@ if (exec 3<>"/dev/tcp/${ADDR%:*}/${ADDR##*:}") 2>/dev/null; then
 fi
 
 DB_NAME="readme_$(date +%s)_$RANDOM"
-SQLITE_FILES=(chatbot-backend.db chatbot-backend.db-wal chatbot-backend.db-shm)
+SQLITE_FILES=(chatbot-backend.db chatbot-backend.db-wal chatbot-backend.db-shm chatbot-backend.db.lock)
 case $BACKEND in
     postgres) export DATABASE_URL="$PG_SERVER_URL/$DB_NAME" ;;
     sqlite) unset DATABASE_URL; DB_NAME="chatbot-backend.db (SQLite, the default)" ;;

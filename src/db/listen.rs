@@ -136,31 +136,29 @@ pub async fn listen_for_invalidations(
 /// invalidation of nothing (its caches survive a rolling upgrade), and
 /// other replicas' heartbeats are told apart from this one's.
 struct Heartbeat {
-    payload: std::sync::Arc<str>,
+    beat: Invalidation,
+    payload: String,
 }
 
 impl Heartbeat {
     fn new() -> Self {
         let nonce = rand::Rng::gen_range(&mut rand::thread_rng(), 1..i64::MAX);
+        let beat = Invalidation::Key(ApiKeyId(-nonce));
         Self {
-            payload: Invalidation::Key(ApiKeyId(-nonce)).payload().into(),
+            beat,
+            payload: beat.payload(),
         }
     }
 
-    /// Sends it the way changes send theirs: a NOTIFY on a pooled
-    /// connection. A failure is the pool's (the heartbeat then stays away).
+    /// Sends it the way changes send theirs ([`notify_invalidation`] on a
+    /// pooled connection). A failure is the pool's (the heartbeat then
+    /// stays away).
     fn send(&self, pool: Database) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let payload = self.payload.clone();
+        let beat = self.beat;
         async move {
             let sent = async {
                 let mut conn = pool.conn().await?;
-                if let DbConnection::Postgres(conn) = &mut conn {
-                    diesel::sql_query("SELECT pg_notify($1, $2)")
-                        .bind::<Text, _>(INVALIDATION_CHANNEL)
-                        .bind::<Text, _>(&*payload)
-                        .execute(&mut **conn)
-                        .await?;
-                }
+                notify_invalidation(&mut conn, &beat).await?;
                 anyhow::Ok(())
             };
             if let Err(error) = sent.await {
@@ -225,7 +223,7 @@ async fn listen_once(
         loop {
             tokio::select! {
                 message = received.recv() => match message {
-                    Some(Ok(payload)) if *payload == *heartbeat.payload => {
+                    Some(Ok(payload)) if payload == heartbeat.payload => {
                         last_heard = tokio::time::Instant::now();
                         if !live {
                             live = true;

@@ -45,7 +45,12 @@ impl OwnLimits {
             let ahead = counted.tat.saturating_duration_since(now);
             match counted.interval == interval {
                 true => ahead,
-                false => ahead.mul_f64(interval.as_secs_f64() / counted.interval.as_secs_f64()),
+                // Calls counted, times the new interval; a result out of
+                // Duration's range is more than a full bucket anyway.
+                false => Duration::try_from_secs_f64(
+                    ahead.as_secs_f64() * interval.as_secs_f64() / counted.interval.as_secs_f64(),
+                )
+                .unwrap_or(capacity),
             }
         });
         let new_ahead = ahead.min(capacity) + interval;

@@ -110,6 +110,47 @@ async fn a_limit_change_applies_at_the_next_call_when_counted_in_redis() {
     a_limit_change_applies_at_the_next_call(&app).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limit_changed_through_one_replica_applies_at_once_on_the_other() {
+    let prefix = RedisPrefix::new();
+    let url = redis_url(redis_addr());
+    let app = spawn_app_with(&["--redis-url", &url, "--redis-key-prefix", &prefix.0]).await;
+    let replica = app
+        .spawn_replica_process(&[("REDIS_URL", &url), ("REDIS_KEY_PREFIX", &prefix.0)])
+        .await;
+    let (owner, created) = key_allowing_a_day(&app, 3).await;
+    let id = created.api_key.as_ref().unwrap().id;
+    // Spent on both replicas together, and the key's row is now cached on
+    // both.
+    let spent = [&*app, &*replica, &*app]
+        .into_iter()
+        .map(|clients| clients.verify(&created.key));
+    for answer in futures_util::future::join_all(spent).await {
+        assert!(answer.valid);
+    }
+    assert!(
+        !replica.verify(&created.key).await.valid,
+        "3 a day, on both"
+    );
+
+    // Raised through the replica: the other lets the next call through.
+    let changes = proto::ApiKey {
+        id,
+        rate_limit: Some(rate_limit(10)),
+        ..Default::default()
+    };
+    replica
+        .api_keys(Some(&owner.token))
+        .update_api_key(api_key_update(changes, &["rate_limit"]))
+        .await
+        .expect("raise the limit through the replica");
+    assert_eq!(
+        valid_calls(&app, &created.key, 8).await,
+        7,
+        "7 more, through the other"
+    );
+}
+
 /// Writes `command` (e.g. `SET key value`) straight into the tests' Redis.
 async fn redis_command(args: &[&str]) {
     let client = redis::Client::open(redis_url(redis_addr())).unwrap();

@@ -25,7 +25,7 @@ for r in rows:
     print(
         f"| {name} | {r['concurrency']} | {r['ok_throughput_rps']:,.0f} | {ratio:.2f} | "
         f"{lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | {lat['max']:.1f} | "
-        f"{r['server_cpu_us_per_request']} |"
+        f"{r.get('server_cpu_us_per_request', '')} |"
     )
 print()
 if "startup_ms" in metrics:

@@ -105,6 +105,75 @@ fn answer_panic<E>(caught: Caught<http::Response<Body>, E>) -> Result<http::Resp
     }
 }
 
+/// Debug builds only (so never in a release binary): the environment
+/// variable that makes calls to one gRPC method (its full path, such as
+/// `/chatbot.v1.ApiKeyService/VerifyApiKey`) panic in the handler chain, so
+/// that a black-box test can show what a bug does to a call and the log.
+#[cfg(debug_assertions)]
+pub const INJECT_PANIC_ENV: &str = "CHATBOT_BACKEND_DEBUG_PANIC_IN";
+
+/// Panics in calls to the method [`INJECT_PANIC_ENV`] names, if any.
+#[cfg(debug_assertions)]
+#[derive(Debug, Clone, Default)]
+pub struct InjectedPanicLayer {
+    method: Option<std::sync::Arc<str>>,
+}
+
+#[cfg(debug_assertions)]
+impl InjectedPanicLayer {
+    pub fn from_env() -> Self {
+        let method = std::env::var(INJECT_PANIC_ENV).ok().map(Into::into);
+        if let Some(method) = &method {
+            tracing::warn!(%method, "debug build: calls to this method will panic ({INJECT_PANIC_ENV})");
+        }
+        Self { method }
+    }
+}
+
+#[cfg(debug_assertions)]
+impl<S> Layer<S> for InjectedPanicLayer {
+    type Service = InjectedPanic<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InjectedPanic {
+            inner,
+            method: self.method.clone(),
+        }
+    }
+}
+
+#[cfg(debug_assertions)]
+#[derive(Debug, Clone)]
+pub struct InjectedPanic<S> {
+    inner: S,
+    method: Option<std::sync::Arc<str>>,
+}
+
+#[cfg(debug_assertions)]
+impl<S, B> Service<http::Request<B>> for InjectedPanic<S>
+where
+    S: Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let inject = self.method.as_deref() == Some(request.uri().path());
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            // While the call is being served, as a handler's bug would.
+            assert!(!inject, "a panic injected by {INJECT_PANIC_ENV}");
+            answer.await
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;

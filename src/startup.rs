@@ -385,7 +385,11 @@ impl Application {
             .layer(RpcLayer::new(metrics.clone(), rpc_timeout))
             // Inside the RPC's span and metrics, so a panic is answered,
             // counted and logged like any INTERNAL.
-            .layer(CatchPanicLayer)
+            .layer(CatchPanicLayer);
+        // Debug builds only: a test hook, see `panics::INJECT_PANIC_ENV`.
+        #[cfg(debug_assertions)]
+        let server = server.layer(crate::panics::InjectedPanicLayer::from_env());
+        let server = server
             .layer(GateLayer(CredentialsGate::new(state.tokens.clone())))
             .layer(GateLayer(RateLimitGate::new(state.rate_limits.clone())))
             .layer(AuthLayer::new(state.sessions.clone()))

@@ -16,6 +16,11 @@
 //! `--warmup-secs` are not measured; measurement then lasts
 //! `--duration-secs` (default 10) or until `--requests` have been started.
 //!
+//! With `--rate`, the callers together start at most that many requests a
+//! second (open loop: a refused call does not slow the next one down),
+//! which is how a flood is offered at a chosen multiple of what the server
+//! can do; give enough callers that some are always free.
+//!
 //! Progress goes to stderr once a second; the summary (throughput, latency
 //! percentiles, counts per status code) goes to stdout, followed with
 //! `--json` by one JSON line for scripts. VerifyApiKey outcomes are counted
@@ -101,6 +106,11 @@ struct Args {
     /// HTTP/2 connections the callers are spread over (at most one per caller).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+
+    /// Requests started per second by all callers together [default: as
+    /// fast as they are answered].
+    #[arg(long)]
+    rate: Option<f64>,
 
     /// Seconds to measure after the warm-up [default: 10 unless --requests].
     #[arg(long, conflicts_with = "requests")]
@@ -432,6 +442,8 @@ struct Shared {
     /// Measured requests completed.
     measured: AtomicU64,
     done: AtomicBool,
+    /// `--rate`'s pace: each request waits for its tick.
+    pacer: Option<tokio::sync::Mutex<tokio::time::Interval>>,
 }
 
 impl Shared {
@@ -468,6 +480,9 @@ struct Record {
 async fn run_caller(mut caller: Caller, shared: Arc<Shared>) -> Record {
     let mut record = Record::default();
     while let Some(measured) = shared.next() {
+        if let Some(pacer) = &shared.pacer {
+            pacer.lock().await.tick().await;
+        }
         let start = Instant::now();
         let result = caller.call().await;
         let end = Instant::now();
@@ -733,6 +748,12 @@ async fn main() -> anyhow::Result<()> {
     if args.concurrency == 0 || args.connections == 0 {
         bail!("--concurrency and --connections must be at least 1");
     }
+    if args
+        .rate
+        .is_some_and(|rate| !(rate.is_finite() && rate >= 0.001))
+    {
+        bail!("--rate must be at least 0.001 requests a second");
+    }
     let connections = args.connections.min(args.concurrency);
     let duration = match (args.duration_secs, args.requests) {
         (_, Some(_)) => None,
@@ -771,6 +792,13 @@ async fn main() -> anyhow::Result<()> {
         completed: AtomicU64::new(0),
         measured: AtomicU64::new(0),
         done: AtomicBool::new(false),
+        pacer: args.rate.map(|per_second| {
+            // Missed ticks fire at once when a caller is free again, so the
+            // offered rate holds on average.
+            tokio::sync::Mutex::new(tokio::time::interval(Duration::from_secs_f64(
+                1.0 / per_second,
+            )))
+        }),
     });
     let reporter = tokio::spawn(progress(shared.clone(), start));
     let callers: Vec<_> = (0..args.concurrency)

@@ -14,7 +14,7 @@ pub use layer::{
     in_service, AuthLayer, Credentials, CredentialsGate, RpcMethod, EXTERNAL_AUTHORIZATION_CHECK,
     PUBLIC_METHODS, PUBLIC_SERVICES,
 };
-pub use password::{HashCost, PasswordHasher};
+pub use password::{HashCost, HashSlot, PasswordHasher};
 pub use sessions::{SessionCache, Sessions};
 pub use throttle::{LoginThrottle, Reservation};
 pub use tokens::{AccessToken, Claims, TokenKeys, AUDIENCE, ISSUER};

@@ -8,6 +8,9 @@
 //! is bounded ([`PasswordHasher::with_queue_limit`]): past it a call is
 //! refused at once, RESOURCE_EXHAUSTED with a retry time, instead of
 //! holding memory and a client's deadline for work that cannot start soon.
+//! A caller with other work to do first (Login reads and writes the
+//! database) claims its place with [`PasswordHasher::claim_slot`] before
+//! that work, so a busy server refuses it before it costs anything.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +43,19 @@ const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 const HASH_THREAD_NICE: i32 = 10;
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// A claimed place in the hashing queue: counted from the claim until its
+/// hash starts, or until it is dropped unused.
+#[must_use = "an unused slot is given back at once"]
+pub struct HashSlot {
+    queued: Arc<AtomicUsize>,
+}
+
+impl Drop for HashSlot {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The argon2id cost of new hashes: memory in KiB and passes over it, one
 /// lane. A hash is a PHC string that carries its own parameters, so hashes
@@ -178,7 +194,7 @@ impl PasswordHasher {
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...` at the default cost).
     pub async fn hash(&self, password: Password) -> AppResult<String> {
         let argon2 = self.argon2.clone();
-        self.run_on_hashing_thread(move || {
+        self.run_on_hashing_thread(self.claim_slot()?, move || {
             hash_with_new_salt(&argon2, password.expose().as_bytes())
         })
         .instrument(tracing::debug_span!("password.hash"))
@@ -206,10 +222,20 @@ impl PasswordHasher {
     /// Whether `password` matches `hash`; with `None`, spends the same work
     /// on the dummy hash and answers false.
     pub async fn verify(&self, password: Password, hash: Option<String>) -> AppResult<bool> {
+        self.verify_in(self.claim_slot()?, password, hash).await
+    }
+
+    /// [`Self::verify`] in a place claimed earlier.
+    pub async fn verify_in(
+        &self,
+        slot: HashSlot,
+        password: Password,
+        hash: Option<String>,
+    ) -> AppResult<bool> {
         let known = hash.is_some();
         let (dummy_hash, argon2) = (self.dummy_hash.clone(), self.argon2.clone());
         let matches = self
-            .run_on_hashing_thread(move || {
+            .run_on_hashing_thread(slot, move || {
                 let hash = match &hash {
                     Some(hash) => hash.as_str(),
                     None => dummy_hash.get_or_init(|| new_dummy_hash(&argon2)),
@@ -227,10 +253,9 @@ impl PasswordHasher {
         Ok(known && matches)
     }
 
-    async fn run_on_hashing_thread<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-    ) -> AppResult<T> {
+    /// A place in the hashing queue, or RESOURCE_EXHAUSTED (counted) when
+    /// it is full.
+    pub fn claim_slot(&self) -> AppResult<HashSlot> {
         if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             self.refusals.inc();
@@ -239,11 +264,21 @@ impl PasswordHasher {
                 retry_after: BUSY_RETRY_AFTER,
             });
         }
+        Ok(HashSlot {
+            queued: self.queued.clone(),
+        })
+    }
+
+    async fn run_on_hashing_thread<T: Send + 'static>(
+        &self,
+        slot: HashSlot,
+        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> AppResult<T> {
         let (reply, answer) = oneshot::channel();
-        let queued = self.queued.clone();
         self.jobs
             .send(Box::new(move || {
-                queued.fetch_sub(1, Ordering::AcqRel);
+                // Started: the place is free for the next caller.
+                drop(slot);
                 // A caller that gave up while queued (deadline, cancel) would
                 // waste a hash; skip it.
                 if !reply.is_closed() {
@@ -318,7 +353,7 @@ mod tests {
         let hasher = PasswordHasher::new(1).unwrap();
         let runtime_nice = this_threads_nice();
         let hashing_nice = hasher
-            .run_on_hashing_thread(|| Ok(this_threads_nice()))
+            .run_on_hashing_thread(hasher.claim_slot().unwrap(), || Ok(this_threads_nice()))
             .await
             .unwrap();
         assert_eq!(hashing_nice, (runtime_nice + HASH_THREAD_NICE).min(19));
@@ -402,7 +437,10 @@ mod tests {
     #[tokio::test]
     async fn a_hash_that_panics_fails_its_caller_and_the_thread_keeps_working() {
         let hasher = PasswordHasher::new(1).unwrap();
-        let failed = hasher.run_on_hashing_thread(|| -> anyhow::Result<()> { panic!("boom") });
+        let failed = hasher
+            .run_on_hashing_thread(hasher.claim_slot().unwrap(), || -> anyhow::Result<()> {
+                panic!("boom")
+            });
         assert!(failed.await.is_err());
         let password = Password::parse("password", "a long enough password".into()).unwrap();
         let hash = hasher.hash(password.clone()).await.unwrap();

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tonic::Request;
 
 use super::{audit, convert, no_fields, AppState, Origin, Rpc};
-use crate::auth::{Caller, LoginThrottle, Reservation};
+use crate::auth::{Caller, HashSlot, LoginThrottle, Reservation};
 use crate::db::models::{AuditActor, NewRefreshToken, RefreshToken, Session, User};
 use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation, Written};
@@ -125,10 +125,14 @@ macro_rules! token_responses {
 
 token_responses!(LoginResponse, RefreshTokenResponse);
 
-/// Starts a session. The check is reserved from the login budget before
-/// anything is hashed (the budget is shared by concurrent calls and
-/// replicas, and it protects the CPU too); a right password gives it back.
+/// Starts a session. A place in the hashing queue is claimed first, so a
+/// server busy hashing refuses the call before it touches the database or
+/// the caller's login budget. The check is then reserved from the login
+/// budget before anything is hashed (the budget is shared by concurrent
+/// calls and replicas, and it protects the CPU too); a right password gives
+/// it back.
 pub async fn login(state: &AppState, origin: &Origin, cmd: Login) -> AppResult<TokenPair> {
+    let mut slot = Some(state.hasher.claim_slot()?);
     let reservation = state
         .throttle
         .reserve(cmd.email.as_str(), origin.address)
@@ -136,7 +140,11 @@ pub async fn login(state: &AppState, origin: &Origin, cmd: Login) -> AppResult<T
     // A hash that changed while this call checked it is checked again, once:
     // a concurrent login with the right password may have upgraded it.
     for _ in 0..2 {
-        if let SignIn::Done(pair) = sign_in(state, origin, &cmd, &reservation).await? {
+        let slot = match slot.take() {
+            Some(claimed) => claimed,
+            None => state.hasher.claim_slot()?,
+        };
+        if let SignIn::Done(pair) = sign_in(state, origin, &cmd, &reservation, slot).await? {
             return Ok(pair);
         }
     }
@@ -159,6 +167,7 @@ async fn sign_in(
     origin: &Origin,
     cmd: &Login,
     reservation: &Reservation,
+    slot: HashSlot,
 ) -> AppResult<SignIn> {
     let user = {
         let mut conn = state.db.conn().await?;
@@ -167,7 +176,7 @@ async fn sign_in(
     let stored_hash = user.as_ref().map(|u| u.hashed_password.clone());
     let verified = state
         .hasher
-        .verify(cmd.password.clone(), stored_hash)
+        .verify_in(slot, cmd.password.clone(), stored_hash)
         .await?;
     let account = user.as_ref().map(|user| user.id);
     let Some(user) = user.filter(|_| verified) else {

@@ -12,9 +12,9 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-    api_key_update, backend_test, logs, scrape, server_command, spawn_app, spawn_app_on,
-    spawn_app_with, spawn_app_with_production_hash_cost, Backend, KeyOwner, PgBouncer, TcpProxy,
-    TestApp, TestDatabase, TestUser,
+    api_key_update, backend_test, changed_within_a_second, logs, poll_until, scrape,
+    server_command, spawn_app, spawn_app_on, spawn_app_with, spawn_app_with_production_hash_cost,
+    Backend, Clients, KeyOwner, PgBouncer, TcpProxy, TestApp, TestDatabase, TestUser,
 };
 use crate::shared_limits::{
     anonymous_call, let_through_alternating, redis_addr, redis_url, two_replicas_sharing_redis,
@@ -47,10 +47,10 @@ fn rate_limit(calls_a_day: i64) -> proto::RateLimit {
 
 /// How many of `calls` verifications of `key` answer VALID, in order; the
 /// others must be RATE_LIMITED.
-async fn valid_calls(app: &TestApp, key: &str, calls: usize) -> usize {
+async fn valid_calls(clients: &Clients, key: &str, calls: usize) -> usize {
     let mut valid = 0;
     for _ in 0..calls {
-        let answer = app.verify(key).await;
+        let answer = clients.verify(key).await;
         match proto::VerifyApiKeyReason::try_from(answer.reason) {
             Ok(proto::VerifyApiKeyReason::Valid) => valid += 1,
             Ok(proto::VerifyApiKeyReason::RateLimited) => {}
@@ -149,6 +149,50 @@ async fn a_limit_changed_through_one_replica_applies_at_once_on_the_other() {
         7,
         "7 more, through the other"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limit_changed_through_one_replica_applies_on_the_other_when_each_counts_its_own() {
+    // No Redis: each replica counts the key's calls itself, and hears of
+    // the change through the database's notifications.
+    let app = Backend::Postgres.run(spawn_app_with(&[])).await;
+    let replica = app.spawn_replica_process(&[]).await;
+    let (owner, created) = key_allowing_a_day(&app, 3).await;
+    let id = created.api_key.as_ref().unwrap().id;
+    assert_eq!(valid_calls(&replica, &created.key, 4).await, 3, "3 a day");
+
+    set_daily_limit(&app, &owner, id, 10).await;
+    let reason = |answer: &proto::VerifyApiKeyResponse| answer.reason;
+    let first = changed_within_a_second(
+        || replica.verify(&created.key),
+        |answer| reason(answer) == proto::VerifyApiKeyReason::Valid as i32,
+    )
+    .await;
+    assert!(first.valid);
+    assert_eq!(
+        valid_calls(&replica, &created.key, 3).await,
+        3,
+        "raised from 3 to 10 a day with 3 spent: more at once"
+    );
+
+    // 7 spent: lowered to 5, the next call is refused. Calls that poll for
+    // the change would spend what they test, so this waits out the
+    // promise (the change reaches every replica within a second) instead.
+    set_daily_limit(&app, &owner, id, 5).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        valid_calls(&replica, &created.key, 1).await,
+        0,
+        "lowered to 5 a day with 7 spent: refused"
+    );
+    set_daily_limit(&app, &owner, id, 10).await;
+    let again = changed_within_a_second(
+        || replica.verify(&created.key),
+        |answer| reason(answer) == proto::VerifyApiKeyReason::Valid as i32,
+    )
+    .await;
+    assert!(again.valid, "raised to 10 again: 3 more");
+    assert_eq!(valid_calls(&replica, &created.key, 3).await, 2);
 }
 
 /// Writes `command` (e.g. `SET key value`) straight into the tests' Redis.
@@ -404,13 +448,134 @@ async fn sign_ups_beyond_the_hash_queue_are_refused_at_once_with_retry_info_and_
     some_refused_for_overload(&app, "password_hash", &answers).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_in_a_call_is_answered_internal_logged_at_error_and_the_server_goes_on() {
+    let app = spawn_app().await;
+    let KeyOwner { created, .. } = app.new_key_owner("bot").await;
+    // The real binary (a debug build) with its test hook: VerifyApiKey
+    // panics while it is served.
+    let replica = app
+        .spawn_replica_process(&[(
+            "CHATBOT_BACKEND_DEBUG_PANIC_IN",
+            "/chatbot.v1.ApiKeyService/VerifyApiKey",
+        )])
+        .await;
+    let request_id = "panic-test-request";
+    let mut request = tonic::Request::new(proto::VerifyApiKeyRequest {
+        key: created.key.clone(),
+        cost: 0,
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", request_id.parse().unwrap());
+    let status = replica
+        .api_keys(None)
+        .verify_api_key(request)
+        .await
+        .expect_err("the call panicked");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "internal error",
+        "nothing of the panic leaks"
+    );
+
+    // Every other call goes on, on the same connection and process.
+    replica
+        .users(None)
+        .create_user(proto::CreateUserRequest {
+            email: "after-the-panic@example.com".into(),
+            password: "correct-horse-battery".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("served");
+    let panic_event = poll_until(
+        "the panic is logged",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { replica.log_events() },
+        |events| events.iter().any(|event| event["level"] == "ERROR"),
+    )
+    .await
+    .into_iter()
+    .find(|event| event["level"] == "ERROR")
+    .unwrap();
+    let location = panic_event["panic.location"].as_str().unwrap_or_default();
+    assert!(location.starts_with("src/"), "with where: {panic_event}");
+    assert!(
+        panic_event.to_string().contains(request_id),
+        "within the call's span: {panic_event}"
+    );
+    // The process has not died: the same method panics again, answered alike.
+    let again = replica
+        .api_keys(None)
+        .verify_api_key(proto::VerifyApiKeyRequest {
+            key: created.key,
+            cost: 0,
+        })
+        .await
+        .expect_err("panics again");
+    assert_eq!(again.code(), Code::Internal);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_beyond_the_hash_queue_are_refused_before_they_spend_the_login_budget() {
+    const BUDGET: usize = 8;
+    let app = spawn_app_with_production_hash_cost(&[
+        "--max-concurrent-hashes",
+        "1",
+        "--max-queued-hashes",
+        "2",
+        "--login-max-failures-per-email",
+        &BUDGET.to_string(),
+        "--login-max-failures-per-address",
+        "1000",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ])
+    .await;
+    // An unknown email is checked against the dummy hash, at the server's
+    // (production) cost, so the flood outlasts the queue.
+    let email = "nobody-here@example.com";
+    let flood = (0..24).map(|_| app.login(email, "not the password"));
+    let answers = futures_util::future::join_all(flood).await;
+    let busy = |status: &Status| status.message().contains("busy hashing");
+    for answer in &answers {
+        let status = answer.as_ref().expect_err("no such account");
+        assert!(
+            status.code() == Code::Unauthenticated || busy(status),
+            "only checked or refused as busy, never throttled: {status:?}"
+        );
+    }
+    some_refused_for_overload(&app, "password_hash", &answers).await;
+    let checked = answers
+        .iter()
+        .filter(|answer| matches!(answer, Err(status) if status.code() == Code::Unauthenticated))
+        .count();
+    // What the busy refusals did not spend is still there, one check at a
+    // time, and then the budget ends.
+    for _ in checked..BUDGET {
+        let status = app.login(email, "not the password").await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    let status = app.login(email, "not the password").await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("too many failed logins"),
+        "{status:?}"
+    );
+}
+
 /// Asserts that some, not all, of `answers` were refused because the bounded
 /// queue `queue` was full: RESOURCE_EXHAUSTED with a retry time, each
-/// counted in the `overload_refusals` metric.
+/// counted in the `overload_refusals` metric. Other errors are answers of
+/// calls that were served (a wrong password, say).
 async fn some_refused_for_overload<T>(app: &TestApp, queue: &str, answers: &[Result<T, Status>]) {
     let refused: Vec<_> = answers
         .iter()
         .filter_map(|answer| answer.as_ref().err())
+        .filter(|status| status.code() != Code::Unauthenticated)
         .collect();
     assert!(
         !refused.is_empty(),

@@ -2,10 +2,11 @@
 //! watched through them until it serves.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 use super::clients::Clients;
 use super::{Backend, TestApp, SECRET_KEY, TEST_HASH_COST};
@@ -23,14 +24,16 @@ pub fn spawn_logging_json(command: &mut Command) -> Child {
         .expect("start the server binary")
 }
 
+type LogLines = Lines<BufReader<ChildStdout>>;
+
 /// Reads the JSON log of a server binary started with `LOG_FORMAT=json` and
 /// `LISTEN_ADDR` port 0, showing each event to `done`, until `done` says so
-/// and the server has said where it serves; stdout is drained in the
-/// background afterwards.
+/// and the server has said where it serves; returns the rest of the log,
+/// which the caller must drain (or the server blocks on a full pipe).
 async fn read_log_until(
     child: &mut Child,
     mut done: impl FnMut(&serde_json::Value) -> bool,
-) -> SocketAddr {
+) -> (SocketAddr, LogLines) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut addr = None;
     loop {
@@ -49,8 +52,7 @@ async fn read_log_until(
             break;
         }
     }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    addr.unwrap()
+    (addr.unwrap(), lines)
 }
 
 /// [`read_log_until`] it serves, showing each event to `inspect`.
@@ -58,17 +60,21 @@ pub async fn serving_addr(
     child: &mut Child,
     mut inspect: impl FnMut(&serde_json::Value),
 ) -> SocketAddr {
-    read_log_until(child, |event| {
+    let (addr, mut lines) = read_log_until(child, |event| {
         inspect(event);
         event["message"] == "serving gRPC"
     })
-    .await
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr
 }
 
 /// A second server as its own process (the real binary) on a test app's
 /// database: a replica shares nothing with the first but the database.
 pub struct ReplicaProcess {
     clients: Clients,
+    /// Its log since it started serving, one JSON event per line.
+    log: Arc<Mutex<String>>,
     _child: Child,
 }
 
@@ -96,15 +102,35 @@ impl TestApp {
         // replicas' changes (only then are its caches live).
         let must_listen = self.database.backend == Backend::Postgres;
         let mut listening = false;
-        let addr = read_log_until(&mut child, |event| {
+        let (addr, mut lines) = read_log_until(&mut child, |event| {
             listening |= event["message"] == "listening for API key invalidations";
             listening || !must_listen
         })
         .await;
+        let log = Arc::new(Mutex::new(String::new()));
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut kept = kept.lock().unwrap();
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        });
         ReplicaProcess {
             clients: Clients::connect(addr).await,
+            log,
             _child: child,
         }
+    }
+}
+
+impl ReplicaProcess {
+    /// The JSON events it has logged since it started serving.
+    pub fn log_events(&self) -> Vec<serde_json::Value> {
+        let log = self.log.lock().unwrap();
+        log.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 }
 

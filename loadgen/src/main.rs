@@ -576,24 +576,52 @@ async fn create_chatbot(
 }
 
 /// Signs up a new user and creates what `rpc` needs.
+/// `call`'s answer, calling again every 100 ms for up to a minute while it
+/// is RESOURCE_EXHAUSTED.
+async fn retry_while_busy<T, F, Fut>(mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Err(status) if status.code() == Code::ResourceExhausted && Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
     let email = format!("loadgen-{}@example.com", uuid::Uuid::new_v4().simple());
-    UserServiceClient::new(channel.clone())
-        .create_user(proto::CreateUserRequest {
+    // Both hash a password: during a Login flood the server may be too busy
+    // to take them, and says so; set-up waits its turn.
+    let users = UserServiceClient::new(channel.clone());
+    retry_while_busy(|| {
+        let mut users = users.clone();
+        let request = proto::CreateUserRequest {
             email: email.clone(),
             password: PASSWORD.into(),
             role: 0,
-        })
-        .await
-        .context("CreateUser (sign-up)")?;
-    let login = AuthServiceClient::new(channel.clone())
-        .login(proto::LoginRequest {
+        };
+        async move { users.create_user(request).await }
+    })
+    .await
+    .context("CreateUser (sign-up)")?;
+    let auth = AuthServiceClient::new(channel.clone());
+    let login = retry_while_busy(|| {
+        let mut auth = auth.clone();
+        let request = proto::LoginRequest {
             email: email.clone(),
             password: PASSWORD.into(),
-        })
-        .await
-        .context("Login")?
-        .into_inner();
+        };
+        async move { auth.login(request).await }
+    })
+    .await
+    .context("Login")?
+    .into_inner();
     let bearer = bearer(&login.access_token)?;
     let mut chatbots =
         ChatbotServiceClient::new(InterceptedService::new(channel.clone(), bearer.clone()));

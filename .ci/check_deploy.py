@@ -11,6 +11,11 @@
 - every ConfigMap/Secret key is an `env = "NAME"` in src/config.rs;
 - the Service targets the grpc port and selects the Deployment's pods;
 - envFrom names exist; the migrate Job runs `migrate` with the same image;
+- deploy/Dockerfile's runtime stage (its last): OCI labels version,
+  licenses and description as in Cargo.toml, revision and source from build
+  args; USER is the pods' runAsUser:runAsGroup; ENTRYPOINT is the binary
+  the migrate Job names; one `COPY --from=builder /out/chatbot-backend`
+  (.ci/container_image.sh puts the host-built binary in its place);
 - deploy/envoy/envoy.yaml: ext_authz is gRPC v3, fails closed, and reaches
   the server's port through a cluster that speaks HTTP/2 and health-checks
   a service the server reports; deploy/istio/: the provider names the
@@ -34,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 CONFIG_RS = ROOT / "src" / "config.rs"
+CARGO_TOML = ROOT / "Cargo.toml"
 STARTUP_RS = ROOT / "src" / "startup.rs"
 
 errors = []
@@ -115,6 +121,60 @@ def dockerfile_port():
     if env_port is not None and env_port not in exposed:
         fail(f"deploy/Dockerfile: EXPOSE {sorted(exposed)} does not include LISTEN_ADDR port {env_port}")
     return env_port
+
+
+def runtime_stage():
+    """deploy/Dockerfile's last stage as (instruction, arguments) pairs, with
+    continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.strip().startswith("#")]
+    starts = [i for i, line in enumerate(lines) if line.upper().startswith("FROM ")]
+    if not starts:
+        fail("deploy/Dockerfile: no FROM")
+        return []
+    return [tuple((line.split(None, 1) + [""])[:2]) for line in lines[starts[-1]:]]
+
+
+def check_runtime_stage(pod_user, job_command):
+    """The image's labels, user and entrypoint against Cargo.toml and the manifests."""
+    import tomllib
+    package = tomllib.loads(CARGO_TOML.read_text())["package"]
+    stage = runtime_stage()
+    labels = {}
+    for instruction, args in stage:
+        if instruction.upper() == "LABEL":
+            labels.update(re.findall(r'([\w.-]+)="([^"]*)"', args))
+    want = {
+        "org.opencontainers.image.version": package.get("version"),
+        "org.opencontainers.image.licenses": package.get("license"),
+        "org.opencontainers.image.description": package.get("description"),
+        "org.opencontainers.image.revision": "${REVISION}",
+        "org.opencontainers.image.source": "${SOURCE}",
+    }
+    for key, value in want.items():
+        if labels.get(key) != value:
+            fail(f"deploy/Dockerfile: LABEL {key}={labels.get(key)!r}, expected {value!r}")
+    users = [args for instruction, args in stage if instruction.upper() == "USER"]
+    if users != [pod_user]:
+        fail(f"deploy/Dockerfile: runtime USER {users} != the pods' runAsUser:runAsGroup {pod_user}")
+    entrypoints = [args for instruction, args in stage if instruction.upper() == "ENTRYPOINT"]
+    if len(entrypoints) != 1 or json_list(entrypoints[0])[:1] != job_command[:1]:
+        fail(f"deploy/Dockerfile: ENTRYPOINT {entrypoints} does not run the migrate Job's {job_command[:1]}")
+    copies = [args for instruction, args in stage
+              if instruction.upper() == "COPY" and args.startswith("--from=builder /out/chatbot-backend ")]
+    if len(copies) != 1:
+        fail("deploy/Dockerfile: the runtime stage needs one `COPY --from=builder /out/chatbot-backend ...` "
+             "(.ci/container_image.sh replaces it with the host-built binary)")
+
+
+def json_list(text):
+    import json
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
 
 
 def check_probe(container, key, port, want_service, allow_absent):
@@ -333,6 +393,13 @@ def main():
             fail(f"Job image {jc.get('image')!r} != Deployment image {c.get('image')!r}")
         check_env_from("Job", jc)
 
+    pod_user = f"{psc.get('runAsUser')}:{psc.get('runAsGroup')}"
+    job_psc = job_pod.get("spec", {}).get("securityContext") or {}
+    if f"{job_psc.get('runAsUser')}:{job_psc.get('runAsGroup')}" != pod_user:
+        fail("Job: runAsUser/runAsGroup differ from the Deployment's")
+    job_command = list((job_cs[0].get("command") or []) if job_cs else [])
+    check_runtime_stage(pod_user, job_command)
+
     if port is not None:
         check_gateways(port)
 
@@ -345,7 +412,8 @@ def main():
           f"probes liveness={live!r} readiness=''; "
           f"terminationGracePeriodSeconds {tgps} > drain {drain} + grace {grace}; "
           f"{len(cm_data)} ConfigMap + {len(secret_keys)} Secret keys known to src/config.rs; "
-          f"Envoy and Istio examples reach port {port} and fail closed")
+          f"Envoy and Istio examples reach port {port} and fail closed; "
+          f"the image's labels, user {pod_user} and entrypoint agree with Cargo.toml and the pods")
     return 0
 
 

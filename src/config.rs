@@ -198,6 +198,17 @@ pub struct Settings {
     #[arg(long, env = "AUDIT_RETENTION_DAYS", default_value_t = 365)]
     pub audit_retention_days: u64,
 
+    /// Days an ended session (logged out, revoked, or with every refresh
+    /// token expired) and an expired refresh token are kept before they
+    /// are deleted, at start and then hourly.
+    #[arg(long, env = "SESSION_RETENTION_DAYS", default_value_t = 30)]
+    pub session_retention_days: u64,
+
+    /// Days the hourly usage history (GetApiKeyUsage, GetChatbotUsage)
+    /// keeps an hour; older hours are deleted at start and then hourly.
+    #[arg(long, env = "USAGE_RETENTION_DAYS", default_value_t = 400)]
+    pub usage_retention_days: u64,
+
     /// Seconds between database health checks (readiness).
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_SECS", default_value_t = 5)]
     pub health_check_interval_secs: u64,
@@ -310,7 +321,7 @@ impl Settings {
         // would start but could not work (every RPC cancelled, no answer
         // at all, a panic on the first token, a database that refuses the
         // session setting...).
-        let bounds: [(&str, u64, u64, u64); 26] = [
+        let bounds: [(&str, u64, u64, u64); 28] = [
             (
                 "DATABASE_POOL_SIZE",
                 self.database_pool_size as u64,
@@ -417,6 +428,18 @@ impl Settings {
             (
                 "AUDIT_RETENTION_DAYS",
                 self.audit_retention_days,
+                1,
+                100 * 366,
+            ),
+            (
+                "SESSION_RETENTION_DAYS",
+                self.session_retention_days,
+                1,
+                100 * 366,
+            ),
+            (
+                "USAGE_RETENTION_DAYS",
+                self.usage_retention_days,
                 1,
                 100 * 366,
             ),

@@ -44,6 +44,10 @@ enum Command {
         /// Revert the newest applied migration instead.
         #[arg(long)]
         revert: bool,
+        /// Allow a revert that drops tables or columns with their data
+        /// (without it, such a revert is refused).
+        #[arg(long, requires = "revert")]
+        destroy_data: bool,
     },
     /// Create idempotent demo data; prints new accounts' passwords once.
     Seed,
@@ -77,13 +81,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = Application::build_from(config).await?;
             app.run_until(shutdown_signal()).await
         }
-        Command::Migrate { revert: false } => {
+        Command::Migrate { revert: false, .. } => {
             let applied = db::run_migrations(&config.database).await?;
             println!("applied {} migration(s): {applied:?}", applied.len());
             Ok(())
         }
-        Command::Migrate { revert: true } => {
-            let reverted = db::revert_last_migration(&config.database).await?;
+        Command::Migrate {
+            revert: true,
+            destroy_data,
+        } => {
+            let reverted = db::revert_last_migration(&config.database, destroy_data).await?;
             println!("reverted migration {reverted}");
             Ok(())
         }

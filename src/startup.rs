@@ -17,7 +17,6 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{AuthLayer, CredentialsGate, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
 use crate::config::{Config, Settings};
-use crate::db::models::AuditEvent;
 use crate::db::{self, Database, DatabaseTarget, ServeLock};
 use crate::gate::GateLayer;
 use crate::health::{self, HealthReporter};
@@ -315,15 +314,20 @@ impl Application {
                 }
             },
         ));
-        let retention = chrono::TimeDelta::days(settings.audit_retention_days as i64);
+        let days = |days: u64| chrono::TimeDelta::days(i64::try_from(days).unwrap_or(i64::MAX));
+        let retention = db::retention::Retention {
+            audit_events: days(settings.audit_retention_days),
+            ended_sessions: days(settings.session_retention_days),
+            usage: days(settings.usage_retention_days),
+        };
         let purge_task = tokio::spawn({
-            let state = state.clone();
+            let db = state.db.clone();
             let stop = background_stopped.clone();
             async move {
-                purge_audit_events(&state, retention).await;
+                db::retention::purge_expired(&db, &retention).await;
                 every(PURGE_INTERVAL, stop, move || {
-                    let state = state.clone();
-                    async move { purge_audit_events(&state, retention).await }
+                    let db = db.clone();
+                    async move { db::retention::purge_expired(&db, &retention).await }
                 })
                 .await;
             }
@@ -513,40 +517,8 @@ async fn watch_database_health(
     }
 }
 
-/// How often the audit log's expired events are deleted.
+/// How often expired rows are purged (`db::retention`).
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// Events deleted per statement: small, so a purge never holds locks or a
-/// connection for long, and requests go between its batches.
-const PURGE_BATCH: i64 = 1000;
-
-/// Deletes the audit events older than `retention`, a batch at a time.
-async fn purge_audit_events(state: &AppState, retention: chrono::TimeDelta) {
-    let before = chrono::Utc::now() - retention;
-    loop {
-        let purged = async {
-            let mut conn = state.db.conn().await?;
-            Ok::<_, anyhow::Error>(AuditEvent::purge(&mut conn, before, PURGE_BATCH).await?)
-        }
-        .await;
-        match purged {
-            Ok(purged) if (purged as i64) < PURGE_BATCH => {
-                if purged > 0 {
-                    tracing::info!(purged, "purged expired audit events");
-                }
-                return;
-            }
-            Ok(_) => tokio::task::yield_now().await,
-            Err(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "could not purge expired audit events; will retry"
-                );
-                return;
-            }
-        }
-    }
-}
 
 /// Runs `work` every `interval` until `stop` changes.
 async fn every<F, Fut>(interval: Duration, mut stop: watch::Receiver<bool>, mut work: F)

@@ -44,22 +44,51 @@ pub async fn run_migrations(target: &DatabaseTarget) -> anyhow::Result<Vec<Strin
     }
 }
 
-/// Reverts the newest applied migration; returns its version.
-pub async fn revert_last_migration(target: &DatabaseTarget) -> anyhow::Result<String> {
+/// Migrations whose `down.sql` drops no data (only indexes, say): the
+/// ones `migrate --revert` undoes without `--destroy-data`. Every other
+/// revert drops tables or columns with what they hold. A unit test keeps
+/// this list true to the files.
+const REVERTS_KEEPING_DATA: &[&str] = &["20261204000007"];
+
+/// Reverts the newest applied migration; returns its version. A migration
+/// whose revert drops data is refused unless `destroy_data` says so.
+pub async fn revert_last_migration(
+    target: &DatabaseTarget,
+    destroy_data: bool,
+) -> anyhow::Result<String> {
     fn revert<DB: diesel::backend::Backend>(
         conn: &mut impl MigrationHarness<DB>,
         migrations: EmbeddedMigrations,
+        destroy_data: bool,
     ) -> anyhow::Result<String> {
+        let applied = conn
+            .applied_migrations()
+            .map_err(|e| anyhow::anyhow!("reading the applied migrations: {e}"))?;
+        let Some(newest) = applied.iter().map(ToString::to_string).max() else {
+            anyhow::bail!("no migration is applied; nothing to revert");
+        };
+        if !destroy_data && !REVERTS_KEEPING_DATA.contains(&newest.as_str()) {
+            anyhow::bail!(
+                "reverting migration {newest} drops tables or columns and the data in them; \
+                 back the database up, then run `migrate --revert --destroy-data`"
+            );
+        }
         conn.revert_last_migration(migrations)
             .map(|version| version.to_string())
             .map_err(|e| anyhow::anyhow!("reverting the last migration: {e}"))
     }
     match target {
         DatabaseTarget::Postgres(url) => {
-            with_postgres_migration_connection(url, |conn| revert(conn, POSTGRES_MIGRATIONS)).await
+            with_postgres_migration_connection(url, move |conn| {
+                revert(conn, POSTGRES_MIGRATIONS, destroy_data)
+            })
+            .await
         }
         DatabaseTarget::Sqlite(path) => {
-            with_sqlite_migration_connection(path, |conn| revert(conn, SQLITE_MIGRATIONS)).await
+            with_sqlite_migration_connection(path, move |conn| {
+                revert(conn, SQLITE_MIGRATIONS, destroy_data)
+            })
+            .await
         }
     }
 }
@@ -157,4 +186,44 @@ pub async fn schema_version(conn: &mut DbConnection) -> diesel::QueryResult<Opti
         .await
     })?;
     Ok(rows.into_iter().next().map(|row| row.version))
+}
+
+#[cfg(test)]
+mod revert_tests {
+    use super::REVERTS_KEEPING_DATA;
+
+    /// A `down.sql` keeps data when all it does is drop indexes.
+    fn keeps_data(down_sql: &str) -> bool {
+        down_sql
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with("--"))
+            .all(|line| line.to_uppercase().starts_with("DROP INDEX"))
+    }
+
+    #[test]
+    fn the_reverts_that_keep_data_are_exactly_those_that_only_drop_indexes() {
+        for backend in ["postgres", "sqlite"] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(backend);
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                let version: String = name
+                    .split('_')
+                    .next()
+                    .unwrap()
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .collect();
+                let down = std::fs::read_to_string(path.join("down.sql")).unwrap();
+                assert_eq!(
+                    REVERTS_KEEPING_DATA.contains(&version.as_str()),
+                    keeps_data(&down),
+                    "{backend}/{name}"
+                );
+            }
+        }
+    }
 }

@@ -22,6 +22,7 @@ mod listen;
 mod migrate;
 pub mod models;
 mod pool;
+pub mod retention;
 pub mod schema;
 pub mod sql_types;
 mod target;

@@ -212,7 +212,7 @@ impl Inner {
     fn start_outage(&self, reason: &str, message: &'static str) {
         *self.connection.write().unwrap_or_else(|e| e.into_inner()) = None;
         if !self.in_outage.swap(true, Ordering::Relaxed) {
-            tracing::warn!(%reason, "{message}");
+            tracing::warn!(%reason, redis.key_prefix = %self.prefix, "{message}");
             self.outage_started.notify_one();
         }
     }
@@ -272,7 +272,10 @@ async fn probe_during_outages(inner: Weak<Inner>, outage_started: Arc<Notify>) {
         if let Ok(connection) = strong.open_and_probe().await {
             *strong.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(connection);
             strong.in_outage.store(false, Ordering::Relaxed);
-            tracing::info!("Redis answers again: rate limits are shared again");
+            tracing::info!(
+                redis.key_prefix = %strong.prefix,
+                "Redis answers again: rate limits are shared again"
+            );
         }
     }
 }

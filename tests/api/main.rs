@@ -22,6 +22,7 @@ mod look_alike_text;
 mod out_of_range;
 mod read_coalescing;
 mod readme;
+mod retention;
 mod schema;
 mod server;
 mod sessions;

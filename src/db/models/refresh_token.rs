@@ -35,6 +35,26 @@ pub struct NewRefreshToken<'a> {
 }
 
 impl RefreshToken {
+    /// Deletes up to `limit` tokens that expired before `before`; returns
+    /// how many. An expired token signs nobody in and cannot be replayed
+    /// into anything (expiry is checked before re-use).
+    pub async fn purge_expired(
+        conn: &mut DbConnection,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> diesel::QueryResult<usize> {
+        let expired = refresh_tokens::table
+            .filter(refresh_tokens::expires_at.lt(Timestamp(before)))
+            .select(refresh_tokens::id)
+            .limit(limit);
+        db_run!(conn => {
+            let ids: Vec<RefreshTokenId> = expired.load(conn).await?;
+            diesel::delete(refresh_tokens::table.filter(refresh_tokens::id.eq_any(ids)))
+                .execute(conn)
+                .await
+        })
+    }
+
     pub async fn insert(
         conn: &mut DbConnection,
         new: NewRefreshToken<'_>,

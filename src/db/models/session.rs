@@ -2,7 +2,7 @@
 //! issued in it, so that ending the session ends those tokens too.
 
 use chrono::{DateTime, Utc};
-use diesel::{ExpressionMethods, QueryDsl};
+use diesel::{BoolExpressionMethods, ExpressionMethods, QueryDsl};
 use diesel_async::RunQueryDsl;
 
 use crate::db::schema::{refresh_tokens, sessions, users};
@@ -22,6 +22,34 @@ pub struct LiveSession {
 pub struct Session;
 
 impl Session {
+    /// Deletes up to `limit` sessions that ended before `before`: revoked
+    /// then, or started then and left without a refresh token (all of
+    /// its tokens expired and were purged, so nothing can renew it and its
+    /// last access token expired long ago). Returns how many.
+    pub async fn purge_ended(
+        conn: &mut DbConnection,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> diesel::QueryResult<usize> {
+        let before = Timestamp(before);
+        let renewable = refresh_tokens::table.filter(refresh_tokens::family_id.eq(sessions::id));
+        let ended = sessions::table
+            .filter(sessions::created_at.lt(before))
+            .filter(
+                sessions::revoked_at
+                    .lt(before)
+                    .or(diesel::dsl::not(diesel::dsl::exists(renewable))),
+            )
+            .select(sessions::id)
+            .limit(limit);
+        db_run!(conn => {
+            let ids: Vec<SessionId> = ended.load(conn).await?;
+            diesel::delete(sessions::table.filter(sessions::id.eq_any(ids)))
+                .execute(conn)
+                .await
+        })
+    }
+
     pub async fn insert(
         conn: &mut DbConnection,
         id: SessionId,

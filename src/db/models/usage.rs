@@ -103,6 +103,41 @@ pub type HourlyUsage = Vec<(DateTime<Utc>, UsageCounts)>;
 pub struct KeyUsage;
 
 impl KeyUsage {
+    /// Deletes up to `limit` rows of the oldest hour before `before`;
+    /// returns how many (0: nothing older is left). One hour at a time, by
+    /// the hour index, so a batch never scans the table.
+    pub async fn purge(
+        conn: &mut DbConnection,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> diesel::QueryResult<usize> {
+        use diesel::OptionalExtension;
+        use diesel_async::RunQueryDsl;
+        let oldest_hour = api_key_usage::table
+            .filter(api_key_usage::hour.lt(Timestamp(before)))
+            .select(api_key_usage::hour)
+            .order(api_key_usage::hour.asc());
+        crate::db::db_run!(conn => {
+            let hour: Option<DateTime<Utc>> = oldest_hour.first(conn).await.optional()?;
+            let Some(hour) = hour.map(Timestamp) else {
+                return Ok(0);
+            };
+            let keys: Vec<i64> = api_key_usage::table
+                .filter(api_key_usage::hour.eq(hour))
+                .select(api_key_usage::api_key_id)
+                .limit(limit)
+                .load(conn)
+                .await?;
+            diesel::delete(
+                api_key_usage::table
+                    .filter(api_key_usage::hour.eq(hour))
+                    .filter(api_key_usage::api_key_id.eq_any(keys)),
+            )
+            .execute(conn)
+            .await
+        })
+    }
+
     /// Adds `rows` to the stored counts (rows of chatbots deleted since
     /// are dropped); the caller's transaction makes it all or nothing.
     /// Returns the rows written.

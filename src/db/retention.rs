@@ -1,0 +1,113 @@
+//! Deletes what has outlived its use, so no table grows with traffic
+//! forever: audit events past their retention, refresh tokens long
+//! expired, sessions long ended, and hourly usage rows past theirs. Every
+//! replica runs it at start and then hourly; replicas that purge at once
+//! only find less to delete. Each statement deletes a small batch, so a
+//! purge never holds locks or a connection for long and requests go
+//! between its batches. The login throttle's ended windows are purged with
+//! the throttle (`auth::LoginThrottle::purge_ended`).
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::db::models::{AuditEvent, KeyUsage, RefreshToken, Session};
+use crate::db::{Database, DbConnection};
+
+/// Rows deleted per statement.
+const PURGE_BATCH: i64 = 1000;
+
+/// How long each kind of row is kept after it stops mattering.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Audit events, from their last repeat.
+    pub audit_events: TimeDelta,
+    /// Refresh tokens from their expiry, sessions from their end.
+    pub ended_sessions: TimeDelta,
+    /// Usage rows, from their hour.
+    pub usage: TimeDelta,
+}
+
+/// The tables purged, in order: refresh tokens before the sessions they
+/// keep alive.
+#[derive(Debug, Clone, Copy)]
+enum Purged {
+    AuditEvents,
+    RefreshTokens,
+    Sessions,
+    Usage,
+}
+
+impl Purged {
+    const ALL: [Self; 4] = [
+        Self::AuditEvents,
+        Self::RefreshTokens,
+        Self::Sessions,
+        Self::Usage,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::AuditEvents => "audit events",
+            Self::RefreshTokens => "expired refresh tokens",
+            Self::Sessions => "ended sessions",
+            Self::Usage => "usage rows",
+        }
+    }
+
+    fn kept(self, retention: &Retention) -> TimeDelta {
+        match self {
+            Self::AuditEvents => retention.audit_events,
+            Self::RefreshTokens | Self::Sessions => retention.ended_sessions,
+            Self::Usage => retention.usage,
+        }
+    }
+
+    async fn batch(
+        self,
+        conn: &mut DbConnection,
+        before: DateTime<Utc>,
+    ) -> diesel::QueryResult<usize> {
+        match self {
+            Self::AuditEvents => AuditEvent::purge(conn, before, PURGE_BATCH).await,
+            Self::RefreshTokens => RefreshToken::purge_expired(conn, before, PURGE_BATCH).await,
+            Self::Sessions => Session::purge_ended(conn, before, PURGE_BATCH).await,
+            Self::Usage => KeyUsage::purge(conn, before, PURGE_BATCH).await,
+        }
+    }
+}
+
+/// Purges every table once, logging what went (INFO) and what could not
+/// (WARN; the next run tries again).
+pub async fn purge_expired(db: &Database, retention: &Retention) {
+    let now = Utc::now();
+    for table in Purged::ALL {
+        let before = now
+            .checked_sub_signed(table.kept(retention))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        match purge_table(db, table, before).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "purged {}", table.name()),
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "could not purge {}; will retry",
+                table.name()
+            ),
+        }
+    }
+}
+
+/// Deletes `table`'s rows older than `before`, a batch at a time, taking a
+/// connection per batch; returns how many went.
+async fn purge_table(db: &Database, table: Purged, before: DateTime<Utc>) -> anyhow::Result<usize> {
+    let mut purged = 0;
+    loop {
+        let batch = {
+            let mut conn = db.conn().await?;
+            table.batch(&mut conn, before).await?
+        };
+        purged += batch;
+        if batch == 0 {
+            return Ok(purged);
+        }
+        tokio::task::yield_now().await;
+    }
+}

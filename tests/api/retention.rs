@@ -1,0 +1,226 @@
+//! Tables that grow with traffic are purged: each kind of expired row goes
+//! and the live rows beside it stay.
+
+use std::time::Duration;
+
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::helpers::{poll_until, spawn_app, Backend, KeyOwner};
+
+#[derive(QueryableByName, Debug, PartialEq)]
+struct Text {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    value: String,
+}
+
+async fn texts(conn: &mut AsyncPgConnection, query: &str) -> Vec<String> {
+    let rows: Vec<Text> = diesel::sql_query(query).load(conn).await.unwrap();
+    rows.into_iter().map(|row| row.value).collect()
+}
+
+async fn run(conn: &mut AsyncPgConnection, statement: &str) {
+    diesel::sql_query(statement).execute(conn).await.unwrap();
+}
+
+/// The id of `email`'s newest session.
+async fn newest_session(conn: &mut AsyncPgConnection, email: &str) -> String {
+    texts(
+        conn,
+        &format!(
+            "SELECT s.id::text AS value FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE u.email = '{email}' ORDER BY s.created_at DESC LIMIT 1"
+        ),
+    )
+    .await
+    .remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_tokens_ended_sessions_old_usage_and_old_audit_events_are_purged_and_live_rows_stay(
+) {
+    let mut app = Backend::Postgres.run(spawn_app()).await;
+    let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
+    let key_id = created.api_key.as_ref().unwrap().id;
+    let mut conn = app.sql().await;
+    // A live session, started long ago but renewed since: it stays.
+    let live = newest_session(&mut conn, &owner.email).await;
+    // A session logged out long ago.
+    let logged_out = app.login(&owner.email, &owner.password).await.unwrap();
+    let ended = newest_session(&mut conn, &owner.email).await;
+    app.logout(&logged_out.access_token, &logged_out.refresh_token)
+        .await
+        .unwrap();
+    // A session never renewed, whose refresh token expired long ago.
+    app.login(&owner.email, &owner.password).await.unwrap();
+    let abandoned = newest_session(&mut conn, &owner.email).await;
+    for (session, started, ended_at) in [
+        (&live, "60 days", None),
+        (&ended, "60 days", Some("40 days")),
+        (&abandoned, "60 days", None),
+    ] {
+        run(
+            &mut conn,
+            &format!("UPDATE sessions SET created_at = now() - interval '{started}' WHERE id = '{session}'"),
+        )
+        .await;
+        if let Some(ended_at) = ended_at {
+            run(
+                &mut conn,
+                &format!(
+                    "UPDATE sessions SET revoked_at = now() - interval '{ended_at}' WHERE id = '{session}'"
+                ),
+            )
+            .await;
+        }
+    }
+    run(
+        &mut conn,
+        &format!(
+            "UPDATE refresh_tokens SET expires_at = now() - interval '40 days' \
+             WHERE family_id = '{abandoned}'"
+        ),
+    )
+    .await;
+    // A token that expired yesterday is kept (within the 30 days).
+    run(
+        &mut conn,
+        &format!(
+            "UPDATE refresh_tokens SET expires_at = now() - interval '1 day' \
+             WHERE family_id = '{ended}'"
+        ),
+    )
+    .await;
+    // Usage: an hour 500 days ago goes, one 10 days ago stays.
+    for age in ["500 days", "10 days"] {
+        run(
+            &mut conn,
+            &format!(
+                "INSERT INTO api_key_usage (api_key_id, hour, chatbot_id, valid, revoked, expired, \
+                 rate_limited, usage_exceeded, credits_spent) \
+                 SELECT id, date_trunc('hour', now() - interval '{age}'), chatbot_id, 1, 0, 0, 0, 0, 0 \
+                 FROM api_keys WHERE id = {key_id}"
+            ),
+        )
+        .await;
+    }
+    // The oldest audit event is made 400 days old; the rest are new.
+    let audit_ids = texts(
+        &mut conn,
+        "SELECT id::text AS value FROM audit_events ORDER BY id",
+    )
+    .await;
+    assert!(audit_ids.len() > 2);
+    run(
+        &mut conn,
+        &format!(
+            "UPDATE audit_events SET occurred_at = now() - interval '400 days', \
+             last_occurred_at = now() - interval '400 days' WHERE id = {}",
+            audit_ids[0]
+        ),
+    )
+    .await;
+
+    // A server starting on the database purges at once.
+    app.stop().await;
+    let replica = app.spawn_replica(&[]).await;
+    let sessions = || async {
+        let mut conn = replica.sql().await;
+        let mut ids = texts(&mut conn, "SELECT id::text AS value FROM sessions").await;
+        ids.sort();
+        ids
+    };
+    // Only the live session stays. The logged-out one ended 40 days ago and
+    // goes, though its (revoked) tokens stay until 30 days past expiry.
+    let expected = vec![live.clone()];
+    poll_until(
+        "the ended sessions are purged",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        sessions,
+        |ids| *ids == expected,
+    )
+    .await;
+    let mut conn = replica.sql().await;
+    let families = texts(
+        &mut conn,
+        "SELECT DISTINCT family_id::text AS value FROM refresh_tokens",
+    )
+    .await;
+    assert!(
+        !families.contains(&abandoned),
+        "expired 40 days ago: purged"
+    );
+    assert!(families.contains(&live), "the live session's tokens stay");
+    assert!(families.contains(&ended), "expired yesterday: kept");
+    let usage_ages = texts(
+        &mut conn,
+        "SELECT (extract(day FROM now() - hour))::int::text AS value FROM api_key_usage",
+    )
+    .await;
+    assert_eq!(
+        usage_ages,
+        vec!["10".to_owned()],
+        "only the recent hour stays"
+    );
+    let audit_left = texts(
+        &mut conn,
+        "SELECT id::text AS value FROM audit_events ORDER BY id",
+    )
+    .await;
+    assert!(!audit_left.contains(&audit_ids[0]), "400 days old: purged");
+    assert!(
+        audit_ids[1..].iter().all(|id| audit_left.contains(id)),
+        "new ones stay"
+    );
+
+    // The live session still works through the new server.
+    let me = replica
+        .auth(Some(&owner.token))
+        .get_current_user(chatbot_backend::proto::GetCurrentUserRequest {})
+        .await;
+    assert!(me.is_ok(), "{me:?}");
+}
+
+/// Runs the binary's `migrate` with `args` on `database_url`: whether it
+/// succeeded, and what it said.
+async fn migrate(database_url: &str, args: &[&str]) -> (bool, String) {
+    let output = crate::helpers::server_command()
+        .arg("migrate")
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("SECRET_KEY", crate::helpers::SECRET_KEY)
+        .output()
+        .await
+        .expect("the binary runs");
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), said)
+}
+
+crate::helpers::backend_test! {
+    async fn migrate_revert_undoes_an_index_only_migration_but_refuses_to_drop_data_unless_told() {
+        let mut app = crate::helpers::spawn_app().await;
+        let user = app.new_user().await;
+        app.stop().await;
+        let url = app.database_url.clone();
+
+        let (ok, said) = migrate(&url, &["--revert"]).await;
+        assert!(ok, "{said}");
+        assert!(said.contains("reverted migration 20261204000007"), "{said}");
+
+        // The next one down drops the audit log with its events.
+        let (ok, said) = migrate(&url, &["--revert"]).await;
+        assert!(!ok, "refused: {said}");
+        assert!(said.contains("--destroy-data"), "{said}");
+        let (ok, said) = migrate(&url, &["--revert", "--destroy-data"]).await;
+        assert!(ok, "{said}");
+        assert!(said.contains("reverted migration 20261130000006"), "{said}");
+
+        // Applied again, the data that was never dropped is all there.
+        let (ok, said) = migrate(&url, &[]).await;
+        assert!(ok, "{said}");
+        let replica = app.spawn_replica(&[]).await;
+        replica.login(&user.email, &user.password).await.expect("the user is still there");
+    }
+}

@@ -31,6 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::db::Invalidation;
 
 /// Shards keep 64 concurrent callers from queueing on one lock.
@@ -83,6 +85,9 @@ pub struct InvalidatedCache<K, V> {
     /// False while invalidations could be missed (listener down) or when
     /// configured off.
     active: AtomicBool,
+    /// Lookups answered from the cache, and not (a bypassed cache misses).
+    hits: Counter,
+    misses: Counter,
 }
 
 impl<K, V> InvalidatedCache<K, V>
@@ -100,7 +105,16 @@ where
             ttl,
             generation: AtomicU64::new(0),
             active: AtomicBool::new(false),
+            hits: Counter::default(),
+            misses: Counter::default(),
         }
+    }
+
+    /// Counts lookups in `hits` and `misses` (metrics the caller exports).
+    pub fn counting_lookups(mut self, hits: Counter, misses: Counter) -> Self {
+        self.hits = hits;
+        self.misses = misses;
+        self
     }
 
     fn enabled(&self) -> bool {
@@ -138,12 +152,19 @@ where
         // the caller's insert a no-op.
         let generation = self.generation.load(Ordering::Acquire);
         if !self.is_active() {
+            self.misses.inc();
             return Lookup::Miss(generation);
         }
         let shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         match shard.get(key) {
-            Some(entry) if entry.cached_at.elapsed() < self.ttl => Lookup::Hit(entry.value.clone()),
-            _ => Lookup::Miss(generation),
+            Some(entry) if entry.cached_at.elapsed() < self.ttl => {
+                self.hits.inc();
+                Lookup::Hit(entry.value.clone())
+            }
+            _ => {
+                self.misses.inc();
+                Lookup::Miss(generation)
+            }
         }
     }
 

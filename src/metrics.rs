@@ -169,6 +169,16 @@ struct Inner {
     serving: Gauge,
     rate_limit_fallbacks: Counter,
     overload_refusals: Family<QueueLabel, Counter>,
+    cache_lookups: Family<CacheLookupLabels, Counter>,
+    invalidations_live: Gauge,
+    pool_acquire_seconds: Histogram,
+    pool_acquire_timeouts: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLookupLabels {
+    cache: &'static str,
+    result: &'static str,
 }
 
 /// The registry shared by the RPC layer and the exporter.
@@ -302,8 +312,41 @@ impl Metrics {
              (password_hash, chatbot_reads, credit_spends).",
             overload_refusals.clone(),
         );
+        let cache_lookups = Family::<CacheLookupLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by cache (api_keys, sessions) and result (hit, miss); a \
+             bypassed cache misses.",
+            cache_lookups.clone(),
+        );
+        let invalidations_live = Gauge::default();
+        registry.register(
+            "cache_invalidations_live",
+            "1 while the caches hear of every change (PostgreSQL: the LISTEN connection \
+             receives its own heartbeat; SQLite: always); 0 while they are bypassed.",
+            invalidations_live.clone(),
+        );
+        let pool_acquire_seconds = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
+        registry.register(
+            "db_pool_acquire_seconds",
+            "Time waiting for a pooled database connection.",
+            pool_acquire_seconds.clone(),
+        );
+        let pool_acquire_timeouts = Counter::default();
+        registry.register(
+            "db_pool_acquire_timeouts",
+            "Waits for a pooled connection that timed out or failed to connect (answered \
+             UNAVAILABLE).",
+            pool_acquire_timeouts.clone(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
+                cache_lookups,
+                invalidations_live,
+                pool_acquire_seconds,
+                pool_acquire_timeouts,
                 registry,
                 rate_limit_fallbacks,
                 overload_refusals,
@@ -329,6 +372,30 @@ impl Metrics {
             .overload_refusals
             .get_or_create(&QueueLabel { queue })
             .clone()
+    }
+
+    /// Counts lookups of the cache named `cache` by result: (hits, misses).
+    pub fn cache_lookups(&self, cache: &'static str) -> (Counter, Counter) {
+        let family = &self.inner.cache_lookups;
+        let result = |result| {
+            family
+                .get_or_create(&CacheLookupLabels { cache, result })
+                .clone()
+        };
+        (result("hit"), result("miss"))
+    }
+
+    /// The gauge saying whether the caches hear every change.
+    pub fn invalidations_live(&self) -> Gauge {
+        self.inner.invalidations_live.clone()
+    }
+
+    /// Observes waits for a pooled connection, and counts the failed ones.
+    pub fn pool_acquires(&self) -> (Histogram, Counter) {
+        (
+            self.inner.pool_acquire_seconds.clone(),
+            self.inner.pool_acquire_timeouts.clone(),
+        )
     }
 
     /// The series of the method at `path`, or the `unknown` set.

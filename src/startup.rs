@@ -107,7 +107,10 @@ impl Application {
                 tracing::info!(?applied, "applied migrations");
             }
         }
-        let db = Database::new(target, &settings.pool_settings())?;
+        let metrics = Metrics::new(SERVED_DESCRIPTOR_SETS)?;
+        let (acquire_seconds, acquire_failures) = metrics.pool_acquires();
+        let db = Database::new(target, &settings.pool_settings())?
+            .observing_acquires(acquire_seconds, acquire_failures);
 
         let secret = match &settings.secret_key {
             Some(key) => SecretSlice::from(key.expose_secret().as_bytes().to_vec()),
@@ -127,7 +130,6 @@ impl Application {
                 .map(|key| key.expose_secret().as_bytes()),
             Duration::from_secs(settings.access_token_ttl_secs),
         );
-        let metrics = Metrics::new(SERVED_DESCRIPTOR_SETS)?;
         let shared_limits = match &settings.redis_url {
             Some(url) => Some(
                 SharedLimits::connect(
@@ -139,11 +141,16 @@ impl Application {
             ),
             None => None,
         };
-        let sessions = Sessions::new(db.clone());
-        let api_key_cache = Arc::new(ApiKeyCache::new(
-            settings.api_key_cache_capacity,
-            Duration::from_secs(settings.api_key_cache_ttl_secs),
-        ));
+        let (hits, misses) = metrics.cache_lookups("sessions");
+        let sessions = Sessions::new(db.clone(), hits, misses);
+        let (hits, misses) = metrics.cache_lookups("api_keys");
+        let api_key_cache = Arc::new(
+            ApiKeyCache::new(
+                settings.api_key_cache_capacity,
+                Duration::from_secs(settings.api_key_cache_ttl_secs),
+            )
+            .counting_lookups(hits, misses),
+        );
         let rate_limits = RateLimits::new(settings.rate_limit_settings(), shared_limits);
         let batches = |in_flight, queue| {
             let bound = QueueBound {
@@ -167,7 +174,11 @@ impl Application {
                 batches(settings.read_batches_in_flight, "chatbot_reads"),
             ),
             verifier,
-            caches: CacheInvalidation::new(api_key_cache.clone(), sessions.clone()),
+            caches: CacheInvalidation::new(
+                api_key_cache.clone(),
+                sessions.clone(),
+                metrics.invalidations_live(),
+            ),
             sessions,
             api_key_cache,
             hasher: PasswordHasher::with_cost(

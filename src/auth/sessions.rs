@@ -7,6 +7,7 @@
 //! reach every replica's cache through the same invalidations as the
 //! VerifyApiKey cache (see [`crate::cache`]).
 
+use prometheus_client::metrics::counter::Counter;
 use std::time::Duration;
 
 use crate::cache::{Invalidated, InvalidatedCache, Lookup};
@@ -43,9 +44,12 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn new(db: Database) -> Self {
+    /// Sessions of `db`, cached, counting cache lookups in `hits` and
+    /// `misses`.
+    pub fn new(db: Database, hits: Counter, misses: Counter) -> Self {
+        let cache = SessionCache::new(CACHE_CAPACITY, CACHE_TTL).counting_lookups(hits, misses);
         Self {
-            cache: std::sync::Arc::new(SessionCache::new(CACHE_CAPACITY, CACHE_TTL)),
+            cache: std::sync::Arc::new(cache),
             db,
         }
     }

@@ -2,6 +2,8 @@
 //! built by one builder, with every connection configured on creation
 //! (statement bound, SQLite pragmas) and its statements counted.
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,9 @@ pub struct Database {
     pool: DbPool,
     backend_name: &'static str,
     statements: Arc<AtomicU64>,
+    /// Waits for a connection, and the ones that failed (metrics).
+    acquire_seconds: Option<Histogram>,
+    acquire_failures: Counter,
 }
 
 impl Database {
@@ -73,7 +78,17 @@ impl Database {
             pool,
             backend_name: target.backend_name(),
             statements,
+            acquire_seconds: None,
+            acquire_failures: Counter::default(),
         })
+    }
+
+    /// Observes every wait for a connection in `seconds` and counts the
+    /// failed ones in `failures`.
+    pub fn observing_acquires(mut self, seconds: Histogram, failures: Counter) -> Self {
+        self.acquire_seconds = Some(seconds);
+        self.acquire_failures = failures;
+        self
     }
 
     /// `postgresql` or `sqlite`.
@@ -89,10 +104,11 @@ impl Database {
 
     /// A connection from the pool, or UNAVAILABLE after the acquire timeout.
     pub async fn conn(&self) -> Result<DbConnection, PoolError> {
+        let started = std::time::Instant::now();
         // A trace shows the wait for a free connection apart from the
         // queries (see `crate::db::query_span`).
         let span = super::db_span!("db.acquire");
-        match &self.pool {
+        let acquired = match &self.pool {
             DbPool::Postgres(pool) => pool
                 .get()
                 .instrument(span)
@@ -102,7 +118,14 @@ impl Database {
                 .instrument(span)
                 .await
                 .map(DbConnection::Sqlite),
+        };
+        if let Some(seconds) = &self.acquire_seconds {
+            seconds.observe(started.elapsed().as_secs_f64());
         }
+        if acquired.is_err() {
+            self.acquire_failures.inc();
+        }
+        acquired
     }
 
     /// Pool occupancy, for metrics and status.

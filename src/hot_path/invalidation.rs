@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use super::ApiKeyCache;
 use crate::auth::Sessions;
 use crate::db::{Invalidation, ListenEvent};
@@ -18,11 +20,17 @@ use crate::db::{Invalidation, ListenEvent};
 pub struct CacheInvalidation {
     api_keys: Arc<ApiKeyCache>,
     sessions: Sessions,
+    /// 1 while the caches serve (they hear every change), for metrics.
+    live: Gauge,
 }
 
 impl CacheInvalidation {
-    pub fn new(api_keys: Arc<ApiKeyCache>, sessions: Sessions) -> Self {
-        Self { api_keys, sessions }
+    pub fn new(api_keys: Arc<ApiKeyCache>, sessions: Sessions, live: Gauge) -> Self {
+        Self {
+            api_keys,
+            sessions,
+            live,
+        }
     }
 
     /// Drops what a committed change made stale from this replica's caches
@@ -40,6 +48,7 @@ impl CacheInvalidation {
         match event {
             ListenEvent::Listening => self.activate(),
             ListenEvent::Lost => {
+                self.live.set(0);
                 self.api_keys.deactivate();
                 self.sessions.cache().deactivate();
             }
@@ -58,5 +67,6 @@ impl CacheInvalidation {
     pub fn activate(&self) {
         self.api_keys.activate();
         self.sessions.cache().activate();
+        self.live.set(1);
     }
 }

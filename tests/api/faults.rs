@@ -662,6 +662,8 @@ async fn a_listener_behind_pgbouncer_in_transaction_mode_is_noticed_and_the_cach
             &listen_url,
             "--api-key-cache-ttl-secs",
             "600",
+            "--metrics-addr",
+            "127.0.0.1:0",
         ],
     )
     .await;
@@ -680,6 +682,11 @@ async fn a_listener_behind_pgbouncer_in_transaction_mode_is_noticed_and_the_cach
         "one WARN"
     );
     assert!(!app.api_key_cache.is_active(), "the cache is bypassed");
+    let metrics = scrape(app.metrics_addr.unwrap()).await;
+    assert!(
+        metrics.contains("\ncache_invalidations_live 0\n"),
+        "the metric says so: {metrics}"
+    );
 
     // A revoke through another replica (listening directly) is refused here
     // at once, though this replica heard nothing.

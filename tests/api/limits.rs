@@ -120,8 +120,57 @@ backend_test! {
             r#"grpc_server_handling_seconds_count{grpc_type="unary",grpc_service="chatbot.v1.AuthService",grpc_method="Login"} 1"#,
             "db_pool_max_connections 4",
             "health_serving 1",
+            "cache_invalidations_live 1",
+            "db_pool_acquire_timeouts_total 0",
         ] {
             assert!(body.contains(expected), "missing {expected}\n{body}");
+        }
+    }
+}
+
+/// The value of the series named exactly `series` (name and labels) in a
+/// scrape.
+fn metric_value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+backend_test! {
+    async fn metrics_count_cache_hits_and_misses_and_waits_for_a_connection() {
+        let app = spawn_app_with(&["--metrics-addr", "127.0.0.1:0"]).await;
+        app.wait_for_api_key_cache().await;
+        let KeyOwner { created, .. } = app.new_key_owner("bot").await;
+        let addr = app.metrics_addr.expect("metrics enabled");
+        let series = |result| format!("cache_lookups_total{{cache=\"api_keys\",result=\"{result}\"}}");
+        let before = scrape(addr).await;
+        let (hits, misses) = (metric_value(&before, &series("hit")), metric_value(&before, &series("miss")));
+        // The first verification reads the row; the next two, the cache.
+        for _ in 0..3 {
+            assert!(app.verify(&created.key).await.valid);
+        }
+        let after = scrape(addr).await;
+        assert_eq!(metric_value(&after, &series("miss")) - misses, 1.0);
+        assert_eq!(metric_value(&after, &series("hit")) - hits, 2.0);
+        // Every authenticated call above looked its session up.
+        assert!(metric_value(&after, r#"cache_lookups_total{cache="sessions",result="hit"}"#) >= 1.0);
+        assert!(metric_value(&after, "db_pool_acquire_seconds_count") >= 1.0);
+
+        // Every series the shipped alerting rules read is one the server serves.
+        let rules = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml"),
+        )
+        .unwrap();
+        let families = ["health_", "cache_", "rate_limit_", "db_pool_", "overload_", "grpc_server_"];
+        let read: std::collections::BTreeSet<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| families.iter().any(|family| word.starts_with(family)))
+            .collect();
+        assert!(read.len() >= 8, "{read:?}");
+        for name in read {
+            assert!(after.contains(&format!("\n{name}")), "the rules read {name}, never served:\n{after}");
         }
     }
 }

@@ -49,6 +49,13 @@ enum Command {
         #[arg(long, requires = "revert")]
         destroy_data: bool,
     },
+    /// Copy a SQLite store to a new file while it serves (PostgreSQL: use
+    /// pg_dump).
+    Backup {
+        /// The copy to write; must not exist.
+        #[arg(long)]
+        output: std::path::PathBuf,
+    },
     /// Create idempotent demo data; prints new accounts' passwords once.
     Seed,
     /// Create an admin, or promote an existing user; reads the password
@@ -92,6 +99,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let reverted = db::revert_last_migration(&config.database, destroy_data).await?;
             println!("reverted migration {reverted}");
+            Ok(())
+        }
+        Command::Backup { output } => {
+            db::back_up(&config.database, &output).await?;
+            println!("backed up to {}", output.display());
             Ok(())
         }
         Command::Seed => {

@@ -93,6 +93,34 @@ pub async fn revert_last_migration(
     }
 }
 
+/// Copies a SQLite store to `output` while servers may be using it: one
+/// consistent snapshot (SQLite's `VACUUM INTO`, a read transaction that
+/// writers in WAL mode do not wait for). `output` must not exist yet.
+/// PostgreSQL is backed up with its own tools (README, Backups).
+pub async fn back_up(target: &DatabaseTarget, output: &Path) -> anyhow::Result<()> {
+    let DatabaseTarget::Sqlite(path) = target else {
+        anyhow::bail!(
+            "backup copies a SQLite store; back PostgreSQL up with pg_dump (README, Backups)"
+        );
+    };
+    if output.exists() {
+        anyhow::bail!("{} exists already; back up to a new file", output.display());
+    }
+    let output = output
+        .to_str()
+        .context("the backup's path is not UTF-8")?
+        .to_owned();
+    with_sqlite_migration_connection(path, move |conn| {
+        diesel::RunQueryDsl::execute(
+            diesel::sql_query("VACUUM INTO ?").bind::<Text, _>(&output),
+            conn,
+        )
+        .with_context(|| format!("copying the database to {output}"))?;
+        Ok(())
+    })
+    .await
+}
+
 async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
     let error = match AsyncPgConnection::establish(url).await {
         Ok(_) => return Ok(()),

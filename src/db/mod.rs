@@ -34,7 +34,7 @@ pub use connection::{ping, DbConnection, SqliteAsyncConnection};
 pub use listen::{
     listen_for_invalidations, notify_invalidation, Invalidation, ListenEvent, INVALIDATION_CHANNEL,
 };
-pub use migrate::{revert_last_migration, run_migrations, schema_version};
+pub use migrate::{back_up, revert_last_migration, run_migrations, schema_version};
 pub use pool::{Database, PoolError, PoolSettings};
 pub use target::{DatabaseTarget, ServeLock};
 pub use write::{write, Written};

@@ -38,7 +38,7 @@ pub struct TestDatabase {
     pub backend: Backend,
     pub name: String,
     pub url: String,
-    pub(super) sqlite_path: Option<PathBuf>,
+    pub sqlite_path: Option<PathBuf>,
     /// Only the owner drops the database or gives back its lease.
     owner: bool,
     /// Holds a pooled PostgreSQL database's lease (an advisory lock) while

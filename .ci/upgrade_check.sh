@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The upgrade from main's previous commit, tested: builds that commit's
+# server (a release build in this repository's target directory, so only
+# the crate itself compiles), then runs the ignored test
+# `upgrade::a_database_of_the_previous_version_...` with it, which writes a
+# row into every table with the previous version, migrates with this one,
+# checks the data, and checks the previous version still serves on the new
+# schema (README, Upgrades).
+#
+# "Previous commit" is HEAD's first parent (main's previous commit in CI's
+# clone of main), or UPGRADE_FROM=<commit>. Skips (exit 0, saying why) on a
+# first commit. It leaves target/release holding the previous version's
+# binary: run it after everything that uses this version's release build.
+# Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO_ROOT=$(pwd)
+
+from=${UPGRADE_FROM:-}
+if [[ -z $from ]]; then
+    if ! from=$(git rev-parse --verify --quiet 'HEAD^1^{commit}'); then
+        echo "upgrade_check: HEAD has no parent; nothing to upgrade from"
+        exit 0
+    fi
+fi
+echo "upgrade_check: from $(git log -1 --format='%h %s' "$from")"
+
+work=$(mktemp -d)
+cleanup() {
+    git worktree remove --force "$work/source" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+git worktree add --detach --quiet "$work/source" "$from"
+(cd "$work/source" && CARGO_TARGET_DIR="$REPO_ROOT/target" cargo build --release --quiet --bin chatbot-backend)
+cp target/release/chatbot-backend "$work/previous-chatbot-backend"
+
+UPGRADE_FROM_BINARY="$work/previous-chatbot-backend" \
+    cargo test --test api -- --ignored --exact \
+    upgrade::a_database_of_the_previous_version_migrates_serves_the_same_data_and_still_serves_it

@@ -1,0 +1,196 @@
+//! A database written by the previous version of the service (the binary
+//! `.ci/upgrade_check.sh` builds from main's previous commit, named by
+//! `UPGRADE_FROM_BINARY`), with rows in every table, is migrated by this
+//! version and serves the same data; and the previous version keeps
+//! serving on the migrated schema, as README's rolling-upgrade rule says.
+
+use std::time::Duration;
+
+use chatbot_backend::proto::{self, VerifyApiKeyReason};
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use tokio::process::{Child, Command};
+
+use crate::helpers::{
+    serving_addr, spawn_app_on, spawn_logging_json, Backend, Clients, TestDatabase, SECRET_KEY,
+};
+
+const PASSWORD: &str = "correct-horse-battery";
+
+/// The previous version serving `database_url` (migrating it first unless
+/// `migrate` is false), and clients of it.
+async fn previous_version(binary: &str, database_url: &str, migrate: bool) -> (Child, Clients) {
+    let mut command = Command::new(binary);
+    command
+        .arg("serve")
+        .env("DATABASE_URL", database_url)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("SECRET_KEY", SECRET_KEY)
+        .env("MIGRATE_ON_START", migrate.to_string())
+        .env("SHUTDOWN_DRAIN_DELAY_SECS", "0")
+        .env("USAGE_FLUSH_INTERVAL_SECS", "1")
+        .env("RATE_LIMIT_PER_USER", "0")
+        .env("RATE_LIMIT_PER_ADDRESS", "0");
+    let mut child = spawn_logging_json(&mut command);
+    let addr = serving_addr(&mut child, |_| {}).await;
+    (child, Clients::connect(addr).await)
+}
+
+/// SIGTERM, and the exit it promises (flushing what it counted).
+async fn stop(mut child: Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let exited = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    assert!(exited.expect("exits in time").unwrap().success());
+}
+
+#[derive(QueryableByName)]
+struct TableRows {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    rows: i64,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the previous version's binary: run by .ci/upgrade_check.sh"]
+async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_still_serves_it() {
+    let binary = std::env::var("UPGRADE_FROM_BINARY")
+        .expect("UPGRADE_FROM_BINARY names the previous version's binary");
+    let database = Backend::Postgres.run(TestDatabase::create_empty()).await;
+    let url = database.url.clone();
+
+    // The previous version writes a row into every table.
+    let (old, clients) = previous_version(&binary, &url, true).await;
+    let email = format!("upgrade-{}@example.com", uuid::Uuid::new_v4().simple());
+    clients
+        .users(None)
+        .create_user(proto::CreateUserRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let failed = clients.login(&email, "not the password").await;
+    assert_eq!(failed.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let login = clients.login(&email, PASSWORD).await.unwrap();
+    let token = login.access_token.clone();
+    let chatbot = clients
+        .create_chatbot_from(
+            &token,
+            proto::CreateChatbotRequest {
+                name: "upgraded".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let created = clients
+        .api_keys(Some(&token))
+        .create_api_key(proto::CreateApiKeyRequest {
+            chatbot_id: chatbot.id.clone(),
+            display_name: "limited".into(),
+            credits: Some(proto::Credits {
+                remaining: 100,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let key_id = created.api_key.as_ref().unwrap().id;
+    for _ in 0..3 {
+        assert!(clients.verify(&created.key).await.valid);
+    }
+    let refreshed = clients.refresh(&login.refresh_token).await.unwrap();
+    stop(old).await;
+
+    let mut sql = diesel_async::AsyncPgConnection::establish_with(&url).await;
+    let tables: Vec<TableRows> = diesel::sql_query(
+        "SELECT table_name::text AS name, \
+         (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I', table_name), \
+         false, true, '')))[1]::text::bigint AS rows \
+         FROM information_schema.tables WHERE table_schema = 'public' \
+         AND table_type = 'BASE TABLE' AND table_name <> '__diesel_schema_migrations'",
+    )
+    .load(&mut sql)
+    .await
+    .unwrap();
+    assert!(tables.len() >= 9, "every table is there");
+    for table in &tables {
+        assert!(
+            table.rows > 0,
+            "the previous version left {} empty",
+            table.name
+        );
+    }
+
+    // This version migrates it and serves the same data.
+    let new = spawn_app_on(database, &url, &[]).await;
+    new.login(&email, PASSWORD)
+        .await
+        .expect("the same user signs in");
+    let again = new.refresh(&refreshed.refresh_token).await;
+    assert!(
+        again.is_ok(),
+        "a session of the previous version renews: {again:?}"
+    );
+    let token = again.unwrap().access_token;
+    assert_eq!(new.read_chatbot(&token, &chatbot.id).await.name, "upgraded");
+    let verified = new.verify(&created.key).await;
+    assert_eq!(verified.reason(), VerifyApiKeyReason::Valid);
+    let usage = new
+        .api_keys(Some(&token))
+        .get_api_key_usage(proto::GetApiKeyUsageRequest {
+            id: key_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        usage.total.unwrap().valid >= 3,
+        "the previous version's counts"
+    );
+
+    // The previous version keeps serving on the migrated schema (a replica
+    // not yet replaced in a rolling upgrade).
+    let (old, clients) = previous_version(&binary, &url, false).await;
+    clients
+        .login(&email, PASSWORD)
+        .await
+        .expect("signs in on the old version");
+    assert!(clients.verify(&created.key).await.valid);
+    let spent = new
+        .api_keys(Some(&token))
+        .get_api_key(proto::GetApiKeyRequest { id: key_id })
+        .await
+        .unwrap()
+        .into_inner();
+    let remaining = spent.api_key.unwrap().credits.unwrap().remaining;
+    assert_eq!(
+        remaining,
+        100 - 5,
+        "every spend by either version counted once"
+    );
+    drop(old);
+}
+
+trait EstablishWith {
+    async fn establish_with(url: &str) -> Self;
+}
+
+impl EstablishWith for diesel_async::AsyncPgConnection {
+    async fn establish_with(url: &str) -> Self {
+        <Self as diesel_async::AsyncConnection>::establish(url)
+            .await
+            .unwrap()
+    }
+}

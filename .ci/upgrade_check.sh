@@ -33,8 +33,10 @@ cleanup() {
 trap cleanup EXIT
 git worktree add --detach --quiet "$work/source" "$from"
 (cd "$work/source" && CARGO_TARGET_DIR="$REPO_ROOT/target" cargo build --release --quiet --bin chatbot-backend)
-cp target/release/chatbot-backend "$work/previous-chatbot-backend"
+# Kept under target/ so the test can be rerun by hand.
+mkdir -p target/upgrade-from
+cp target/release/chatbot-backend target/upgrade-from/chatbot-backend
 
-UPGRADE_FROM_BINARY="$work/previous-chatbot-backend" \
+UPGRADE_FROM_BINARY="$REPO_ROOT/target/upgrade-from/chatbot-backend" \
     cargo test --test api -- --ignored --exact \
     upgrade::a_database_of_the_previous_version_migrates_serves_the_same_data_and_still_serves_it

@@ -86,6 +86,7 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
             &token,
             proto::CreateChatbotRequest {
                 name: "upgraded".into(),
+                llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
                 ..Default::default()
             },
         )

@@ -106,6 +106,10 @@ pub async fn back_up(target: &DatabaseTarget, output: &Path) -> anyhow::Result<(
     if output.exists() {
         anyhow::bail!("{} exists already; back up to a new file", output.display());
     }
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the directory of {}", output.display()))?;
+    }
     let output = output
         .to_str()
         .context("the backup's path is not UTF-8")?
@@ -217,8 +221,63 @@ pub async fn schema_version(conn: &mut DbConnection) -> diesel::QueryResult<Opti
 }
 
 #[cfg(test)]
-mod revert_tests {
+mod migration_file_tests {
     use super::REVERTS_KEEPING_DATA;
+
+    /// Every migration's `up.sql`, as (backend/name, text).
+    fn up_scripts() -> Vec<(String, String)> {
+        let mut scripts = Vec::new();
+        for backend in ["postgres", "sqlite"] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(backend);
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                let up = std::fs::read_to_string(path.join("up.sql")).unwrap();
+                scripts.push((format!("{backend}/{name}"), up));
+            }
+        }
+        scripts
+    }
+
+    /// README's rolling-upgrade rule: a migration only adds (tables,
+    /// nullable or defaulted columns, indexes, rows), so a replica of the
+    /// previous version keeps working on the new schema. Removing or
+    /// renaming waits for a later release, once no replica reads it.
+    #[test]
+    fn migrations_only_add_so_the_previous_version_keeps_working() {
+        for (name, up) in up_scripts() {
+            let statements = up
+                .lines()
+                .filter(|line| !line.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .to_uppercase();
+            for statement in statements.split(';') {
+                let statement = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+                for removing in [
+                    "DROP TABLE",
+                    "DROP COLUMN",
+                    "RENAME",
+                    "ALTER COLUMN",
+                    "TRUNCATE",
+                ] {
+                    assert!(
+                        !statement.contains(removing),
+                        "{name}: `{statement}` removes or changes what the previous version uses"
+                    );
+                }
+                if statement.contains("ADD COLUMN") && statement.contains("NOT NULL") {
+                    assert!(
+                        statement.contains("DEFAULT"),
+                        "{name}: `{statement}`: a NOT NULL column needs a default, or the \
+                         previous version's inserts fail"
+                    );
+                }
+            }
+        }
+    }
 
     /// A `down.sql` keeps data when all it does is drop indexes.
     fn keeps_data(down_sql: &str) -> bool {

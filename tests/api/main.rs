@@ -26,6 +26,7 @@ mod schema;
 mod server;
 mod sessions;
 mod shared_limits;
+mod tls;
 mod traces;
 mod usage;
 mod users;

@@ -39,7 +39,7 @@ pub struct Clients {
 
 impl Clients {
     /// Clients of the server listening at `addr`, once connected.
-    pub(super) async fn connect(addr: SocketAddr) -> Self {
+    pub async fn connect(addr: SocketAddr) -> Self {
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("valid URI")
             .connect()

@@ -255,11 +255,17 @@ pub struct Settings {
     #[arg(long, env = "RATE_LIMIT_BURST_FACTOR", default_value_t = 2)]
     pub rate_limit_burst_factor: u32,
 
-    /// Redis (`redis://[:password@]host:port[/db]`) holding the rate-limit
-    /// counts, so every replica enforces one shared limit. Unset: each
-    /// replica counts in process and enforces its own.
+    /// Redis (`redis://[:password@]host:port[/db]`, or `rediss://` for
+    /// TLS) holding the rate-limit counts, so every replica enforces one
+    /// shared limit. Unset: each replica counts in process and enforces its
+    /// own.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<SecretString>,
+
+    /// PEM file of the CA certificates a `rediss://` Redis's certificate
+    /// must chain to; unset: the system's roots.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// Prefix of every Redis key this service writes (several deployments,
     /// or tests, can share one Redis).
@@ -526,6 +532,14 @@ impl Settings {
                 "METRICS_ADDR must differ from LISTEN_ADDR ({metrics_addr})"
             );
         }
+        if self.redis_ca_file.is_some() {
+            anyhow::ensure!(
+                self.redis_url
+                    .as_ref()
+                    .is_some_and(|url| url.expose_secret().starts_with("rediss://")),
+                "REDIS_CA_FILE needs a rediss:// (TLS) REDIS_URL"
+            );
+        }
         let database = DatabaseTarget::parse(self.database_url.expose_secret())?;
         if let Some(url) = &self.database_listen_url {
             anyhow::ensure!(
@@ -536,6 +550,11 @@ impl Settings {
                     ),
                 "DATABASE_LISTEN_URL needs a postgres:// URL, and a PostgreSQL DATABASE_URL"
             );
+            // sslmode and sslrootcert (the file read) checked once here.
+            crate::db::PgConnector::new(url.expose_secret(), "DATABASE_LISTEN_URL")?;
+        }
+        if let DatabaseTarget::Postgres(url) = &database {
+            crate::db::PgConnector::new(url, "DATABASE_URL")?;
         }
         Ok(Config {
             settings: self,

@@ -111,6 +111,23 @@ impl Application {
         let (acquire_seconds, acquire_failures) = metrics.pool_acquires();
         let db = Database::new(target, &settings.pool_settings())?
             .observing_acquires(acquire_seconds, acquire_failures);
+        if let DatabaseTarget::Postgres(url) = target {
+            // A certificate or host name that fails DATABASE_URL's or
+            // DATABASE_LISTEN_URL's sslmode stops the start here, rather
+            // than leaving a server that never gets a connection. Migrations
+            // have proved DATABASE_URL already when they ran.
+            let connect_timeout = settings.pool_settings().connect_timeout;
+            if !settings.migrate_on_start {
+                db::PgConnector::new(url, "DATABASE_URL")?
+                    .check_at_start(connect_timeout)
+                    .await?;
+            }
+            if let Some(listen_url) = &settings.database_listen_url {
+                db::PgConnector::new(listen_url.expose_secret(), "DATABASE_LISTEN_URL")?
+                    .check_at_start(connect_timeout)
+                    .await?;
+            }
+        }
 
         let secret = match &settings.secret_key {
             Some(key) => SecretSlice::from(key.expose_secret().as_bytes().to_vec()),
@@ -134,6 +151,7 @@ impl Application {
             Some(url) => Some(
                 SharedLimits::connect(
                     url.expose_secret(),
+                    settings.redis_ca_file.as_deref(),
                     settings.redis_key_prefix.clone(),
                     metrics.rate_limit_fallbacks(),
                 )
@@ -348,12 +366,15 @@ impl Application {
             // serve only while they can.
             DatabaseTarget::Postgres(url) => {
                 let caches = state.caches.clone();
-                let url = match &settings.database_listen_url {
-                    Some(listen_url) => listen_url.expose_secret().to_owned(),
-                    None => url,
-                };
+                // Checked when the settings were validated.
+                let connector = match &settings.database_listen_url {
+                    Some(listen_url) => {
+                        db::PgConnector::new(listen_url.expose_secret(), "DATABASE_LISTEN_URL")
+                    }
+                    None => db::PgConnector::new(&url, "DATABASE_URL"),
+                }?;
                 tokio::spawn(db::listen_for_invalidations(
-                    url,
+                    connector,
                     state.db.clone(),
                     move |event| caches.follow(event),
                     background_stopped,

@@ -11,7 +11,6 @@
 //! that arrives turns them back on, with one INFO.
 
 use std::future::poll_fn;
-use std::str::FromStr;
 use std::time::Duration;
 
 use diesel::sql_types::Text;
@@ -19,7 +18,7 @@ use diesel_async::RunQueryDsl;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 
-use super::{Database, DbConnection};
+use super::{Database, DbConnection, PgConnector};
 use crate::domain::{ApiKeyId, ChatbotId, SessionId, UserId};
 
 /// How often the listener sends itself a heartbeat.
@@ -101,11 +100,11 @@ pub async fn notify_invalidation(
     }
 }
 
-/// Listens on [`INVALIDATION_CHANNEL`] over a dedicated connection until
-/// `stop` fires, reconnecting with backoff after a failure, and sending its
-/// heartbeats through `pool`.
+/// Listens on [`INVALIDATION_CHANNEL`] over a dedicated connection (with
+/// the TLS its URL asks for) until `stop` fires, reconnecting with backoff
+/// after a failure, and sending its heartbeats through `pool`.
 pub async fn listen_for_invalidations(
-    url: String,
+    connector: PgConnector,
     pool: Database,
     mut handler: impl FnMut(ListenEvent) + Send,
     mut stop: watch::Receiver<bool>,
@@ -113,7 +112,7 @@ pub async fn listen_for_invalidations(
     let heartbeat = Heartbeat::new();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match listen_once(&url, &pool, &heartbeat, &mut handler, &mut stop).await {
+        match listen_once(&connector, &pool, &heartbeat, &mut handler, &mut stop).await {
             Ok(()) => return,
             Err(error) => {
                 handler(ListenEvent::Lost);
@@ -177,20 +176,20 @@ impl Heartbeat {
 }
 
 async fn listen_once(
-    url: &str,
+    connector: &PgConnector,
     pool: &Database,
     heartbeat: &Heartbeat,
     handler: &mut (impl FnMut(ListenEvent) + Send),
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut config = tokio_postgres::Config::from_str(url)?;
+    let mut config = connector.config().clone();
     // Notice a silently dead peer in seconds rather than hours.
     config
         .connect_timeout(Duration::from_secs(5))
         .keepalives_idle(Duration::from_secs(10))
         .keepalives_interval(Duration::from_secs(2))
         .keepalives_retries(3);
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = connector.connect_with(&config).await?;
     // The connection object does the I/O; it must be polled for the client's
     // LISTEN to complete, and it yields the notifications.
     let (sender, mut received) = mpsc::unbounded_channel();

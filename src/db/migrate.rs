@@ -10,12 +10,13 @@ use diesel::sql_types::Text;
 use diesel::sqlite::SqliteConnection;
 use diesel::QueryableByName;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::connection::{db_run, DbConnection};
 use super::pool::sqlite_pragmas;
 use super::target::DatabaseTarget;
+use super::tls::PgConnector;
 
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -126,14 +127,16 @@ pub async fn back_up(target: &DatabaseTarget, output: &Path) -> anyhow::Result<(
 }
 
 async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
-    let error = match AsyncPgConnection::establish(url).await {
+    // TLS as for every other connection (`super::tls`).
+    let connector = PgConnector::new(url, "DATABASE_URL")?;
+    let error = match connector.establish().await {
         Ok(_) => return Ok(()),
         Err(error) => error,
     };
     if !error.to_string().contains("does not exist") {
         return Err(anyhow::Error::from(error).context("connecting to the database"));
     }
-    let mut parsed = url::Url::parse(url).context("DATABASE_URL is not a URL")?;
+    let parsed = url::Url::parse(url).context("DATABASE_URL is not a URL")?;
     let name = parsed.path().trim_start_matches('/').to_owned();
     anyhow::ensure!(
         !name.is_empty()
@@ -142,8 +145,9 @@ async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
         "database {name:?} does not exist and its name is not one to create automatically"
     );
-    parsed.set_path("/postgres");
-    let mut admin = AsyncPgConnection::establish(parsed.as_str())
+    let mut admin = connector
+        .with_database("postgres")
+        .establish()
         .await
         .context("connecting to the `postgres` database to create the service's database")?;
     match diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
@@ -167,7 +171,8 @@ async fn with_postgres_migration_connection<T: Send + 'static>(
         + Send
         + 'static,
 ) -> anyhow::Result<T> {
-    let conn = AsyncPgConnection::establish(url)
+    let conn = PgConnector::new(url, "DATABASE_URL")?
+        .establish()
         .await
         .context("connecting to the database to migrate it")?;
     tokio::task::spawn_blocking(move || {

@@ -9,6 +9,8 @@
 //!   backends and runs the one matching the connection (as vaultwarden does).
 //! - `migrate`: embedded migrations per backend.
 //! - `listen`: LISTEN/NOTIFY cache invalidation between replicas.
+//! - `tls`: [`PgConnector`], every PostgreSQL connection with the TLS its
+//!   URL's `sslmode` and `sslrootcert` ask for, as libpq reads them.
 //! - `write`: [`write`], the one shape of a change: its statements, audit
 //!   records and invalidation commit together.
 //! - [`sql_types`]: column types meaning the same on both backends, and the
@@ -26,6 +28,7 @@ pub mod retention;
 pub mod schema;
 pub mod sql_types;
 mod target;
+mod tls;
 mod write;
 
 pub(crate) use connection::in_a_trace;
@@ -37,4 +40,5 @@ pub use listen::{
 pub use migrate::{back_up, revert_last_migration, run_migrations, schema_version};
 pub use pool::{Database, PoolError, PoolSettings};
 pub use target::{DatabaseTarget, ServeLock};
+pub use tls::{PgConnectError, PgConnector};
 pub use write::{write, Written};

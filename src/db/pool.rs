@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use anyhow::Context;
 use diesel::connection::{Instrumentation, InstrumentationEvent};
-use diesel::ConnectionError;
+use diesel::{ConnectionError, ConnectionResult};
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
@@ -20,6 +20,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 
 use super::connection::{DbConnection, SqliteAsyncConnection};
 use super::target::DatabaseTarget;
+use super::tls::PgConnector;
 
 /// Why a connection could not be had from the pool.
 pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
@@ -65,14 +66,34 @@ impl Database {
                     "SET statement_timeout = {}",
                     settings.statement_timeout.as_millis()
                 );
-                DbPool::Postgres(build_pool(url, settings, setup, statements.clone())?)
+                // TLS as the URL's sslmode and sslrootcert say (`super::tls`).
+                let connector = PgConnector::new(url, "DATABASE_URL")?;
+                let connect = move |_url: &str| {
+                    let connector = connector.clone();
+                    Box::pin(async move { Ok(connector.establish().await?) }) as Connecting<_>
+                };
+                DbPool::Postgres(build_pool(
+                    url,
+                    connect,
+                    settings,
+                    setup,
+                    statements.clone(),
+                )?)
             }
-            DatabaseTarget::Sqlite(path) => DbPool::Sqlite(build_pool(
-                &DatabaseTarget::sqlite_path(path)?,
-                settings,
-                sqlite_pragmas(settings.statement_timeout),
-                statements.clone(),
-            )?),
+            DatabaseTarget::Sqlite(path) => {
+                let connect = |url: &str| {
+                    let url = url.to_owned();
+                    Box::pin(async move { SqliteAsyncConnection::establish(&url).await })
+                        as Connecting<_>
+                };
+                DbPool::Sqlite(build_pool(
+                    &DatabaseTarget::sqlite_path(path)?,
+                    connect,
+                    settings,
+                    sqlite_pragmas(settings.statement_timeout),
+                    statements.clone(),
+                )?)
+            }
         };
         Ok(Self {
             pool,
@@ -171,11 +192,16 @@ pub(super) fn sqlite_pragmas(busy_timeout: Duration) -> String {
     )
 }
 
+/// Opening one connection of a backend.
+type Connecting<C> = futures_util::future::BoxFuture<'static, ConnectionResult<C>>;
+
 /// The one pool builder for both backends: every new connection is opened
-/// within the connect timeout, runs `setup` (PostgreSQL's statement_timeout,
-/// SQLite's pragmas), and counts its statements from then on.
+/// by `connect` within the connect timeout, runs `setup` (PostgreSQL's
+/// statement_timeout, SQLite's pragmas), and counts its statements from
+/// then on.
 fn build_pool<C>(
     url: &str,
+    connect: impl Fn(&str) -> Connecting<C> + Send + Sync + 'static,
     settings: &PoolSettings,
     setup: String,
     statements: Arc<AtomicU64>,
@@ -190,11 +216,11 @@ where
     // every checkout would double the round trips of every RPC.
     config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url| {
-        let url = url.to_owned();
         let setup = setup.clone();
         let statements = statements.clone();
+        let connecting = connect(url);
         Box::pin(async move {
-            let mut conn = tokio::time::timeout(connect_timeout, C::establish(&url))
+            let mut conn = tokio::time::timeout(connect_timeout, connecting)
                 .await
                 .map_err(|_| ConnectionError::BadConnection("connect timed out".into()))??;
             conn.batch_execute(&setup)

@@ -13,18 +13,27 @@
 //! Every fallback is counted in the `rate_limit_store_fallbacks` metric.
 //! Readiness never depends on Redis.
 //!
+//! TLS: a `rediss://` URL connects over TLS (rustls), the server's
+//! certificate checked against `REDIS_CA_FILE` (or the system's roots) and
+//! for the URL's host name. Unlike a fault, a certificate that fails that
+//! check at start is a configuration error, not an outage: the start fails
+//! naming REDIS_URL and REDIS_CA_FILE, rather than every replica quietly
+//! counting its own limits.
+//!
 //! Nothing read from Redis is trusted: the script judges what it finds
 //! under a key (a value it did not write counts as no calls yet; a time
 //! further ahead than any call could have moved it is clamped to a full
 //! bucket), and the answer's wait is clamped to what the limit allows.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::AsyncConnectionConfig;
+use redis::{Client, RedisError, Script, TlsCertificates};
 use tokio::sync::Notify;
 
 use super::RateKey;
@@ -100,12 +109,16 @@ struct Inner {
 impl SharedLimits {
     /// Connects to Redis, waiting at most a second: a server starts while
     /// Redis is down, counting in process until the probe reaches it.
-    /// `url` is checked here, so a malformed `REDIS_URL` stops startup.
-    pub async fn connect(url: &str, prefix: String, fallbacks: Counter) -> anyhow::Result<Self> {
-        let client = Client::open(url).map_err(|error| {
-            // The URL may hold a password: name the problem, not the URL.
-            anyhow::anyhow!("REDIS_URL is not a valid Redis URL: {:?}", error.kind())
-        })?;
+    /// `url` and `ca_file` are checked here, so a malformed `REDIS_URL`, an
+    /// unreadable `REDIS_CA_FILE` or a certificate that fails the check
+    /// stops startup.
+    pub async fn connect(
+        url: &str,
+        ca_file: Option<&Path>,
+        prefix: String,
+        fallbacks: Counter,
+    ) -> anyhow::Result<Self> {
+        let client = open_client(url, ca_file)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(CHECK_TIMEOUT)
@@ -120,12 +133,30 @@ impl SharedLimits {
             outage_started: Arc::new(Notify::new()),
             fallbacks,
         });
+        if url.starts_with("rediss://") {
+            // Before the connection manager, which would retry a refused
+            // handshake (after a second or more) as if it were an outage.
+            let preflight = AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT);
+            let connected = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                inner
+                    .client
+                    .get_multiplexed_async_connection_with_config(&preflight),
+            )
+            .await;
+            if let Ok(Err(error)) = connected {
+                if let Fault::Tls(reason) = Fault::of_connecting(error) {
+                    return Err(tls_failure(ca_file, &reason));
+                }
+            }
+        }
         match inner.open_and_probe().await {
             Ok(connection) => {
                 tracing::info!("connected to Redis: rate limits are shared by every replica");
                 *inner.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(connection);
             }
-            Err(reason) => inner.start_outage(
+            Err(Fault::Tls(reason)) => return Err(tls_failure(ca_file, &reason)),
+            Err(Fault::Other(reason)) => inner.start_outage(
                 &reason,
                 "cannot reach Redis; rate limits count in this process until it answers",
             ),
@@ -219,17 +250,18 @@ impl Inner {
 
     /// A fresh connection (one a fault left in an unknown state is never
     /// reused) on which the script gives a valid answer.
-    async fn open_and_probe(&self) -> Result<ConnectionManager, String> {
+    async fn open_and_probe(&self) -> Result<ConnectionManager, Fault> {
         let open = ConnectionManager::new_with_config(self.client.clone(), self.config.clone());
         let mut connection = tokio::time::timeout(CONNECT_TIMEOUT, open)
             .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|error| format!("{:?}", error.kind()))?;
+            .map_err(|_| Fault::Other("timed out".to_owned()))?
+            .map_err(Fault::of_connecting)?;
         let probe_key = format!("{}rate:probe", self.prefix);
         // Allowed or refused, a judged answer proves Redis works.
         let _answer = self
             .run(&mut connection, &probe_key, Duration::from_micros(1), 1)
-            .await?;
+            .await
+            .map_err(Fault::Other)?;
         Ok(connection)
     }
 
@@ -243,6 +275,72 @@ impl Inner {
                 format!("{prefix}rate:api_key:{hex}")
             }
             RateKey::OwnLimit(id) => format!("{prefix}rate:own_limit:{id}"),
+        }
+    }
+}
+
+/// The client for `url`: over TLS for `rediss://`, trusting `ca_file`'s
+/// certificates if given (the system's roots otherwise).
+fn open_client(url: &str, ca_file: Option<&Path>) -> anyhow::Result<Client> {
+    // The URL may hold a password: name the problem, not the URL.
+    let invalid = |error: RedisError| {
+        anyhow::anyhow!("REDIS_URL is not a valid Redis URL: {:?}", error.kind())
+    };
+    // redis builds its rustls configuration with the process's default
+    // provider; ring is the only one compiled in, and installing it keeps
+    // that so even if another crate's features add a second one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(ca_file) = ca_file else {
+        return Client::open(url).map_err(invalid);
+    };
+    anyhow::ensure!(
+        url.starts_with("rediss://"),
+        "REDIS_CA_FILE is set, but REDIS_URL is not a rediss:// (TLS) URL"
+    );
+    let root_cert = std::fs::read(ca_file).map_err(|error| {
+        anyhow::anyhow!("REDIS_CA_FILE: cannot read {}: {error}", ca_file.display())
+    })?;
+    let certificates = TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    };
+    Client::build_with_tls(url, certificates).map_err(|error| match error.kind() {
+        redis::ErrorKind::IoError => anyhow::anyhow!(
+            "REDIS_CA_FILE: {} holds no usable PEM certificate: {error}",
+            ca_file.display()
+        ),
+        _ => invalid(error),
+    })
+}
+
+/// A refused TLS connection at start, naming the settings.
+fn tls_failure(ca_file: Option<&Path>, reason: &str) -> anyhow::Error {
+    let roots = match ca_file {
+        Some(file) => format!(", REDIS_CA_FILE={}", file.display()),
+        None => ", no REDIS_CA_FILE: the system's roots".to_owned(),
+    };
+    anyhow::anyhow!("REDIS_URL (rediss://{roots}): no TLS connection to Redis: {reason}")
+}
+
+/// Why a connection to Redis could not be had.
+enum Fault {
+    /// The TLS handshake failed (a certificate that fails the check, a
+    /// server that does not speak TLS): a configuration error.
+    Tls(String),
+    /// Anything else: an outage.
+    Other(String),
+}
+
+impl Fault {
+    /// tokio-rustls hands rustls's error up inside an I/O error.
+    fn of_connecting(error: RedisError) -> Self {
+        let tls = std::error::Error::source(&error)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match tls {
+            Some(tls) => Fault::Tls(tls.to_string()),
+            None => Fault::Other(format!("{:?}", error.kind())),
         }
     }
 }

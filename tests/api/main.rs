@@ -28,6 +28,7 @@ mod schema;
 mod server;
 mod sessions;
 mod shared_limits;
+mod tls;
 mod traces;
 mod upgrade;
 mod usage;

@@ -16,7 +16,8 @@
 //! files send, `fixtures` makes the users, chatbots and keys a test starts
 //! from, `polling` waits for an answer to change, `process` runs the real
 //! binary, `proxy` cuts or garbles a connection, `pgbouncer` runs a real
-//! PgBouncer, `metrics` scrapes the metrics endpoint, `logs` keeps what the
+//! PgBouncer, `tls` a PostgreSQL and a Redis with certificates of the
+//! test's own, `metrics` scrapes the metrics endpoint, `logs` keeps what the
 //! servers logged, and `assertions` checks a status.
 
 mod app;
@@ -32,6 +33,7 @@ mod process;
 mod proxy;
 mod requests;
 mod templates;
+mod tls;
 
 pub use app::{
     spawn_app, spawn_app_on, spawn_app_with, spawn_app_with_production_hash_cost, TestApp,
@@ -47,6 +49,7 @@ pub use polling::{changed_within_a_second, eventually, poll_until};
 pub use process::{server_command, serving_addr, spawn_logging_json, ReplicaProcess};
 pub use proxy::TcpProxy;
 pub use requests::{api_key_update, chatbot_update, field_mask, password_change, role_change};
+pub use tls::{TempDir, TlsFiles, TlsPostgres, TlsRedis};
 
 use std::future::Future;
 

@@ -229,8 +229,9 @@ pub async fn schema_version(conn: &mut DbConnection) -> diesel::QueryResult<Opti
 mod migration_file_tests {
     use super::REVERTS_KEEPING_DATA;
 
-    /// Every migration's `up.sql`, as (backend/name, text).
-    fn up_scripts() -> Vec<(String, String)> {
+    /// Every migration's `file` (`up.sql` or `down.sql`), as
+    /// (backend/directory name, text).
+    fn scripts(file: &str) -> Vec<(String, String)> {
         let mut scripts = Vec::new();
         for backend in ["postgres", "sqlite"] {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -239,8 +240,8 @@ mod migration_file_tests {
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let path = entry.unwrap().path();
                 let name = path.file_name().unwrap().to_string_lossy().into_owned();
-                let up = std::fs::read_to_string(path.join("up.sql")).unwrap();
-                scripts.push((format!("{backend}/{name}"), up));
+                let text = std::fs::read_to_string(path.join(file)).unwrap();
+                scripts.push((format!("{backend}/{name}"), text));
             }
         }
         scripts
@@ -252,7 +253,7 @@ mod migration_file_tests {
     /// renaming waits for a later release, once no replica reads it.
     #[test]
     fn migrations_only_add_so_the_previous_version_keeps_working() {
-        for (name, up) in up_scripts() {
+        for (name, up) in scripts("up.sql") {
             let statements = up
                 .lines()
                 .filter(|line| !line.trim_start().starts_with("--"))
@@ -295,27 +296,20 @@ mod migration_file_tests {
 
     #[test]
     fn the_reverts_that_keep_data_are_exactly_those_that_only_drop_indexes() {
-        for backend in ["postgres", "sqlite"] {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("migrations")
-                .join(backend);
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                let name = path.file_name().unwrap().to_string_lossy().into_owned();
-                let version: String = name
-                    .split('_')
-                    .next()
-                    .unwrap()
-                    .chars()
-                    .filter(char::is_ascii_digit)
-                    .collect();
-                let down = std::fs::read_to_string(path.join("down.sql")).unwrap();
-                assert_eq!(
-                    REVERTS_KEEPING_DATA.contains(&version.as_str()),
-                    keeps_data(&down),
-                    "{backend}/{name}"
-                );
-            }
+        for (name, down) in scripts("down.sql") {
+            let directory = name.rsplit('/').next().unwrap();
+            let version: String = directory
+                .split('_')
+                .next()
+                .unwrap()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            assert_eq!(
+                REVERTS_KEEPING_DATA.contains(&version.as_str()),
+                keeps_data(&down),
+                "{name}"
+            );
         }
     }
 }

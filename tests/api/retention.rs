@@ -74,23 +74,18 @@ async fn expired_tokens_ended_sessions_old_usage_and_old_audit_events_are_purged
             .await;
         }
     }
-    run(
-        &mut conn,
-        &format!(
-            "UPDATE refresh_tokens SET expires_at = now() - interval '40 days' \
-             WHERE family_id = '{abandoned}'"
-        ),
-    )
-    .await;
-    // A token that expired yesterday is kept (within the 30 days).
-    run(
-        &mut conn,
-        &format!(
-            "UPDATE refresh_tokens SET expires_at = now() - interval '1 day' \
-             WHERE family_id = '{ended}'"
-        ),
-    )
-    .await;
+    // The abandoned session's tokens expired 40 days ago; the logged-out
+    // one's yesterday, which is kept (within the 30 days).
+    for (family, expired) in [(&abandoned, "40 days"), (&ended, "1 day")] {
+        run(
+            &mut conn,
+            &format!(
+                "UPDATE refresh_tokens SET expires_at = now() - interval '{expired}' \
+                 WHERE family_id = '{family}'"
+            ),
+        )
+        .await;
+    }
     // Usage: an hour 500 days ago goes, one 10 days ago stays.
     for age in ["500 days", "10 days"] {
         run(

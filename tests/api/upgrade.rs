@@ -113,7 +113,10 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
     let refreshed = clients.refresh(&login.refresh_token).await.unwrap();
     stop(old).await;
 
-    let mut sql = diesel_async::AsyncPgConnection::establish_with(&url).await;
+    let mut sql =
+        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url)
+            .await
+            .unwrap();
     let tables: Vec<TableRows> = diesel::sql_query(
         "SELECT table_name::text AS name, \
          (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I', table_name), \
@@ -182,16 +185,4 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
         "every spend by either version counted once"
     );
     drop(old);
-}
-
-trait EstablishWith {
-    async fn establish_with(url: &str) -> Self;
-}
-
-impl EstablishWith for diesel_async::AsyncPgConnection {
-    async fn establish_with(url: &str) -> Self {
-        <Self as diesel_async::AsyncConnection>::establish(url)
-            .await
-            .unwrap()
-    }
 }

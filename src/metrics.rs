@@ -168,6 +168,7 @@ struct Inner {
     pool_waiting: Gauge,
     serving: Gauge,
     rate_limit_fallbacks: Counter,
+    rate_limit_store_up: Gauge,
     overload_refusals: Family<QueueLabel, Counter>,
     cache_lookups: Family<CacheLookupLabels, Counter>,
     invalidations_live: Gauge,
@@ -305,6 +306,13 @@ impl Metrics {
             "Rate-limit checks counted in process because Redis did not answer.",
             rate_limit_fallbacks.clone(),
         );
+        let rate_limit_store_up = Gauge::default();
+        registry.register(
+            "rate_limit_store_up",
+            "1 while rate-limit checks go to Redis; 0 during an outage (counted in process) \
+             and without REDIS_URL.",
+            rate_limit_store_up.clone(),
+        );
         let overload_refusals = Family::<QueueLabel, Counter>::default();
         registry.register(
             "overload_refusals",
@@ -349,6 +357,7 @@ impl Metrics {
                 pool_acquire_timeouts,
                 registry,
                 rate_limit_fallbacks,
+                rate_limit_store_up,
                 overload_refusals,
                 methods,
                 by_path,
@@ -364,6 +373,11 @@ impl Metrics {
     /// Counts rate-limit checks that fell back from Redis.
     pub fn rate_limit_fallbacks(&self) -> Counter {
         self.inner.rate_limit_fallbacks.clone()
+    }
+
+    /// Says whether rate-limit checks go to Redis.
+    pub fn rate_limit_store_up(&self) -> Gauge {
+        self.inner.rate_limit_store_up.clone()
     }
 
     /// Counts calls refused because the queue named `queue` was full.

@@ -154,6 +154,7 @@ impl Application {
                     settings.redis_ca_file.as_deref(),
                     settings.redis_key_prefix.clone(),
                     metrics.rate_limit_fallbacks(),
+                    metrics.rate_limit_store_up(),
                 )
                 .await?,
             ),

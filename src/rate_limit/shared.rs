@@ -31,6 +31,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncConnectionConfig;
 use redis::{Client, RedisError, Script, TlsCertificates};
@@ -104,6 +105,8 @@ struct Inner {
     /// Wakes the probe when an outage starts.
     outage_started: Arc<Notify>,
     fallbacks: Counter,
+    /// 1 while checks go to Redis, 0 during an outage (a metric).
+    up: Gauge,
 }
 
 impl SharedLimits {
@@ -117,6 +120,7 @@ impl SharedLimits {
         ca_file: Option<&Path>,
         prefix: String,
         fallbacks: Counter,
+        up: Gauge,
     ) -> anyhow::Result<Self> {
         let client = open_client(url, ca_file)?;
         let config = ConnectionManagerConfig::new()
@@ -132,6 +136,7 @@ impl SharedLimits {
             in_outage: AtomicBool::new(false),
             outage_started: Arc::new(Notify::new()),
             fallbacks,
+            up,
         });
         if url.starts_with("rediss://") {
             // Before the connection manager, which would retry a refused
@@ -154,6 +159,7 @@ impl SharedLimits {
             Ok(connection) => {
                 tracing::info!("connected to Redis: rate limits are shared by every replica");
                 *inner.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(connection);
+                inner.up.set(1);
             }
             Err(Fault::Tls(reason)) => return Err(tls_failure(ca_file, &reason)),
             Err(Fault::Other(reason)) => inner.start_outage(
@@ -242,6 +248,7 @@ impl Inner {
     /// the first failure of an outage logs.
     fn start_outage(&self, reason: &str, message: &'static str) {
         *self.connection.write().unwrap_or_else(|e| e.into_inner()) = None;
+        self.up.set(0);
         if !self.in_outage.swap(true, Ordering::Relaxed) {
             tracing::warn!(%reason, redis.key_prefix = %self.prefix, "{message}");
             self.outage_started.notify_one();
@@ -370,6 +377,7 @@ async fn probe_during_outages(inner: Weak<Inner>, outage_started: Arc<Notify>) {
         if let Ok(connection) = strong.open_and_probe().await {
             *strong.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(connection);
             strong.in_outage.store(false, Ordering::Relaxed);
+            strong.up.set(1);
             tracing::info!(
                 redis.key_prefix = %strong.prefix,
                 "Redis answers again: rate limits are shared again"

@@ -217,7 +217,7 @@ async fn values_in_redis_the_service_did_not_write_are_judged_and_never_break_a_
         prefix.0,
         created.api_key.as_ref().unwrap().id
     );
-    let warnings = || logs().matches("Redis did not answer").count();
+    let warnings = || prefix.logged("Redis did not answer");
     let warnings_before = warnings();
 
     // A time further ahead than any call could have moved it: a full
@@ -265,14 +265,7 @@ async fn a_redis_fault_mid_load_is_one_outage_that_two_replicas_recover_from(
     let prefix = RedisPrefix::new();
     let proxy = TcpProxy::start(redis_addr()).await;
     let (app, replica) = two_replicas_sharing_redis(&redis_url(proxy.addr), &prefix).await;
-    // Other tests' servers log into the same capture: count this test's
-    // lines only, by its key prefix.
-    let ours = |message: &str| {
-        logs()
-            .lines()
-            .filter(|line| line.contains(message) && line.contains(&prefix.0))
-            .count()
-    };
+    let ours = |message: &str| prefix.logged(message);
     let (warn, info) = ("Redis did not answer", "Redis answers again");
     let (warnings_before, recoveries_before) = (ours(warn), ours(info));
 

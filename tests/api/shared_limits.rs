@@ -34,6 +34,15 @@ impl RedisPrefix {
     pub fn new() -> Self {
         Self(format!("test-{}:", uuid::Uuid::new_v4().simple()))
     }
+
+    /// How many lines the in-process servers of this prefix have logged
+    /// with `message` (other tests' servers log into the same capture).
+    pub fn logged(&self, message: &str) -> usize {
+        logs()
+            .lines()
+            .filter(|line| line.contains(message) && line.contains(&self.0))
+            .count()
+    }
 }
 
 impl Drop for RedisPrefix {
@@ -150,7 +159,12 @@ async fn a_redis_outage_falls_back_to_counting_in_process_and_recovers() {
     ])
     .await;
     let fallback_warning = "Redis did not answer a rate-limit check";
-    let warnings_before = logs().matches(fallback_warning).count();
+    let warnings_before = prefix.logged(fallback_warning);
+    let store_up = |metrics: &str| metrics.contains("\nrate_limit_store_up 1\n");
+    assert!(
+        store_up(&scrape(app.metrics_addr.unwrap()).await),
+        "Redis in use"
+    );
 
     // Shared counts: two of the burst of three spent in Redis.
     for _ in 0..2 {
@@ -175,7 +189,7 @@ async fn a_redis_outage_falls_back_to_counting_in_process_and_recovers() {
         "during the outage the in-process limit should let some calls through and refuse others: {answers:?}"
     );
     assert_eq!(
-        logs().matches(fallback_warning).count() - warnings_before,
+        prefix.logged(fallback_warning) - warnings_before,
         1,
         "one WARN per outage, not one per call"
     );
@@ -190,12 +204,17 @@ async fn a_redis_outage_falls_back_to_counting_in_process_and_recovers() {
         fallbacks >= 6.0,
         "{fallbacks} fallbacks counted for 6 checks during the outage"
     );
+    assert!(metrics.contains("\nrate_limit_store_up 0\n"), "{metrics}");
 
     proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !logs().contains("Redis answers again") {
+    while prefix.logged("Redis answers again") == 0 {
         assert!(Instant::now() < deadline, "never went back to Redis");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = anonymous_call(&app).await;
     }
+    assert!(
+        store_up(&scrape(app.metrics_addr.unwrap()).await),
+        "Redis in use again"
+    );
 }

@@ -219,3 +219,91 @@ crate::helpers::backend_test! {
         replica.login(&user.email, &user.password).await.expect("the user is still there");
     }
 }
+
+/// Raw SQL on either store: what the server wrote is aged by hand.
+enum Store {
+    Postgres(AsyncPgConnection),
+    Sqlite(diesel::SqliteConnection),
+}
+
+impl Store {
+    async fn open(app: &crate::helpers::TestApp) -> Self {
+        match app.database_url.strip_prefix("sqlite://") {
+            Some(path) => Self::Sqlite(
+                <diesel::SqliteConnection as diesel::Connection>::establish(path).unwrap(),
+            ),
+            None => Self::Postgres(app.sql().await),
+        }
+    }
+
+    async fn run(&mut self, statement: &str) {
+        match self {
+            Self::Postgres(conn) => run(conn, statement).await,
+            Self::Sqlite(conn) => {
+                diesel::RunQueryDsl::execute(diesel::sql_query(statement), conn).unwrap();
+            }
+        }
+    }
+
+    async fn count(&mut self, table: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            rows: i64,
+        }
+        let query = diesel::sql_query(format!("SELECT COUNT(*) AS rows FROM {table}"));
+        let counted: Vec<Count> = match self {
+            Self::Postgres(conn) => query.load(conn).await.unwrap(),
+            Self::Sqlite(conn) => diesel::RunQueryDsl::load(query, conn).unwrap(),
+        };
+        counted[0].rows
+    }
+}
+
+/// An instant `days` ago as both stores read it in a literal.
+fn days_ago(days: i64) -> String {
+    (chrono::Utc::now() - chrono::TimeDelta::days(days))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+crate::helpers::backend_test! {
+    async fn the_purges_run_on_both_stores() {
+        let mut app = spawn_app().await;
+        let KeyOwner { owner, .. } = app.new_key_owner("bot").await;
+        let ended = app.login(&owner.email, &owner.password).await.unwrap();
+        app.logout(&ended.access_token, &ended.refresh_token).await.unwrap();
+        let mut store = Store::open(&app).await;
+        let (sessions, audit_events) = (store.count("sessions").await, store.count("audit_events").await);
+        let (long_ago, old_hour) = (days_ago(60), days_ago(500));
+        let (ended_at, stale) = (days_ago(40), days_ago(400));
+        store.run(&format!("UPDATE sessions SET created_at = '{long_ago}'")).await;
+        store.run(&format!("UPDATE sessions SET revoked_at = '{ended_at}' WHERE revoked_at IS NOT NULL")).await;
+        store.run(&format!("UPDATE refresh_tokens SET expires_at = '{ended_at}' WHERE revoked_at IS NOT NULL")).await;
+        store.run(&format!(
+            "UPDATE audit_events SET occurred_at = '{stale}', last_occurred_at = '{stale}' \
+             WHERE id = (SELECT MIN(id) FROM audit_events)"
+        )).await;
+        store.run(&format!(
+            "INSERT INTO api_key_usage (api_key_id, hour, chatbot_id, valid, revoked, expired, \
+             rate_limited, usage_exceeded, credits_spent) \
+             SELECT id, '{old_hour}', chatbot_id, 1, 0, 0, 0, 0, 0 FROM api_keys"
+        )).await;
+        drop(store);
+
+        app.stop().await;
+        let _restarted = app.spawn_replica(&[]).await;
+        let app = &app;
+        crate::helpers::eventually(0, || async move {
+            Store::open(app).await.count("api_key_usage").await
+        })
+        .await;
+        let mut store = Store::open(app).await;
+        assert_eq!(store.count("sessions").await, sessions - 1, "the ended session goes, the live one stays");
+        assert_eq!(store.count("audit_events").await, audit_events - 1);
+        assert_eq!(
+            store.count("refresh_tokens").await,
+            1,
+            "the live session's token stays; the expired one goes"
+        );
+    }
+}

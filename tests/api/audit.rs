@@ -8,8 +8,7 @@ use tonic::Code;
 
 use crate::helpers::{
     api_key_update, assert_code, backend_test, chatbot_update, clock_hour, password_change,
-    repeats_by_attempt, role_change, server_command, spawn_app, spawn_app_with, violated_fields,
-    TestApp, TestUser,
+    repeats_by_attempt, role_change, spawn_app, spawn_app_with, violated_fields, TestApp, TestUser,
 };
 
 async fn events(
@@ -421,21 +420,12 @@ backend_test! {
     }
 }
 
-/// Runs an operator command of the server binary on the app's database,
-/// with `stdin` as its input.
+/// Runs the operator command `args` on `app`'s database, feeding it
+/// `stdin`; it must succeed.
 async fn run_command(app: &TestApp, args: &[&str], stdin: &str) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = server_command()
-        .args(args)
-        .env("DATABASE_URL", &app.database_url)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start the server binary");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    assert!(child.wait().await.unwrap().success(), "{args:?} failed");
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let (ok, said) = crate::helpers::run_command(&app.database_url, &args, stdin).await;
+    assert!(ok, "{args:?} failed: {said}");
 }
 
 backend_test! {

@@ -9,8 +9,7 @@ use chatbot_backend::proto::{self, VerifyApiKeyReason};
 use tokio::process::Command;
 
 use crate::helpers::{
-    backend_test, server_command, spawn_app, spawn_app_on, Backend, Clients, KeyOwner,
-    TestDatabase, SECRET_KEY,
+    backend_test, run_command, spawn_app, spawn_app_on, Backend, Clients, KeyOwner, TestDatabase,
 };
 
 /// Runs `command`, failing the test with what it said if it fails.
@@ -59,14 +58,13 @@ backend_test! {
         match Backend::current() {
             Backend::Sqlite => {
                 let copy = restored.sqlite_path.clone().unwrap();
-                succeeds(
-                    server_command()
-                        .args(["backup", "--output"])
-                        .arg(&copy)
-                        .env("DATABASE_URL", &app.database_url)
-                        .env("SECRET_KEY", SECRET_KEY),
+                let (ok, said) = run_command(
+                    &app.database_url,
+                    &["backup".as_ref(), "--output".as_ref(), copy.as_os_str()],
+                    "",
                 )
                 .await;
+                assert!(ok, "{said}");
             }
             Backend::Postgres => {
                 succeeds(Command::new("pg_dump").args(["--format=custom", "--file"]).arg(&dump).args(["--dbname", &app.database_url])).await;

@@ -116,9 +116,10 @@ async fn expired_tokens_ended_sessions_old_usage_and_old_audit_events_are_purged
     )
     .await;
 
-    // A server starting on the database purges at once.
+    // Servers starting on the database purge at once; two starting
+    // together only find less to delete each.
     app.stop().await;
-    let replica = app.spawn_replica(&[]).await;
+    let (replica, _other) = tokio::join!(app.spawn_replica(&[]), app.spawn_replica(&[]));
     let sessions = || async {
         let mut conn = replica.sql().await;
         let mut ids = texts(&mut conn, "SELECT id::text AS value FROM sessions").await;
@@ -177,20 +178,13 @@ async fn expired_tokens_ended_sessions_old_usage_and_old_audit_events_are_purged
     assert!(me.is_ok(), "{me:?}");
 }
 
-/// Runs the binary's `migrate` with `args` on `database_url`: whether it
-/// succeeded, and what it said.
+/// The binary's `migrate` with `args` on `database_url`.
 async fn migrate(database_url: &str, args: &[&str]) -> (bool, String) {
-    let output = crate::helpers::server_command()
-        .arg("migrate")
-        .args(args)
-        .env("DATABASE_URL", database_url)
-        .env("SECRET_KEY", crate::helpers::SECRET_KEY)
-        .output()
-        .await
-        .expect("the binary runs");
-    let said = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), said)
+    let args: Vec<&std::ffi::OsStr> = std::iter::once("migrate")
+        .chain(args.iter().copied())
+        .map(std::ffi::OsStr::new)
+        .collect();
+    crate::helpers::run_command(database_url, &args, "").await
 }
 
 crate::helpers::backend_test! {

@@ -142,6 +142,34 @@ impl std::ops::Deref for ReplicaProcess {
     }
 }
 
+/// Runs the binary's operator command `args` (`migrate --revert`,
+/// `backup --output ...`, `create-admin` reading `stdin`) on
+/// `database_url`: whether it succeeded, and what it said on stdout and
+/// stderr.
+pub async fn run_command(
+    database_url: &str,
+    args: &[&std::ffi::OsStr],
+    stdin: &str,
+) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = server_command()
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("SECRET_KEY", SECRET_KEY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the server binary");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let output = child.wait_with_output().await.expect("the binary runs");
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), said)
+}
+
 /// The server binary, hashing at [`TEST_HASH_COST`] like the in-process
 /// servers.
 pub fn server_command() -> Command {

@@ -15,6 +15,8 @@ const PROTOS: &[&str] = &[
     "chatbot/v1/auth_service.proto",
     "chatbot/v1/status_service.proto",
     "chatbot/v1/audit_service.proto",
+    "chatbot/v1/organization.proto",
+    "chatbot/v1/organization_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

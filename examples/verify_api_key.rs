@@ -22,8 +22,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     if answer.valid {
         println!(
-            "chatbot {} of user {} -> {}",
-            answer.chatbot_id, answer.owner_id, answer.llm_endpoint_url
+            "chatbot {} of organization {} -> {}",
+            answer.chatbot_id, answer.organization_id, answer.llm_endpoint_url
         );
     } else {
         // An invalid key is a normal answer, not an error status.

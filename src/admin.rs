@@ -10,7 +10,8 @@ use crate::auth::PasswordHasher;
 use crate::db::models::{AuditActor, Chatbot, NewChatbot, NewUser, Session, User};
 use crate::db::{self, Database, Invalidation, Written};
 use crate::domain::{
-    AuditAction, AuditChange, AuditRecord, AuditTarget, ChatbotId, Email, Password, Role, UserId,
+    AuditAction, AuditChange, AuditRecord, AuditTarget, ChatbotId, Email, OrganizationId, Password,
+    Role, UserId,
 };
 
 /// An operator command as the audit log's actor: the command line, of
@@ -131,6 +132,7 @@ pub async fn seed(db: &Database, hasher: &PasswordHasher) -> anyhow::Result<()> 
             ] {
                 let new = NewChatbot {
                     id: ChatbotId::generate(),
+                    organization_id: OrganizationId::personal(user.id),
                     owner_id: user.id,
                     name: name.into(),
                     llm_endpoint_url: url.into(),
@@ -139,7 +141,8 @@ pub async fn seed(db: &Database, hasher: &PasswordHasher) -> anyhow::Result<()> 
                 let chatbot = db::write(&mut conn, actor.clone(), None, |conn| {
                     async move {
                         let chatbot = Chatbot::insert(conn, new).await?;
-                        let target = AuditTarget::chatbot(chatbot.id, new.owner_id);
+                        let target =
+                            AuditTarget::chatbot(chatbot.id, new.owner_id, new.organization_id);
                         let record = AuditRecord::new(AuditAction::ChatbotCreate, target);
                         Ok::<_, diesel::result::Error>(Written::recorded(chatbot, record))
                     }

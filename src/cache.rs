@@ -248,7 +248,7 @@ mod tests {
                 Invalidation::Key(id) => self.id == id,
                 Invalidation::Chatbot(id) => self.chatbot == id,
                 Invalidation::Owner(id) => self.owner == id,
-                Invalidation::Session(_) => false,
+                Invalidation::Session(_) | Invalidation::Organization(_) => false,
             }
         }
     }

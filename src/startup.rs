@@ -15,7 +15,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::auth::{AuthLayer, CredentialsGate, LoginThrottle, PasswordHasher, Sessions, TokenKeys};
+use crate::auth::{
+    AuthLayer, CredentialsGate, LoginThrottle, Memberships, PasswordHasher, Sessions, TokenKeys,
+};
 use crate::config::{Config, Settings};
 use crate::db::{self, Database, DatabaseTarget, ServeLock};
 use crate::gate::GateLayer;
@@ -30,6 +32,7 @@ use crate::proto::api_key_service_server::ApiKeyServiceServer;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::chatbot_service_server::ChatbotServiceServer;
+use crate::proto::organization_service_server::OrganizationServiceServer;
 use crate::proto::status_service_server::StatusServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
 use crate::rate_limit::{RateLimitGate, RateLimits, SharedLimits};
@@ -38,6 +41,7 @@ use crate::services::audit::Audit;
 use crate::services::auth::Auth;
 use crate::services::chatbots::Chatbots;
 use crate::services::external_authorization::ExternalAuthorization;
+use crate::services::organizations::Organizations;
 use crate::services::status::StatusApi;
 use crate::services::users::Users;
 use crate::services::{AppState, Policy};
@@ -162,6 +166,8 @@ impl Application {
         };
         let (hits, misses) = metrics.cache_lookups("sessions");
         let sessions = Sessions::new(db.clone(), hits, misses);
+        let (hits, misses) = metrics.cache_lookups("memberships");
+        let memberships = Memberships::new(db.clone(), hits, misses);
         let (hits, misses) = metrics.cache_lookups("api_keys");
         let api_key_cache = Arc::new(
             ApiKeyCache::new(
@@ -196,9 +202,11 @@ impl Application {
             caches: CacheInvalidation::new(
                 api_key_cache.clone(),
                 sessions.clone(),
+                memberships.clone(),
                 metrics.invalidations_live(),
             ),
             sessions,
+            memberships,
             api_key_cache,
             hasher: PasswordHasher::with_cost(
                 settings.max_concurrent_hashes,
@@ -453,6 +461,10 @@ impl Application {
             )
             .add_service(
                 AuditServiceServer::new(Audit(state.clone())).max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                OrganizationServiceServer::new(Organizations(state.clone()))
+                    .max_decoding_message_size(max_bytes),
             )
             .add_service(
                 AuthorizationServer::new(ExternalAuthorization::new(

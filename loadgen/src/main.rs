@@ -374,9 +374,9 @@ impl Caller {
             Rpc::CreateChatbot => self
                 .chatbots
                 .create_chatbot(proto::CreateChatbotRequest {
-                    owner_id: String::new(),
                     name: format!("loadgen {}-{}", self.id, self.sent),
                     llm_endpoint_url: LLM_ENDPOINT_URL.into(),
+                    ..Default::default()
                 })
                 .await
                 .map(|_| None),
@@ -563,9 +563,9 @@ async fn create_chatbot(
 ) -> anyhow::Result<String> {
     let chatbot = client
         .create_chatbot(proto::CreateChatbotRequest {
-            owner_id: String::new(),
             name: name.into(),
             llm_endpoint_url: LLM_ENDPOINT_URL.into(),
+            ..Default::default()
         })
         .await
         .context("CreateChatbot")?

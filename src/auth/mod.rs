@@ -1,9 +1,10 @@
 //! Who is calling: password hashing, access tokens (JWT) and the sessions
 //! they belong to, the authentication layers, the client network an
-//! address belongs to, login throttling, and what a caller may act on
-//! ([`ownership`]).
+//! address belongs to, login throttling, organization memberships, and
+//! what a caller may act on ([`ownership`]).
 
 mod layer;
+mod memberships;
 pub mod ownership;
 mod password;
 mod sessions;
@@ -14,6 +15,7 @@ pub use layer::{
     in_service, AuthLayer, Credentials, CredentialsGate, RpcMethod, EXTERNAL_AUTHORIZATION_CHECK,
     PUBLIC_METHODS, PUBLIC_SERVICES,
 };
+pub use memberships::{MembershipCache, Memberships};
 pub use password::{HashCost, HashSlot, PasswordHasher};
 pub use sessions::{SessionCache, Sessions};
 pub use throttle::{LoginThrottle, Reservation};
@@ -47,30 +49,20 @@ impl Caller {
         self.role == Role::Admin
     }
 
-    /// Whether the caller may act on something `owner` owns.
+    /// Whether the caller may act for user `owner` (their account, their
+    /// sessions): as that user or as an admin.
     pub fn may_act_for(&self, owner: UserId) -> bool {
         self.is_admin() || self.user_id == owner
     }
 
-    /// The one ownership rule: the caller acts on what `owner` owns only as
-    /// that owner or as an admin; anyone else is PERMISSION_DENIED.
+    /// The rule for a user's own account: the caller acts on it only as
+    /// that user or as an admin; anyone else is PERMISSION_DENIED. What
+    /// belongs to organizations is authorized by [`ownership`].
     pub fn require_may_act_for(&self, owner: UserId) -> AppResult<()> {
         if self.may_act_for(owner) {
             Ok(())
         } else {
             Err(AppError::PermissionDenied)
-        }
-    }
-
-    /// [`Self::require_may_act_for`] on a lookup of a resource and its owner.
-    /// Authorization comes before existence (AIP-193): a missing resource is
-    /// NOT_FOUND only to an admin, who may see every resource; anyone else
-    /// gets PERMISSION_DENIED, and cannot tell it from someone else's.
-    pub fn authorize<T>(&self, found: Option<(T, UserId)>, what: &'static str) -> AppResult<T> {
-        match found {
-            Some((resource, owner)) => self.require_may_act_for(owner).map(|()| resource),
-            None if self.is_admin() => Err(AppError::NotFound(what)),
-            None => Err(AppError::PermissionDenied),
         }
     }
 }

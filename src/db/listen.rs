@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 
 use super::{Database, DbConnection, PgConnector};
-use crate::domain::{ApiKeyId, ChatbotId, SessionId, UserId};
+use crate::domain::{ApiKeyId, ChatbotId, OrganizationId, SessionId, UserId};
 
 /// How often the listener sends itself a heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -43,17 +43,24 @@ pub enum Invalidation {
     Owner(UserId),
     /// One session ended (logout, refresh-token re-use).
     Session(SessionId),
+    /// Who belongs to an organization, or with which role, changed (a
+    /// member joined, left, was removed or re-roled; the organization was
+    /// deleted).
+    Organization(OrganizationId),
 }
 
 impl Invalidation {
-    /// The `NOTIFY` payload: `key:<id>`, `chatbot:<uuid>`, `user:<uuid>` or
-    /// `session:<uuid>`.
+    /// The `NOTIFY` payload: `key:<id>`, `chatbot:<uuid>`, `user:<uuid>`,
+    /// `session:<uuid>` or `organization:<uuid>`. A replica of the previous
+    /// version reads a kind it does not know as "anything may be stale" and
+    /// empties its caches.
     pub fn payload(&self) -> String {
         match self {
             Self::Key(id) => format!("key:{id}"),
             Self::Chatbot(id) => format!("chatbot:{id}"),
             Self::Owner(id) => format!("user:{id}"),
             Self::Session(id) => format!("session:{id}"),
+            Self::Organization(id) => format!("organization:{id}"),
         }
     }
 
@@ -64,6 +71,7 @@ impl Invalidation {
             "chatbot" => id.parse().ok().map(Self::Chatbot),
             "user" => id.parse().ok().map(Self::Owner),
             "session" => id.parse().ok().map(Self::Session),
+            "organization" => id.parse().ok().map(Self::Organization),
             _ => None,
         }
     }

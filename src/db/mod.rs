@@ -42,3 +42,15 @@ pub use pool::{Database, PoolError, PoolSettings};
 pub use target::{DatabaseTarget, ServeLock};
 pub use tls::{PgConnectError, PgConnector};
 pub use write::{write, Written};
+
+/// Whether `error` is a foreign key refusing a change: PostgreSQL's or
+/// SQLite's own, or one of the triggers that stand in for a foreign key on
+/// SQLite (`chatbots.organization_id`; see the organizations migration).
+pub fn is_foreign_key_violation(error: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match error {
+        Error::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => true,
+        Error::DatabaseError(_, info) => info.message() == "FOREIGN KEY constraint failed",
+        _ => false,
+    }
+}

@@ -122,6 +122,8 @@ diesel::table! {
         last_occurred_at -> DbTimestamp,
         /// For refused attempts: what repeats share (action, actor, target, address, hour); NULL otherwise.
         aggregate_key -> Nullable<Text>,
+        /// The organization the target belongs to; its members may see the event. NULL for users and RPCs.
+        organization_id -> Nullable<DbUuid>,
     }
 }
 
@@ -129,11 +131,11 @@ diesel::table! {
     use diesel::sql_types::*;
     use crate::db::sql_types::{DbTimestamp, DbUuid};
 
-    /// Chatbots, each owned by one user.
+    /// Chatbots, each owned by one organization.
     chatbots (id) {
         /// UUIDv7 assigned by the server.
         id -> DbUuid,
-        /// Owning user; deleting the user deletes the chatbot.
+        /// The person accountable: for a personal organization its user; otherwise who created it, or an owner it passed to when that user was deleted.
         owner_id -> DbUuid,
         /// Display name, 1 to 100 characters.
         name -> Text,
@@ -143,6 +145,10 @@ diesel::table! {
         created_at -> DbTimestamp,
         /// Time of the last change.
         updated_at -> DbTimestamp,
+        /// The organization that owns the chatbot. The column is nullable
+        /// only so the previous version can insert without it; a trigger
+        /// fills it in, so it is never NULL once inserted.
+        organization_id -> DbUuid,
     }
 }
 
@@ -158,6 +164,73 @@ diesel::table! {
         window_start -> DbTimestamp,
         /// Password checks in the window that did not succeed, in flight ones included.
         attempts -> Int4,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
+    /// Invitations to join an organization; only digests of their tokens are stored.
+    organization_invitations (id) {
+        /// UUIDv7 assigned by the server.
+        id -> DbUuid,
+        /// The organization to join; deleting it deletes its invitations.
+        organization_id -> DbUuid,
+        /// Lowercased email of the one user who may accept it.
+        email -> Text,
+        /// The role the member gets: owner, editor or viewer.
+        role -> Text,
+        /// SHA-256 digest of the invitation token; the token itself is never stored.
+        token_hash -> Bytea,
+        /// The member who invited; NULL once that user is deleted.
+        created_by -> Nullable<DbUuid>,
+        /// Creation time; first key of the list order.
+        created_at -> DbTimestamp,
+        /// After this it can no longer be accepted.
+        expires_at -> DbTimestamp,
+        /// The user who accepted it.
+        accepted_by -> Nullable<DbUuid>,
+        /// When it was accepted; an invitation is accepted once.
+        accepted_at -> Nullable<DbTimestamp>,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
+    /// Who belongs to an organization, with which role.
+    organization_members (organization_id, user_id) {
+        /// The organization; deleting it deletes its memberships.
+        organization_id -> DbUuid,
+        /// The member; deleting the user deletes the membership.
+        user_id -> DbUuid,
+        /// owner, editor or viewer.
+        role -> Text,
+        /// When the user joined; first key of the list order.
+        created_at -> DbTimestamp,
+        /// Time of the last role change.
+        updated_at -> DbTimestamp,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
+    /// Teams that own chatbots; every user also has a personal one.
+    organizations (id) {
+        /// UUIDv7 assigned by the server; a personal organization's is its user's id.
+        id -> DbUuid,
+        /// Display name, 1 to 100 characters.
+        name -> Text,
+        /// For a personal organization, its one member; deleting the user deletes it. NULL for a team.
+        personal_user_id -> Nullable<DbUuid>,
+        /// Creation time; first key of the list order.
+        created_at -> DbTimestamp,
+        /// Time of the last change.
+        updated_at -> DbTimestamp,
     }
 }
 
@@ -227,7 +300,11 @@ diesel::table! {
 diesel::joinable!(api_key_limits -> api_keys (api_key_id));
 diesel::joinable!(api_key_usage -> chatbots (chatbot_id));
 diesel::joinable!(api_keys -> chatbots (chatbot_id));
+diesel::joinable!(chatbots -> organizations (organization_id));
 diesel::joinable!(chatbots -> users (owner_id));
+diesel::joinable!(organization_invitations -> organizations (organization_id));
+diesel::joinable!(organization_members -> organizations (organization_id));
+diesel::joinable!(organization_members -> users (user_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 
@@ -238,6 +315,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_events,
     chatbots,
     login_attempts,
+    organization_invitations,
+    organization_members,
+    organizations,
     refresh_tokens,
     sessions,
     users,

@@ -20,7 +20,9 @@ use diesel::sql_types::{self, Nullable, SingleValue, SqlType};
 use diesel::sqlite::{Sqlite, SqliteValue};
 use uuid::Uuid;
 
-use crate::domain::{ApiKeyId, ChatbotId, RefreshTokenId, SessionId, UserId};
+use crate::domain::{
+    ApiKeyId, ChatbotId, InvitationId, OrganizationId, RefreshTokenId, SessionId, UserId,
+};
 
 /// A UUID: `uuid` on PostgreSQL, lowercase hyphenated `TEXT` on SQLite.
 #[derive(Debug, Clone, Copy, Default, SqlType, QueryId)]
@@ -238,6 +240,8 @@ id_columns! {
     ChatbotId(Uuid) as DbUuid, bound as SqlUuid;
     RefreshTokenId(Uuid) as DbUuid, bound as SqlUuid;
     SessionId(Uuid) as DbUuid, bound as SqlUuid;
+    OrganizationId(Uuid) as DbUuid, bound as SqlUuid;
+    InvitationId(Uuid) as DbUuid, bound as SqlUuid;
     ApiKeyId(i64) as sql_types::BigInt, bound as i64;
 }
 

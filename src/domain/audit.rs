@@ -6,7 +6,9 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use super::{ApiKeyId, ChatbotId, FieldViolation, PageRequest, UserId};
+use super::{
+    ApiKeyId, ChatbotId, FieldViolation, InvitationId, OrganizationId, PageRequest, UserId,
+};
 
 /// What happened. The names are part of the API (ListAuditEvents returns
 /// and filters by them).
@@ -30,10 +32,18 @@ pub enum AuditAction {
     ApiKeyRevoke,
     ApiKeyRotate,
     ApiKeyDelete,
+    OrganizationCreate,
+    OrganizationUpdate,
+    OrganizationDelete,
+    MemberJoin,
+    MemberRoleChange,
+    MemberRemove,
+    InvitationCreate,
+    InvitationDelete,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 18] = [
+    pub const ALL: [AuditAction; 26] = [
         Self::UserCreate,
         Self::UserUpdate,
         Self::UserRoleChange,
@@ -52,6 +62,14 @@ impl AuditAction {
         Self::ApiKeyRevoke,
         Self::ApiKeyRotate,
         Self::ApiKeyDelete,
+        Self::OrganizationCreate,
+        Self::OrganizationUpdate,
+        Self::OrganizationDelete,
+        Self::MemberJoin,
+        Self::MemberRoleChange,
+        Self::MemberRemove,
+        Self::InvitationCreate,
+        Self::InvitationDelete,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +92,14 @@ impl AuditAction {
             Self::ApiKeyRevoke => "api_key.revoke",
             Self::ApiKeyRotate => "api_key.rotate",
             Self::ApiKeyDelete => "api_key.delete",
+            Self::OrganizationCreate => "organization.create",
+            Self::OrganizationUpdate => "organization.update",
+            Self::OrganizationDelete => "organization.delete",
+            Self::MemberJoin => "member.join",
+            Self::MemberRoleChange => "member.role_change",
+            Self::MemberRemove => "member.remove",
+            Self::InvitationCreate => "invitation.create",
+            Self::InvitationDelete => "invitation.delete",
         }
     }
 
@@ -91,6 +117,10 @@ pub enum TargetType {
     User,
     Chatbot,
     ApiKey,
+    Organization,
+    /// A membership, named by the member's user id.
+    Member,
+    Invitation,
     /// A call refused as a whole, named by its RPC.
     Rpc,
 }
@@ -101,25 +131,43 @@ impl TargetType {
             Self::User => "user",
             Self::Chatbot => "chatbot",
             Self::ApiKey => "api_key",
+            Self::Organization => "organization",
+            Self::Member => "member",
+            Self::Invitation => "invitation",
             Self::Rpc => "rpc",
         }
     }
 
     pub fn parse(field: &str, name: &str) -> Result<Self, FieldViolation> {
-        [Self::User, Self::Chatbot, Self::ApiKey, Self::Rpc]
-            .into_iter()
-            .find(|kind| kind.name() == name)
-            .ok_or_else(|| FieldViolation::new(field, "must be user, chatbot, api_key or rpc"))
+        [
+            Self::User,
+            Self::Chatbot,
+            Self::ApiKey,
+            Self::Organization,
+            Self::Member,
+            Self::Invitation,
+            Self::Rpc,
+        ]
+        .into_iter()
+        .find(|kind| kind.name() == name)
+        .ok_or_else(|| {
+            FieldViolation::new(
+                field,
+                "must be user, chatbot, api_key, organization, member, invitation or rpc",
+            )
+        })
     }
 }
 
-/// What an action is done to, and who owns it (who may see the event;
-/// nobody but admins when no user does).
+/// What an action is done to, who owns it and the organization it belongs
+/// to (who may see the event: the owner and the organization's members;
+/// nobody but admins when neither is known).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditTarget {
     pub kind: TargetType,
     pub id: String,
     pub owner: Option<UserId>,
+    pub organization: Option<OrganizationId>,
 }
 
 impl AuditTarget {
@@ -129,6 +177,7 @@ impl AuditTarget {
             kind: TargetType::User,
             id: id.to_string(),
             owner: Some(id),
+            organization: None,
         }
     }
 
@@ -141,6 +190,7 @@ impl AuditTarget {
                 kind: TargetType::User,
                 id: String::new(),
                 owner: None,
+                organization: None,
             },
         }
     }
@@ -151,22 +201,55 @@ impl AuditTarget {
             kind: TargetType::Rpc,
             id: name.to_owned(),
             owner: None,
+            organization: None,
         }
     }
 
-    pub fn chatbot(id: ChatbotId, owner: UserId) -> Self {
+    /// A chatbot, with its owner_id and organization.
+    pub fn chatbot(id: ChatbotId, owner: UserId, organization: OrganizationId) -> Self {
         Self {
             kind: TargetType::Chatbot,
             id: id.to_string(),
             owner: Some(owner),
+            organization: Some(organization),
         }
     }
 
-    pub fn api_key(id: ApiKeyId, owner: UserId) -> Self {
+    /// An API key, with its chatbot's owner_id and organization.
+    pub fn api_key(id: ApiKeyId, owner: UserId, organization: OrganizationId) -> Self {
         Self {
             kind: TargetType::ApiKey,
             id: id.to_string(),
             owner: Some(owner),
+            organization: Some(organization),
+        }
+    }
+
+    pub fn organization(id: OrganizationId) -> Self {
+        Self {
+            kind: TargetType::Organization,
+            id: id.to_string(),
+            owner: None,
+            organization: Some(id),
+        }
+    }
+
+    /// A membership: the member is its owner (they see it as theirs).
+    pub fn member(organization: OrganizationId, user: UserId) -> Self {
+        Self {
+            kind: TargetType::Member,
+            id: user.to_string(),
+            owner: Some(user),
+            organization: Some(organization),
+        }
+    }
+
+    pub fn invitation(id: InvitationId, organization: OrganizationId) -> Self {
+        Self {
+            kind: TargetType::Invitation,
+            id: id.to_string(),
+            owner: None,
+            organization: Some(organization),
         }
     }
 }
@@ -234,8 +317,11 @@ pub struct AuditFilter {
     pub target_id: Option<String>,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
-    /// Only events on what this user owns, done by them or succeeded (a
-    /// user's view); `None` is an admin's view of every event.
+    /// Only events in this organization.
+    pub organization: Option<OrganizationId>,
+    /// Only events on what this user owns or on the organizations they
+    /// belong to, done by them or succeeded (a user's view); `None` is an
+    /// admin's view of every event.
     pub visible_to: Option<UserId>,
 }
 

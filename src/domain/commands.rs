@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ApiKeyId, ApiKeySecret, AuditChange, ChatbotId, ChatbotName, CreditsSetting, DisplayText,
-    Email, FieldViolation, KeyRateLimit, LlmEndpoint, PageRequest, Password, Refill, Role,
-    UsageRange, UserId,
+    Email, FieldViolation, KeyRateLimit, LlmEndpoint, OrgRole, OrganizationId, OrganizationName,
+    PageRequest, Password, Refill, Role, UsageRange, UserId,
 };
 
 /// CreateUser: sign-up, or an admin creating a user.
@@ -32,17 +32,20 @@ pub struct UpdateUser {
     pub current_password: Result<Password, FieldViolation>,
 }
 
-/// CreateChatbot.
+/// CreateChatbot: the organization that gets it (a personal one when the
+/// request named an owner, or nothing).
 #[derive(Debug)]
 pub struct CreateChatbot {
-    pub owner_id: UserId,
+    pub organization: OrganizationId,
     pub name: ChatbotName,
     pub endpoint: LlmEndpoint,
 }
 
-/// ListChatbots: one owner's, or (`None`, admins only) everyone's.
+/// ListChatbots: every filter given applies; a user (not an admin) sees
+/// only the organizations they belong to.
 #[derive(Debug)]
 pub struct ListChatbots {
+    pub organization: Option<OrganizationId>,
     pub owner: Option<UserId>,
     pub page: PageRequest<ChatbotId>,
 }
@@ -159,4 +162,41 @@ pub struct Login {
 pub struct GetUsage<T> {
     pub of: T,
     pub range: UsageRange,
+}
+
+/// UpdateOrganization: the fields its mask names.
+#[derive(Debug)]
+pub struct UpdateOrganization {
+    pub id: OrganizationId,
+    pub name: Option<OrganizationName>,
+}
+
+/// One member of one organization (RemoveMember).
+#[derive(Debug, Clone, Copy)]
+pub struct MemberRef {
+    pub organization: OrganizationId,
+    pub user: UserId,
+}
+
+/// UpdateMember: the member's new role.
+#[derive(Debug)]
+pub struct UpdateMember {
+    pub member: MemberRef,
+    pub role: OrgRole,
+}
+
+/// CreateInvitation.
+#[derive(Debug)]
+pub struct CreateInvitation {
+    pub organization: OrganizationId,
+    pub email: Email,
+    pub role: OrgRole,
+    pub ttl: Duration,
+}
+
+/// ListMembers and ListInvitations: one organization's, one page.
+#[derive(Debug)]
+pub struct ListOf<K> {
+    pub organization: OrganizationId,
+    pub page: PageRequest<K>,
 }

@@ -65,6 +65,23 @@ uuid_id!(
     SessionId
 );
 
+uuid_id!(
+    /// Id of an organization. A user's personal organization has the
+    /// user's own id (see [`OrganizationId::personal`]).
+    OrganizationId
+);
+uuid_id!(
+    /// Id of an invitation to join an organization.
+    InvitationId
+);
+
+impl OrganizationId {
+    /// The personal organization of `user`, made with the user.
+    pub fn personal(user: UserId) -> Self {
+        Self(user.0)
+    }
+}
+
 /// Id of an API key (auto-increment, as in the original data model).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ApiKeyId(pub i64);

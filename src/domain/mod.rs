@@ -11,6 +11,7 @@ mod email;
 mod field_violation;
 mod ids;
 mod key_limits;
+mod organization;
 mod paging;
 mod password;
 mod public_host;
@@ -27,15 +28,22 @@ pub use audit::{
 };
 pub use chatbot::{ChatbotName, LlmEndpoint};
 pub use commands::{
-    ApiKeyFilter, CreateApiKey, CreateChatbot, CreateUser, CreditsChange, GetUsage, ListApiKeys,
-    ListChatbots, Login, RotateApiKey, UpdateApiKey, UpdateChatbot, UpdateUser, VerifyApiKey,
+    ApiKeyFilter, CreateApiKey, CreateChatbot, CreateInvitation, CreateUser, CreditsChange,
+    GetUsage, ListApiKeys, ListChatbots, ListOf, Login, MemberRef, RotateApiKey, UpdateApiKey,
+    UpdateChatbot, UpdateMember, UpdateOrganization, UpdateUser, VerifyApiKey,
 };
 pub use display_text::DisplayText;
 pub use email::Email;
 pub use field_violation::FieldViolation;
-pub use ids::{ApiKeyId, ChatbotId, RefreshTokenId, SessionId, UserId};
+pub use ids::{
+    ApiKeyId, ChatbotId, InvitationId, OrganizationId, RefreshTokenId, SessionId, UserId,
+};
 pub use key_limits::{
     parse_balance, parse_cost, CreditsSetting, CreditsState, KeyRateLimit, Refill, MAX_COST,
+};
+pub use organization::{
+    keeps_an_owner, may_change_members, InvitationToken, OrgAction, OrgRole, OrganizationName,
+    INVITATION_TOKEN_PREFIX,
 };
 pub use paging::{Page, PageCursor, PageRequest};
 pub use password::Password;

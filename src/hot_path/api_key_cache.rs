@@ -20,6 +20,7 @@ impl Invalidated for VerificationRecord {
             Invalidation::Key(id) => self.id == id,
             Invalidation::Chatbot(id) => self.chatbot_id == id,
             Invalidation::Owner(id) => self.owner_id == id,
+            Invalidation::Organization(id) => self.organization_id == id,
             Invalidation::Session(_) => false,
         }
     }
@@ -41,6 +42,7 @@ mod tests {
             revoked: false,
             expires_at: None,
             owner_id: owner,
+            organization_id: crate::domain::OrganizationId::personal(owner),
             llm_endpoint_url: "https://llm.example.com".into(),
             rate_limit_calls: None,
             rate_limit_window_ms: None,

@@ -11,24 +11,31 @@ use std::sync::Arc;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::ApiKeyCache;
-use crate::auth::Sessions;
+use crate::auth::{Memberships, Sessions};
 use crate::db::{Invalidation, ListenEvent};
 
-/// Every cache of rows other replicas can change: the VerifyApiKey cache
-/// and the sessions behind access tokens.
+/// Every cache of rows other replicas can change: the VerifyApiKey cache,
+/// the sessions behind access tokens and the organization memberships.
 #[derive(Clone)]
 pub struct CacheInvalidation {
     api_keys: Arc<ApiKeyCache>,
     sessions: Sessions,
+    memberships: Memberships,
     /// 1 while the caches serve (they hear every change), for metrics.
     live: Gauge,
 }
 
 impl CacheInvalidation {
-    pub fn new(api_keys: Arc<ApiKeyCache>, sessions: Sessions, live: Gauge) -> Self {
+    pub fn new(
+        api_keys: Arc<ApiKeyCache>,
+        sessions: Sessions,
+        memberships: Memberships,
+        live: Gauge,
+    ) -> Self {
         Self {
             api_keys,
             sessions,
+            memberships,
             live,
         }
     }
@@ -39,6 +46,7 @@ impl CacheInvalidation {
     pub fn invalidate_here(&self, change: &Invalidation) {
         self.api_keys.invalidate(change);
         self.sessions.cache().invalidate(change);
+        self.memberships.cache().invalidate(change);
     }
 
     /// Applies what the PostgreSQL listener reports: the caches serve only
@@ -51,12 +59,14 @@ impl CacheInvalidation {
                 self.live.set(0);
                 self.api_keys.deactivate();
                 self.sessions.cache().deactivate();
+                self.memberships.cache().deactivate();
             }
             ListenEvent::Notification(payload) => match Invalidation::parse(&payload) {
                 Some(change) => self.invalidate_here(&change),
                 None => {
                     self.api_keys.clear();
                     self.sessions.cache().clear();
+                    self.memberships.cache().clear();
                 }
             },
         }
@@ -67,6 +77,7 @@ impl CacheInvalidation {
     pub fn activate(&self) {
         self.api_keys.activate();
         self.sessions.cache().activate();
+        self.memberships.cache().activate();
         self.live.set(1);
     }
 }

@@ -161,6 +161,7 @@ mod tests {
             llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            organization_id: crate::domain::OrganizationId::generate(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! AuditService: the audit log, newest first. Admins see every event; a
-//! user sees the events on what they own (their chatbots and keys), except
-//! refused attempts by others. The events are written by the operations
+//! user sees the events on their own account and in the organizations they
+//! belong to, except refused attempts by others; a viewer of an
+//! organization sees others' events there without their email. The events are written by the operations
 //! that make the changes, in their own transactions ([`AppState::write`]).
 
 use std::sync::Arc;
@@ -9,10 +10,12 @@ use tonic::Request;
 
 use super::convert::{self, timestamp};
 use super::{AppState, Origin, Rpc};
+use crate::auth::ownership;
 use crate::auth::Caller;
-use crate::db::models::{AuditActor, AuditEvent};
+use crate::db::models::{AuditActor, AuditEvent, Member};
 use crate::domain::{
-    AuditAction, AuditFilter, AuditRecord, ListAuditEvents, Page, PageRequest, TargetType, UserId,
+    AuditAction, AuditFilter, AuditRecord, ListAuditEvents, OrgAction, OrgRole, OrganizationId,
+    Page, PageRequest, TargetType, UserId,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation};
 use crate::proto::audit_service_server::AuditService;
@@ -101,13 +104,14 @@ impl ListAuditEvents {
                 .transpose()
         };
         let filter = format!(
-            "audit|action={}|actor={}|type={}|target={}|start={:?}|end={:?}",
+            "audit|action={}|actor={}|type={}|target={}|start={:?}|end={:?}|organization={}",
             request.action,
             request.actor_user_id,
             request.target_type,
             request.target_id,
             request.start_time.as_ref().map(|t| (t.seconds, t.nanos)),
             request.end_time.as_ref().map(|t| (t.seconds, t.nanos)),
+            request.organization_id,
         );
         let target_id = if request.target_id.is_empty() {
             Ok(None)
@@ -124,7 +128,12 @@ impl ListAuditEvents {
         } else {
             Ok(Some(request.target_id.clone()))
         };
-        let (action, actor, target_type, target_id, start, end, page) = parsed((
+        let (organization, action, actor, target_type, target_id, start, end, page) = parsed((
+            optional_text(
+                "organization_id",
+                &request.organization_id,
+                OrganizationId::parse,
+            ),
             optional_text("action", &request.action, AuditAction::parse),
             optional_text("actor_user_id", &request.actor_user_id, UserId::parse),
             optional_text("target_type", &request.target_type, TargetType::parse),
@@ -141,6 +150,7 @@ impl ListAuditEvents {
                 target_id,
                 start,
                 end,
+                organization,
                 visible_to: (!caller.is_admin()).then_some(caller.user_id),
             },
             page,
@@ -149,20 +159,33 @@ impl ListAuditEvents {
 }
 
 /// A client address is personal data of whoever called from it: only
-/// admins and the actor themselves see it.
+/// admins and the actor themselves see it. An email is shown to the
+/// organization's owners and editors, not to its viewers.
 pub async fn list_audit_events(
     state: &AppState,
     caller: &Caller,
     cmd: ListAuditEvents,
 ) -> AppResult<Page<AuditEvent>> {
+    if let Some(organization) = cmd.filter.organization {
+        ownership::require(&state.memberships, caller, organization, OrgAction::View).await?;
+    }
     let mut conn = state.db.conn().await?;
     let mut events = AuditEvent::list(&mut conn, &cmd.filter, &cmd.page)
         .await
         .map_err(AppError::from)?;
     if !caller.is_admin() {
+        let roles = Member::roles_of(&mut conn, caller.user_id).await?;
+        let viewer_in = |organization: Option<OrganizationId>| {
+            roles
+                .iter()
+                .any(|&(id, role)| Some(id) == organization && role == OrgRole::Viewer)
+        };
         for event in &mut events {
             if event.actor_user_id != Some(caller.user_id) {
                 event.client_address = None;
+                if viewer_in(event.organization_id) {
+                    event.actor_email = None;
+                }
             }
         }
     }
@@ -202,6 +225,10 @@ impl From<AuditEvent> for proto::AuditEvent {
                 id: event.target_id,
                 owner_id: event
                     .target_owner_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+                organization_id: event
+                    .organization_id
                     .map(|id| id.to_string())
                     .unwrap_or_default(),
             }),

@@ -1,21 +1,21 @@
-//! ChatbotService. Authorization: users create and manage only their own
-//! chatbots; admins manage all. A caller who may not see a chatbot gets
-//! PERMISSION_DENIED whether or not it exists (AIP-193).
+//! ChatbotService. Chatbots belong to organizations: their members read
+//! them, editors and owners change them ([`OrgAction`]); admins manage all.
+//! A caller who may not see a chatbot gets PERMISSION_DENIED whether or not
+//! it exists (AIP-193).
 
 use std::sync::Arc;
 
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
 use super::convert::mask_paths;
 use super::{audit, delete_row, required, AppState, Policy, Rpc};
 use crate::auth::{ownership, Caller};
-use crate::db::models::{Chatbot, ChatbotChanges, NewChatbot};
+use crate::db::models::{Chatbot, ChatbotChanges, ChatbotFilter, NewChatbot, Organization};
 use crate::db::{Invalidation, Written};
 use crate::domain::{
     AuditAction, AuditChange, AuditRecord, AuditTarget, ChatbotId, ChatbotName, CreateChatbot,
-    ListChatbots, LlmEndpoint, Page, PageRequest, UpdateChatbot, UserId,
+    ListChatbots, LlmEndpoint, OrgAction, OrganizationId, Page, PageRequest, UpdateChatbot, UserId,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::proto;
@@ -71,19 +71,25 @@ impl ChatbotService for Chatbots {
 }
 
 impl CreateChatbot {
-    /// Without an `owner_id` the chatbot is the caller's.
+    /// The chatbot goes to the organization named, else to the personal
+    /// organization of the (deprecated) owner named, else to the caller's.
+    #[allow(deprecated)] // owner_id, for the clients that still send it
     pub fn parse(
         request: proto::CreateChatbotRequest,
         caller: &Caller,
         policy: &Policy,
     ) -> AppResult<Self> {
-        let owner_id = if request.owner_id.is_empty() {
-            Ok(caller.user_id)
-        } else {
-            UserId::parse("owner_id", &request.owner_id)
+        let organization = match (&*request.organization_id, &*request.owner_id) {
+            ("", "") => Ok(OrganizationId::personal(caller.user_id)),
+            (organization, "") => OrganizationId::parse("organization_id", organization),
+            ("", owner) => UserId::parse("owner_id", owner).map(OrganizationId::personal),
+            (_, _) => Err(FieldViolation::new(
+                "owner_id",
+                "must be empty when organization_id is set (owner_id is deprecated)",
+            )),
         };
-        let (owner_id, name, endpoint) = parsed((
-            owner_id,
+        let (organization, name, endpoint) = parsed((
+            organization,
             ChatbotName::parse("name", &request.name),
             LlmEndpoint::parse(
                 "llm_endpoint_url",
@@ -92,7 +98,7 @@ impl CreateChatbot {
             ),
         ))?;
         Ok(Self {
-            owner_id,
+            organization,
             name,
             endpoint,
         })
@@ -100,26 +106,30 @@ impl CreateChatbot {
 }
 
 impl ListChatbots {
-    /// Without an `owner_id`, users list their own and admins everyone's.
-    /// The page token is bound to that resolved filter.
-    pub fn parse(request: proto::ListChatbotsRequest, caller: &Caller) -> AppResult<Self> {
-        let owner = if request.owner_id.is_empty() {
-            Ok((!caller.is_admin()).then_some(caller.user_id))
-        } else {
-            UserId::parse("owner_id", &request.owner_id).map(Some)
+    /// The page token is bound to the filters.
+    #[allow(deprecated)] // owner_id, for the clients that still send it
+    pub fn parse(request: proto::ListChatbotsRequest) -> AppResult<Self> {
+        let optional = |field: &str, value: &str| {
+            (!value.is_empty())
+                .then(|| uuid::Uuid::parse_str(value))
+                .transpose()
+                .map_err(|_| FieldViolation::new(field, "must be a UUID"))
         };
         let filter = format!(
-            "chatbots|owner={}",
-            owner
-                .as_ref()
-                .ok()
-                .copied()
-                .flatten()
-                .map_or("*".into(), |o| o.to_string())
+            "chatbots|organization={}|owner={}",
+            request.organization_id, request.owner_id
         );
         let page = PageRequest::parse(request.page_size, &request.page_token, &filter);
-        let (owner, page) = parsed((owner, page))?;
-        Ok(Self { owner, page })
+        let (organization, owner, page) = parsed((
+            optional("organization_id", &request.organization_id),
+            optional("owner_id", &request.owner_id),
+            page,
+        ))?;
+        Ok(Self {
+            organization: organization.map(OrganizationId),
+            owner: owner.map(UserId),
+            page,
+        })
     }
 }
 
@@ -164,16 +174,28 @@ impl UpdateChatbot {
     }
 }
 
+/// The chatbot's owner_id is the person accountable: a personal
+/// organization's user, else the member creating it. An organization
+/// deleted meanwhile fails the insert (its foreign key), so no chatbot is
+/// ever left without one.
 pub async fn create_chatbot(
     state: &AppState,
     caller: &Caller,
     cmd: CreateChatbot,
 ) -> AppResult<Chatbot> {
-    caller.require_may_act_for(cmd.owner_id)?;
     let mut conn = state.db.conn().await?;
+    let organization = ownership::organization(
+        &mut conn,
+        &state.memberships,
+        caller,
+        cmd.organization,
+        OrgAction::Edit,
+    )
+    .await?;
     let new = NewChatbot {
         id: ChatbotId::generate(),
-        owner_id: cmd.owner_id,
+        organization_id: organization.id,
+        owner_id: accountable_for(&organization, caller),
         name: cmd.name.into_inner(),
         llm_endpoint_url: cmd.endpoint.into_inner(),
     };
@@ -182,15 +204,14 @@ pub async fn create_chatbot(
     let chatbot = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
-                let chatbot = Chatbot::insert(conn, new)
-                    .await
-                    .map_err(|error| match error {
-                        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                            AppError::NotFound("owner")
-                        }
-                        other => other.into(),
-                    })?;
-                let target = AuditTarget::chatbot(chatbot.id, chatbot.owner_id);
+                let chatbot = Chatbot::insert(conn, new).await.map_err(|error| {
+                    match crate::db::is_foreign_key_violation(&error) {
+                        true => AppError::NotFound("organization"),
+                        false => error.into(),
+                    }
+                })?;
+                let target =
+                    AuditTarget::chatbot(chatbot.id, chatbot.owner_id, chatbot.organization_id);
                 let record = AuditRecord::new(AuditAction::ChatbotCreate, target);
                 Ok(Written::recorded(chatbot, record))
             }
@@ -204,9 +225,11 @@ pub async fn create_chatbot(
 /// Through the coalesced reads of [`crate::hot_path::read_coalescing`].
 pub async fn get_chatbot(state: &AppState, caller: &Caller, id: ChatbotId) -> AppResult<Chatbot> {
     let found = state.chatbot_reads.find(id).await?;
-    ownership::authorize_chatbot(caller, found)
+    ownership::authorize_chatbot(&state.memberships, caller, found, OrgAction::View).await
 }
 
+/// A user (not an admin) lists only the organizations they belong to, and
+/// by (deprecated) owner only their own chatbots.
 pub async fn list_chatbots(
     state: &AppState,
     caller: &Caller,
@@ -215,9 +238,22 @@ pub async fn list_chatbots(
     if let Some(owner) = cmd.owner {
         caller.require_may_act_for(owner)?;
     }
+    if let Some(organization) = cmd.organization {
+        ownership::require(&state.memberships, caller, organization, OrgAction::View).await?;
+    }
+    let filter = ChatbotFilter {
+        organization: cmd.organization,
+        owner: cmd.owner,
+        member: (!caller.is_admin()).then_some(caller.user_id),
+    };
     let mut conn = state.db.conn().await?;
-    let chatbots = Chatbot::list(&mut conn, cmd.owner, &cmd.page).await?;
+    let chatbots = Chatbot::list(&mut conn, &filter, &cmd.page).await?;
     Ok(cmd.page.page(chatbots, Chatbot::cursor))
+}
+
+/// Who a new chatbot in `organization` is accountable to (its owner_id).
+fn accountable_for(organization: &Organization, caller: &Caller) -> UserId {
+    organization.personal_user_id.unwrap_or(caller.user_id)
 }
 
 /// Verification answers carry the endpoint URL, so the chatbot's keys go
@@ -229,7 +265,8 @@ pub async fn update_chatbot(
 ) -> AppResult<Chatbot> {
     let id = cmd.id;
     let mut conn = state.db.conn().await?;
-    ownership::chatbot(&mut conn, caller, id).await?;
+    let edit = OrgAction::Edit;
+    ownership::chatbot(&mut conn, &state.memberships, caller, id, edit).await?;
     let changes = &ChatbotChanges {
         name: cmd.name.map(ChatbotName::into_inner),
         llm_endpoint_url: cmd.endpoint.map(LlmEndpoint::into_inner),
@@ -259,7 +296,7 @@ pub async fn update_chatbot(
                         &chatbot.llm_endpoint_url,
                     ));
                 }
-                let target = AuditTarget::chatbot(id, chatbot.owner_id);
+                let target = AuditTarget::chatbot(id, chatbot.owner_id, chatbot.organization_id);
                 let record =
                     AuditRecord::new(AuditAction::ChatbotUpdate, target).with_changes(changed);
                 Ok(Written::recorded(chatbot, record))
@@ -271,8 +308,9 @@ pub async fn update_chatbot(
 
 pub async fn delete_chatbot(state: &AppState, caller: &Caller, id: ChatbotId) -> AppResult<()> {
     let mut conn = state.db.conn().await?;
-    let chatbot = ownership::chatbot(&mut conn, caller, id).await?;
-    let target = AuditTarget::chatbot(id, chatbot.owner_id);
+    let edit = OrgAction::Edit;
+    let chatbot = ownership::chatbot(&mut conn, &state.memberships, caller, id, edit).await?;
+    let target = AuditTarget::chatbot(id, chatbot.owner_id, chatbot.organization_id);
     let record = AuditRecord::new(AuditAction::ChatbotDelete, target);
     delete_row(
         state,

@@ -89,9 +89,12 @@ impl From<models::User> for proto::User {
 }
 
 impl From<models::Chatbot> for proto::Chatbot {
+    // owner_id stays filled in for the clients that still read it.
+    #[allow(deprecated)]
     fn from(row: models::Chatbot) -> Self {
         proto::Chatbot {
             id: row.id.to_string(),
+            organization_id: row.organization_id.to_string(),
             owner_id: row.owner_id.to_string(),
             name: row.name,
             llm_endpoint_url: row.llm_endpoint_url,
@@ -202,6 +205,9 @@ resource_responses! {
     GetApiKeyResponse.api_key <- models::KeyWithLimits,
     RevokeApiKeyResponse.api_key <- models::KeyWithLimits,
     UpdateApiKeyResponse.api_key <- models::KeyWithLimits,
+    CreateOrganizationResponse.organization <- models::Organization,
+    GetOrganizationResponse.organization <- models::Organization,
+    UpdateOrganizationResponse.organization <- models::Organization,
 }
 
 /// List responses: `Response.items_field <- Row`, with the page token.
@@ -220,6 +226,8 @@ page_responses! {
     ListChatbotsResponse.chatbots <- models::Chatbot,
     ListApiKeysResponse.api_keys <- models::KeyWithLimits,
     ListAuditEventsResponse.audit_events <- models::AuditEvent,
+    ListOrganizationsResponse.organizations <- models::Organization,
+    ListInvitationsResponse.invitations <- models::Invitation,
 }
 
 /// Responses with no fields, to operations that return nothing.
@@ -235,6 +243,9 @@ macro_rules! empty_responses {
 
 empty_responses!(
     DeleteUserResponse,
+    DeleteOrganizationResponse,
+    RemoveMemberResponse,
+    DeleteInvitationResponse,
     DeleteChatbotResponse,
     DeleteApiKeyResponse,
     LogoutResponse
@@ -283,4 +294,8 @@ macro_rules! usage_responses {
     )*};
 }
 
-usage_responses!(GetApiKeyUsageResponse, GetChatbotUsageResponse);
+usage_responses!(
+    GetApiKeyUsageResponse,
+    GetChatbotUsageResponse,
+    GetOrganizationUsageResponse,
+);

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod chatbots;
 pub mod convert;
 pub mod external_authorization;
+pub mod organizations;
 pub mod status;
 pub mod usage;
 pub mod users;
@@ -24,7 +25,8 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{
-    caller, optional_caller, Caller, LoginThrottle, PasswordHasher, RequestId, Sessions, TokenKeys,
+    caller, optional_caller, Caller, LoginThrottle, Memberships, PasswordHasher, RequestId,
+    Sessions, TokenKeys,
 };
 use diesel::QueryResult;
 use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
@@ -54,6 +56,8 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     pub throttle: LoginThrottle,
     pub sessions: Sessions,
+    /// Who belongs to which organization (cached; see [`Memberships`]).
+    pub memberships: Memberships,
     pub api_key_cache: Arc<ApiKeyCache>,
     /// Every change to a cached row commits through here.
     pub caches: CacheInvalidation,

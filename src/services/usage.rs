@@ -8,7 +8,7 @@ use super::convert;
 use super::AppState;
 use crate::auth::{ownership, Caller};
 use crate::db::models::{HourlyUsage, KeyUsage};
-use crate::domain::{ApiKeyId, ChatbotId, GetUsage, UsageRange};
+use crate::domain::{ApiKeyId, ChatbotId, GetUsage, OrgAction, UsageRange};
 use crate::error::{parsed, AppError, AppResult, FieldViolation};
 use crate::proto;
 
@@ -61,7 +61,8 @@ pub async fn get_api_key_usage(
     cmd: GetUsage<ApiKeyId>,
 ) -> AppResult<HourlyUsage> {
     let mut conn = state.db.conn().await?;
-    ownership::api_key(&mut conn, caller, cmd.of).await?;
+    let view = OrgAction::View;
+    ownership::api_key(&mut conn, &state.memberships, caller, cmd.of, view).await?;
     Ok(KeyUsage::of_key(&mut conn, cmd.of, cmd.range).await?)
 }
 
@@ -71,6 +72,7 @@ pub async fn get_chatbot_usage(
     cmd: GetUsage<ChatbotId>,
 ) -> AppResult<HourlyUsage> {
     let mut conn = state.db.conn().await?;
-    ownership::chatbot_owner(&mut conn, caller, cmd.of).await?;
+    let view = OrgAction::View;
+    ownership::chatbot_placement(&mut conn, &state.memberships, caller, cmd.of, view).await?;
     Ok(KeyUsage::of_chatbot(&mut conn, cmd.of, cmd.range).await?)
 }

@@ -9,9 +9,9 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
 use super::convert::mask_paths;
-use super::{audit, delete_row, required, AppState, Origin, Rpc};
+use super::{audit, required, AppState, Origin, Rpc};
 use crate::auth::{Caller, LoginThrottle, Reservation};
-use crate::db::models::{NewUser, Session, User, UserChanges};
+use crate::db::models::{Chatbot, Member, NewUser, Session, User, UserChanges};
 use crate::db::{Invalidation, Written};
 use crate::domain::{
     AuditAction, AuditChange, AuditRecord, AuditTarget, CreateUser, Email, Page, PageRequest,
@@ -302,21 +302,42 @@ fn wrong_current_password() -> AppError {
     FieldViolation::new("current_password", "does not match the current password").into()
 }
 
-/// Sessions, chatbots and keys go with the user (cascade); every replica
-/// hears of it at commit.
+/// Sessions, memberships, the personal organization and its chatbots and
+/// keys go with the user (cascade); every replica hears of it at commit.
+/// The chatbots they are accountable for in teams pass to another owner of
+/// each, and the only owner of a team is refused (as GitHub does): the team
+/// would be left with no one to manage it.
 pub async fn delete_user(state: &AppState, caller: &Caller, id: UserId) -> AppResult<()> {
     caller.require_may_act_for(id)?;
     let mut conn = state.db.conn().await?;
     let record = AuditRecord::new(AuditAction::UserDelete, AuditTarget::user(id));
-    delete_row(
-        state,
-        &mut conn,
-        Invalidation::Owner(id),
-        "user",
-        (audit::actor(caller), record),
-        move |conn| User::delete(conn, id).scope_boxed(),
-    )
-    .await?;
+    let stale = Some(Invalidation::Owner(id));
+    let deleted = state
+        .write(&mut conn, audit::actor(caller), stale, |conn| {
+            async move {
+                // A write first: on SQLite it takes the write lock at once
+                // rather than failing a later read-to-write upgrade.
+                if !User::lock(conn, id).await? {
+                    return Ok(Written::unrecorded(false));
+                }
+                if let Some(team) = Member::solely_owned_by(conn, id).await?.first() {
+                    return Err(AppError::FailedPrecondition(format!(
+                        "the user is the only owner of organization {team}; make another member \
+                         an owner, or delete the organization, first"
+                    )));
+                }
+                Chatbot::hand_over_from(conn, id).await?;
+                Ok(match User::delete(conn, id).await? {
+                    true => Written::recorded(true, record),
+                    false => Written::unrecorded(false),
+                })
+            }
+            .scope_boxed()
+        })
+        .await?;
+    if !deleted {
+        return Err(AppError::NotFound("user"));
+    }
     tracing::info!(user_id = %id, "user deleted with their chatbots and keys");
     Ok(())
 }

@@ -1,14 +1,16 @@
 //! The authorization matrix: every protected RPC called as every kind of
-//! caller, asserting the exact code of each cell.
+//! caller, asserting the exact code of each cell. The target is a team
+//! organization's chatbot and key; its owner, an editor and a viewer are
+//! members, and a stranger belongs to another organization only.
 
 use chatbot_backend::proto;
 use tonic::{Code, Status};
 
 use crate::auth::bad_tokens;
 use crate::helpers::{
-    api_key_update, backend_test, chatbot_update, field_mask, spawn_app_with, KeyOwner, TestApp,
-    TestUser,
+    api_key_update, backend_test, chatbot_update, field_mask, spawn_app_with, TestApp, TestUser,
 };
+use proto::OrganizationRole as Role;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rpc {
@@ -35,6 +37,19 @@ enum Rpc {
     GetCurrentUser,
     Logout,
     GetDatabaseStatus,
+    CreateOrganization,
+    GetOrganization,
+    ListOrganizations,
+    UpdateOrganization,
+    DeleteOrganization,
+    ListMembers,
+    UpdateMember,
+    RemoveMember,
+    CreateInvitation,
+    ListInvitations,
+    DeleteInvitation,
+    AcceptInvitation,
+    GetOrganizationUsage,
 }
 
 const ALL_RPCS: &[Rpc] = &[
@@ -61,15 +76,45 @@ const ALL_RPCS: &[Rpc] = &[
     Rpc::GetCurrentUser,
     Rpc::Logout,
     Rpc::GetDatabaseStatus,
+    Rpc::CreateOrganization,
+    Rpc::GetOrganization,
+    Rpc::ListOrganizations,
+    Rpc::UpdateOrganization,
+    Rpc::DeleteOrganization,
+    Rpc::ListMembers,
+    Rpc::UpdateMember,
+    Rpc::RemoveMember,
+    Rpc::CreateInvitation,
+    Rpc::ListInvitations,
+    Rpc::DeleteInvitation,
+    Rpc::AcceptInvitation,
+    Rpc::GetOrganizationUsage,
 ];
+
+/// What an RPC needs of its caller (besides being signed in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    /// To be the target user, or an admin.
+    TheAccount,
+    /// OrganizationRole VIEWER or more in the target's organization.
+    View,
+    /// EDITOR or more.
+    Edit,
+    /// OWNER.
+    Manage,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
     Anonymous,
     BadToken(usize),
-    /// Another user, on the owner's objects.
+    /// A member of another organization only, on the team's objects.
     Stranger,
+    /// The team's owner (who also created its chatbot and key).
     Owner,
+    /// Members of the team with these roles.
+    Editor,
+    Viewer,
     Admin,
     /// A plain user, on ids that do not exist.
     UserOnMissing,
@@ -77,14 +122,27 @@ enum Who {
     AdminOnMissing,
 }
 
-/// What one cell targets: a user, their chatbot, its key.
+/// What one cell targets: the team's owner (a user), the team, its
+/// chatbot and key, its editor (a member), a pending invitation.
 #[derive(Clone)]
 struct Target {
     user_id: String,
+    organization_id: String,
     chatbot_id: String,
     api_key_id: i64,
     key: String,
     refresh_token: String,
+    member_id: String,
+    invitation_id: String,
+    invitation_token: String,
+}
+
+/// The people of one target's team.
+#[derive(Clone)]
+struct Team {
+    owner: TestUser,
+    editor: TestUser,
+    viewer: TestUser,
 }
 
 impl Rpc {
@@ -113,6 +171,17 @@ impl Rpc {
                 | Rpc::GetChatbotUsage
                 | Rpc::ListChatbots
                 | Rpc::CreateChatbot
+                | Rpc::GetOrganization
+                | Rpc::UpdateOrganization
+                | Rpc::DeleteOrganization
+                | Rpc::ListMembers
+                | Rpc::UpdateMember
+                | Rpc::RemoveMember
+                | Rpc::CreateInvitation
+                | Rpc::ListInvitations
+                | Rpc::DeleteInvitation
+                | Rpc::AcceptInvitation
+                | Rpc::GetOrganizationUsage
         )
     }
 
@@ -124,8 +193,49 @@ impl Rpc {
     fn about_the_caller(self) -> bool {
         matches!(
             self,
-            Rpc::GetCurrentUser | Rpc::Logout | Rpc::ListAuditEvents
+            Rpc::GetCurrentUser
+                | Rpc::Logout
+                | Rpc::ListAuditEvents
+                | Rpc::CreateOrganization
+                | Rpc::ListOrganizations
         )
+    }
+
+    /// README's table: what each RPC on the target needs.
+    fn needs(self) -> Needs {
+        match self {
+            Rpc::GetUser | Rpc::UpdateUser | Rpc::DeleteUser => Needs::TheAccount,
+            Rpc::GetChatbot
+            | Rpc::ListChatbots
+            | Rpc::GetApiKey
+            | Rpc::ListApiKeys
+            | Rpc::GetApiKeyUsage
+            | Rpc::GetChatbotUsage
+            | Rpc::GetOrganization
+            | Rpc::ListMembers
+            | Rpc::GetOrganizationUsage => Needs::View,
+            Rpc::CreateChatbot
+            | Rpc::UpdateChatbot
+            | Rpc::DeleteChatbot
+            | Rpc::CreateApiKey
+            | Rpc::UpdateApiKey
+            | Rpc::RevokeApiKey
+            | Rpc::RotateApiKey
+            | Rpc::DeleteApiKey => Needs::Edit,
+            _ => Needs::Manage,
+        }
+    }
+
+    /// What an owner or admin allowed to call it gets: OK, except where
+    /// the target's state refuses it.
+    fn allowed_answer(self) -> Code {
+        match self {
+            // The owner is the team's only owner.
+            Rpc::DeleteUser => Code::FailedPrecondition,
+            // The team still owns its chatbot.
+            Rpc::DeleteOrganization => Code::FailedPrecondition,
+            _ => Code::Ok,
+        }
     }
 
     /// RPCs that change nothing a later cell could notice.
@@ -144,6 +254,12 @@ impl Rpc {
                 | Rpc::ListAuditEvents
                 | Rpc::GetCurrentUser
                 | Rpc::GetDatabaseStatus
+                | Rpc::CreateOrganization
+                | Rpc::GetOrganization
+                | Rpc::ListOrganizations
+                | Rpc::ListMembers
+                | Rpc::ListInvitations
+                | Rpc::GetOrganizationUsage
         )
     }
 }
@@ -159,13 +275,27 @@ fn expected(rpc: Rpc, who: Who) -> Code {
     if rpc.is_public() {
         return Code::Ok;
     }
+    let role_allows = |role: Needs| match rpc.needs() {
+        Needs::TheAccount => false,
+        needed => needed as u8 <= role as u8,
+    };
     match who {
         Who::Anonymous | Who::BadToken(_) => Code::Unauthenticated,
-        Who::Admin => Code::Ok,
+        // The invitation names someone else's email; a token that matches
+        // none is NOT_FOUND to anyone.
+        _ if rpc == Rpc::AcceptInvitation => match who {
+            Who::UserOnMissing | Who::AdminOnMissing => Code::NotFound,
+            _ => Code::PermissionDenied,
+        },
+        Who::Admin => rpc.allowed_answer(),
         _ if rpc.admin_only() => Code::PermissionDenied,
         _ if rpc.about_the_caller() => Code::Ok,
-        Who::Owner => Code::Ok,
-        Who::Stranger | Who::UserOnMissing => Code::PermissionDenied,
+        Who::Owner => rpc.allowed_answer(),
+        // The target member is the editor: removing oneself is leaving.
+        Who::Editor if rpc == Rpc::RemoveMember => Code::Ok,
+        Who::Editor if role_allows(Needs::Edit) => Code::Ok,
+        Who::Viewer if role_allows(Needs::View) => Code::Ok,
+        Who::Editor | Who::Viewer | Who::Stranger | Who::UserOnMissing => Code::PermissionDenied,
         Who::AdminOnMissing => Code::NotFound,
     }
 }
@@ -207,9 +337,10 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
         Rpc::CreateChatbot => app
             .chatbots(token)
             .create_chatbot(proto::CreateChatbotRequest {
-                owner_id: t.user_id.clone(),
                 name: "matrix".into(),
                 llm_endpoint_url: "https://llm.example.com".into(),
+                organization_id: t.organization_id.clone(),
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -223,7 +354,7 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
         Rpc::ListChatbots => app
             .chatbots(token)
             .list_chatbots(proto::ListChatbotsRequest {
-                owner_id: t.user_id.clone(),
+                organization_id: t.organization_id.clone(),
                 ..Default::default()
             })
             .await
@@ -344,35 +475,177 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
             .get_database_status(proto::GetDatabaseStatusRequest {})
             .await
             .map(drop),
+        Rpc::CreateOrganization => app
+            .organizations(token)
+            .create_organization(proto::CreateOrganizationRequest {
+                name: "matrix team".into(),
+            })
+            .await
+            .map(drop),
+        Rpc::GetOrganization => app
+            .organizations(token)
+            .get_organization(proto::GetOrganizationRequest {
+                id: t.organization_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::ListOrganizations => app
+            .organizations(token)
+            .list_organizations(proto::ListOrganizationsRequest::default())
+            .await
+            .map(drop),
+        Rpc::UpdateOrganization => app
+            .organizations(token)
+            .update_organization(proto::UpdateOrganizationRequest {
+                organization: Some(proto::Organization {
+                    id: t.organization_id.clone(),
+                    name: "renamed team".into(),
+                    ..Default::default()
+                }),
+                update_mask: field_mask(&["name"]),
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteOrganization => app
+            .organizations(token)
+            .delete_organization(proto::DeleteOrganizationRequest {
+                id: t.organization_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::ListMembers => app
+            .organizations(token)
+            .list_members(proto::ListMembersRequest {
+                organization_id: t.organization_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::UpdateMember => app
+            .organizations(token)
+            .update_member(proto::UpdateMemberRequest {
+                member: Some(proto::Member {
+                    organization_id: t.organization_id.clone(),
+                    user_id: t.member_id.clone(),
+                    role: proto::OrganizationRole::Viewer.into(),
+                    ..Default::default()
+                }),
+                update_mask: field_mask(&["role"]),
+            })
+            .await
+            .map(drop),
+        Rpc::RemoveMember => app
+            .organizations(token)
+            .remove_member(proto::RemoveMemberRequest {
+                organization_id: t.organization_id.clone(),
+                user_id: t.member_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::CreateInvitation => app
+            .organizations(token)
+            .create_invitation(proto::CreateInvitationRequest {
+                organization_id: t.organization_id.clone(),
+                email: format!("invited-{}@example.com", uuid::Uuid::new_v4().simple()),
+                role: proto::OrganizationRole::Viewer.into(),
+                ttl: None,
+            })
+            .await
+            .map(drop),
+        Rpc::ListInvitations => app
+            .organizations(token)
+            .list_invitations(proto::ListInvitationsRequest {
+                organization_id: t.organization_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteInvitation => app
+            .organizations(token)
+            .delete_invitation(proto::DeleteInvitationRequest {
+                id: t.invitation_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::AcceptInvitation => app
+            .organizations(token)
+            .accept_invitation(proto::AcceptInvitationRequest {
+                token: t.invitation_token.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::GetOrganizationUsage => app
+            .organizations(token)
+            .get_organization_usage(proto::GetOrganizationUsageRequest {
+                organization_id: t.organization_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
     }
 }
 
-/// A fresh owner with a chatbot and a key, so cells that change their
-/// target do not disturb each other.
-async fn fresh_target(app: &TestApp) -> (TestUser, Target) {
-    let KeyOwner {
-        owner,
-        chatbot,
-        created,
-    } = app.new_key_owner("matrix bot").await;
-    let key = created;
+/// A fresh team (owner, editor, viewer) with a chatbot, a key and a
+/// pending invitation, so cells that change their target do not disturb
+/// each other.
+async fn fresh_target(app: &TestApp) -> (Team, Target) {
+    let owner = app.new_user().await;
+    let organization = app.create_organization(&owner, "matrix team").await;
+    let editor = app.new_member(&owner, &organization.id, Role::Editor).await;
+    let viewer = app.new_member(&owner, &organization.id, Role::Viewer).await;
+    let chatbot = app
+        .create_chatbot_from(
+            &owner.token,
+            proto::CreateChatbotRequest {
+                name: "matrix bot".into(),
+                llm_endpoint_url: "https://llm.example.com".into(),
+                organization_id: organization.id.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let key = app.create_api_key(&owner, &chatbot.id).await;
+    let pending = app
+        .invite(
+            &owner,
+            &organization.id,
+            "someone-else@example.com",
+            Role::Viewer,
+        )
+        .await;
     let target = Target {
         user_id: owner.id.clone(),
+        organization_id: organization.id,
         chatbot_id: chatbot.id,
         api_key_id: key.api_key.unwrap().id,
         key: key.key,
         refresh_token: owner.refresh_token.clone(),
+        member_id: editor.id.clone(),
+        invitation_id: pending.invitation.unwrap().id,
+        invitation_token: pending.token,
     };
-    (owner, target)
+    (
+        Team {
+            owner,
+            editor,
+            viewer,
+        },
+        target,
+    )
 }
 
 fn missing_target() -> Target {
     Target {
         user_id: uuid::Uuid::new_v4().to_string(),
+        organization_id: uuid::Uuid::new_v4().to_string(),
         chatbot_id: uuid::Uuid::new_v4().to_string(),
         api_key_id: 987_654_321,
         key: "cbk_missing".into(),
         refresh_token: "cbr_missing".into(),
+        member_id: uuid::Uuid::new_v4().to_string(),
+        invitation_id: uuid::Uuid::new_v4().to_string(),
+        invitation_token: format!("cbi_{}", "x".repeat(43)),
     }
 }
 
@@ -394,6 +667,8 @@ backend_test! {
         whos.extend([
             Who::Stranger,
             Who::Owner,
+            Who::Editor,
+            Who::Viewer,
             Who::Admin,
             Who::UserOnMissing,
             Who::AdminOnMissing,
@@ -416,11 +691,11 @@ backend_test! {
         let run_cell = |(rpc, who): (Rpc, Who)| {
             let (app, shared, stranger, admin, bad) = (&app, &shared, &stranger, &admin, &bad);
             async move {
-                let (owner, target) = if matches!(who, Who::UserOnMissing | Who::AdminOnMissing) {
+                let (team, target) = if matches!(who, Who::UserOnMissing | Who::AdminOnMissing) {
                     (None, missing_target())
                 } else if changes_its_target(rpc, who) {
-                    let (owner, target) = fresh_target(app).await;
-                    (Some(owner), target)
+                    let (team, target) = fresh_target(app).await;
+                    (Some(team), target)
                 } else {
                     (Some(shared.0.clone()), shared.1.clone())
                 };
@@ -428,7 +703,9 @@ backend_test! {
                     Who::Anonymous => None,
                     Who::BadToken(i) => Some(bad[i].1.clone()),
                     Who::Stranger | Who::UserOnMissing => Some(stranger.token.clone()),
-                    Who::Owner => owner.map(|owner| owner.token),
+                    Who::Owner => team.map(|team| team.owner.token),
+                    Who::Editor => team.map(|team| team.editor.token),
+                    Who::Viewer => team.map(|team| team.viewer.token),
                     Who::Admin | Who::AdminOnMissing => Some(admin.token.clone()),
                 };
                 let code = match call(app, rpc, token.as_deref(), &target).await {
@@ -455,7 +732,7 @@ backend_test! {
                 failures.push(format!("{rpc:?} as {who}: got {code:?}, want {want:?}"));
             }
         }
-        assert!(answers.len() > 200, "the matrix shrank to {} cells", answers.len());
+        assert!(answers.len() > 450, "the matrix shrank to {} cells", answers.len());
         assert!(
             failures.is_empty(),
             "{} cells wrong:\n{}",

@@ -9,9 +9,9 @@ use crate::helpers::{
 
 fn create_request(name: &str, url: &str) -> proto::CreateChatbotRequest {
     proto::CreateChatbotRequest {
-        owner_id: String::new(),
         name: name.into(),
         llm_endpoint_url: url.into(),
+        ..Default::default()
     }
 }
 
@@ -112,6 +112,7 @@ backend_test! {
                 page_size: 2,
                 page_token,
                 owner_id: owner_id.into(),
+                organization_id: String::new(),
             };
             async move { client.list_chatbots(request).await }
         };

@@ -189,9 +189,9 @@ async fn a_postgres_outage_answers_unavailable_flips_readiness_and_loses_no_ackn
                 while !AtomicBool::load(&stop, Ordering::SeqCst) {
                     n += 1;
                     let mut request = tonic::Request::new(proto::CreateChatbotRequest {
-                        owner_id: String::new(),
                         name: format!("w{w}-{n}"),
                         llm_endpoint_url: "https://llm.example.com".into(),
+                        ..Default::default()
                     });
                     request.set_timeout(Duration::from_secs(5));
                     let started = Instant::now();

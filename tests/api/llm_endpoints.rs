@@ -62,9 +62,9 @@ const NON_PUBLIC_URLS: &[&str] = &[
 
 fn create_request(url: &str) -> proto::CreateChatbotRequest {
     proto::CreateChatbotRequest {
-        owner_id: String::new(),
         name: "bot".into(),
         llm_endpoint_url: url.into(),
+        ..Default::default()
     }
 }
 

@@ -87,9 +87,9 @@ backend_test! {
         let user = app.new_user().await;
         for name in HIDDEN_CHARACTER_NAMES {
             let request = proto::CreateChatbotRequest {
-                owner_id: String::new(),
                 name: (*name).into(),
                 llm_endpoint_url: "https://llm.example.com/v1".into(),
+                ..Default::default()
             };
             let status = assert_code(
                 app.create_chatbot_from(&user.token, request).await,

@@ -191,9 +191,19 @@ crate::helpers::backend_test! {
     async fn migrate_revert_undoes_an_index_only_migration_but_refuses_to_drop_data_unless_told() {
         let mut app = crate::helpers::spawn_app().await;
         let user = app.new_user().await;
+        let chatbot = app.create_chatbot(&user, "kept").await;
         app.stop().await;
         let url = app.database_url.clone();
 
+        // The newest drops the organizations: refused, then done when told.
+        let (ok, said) = migrate(&url, &["--revert"]).await;
+        assert!(!ok, "refused: {said}");
+        assert!(said.contains("--destroy-data"), "{said}");
+        let (ok, said) = migrate(&url, &["--revert", "--destroy-data"]).await;
+        assert!(ok, "{said}");
+        assert!(said.contains("reverted migration 20261205000008"), "{said}");
+
+        // The next one only drops indexes.
         let (ok, said) = migrate(&url, &["--revert"]).await;
         assert!(ok, "{said}");
         assert!(said.contains("reverted migration 20261204000007"), "{said}");
@@ -206,11 +216,14 @@ crate::helpers::backend_test! {
         assert!(ok, "{said}");
         assert!(said.contains("reverted migration 20261130000006"), "{said}");
 
-        // Applied again, the data that was never dropped is all there.
+        // Applied again, the data that was never dropped is all there, and
+        // the chatbot is in its owner's personal organization again.
         let (ok, said) = migrate(&url, &[]).await;
         assert!(ok, "{said}");
         let replica = app.spawn_replica(&[]).await;
-        replica.login(&user.email, &user.password).await.expect("the user is still there");
+        let login = replica.login(&user.email, &user.password).await.expect("the user is still there");
+        let again = replica.read_chatbot(&login.access_token, &chatbot.id).await;
+        assert_eq!(again.organization_id, user.id);
     }
 }
 

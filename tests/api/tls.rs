@@ -85,9 +85,9 @@ async fn a_key_verifies(clients: &Clients) {
         .create_chatbot_from(
             &token,
             proto::CreateChatbotRequest {
-                owner_id: String::new(),
                 name: "over TLS".into(),
                 llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
+                ..Default::default()
             },
         )
         .await

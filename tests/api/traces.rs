@@ -231,9 +231,9 @@ async fn rpc_spans_are_exported_over_otlp_with_the_callers_parent_their_children
         .create_chatbot_from(
             &login.access_token,
             proto::CreateChatbotRequest {
-                owner_id: String::new(),
                 name: "traced".into(),
                 llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
+                ..Default::default()
             },
         )
         .await

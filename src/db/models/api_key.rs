@@ -14,7 +14,8 @@ use crate::db::schema::{api_key_limits, api_keys, chatbots};
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
 use crate::domain::{
-    ApiKeyDigest, ApiKeyFilter, ApiKeyId, ChatbotId, KeyRateLimit, PageRequest, UserId,
+    ApiKeyDigest, ApiKeyFilter, ApiKeyId, ChatbotId, KeyRateLimit, OrganizationId, PageRequest,
+    UserId,
 };
 
 /// A row of `api_keys`, without the digest (which no reader needs).
@@ -63,6 +64,7 @@ pub struct VerificationRecord {
     pub revoked: bool,
     pub expires_at: Option<DateTime<Utc>>,
     pub owner_id: UserId,
+    pub organization_id: OrganizationId,
     pub llm_endpoint_url: String,
     pub rate_limit_calls: Option<i64>,
     pub rate_limit_window_ms: Option<i64>,
@@ -97,17 +99,22 @@ impl ApiKey {
         })
     }
 
-    /// The key and the owner of its chatbot, for authorization.
-    pub async fn find_with_owner(
+    /// The key with its chatbot's organization and owner, for
+    /// authorization.
+    pub async fn find_with_organization(
         conn: &mut DbConnection,
         id: ApiKeyId,
-    ) -> diesel::QueryResult<Option<(ApiKey, UserId)>> {
+    ) -> diesel::QueryResult<Option<(ApiKey, OrganizationId, UserId)>> {
         first_row!(
             conn,
             api_keys::table
                 .inner_join(chatbots::table)
                 .filter(api_keys::id.eq(id))
-                .select((ApiKey::as_select(), chatbots::owner_id))
+                .select((
+                    ApiKey::as_select(),
+                    chatbots::organization_id,
+                    chatbots::owner_id
+                ))
         )
     }
 
@@ -161,6 +168,7 @@ impl ApiKey {
                     api_keys::revoked,
                     api_keys::expires_at,
                     chatbots::owner_id,
+                    chatbots::organization_id,
                     chatbots::llm_endpoint_url,
                     api_key_limits::rate_limit_calls.nullable(),
                     api_key_limits::rate_limit_window_ms.nullable(),

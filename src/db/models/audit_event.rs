@@ -10,10 +10,12 @@ use diesel::{
     Queryable, Selectable,
 };
 
-use crate::db::schema::{audit_events, users};
+use crate::db::schema::{audit_events, organization_members, users};
 use crate::db::sql_types::Timestamp;
 use crate::db::DbConnection;
-use crate::domain::{AuditChange, AuditFilter, AuditRecord, PageCursor, PageRequest, UserId};
+use crate::domain::{
+    AuditChange, AuditFilter, AuditRecord, OrganizationId, PageCursor, PageRequest, UserId,
+};
 
 /// Who a change is recorded for: the signed-in user (or an operator
 /// command), the request and the client's address.
@@ -48,6 +50,7 @@ struct NewAuditEvent<'a> {
     changes: String,
     last_occurred_at: Timestamp,
     aggregate_key: Option<String>,
+    organization_id: Option<OrganizationId>,
 }
 
 /// A row of `audit_events`.
@@ -69,6 +72,7 @@ pub struct AuditEvent {
     changes: String,
     pub repeats: i64,
     pub last_occurred_at: DateTime<Utc>,
+    pub organization_id: Option<OrganizationId>,
 }
 
 impl AuditEvent {
@@ -159,6 +163,7 @@ impl AuditEvent {
             changes,
             last_occurred_at: Timestamp(now),
             aggregate_key,
+            organization_id: record.target.organization,
         })
     }
 
@@ -218,13 +223,23 @@ impl AuditEvent {
             if let Some(end) = filter.end {
                 query = query.filter(audit_events::occurred_at.lt(Timestamp(end)));
             }
+            if let Some(organization) = filter.organization {
+                query = query.filter(audit_events::organization_id.assume_not_null().eq(organization));
+            }
             if let Some(user) = filter.visible_to {
+                let theirs = organization_members::table
+                    .filter(organization_members::user_id.eq(user))
+                    .select(organization_members::organization_id);
                 query = query.filter(
-                    audit_events::target_owner_id.assume_not_null().eq(user).and(
-                        audit_events::outcome
-                            .eq(SUCCEEDED)
-                            .or(audit_events::actor_user_id.assume_not_null().eq(user)),
-                    ),
+                    audit_events::target_owner_id
+                        .assume_not_null()
+                        .eq(user)
+                        .or(audit_events::organization_id.assume_not_null().eq_any(theirs))
+                        .and(
+                            audit_events::outcome
+                                .eq(SUCCEEDED)
+                                .or(audit_events::actor_user_id.assume_not_null().eq(user)),
+                        ),
                 );
             }
             query.load(conn).await

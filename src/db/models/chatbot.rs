@@ -6,9 +6,9 @@ use diesel::{
 };
 use diesel_async::RunQueryDsl;
 
-use crate::db::schema::chatbots;
+use crate::db::schema::{chatbots, organization_members};
 use crate::db::{db_run, DbConnection};
-use crate::domain::{ChatbotId, PageRequest, UserId};
+use crate::domain::{ChatbotId, OrgRole, OrganizationId, PageRequest, UserId};
 
 /// A row of `chatbots`.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -20,6 +20,7 @@ pub struct Chatbot {
     pub llm_endpoint_url: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub organization_id: OrganizationId,
 }
 
 /// A chatbot to insert.
@@ -27,9 +28,20 @@ pub struct Chatbot {
 #[diesel(table_name = chatbots)]
 pub struct NewChatbot {
     pub id: ChatbotId,
+    pub organization_id: OrganizationId,
     pub owner_id: UserId,
     pub name: String,
     pub llm_endpoint_url: String,
+}
+
+/// Which chatbots ListChatbots returns: every filter given applies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChatbotFilter {
+    pub organization: Option<OrganizationId>,
+    pub owner: Option<UserId>,
+    /// Only chatbots of organizations this user belongs to; `None` for an
+    /// admin, who sees every organization's.
+    pub member: Option<UserId>,
 }
 
 /// Fields to change; `None` leaves a column alone. [`Chatbot::update`]
@@ -59,12 +71,54 @@ impl Chatbot {
         )
     }
 
-    /// Owner of a chatbot, the one fact authorization needs.
-    pub async fn find_owner(
+    /// The chatbot's organization and owner: what authorizing a call about
+    /// its keys needs.
+    pub async fn find_organization(
         conn: &mut DbConnection,
         id: ChatbotId,
-    ) -> diesel::QueryResult<Option<UserId>> {
-        first_row!(conn, chatbots::table.find(id).select(chatbots::owner_id))
+    ) -> diesel::QueryResult<Option<(OrganizationId, UserId)>> {
+        first_row!(
+            conn,
+            chatbots::table
+                .find(id)
+                .select((chatbots::organization_id, chatbots::owner_id))
+        )
+    }
+
+    /// Hands the chatbots `user` is accountable for in team organizations
+    /// to another owner of each (the longest-standing), so that deleting
+    /// the user (whose chatbots go with them by cascade) leaves the teams'
+    /// chatbots in place. The caller has made sure each has another owner.
+    pub async fn hand_over_from(conn: &mut DbConnection, user: UserId) -> diesel::QueryResult<()> {
+        let personal = OrganizationId::personal(user);
+        let organizations: Vec<OrganizationId> = all_rows!(
+            conn,
+            chatbots::table
+                .filter(chatbots::owner_id.eq(user))
+                .filter(chatbots::organization_id.ne(personal))
+                .select(chatbots::organization_id)
+                .distinct()
+        )?;
+        for organization in organizations {
+            let heir: Option<UserId> = first_row!(
+                conn,
+                organization_members::table
+                    .filter(organization_members::organization_id.eq(organization))
+                    .filter(organization_members::role.eq(OrgRole::Owner.as_str()))
+                    .filter(organization_members::user_id.ne(user))
+                    .order((
+                        organization_members::created_at.asc(),
+                        organization_members::user_id.asc(),
+                    ))
+                    .select(organization_members::user_id)
+            )?;
+            let Some(heir) = heir else { continue };
+            let theirs = chatbots::table
+                .filter(chatbots::owner_id.eq(user))
+                .filter(chatbots::organization_id.eq(organization));
+            update_rows!(conn, theirs, chatbots::owner_id.eq(heir))?;
+        }
+        Ok(())
     }
 
     /// Locks the chatbot's row until the transaction ends, serialising
@@ -78,17 +132,26 @@ impl Chatbot {
         Ok(update_rows!(conn, chatbots::table.find(id), touch)? == 1)
     }
 
-    /// One page in (created_at, id) order, of one owner or of everyone, plus
-    /// one extra row if more follow.
+    /// One page in (created_at, id) order of the chatbots `filter`
+    /// selects, plus one extra row if more follow.
     pub async fn list(
         conn: &mut DbConnection,
-        owner: Option<UserId>,
+        filter: &ChatbotFilter,
         page: &PageRequest<ChatbotId>,
     ) -> diesel::QueryResult<Vec<Chatbot>> {
         db_run!(conn => {
             let mut query = keyset_page!(chatbots, Chatbot, page);
-            if let Some(owner) = owner {
+            if let Some(organization) = filter.organization {
+                query = query.filter(chatbots::organization_id.eq(organization));
+            }
+            if let Some(owner) = filter.owner {
                 query = query.filter(chatbots::owner_id.eq(owner));
+            }
+            if let Some(member) = filter.member {
+                let theirs = organization_members::table
+                    .filter(organization_members::user_id.eq(member))
+                    .select(organization_members::organization_id);
+                query = query.filter(chatbots::organization_id.eq_any(theirs));
             }
             query.load(conn).await
         })

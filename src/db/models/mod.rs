@@ -143,6 +143,7 @@ pub mod audit_event;
 pub mod chatbot;
 pub mod key_limits;
 pub mod login_attempt;
+pub mod organization;
 pub mod refresh_token;
 pub mod session;
 pub mod usage;
@@ -150,9 +151,13 @@ pub mod user;
 
 pub use api_key::{ApiKey, NewApiKey, VerificationRecord};
 pub use audit_event::{AuditActor, AuditEvent};
-pub use chatbot::{Chatbot, ChatbotChanges, NewChatbot};
+pub use chatbot::{Chatbot, ChatbotChanges, ChatbotFilter, NewChatbot};
 pub use key_limits::{Balance, KeyLimitChanges, KeyLimits, KeyWithLimits};
 pub use login_attempt::{LoginAttempt, Window};
+pub use organization::{
+    Invitation, Member, MemberWithEmail, NewInvitation, NewOrganization, Organization,
+    OrganizationChanges,
+};
 pub use refresh_token::{NewRefreshToken, RefreshToken};
 pub use session::{LiveSession, Session};
 pub use usage::{HourlyUsage, KeyUsage, UsageRow};

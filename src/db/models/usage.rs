@@ -11,7 +11,7 @@ use diesel::{ExpressionMethods, Insertable, QueryDsl, Queryable, Selectable};
 use crate::db::schema::{api_key_usage, chatbots};
 use crate::db::sql_types::Timestamp;
 use crate::db::DbConnection;
-use crate::domain::{ApiKeyId, ChatbotId, UsageCounter, UsageCounts, UsageRange};
+use crate::domain::{ApiKeyId, ChatbotId, OrganizationId, UsageCounter, UsageCounts, UsageRange};
 
 /// One key's counts of one hour, to add to the store.
 #[derive(Debug, Clone, Copy)]
@@ -226,6 +226,16 @@ impl KeyUsage {
         Self::hours(conn, UsageOf::Chatbot(id), range).await
     }
 
+    /// The usage of every key of the organization's chatbots, per hour:
+    /// its chatbots' rows, by the usage table's (chatbot_id, hour) index.
+    pub async fn of_organization(
+        conn: &mut DbConnection,
+        id: OrganizationId,
+        range: UsageRange,
+    ) -> diesel::QueryResult<HourlyUsage> {
+        Self::hours(conn, UsageOf::Organization(id), range).await
+    }
+
     /// The stored hours of `of` in `range`, added up per hour (here rather
     /// than by SQL's SUM, whose type differs between the backends; a range
     /// is at most 744 hours per key).
@@ -245,6 +255,12 @@ impl KeyUsage {
             query = match of {
                 UsageOf::Key(id) => query.filter(api_key_usage::api_key_id.eq(id)),
                 UsageOf::Chatbot(id) => query.filter(api_key_usage::chatbot_id.eq(id)),
+                UsageOf::Organization(id) => {
+                    let its_chatbots = chatbots::table
+                        .filter(chatbots::organization_id.eq(id))
+                        .select(chatbots::id);
+                    query.filter(api_key_usage::chatbot_id.eq_any(its_chatbots))
+                }
             };
             query.load(conn).await
         })?;
@@ -264,4 +280,5 @@ impl KeyUsage {
 enum UsageOf {
     Key(ApiKeyId),
     Chatbot(ChatbotId),
+    Organization(OrganizationId),
 }

@@ -78,6 +78,13 @@ impl User {
         )
     }
 
+    /// Locks the user's row until the transaction ends (a no-op write,
+    /// which SQLite can also lock); whether the user exists.
+    pub async fn lock(conn: &mut DbConnection, id: UserId) -> diesel::QueryResult<bool> {
+        let touch = users::updated_at.eq(users::updated_at);
+        Ok(update_rows!(conn, users::table.find(id), touch)? == 1)
+    }
+
     /// Locks the user's row until the transaction ends if the password is
     /// still the one whose hash was checked (a no-op write, which SQLite can
     /// also lock). A login starts its session under this lock, so a password

@@ -150,6 +150,8 @@ impl From<Rejection> for VerifyApiKeyReason {
 }
 
 impl From<Verification> for proto::VerifyApiKeyResponse {
+    // owner_id stays filled in for the clients that still read it.
+    #[allow(deprecated)]
     fn from(verification: Verification) -> Self {
         match verification {
             Verification::Valid {
@@ -161,6 +163,7 @@ impl From<Verification> for proto::VerifyApiKeyResponse {
                 api_key_id: record.id.0,
                 chatbot_id: record.chatbot_id.to_string(),
                 owner_id: record.owner_id.to_string(),
+                organization_id: record.organization_id.to_string(),
                 llm_endpoint_url: record.llm_endpoint_url.clone(),
                 credits_remaining,
                 reset_time: None,

@@ -6,14 +6,15 @@ use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
 
 use super::super::{audit, delete_row, AppState};
-use crate::auth::{ownership, Caller};
+use crate::auth::ownership::{self, Placement};
+use crate::auth::Caller;
 use crate::db::models::{ApiKey, Chatbot, KeyLimitChanges, KeyLimits, KeyWithLimits, NewApiKey};
 use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation, Written};
 use crate::domain::{
     may_add_active_key, may_rotate_with_grace, ApiKeyId, ApiKeySecret, AuditAction, AuditChange,
     AuditRecord, AuditTarget, CreateApiKey, CreditsEdit, DisplayText, KeyLifecycle, ListApiKeys,
-    Page, RotateApiKey, UpdateApiKey,
+    OrgAction, Page, RotateApiKey, UpdateApiKey,
 };
 use crate::error::{AppError, AppResult};
 
@@ -39,7 +40,14 @@ pub async fn create_api_key(
 ) -> AppResult<NewKey> {
     let chatbot_id = cmd.chatbot_id;
     let mut conn = state.db.conn().await?;
-    let owner = ownership::chatbot_owner(&mut conn, caller, chatbot_id).await?;
+    let placement = ownership::chatbot_placement(
+        &mut conn,
+        &state.memberships,
+        caller,
+        chatbot_id,
+        OrgAction::Edit,
+    )
+    .await?;
     let secret = ApiKeySecret::generate();
     let max_active = state.policy.max_active_api_keys_per_chatbot;
     let now = Utc::now();
@@ -68,7 +76,7 @@ pub async fn create_api_key(
                 .await?;
                 let limits = KeyLimitChanges::new_key(cmd.rate_limit, cmd.credits, now);
                 KeyLimits::apply(conn, key.id, &limits).await?;
-                let target = AuditTarget::api_key(key.id, owner);
+                let target = AuditTarget::api_key(key.id, placement.owner, placement.organization);
                 let record = AuditRecord::new(AuditAction::ApiKeyCreate, target);
                 Ok(Written::recorded(
                     KeyWithLimits::load(conn, key).await?,
@@ -88,7 +96,8 @@ pub async fn get_api_key(
     id: ApiKeyId,
 ) -> AppResult<KeyWithLimits> {
     let mut conn = state.db.conn().await?;
-    let (key, _) = ownership::api_key(&mut conn, caller, id).await?;
+    let (key, _) =
+        ownership::api_key(&mut conn, &state.memberships, caller, id, OrgAction::View).await?;
     Ok(KeyWithLimits::load(&mut conn, key).await?)
 }
 
@@ -101,8 +110,9 @@ pub async fn update_api_key(
 ) -> AppResult<KeyWithLimits> {
     let id = cmd.id;
     let mut conn = state.db.conn().await?;
-    let (_, owner) = ownership::api_key(&mut conn, caller, id).await?;
-    let record = AuditRecord::new(AuditAction::ApiKeyUpdate, AuditTarget::api_key(id, owner))
+    let (_, placement) =
+        ownership::api_key(&mut conn, &state.memberships, caller, id, OrgAction::Edit).await?;
+    let record = AuditRecord::new(AuditAction::ApiKeyUpdate, key_target(id, placement))
         .with_changes(cmd.changed_fields());
     // Every replica's VerifyApiKey cache drops the key.
     let stale = Some(Invalidation::Key(id));
@@ -149,7 +159,9 @@ pub async fn list_api_keys(
     cmd: ListApiKeys,
 ) -> AppResult<Page<KeyWithLimits>> {
     let mut conn = state.db.conn().await?;
-    ownership::chatbot_owner(&mut conn, caller, cmd.filter.chatbot_id).await?;
+    let chatbot_id = cmd.filter.chatbot_id;
+    let (memberships, view) = (&state.memberships, OrgAction::View);
+    ownership::chatbot_placement(&mut conn, memberships, caller, chatbot_id, view).await?;
     let keys = ApiKey::list(&mut conn, &cmd.filter, &cmd.page).await?;
     let page = cmd.page.page(keys, ApiKey::cursor);
     Ok(Page {
@@ -164,8 +176,9 @@ pub async fn revoke_api_key(
     id: ApiKeyId,
 ) -> AppResult<KeyWithLimits> {
     let mut conn = state.db.conn().await?;
-    let (_, owner) = ownership::api_key(&mut conn, caller, id).await?;
-    let record = AuditRecord::new(AuditAction::ApiKeyRevoke, AuditTarget::api_key(id, owner));
+    let (_, placement) =
+        ownership::api_key(&mut conn, &state.memberships, caller, id, OrgAction::Edit).await?;
+    let record = AuditRecord::new(AuditAction::ApiKeyRevoke, key_target(id, placement));
     // Every replica's VerifyApiKey cache drops the key.
     let stale = Some(Invalidation::Key(id));
     let key = state
@@ -196,7 +209,8 @@ pub async fn rotate_api_key(
 ) -> AppResult<RotatedKey> {
     let RotateApiKey { id, grace_period } = cmd;
     let mut conn = state.db.conn().await?;
-    let (old_key, owner) = ownership::api_key(&mut conn, caller, id).await?;
+    let (old_key, placement) =
+        ownership::api_key(&mut conn, &state.memberships, caller, id, OrgAction::Edit).await?;
     let chatbot_id = old_key.chatbot_id;
     let now = Utc::now();
     let grace_ends = now + chrono::Duration::from_std(grace_period).map_err(AppError::internal)?;
@@ -237,9 +251,8 @@ pub async fn rotate_api_key(
                     KeyLimits::apply(conn, new_key.id, &KeyLimitChanges::copy_of(limits, now))
                         .await?;
                 }
-                let record =
-                    AuditRecord::new(AuditAction::ApiKeyRotate, AuditTarget::api_key(id, owner))
-                        .with_changes(vec![AuditChange::values("replacement_id", "", new_key.id)]);
+                let record = AuditRecord::new(AuditAction::ApiKeyRotate, key_target(id, placement))
+                    .with_changes(vec![AuditChange::values("replacement_id", "", new_key.id)]);
                 let new_key = KeyWithLimits::load(conn, new_key).await?;
                 Ok(Written::recorded((new_key, old_key), record))
             }
@@ -256,8 +269,9 @@ pub async fn rotate_api_key(
 
 pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> AppResult<()> {
     let mut conn = state.db.conn().await?;
-    let (_, owner) = ownership::api_key(&mut conn, caller, id).await?;
-    let record = AuditRecord::new(AuditAction::ApiKeyDelete, AuditTarget::api_key(id, owner));
+    let (_, placement) =
+        ownership::api_key(&mut conn, &state.memberships, caller, id, OrgAction::Edit).await?;
+    let record = AuditRecord::new(AuditAction::ApiKeyDelete, key_target(id, placement));
     delete_row(
         state,
         &mut conn,
@@ -269,6 +283,11 @@ pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> 
     .await?;
     tracing::info!(api_key_id = %id, "API key deleted");
     Ok(())
+}
+
+/// What the audit log records a key's events against.
+fn key_target(id: ApiKeyId, placement: Placement) -> AuditTarget {
+    AuditTarget::api_key(id, placement.owner, placement.organization)
 }
 
 /// The key's row, read again under the transaction's lock; NOT_FOUND if it

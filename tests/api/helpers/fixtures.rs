@@ -80,9 +80,9 @@ impl TestApp {
     /// error status.
     pub async fn create_chatbot(&self, owner: &TestUser, name: &str) -> proto::Chatbot {
         let request = proto::CreateChatbotRequest {
-            owner_id: String::new(),
             name: name.into(),
             llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
+            ..Default::default()
         };
         self.create_chatbot_from(&owner.token, request)
             .await
@@ -146,5 +146,68 @@ impl TestApp {
             chatbot,
             created,
         }
+    }
+}
+
+impl super::Clients {
+    /// A team organization `owner` creates; panics on an error status.
+    pub async fn create_organization(&self, owner: &TestUser, name: &str) -> proto::Organization {
+        self.organizations(Some(&owner.token))
+            .create_organization(proto::CreateOrganizationRequest { name: name.into() })
+            .await
+            .expect("create organization")
+            .into_inner()
+            .organization
+            .expect("organization in response")
+    }
+
+    /// An invitation of `email` with `role` to `organization_id`, made by
+    /// `owner`, with its token; panics on an error status.
+    pub async fn invite(
+        &self,
+        owner: &TestUser,
+        organization_id: &str,
+        email: &str,
+        role: proto::OrganizationRole,
+    ) -> proto::CreateInvitationResponse {
+        self.organizations(Some(&owner.token))
+            .create_invitation(proto::CreateInvitationRequest {
+                organization_id: organization_id.into(),
+                email: email.into(),
+                role: role.into(),
+                ttl: None,
+            })
+            .await
+            .expect("create invitation")
+            .into_inner()
+    }
+
+    /// AcceptInvitation of `token` by `user`.
+    pub async fn accept(&self, user: &TestUser, token: &str) -> Result<proto::Member, Status> {
+        let accepted = self
+            .organizations(Some(&user.token))
+            .accept_invitation(proto::AcceptInvitationRequest {
+                token: token.into(),
+            })
+            .await?;
+        Ok(accepted.into_inner().member.expect("member in response"))
+    }
+}
+
+impl TestApp {
+    /// A new user (see [`TestApp::new_user`]) who joined `organization_id`
+    /// with `role` by accepting `owner`'s invitation.
+    pub async fn new_member(
+        &self,
+        owner: &TestUser,
+        organization_id: &str,
+        role: proto::OrganizationRole,
+    ) -> TestUser {
+        let user = self.new_user().await;
+        let invitation = self.invite(owner, organization_id, &user.email, role).await;
+        self.accept(&user, &invitation.token)
+            .await
+            .expect("accept invitation");
+        user
     }
 }

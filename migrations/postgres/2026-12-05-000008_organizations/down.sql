@@ -1,0 +1,12 @@
+DROP INDEX audit_events_organization_id;
+ALTER TABLE audit_events DROP COLUMN organization_id;
+DROP TRIGGER chatbots_default_organization ON chatbots;
+DROP FUNCTION chatbot_default_organization();
+DROP INDEX chatbots_organization_id_created_at_id_idx;
+ALTER TABLE chatbots DROP COLUMN organization_id;
+COMMENT ON COLUMN chatbots.owner_id IS 'Owning user; deleting the user deletes the chatbot.';
+DROP TRIGGER users_personal_organization ON users;
+DROP FUNCTION create_personal_organization();
+DROP TABLE organization_invitations;
+DROP TABLE organization_members;
+DROP TABLE organizations;

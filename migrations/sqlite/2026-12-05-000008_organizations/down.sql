@@ -1,0 +1,11 @@
+DROP INDEX audit_events_organization_id;
+ALTER TABLE audit_events DROP COLUMN organization_id;
+DROP TRIGGER chatbots_default_organization;
+DROP TRIGGER organizations_keep_chatbots;
+DROP TRIGGER chatbots_organization_exists;
+DROP INDEX chatbots_organization_id_created_at_id_idx;
+ALTER TABLE chatbots DROP COLUMN organization_id;
+DROP TRIGGER users_personal_organization;
+DROP TABLE organization_invitations;
+DROP TABLE organization_members;
+DROP TABLE organizations;

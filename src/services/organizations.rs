@@ -1,0 +1,864 @@
+//! OrganizationService: organizations, their members and invitations, and
+//! an organization's usage. Who may do what is [`OrgRole::allows`], asked
+//! through [`ownership`]; every change to who belongs commits with an
+//! [`Invalidation::Organization`], so it takes effect on every replica at
+//! the next call. Each organization's member changes run under its row's
+//! lock, so the last-owner rule holds against concurrent changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel_async::scoped_futures::ScopedFutureExt;
+use tonic::Request;
+
+use super::convert::{self, mask_paths, timestamp};
+use super::{audit, delete_row, required, AppState, Rpc};
+use crate::auth::{ownership, Caller};
+use crate::db::models::{
+    Invitation, KeyUsage, Member, MemberWithEmail, NewInvitation, NewOrganization, Organization,
+    OrganizationChanges, User,
+};
+use crate::db::sql_types::Timestamp;
+use crate::db::{is_foreign_key_violation, DbConnection, Invalidation, Written};
+use crate::domain::{
+    keeps_an_owner, may_change_members, AuditAction, AuditChange, AuditRecord, AuditTarget,
+    CreateInvitation, Email, GetUsage, InvitationId, InvitationToken, ListOf, MemberRef, OrgAction,
+    OrgRole, OrganizationId, OrganizationName, Page, PageRequest, UpdateMember, UpdateOrganization,
+    UsageRange, UserId,
+};
+use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
+use crate::proto::organization_service_server::OrganizationService;
+use crate::proto::{self, OrganizationRole};
+use crate::proto::{
+    AcceptInvitationRequest, AcceptInvitationResponse, CreateInvitationRequest,
+    CreateInvitationResponse, CreateOrganizationRequest, CreateOrganizationResponse,
+    DeleteInvitationRequest, DeleteInvitationResponse, DeleteOrganizationRequest,
+    DeleteOrganizationResponse, GetOrganizationRequest, GetOrganizationResponse,
+    GetOrganizationUsageRequest, GetOrganizationUsageResponse, ListInvitationsRequest,
+    ListInvitationsResponse, ListMembersRequest, ListMembersResponse, ListOrganizationsRequest,
+    ListOrganizationsResponse, RemoveMemberRequest, RemoveMemberResponse, UpdateMemberRequest,
+    UpdateMemberResponse, UpdateOrganizationRequest, UpdateOrganizationResponse,
+};
+
+/// How long an invitation can be accepted, unless the request says.
+const DEFAULT_INVITATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const MIN_INVITATION_TTL: Duration = Duration::from_secs(60);
+const MAX_INVITATION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The OrganizationService implementation.
+pub struct Organizations(pub Arc<AppState>);
+
+#[tonic::async_trait]
+impl OrganizationService for Organizations {
+    async fn create_organization(
+        &self,
+        request: Request<CreateOrganizationRequest>,
+    ) -> Rpc<CreateOrganizationResponse> {
+        let parse =
+            |message: CreateOrganizationRequest| OrganizationName::parse("name", &message.name);
+        self.0.serve(request, parse, create_organization).await
+    }
+
+    async fn get_organization(
+        &self,
+        request: Request<GetOrganizationRequest>,
+    ) -> Rpc<GetOrganizationResponse> {
+        let parse = |message: GetOrganizationRequest| OrganizationId::parse("id", &message.id);
+        self.0.serve(request, parse, get_organization).await
+    }
+
+    async fn list_organizations(
+        &self,
+        request: Request<ListOrganizationsRequest>,
+    ) -> Rpc<ListOrganizationsResponse> {
+        let parse = |message: ListOrganizationsRequest| {
+            PageRequest::parse(message.page_size, &message.page_token, "organizations")
+        };
+        self.0.serve(request, parse, list_organizations).await
+    }
+
+    async fn update_organization(
+        &self,
+        request: Request<UpdateOrganizationRequest>,
+    ) -> Rpc<UpdateOrganizationResponse> {
+        let parse = UpdateOrganization::try_from;
+        self.0.serve(request, parse, update_organization).await
+    }
+
+    async fn delete_organization(
+        &self,
+        request: Request<DeleteOrganizationRequest>,
+    ) -> Rpc<DeleteOrganizationResponse> {
+        let parse = |message: DeleteOrganizationRequest| OrganizationId::parse("id", &message.id);
+        self.0.serve(request, parse, delete_organization).await
+    }
+
+    async fn list_members(&self, request: Request<ListMembersRequest>) -> Rpc<ListMembersResponse> {
+        let parse = |message: ListMembersRequest| {
+            list_of(
+                "members",
+                &message.organization_id,
+                message.page_size,
+                &message.page_token,
+            )
+        };
+        self.0.serve(request, parse, list_members).await
+    }
+
+    async fn update_member(
+        &self,
+        request: Request<UpdateMemberRequest>,
+    ) -> Rpc<UpdateMemberResponse> {
+        let parse = UpdateMember::try_from;
+        self.0.serve(request, parse, update_member).await
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Rpc<RemoveMemberResponse> {
+        let parse = |message: RemoveMemberRequest| {
+            member_ref(
+                ("organization_id", &message.organization_id),
+                ("user_id", &message.user_id),
+            )
+        };
+        self.0.serve(request, parse, remove_member).await
+    }
+
+    async fn create_invitation(
+        &self,
+        request: Request<CreateInvitationRequest>,
+    ) -> Rpc<CreateInvitationResponse> {
+        let parse = CreateInvitation::try_from;
+        self.0.serve(request, parse, create_invitation).await
+    }
+
+    async fn list_invitations(
+        &self,
+        request: Request<ListInvitationsRequest>,
+    ) -> Rpc<ListInvitationsResponse> {
+        let parse = |message: ListInvitationsRequest| {
+            list_of(
+                "invitations",
+                &message.organization_id,
+                message.page_size,
+                &message.page_token,
+            )
+        };
+        self.0.serve(request, parse, list_invitations).await
+    }
+
+    async fn delete_invitation(
+        &self,
+        request: Request<DeleteInvitationRequest>,
+    ) -> Rpc<DeleteInvitationResponse> {
+        let parse = |message: DeleteInvitationRequest| InvitationId::parse("id", &message.id);
+        self.0.serve(request, parse, delete_invitation).await
+    }
+
+    async fn accept_invitation(
+        &self,
+        request: Request<AcceptInvitationRequest>,
+    ) -> Rpc<AcceptInvitationResponse> {
+        let parse =
+            |message: AcceptInvitationRequest| InvitationToken::parse("token", &message.token);
+        self.0.serve(request, parse, accept_invitation).await
+    }
+
+    async fn get_organization_usage(
+        &self,
+        request: Request<GetOrganizationUsageRequest>,
+    ) -> Rpc<GetOrganizationUsageResponse> {
+        let parse = GetUsage::try_from;
+        self.0.serve(request, parse, get_organization_usage).await
+    }
+}
+
+/// A role a request sets; UNSPECIFIED (or unknown) is a violation.
+fn parse_role(field: &str, value: i32) -> Result<OrgRole, FieldViolation> {
+    match OrganizationRole::try_from(value) {
+        Ok(OrganizationRole::Owner) => Ok(OrgRole::Owner),
+        Ok(OrganizationRole::Editor) => Ok(OrgRole::Editor),
+        Ok(OrganizationRole::Viewer) => Ok(OrgRole::Viewer),
+        Ok(OrganizationRole::Unspecified) => Err(FieldViolation::new(field, "is required")),
+        Err(_) => Err(FieldViolation::new(field, "is not a known role")),
+    }
+}
+
+/// One organization's list; the page token is bound to the organization.
+fn list_of<K: std::str::FromStr + std::fmt::Display>(
+    what: &str,
+    organization_id: &str,
+    page_size: i32,
+    page_token: &str,
+) -> AppResult<ListOf<K>> {
+    let filter = format!("{what}|organization={organization_id}");
+    let (organization, page) = parsed((
+        OrganizationId::parse("organization_id", organization_id),
+        PageRequest::parse(page_size, page_token, &filter),
+    ))?;
+    Ok(ListOf { organization, page })
+}
+
+fn member_ref(
+    (organization_field, organization): (&str, &str),
+    (user_field, user): (&str, &str),
+) -> AppResult<MemberRef> {
+    let (organization, user) = parsed((
+        OrganizationId::parse(organization_field, organization),
+        UserId::parse(user_field, user),
+    ))?;
+    Ok(MemberRef { organization, user })
+}
+
+impl TryFrom<UpdateOrganizationRequest> for UpdateOrganization {
+    type Error = AppError;
+
+    fn try_from(request: UpdateOrganizationRequest) -> AppResult<Self> {
+        let organization = required(request.organization, "organization")?;
+        let mut mask = Violations::new();
+        let paths = mask_paths(
+            request.update_mask.as_ref(),
+            &["name"],
+            &["id", "personal", "create_time", "update_time"],
+            &mut mask,
+        );
+        let empty_mask =
+            |mask: Option<&prost_types::FieldMask>| mask.is_none_or(|m| m.paths.is_empty());
+        if empty_mask(request.update_mask.as_ref()) {
+            mask.push(FieldViolation::new(
+                "update_mask",
+                "must name at least one field",
+            ));
+        }
+        let name = paths
+            .contains(&"name")
+            .then(|| OrganizationName::parse("organization.name", &organization.name))
+            .transpose();
+        let (id, (), name) = parsed((
+            OrganizationId::parse("organization.id", &organization.id),
+            mask,
+            name,
+        ))?;
+        Ok(Self { id, name })
+    }
+}
+
+impl TryFrom<UpdateMemberRequest> for UpdateMember {
+    type Error = AppError;
+
+    fn try_from(request: UpdateMemberRequest) -> AppResult<Self> {
+        let member = required(request.member, "member")?;
+        let mut mask = Violations::new();
+        mask_paths(
+            request.update_mask.as_ref(),
+            &["role"],
+            &[
+                "organization_id",
+                "user_id",
+                "email",
+                "create_time",
+                "update_time",
+            ],
+            &mut mask,
+        );
+        if request
+            .update_mask
+            .as_ref()
+            .is_none_or(|m| m.paths.is_empty())
+        {
+            mask.push(FieldViolation::new("update_mask", "must name \"role\""));
+        }
+        let (organization, user, (), role) = parsed((
+            OrganizationId::parse("member.organization_id", &member.organization_id),
+            UserId::parse("member.user_id", &member.user_id),
+            mask,
+            parse_role("member.role", member.role),
+        ))?;
+        Ok(Self {
+            member: MemberRef { organization, user },
+            role,
+        })
+    }
+}
+
+impl TryFrom<CreateInvitationRequest> for CreateInvitation {
+    type Error = AppError;
+
+    fn try_from(request: CreateInvitationRequest) -> AppResult<Self> {
+        let ttl = match &request.ttl {
+            None => Ok(DEFAULT_INVITATION_TTL),
+            Some(ttl) => convert::parse_duration("ttl", ttl).and_then(|ttl| {
+                match (MIN_INVITATION_TTL..=MAX_INVITATION_TTL).contains(&ttl) {
+                    true => Ok(ttl),
+                    false => Err(FieldViolation::new(
+                        "ttl",
+                        "must be at least 1 minute and at most 30 days",
+                    )),
+                }
+            }),
+        };
+        let (organization, email, role, ttl) = parsed((
+            OrganizationId::parse("organization_id", &request.organization_id),
+            Email::parse("email", &request.email),
+            parse_role("role", request.role),
+            ttl,
+        ))?;
+        Ok(Self {
+            organization,
+            email,
+            role,
+            ttl,
+        })
+    }
+}
+
+impl TryFrom<GetOrganizationUsageRequest> for GetUsage<OrganizationId> {
+    type Error = AppError;
+
+    fn try_from(request: GetOrganizationUsageRequest) -> AppResult<Self> {
+        let time = |field: &str, time: Option<&prost_types::Timestamp>| {
+            time.map(|time| convert::parse_timestamp(field, time))
+                .transpose()
+        };
+        let (of, start, end) = parsed((
+            OrganizationId::parse("organization_id", &request.organization_id),
+            time("start_time", request.start_time.as_ref()),
+            time("end_time", request.end_time.as_ref()),
+        ))?;
+        let range = UsageRange::new(start, end, Utc::now())?;
+        Ok(GetUsage { of, range })
+    }
+}
+
+/// The caller becomes the new organization's owner in the same transaction.
+pub async fn create_organization(
+    state: &AppState,
+    caller: &Caller,
+    name: OrganizationName,
+) -> AppResult<Organization> {
+    let id = OrganizationId::generate();
+    let new = &NewOrganization {
+        id,
+        name: name.into_inner(),
+    };
+    let owner = caller.user_id;
+    let mut conn = state.db.conn().await?;
+    let stale = Some(Invalidation::Organization(id));
+    let organization = state
+        .write(&mut conn, audit::actor(caller), stale, |conn| {
+            async move {
+                let organization = Organization::insert(conn, new).await?;
+                Member::insert(conn, id, owner, OrgRole::Owner).await?;
+                let record = AuditRecord::new(
+                    AuditAction::OrganizationCreate,
+                    AuditTarget::organization(id),
+                );
+                Ok(Written::recorded(organization, record))
+            }
+            .scope_boxed()
+        })
+        .await?;
+    tracing::info!(organization_id = %id, "organization created");
+    Ok(organization)
+}
+
+pub async fn get_organization(
+    state: &AppState,
+    caller: &Caller,
+    id: OrganizationId,
+) -> AppResult<Organization> {
+    let mut conn = state.db.conn().await?;
+    ownership::organization(&mut conn, &state.memberships, caller, id, OrgAction::View).await
+}
+
+/// A user's own organizations; every organization for an admin.
+pub async fn list_organizations(
+    state: &AppState,
+    caller: &Caller,
+    page: PageRequest<OrganizationId>,
+) -> AppResult<Page<Organization>> {
+    let member = (!caller.is_admin()).then_some(caller.user_id);
+    let mut conn = state.db.conn().await?;
+    let organizations = Organization::list(&mut conn, member, &page).await?;
+    Ok(page.page(organizations, Organization::cursor))
+}
+
+pub async fn update_organization(
+    state: &AppState,
+    caller: &Caller,
+    cmd: UpdateOrganization,
+) -> AppResult<Organization> {
+    let id = cmd.id;
+    let mut conn = state.db.conn().await?;
+    let manage = OrgAction::Manage;
+    ownership::organization(&mut conn, &state.memberships, caller, id, manage).await?;
+    let changes = &OrganizationChanges {
+        name: cmd.name.map(OrganizationName::into_inner),
+    };
+    let record = AuditRecord::new(
+        AuditAction::OrganizationUpdate,
+        AuditTarget::organization(id),
+    )
+    .with_changes(vec![AuditChange::field("name")]);
+    state
+        .write(&mut conn, audit::actor(caller), None, |conn| {
+            async move {
+                let organization = Organization::update(conn, id, changes)
+                    .await?
+                    .ok_or(AppError::NotFound("organization"))?;
+                Ok(Written::recorded(organization, record))
+            }
+            .scope_boxed()
+        })
+        .await
+}
+
+/// Only an organization that owns no chatbot: a chatbot created while this
+/// runs either commits first (and the delete is refused by the chatbot's
+/// foreign key) or fails to find the organization.
+pub async fn delete_organization(
+    state: &AppState,
+    caller: &Caller,
+    id: OrganizationId,
+) -> AppResult<()> {
+    let mut conn = state.db.conn().await?;
+    let manage = OrgAction::Manage;
+    let organization =
+        ownership::organization(&mut conn, &state.memberships, caller, id, manage).await?;
+    if organization.is_personal() {
+        return Err(AppError::FailedPrecondition(
+            "a personal organization goes with its user; delete the user instead".into(),
+        ));
+    }
+    let still_owns_chatbots = || {
+        AppError::FailedPrecondition(
+            "the organization still owns chatbots; delete them first".into(),
+        )
+    };
+    let record = AuditRecord::new(
+        AuditAction::OrganizationDelete,
+        AuditTarget::organization(id),
+    );
+    let stale = Some(Invalidation::Organization(id));
+    state
+        .write(&mut conn, audit::actor(caller), stale, |conn| {
+            async move {
+                if !Organization::lock(conn, id).await? {
+                    return Err(AppError::NotFound("organization"));
+                }
+                if Organization::owns_chatbots(conn, id).await? {
+                    return Err(still_owns_chatbots());
+                }
+                match Organization::delete(conn, id).await {
+                    Ok(true) => Ok(Written::recorded((), record)),
+                    Ok(false) => Err(AppError::NotFound("organization")),
+                    Err(error) if is_foreign_key_violation(&error) => Err(still_owns_chatbots()),
+                    Err(error) => Err(error.into()),
+                }
+            }
+            .scope_boxed()
+        })
+        .await?;
+    tracing::info!(organization_id = %id, "organization deleted");
+    Ok(())
+}
+
+/// A member as the caller may see them: a viewer sees only their own
+/// email.
+pub struct MemberView {
+    pub member: MemberWithEmail,
+    pub show_email: bool,
+}
+
+/// Members see each other's emails from EDITOR up.
+pub async fn list_members(
+    state: &AppState,
+    caller: &Caller,
+    cmd: ListOf<UserId>,
+) -> AppResult<Page<MemberView>> {
+    let organization = cmd.organization;
+    let (memberships, view, edit) = (&state.memberships, OrgAction::View, OrgAction::Edit);
+    let mut conn = state.db.conn().await?;
+    ownership::organization(&mut conn, memberships, caller, organization, view).await?;
+    let sees_emails = ownership::require_on(&mut conn, memberships, caller, organization, edit)
+        .await
+        .is_ok();
+    let members = Member::list(&mut conn, organization, &cmd.page).await?;
+    let page = cmd.page.page(members, |row| row.member.cursor());
+    Ok(Page {
+        items: page
+            .items
+            .into_iter()
+            .map(|member| MemberView {
+                show_email: sees_emails || member.member.user_id == caller.user_id,
+                member,
+            })
+            .collect(),
+        next_page_token: page.next_page_token,
+    })
+}
+
+/// The organization (for a member change) if the caller may make it there;
+/// FAILED_PRECONDITION for a personal one.
+async fn organization_for_member_change(
+    conn: &mut DbConnection,
+    state: &AppState,
+    caller: &Caller,
+    id: OrganizationId,
+    action: OrgAction,
+) -> AppResult<Organization> {
+    let organization =
+        ownership::organization(conn, &state.memberships, caller, id, action).await?;
+    may_change_members(organization.is_personal())?;
+    Ok(organization)
+}
+
+/// The member's row, read under the organization's lock.
+async fn locked_member(conn: &mut DbConnection, member: MemberRef) -> AppResult<Member> {
+    if !Organization::lock(conn, member.organization).await? {
+        return Err(AppError::NotFound("organization"));
+    }
+    Member::find(conn, member.organization, member.user)
+        .await?
+        .ok_or(AppError::NotFound("member"))
+}
+
+pub async fn update_member(
+    state: &AppState,
+    caller: &Caller,
+    cmd: UpdateMember,
+) -> AppResult<MemberView> {
+    let UpdateMember { member, role } = cmd;
+    let mut conn = state.db.conn().await?;
+    let manage = OrgAction::Manage;
+    organization_for_member_change(&mut conn, state, caller, member.organization, manage).await?;
+    let stale = Some(Invalidation::Organization(member.organization));
+    let updated = state
+        .write(&mut conn, audit::actor(caller), stale, |conn| {
+            async move {
+                let current = locked_member(conn, member).await?;
+                let was = current.role();
+                let owners = Member::count_owners(conn, member.organization).await?;
+                keeps_an_owner(owners, was == OrgRole::Owner, role == OrgRole::Owner)?;
+                Member::set_role(conn, member.organization, member.user, role).await?;
+                let updated = Member::find_with_email(conn, member.organization, member.user)
+                    .await?
+                    .ok_or(AppError::NotFound("member"))?;
+                if was == role {
+                    return Ok(Written::unrecorded(updated));
+                }
+                let target = AuditTarget::member(member.organization, member.user);
+                let record = AuditRecord::new(AuditAction::MemberRoleChange, target)
+                    .with_changes(vec![AuditChange::values("role", was, role)]);
+                Ok(Written::recorded(updated, record))
+            }
+            .scope_boxed()
+        })
+        .await?;
+    tracing::info!(organization_id = %member.organization, user_id = %member.user, %role, "member's role changed");
+    Ok(MemberView {
+        member: updated,
+        show_email: true,
+    })
+}
+
+/// Owners remove anyone; any member may remove themselves (leave).
+pub async fn remove_member(state: &AppState, caller: &Caller, member: MemberRef) -> AppResult<()> {
+    let action = match member.user == caller.user_id {
+        true => OrgAction::View,
+        false => OrgAction::Manage,
+    };
+    let mut conn = state.db.conn().await?;
+    organization_for_member_change(&mut conn, state, caller, member.organization, action).await?;
+    let target = AuditTarget::member(member.organization, member.user);
+    let record = AuditRecord::new(AuditAction::MemberRemove, target);
+    let stale = Some(Invalidation::Organization(member.organization));
+    state
+        .write(&mut conn, audit::actor(caller), stale, |conn| {
+            async move {
+                let current = locked_member(conn, member).await?;
+                let owners = Member::count_owners(conn, member.organization).await?;
+                keeps_an_owner(owners, current.role() == OrgRole::Owner, false)?;
+                Member::remove(conn, member.organization, member.user).await?;
+                Ok(Written::recorded((), record))
+            }
+            .scope_boxed()
+        })
+        .await?;
+    tracing::info!(organization_id = %member.organization, user_id = %member.user, "member removed");
+    Ok(())
+}
+
+/// A new invitation, with its token: shown once, never stored.
+pub struct NewInvitationWithToken {
+    pub invitation: Invitation,
+    pub token: InvitationToken,
+}
+
+pub async fn create_invitation(
+    state: &AppState,
+    caller: &Caller,
+    cmd: CreateInvitation,
+) -> AppResult<NewInvitationWithToken> {
+    let mut conn = state.db.conn().await?;
+    let manage = OrgAction::Manage;
+    organization_for_member_change(&mut conn, state, caller, cmd.organization, manage).await?;
+    let token = InvitationToken::generate();
+    let digest = token.digest();
+    let now = Utc::now();
+    let ttl = chrono::Duration::from_std(cmd.ttl).map_err(AppError::internal)?;
+    let new = NewInvitation {
+        id: InvitationId::generate(),
+        organization_id: cmd.organization,
+        email: cmd.email.as_str(),
+        role: cmd.role.as_str(),
+        token_hash: &digest,
+        created_by: Some(caller.user_id),
+        created_at: Timestamp(now),
+        expires_at: Timestamp(now + ttl),
+    };
+    let target = AuditTarget::invitation(new.id, cmd.organization);
+    // The email is personal data of someone who is not a member yet: the
+    // log records that an invitation went out, and with which role.
+    let record = AuditRecord::new(AuditAction::InvitationCreate, target)
+        .with_changes(vec![AuditChange::values("role", "", cmd.role)]);
+    let invitation = state
+        .write(&mut conn, audit::actor(caller), None, |conn| {
+            async move {
+                let invitation = Invitation::insert(conn, new).await.map_err(|error| {
+                    match is_foreign_key_violation(&error) {
+                        true => AppError::NotFound("organization"),
+                        false => error.into(),
+                    }
+                })?;
+                Ok(Written::recorded(invitation, record))
+            }
+            .scope_boxed()
+        })
+        .await?;
+    tracing::info!(organization_id = %cmd.organization, invitation_id = %invitation.id, "invitation created");
+    Ok(NewInvitationWithToken { invitation, token })
+}
+
+pub async fn list_invitations(
+    state: &AppState,
+    caller: &Caller,
+    cmd: ListOf<InvitationId>,
+) -> AppResult<Page<Invitation>> {
+    let (organization, manage) = (cmd.organization, OrgAction::Manage);
+    let mut conn = state.db.conn().await?;
+    ownership::organization(&mut conn, &state.memberships, caller, organization, manage).await?;
+    let invitations = Invitation::list_pending(&mut conn, cmd.organization, &cmd.page).await?;
+    Ok(cmd.page.page(invitations, Invitation::cursor))
+}
+
+pub async fn delete_invitation(
+    state: &AppState,
+    caller: &Caller,
+    id: InvitationId,
+) -> AppResult<()> {
+    let mut conn = state.db.conn().await?;
+    let found = Invitation::find(&mut conn, id)
+        .await?
+        .map(|invitation| (invitation.organization_id, invitation.organization_id));
+    let manage = OrgAction::Manage;
+    let organization = ownership::authorize(
+        Some(&mut conn),
+        &state.memberships,
+        caller,
+        found,
+        manage,
+        "invitation",
+    )
+    .await?;
+    let record = AuditRecord::new(
+        AuditAction::InvitationDelete,
+        AuditTarget::invitation(id, organization),
+    );
+    delete_row(
+        state,
+        &mut conn,
+        Invalidation::Organization(organization),
+        "invitation",
+        (audit::actor(caller), record),
+        move |conn| Invitation::delete(conn, id).scope_boxed(),
+    )
+    .await
+}
+
+/// The caller, signed in with the invited email, joins. Accepting again
+/// (a retry whose answer was lost) answers the same membership.
+pub async fn accept_invitation(
+    state: &AppState,
+    caller: &Caller,
+    token: InvitationToken,
+) -> AppResult<MemberView> {
+    let user = caller.user_id;
+    let mut conn = state.db.conn().await?;
+    let invitation = Invitation::find_by_token(&mut conn, &token.digest())
+        .await?
+        .ok_or(AppError::NotFound("invitation"))?;
+    let organization = invitation.organization_id;
+    let email = User::find(&mut conn, user)
+        .await?
+        .ok_or(AppError::NotFound("user"))?
+        .email;
+    if invitation.email != email {
+        return Err(AppError::PermissionDenied);
+    }
+    let now = Utc::now();
+    if invitation.accepted_at.is_none() && invitation.expires_at <= now {
+        return Err(AppError::FailedPrecondition(
+            "the invitation has expired; ask for a new one".into(),
+        ));
+    }
+    let (id, role) = (invitation.id, invitation.role());
+    let stale = Some(Invalidation::Organization(organization));
+    let member = state
+        .write(&mut conn, audit::actor(caller), stale, |conn| {
+            async move {
+                // Of two racing acceptances one marks it; the other finds it
+                // marked, and by whom.
+                let accepted = Invitation::accept(conn, id, user, now).await?;
+                if !accepted {
+                    let by = Invitation::find(conn, id)
+                        .await?
+                        .and_then(|i| i.accepted_by);
+                    if by != Some(user) {
+                        return Err(AppError::FailedPrecondition(
+                            "the invitation was already accepted".into(),
+                        ));
+                    }
+                    let member = Member::find_with_email(conn, organization, user)
+                        .await?
+                        .ok_or(AppError::NotFound("member"))?;
+                    return Ok(Written::unrecorded(member));
+                }
+                Member::insert(conn, organization, user, role)
+                    .await
+                    .map_err(|error| match error {
+                        diesel::result::Error::DatabaseError(
+                            diesel::result::DatabaseErrorKind::UniqueViolation,
+                            _,
+                        ) => AppError::AlreadyExists(
+                            "you are already a member of this organization".into(),
+                        ),
+                        other => other.into(),
+                    })?;
+                let member = Member::find_with_email(conn, organization, user)
+                    .await?
+                    .ok_or(AppError::NotFound("member"))?;
+                let target = AuditTarget::member(organization, user);
+                let record = AuditRecord::new(AuditAction::MemberJoin, target)
+                    .with_changes(vec![AuditChange::values("role", "", role)]);
+                Ok(Written::recorded(member, record))
+            }
+            .scope_boxed()
+        })
+        .await?;
+    tracing::info!(organization_id = %organization, user_id = %user, "invitation accepted");
+    Ok(MemberView {
+        member,
+        show_email: true,
+    })
+}
+
+pub async fn get_organization_usage(
+    state: &AppState,
+    caller: &Caller,
+    cmd: GetUsage<OrganizationId>,
+) -> AppResult<crate::db::models::HourlyUsage> {
+    let mut conn = state.db.conn().await?;
+    let view = OrgAction::View;
+    ownership::organization(&mut conn, &state.memberships, caller, cmd.of, view).await?;
+    Ok(KeyUsage::of_organization(&mut conn, cmd.of, cmd.range).await?)
+}
+
+fn role_message(role: OrgRole) -> OrganizationRole {
+    match role {
+        OrgRole::Owner => OrganizationRole::Owner,
+        OrgRole::Editor => OrganizationRole::Editor,
+        OrgRole::Viewer => OrganizationRole::Viewer,
+    }
+}
+
+impl From<Organization> for proto::Organization {
+    fn from(row: Organization) -> Self {
+        proto::Organization {
+            personal: row.is_personal(),
+            id: row.id.to_string(),
+            name: row.name,
+            create_time: Some(timestamp(row.created_at)),
+            update_time: Some(timestamp(row.updated_at)),
+        }
+    }
+}
+
+impl From<MemberView> for proto::Member {
+    fn from(view: MemberView) -> Self {
+        let MemberWithEmail { member, email } = view.member;
+        proto::Member {
+            organization_id: member.organization_id.to_string(),
+            user_id: member.user_id.to_string(),
+            email: if view.show_email {
+                email
+            } else {
+                String::new()
+            },
+            role: role_message(member.role()).into(),
+            create_time: Some(timestamp(member.created_at)),
+            update_time: Some(timestamp(member.updated_at)),
+        }
+    }
+}
+
+impl From<Invitation> for proto::Invitation {
+    fn from(row: Invitation) -> Self {
+        proto::Invitation {
+            role: role_message(row.role()).into(),
+            id: row.id.to_string(),
+            organization_id: row.organization_id.to_string(),
+            email: row.email,
+            inviter_id: row.created_by.map(|id| id.to_string()).unwrap_or_default(),
+            create_time: Some(timestamp(row.created_at)),
+            expire_time: Some(timestamp(row.expires_at)),
+        }
+    }
+}
+
+impl From<NewInvitationWithToken> for CreateInvitationResponse {
+    fn from(created: NewInvitationWithToken) -> Self {
+        Self {
+            invitation: Some(created.invitation.into()),
+            token: created.token.expose().to_owned(),
+        }
+    }
+}
+
+impl From<MemberView> for UpdateMemberResponse {
+    fn from(member: MemberView) -> Self {
+        Self {
+            member: Some(member.into()),
+        }
+    }
+}
+
+impl From<MemberView> for AcceptInvitationResponse {
+    fn from(member: MemberView) -> Self {
+        Self {
+            member: Some(member.into()),
+        }
+    }
+}
+
+impl From<Page<MemberView>> for ListMembersResponse {
+    fn from(page: Page<MemberView>) -> Self {
+        Self {
+            members: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }
+    }
+}

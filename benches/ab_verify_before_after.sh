@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# A same-sitting A/B of VerifyApiKey and GetChatbot (64 callers) between an
-# earlier build and this one, with this build's ext_authz Check and pgbench -S
-# between, three rounds interleaved so that drift on a shared machine hits
-# both alike.
+# A same-sitting A/B of VerifyApiKey, Envoy's Check and GetChatbot (64
+# callers) between an earlier build and this one, with pgbench -S between,
+# three rounds interleaved so that drift on a shared machine hits both
+# alike.
 #
 #   git worktree add /tmp/before <rev>
 #   (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release --bins)
@@ -42,6 +42,7 @@ for round in 1 2 3; do
   echo "{\"rpc\":\"pgbench\",\"round\":$round,\"throughput_rps\":$tps}" | tee -a $OUT
   lg 127.0.0.1:50071 verify-api-key-valid "before r$round"
   lg 127.0.0.1:50072 verify-api-key-valid "after r$round"
+  lg 127.0.0.1:50071 ext-authz-check "before r$round"
   lg 127.0.0.1:50072 ext-authz-check "after r$round"
   lg 127.0.0.1:50071 get-chatbot "before r$round"
   lg 127.0.0.1:50072 get-chatbot "after r$round"

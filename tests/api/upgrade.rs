@@ -68,7 +68,7 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
     // The previous version writes a row into every table.
     let (old, clients) = previous_version(&binary, &url, true).await;
     let email = format!("upgrade-{}@example.com", uuid::Uuid::new_v4().simple());
-    clients
+    let user_id = clients
         .users(None)
         .create_user(proto::CreateUserRequest {
             email: email.clone(),
@@ -76,7 +76,11 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
             ..Default::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+        .id;
     let failed = clients.login(&email, "not the password").await;
     assert_eq!(failed.unwrap_err().code(), tonic::Code::Unauthenticated);
     let login = clients.login(&email, PASSWORD).await.unwrap();
@@ -147,7 +151,12 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
         "a session of the previous version renews: {again:?}"
     );
     let token = again.unwrap().access_token;
-    assert_eq!(new.read_chatbot(&token, &chatbot.id).await.name, "upgraded");
+    let migrated = new.read_chatbot(&token, &chatbot.id).await;
+    assert_eq!(migrated.name, "upgraded");
+    assert_eq!(
+        migrated.organization_id, user_id,
+        "the chatbot moved into its owner's personal organization"
+    );
     let verified = new.verify(&created.key).await;
     assert_eq!(verified.reason(), VerifyApiKeyReason::Valid);
     let usage = new
@@ -172,6 +181,41 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
         .await
         .expect("signs in on the old version");
     assert!(clients.verify(&created.key).await.valid);
+    // What it creates lands in its owner's personal organization (the
+    // migration's triggers), and a user it signs up gets one.
+    let made_by_old = clients
+        .create_chatbot_from(
+            &token,
+            proto::CreateChatbotRequest {
+                name: "made by the old version".into(),
+                llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let seen = new.read_chatbot(&token, &made_by_old.id).await;
+    assert_eq!(seen.organization_id, user_id);
+    let newcomer = format!("newcomer-{}@example.com", uuid::Uuid::new_v4().simple());
+    clients
+        .users(None)
+        .create_user(proto::CreateUserRequest {
+            email: newcomer.clone(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let newcomer_token = new.login(&newcomer, PASSWORD).await.unwrap().access_token;
+    let theirs = new
+        .organizations(Some(&newcomer_token))
+        .list_organizations(proto::ListOrganizationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .organizations;
+    assert_eq!(theirs.len(), 1);
+    assert!(theirs[0].personal);
     let spent = new
         .api_keys(Some(&token))
         .get_api_key(proto::GetApiKeyRequest { id: key_id })

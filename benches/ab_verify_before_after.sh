@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A same-sitting A/B of VerifyApiKey, Envoy's Check and GetChatbot (64
 # callers) between an earlier build and this one, with pgbench -S between,
-# three rounds interleaved so that drift on a shared machine hits both
-# alike.
+# rounds (ROUNDS, default 3) interleaved so that drift on a shared machine
+# hits both alike.
 #
 #   git worktree add /tmp/before <rev>
 #   (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release --bins)
@@ -37,7 +37,7 @@ lg() { # addr rpc label
   line=$($LOADGEN --addr "http://$1" --rpc "$2" --concurrency 64 --duration-secs 10 --warmup-secs 1 --json 2>/dev/null | tail -n1)
   python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['label']=sys.argv[2]; print(json.dumps(r))" "$line" "$3" | tee -a $OUT
 }
-for round in 1 2 3; do
+for round in $(seq 1 "${ROUNDS:-3}"); do
   tps=$(pgbench -S -M prepared -c 64 -j 2 -T 10 -h 127.0.0.1 -U postgres pgbench_ab 2>/dev/null | awk '/^tps/ {print $3; exit}')
   echo "{\"rpc\":\"pgbench\",\"round\":$round,\"throughput_rps\":$tps}" | tee -a $OUT
   lg 127.0.0.1:50071 verify-api-key-valid "before r$round"

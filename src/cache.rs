@@ -248,7 +248,9 @@ mod tests {
                 Invalidation::Key(id) => self.id == id,
                 Invalidation::Chatbot(id) => self.chatbot == id,
                 Invalidation::Owner(id) => self.owner == id,
-                Invalidation::Session(_) | Invalidation::Organization(_) => false,
+                Invalidation::Session(_)
+                | Invalidation::Organization(_)
+                | Invalidation::ServiceAccount(_) => false,
             }
         }
     }

@@ -199,8 +199,8 @@ pub struct Settings {
     pub audit_retention_days: u64,
 
     /// Days an ended session (logged out, revoked, or with every refresh
-    /// token expired) and an expired refresh token are kept before they
-    /// are deleted, at start and then hourly.
+    /// token expired), an expired refresh token and an expired invitation
+    /// are kept before they are deleted, at start and then hourly.
     #[arg(long, env = "SESSION_RETENTION_DAYS", default_value_t = 30)]
     pub session_retention_days: u64,
 

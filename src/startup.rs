@@ -16,7 +16,8 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::auth::{
-    AuthLayer, CredentialsGate, LoginThrottle, Memberships, PasswordHasher, Sessions, TokenKeys,
+    AuthLayer, CredentialsGate, LoginThrottle, Memberships, PasswordHasher, ServiceAccounts,
+    Sessions, TokenKeys,
 };
 use crate::config::{Config, Settings};
 use crate::db::{self, Database, DatabaseTarget, ServeLock};
@@ -168,6 +169,8 @@ impl Application {
         let sessions = Sessions::new(db.clone(), hits, misses);
         let (hits, misses) = metrics.cache_lookups("memberships");
         let memberships = Memberships::new(db.clone(), hits, misses);
+        let (hits, misses) = metrics.cache_lookups("service_accounts");
+        let service_accounts = ServiceAccounts::new(db.clone(), hits, misses);
         let (hits, misses) = metrics.cache_lookups("api_keys");
         let api_key_cache = Arc::new(
             ApiKeyCache::new(
@@ -203,8 +206,10 @@ impl Application {
                 api_key_cache.clone(),
                 sessions.clone(),
                 memberships.clone(),
+                service_accounts.clone(),
                 metrics.invalidations_live(),
             ),
+            service_accounts,
             sessions,
             memberships,
             api_key_cache,
@@ -437,7 +442,10 @@ impl Application {
         let server = server
             .layer(GateLayer(CredentialsGate::new(state.tokens.clone())))
             .layer(GateLayer(RateLimitGate::new(state.rate_limits.clone())))
-            .layer(AuthLayer::new(state.sessions.clone()))
+            .layer(AuthLayer::new(
+                state.sessions.clone(),
+                state.service_accounts.clone(),
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -33,8 +33,10 @@ use tower::{Layer, Service};
 
 use crate::gate::{Check, Gate};
 
-use super::{Caller, RequestId, Sessions, TokenKeys};
-use crate::domain::{SessionId, UserId};
+use super::{
+    Caller, Principal, RequestId, ServiceAccountCaller, ServiceAccounts, Sessions, TokenKeys,
+};
+use crate::domain::{Role, ServiceAccountToken, SessionId, UserId};
 use crate::proto::api_key_service_server::ApiKeyServiceServer;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
@@ -109,6 +111,10 @@ pub enum Credentials {
         user_id: UserId,
         session_id: SessionId,
     },
+    /// A well-formed service account token (its digest), not yet checked.
+    /// Anyone can make one up, so it is counted against the client's
+    /// network, as a call without a token is.
+    ServiceAccount([u8; 32]),
     /// Refused with this client-safe reason (ignored on public RPCs).
     Invalid(&'static str),
 }
@@ -119,7 +125,7 @@ impl Credentials {
     pub fn claimed_user(&self) -> Option<UserId> {
         match self {
             Credentials::Token { user_id, .. } => Some(*user_id),
-            Credentials::Absent | Credentials::Invalid(_) => None,
+            Credentials::Absent | Credentials::ServiceAccount(_) | Credentials::Invalid(_) => None,
         }
     }
 }
@@ -159,11 +165,15 @@ impl Gate for CredentialsGate {
 #[derive(Clone)]
 pub struct AuthLayer {
     sessions: Sessions,
+    service_accounts: ServiceAccounts,
 }
 
 impl AuthLayer {
-    pub fn new(sessions: Sessions) -> Self {
-        Self { sessions }
+    pub fn new(sessions: Sessions, service_accounts: ServiceAccounts) -> Self {
+        Self {
+            sessions,
+            service_accounts,
+        }
     }
 }
 
@@ -174,6 +184,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthMiddleware {
             inner,
             sessions: self.sessions.clone(),
+            service_accounts: self.service_accounts.clone(),
         }
     }
 }
@@ -183,6 +194,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthMiddleware<S> {
     inner: S,
     sessions: Sessions,
+    service_accounts: ServiceAccounts,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
@@ -216,6 +228,7 @@ where
             .map(|addr| addr.ip());
         let request_id = request.extensions().get::<RequestId>().cloned();
         let sessions = self.sessions.clone();
+        let service_accounts = self.service_accounts.clone();
         // The clone is ready only if polled; swap so the polled one serves.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -223,7 +236,7 @@ where
             let authenticated = match credentials {
                 Credentials::Token { user_id, session_id } => match sessions.live(session_id).await {
                     Ok(Some(session)) if session.user_id == user_id => Ok(Some(Caller {
-                        user_id: session.user_id,
+                        principal: Principal::User(session.user_id),
                         role: session.role,
                         address,
                         request_id,
@@ -232,13 +245,31 @@ where
                     // Fail closed: an unknown session state is no session.
                     Err(error) => return Ok(tonic::Status::from(error).into_http()),
                 },
+                Credentials::ServiceAccount(digest) => match service_accounts.live(digest).await {
+                    Ok(Some(account)) => {
+                        service_accounts.record_use(account.id);
+                        Ok(Some(Caller {
+                            principal: Principal::ServiceAccount(ServiceAccountCaller {
+                                id: account.id,
+                                organization: account.organization_id,
+                                role: account.role(),
+                                name: account.name.as_str().into(),
+                            }),
+                            role: Role::User,
+                            address,
+                            request_id,
+                        }))
+                    }
+                    Ok(None) => Err("the service account token is unknown, revoked or expired"),
+                    Err(error) => return Ok(tonic::Status::from(error).into_http()),
+                },
                 Credentials::Absent => Ok(None),
                 Credentials::Invalid(reason) => Err(reason),
             };
             match authenticated {
                 Ok(Some(caller)) => {
                     tracing::Span::current()
-                        .record("enduser.id", tracing::field::display(caller.user_id));
+                        .record("enduser.id", tracing::field::display(&caller.principal));
                     request.extensions_mut().insert(caller);
                 }
                 Ok(None) | Err(_) if public => {}
@@ -283,6 +314,12 @@ fn presented_token(keys: &TokenKeys, headers: &http::HeaderMap) -> Result<Creden
             "authorization metadata must be `Bearer <token>`",
         ));
     };
+    if ServiceAccountToken::has_prefix(token) {
+        return Ok(match ServiceAccountToken::is_well_formed(token) {
+            true => Credentials::ServiceAccount(crate::domain::token_digest(token)),
+            false => Credentials::Invalid("malformed service account token"),
+        });
+    }
     Ok(match keys.verify(token) {
         Ok((user_id, session_id)) => Credentials::Token {
             user_id,

@@ -34,7 +34,10 @@ impl Invalidated for CachedMembership {
         match *change {
             Invalidation::Organization(id) => self.organization == id,
             Invalidation::Owner(id) => self.user == id,
-            Invalidation::Key(_) | Invalidation::Chatbot(_) | Invalidation::Session(_) => false,
+            Invalidation::Key(_)
+            | Invalidation::Chatbot(_)
+            | Invalidation::Session(_)
+            | Invalidation::ServiceAccount(_) => false,
         }
     }
 }

@@ -7,6 +7,7 @@ mod layer;
 mod memberships;
 pub mod ownership;
 mod password;
+mod service_accounts;
 mod sessions;
 mod throttle;
 mod tokens;
@@ -17,25 +18,56 @@ pub use layer::{
 };
 pub use memberships::{MembershipCache, Memberships};
 pub use password::{HashCost, HashSlot, PasswordHasher};
+pub use service_accounts::{ServiceAccountCache, ServiceAccounts};
 pub use sessions::{SessionCache, Sessions};
 pub use throttle::{LoginThrottle, Reservation};
 pub use tokens::{AccessToken, Claims, TokenKeys, AUDIENCE, ISSUER};
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use crate::domain::{Role, UserId};
+use crate::domain::{OrgRole, OrganizationId, Role, ServiceAccountId, UserId};
 use crate::error::{AppError, AppResult};
 
 /// The authenticated caller, put into request extensions by [`AuthLayer`]:
-/// a live session's user with their current role (not the token's), and
-/// the address the call came from (the password-change throttle counts
-/// by it), and the call's request id (the audit log records both).
+/// a live session's user with their current role (not the token's), or a
+/// live service account; the address the call came from (the
+/// password-change throttle counts by it), and the call's request id (the
+/// audit log records both).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    pub user_id: UserId,
+    pub principal: Principal,
+    /// The platform role: a service account's is `User`.
     pub role: Role,
     pub address: Option<IpAddr>,
     pub request_id: Option<RequestId>,
+}
+
+/// Who a call acts as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A signed-in person.
+    User(UserId),
+    /// Another service, with a service account's token.
+    ServiceAccount(ServiceAccountCaller),
+}
+
+/// A service account making a call: it acts in its one organization with
+/// its role, and nowhere else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountCaller {
+    pub id: ServiceAccountId,
+    pub organization: OrganizationId,
+    pub role: OrgRole,
+    pub name: std::sync::Arc<str>,
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::User(id) => write!(f, "{id}"),
+            Principal::ServiceAccount(account) => write!(f, "service-account:{}", account.id),
+        }
+    }
 }
 
 /// The request id the outermost layer gave the call (the client's
@@ -49,10 +81,42 @@ impl Caller {
         self.role == Role::Admin
     }
 
+    /// The signed-in person, if a person is calling.
+    pub fn user_id(&self) -> Option<UserId> {
+        match &self.principal {
+            Principal::User(id) => Some(*id),
+            Principal::ServiceAccount(_) => None,
+        }
+    }
+
+    /// The person calling, for what only a person may do (their account,
+    /// sessions, creating organizations, accepting invitations): a service
+    /// account is PERMISSION_DENIED.
+    pub fn person(&self) -> AppResult<UserId> {
+        self.user_id().ok_or(AppError::PermissionDenied)
+    }
+
+    /// The service account calling, if one is.
+    pub fn service_account(&self) -> Option<&ServiceAccountCaller> {
+        match &self.principal {
+            Principal::User(_) => None,
+            Principal::ServiceAccount(account) => Some(account),
+        }
+    }
+
+    /// Where what the caller creates goes unless it says: a person's
+    /// personal organization, a service account's own.
+    pub fn home_organization(&self) -> OrganizationId {
+        match &self.principal {
+            Principal::User(id) => OrganizationId::personal(*id),
+            Principal::ServiceAccount(account) => account.organization,
+        }
+    }
+
     /// Whether the caller may act for user `owner` (their account, their
     /// sessions): as that user or as an admin.
     pub fn may_act_for(&self, owner: UserId) -> bool {
-        self.is_admin() || self.user_id == owner
+        self.is_admin() || self.user_id() == Some(owner)
     }
 
     /// The rule for a user's own account: the caller acts on it only as

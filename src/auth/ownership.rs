@@ -8,7 +8,7 @@
 //! NOT_FOUND only to an admin, who may see every resource; anyone else
 //! gets PERMISSION_DENIED, and cannot tell it from another organization's.
 
-use super::{Caller, Memberships};
+use super::{Caller, Memberships, Principal};
 use crate::db::models::{ApiKey, Chatbot, Organization};
 use crate::db::DbConnection;
 use crate::domain::{ApiKeyId, ChatbotId, OrgAction, OrganizationId, UserId};
@@ -51,10 +51,18 @@ async fn allowed(
     organization: OrganizationId,
     action: OrgAction,
 ) -> AppResult<()> {
-    if caller.is_admin() {
-        return Ok(());
-    }
-    match memberships.role(conn, caller.user_id, organization).await? {
+    let user = match &caller.principal {
+        _ if caller.is_admin() => return Ok(()),
+        // A service account acts in its own organization, by its role.
+        Principal::ServiceAccount(account) => {
+            return match account.organization == organization && account.role.allows(action) {
+                true => Ok(()),
+                false => Err(AppError::PermissionDenied),
+            };
+        }
+        Principal::User(user) => *user,
+    };
+    match memberships.role(conn, user, organization).await? {
         Some(role) if role.allows(action) => Ok(()),
         _ => Err(AppError::PermissionDenied),
     }

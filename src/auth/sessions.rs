@@ -31,9 +31,10 @@ impl Invalidated for LiveSession {
         match *change {
             Invalidation::Session(id) => self.id == id,
             Invalidation::Owner(id) => self.user_id == id,
-            Invalidation::Key(_) | Invalidation::Chatbot(_) | Invalidation::Organization(_) => {
-                false
-            }
+            Invalidation::Key(_)
+            | Invalidation::Chatbot(_)
+            | Invalidation::Organization(_)
+            | Invalidation::ServiceAccount(_) => false,
         }
     }
 }

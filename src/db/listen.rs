@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 
 use super::{Database, DbConnection, PgConnector};
-use crate::domain::{ApiKeyId, ChatbotId, OrganizationId, SessionId, UserId};
+use crate::domain::{ApiKeyId, ChatbotId, OrganizationId, ServiceAccountId, SessionId, UserId};
 
 /// How often the listener sends itself a heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -47,11 +47,13 @@ pub enum Invalidation {
     /// member joined, left, was removed or re-roled; the organization was
     /// deleted).
     Organization(OrganizationId),
+    /// A service account's token was revoked, or the account deleted.
+    ServiceAccount(ServiceAccountId),
 }
 
 impl Invalidation {
     /// The `NOTIFY` payload: `key:<id>`, `chatbot:<uuid>`, `user:<uuid>`,
-    /// `session:<uuid>` or `organization:<uuid>`. A replica of the previous
+    /// `session:<uuid>`, `organization:<uuid>` or `service_account:<uuid>`. A replica of the previous
     /// version reads a kind it does not know as "anything may be stale" and
     /// empties its caches.
     pub fn payload(&self) -> String {
@@ -61,6 +63,7 @@ impl Invalidation {
             Self::Owner(id) => format!("user:{id}"),
             Self::Session(id) => format!("session:{id}"),
             Self::Organization(id) => format!("organization:{id}"),
+            Self::ServiceAccount(id) => format!("service_account:{id}"),
         }
     }
 
@@ -72,6 +75,7 @@ impl Invalidation {
             "user" => id.parse().ok().map(Self::Owner),
             "session" => id.parse().ok().map(Self::Session),
             "organization" => id.parse().ok().map(Self::Organization),
+            "service_account" => id.parse().ok().map(Self::ServiceAccount),
             _ => None,
         }
     }

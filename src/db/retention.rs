@@ -1,6 +1,7 @@
 //! Deletes what has outlived its use, so no table grows with traffic
 //! forever: audit events past their retention, refresh tokens long
-//! expired, sessions long ended, and hourly usage rows past theirs. Every
+//! expired, sessions long ended, invitations long expired, and hourly usage
+//! rows past theirs. Every
 //! replica runs it at start and then hourly; replicas that purge at once
 //! only find less to delete. Each statement deletes a small batch, so a
 //! purge never holds locks or a connection for long and requests go
@@ -9,7 +10,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::db::models::{AuditEvent, KeyUsage, RefreshToken, Session};
+use crate::db::models::{AuditEvent, Invitation, KeyUsage, RefreshToken, Session};
 use crate::db::{Database, DbConnection};
 
 /// Rows deleted per statement.
@@ -20,7 +21,8 @@ const PURGE_BATCH: i64 = 1000;
 pub struct Retention {
     /// Audit events, from their last repeat.
     pub audit_events: TimeDelta,
-    /// Refresh tokens from their expiry, sessions from their end.
+    /// Refresh tokens and invitations from their expiry, sessions from
+    /// their end.
     pub ended_sessions: TimeDelta,
     /// Usage rows, from their hour.
     pub usage: TimeDelta,
@@ -33,14 +35,16 @@ enum Purged {
     AuditEvents,
     RefreshTokens,
     Sessions,
+    Invitations,
     Usage,
 }
 
 impl Purged {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::AuditEvents,
         Self::RefreshTokens,
         Self::Sessions,
+        Self::Invitations,
         Self::Usage,
     ];
 
@@ -49,6 +53,7 @@ impl Purged {
             Self::AuditEvents => "audit events",
             Self::RefreshTokens => "expired refresh tokens",
             Self::Sessions => "ended sessions",
+            Self::Invitations => "expired invitations",
             Self::Usage => "usage rows",
         }
     }
@@ -56,7 +61,7 @@ impl Purged {
     fn kept(self, retention: &Retention) -> TimeDelta {
         match self {
             Self::AuditEvents => retention.audit_events,
-            Self::RefreshTokens | Self::Sessions => retention.ended_sessions,
+            Self::RefreshTokens | Self::Sessions | Self::Invitations => retention.ended_sessions,
             Self::Usage => retention.usage,
         }
     }
@@ -70,6 +75,7 @@ impl Purged {
             Self::AuditEvents => AuditEvent::purge(conn, before, PURGE_BATCH).await,
             Self::RefreshTokens => RefreshToken::purge_expired(conn, before, PURGE_BATCH).await,
             Self::Sessions => Session::purge_ended(conn, before, PURGE_BATCH).await,
+            Self::Invitations => Invitation::purge_expired(conn, before, PURGE_BATCH).await,
             Self::Usage => KeyUsage::purge(conn, before, PURGE_BATCH).await,
         }
     }

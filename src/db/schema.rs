@@ -124,6 +124,10 @@ diesel::table! {
         aggregate_key -> Nullable<Text>,
         /// The organization the target belongs to; its members may see the event. NULL for users and RPCs.
         organization_id -> Nullable<DbUuid>,
+        /// The service account that did it; NULL otherwise.
+        actor_service_account_id -> Nullable<DbUuid>,
+        /// That service account's name at the time.
+        actor_service_account_name -> Nullable<Text>,
     }
 }
 
@@ -238,6 +242,37 @@ diesel::table! {
     use diesel::sql_types::*;
     use crate::db::sql_types::{DbTimestamp, DbUuid};
 
+    /// Credentials of other services, acting in one organization with a role; only digests of their tokens are stored.
+    service_accounts (id) {
+        /// UUIDv7 assigned by the server.
+        id -> DbUuid,
+        /// The organization it acts in; deleting it deletes the service account.
+        organization_id -> DbUuid,
+        /// Display name, 1 to 100 characters.
+        name -> Text,
+        /// editor or viewer.
+        role -> Text,
+        /// First characters of the token, shown in lists; not secret.
+        token_prefix -> Text,
+        /// SHA-256 digest of the token; the token itself is never stored.
+        token_hash -> Bytea,
+        /// The owner who created it; NULL once that user is deleted.
+        created_by -> Nullable<DbUuid>,
+        /// Creation time; first key of the list order.
+        created_at -> DbTimestamp,
+        /// When the token stops working; NULL means never.
+        expires_at -> Nullable<DbTimestamp>,
+        /// When the token was revoked.
+        revoked_at -> Nullable<DbTimestamp>,
+        /// Last authenticated call, recorded at most once a minute per replica.
+        last_used_at -> Nullable<DbTimestamp>,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
     /// One per login; access tokens name theirs (claim sid) and die with it.
     sessions (id) {
         /// The refresh-token family id of the login.
@@ -306,6 +341,7 @@ diesel::joinable!(organization_invitations -> organizations (organization_id));
 diesel::joinable!(organization_members -> organizations (organization_id));
 diesel::joinable!(organization_members -> users (user_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
+diesel::joinable!(service_accounts -> organizations (organization_id));
 diesel::joinable!(sessions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -319,6 +355,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     organization_members,
     organizations,
     refresh_tokens,
+    service_accounts,
     sessions,
     users,
 );

@@ -21,7 +21,8 @@ use diesel::sqlite::{Sqlite, SqliteValue};
 use uuid::Uuid;
 
 use crate::domain::{
-    ApiKeyId, ChatbotId, InvitationId, OrganizationId, RefreshTokenId, SessionId, UserId,
+    ApiKeyId, ChatbotId, InvitationId, OrganizationId, RefreshTokenId, ServiceAccountId, SessionId,
+    UserId,
 };
 
 /// A UUID: `uuid` on PostgreSQL, lowercase hyphenated `TEXT` on SQLite.
@@ -242,6 +243,7 @@ id_columns! {
     SessionId(Uuid) as DbUuid, bound as SqlUuid;
     OrganizationId(Uuid) as DbUuid, bound as SqlUuid;
     InvitationId(Uuid) as DbUuid, bound as SqlUuid;
+    ServiceAccountId(Uuid) as DbUuid, bound as SqlUuid;
     ApiKeyId(i64) as sql_types::BigInt, bound as i64;
 }
 

@@ -7,7 +7,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ApiKeyId, ChatbotId, FieldViolation, InvitationId, OrganizationId, PageRequest, UserId,
+    ApiKeyId, ChatbotId, FieldViolation, InvitationId, OrganizationId, PageRequest,
+    ServiceAccountId, UserId,
 };
 
 /// What happened. The names are part of the API (ListAuditEvents returns
@@ -40,10 +41,13 @@ pub enum AuditAction {
     MemberRemove,
     InvitationCreate,
     InvitationDelete,
+    ServiceAccountCreate,
+    ServiceAccountRevoke,
+    ServiceAccountDelete,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 26] = [
+    pub const ALL: [AuditAction; 29] = [
         Self::UserCreate,
         Self::UserUpdate,
         Self::UserRoleChange,
@@ -70,6 +74,9 @@ impl AuditAction {
         Self::MemberRemove,
         Self::InvitationCreate,
         Self::InvitationDelete,
+        Self::ServiceAccountCreate,
+        Self::ServiceAccountRevoke,
+        Self::ServiceAccountDelete,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +107,9 @@ impl AuditAction {
             Self::MemberRemove => "member.remove",
             Self::InvitationCreate => "invitation.create",
             Self::InvitationDelete => "invitation.delete",
+            Self::ServiceAccountCreate => "service_account.create",
+            Self::ServiceAccountRevoke => "service_account.revoke",
+            Self::ServiceAccountDelete => "service_account.delete",
         }
     }
 
@@ -121,6 +131,7 @@ pub enum TargetType {
     /// A membership, named by the member's user id.
     Member,
     Invitation,
+    ServiceAccount,
     /// A call refused as a whole, named by its RPC.
     Rpc,
 }
@@ -134,6 +145,7 @@ impl TargetType {
             Self::Organization => "organization",
             Self::Member => "member",
             Self::Invitation => "invitation",
+            Self::ServiceAccount => "service_account",
             Self::Rpc => "rpc",
         }
     }
@@ -146,6 +158,7 @@ impl TargetType {
             Self::Organization,
             Self::Member,
             Self::Invitation,
+            Self::ServiceAccount,
             Self::Rpc,
         ]
         .into_iter()
@@ -153,7 +166,8 @@ impl TargetType {
         .ok_or_else(|| {
             FieldViolation::new(
                 field,
-                "must be user, chatbot, api_key, organization, member, invitation or rpc",
+                "must be user, chatbot, api_key, organization, member, invitation, \
+                 service_account or rpc",
             )
         })
     }
@@ -244,6 +258,15 @@ impl AuditTarget {
         }
     }
 
+    pub fn service_account(id: ServiceAccountId, organization: OrganizationId) -> Self {
+        Self {
+            kind: TargetType::ServiceAccount,
+            id: id.to_string(),
+            owner: None,
+            organization: Some(organization),
+        }
+    }
+
     pub fn invitation(id: InvitationId, organization: OrganizationId) -> Self {
         Self {
             kind: TargetType::Invitation,
@@ -319,10 +342,25 @@ pub struct AuditFilter {
     pub end: Option<DateTime<Utc>>,
     /// Only events in this organization.
     pub organization: Option<OrganizationId>,
-    /// Only events on what this user owns or on the organizations they
-    /// belong to, done by them or succeeded (a user's view); `None` is an
-    /// admin's view of every event.
-    pub visible_to: Option<UserId>,
+    /// Whose view of the log this is.
+    pub viewer: AuditViewer,
+}
+
+/// Who reads the audit log, which decides what they may see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuditViewer {
+    /// An admin: every event.
+    #[default]
+    Admin,
+    /// Events on what this user owns or in the organizations they belong
+    /// to, done by them or succeeded.
+    User(UserId),
+    /// Events in the service account's organization, done by it or
+    /// succeeded.
+    ServiceAccount {
+        id: ServiceAccountId,
+        organization: OrganizationId,
+    },
 }
 
 /// ListAuditEvents.

@@ -75,6 +75,11 @@ uuid_id!(
     InvitationId
 );
 
+uuid_id!(
+    /// Id of a service account.
+    ServiceAccountId
+);
+
 impl OrganizationId {
     /// The personal organization of `user`, made with the user.
     pub fn personal(user: UserId) -> Self {

@@ -16,6 +16,7 @@ mod paging;
 mod password;
 mod public_host;
 mod role;
+mod secret_token;
 mod time_range;
 mod usage;
 
@@ -24,7 +25,8 @@ pub use api_key_rules::{
 };
 pub use api_key_secret::{ApiKeyDigest, ApiKeySecret, API_KEY_PREFIX};
 pub use audit::{
-    AuditAction, AuditChange, AuditFilter, AuditRecord, AuditTarget, ListAuditEvents, TargetType,
+    AuditAction, AuditChange, AuditFilter, AuditRecord, AuditTarget, AuditViewer, ListAuditEvents,
+    TargetType,
 };
 pub use chatbot::{ChatbotName, LlmEndpoint};
 pub use commands::{
@@ -36,18 +38,19 @@ pub use display_text::DisplayText;
 pub use email::Email;
 pub use field_violation::FieldViolation;
 pub use ids::{
-    ApiKeyId, ChatbotId, InvitationId, OrganizationId, RefreshTokenId, SessionId, UserId,
+    ApiKeyId, ChatbotId, InvitationId, OrganizationId, RefreshTokenId, ServiceAccountId, SessionId,
+    UserId,
 };
 pub use key_limits::{
     parse_balance, parse_cost, CreditsSetting, CreditsState, KeyRateLimit, Refill, MAX_COST,
 };
-pub use organization::{
-    keeps_an_owner, may_change_members, InvitationToken, OrgAction, OrgRole, OrganizationName,
-    INVITATION_TOKEN_PREFIX,
-};
+pub use organization::{keeps_an_owner, may_change_members, OrgAction, OrgRole, OrganizationName};
 pub use paging::{Page, PageCursor, PageRequest};
 pub use password::Password;
 pub use role::Role;
+pub use secret_token::{
+    digest as token_digest, InvitationToken, SecretToken, ServiceAccountToken, TokenKind,
+};
 pub use time_range::{
     parse_duration_parts, parse_timestamp_parts, MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS,
 };

@@ -6,10 +6,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rand::distributions::{Alphanumeric, DistString};
-use rand::rngs::OsRng;
-use sha2::{Digest, Sha256};
-
 use super::display_text::DisplayText;
 use super::{FieldViolation, Precondition};
 
@@ -119,57 +115,6 @@ pub fn may_change_members(personal: bool) -> Result<(), Precondition> {
     }
 }
 
-/// Every invitation token starts with this, so secret scanners find leaked
-/// ones.
-pub const INVITATION_TOKEN_PREFIX: &str = "cbi_";
-const INVITATION_BODY_LEN: usize = 43;
-
-/// An invitation's token (256 random bits): shown once, to whoever creates
-/// the invitation, who hands it to the invited person. Only its SHA-256
-/// digest is stored. `Debug` redacts it.
-#[derive(Clone)]
-pub struct InvitationToken(String);
-
-impl InvitationToken {
-    pub fn generate() -> Self {
-        let body = Alphanumeric.sample_string(&mut OsRng, INVITATION_BODY_LEN);
-        Self(format!("{INVITATION_TOKEN_PREFIX}{body}"))
-    }
-
-    /// A well-formed token, or the field violation.
-    pub fn parse(field: &str, presented: &str) -> Result<Self, FieldViolation> {
-        if presented.is_empty() {
-            return Err(FieldViolation::new(field, "is required"));
-        }
-        let well_formed = presented
-            .strip_prefix(INVITATION_TOKEN_PREFIX)
-            .is_some_and(|body| {
-                body.len() == INVITATION_BODY_LEN && body.bytes().all(|b| b.is_ascii_alphanumeric())
-            });
-        match well_formed {
-            true => Ok(Self(presented.to_owned())),
-            false => Err(FieldViolation::new(
-                field,
-                "is not an invitation token (cbi_ and 43 letters or digits)",
-            )),
-        }
-    }
-
-    pub fn digest(&self) -> [u8; 32] {
-        Sha256::digest(self.0.as_bytes()).into()
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for InvitationToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("InvitationToken(<redacted>)")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,16 +140,6 @@ mod tests {
         assert!(keeps_an_owner(2, true, false).is_ok());
         assert!(keeps_an_owner(1, true, true).is_ok());
         assert!(keeps_an_owner(1, false, false).is_ok());
-    }
-
-    #[test]
-    fn invitation_tokens_parse_back_and_never_print() {
-        let token = InvitationToken::generate();
-        let parsed = InvitationToken::parse("token", token.expose()).unwrap();
-        assert_eq!(parsed.digest(), token.digest());
-        assert!(!format!("{token:?}").contains(&token.expose()[4..]));
-        assert!(InvitationToken::parse("token", "cbi_short").is_err());
-        assert!(InvitationToken::parse("token", "").is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ impl Invalidated for VerificationRecord {
             Invalidation::Chatbot(id) => self.chatbot_id == id,
             Invalidation::Owner(id) => self.owner_id == id,
             Invalidation::Organization(id) => self.organization_id == id,
-            Invalidation::Session(_) => false,
+            Invalidation::Session(_) | Invalidation::ServiceAccount(_) => false,
         }
     }
 }

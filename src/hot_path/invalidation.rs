@@ -11,7 +11,7 @@ use std::sync::Arc;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::ApiKeyCache;
-use crate::auth::{Memberships, Sessions};
+use crate::auth::{Memberships, ServiceAccounts, Sessions};
 use crate::db::{Invalidation, ListenEvent};
 
 /// Every cache of rows other replicas can change: the VerifyApiKey cache,
@@ -21,6 +21,7 @@ pub struct CacheInvalidation {
     api_keys: Arc<ApiKeyCache>,
     sessions: Sessions,
     memberships: Memberships,
+    service_accounts: ServiceAccounts,
     /// 1 while the caches serve (they hear every change), for metrics.
     live: Gauge,
 }
@@ -30,12 +31,14 @@ impl CacheInvalidation {
         api_keys: Arc<ApiKeyCache>,
         sessions: Sessions,
         memberships: Memberships,
+        service_accounts: ServiceAccounts,
         live: Gauge,
     ) -> Self {
         Self {
             api_keys,
             sessions,
             memberships,
+            service_accounts,
             live,
         }
     }
@@ -47,6 +50,7 @@ impl CacheInvalidation {
         self.api_keys.invalidate(change);
         self.sessions.cache().invalidate(change);
         self.memberships.cache().invalidate(change);
+        self.service_accounts.cache().invalidate(change);
     }
 
     /// Applies what the PostgreSQL listener reports: the caches serve only
@@ -60,6 +64,7 @@ impl CacheInvalidation {
                 self.api_keys.deactivate();
                 self.sessions.cache().deactivate();
                 self.memberships.cache().deactivate();
+                self.service_accounts.cache().deactivate();
             }
             ListenEvent::Notification(payload) => match Invalidation::parse(&payload) {
                 Some(change) => self.invalidate_here(&change),
@@ -67,6 +72,7 @@ impl CacheInvalidation {
                     self.api_keys.clear();
                     self.sessions.cache().clear();
                     self.memberships.cache().clear();
+                    self.service_accounts.cache().clear();
                 }
             },
         }
@@ -78,6 +84,7 @@ impl CacheInvalidation {
         self.api_keys.activate();
         self.sessions.cache().activate();
         self.memberships.cache().activate();
+        self.service_accounts.cache().activate();
         self.live.set(1);
     }
 }

@@ -11,11 +11,11 @@ use tonic::Request;
 use super::convert::{self, timestamp};
 use super::{AppState, Origin, Rpc};
 use crate::auth::ownership;
-use crate::auth::Caller;
+use crate::auth::{Caller, Principal};
 use crate::db::models::{AuditActor, AuditEvent, Member};
 use crate::domain::{
-    AuditAction, AuditFilter, AuditRecord, ListAuditEvents, OrgAction, OrgRole, OrganizationId,
-    Page, PageRequest, TargetType, UserId,
+    AuditAction, AuditFilter, AuditRecord, AuditViewer, ListAuditEvents, OrgAction, OrgRole,
+    OrganizationId, Page, PageRequest, TargetType, UserId,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation};
 use crate::proto::audit_service_server::AuditService;
@@ -54,10 +54,13 @@ pub async fn record_refusal(state: &AppState, actor: &AuditActor, record: &Audit
     }
 }
 
-/// A signed-in caller as the actor.
+/// A signed-in caller (a person or a service account) as the actor.
 pub fn actor(caller: &Caller) -> AuditActor {
     AuditActor {
-        user: Some(caller.user_id),
+        user: caller.user_id(),
+        service_account: caller
+            .service_account()
+            .map(|account| (account.id, account.name.to_string())),
         command: None,
         request_id: caller.request_id.as_ref().map(|id| id.0.to_string()),
         address: caller.address,
@@ -81,6 +84,7 @@ pub fn public_actor(origin: &Origin, user: Option<UserId>) -> AuditActor {
 pub fn acting_for_themselves(origin: &Origin, user: impl Into<Option<UserId>>) -> AuditActor {
     AuditActor {
         user: user.into(),
+        service_account: None,
         command: None,
         request_id: origin.request_id.as_ref().map(|id| id.0.to_string()),
         address: origin.address,
@@ -151,7 +155,14 @@ impl ListAuditEvents {
                 start,
                 end,
                 organization,
-                visible_to: (!caller.is_admin()).then_some(caller.user_id),
+                viewer: match &caller.principal {
+                    _ if caller.is_admin() => AuditViewer::Admin,
+                    Principal::User(user) => AuditViewer::User(*user),
+                    Principal::ServiceAccount(account) => AuditViewer::ServiceAccount {
+                        id: account.id,
+                        organization: account.organization,
+                    },
+                },
             },
             page,
         })
@@ -173,19 +184,30 @@ pub async fn list_audit_events(
     let mut events = AuditEvent::list(&mut conn, &cmd.filter, &cmd.page)
         .await
         .map_err(AppError::from)?;
-    if !caller.is_admin() {
-        let roles = Member::roles_of(&mut conn, caller.user_id).await?;
-        let viewer_in = |organization: Option<OrganizationId>| {
-            roles
-                .iter()
-                .any(|&(id, role)| Some(id) == organization && role == OrgRole::Viewer)
-        };
-        for event in &mut events {
-            if event.actor_user_id != Some(caller.user_id) {
-                event.client_address = None;
-                if viewer_in(event.organization_id) {
-                    event.actor_email = None;
-                }
+    // The viewer's roles, and who the viewer is as an actor.
+    let (roles, me, my_account) = match (&cmd.filter.viewer, caller.service_account()) {
+        (AuditViewer::User(user), _) => {
+            (Member::roles_of(&mut conn, *user).await?, Some(*user), None)
+        }
+        (AuditViewer::ServiceAccount { .. }, Some(account)) => (
+            vec![(account.organization, account.role)],
+            None,
+            Some(account.id),
+        ),
+        _ => return Ok(cmd.page.page(events, AuditEvent::cursor)),
+    };
+    let viewer_in = |organization: Option<OrganizationId>| {
+        roles
+            .iter()
+            .any(|&(id, role)| Some(id) == organization && role == OrgRole::Viewer)
+    };
+    for event in &mut events {
+        let own = (me.is_some() && event.actor_user_id == me)
+            || (my_account.is_some() && event.actor_service_account_id == my_account);
+        if !own {
+            event.client_address = None;
+            if viewer_in(event.organization_id) {
+                event.actor_email = None;
             }
         }
     }
@@ -219,6 +241,11 @@ impl From<AuditEvent> for proto::AuditEvent {
                     .unwrap_or_default(),
                 email: event.actor_email.unwrap_or_default(),
                 command: event.actor_command.unwrap_or_default(),
+                service_account_id: event
+                    .actor_service_account_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+                service_account_name: event.actor_service_account_name.unwrap_or_default(),
             }),
             target: Some(proto::AuditTarget {
                 r#type: event.target_type,

@@ -319,6 +319,8 @@ pub async fn logout(
     caller: &Caller,
     presented: PresentedRefreshToken,
 ) -> AppResult<()> {
+    // A service account has no session to end.
+    caller.person()?;
     let PresentedRefreshToken::Plausible(presented) = presented else {
         // Nothing of ours to end.
         return Ok(());
@@ -341,7 +343,7 @@ pub async fn logout(
 
 pub async fn get_current_user(state: &AppState, caller: &Caller) -> AppResult<User> {
     let mut conn = state.db.conn().await?;
-    User::find(&mut conn, caller.user_id)
+    User::find(&mut conn, caller.person()?)
         .await?
         .ok_or(AppError::NotFound("user"))
 }

@@ -11,7 +11,8 @@ use tonic::Request;
 use super::convert::mask_paths;
 use super::{audit, delete_row, required, AppState, Policy, Rpc};
 use crate::auth::{ownership, Caller};
-use crate::db::models::{Chatbot, ChatbotChanges, ChatbotFilter, NewChatbot, Organization};
+use crate::db::models::{Chatbot, ChatbotChanges, ChatbotFilter, Member, NewChatbot, Organization};
+use crate::db::DbConnection;
 use crate::db::{Invalidation, Written};
 use crate::domain::{
     AuditAction, AuditChange, AuditRecord, AuditTarget, ChatbotId, ChatbotName, CreateChatbot,
@@ -80,7 +81,7 @@ impl CreateChatbot {
         policy: &Policy,
     ) -> AppResult<Self> {
         let organization = match (&*request.organization_id, &*request.owner_id) {
-            ("", "") => Ok(OrganizationId::personal(caller.user_id)),
+            ("", "") => Ok(caller.home_organization()),
             (organization, "") => OrganizationId::parse("organization_id", organization),
             ("", owner) => UserId::parse("owner_id", owner).map(OrganizationId::personal),
             (_, _) => Err(FieldViolation::new(
@@ -195,7 +196,7 @@ pub async fn create_chatbot(
     let new = NewChatbot {
         id: ChatbotId::generate(),
         organization_id: organization.id,
-        owner_id: accountable_for(&organization, caller),
+        owner_id: accountable_for(&mut conn, &organization, caller).await?,
         name: cmd.name.into_inner(),
         llm_endpoint_url: cmd.endpoint.into_inner(),
     };
@@ -238,22 +239,40 @@ pub async fn list_chatbots(
     if let Some(owner) = cmd.owner {
         caller.require_may_act_for(owner)?;
     }
-    if let Some(organization) = cmd.organization {
+    // A service account sees its own organization only.
+    let organization = match caller.service_account() {
+        Some(account) => Some(cmd.organization.unwrap_or(account.organization)),
+        None => cmd.organization,
+    };
+    if let Some(organization) = organization {
         ownership::require(&state.memberships, caller, organization, OrgAction::View).await?;
     }
     let filter = ChatbotFilter {
-        organization: cmd.organization,
+        organization,
         owner: cmd.owner,
-        member: (!caller.is_admin()).then_some(caller.user_id),
+        member: caller.user_id().filter(|_| !caller.is_admin()),
     };
     let mut conn = state.db.conn().await?;
     let chatbots = Chatbot::list(&mut conn, &filter, &cmd.page).await?;
     Ok(cmd.page.page(chatbots, Chatbot::cursor))
 }
 
-/// Who a new chatbot in `organization` is accountable to (its owner_id).
-fn accountable_for(organization: &Organization, caller: &Caller) -> UserId {
-    organization.personal_user_id.unwrap_or(caller.user_id)
+/// Who a new chatbot in `organization` is accountable to (its owner_id):
+/// a personal organization's person, else the person creating it; for a
+/// service account, the organization's longest-standing owner.
+async fn accountable_for(
+    conn: &mut DbConnection,
+    organization: &Organization,
+    caller: &Caller,
+) -> AppResult<UserId> {
+    if let Some(person) = organization.personal_user_id.or(caller.user_id()) {
+        return Ok(person);
+    }
+    Member::longest_standing_owner(conn, organization.id, None)
+        .await?
+        .ok_or(AppError::FailedPrecondition(
+            "the organization has no owner".into(),
+        ))
 }
 
 /// Verification answers carry the endpoint URL, so the chatbot's keys go

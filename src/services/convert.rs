@@ -208,6 +208,7 @@ resource_responses! {
     CreateOrganizationResponse.organization <- models::Organization,
     GetOrganizationResponse.organization <- models::Organization,
     UpdateOrganizationResponse.organization <- models::Organization,
+    RevokeServiceAccountResponse.service_account <- models::ServiceAccount,
 }
 
 /// List responses: `Response.items_field <- Row`, with the page token.
@@ -228,6 +229,7 @@ page_responses! {
     ListAuditEventsResponse.audit_events <- models::AuditEvent,
     ListOrganizationsResponse.organizations <- models::Organization,
     ListInvitationsResponse.invitations <- models::Invitation,
+    ListServiceAccountsResponse.service_accounts <- models::ServiceAccount,
 }
 
 /// Responses with no fields, to operations that return nothing.
@@ -246,6 +248,7 @@ empty_responses!(
     DeleteOrganizationResponse,
     RemoveMemberResponse,
     DeleteInvitationResponse,
+    DeleteServiceAccountResponse,
     DeleteChatbotResponse,
     DeleteApiKeyResponse,
     LogoutResponse

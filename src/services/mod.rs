@@ -14,6 +14,7 @@ pub mod chatbots;
 pub mod convert;
 pub mod external_authorization;
 pub mod organizations;
+pub mod service_accounts;
 pub mod status;
 pub mod usage;
 pub mod users;
@@ -26,7 +27,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{
     caller, optional_caller, Caller, LoginThrottle, Memberships, PasswordHasher, RequestId,
-    Sessions, TokenKeys,
+    ServiceAccounts, Sessions, TokenKeys,
 };
 use diesel::QueryResult;
 use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
@@ -58,6 +59,8 @@ pub struct AppState {
     pub sessions: Sessions,
     /// Who belongs to which organization (cached; see [`Memberships`]).
     pub memberships: Memberships,
+    /// Service accounts' tokens (cached; see [`ServiceAccounts`]).
+    pub service_accounts: ServiceAccounts,
     pub api_key_cache: Arc<ApiKeyCache>,
     /// Every change to a cached row commits through here.
     pub caches: CacheInvalidation,

@@ -13,7 +13,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
 use super::convert::{self, mask_paths, timestamp};
-use super::{audit, delete_row, required, AppState, Rpc};
+use super::{audit, delete_row, required, service_accounts, AppState, Rpc};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{
     Invitation, KeyUsage, Member, MemberWithEmail, NewInvitation, NewOrganization, Organization,
@@ -24,8 +24,8 @@ use crate::db::{is_foreign_key_violation, DbConnection, Invalidation, Written};
 use crate::domain::{
     keeps_an_owner, may_change_members, AuditAction, AuditChange, AuditRecord, AuditTarget,
     CreateInvitation, Email, GetUsage, InvitationId, InvitationToken, ListOf, MemberRef, OrgAction,
-    OrgRole, OrganizationId, OrganizationName, Page, PageRequest, UpdateMember, UpdateOrganization,
-    UsageRange, UserId,
+    OrgRole, OrganizationId, OrganizationName, Page, PageRequest, ServiceAccountId, UpdateMember,
+    UpdateOrganization, UsageRange, UserId,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::proto::organization_service_server::OrganizationService;
@@ -39,6 +39,11 @@ use crate::proto::{
     ListInvitationsResponse, ListMembersRequest, ListMembersResponse, ListOrganizationsRequest,
     ListOrganizationsResponse, RemoveMemberRequest, RemoveMemberResponse, UpdateMemberRequest,
     UpdateMemberResponse, UpdateOrganizationRequest, UpdateOrganizationResponse,
+};
+use crate::proto::{
+    CreateServiceAccountRequest, CreateServiceAccountResponse, DeleteServiceAccountRequest,
+    DeleteServiceAccountResponse, ListServiceAccountsRequest, ListServiceAccountsResponse,
+    RevokeServiceAccountRequest, RevokeServiceAccountResponse,
 };
 
 /// How long an invitation can be accepted, unless the request says.
@@ -174,10 +179,48 @@ impl OrganizationService for Organizations {
         let parse = GetUsage::try_from;
         self.0.serve(request, parse, get_organization_usage).await
     }
+
+    async fn create_service_account(
+        &self,
+        request: Request<CreateServiceAccountRequest>,
+    ) -> Rpc<CreateServiceAccountResponse> {
+        let parse = service_accounts::CreateServiceAccount::try_from;
+        let create = service_accounts::create_service_account;
+        self.0.serve(request, parse, create).await
+    }
+
+    async fn list_service_accounts(
+        &self,
+        request: Request<ListServiceAccountsRequest>,
+    ) -> Rpc<ListServiceAccountsResponse> {
+        let parse = service_accounts::parse_list;
+        let list = service_accounts::list_service_accounts;
+        self.0.serve(request, parse, list).await
+    }
+
+    async fn revoke_service_account(
+        &self,
+        request: Request<RevokeServiceAccountRequest>,
+    ) -> Rpc<RevokeServiceAccountResponse> {
+        let parse =
+            |message: RevokeServiceAccountRequest| ServiceAccountId::parse("id", &message.id);
+        let revoke = service_accounts::revoke_service_account;
+        self.0.serve(request, parse, revoke).await
+    }
+
+    async fn delete_service_account(
+        &self,
+        request: Request<DeleteServiceAccountRequest>,
+    ) -> Rpc<DeleteServiceAccountResponse> {
+        let parse =
+            |message: DeleteServiceAccountRequest| ServiceAccountId::parse("id", &message.id);
+        let delete = service_accounts::delete_service_account;
+        self.0.serve(request, parse, delete).await
+    }
 }
 
 /// A role a request sets; UNSPECIFIED (or unknown) is a violation.
-fn parse_role(field: &str, value: i32) -> Result<OrgRole, FieldViolation> {
+pub(super) fn parse_role(field: &str, value: i32) -> Result<OrgRole, FieldViolation> {
     match OrganizationRole::try_from(value) {
         Ok(OrganizationRole::Owner) => Ok(OrgRole::Owner),
         Ok(OrganizationRole::Editor) => Ok(OrgRole::Editor),
@@ -188,7 +231,7 @@ fn parse_role(field: &str, value: i32) -> Result<OrgRole, FieldViolation> {
 }
 
 /// One organization's list; the page token is bound to the organization.
-fn list_of<K: std::str::FromStr + std::fmt::Display>(
+pub(super) fn list_of<K: std::str::FromStr + std::fmt::Display>(
     what: &str,
     organization_id: &str,
     page_size: i32,
@@ -344,7 +387,7 @@ pub async fn create_organization(
         id,
         name: name.into_inner(),
     };
-    let owner = caller.user_id;
+    let owner = caller.person()?;
     let mut conn = state.db.conn().await?;
     let stale = Some(Invalidation::Organization(id));
     let organization = state
@@ -380,8 +423,17 @@ pub async fn list_organizations(
     caller: &Caller,
     page: PageRequest<OrganizationId>,
 ) -> AppResult<Page<Organization>> {
-    let member = (!caller.is_admin()).then_some(caller.user_id);
     let mut conn = state.db.conn().await?;
+    if let Some(account) = caller.service_account() {
+        // A service account belongs to its one organization.
+        let own = Organization::find(&mut conn, account.organization).await?;
+        let first_page = page.after.is_none();
+        return Ok(Page {
+            items: own.into_iter().filter(|_| first_page).collect(),
+            next_page_token: String::new(),
+        });
+    }
+    let member = caller.user_id().filter(|_| !caller.is_admin());
     let organizations = Organization::list(&mut conn, member, &page).await?;
     Ok(page.page(organizations, Organization::cursor))
 }
@@ -493,7 +545,7 @@ pub async fn list_members(
             .items
             .into_iter()
             .map(|member| MemberView {
-                show_email: sees_emails || member.member.user_id == caller.user_id,
+                show_email: sees_emails || caller.user_id() == Some(member.member.user_id),
                 member,
             })
             .collect(),
@@ -567,7 +619,7 @@ pub async fn update_member(
 
 /// Owners remove anyone; any member may remove themselves (leave).
 pub async fn remove_member(state: &AppState, caller: &Caller, member: MemberRef) -> AppResult<()> {
-    let action = match member.user == caller.user_id {
+    let action = match caller.user_id() == Some(member.user) {
         true => OrgAction::View,
         false => OrgAction::Manage,
     };
@@ -616,7 +668,7 @@ pub async fn create_invitation(
         email: cmd.email.as_str(),
         role: cmd.role.as_str(),
         token_hash: &digest,
-        created_by: Some(caller.user_id),
+        created_by: caller.user_id(),
         created_at: Timestamp(now),
         expires_at: Timestamp(now + ttl),
     };
@@ -696,7 +748,7 @@ pub async fn accept_invitation(
     caller: &Caller,
     token: InvitationToken,
 ) -> AppResult<MemberView> {
-    let user = caller.user_id;
+    let user = caller.person()?;
     let mut conn = state.db.conn().await?;
     let invitation = Invitation::find_by_token(&mut conn, &token.digest())
         .await?
@@ -777,7 +829,7 @@ pub async fn get_organization_usage(
     Ok(KeyUsage::of_organization(&mut conn, cmd.of, cmd.range).await?)
 }
 
-fn role_message(role: OrgRole) -> OrganizationRole {
+pub(super) fn role_message(role: OrgRole) -> OrganizationRole {
     match role {
         OrgRole::Owner => OrganizationRole::Owner,
         OrgRole::Editor => OrganizationRole::Editor,

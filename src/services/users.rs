@@ -214,7 +214,7 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
     let (hashed_password, reservation) = match cmd.new_password {
         None => (None, None),
         Some(new_password) => {
-            let reservation = match caller.user_id == id {
+            let reservation = match caller.user_id() == Some(id) {
                 true => Some(
                     check_current_password(state, caller, &current, cmd.current_password?).await?,
                 ),

@@ -50,6 +50,10 @@ enum Rpc {
     DeleteInvitation,
     AcceptInvitation,
     GetOrganizationUsage,
+    CreateServiceAccount,
+    ListServiceAccounts,
+    RevokeServiceAccount,
+    DeleteServiceAccount,
 }
 
 const ALL_RPCS: &[Rpc] = &[
@@ -89,6 +93,10 @@ const ALL_RPCS: &[Rpc] = &[
     Rpc::DeleteInvitation,
     Rpc::AcceptInvitation,
     Rpc::GetOrganizationUsage,
+    Rpc::CreateServiceAccount,
+    Rpc::ListServiceAccounts,
+    Rpc::RevokeServiceAccount,
+    Rpc::DeleteServiceAccount,
 ];
 
 /// What an RPC needs of its caller (besides being signed in).
@@ -115,6 +123,11 @@ enum Who {
     /// Members of the team with these roles.
     Editor,
     Viewer,
+    /// The team's service accounts with these roles.
+    ServiceAccountEditor,
+    ServiceAccountViewer,
+    /// A service account of the team whose token was revoked.
+    RevokedServiceAccount,
     Admin,
     /// A plain user, on ids that do not exist.
     UserOnMissing,
@@ -135,6 +148,7 @@ struct Target {
     member_id: String,
     invitation_id: String,
     invitation_token: String,
+    service_account_id: String,
 }
 
 /// The people of one target's team.
@@ -143,6 +157,10 @@ struct Team {
     owner: TestUser,
     editor: TestUser,
     viewer: TestUser,
+    /// Service account tokens.
+    account_editor: String,
+    account_viewer: String,
+    account_revoked: String,
 }
 
 impl Rpc {
@@ -182,6 +200,10 @@ impl Rpc {
                 | Rpc::DeleteInvitation
                 | Rpc::AcceptInvitation
                 | Rpc::GetOrganizationUsage
+                | Rpc::CreateServiceAccount
+                | Rpc::ListServiceAccounts
+                | Rpc::RevokeServiceAccount
+                | Rpc::DeleteServiceAccount
         )
     }
 
@@ -260,6 +282,7 @@ impl Rpc {
                 | Rpc::ListMembers
                 | Rpc::ListInvitations
                 | Rpc::GetOrganizationUsage
+                | Rpc::ListServiceAccounts
         )
     }
 }
@@ -280,7 +303,7 @@ fn expected(rpc: Rpc, who: Who) -> Code {
         needed => needed as u8 <= role as u8,
     };
     match who {
-        Who::Anonymous | Who::BadToken(_) => Code::Unauthenticated,
+        Who::Anonymous | Who::BadToken(_) | Who::RevokedServiceAccount => Code::Unauthenticated,
         // The invitation names someone else's email; a token that matches
         // none is NOT_FOUND to anyone.
         _ if rpc == Rpc::AcceptInvitation => match who {
@@ -289,6 +312,21 @@ fn expected(rpc: Rpc, who: Who) -> Code {
         },
         Who::Admin => rpc.allowed_answer(),
         _ if rpc.admin_only() => Code::PermissionDenied,
+        // A service account acts in its organization by its role, and
+        // does nothing only a person does (sessions, creating
+        // organizations, accounts).
+        Who::ServiceAccountEditor | Who::ServiceAccountViewer => {
+            let role = match who {
+                Who::ServiceAccountEditor => Needs::Edit,
+                _ => Needs::View,
+            };
+            match rpc {
+                Rpc::ListAuditEvents | Rpc::ListOrganizations => Code::Ok,
+                _ if rpc.about_the_caller() => Code::PermissionDenied,
+                _ if role_allows(role) => Code::Ok,
+                _ => Code::PermissionDenied,
+            }
+        }
         _ if rpc.about_the_caller() => Code::Ok,
         Who::Owner => rpc.allowed_answer(),
         // The target member is the editor: removing oneself is leaving.
@@ -582,6 +620,38 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
             })
             .await
             .map(drop),
+        Rpc::CreateServiceAccount => app
+            .organizations(token)
+            .create_service_account(proto::CreateServiceAccountRequest {
+                organization_id: t.organization_id.clone(),
+                name: "matrix service".into(),
+                role: Role::Viewer.into(),
+                expire_time: None,
+            })
+            .await
+            .map(drop),
+        Rpc::ListServiceAccounts => app
+            .organizations(token)
+            .list_service_accounts(proto::ListServiceAccountsRequest {
+                organization_id: t.organization_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::RevokeServiceAccount => app
+            .organizations(token)
+            .revoke_service_account(proto::RevokeServiceAccountRequest {
+                id: t.service_account_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteServiceAccount => app
+            .organizations(token)
+            .delete_service_account(proto::DeleteServiceAccountRequest {
+                id: t.service_account_id.clone(),
+            })
+            .await
+            .map(drop),
     }
 }
 
@@ -614,6 +684,16 @@ async fn fresh_target(app: &TestApp) -> (Team, Target) {
             Role::Viewer,
         )
         .await;
+    let account = |role| app.create_service_account(&owner, &organization.id, role);
+    let account_editor = account(Role::Editor).await;
+    let account_viewer = account(Role::Viewer).await;
+    let account_revoked = account(Role::Editor).await;
+    app.organizations(Some(&owner.token))
+        .revoke_service_account(proto::RevokeServiceAccountRequest {
+            id: account_revoked.service_account.unwrap().id,
+        })
+        .await
+        .unwrap();
     let target = Target {
         user_id: owner.id.clone(),
         organization_id: organization.id,
@@ -624,12 +704,16 @@ async fn fresh_target(app: &TestApp) -> (Team, Target) {
         member_id: editor.id.clone(),
         invitation_id: pending.invitation.unwrap().id,
         invitation_token: pending.token,
+        service_account_id: account_viewer.service_account.unwrap().id,
     };
     (
         Team {
             owner,
             editor,
             viewer,
+            account_editor: account_editor.token,
+            account_viewer: account_viewer.token,
+            account_revoked: account_revoked.token,
         },
         target,
     )
@@ -646,6 +730,7 @@ fn missing_target() -> Target {
         member_id: uuid::Uuid::new_v4().to_string(),
         invitation_id: uuid::Uuid::new_v4().to_string(),
         invitation_token: format!("cbi_{}", "x".repeat(43)),
+        service_account_id: uuid::Uuid::new_v4().to_string(),
     }
 }
 
@@ -669,6 +754,9 @@ backend_test! {
             Who::Owner,
             Who::Editor,
             Who::Viewer,
+            Who::ServiceAccountEditor,
+            Who::ServiceAccountViewer,
+            Who::RevokedServiceAccount,
             Who::Admin,
             Who::UserOnMissing,
             Who::AdminOnMissing,
@@ -706,6 +794,9 @@ backend_test! {
                     Who::Owner => team.map(|team| team.owner.token),
                     Who::Editor => team.map(|team| team.editor.token),
                     Who::Viewer => team.map(|team| team.viewer.token),
+                    Who::ServiceAccountEditor => team.map(|team| team.account_editor),
+                    Who::ServiceAccountViewer => team.map(|team| team.account_viewer),
+                    Who::RevokedServiceAccount => team.map(|team| team.account_revoked),
                     Who::Admin | Who::AdminOnMissing => Some(admin.token.clone()),
                 };
                 let code = match call(app, rpc, token.as_deref(), &target).await {
@@ -732,7 +823,7 @@ backend_test! {
                 failures.push(format!("{rpc:?} as {who}: got {code:?}, want {want:?}"));
             }
         }
-        assert!(answers.len() > 450, "the matrix shrank to {} cells", answers.len());
+        assert!(answers.len() > 600, "the matrix shrank to {} cells", answers.len());
         assert!(
             failures.is_empty(),
             "{} cells wrong:\n{}",

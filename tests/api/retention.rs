@@ -116,6 +116,36 @@ async fn expired_tokens_ended_sessions_old_usage_and_old_audit_events_are_purged
     )
     .await;
 
+    // Invitations: one that expired 40 days ago goes, one expired
+    // yesterday stays.
+    let team = app.create_organization(&owner, "team").await;
+    let mut invitations = Vec::new();
+    for (email, expired) in [
+        ("old@example.com", "40 days"),
+        ("recent@example.com", "1 day"),
+    ] {
+        let invitation = app
+            .invite(
+                &owner,
+                &team.id,
+                email,
+                chatbot_backend::proto::OrganizationRole::Viewer,
+            )
+            .await
+            .invitation
+            .unwrap();
+        run(
+            &mut conn,
+            &format!(
+                "UPDATE organization_invitations SET expires_at = now() - interval '{expired}' \
+                 WHERE id = '{}'",
+                invitation.id
+            ),
+        )
+        .await;
+        invitations.push(invitation.id);
+    }
+
     // Servers starting on the database purge at once; two starting
     // together only find less to delete each.
     app.stop().await;
@@ -165,6 +195,16 @@ async fn expired_tokens_ended_sessions_old_usage_and_old_audit_events_are_purged
     )
     .await;
     assert!(!audit_left.contains(&audit_ids[0]), "400 days old: purged");
+    let invitations_left = texts(
+        &mut conn,
+        "SELECT id::text AS value FROM organization_invitations",
+    )
+    .await;
+    assert_eq!(
+        invitations_left,
+        vec![invitations[1].clone()],
+        "only the recent one stays"
+    );
     assert!(
         audit_ids[1..].iter().all(|id| audit_left.contains(id)),
         "new ones stay"

@@ -174,6 +174,8 @@ describe_tuples!(A B C D E F G H I J K L M N);
 describe_tuples!(A B C D E F G H I J K L M N O);
 describe_tuples!(A B C D E F G H I J K L M N O P);
 describe_tuples!(A B C D E F G H I J K L M N O P Q);
+describe_tuples!(A B C D E F G H I J K L M N O P Q R);
+describe_tuples!(A B C D E F G H I J K L M N O P Q R S);
 
 type Tables<T> = BTreeMap<String, BTreeMap<String, T>>;
 
@@ -211,6 +213,7 @@ fn declared_tables() -> Tables<DeclaredColumn> {
         organizations,
         organization_members,
         organization_invitations,
+        service_accounts,
         chatbots,
         api_keys,
         api_key_limits,

@@ -1,3 +1,5 @@
+ALTER TABLE audit_events DROP COLUMN actor_service_account_name;
+ALTER TABLE audit_events DROP COLUMN actor_service_account_id;
 DROP INDEX audit_events_organization_id;
 ALTER TABLE audit_events DROP COLUMN organization_id;
 DROP TRIGGER chatbots_default_organization ON chatbots;
@@ -7,6 +9,7 @@ ALTER TABLE chatbots DROP COLUMN organization_id;
 COMMENT ON COLUMN chatbots.owner_id IS 'Owning user; deleting the user deletes the chatbot.';
 DROP TRIGGER users_personal_organization ON users;
 DROP FUNCTION create_personal_organization();
+DROP TABLE service_accounts;
 DROP TABLE organization_invitations;
 DROP TABLE organization_members;
 DROP TABLE organizations;

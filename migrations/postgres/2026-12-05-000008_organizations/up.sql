@@ -72,6 +72,35 @@ COMMENT ON COLUMN organization_invitations.expires_at IS 'After this it can no l
 COMMENT ON COLUMN organization_invitations.accepted_by IS 'The user who accepted it.';
 COMMENT ON COLUMN organization_invitations.accepted_at IS 'When it was accepted; an invitation is accepted once.';
 
+CREATE TABLE service_accounts (
+    id UUID PRIMARY KEY,
+    organization_id UUID NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('editor', 'viewer')),
+    token_prefix TEXT NOT NULL,
+    token_hash BYTEA NOT NULL UNIQUE,
+    created_by UUID REFERENCES users (id) ON DELETE SET NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    expires_at TIMESTAMPTZ,
+    revoked_at TIMESTAMPTZ,
+    last_used_at TIMESTAMPTZ
+);
+-- ListServiceAccounts in list order.
+CREATE INDEX service_accounts_organization_id_idx ON service_accounts (organization_id, created_at, id);
+
+COMMENT ON TABLE service_accounts IS 'Credentials of other services, acting in one organization with a role; only digests of their tokens are stored.';
+COMMENT ON COLUMN service_accounts.id IS 'UUIDv7 assigned by the server.';
+COMMENT ON COLUMN service_accounts.organization_id IS 'The organization it acts in; deleting it deletes the service account.';
+COMMENT ON COLUMN service_accounts.name IS 'Display name, 1 to 100 characters.';
+COMMENT ON COLUMN service_accounts.role IS 'editor or viewer.';
+COMMENT ON COLUMN service_accounts.token_prefix IS 'First characters of the token, shown in lists; not secret.';
+COMMENT ON COLUMN service_accounts.token_hash IS 'SHA-256 digest of the token; the token itself is never stored.';
+COMMENT ON COLUMN service_accounts.created_by IS 'The owner who created it; NULL once that user is deleted.';
+COMMENT ON COLUMN service_accounts.created_at IS 'Creation time; first key of the list order.';
+COMMENT ON COLUMN service_accounts.expires_at IS 'When the token stops working; NULL means never.';
+COMMENT ON COLUMN service_accounts.revoked_at IS 'When the token was revoked.';
+COMMENT ON COLUMN service_accounts.last_used_at IS 'Last authenticated call, recorded at most once a minute per replica.';
+
 -- Every existing user's personal organization, with them as its owner.
 INSERT INTO organizations (id, name, personal_user_id, created_at, updated_at)
 SELECT id, 'Personal', id, created_at, created_at FROM users;
@@ -112,4 +141,8 @@ FOR EACH ROW WHEN (NEW.organization_id IS NULL) EXECUTE FUNCTION chatbot_default
 ALTER TABLE audit_events ADD COLUMN organization_id UUID;
 UPDATE audit_events SET organization_id = target_owner_id WHERE target_type IN ('chatbot', 'api_key');
 CREATE INDEX audit_events_organization_id ON audit_events (organization_id, id);
+ALTER TABLE audit_events ADD COLUMN actor_service_account_id UUID;
+ALTER TABLE audit_events ADD COLUMN actor_service_account_name TEXT;
+COMMENT ON COLUMN audit_events.actor_service_account_id IS 'The service account that did it; NULL otherwise.';
+COMMENT ON COLUMN audit_events.actor_service_account_name IS 'That service account''s name at the time.';
 COMMENT ON COLUMN audit_events.organization_id IS 'The organization the target belongs to; its members may see the event. NULL for users and RPCs.';

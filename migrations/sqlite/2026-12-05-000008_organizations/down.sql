@@ -1,3 +1,5 @@
+ALTER TABLE audit_events DROP COLUMN actor_service_account_name;
+ALTER TABLE audit_events DROP COLUMN actor_service_account_id;
 DROP INDEX audit_events_organization_id;
 ALTER TABLE audit_events DROP COLUMN organization_id;
 DROP TRIGGER chatbots_default_organization;
@@ -6,6 +8,7 @@ DROP TRIGGER chatbots_organization_exists;
 DROP INDEX chatbots_organization_id_created_at_id_idx;
 ALTER TABLE chatbots DROP COLUMN organization_id;
 DROP TRIGGER users_personal_organization;
+DROP TABLE service_accounts;
 DROP TABLE organization_invitations;
 DROP TABLE organization_members;
 DROP TABLE organizations;

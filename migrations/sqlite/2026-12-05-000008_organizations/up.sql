@@ -41,6 +41,21 @@ CREATE TABLE organization_invitations (
 CREATE INDEX organization_invitations_organization_id_idx ON organization_invitations (organization_id, created_at, id);
 CREATE INDEX organization_invitations_expires_at_idx ON organization_invitations (expires_at);
 
+CREATE TABLE service_accounts (
+    id TEXT PRIMARY KEY NOT NULL,
+    organization_id TEXT NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('editor', 'viewer')),
+    token_prefix TEXT NOT NULL,
+    token_hash BLOB NOT NULL UNIQUE,
+    created_by TEXT REFERENCES users (id) ON DELETE SET NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z'),
+    expires_at TEXT,
+    revoked_at TEXT,
+    last_used_at TEXT
+);
+CREATE INDEX service_accounts_organization_id_idx ON service_accounts (organization_id, created_at, id);
+
 INSERT INTO organizations (id, name, personal_user_id, created_at, updated_at)
 SELECT id, 'Personal', id, created_at, created_at FROM users;
 INSERT INTO organization_members (organization_id, user_id, role, created_at, updated_at)
@@ -83,3 +98,5 @@ END;
 ALTER TABLE audit_events ADD COLUMN organization_id TEXT;
 UPDATE audit_events SET organization_id = target_owner_id WHERE target_type IN ('chatbot', 'api_key');
 CREATE INDEX audit_events_organization_id ON audit_events (organization_id, id);
+ALTER TABLE audit_events ADD COLUMN actor_service_account_id TEXT;
+ALTER TABLE audit_events ADD COLUMN actor_service_account_name TEXT;

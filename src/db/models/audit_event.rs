@@ -14,7 +14,8 @@ use crate::db::schema::{audit_events, organization_members, users};
 use crate::db::sql_types::Timestamp;
 use crate::db::DbConnection;
 use crate::domain::{
-    AuditChange, AuditFilter, AuditRecord, OrganizationId, PageCursor, PageRequest, UserId,
+    AuditChange, AuditFilter, AuditRecord, AuditViewer, OrganizationId, PageCursor, PageRequest,
+    ServiceAccountId, UserId,
 };
 
 /// Who a change is recorded for: the signed-in user (or an operator
@@ -22,6 +23,8 @@ use crate::domain::{
 #[derive(Debug, Clone, Default)]
 pub struct AuditActor {
     pub user: Option<UserId>,
+    /// A service account, with its name at the time.
+    pub service_account: Option<(ServiceAccountId, String)>,
     pub command: Option<String>,
     pub request_id: Option<String>,
     pub address: Option<IpAddr>,
@@ -51,6 +54,8 @@ struct NewAuditEvent<'a> {
     last_occurred_at: Timestamp,
     aggregate_key: Option<String>,
     organization_id: Option<OrganizationId>,
+    actor_service_account_id: Option<ServiceAccountId>,
+    actor_service_account_name: Option<&'a str>,
 }
 
 /// A row of `audit_events`.
@@ -73,6 +78,8 @@ pub struct AuditEvent {
     pub repeats: i64,
     pub last_occurred_at: DateTime<Utc>,
     pub organization_id: Option<OrganizationId>,
+    pub actor_service_account_id: Option<ServiceAccountId>,
+    pub actor_service_account_name: Option<String>,
 }
 
 impl AuditEvent {
@@ -104,9 +111,14 @@ impl AuditEvent {
         let now = Utc::now();
         let window = now.timestamp().div_euclid(REFUSAL_WINDOW_SECS);
         let key = format!(
-            "{}|{}|{}|{}:{}|{}|{window}",
+            "{}|{}{}|{}|{}:{}|{}|{window}",
             record.action.name(),
             actor.user.map(|id| id.to_string()).unwrap_or_default(),
+            actor
+                .service_account
+                .as_ref()
+                .map(|(id, _)| id.to_string())
+                .unwrap_or_default(),
             actor.command.as_deref().unwrap_or_default(),
             record.target.kind.name(),
             record.target.id,
@@ -164,6 +176,11 @@ impl AuditEvent {
             last_occurred_at: Timestamp(now),
             aggregate_key,
             organization_id: record.target.organization,
+            actor_service_account_id: actor.service_account.as_ref().map(|(id, _)| *id),
+            actor_service_account_name: actor
+                .service_account
+                .as_ref()
+                .map(|(_, name)| name.as_str()),
         })
     }
 
@@ -226,7 +243,19 @@ impl AuditEvent {
             if let Some(organization) = filter.organization {
                 query = query.filter(audit_events::organization_id.assume_not_null().eq(organization));
             }
-            if let Some(user) = filter.visible_to {
+            if let AuditViewer::ServiceAccount { id, organization } = filter.viewer {
+                query = query.filter(
+                    audit_events::organization_id
+                        .assume_not_null()
+                        .eq(organization)
+                        .and(
+                            audit_events::outcome.eq(SUCCEEDED).or(audit_events::actor_service_account_id
+                                .assume_not_null()
+                                .eq(id)),
+                        ),
+                );
+            }
+            if let AuditViewer::User(user) = filter.viewer {
                 let theirs = organization_members::table
                     .filter(organization_members::user_id.eq(user))
                     .select(organization_members::organization_id);

@@ -6,9 +6,10 @@ use diesel::{
 };
 use diesel_async::RunQueryDsl;
 
+use crate::db::models::Member;
 use crate::db::schema::{chatbots, organization_members};
 use crate::db::{db_run, DbConnection};
-use crate::domain::{ChatbotId, OrgRole, OrganizationId, PageRequest, UserId};
+use crate::domain::{ChatbotId, OrganizationId, PageRequest, UserId};
 
 /// A row of `chatbots`.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -100,18 +101,7 @@ impl Chatbot {
                 .distinct()
         )?;
         for organization in organizations {
-            let heir: Option<UserId> = first_row!(
-                conn,
-                organization_members::table
-                    .filter(organization_members::organization_id.eq(organization))
-                    .filter(organization_members::role.eq(OrgRole::Owner.as_str()))
-                    .filter(organization_members::user_id.ne(user))
-                    .order((
-                        organization_members::created_at.asc(),
-                        organization_members::user_id.asc(),
-                    ))
-                    .select(organization_members::user_id)
-            )?;
+            let heir = Member::longest_standing_owner(conn, organization, Some(user)).await?;
             let Some(heir) = heir else { continue };
             let theirs = chatbots::table
                 .filter(chatbots::owner_id.eq(user))

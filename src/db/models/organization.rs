@@ -206,6 +206,28 @@ impl Member {
         })
     }
 
+    /// The owner who joined first (by user id among equals), other than
+    /// `other_than`, if any.
+    pub async fn longest_standing_owner(
+        conn: &mut DbConnection,
+        organization: OrganizationId,
+        other_than: Option<UserId>,
+    ) -> diesel::QueryResult<Option<UserId>> {
+        let other_than = other_than.map_or(uuid::Uuid::nil(), |user| user.0);
+        first_row!(
+            conn,
+            organization_members::table
+                .filter(organization_members::organization_id.eq(organization))
+                .filter(organization_members::role.eq(OrgRole::Owner.as_str()))
+                .filter(organization_members::user_id.ne(UserId(other_than)))
+                .order((
+                    organization_members::created_at.asc(),
+                    organization_members::user_id.asc(),
+                ))
+                .select(organization_members::user_id)
+        )
+    }
+
     /// How many owners the organization has.
     pub async fn count_owners(
         conn: &mut DbConnection,

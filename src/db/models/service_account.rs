@@ -140,9 +140,15 @@ impl ServiceAccount {
     ) -> diesel::QueryResult<()> {
         let earlier = service_accounts::last_used_at
             .is_null()
-            .or(service_accounts::last_used_at.assume_not_null().lt(Timestamp(at)));
+            .or(service_accounts::last_used_at
+                .assume_not_null()
+                .lt(Timestamp(at)));
         let account = service_accounts::table.find(id).filter(earlier);
-        update_rows!(conn, account, service_accounts::last_used_at.eq(Timestamp(at)))?;
+        update_rows!(
+            conn,
+            account,
+            service_accounts::last_used_at.eq(Timestamp(at))
+        )?;
         Ok(())
     }
 

@@ -182,6 +182,26 @@ impl super::Clients {
             .into_inner()
     }
 
+    /// A service account of `organization_id` with `role`, made by
+    /// `owner`, with its token; panics on an error status.
+    pub async fn create_service_account(
+        &self,
+        owner: &TestUser,
+        organization_id: &str,
+        role: proto::OrganizationRole,
+    ) -> proto::CreateServiceAccountResponse {
+        self.organizations(Some(&owner.token))
+            .create_service_account(proto::CreateServiceAccountRequest {
+                organization_id: organization_id.into(),
+                name: "provisioning".into(),
+                role: role.into(),
+                expire_time: None,
+            })
+            .await
+            .expect("create service account")
+            .into_inner()
+    }
+
     /// AcceptInvitation of `token` by `user`.
     pub async fn accept(&self, user: &TestUser, token: &str) -> Result<proto::Member, Status> {
         let accepted = self

@@ -5,29 +5,12 @@
 
 use url::Url;
 
-use super::display_text::DisplayText;
+use super::display_text::DisplayName;
 use super::public_host::non_public_reason;
 use super::FieldViolation;
 
-/// A chatbot's display name: 1 to 100 characters of [`DisplayText`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatbotName(String);
-
-impl ChatbotName {
-    pub const MAX_CHARS: usize = 100;
-
-    pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
-        let text = DisplayText::parse(field, value, Self::MAX_CHARS)?;
-        if text.is_empty() {
-            return Err(FieldViolation::new(field, "is required"));
-        }
-        Ok(Self(text.into_inner()))
-    }
-
-    pub fn into_inner(self) -> String {
-        self.0
-    }
-}
+/// A chatbot's display name.
+pub type ChatbotName = DisplayName;
 
 /// An absolute http(s) URL without credentials that is safe to call as far
 /// as its text shows; the caller must still check the address it connects

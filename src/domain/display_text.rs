@@ -153,6 +153,27 @@ fn joins_emoji(c: char, before: Option<char>, after: Option<char>) -> bool {
     }
 }
 
+/// A name people give something (a chatbot, an organization, a service
+/// account): 1 to 100 characters of [`DisplayText`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub const MAX_CHARS: usize = 100;
+
+    pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
+        let text = DisplayText::parse(field, value, Self::MAX_CHARS)?;
+        if text.is_empty() {
+            return Err(FieldViolation::new(field, "is required"));
+        }
+        Ok(Self(text.into_inner()))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

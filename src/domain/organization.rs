@@ -6,8 +6,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::display_text::DisplayText;
-use super::{FieldViolation, Precondition};
+use super::display_text::DisplayName;
+use super::Precondition;
 
 /// A member's role in an organization, strongest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,25 +67,8 @@ impl FromStr for OrgRole {
     }
 }
 
-/// An organization's display name: 1 to 100 characters of [`DisplayText`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrganizationName(String);
-
-impl OrganizationName {
-    pub const MAX_CHARS: usize = 100;
-
-    pub fn parse(field: &str, value: &str) -> Result<Self, FieldViolation> {
-        let text = DisplayText::parse(field, value, Self::MAX_CHARS)?;
-        if text.is_empty() {
-            return Err(FieldViolation::new(field, "is required"));
-        }
-        Ok(Self(text.into_inner()))
-    }
-
-    pub fn into_inner(self) -> String {
-        self.0
-    }
-}
+/// An organization's (or a service account's) display name.
+pub type OrganizationName = DisplayName;
 
 /// An organization always keeps an owner: a change that would leave it
 /// with none (the last owner removed, demoted or leaving) is refused.

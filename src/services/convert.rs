@@ -1,15 +1,16 @@
 //! Between proto messages and the service's own types: model rows to
-//! resources, timestamps and durations both ways, update masks. The only
-//! place that knows both shapes.
+//! resources, timestamps and durations both ways, update masks, roles, an
+//! organization's list requests. The only place that knows both shapes.
 
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 use crate::db::models;
 use crate::domain::{
-    self, parse_balance, CreditsSetting, KeyRateLimit, Page, Refill, Role, UsageCounts,
+    self, parse_balance, CreditsSetting, KeyRateLimit, ListOf, OrgRole, OrganizationId, Page,
+    PageRequest, Refill, Role, UsageCounts,
 };
-use crate::error::{FieldViolation, Violations};
+use crate::error::{parsed, AppResult, FieldViolation, Violations};
 use crate::proto;
 
 pub fn timestamp(time: DateTime<Utc>) -> Timestamp {
@@ -302,3 +303,38 @@ usage_responses!(
     GetChatbotUsageResponse,
     GetOrganizationUsageResponse,
 );
+
+/// A role a request sets; UNSPECIFIED (or unknown) is a violation.
+pub fn parse_role(field: &str, value: i32) -> Result<OrgRole, FieldViolation> {
+    match proto::OrganizationRole::try_from(value) {
+        Ok(proto::OrganizationRole::Owner) => Ok(OrgRole::Owner),
+        Ok(proto::OrganizationRole::Editor) => Ok(OrgRole::Editor),
+        Ok(proto::OrganizationRole::Viewer) => Ok(OrgRole::Viewer),
+        Ok(proto::OrganizationRole::Unspecified) => Err(FieldViolation::new(field, "is required")),
+        Err(_) => Err(FieldViolation::new(field, "is not a known role")),
+    }
+}
+
+/// A role as the API names it.
+pub fn role_message(role: OrgRole) -> proto::OrganizationRole {
+    match role {
+        OrgRole::Owner => proto::OrganizationRole::Owner,
+        OrgRole::Editor => proto::OrganizationRole::Editor,
+        OrgRole::Viewer => proto::OrganizationRole::Viewer,
+    }
+}
+
+/// One organization's list; the page token is bound to the organization.
+pub fn list_of<K: std::str::FromStr + std::fmt::Display>(
+    what: &str,
+    organization_id: &str,
+    page_size: i32,
+    page_token: &str,
+) -> AppResult<ListOf<K>> {
+    let filter = format!("{what}|organization={organization_id}");
+    let (organization, page) = parsed((
+        OrganizationId::parse("organization_id", organization_id),
+        PageRequest::parse(page_size, page_token, &filter),
+    ))?;
+    Ok(ListOf { organization, page })
+}

@@ -12,7 +12,7 @@ use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
-use super::convert::{self, mask_paths, timestamp};
+use super::convert::{self, list_of, mask_paths, parse_role, role_message, timestamp};
 use super::{audit, delete_row, required, service_accounts, AppState, Rpc};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{
@@ -25,11 +25,11 @@ use crate::domain::{
     keeps_an_owner, may_change_members, AuditAction, AuditChange, AuditRecord, AuditTarget,
     CreateInvitation, Email, GetUsage, InvitationId, InvitationToken, ListOf, MemberRef, OrgAction,
     OrgRole, OrganizationId, OrganizationName, Page, PageRequest, ServiceAccountId, UpdateMember,
-    UpdateOrganization, UsageRange, UserId,
+    UpdateOrganization, UserId,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
+use crate::proto;
 use crate::proto::organization_service_server::OrganizationService;
-use crate::proto::{self, OrganizationRole};
 use crate::proto::{
     AcceptInvitationRequest, AcceptInvitationResponse, CreateInvitationRequest,
     CreateInvitationResponse, CreateOrganizationRequest, CreateOrganizationResponse,
@@ -219,32 +219,6 @@ impl OrganizationService for Organizations {
     }
 }
 
-/// A role a request sets; UNSPECIFIED (or unknown) is a violation.
-pub(super) fn parse_role(field: &str, value: i32) -> Result<OrgRole, FieldViolation> {
-    match OrganizationRole::try_from(value) {
-        Ok(OrganizationRole::Owner) => Ok(OrgRole::Owner),
-        Ok(OrganizationRole::Editor) => Ok(OrgRole::Editor),
-        Ok(OrganizationRole::Viewer) => Ok(OrgRole::Viewer),
-        Ok(OrganizationRole::Unspecified) => Err(FieldViolation::new(field, "is required")),
-        Err(_) => Err(FieldViolation::new(field, "is not a known role")),
-    }
-}
-
-/// One organization's list; the page token is bound to the organization.
-pub(super) fn list_of<K: std::str::FromStr + std::fmt::Display>(
-    what: &str,
-    organization_id: &str,
-    page_size: i32,
-    page_token: &str,
-) -> AppResult<ListOf<K>> {
-    let filter = format!("{what}|organization={organization_id}");
-    let (organization, page) = parsed((
-        OrganizationId::parse("organization_id", organization_id),
-        PageRequest::parse(page_size, page_token, &filter),
-    ))?;
-    Ok(ListOf { organization, page })
-}
-
 fn member_ref(
     (organization_field, organization): (&str, &str),
     (user_field, user): (&str, &str),
@@ -362,17 +336,11 @@ impl TryFrom<GetOrganizationUsageRequest> for GetUsage<OrganizationId> {
     type Error = AppError;
 
     fn try_from(request: GetOrganizationUsageRequest) -> AppResult<Self> {
-        let time = |field: &str, time: Option<&prost_types::Timestamp>| {
-            time.map(|time| convert::parse_timestamp(field, time))
-                .transpose()
-        };
-        let (of, start, end) = parsed((
+        super::usage::usage_query(
             OrganizationId::parse("organization_id", &request.organization_id),
-            time("start_time", request.start_time.as_ref()),
-            time("end_time", request.end_time.as_ref()),
-        ))?;
-        let range = UsageRange::new(start, end, Utc::now())?;
-        Ok(GetUsage { of, range })
+            request.start_time.as_ref(),
+            request.end_time.as_ref(),
+        )
     }
 }
 
@@ -827,14 +795,6 @@ pub async fn get_organization_usage(
     let view = OrgAction::View;
     ownership::organization(&mut conn, &state.memberships, caller, cmd.of, view).await?;
     Ok(KeyUsage::of_organization(&mut conn, cmd.of, cmd.range).await?)
-}
-
-pub(super) fn role_message(role: OrgRole) -> OrganizationRole {
-    match role {
-        OrgRole::Owner => OrganizationRole::Owner,
-        OrgRole::Editor => OrganizationRole::Editor,
-        OrgRole::Viewer => OrganizationRole::Viewer,
-    }
 }
 
 impl From<Organization> for proto::Organization {

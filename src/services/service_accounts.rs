@@ -8,8 +8,7 @@
 use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
 
-use super::convert::{self, timestamp};
-use super::organizations::{list_of, parse_role, role_message};
+use super::convert::{self, list_of, parse_role, role_message, timestamp};
 use super::{audit, delete_row, AppState};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{NewServiceAccount, ServiceAccount};

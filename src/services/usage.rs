@@ -13,7 +13,7 @@ use crate::error::{parsed, AppError, AppResult, FieldViolation};
 use crate::proto;
 
 /// Whose usage, and the range its optional start and end times give.
-fn usage_query<T>(
+pub(super) fn usage_query<T>(
     of: Result<T, FieldViolation>,
     start_time: Option<&prost_types::Timestamp>,
     end_time: Option<&prost_types::Timestamp>,

@@ -38,6 +38,29 @@ async fn members(app: &Clients, user: &TestUser, organization_id: &str) -> Vec<p
         .members
 }
 
+/// UpdateMember of `user_id`'s role in `organization_id`, by `by`.
+async fn set_role(
+    app: &Clients,
+    by: &TestUser,
+    organization_id: &str,
+    user_id: &str,
+    role: Role,
+) -> Result<proto::Member, tonic::Status> {
+    let updated = app
+        .organizations(Some(&by.token))
+        .update_member(proto::UpdateMemberRequest {
+            member: Some(proto::Member {
+                organization_id: organization_id.into(),
+                user_id: user_id.into(),
+                role: role.into(),
+                ..Default::default()
+            }),
+            update_mask: field_mask(&["role"]),
+        })
+        .await?;
+    Ok(updated.into_inner().member.expect("member in response"))
+}
+
 async fn remove(
     app: &Clients,
     by: &TestUser,
@@ -259,18 +282,7 @@ backend_test! {
             let left = members(&app, stayed, &team.id).await;
             assert_eq!(left.len(), 1);
             assert_eq!(left[0].role(), Role::Owner);
-            let demote = app
-                .organizations(Some(&stayed.token))
-                .update_member(proto::UpdateMemberRequest {
-                    member: Some(proto::Member {
-                        organization_id: team.id.clone(),
-                        user_id: stayed.id.clone(),
-                        role: Role::Viewer.into(),
-                        ..Default::default()
-                    }),
-                    update_mask: field_mask(&["role"]),
-                })
-                .await;
+            let demote = set_role(&app, stayed, &team.id, &stayed.id, Role::Viewer).await;
             assert_code(demote, Code::FailedPrecondition);
         }
     }
@@ -350,21 +362,8 @@ backend_test! {
         // The only owner cannot go: the team would have no one to run it.
         assert_code(delete_founder().await, Code::FailedPrecondition);
 
-        let promote = app
-            .organizations(Some(&founder.token))
-            .update_member(proto::UpdateMemberRequest {
-                member: Some(proto::Member {
-                    organization_id: team.id.clone(),
-                    user_id: partner.id.clone(),
-                    role: Role::Owner.into(),
-                    ..Default::default()
-                }),
-                update_mask: field_mask(&["role"]),
-            })
+        let promote = set_role(&app, &founder, &team.id, &partner.id, Role::Owner)
             .await
-            .unwrap()
-            .into_inner()
-            .member
             .unwrap();
         assert_eq!(promote.role(), Role::Owner);
         delete_founder().await.unwrap();
@@ -409,19 +408,9 @@ async fn a_change_of_membership_reaches_the_other_replica_within_a_second_on_pos
     rename("warm").await.unwrap();
     rename("warmer").await.unwrap();
 
-    let demote = app
-        .organizations(Some(&owner.token))
-        .update_member(proto::UpdateMemberRequest {
-            member: Some(proto::Member {
-                organization_id: team.id.clone(),
-                user_id: editor.id.clone(),
-                role: Role::Viewer.into(),
-                ..Default::default()
-            }),
-            update_mask: field_mask(&["role"]),
-        })
-        .await;
-    demote.unwrap();
+    set_role(&app, &owner, &team.id, &editor.id, Role::Viewer)
+        .await
+        .unwrap();
     let refused = Err(Code::PermissionDenied);
     let _ = changed_within_a_second(|| rename("as viewer"), |answer| *answer == refused).await;
     let read = || {

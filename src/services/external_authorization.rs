@@ -285,11 +285,6 @@ fn allowed(
             "chatbot_owner_id",
             record.owner_id.to_string(),
         ),
-        (
-            "x-organization-id",
-            "organization_id",
-            record.organization_id.to_string(),
-        ),
         ("x-api-key-id", "api_key_id", record.id.0.to_string()),
         (
             "x-llm-endpoint-url",

@@ -3,6 +3,7 @@
 //! a chatbot, and access changes reaching every replica. Who may call what
 //! is checked cell by cell in `authorization.rs`.
 
+use chatbot_backend::domain::ServiceAccountToken;
 use chatbot_backend::proto::{self, OrganizationRole as Role};
 use tonic::Code;
 
@@ -373,6 +374,21 @@ backend_test! {
         assert_eq!(kept.owner_id, partner.id, "passed to the remaining owner");
         let left = members(&app, &partner, &team.id).await;
         assert_eq!(left.len(), 1);
+
+        // Two owners deleting their accounts at once: one goes, the other
+        // stays to run the team.
+        let first = app.new_user().await;
+        let team = app.create_organization(&first, "pair").await;
+        let second = app.new_member(&first, &team.id, Role::Owner).await;
+        let delete = |user: &TestUser| {
+            let mut client = app.users(Some(&user.token));
+            let request = proto::DeleteUserRequest { id: user.id.clone() };
+            async move { client.delete_user(request).await.map(drop).map_err(|s| s.code()) }
+        };
+        let (a, b) = tokio::join!(delete(&first), delete(&second));
+        let mut codes = [a, b];
+        codes.sort_by_key(|code| code.is_err());
+        assert_eq!(codes, [Ok(()), Err(Code::FailedPrecondition)]);
     }
 }
 
@@ -602,4 +618,37 @@ async fn a_revoked_service_account_is_refused_by_the_other_replica_within_a_seco
         .unwrap();
     let refused = Err(Code::Unauthenticated);
     let _ = changed_within_a_second(read, |answer| *answer == refused).await;
+}
+
+backend_test! {
+    async fn made_up_service_account_tokens_cost_the_public_rpcs_no_query() {
+        let app = spawn_app().await;
+        app.wait_for_api_key_cache().await;
+        let verify = |token: String| {
+            let mut client = app.api_keys(None);
+            async move {
+                let mut request = tonic::Request::new(proto::VerifyApiKeyRequest {
+                    key: "not-a-key".into(),
+                    ..Default::default()
+                });
+                let bearer = format!("Bearer {token}").parse().unwrap();
+                request.metadata_mut().insert("authorization", bearer);
+                client.verify_api_key(request).await.map(|answer| answer.into_inner().valid)
+            }
+        };
+        verify(ServiceAccountToken::generate().expose().to_owned()).await.unwrap();
+        let before = app.db.statements_executed();
+        for _ in 0..20 {
+            let made_up = ServiceAccountToken::generate().expose().to_owned();
+            assert!(!verify(made_up).await.unwrap(), "not-a-key is malformed");
+        }
+        assert_eq!(app.db.statements_executed() - before, 0, "no lookup of the made-up tokens");
+        // Elsewhere one is looked up, and refused.
+        let made_up = ServiceAccountToken::generate();
+        let listed = app
+            .chatbots(Some(made_up.expose()))
+            .list_chatbots(proto::ListChatbotsRequest::default())
+            .await;
+        assert_code(listed, Code::Unauthenticated);
+    }
 }

@@ -257,17 +257,26 @@ impl Member {
     }
 
     /// The team organizations in which `user` is the only owner: what
-    /// deleting the user would leave without one.
+    /// deleting the user would leave without one. Each team the user owns
+    /// is locked first (in id order, so two such calls cannot deadlock), so
+    /// two owners deleting themselves at once cannot both leave.
     pub async fn solely_owned_by(
         conn: &mut DbConnection,
         user: UserId,
     ) -> diesel::QueryResult<Vec<OrganizationId>> {
+        let mut owned: Vec<OrganizationId> = Self::roles_of(conn, user)
+            .await?
+            .into_iter()
+            .filter(|&(organization, role)| {
+                role == OrgRole::Owner && organization != OrganizationId::personal(user)
+            })
+            .map(|(organization, _)| organization)
+            .collect();
+        owned.sort();
         let mut sole = Vec::new();
-        for (organization, role) in Self::roles_of(conn, user).await? {
-            if role == OrgRole::Owner
-                && organization != OrganizationId::personal(user)
-                && Self::count_owners(conn, organization).await? == 1
-            {
+        for organization in owned {
+            Organization::lock(conn, organization).await?;
+            if Self::count_owners(conn, organization).await? == 1 {
                 sole.push(organization);
             }
         }

@@ -11,6 +11,7 @@ mod email;
 mod field_violation;
 mod ids;
 mod key_limits;
+mod key_restrictions;
 mod organization;
 mod paging;
 mod password;
@@ -43,6 +44,10 @@ pub use ids::{
 };
 pub use key_limits::{
     parse_balance, parse_cost, CreditsSetting, CreditsState, KeyRateLimit, Refill, MAX_COST,
+};
+pub use key_restrictions::{
+    missing_permissions, parse_client_address, parse_external_id, parse_permissions,
+    AllowedNetworks, Metadata, Permission,
 };
 pub use organization::{keeps_an_owner, may_change_members, OrgAction, OrgRole, OrganizationName};
 pub use paging::{Page, PageCursor, PageRequest};

@@ -115,6 +115,41 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
         assert!(clients.verify(&created.key).await.valid);
     }
     let refreshed = clients.refresh(&login.refresh_token).await.unwrap();
+    // A previous version with organizations fills their tables too; one
+    // without them answers UNIMPLEMENTED, and has no such tables.
+    let organizations = clients.organizations(Some(&token));
+    let team = organizations
+        .clone()
+        .create_organization(proto::CreateOrganizationRequest {
+            name: "upgraded team".into(),
+        })
+        .await;
+    match team {
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}"),
+        Ok(team) => {
+            let team_id = team.into_inner().organization.unwrap().id;
+            organizations
+                .clone()
+                .create_invitation(proto::CreateInvitationRequest {
+                    organization_id: team_id.clone(),
+                    email: "invited@example.com".into(),
+                    role: proto::OrganizationRole::Viewer.into(),
+                    ttl: None,
+                })
+                .await
+                .unwrap();
+            organizations
+                .clone()
+                .create_service_account(proto::CreateServiceAccountRequest {
+                    organization_id: team_id,
+                    name: "upgraded service".into(),
+                    role: proto::OrganizationRole::Viewer.into(),
+                    expire_time: None,
+                })
+                .await
+                .unwrap();
+        }
+    }
     stop(old).await;
 
     let mut sql =

@@ -16,6 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             // What this call spends from the key's credits, if it has any
             // (e.g. the request's LLM tokens); 0 means 1.
             cost: 1,
+            ..Default::default()
         })
         .await? // an error status means the check itself failed (e.g. UNAVAILABLE)
         .into_inner();

@@ -54,6 +54,14 @@ diesel::table! {
         last_used_at -> Nullable<DbTimestamp>,
         /// When RotateApiKey replaced the key; a key is replaced at most once.
         rotated_at -> Nullable<DbTimestamp>,
+        /// JSON array of CIDR networks the key may be used from; [] means anywhere.
+        allowed_networks -> Text,
+        /// JSON array of the permissions the key grants; a trailing * grants a prefix.
+        permissions -> Text,
+        /// JSON object of string values the owner attaches; returned by VerifyApiKey.
+        metadata -> Text,
+        /// The owner's own id for the customer the key was issued to.
+        external_id -> Nullable<Text>,
     }
 }
 
@@ -81,6 +89,10 @@ diesel::table! {
         usage_exceeded -> Int8,
         /// Credits the VALID answers spent.
         credits_spent -> Int8,
+        /// Answers ADDRESS_NOT_ALLOWED.
+        address_not_allowed -> Int8,
+        /// Answers INSUFFICIENT_PERMISSIONS.
+        insufficient_permissions -> Int8,
     }
 }
 

@@ -7,9 +7,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ApiKeyId, ApiKeySecret, AuditChange, ChatbotId, ChatbotName, CreditsSetting, DisplayText,
-    Email, FieldViolation, KeyRateLimit, LlmEndpoint, OrgRole, OrganizationId, OrganizationName,
-    PageRequest, Password, Refill, Role, UsageRange, UserId,
+    AllowedNetworks, ApiKeyId, ApiKeySecret, AuditChange, ChatbotId, ChatbotName, CreditsSetting,
+    DisplayText, Email, FieldViolation, KeyGrants, KeyRateLimit, LlmEndpoint, Metadata, OrgRole,
+    OrganizationId, OrganizationName, PageRequest, Password, Permission, Refill, Role, UsageRange,
+    UserId,
 };
 
 /// CreateUser: sign-up, or an admin creating a user.
@@ -66,6 +67,8 @@ pub struct CreateApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     pub rate_limit: Option<KeyRateLimit>,
     pub credits: Option<CreditsSetting>,
+    /// Its networks, permissions, metadata and external id.
+    pub grants: KeyGrants,
 }
 
 /// UpdateApiKey: the fields its mask names (`Some`), each with its new
@@ -77,6 +80,10 @@ pub struct UpdateApiKey {
     pub expires_at: Option<Option<DateTime<Utc>>>,
     pub rate_limit: Option<Option<KeyRateLimit>>,
     pub credits: CreditsChange,
+    pub networks: Option<AllowedNetworks>,
+    pub permissions: Option<Vec<Permission>>,
+    pub metadata: Option<Metadata>,
+    pub external_id: Option<Option<String>>,
 }
 
 impl UpdateApiKey {
@@ -92,6 +99,16 @@ impl UpdateApiKey {
         }
         if self.rate_limit.is_some() {
             changed.push(AuditChange::field("rate_limit"));
+        }
+        for (field, named) in [
+            ("allowed_networks", self.networks.is_some()),
+            ("permissions", self.permissions.is_some()),
+            ("metadata", self.metadata.is_some()),
+            ("external_id", self.external_id.is_some()),
+        ] {
+            if named {
+                changed.push(AuditChange::field(field));
+            }
         }
         match self.credits {
             CreditsChange::Unchanged => {}
@@ -120,11 +137,12 @@ pub enum CreditsChange {
 }
 
 /// Which of a chatbot's keys ListApiKeys returns.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ApiKeyFilter {
     pub chatbot_id: ChatbotId,
     pub show_revoked: bool,
     pub expire_before: Option<DateTime<Utc>>,
+    pub external_id: Option<String>,
 }
 
 /// ListApiKeys.
@@ -148,6 +166,10 @@ pub struct VerifyApiKey {
     pub secret: Option<ApiKeySecret>,
     /// What the call spends from the key's credits (at least 1).
     pub cost: i64,
+    /// The end client's address, as the caller saw it.
+    pub client_address: Option<std::net::IpAddr>,
+    /// What the call needs the key to grant.
+    pub required_permissions: Vec<Permission>,
 }
 
 /// Login.

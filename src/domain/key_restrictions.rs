@@ -30,7 +30,12 @@ pub const MAX_EXTERNAL_ID_LEN: usize = 128;
 
 /// The networks a key's calls may come from; empty means anywhere.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowedNetworks(Vec<IpNet>);
+pub struct AllowedNetworks {
+    networks: Vec<IpNet>,
+    /// A stored list that does not read back (only a hand-edited row could
+    /// hold one) allows nothing: a restriction fails closed.
+    nowhere: bool,
+}
 
 impl AllowedNetworks {
     /// CIDR strings from request field `field` (each element named by its
@@ -61,29 +66,56 @@ impl AllowedNetworks {
             }
             networks.push(network);
         }
-        Ok(Self(networks))
+        Ok(Self {
+            networks,
+            nowhere: false,
+        })
+    }
+
+    /// The networks as stored (validated when written); an unreadable list
+    /// allows no address.
+    pub fn from_stored(values: &[String]) -> Self {
+        Self::parse("allowed_networks", values).unwrap_or(Self {
+            networks: Vec::new(),
+            nowhere: true,
+        })
+    }
+
+    /// No address can match.
+    fn nowhere() -> Self {
+        Self {
+            networks: Vec::new(),
+            nowhere: true,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.networks.is_empty() && !self.nowhere
     }
 
     /// Whether a call from `address` is allowed. An IPv4-mapped IPv6
     /// address (`::ffff:203.0.113.9`) is its IPv4 address. A restricted key
     /// refuses a call whose address is not known.
     pub fn allow(&self, address: Option<IpAddr>) -> bool {
-        if self.0.is_empty() {
+        if self.is_empty() {
             return true;
         }
         let Some(address) = address.map(unmapped) else {
             return false;
         };
-        self.0.iter().any(|network| network.contains(&address))
+        self.networks
+            .iter()
+            .any(|network| network.contains(&address))
     }
 
     /// The networks in CIDR notation, as stored and shown.
     pub fn to_strings(&self) -> Vec<String> {
-        self.0.iter().map(ToString::to_string).collect()
+        self.networks.iter().map(ToString::to_string).collect()
+    }
+
+    /// As stored: a JSON array of CIDR strings.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.to_strings()).unwrap_or_else(|_| "[]".into())
     }
 }
 
@@ -156,6 +188,12 @@ pub fn parse_permissions(
     Ok(permissions)
 }
 
+/// Permissions as stored: a JSON array of strings.
+pub fn permissions_json(permissions: &[Permission]) -> String {
+    let values: Vec<&str> = permissions.iter().map(Permission::as_str).collect();
+    serde_json::to_string(&values).unwrap_or_else(|_| "[]".into())
+}
+
 /// The required permissions that `granted` does not grant (empty: all are
 /// granted).
 pub fn missing_permissions<'a>(
@@ -166,6 +204,48 @@ pub fn missing_permissions<'a>(
         .iter()
         .filter(|needed| !granted.iter().any(|permission| permission.grants(needed)))
         .collect()
+}
+
+/// Everything a key carries beyond being valid, as its cached record holds
+/// it: `None` there for a key with none, which keeps a plain key's
+/// verification as it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyGrants {
+    pub networks: AllowedNetworks,
+    pub permissions: Vec<Permission>,
+    pub metadata: Metadata,
+    pub external_id: Option<String>,
+}
+
+impl KeyGrants {
+    /// What a key holds, as stored (JSON written by this service); `None`
+    /// for a key with no restriction and nothing attached.
+    pub fn from_stored(
+        networks: &str,
+        permissions: &str,
+        metadata: &str,
+        external_id: Option<String>,
+    ) -> Option<Self> {
+        let networks = match serde_json::from_str::<Vec<String>>(networks) {
+            Ok(values) => AllowedNetworks::from_stored(&values),
+            Err(_) => AllowedNetworks::nowhere(),
+        };
+        let permissions = serde_json::from_str::<Vec<String>>(permissions)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|value| Permission::parse("permissions", value).ok())
+            .collect();
+        let metadata = Metadata(
+            serde_json::from_str::<BTreeMap<String, String>>(metadata).unwrap_or_default(),
+        );
+        let grants = Self {
+            networks,
+            permissions,
+            metadata,
+            external_id,
+        };
+        (grants != Self::default()).then_some(grants)
+    }
 }
 
 /// A key's metadata: what its owner attaches for the gateway (a plan, a
@@ -225,6 +305,11 @@ impl Metadata {
 
     pub fn entries(&self) -> &BTreeMap<String, String> {
         &self.0
+    }
+
+    /// As stored: a JSON object of strings.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.0).unwrap_or_else(|_| "{}".into())
     }
 }
 

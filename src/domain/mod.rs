@@ -47,7 +47,7 @@ pub use key_limits::{
 };
 pub use key_restrictions::{
     missing_permissions, parse_client_address, parse_external_id, parse_permissions,
-    AllowedNetworks, Metadata, Permission,
+    permissions_json, AllowedNetworks, KeyGrants, Metadata, Permission,
 };
 pub use organization::{keeps_an_owner, may_change_members, OrgAction, OrgRole, OrganizationName};
 pub use paging::{Page, PageCursor, PageRequest};

@@ -24,6 +24,8 @@ pub enum UsageEvent {
     Expired,
     RateLimited,
     UsageExceeded,
+    AddressNotAllowed,
+    InsufficientPermissions,
 }
 
 /// One counter of usage history. The list of counters is written here
@@ -40,17 +42,21 @@ pub enum UsageCounter {
     RateLimited,
     UsageExceeded,
     CreditsSpent,
+    AddressNotAllowed,
+    InsufficientPermissions,
 }
 
 impl UsageCounter {
     /// Every counter, in declaration order: `ALL[c as usize] == c`.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::Valid,
         Self::Revoked,
         Self::Expired,
         Self::RateLimited,
         Self::UsageExceeded,
         Self::CreditsSpent,
+        Self::AddressNotAllowed,
+        Self::InsufficientPermissions,
     ];
 }
 
@@ -95,6 +101,8 @@ impl UsageCounts {
             UsageEvent::Expired => UsageCounter::Expired,
             UsageEvent::RateLimited => UsageCounter::RateLimited,
             UsageEvent::UsageExceeded => UsageCounter::UsageExceeded,
+            UsageEvent::AddressNotAllowed => UsageCounter::AddressNotAllowed,
+            UsageEvent::InsufficientPermissions => UsageCounter::InsufficientPermissions,
         };
         self.add_to(counter, 1);
     }
@@ -209,6 +217,8 @@ mod tests {
         counts.count(UsageEvent::Revoked);
         counts.count(UsageEvent::Expired);
         counts.count(UsageEvent::UsageExceeded);
+        counts.count(UsageEvent::AddressNotAllowed);
+        counts.count(UsageEvent::InsufficientPermissions);
         let mut total = UsageCounts::default();
         total.add(&counts);
         total.add(&counts);
@@ -246,7 +256,8 @@ mod tests {
         counts.count(UsageEvent::Expired);
         assert_eq!(
             format!("{counts:?}"),
-            "{Valid: 0, Revoked: 0, Expired: 1, RateLimited: 0, UsageExceeded: 0, CreditsSpent: 0}"
+            "{Valid: 0, Revoked: 0, Expired: 1, RateLimited: 0, UsageExceeded: 0, CreditsSpent: 0, \
+             AddressNotAllowed: 0, InsufficientPermissions: 0}"
         );
     }
 }

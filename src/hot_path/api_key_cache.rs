@@ -47,6 +47,7 @@ mod tests {
             rate_limit_calls: None,
             rate_limit_window_ms: None,
             credits_remaining: None,
+            grants: None,
         };
         assert!(record.is_stale_after(&Invalidation::Key(ApiKeyId(1))));
         assert!(record.is_stale_after(&Invalidation::Chatbot(chatbot)));

@@ -109,6 +109,7 @@ impl From<models::KeyWithLimits> for proto::ApiKey {
     fn from(models::KeyWithLimits { key: row, limits }: models::KeyWithLimits) -> Self {
         let rate_limit = limits.and_then(|limits| limits.rate_limit());
         let credits = limits.and_then(|limits| limits.credits());
+        let grants = row.grants();
         proto::ApiKey {
             rate_limit: rate_limit.map(|limit| proto::RateLimit {
                 limit: i64::from(limit.calls()),
@@ -125,6 +126,19 @@ impl From<models::KeyWithLimits> for proto::ApiKey {
                     next_refill_time: next_refill.map(timestamp),
                 }
             }),
+            allowed_networks: grants.networks.to_strings(),
+            permissions: grants
+                .permissions
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
+            metadata: grants
+                .metadata
+                .entries()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            external_id: grants.external_id.clone().unwrap_or_default(),
             id: row.id.0,
             chatbot_id: row.chatbot_id.to_string(),
             display_name: row.display_name,
@@ -269,6 +283,8 @@ impl From<UsageCounts> for proto::UsageCounts {
                 UsageCounter::RateLimited => &mut message.rate_limited,
                 UsageCounter::UsageExceeded => &mut message.usage_exceeded,
                 UsageCounter::CreditsSpent => &mut message.credits_spent,
+                UsageCounter::AddressNotAllowed => &mut message.address_not_allowed,
+                UsageCounter::InsufficientPermissions => &mut message.insufficient_permissions,
             };
             *field = value;
         }

@@ -28,13 +28,22 @@ use tonic::{Request, Status};
 
 use super::{AppState, Origin, Rpc};
 use crate::db::models::VerificationRecord;
-use crate::domain::{parse_cost, ApiKeySecret, VerifyApiKey, API_KEY_PREFIX};
+use crate::domain::{parse_cost, parse_permissions, ApiKeySecret, VerifyApiKey, API_KEY_PREFIX};
 use crate::error::{AppError, AppResult, FieldViolation};
 use crate::verification::{Rejection, Verification};
 
 /// The `context_extensions` entry a route sets to say what a call through
 /// it spends from a key's credits.
 pub const COST_EXTENSION: &str = "cost";
+
+/// The route's `context_extensions` entry naming the permissions a call
+/// needs, comma-separated.
+pub const PERMISSIONS_EXTENSION: &str = "required_permissions";
+
+/// The upstream header carrying a key's external id.
+const EXTERNAL_ID_HEADER: &str = "x-api-key-external-id";
+/// The upstream header carrying a key's metadata, as a JSON object.
+const METADATA_HEADER: &str = "x-api-key-metadata";
 
 /// The realm named in `WWW-Authenticate`.
 const REALM: &str = "chatbot-backend";
@@ -90,6 +99,36 @@ impl CheckKey {
                 parse_cost(field, cost)?
             }
         };
+        // The route names the permissions it needs, comma-separated.
+        let required: Vec<String> = attributes
+            .context_extensions
+            .get(PERMISSIONS_EXTENSION)
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let required_permissions = parse_permissions(
+            "attributes.context_extensions.required_permissions",
+            &required,
+        )?;
+        // The downstream client's address, as Envoy saw it (its
+        // xff_num_trusted_hops or original_ip_detection decide which).
+        let client_address = attributes
+            .source
+            .as_ref()
+            .and_then(|peer| peer.address.as_ref())
+            .and_then(|address| match &address.address {
+                Some(
+                    envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                        socket,
+                    ),
+                ) => socket.address.parse().ok(),
+                _ => None,
+            });
         let headers = attributes
             .request
             .and_then(|request| request.http)
@@ -119,6 +158,8 @@ impl CheckKey {
             verify: VerifyApiKey {
                 secret: presented.flatten().and_then(ApiKeySecret::parse),
                 cost,
+                client_address,
+                required_permissions,
             },
             presented: presented.is_some(),
             key_headers,
@@ -172,6 +213,9 @@ pub enum Decision {
     },
     /// Rate-limited or out of credits: 429.
     TooManyRequests(Throttle),
+    /// A valid key its restrictions refuse here (the address, or a
+    /// permission the route needs): 403.
+    Forbidden(Rejection),
 }
 
 /// What a 429 tells the client about when to come back.
@@ -245,6 +289,9 @@ pub async fn check(state: &AppState, _: &Origin, cmd: CheckKey) -> AppResult<Dec
             limit: None,
             remaining: Some(remaining),
         }),
+        rejection @ (Rejection::AddressNotAllowed | Rejection::InsufficientPermissions { .. }) => {
+            Decision::Forbidden(rejection)
+        }
         rejection => Decision::Unauthenticated {
             presented,
             rejection,
@@ -265,6 +312,7 @@ impl From<Decision> for CheckResponse {
                 rejection,
             } => unauthenticated(presented, rejection),
             Decision::TooManyRequests(throttle) => too_many_requests(throttle),
+            Decision::Forbidden(rejection) => forbidden(&rejection),
         }
     }
 }
@@ -316,6 +364,33 @@ fn allowed(
         };
         metadata.insert("credits_remaining".to_owned(), remaining);
     }
+    // What the owner attached, for keys that carry any (a plain key's
+    // answer is as it was): the external id, and the metadata as one JSON
+    // object.
+    // A client's own headers of these names never reach the upstream.
+    let text = |value: String| Value {
+        kind: Some(Kind::StringValue(value)),
+    };
+    let grants = record.grants.as_deref();
+    match grants.and_then(|grants| grants.external_id.as_ref()) {
+        Some(external_id) => {
+            upstream.add_header(EXTERNAL_ID_HEADER, external_id, REPLACE, false);
+            metadata.insert("external_id".to_owned(), text(external_id.clone()));
+        }
+        None => {
+            upstream.remove_header(EXTERNAL_ID_HEADER);
+        }
+    }
+    match grants.filter(|grants| !grants.metadata.entries().is_empty()) {
+        Some(grants) => {
+            let json = grants.metadata.to_json();
+            upstream.add_header(METADATA_HEADER, &json, REPLACE, false);
+            metadata.insert("metadata".to_owned(), text(json));
+        }
+        None => {
+            upstream.remove_header(METADATA_HEADER);
+        }
+    }
     let mut response = CheckResponse::with_status(Status::ok(""));
     response
         .set_http_response(upstream.build())
@@ -341,6 +416,27 @@ fn unauthenticated(presented: bool, rejection: Rejection) -> CheckResponse {
         Status::unauthenticated(message),
         HttpStatusCode::Unauthorized,
         vec![("www-authenticate", challenge)],
+        reason,
+    )
+}
+
+/// 403: the key is valid but may not be used here. Names what was
+/// missing, never the key.
+fn forbidden(rejection: &Rejection) -> CheckResponse {
+    let (reason, message) = match rejection {
+        Rejection::InsufficientPermissions { missing } => (
+            "insufficient_permissions",
+            format!("the API key lacks the permissions {}", missing.join(", ")),
+        ),
+        _ => (
+            "address_not_allowed",
+            "the API key may not be used from this address".to_owned(),
+        ),
+    };
+    denied(
+        Status::permission_denied(message),
+        HttpStatusCode::Forbidden,
+        Vec::new(),
         reason,
     )
 }

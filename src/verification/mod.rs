@@ -17,13 +17,18 @@
 //!    stale. No row is `NotFound`.
 //! 4. **Revocation and expiry**, judged on the row at every call, so a key
 //!    expiring needs no invalidation: `Revoked`, `Expired`.
-//! 5. **The key's own rate limit** (set by its owner): `RateLimited`, with
+//! 5. **Restrictions** the key's owner set, judged before any limit so a
+//!    refused call spends nothing: the call's `client_address` must be in
+//!    the key's allowed networks, if it has any (`AddressNotAllowed`), and
+//!    every required permission must be granted (`InsufficientPermissions`,
+//!    naming those missing). A key with none skips this step.
+//! 6. **The key's own rate limit** (set by its owner): `RateLimited`, with
 //!    the time it resets. Exact across replicas when Redis is configured.
-//! 6. **Credits**, for a key that has them: `cost` is spent through the
+//! 7. **Credits**, for a key that has them: `cost` is spent through the
 //!    batched compare-and-set of [`crate::hot_path::credit_spends`]; a
 //!    balance short of `cost` is `UsageExceeded` and spends nothing. Never
 //!    below zero, on any number of replicas.
-//! 7. **Valid.** The last-used time and the answer's usage count are
+//! 8. **Valid.** The last-used time and the answer's usage count are
 //!    recorded in memory and written in batches, never per call.
 //!
 //! Every answer about a key we hold (valid or refused) is counted in its
@@ -39,7 +44,7 @@ pub use outcome::{Rejection, Verification};
 
 use crate::db::models::{ApiKey, VerificationRecord};
 use crate::db::Database;
-use crate::domain::{ApiKeyDigest, VerifyApiKey};
+use crate::domain::{missing_permissions, ApiKeyDigest, VerifyApiKey};
 use crate::error::{AppError, AppResult};
 use crate::hot_path::api_key_cache::Lookup;
 use crate::hot_path::{ApiKeyCache, CreditSpends, LastUsedRecorder, SpendOutcome, UsageRecorder};
@@ -88,7 +93,7 @@ impl KeyVerifier {
     /// Runs the steps of the module's doc. Errors only when the per-digest
     /// rate limit is spent or the store is unreachable.
     pub async fn verify(&self, cmd: VerifyApiKey) -> AppResult<Verification> {
-        let Some(secret) = cmd.secret else {
+        let Some(secret) = &cmd.secret else {
             return Ok(Verification::Invalid(Rejection::Malformed));
         };
         let digest = secret.digest();
@@ -102,7 +107,7 @@ impl KeyVerifier {
             return Ok(Verification::Invalid(Rejection::NotFound));
         };
         let now = Utc::now();
-        let verification = self.judge(record, cmd.cost, now).await?;
+        let verification = self.judge(record, &cmd, now).await?;
         if let Some((record, event)) = verification.usage(cmd.cost) {
             self.usage.record(record.id, record.chatbot_id, now, event);
         }
@@ -126,18 +131,22 @@ impl KeyVerifier {
         }
     }
 
-    /// Steps 4 to 7 on a key we hold, at `now`.
+    /// Steps 4 to 8 on a key we hold, at `now`.
     async fn judge(
         &self,
         record: Arc<VerificationRecord>,
-        cost: i64,
+        cmd: &VerifyApiKey,
         now: DateTime<Utc>,
     ) -> AppResult<Verification> {
+        let cost = cmd.cost;
         if record.revoked {
             return Ok(Verification::Refused(record, Rejection::Revoked));
         }
         if record.expires_at.is_some_and(|t| t <= now) {
             return Ok(Verification::Refused(record, Rejection::Expired));
+        }
+        if let Some(rejection) = restricted(&record, cmd) {
+            return Ok(Verification::Refused(record, rejection));
         }
         if let Some(limit) = record.rate_limit() {
             if let Err(retry_after) = self.rate_limits.check_own_limit(record.id, limit).await {
@@ -179,4 +188,27 @@ impl KeyVerifier {
             credits_remaining,
         })
     }
+}
+
+/// Step 5: what the key's restrictions refuse, if anything. A key without
+/// grants allows every address and grants no permission.
+fn restricted(record: &VerificationRecord, cmd: &VerifyApiKey) -> Option<Rejection> {
+    let Some(grants) = &record.grants else {
+        return (!cmd.required_permissions.is_empty()).then(|| {
+            Rejection::InsufficientPermissions {
+                missing: cmd
+                    .required_permissions
+                    .iter()
+                    .map(|p| p.as_str().to_owned())
+                    .collect(),
+            }
+        });
+    };
+    if !grants.networks.allow(cmd.client_address) {
+        return Some(Rejection::AddressNotAllowed);
+    }
+    let missing = missing_permissions(&grants.permissions, &cmd.required_permissions);
+    (!missing.is_empty()).then(|| Rejection::InsufficientPermissions {
+        missing: missing.iter().map(|p| p.as_str().to_owned()).collect(),
+    })
 }

@@ -39,6 +39,10 @@ impl Verification {
                     Rejection::Expired => UsageEvent::Expired,
                     Rejection::RateLimited { .. } => UsageEvent::RateLimited,
                     Rejection::UsageExceeded { .. } => UsageEvent::UsageExceeded,
+                    Rejection::AddressNotAllowed => UsageEvent::AddressNotAllowed,
+                    Rejection::InsufficientPermissions { .. } => {
+                        UsageEvent::InsufficientPermissions
+                    }
                     Rejection::Malformed | Rejection::NotFound => return None,
                 };
                 Some((record, event))
@@ -49,7 +53,7 @@ impl Verification {
 }
 
 /// Why a presented key is not valid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
     /// Not shaped like one of our keys; the database was not asked.
     Malformed,
@@ -64,5 +68,12 @@ pub enum Rejection {
     UsageExceeded {
         remaining: i64,
         next_refill: Option<DateTime<Utc>>,
+    },
+    /// The key has allowed networks, and the call's address is in none of
+    /// them (or was not given).
+    AddressNotAllowed,
+    /// The key does not grant these required permissions.
+    InsufficientPermissions {
+        missing: Vec<String>,
     },
 }

@@ -138,7 +138,11 @@ backend_test! {
         let key = app.create_api_key(&owner, &app.create_chatbot(&owner, "c").await.id).await;
         let status = assert_code(
             app.api_keys(None)
-                .verify_api_key(proto::VerifyApiKeyRequest { key: key.key, cost: -1 })
+                .verify_api_key(proto::VerifyApiKeyRequest {
+                    key: key.key,
+                    cost: -1,
+                    ..Default::default()
+                })
                 .await,
             Code::InvalidArgument,
         );
@@ -391,6 +395,7 @@ async fn a_keys_rate_limit_holds_across_replicas_sharing_redis_postgres() {
             .verify_api_key(proto::VerifyApiKeyRequest {
                 key: key.clone(),
                 cost: 1,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -22,6 +22,12 @@ use crate::helpers::{
     violated_fields, Clients, KeyOwner, TcpProxy, TestApp, TestDatabase,
 };
 
+/// Headers Check sets for a key that carries an external id or metadata,
+/// and removes from the upstream request for a key that does not (so a
+/// client cannot send its own).
+const EXTERNAL_ID: &str = "x-api-key-external-id";
+const METADATA: &str = "x-api-key-metadata";
+
 /// A Check of an HTTP request with these headers, through a route that
 /// sets these context extensions.
 fn check_request(headers: &[(&str, &str)], extensions: &[(&str, &str)]) -> CheckRequest {
@@ -176,7 +182,7 @@ backend_test! {
         for (header, value) in expected {
             assert_eq!(answer.headers.get(header).map(String::as_str), Some(value), "{header}");
         }
-        assert_eq!(answer.removed, ["x-api-key"]);
+        assert_eq!(answer.removed, ["x-api-key", EXTERNAL_ID, METADATA]);
         for (key, value) in [
             ("chatbot_id", chatbot.id.as_str()),
             ("chatbot_owner_id", owner.id.as_str()),
@@ -197,7 +203,7 @@ backend_test! {
         let bearer = format!("Bearer {key}");
         let answer = check(&app, &[("authorization", &bearer)], &[]).await.unwrap();
         assert!(answer.allowed(), "{answer:?}");
-        assert_eq!(answer.removed, ["authorization"]);
+        assert_eq!(answer.removed, ["authorization", EXTERNAL_ID, METADATA]);
 
         // The upstream's own token is not ours to read or remove.
         let answer = check(
@@ -208,7 +214,7 @@ backend_test! {
         .await
         .unwrap();
         assert!(answer.allowed(), "{answer:?}");
-        assert_eq!(answer.removed, ["x-api-key"]);
+        assert_eq!(answer.removed, ["x-api-key", EXTERNAL_ID, METADATA]);
 
         let answer = check(&app, &[("authorization", "Bearer upstream.jwt.token")], &[])
             .await
@@ -270,7 +276,7 @@ backend_test! {
         assert!(answer.allowed(), "{answer:?}");
         let mut removed = answer.removed.clone();
         removed.sort();
-        assert_eq!(removed, ["authorization", "x-api-key"]);
+        assert_eq!(removed, ["authorization", "x-api-key", EXTERNAL_ID, METADATA]);
         let bearer = format!("Bearer {other}");
         let answer = check(&app, &[("x-api-key", &key), ("authorization", &bearer)], &[])
             .await
@@ -288,7 +294,7 @@ backend_test! {
 
         let answer = check(&app, &[("x-chatbot-key", &key)], &[]).await.unwrap();
         assert!(answer.allowed(), "{answer:?}");
-        assert_eq!(answer.removed, ["x-chatbot-key"]);
+        assert_eq!(answer.removed, ["x-chatbot-key", EXTERNAL_ID, METADATA]);
         let answer = check_key(&app, &key).await;
         assert_eq!(answer.error(), "missing_api_key");
     }
@@ -540,4 +546,78 @@ async fn checks_through_two_processes_spend_credits_exactly_and_see_a_revocation
     )
     .await;
     assert_eq!(refused.error(), "api_key_revoked");
+}
+
+/// Check of a request from `address` (Envoy's source attribute).
+async fn check_from(
+    clients: &Clients,
+    address: &str,
+    headers: &[(&str, &str)],
+    extensions: &[(&str, &str)],
+) -> Answer {
+    use envoy_types::pb::envoy::config::core::v3::address::Address as Kind;
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+    let mut request = check_request(headers, extensions);
+    if let Some(attributes) = request.attributes.as_mut() {
+        attributes.source = Some(Peer {
+            address: Some(Address {
+                address: Some(Kind::SocketAddress(SocketAddress {
+                    address: address.into(),
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        });
+    }
+    AuthorizationClient::new(clients.channel())
+        .check(request)
+        .await
+        .expect("Check answers")
+        .into_inner()
+        .into()
+}
+
+backend_test! {
+    async fn check_refuses_a_restricted_key_with_403_and_passes_what_the_owner_attached() {
+        let app = spawn_app().await;
+        let key = key_with(
+            &app,
+            proto::CreateApiKeyRequest {
+                allowed_networks: vec!["203.0.113.0/24".into()],
+                permissions: vec!["chat.*".into()],
+                metadata: [("plan".to_owned(), "pro".to_owned())].into_iter().collect(),
+                external_id: "customer-42".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let headers = [("x-api-key", key.as_str())];
+        let needs = [("required_permissions", "chat.write, models/gpt-4o")];
+
+        let elsewhere = check_from(&app, "198.51.100.7", &headers, &[]).await;
+        assert_eq!(elsewhere.http_status, Some(403));
+        assert_eq!(elsewhere.error(), "address_not_allowed");
+        let lacking = check_from(&app, "203.0.113.9", &headers, &needs).await;
+        assert_eq!(lacking.http_status, Some(403));
+        assert_eq!(lacking.error(), "insufficient_permissions");
+        assert!(lacking.body.contains("models/gpt-4o") && !lacking.body.contains(&key));
+
+        let allowed = check_from(&app, "203.0.113.9", &headers, &[("required_permissions", "chat.write")]).await;
+        assert!(allowed.allowed(), "{allowed:?}");
+        assert_eq!(allowed.headers["x-api-key-external-id"], "customer-42");
+        assert_eq!(allowed.headers["x-api-key-metadata"], r#"{"plan":"pro"}"#);
+        assert_eq!(allowed.metadata["external_id"], "customer-42");
+
+        // A plain key's answer removes a client's own such headers.
+        let plain = app.new_key_owner("plain").await.created.key;
+        let spoofed = [
+            ("x-api-key", plain.as_str()),
+            ("x-api-key-external-id", "someone-else"),
+        ];
+        let answer = check_from(&app, "198.51.100.7", &spoofed, &[]).await;
+        assert!(answer.allowed());
+        assert!(answer.removed.contains(&"x-api-key-external-id".to_owned()));
+        assert!(!answer.headers.contains_key("x-api-key-external-id"));
+    }
 }

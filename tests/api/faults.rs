@@ -455,7 +455,7 @@ async fn a_panic_in_a_call_is_answered_internal_logged_at_error_and_the_server_g
     let request_id = "panic-test-request";
     let mut request = tonic::Request::new(proto::VerifyApiKeyRequest {
         key: created.key.clone(),
-        cost: 0,
+        ..Default::default()
     });
     request
         .metadata_mut()
@@ -504,7 +504,7 @@ async fn a_panic_in_a_call_is_answered_internal_logged_at_error_and_the_server_g
         .api_keys(None)
         .verify_api_key(proto::VerifyApiKeyRequest {
             key: created.key,
-            cost: 0,
+            ..Default::default()
         })
         .await
         .expect_err("panics again");

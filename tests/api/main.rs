@@ -19,6 +19,7 @@ mod faults;
 mod health;
 mod helpers;
 mod key_limits;
+mod key_restrictions;
 mod lifecycle;
 mod limits;
 mod llm_endpoints;

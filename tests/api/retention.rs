@@ -235,13 +235,16 @@ crate::helpers::backend_test! {
         app.stop().await;
         let url = app.database_url.clone();
 
-        // The newest drops the organizations: refused, then done when told.
-        let (ok, said) = migrate(&url, &["--revert"]).await;
-        assert!(!ok, "refused: {said}");
-        assert!(said.contains("--destroy-data"), "{said}");
-        let (ok, said) = migrate(&url, &["--revert", "--destroy-data"]).await;
-        assert!(ok, "{said}");
-        assert!(said.contains("reverted migration 20261205000008"), "{said}");
+        // The newest two drop key restrictions and organizations: refused,
+        // then done when told.
+        for version in ["20261205000009", "20261205000008"] {
+            let (ok, said) = migrate(&url, &["--revert"]).await;
+            assert!(!ok, "refused: {said}");
+            assert!(said.contains("--destroy-data"), "{said}");
+            let (ok, said) = migrate(&url, &["--revert", "--destroy-data"]).await;
+            assert!(ok, "{said}");
+            assert!(said.contains(&format!("reverted migration {version}")), "{said}");
+        }
 
         // The next one only drops indexes.
         let (ok, said) = migrate(&url, &["--revert"]).await;

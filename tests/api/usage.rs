@@ -43,8 +43,7 @@ async fn chatbot_usage(
         .into_inner()
 }
 
-/// No answer counted: the six counts of a key or chatbot's usage, all
-/// zero. A test names the counts it expects and leaves the rest to this
+/// No answer counted: the counts of a key or chatbot's usage, all zero. A test names the counts it expects and leaves the rest to this
 /// (`UsageCounts { valid: 2, ..NONE }`).
 const NONE: UsageCounts = UsageCounts {
     valid: 0,
@@ -53,6 +52,8 @@ const NONE: UsageCounts = UsageCounts {
     rate_limited: 0,
     usage_exceeded: 0,
     credits_spent: 0,
+    address_not_allowed: 0,
+    insufficient_permissions: 0,
 };
 
 backend_test! {
@@ -139,6 +140,7 @@ backend_test! {
                 rate_limited: 1,
                 usage_exceeded: 1,
                 credits_spent: 5,
+                ..NONE
             })
         );
         assert_code(

@@ -14,8 +14,8 @@ use crate::db::schema::{api_key_limits, api_keys, chatbots};
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
 use crate::domain::{
-    ApiKeyDigest, ApiKeyFilter, ApiKeyId, ChatbotId, KeyRateLimit, OrganizationId, PageRequest,
-    UserId,
+    permissions_json, ApiKeyDigest, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, KeyGrants,
+    KeyRateLimit, OrganizationId, PageRequest, UserId,
 };
 
 /// A row of `api_keys`, without the digest (which no reader needs).
@@ -32,6 +32,10 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub rotated_at: Option<DateTime<Utc>>,
+    allowed_networks: String,
+    permissions: String,
+    metadata: String,
+    pub external_id: Option<String>,
 }
 
 /// A key to insert.
@@ -41,8 +45,53 @@ pub struct NewApiKey<'a> {
     pub chatbot_id: ChatbotId,
     pub display_name: &'a str,
     pub key_prefix: &'a str,
-    pub key_hash: &'a [u8],
+    pub key_hash: Vec<u8>,
     pub expires_at: Option<Timestamp>,
+    pub allowed_networks: String,
+    pub permissions: String,
+    pub metadata: String,
+    pub external_id: Option<&'a str>,
+}
+
+impl<'a> NewApiKey<'a> {
+    /// A key of `chatbot_id` for `secret`, with nothing beyond being valid.
+    pub fn new(
+        chatbot_id: ChatbotId,
+        display_name: &'a str,
+        secret: &'a ApiKeySecret,
+        expires_at: Option<Timestamp>,
+    ) -> Self {
+        Self {
+            chatbot_id,
+            display_name,
+            key_prefix: secret.display_prefix(),
+            key_hash: secret.digest().0.to_vec(),
+            expires_at,
+            allowed_networks: "[]".into(),
+            permissions: "[]".into(),
+            metadata: "{}".into(),
+            external_id: None,
+        }
+    }
+
+    /// `grants` as the key's columns store them.
+    pub fn with_grants(mut self, grants: &'a KeyGrants) -> Self {
+        self.allowed_networks = grants.networks.to_json();
+        self.permissions = permissions_json(&grants.permissions);
+        self.metadata = grants.metadata.to_json();
+        self.external_id = grants.external_id.as_deref();
+        self
+    }
+}
+
+/// A key's networks, permissions, metadata and external id, as written.
+#[derive(Debug, diesel::AsChangeset)]
+#[diesel(table_name = api_keys)]
+pub struct StoredGrants<'a> {
+    pub allowed_networks: Option<String>,
+    pub permissions: Option<String>,
+    pub metadata: Option<String>,
+    pub external_id: Option<Option<&'a str>>,
 }
 
 impl fmt::Debug for NewApiKey<'_> {
@@ -56,8 +105,10 @@ impl fmt::Debug for NewApiKey<'_> {
 
 /// What VerifyApiKey needs, read in one indexed lookup. The balance read
 /// here goes stale with the first spend (this is cached): it says only
-/// whether the key has credits; spends read the current one.
-#[derive(Debug, Clone, Queryable)]
+/// whether the key has credits; spends read the current one. What the key
+/// carries beyond that is parsed once, when the row is read, into
+/// `grants` (`None` for a key with none).
+#[derive(Debug, Clone)]
 pub struct VerificationRecord {
     pub id: ApiKeyId,
     pub chatbot_id: ChatbotId,
@@ -69,6 +120,50 @@ pub struct VerificationRecord {
     pub rate_limit_calls: Option<i64>,
     pub rate_limit_window_ms: Option<i64>,
     pub credits_remaining: Option<i64>,
+    pub grants: Option<std::sync::Arc<KeyGrants>>,
+}
+
+/// The row [`VerificationRecord`] is made from.
+#[derive(Queryable)]
+struct VerificationRow {
+    id: ApiKeyId,
+    chatbot_id: ChatbotId,
+    revoked: bool,
+    expires_at: Option<DateTime<Utc>>,
+    owner_id: UserId,
+    organization_id: OrganizationId,
+    llm_endpoint_url: String,
+    rate_limit_calls: Option<i64>,
+    rate_limit_window_ms: Option<i64>,
+    credits_remaining: Option<i64>,
+    allowed_networks: String,
+    permissions: String,
+    metadata: String,
+    external_id: Option<String>,
+}
+
+impl From<VerificationRow> for VerificationRecord {
+    fn from(row: VerificationRow) -> Self {
+        let grants = KeyGrants::from_stored(
+            &row.allowed_networks,
+            &row.permissions,
+            &row.metadata,
+            row.external_id,
+        );
+        Self {
+            id: row.id,
+            chatbot_id: row.chatbot_id,
+            revoked: row.revoked,
+            expires_at: row.expires_at,
+            owner_id: row.owner_id,
+            organization_id: row.organization_id,
+            llm_endpoint_url: row.llm_endpoint_url,
+            rate_limit_calls: row.rate_limit_calls,
+            rate_limit_window_ms: row.rate_limit_window_ms,
+            credits_remaining: row.credits_remaining,
+            grants: grants.map(std::sync::Arc::new),
+        }
+    }
 }
 
 impl VerificationRecord {
@@ -86,6 +181,34 @@ impl VerificationRecord {
 resource_table!(ApiKey in api_keys, id ApiKeyId);
 
 impl ApiKey {
+    /// What the key carries beyond being valid, as stored.
+    pub fn grants(&self) -> KeyGrants {
+        KeyGrants::from_stored(
+            &self.allowed_networks,
+            &self.permissions,
+            &self.metadata,
+            self.external_id.clone(),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Changes the key's grants named in `changes` (the key must be locked).
+    pub async fn set_grants(
+        conn: &mut DbConnection,
+        id: ApiKeyId,
+        changes: &StoredGrants<'_>,
+    ) -> diesel::QueryResult<()> {
+        if changes.allowed_networks.is_none()
+            && changes.permissions.is_none()
+            && changes.metadata.is_none()
+            && changes.external_id.is_none()
+        {
+            return Ok(());
+        }
+        update_rows!(conn, api_keys::table.find(id), changes)?;
+        Ok(())
+    }
+
     pub async fn insert(
         conn: &mut DbConnection,
         new: NewApiKey<'_>,
@@ -156,7 +279,7 @@ impl ApiKey {
         conn: &mut DbConnection,
         digest: &ApiKeyDigest,
     ) -> diesel::QueryResult<Option<VerificationRecord>> {
-        first_row!(
+        let row: Option<VerificationRow> = first_row!(
             conn,
             api_keys::table
                 .inner_join(chatbots::table)
@@ -173,8 +296,13 @@ impl ApiKey {
                     api_key_limits::rate_limit_calls.nullable(),
                     api_key_limits::rate_limit_window_ms.nullable(),
                     api_key_limits::credits_remaining.nullable(),
+                    api_keys::allowed_networks,
+                    api_keys::permissions,
+                    api_keys::metadata,
+                    api_keys::external_id,
                 ))
-        )
+        )?;
+        Ok(row.map(VerificationRecord::from))
     }
 
     /// One page of a chatbot's keys in (created_at, id) order, plus one extra
@@ -192,6 +320,9 @@ impl ApiKey {
             }
             if let Some(before) = filter.expire_before {
                 query = query.filter(api_keys::expires_at.lt(Timestamp(before)));
+            }
+            if let Some(external_id) = &filter.external_id {
+                query = query.filter(api_keys::external_id.eq(external_id.clone()));
             }
             query.load(conn).await
         })

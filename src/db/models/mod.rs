@@ -150,7 +150,7 @@ pub mod session;
 pub mod usage;
 pub mod user;
 
-pub use api_key::{ApiKey, NewApiKey, VerificationRecord};
+pub use api_key::{ApiKey, NewApiKey, StoredGrants, VerificationRecord};
 pub use audit_event::{AuditActor, AuditEvent};
 pub use chatbot::{Chatbot, ChatbotChanges, ChatbotFilter, NewChatbot};
 pub use key_limits::{Balance, KeyLimitChanges, KeyLimits, KeyWithLimits};

@@ -32,6 +32,8 @@ struct CounterColumns {
     rate_limited: i64,
     usage_exceeded: i64,
     credits_spent: i64,
+    address_not_allowed: i64,
+    insufficient_permissions: i64,
 }
 
 impl CounterColumns {
@@ -46,6 +48,8 @@ impl CounterColumns {
             UsageCounter::RateLimited => &mut self.rate_limited,
             UsageCounter::UsageExceeded => &mut self.usage_exceeded,
             UsageCounter::CreditsSpent => &mut self.credits_spent,
+            UsageCounter::AddressNotAllowed => &mut self.address_not_allowed,
+            UsageCounter::InsufficientPermissions => &mut self.insufficient_permissions,
         }
     }
 }
@@ -181,6 +185,11 @@ impl KeyUsage {
                                 .eq(usage::usage_exceeded + excluded(usage::usage_exceeded)),
                             usage::credits_spent
                                 .eq(usage::credits_spent + excluded(usage::credits_spent)),
+                            usage::address_not_allowed
+                                .eq(usage::address_not_allowed
+                                    + excluded(usage::address_not_allowed)),
+                            usage::insufficient_permissions.eq(usage::insufficient_permissions
+                                + excluded(usage::insufficient_permissions)),
                         )),
                     $conn,
                 )

@@ -145,6 +145,10 @@ impl From<Rejection> for VerifyApiKeyReason {
             Rejection::Expired => VerifyApiKeyReason::Expired,
             Rejection::RateLimited { .. } => VerifyApiKeyReason::RateLimited,
             Rejection::UsageExceeded { .. } => VerifyApiKeyReason::UsageExceeded,
+            Rejection::AddressNotAllowed => VerifyApiKeyReason::AddressNotAllowed,
+            Rejection::InsufficientPermissions { .. } => {
+                VerifyApiKeyReason::InsufficientPermissions
+            }
         }
     }
 }
@@ -164,11 +168,39 @@ impl From<Verification> for proto::VerifyApiKeyResponse {
                 chatbot_id: record.chatbot_id.to_string(),
                 owner_id: record.owner_id.to_string(),
                 organization_id: record.organization_id.to_string(),
+                permissions: record.grants.as_ref().map_or_else(Vec::new, |grants| {
+                    grants
+                        .permissions
+                        .iter()
+                        .map(|p| p.as_str().to_owned())
+                        .collect()
+                }),
+                metadata: record
+                    .grants
+                    .as_ref()
+                    .map_or_else(Default::default, |grants| {
+                        grants
+                            .metadata
+                            .entries()
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    }),
+                external_id: record
+                    .grants
+                    .as_ref()
+                    .and_then(|grants| grants.external_id.clone())
+                    .unwrap_or_default(),
+                missing_permissions: Vec::new(),
                 llm_endpoint_url: record.llm_endpoint_url.clone(),
                 credits_remaining,
                 reset_time: None,
             },
             Verification::Refused(_, reason) | Verification::Invalid(reason) => {
+                let missing_permissions = match &reason {
+                    Rejection::InsufficientPermissions { missing } => missing.clone(),
+                    _ => Vec::new(),
+                };
                 let (credits_remaining, reset_time) = match reason {
                     Rejection::RateLimited { retry_at } => (None, Some(retry_at)),
                     Rejection::UsageExceeded {
@@ -182,6 +214,7 @@ impl From<Verification> for proto::VerifyApiKeyResponse {
                     reason: VerifyApiKeyReason::from(reason).into(),
                     credits_remaining,
                     reset_time: reset_time.map(convert::timestamp),
+                    missing_permissions,
                     ..Default::default()
                 }
             }

@@ -8,13 +8,15 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use super::super::{audit, delete_row, AppState};
 use crate::auth::ownership::{self, Placement};
 use crate::auth::Caller;
-use crate::db::models::{ApiKey, Chatbot, KeyLimitChanges, KeyLimits, KeyWithLimits, NewApiKey};
+use crate::db::models::{
+    ApiKey, Chatbot, KeyLimitChanges, KeyLimits, KeyWithLimits, NewApiKey, StoredGrants,
+};
 use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation, Written};
 use crate::domain::{
-    may_add_active_key, may_rotate_with_grace, ApiKeyId, ApiKeySecret, AuditAction, AuditChange,
-    AuditRecord, AuditTarget, CreateApiKey, CreditsEdit, DisplayText, KeyLifecycle, ListApiKeys,
-    OrgAction, Page, RotateApiKey, UpdateApiKey,
+    may_add_active_key, may_rotate_with_grace, permissions_json, AllowedNetworks, ApiKeyId,
+    ApiKeySecret, AuditAction, AuditChange, AuditRecord, AuditTarget, CreateApiKey, CreditsEdit,
+    DisplayText, KeyLifecycle, ListApiKeys, Metadata, OrgAction, Page, RotateApiKey, UpdateApiKey,
 };
 use crate::error::{AppError, AppResult};
 
@@ -51,7 +53,7 @@ pub async fn create_api_key(
     let secret = ApiKeySecret::generate();
     let max_active = state.policy.max_active_api_keys_per_chatbot;
     let now = Utc::now();
-    let (secret_ref, display_name) = (&secret, cmd.display_name.as_str());
+    let (secret_ref, display_name, grants) = (&secret, cmd.display_name.as_str(), &cmd.grants);
     // A new key: no cache holds it.
     let api_key = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
@@ -65,13 +67,13 @@ pub async fn create_api_key(
                 )?;
                 let key = ApiKey::insert(
                     conn,
-                    NewApiKey {
+                    NewApiKey::new(
                         chatbot_id,
                         display_name,
-                        key_prefix: secret_ref.display_prefix(),
-                        key_hash: &secret_ref.digest().0,
-                        expires_at: cmd.expires_at.map(Timestamp),
-                    },
+                        secret_ref,
+                        cmd.expires_at.map(Timestamp),
+                    )
+                    .with_grants(grants),
                 )
                 .await?;
                 let limits = KeyLimitChanges::new_key(cmd.rate_limit, cmd.credits, now);
@@ -128,6 +130,13 @@ pub async fn update_api_key(
                 }
                 let name = cmd.display_name.as_ref().map(DisplayText::as_str);
                 ApiKey::set_label_and_expiry(conn, id, name, cmd.expires_at).await?;
+                let grants = StoredGrants {
+                    allowed_networks: cmd.networks.as_ref().map(AllowedNetworks::to_json),
+                    permissions: cmd.permissions.as_deref().map(permissions_json),
+                    metadata: cmd.metadata.as_ref().map(Metadata::to_json),
+                    external_id: cmd.external_id.as_ref().map(Option::as_deref),
+                };
+                ApiKey::set_grants(conn, id, &grants).await?;
                 let mut limits = KeyLimitChanges::default();
                 if let Some(rate_limit) = cmd.rate_limit {
                     limits.set_rate_limit(rate_limit);
@@ -232,15 +241,12 @@ pub async fn rotate_api_key(
                     false => ApiKey::count_active(conn, chatbot_id, now).await?,
                 };
                 may_rotate_with_grace(!grace_period.is_zero(), active, max_active)?;
+                // The replacement carries everything the old key did.
+                let old_grants = old.grants();
                 let new_key = ApiKey::insert(
                     conn,
-                    NewApiKey {
-                        chatbot_id,
-                        display_name: &old.display_name,
-                        key_prefix: secret_ref.display_prefix(),
-                        key_hash: &secret_ref.digest().0,
-                        expires_at: None,
-                    },
+                    NewApiKey::new(chatbot_id, &old.display_name, secret_ref, None)
+                        .with_grants(&old_grants),
                 )
                 .await?;
                 let old_key = ApiKey::mark_rotated(conn, id, grace_ends, now)

@@ -8,8 +8,10 @@ use chrono::{DateTime, Utc};
 use super::super::convert::{self, mask_paths};
 use super::super::required;
 use crate::domain::{
-    parse_balance, parse_cost, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, CreateApiKey,
-    CreditsChange, DisplayText, ListApiKeys, PageRequest, RotateApiKey, UpdateApiKey, VerifyApiKey,
+    parse_balance, parse_client_address, parse_cost, parse_external_id, parse_permissions,
+    AllowedNetworks, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, CreateApiKey, CreditsChange,
+    DisplayText, KeyGrants, ListApiKeys, Metadata, PageRequest, RotateApiKey, UpdateApiKey,
+    VerifyApiKey,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::proto;
@@ -26,7 +28,16 @@ impl TryFrom<proto::CreateApiKeyRequest> for CreateApiKey {
         let expires_at = optional(request.expire_time.as_ref(), |time| {
             future_time("expire_time", time, now)
         });
-        let (chatbot_id, display_name, expires_at, rate_limit, credits) = parsed((
+        let (
+            chatbot_id,
+            display_name,
+            expires_at,
+            rate_limit,
+            credits,
+            networks,
+            permissions,
+            rest,
+        ) = parsed((
             ChatbotId::parse("chatbot_id", &request.chatbot_id),
             DisplayText::parse(
                 "display_name",
@@ -40,13 +51,25 @@ impl TryFrom<proto::CreateApiKeyRequest> for CreateApiKey {
             optional(request.credits.as_ref(), |credits| {
                 convert::parse_credits("credits", credits)
             }),
+            AllowedNetworks::parse("allowed_networks", &request.allowed_networks),
+            parse_permissions("permissions", &request.permissions),
+            Metadata::parse("metadata", &request.metadata).and_then(|metadata| {
+                parse_external_id("external_id", &request.external_id).map(|id| (metadata, id))
+            }),
         ))?;
+        let (metadata, external_id) = rest;
         Ok(Self {
             chatbot_id,
             display_name,
             expires_at,
             rate_limit,
             credits,
+            grants: KeyGrants {
+                networks,
+                permissions,
+                metadata,
+                external_id,
+            },
         })
     }
 }
@@ -62,9 +85,10 @@ impl TryFrom<proto::ListApiKeysRequest> for ListApiKeys {
             .map(|time| convert::parse_timestamp("expire_before", time))
             .transpose();
         let filter = format!(
-            "api_keys|chatbot={}|revoked={}|before={}",
+            "api_keys|chatbot={}|revoked={}|external_id={:?}|before={}",
             request.chatbot_id,
             request.show_revoked,
+            request.external_id,
             expire_before
                 .as_ref()
                 .ok()
@@ -72,9 +96,10 @@ impl TryFrom<proto::ListApiKeysRequest> for ListApiKeys {
                 .flatten()
                 .map_or(-1, |t| t.timestamp_micros()),
         );
-        let (chatbot_id, expire_before, page) = parsed((
+        let (chatbot_id, expire_before, external_id, page) = parsed((
             ChatbotId::parse("chatbot_id", &request.chatbot_id),
             expire_before,
+            parse_external_id("external_id", &request.external_id),
             PageRequest::parse(request.page_size, &request.page_token, &filter),
         ))?;
         Ok(Self {
@@ -82,6 +107,7 @@ impl TryFrom<proto::ListApiKeysRequest> for ListApiKeys {
                 chatbot_id,
                 show_revoked: request.show_revoked,
                 expire_before,
+                external_id,
             },
             page,
         })
@@ -156,6 +182,10 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
                 "credits",
                 "credits.remaining",
                 "credits.refill",
+                "allowed_networks",
+                "permissions",
+                "metadata",
+                "external_id",
             ],
             &[
                 "id",
@@ -185,6 +215,10 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
             expires_at: None,
             rate_limit: None,
             credits: CreditsChange::Unchanged,
+            networks: None,
+            permissions: None,
+            metadata: None,
+            external_id: None,
         };
         violations.check(ApiKeyId::parse("api_key.id", key.id).map(|id| cmd.id = id));
         let now = Utc::now();
@@ -230,6 +264,22 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
                     )
                     .map(|refill| cmd.credits = CreditsChange::Refill(refill)),
                 ),
+                "allowed_networks" => violations.check(
+                    AllowedNetworks::parse("api_key.allowed_networks", &key.allowed_networks)
+                        .map(|networks| cmd.networks = Some(networks)),
+                ),
+                "permissions" => violations.check(
+                    parse_permissions("api_key.permissions", &key.permissions)
+                        .map(|permissions| cmd.permissions = Some(permissions)),
+                ),
+                "metadata" => violations.check(
+                    Metadata::parse("api_key.metadata", &key.metadata)
+                        .map(|metadata| cmd.metadata = Some(metadata)),
+                ),
+                "external_id" => violations.check(
+                    parse_external_id("api_key.external_id", &key.external_id)
+                        .map(|id| cmd.external_id = Some(id)),
+                ),
                 _ => {}
             }
         }
@@ -244,8 +294,15 @@ impl TryFrom<proto::VerifyApiKeyRequest> for VerifyApiKey {
     /// A key that cannot be ours is an answer (malformed), not an error; a
     /// cost out of range is.
     fn try_from(request: proto::VerifyApiKeyRequest) -> AppResult<Self> {
+        let (cost, client_address, required_permissions) = parsed((
+            parse_cost("cost", request.cost),
+            parse_client_address("client_address", &request.client_address),
+            parse_permissions("required_permissions", &request.required_permissions),
+        ))?;
         Ok(Self {
-            cost: parse_cost("cost", request.cost)?,
+            cost,
+            client_address,
+            required_permissions,
             secret: ApiKeySecret::parse(&request.key),
         })
     }

@@ -212,6 +212,7 @@ pub async fn verify_costing(
         .verify_api_key(proto::VerifyApiKeyRequest {
             key: key.into(),
             cost,
+            ..Default::default()
         })
         .await
         .expect("VerifyApiKey answers OK")

@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use crate::cache::{Invalidated, InvalidatedCache, Lookup};
 use crate::db::models::{ServiceAccount, ServiceAccountCredential};
 use crate::db::{Database, Invalidation};
-use crate::domain::ServiceAccountId;
+use crate::domain::{OrganizationId, ServiceAccountId};
 use crate::error::AppResult;
 
 /// Tokens held per replica; a miss costs one probe of the digest index.
@@ -37,10 +37,10 @@ impl Invalidated for ServiceAccountCredential {
         match *change {
             Invalidation::ServiceAccount(id) => self.id == id,
             Invalidation::Organization(id) => self.organization_id == id,
-            Invalidation::Key(_)
-            | Invalidation::Chatbot(_)
-            | Invalidation::Owner(_)
-            | Invalidation::Session(_) => false,
+            // A user's deletion takes their personal organization, and its
+            // service accounts, with it.
+            Invalidation::Owner(user) => self.organization_id == OrganizationId::personal(user),
+            Invalidation::Key(_) | Invalidation::Chatbot(_) | Invalidation::Session(_) => false,
         }
     }
 }

@@ -44,8 +44,8 @@ impl Purged {
         Self::AuditEvents,
         Self::RefreshTokens,
         Self::Sessions,
-        Self::Invitations,
         Self::Usage,
+        Self::Invitations,
     ];
 
     fn name(self) -> &'static str {

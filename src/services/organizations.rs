@@ -536,6 +536,26 @@ async fn organization_for_member_change(
     Ok(organization)
 }
 
+/// The caller's right to manage `organization`, read again under its lock
+/// (not from the cache): an owner demoted while their call waited for the
+/// lock no longer manages it.
+async fn still_manages(
+    conn: &mut DbConnection,
+    caller: &Caller,
+    organization: OrganizationId,
+) -> AppResult<()> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    let Some(user) = caller.user_id() else {
+        return Err(AppError::PermissionDenied);
+    };
+    match Member::find(conn, organization, user).await? {
+        Some(member) if member.role().allows(OrgAction::Manage) => Ok(()),
+        _ => Err(AppError::PermissionDenied),
+    }
+}
+
 /// The member's row, read under the organization's lock.
 async fn locked_member(conn: &mut DbConnection, member: MemberRef) -> AppResult<Member> {
     if !Organization::lock(conn, member.organization).await? {
@@ -560,6 +580,7 @@ pub async fn update_member(
         .write(&mut conn, audit::actor(caller), stale, |conn| {
             async move {
                 let current = locked_member(conn, member).await?;
+                still_manages(conn, caller, member.organization).await?;
                 let was = current.role();
                 let owners = Member::count_owners(conn, member.organization).await?;
                 keeps_an_owner(owners, was == OrgRole::Owner, role == OrgRole::Owner)?;
@@ -600,6 +621,9 @@ pub async fn remove_member(state: &AppState, caller: &Caller, member: MemberRef)
         .write(&mut conn, audit::actor(caller), stale, |conn| {
             async move {
                 let current = locked_member(conn, member).await?;
+                if action == OrgAction::Manage {
+                    still_manages(conn, caller, member.organization).await?;
+                }
                 let owners = Member::count_owners(conn, member.organization).await?;
                 keeps_an_owner(owners, current.role() == OrgRole::Owner, false)?;
                 Member::remove(conn, member.organization, member.user).await?;
@@ -626,6 +650,14 @@ pub async fn create_invitation(
     let mut conn = state.db.conn().await?;
     let manage = OrgAction::Manage;
     organization_for_member_change(&mut conn, state, caller, cmd.organization, manage).await?;
+    if Member::find_by_email(&mut conn, cmd.organization, cmd.email.as_str())
+        .await?
+        .is_some()
+    {
+        return Err(AppError::AlreadyExists(
+            "a member of the organization already has this email".into(),
+        ));
+    }
     let token = InvitationToken::generate();
     let digest = token.digest();
     let now = Utc::now();
@@ -735,11 +767,17 @@ pub async fn accept_invitation(
             "the invitation has expired; ask for a new one".into(),
         ));
     }
-    let (id, role) = (invitation.id, invitation.role());
+    let (id, role, inviter) = (invitation.id, invitation.role(), invitation.created_by);
     let stale = Some(Invalidation::Organization(organization));
     let member = state
         .write(&mut conn, audit::actor(caller), stale, |conn| {
             async move {
+                // The organization first, as every member change locks it:
+                // a delete racing this waits or finds it gone, never a
+                // deadlock with the invitation's row.
+                if !Organization::lock(conn, organization).await? {
+                    return Err(AppError::NotFound("invitation"));
+                }
                 // Of two racing acceptances one marks it; the other finds it
                 // marked, and by whom.
                 let accepted = Invitation::accept(conn, id, user, now).await?;
@@ -756,6 +794,16 @@ pub async fn accept_invitation(
                         .await?
                         .ok_or(AppError::NotFound("member"))?;
                     return Ok(Written::unrecorded(member));
+                }
+                // An invitation is only as good as its sender: one made by
+                // an owner since removed or demoted (or deleted) cannot bring
+                // anyone in, nor its sender back. Admins invite anywhere.
+                if !may_still_invite(conn, organization, inviter).await? {
+                    return Err(AppError::FailedPrecondition(
+                        "whoever sent the invitation no longer manages the organization; ask an \
+                         owner for a new one"
+                            .into(),
+                    ));
                 }
                 Member::insert(conn, organization, user, role)
                     .await
@@ -784,6 +832,25 @@ pub async fn accept_invitation(
         member,
         show_email: true,
     })
+}
+
+/// Whether `inviter` may still bring people into `organization`: an owner
+/// of it, or an admin.
+async fn may_still_invite(
+    conn: &mut DbConnection,
+    organization: OrganizationId,
+    inviter: Option<UserId>,
+) -> AppResult<bool> {
+    let Some(inviter) = inviter else {
+        return Ok(false);
+    };
+    let owner = Member::find(conn, organization, inviter)
+        .await?
+        .is_some_and(|member| member.role() == OrgRole::Owner);
+    Ok(owner
+        || User::find(conn, inviter)
+            .await?
+            .is_some_and(|user| user.role() == crate::domain::Role::Admin))
 }
 
 pub async fn get_organization_usage(

@@ -326,7 +326,11 @@ pub async fn delete_user(state: &AppState, caller: &Caller, id: UserId) -> AppRe
                          an owner, or delete the organization, first"
                     )));
                 }
-                Chatbot::hand_over_from(conn, id).await?;
+                if let Some(team) = Chatbot::hand_over_from(conn, id).await? {
+                    return Err(AppError::FailedPrecondition(format!(
+                        "organization {team} has no other owner to take over the user's chatbots"
+                    )));
+                }
                 Ok(match User::delete(conn, id).await? {
                     true => Written::recorded(true, record),
                     false => Written::unrecorded(false),

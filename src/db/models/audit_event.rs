@@ -15,7 +15,7 @@ use crate::db::sql_types::Timestamp;
 use crate::db::DbConnection;
 use crate::domain::{
     AuditChange, AuditFilter, AuditRecord, AuditViewer, OrganizationId, PageCursor, PageRequest,
-    ServiceAccountId, UserId,
+    ServiceAccountId, TargetType, UserId,
 };
 
 /// Who a change is recorded for: the signed-in user (or an operator
@@ -259,10 +259,19 @@ impl AuditEvent {
                 let theirs = organization_members::table
                     .filter(organization_members::user_id.eq(user))
                     .select(organization_members::organization_id);
+                // Their own account and memberships by owner; what belongs
+                // to an organization (chatbots, keys) only while they are a
+                // member: a chatbot's owner_id outlives their leaving.
+                let own_account_or_membership = audit_events::target_owner_id
+                    .assume_not_null()
+                    .eq(user)
+                    .and(
+                        audit_events::organization_id
+                            .is_null()
+                            .or(audit_events::target_type.eq(TargetType::Member.name())),
+                    );
                 query = query.filter(
-                    audit_events::target_owner_id
-                        .assume_not_null()
-                        .eq(user)
+                    own_account_or_membership
                         .or(audit_events::organization_id.assume_not_null().eq_any(theirs))
                         .and(
                             audit_events::outcome

@@ -89,8 +89,13 @@ impl Chatbot {
     /// Hands the chatbots `user` is accountable for in team organizations
     /// to another owner of each (the longest-standing), so that deleting
     /// the user (whose chatbots go with them by cascade) leaves the teams'
-    /// chatbots in place. The caller has made sure each has another owner.
-    pub async fn hand_over_from(conn: &mut DbConnection, user: UserId) -> diesel::QueryResult<()> {
+    /// chatbots in place. A team with no other owner (which the caller
+    /// should have refused already) is returned, and the caller must not
+    /// delete the user.
+    pub async fn hand_over_from(
+        conn: &mut DbConnection,
+        user: UserId,
+    ) -> diesel::QueryResult<Option<OrganizationId>> {
         let personal = OrganizationId::personal(user);
         let organizations: Vec<OrganizationId> = all_rows!(
             conn,
@@ -102,13 +107,15 @@ impl Chatbot {
         )?;
         for organization in organizations {
             let heir = Member::longest_standing_owner(conn, organization, Some(user)).await?;
-            let Some(heir) = heir else { continue };
+            let Some(heir) = heir else {
+                return Ok(Some(organization));
+            };
             let theirs = chatbots::table
                 .filter(chatbots::owner_id.eq(user))
                 .filter(chatbots::organization_id.eq(organization));
             update_rows!(conn, theirs, chatbots::owner_id.eq(heir))?;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Locks the chatbot's row until the transaction ends, serialising

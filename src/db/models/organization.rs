@@ -135,6 +135,22 @@ impl Member {
         )
     }
 
+    /// The member whose user has `email` (lowercased), if any.
+    pub async fn find_by_email(
+        conn: &mut DbConnection,
+        organization: OrganizationId,
+        email: &str,
+    ) -> diesel::QueryResult<Option<Member>> {
+        first_row!(
+            conn,
+            organization_members::table
+                .inner_join(users::table)
+                .filter(organization_members::organization_id.eq(organization))
+                .filter(users::email.eq(email))
+                .select(Member::as_select())
+        )
+    }
+
     /// The member and their email.
     pub async fn find_with_email(
         conn: &mut DbConnection,
@@ -257,26 +273,31 @@ impl Member {
     }
 
     /// The team organizations in which `user` is the only owner: what
-    /// deleting the user would leave without one. Each team the user owns
-    /// is locked first (in id order, so two such calls cannot deadlock), so
-    /// two owners deleting themselves at once cannot both leave.
+    /// deleting the user would leave without one. Every team the user
+    /// belongs to is locked first (in id order, so two such calls cannot
+    /// deadlock) and the roles read again under the locks, so neither two
+    /// owners deleting themselves at once nor a promotion racing the
+    /// deletion can leave a team without an owner.
     pub async fn solely_owned_by(
         conn: &mut DbConnection,
         user: UserId,
     ) -> diesel::QueryResult<Vec<OrganizationId>> {
-        let mut owned: Vec<OrganizationId> = Self::roles_of(conn, user)
+        let mut teams: Vec<OrganizationId> = Self::roles_of(conn, user)
             .await?
             .into_iter()
-            .filter(|&(organization, role)| {
-                role == OrgRole::Owner && organization != OrganizationId::personal(user)
-            })
             .map(|(organization, _)| organization)
+            .filter(|&organization| organization != OrganizationId::personal(user))
             .collect();
-        owned.sort();
-        let mut sole = Vec::new();
-        for organization in owned {
+        teams.sort();
+        for &organization in &teams {
             Organization::lock(conn, organization).await?;
-            if Self::count_owners(conn, organization).await? == 1 {
+        }
+        let mut sole = Vec::new();
+        for (organization, role) in Self::roles_of(conn, user).await? {
+            if role == OrgRole::Owner
+                && organization != OrganizationId::personal(user)
+                && Self::count_owners(conn, organization).await? == 1
+            {
                 sole.push(organization);
             }
         }

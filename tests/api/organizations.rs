@@ -723,3 +723,91 @@ backend_test! {
         assert_code(app.get_chatbot(&created.token, &chatbot.id).await, Code::Unauthenticated);
     }
 }
+
+backend_test! {
+    async fn organization_requests_that_are_not_well_formed_name_every_bad_field() {
+        let app = spawn_app().await;
+        let owner = app.new_user().await;
+        let team = app.create_organization(&owner, "team").await;
+        let client = || app.organizations(Some(&owner.token));
+        fn fields<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Vec<String> {
+            crate::helpers::violated_fields(&assert_code(result, Code::InvalidArgument))
+        }
+        let empty_name = client()
+            .create_organization(proto::CreateOrganizationRequest { name: " ".into() })
+            .await;
+        assert_eq!(fields(empty_name), ["name"]);
+        let bad_mask = client()
+            .update_organization(proto::UpdateOrganizationRequest {
+                organization: Some(proto::Organization { id: team.id.clone(), ..Default::default() }),
+                update_mask: field_mask(&["personal"]),
+            })
+            .await;
+        assert_eq!(fields(bad_mask), ["update_mask"]);
+        let bad_member = client()
+            .update_member(proto::UpdateMemberRequest {
+                member: Some(proto::Member {
+                    organization_id: "not-a-uuid".into(),
+                    user_id: owner.id.clone(),
+                    ..Default::default()
+                }),
+                update_mask: field_mask(&["role"]),
+            })
+            .await;
+        assert_eq!(fields(bad_member), ["member.organization_id", "member.role"]);
+        let bad_invitation = client()
+            .create_invitation(proto::CreateInvitationRequest {
+                organization_id: team.id.clone(),
+                email: "not an email".into(),
+                role: 0,
+                ttl: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+            })
+            .await;
+        assert_eq!(fields(bad_invitation), ["email", "role", "ttl"]);
+        let owner_account = client()
+            .create_service_account(proto::CreateServiceAccountRequest {
+                organization_id: team.id.clone(),
+                name: "root".into(),
+                role: Role::Owner.into(),
+                expire_time: None,
+            })
+            .await;
+        assert_eq!(fields(owner_account), ["role"]);
+        let bad_token = client()
+            .accept_invitation(proto::AcceptInvitationRequest { token: "cbi_short".into() })
+            .await;
+        assert_eq!(fields(bad_token), ["token"]);
+
+        // The well-formed counterparts answer: the pending invitation is
+        // listed and withdrawn; gone, it is PERMISSION_DENIED to an owner
+        // like any id that names nothing (AIP-193). The usage is empty.
+        let invited = app.invite(&owner, &team.id, "later@example.com", Role::Viewer).await;
+        let pending = client()
+            .list_invitations(proto::ListInvitationsRequest {
+                organization_id: team.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .invitations;
+        let invitation = invited.invitation.unwrap();
+        assert_eq!(pending.iter().map(|i| &i.id).collect::<Vec<_>>(), vec![&invitation.id]);
+        let withdraw = || {
+            let mut client = client();
+            let request = proto::DeleteInvitationRequest { id: invitation.id.clone() };
+            async move { client.delete_invitation(request).await }
+        };
+        withdraw().await.unwrap();
+        assert_code(withdraw().await, Code::PermissionDenied);
+        let usage = client()
+            .get_organization_usage(proto::GetOrganizationUsageRequest {
+                organization_id: team.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(usage.buckets.is_empty());
+    }
+}

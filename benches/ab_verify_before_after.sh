@@ -9,6 +9,11 @@
 #   cargo build --release --bins
 #   OLD=/tmp/before-target/release/chatbot-backend benches/ab_verify_before_after.sh
 #
+# RPCS picks the load generator's modes (default: the three above);
+# OLD_LOADGEN drives the earlier build with its own load generator, for a
+# mode whose requests changed shape between the builds (e.g. the key format
+# of verify-api-key-invalid).
+#
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust) and pgbench;
 # ports 50071 and 50072 free. Writes target/bench/ab.jsonl.
 set -euo pipefail
@@ -17,6 +22,8 @@ PG=postgres://postgres@127.0.0.1:5432
 OLD=${OLD:?set OLD to the chatbot-backend binary of the earlier build}
 NEW=target/release/chatbot-backend
 LOADGEN=target/release/loadgen
+OLD_LOADGEN=${OLD_LOADGEN:-$LOADGEN}
+RPCS=${RPCS:-verify-api-key-valid ext-authz-check get-chatbot}
 mkdir -p target/bench
 OUT=target/bench/ab.jsonl
 : > $OUT
@@ -33,18 +40,16 @@ DATABASE_URL=$PG/ab_new LISTEN_ADDR=127.0.0.1:50072 $NEW serve > target/bench/ab
 P2=$!
 trap 'kill $P1 $P2 2>/dev/null || true' EXIT
 sleep 4
-lg() { # addr rpc label
-  line=$($LOADGEN --addr "http://$1" --rpc "$2" --concurrency 64 --duration-secs 10 --warmup-secs 1 --json 2>/dev/null | tail -n1)
+lg() { # addr rpc label [loadgen]
+  line=$(${4:-$LOADGEN} --addr "http://$1" --rpc "$2" --concurrency 64 --duration-secs 10 --warmup-secs 1 --json 2>/dev/null | tail -n1)
   python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['label']=sys.argv[2]; print(json.dumps(r))" "$line" "$3" | tee -a $OUT
 }
 for round in $(seq 1 "${ROUNDS:-3}"); do
   tps=$(pgbench -S -M prepared -c 64 -j 2 -T 10 -h 127.0.0.1 -U postgres pgbench_ab 2>/dev/null | awk '/^tps/ {print $3; exit}')
   echo "{\"rpc\":\"pgbench\",\"round\":$round,\"throughput_rps\":$tps}" | tee -a $OUT
-  lg 127.0.0.1:50071 verify-api-key-valid "before r$round"
-  lg 127.0.0.1:50072 verify-api-key-valid "after r$round"
-  lg 127.0.0.1:50071 ext-authz-check "before r$round"
-  lg 127.0.0.1:50072 ext-authz-check "after r$round"
-  lg 127.0.0.1:50071 get-chatbot "before r$round"
-  lg 127.0.0.1:50072 get-chatbot "after r$round"
+  for rpc in $RPCS; do
+    lg 127.0.0.1:50071 "$rpc" "before r$round" "$OLD_LOADGEN"
+    lg 127.0.0.1:50072 "$rpc" "after r$round"
+  done
 done
 psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS pgbench_ab" >/dev/null

@@ -91,7 +91,7 @@ PY
 }
 
 echo "== RPCs"
-for rpc in get-chatbot list-chatbots verify-api-key-valid ext-authz-check verify-api-key-invalid \
+for rpc in get-chatbot list-chatbots verify-api-key-valid verify-api-key-restricted ext-authz-check verify-api-key-invalid verify-api-key-invalid-fresh \
     verify-api-key-rate-limited verify-api-key-credits create-chatbot login; do
     for c in 8 64; do
         run "$rpc" "$c"

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretSlice};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -20,11 +20,13 @@ use crate::auth::{
     Sessions, TokenKeys,
 };
 use crate::config::{Config, Settings};
-use crate::db::{self, Database, DatabaseTarget, ServeLock};
+use crate::db::{self, BarrierRequest, Database, DatabaseTarget, ServeLock};
 use crate::gate::GateLayer;
 use crate::health::{self, HealthReporter};
 use crate::hot_path::batch_queue::{BatchSettings, QueueBound};
-use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, ReadStats};
+use crate::hot_path::{
+    ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, KnownKeys, ReadStats,
+};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
 use crate::panics::CatchPanicLayer;
@@ -88,6 +90,10 @@ pub struct Application {
     /// Held until the server stops: no second process serves its SQLite
     /// file meanwhile.
     serve_lock: Option<ServeLock>,
+    /// The keys that exist, loaded once serving starts.
+    known_keys: Arc<KnownKeys>,
+    /// The barriers `known_keys` asks the listener for.
+    barrier_requests: mpsc::Receiver<BarrierRequest>,
 }
 
 impl Application {
@@ -187,9 +193,17 @@ impl Application {
             };
             BatchSettings::new(in_flight, bound, &settings.pool_settings())
         };
+        // The keys that exist, for answering made-up ones without a query:
+        // PostgreSQL's replicas learn of each other's keys through the
+        // listener; a SQLite file's one process looks every unknown key up.
+        let (known_keys, barrier_requests) = match target {
+            DatabaseTarget::Postgres(_) => KnownKeys::for_replicas(),
+            DatabaseTarget::Sqlite(_) => (KnownKeys::disabled(), mpsc::channel(1).1),
+        };
         let verifier = KeyVerifier::new(
             db.clone(),
             api_key_cache.clone(),
+            known_keys.clone(),
             rate_limits.clone(),
             CreditSpends::start(
                 db.clone(),
@@ -207,6 +221,7 @@ impl Application {
                 sessions.clone(),
                 memberships.clone(),
                 service_accounts.clone(),
+                known_keys.clone(),
                 metrics.invalidations_live(),
             ),
             service_accounts,
@@ -258,6 +273,8 @@ impl Application {
             state,
             config,
             serve_lock,
+            known_keys,
+            barrier_requests,
         })
     }
 
@@ -275,6 +292,12 @@ impl Application {
     /// invalidated.
     pub fn api_key_cache(&self) -> Arc<ApiKeyCache> {
         self.state.api_key_cache.clone()
+    }
+
+    /// The set of keys that exist, for tests that prove made-up keys cost
+    /// no query.
+    pub fn known_keys(&self) -> Arc<KnownKeys> {
+        self.known_keys.clone()
     }
 
     /// Counters of GetChatbot's coalesced reads, for tests that prove the
@@ -301,6 +324,8 @@ impl Application {
             state,
             config,
             serve_lock,
+            known_keys,
+            barrier_requests,
             ..
         } = self;
         let Config { settings, database } = config;
@@ -380,6 +405,7 @@ impl Application {
             // serve only while they can.
             DatabaseTarget::Postgres(url) => {
                 let caches = state.caches.clone();
+                tokio::spawn(known_keys.keep_loaded(state.db.clone(), background_stopped.clone()));
                 // Checked when the settings were validated.
                 let connector = match &settings.database_listen_url {
                     Some(listen_url) => {
@@ -391,6 +417,7 @@ impl Application {
                     connector,
                     state.db.clone(),
                     move |event| caches.follow(event),
+                    barrier_requests,
                     background_stopped,
                 ))
             }

@@ -138,10 +138,19 @@ enum Rpc {
     GetChatbot,
     ListChatbots,
     VerifyApiKeyValid,
+    /// Well-formed keys that do not exist, issued a day before (deleted,
+    /// another deployment's, made up): a new one per call.
     VerifyApiKeyInvalid,
+    /// Well-formed keys that do not exist, claiming to be issued just now:
+    /// the worst case, a key that might have been created on another
+    /// replica a moment ago.
+    VerifyApiKeyInvalidFresh,
     VerifyApiKeyMalformed,
     VerifyApiKeyRateLimited,
     VerifyApiKeyCredits,
+    /// A key with ten allowed networks and ten permissions, the caller in
+    /// the last network and needing the last permission (every entry read).
+    VerifyApiKeyRestricted,
     ExtAuthzCheck,
     CreateChatbot,
     Login,
@@ -154,9 +163,11 @@ impl Rpc {
             Rpc::ListChatbots => "list-chatbots",
             Rpc::VerifyApiKeyValid => "verify-api-key-valid",
             Rpc::VerifyApiKeyInvalid => "verify-api-key-invalid",
+            Rpc::VerifyApiKeyInvalidFresh => "verify-api-key-invalid-fresh",
             Rpc::VerifyApiKeyMalformed => "verify-api-key-malformed",
             Rpc::VerifyApiKeyRateLimited => "verify-api-key-rate-limited",
             Rpc::VerifyApiKeyCredits => "verify-api-key-credits",
+            Rpc::VerifyApiKeyRestricted => "verify-api-key-restricted",
             Rpc::ExtAuthzCheck => "ext-authz-check",
             Rpc::CreateChatbot => "create-chatbot",
             Rpc::Login => "login",
@@ -330,6 +341,8 @@ struct Caller {
     auth: AuthServiceClient<Connection>,
     id: usize,
     sent: u64,
+    /// Made-up keys' randomness.
+    rng: rand::rngs::SmallRng,
 }
 
 impl Caller {
@@ -346,6 +359,7 @@ impl Caller {
             fixture,
             id,
             sent: 0,
+            rng: rand::SeedableRng::seed_from_u64(id as u64),
         }
     }
 
@@ -403,11 +417,26 @@ impl Caller {
             }
             Rpc::VerifyApiKeyValid
             | Rpc::VerifyApiKeyInvalid
+            | Rpc::VerifyApiKeyInvalidFresh
             | Rpc::VerifyApiKeyMalformed
             | Rpc::VerifyApiKeyRateLimited
-            | Rpc::VerifyApiKeyCredits => {
+            | Rpc::VerifyApiKeyCredits
+            | Rpc::VerifyApiKeyRestricted => {
                 let key = match self.rpc {
-                    Rpc::VerifyApiKeyInvalid => ApiKeySecret::generate().expose().to_owned(),
+                    // Made up with a fast generator: the OS's, a system
+                    // call per character, would take CPU from the server.
+                    Rpc::VerifyApiKeyInvalid | Rpc::VerifyApiKeyInvalidFresh => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |since| since.as_secs() as i64);
+                        let issued_at = match self.rpc {
+                            Rpc::VerifyApiKeyInvalid => now - 86_400,
+                            _ => now,
+                        };
+                        ApiKeySecret::generate_with(&mut self.rng, issued_at)
+                            .expose()
+                            .to_owned()
+                    }
                     Rpc::VerifyApiKeyMalformed => MALFORMED_KEY.to_owned(),
                     // A key at random, as pgbench's `random(1, 1000)` picks
                     // its row: callers stepping through the keys together
@@ -418,9 +447,20 @@ impl Caller {
                     }
                     _ => fixture.api_keys[0].clone(),
                 };
+                let (client_address, required_permissions) =
+                    if self.rpc == Rpc::VerifyApiKeyRestricted {
+                        (
+                            RESTRICTED_CLIENT_ADDRESS.to_owned(),
+                            vec![restricted_permission(RESTRICTIONS - 1)],
+                        )
+                    } else {
+                        (String::new(), Vec::new())
+                    };
                 self.api_keys
                     .verify_api_key(proto::VerifyApiKeyRequest {
                         key,
+                        client_address,
+                        required_permissions,
                         ..Default::default()
                     })
                     .await
@@ -666,6 +706,19 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
             });
             api_keys.push(create_key(&mut keys, &chatbot_id, rate_limit, None).await?);
         }
+        Rpc::VerifyApiKeyRestricted => {
+            let created = keys
+                .create_api_key(proto::CreateApiKeyRequest {
+                    chatbot_id: chatbot_id.clone(),
+                    display_name: "loadgen restricted".into(),
+                    allowed_networks: (0..RESTRICTIONS).map(restricted_network).collect(),
+                    permissions: (0..RESTRICTIONS).map(restricted_permission).collect(),
+                    ..Default::default()
+                })
+                .await
+                .context("CreateApiKey (restricted)")?;
+            api_keys.push(created.into_inner().key);
+        }
         Rpc::VerifyApiKeyCredits => {
             let credits = proto::Credits {
                 remaining: 1_000_000_000_000,
@@ -715,6 +768,25 @@ fn splitmix64(seed: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// Networks and permissions on `verify-api-key-restricted`'s key.
+const RESTRICTIONS: usize = 10;
+/// In the last of the key's networks (198.51.100.0/24 is TEST-NET-2).
+const RESTRICTED_CLIENT_ADDRESS: &str = "198.51.100.7";
+
+/// The key's networks: nine that miss `RESTRICTED_CLIENT_ADDRESS`, then
+/// the one that holds it.
+fn restricted_network(index: usize) -> String {
+    if index + 1 == RESTRICTIONS {
+        "198.51.100.0/24".into()
+    } else {
+        format!("10.{index}.0.0/16")
+    }
+}
+
+fn restricted_permission(index: usize) -> String {
+    format!("models/loadgen-model-{index}")
 }
 
 /// Keys `verify-api-key-credits` spends from.

@@ -9,13 +9,20 @@
 //! caches serve only while its own heartbeats come back. One missing for
 //! [`HEARTBEAT_TIMEOUT`] is one WARN and the caches are bypassed; the next
 //! that arrives turns them back on, with one INFO.
+//!
+//! Every heartbeat is also a *sync point*: when one comes back, every
+//! notification committed before it was sent has been heard (PostgreSQL
+//! delivers notifications in commit order). The known-keys set
+//! ([`crate::hot_path::known_keys`]) relies on that, and asks for extra
+//! heartbeats on demand ([`BarrierRequest`]).
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::time::Duration;
 
 use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::AsyncMessage;
 
 use super::{Database, DbConnection, PgConnector};
@@ -30,6 +37,14 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The channel carrying API-key cache invalidations.
 pub const INVALIDATION_CHANNEL: &str = "chatbot_api_key_invalidation";
+
+/// The channel on which a trigger announces every key inserted: the first 8
+/// bytes of its digest, in hex.
+pub const KEY_ANNOUNCEMENT_CHANNEL: &str = "chatbot_api_keys";
+
+/// A request for a barrier: answered once every notification committed
+/// before it was made has been heard; dropped if the listener fails first.
+pub type BarrierRequest = oneshot::Sender<()>;
 
 /// What a committed change made stale, as other replicas learn it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +103,11 @@ pub enum ListenEvent {
     Listening,
     /// A notification's payload.
     Notification(String),
+    /// A key was inserted: the hex fingerprint the trigger sent.
+    KeyAnnounced(String),
+    /// Every notification committed before this time (Unix milliseconds)
+    /// has been heard.
+    Synced(i64),
     /// The connection was lost; notifications may be missed until the next
     /// `Listening`.
     Lost,
@@ -112,19 +132,30 @@ pub async fn notify_invalidation(
     }
 }
 
-/// Listens on [`INVALIDATION_CHANNEL`] over a dedicated connection (with
-/// the TLS its URL asks for) until `stop` fires, reconnecting with backoff
-/// after a failure, and sending its heartbeats through `pool`.
+/// Listens on [`INVALIDATION_CHANNEL`] and [`KEY_ANNOUNCEMENT_CHANNEL`]
+/// over a dedicated connection (with the TLS its URL asks for) until `stop`
+/// fires, reconnecting with backoff after a failure, sending its heartbeats
+/// through `pool`, and an extra one for the barriers `barriers` asks for.
 pub async fn listen_for_invalidations(
     connector: PgConnector,
     pool: Database,
     mut handler: impl FnMut(ListenEvent) + Send,
+    mut barriers: mpsc::Receiver<BarrierRequest>,
     mut stop: watch::Receiver<bool>,
 ) {
     let heartbeat = Heartbeat::new();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match listen_once(&connector, &pool, &heartbeat, &mut handler, &mut stop).await {
+        let listened = listen_once(
+            &connector,
+            &pool,
+            &heartbeat,
+            &mut handler,
+            &mut barriers,
+            &mut stop,
+        )
+        .await;
+        match listened {
             Ok(()) => return,
             Err(error) => {
                 handler(ListenEvent::Lost);
@@ -142,34 +173,71 @@ pub async fn listen_for_invalidations(
     }
 }
 
-/// This listener's heartbeat: `key:-N`, with N its own random nonce. No key
-/// has a negative id, so a replica of the previous version reads it as an
-/// invalidation of nothing (its caches survive a rolling upgrade), and
-/// other replicas' heartbeats are told apart from this one's.
+/// This listener's heartbeats: `key:-N`, with N its own random base plus
+/// a count, so each beat is told apart from the others and from other
+/// replicas'. No key has a negative id, so a replica of the previous
+/// version reads one as an invalidation of nothing (its caches survive a
+/// rolling upgrade).
 struct Heartbeat {
-    beat: Invalidation,
-    payload: String,
+    base: i64,
+}
+
+/// How a beat is sent.
+#[derive(Clone)]
+enum Via {
+    /// Through the pool, the way every change sends its notification: a
+    /// heartbeat, which proves that what the pool sends is heard.
+    Pool(Database),
+    /// On the listening connection itself, without waiting for the pool: a
+    /// barrier, which proves only the order (PostgreSQL delivers
+    /// notifications in commit order, its own included).
+    Listener(std::sync::Arc<tokio_postgres::Client>),
+}
+
+/// A beat sent and not yet heard back.
+struct Beat {
+    id: i64,
+    /// Unix milliseconds, read before the beat was sent.
+    sent_ms: i64,
+    /// Sent through the pool.
+    proves_path: bool,
+    /// Barriers it answers.
+    barriers: Vec<BarrierRequest>,
 }
 
 impl Heartbeat {
     fn new() -> Self {
-        let nonce = rand::Rng::gen_range(&mut rand::thread_rng(), 1..i64::MAX);
-        let beat = Invalidation::Key(ApiKeyId(-nonce));
-        Self {
-            beat,
-            payload: beat.payload(),
-        }
+        // Room below for a count that never wraps to positive.
+        let base = rand::Rng::gen_range(&mut rand::thread_rng(), 1..i64::MAX / 2);
+        Self { base }
     }
 
-    /// Sends it the way changes send theirs ([`notify_invalidation`] on a
-    /// pooled connection). A failure is the pool's (the heartbeat then
-    /// stays away).
-    fn send(&self, pool: Database) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let beat = self.beat;
-        async move {
+    /// Sends beat `count`, not awaited (a pool slow to lend a connection
+    /// must not hold back the notifications). A failure is the pool's or
+    /// the connection's: the beat then stays away.
+    fn send(&self, via: &Via, count: u64, barriers: Vec<BarrierRequest>) -> Beat {
+        let id = self.base + (count % (i64::MAX as u64 / 2)) as i64;
+        let beat = Invalidation::Key(ApiKeyId(-id));
+        let sent_ms = chrono::Utc::now().timestamp_millis();
+        let proves_path = matches!(via, Via::Pool(_));
+        let via = via.clone();
+        tokio::spawn(async move {
             let sent = async {
-                let mut conn = pool.conn().await?;
-                notify_invalidation(&mut conn, &beat).await?;
+                match via {
+                    Via::Pool(pool) => {
+                        let mut conn = pool.conn().await?;
+                        notify_invalidation(&mut conn, &beat).await?;
+                    }
+                    Via::Listener(client) => {
+                        // One round trip of the simple protocol; the payload
+                        // is `key:-` and digits, nothing to quote.
+                        let notify = format!(
+                            "SELECT pg_notify('{INVALIDATION_CHANNEL}', '{}')",
+                            beat.payload()
+                        );
+                        client.batch_execute(&notify).await?;
+                    }
+                }
                 anyhow::Ok(())
             };
             if let Err(error) = sent.await {
@@ -178,12 +246,74 @@ impl Heartbeat {
                     "could not send a listener heartbeat"
                 );
             }
+        });
+        Beat {
+            id,
+            sent_ms,
+            proves_path,
+            barriers,
         }
     }
 
-    /// Whether `payload` is a heartbeat (this listener's or another's).
-    fn is_heartbeat(payload: &str) -> bool {
-        matches!(Invalidation::parse(payload), Some(Invalidation::Key(ApiKeyId(id))) if id < 0)
+    /// The beat id of `payload`, if it is a heartbeat (this listener's or
+    /// another's).
+    fn beat_id(payload: &str) -> Option<i64> {
+        match Invalidation::parse(payload) {
+            Some(Invalidation::Key(ApiKeyId(id))) if id < 0 => Some(-id),
+            _ => None,
+        }
+    }
+}
+
+/// The beats this listener has out, oldest first.
+#[derive(Default)]
+struct Outstanding {
+    beats: VecDeque<Beat>,
+    count: u64,
+    /// Barriers waiting for a beat sent after they were asked for.
+    waiting: Vec<BarrierRequest>,
+}
+
+impl Outstanding {
+    fn send(&mut self, heartbeat: &Heartbeat, via: &Via, barriers: Vec<BarrierRequest>) {
+        self.count += 1;
+        let beat = heartbeat.send(via, self.count, barriers);
+        self.beats.push_back(beat);
+    }
+
+    /// Whether a beat carrying barriers is still out (and not given up
+    /// on: its barriers wait no longer than a second).
+    fn barrier_out(&self) -> bool {
+        let recent = chrono::Utc::now().timestamp_millis() - 1000;
+        self.beats
+            .iter()
+            .any(|beat| !beat.barriers.is_empty() && beat.sent_ms >= recent)
+    }
+
+    /// Beat `id` came back: it and every beat sent before it are done
+    /// (everything committed before any of them was sent has been heard),
+    /// and their barriers answered. Returns when it was sent and whether
+    /// it went through the pool, if it is ours.
+    fn heard(&mut self, id: i64) -> Option<(i64, bool)> {
+        let position = self.beats.iter().position(|beat| beat.id == id)?;
+        let proves_path = self.beats[position].proves_path;
+        let mut sent_ms = i64::MIN;
+        for beat in self.beats.drain(..=position) {
+            sent_ms = sent_ms.max(beat.sent_ms);
+            for barrier in beat.barriers {
+                let _ = barrier.send(());
+            }
+        }
+        Some((sent_ms, proves_path))
+    }
+
+    /// Forgets beats out for longer than `limit` (lost with a pooled
+    /// connection): their barriers fail, and can be asked again.
+    fn expire(&mut self, limit: Duration) {
+        let oldest = chrono::Utc::now().timestamp_millis() - limit.as_millis() as i64;
+        while self.beats.front().is_some_and(|beat| beat.sent_ms < oldest) {
+            self.beats.pop_front();
+        }
     }
 }
 
@@ -192,6 +322,7 @@ async fn listen_once(
     pool: &Database,
     heartbeat: &Heartbeat,
     handler: &mut (impl FnMut(ListenEvent) + Send),
+    barriers: &mut mpsc::Receiver<BarrierRequest>,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut config = connector.config().clone();
@@ -202,6 +333,8 @@ async fn listen_once(
         .keepalives_interval(Duration::from_secs(2))
         .keepalives_retries(3);
     let (client, mut connection) = connector.connect_with(&config).await?;
+    let client = std::sync::Arc::new(client);
+    let (pool_path, listener_path) = (Via::Pool(pool.clone()), Via::Listener(client.clone()));
     // The connection object does the I/O; it must be polled for the client's
     // LISTEN to complete, and it yields the notifications.
     let (sender, mut received) = mpsc::unbounded_channel();
@@ -209,7 +342,8 @@ async fn listen_once(
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(notification))) => {
-                    let _ = sender.send(Ok(notification.payload().to_owned()));
+                    let announcement = notification.channel() == KEY_ANNOUNCEMENT_CHANNEL;
+                    let _ = sender.send(Ok((announcement, notification.payload().to_owned())));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
@@ -222,7 +356,9 @@ async fn listen_once(
     });
     let result = async {
         client
-            .batch_execute(&format!("LISTEN {INVALIDATION_CHANNEL}"))
+            .batch_execute(&format!(
+                "LISTEN {INVALIDATION_CHANNEL}; LISTEN {KEY_ANNOUNCEMENT_CHANNEL}"
+            ))
             .await?;
         // Live once the first heartbeat comes back: only then is it known
         // that this LISTEN hears what the pool sends.
@@ -231,27 +367,53 @@ async fn listen_once(
         let (mut live, mut warned) = (false, false);
         let mut last_heard = tokio::time::Instant::now();
         let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        let mut out = Outstanding::default();
         loop {
             tokio::select! {
                 message = received.recv() => match message {
-                    Some(Ok(payload)) if payload == heartbeat.payload => {
-                        last_heard = tokio::time::Instant::now();
-                        if !live {
-                            live = true;
-                            handler(ListenEvent::Listening);
-                            match std::mem::replace(&mut warned, false) {
-                                false => tracing::info!("listening for API key invalidations"),
-                                true => tracing::info!(
-                                    "the invalidation listener hears its notifications again; caching again"
-                                ),
+                    Some(Ok((true, payload))) => handler(ListenEvent::KeyAnnounced(payload)),
+                    Some(Ok((false, payload))) => match Heartbeat::beat_id(&payload) {
+                        Some(id) => {
+                            // Another replica's beat, or one of ours.
+                            let Some((sent_ms, proves_path)) = out.heard(id) else { continue };
+                            if proves_path {
+                                last_heard = tokio::time::Instant::now();
+                            }
+                            if proves_path && !live {
+                                live = true;
+                                handler(ListenEvent::Listening);
+                                match std::mem::replace(&mut warned, false) {
+                                    false => tracing::info!("listening for API key invalidations"),
+                                    true => tracing::info!(
+                                        "the invalidation listener hears its notifications again; caching again"
+                                    ),
+                                }
+                            }
+                            if live {
+                                handler(ListenEvent::Synced(sent_ms));
+                            }
+                            if live && !out.waiting.is_empty() && !out.barrier_out() {
+                                let waiting = std::mem::take(&mut out.waiting);
+                                out.send(heartbeat, &listener_path, waiting);
                             }
                         }
-                    }
-                    Some(Ok(payload)) if Heartbeat::is_heartbeat(&payload) => {}
-                    Some(Ok(payload)) => handler(ListenEvent::Notification(payload)),
+                        None => handler(ListenEvent::Notification(payload)),
+                    },
                     Some(Err(error)) => return Err(error.into()),
                     None => anyhow::bail!("the listener connection closed"),
                 },
+                Some(first) = barriers.recv() => {
+                    out.waiting.push(first);
+                    while let Ok(more) = barriers.try_recv() {
+                        out.waiting.push(more);
+                    }
+                    // One barrier out at a time: those asked meanwhile share
+                    // the next, sent when it comes back.
+                    if live && !out.barrier_out() {
+                        let waiting = std::mem::take(&mut out.waiting);
+                        out.send(heartbeat, &listener_path, waiting);
+                    }
+                }
                 _ = beat.tick() => {
                     if !warned && last_heard.elapsed() > HEARTBEAT_TIMEOUT {
                         warned = true;
@@ -264,9 +426,15 @@ async fn listen_once(
                              DATABASE_LISTEN_URL); bypassing the caches until it does"
                         );
                     }
-                    // Not awaited here: a pool slow to lend a connection
-                    // must not hold back the notifications.
-                    tokio::spawn(heartbeat.send(pool.clone()));
+                    // A late beat still proves the path; one this late is lost.
+                    out.expire(10 * HEARTBEAT_TIMEOUT);
+                    // Barriers wait only while the listener hears; the
+                    // ones waiting now ride on this beat.
+                    let waiting = if live { std::mem::take(&mut out.waiting) } else {
+                        out.waiting.clear();
+                        Vec::new()
+                    };
+                    out.send(heartbeat, &pool_path, waiting);
                 }
                 _ = stop.changed() => return Ok(()),
             }
@@ -292,11 +460,11 @@ mod tests {
             assert_eq!(Invalidation::parse(&change.payload()), Some(change));
         }
         assert_eq!(Invalidation::parse("bogus"), None);
-        let heartbeat = Heartbeat::new();
-        assert!(Heartbeat::is_heartbeat(&heartbeat.payload));
-        assert!(!Heartbeat::is_heartbeat(
-            &Invalidation::Key(ApiKeyId(42)).payload()
-        ));
+        assert_eq!(Heartbeat::beat_id("key:-7"), Some(7));
+        assert_eq!(
+            Heartbeat::beat_id(&Invalidation::Key(ApiKeyId(42)).payload()),
+            None
+        );
         assert_eq!(Invalidation::parse("key:x"), None);
     }
 }

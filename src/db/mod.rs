@@ -35,7 +35,8 @@ pub(crate) use connection::in_a_trace;
 pub(crate) use connection::{db_run, db_span, query_span};
 pub use connection::{ping, DbConnection, SqliteAsyncConnection};
 pub use listen::{
-    listen_for_invalidations, notify_invalidation, Invalidation, ListenEvent, INVALIDATION_CHANNEL,
+    listen_for_invalidations, notify_invalidation, BarrierRequest, Invalidation, ListenEvent,
+    INVALIDATION_CHANNEL, KEY_ANNOUNCEMENT_CHANNEL,
 };
 pub use migrate::{back_up, revert_last_migration, run_migrations, schema_version};
 pub use pool::{Database, PoolError, PoolSettings};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::ApiKeyCache;
+use super::{ApiKeyCache, KnownKeys};
 use crate::auth::{Memberships, ServiceAccounts, Sessions};
 use crate::db::{Invalidation, ListenEvent};
 
@@ -22,6 +22,7 @@ pub struct CacheInvalidation {
     sessions: Sessions,
     memberships: Memberships,
     service_accounts: ServiceAccounts,
+    known_keys: Arc<KnownKeys>,
     /// 1 while the caches serve (they hear every change), for metrics.
     live: Gauge,
 }
@@ -32,6 +33,7 @@ impl CacheInvalidation {
         sessions: Sessions,
         memberships: Memberships,
         service_accounts: ServiceAccounts,
+        known_keys: Arc<KnownKeys>,
         live: Gauge,
     ) -> Self {
         Self {
@@ -39,6 +41,7 @@ impl CacheInvalidation {
             sessions,
             memberships,
             service_accounts,
+            known_keys,
             live,
         }
     }
@@ -58,9 +61,15 @@ impl CacheInvalidation {
     /// version cannot read empties them rather than being ignored.
     pub fn follow(&self, event: ListenEvent) {
         match event {
-            ListenEvent::Listening => self.activate(),
+            ListenEvent::Listening => {
+                self.activate();
+                self.known_keys.listening();
+            }
+            ListenEvent::Synced(sent_ms) => self.known_keys.synced(sent_ms),
+            ListenEvent::KeyAnnounced(payload) => self.known_keys.announced(&payload),
             ListenEvent::Lost => {
                 self.live.set(0);
+                self.known_keys.distrust();
                 self.api_keys.deactivate();
                 self.sessions.cache().deactivate();
                 self.memberships.cache().deactivate();

@@ -6,6 +6,9 @@
 //! - [`api_key_cache`]: VerifyApiKey answers a hot key without a query. It
 //!   caches the row, not the verdict, so revocation and expiry are judged at
 //!   every read, and it never serves a row a committed change made stale.
+//! - [`known_keys`]: VerifyApiKey answers a well-formed key that does not
+//!   exist without a query, on every replica, and never "not found" for a
+//!   key whose creation has committed anywhere.
 //! - [`read_coalescing`]: GetChatbot's point reads that arrive together go
 //!   to the database as one statement; a read still sees every write
 //!   committed before it arrived.
@@ -28,6 +31,7 @@ pub mod api_key_cache;
 pub mod batch_queue;
 pub mod credit_spends;
 pub mod invalidation;
+pub mod known_keys;
 pub mod last_used;
 pub mod read_coalescing;
 pub mod usage;
@@ -35,6 +39,7 @@ pub mod usage;
 pub use api_key_cache::ApiKeyCache;
 pub use credit_spends::{CreditSpends, SpendOutcome};
 pub use invalidation::CacheInvalidation;
+pub use known_keys::KnownKeys;
 pub use last_used::LastUsedRecorder;
 pub use read_coalescing::{ChatbotReads, ReadStats};
 pub use usage::UsageRecorder;

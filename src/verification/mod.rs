@@ -12,9 +12,10 @@
 //!    the key is not judged.
 //! 3. **Lookup** by SHA-256 digest through the cache
 //!    ([`crate::hot_path::api_key_cache`]): a hit costs no query; a miss one
-//!    indexed read, whose row (or absence) is then cached. The cache holds
-//!    rows, not verdicts, and never serves a row a committed change made
-//!    stale. No row is `NotFound`.
+//!    indexed read, whose row (or absence) is then cached, unless the set of
+//!    known keys ([`crate::hot_path::known_keys`]) says the key cannot
+//!    exist. The cache holds rows, not verdicts, and never serves a row a
+//!    committed change made stale. No row is `NotFound`.
 //! 4. **Revocation and expiry**, judged on the row at every call, so a key
 //!    expiring needs no invalidation: `Revoked`, `Expired`.
 //! 5. **Restrictions** the key's owner set, judged before any limit so a
@@ -47,13 +48,17 @@ use crate::db::Database;
 use crate::domain::{missing_permissions, ApiKeyDigest, VerifyApiKey};
 use crate::error::{AppError, AppResult};
 use crate::hot_path::api_key_cache::Lookup;
-use crate::hot_path::{ApiKeyCache, CreditSpends, LastUsedRecorder, SpendOutcome, UsageRecorder};
+use crate::hot_path::known_keys::Presence;
+use crate::hot_path::{
+    ApiKeyCache, CreditSpends, KnownKeys, LastUsedRecorder, SpendOutcome, UsageRecorder,
+};
 use crate::rate_limit::{RateKey, RateLimits};
 
 /// What a verification reads and records through; built once at start.
 pub struct KeyVerifier {
     db: Database,
     cache: Arc<ApiKeyCache>,
+    known_keys: Arc<KnownKeys>,
     rate_limits: RateLimits,
     credit_spends: CreditSpends,
     last_used: LastUsedRecorder,
@@ -65,12 +70,14 @@ impl KeyVerifier {
     pub fn new(
         db: Database,
         cache: Arc<ApiKeyCache>,
+        known_keys: Arc<KnownKeys>,
         rate_limits: RateLimits,
         credit_spends: CreditSpends,
     ) -> Self {
         Self {
             db,
             cache,
+            known_keys,
             rate_limits,
             credit_spends,
             last_used: LastUsedRecorder::default(),
@@ -103,7 +110,7 @@ impl KeyVerifier {
                 retry_after,
             });
         }
-        let Some(record) = self.lookup(&digest).await? else {
+        let Some(record) = self.lookup(&digest, secret.issued_at()).await? else {
             return Ok(Verification::Invalid(Rejection::NotFound));
         };
         let now = Utc::now();
@@ -115,11 +122,19 @@ impl KeyVerifier {
     }
 
     /// The key's row, from the cache or one indexed read (then cached,
-    /// absence included).
-    async fn lookup(&self, digest: &ApiKeyDigest) -> AppResult<Option<Arc<VerificationRecord>>> {
+    /// absence included), or none when the known keys rule it out (not
+    /// cached: a flood of made-up keys must not push real ones out).
+    async fn lookup(
+        &self,
+        digest: &ApiKeyDigest,
+        issued_at: Option<i64>,
+    ) -> AppResult<Option<Arc<VerificationRecord>>> {
         match self.cache.get(digest) {
             Lookup::Hit(record) => Ok(record),
             Lookup::Miss(generation) => {
+                if self.known_keys.presence(digest, issued_at).await == Presence::Absent {
+                    return Ok(None);
+                }
                 let mut conn = self.db.conn().await?;
                 let record = ApiKey::find_for_verification(&mut conn, digest)
                     .await?

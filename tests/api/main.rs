@@ -20,6 +20,7 @@ mod health;
 mod helpers;
 mod key_limits;
 mod key_restrictions;
+mod known_keys;
 mod lifecycle;
 mod limits;
 mod llm_endpoints;

@@ -243,7 +243,12 @@ crate::helpers::backend_test! {
         app.stop().await;
         let url = app.database_url.clone();
 
-        // The newest two drop key restrictions and organizations: refused,
+        // The newest only drops the key announcements' trigger.
+        let (ok, said) = migrate(&url, &["--revert"]).await;
+        assert!(ok, "{said}");
+        assert!(said.contains("reverted migration 20261206000010"), "{said}");
+
+        // The next two drop key restrictions and organizations: refused,
         // then done when told.
         for version in ["20261205000009", "20261205000008"] {
             let (ok, said) = migrate(&url, &["--revert"]).await;

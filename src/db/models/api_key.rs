@@ -305,6 +305,29 @@ impl ApiKey {
         Ok(row.map(VerificationRecord::from))
     }
 
+    /// The first 8 bytes of every key's digest, as a big-endian integer:
+    /// what [`crate::hot_path::known_keys`] loads. PostgreSQL only (its
+    /// replicas are what the set serves); on SQLite, none.
+    pub async fn digest_fingerprints(conn: &mut DbConnection) -> diesel::QueryResult<Vec<i64>> {
+        #[derive(diesel::QueryableByName)]
+        struct Fingerprint {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            fingerprint: i64,
+        }
+        match conn {
+            DbConnection::Postgres(conn) => {
+                let rows: Vec<Fingerprint> = diesel::sql_query(
+                    "SELECT ('x' || encode(substring(key_hash from 1 for 8), 'hex'))::bit(64)::bigint \
+                     AS fingerprint FROM api_keys",
+                )
+                .load(&mut **conn)
+                .await?;
+                Ok(rows.into_iter().map(|row| row.fingerprint).collect())
+            }
+            DbConnection::Sqlite(_) => Ok(Vec::new()),
+        }
+    }
+
     /// One page of a chatbot's keys in (created_at, id) order, plus one extra
     /// row if more follow.
     pub async fn list(

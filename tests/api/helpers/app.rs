@@ -7,6 +7,7 @@ use chatbot_backend::config::Settings;
 use chatbot_backend::db::Database;
 use chatbot_backend::hot_path::api_key_cache::ApiKeyCache;
 use chatbot_backend::hot_path::read_coalescing::ReadStats;
+use chatbot_backend::hot_path::KnownKeys;
 use chatbot_backend::startup::Application;
 use clap::Parser;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -32,6 +33,7 @@ pub struct TestApp {
     pub(super) database: TestDatabase,
     pub db: Database,
     pub api_key_cache: Arc<ApiKeyCache>,
+    pub known_keys: Arc<KnownKeys>,
     pub chatbot_reads: Arc<ReadStats>,
     clients: Clients,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -129,6 +131,7 @@ async fn start_server(
     let metrics_addr = app.metrics_addr();
     let db = app.database().clone();
     let api_key_cache = app.api_key_cache();
+    let known_keys = app.known_keys();
     let chatbot_reads = app.chatbot_read_stats();
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
@@ -141,6 +144,7 @@ async fn start_server(
         database,
         db,
         api_key_cache,
+        known_keys,
         chatbot_reads,
         clients: Clients::connect(addr).await,
         shutdown: Some(shutdown_tx),
@@ -227,6 +231,29 @@ impl TestApp {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         panic!("the API key cache did not become active");
+    }
+
+    /// Where this app's PostgreSQL listens (to put a proxy in front).
+    pub fn database_postgres_addr(&self) -> std::net::SocketAddr {
+        self.database.postgres_addr()
+    }
+
+    /// This app's database URL, connecting through `addr` instead.
+    pub fn database_url_via(&self, addr: std::net::SocketAddr) -> String {
+        self.database.url_via(addr)
+    }
+
+    /// Waits (up to 10 s) until unknown keys are answered from the set of
+    /// known keys (PostgreSQL only: the listener is live and the set
+    /// loaded).
+    pub async fn wait_for_known_keys(&self) {
+        for _ in 0..200 {
+            if self.known_keys.is_trusted() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the known keys were never loaded");
     }
 
     /// Stops the server gracefully and waits for it.

@@ -1,10 +1,11 @@
 //! A TCP proxy in front of PostgreSQL or Redis, so a test can take the
-//! store away from a running server, or garble what it answers, and give
-//! it back.
+//! store away from a running server, garble or delay what it answers, and
+//! give it back.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +21,7 @@ pub struct TcpProxy {
     cut: Arc<AtomicBool>,
     garbled: Arc<AtomicBool>,
     silent: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
@@ -31,11 +33,13 @@ impl TcpProxy {
         let cut = Arc::new(AtomicBool::new(false));
         let garbled = Arc::new(AtomicBool::new(false));
         let silent = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let (cut_flag, registry) = (cut.clone(), connections.clone());
         let faults = Faults {
             garbled: garbled.clone(),
             silent: silent.clone(),
+            delay_ms: delay_ms.clone(),
         };
         tokio::spawn(async move {
             loop {
@@ -60,6 +64,7 @@ impl TcpProxy {
             cut,
             garbled,
             silent,
+            delay_ms,
             connections,
         }
     }
@@ -85,8 +90,16 @@ impl TcpProxy {
         self.silent.store(true, Ordering::SeqCst);
     }
 
+    /// Passes on what the store answers `lag` late (a slow network), until
+    /// [`restore`](Self::restore).
+    pub fn delay(&self, lag: Duration) {
+        self.delay_ms
+            .store(lag.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// Forwards new connections again, and answers as the store does.
     pub fn restore(&self) {
+        self.delay_ms.store(0, Ordering::SeqCst);
         self.cut.store(false, Ordering::SeqCst);
         self.garbled.store(false, Ordering::SeqCst);
         self.silent.store(false, Ordering::SeqCst);
@@ -98,16 +111,21 @@ impl TcpProxy {
 struct Faults {
     garbled: Arc<AtomicBool>,
     silent: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
 }
 
 /// Copies both ways until either side closes; what the store sends is
-/// replaced by [`GARBAGE`] while garbled, and dropped while silent.
+/// replaced by [`GARBAGE`] while garbled, dropped while silent, and held
+/// back while delayed.
 async fn forward(inbound: TcpStream, outbound: TcpStream, faults: Faults) {
     let (mut client_read, mut client_write) = inbound.into_split();
     let (mut store_read, mut store_write) = outbound.into_split();
     let requests = async move {
         let _ = tokio::io::copy(&mut client_read, &mut store_write).await;
     };
+    // Answers pass through a queue, each held until its time: a constant
+    // lag while delayed, however many there are.
+    let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let answers = async move {
         let mut buffer = vec![0; 16 * 1024];
         while let Ok(read) = store_read.read(&mut buffer).await {
@@ -118,16 +136,26 @@ async fn forward(inbound: TcpStream, outbound: TcpStream, faults: Faults) {
                 continue;
             }
             let bytes = match faults.garbled.load(Ordering::SeqCst) {
-                true => GARBAGE,
-                false => &buffer[..read],
+                true => GARBAGE.to_vec(),
+                false => buffer[..read].to_vec(),
             };
-            if client_write.write_all(bytes).await.is_err() {
+            let due =
+                Instant::now() + Duration::from_millis(faults.delay_ms.load(Ordering::SeqCst));
+            if queue.send((due, bytes)).is_err() {
+                break;
+            }
+        }
+    };
+    let delivered = async move {
+        while let Some((due, bytes)) = queued.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            if client_write.write_all(&bytes).await.is_err() {
                 break;
             }
         }
     };
     tokio::select! {
         () = requests => {}
-        () = answers => {}
+        () = async { tokio::join!(answers, delivered); } => {}
     }
 }

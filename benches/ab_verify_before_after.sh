@@ -40,9 +40,15 @@ DATABASE_URL=$PG/ab_new LISTEN_ADDR=127.0.0.1:50072 $NEW serve > target/bench/ab
 P2=$!
 trap 'kill $P1 $P2 2>/dev/null || true' EXIT
 sleep 4
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 lg() { # addr rpc label [loadgen]
+  local pid=$P1
+  [ "$1" = 127.0.0.1:50072 ] && pid=$P2
+  local before; before=$(cpu_ticks $pid)
   line=$(${4:-$LOADGEN} --addr "http://$1" --rpc "$2" --concurrency 64 --duration-secs 10 --warmup-secs 1 --json 2>/dev/null | tail -n1)
-  python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['label']=sys.argv[2]; print(json.dumps(r))" "$line" "$3" | tee -a $OUT
+  local after; after=$(cpu_ticks $pid)
+  # Server CPU over the whole run, set-up and warm-up included: an upper bound.
+  python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['label']=sys.argv[2]; r['server_cpu_us_per_request']=round((int(sys.argv[4])-int(sys.argv[3]))/int(sys.argv[5])*1e6/max(r['requests'],1),1); print(json.dumps(r))" "$line" "$3" "$before" "$after" "$(getconf CLK_TCK)" | tee -a $OUT
 }
 for round in $(seq 1 "${ROUNDS:-3}"); do
   tps=$(pgbench -S -M prepared -c 64 -j 2 -T 10 -h 127.0.0.1 -U postgres pgbench_ab 2>/dev/null | awk '/^tps/ {print $3; exit}')

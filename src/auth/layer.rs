@@ -240,6 +240,7 @@ where
                         role: session.role,
                         address,
                         request_id,
+                        email: Some(session.email),
                     })),
                     Ok(_) => Err("the session has ended (signed out, password changed or user deleted); log in again"),
                     // Fail closed: an unknown session state is no session.
@@ -263,6 +264,7 @@ where
                             role: Role::User,
                             address,
                             request_id,
+                            email: None,
                         }))
                     }
                     Ok(None) => Err("the service account token is unknown, revoked or expired"),

@@ -40,6 +40,9 @@ pub struct Caller {
     pub role: Role,
     pub address: Option<IpAddr>,
     pub request_id: Option<RequestId>,
+    /// A signed-in person's email, as their session read it: what the audit
+    /// log records with their changes, without reading it again.
+    pub email: Option<std::sync::Arc<str>>,
 }
 
 /// Who a call acts as.

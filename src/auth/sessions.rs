@@ -87,6 +87,7 @@ mod tests {
             id: SessionId::generate(),
             user_id: UserId::generate(),
             role: Role::Admin,
+            email: "someone@example.com".into(),
         };
         assert!(session.is_stale_after(&Invalidation::Session(session.id)));
         assert!(session.is_stale_after(&Invalidation::Owner(session.user_id)));

@@ -58,6 +58,7 @@ pub async fn record_refusal(state: &AppState, actor: &AuditActor, record: &Audit
 pub fn actor(caller: &Caller) -> AuditActor {
     AuditActor {
         user: caller.user_id(),
+        email: caller.email.clone(),
         service_account: caller
             .service_account()
             .map(|account| (account.id, account.name.to_string())),
@@ -84,6 +85,7 @@ pub fn public_actor(origin: &Origin, user: Option<UserId>) -> AuditActor {
 pub fn acting_for_themselves(origin: &Origin, user: impl Into<Option<UserId>>) -> AuditActor {
     AuditActor {
         user: user.into(),
+        email: None,
         service_account: None,
         command: None,
         request_id: origin.request_id.as_ref().map(|id| id.0.to_string()),

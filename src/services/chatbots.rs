@@ -185,18 +185,40 @@ pub async fn create_chatbot(
     cmd: CreateChatbot,
 ) -> AppResult<Chatbot> {
     let mut conn = state.db.conn().await?;
-    let organization = ownership::organization(
-        &mut conn,
-        &state.memberships,
-        caller,
-        cmd.organization,
-        OrgAction::Edit,
-    )
-    .await?;
+    let own_personal = caller
+        .user_id()
+        .filter(|user| OrganizationId::personal(*user) == cmd.organization);
+    let owner_id = match own_personal {
+        // The caller's own personal organization: its person is known, and
+        // the insert's foreign key proves it exists, so it is not read.
+        Some(user) => {
+            let edit = OrgAction::Edit;
+            ownership::require_on(
+                &mut conn,
+                &state.memberships,
+                caller,
+                cmd.organization,
+                edit,
+            )
+            .await?;
+            user
+        }
+        None => {
+            let organization = ownership::organization(
+                &mut conn,
+                &state.memberships,
+                caller,
+                cmd.organization,
+                OrgAction::Edit,
+            )
+            .await?;
+            accountable_for(&mut conn, &organization, caller).await?
+        }
+    };
     let new = NewChatbot {
         id: ChatbotId::generate(),
-        organization_id: organization.id,
-        owner_id: accountable_for(&mut conn, &organization, caller).await?,
+        organization_id: cmd.organization,
+        owner_id,
         name: cmd.name.into_inner(),
         llm_endpoint_url: cmd.endpoint.into_inner(),
     };

@@ -226,7 +226,13 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
     };
 
     let password_changed = hashed_password.is_some();
-    let sessions_affected = password_changed || cmd.role.is_some_and(|r| r != current.role());
+    // Sessions carry the email too, for the audit log's actor.
+    let email_changed = cmd
+        .email
+        .as_ref()
+        .is_some_and(|email| email.as_str() != current.email);
+    let sessions_affected =
+        password_changed || email_changed || cmd.role.is_some_and(|r| r != current.role());
     let records = audited_changes(&cmd.email, cmd.role, password_changed, &current);
     let changes = UserChanges {
         email: cmd.email.map(Email::into_inner),
@@ -235,7 +241,7 @@ pub async fn update_user(state: &AppState, caller: &Caller, cmd: UpdateUser) -> 
     };
     let reservation = reservation.as_ref();
     let checked_hash = &current.hashed_password;
-    // Both take effect on the user's access tokens at their next call.
+    // All three take effect on the user's access tokens at their next call.
     let stale = sessions_affected.then_some(Invalidation::Owner(id));
     let mut conn = state.db.conn().await?;
     let updated = state

@@ -581,3 +581,56 @@ backend_test! {
         assert_eq!(failed[0].3, 12);
     }
 }
+
+backend_test! {
+    async fn an_event_names_its_actor_by_the_email_they_acted_under() {
+        let app = spawn_app().await;
+        let admin = app.new_admin().await;
+        let user = app.new_user().await;
+        let chatbot = app.create_chatbot(&user, "before").await;
+        // The user changes their own email, then their chatbot: the change
+        // of email is theirs under the old one, what follows under the new
+        // one (their session learns it at once).
+        let renamed = format!("renamed-{}", user.email);
+        app.users(Some(&user.token))
+            .update_user(proto::UpdateUserRequest {
+                user: Some(proto::User {
+                    id: user.id.clone(),
+                    email: renamed.clone(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["email".into()],
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        app.chatbots(Some(&user.token))
+            .update_chatbot(chatbot_update(
+                proto::Chatbot {
+                    id: chatbot.id.clone(),
+                    name: "after".into(),
+                    ..Default::default()
+                },
+                &["name"],
+            ))
+            .await
+            .unwrap();
+        let emails: Vec<(String, String)> = all_events(&app, &admin)
+            .await
+            .into_iter()
+            .filter(|event| event.actor.as_ref().is_some_and(|a| a.user_id == user.id))
+            .map(|event| (event.action, event.actor.unwrap().email))
+            .take(3)
+            .collect();
+        assert_eq!(
+            emails,
+            [
+                ("chatbot.update".to_owned(), renamed),
+                ("user.update".to_owned(), user.email.clone()),
+                ("chatbot.create".to_owned(), user.email.clone()),
+            ]
+        );
+    }
+}

@@ -811,3 +811,53 @@ backend_test! {
         assert!(usage.buckets.is_empty());
     }
 }
+
+backend_test! {
+    async fn a_member_pages_through_the_chatbots_of_all_their_organizations_in_creation_order() {
+        let app = spawn_app().await;
+        let user = app.new_user().await;
+        let outsider = app.new_user().await;
+        let team = app.create_organization(&user, "team").await;
+        let other_team = app.create_organization(&outsider, "other").await;
+        // Created in turn: the user's personal organization, their team, and
+        // a team they are not in.
+        let mut theirs = Vec::new();
+        let mut in_team = Vec::new();
+        for _ in 0..4 {
+            theirs.push(app.create_chatbot(&user, "personal").await.id);
+            let team_bot = team_chatbot(&app, &user, &team.id).await.unwrap().id;
+            theirs.push(team_bot.clone());
+            in_team.push(team_bot);
+            team_chatbot(&app, &outsider, &other_team.id).await.unwrap();
+        }
+        let walk = |organization_id: String| {
+            let app = &app;
+            let token = user.token.clone();
+            async move {
+                let mut seen = Vec::new();
+                let mut page_token = String::new();
+                loop {
+                    let page = app
+                        .chatbots(Some(&token))
+                        .list_chatbots(proto::ListChatbotsRequest {
+                            page_size: 3,
+                            page_token,
+                            organization_id: organization_id.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert!(page.chatbots.len() <= 3);
+                    seen.extend(page.chatbots.into_iter().map(|c| c.id));
+                    if page.next_page_token.is_empty() {
+                        return seen;
+                    }
+                    page_token = page.next_page_token;
+                }
+            }
+        };
+        assert_eq!(walk(String::new()).await, theirs);
+        assert_eq!(walk(team.id.clone()).await, in_team);
+    }
+}

@@ -108,15 +108,19 @@ async fn a_key_verifies(clients: &Clients) {
 }
 
 /// Waits until the server's connections to `postgres` include its pool's
-/// and its listener's (whose last statement is the LISTEN), and returns
-/// whether each is encrypted.
+/// and its listener's (whose last statement is the LISTEN, or a barrier it
+/// sent itself, the only statement it sends with its text inline), and
+/// returns whether each is encrypted.
 async fn pool_and_listener_encryption(postgres: &TlsPostgres) -> Vec<bool> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let connections = postgres.server_connections().await;
         let listening = connections
             .iter()
-            .any(|(_, query)| query.starts_with("LISTEN"));
+            .any(|(_, query)| {
+                query.starts_with("LISTEN")
+                    || query.starts_with("SELECT pg_notify('chatbot_api_key_invalidation'")
+            });
         if listening && connections.len() >= 2 {
             return connections.into_iter().map(|(ssl, _)| ssl).collect();
         }

@@ -23,6 +23,9 @@ use crate::domain::{
 #[derive(Debug, Clone, Default)]
 pub struct AuditActor {
     pub user: Option<UserId>,
+    /// The user's email, when the caller knows it already (else it is read
+    /// with the event).
+    pub email: Option<std::sync::Arc<str>>,
     /// A service account, with its name at the time.
     pub service_account: Option<(ServiceAccountId, String)>,
     pub command: Option<String>,
@@ -153,9 +156,10 @@ impl AuditEvent {
         outcome: &'a str,
         aggregate_key: Option<String>,
     ) -> diesel::QueryResult<NewAuditEvent<'a>> {
-        let actor_email = match actor.user {
-            Some(id) => first_row!(conn, users::table.find(id).select(users::email))?,
-            None => None,
+        let actor_email = match (actor.user, &actor.email) {
+            (Some(_), Some(email)) => Some(email.to_string()),
+            (Some(id), None) => first_row!(conn, users::table.find(id).select(users::email))?,
+            (None, _) => None,
         };
         let changes = serde_json::to_string(&record.changes)
             .map_err(|error| diesel::result::Error::SerializationError(Box::new(error)))?;

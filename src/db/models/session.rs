@@ -17,6 +17,8 @@ pub struct LiveSession {
     pub id: SessionId,
     pub user_id: UserId,
     pub role: Role,
+    /// The user's email, which the audit log records with what they do.
+    pub email: std::sync::Arc<str>,
 }
 
 pub struct Session;
@@ -73,17 +75,18 @@ impl Session {
         conn: &mut DbConnection,
         id: SessionId,
     ) -> diesel::QueryResult<Option<LiveSession>> {
-        let row: Option<(UserId, String)> = first_row!(
+        let row: Option<(UserId, String, String)> = first_row!(
             conn,
             sessions::table
                 .inner_join(users::table)
                 .filter(sessions::id.eq(id))
                 .filter(sessions::revoked_at.is_null())
-                .select((users::id, users::role))
+                .select((users::id, users::role, users::email))
         )?;
-        Ok(row.map(|(user_id, role)| LiveSession {
+        Ok(row.map(|(user_id, role, email)| LiveSession {
             id,
             user_id,
+            email: email.into(),
             // The CHECK constraint admits only the two roles; anything else
             // gets the lesser one.
             role: role.parse().unwrap_or(Role::User),

@@ -115,12 +115,10 @@ async fn pool_and_listener_encryption(postgres: &TlsPostgres) -> Vec<bool> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let connections = postgres.server_connections().await;
-        let listening = connections
-            .iter()
-            .any(|(_, query)| {
-                query.starts_with("LISTEN")
-                    || query.starts_with("SELECT pg_notify('chatbot_api_key_invalidation'")
-            });
+        let listening = connections.iter().any(|(_, query)| {
+            query.starts_with("LISTEN")
+                || query.starts_with("SELECT pg_notify('chatbot_api_key_invalidation'")
+        });
         if listening && connections.len() >= 2 {
             return connections.into_iter().map(|(ssl, _)| ssl).collect();
         }

@@ -290,21 +290,33 @@ impl Outstanding {
             .any(|beat| !beat.barriers.is_empty() && beat.sent_ms >= recent)
     }
 
-    /// Beat `id` came back: it and every beat sent before it are done
-    /// (everything committed before any of them was sent has been heard),
-    /// and their barriers answered. Returns when it was sent and whether
-    /// it went through the pool, if it is ours.
+    /// Beat `id` came back: everything committed before it was sent has
+    /// been heard, so its barriers and those of every beat sent before it
+    /// are answered. Returns when it was sent and whether it went through
+    /// the pool, if it is ours. Earlier heartbeats stay out until they come
+    /// back themselves: a barrier on the listener's own connection often
+    /// overtakes a heartbeat still waiting for a pooled connection, and
+    /// only a heartbeat proves the pool's path (dropping it here made a
+    /// flood of barriers look like a deaf listener).
     fn heard(&mut self, id: i64) -> Option<(i64, bool)> {
         let position = self.beats.iter().position(|beat| beat.id == id)?;
-        let proves_path = self.beats[position].proves_path;
-        let mut sent_ms = i64::MIN;
-        for beat in self.beats.drain(..=position) {
-            sent_ms = sent_ms.max(beat.sent_ms);
-            for barrier in beat.barriers {
+        let beat = self.beats.remove(position)?;
+        let mut index = 0;
+        self.beats.retain_mut(|other| {
+            let sent_before = index < position;
+            index += 1;
+            if !sent_before {
+                return true;
+            }
+            for barrier in other.barriers.drain(..) {
                 let _ = barrier.send(());
             }
+            other.proves_path
+        });
+        for barrier in beat.barriers {
+            let _ = barrier.send(());
         }
-        Some((sent_ms, proves_path))
+        Some((beat.sent_ms, beat.proves_path))
     }
 
     /// Forgets beats out for longer than `limit` (lost with a pooled
@@ -448,6 +460,44 @@ async fn listen_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn beat(id: i64, sent_ms: i64, proves_path: bool) -> (Beat, oneshot::Receiver<()>) {
+        let (barrier, answered) = oneshot::channel();
+        let beat = Beat {
+            id,
+            sent_ms,
+            proves_path,
+            barriers: vec![barrier],
+        };
+        (beat, answered)
+    }
+
+    #[test]
+    fn a_barrier_heard_first_answers_earlier_barriers_but_leaves_a_heartbeat_out() {
+        let mut out = Outstanding::default();
+        let (heartbeat, heartbeat_barrier) = beat(1, 100, true);
+        let (earlier_barrier, earlier_answered) = beat(2, 101, false);
+        let (barrier, answered) = beat(3, 102, false);
+        let (later, mut later_answered) = beat(4, 103, false);
+        out.beats
+            .extend([heartbeat, earlier_barrier, barrier, later]);
+
+        // The barrier on the listener's connection overtakes the heartbeat
+        // waiting for a pooled connection.
+        assert_eq!(out.heard(3), Some((102, false)));
+        for mut answered in [heartbeat_barrier, earlier_answered, answered] {
+            assert_eq!(answered.try_recv(), Ok(()));
+        }
+        assert!(
+            later_answered.try_recv().is_err(),
+            "sent after: still waiting"
+        );
+        // The heartbeat, when it arrives, is still this listener's: it
+        // proves the pool's path.
+        assert_eq!(out.heard(1), Some((100, true)));
+        assert_eq!(out.heard(2), None, "answered and forgotten");
+        assert_eq!(out.beats.len(), 1);
+    }
 
     #[test]
     fn invalidation_payloads_round_trip() {

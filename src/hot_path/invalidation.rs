@@ -69,7 +69,7 @@ impl CacheInvalidation {
             ListenEvent::KeyAnnounced(payload) => self.known_keys.announced(&payload),
             ListenEvent::Lost => {
                 self.live.set(0);
-                self.known_keys.distrust();
+                self.known_keys.lost();
                 self.api_keys.deactivate();
                 self.sessions.cache().deactivate();
                 self.memberships.cache().deactivate();

@@ -60,7 +60,7 @@ const BARRIER_TIMEOUT: Duration = Duration::from_secs(1);
 const BARRIER_QUEUE: usize = 4096;
 
 /// The first 8 bytes of a key's SHA-256 digest.
-pub fn fingerprint(digest: &ApiKeyDigest) -> u64 {
+fn fingerprint(digest: &ApiKeyDigest) -> u64 {
     let mut first = [0; 8];
     first.copy_from_slice(&digest.0[..8]);
     u64::from_be_bytes(first)
@@ -86,7 +86,7 @@ impl Hasher for IdentityHasher {
 
 type Fingerprints = HashSet<u64, BuildHasherDefault<IdentityHasher>>;
 
-/// What [`KnownKeys::absent`] can say without the store.
+/// What [`KnownKeys::presence`] can say without the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presence {
     /// Certainly no such key.
@@ -106,6 +106,9 @@ struct Fingerprinted {
 /// listener's handler and the task that loads it.
 pub struct KnownKeys {
     keys: RwLock<Fingerprinted>,
+    /// Whether the listener hears every change (between its `Listening`
+    /// and its `Lost`).
+    listening: AtomicBool,
     /// True once loaded while listening; false from the moment the
     /// listener may have missed something.
     trusted: AtomicBool,
@@ -139,6 +142,7 @@ impl KnownKeys {
                 set: Fingerprints::default(),
                 arriving: None,
             }),
+            listening: AtomicBool::new(false),
             trusted: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             synced_ms: AtomicI64::new(i64::MIN),
@@ -161,10 +165,11 @@ impl KnownKeys {
             let issued_ms = issued_at.saturating_mul(1000);
             let synced_ms = self.synced_ms.load(Ordering::Acquire);
             let now_ms = chrono::Utc::now().timestamp_millis();
+            // Trusted and not in the set, just read: nothing more to wait for.
             if issued_ms.saturating_add(margin_ms) < synced_ms
                 || issued_ms > now_ms.saturating_add(margin_ms)
             {
-                return self.vouched(print, epoch);
+                return Presence::Absent;
             }
         }
         if !self.barrier().await {
@@ -212,8 +217,8 @@ impl KnownKeys {
     /// A key's announcement (the hex fingerprint a trigger sends).
     pub fn announced(&self, payload: &str) {
         let Ok(print) = u64::from_str_radix(payload, 16) else {
-            // Not ours to read: trust nothing until the next rebuild.
-            self.distrust();
+            // Not ours to read: trust nothing until a reload has it.
+            self.untrust();
             self.reload.notify_one();
             return;
         };
@@ -226,12 +231,18 @@ impl KnownKeys {
 
     /// The listener hears every change from now on: (re)load the set.
     pub fn listening(&self) {
+        self.listening.store(true, Ordering::Release);
         self.reload.notify_one();
     }
 
     /// The listener may have missed something: trust nothing until a load
     /// that starts after it hears again.
-    pub fn distrust(&self) {
+    pub fn lost(&self) {
+        self.listening.store(false, Ordering::Release);
+        self.untrust();
+    }
+
+    fn untrust(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.trusted.store(false, Ordering::Release);
     }
@@ -242,84 +253,82 @@ impl KnownKeys {
         self.synced_ms.fetch_max(sent_ms, Ordering::AcqRel);
     }
 
-    /// Keys in the set (for metrics).
-    pub fn len(&self) -> usize {
-        self.keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .set
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Whether unknown keys are answered from the set (for tests and
-    /// metrics).
+    /// Whether unknown keys are answered from the set (for tests).
     pub fn is_trusted(&self) -> bool {
         self.trusted.load(Ordering::Acquire)
     }
-}
 
-impl KnownKeys {
     /// Loads the set when the listener starts hearing, and again every
     /// [`REBUILD_INTERVAL`], until `stop`; retries a failed load after a
     /// second.
-    pub async fn keep_loaded(self: Arc<Self>, db: Database, stop: watch::Receiver<bool>) {
-        keep_loaded(self, db, stop).await
-    }
-}
-
-async fn keep_loaded(known: Arc<KnownKeys>, db: Database, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = known.reload.notified() => {}
-            _ = tokio::time::sleep(REBUILD_INTERVAL) => {}
-            _ = stop.changed() => return,
-        }
-        let epoch = known.epoch.load(Ordering::Acquire);
-        known
-            .keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .arriving = Some(Vec::new());
-        let loaded = async {
-            let mut conn = db.conn().await?;
-            anyhow::Ok(ApiKey::digest_fingerprints(&mut conn).await?)
-        }
-        .await;
-        let mut keys = known.keys.write().unwrap_or_else(|e| e.into_inner());
-        let arriving = keys.arriving.take().unwrap_or_default();
-        match loaded {
-            Ok(prints) => {
-                let mut set: Fingerprints = prints.into_iter().map(|p| p as u64).collect();
-                set.extend(arriving);
-                keys.set = set;
-                // Trusted only if nothing was missed since the load began.
-                let count = keys.set.len();
-                drop(keys);
-                if known.epoch.load(Ordering::Acquire) == epoch
-                    && !known.trusted.swap(true, Ordering::AcqRel)
-                {
-                    tracing::info!(
-                        keys = count,
-                        "loaded the known API keys; unknown keys are answered without a query"
+    pub async fn keep_loaded(self: Arc<Self>, db: Database, mut stop: watch::Receiver<bool>) {
+        let mut retry = false;
+        loop {
+            let wait = if retry {
+                Duration::from_secs(1)
+            } else {
+                REBUILD_INTERVAL
+            };
+            tokio::select! {
+                _ = self.reload.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            let load = self.start_load();
+            let loaded = async {
+                let mut conn = db.conn().await?;
+                anyhow::Ok(ApiKey::digest_fingerprints(&mut conn).await?)
+            }
+            .await;
+            retry = loaded.is_err();
+            match loaded {
+                Ok(prints) => self.finish_load(load, prints),
+                Err(error) => {
+                    self.keys
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .arriving = None;
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "could not load the known API keys; looking every unknown key up until it loads"
                     );
                 }
             }
-            Err(error) => {
-                drop(keys);
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "could not load the known API keys; looking every unknown key up until it loads"
-                );
-                let known = known.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    known.reload.notify_one();
-                });
-            }
+        }
+    }
+
+    /// A load begins: announcements from now on are kept for it. Returns
+    /// the epoch it may vouch for, if the listener hears every change now
+    /// (a rebuild while it does not still drops deleted keys, but cannot
+    /// restore trust: only the load after its next `Listening` can).
+    fn start_load(&self) -> Option<u64> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let listening = self.listening.load(Ordering::Acquire);
+        self.keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .arriving = Some(Vec::new());
+        listening.then_some(epoch)
+    }
+
+    /// A load that [`Self::start_load`] began read `prints`: they, and the
+    /// announcements since, become the set, trusted if nothing may have
+    /// been missed meanwhile.
+    fn finish_load(&self, load: Option<u64>, prints: Vec<i64>) {
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let mut set: Fingerprints = prints.into_iter().map(|print| print as u64).collect();
+        set.extend(keys.arriving.take().unwrap_or_default());
+        keys.set = set;
+        let count = keys.set.len();
+        drop(keys);
+        let vouches = load.is_some_and(|epoch| {
+            self.listening.load(Ordering::Acquire) && self.epoch.load(Ordering::Acquire) == epoch
+        });
+        if vouches && !self.trusted.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                keys = count,
+                "loaded the known API keys; unknown keys are answered without a query"
+            );
         }
     }
 }
@@ -333,7 +342,10 @@ mod tests {
     }
 
     fn trusted(known: &KnownKeys, synced_ms: i64) {
-        known.trusted.store(true, Ordering::Release);
+        known.listening();
+        let load = known.start_load();
+        known.finish_load(load, Vec::new());
+        assert!(known.is_trusted());
         known.synced(synced_ms);
     }
 
@@ -361,7 +373,7 @@ mod tests {
         known.announced(&format!("{:016x}", fingerprint(&digest(2))));
         assert_eq!(known.presence(&digest(2), long_ago).await, Presence::LookUp);
         // After a possible miss nothing is vouched for.
-        known.distrust();
+        known.lost();
         assert_eq!(known.presence(&digest(1), long_ago).await, Presence::LookUp);
     }
 
@@ -387,10 +399,46 @@ mod tests {
     }
 
     #[test]
-    fn a_garbled_announcement_distrusts_the_set() {
+    fn a_garbled_announcement_distrusts_the_set_until_a_reload() {
         let known = KnownKeys::new(None);
-        known.trusted.store(true, Ordering::Release);
+        trusted(&known, 0);
         known.announced("not hex");
         assert!(!known.is_trusted());
+        // The listener still hears: the reload it asked for restores trust.
+        let load = known.start_load();
+        known.finish_load(load, Vec::new());
+        assert!(known.is_trusted());
+    }
+
+    #[test]
+    fn only_a_load_begun_and_ended_while_listening_without_a_miss_vouches() {
+        let known = KnownKeys::new(None);
+        // Loaded before the listener hears (or an hourly rebuild while it
+        // is lost): deleted keys leave, trust does not come back.
+        let load = known.start_load();
+        known.finish_load(load, vec![7]);
+        assert!(!known.is_trusted());
+        trusted(&known, 0);
+        known.lost();
+        let load = known.start_load();
+        known.finish_load(load, Vec::new());
+        assert!(!known.is_trusted(), "rebuilt while lost");
+        // A load the listener was lost during does not vouch either, even
+        // if it hears again before the load ends.
+        known.listening();
+        let load = known.start_load();
+        known.lost();
+        known.listening();
+        known.finish_load(load, Vec::new());
+        assert!(
+            !known.is_trusted(),
+            "something may have been missed mid-load"
+        );
+        let load = known.start_load();
+        // Announced while loading: kept, though the load did not read it.
+        known.announced(&format!("{:016x}", fingerprint(&digest(9))));
+        known.finish_load(load, Vec::new());
+        assert!(known.is_trusted());
+        assert!(known.contains(fingerprint(&digest(9))));
     }
 }

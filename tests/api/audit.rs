@@ -7,8 +7,9 @@ use chatbot_backend::proto::{self, AuditOutcome};
 use tonic::Code;
 
 use crate::helpers::{
-    api_key_update, assert_code, backend_test, chatbot_update, clock_hour, password_change,
-    repeats_by_attempt, role_change, spawn_app, spawn_app_with, violated_fields, TestApp, TestUser,
+    api_key_update, assert_code, backend_test, chatbot_update, clock_hour, email_change,
+    password_change, repeats_by_attempt, role_change, spawn_app, spawn_app_with, violated_fields,
+    TestApp, TestUser,
 };
 
 async fn events(
@@ -593,17 +594,7 @@ backend_test! {
         // one (their session learns it at once).
         let renamed = format!("renamed-{}", user.email);
         app.users(Some(&user.token))
-            .update_user(proto::UpdateUserRequest {
-                user: Some(proto::User {
-                    id: user.id.clone(),
-                    email: renamed.clone(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["email".into()],
-                }),
-                ..Default::default()
-            })
+            .update_user(email_change(&user.id, &renamed))
             .await
             .unwrap();
         app.chatbots(Some(&user.token))

@@ -155,3 +155,39 @@ async fn a_key_created_elsewhere_verifies_while_the_listener_is_deaf_postgres() 
         replica.wait_for_known_keys().await;
     }
 }
+
+/// A flood of keys that each need a barrier sends the listener hundreds of
+/// notifications of its own a second, and they overtake its heartbeats
+/// (which wait for a pooled connection): the listener must still count
+/// those heartbeats when they come back, not call itself deaf and turn the
+/// caches off in the middle of the flood.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_barriers_does_not_make_the_listener_look_deaf_postgres() {
+    let app = spawn_app().await;
+    app.wait_for_known_keys().await;
+    let flooding = std::sync::atomic::AtomicBool::new(true);
+    let flood = async {
+        let callers = (0..32).map(|_| async {
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                not_found(&app, issued_now()).await;
+            }
+        });
+        join_all(callers).await;
+    };
+    let watch = async {
+        // Three heartbeat timeouts' worth.
+        for _ in 0..90 {
+            assert!(
+                app.api_key_cache.is_active(),
+                "the caches went off mid-flood"
+            );
+            assert!(
+                app.known_keys.is_trusted(),
+                "the known keys were distrusted mid-flood"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    };
+    tokio::join!(flood, watch);
+}

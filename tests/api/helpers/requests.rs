@@ -46,6 +46,19 @@ pub fn password_change(
     }
 }
 
+/// UpdateUser of user `id`'s email, and of nothing else.
+pub fn email_change(id: &str, email: &str) -> proto::UpdateUserRequest {
+    proto::UpdateUserRequest {
+        user: Some(proto::User {
+            id: id.into(),
+            email: email.into(),
+            ..Default::default()
+        }),
+        update_mask: field_mask(&["email"]),
+        ..Default::default()
+    }
+}
+
 /// UpdateUser of user `id`'s role, and of nothing else.
 pub fn role_change(id: &str, role: UserRole) -> proto::UpdateUserRequest {
     proto::UpdateUserRequest {

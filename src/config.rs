@@ -193,6 +193,12 @@ pub struct Settings {
     #[arg(long, env = "USAGE_FLUSH_INTERVAL_SECS", default_value_t = 30)]
     pub usage_flush_interval_secs: u64,
 
+    /// Seconds a credit reservation (VerifyApiKey with `reserve`) holds
+    /// before it is charged at the reserved amount and can no longer be
+    /// settled or released.
+    #[arg(long, env = "RESERVATION_TTL_SECS", default_value_t = 600)]
+    pub reservation_ttl_secs: u64,
+
     /// Days the audit log keeps an event (counted from its last repeat);
     /// older ones are deleted at start and then hourly, in small batches.
     #[arg(long, env = "AUDIT_RETENTION_DAYS", default_value_t = 365)]
@@ -327,7 +333,7 @@ impl Settings {
         // would start but could not work (every RPC cancelled, no answer
         // at all, a panic on the first token, a database that refuses the
         // session setting...).
-        let bounds: [(&str, u64, u64, u64); 28] = [
+        let bounds: [(&str, u64, u64, u64); 29] = [
             (
                 "DATABASE_POOL_SIZE",
                 self.database_pool_size as u64,
@@ -430,6 +436,12 @@ impl Settings {
                 self.usage_flush_interval_secs,
                 1,
                 MAX_INTERVAL_SECS,
+            ),
+            (
+                "RESERVATION_TTL_SECS",
+                self.reservation_ttl_secs,
+                1,
+                7 * 24 * 3600,
             ),
             (
                 "AUDIT_RETENTION_DAYS",

@@ -209,6 +209,7 @@ impl Application {
                 db.clone(),
                 batches(settings.spend_batches_in_flight, "credit_spends"),
             ),
+            chrono::TimeDelta::seconds(settings.reservation_ttl_secs as i64),
         );
         let state = Arc::new(AppState {
             chatbot_reads: ChatbotReads::start(
@@ -382,6 +383,31 @@ impl Application {
                 }
             },
         ));
+        // Reservations expire on every replica: the sweep is one indexed
+        // query when nothing is due, and runs often enough that an expired
+        // reservation is charged within a tenth of its time (at most 30 s).
+        let expiry_task = tokio::spawn(every(
+            Duration::from_secs((settings.reservation_ttl_secs / 10).clamp(1, 30)),
+            background_stopped.clone(),
+            {
+                let state = state.clone();
+                move || {
+                    let state = state.clone();
+                    async move {
+                        let usage = state.verifier.usage();
+                        if let Err(error) =
+                            crate::services::api_keys::expire_due_reservations(&state.db, usage)
+                                .await
+                        {
+                            tracing::warn!(
+                                error = format!("{error:#}"),
+                                "could not expire credit reservations; will retry"
+                            );
+                        }
+                    }
+                }
+            },
+        ));
         let days = |days: u64| chrono::TimeDelta::days(i64::try_from(days).unwrap_or(i64::MAX));
         let retention = db::retention::Retention {
             audit_events: days(settings.audit_retention_days),
@@ -529,6 +555,7 @@ impl Application {
         let _ = stop_background.send(true);
         let _ = health_task.await;
         let _ = flush_task.await;
+        let _ = expiry_task.await;
         let _ = usage_task.await;
         let _ = purge_task.await;
         let _ = listen_task.await;

@@ -148,6 +148,10 @@ enum Rpc {
     VerifyApiKeyMalformed,
     VerifyApiKeyRateLimited,
     VerifyApiKeyCredits,
+    /// One request is a pair: VerifyApiKey with `reserve` (cost 50) on one
+    /// of 1,000 keys with credits at random, then SettleReservation at a
+    /// real cost from 0 to 100.
+    ReserveAndSettle,
     /// A key with ten allowed networks and ten permissions, the caller in
     /// the last network and needing the last permission (every entry read).
     VerifyApiKeyRestricted,
@@ -167,6 +171,7 @@ impl Rpc {
             Rpc::VerifyApiKeyMalformed => "verify-api-key-malformed",
             Rpc::VerifyApiKeyRateLimited => "verify-api-key-rate-limited",
             Rpc::VerifyApiKeyCredits => "verify-api-key-credits",
+            Rpc::ReserveAndSettle => "reserve-and-settle",
             Rpc::VerifyApiKeyRestricted => "verify-api-key-restricted",
             Rpc::ExtAuthzCheck => "ext-authz-check",
             Rpc::CreateChatbot => "create-chatbot",
@@ -414,6 +419,30 @@ impl Caller {
                     }
                     _ => Ok(None),
                 }
+            }
+            Rpc::ReserveAndSettle => {
+                let draw = splitmix64(((self.id as u64) << 32) | self.sent);
+                let key = fixture.api_keys[(draw % fixture.api_keys.len() as u64) as usize].clone();
+                let answer = self
+                    .api_keys
+                    .verify_api_key(proto::VerifyApiKeyRequest {
+                        key,
+                        cost: 50,
+                        reserve: true,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                if !answer.valid {
+                    return Ok(Some(answer.reason));
+                }
+                self.api_keys
+                    .settle_reservation(proto::SettleReservationRequest {
+                        reservation_id: answer.reservation_id,
+                        actual_cost: ((draw >> 32) % 101) as i64,
+                    })
+                    .await
+                    .map(|_| Some(answer.reason))
             }
             Rpc::VerifyApiKeyValid
             | Rpc::VerifyApiKeyInvalid
@@ -719,7 +748,7 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
                 .context("CreateApiKey (restricted)")?;
             api_keys.push(created.into_inner().key);
         }
-        Rpc::VerifyApiKeyCredits => {
+        Rpc::VerifyApiKeyCredits | Rpc::ReserveAndSettle => {
             let credits = proto::Credits {
                 remaining: 1_000_000_000_000,
                 ..Default::default()

@@ -78,6 +78,9 @@ pub const PUBLIC_METHODS: &[RpcMethod] = &[
     RpcMethod::new(AuthServiceServer::<()>::NAME, "RefreshToken"),
     RpcMethod::new(UserServiceServer::<()>::NAME, "CreateUser"),
     RpcMethod::new(ApiKeyServiceServer::<()>::NAME, "VerifyApiKey"),
+    // The reservation id is the credential.
+    RpcMethod::new(ApiKeyServiceServer::<()>::NAME, "SettleReservation"),
+    RpcMethod::new(ApiKeyServiceServer::<()>::NAME, "ReleaseReservation"),
     EXTERNAL_AUTHORIZATION_CHECK,
 ];
 

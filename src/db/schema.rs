@@ -15,7 +15,7 @@ diesel::table! {
         rate_limit_calls -> Nullable<Int8>,
         /// The rate limit's window in milliseconds.
         rate_limit_window_ms -> Nullable<Int8>,
-        /// Balance of credits as of the last refill and spend; NULL: unlimited. Never below zero.
+        /// Balance of credits as of the last refill, spend and settlement; NULL: unlimited. Below zero only by settlements above their reservations.
         credits_remaining -> Nullable<Int8>,
         /// The balance after each refill; NULL: no refill.
         credits_refill_amount -> Nullable<Int8>,
@@ -93,6 +93,43 @@ diesel::table! {
         address_not_allowed -> Int8,
         /// Answers INSUFFICIENT_PERMISSIONS.
         insufficient_permissions -> Int8,
+        /// Credits VALID answers with reserve held.
+        credits_reserved -> Int8,
+        /// Credits reservations were settled at (their real cost).
+        credits_settled -> Int8,
+        /// Credits given back by settlements below their reservation and by releases.
+        credits_refunded -> Int8,
+        /// Credits of reservations charged at their reserved amount because they expired.
+        credits_expired -> Int8,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
+    /// Credits held by VerifyApiKey with reserve until settled, released or expired.
+    credit_reservations (token_hash) {
+        /// SHA-256 digest of the reservation id; the id itself is never stored.
+        token_hash -> Bytea,
+        /// The key whose balance holds it (its replacement after a rotation); deleting the key deletes it.
+        api_key_id -> Int8,
+        /// The key's chatbot, for usage history.
+        chatbot_id -> DbUuid,
+        /// Credits held.
+        reserved -> Int8,
+        /// Whether the credits were taken from the key's balance (false: a key without credits, metered only).
+        from_balance -> Bool,
+        /// open, settled, released or expired.
+        state -> Text,
+        /// What it finally cost: the settled cost, 0 when released, the reserved amount when expired; NULL while open.
+        charged -> Nullable<Int8>,
+        /// When VerifyApiKey reserved it.
+        created_at -> DbTimestamp,
+        /// After this it is charged at the reserved amount and can no longer be settled.
+        expires_at -> DbTimestamp,
+        /// When it was settled, released or expired.
+        finished_at -> Nullable<DbTimestamp>,
     }
 }
 
@@ -347,6 +384,7 @@ diesel::table! {
 diesel::joinable!(api_key_limits -> api_keys (api_key_id));
 diesel::joinable!(api_key_usage -> chatbots (chatbot_id));
 diesel::joinable!(api_keys -> chatbots (chatbot_id));
+diesel::joinable!(credit_reservations -> api_keys (api_key_id));
 diesel::joinable!(chatbots -> organizations (organization_id));
 diesel::joinable!(chatbots -> users (owner_id));
 diesel::joinable!(organization_invitations -> organizations (organization_id));
@@ -362,6 +400,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     audit_events,
     chatbots,
+    credit_reservations,
     login_attempts,
     organization_invitations,
     organization_members,

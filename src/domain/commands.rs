@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use super::{
     AllowedNetworks, ApiKeyId, ApiKeySecret, AuditChange, ChatbotId, ChatbotName, CreditsSetting,
     DisplayText, Email, FieldViolation, KeyGrants, KeyRateLimit, LlmEndpoint, Metadata, OrgRole,
-    OrganizationId, OrganizationName, PageRequest, Password, Permission, Refill, Role, UsageRange,
-    UserId,
+    OrganizationId, OrganizationName, PageRequest, Password, Permission, Refill, ReservationToken,
+    Role, UsageRange, UserId,
 };
 
 /// CreateUser: sign-up, or an admin creating a user.
@@ -170,6 +170,23 @@ pub struct VerifyApiKey {
     pub client_address: Option<std::net::IpAddr>,
     /// What the call needs the key to grant.
     pub required_permissions: Vec<Permission>,
+    /// Hold `cost` as a reservation, settled later, instead of spending it.
+    pub reserve: bool,
+}
+
+/// SettleReservation. A malformed id is answered like an unknown one
+/// (NOT_FOUND), so it is kept as `None`.
+#[derive(Debug)]
+pub struct SettleReservation {
+    pub reservation: Option<ReservationToken>,
+    /// What the call really cost.
+    pub actual_cost: i64,
+}
+
+/// ReleaseReservation; a malformed id is `None`, as in [`SettleReservation`].
+#[derive(Debug)]
+pub struct ReleaseReservation {
+    pub reservation: Option<ReservationToken>,
 }
 
 /// Login.

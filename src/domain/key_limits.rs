@@ -189,6 +189,18 @@ pub fn parse_cost(field: &str, cost: i64) -> Result<i64, FieldViolation> {
     }
 }
 
+/// A settlement's real cost: 0 (the call cost nothing) up to
+/// [`MAX_COST`].
+pub fn parse_actual_cost(field: &str, cost: i64) -> Result<i64, FieldViolation> {
+    match cost {
+        0..=MAX_COST => Ok(cost),
+        _ => Err(FieldViolation::new(
+            field,
+            format!("must be from 0 to {MAX_COST}"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

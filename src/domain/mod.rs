@@ -32,8 +32,9 @@ pub use audit::{
 pub use chatbot::{ChatbotName, LlmEndpoint};
 pub use commands::{
     ApiKeyFilter, CreateApiKey, CreateChatbot, CreateInvitation, CreateUser, CreditsChange,
-    GetUsage, ListApiKeys, ListChatbots, ListOf, Login, MemberRef, RotateApiKey, UpdateApiKey,
-    UpdateChatbot, UpdateMember, UpdateOrganization, UpdateUser, VerifyApiKey,
+    GetUsage, ListApiKeys, ListChatbots, ListOf, Login, MemberRef, ReleaseReservation,
+    RotateApiKey, SettleReservation, UpdateApiKey, UpdateChatbot, UpdateMember, UpdateOrganization,
+    UpdateUser, VerifyApiKey,
 };
 pub use display_text::DisplayText;
 pub use email::Email;
@@ -43,7 +44,8 @@ pub use ids::{
     UserId,
 };
 pub use key_limits::{
-    parse_balance, parse_cost, CreditsSetting, CreditsState, KeyRateLimit, Refill, MAX_COST,
+    parse_actual_cost, parse_balance, parse_cost, CreditsSetting, CreditsState, KeyRateLimit,
+    Refill, MAX_COST,
 };
 pub use key_restrictions::{
     missing_permissions, parse_client_address, parse_external_id, parse_permissions,
@@ -54,11 +56,13 @@ pub use paging::{Page, PageCursor, PageRequest};
 pub use password::Password;
 pub use role::Role;
 pub use secret_token::{
-    digest as token_digest, InvitationToken, SecretToken, ServiceAccountToken, TokenKind,
+    digest as token_digest, InvitationToken, ReservationToken, SecretToken, ServiceAccountToken,
+    TokenKind,
 };
 pub use time_range::{
     parse_duration_parts, parse_timestamp_parts, MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS,
 };
 pub use usage::{
-    hour_of, UsageCounter, UsageCounts, UsageEvent, UsageRange, MAX_USAGE_RANGE_HOURS,
+    hour_of, ReservationEvent, UsageCounter, UsageCounts, UsageEvent, UsageRange,
+    MAX_USAGE_RANGE_HOURS,
 };

@@ -1,5 +1,5 @@
 //! Bearer secrets other than API keys and access tokens: an invitation's
-//! token and a service account's. Each is a fixed prefix (so secret
+//! token, a service account's and a credit reservation's id. Each is a fixed prefix (so secret
 //! scanners find leaked ones) and 43 base62 characters from the OS CSPRNG
 //! (256 bits). Only the SHA-256 digest is stored; `Debug` redacts.
 
@@ -41,7 +41,17 @@ impl TokenKind for ServiceAccount {
     const NAME: &'static str = "a service account token";
 }
 
+/// A credit reservation's id: whoever holds it may settle or release it.
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation;
+
+impl TokenKind for Reservation {
+    const PREFIX: &'static str = "cbr_";
+    const NAME: &'static str = "a reservation id";
+}
+
 pub type InvitationToken = SecretToken<Invitation>;
+pub type ReservationToken = SecretToken<Reservation>;
 pub type ServiceAccountToken = SecretToken<ServiceAccount>;
 
 /// A plaintext secret of kind `K`, shown once in the response that creates
@@ -70,6 +80,15 @@ impl<K: TokenKind> SecretToken<K> {
     pub fn is_well_formed(presented: &str) -> bool {
         presented.strip_prefix(K::PREFIX).is_some_and(|body| {
             body.len() == BODY_LEN && body.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+    }
+
+    /// A well-formed token, or `None` for anything else (where a malformed
+    /// token is answered like an unknown one).
+    pub fn parse_lenient(presented: &str) -> Option<Self> {
+        Self::is_well_formed(presented).then(|| Self {
+            text: presented.to_owned(),
+            kind: PhantomData,
         })
     }
 

@@ -19,13 +19,29 @@ const DEFAULT_USAGE_RANGE_HOURS: i64 = 24;
 /// What one VerifyApiKey answer for a known key counts as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UsageEvent {
-    Valid { credits_spent: i64 },
+    /// A VALID answer, with what it spent or (with reserve) held.
+    Valid {
+        credits_spent: i64,
+        credits_reserved: i64,
+    },
     Revoked,
     Expired,
     RateLimited,
     UsageExceeded,
     AddressNotAllowed,
     InsufficientPermissions,
+}
+
+/// What happened to a reservation after its VALID answer: amounts only, no
+/// answer is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationEvent {
+    /// Settled at `charged`, giving `refunded` back to the balance.
+    Settled { charged: i64, refunded: i64 },
+    /// Released: `refunded` given back.
+    Released { refunded: i64 },
+    /// Expired unsettled: charged at the reserved amount.
+    Expired { charged: i64 },
 }
 
 /// One counter of usage history. The list of counters is written here
@@ -44,11 +60,15 @@ pub enum UsageCounter {
     CreditsSpent,
     AddressNotAllowed,
     InsufficientPermissions,
+    CreditsReserved,
+    CreditsSettled,
+    CreditsRefunded,
+    CreditsExpired,
 }
 
 impl UsageCounter {
     /// Every counter, in declaration order: `ALL[c as usize] == c`.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 12] = [
         Self::Valid,
         Self::Revoked,
         Self::Expired,
@@ -57,6 +77,10 @@ impl UsageCounter {
         Self::CreditsSpent,
         Self::AddressNotAllowed,
         Self::InsufficientPermissions,
+        Self::CreditsReserved,
+        Self::CreditsSettled,
+        Self::CreditsRefunded,
+        Self::CreditsExpired,
     ];
 }
 
@@ -93,8 +117,12 @@ impl UsageCounts {
     /// Counts one answer.
     pub fn count(&mut self, event: UsageEvent) {
         let counter = match event {
-            UsageEvent::Valid { credits_spent } => {
+            UsageEvent::Valid {
+                credits_spent,
+                credits_reserved,
+            } => {
                 self.add_to(UsageCounter::CreditsSpent, credits_spent);
+                self.add_to(UsageCounter::CreditsReserved, credits_reserved);
                 UsageCounter::Valid
             }
             UsageEvent::Revoked => UsageCounter::Revoked,
@@ -105,6 +133,22 @@ impl UsageCounts {
             UsageEvent::InsufficientPermissions => UsageCounter::InsufficientPermissions,
         };
         self.add_to(counter, 1);
+    }
+
+    /// Adds what became of a reservation.
+    pub fn count_reservation(&mut self, event: ReservationEvent) {
+        match event {
+            ReservationEvent::Settled { charged, refunded } => {
+                self.add_to(UsageCounter::CreditsSettled, charged);
+                self.add_to(UsageCounter::CreditsRefunded, refunded);
+            }
+            ReservationEvent::Released { refunded } => {
+                self.add_to(UsageCounter::CreditsRefunded, refunded)
+            }
+            ReservationEvent::Expired { charged } => {
+                self.add_to(UsageCounter::CreditsExpired, charged)
+            }
+        }
     }
 
     /// Adds `other`'s counts to these.
@@ -211,8 +255,20 @@ mod tests {
     #[test]
     fn counts_add_up_by_kind() {
         let mut counts = UsageCounts::default();
-        counts.count(UsageEvent::Valid { credits_spent: 5 });
-        counts.count(UsageEvent::Valid { credits_spent: 0 });
+        counts.count(UsageEvent::Valid {
+            credits_spent: 5,
+            credits_reserved: 0,
+        });
+        counts.count(UsageEvent::Valid {
+            credits_spent: 0,
+            credits_reserved: 3,
+        });
+        counts.count_reservation(ReservationEvent::Settled {
+            charged: 2,
+            refunded: 1,
+        });
+        counts.count_reservation(ReservationEvent::Released { refunded: 4 });
+        counts.count_reservation(ReservationEvent::Expired { charged: 6 });
         counts.count(UsageEvent::RateLimited);
         counts.count(UsageEvent::Revoked);
         counts.count(UsageEvent::Expired);
@@ -225,6 +281,10 @@ mod tests {
         let expected = UsageCounts::from_fn(|counter| match counter {
             UsageCounter::Valid => 4,
             UsageCounter::CreditsSpent => 10,
+            UsageCounter::CreditsReserved => 6,
+            UsageCounter::CreditsSettled => 4,
+            UsageCounter::CreditsRefunded => 10,
+            UsageCounter::CreditsExpired => 12,
             _ => 2,
         });
         assert_eq!(total, expected);
@@ -245,7 +305,10 @@ mod tests {
     #[test]
     fn counts_saturate_instead_of_wrapping() {
         let mut counts = UsageCounts::from_fn(|_| i64::MAX - 1);
-        counts.count(UsageEvent::Valid { credits_spent: 5 });
+        counts.count(UsageEvent::Valid {
+            credits_spent: 5,
+            credits_reserved: 5,
+        });
         counts.add(&UsageCounts::from_fn(|_| 7));
         assert_eq!(counts, UsageCounts::from_fn(|_| i64::MAX));
     }
@@ -257,7 +320,8 @@ mod tests {
         assert_eq!(
             format!("{counts:?}"),
             "{Valid: 0, Revoked: 0, Expired: 1, RateLimited: 0, UsageExceeded: 0, CreditsSpent: 0, \
-             AddressNotAllowed: 0, InsufficientPermissions: 0}"
+             AddressNotAllowed: 0, InsufficientPermissions: 0, CreditsReserved: 0, CreditsSettled: 0, \
+             CreditsRefunded: 0, CreditsExpired: 0}"
         );
     }
 }

@@ -24,6 +24,11 @@
 //! of a batch is settled in a transaction that locks its rows in id order,
 //! which is also the only path on SQLite (one writer at a time there).
 //!
+//! A reservation (VerifyApiKey with `reserve`) is a spend that also
+//! records what it held: it is settled on the locked path, with the
+//! reservation inserted in the same transaction as the balance it came
+//! from, so an answered reservation is never lost and never held twice.
+//!
 //! At low load a spend goes out alone, at once. A batch is bounded in time
 //! like a direct query; on timeout or a database error its callers get the
 //! error (UNAVAILABLE when the store is unreachable), and nothing was spent
@@ -38,9 +43,9 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tracing::Instrument;
 
 use super::batch_queue::{fail_all, within, BatchQueue, BatchSettings, Pending};
-use crate::db::models::{Balance, KeyLimits};
+use crate::db::models::{Balance, KeyLimits, NewReservation, Reservation};
 use crate::db::{Database, DbConnection};
-use crate::domain::ApiKeyId;
+use crate::domain::{ApiKeyId, ChatbotId};
 use crate::error::{AppError, AppResult};
 
 /// Spends per batch at most.
@@ -69,9 +74,44 @@ pub enum SpendOutcome {
     KeyGone,
 }
 
+/// What a reservation records besides its spend.
+#[derive(Debug, Clone, Copy)]
+pub struct Hold {
+    /// SHA-256 of the reservation's id.
+    pub token_hash: [u8; 32],
+    pub chatbot_id: ChatbotId,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One spend asked for: `cost` from key `id`, held as a reservation if
+/// `hold` says so.
+#[derive(Debug, Clone, Copy)]
+struct Spend {
+    id: ApiKeyId,
+    cost: i64,
+    hold: Option<Hold>,
+}
+
+impl Spend {
+    fn reservation(&self, from_balance: bool) -> Option<NewReservation> {
+        self.hold.map(|hold| {
+            NewReservation::new(
+                hold.token_hash,
+                self.id,
+                hold.chatbot_id,
+                self.cost,
+                from_balance,
+                hold.created_at,
+                hold.expires_at,
+            )
+        })
+    }
+}
+
 /// The handle VerifyApiKey spends through.
 pub struct CreditSpends {
-    queue: BatchQueue<(ApiKeyId, i64), SpendOutcome>,
+    queue: BatchQueue<Spend, SpendOutcome>,
 }
 
 impl CreditSpends {
@@ -95,8 +135,27 @@ impl CreditSpends {
         // The batch's own queries run in no RPC's trace; this span shows
         // the caller's wait for them.
         self.queue
-            .enqueue((id, cost))?
+            .enqueue(Spend {
+                id,
+                cost,
+                hold: None,
+            })?
             .instrument(tracing::debug_span!("db.credit_spend"))
+            .await
+    }
+
+    /// Takes `cost` from key `id`'s balance, if it covers it, and records
+    /// it as the reservation `hold` in the same transaction. A key whose
+    /// credits were removed meanwhile (`Unlimited`) gets its reservation
+    /// too, holding nothing.
+    pub async fn reserve(&self, id: ApiKeyId, cost: i64, hold: Hold) -> AppResult<SpendOutcome> {
+        self.queue
+            .enqueue(Spend {
+                id,
+                cost,
+                hold: Some(hold),
+            })?
+            .instrument(tracing::debug_span!("db.credit_reserve"))
             .await
     }
 }
@@ -110,8 +169,8 @@ struct Settler {
 
 impl Settler {
     /// Settles one batch and answers each spend, or each the same error.
-    async fn settle_batch(self: Arc<Self>, spends: Vec<Pending<(ApiKeyId, i64), SpendOutcome>>) {
-        let asked: Vec<(ApiKeyId, i64)> = spends.iter().map(|spend| spend.item).collect();
+    async fn settle_batch(self: Arc<Self>, spends: Vec<Pending<Spend, SpendOutcome>>) {
+        let asked: Vec<Spend> = spends.iter().map(|spend| spend.item).collect();
         match self.run(asked).await {
             Ok(outcomes) => {
                 for (spend, outcome) in spends.into_iter().zip(outcomes) {
@@ -124,19 +183,24 @@ impl Settler {
 
     /// The batch's work, in a task of its own so that on timeout it is left
     /// to finish (and commit or roll back) rather than dropped half-way.
-    async fn run(self: Arc<Self>, spends: Vec<(ApiKeyId, i64)>) -> AppResult<Vec<SpendOutcome>> {
+    async fn run(self: Arc<Self>, spends: Vec<Spend>) -> AppResult<Vec<SpendOutcome>> {
         let batch_timeout = self.batch_timeout;
         let work = tokio::spawn(async move {
             let mut conn = self.db.conn().await?;
             let mut outcomes = vec![None; spends.len()];
-            let open = if matches!(conn, DbConnection::Postgres(_)) {
-                self.settle_optimistically(&mut conn, &spends, &mut outcomes)
+            // Reservations take the locked path, which inserts them in
+            // the transaction that writes their balances.
+            let (held, plain): (Vec<usize>, Vec<usize>) =
+                (0..spends.len()).partition(|&i| spends[i].hold.is_some());
+            let mut open = if matches!(conn, DbConnection::Postgres(_)) {
+                self.settle_optimistically(&mut conn, &spends, plain, &mut outcomes)
                     .await?
             } else {
-                (0..spends.len()).collect()
+                plain
             };
+            open.extend(held);
             if !open.is_empty() {
-                let open_spends: Vec<(ApiKeyId, i64)> = open.iter().map(|&i| spends[i]).collect();
+                let open_spends: Vec<Spend> = open.iter().map(|&i| spends[i]).collect();
                 let settled = self.settle_locked(&mut conn, open_spends).await?;
                 for (i, outcome) in open.into_iter().zip(settled) {
                     outcomes[i] = Some(outcome);
@@ -152,15 +216,18 @@ impl Settler {
     async fn settle_optimistically(
         &self,
         conn: &mut DbConnection,
-        spends: &[(ApiKeyId, i64)],
+        spends: &[Spend],
+        mut open: Vec<usize>,
         outcomes: &mut [Option<SpendOutcome>],
     ) -> AppResult<Vec<usize>> {
-        let mut open: Vec<usize> = (0..spends.len()).collect();
         for round in 0..OPTIMISTIC_ROUNDS {
             if open.is_empty() {
                 break;
             }
-            let asked: Vec<(ApiKeyId, i64)> = open.iter().map(|&i| spends[i]).collect();
+            let asked: Vec<(ApiKeyId, i64)> = open
+                .iter()
+                .map(|&i| (spends[i].id, spends[i].cost))
+                .collect();
             let mut ids: Vec<ApiKeyId> = asked.iter().map(|(id, _)| *id).collect();
             ids.sort_unstable();
             ids.dedup();
@@ -197,7 +264,7 @@ impl Settler {
             let conflicted = self.remember_written(&balances, &written);
             let mut still_open = Vec::new();
             for (&i, outcome) in open.iter().zip(settled) {
-                let id = spends[i].0;
+                let id = spends[i].id;
                 let decided = match outcome {
                     SpendOutcome::Spent(_) => true,
                     _ => read_now.contains(&id),
@@ -217,22 +284,33 @@ impl Settler {
     async fn settle_locked(
         &self,
         conn: &mut DbConnection,
-        spends: Vec<(ApiKeyId, i64)>,
+        spends: Vec<Spend>,
     ) -> AppResult<Vec<SpendOutcome>> {
-        let mut ids: Vec<ApiKeyId> = spends.iter().map(|(id, _)| *id).collect();
+        let mut ids: Vec<ApiKeyId> = spends.iter().map(|spend| spend.id).collect();
         ids.sort_unstable();
         ids.dedup();
+        let asked: Vec<(ApiKeyId, i64)> = spends.iter().map(|s| (s.id, s.cost)).collect();
         let (outcomes, balances) = conn
             .transaction(|conn| {
                 async move {
                     let rows = KeyLimits::lock_many(conn, &ids).await?;
-                    let (outcomes, balances) = settle(&rows, &spends, Utc::now());
+                    let (outcomes, balances) = settle(&rows, &asked, Utc::now());
                     let written = KeyLimits::write_balances(conn, &balances).await?;
                     if written.len() != balances.len() {
                         return Err(AppError::internal(anyhow::anyhow!(
                             "a locked credit row changed under its lock"
                         )));
                     }
+                    let reservations: Vec<NewReservation> = spends
+                        .iter()
+                        .zip(&outcomes)
+                        .filter_map(|(spend, outcome)| match outcome {
+                            SpendOutcome::Spent(_) => spend.reservation(true),
+                            SpendOutcome::Unlimited => spend.reservation(false),
+                            SpendOutcome::Short { .. } | SpendOutcome::KeyGone => None,
+                        })
+                        .collect();
+                    Reservation::insert_many(conn, &reservations).await?;
                     Ok::<_, AppError>((outcomes, balances))
                 }
                 .scope_boxed()

@@ -13,7 +13,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 
 use crate::db::models::{KeyUsage, UsageRow};
 use crate::db::Database;
-use crate::domain::{hour_of, ApiKeyId, ChatbotId, UsageCounts, UsageEvent};
+use crate::domain::{hour_of, ApiKeyId, ChatbotId, ReservationEvent, UsageCounts, UsageEvent};
 
 /// Counts by key and hour, each with the key's chatbot.
 type Pending = HashMap<(ApiKeyId, DateTime<Utc>), (ChatbotId, UsageCounts)>;
@@ -33,6 +33,22 @@ impl UsageRecorder {
             .or_insert_with(|| (chatbot, UsageCounts::default()))
             .1
             .count(event);
+    }
+
+    /// Counts what became of a reservation of key `id`, at `at`.
+    pub fn record_reservation(
+        &self,
+        id: ApiKeyId,
+        chatbot: ChatbotId,
+        at: DateTime<Utc>,
+        event: ReservationEvent,
+    ) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending
+            .entry((id, hour_of(at)))
+            .or_insert_with(|| (chatbot, UsageCounts::default()))
+            .1
+            .count_reservation(event);
     }
 
     /// Adds everything counted so far to the store; on failure the counts

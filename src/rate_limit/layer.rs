@@ -26,6 +26,9 @@ use crate::proto::api_key_service_server::ApiKeyServiceServer;
 /// many clients' keys from one address.
 const PER_KEY_LIMITED: &[RpcMethod] = &[
     RpcMethod::new(ApiKeyServiceServer::<()>::NAME, "VerifyApiKey"),
+    // One per verified call, like VerifyApiKey, from the same gateways.
+    RpcMethod::new(ApiKeyServiceServer::<()>::NAME, "SettleReservation"),
+    RpcMethod::new(ApiKeyServiceServer::<()>::NAME, "ReleaseReservation"),
     EXTERNAL_AUTHORIZATION_CHECK,
 ];
 

@@ -285,6 +285,10 @@ impl From<UsageCounts> for proto::UsageCounts {
                 UsageCounter::CreditsSpent => &mut message.credits_spent,
                 UsageCounter::AddressNotAllowed => &mut message.address_not_allowed,
                 UsageCounter::InsufficientPermissions => &mut message.insufficient_permissions,
+                UsageCounter::CreditsReserved => &mut message.credits_reserved,
+                UsageCounter::CreditsSettled => &mut message.credits_settled,
+                UsageCounter::CreditsRefunded => &mut message.credits_refunded,
+                UsageCounter::CreditsExpired => &mut message.credits_expired,
             };
             *field = value;
         }

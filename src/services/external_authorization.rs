@@ -160,6 +160,7 @@ impl CheckKey {
                 cost,
                 client_address,
                 required_permissions,
+                reserve: false,
             },
             presented: presented.is_some(),
             key_headers,
@@ -251,9 +252,11 @@ pub async fn check(state: &AppState, _: &Origin, cmd: CheckKey) -> AppResult<Dec
         Err(error) => return Err(error),
     };
     let (record, rejection) = match verification {
+        // Check never asks for a reservation (yet): none to pass on.
         Verification::Valid {
             record,
             credits_remaining,
+            reservation: _,
         } => {
             return Ok(Decision::Allow {
                 record,

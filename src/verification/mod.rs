@@ -28,7 +28,11 @@
 //! 7. **Credits**, for a key that has them: `cost` is spent through the
 //!    batched compare-and-set of [`crate::hot_path::credit_spends`]; a
 //!    balance short of `cost` is `UsageExceeded` and spends nothing. Never
-//!    below zero, on any number of replicas.
+//!    below zero, on any number of replicas. With `reserve`, `cost` is held
+//!    instead: taken from the balance and recorded as a reservation in one
+//!    transaction (a key without credits records one that holds nothing),
+//!    later settled, released or expired (`services::api_keys`'s
+//!    reservations).
 //! 8. **Valid.** The last-used time and the answer's usage count are
 //!    recorded in memory and written in batches, never per call.
 //!
@@ -41,16 +45,16 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-pub use outcome::{Rejection, Verification};
+pub use outcome::{IssuedReservation, Rejection, Verification};
 
-use crate::db::models::{ApiKey, VerificationRecord};
+use crate::db::models::{ApiKey, NewReservation, Reservation, VerificationRecord};
 use crate::db::Database;
-use crate::domain::{missing_permissions, ApiKeyDigest, VerifyApiKey};
+use crate::domain::{missing_permissions, ApiKeyDigest, ReservationToken, VerifyApiKey};
 use crate::error::{AppError, AppResult};
 use crate::hot_path::api_key_cache::Lookup;
 use crate::hot_path::known_keys::Presence;
 use crate::hot_path::{
-    ApiKeyCache, CreditSpends, KnownKeys, LastUsedRecorder, SpendOutcome, UsageRecorder,
+    ApiKeyCache, CreditSpends, Hold, KnownKeys, LastUsedRecorder, SpendOutcome, UsageRecorder,
 };
 use crate::rate_limit::{RateKey, RateLimits};
 
@@ -61,6 +65,8 @@ pub struct KeyVerifier {
     known_keys: Arc<KnownKeys>,
     rate_limits: RateLimits,
     credit_spends: CreditSpends,
+    /// How long a reservation holds before it is charged as reserved.
+    reservation_ttl: TimeDelta,
     last_used: LastUsedRecorder,
     usage: UsageRecorder,
 }
@@ -73,6 +79,7 @@ impl KeyVerifier {
         known_keys: Arc<KnownKeys>,
         rate_limits: RateLimits,
         credit_spends: CreditSpends,
+        reservation_ttl: TimeDelta,
     ) -> Self {
         Self {
             db,
@@ -80,6 +87,7 @@ impl KeyVerifier {
             known_keys,
             rate_limits,
             credit_spends,
+            reservation_ttl,
             last_used: LastUsedRecorder::default(),
             usage: UsageRecorder::default(),
         }
@@ -176,8 +184,31 @@ impl KeyVerifier {
                 ));
             }
         }
+        let reservation = cmd.reserve.then(|| {
+            let id = ReservationToken::generate();
+            let hold = Hold {
+                token_hash: id.digest(),
+                chatbot_id: record.chatbot_id,
+                created_at: now,
+                expires_at: now + self.reservation_ttl,
+            };
+            let issued = IssuedReservation {
+                id,
+                reserved: cost,
+                expires_at: hold.expires_at,
+            };
+            (issued, hold)
+        });
+        let (reservation, hold) = match reservation {
+            Some((issued, hold)) => (Some(issued), Some(hold)),
+            None => (None, None),
+        };
         let credits_remaining = if record.has_credits() {
-            match self.credit_spends.spend(record.id, cost).await? {
+            let outcome = match hold {
+                Some(hold) => self.credit_spends.reserve(record.id, cost, hold).await?,
+                None => self.credit_spends.spend(record.id, cost).await?,
+            };
+            match outcome {
                 SpendOutcome::Spent(remaining) => Some(remaining),
                 SpendOutcome::Unlimited => None,
                 SpendOutcome::KeyGone => return Ok(Verification::Invalid(Rejection::NotFound)),
@@ -195,13 +226,48 @@ impl KeyVerifier {
                 }
             }
         } else {
+            if let Some(hold) = hold {
+                if !self.reserve_without_balance(&record, cost, hold).await? {
+                    return Ok(Verification::Invalid(Rejection::NotFound));
+                }
+            }
             None
         };
         self.last_used.record(record.id, now);
         Ok(Verification::Valid {
             record,
             credits_remaining,
+            reservation,
         })
+    }
+
+    /// Records a reservation of a key without credits: it holds nothing,
+    /// but is settled and metered like any other. False when the key is
+    /// gone (deleted since it was looked up).
+    async fn reserve_without_balance(
+        &self,
+        record: &VerificationRecord,
+        cost: i64,
+        hold: Hold,
+    ) -> AppResult<bool> {
+        let reservation = NewReservation::new(
+            hold.token_hash,
+            record.id,
+            hold.chatbot_id,
+            cost,
+            false,
+            hold.created_at,
+            hold.expires_at,
+        );
+        let mut conn = self.db.conn().await?;
+        match Reservation::insert_many(&mut conn, &[reservation]).await {
+            Ok(_) => Ok(true),
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+                _,
+            )) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::db::models::VerificationRecord;
-use crate::domain::UsageEvent;
+use crate::domain::{ReservationToken, UsageEvent};
 
 /// A verification's answer: what a valid key grants (and the balance it
 /// leaves, for a key with credits), or why it is not valid.
@@ -14,6 +14,8 @@ pub enum Verification {
     Valid {
         record: Arc<VerificationRecord>,
         credits_remaining: Option<i64>,
+        /// The reservation the call holds, when it asked for one.
+        reservation: Option<IssuedReservation>,
     },
     /// A key we hold, refused.
     Refused(Arc<VerificationRecord>, Rejection),
@@ -29,9 +31,20 @@ impl Verification {
             Self::Valid {
                 record,
                 credits_remaining,
+                reservation,
             } => {
-                let credits_spent = if credits_remaining.is_some() { cost } else { 0 };
-                Some((record, UsageEvent::Valid { credits_spent }))
+                let (credits_spent, credits_reserved) = match reservation {
+                    Some(reservation) => (0, reservation.reserved),
+                    None if credits_remaining.is_some() => (cost, 0),
+                    None => (0, 0),
+                };
+                Some((
+                    record,
+                    UsageEvent::Valid {
+                        credits_spent,
+                        credits_reserved,
+                    },
+                ))
             }
             Self::Refused(record, rejection) => {
                 let event = match rejection {
@@ -50,6 +63,16 @@ impl Verification {
             Self::Invalid(_) => None,
         }
     }
+}
+
+/// A reservation a VALID answer holds. Its id is shown in this answer only.
+#[derive(Debug)]
+pub struct IssuedReservation {
+    pub id: ReservationToken,
+    /// Credits held (nothing leaves the balance of a key without credits,
+    /// but the amount is metered all the same).
+    pub reserved: i64,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// Why a presented key is not valid.

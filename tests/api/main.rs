@@ -30,6 +30,7 @@ mod organizations;
 mod out_of_range;
 mod read_coalescing;
 mod readme;
+mod reservations;
 mod retention;
 mod schema;
 mod server;

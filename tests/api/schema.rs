@@ -218,6 +218,7 @@ fn declared_tables() -> Tables<DeclaredColumn> {
         api_keys,
         api_key_limits,
         api_key_usage,
+        credit_reservations,
         audit_events,
     ];
     // A table added to schema.rs must be added above too, or it would go

@@ -54,6 +54,10 @@ const NONE: UsageCounts = UsageCounts {
     credits_spent: 0,
     address_not_allowed: 0,
     insufficient_permissions: 0,
+    credits_reserved: 0,
+    credits_settled: 0,
+    credits_refunded: 0,
+    credits_expired: 0,
 };
 
 backend_test! {

@@ -145,6 +145,7 @@ pub mod key_limits;
 pub mod login_attempt;
 pub mod organization;
 pub mod refresh_token;
+pub mod reservation;
 pub mod service_account;
 pub mod session;
 pub mod usage;
@@ -160,6 +161,7 @@ pub use organization::{
     OrganizationChanges,
 };
 pub use refresh_token::{NewRefreshToken, RefreshToken};
+pub use reservation::{NewReservation, Reservation, ReservationState};
 pub use service_account::{NewServiceAccount, ServiceAccount, ServiceAccountCredential};
 pub use session::{LiveSession, Session};
 pub use usage::{HourlyUsage, KeyUsage, UsageRow};

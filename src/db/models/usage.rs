@@ -34,6 +34,10 @@ struct CounterColumns {
     credits_spent: i64,
     address_not_allowed: i64,
     insufficient_permissions: i64,
+    credits_reserved: i64,
+    credits_settled: i64,
+    credits_refunded: i64,
+    credits_expired: i64,
 }
 
 impl CounterColumns {
@@ -50,6 +54,10 @@ impl CounterColumns {
             UsageCounter::CreditsSpent => &mut self.credits_spent,
             UsageCounter::AddressNotAllowed => &mut self.address_not_allowed,
             UsageCounter::InsufficientPermissions => &mut self.insufficient_permissions,
+            UsageCounter::CreditsReserved => &mut self.credits_reserved,
+            UsageCounter::CreditsSettled => &mut self.credits_settled,
+            UsageCounter::CreditsRefunded => &mut self.credits_refunded,
+            UsageCounter::CreditsExpired => &mut self.credits_expired,
         }
     }
 }
@@ -190,6 +198,14 @@ impl KeyUsage {
                                     + excluded(usage::address_not_allowed)),
                             usage::insufficient_permissions.eq(usage::insufficient_permissions
                                 + excluded(usage::insufficient_permissions)),
+                            usage::credits_reserved
+                                .eq(usage::credits_reserved + excluded(usage::credits_reserved)),
+                            usage::credits_settled
+                                .eq(usage::credits_settled + excluded(usage::credits_settled)),
+                            usage::credits_refunded
+                                .eq(usage::credits_refunded + excluded(usage::credits_refunded)),
+                            usage::credits_expired
+                                .eq(usage::credits_expired + excluded(usage::credits_expired)),
                         )),
                     $conn,
                 )

@@ -8,10 +8,13 @@
 
 mod operations;
 mod requests;
+mod reservations;
 
 use std::sync::Arc;
 
 use tonic::Request;
+
+pub use reservations::expire_due_reservations;
 
 pub use operations::{
     create_api_key, delete_api_key, get_api_key, list_api_keys, revoke_api_key, rotate_api_key,
@@ -20,16 +23,20 @@ pub use operations::{
 
 use super::{convert, usage, AppState, Origin, Rpc};
 use crate::domain::{
-    ApiKeyId, CreateApiKey, GetUsage, ListApiKeys, RotateApiKey, UpdateApiKey, VerifyApiKey,
+    ApiKeyId, CreateApiKey, GetUsage, ListApiKeys, ReleaseReservation, RotateApiKey,
+    SettleReservation, UpdateApiKey, VerifyApiKey,
 };
+use crate::error::AppError;
 use crate::proto::api_key_service_server::ApiKeyService;
 use crate::proto::{self, VerifyApiKeyReason};
 use crate::proto::{
     CreateApiKeyRequest, CreateApiKeyResponse, DeleteApiKeyRequest, DeleteApiKeyResponse,
     GetApiKeyRequest, GetApiKeyResponse, GetApiKeyUsageRequest, GetApiKeyUsageResponse,
     GetChatbotUsageRequest, GetChatbotUsageResponse, ListApiKeysRequest, ListApiKeysResponse,
-    RevokeApiKeyRequest, RevokeApiKeyResponse, RotateApiKeyRequest, RotateApiKeyResponse,
-    UpdateApiKeyRequest, UpdateApiKeyResponse, VerifyApiKeyRequest, VerifyApiKeyResponse,
+    ReleaseReservationRequest, ReleaseReservationResponse, RevokeApiKeyRequest,
+    RevokeApiKeyResponse, RotateApiKeyRequest, RotateApiKeyResponse, SettleReservationRequest,
+    SettleReservationResponse, UpdateApiKeyRequest, UpdateApiKeyResponse, VerifyApiKeyRequest,
+    VerifyApiKeyResponse,
 };
 use crate::verification::{Rejection, Verification};
 
@@ -100,6 +107,26 @@ impl ApiKeyService for ApiKeys {
         self.0.serve_public(request, parse, verify).await
     }
 
+    async fn settle_reservation(
+        &self,
+        request: Request<SettleReservationRequest>,
+    ) -> Rpc<SettleReservationResponse> {
+        let parse = SettleReservation::try_from;
+        self.0
+            .serve_public(request, parse, reservations::settle_reservation)
+            .await
+    }
+
+    async fn release_reservation(
+        &self,
+        request: Request<ReleaseReservationRequest>,
+    ) -> Rpc<ReleaseReservationResponse> {
+        let parse = |message| Ok::<_, AppError>(ReleaseReservation::from(message));
+        self.0
+            .serve_public(request, parse, reservations::release_reservation)
+            .await
+    }
+
     async fn get_api_key_usage(
         &self,
         request: Request<GetApiKeyUsageRequest>,
@@ -161,6 +188,7 @@ impl From<Verification> for proto::VerifyApiKeyResponse {
             Verification::Valid {
                 record,
                 credits_remaining,
+                reservation,
             } => proto::VerifyApiKeyResponse {
                 valid: true,
                 reason: VerifyApiKeyReason::Valid.into(),
@@ -195,6 +223,12 @@ impl From<Verification> for proto::VerifyApiKeyResponse {
                 llm_endpoint_url: record.llm_endpoint_url.clone(),
                 credits_remaining,
                 reset_time: None,
+                reservation_expire_time: reservation
+                    .as_ref()
+                    .map(|reservation| convert::timestamp(reservation.expires_at)),
+                reservation_id: reservation
+                    .map(|reservation| reservation.id.expose().to_owned())
+                    .unwrap_or_default(),
             },
             Verification::Refused(_, reason) | Verification::Invalid(reason) => {
                 let missing_permissions = match &reason {

@@ -9,7 +9,8 @@ use super::super::{audit, delete_row, AppState};
 use crate::auth::ownership::{self, Placement};
 use crate::auth::Caller;
 use crate::db::models::{
-    ApiKey, Chatbot, KeyLimitChanges, KeyLimits, KeyWithLimits, NewApiKey, StoredGrants,
+    ApiKey, Chatbot, KeyLimitChanges, KeyLimits, KeyWithLimits, NewApiKey, Reservation,
+    StoredGrants,
 };
 use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation, Written};
@@ -257,6 +258,9 @@ pub async fn rotate_api_key(
                     KeyLimits::apply(conn, new_key.id, &KeyLimitChanges::copy_of(limits, now))
                         .await?;
                 }
+                // Open reservations are settled against the balance that
+                // now carries on: the replacement's.
+                Reservation::move_open(conn, id, new_key.id).await?;
                 let record = AuditRecord::new(AuditAction::ApiKeyRotate, key_target(id, placement))
                     .with_changes(vec![AuditChange::values("replacement_id", "", new_key.id)]);
                 let new_key = KeyWithLimits::load(conn, new_key).await?;

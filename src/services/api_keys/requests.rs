@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 use super::super::convert::{self, mask_paths};
 use super::super::required;
 use crate::domain::{
-    parse_balance, parse_client_address, parse_cost, parse_external_id, parse_permissions,
-    AllowedNetworks, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, CreateApiKey, CreditsChange,
-    DisplayText, KeyGrants, ListApiKeys, Metadata, PageRequest, RotateApiKey, UpdateApiKey,
+    parse_actual_cost, parse_balance, parse_client_address, parse_cost, parse_external_id,
+    parse_permissions, AllowedNetworks, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId,
+    CreateApiKey, CreditsChange, DisplayText, KeyGrants, ListApiKeys, Metadata, PageRequest,
+    ReleaseReservation, ReservationToken, RotateApiKey, SettleReservation, UpdateApiKey,
     VerifyApiKey,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
@@ -304,6 +305,27 @@ impl TryFrom<proto::VerifyApiKeyRequest> for VerifyApiKey {
             client_address,
             required_permissions,
             secret: ApiKeySecret::parse(&request.key),
+            reserve: request.reserve,
         })
+    }
+}
+
+impl TryFrom<proto::SettleReservationRequest> for SettleReservation {
+    type Error = AppError;
+
+    fn try_from(request: proto::SettleReservationRequest) -> AppResult<Self> {
+        let actual_cost = parsed((parse_actual_cost("actual_cost", request.actual_cost),))?.0;
+        Ok(Self {
+            reservation: ReservationToken::parse_lenient(&request.reservation_id),
+            actual_cost,
+        })
+    }
+}
+
+impl From<proto::ReleaseReservationRequest> for ReleaseReservation {
+    fn from(request: proto::ReleaseReservationRequest) -> Self {
+        Self {
+            reservation: ReservationToken::parse_lenient(&request.reservation_id),
+        }
     }
 }

@@ -1,0 +1,299 @@
+//! The `credit_reservations` table: credits VerifyApiKey held (with
+//! `reserve`) until the call's real cost is known. A reservation moves out
+//! of `open` once, by a statement that names `open` in its filter, so two
+//! replicas (or a settlement racing the expiry sweep) cannot both finish it.
+//! Its id is a bearer capability, kept only as its SHA-256 digest.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    BoolExpressionMethods, ExpressionMethods, Insertable, NullableExpressionMethods, QueryDsl,
+    Queryable, Selectable, SelectableHelper,
+};
+use diesel_async::RunQueryDsl;
+
+use crate::db::schema::{api_key_limits, credit_reservations};
+use crate::db::sql_types::Timestamp;
+use crate::db::{db_run, DbConnection};
+use crate::domain::{ApiKeyId, ChatbotId};
+
+/// Where a reservation stands; stored as its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationState {
+    Open,
+    Settled,
+    Released,
+    Expired,
+}
+
+impl ReservationState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Settled => "settled",
+            Self::Released => "released",
+            Self::Expired => "expired",
+        }
+    }
+
+    fn from_stored(text: &str) -> Self {
+        // The CHECK constraint admits only these four.
+        match text {
+            "settled" => Self::Settled,
+            "released" => Self::Released,
+            "expired" => Self::Expired,
+            _ => Self::Open,
+        }
+    }
+}
+
+/// A row of `credit_reservations`, without its digest.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = credit_reservations, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct Reservation {
+    pub api_key_id: ApiKeyId,
+    pub chatbot_id: ChatbotId,
+    pub reserved: i64,
+    pub from_balance: bool,
+    state: String,
+    pub charged: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A reservation to insert.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = credit_reservations)]
+pub struct NewReservation {
+    token_hash: Vec<u8>,
+    api_key_id: ApiKeyId,
+    chatbot_id: ChatbotId,
+    reserved: i64,
+    from_balance: bool,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+}
+
+impl NewReservation {
+    pub fn new(
+        token_hash: [u8; 32],
+        api_key_id: ApiKeyId,
+        chatbot_id: ChatbotId,
+        reserved: i64,
+        from_balance: bool,
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            token_hash: token_hash.to_vec(),
+            api_key_id,
+            chatbot_id,
+            reserved,
+            from_balance,
+            created_at: Timestamp(created_at),
+            expires_at: Timestamp(expires_at),
+        }
+    }
+}
+
+impl Reservation {
+    pub fn state(&self) -> ReservationState {
+        ReservationState::from_stored(&self.state)
+    }
+
+    pub async fn insert_many(
+        conn: &mut DbConnection,
+        reservations: &[NewReservation],
+    ) -> diesel::QueryResult<usize> {
+        if reservations.is_empty() {
+            return Ok(0);
+        }
+        match conn {
+            DbConnection::Postgres(conn) => {
+                diesel::insert_into(credit_reservations::table)
+                    .values(reservations)
+                    .execute(&mut **conn)
+                    .await
+            }
+            // SQLite takes one row per statement here (the caller's
+            // transaction still makes them one write).
+            DbConnection::Sqlite(conn) => {
+                let conn: &mut crate::db::SqliteAsyncConnection = conn;
+                let mut inserted = 0;
+                for reservation in reservations {
+                    inserted += diesel::insert_into(credit_reservations::table)
+                        .values(reservation)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(inserted)
+            }
+        }
+    }
+
+    pub async fn find(
+        conn: &mut DbConnection,
+        token_hash: &[u8; 32],
+    ) -> diesel::QueryResult<Option<Reservation>> {
+        first_row!(
+            conn,
+            credit_reservations::table
+                .find(token_hash.to_vec())
+                .select(Reservation::as_select())
+        )
+    }
+
+    /// Moves an open reservation that has not expired by `now` to `state`,
+    /// charged `charged`; none if it was not open and unexpired.
+    pub async fn finish(
+        conn: &mut DbConnection,
+        token_hash: &[u8; 32],
+        state: ReservationState,
+        charged: i64,
+        now: DateTime<Utc>,
+    ) -> diesel::QueryResult<Option<Reservation>> {
+        use diesel::OptionalExtension;
+        let open = credit_reservations::table
+            .filter(credit_reservations::token_hash.eq(token_hash.to_vec()))
+            .filter(credit_reservations::state.eq(ReservationState::Open.as_str()))
+            .filter(credit_reservations::expires_at.gt(Timestamp(now)));
+        let changes = (
+            credit_reservations::state.eq(state.as_str()),
+            credit_reservations::charged.eq(Some(charged)),
+            credit_reservations::finished_at.eq(Some(Timestamp(now))),
+        );
+        db_run!(conn => {
+            diesel::update(open)
+                .set(changes)
+                .returning(Reservation::as_returning())
+                .get_result(conn)
+                .await
+                .optional()
+        })
+    }
+
+    /// Expires up to `limit` open reservations whose time passed by `now`,
+    /// charging each its reserved amount (already out of the balance, so
+    /// nothing else changes); returns them. Rows another replica is
+    /// expiring or settling at the same moment are skipped on PostgreSQL,
+    /// and the filter on `open` keeps any row from expiring twice.
+    pub async fn expire_due(
+        conn: &mut DbConnection,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<Reservation>> {
+        let now = Timestamp(now);
+        let due = credit_reservations::table
+            .filter(credit_reservations::state.eq(ReservationState::Open.as_str()))
+            .filter(credit_reservations::expires_at.le(now))
+            .select(credit_reservations::token_hash)
+            .order(credit_reservations::expires_at)
+            .limit(limit);
+        let changes = (
+            credit_reservations::state.eq(ReservationState::Expired.as_str()),
+            credit_reservations::charged.eq(credit_reservations::reserved.nullable()),
+            credit_reservations::finished_at.eq(Some(now)),
+        );
+        let still_open = credit_reservations::state.eq(ReservationState::Open.as_str());
+        match conn {
+            DbConnection::Postgres(conn) => {
+                let hashes: Vec<Vec<u8>> = due.for_update().skip_locked().load(&mut **conn).await?;
+                if hashes.is_empty() {
+                    return Ok(Vec::new());
+                }
+                diesel::update(
+                    credit_reservations::table
+                        .filter(credit_reservations::token_hash.eq_any(hashes))
+                        .filter(still_open),
+                )
+                .set(changes)
+                .returning(Reservation::as_returning())
+                .load(&mut **conn)
+                .await
+            }
+            DbConnection::Sqlite(conn) => {
+                let conn: &mut crate::db::SqliteAsyncConnection = conn;
+                let hashes: Vec<Vec<u8>> = due.load(conn).await?;
+                if hashes.is_empty() {
+                    return Ok(Vec::new());
+                }
+                diesel::update(
+                    credit_reservations::table
+                        .filter(credit_reservations::token_hash.eq_any(hashes))
+                        .filter(still_open),
+                )
+                .set(changes)
+                .returning(Reservation::as_returning())
+                .load(conn)
+                .await
+            }
+        }
+    }
+
+    /// Hands the open reservations of key `from` to key `to` (a rotation's
+    /// replacement, which takes over the balance they came from).
+    pub async fn move_open(
+        conn: &mut DbConnection,
+        from: ApiKeyId,
+        to: ApiKeyId,
+    ) -> diesel::QueryResult<usize> {
+        update_rows!(
+            conn,
+            credit_reservations::table
+                .filter(credit_reservations::api_key_id.eq(from))
+                .filter(credit_reservations::state.eq(ReservationState::Open.as_str())),
+            credit_reservations::api_key_id.eq(to)
+        )
+    }
+
+    /// Deletes up to `limit` reservations finished before `before`; returns
+    /// how many.
+    pub async fn purge_finished(
+        conn: &mut DbConnection,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> diesel::QueryResult<usize> {
+        let finished = credit_reservations::table
+            .filter(credit_reservations::state.ne(ReservationState::Open.as_str()))
+            .filter(credit_reservations::finished_at.lt(Timestamp(before)))
+            .select(credit_reservations::token_hash)
+            .limit(limit);
+        db_run!(conn => {
+            let hashes: Vec<Vec<u8>> = finished.load(conn).await?;
+            diesel::delete(
+                credit_reservations::table.filter(credit_reservations::token_hash.eq_any(hashes)),
+            )
+            .execute(conn)
+            .await
+        })
+    }
+
+    /// Gives `refund` credits back to (or, negative, takes them from) the
+    /// balance this reservation came from; returns whether it changed.
+    /// Nothing changes when the key has no credits any more, or when a
+    /// refill has reset its balance since the reservation was made (the
+    /// refill gave the period its whole amount back; a settlement's excess
+    /// from before it is not carried into the new period either).
+    pub async fn adjust_balance(
+        &self,
+        conn: &mut DbConnection,
+        refund: i64,
+    ) -> diesel::QueryResult<bool> {
+        if !self.from_balance || refund == 0 {
+            return Ok(false);
+        }
+        let same_period = api_key_limits::credits_refilled_at
+            .is_null()
+            .or(api_key_limits::credits_refilled_at.le(Timestamp(self.created_at)));
+        let rows = api_key_limits::table
+            .filter(api_key_limits::api_key_id.eq(self.api_key_id))
+            .filter(api_key_limits::credits_remaining.is_not_null())
+            .filter(same_period);
+        let updated = update_rows!(
+            conn,
+            rows,
+            api_key_limits::credits_remaining.eq(api_key_limits::credits_remaining + refund)
+        )?;
+        Ok(updated > 0)
+    }
+}

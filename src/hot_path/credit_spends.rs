@@ -25,9 +25,13 @@
 //! which is also the only path on SQLite (one writer at a time there).
 //!
 //! A reservation (VerifyApiKey with `reserve`) is a spend that also
-//! records what it held: it is settled on the locked path, with the
-//! reservation inserted in the same transaction as the balance it came
-//! from, so an answered reservation is never lost and never held twice.
+//! records what it held, and its settlement or release a change to the
+//! balance it came from. Both take the locked path, in the same batches as
+//! the spends: the reservations finished by a batch are locked first, then
+//! the balances (in id order), and the reservations made, finished and the
+//! balances written commit together. So an answered reservation or
+//! settlement is never lost, never applied twice, and a batch of them costs
+//! one transaction rather than one each.
 //!
 //! At low load a spend goes out alone, at once. A batch is bounded in time
 //! like a direct query; on timeout or a database error its callers get the
@@ -38,12 +42,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tracing::Instrument;
 
 use super::batch_queue::{fail_all, within, BatchQueue, BatchSettings, Pending};
-use crate::db::models::{Balance, KeyLimits, NewReservation, Reservation};
+use crate::db::models::{
+    Balance, KeyLimits, NewReservation, Reservation, ReservationFinish, ReservationState,
+};
 use crate::db::{Database, DbConnection};
 use crate::domain::{ApiKeyId, ChatbotId};
 use crate::error::{AppError, AppResult};
@@ -109,9 +115,35 @@ impl Spend {
     }
 }
 
-/// The handle VerifyApiKey spends through.
+/// A reservation to finish: settled at `charged`, or released (0).
+#[derive(Debug, Clone, Copy)]
+pub struct Finish {
+    /// SHA-256 of the reservation's id.
+    pub token_hash: [u8; 32],
+    pub state: ReservationState,
+    pub charged: i64,
+}
+
+/// One change a batch makes.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Spend(Spend),
+    Finish(Finish),
+}
+
+/// What a change came to.
+#[derive(Debug, Clone)]
+enum Changed {
+    Spend(SpendOutcome),
+    /// The reservation as this batch finished it; none if it was not open
+    /// and unexpired (or another change of the batch finished it).
+    Finish(Option<Reservation>),
+}
+
+/// The handle VerifyApiKey spends through, and reservations are finished
+/// through.
 pub struct CreditSpends {
-    queue: BatchQueue<Spend, SpendOutcome>,
+    queue: BatchQueue<Change, Changed>,
 }
 
 impl CreditSpends {
@@ -134,14 +166,33 @@ impl CreditSpends {
     pub async fn spend(&self, id: ApiKeyId, cost: i64) -> AppResult<SpendOutcome> {
         // The batch's own queries run in no RPC's trace; this span shows
         // the caller's wait for them.
-        self.queue
-            .enqueue(Spend {
-                id,
-                cost,
-                hold: None,
-            })?
+        let spend = Change::Spend(Spend {
+            id,
+            cost,
+            hold: None,
+        });
+        let changed = self
+            .queue
+            .enqueue(spend)?
             .instrument(tracing::debug_span!("db.credit_spend"))
-            .await
+            .await?;
+        Ok(spend_outcome(changed))
+    }
+
+    /// Finishes an open, unexpired reservation as `finish` says, giving
+    /// back to its balance what was reserved beyond the charge (or taking
+    /// the excess): the reservation as finished, or none if it was not
+    /// open and unexpired.
+    pub async fn finish(&self, finish: Finish) -> AppResult<Option<Reservation>> {
+        let changed = self
+            .queue
+            .enqueue(Change::Finish(finish))?
+            .instrument(tracing::debug_span!("db.credit_settle"))
+            .await?;
+        Ok(match changed {
+            Changed::Finish(reservation) => reservation,
+            Changed::Spend(_) => None,
+        })
     }
 
     /// Takes `cost` from key `id`'s balance, if it covers it, and records
@@ -149,14 +200,24 @@ impl CreditSpends {
     /// credits were removed meanwhile (`Unlimited`) gets its reservation
     /// too, holding nothing.
     pub async fn reserve(&self, id: ApiKeyId, cost: i64, hold: Hold) -> AppResult<SpendOutcome> {
-        self.queue
-            .enqueue(Spend {
+        let changed = self
+            .queue
+            .enqueue(Change::Spend(Spend {
                 id,
                 cost,
                 hold: Some(hold),
-            })?
+            }))?
             .instrument(tracing::debug_span!("db.credit_reserve"))
-            .await
+            .await?;
+        Ok(spend_outcome(changed))
+    }
+}
+
+/// A spend's answer (a batch answers each change in kind).
+fn spend_outcome(changed: Changed) -> SpendOutcome {
+    match changed {
+        Changed::Spend(outcome) => outcome,
+        Changed::Finish(_) => SpendOutcome::KeyGone,
     }
 }
 
@@ -169,8 +230,8 @@ struct Settler {
 
 impl Settler {
     /// Settles one batch and answers each spend, or each the same error.
-    async fn settle_batch(self: Arc<Self>, spends: Vec<Pending<Spend, SpendOutcome>>) {
-        let asked: Vec<Spend> = spends.iter().map(|spend| spend.item).collect();
+    async fn settle_batch(self: Arc<Self>, spends: Vec<Pending<Change, Changed>>) {
+        let asked: Vec<Change> = spends.iter().map(|spend| spend.item).collect();
         match self.run(asked).await {
             Ok(outcomes) => {
                 for (spend, outcome) in spends.into_iter().zip(outcomes) {
@@ -183,30 +244,63 @@ impl Settler {
 
     /// The batch's work, in a task of its own so that on timeout it is left
     /// to finish (and commit or roll back) rather than dropped half-way.
-    async fn run(self: Arc<Self>, spends: Vec<Spend>) -> AppResult<Vec<SpendOutcome>> {
+    async fn run(self: Arc<Self>, changes: Vec<Change>) -> AppResult<Vec<Changed>> {
         let batch_timeout = self.batch_timeout;
         let work = tokio::spawn(async move {
             let mut conn = self.db.conn().await?;
-            let mut outcomes = vec![None; spends.len()];
-            // Reservations take the locked path, which inserts them in
-            // the transaction that writes their balances.
-            let (held, plain): (Vec<usize>, Vec<usize>) =
-                (0..spends.len()).partition(|&i| spends[i].hold.is_some());
+            let mut outcomes: Vec<Option<SpendOutcome>> = vec![None; changes.len()];
+            // Plain spends first try compare-and-set; reservations and
+            // finishes take the locked path, which writes them in the
+            // transaction that writes their balances.
+            let mut spends = Vec::new();
+            let mut plain = Vec::new();
+            let mut held = Vec::new();
+            let mut finishes = Vec::new();
+            for (i, change) in changes.iter().enumerate() {
+                match change {
+                    Change::Spend(spend) => {
+                        match spend.hold {
+                            Some(_) => held.push(i),
+                            None => plain.push(i),
+                        }
+                        spends.push((i, *spend));
+                    }
+                    Change::Finish(finish) => finishes.push((i, *finish)),
+                }
+            }
+            let spend_at: HashMap<usize, Spend> = spends.into_iter().collect();
             let mut open = if matches!(conn, DbConnection::Postgres(_)) {
-                self.settle_optimistically(&mut conn, &spends, plain, &mut outcomes)
+                self.settle_optimistically(&mut conn, &spend_at, plain, &mut outcomes)
                     .await?
             } else {
                 plain
             };
             open.extend(held);
-            if !open.is_empty() {
-                let open_spends: Vec<Spend> = open.iter().map(|&i| spends[i]).collect();
-                let settled = self.settle_locked(&mut conn, open_spends).await?;
+            let mut finished: Vec<Option<Reservation>> = vec![None; changes.len()];
+            if !open.is_empty() || !finishes.is_empty() {
+                let open_spends: Vec<Spend> = open.iter().map(|&i| spend_at[&i]).collect();
+                let only_finishes: Vec<Finish> = finishes.iter().map(|(_, f)| *f).collect();
+                let (settled, done) = self
+                    .settle_locked(&mut conn, open_spends, only_finishes)
+                    .await?;
                 for (i, outcome) in open.into_iter().zip(settled) {
                     outcomes[i] = Some(outcome);
                 }
+                for ((i, _), reservation) in finishes.into_iter().zip(done) {
+                    finished[i] = reservation;
+                }
             }
-            Ok::<_, AppError>(outcomes.into_iter().flatten().collect())
+            let answers = changes
+                .iter()
+                .enumerate()
+                .map(|(i, change)| match change {
+                    Change::Spend(_) => {
+                        Changed::Spend(outcomes[i].unwrap_or(SpendOutcome::KeyGone))
+                    }
+                    Change::Finish(_) => Changed::Finish(finished[i].take()),
+                })
+                .collect();
+            Ok::<_, AppError>(answers)
         });
         within(batch_timeout, "a batch of credit spends", work).await
     }
@@ -216,7 +310,7 @@ impl Settler {
     async fn settle_optimistically(
         &self,
         conn: &mut DbConnection,
-        spends: &[Spend],
+        spends: &HashMap<usize, Spend>,
         mut open: Vec<usize>,
         outcomes: &mut [Option<SpendOutcome>],
     ) -> AppResult<Vec<usize>> {
@@ -226,7 +320,7 @@ impl Settler {
             }
             let asked: Vec<(ApiKeyId, i64)> = open
                 .iter()
-                .map(|&i| (spends[i].id, spends[i].cost))
+                .map(|i| (spends[i].id, spends[i].cost))
                 .collect();
             let mut ids: Vec<ApiKeyId> = asked.iter().map(|(id, _)| *id).collect();
             ids.sort_unstable();
@@ -252,7 +346,7 @@ impl Settler {
                 self.remember(&unread, &read);
                 rows.extend(read);
             }
-            let (settled, balances) = settle(&rows, &asked, Utc::now());
+            let (settled, balances) = settle(&rows, &[], &asked, Utc::now());
             let written: HashSet<ApiKeyId> = match KeyLimits::write_balances(conn, &balances).await
             {
                 Ok(written) => written.into_iter().collect(),
@@ -264,7 +358,7 @@ impl Settler {
             let conflicted = self.remember_written(&balances, &written);
             let mut still_open = Vec::new();
             for (&i, outcome) in open.iter().zip(settled) {
-                let id = spends[i].id;
+                let id = spends[&i].id;
                 let decided = match outcome {
                     SpendOutcome::Spent(_) => true,
                     _ => read_now.contains(&id),
@@ -281,20 +375,39 @@ impl Settler {
     }
 
     /// Settles `spends` in one transaction over their locked rows.
+    /// Settles `spends` and finishes `finishes` in one transaction: the
+    /// reservations finished are locked first, then every balance touched,
+    /// in id order (the same order on every replica: no deadlock).
     async fn settle_locked(
         &self,
         conn: &mut DbConnection,
         spends: Vec<Spend>,
-    ) -> AppResult<Vec<SpendOutcome>> {
-        let mut ids: Vec<ApiKeyId> = spends.iter().map(|spend| spend.id).collect();
-        ids.sort_unstable();
-        ids.dedup();
+        finishes: Vec<Finish>,
+    ) -> AppResult<(Vec<SpendOutcome>, Vec<Option<Reservation>>)> {
         let asked: Vec<(ApiKeyId, i64)> = spends.iter().map(|s| (s.id, s.cost)).collect();
-        let (outcomes, balances) = conn
+        let (outcomes, finished, balances) = conn
             .transaction(|conn| {
                 async move {
+                    // As the store keeps it (microseconds): a repeated
+                    // settlement reads back what this one answers.
+                    let now = Utc::now().trunc_subsecs(6);
+                    let finished = finish_open(conn, &finishes, now).await?;
+                    let refunds: Vec<Refund> = finished
+                        .iter()
+                        .flatten()
+                        .filter(|reservation| reservation.from_balance)
+                        .map(|reservation| Refund {
+                            id: reservation.api_key_id,
+                            amount: reservation.reserved - reservation.charged.unwrap_or(0),
+                            reserved_at: reservation.created_at,
+                        })
+                        .collect();
+                    let mut ids: Vec<ApiKeyId> = spends.iter().map(|spend| spend.id).collect();
+                    ids.extend(refunds.iter().map(|refund| refund.id));
+                    ids.sort_unstable();
+                    ids.dedup();
                     let rows = KeyLimits::lock_many(conn, &ids).await?;
-                    let (outcomes, balances) = settle(&rows, &asked, Utc::now());
+                    let (outcomes, balances) = settle(&rows, &refunds, &asked, now);
                     let written = KeyLimits::write_balances(conn, &balances).await?;
                     if written.len() != balances.len() {
                         return Err(AppError::internal(anyhow::anyhow!(
@@ -311,14 +424,14 @@ impl Settler {
                         })
                         .collect();
                     Reservation::insert_many(conn, &reservations).await?;
-                    Ok::<_, AppError>((outcomes, balances))
+                    Ok::<_, AppError>((outcomes, finished, balances))
                 }
                 .scope_boxed()
             })
             .await?;
         let written: HashSet<ApiKeyId> = balances.iter().map(|balance| balance.id).collect();
         self.remember_written(&balances, &written);
-        Ok(outcomes)
+        Ok((outcomes, finished))
     }
 
     fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<ApiKeyId, KeyLimits>> {
@@ -364,10 +477,51 @@ impl Settler {
     }
 }
 
-/// Applies `spends` in order to `rows` as of `now`: each spend's
-/// outcome, and the balances to write (a due refill first resets a balance).
+/// Finishes the open, unexpired reservations among `finishes` (each at
+/// most once, the first of a batch that names it), locking them until the
+/// transaction ends: each as finished, or none.
+async fn finish_open(
+    conn: &mut DbConnection,
+    finishes: &[Finish],
+    now: DateTime<Utc>,
+) -> AppResult<Vec<Option<Reservation>>> {
+    let mut seen = HashSet::new();
+    let firsts: Vec<ReservationFinish> = finishes
+        .iter()
+        .filter(|finish| seen.insert(finish.token_hash))
+        .map(|finish| ReservationFinish {
+            token_hash: finish.token_hash,
+            state: finish.state,
+            charged: finish.charged,
+        })
+        .collect();
+    let mut finished: HashMap<[u8; 32], Reservation> = Reservation::finish_many(conn, &firsts, now)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(finishes
+        .iter()
+        .map(|finish| finished.remove(&finish.token_hash))
+        .collect())
+}
+
+/// Credits a finished reservation gives back to key `id`'s balance
+/// (negative: the excess a settlement above it takes), if the balance is
+/// still in the refill period the reservation was made in.
+#[derive(Debug, Clone, Copy)]
+struct Refund {
+    id: ApiKeyId,
+    amount: i64,
+    reserved_at: DateTime<Utc>,
+}
+
+/// Applies `refunds` and then `spends` in order to `rows` as of `now`:
+/// each spend's outcome, and the balances to write (a due refill first
+/// resets a balance, and a refund from before a refill is dropped: the
+/// refill gave the period its whole amount).
 fn settle(
     rows: &[KeyLimits],
+    refunds: &[Refund],
     spends: &[(ApiKeyId, i64)],
     now: DateTime<Utc>,
 ) -> (Vec<SpendOutcome>, Vec<Balance>) {
@@ -375,6 +529,8 @@ fn settle(
         remaining: i64,
         next_refill: Option<DateTime<Utc>>,
         refilled_at: Option<DateTime<Utc>>,
+        /// When the balance's current refill period began, if it refills.
+        period_start: Option<DateTime<Utc>>,
         changed: bool,
         was: KeyLimits,
     }
@@ -386,18 +542,31 @@ fn settle(
             let refilled_at = credits.refill.and_then(|(refill, last)| {
                 Some(refill.latest_boundary(last, now)).filter(|boundary| *boundary > last)
             });
+            let period_start = refilled_at.or(credits.refill.map(|(_, last)| last));
             Some((
                 row.api_key_id,
                 Account {
                     remaining,
                     next_refill,
                     refilled_at,
+                    period_start,
                     changed: refilled_at.is_some(),
                     was: *row,
                 },
             ))
         })
         .collect();
+    for refund in refunds {
+        if let Some(account) = accounts.get_mut(&refund.id) {
+            if account
+                .period_start
+                .is_none_or(|start| start <= refund.reserved_at)
+            {
+                account.remaining = account.remaining.saturating_add(refund.amount);
+                account.changed = true;
+            }
+        }
+    }
     let with_row: HashSet<ApiKeyId> = rows.iter().map(|row| row.api_key_id).collect();
     let outcomes = spends
         .iter()

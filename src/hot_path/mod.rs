@@ -37,7 +37,7 @@ pub mod read_coalescing;
 pub mod usage;
 
 pub use api_key_cache::ApiKeyCache;
-pub use credit_spends::{CreditSpends, Hold, SpendOutcome};
+pub use credit_spends::{CreditSpends, Finish, Hold, SpendOutcome};
 pub use invalidation::CacheInvalidation;
 pub use known_keys::KnownKeys;
 pub use last_used::LastUsedRecorder;

@@ -30,7 +30,7 @@ use super::{AppState, Origin, Rpc};
 use crate::db::models::VerificationRecord;
 use crate::domain::{parse_cost, parse_permissions, ApiKeySecret, VerifyApiKey, API_KEY_PREFIX};
 use crate::error::{AppError, AppResult, FieldViolation};
-use crate::verification::{Rejection, Verification};
+use crate::verification::{IssuedReservation, Rejection, Verification};
 
 /// The `context_extensions` entry a route sets to say what a call through
 /// it spends from a key's credits.
@@ -39,6 +39,18 @@ pub const COST_EXTENSION: &str = "cost";
 /// The route's `context_extensions` entry naming the permissions a call
 /// needs, comma-separated.
 pub const PERMISSIONS_EXTENSION: &str = "required_permissions";
+
+/// The route's `context_extensions` entry that makes a call's cost a
+/// reservation (`"true"`), settled by the upstream once it knows the real
+/// cost.
+pub const RESERVE_EXTENSION: &str = "reserve";
+
+/// The upstream header carrying the reservation's id (a secret: the
+/// upstream settles or releases with it; never in dynamic metadata, which
+/// access logs print).
+pub const RESERVATION_ID_HEADER: &str = "x-credit-reservation-id";
+/// The upstream header carrying when the reservation expires (RFC 3339).
+const RESERVATION_EXPIRY_HEADER: &str = "x-credit-reservation-expire-time";
 
 /// The upstream header carrying a key's external id.
 const EXTERNAL_ID_HEADER: &str = "x-api-key-external-id";
@@ -98,6 +110,20 @@ impl CheckKey {
                 })?;
                 parse_cost(field, cost)?
             }
+        };
+        let reserve = match attributes.context_extensions.get(RESERVE_EXTENSION) {
+            None => false,
+            Some(flag) => match flag.as_str() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(FieldViolation::new(
+                        "attributes.context_extensions.reserve",
+                        "must be true or false",
+                    )
+                    .into())
+                }
+            },
         };
         // The route names the permissions it needs, comma-separated.
         let required: Vec<String> = attributes
@@ -160,7 +186,7 @@ impl CheckKey {
                 cost,
                 client_address,
                 required_permissions,
-                reserve: false,
+                reserve,
             },
             presented: presented.is_some(),
             key_headers,
@@ -205,6 +231,7 @@ pub enum Decision {
     Allow {
         record: Arc<VerificationRecord>,
         credits_remaining: Option<i64>,
+        reservation: Option<IssuedReservation>,
         key_headers: Vec<String>,
     },
     /// No key, or not one that is valid now: 401.
@@ -252,15 +279,15 @@ pub async fn check(state: &AppState, _: &Origin, cmd: CheckKey) -> AppResult<Dec
         Err(error) => return Err(error),
     };
     let (record, rejection) = match verification {
-        // Check never asks for a reservation (yet): none to pass on.
         Verification::Valid {
             record,
             credits_remaining,
-            reservation: _,
+            reservation,
         } => {
             return Ok(Decision::Allow {
                 record,
                 credits_remaining,
+                reservation,
                 key_headers,
             })
         }
@@ -308,8 +335,9 @@ impl From<Decision> for CheckResponse {
             Decision::Allow {
                 record,
                 credits_remaining,
+                reservation,
                 key_headers,
-            } => allowed(&record, credits_remaining, key_headers),
+            } => allowed(&record, credits_remaining, reservation, key_headers),
             Decision::Unauthenticated {
                 presented,
                 rejection,
@@ -327,6 +355,7 @@ const REPLACE: Option<HeaderAppendAction> = Some(HeaderAppendAction::OverwriteIf
 fn allowed(
     record: &VerificationRecord,
     credits_remaining: Option<i64>,
+    reservation: Option<IssuedReservation>,
     key_headers: Vec<String>,
 ) -> CheckResponse {
     let granted = [
@@ -349,6 +378,25 @@ fn allowed(
     }
     for header in key_headers {
         upstream.remove_header(header);
+    }
+    // A client's own reservation headers never reach the upstream.
+    match &reservation {
+        Some(reservation) => {
+            upstream.add_header(
+                RESERVATION_ID_HEADER,
+                reservation.id.expose(),
+                REPLACE,
+                false,
+            );
+            let expires = reservation
+                .expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            upstream.add_header(RESERVATION_EXPIRY_HEADER, expires, REPLACE, false);
+        }
+        None => {
+            upstream.remove_header(RESERVATION_ID_HEADER);
+            upstream.remove_header(RESERVATION_EXPIRY_HEADER);
+        }
     }
     let mut metadata: HashMap<String, Value> = granted
         .into_iter()

@@ -43,18 +43,23 @@ mod outcome;
 
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 
 pub use outcome::{IssuedReservation, Rejection, Verification};
 
-use crate::db::models::{ApiKey, NewReservation, Reservation, VerificationRecord};
+use crate::db::models::{
+    ApiKey, NewReservation, Reservation, ReservationState, VerificationRecord,
+};
 use crate::db::Database;
-use crate::domain::{missing_permissions, ApiKeyDigest, ReservationToken, VerifyApiKey};
+use crate::domain::{
+    missing_permissions, ApiKeyDigest, ReservationEvent, ReservationToken, VerifyApiKey,
+};
 use crate::error::{AppError, AppResult};
 use crate::hot_path::api_key_cache::Lookup;
 use crate::hot_path::known_keys::Presence;
 use crate::hot_path::{
-    ApiKeyCache, CreditSpends, Hold, KnownKeys, LastUsedRecorder, SpendOutcome, UsageRecorder,
+    ApiKeyCache, CreditSpends, Finish, Hold, KnownKeys, LastUsedRecorder, SpendOutcome,
+    UsageRecorder,
 };
 use crate::rate_limit::{RateKey, RateLimits};
 
@@ -103,6 +108,27 @@ impl KeyVerifier {
     /// adds to the store in batches.
     pub fn usage(&self) -> &UsageRecorder {
         &self.usage
+    }
+
+    /// Settles or releases a reservation (see [`CreditSpends::finish`]),
+    /// in the batches the spends take, and counts it in usage history.
+    pub async fn finish_reservation(&self, finish: Finish) -> AppResult<Option<Reservation>> {
+        let finished = self.credit_spends.finish(finish).await?;
+        if let Some(reservation) = &finished {
+            let charged = reservation.charged.unwrap_or(0);
+            let refunded = (reservation.reserved - charged).max(0);
+            let event = match finish.state {
+                ReservationState::Released => ReservationEvent::Released { refunded },
+                _ => ReservationEvent::Settled { charged, refunded },
+            };
+            self.usage.record_reservation(
+                reservation.api_key_id,
+                reservation.chatbot_id,
+                reservation.finished_at.unwrap_or_else(Utc::now),
+                event,
+            );
+        }
+        Ok(finished)
     }
 
     /// Runs the steps of the module's doc. Errors only when the per-digest
@@ -186,11 +212,14 @@ impl KeyVerifier {
         }
         let reservation = cmd.reserve.then(|| {
             let id = ReservationToken::generate();
+            // As the store keeps times (microseconds), so the answer and
+            // the reservation read back later agree.
+            let created_at = now.trunc_subsecs(6);
             let hold = Hold {
                 token_hash: id.digest(),
                 chatbot_id: record.chatbot_id,
-                created_at: now,
-                expires_at: now + self.reservation_ttl,
+                created_at,
+                expires_at: created_at + self.reservation_ttl,
             };
             let issued = IssuedReservation {
                 id,

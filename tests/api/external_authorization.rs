@@ -27,6 +27,8 @@ use crate::helpers::{
 /// client cannot send its own).
 const EXTERNAL_ID: &str = "x-api-key-external-id";
 const METADATA: &str = "x-api-key-metadata";
+const RESERVATION_ID: &str = "x-credit-reservation-id";
+const RESERVATION_EXPIRY: &str = "x-credit-reservation-expire-time";
 
 /// A Check of an HTTP request with these headers, through a route that
 /// sets these context extensions.
@@ -182,7 +184,7 @@ backend_test! {
         for (header, value) in expected {
             assert_eq!(answer.headers.get(header).map(String::as_str), Some(value), "{header}");
         }
-        assert_eq!(answer.removed, ["x-api-key", EXTERNAL_ID, METADATA]);
+        assert_eq!(answer.removed, ["x-api-key", RESERVATION_ID, RESERVATION_EXPIRY, EXTERNAL_ID, METADATA]);
         for (key, value) in [
             ("chatbot_id", chatbot.id.as_str()),
             ("chatbot_owner_id", owner.id.as_str()),
@@ -203,7 +205,7 @@ backend_test! {
         let bearer = format!("Bearer {key}");
         let answer = check(&app, &[("authorization", &bearer)], &[]).await.unwrap();
         assert!(answer.allowed(), "{answer:?}");
-        assert_eq!(answer.removed, ["authorization", EXTERNAL_ID, METADATA]);
+        assert_eq!(answer.removed, ["authorization", RESERVATION_ID, RESERVATION_EXPIRY, EXTERNAL_ID, METADATA]);
 
         // The upstream's own token is not ours to read or remove.
         let answer = check(
@@ -214,7 +216,7 @@ backend_test! {
         .await
         .unwrap();
         assert!(answer.allowed(), "{answer:?}");
-        assert_eq!(answer.removed, ["x-api-key", EXTERNAL_ID, METADATA]);
+        assert_eq!(answer.removed, ["x-api-key", RESERVATION_ID, RESERVATION_EXPIRY, EXTERNAL_ID, METADATA]);
 
         let answer = check(&app, &[("authorization", "Bearer upstream.jwt.token")], &[])
             .await
@@ -276,7 +278,7 @@ backend_test! {
         assert!(answer.allowed(), "{answer:?}");
         let mut removed = answer.removed.clone();
         removed.sort();
-        assert_eq!(removed, ["authorization", "x-api-key", EXTERNAL_ID, METADATA]);
+        assert_eq!(removed, ["authorization", "x-api-key", EXTERNAL_ID, METADATA, RESERVATION_EXPIRY, RESERVATION_ID]);
         let bearer = format!("Bearer {other}");
         let answer = check(&app, &[("x-api-key", &key), ("authorization", &bearer)], &[])
             .await
@@ -294,7 +296,7 @@ backend_test! {
 
         let answer = check(&app, &[("x-chatbot-key", &key)], &[]).await.unwrap();
         assert!(answer.allowed(), "{answer:?}");
-        assert_eq!(answer.removed, ["x-chatbot-key", EXTERNAL_ID, METADATA]);
+        assert_eq!(answer.removed, ["x-chatbot-key", RESERVATION_ID, RESERVATION_EXPIRY, EXTERNAL_ID, METADATA]);
         let answer = check_key(&app, &key).await;
         assert_eq!(answer.error(), "missing_api_key");
     }
@@ -619,5 +621,49 @@ backend_test! {
         assert!(answer.allowed());
         assert!(answer.removed.contains(&"x-api-key-external-id".to_owned()));
         assert!(!answer.headers.contains_key("x-api-key-external-id"));
+    }
+}
+
+backend_test! {
+    async fn a_route_can_reserve_and_the_upstream_settles_with_the_header_it_gets() {
+        let app = spawn_app().await;
+        let key = key_with(&app, proto::CreateApiKeyRequest {
+            credits: Some(proto::Credits { remaining: 100, ..Default::default() }),
+            ..Default::default()
+        }).await;
+        let reserving = [("cost", "40"), ("reserve", "true")];
+        // A client's own reservation header never reaches the upstream.
+        let sent = [("x-api-key", key.as_str()), ("x-credit-reservation-id", "cbr_forged")];
+        let answer = check(&app, &sent, &reserving).await.unwrap();
+        assert!(answer.allowed(), "{answer:?}");
+        assert_eq!(answer.metadata["credits_remaining"], "60");
+        let reservation_id = answer.headers["x-credit-reservation-id"].clone();
+        assert!(reservation_id.starts_with("cbr_") && reservation_id != "cbr_forged");
+        assert!(answer.headers.contains_key("x-credit-reservation-expire-time"));
+        assert!(
+            !answer.metadata.values().any(|value| value.contains(&reservation_id[4..])),
+            "the id stays out of dynamic metadata, which access logs print"
+        );
+
+        let settled = app.api_keys(None)
+            .settle_reservation(proto::SettleReservationRequest { reservation_id, actual_cost: 15 })
+            .await
+            .expect("the upstream settles")
+            .into_inner();
+        assert_eq!(settled.reservation.unwrap().charged_cost, 15);
+        let after = check_key(&app, &key).await;
+        assert_eq!(after.metadata["credits_remaining"], "84", "25 refunded, then 1 spent");
+
+        // Without reserve, a client's header is dropped and none is added.
+        let plain = check(&app, &sent, &[]).await.unwrap();
+        assert!(!plain.headers.contains_key("x-credit-reservation-id"));
+        assert!(plain.removed.contains(&"x-credit-reservation-id".to_owned()), "{plain:?}");
+        for flag in ["yes", "1", ""] {
+            let status = assert_code(
+                check(&app, &[("x-api-key", &key)], &[("reserve", flag)]).await,
+                Code::InvalidArgument,
+            );
+            assert_eq!(violated_fields(&status), ["attributes.context_extensions.reserve"]);
+        }
     }
 }

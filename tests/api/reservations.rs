@@ -354,3 +354,32 @@ async fn a_killed_replica_loses_no_reservation_or_settlement_it_answered_postgre
         .expect("the other replica settles it");
     assert_eq!(balance(&app, &owner, id).await, 1_000 - charged - 7);
 }
+
+/// Ten settlements of one reservation at once, at ten different costs and
+/// through two processes: exactly one is applied, and the balance shows
+/// that one only.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_settlements_of_one_reservation_apply_once_postgres() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let (key, id) = key_with_credits(&app, &owner, Some(1_000)).await;
+    let replica = app.spawn_replica_process(&[]).await;
+    let reserved = reserve(&app, &key, 100).await;
+    let settlements = (0..10).map(|cost| {
+        let clients: &Clients = if cost % 2 == 0 { &app } else { &replica };
+        settle(clients, &reserved.reservation_id, cost * 10)
+    });
+    let answers = futures_util::future::join_all(settlements).await;
+    let applied: Vec<&proto::CreditReservation> = answers.iter().flatten().collect();
+    assert_eq!(applied.len(), 1, "{answers:?}");
+    for refused in answers.iter().filter(|answer| answer.is_err()) {
+        assert_eq!(
+            refused.as_ref().unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+    }
+    assert_eq!(
+        balance(&app, &owner, id).await,
+        1_000 - applied[0].charged_cost
+    );
+}

@@ -161,7 +161,7 @@ pub use organization::{
     OrganizationChanges,
 };
 pub use refresh_token::{NewRefreshToken, RefreshToken};
-pub use reservation::{NewReservation, Reservation, ReservationState};
+pub use reservation::{NewReservation, Reservation, ReservationFinish, ReservationState};
 pub use service_account::{NewServiceAccount, ServiceAccount, ServiceAccountCredential};
 pub use session::{LiveSession, Session};
 pub use usage::{HourlyUsage, KeyUsage, UsageRow};

@@ -6,12 +6,12 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    BoolExpressionMethods, ExpressionMethods, Insertable, NullableExpressionMethods, QueryDsl,
-    Queryable, Selectable, SelectableHelper,
+    ExpressionMethods, Insertable, NullableExpressionMethods, QueryDsl, Queryable, Selectable,
+    SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
 
-use crate::db::schema::{api_key_limits, credit_reservations};
+use crate::db::schema::credit_reservations;
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
 use crate::domain::{ApiKeyId, ChatbotId};
@@ -96,9 +96,90 @@ impl NewReservation {
     }
 }
 
+/// A reservation to finish, as one of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct ReservationFinish {
+    pub token_hash: [u8; 32],
+    pub state: ReservationState,
+    pub charged: i64,
+}
+
 impl Reservation {
     pub fn state(&self) -> ReservationState {
         ReservationState::from_stored(&self.state)
+    }
+
+    /// This reservation after `finish` at `now`.
+    fn finished(self, finish: &ReservationFinish, now: DateTime<Utc>) -> Self {
+        Self {
+            state: finish.state.as_str().to_owned(),
+            charged: Some(finish.charged),
+            finished_at: Some(now),
+            ..self
+        }
+    }
+
+    /// Finishes those of `finishes` (distinct reservations) that are open
+    /// and unexpired at `now`, in the caller's transaction, and returns
+    /// them as finished, each with its digest. On PostgreSQL they are locked
+    /// in digest order first (batches on any replica lock in one order) and
+    /// then written in one statement; on SQLite, whose first write takes the
+    /// whole database, one statement each.
+    pub async fn finish_many(
+        conn: &mut DbConnection,
+        finishes: &[ReservationFinish],
+        now: DateTime<Utc>,
+    ) -> diesel::QueryResult<Vec<([u8; 32], Reservation)>> {
+        if finishes.is_empty() {
+            return Ok(Vec::new());
+        }
+        match conn {
+            DbConnection::Postgres(conn) => {
+                let hashes: Vec<Vec<u8>> = finishes.iter().map(|f| f.token_hash.to_vec()).collect();
+                let open: Vec<(Vec<u8>, Reservation)> = credit_reservations::table
+                    .filter(credit_reservations::token_hash.eq_any(hashes))
+                    .filter(credit_reservations::state.eq(ReservationState::Open.as_str()))
+                    .filter(credit_reservations::expires_at.gt(Timestamp(now)))
+                    .order(credit_reservations::token_hash)
+                    .select((credit_reservations::token_hash, Reservation::as_select()))
+                    .for_update()
+                    .load(&mut **conn)
+                    .await?;
+                let mut done = Vec::with_capacity(open.len());
+                let mut write = FinishReservations {
+                    hashes: Vec::with_capacity(open.len()),
+                    states: Vec::with_capacity(open.len()),
+                    charged: Vec::with_capacity(open.len()),
+                    now,
+                };
+                for (hash, reservation) in open {
+                    let Some(finish) = finishes.iter().find(|f| f.token_hash[..] == hash[..])
+                    else {
+                        continue;
+                    };
+                    write.hashes.push(hash);
+                    write.states.push(finish.state.as_str());
+                    write.charged.push(finish.charged);
+                    done.push((finish.token_hash, reservation.finished(finish, now)));
+                }
+                if !done.is_empty() {
+                    write.execute(&mut **conn).await?;
+                }
+                Ok(done)
+            }
+            DbConnection::Sqlite(_) => {
+                let mut done = Vec::new();
+                for finish in finishes {
+                    let finished =
+                        Self::finish(conn, &finish.token_hash, finish.state, finish.charged, now)
+                            .await?;
+                    if let Some(reservation) = finished {
+                        done.push((finish.token_hash, reservation));
+                    }
+                }
+                Ok(done)
+            }
+        }
     }
 
     pub async fn insert_many(
@@ -267,33 +348,34 @@ impl Reservation {
             .await
         })
     }
+}
 
-    /// Gives `refund` credits back to (or, negative, takes them from) the
-    /// balance this reservation came from; returns whether it changed.
-    /// Nothing changes when the key has no credits any more, or when a
-    /// refill has reset its balance since the reservation was made (the
-    /// refill gave the period its whole amount back; a settlement's excess
-    /// from before it is not carried into the new period either).
-    pub async fn adjust_balance(
-        &self,
-        conn: &mut DbConnection,
-        refund: i64,
-    ) -> diesel::QueryResult<bool> {
-        if !self.from_balance || refund == 0 {
-            return Ok(false);
-        }
-        let same_period = api_key_limits::credits_refilled_at
-            .is_null()
-            .or(api_key_limits::credits_refilled_at.le(Timestamp(self.created_at)));
-        let rows = api_key_limits::table
-            .filter(api_key_limits::api_key_id.eq(self.api_key_id))
-            .filter(api_key_limits::credits_remaining.is_not_null())
-            .filter(same_period);
-        let updated = update_rows!(
-            conn,
-            rows,
-            api_key_limits::credits_remaining.eq(api_key_limits::credits_remaining + refund)
-        )?;
-        Ok(updated > 0)
+/// [`Reservation::finish_many`]'s write on PostgreSQL: every reservation
+/// of a batch in one statement, prepared once per connection (a static
+/// query id, unlike `sql_query`).
+#[derive(diesel::query_builder::QueryId)]
+struct FinishReservations {
+    hashes: Vec<Vec<u8>>,
+    states: Vec<&'static str>,
+    charged: Vec<i64>,
+    now: DateTime<Utc>,
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for FinishReservations {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Binary, Text, Timestamptz};
+        out.push_sql("UPDATE credit_reservations AS r SET state = v.state, charged = v.charged, finished_at = ");
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(" FROM unnest(");
+        out.push_bind_param::<Array<Binary>, _>(&self.hashes)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.states)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.charged)?;
+        out.push_sql(") AS v(token_hash, state, charged) WHERE r.token_hash = v.token_hash");
+        Ok(())
     }
 }

@@ -14,7 +14,7 @@ use crate::db::models::{Reservation, ReservationState};
 use crate::db::Database;
 use crate::domain::{ReleaseReservation, ReservationEvent, ReservationToken, SettleReservation};
 use crate::error::{AppError, AppResult};
-use crate::hot_path::UsageRecorder;
+use crate::hot_path::{self, UsageRecorder};
 use crate::proto;
 
 /// Reservations expired per statement by the sweep.
@@ -43,17 +43,6 @@ impl Finish {
             Self::Release => 0,
         }
     }
-
-    /// What usage history counts for it.
-    fn event(self, reserved: i64) -> ReservationEvent {
-        match self {
-            Self::Settle(cost) => ReservationEvent::Settled {
-                charged: cost,
-                refunded: (reserved - cost).max(0),
-            },
-            Self::Release => ReservationEvent::Released { refunded: reserved },
-        }
-    }
 }
 
 pub async fn settle_reservation(
@@ -80,36 +69,22 @@ async fn finish(
     // A malformed id is as unknown as a well-formed one nobody issued.
     let token = token.ok_or(AppError::NotFound("reservation"))?;
     let token_hash = token.digest();
-    let now = Utc::now();
-    let mut conn = state.db.conn().await?;
-    let finished = conn
-        .transaction(|conn| {
-            async move {
-                let finished =
-                    Reservation::finish(conn, &token_hash, how.state(), how.charged(), now).await?;
-                if let Some(reservation) = &finished {
-                    reservation
-                        .adjust_balance(conn, reservation.reserved - how.charged())
-                        .await?;
-                }
-                Ok::<_, AppError>(finished)
-            }
-            .scope_boxed()
+    let finished = state
+        .verifier
+        .finish_reservation(hot_path::Finish {
+            token_hash,
+            state: how.state(),
+            charged: how.charged(),
         })
         .await?;
     if let Some(reservation) = finished {
-        state.verifier.usage().record_reservation(
-            reservation.api_key_id,
-            reservation.chatbot_id,
-            now,
-            how.event(reservation.reserved),
-        );
         return Ok(reservation);
     }
+    let mut conn = state.db.conn().await?;
     let reservation = Reservation::find(&mut conn, &token_hash)
         .await?
         .ok_or(AppError::NotFound("reservation"))?;
-    already_finished(reservation, how, now)
+    already_finished(reservation, how, Utc::now())
 }
 
 /// The answer for a reservation that was not open (or had expired) when

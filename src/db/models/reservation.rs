@@ -136,15 +136,21 @@ impl Reservation {
         match conn {
             DbConnection::Postgres(conn) => {
                 let hashes: Vec<Vec<u8>> = finishes.iter().map(|f| f.token_hash.to_vec()).collect();
-                let open: Vec<(Vec<u8>, Reservation)> = credit_reservations::table
+                // By digest alone, then judged here: with the state and
+                // expiry in the filter, the prepared statement's generic
+                // plan also scanned the open reservations' expiry index,
+                // every unexpired entry of it, which grew with the table.
+                let named: Vec<(Vec<u8>, Reservation)> = credit_reservations::table
                     .filter(credit_reservations::token_hash.eq_any(hashes))
-                    .filter(credit_reservations::state.eq(ReservationState::Open.as_str()))
-                    .filter(credit_reservations::expires_at.gt(Timestamp(now)))
                     .order(credit_reservations::token_hash)
                     .select((credit_reservations::token_hash, Reservation::as_select()))
                     .for_update()
                     .load(&mut **conn)
                     .await?;
+                let open: Vec<(Vec<u8>, Reservation)> = named
+                    .into_iter()
+                    .filter(|(_, r)| r.state() == ReservationState::Open && r.expires_at > now)
+                    .collect();
                 let mut done = Vec::with_capacity(open.len());
                 let mut write = FinishReservations {
                     hashes: Vec::with_capacity(open.len()),
@@ -191,8 +197,7 @@ impl Reservation {
         }
         match conn {
             DbConnection::Postgres(conn) => {
-                diesel::insert_into(credit_reservations::table)
-                    .values(reservations)
+                InsertReservations::new(reservations)
                     .execute(&mut **conn)
                     .await
             }
@@ -376,6 +381,63 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for FinishReservations
         out.push_sql(", ");
         out.push_bind_param::<Array<BigInt>, _>(&self.charged)?;
         out.push_sql(") AS v(token_hash, state, charged) WHERE r.token_hash = v.token_hash");
+        Ok(())
+    }
+}
+
+/// [`Reservation::insert_many`] on PostgreSQL: one statement of one shape
+/// whatever the batch's size, so it stays prepared (a multi-row VALUES
+/// would be prepared anew for each size).
+#[derive(diesel::query_builder::QueryId)]
+struct InsertReservations {
+    token_hashes: Vec<Vec<u8>>,
+    api_key_ids: Vec<i64>,
+    chatbot_ids: Vec<uuid::Uuid>,
+    reserved: Vec<i64>,
+    from_balance: Vec<bool>,
+    created_at: Vec<DateTime<Utc>>,
+    expires_at: Vec<DateTime<Utc>>,
+}
+
+impl InsertReservations {
+    fn new(reservations: &[NewReservation]) -> Self {
+        Self {
+            token_hashes: reservations.iter().map(|r| r.token_hash.clone()).collect(),
+            api_key_ids: reservations.iter().map(|r| r.api_key_id.0).collect(),
+            chatbot_ids: reservations.iter().map(|r| r.chatbot_id.0).collect(),
+            reserved: reservations.iter().map(|r| r.reserved).collect(),
+            from_balance: reservations.iter().map(|r| r.from_balance).collect(),
+            created_at: reservations.iter().map(|r| r.created_at.0).collect(),
+            expires_at: reservations.iter().map(|r| r.expires_at.0).collect(),
+        }
+    }
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for InsertReservations {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Binary, Bool, Timestamptz, Uuid};
+        out.push_sql(
+            "INSERT INTO credit_reservations \
+             (token_hash, api_key_id, chatbot_id, reserved, from_balance, created_at, expires_at) \
+             SELECT * FROM unnest(",
+        );
+        out.push_bind_param::<Array<Binary>, _>(&self.token_hashes)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.api_key_ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Uuid>, _>(&self.chatbot_ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.reserved)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Bool>, _>(&self.from_balance)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.created_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.expires_at)?;
+        out.push_sql(")");
         Ok(())
     }
 }

@@ -732,6 +732,7 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
                     seconds: 1,
                     nanos: 0,
                 }),
+                ..Default::default()
             });
             api_keys.push(create_key(&mut keys, &chatbot_id, rate_limit, None).await?);
         }

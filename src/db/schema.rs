@@ -23,6 +23,8 @@ diesel::table! {
         credits_refill_interval_ms -> Nullable<Int8>,
         /// The last refill (or when the refill was set); the next is one interval later.
         credits_refilled_at -> Nullable<DbTimestamp>,
+        /// What rate_limit_calls counts: calls, or credits (each call its cost).
+        rate_limit_unit -> Text,
     }
 }
 

@@ -17,20 +17,58 @@ const MAX_REFILL_INTERVAL: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Largest cost one VerifyApiKey may spend.
 pub const MAX_COST: i64 = 1_000_000_000;
 
-/// Calls per window, as a bucket of `calls` refilling evenly over `window`.
+/// What a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateUnit {
+    /// Each call counts 1.
+    #[default]
+    Calls,
+    /// Each call counts its cost (tokens per minute, say).
+    Credits,
+}
+
+impl RateUnit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Calls => "calls",
+            Self::Credits => "credits",
+        }
+    }
+
+    fn from_stored(text: &str) -> Self {
+        // The CHECK constraint admits only these two.
+        match text {
+            "credits" => Self::Credits,
+            _ => Self::Calls,
+        }
+    }
+}
+
+/// Calls (or credits) per window, as a bucket of `calls` refilling evenly
+/// over `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyRateLimit {
     calls: u32,
     window: Duration,
+    unit: RateUnit,
 }
 
 impl KeyRateLimit {
     /// `field` names the message (`rate_limit`, `api_key.rate_limit`).
-    pub fn parse(field: &str, calls: i64, window: Duration) -> Result<Self, FieldViolation> {
-        if !(1..=MAX_CALLS).contains(&calls) {
+    pub fn parse(
+        field: &str,
+        calls: i64,
+        window: Duration,
+        unit: RateUnit,
+    ) -> Result<Self, FieldViolation> {
+        let most = match unit {
+            RateUnit::Calls => MAX_CALLS,
+            RateUnit::Credits => MAX_COST,
+        };
+        if !(1..=most).contains(&calls) {
             return Err(FieldViolation::new(
                 format!("{field}.limit"),
-                format!("must be from 1 to {MAX_CALLS}"),
+                format!("must be from 1 to {most}"),
             ));
         }
         if !(MIN_WINDOW..=MAX_WINDOW).contains(&window) {
@@ -39,22 +77,45 @@ impl KeyRateLimit {
                 "must be from 1 second to 1 day",
             ));
         }
+        // The counters keep time in microseconds: one unit's share of the
+        // window must be at least one.
+        if i128::from(calls) > window.as_micros() as i128 {
+            return Err(FieldViolation::new(
+                format!("{field}.limit"),
+                "must be at most one per microsecond of the window",
+            ));
+        }
         Ok(Self {
             calls: u32::try_from(calls).unwrap_or(u32::MAX),
             window,
+            unit,
         })
     }
 
-    /// As stored: (calls, window in ms), both checked positive by the schema.
-    pub fn from_stored(calls: i64, window_ms: i64) -> Option<Self> {
+    /// As stored: (calls, window in ms, unit), checked positive and known
+    /// by the schema.
+    pub fn from_stored(calls: i64, window_ms: i64, unit: &str) -> Option<Self> {
         Some(Self {
             calls: u32::try_from(calls).ok().filter(|&calls| calls > 0)?,
             window: Duration::from_millis(u64::try_from(window_ms).ok().filter(|&ms| ms > 0)?),
+            unit: RateUnit::from_stored(unit),
         })
     }
 
     pub fn calls(&self) -> u32 {
         self.calls
+    }
+
+    pub fn unit(&self) -> RateUnit {
+        self.unit
+    }
+
+    /// What a call of `cost` counts against the limit.
+    pub fn weight(&self, cost: i64) -> u32 {
+        match self.unit {
+            RateUnit::Calls => 1,
+            RateUnit::Credits => u32::try_from(cost.max(1)).unwrap_or(u32::MAX),
+        }
     }
 
     pub fn window(&self) -> Duration {
@@ -231,9 +292,24 @@ mod tests {
 
     #[test]
     fn limits_outside_the_documented_bounds_are_refused() {
-        assert!(KeyRateLimit::parse("r", 0, Duration::from_secs(60)).is_err());
-        assert!(KeyRateLimit::parse("r", 5, Duration::from_millis(999)).is_err());
-        assert!(KeyRateLimit::parse("r", 5, Duration::from_secs(86_401)).is_err());
+        let calls = RateUnit::Calls;
+        assert!(KeyRateLimit::parse("r", 0, Duration::from_secs(60), calls).is_err());
+        assert!(KeyRateLimit::parse("r", 5, Duration::from_millis(999), calls).is_err());
+        assert!(KeyRateLimit::parse("r", 5, Duration::from_secs(86_401), calls).is_err());
+        let minute = Duration::from_secs(60);
+        assert!(KeyRateLimit::parse("r", 2_000_000, minute, calls).is_err());
+        let tokens = KeyRateLimit::parse("r", 2_000_000, minute, RateUnit::Credits).unwrap();
+        assert_eq!((tokens.weight(500), tokens.weight(0)), (500, 1));
+        assert_eq!(
+            KeyRateLimit::parse("r", 9, minute, calls)
+                .unwrap()
+                .weight(500),
+            1
+        );
+        // One unit per microsecond of the window at most.
+        let second = Duration::from_secs(1);
+        assert!(KeyRateLimit::parse("r", 1_000_000, second, RateUnit::Credits).is_ok());
+        assert!(KeyRateLimit::parse("r", 1_000_001, second, RateUnit::Credits).is_err());
         assert!(Refill::parse("r", 0, Duration::from_secs(60)).is_err());
         assert!(Refill::parse("r", 1, Duration::from_secs(59)).is_err());
         assert!(parse_balance("c", -1).is_err());

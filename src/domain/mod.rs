@@ -45,7 +45,7 @@ pub use ids::{
 };
 pub use key_limits::{
     parse_actual_cost, parse_balance, parse_cost, CreditsSetting, CreditsState, KeyRateLimit,
-    Refill, MAX_COST,
+    RateUnit, Refill, MAX_COST,
 };
 pub use key_restrictions::{
     missing_permissions, parse_client_address, parse_external_id, parse_permissions,

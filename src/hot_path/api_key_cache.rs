@@ -44,8 +44,7 @@ mod tests {
             owner_id: owner,
             organization_id: crate::domain::OrganizationId::personal(owner),
             llm_endpoint_url: "https://llm.example.com".into(),
-            rate_limit_calls: None,
-            rate_limit_window_ms: None,
+            rate_limit: None,
             credits_remaining: None,
             grants: None,
         };

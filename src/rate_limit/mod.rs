@@ -154,14 +154,24 @@ impl RateLimits {
 
     /// A key's own limit: `Err(retry_after)` when its bucket is empty. In
     /// Redis if it is configured and answers, else in this process.
-    pub async fn check_own_limit(&self, id: ApiKeyId, limit: KeyRateLimit) -> Result<(), Duration> {
+    pub async fn check_own_limit(
+        &self,
+        id: ApiKeyId,
+        limit: KeyRateLimit,
+        weight: u32,
+    ) -> Result<(), Duration> {
         if let Some(shared) = &self.shared {
             let key = RateKey::OwnLimit(id);
-            if let Some(answer) = shared.check(key, limit.interval(), limit.calls()).await {
+            let interval = limit.interval();
+            if let Some(answer) = shared
+                .check_weighted(key, interval, limit.calls(), weight)
+                .await
+            {
                 return answer;
             }
         }
-        self.own_limits.check(id, limit.interval(), limit.calls())
+        self.own_limits
+            .check(id, limit.interval(), limit.calls(), weight)
     }
 
     /// Forgets idle callers; run periodically to bound memory.

@@ -35,9 +35,15 @@ impl Default for OwnLimits {
 }
 
 impl OwnLimits {
-    /// Allows a call if it leaves the key's TAT at most `burst` intervals
-    /// ahead of now; a refused call changes nothing.
-    pub fn check(&self, id: ApiKeyId, interval: Duration, burst: u32) -> Result<(), Duration> {
+    /// Allows a call counting `weight` if it leaves the key's TAT at most
+    /// `burst` intervals ahead of now; a refused call changes nothing.
+    pub fn check(
+        &self,
+        id: ApiKeyId,
+        interval: Duration,
+        burst: u32,
+        weight: u32,
+    ) -> Result<(), Duration> {
         let now = Instant::now();
         let capacity = interval.saturating_mul(burst);
         let mut shard = self.shard(id);
@@ -53,7 +59,7 @@ impl OwnLimits {
                 .unwrap_or(capacity),
             }
         });
-        let new_ahead = ahead.min(capacity) + interval;
+        let new_ahead = ahead.min(capacity) + interval.saturating_mul(weight);
         if new_ahead > capacity {
             return Err(new_ahead - capacity);
         }
@@ -89,15 +95,15 @@ mod tests {
         let id = ApiKeyId(7);
         let interval = Duration::from_secs(12);
         for _ in 0..5 {
-            limits.check(id, interval, 5).unwrap();
+            limits.check(id, interval, 5, 1).unwrap();
         }
-        let wait = limits.check(id, interval, 5).unwrap_err();
+        let wait = limits.check(id, interval, 5, 1).unwrap_err();
         assert!(
             wait > Duration::from_secs(11) && wait <= interval,
             "{wait:?}"
         );
         // Another key has its own bucket.
-        limits.check(ApiKeyId(8), interval, 1).unwrap();
+        limits.check(ApiKeyId(8), interval, 1, 1).unwrap();
     }
 
     #[test]
@@ -107,17 +113,17 @@ mod tests {
         let id = ApiKeyId(9);
         // 3 a day, all spent.
         for _ in 0..3 {
-            limits.check(id, day / 3, 3).unwrap();
+            limits.check(id, day / 3, 3, 1).unwrap();
         }
-        limits.check(id, day / 3, 3).unwrap_err();
+        limits.check(id, day / 3, 3, 1).unwrap_err();
         // Raised to 10 a day: 7 more, then refused.
         for call in 0..7 {
             limits
-                .check(id, day / 10, 10)
+                .check(id, day / 10, 10, 1)
                 .unwrap_or_else(|wait| panic!("call {call} refused for {wait:?}"));
         }
-        limits.check(id, day / 10, 10).unwrap_err();
+        limits.check(id, day / 10, 10, 1).unwrap_err();
         // Lowered back to 3 a day with 10 spent: refused.
-        limits.check(id, day / 3, 3).unwrap_err();
+        limits.check(id, day / 3, 3, 1).unwrap_err();
     }
 }

@@ -49,7 +49,9 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// GCRA (as governor computes it in process): every call moves the key's
-/// theoretical arrival time (TAT) on by one emission interval; a call is
+/// theoretical arrival time (TAT) on by one emission interval (times its
+/// weight, ARGV[3]: a limit counting credits weighs a call by its cost;
+/// absent means 1); a call is
 /// allowed if that leaves the TAT at most `burst` intervals ahead of now.
 /// A refused call changes nothing. The value is `<tat µs>:<interval µs>`,
 /// so that when a key's limit changes, the calls already counted are
@@ -60,6 +62,7 @@ local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local weight = tonumber(ARGV[3]) or 1
 local capacity = interval * burst
 local stored = redis.pcall('GET', KEYS[1])
 local tat, tat_interval = nil, interval
@@ -79,7 +82,7 @@ if tat_interval ~= interval then
   tat = now_us + (tat - now_us) / tat_interval * interval
 end
 if tat > now_us + capacity then tat = now_us + capacity end
-local new_tat = tat + interval
+local new_tat = tat + interval * weight
 local allow_at = new_tat - capacity
 if allow_at > now_us then
   return {0, math.ceil(allow_at - now_us)}
@@ -182,6 +185,17 @@ impl SharedLimits {
         interval: Duration,
         burst: u32,
     ) -> Option<Result<(), Duration>> {
+        self.check_weighted(key, interval, burst, 1).await
+    }
+
+    /// As [`Self::check`], for a call that counts `weight`.
+    pub async fn check_weighted(
+        &self,
+        key: RateKey,
+        interval: Duration,
+        burst: u32,
+        weight: u32,
+    ) -> Option<Result<(), Duration>> {
         let inner = &self.inner;
         let connection = match inner.in_outage.load(Ordering::Relaxed) {
             true => None,
@@ -196,7 +210,13 @@ impl SharedLimits {
             return None;
         };
         match inner
-            .run(&mut connection, &inner.redis_key(key), interval, burst)
+            .run(
+                &mut connection,
+                &inner.redis_key(key),
+                interval,
+                burst,
+                weight,
+            )
             .await
         {
             Ok(answer) => Some(answer),
@@ -221,12 +241,13 @@ impl Inner {
         redis_key: &str,
         interval: Duration,
         burst: u32,
+        weight: u32,
     ) -> Result<Result<(), Duration>, String> {
         let interval_us = u64::try_from(interval.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
         let mut invocation = self.script.key(redis_key);
-        invocation.arg(interval_us).arg(burst);
+        invocation.arg(interval_us).arg(burst).arg(weight);
         let reply = tokio::time::timeout(
             CHECK_TIMEOUT,
             invocation.invoke_async::<(i64, i64)>(connection),
@@ -266,7 +287,7 @@ impl Inner {
         let probe_key = format!("{}rate:probe", self.prefix);
         // Allowed or refused, a judged answer proves Redis works.
         let _answer = self
-            .run(&mut connection, &probe_key, Duration::from_micros(1), 1)
+            .run(&mut connection, &probe_key, Duration::from_micros(1), 1, 1)
             .await
             .map_err(Fault::Other)?;
         Ok(connection)

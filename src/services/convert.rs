@@ -8,7 +8,7 @@ use prost_types::Timestamp;
 use crate::db::models;
 use crate::domain::{
     self, parse_balance, CreditsSetting, KeyRateLimit, ListOf, OrgRole, OrganizationId, Page,
-    PageRequest, Refill, Role, UsageCounts,
+    PageRequest, RateUnit, Refill, Role, UsageCounts,
 };
 use crate::error::{parsed, AppResult, FieldViolation, Violations};
 use crate::proto;
@@ -114,6 +114,11 @@ impl From<models::KeyWithLimits> for proto::ApiKey {
             rate_limit: rate_limit.map(|limit| proto::RateLimit {
                 limit: i64::from(limit.calls()),
                 window: prost_types::Duration::try_from(limit.window()).ok(),
+                unit: match limit.unit() {
+                    RateUnit::Calls => proto::RateLimitUnit::Calls,
+                    RateUnit::Credits => proto::RateLimitUnit::Credits,
+                }
+                .into(),
             }),
             credits: credits.map(|credits| {
                 let (remaining, next_refill) = credits.as_of(Utc::now());
@@ -162,7 +167,22 @@ pub fn parse_rate_limit(
         .window
         .as_ref()
         .ok_or_else(|| FieldViolation::new(&window_field, "is required"))?;
-    KeyRateLimit::parse(field, limit.limit, parse_duration(&window_field, window)?)
+    let unit = match proto::RateLimitUnit::try_from(limit.unit) {
+        Ok(proto::RateLimitUnit::Unspecified | proto::RateLimitUnit::Calls) => RateUnit::Calls,
+        Ok(proto::RateLimitUnit::Credits) => RateUnit::Credits,
+        Err(_) => {
+            return Err(FieldViolation::new(
+                format!("{field}.unit"),
+                "must be RATE_LIMIT_UNIT_CALLS or RATE_LIMIT_UNIT_CREDITS",
+            ))
+        }
+    };
+    KeyRateLimit::parse(
+        field,
+        limit.limit,
+        parse_duration(&window_field, window)?,
+        unit,
+    )
 }
 
 /// Credits as a request sets them (`field` names the message).

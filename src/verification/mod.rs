@@ -24,7 +24,8 @@
 //!    every required permission must be granted (`InsufficientPermissions`,
 //!    naming those missing). A key with none skips this step.
 //! 6. **The key's own rate limit** (set by its owner): `RateLimited`, with
-//!    the time it resets. Exact across replicas when Redis is configured.
+//!    the time it resets. Exact across replicas when Redis is configured. A
+//!    limit in credits counts the call's `cost` rather than 1.
 //! 7. **Credits**, for a key that has them: `cost` is spent through the
 //!    batched compare-and-set of [`crate::hot_path::credit_spends`]; a
 //!    balance short of `cost` is `UsageExceeded` and spends nothing. Never
@@ -198,7 +199,12 @@ impl KeyVerifier {
             return Ok(Verification::Refused(record, rejection));
         }
         if let Some(limit) = record.rate_limit() {
-            if let Err(retry_after) = self.rate_limits.check_own_limit(record.id, limit).await {
+            let weight = limit.weight(cost);
+            if let Err(retry_after) = self
+                .rate_limits
+                .check_own_limit(record.id, limit, weight)
+                .await
+            {
                 // A full bucket frees a call within one window, whatever a
                 // store answered.
                 let wait = TimeDelta::from_std(retry_after.min(limit.window()))

@@ -72,7 +72,7 @@ backend_test! {
         let created = key_with(
             &app,
             &owner,
-            Some(proto::RateLimit { limit: 5, window: window(60) }),
+            Some(proto::RateLimit { limit: 5, window: window(60), ..Default::default() }),
             Some(proto::Credits {
                 remaining: 100,
                 refill: Some(refill),
@@ -120,7 +120,7 @@ backend_test! {
             app.api_keys(Some(&owner.token))
                 .create_api_key(proto::CreateApiKeyRequest {
                     chatbot_id: chatbot.id,
-                    rate_limit: Some(proto::RateLimit { limit: 0, window: None }),
+                    rate_limit: Some(proto::RateLimit { limit: 0, window: None, ..Default::default() }),
                     credits: Some(proto::Credits {
                         remaining: -1,
                         refill: Some(proto::Refill { amount: 10, interval: window(1) }),
@@ -341,7 +341,7 @@ backend_test! {
         let created = key_with(
             &app,
             &owner,
-            Some(proto::RateLimit { limit: 3, window: window(60) }),
+            Some(proto::RateLimit { limit: 3, window: window(60), ..Default::default() }),
             Some(credits(100)),
         )
         .await;
@@ -379,6 +379,7 @@ async fn a_keys_rate_limit_holds_across_replicas_sharing_redis_postgres() {
         Some(proto::RateLimit {
             limit: 5,
             window: window(60),
+            ..Default::default()
         }),
         None,
     )
@@ -419,7 +420,7 @@ backend_test! {
                 proto::ApiKey {
                     id,
                     display_name: "renamed".into(),
-                    rate_limit: Some(proto::RateLimit { limit: 2, window: window(1) }),
+                    rate_limit: Some(proto::RateLimit { limit: 2, window: window(1), ..Default::default() }),
                     credits: Some(credits(1000)),
                     ..Default::default()
                 },
@@ -493,7 +494,7 @@ backend_test! {
         let created = key_with(
             &app,
             &owner,
-            Some(proto::RateLimit { limit: 7, window: window(60) }),
+            Some(proto::RateLimit { limit: 7, window: window(60), ..Default::default() }),
             Some(credits(30)),
         )
         .await;
@@ -565,5 +566,56 @@ backend_test! {
             .api_key
             .unwrap();
         assert_eq!(updated.expire_time, None);
+    }
+}
+
+backend_test! {
+    async fn a_rate_limit_in_credits_counts_each_call_by_its_cost() {
+        let app = spawn_app().await;
+        let owner = app.new_user().await;
+        let tokens_an_hour = proto::RateLimit {
+            limit: 100,
+            window: window(3600),
+            unit: proto::RateLimitUnit::Credits.into(),
+        };
+        let created = key_with(&app, &owner, Some(tokens_an_hour), None).await;
+        let shown = created.api_key.unwrap().rate_limit.unwrap();
+        assert_eq!(shown.unit(), proto::RateLimitUnit::Credits);
+
+        assert!(verify_costing(&app, &created.key, 60).await.valid);
+        let over = verify_costing(&app, &created.key, 50).await;
+        assert_eq!(over.reason(), VerifyApiKeyReason::RateLimited, "60 + 50 is over 100");
+        assert!(verify_costing(&app, &created.key, 40).await.valid, "60 + 40 fits");
+        assert_eq!(
+            verify_costing(&app, &created.key, 1).await.reason(),
+            VerifyApiKeyReason::RateLimited
+        );
+
+        // A limit in calls (the default, shown as such) counts 1 a call,
+        // whatever it costs, and is bounded by its own maximum.
+        let calls = key_with(&app, &owner, Some(proto::RateLimit { limit: 2, window: window(3600), ..Default::default() }), None).await;
+        assert_eq!(calls.api_key.unwrap().rate_limit.unwrap().unit(), proto::RateLimitUnit::Calls);
+        assert!(verify_costing(&app, &calls.key, 1_000).await.valid);
+        assert!(verify_costing(&app, &calls.key, 1_000).await.valid);
+        assert_eq!(verify_costing(&app, &calls.key, 1).await.reason(), VerifyApiKeyReason::RateLimited);
+
+        let chatbot = app.create_chatbot(&owner, "bounds").await;
+        for (limit, unit, field) in [
+            (2_000_000, proto::RateLimitUnit::Calls as i32, "rate_limit.limit"),
+            (2_000_000, proto::RateLimitUnit::Credits as i32, "rate_limit.limit"),
+            (10, 7, "rate_limit.unit"),
+        ] {
+            let status = assert_code(
+                app.api_keys(Some(&owner.token))
+                    .create_api_key(proto::CreateApiKeyRequest {
+                        chatbot_id: chatbot.id.clone(),
+                        rate_limit: Some(proto::RateLimit { limit, window: window(1), unit }),
+                        ..Default::default()
+                    })
+                    .await,
+                Code::InvalidArgument,
+            );
+            assert_eq!(violated_fields(&status), [field], "{limit} {unit}");
+        }
     }
 }

@@ -373,8 +373,7 @@ backend_test! {
             proto::CreateApiKeyRequest {
                 rate_limit: Some(proto::RateLimit {
                     limit: 1,
-                    window: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
-                }),
+                    window: Some(prost_types::Duration { seconds: 60, nanos: 0 }), ..Default::default() }),
                 ..Default::default()
             },
         )

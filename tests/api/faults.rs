@@ -42,6 +42,7 @@ fn rate_limit(calls_a_day: i64) -> proto::RateLimit {
             seconds: DAY,
             nanos: 0,
         }),
+        ..Default::default()
     }
 }
 

@@ -212,8 +212,7 @@ backend_test! {
                 credits: Some(proto::Credits { remaining: 1, ..Default::default() }),
                 rate_limit: Some(proto::RateLimit {
                     limit: 1,
-                    window: Some(prost_types::Duration { seconds: 86_400, nanos: 0 }),
-                }),
+                    window: Some(prost_types::Duration { seconds: 86_400, nanos: 0 }), ..Default::default() }),
                 ..Default::default()
             },
         )

@@ -243,14 +243,16 @@ crate::helpers::backend_test! {
         app.stop().await;
         let url = app.database_url.clone();
 
-        // The newest drops the credit reservations: refused, then done
-        // when told.
-        let (ok, said) = migrate(&url, &["--revert"]).await;
-        assert!(!ok, "refused: {said}");
-        assert!(said.contains("--destroy-data"), "{said}");
-        let (ok, said) = migrate(&url, &["--revert", "--destroy-data"]).await;
-        assert!(ok, "{said}");
-        assert!(said.contains("reverted migration 20261207000011"), "{said}");
+        // The newest two drop the rate limits' unit and the credit
+        // reservations: refused, then done when told.
+        for version in ["20261207000012", "20261207000011"] {
+            let (ok, said) = migrate(&url, &["--revert"]).await;
+            assert!(!ok, "refused: {said}");
+            assert!(said.contains("--destroy-data"), "{said}");
+            let (ok, said) = migrate(&url, &["--revert", "--destroy-data"]).await;
+            assert!(ok, "{said}");
+            assert!(said.contains(&format!("reverted migration {version}")), "{said}");
+        }
 
         // The next only drops the key announcements' trigger.
         let (ok, said) = migrate(&url, &["--revert"]).await;

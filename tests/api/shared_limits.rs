@@ -218,3 +218,46 @@ async fn a_redis_outage_falls_back_to_counting_in_process_and_recovers() {
         "Redis in use again"
     );
 }
+
+/// A key's limit in credits (tokens an hour) is one budget for every
+/// replica when Redis counts it: each call weighs its cost, wherever it
+/// lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limit_in_credits_is_shared_by_two_replicas_through_redis() {
+    let prefix = RedisPrefix::new();
+    let (app, replica) = two_replicas_sharing_redis(&redis_url(redis_addr()), &prefix).await;
+    let owner = app.new_user().await;
+    let chatbot = app.create_chatbot(&owner, "tokens").await;
+    let limit = proto::RateLimit {
+        limit: 100,
+        window: Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        }),
+        unit: proto::RateLimitUnit::Credits.into(),
+    };
+    let created = app
+        .create_api_key_with(
+            &owner,
+            &chatbot.id,
+            proto::CreateApiKeyRequest {
+                rate_limit: Some(limit),
+                ..Default::default()
+            },
+        )
+        .await;
+    let key = created.key.as_str();
+    use crate::helpers::verify_costing as verify;
+    assert!(verify(&app, key, 60).await.valid);
+    let over = verify(&replica, key, 50).await;
+    assert_eq!(
+        over.reason(),
+        proto::VerifyApiKeyReason::RateLimited,
+        "60 + 50 through two replicas"
+    );
+    assert!(verify(&replica, key, 40).await.valid);
+    assert_eq!(
+        verify(&app, key, 1).await.reason(),
+        proto::VerifyApiKeyReason::RateLimited
+    );
+}

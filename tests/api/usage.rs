@@ -72,8 +72,7 @@ backend_test! {
         let limited = app.create_api_key_with(&owner, &chatbot.id, proto::CreateApiKeyRequest {
             rate_limit: Some(proto::RateLimit {
                 limit: 1,
-                window: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
-            }),
+                window: Some(prost_types::Duration { seconds: 3600, nanos: 0 }), ..Default::default() }),
             ..Default::default()
         }).await;
         let soon_expired = app.create_api_key_with(&owner, &chatbot.id, proto::CreateApiKeyRequest {

@@ -117,8 +117,7 @@ pub struct VerificationRecord {
     pub owner_id: UserId,
     pub organization_id: OrganizationId,
     pub llm_endpoint_url: String,
-    pub rate_limit_calls: Option<i64>,
-    pub rate_limit_window_ms: Option<i64>,
+    pub rate_limit: Option<KeyRateLimit>,
     pub credits_remaining: Option<i64>,
     pub grants: Option<std::sync::Arc<KeyGrants>>,
 }
@@ -135,6 +134,7 @@ struct VerificationRow {
     llm_endpoint_url: String,
     rate_limit_calls: Option<i64>,
     rate_limit_window_ms: Option<i64>,
+    rate_limit_unit: Option<String>,
     credits_remaining: Option<i64>,
     allowed_networks: String,
     permissions: String,
@@ -158,8 +158,11 @@ impl From<VerificationRow> for VerificationRecord {
             owner_id: row.owner_id,
             organization_id: row.organization_id,
             llm_endpoint_url: row.llm_endpoint_url,
-            rate_limit_calls: row.rate_limit_calls,
-            rate_limit_window_ms: row.rate_limit_window_ms,
+            rate_limit: KeyRateLimit::from_stored(
+                row.rate_limit_calls.unwrap_or_default(),
+                row.rate_limit_window_ms.unwrap_or_default(),
+                row.rate_limit_unit.as_deref().unwrap_or_default(),
+            ),
             credits_remaining: row.credits_remaining,
             grants: grants.map(std::sync::Arc::new),
         }
@@ -168,7 +171,7 @@ impl From<VerificationRow> for VerificationRecord {
 
 impl VerificationRecord {
     pub fn rate_limit(&self) -> Option<KeyRateLimit> {
-        KeyRateLimit::from_stored(self.rate_limit_calls?, self.rate_limit_window_ms?)
+        self.rate_limit
     }
 
     /// Whether verifying spends credits (the balance read here is stale
@@ -295,6 +298,7 @@ impl ApiKey {
                     chatbots::llm_endpoint_url,
                     api_key_limits::rate_limit_calls.nullable(),
                     api_key_limits::rate_limit_window_ms.nullable(),
+                    api_key_limits::rate_limit_unit.nullable(),
                     api_key_limits::credits_remaining.nullable(),
                     api_keys::allowed_networks,
                     api_keys::permissions,

@@ -12,7 +12,7 @@ use super::ApiKey;
 use crate::db::schema::api_key_limits;
 use crate::db::sql_types::Timestamp;
 use crate::db::DbConnection;
-use crate::domain::{ApiKeyId, CreditsSetting, CreditsState, KeyRateLimit, Refill};
+use crate::domain::{ApiKeyId, CreditsSetting, CreditsState, KeyRateLimit, RateUnit, Refill};
 
 /// A row of `api_key_limits`.
 #[derive(Debug, Clone, Copy, Queryable, Selectable)]
@@ -25,6 +25,9 @@ pub struct KeyLimits {
     credits_refill_amount: Option<i64>,
     credits_refill_interval_ms: Option<i64>,
     credits_refilled_at: Option<DateTime<Utc>>,
+    #[diesel(select_expression = api_key_limits::rate_limit_unit.eq(RateUnit::Credits.as_str()))]
+    #[diesel(select_expression_type = diesel::dsl::Eq<api_key_limits::rate_limit_unit, &'static str>)]
+    rate_limit_in_credits: bool,
 }
 
 /// The refill columns as one value, if the key has a refill.
@@ -38,7 +41,15 @@ fn stored_refill(
 
 impl KeyLimits {
     pub fn rate_limit(&self) -> Option<KeyRateLimit> {
-        KeyRateLimit::from_stored(self.rate_limit_calls?, self.rate_limit_window_ms?)
+        let unit = match self.rate_limit_in_credits {
+            true => RateUnit::Credits,
+            false => RateUnit::Calls,
+        };
+        KeyRateLimit::from_stored(
+            self.rate_limit_calls?,
+            self.rate_limit_window_ms?,
+            unit.as_str(),
+        )
     }
 
     /// The stored credits (read them as of a moment with
@@ -336,6 +347,7 @@ impl KeyWithLimits {
 pub struct KeyLimitChanges {
     rate_limit_calls: Option<Option<i64>>,
     rate_limit_window_ms: Option<Option<i64>>,
+    rate_limit_unit: Option<&'static str>,
     credits_remaining: Option<Option<i64>>,
     credits_refill_amount: Option<Option<i64>>,
     credits_refill_interval_ms: Option<Option<i64>>,
@@ -349,6 +361,7 @@ pub struct NewKeyLimits {
     api_key_id: ApiKeyId,
     rate_limit_calls: Option<i64>,
     rate_limit_window_ms: Option<i64>,
+    rate_limit_unit: &'static str,
     credits_remaining: Option<i64>,
     credits_refill_amount: Option<i64>,
     credits_refill_interval_ms: Option<i64>,
@@ -398,6 +411,8 @@ impl KeyLimitChanges {
     pub fn set_rate_limit(&mut self, limit: Option<KeyRateLimit>) {
         self.rate_limit_calls = Some(limit.map(|limit| i64::from(limit.calls())));
         self.rate_limit_window_ms = Some(limit.map(|limit| limit.window_ms()));
+        let unit = limit.map_or(RateUnit::Calls, |limit| limit.unit());
+        self.rate_limit_unit = Some(unit.as_str());
     }
 
     /// Sets the balance and the refill; `None` makes the key unlimited.
@@ -423,6 +438,7 @@ impl KeyLimitChanges {
             api_key_id,
             rate_limit_calls: self.rate_limit_calls.flatten(),
             rate_limit_window_ms: self.rate_limit_window_ms.flatten(),
+            rate_limit_unit: self.rate_limit_unit.unwrap_or(RateUnit::Calls.as_str()),
             credits_remaining: self.credits_remaining.flatten(),
             credits_refill_amount: self.credits_refill_amount.flatten(),
             credits_refill_interval_ms: self.credits_refill_interval_ms.flatten(),

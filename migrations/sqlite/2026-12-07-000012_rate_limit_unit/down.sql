@@ -1,0 +1,1 @@
+ALTER TABLE api_key_limits DROP COLUMN rate_limit_unit;

@@ -383,3 +383,158 @@ async fn concurrent_settlements_of_one_reservation_apply_once_postgres() {
         1_000 - applied[0].charged_cost
     );
 }
+
+/// Sums over the reservations as stored: the credits still held by open
+/// ones, and what settled ones were charged.
+async fn stored_reservations(app: &TestApp) -> (i64, i64) {
+    #[derive(diesel::QueryableByName)]
+    struct Sums {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        held: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        charged: i64,
+    }
+    let mut conn = app.sql().await;
+    let sums: Sums = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query(
+            "SELECT COALESCE(SUM(reserved) FILTER (WHERE state = 'open'), 0)::int8 AS held, \
+             COALESCE(SUM(charged) FILTER (WHERE state = 'settled'), 0)::int8 AS charged \
+             FROM credit_reservations",
+        ),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    (sums.held, sums.charged)
+}
+
+/// PostgreSQL cut, then garbled, under a load of reserve/settle pairs:
+/// calls fail with UNAVAILABLE (never INTERNAL) while it is out, every
+/// reservation answered VALID is there afterwards and settles (a retried
+/// settlement whose first answer was lost gets the same answer), and the
+/// balance is exactly the start minus what was settled and what is still
+/// held by reservations whose answers were lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_fault_mid_load_loses_no_answered_reservation_or_settlement() {
+    let database = crate::helpers::TestDatabase::create().await;
+    let proxy = crate::helpers::TcpProxy::start(database.postgres_addr()).await;
+    let via_proxy = database.url_via(proxy.addr);
+    let app = crate::helpers::spawn_app_on(
+        database,
+        &via_proxy,
+        &[
+            "--database-acquire-timeout-ms",
+            "1000",
+            "--database-connect-timeout-ms",
+            "1000",
+        ],
+    )
+    .await;
+    let owner = app.new_user().await;
+    let (key, id) = key_with_credits(&app, &owner, Some(1_000_000)).await;
+
+    for fault in [
+        crate::helpers::TcpProxy::cut,
+        crate::helpers::TcpProxy::garble,
+    ] {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers: Vec<_> = (0..8)
+            .map(|worker| {
+                let mut api_keys = app.api_keys(None);
+                let key = key.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    // (reservation id, its cost, whether its settlement was answered)
+                    let mut held: Vec<(String, i64, bool)> = Vec::new();
+                    let mut call = 0;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        call += 1;
+                        let mut request = tonic::Request::new(proto::VerifyApiKeyRequest {
+                            key: key.clone(),
+                            cost: 10,
+                            reserve: true,
+                            ..Default::default()
+                        });
+                        request.set_timeout(Duration::from_secs(3));
+                        let answer = match api_keys.verify_api_key(request).await {
+                            Ok(answer) => answer.into_inner(),
+                            Err(status) => {
+                                assert_ne!(status.code(), Code::Internal, "{status:?}");
+                                continue;
+                            }
+                        };
+                        assert!(answer.valid, "{answer:?}");
+                        let cost = (worker * 7 + call) % 21;
+                        let mut request = tonic::Request::new(proto::SettleReservationRequest {
+                            reservation_id: answer.reservation_id.clone(),
+                            actual_cost: cost,
+                        });
+                        request.set_timeout(Duration::from_secs(3));
+                        let settled = api_keys.settle_reservation(request).await;
+                        if let Err(status) = &settled {
+                            assert_ne!(status.code(), Code::Internal, "{status:?}");
+                        }
+                        held.push((answer.reservation_id, cost, settled.is_ok()));
+                    }
+                    held
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        fault(&proxy);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        proxy.restore();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut held = Vec::new();
+        for worker in workers {
+            held.extend(worker.await.unwrap());
+        }
+        assert!(
+            held.len() > 20,
+            "the load went on around the fault: {}",
+            held.len()
+        );
+        // Every reservation answered VALID settles now, at its cost, the
+        // same whether its first settlement committed or not.
+        for (reservation_id, cost, _) in &held {
+            let settled = eventually_ok(|| settle(&app, reservation_id, *cost)).await;
+            assert_eq!(
+                (settled.state(), settled.charged_cost),
+                (CreditReservationState::Settled, *cost)
+            );
+        }
+        let unanswered = held.iter().filter(|(_, _, answered)| !answered).count();
+        eprintln!(
+            "{} pairs around the fault, {unanswered} settlements unanswered",
+            held.len()
+        );
+    }
+    let (held_open, charged) = stored_reservations(&app).await;
+    assert_eq!(
+        balance(&app, &owner, id).await,
+        1_000_000 - charged - held_open
+    );
+}
+
+/// Retries `call` until the store answers (the pool reconnects after a
+/// fault), for at most ten seconds.
+async fn eventually_ok<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(status)
+                if status.code() == Code::Unavailable
+                    && started.elapsed() < Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+}

@@ -64,6 +64,8 @@ diesel::table! {
         metadata -> Text,
         /// The owner's own id for the customer the key was issued to.
         external_id -> Nullable<Text>,
+        /// The key RotateApiKey issued in its place; its limits and credits are this key's during the grace period.
+        replaced_by -> Nullable<Int8>,
     }
 }
 

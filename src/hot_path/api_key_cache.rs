@@ -17,7 +17,8 @@ pub type ApiKeyCache = InvalidatedCache<ApiKeyDigest, Option<Arc<VerificationRec
 impl Invalidated for VerificationRecord {
     fn is_stale_after(&self, change: &Invalidation) -> bool {
         match *change {
-            Invalidation::Key(id) => self.id == id,
+            // A replaced key's row also carries its replacement's limits.
+            Invalidation::Key(id) => self.id == id || self.limits_key_id == id,
             Invalidation::Chatbot(id) => self.chatbot_id == id,
             Invalidation::Owner(id) => self.owner_id == id,
             Invalidation::Organization(id) => self.organization_id == id,
@@ -38,6 +39,7 @@ mod tests {
         let (chatbot, owner) = (ChatbotId::generate(), UserId::generate());
         let record = VerificationRecord {
             id: ApiKeyId(1),
+            limits_key_id: ApiKeyId(1),
             chatbot_id: chatbot,
             revoked: false,
             expires_at: None,

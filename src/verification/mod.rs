@@ -23,6 +23,9 @@
 //!    the key's allowed networks, if it has any (`AddressNotAllowed`), and
 //!    every required permission must be granted (`InsufficientPermissions`,
 //!    naming those missing). A key with none skips this step.
+//!
+//!    Steps 6 and 7 use the limits and credits of the key's replacement
+//!    while a rotation's grace period lasts: one budget, not one per key.
 //! 6. **The key's own rate limit** (set by its owner): `RateLimited`, with
 //!    the time it resets. Exact across replicas when Redis is configured. A
 //!    limit in credits counts the call's `cost` rather than 1.
@@ -202,7 +205,7 @@ impl KeyVerifier {
             let weight = limit.weight(cost);
             if let Err(retry_after) = self
                 .rate_limits
-                .check_own_limit(record.id, limit, weight)
+                .check_own_limit(record.limits_key_id, limit, weight)
                 .await
             {
                 // A full bucket frees a call within one window, whatever a
@@ -240,8 +243,11 @@ impl KeyVerifier {
         };
         let credits_remaining = if record.has_credits() {
             let outcome = match hold {
-                Some(hold) => self.credit_spends.reserve(record.id, cost, hold).await?,
-                None => self.credit_spends.spend(record.id, cost).await?,
+                Some(hold) => {
+                    let id = record.limits_key_id;
+                    self.credit_spends.reserve(id, cost, hold).await?
+                }
+                None => self.credit_spends.spend(record.limits_key_id, cost).await?,
             };
             match outcome {
                 SpendOutcome::Spent(remaining) => Some(remaining),
@@ -287,7 +293,7 @@ impl KeyVerifier {
     ) -> AppResult<bool> {
         let reservation = NewReservation::new(
             hold.token_hash,
-            record.id,
+            record.limits_key_id,
             hold.chatbot_id,
             cost,
             false,

@@ -320,10 +320,9 @@ async fn concurrent_reservations_over_two_replicas_never_overrun_postgres() {
     });
     let settled: Vec<Option<i64>> = futures_util::future::join_all(pairs).await;
     let granted = settled.iter().flatten().count();
-    assert!(
-        granted >= 100,
-        "every reservation of 50 fits at first: {granted}"
-    );
+    // 5,000 holds 100 reservations of 50, fewer once settlements above
+    // their reservation take more; 200 never fit.
+    assert!(granted > 50, "most reservations fit: {granted}");
     assert!(granted < 200, "the balance ran out: {granted}");
     let charged: i64 = settled.iter().flatten().sum();
     assert_eq!(balance(&app, &owner, id).await, 5_000 - charged);
@@ -536,5 +535,83 @@ where
             }
             Err(status) => panic!("{status:?}"),
         }
+    }
+}
+
+backend_test! {
+    async fn during_a_grace_period_both_keys_spend_one_budget() {
+        let app = spawn_app().await;
+        let owner = app.new_user().await;
+        let (old_key, old_id) = key_with_credits(&app, &owner, Some(100)).await;
+        let rotated = app
+            .api_keys(Some(&owner.token))
+            .rotate_api_key(proto::RotateApiKeyRequest {
+                id: old_id,
+                grace_period: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+            })
+            .await
+            .expect("rotate with a grace period")
+            .into_inner();
+        let new_key = rotated.key;
+        let new_id = rotated.api_key.unwrap().id;
+        assert_eq!(balance(&app, &owner, old_id).await, 0, "the old key keeps nothing of its own");
+        assert_eq!(balance(&app, &owner, new_id).await, 100);
+
+        // The old key, still working, spends and reserves from the one budget.
+        let spent = crate::helpers::verify_costing(&app, &old_key, 30).await;
+        assert!(spent.valid, "{spent:?}");
+        assert_eq!(spent.credits_remaining, Some(70));
+        let held = reserve(&app, &old_key, 20).await;
+        assert_eq!(held.credits_remaining, Some(50));
+        assert_eq!(balance(&app, &owner, new_id).await, 50);
+        let settled = settle(&app, &held.reservation_id, 5).await.unwrap();
+        assert_eq!(settled.api_key_id, new_id);
+        assert_eq!(balance(&app, &owner, new_id).await, 65);
+
+        assert!(crate::helpers::verify_costing(&app, &new_key, 65).await.valid);
+        let refused = crate::helpers::verify_costing(&app, &old_key, 1).await;
+        assert_eq!(refused.reason(), VerifyApiKeyReason::UsageExceeded, "spent through either key");
+        assert_eq!(refused.credits_remaining, Some(0));
+
+        // A top-up of the replacement reaches the old key at once.
+        app.api_keys(Some(&owner.token))
+            .update_api_key(api_key_update(
+                proto::ApiKey {
+                    id: new_id,
+                    credits: Some(proto::Credits { remaining: 10, ..Default::default() }),
+                    ..Default::default()
+                },
+                &["credits.remaining"],
+            ))
+            .await
+            .expect("top up the replacement");
+        assert!(crate::helpers::verify_costing(&app, &old_key, 10).await.valid);
+    }
+}
+
+backend_test! {
+    async fn a_settlement_refunds_a_key_with_a_refill_in_the_same_period() {
+        let app = spawn_app().await;
+        let owner = app.new_user().await;
+        let chatbot = app.create_chatbot(&owner, "refilled").await;
+        let created = app
+            .create_api_key_with(&owner, &chatbot.id, proto::CreateApiKeyRequest {
+                credits: Some(proto::Credits {
+                    remaining: 1000,
+                    refill: Some(proto::Refill {
+                        amount: 1000,
+                        interval: Some(prost_types::Duration { seconds: 86_400, nanos: 0 }),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await;
+        let id = created.api_key.unwrap().id;
+        assert!(crate::helpers::verify_costing(&app, &created.key, 250).await.valid);
+        let reserved = reserve(&app, &created.key, 300).await;
+        assert_eq!(reserved.credits_remaining, Some(450));
+        settle(&app, &reserved.reservation_id, 100).await.unwrap();
+        assert_eq!(balance(&app, &owner, id).await, 650, "200 back in the same period");
     }
 }

@@ -5,8 +5,8 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    BoolExpressionMethods, ExpressionMethods, Insertable, NullableExpressionMethods, QueryDsl,
-    Queryable, Selectable, SelectableHelper,
+    BoolExpressionMethods, ExpressionMethods, Insertable, JoinOnDsl, NullableExpressionMethods,
+    QueryDsl, Queryable, Selectable, SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
 
@@ -17,6 +17,11 @@ use crate::domain::{
     permissions_json, ApiKeyDigest, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, KeyGrants,
     KeyRateLimit, OrganizationId, PageRequest, UserId,
 };
+
+diesel::define_sql_function! {
+    /// SQL's COALESCE of a nullable key id and a key id.
+    fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::BigInt>, y: diesel::sql_types::BigInt) -> diesel::sql_types::BigInt;
+}
 
 /// A row of `api_keys`, without the digest (which no reader needs).
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -111,6 +116,9 @@ impl fmt::Debug for NewApiKey<'_> {
 #[derive(Debug, Clone)]
 pub struct VerificationRecord {
     pub id: ApiKeyId,
+    /// The key whose limits and credits apply: its replacement while a
+    /// rotation's grace period lasts, else itself.
+    pub limits_key_id: ApiKeyId,
     pub chatbot_id: ChatbotId,
     pub revoked: bool,
     pub expires_at: Option<DateTime<Utc>>,
@@ -126,6 +134,7 @@ pub struct VerificationRecord {
 #[derive(Queryable)]
 struct VerificationRow {
     id: ApiKeyId,
+    limits_key_id: ApiKeyId,
     chatbot_id: ChatbotId,
     revoked: bool,
     expires_at: Option<DateTime<Utc>>,
@@ -152,6 +161,7 @@ impl From<VerificationRow> for VerificationRecord {
         );
         Self {
             id: row.id,
+            limits_key_id: row.limits_key_id,
             chatbot_id: row.chatbot_id,
             revoked: row.revoked,
             expires_at: row.expires_at,
@@ -277,19 +287,22 @@ impl ApiKey {
     /// state, its chatbot's owner and LLM endpoint, its limits), or `None`
     /// for an unknown key. One statement, read on a key-cache miss: a probe
     /// of the unique digest index, joined with the chatbot and (left) the
-    /// limits by their primary keys.
+    /// limits by their primary keys: the replacement's limits for a key a
+    /// rotation replaced.
     pub async fn find_for_verification(
         conn: &mut DbConnection,
         digest: &ApiKeyDigest,
     ) -> diesel::QueryResult<Option<VerificationRecord>> {
+        let limits_key = coalesce(api_keys::replaced_by, api_keys::id);
         let row: Option<VerificationRow> = first_row!(
             conn,
             api_keys::table
                 .inner_join(chatbots::table)
-                .left_join(api_key_limits::table)
+                .left_join(api_key_limits::table.on(api_key_limits::api_key_id.eq(limits_key)))
                 .filter(api_keys::key_hash.eq(&digest.0[..]))
                 .select((
                     api_keys::id,
+                    limits_key,
                     api_keys::chatbot_id,
                     api_keys::revoked,
                     api_keys::expires_at,
@@ -393,14 +406,24 @@ impl ApiKey {
 
     /// Marks a key replaced by a rotation at `now`, letting it work only
     /// until `until` unless it already ends sooner.
+    /// Marks key `id` replaced by `replacement` at `now`, ending no later
+    /// than `until`.
     pub async fn mark_rotated(
         conn: &mut DbConnection,
         id: ApiKeyId,
+        replacement: ApiKeyId,
         until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> diesel::QueryResult<Option<ApiKey>> {
         let key = api_keys::table.find(id);
-        update_rows!(conn, key, api_keys::rotated_at.eq(Timestamp(now)))?;
+        update_rows!(
+            conn,
+            key,
+            (
+                api_keys::rotated_at.eq(Timestamp(now)),
+                api_keys::replaced_by.eq(Some(replacement.0)),
+            )
+        )?;
         let ends_later = api_keys::expires_at
             .is_null()
             .or(api_keys::expires_at.gt(Timestamp(until)));

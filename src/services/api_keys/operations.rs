@@ -250,13 +250,23 @@ pub async fn rotate_api_key(
                         .with_grants(&old_grants),
                 )
                 .await?;
-                let old_key = ApiKey::mark_rotated(conn, id, grace_ends, now)
+                let old_key = ApiKey::mark_rotated(conn, id, new_key.id, grace_ends, now)
                     .await?
                     .ok_or(AppError::NotFound("API key"))?;
                 let old_key = KeyWithLimits::load(conn, old_key).await?;
                 if let Some(limits) = &old_key.limits {
                     KeyLimits::apply(conn, new_key.id, &KeyLimitChanges::copy_of(limits, now))
                         .await?;
+                    // The old key spends from the replacement's balance
+                    // while its grace period lasts (one budget, not two);
+                    // its own is emptied, so it has nothing of its own to
+                    // spend should the replacement be deleted.
+                    if limits.credits().is_some() {
+                        let mut emptied = KeyLimitChanges::default();
+                        emptied.set_balance(0);
+                        emptied.set_refill(None, now);
+                        KeyLimits::apply(conn, id, &emptied).await?;
+                    }
                 }
                 // Open reservations are settled against the balance that
                 // now carries on: the replacement's.

@@ -114,6 +114,20 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
     for _ in 0..3 {
         assert!(clients.verify(&created.key).await.valid);
     }
+    // A previous version with reservations holds 5 in one (filling their
+    // table); one without them ignores `reserve` and spends the 5.
+    let held = clients
+        .api_keys(None)
+        .verify_api_key(proto::VerifyApiKeyRequest {
+            key: created.key.clone(),
+            cost: 5,
+            reserve: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(held.valid, "{held:?}");
     let refreshed = clients.refresh(&login.refresh_token).await.unwrap();
     // A previous version with organizations fills their tables too; one
     // without them answers UNIMPLEMENTED, and has no such tables.
@@ -194,6 +208,18 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
     );
     let verified = new.verify(&created.key).await;
     assert_eq!(verified.reason(), VerifyApiKeyReason::Valid);
+    // This version settles what the previous one reserved, at what it held.
+    if !held.reservation_id.is_empty() {
+        let settled = new
+            .api_keys(None)
+            .settle_reservation(proto::SettleReservationRequest {
+                reservation_id: held.reservation_id.clone(),
+                actual_cost: 5,
+            })
+            .await
+            .expect("a reservation of the previous version settles");
+        assert_eq!(settled.into_inner().reservation.unwrap().charged_cost, 5);
+    }
     let usage = new
         .api_keys(Some(&token))
         .get_api_key_usage(proto::GetApiKeyUsageRequest {
@@ -260,8 +286,8 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
     let remaining = spent.api_key.unwrap().credits.unwrap().remaining;
     assert_eq!(
         remaining,
-        100 - 5,
-        "every spend by either version counted once"
+        100 - 5 - 5,
+        "every spend by either version counted once, and the reservation's 5"
     );
     drop(old);
 }

@@ -615,3 +615,43 @@ backend_test! {
         assert_eq!(balance(&app, &owner, id).await, 650, "200 back in the same period");
     }
 }
+
+/// Fifty reservations expire while two server processes sweep them at
+/// once: each is charged once (the balance stays as held) and counted once
+/// in usage, whichever replica found it.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_sweeping_the_same_expired_reservations_charge_each_once_postgres() {
+    let fast = [
+        "--reservation-ttl-secs",
+        "1",
+        "--usage-flush-interval-secs",
+        "1",
+    ];
+    let app = spawn_app_with(&fast).await;
+    let owner = app.new_user().await;
+    let (key, id) = key_with_credits(&app, &owner, Some(10_000)).await;
+    let replica = app
+        .spawn_replica_process(&[
+            ("RESERVATION_TTL_SECS", "1"),
+            ("USAGE_FLUSH_INTERVAL_SECS", "1"),
+        ])
+        .await;
+    let held = (0..50).map(|call| {
+        let clients: &Clients = if call % 2 == 0 { &app } else { &replica };
+        reserve(clients, &key, 7)
+    });
+    let answers = futures_util::future::join_all(held).await;
+    assert!(answers.iter().all(|answer| answer.valid));
+    assert_eq!(balance(&app, &owner, id).await, 10_000 - 50 * 7);
+    eventually((350, 0, 0, 350), || metered(&app, &owner, id)).await;
+    // Another round of sweeps finds nothing more to charge or count.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(metered(&app, &owner, id).await, (350, 0, 0, 350));
+    assert_eq!(balance(&app, &owner, id).await, 10_000 - 50 * 7);
+    for answer in &answers {
+        assert_code(
+            release(&app, &answer.reservation_id).await,
+            Code::FailedPrecondition,
+        );
+    }
+}

@@ -14,6 +14,7 @@ use crate::helpers::{
     api_key_update, assert_code, backend_test, eventually, spawn_app, spawn_app_with,
     violated_fields, Clients, TestApp, TestUser,
 };
+use crate::usage::key_usage;
 
 /// A key with `credits` (none: unlimited) on a new chatbot of `owner`:
 /// its secret and id.
@@ -86,23 +87,12 @@ async fn balance(clients: &Clients, owner: &TestUser, id: i64) -> i64 {
         .remaining
 }
 
-async fn usage_total(clients: &Clients, owner: &TestUser, id: i64) -> proto::UsageCounts {
-    clients
-        .api_keys(Some(&owner.token))
-        .get_api_key_usage(proto::GetApiKeyUsageRequest {
-            id,
-            ..Default::default()
-        })
-        .await
-        .expect("GetApiKeyUsage")
-        .into_inner()
-        .total
-        .unwrap_or_default()
-}
-
 /// (reserved, settled, refunded, expired) of a key's usage.
 async fn metered(clients: &Clients, owner: &TestUser, id: i64) -> (i64, i64, i64, i64) {
-    let total = usage_total(clients, owner, id).await;
+    let total = key_usage(clients, owner, id)
+        .await
+        .total
+        .unwrap_or_default();
     (
         total.credits_reserved,
         total.credits_settled,
@@ -145,7 +135,7 @@ backend_test! {
 
         // The reserved amount is not also counted as spent.
         eventually((30, 10, 20, 0), || metered(&app, &owner, id)).await;
-        assert_eq!(usage_total(&app, &owner, id).await.credits_spent, 0);
+        assert_eq!(key_usage(&app, &owner, id).await.total.unwrap().credits_spent, 0);
     }
 }
 

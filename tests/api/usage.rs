@@ -15,7 +15,11 @@ use crate::helpers::{
 
 const FLUSH_EVERY_SECOND: &[&str] = &["--usage-flush-interval-secs", "1"];
 
-async fn key_usage(clients: &Clients, owner: &TestUser, id: i64) -> proto::GetApiKeyUsageResponse {
+pub async fn key_usage(
+    clients: &Clients,
+    owner: &TestUser,
+    id: i64,
+) -> proto::GetApiKeyUsageResponse {
     clients
         .api_keys(Some(&owner.token))
         .get_api_key_usage(proto::GetApiKeyUsageRequest {

@@ -280,40 +280,29 @@ impl Reservation {
             credit_reservations::charged.eq(credit_reservations::reserved.nullable()),
             credit_reservations::finished_at.eq(Some(now)),
         );
-        let still_open = credit_reservations::state.eq(ReservationState::Open.as_str());
-        match conn {
+        // Only the lock differs: SQLite has no row locks (one writer).
+        let hashes: Vec<Vec<u8>> = match conn {
             DbConnection::Postgres(conn) => {
-                let hashes: Vec<Vec<u8>> = due.for_update().skip_locked().load(&mut **conn).await?;
-                if hashes.is_empty() {
-                    return Ok(Vec::new());
-                }
-                diesel::update(
-                    credit_reservations::table
-                        .filter(credit_reservations::token_hash.eq_any(hashes))
-                        .filter(still_open),
-                )
-                .set(changes)
-                .returning(Reservation::as_returning())
-                .load(&mut **conn)
-                .await
+                due.for_update().skip_locked().load(&mut **conn).await?
             }
             DbConnection::Sqlite(conn) => {
                 let conn: &mut crate::db::SqliteAsyncConnection = conn;
-                let hashes: Vec<Vec<u8>> = due.load(conn).await?;
-                if hashes.is_empty() {
-                    return Ok(Vec::new());
-                }
-                diesel::update(
-                    credit_reservations::table
-                        .filter(credit_reservations::token_hash.eq_any(hashes))
-                        .filter(still_open),
-                )
+                due.load(conn).await?
+            }
+        };
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let expiring = credit_reservations::table
+            .filter(credit_reservations::token_hash.eq_any(hashes))
+            .filter(credit_reservations::state.eq(ReservationState::Open.as_str()));
+        db_run!(conn => {
+            diesel::update(expiring)
                 .set(changes)
                 .returning(Reservation::as_returning())
                 .load(conn)
                 .await
-            }
-        }
+        })
     }
 
     /// Hands the open reservations of key `from` to key `to` (a rotation's

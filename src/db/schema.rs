@@ -134,6 +134,8 @@ diesel::table! {
         expires_at -> DbTimestamp,
         /// When it was settled, released or expired.
         finished_at -> Nullable<DbTimestamp>,
+        /// The organization whose balance also holds it; NULL: none.
+        organization_id -> Nullable<DbUuid>,
     }
 }
 
@@ -385,6 +387,31 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
+    /// An organization's rate limit and credits, shared by all its keys; no row: neither.
+    organization_limits (organization_id) {
+        /// The organization; deleting it deletes its limits.
+        organization_id -> DbUuid,
+        /// Calls allowed per rate_limit_window_ms to all the organization's keys together; NULL: no limit.
+        rate_limit_calls -> Nullable<Int8>,
+        /// The rate limit's window in milliseconds.
+        rate_limit_window_ms -> Nullable<Int8>,
+        /// What rate_limit_calls counts: calls, or credits (each call its cost).
+        rate_limit_unit -> Text,
+        /// Balance shared by all the organization's keys; NULL: unlimited. Below zero only by settlements above their reservations.
+        credits_remaining -> Nullable<Int8>,
+        /// The balance after each refill; NULL: no refill.
+        credits_refill_amount -> Nullable<Int8>,
+        /// Time between refills in milliseconds.
+        credits_refill_interval_ms -> Nullable<Int8>,
+        /// The last refill (or when the refill was set); the next is one interval later.
+        credits_refilled_at -> Nullable<DbTimestamp>,
+    }
+}
+
 diesel::joinable!(api_key_limits -> api_keys (api_key_id));
 diesel::joinable!(api_key_usage -> chatbots (chatbot_id));
 diesel::joinable!(api_keys -> chatbots (chatbot_id));
@@ -392,6 +419,7 @@ diesel::joinable!(credit_reservations -> api_keys (api_key_id));
 diesel::joinable!(chatbots -> organizations (organization_id));
 diesel::joinable!(chatbots -> users (owner_id));
 diesel::joinable!(organization_invitations -> organizations (organization_id));
+diesel::joinable!(organization_limits -> organizations (organization_id));
 diesel::joinable!(organization_members -> organizations (organization_id));
 diesel::joinable!(organization_members -> users (user_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
@@ -407,6 +435,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     credit_reservations,
     login_attempts,
     organization_invitations,
+    organization_limits,
     organization_members,
     organizations,
     refresh_tokens,

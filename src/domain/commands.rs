@@ -78,8 +78,7 @@ pub struct UpdateApiKey {
     pub id: ApiKeyId,
     pub display_name: Option<DisplayText>,
     pub expires_at: Option<Option<DateTime<Utc>>>,
-    pub rate_limit: Option<Option<KeyRateLimit>>,
-    pub credits: CreditsChange,
+    pub limits: LimitsUpdate,
     pub networks: Option<AllowedNetworks>,
     pub permissions: Option<Vec<Permission>>,
     pub metadata: Option<Metadata>,
@@ -97,9 +96,7 @@ impl UpdateApiKey {
         if self.expires_at.is_some() {
             changed.push(AuditChange::field("expire_time"));
         }
-        if self.rate_limit.is_some() {
-            changed.push(AuditChange::field("rate_limit"));
-        }
+        self.limits.changed_fields(&mut changed);
         for (field, named) in [
             ("allowed_networks", self.networks.is_some()),
             ("permissions", self.permissions.is_some()),
@@ -109,6 +106,35 @@ impl UpdateApiKey {
             if named {
                 changed.push(AuditChange::field(field));
             }
+        }
+        changed
+    }
+}
+
+/// What an update does to a rate limit and credits (a key's or an
+/// organization's): the rate limit if its mask names it (`None` inside
+/// clears it), and the credits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsUpdate {
+    pub rate_limit: Option<Option<KeyRateLimit>>,
+    pub credits: CreditsChange,
+}
+
+impl Default for LimitsUpdate {
+    fn default() -> Self {
+        Self {
+            rate_limit: None,
+            credits: CreditsChange::Unchanged,
+        }
+    }
+}
+
+impl LimitsUpdate {
+    /// The fields it changes, for the audit log: the new balance of a
+    /// top-up, the others by name.
+    pub fn changed_fields(&self, changed: &mut Vec<AuditChange>) {
+        if self.rate_limit.is_some() {
+            changed.push(AuditChange::field("rate_limit"));
         }
         match self.credits {
             CreditsChange::Unchanged => {}
@@ -120,7 +146,6 @@ impl UpdateApiKey {
             }),
             CreditsChange::Refill(_) => changed.push(AuditChange::field("credits.refill")),
         }
-        changed
     }
 }
 
@@ -208,6 +233,7 @@ pub struct GetUsage<T> {
 pub struct UpdateOrganization {
     pub id: OrganizationId,
     pub name: Option<OrganizationName>,
+    pub limits: LimitsUpdate,
 }
 
 /// One member of one organization (RemoveMember).

@@ -17,6 +17,14 @@ const MAX_REFILL_INTERVAL: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Largest cost one VerifyApiKey may spend.
 pub const MAX_COST: i64 = 1_000_000_000;
 
+/// Whose limit or credits a verification is judged against: a call must
+/// fit both the key's own and its organization's (shared by all its keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    ApiKey,
+    Organization,
+}
+
 /// What a rate limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RateUnit {

@@ -32,9 +32,9 @@ pub use audit::{
 pub use chatbot::{ChatbotName, LlmEndpoint};
 pub use commands::{
     ApiKeyFilter, CreateApiKey, CreateChatbot, CreateInvitation, CreateUser, CreditsChange,
-    GetUsage, ListApiKeys, ListChatbots, ListOf, Login, MemberRef, ReleaseReservation,
-    RotateApiKey, SettleReservation, UpdateApiKey, UpdateChatbot, UpdateMember, UpdateOrganization,
-    UpdateUser, VerifyApiKey,
+    GetUsage, LimitsUpdate, ListApiKeys, ListChatbots, ListOf, Login, MemberRef,
+    ReleaseReservation, RotateApiKey, SettleReservation, UpdateApiKey, UpdateChatbot, UpdateMember,
+    UpdateOrganization, UpdateUser, VerifyApiKey,
 };
 pub use display_text::DisplayText;
 pub use email::Email;
@@ -45,7 +45,7 @@ pub use ids::{
 };
 pub use key_limits::{
     parse_actual_cost, parse_balance, parse_cost, CreditsSetting, CreditsState, KeyRateLimit,
-    RateUnit, Refill, MAX_COST,
+    LimitScope, RateUnit, Refill, MAX_COST,
 };
 pub use key_restrictions::{
     missing_permissions, parse_client_address, parse_external_id, parse_permissions,

@@ -48,6 +48,8 @@ mod tests {
             llm_endpoint_url: "https://llm.example.com".into(),
             rate_limit: None,
             credits_remaining: None,
+            organization_rate_limit: None,
+            organization_has_credits: false,
             grants: None,
         };
         assert!(record.is_stale_after(&Invalidation::Key(ApiKeyId(1))));

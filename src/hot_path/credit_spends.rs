@@ -48,10 +48,11 @@ use tracing::Instrument;
 
 use super::batch_queue::{fail_all, within, BatchQueue, BatchSettings, Pending};
 use crate::db::models::{
-    Balance, KeyLimits, NewReservation, Reservation, ReservationFinish, ReservationState,
+    ApiKey, Balance, KeyLimits, NewReservation, OrganizationBalance, OrganizationLimits,
+    Reservation, ReservationFinish, ReservationState,
 };
 use crate::db::{Database, DbConnection};
-use crate::domain::{ApiKeyId, ChatbotId};
+use crate::domain::{ApiKeyId, ChatbotId, CreditsState, LimitScope, OrganizationId};
 use crate::error::{AppError, AppResult};
 
 /// Spends per batch at most.
@@ -67,14 +68,21 @@ const MAX_REMEMBERED: usize = 100_000;
 /// What a spend came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpendOutcome {
-    /// Spent; the balance after.
-    Spent(i64),
-    /// The balance does not cover the cost: nothing was spent.
+    /// Spent; the balances after: the key's and the organization's, each
+    /// `None` where there is none.
+    Spent {
+        key: Option<i64>,
+        organization: Option<i64>,
+    },
+    /// A balance does not cover the cost (the key's, judged first, or the
+    /// organization's): nothing was spent from either.
     Short {
         remaining: i64,
         next_refill: Option<DateTime<Utc>>,
+        scope: LimitScope,
     },
-    /// The key has no credits (any more): nothing to spend.
+    /// Neither the key nor its organization has credits (any more):
+    /// nothing to spend.
     Unlimited,
     /// The key is gone (deleted since the caller looked it up).
     KeyGone,
@@ -90,17 +98,27 @@ pub struct Hold {
     pub expires_at: DateTime<Utc>,
 }
 
-/// One spend asked for: `cost` from key `id`, held as a reservation if
-/// `hold` says so.
+/// One spend asked for: `cost` from key `id` and, when it has credits,
+/// from its `organization`'s balance too, held as a reservation if `hold`
+/// says so.
 #[derive(Debug, Clone, Copy)]
 struct Spend {
     id: ApiKeyId,
+    organization: Option<OrganizationId>,
     cost: i64,
     hold: Option<Hold>,
 }
 
 impl Spend {
-    fn reservation(&self, from_balance: bool) -> Option<NewReservation> {
+    /// The reservation this spend records, given what it came to.
+    fn reservation(&self, outcome: SpendOutcome) -> Option<NewReservation> {
+        let (from_balance, organization) = match outcome {
+            SpendOutcome::Spent { key, organization } => {
+                (key.is_some(), organization.and(self.organization))
+            }
+            SpendOutcome::Unlimited => (false, None),
+            SpendOutcome::Short { .. } | SpendOutcome::KeyGone => return None,
+        };
         self.hold.map(|hold| {
             NewReservation::new(
                 hold.token_hash,
@@ -111,7 +129,16 @@ impl Spend {
                 hold.created_at,
                 hold.expires_at,
             )
+            .held_by_organization(organization)
         })
+    }
+
+    fn ask(&self) -> Ask {
+        Ask {
+            id: self.id,
+            organization: self.organization,
+            cost: self.cost,
+        }
     }
 }
 
@@ -162,12 +189,19 @@ impl CreditSpends {
         Self { queue }
     }
 
-    /// Spends `cost` from key `id`'s balance, if it covers it.
-    pub async fn spend(&self, id: ApiKeyId, cost: i64) -> AppResult<SpendOutcome> {
+    /// Spends `cost` from key `id`'s balance and, if given, its
+    /// organization's, if both cover it.
+    pub async fn spend(
+        &self,
+        id: ApiKeyId,
+        organization: Option<OrganizationId>,
+        cost: i64,
+    ) -> AppResult<SpendOutcome> {
         // The batch's own queries run in no RPC's trace; this span shows
         // the caller's wait for them.
         let spend = Change::Spend(Spend {
             id,
+            organization,
             cost,
             hold: None,
         });
@@ -195,15 +229,22 @@ impl CreditSpends {
         })
     }
 
-    /// Takes `cost` from key `id`'s balance, if it covers it, and records
-    /// it as the reservation `hold` in the same transaction. A key whose
-    /// credits were removed meanwhile (`Unlimited`) gets its reservation
-    /// too, holding nothing.
-    pub async fn reserve(&self, id: ApiKeyId, cost: i64, hold: Hold) -> AppResult<SpendOutcome> {
+    /// Takes `cost` from key `id`'s balance and, if given, its
+    /// organization's, if both cover it, and records it as the reservation
+    /// `hold` in the same transaction. A key whose credits were removed
+    /// meanwhile (`Unlimited`) gets its reservation too, holding nothing.
+    pub async fn reserve(
+        &self,
+        id: ApiKeyId,
+        organization: Option<OrganizationId>,
+        cost: i64,
+        hold: Hold,
+    ) -> AppResult<SpendOutcome> {
         let changed = self
             .queue
             .enqueue(Change::Spend(Spend {
                 id,
+                organization,
                 cost,
                 hold: Some(hold),
             }))?
@@ -249,9 +290,10 @@ impl Settler {
         let work = tokio::spawn(async move {
             let mut conn = self.db.conn().await?;
             let mut outcomes: Vec<Option<SpendOutcome>> = vec![None; changes.len()];
-            // Plain spends first try compare-and-set; reservations and
-            // finishes take the locked path, which writes them in the
-            // transaction that writes their balances.
+            // Plain spends first try compare-and-set; reservations,
+            // finishes and spends from an organization's balance take the
+            // locked path, which writes them in the transaction that writes
+            // their balances (both balances, for an organization's).
             let mut spends = Vec::new();
             let mut plain = Vec::new();
             let mut held = Vec::new();
@@ -259,9 +301,9 @@ impl Settler {
             for (i, change) in changes.iter().enumerate() {
                 match change {
                     Change::Spend(spend) => {
-                        match spend.hold {
-                            Some(_) => held.push(i),
-                            None => plain.push(i),
+                        match spend.hold.is_some() || spend.organization.is_some() {
+                            true => held.push(i),
+                            false => plain.push(i),
                         }
                         spends.push((i, *spend));
                     }
@@ -318,11 +360,8 @@ impl Settler {
             if open.is_empty() {
                 break;
             }
-            let asked: Vec<(ApiKeyId, i64)> = open
-                .iter()
-                .map(|i| (spends[i].id, spends[i].cost))
-                .collect();
-            let mut ids: Vec<ApiKeyId> = asked.iter().map(|(id, _)| *id).collect();
+            let asked: Vec<Ask> = open.iter().map(|i| spends[i].ask()).collect();
+            let mut ids: Vec<ApiKeyId> = asked.iter().map(|ask| ask.id).collect();
             ids.sort_unstable();
             ids.dedup();
             // The first round starts from remembered rows; later rounds and
@@ -346,7 +385,11 @@ impl Settler {
                 self.remember(&unread, &read);
                 rows.extend(read);
             }
-            let (settled, balances) = settle(&rows, &[], &asked, Utc::now());
+            let Settled {
+                outcomes: settled,
+                keys: balances,
+                ..
+            } = settle(&rows, &[], &[], &HashSet::new(), &asked, Utc::now());
             let written: HashSet<ApiKeyId> = match KeyLimits::write_balances(conn, &balances).await
             {
                 Ok(written) => written.into_iter().collect(),
@@ -360,7 +403,7 @@ impl Settler {
             for (&i, outcome) in open.iter().zip(settled) {
                 let id = spends[&i].id;
                 let decided = match outcome {
-                    SpendOutcome::Spent(_) => true,
+                    SpendOutcome::Spent { .. } => true,
                     _ => read_now.contains(&id),
                 };
                 if decided && !conflicted.contains(&id) {
@@ -374,17 +417,17 @@ impl Settler {
         Ok(open)
     }
 
-    /// Settles `spends` in one transaction over their locked rows.
     /// Settles `spends` and finishes `finishes` in one transaction: the
-    /// reservations finished are locked first, then every balance touched,
-    /// in id order (the same order on every replica: no deadlock).
+    /// reservations finished are locked first, then every key's balance
+    /// touched (in id order), then every organization's (in id order): the
+    /// same order on every replica, so no deadlock.
     async fn settle_locked(
         &self,
         conn: &mut DbConnection,
         spends: Vec<Spend>,
         finishes: Vec<Finish>,
     ) -> AppResult<(Vec<SpendOutcome>, Vec<Option<Reservation>>)> {
-        let asked: Vec<(ApiKeyId, i64)> = spends.iter().map(|s| (s.id, s.cost)).collect();
+        let asked: Vec<Ask> = spends.iter().map(Spend::ask).collect();
         let (outcomes, finished, balances) = conn
             .transaction(|conn| {
                 async move {
@@ -392,39 +435,42 @@ impl Settler {
                     // settlement reads back what this one answers.
                     let now = Utc::now().trunc_subsecs(6);
                     let finished = finish_open(conn, &finishes, now).await?;
-                    let refunds: Vec<Refund> = finished
-                        .iter()
-                        .flatten()
-                        .filter(|reservation| reservation.from_balance)
-                        .map(|reservation| Refund {
-                            id: reservation.api_key_id,
-                            amount: reservation.reserved - reservation.charged.unwrap_or(0),
-                            reserved_at: reservation.created_at,
-                        })
-                        .collect();
+                    let refunds: Vec<Refund> =
+                        finished.iter().flatten().flat_map(Refund::of).collect();
                     let mut ids: Vec<ApiKeyId> = spends.iter().map(|spend| spend.id).collect();
-                    ids.extend(refunds.iter().map(|refund| refund.id));
+                    let mut organizations: Vec<OrganizationId> = spends
+                        .iter()
+                        .filter_map(|spend| spend.organization)
+                        .collect();
+                    for refund in &refunds {
+                        match refund.account {
+                            Account::Key(id) => ids.push(id),
+                            Account::Organization(id) => organizations.push(id),
+                        }
+                    }
                     ids.sort_unstable();
                     ids.dedup();
+                    organizations.sort_unstable();
+                    organizations.dedup();
                     let rows = KeyLimits::lock_many(conn, &ids).await?;
-                    let (outcomes, balances) = settle(&rows, &refunds, &asked, now);
-                    let written = KeyLimits::write_balances(conn, &balances).await?;
-                    if written.len() != balances.len() {
+                    let organization_rows =
+                        OrganizationLimits::lock_many(conn, &organizations).await?;
+                    let gone = gone_keys(conn, &spends, &rows).await?;
+                    let settled = settle(&rows, &organization_rows, &refunds, &gone, &asked, now);
+                    let written = KeyLimits::write_balances(conn, &settled.keys).await?;
+                    if written.len() != settled.keys.len() {
                         return Err(AppError::internal(anyhow::anyhow!(
                             "a locked credit row changed under its lock"
                         )));
                     }
+                    OrganizationLimits::write_balances(conn, &settled.organizations).await?;
                     let reservations: Vec<NewReservation> = spends
                         .iter()
-                        .zip(&outcomes)
-                        .filter_map(|(spend, outcome)| match outcome {
-                            SpendOutcome::Spent(_) => spend.reservation(true),
-                            SpendOutcome::Unlimited => spend.reservation(false),
-                            SpendOutcome::Short { .. } | SpendOutcome::KeyGone => None,
-                        })
+                        .zip(&settled.outcomes)
+                        .filter_map(|(spend, outcome)| spend.reservation(*outcome))
                         .collect();
                     Reservation::insert_many(conn, &reservations).await?;
-                    Ok::<_, AppError>((outcomes, finished, balances))
+                    Ok::<_, AppError>((settled.outcomes, finished, settled.keys))
                 }
                 .scope_boxed()
             })
@@ -505,97 +551,224 @@ async fn finish_open(
         .collect())
 }
 
-/// Credits a finished reservation gives back to key `id`'s balance
+/// A balance: a key's or an organization's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Account {
+    Key(ApiKeyId),
+    Organization(OrganizationId),
+}
+
+/// A spend as [`settle`] judges it.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    id: ApiKeyId,
+    organization: Option<OrganizationId>,
+    cost: i64,
+}
+
+/// Credits a finished reservation gives back to a balance it held on
 /// (negative: the excess a settlement above it takes), if the balance is
 /// still in the refill period the reservation was made in.
 #[derive(Debug, Clone, Copy)]
 struct Refund {
-    id: ApiKeyId,
+    account: Account,
     amount: i64,
     reserved_at: DateTime<Utc>,
 }
 
-/// Applies `refunds` and then `spends` in order to `rows` as of `now`:
-/// each spend's outcome, and the balances to write (a due refill first
-/// resets a balance, and a refund from before a refill is dropped: the
-/// refill gave the period its whole amount).
-fn settle(
-    rows: &[KeyLimits],
-    refunds: &[Refund],
-    spends: &[(ApiKeyId, i64)],
-    now: DateTime<Utc>,
-) -> (Vec<SpendOutcome>, Vec<Balance>) {
-    struct Account {
-        remaining: i64,
-        next_refill: Option<DateTime<Utc>>,
-        refilled_at: Option<DateTime<Utc>>,
-        /// When the balance's current refill period began, if it refills.
-        period_start: Option<DateTime<Utc>>,
-        changed: bool,
-        was: KeyLimits,
+impl Refund {
+    /// What a finished reservation gives back: to the key's balance if it
+    /// held on it, and to its organization's if it held there.
+    fn of(reservation: &Reservation) -> impl Iterator<Item = Refund> {
+        let amount = reservation.reserved - reservation.charged.unwrap_or(0);
+        let reserved_at = reservation.created_at;
+        let key = reservation
+            .from_balance
+            .then_some(Account::Key(reservation.api_key_id));
+        let organization = reservation.organization_id.map(Account::Organization);
+        key.into_iter()
+            .chain(organization)
+            .map(move |account| Refund {
+                account,
+                amount,
+                reserved_at,
+            })
     }
-    let mut accounts: HashMap<ApiKeyId, Account> = rows
+}
+
+/// The keys of reservations from an organization's balance that no longer
+/// exist (deleted since they were looked up), whose reservations must not
+/// be recorded; the others are locked against deletion (FOR KEY SHARE)
+/// until the transaction ends. A key with a limits row (locked already)
+/// needs no look.
+async fn gone_keys(
+    conn: &mut DbConnection,
+    spends: &[Spend],
+    rows: &[KeyLimits],
+) -> AppResult<HashSet<ApiKeyId>> {
+    let with_row: HashSet<ApiKeyId> = rows.iter().map(|row| row.api_key_id).collect();
+    let mut ids: Vec<ApiKeyId> = spends
         .iter()
-        .filter_map(|row| {
-            let credits = row.credits()?;
-            let (remaining, next_refill) = credits.as_of(now);
-            let refilled_at = credits.refill.and_then(|(refill, last)| {
-                Some(refill.latest_boundary(last, now)).filter(|boundary| *boundary > last)
-            });
-            let period_start = refilled_at.or(credits.refill.map(|(_, last)| last));
-            Some((
-                row.api_key_id,
-                Account {
-                    remaining,
-                    next_refill,
-                    refilled_at,
-                    period_start,
-                    changed: refilled_at.is_some(),
-                    was: *row,
-                },
-            ))
-        })
+        .filter(|spend| spend.hold.is_some() && spend.organization.is_some())
+        .map(|spend| spend.id)
+        .filter(|id| !with_row.contains(id))
         .collect();
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let existing: HashSet<ApiKeyId> = ApiKey::lock_existing(conn, &ids)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(ids
+        .into_iter()
+        .filter(|id| !existing.contains(id))
+        .collect())
+}
+
+/// What [`settle`] came to: each spend's outcome, and the balances to
+/// write.
+struct Settled {
+    outcomes: Vec<SpendOutcome>,
+    keys: Vec<Balance>,
+    organizations: Vec<OrganizationBalance>,
+}
+
+/// A balance as a batch changes it.
+struct Standing {
+    remaining: i64,
+    next_refill: Option<DateTime<Utc>>,
+    refilled_at: Option<DateTime<Utc>>,
+    /// When the balance's current refill period began, if it refills.
+    period_start: Option<DateTime<Utc>>,
+    changed: bool,
+}
+
+impl Standing {
+    fn of(credits: CreditsState, now: DateTime<Utc>) -> Self {
+        let (remaining, next_refill) = credits.as_of(now);
+        let refilled_at = credits.refill.and_then(|(refill, last)| {
+            Some(refill.latest_boundary(last, now)).filter(|boundary| *boundary > last)
+        });
+        let period_start = refilled_at.or(credits.refill.map(|(_, last)| last));
+        Self {
+            remaining,
+            next_refill,
+            refilled_at,
+            period_start,
+            changed: refilled_at.is_some(),
+        }
+    }
+}
+
+/// Applies `refunds` and then `spends` in order to the keys' and
+/// organizations' rows as of `now`. A spend must fit both its key's balance
+/// (if it has credits) and its organization's (if it names one with
+/// credits), and then takes its cost from both. A due refill first resets a
+/// balance, and a refund from before a refill is dropped (the refill gave
+/// the period its whole amount). A key without a row is gone when the
+/// spend is the key's alone, or when `gone` says so.
+fn settle(
+    keys: &[KeyLimits],
+    organizations: &[OrganizationLimits],
+    refunds: &[Refund],
+    gone: &HashSet<ApiKeyId>,
+    spends: &[Ask],
+    now: DateTime<Utc>,
+) -> Settled {
+    let mut accounts: HashMap<Account, Standing> =
+        keys.iter()
+            .filter_map(|row| Some((Account::Key(row.api_key_id), row.credits()?)))
+            .chain(organizations.iter().filter_map(|row| {
+                Some((Account::Organization(row.organization_id), row.credits()?))
+            }))
+            .map(|(account, credits)| (account, Standing::of(credits, now)))
+            .collect();
     for refund in refunds {
-        if let Some(account) = accounts.get_mut(&refund.id) {
-            if account
+        if let Some(standing) = accounts.get_mut(&refund.account) {
+            if standing
                 .period_start
                 .is_none_or(|start| start <= refund.reserved_at)
             {
-                account.remaining = account.remaining.saturating_add(refund.amount);
-                account.changed = true;
+                standing.remaining = standing.remaining.saturating_add(refund.amount);
+                standing.changed = true;
             }
         }
     }
-    let with_row: HashSet<ApiKeyId> = rows.iter().map(|row| row.api_key_id).collect();
+    let with_row: HashSet<ApiKeyId> = keys.iter().map(|row| row.api_key_id).collect();
     let outcomes = spends
         .iter()
-        .map(|(id, cost)| match accounts.get_mut(id) {
+        .map(|ask| {
             // A key that was looked up with credits has a row until it is
             // deleted (the row goes by cascade).
-            None if !with_row.contains(id) => SpendOutcome::KeyGone,
-            None => SpendOutcome::Unlimited,
-            Some(account) if account.remaining >= *cost => {
-                account.remaining -= cost;
-                account.changed = true;
-                SpendOutcome::Spent(account.remaining)
+            if !with_row.contains(&ask.id) && (ask.organization.is_none() || gone.contains(&ask.id))
+            {
+                return SpendOutcome::KeyGone;
             }
-            Some(account) => SpendOutcome::Short {
-                remaining: account.remaining,
-                next_refill: account.next_refill,
-            },
+            let key = Account::Key(ask.id);
+            let organization = ask.organization.map(Account::Organization);
+            let held = |account: &Account| accounts.get(account).map(|s| s.remaining);
+            let key_left = held(&key);
+            let organization_left = organization.as_ref().and_then(held);
+            for (account, left, scope) in [
+                (key, key_left, LimitScope::ApiKey),
+                (
+                    organization.unwrap_or(key),
+                    organization_left,
+                    LimitScope::Organization,
+                ),
+            ] {
+                if left.is_some_and(|left| left < ask.cost) {
+                    return SpendOutcome::Short {
+                        remaining: left.unwrap_or(0),
+                        next_refill: accounts.get(&account).and_then(|s| s.next_refill),
+                        scope,
+                    };
+                }
+            }
+            if key_left.is_none() && organization_left.is_none() {
+                return SpendOutcome::Unlimited;
+            }
+            let mut take = |account: Option<Account>| {
+                let standing = accounts.get_mut(&account?)?;
+                standing.remaining -= ask.cost;
+                standing.changed = true;
+                Some(standing.remaining)
+            };
+            SpendOutcome::Spent {
+                key: take(Some(key)),
+                organization: take(organization),
+            }
         })
         .collect();
-    let mut balances: Vec<Balance> = accounts
-        .into_iter()
-        .filter(|(_, account)| account.changed)
-        .map(|(id, account)| Balance {
-            id,
-            remaining: account.remaining,
-            refilled_at: account.refilled_at,
-            was: account.was,
-        })
-        .collect();
-    balances.sort_unstable_by_key(|balance| balance.id);
-    (outcomes, balances)
+    let was: HashMap<ApiKeyId, &KeyLimits> = keys.iter().map(|row| (row.api_key_id, row)).collect();
+    let mut key_balances = Vec::new();
+    let mut organization_balances = Vec::new();
+    for (account, standing) in accounts {
+        if !standing.changed {
+            continue;
+        }
+        match account {
+            Account::Key(id) => key_balances.push(Balance {
+                id,
+                remaining: standing.remaining,
+                refilled_at: standing.refilled_at,
+                was: *was[&id],
+            }),
+            Account::Organization(id) => organization_balances.push(OrganizationBalance {
+                id,
+                remaining: standing.remaining,
+                refilled_at: standing.refilled_at,
+            }),
+        }
+    }
+    key_balances.sort_unstable_by_key(|balance| balance.id);
+    organization_balances.sort_unstable_by_key(|balance| balance.id);
+    Settled {
+        outcomes,
+        keys: key_balances,
+        organizations: organization_balances,
+    }
 }

@@ -15,13 +15,13 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::auth::client_network;
-use crate::domain::{ApiKeyDigest, ApiKeyId, KeyRateLimit, UserId};
+use crate::domain::{ApiKeyDigest, ApiKeyId, KeyRateLimit, OrganizationId, UserId};
 
 mod layer;
 mod own_limits;
 pub mod shared;
 
-use own_limits::OwnLimits;
+use own_limits::{Bucket, OwnLimits};
 
 pub use layer::RateLimitGate;
 pub use shared::SharedLimits;
@@ -35,6 +35,11 @@ pub enum RateKey {
     ApiKey([u8; 16]),
     /// A key's own limit (`ApiKey.rate_limit`), which its owner sets.
     OwnLimit(ApiKeyId),
+    /// An organization's limit (`Organization.rate_limit`), shared by all
+    /// its keys.
+    OrganizationLimit(OrganizationId),
+    /// What the Redis probe checks to see that Redis answers.
+    Probe,
 }
 
 impl RateKey {
@@ -119,7 +124,7 @@ impl RateLimits {
             RateKey::User(_) => self.user.as_ref(),
             RateKey::Address(_) => self.address.as_ref(),
             RateKey::ApiKey(_) => self.api_key.as_ref(),
-            RateKey::OwnLimit(_) => None,
+            RateKey::OwnLimit(_) | RateKey::OrganizationLimit(_) | RateKey::Probe => None,
         }
     }
 
@@ -152,26 +157,30 @@ impl RateLimits {
         })
     }
 
-    /// A key's own limit: `Err(retry_after)` when its bucket is empty. In
-    /// Redis if it is configured and answers, else in this process.
-    pub async fn check_own_limit(
+    /// Limits owners set (a key's own, its organization's): a call must fit
+    /// each of `limits` (whose bucket, the limit, what the call counts) and
+    /// is counted in all or, refused, in none. `Err((retry_after, i))` names
+    /// the first that refused. In Redis if it is configured and answers
+    /// (one atomic script for all of them), else in this process.
+    pub async fn check_own_limits(
         &self,
-        id: ApiKeyId,
-        limit: KeyRateLimit,
-        weight: u32,
-    ) -> Result<(), Duration> {
+        limits: &[(RateKey, KeyRateLimit, u32)],
+    ) -> Result<(), (Duration, usize)> {
+        let buckets: Vec<Bucket> = limits
+            .iter()
+            .map(|&(key, limit, weight)| Bucket {
+                key,
+                interval: limit.interval(),
+                burst: limit.calls(),
+                weight,
+            })
+            .collect();
         if let Some(shared) = &self.shared {
-            let key = RateKey::OwnLimit(id);
-            let interval = limit.interval();
-            if let Some(answer) = shared
-                .check_weighted(key, interval, limit.calls(), weight)
-                .await
-            {
+            if let Some(answer) = shared.check_all(&buckets).await {
                 return answer;
             }
         }
-        self.own_limits
-            .check(id, limit.interval(), limit.calls(), weight)
+        self.own_limits.check_all(&buckets)
     }
 
     /// Forgets idle callers; run periodically to bound memory.

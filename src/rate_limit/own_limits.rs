@@ -6,10 +6,11 @@
 //! one refuses it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::domain::ApiKeyId;
+use super::RateKey;
 
 const SHARDS: usize = 16;
 
@@ -21,50 +22,104 @@ struct Counted {
     interval: Duration,
 }
 
-/// Each key's count, in shards to spread the locks.
+/// Each key's (or organization's) count, in shards to spread the locks.
 pub struct OwnLimits {
-    shards: [Mutex<HashMap<ApiKeyId, Counted>>; SHARDS],
+    shards: [Mutex<HashMap<RateKey, Counted>>; SHARDS],
+    hasher: RandomState,
 }
 
 impl Default for OwnLimits {
     fn default() -> Self {
         Self {
             shards: std::array::from_fn(|_| Mutex::default()),
+            hasher: RandomState::new(),
         }
     }
+}
+
+/// One bucket a call must fit: whose, its quota, and what the call counts.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    pub key: RateKey,
+    pub interval: Duration,
+    pub burst: u32,
+    pub weight: u32,
 }
 
 impl OwnLimits {
     /// Allows a call counting `weight` if it leaves the key's TAT at most
     /// `burst` intervals ahead of now; a refused call changes nothing.
+    #[cfg(test)]
     pub fn check(
         &self,
-        id: ApiKeyId,
+        key: RateKey,
         interval: Duration,
         burst: u32,
         weight: u32,
     ) -> Result<(), Duration> {
+        let bucket = Bucket {
+            key,
+            interval,
+            burst,
+            weight,
+        };
+        self.check_all(&[bucket]).map_err(|(wait, _)| wait)
+    }
+
+    /// Allows a call only if it fits every bucket (each as
+    /// [`check`](Self::check) judges it); a refused call changes none.
+    /// Refused: the wait and which bucket refused (the first that does).
+    pub fn check_all(&self, buckets: &[Bucket]) -> Result<(), (Duration, usize)> {
         let now = Instant::now();
-        let capacity = interval.saturating_mul(burst);
-        let mut shard = self.shard(id);
-        let ahead = shard.get(&id).map_or(Duration::ZERO, |counted| {
-            let ahead = counted.tat.saturating_duration_since(now);
-            match counted.interval == interval {
-                true => ahead,
-                // Calls counted, times the new interval; a result out of
-                // Duration's range is more than a full bucket anyway.
-                false => Duration::try_from_secs_f64(
-                    ahead.as_secs_f64() * interval.as_secs_f64() / counted.interval.as_secs_f64(),
-                )
-                .unwrap_or(capacity),
+        // Shards locked in index order, each once: no deadlock between
+        // calls locking two.
+        let mut indices: Vec<usize> = buckets.iter().map(|b| self.shard_of(b.key)).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        let mut locked: Vec<(usize, MutexGuard<'_, HashMap<RateKey, Counted>>)> = indices
+            .into_iter()
+            .map(|i| (i, self.shards[i].lock().unwrap_or_else(|e| e.into_inner())))
+            .collect();
+        let mut new_tats = Vec::with_capacity(buckets.len());
+        for (position, bucket) in buckets.iter().enumerate() {
+            let shard = self.shard_of(bucket.key);
+            let map = &locked
+                .iter()
+                .find(|(i, _)| *i == shard)
+                .expect("locked above")
+                .1;
+            let (interval, capacity) = (
+                bucket.interval,
+                bucket.interval.saturating_mul(bucket.burst),
+            );
+            let ahead = map.get(&bucket.key).map_or(Duration::ZERO, |counted| {
+                let ahead = counted.tat.saturating_duration_since(now);
+                match counted.interval == interval {
+                    true => ahead,
+                    // Calls counted, times the new interval; a result out
+                    // of Duration's range is more than a full bucket anyway.
+                    false => Duration::try_from_secs_f64(
+                        ahead.as_secs_f64() * interval.as_secs_f64()
+                            / counted.interval.as_secs_f64(),
+                    )
+                    .unwrap_or(capacity),
+                }
+            });
+            let new_ahead = ahead.min(capacity) + interval.saturating_mul(bucket.weight);
+            if new_ahead > capacity {
+                return Err((new_ahead - capacity, position));
             }
-        });
-        let new_ahead = ahead.min(capacity) + interval.saturating_mul(weight);
-        if new_ahead > capacity {
-            return Err(new_ahead - capacity);
+            new_tats.push((shard, now + new_ahead));
         }
-        let tat = now + new_ahead;
-        shard.insert(id, Counted { tat, interval });
+        for (bucket, (shard, tat)) in buckets.iter().zip(new_tats) {
+            let map = &mut locked
+                .iter_mut()
+                .find(|(i, _)| *i == shard)
+                .expect("locked above")
+                .1;
+            let interval = bucket.interval;
+            map.insert(bucket.key, Counted { tat, interval });
+        }
         Ok(())
     }
 
@@ -79,20 +134,20 @@ impl OwnLimits {
         }
     }
 
-    fn shard(&self, id: ApiKeyId) -> std::sync::MutexGuard<'_, HashMap<ApiKeyId, Counted>> {
-        let index = usize::try_from(id.0.rem_euclid(SHARDS as i64)).unwrap_or(0);
-        self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
+    fn shard_of(&self, key: RateKey) -> usize {
+        usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ApiKeyId;
 
     #[test]
     fn a_key_gets_its_burst_then_waits_one_interval() {
         let limits = OwnLimits::default();
-        let id = ApiKeyId(7);
+        let id = RateKey::OwnLimit(ApiKeyId(7));
         let interval = Duration::from_secs(12);
         for _ in 0..5 {
             limits.check(id, interval, 5, 1).unwrap();
@@ -103,14 +158,16 @@ mod tests {
             "{wait:?}"
         );
         // Another key has its own bucket.
-        limits.check(ApiKeyId(8), interval, 1, 1).unwrap();
+        limits
+            .check(RateKey::OwnLimit(ApiKeyId(8)), interval, 1, 1)
+            .unwrap();
     }
 
     #[test]
     fn a_raised_limit_lets_the_next_call_through_and_a_lowered_one_refuses_it() {
         let limits = OwnLimits::default();
         let day = Duration::from_secs(24 * 3600);
-        let id = ApiKeyId(9);
+        let id = RateKey::OwnLimit(ApiKeyId(9));
         // 3 a day, all spent.
         for _ in 0..3 {
             limits.check(id, day / 3, 3, 1).unwrap();
@@ -125,5 +182,47 @@ mod tests {
         limits.check(id, day / 10, 10, 1).unwrap_err();
         // Lowered back to 3 a day with 10 spent: refused.
         limits.check(id, day / 3, 3, 1).unwrap_err();
+    }
+}
+
+#[cfg(test)]
+mod both {
+    use super::*;
+    use crate::domain::{ApiKeyId, OrganizationId};
+
+    #[test]
+    fn a_call_refused_by_one_bucket_counts_in_neither() {
+        let limits = OwnLimits::default();
+        let second = Duration::from_secs(1);
+        let key = RateKey::OwnLimit(ApiKeyId(1));
+        let organization = RateKey::OrganizationLimit(OrganizationId::generate());
+        let both = |key_burst, organization_burst| {
+            [
+                Bucket {
+                    key,
+                    interval: second,
+                    burst: key_burst,
+                    weight: 1,
+                },
+                Bucket {
+                    key: organization,
+                    interval: second,
+                    burst: organization_burst,
+                    weight: 1,
+                },
+            ]
+        };
+        // The organization allows 2, the key 5: the third call is refused
+        // by the organization (position 1), and the key's count stays at 2.
+        limits.check_all(&both(5, 2)).unwrap();
+        limits.check_all(&both(5, 2)).unwrap();
+        assert_eq!(limits.check_all(&both(5, 2)).unwrap_err().1, 1);
+        for _ in 0..3 {
+            limits.check(key, second, 5, 1).unwrap();
+        }
+        assert!(limits.check(key, second, 5, 1).is_err());
+        // Now the key refuses first (position 0), and the organization's
+        // count is untouched by it.
+        assert_eq!(limits.check_all(&both(5, 10)).unwrap_err().1, 0);
     }
 }

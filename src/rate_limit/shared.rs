@@ -37,6 +37,7 @@ use redis::AsyncConnectionConfig;
 use redis::{Client, RedisError, Script, TlsCertificates};
 use tokio::sync::Notify;
 
+use super::own_limits::Bucket;
 use super::RateKey;
 
 /// How long a check waits for Redis before counting in process.
@@ -48,48 +49,56 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the probe waits to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// GCRA (as governor computes it in process): every call moves the key's
-/// theoretical arrival time (TAT) on by one emission interval (times its
-/// weight, ARGV[3]: a limit counting credits weighs a call by its cost;
-/// absent means 1); a call is
-/// allowed if that leaves the TAT at most `burst` intervals ahead of now.
-/// A refused call changes nothing. The value is `<tat µs>:<interval µs>`,
-/// so that when a key's limit changes, the calls already counted are
-/// re-timed at the new interval: a raised limit lets the next call through
-/// at once, a lowered one refuses it. Returns {1, 0} or {0, retry-after µs}.
+/// GCRA (as governor computes it in process), over one or more buckets a
+/// call must fit together (a key's own limit and its organization's): for
+/// bucket i, KEYS[i] and ARGV[3i-2..3i] = interval µs, burst, weight. Every
+/// call moves a bucket's theoretical arrival time (TAT) on by one emission
+/// interval times its weight (a limit counting credits weighs a call by its
+/// cost); a call is allowed if that leaves every TAT at most `burst`
+/// intervals ahead of now, and only then are they all written: a refused
+/// call changes nothing. The value is `<tat µs>:<interval µs>`, so that
+/// when a limit changes, the calls already counted are re-timed at the new
+/// interval: a raised limit lets the next call through at once, a lowered
+/// one refuses it. Returns {1, 0, 0} or {0, retry-after µs, i}.
 const GCRA: &str = r"
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local weight = tonumber(ARGV[3]) or 1
-local capacity = interval * burst
-local stored = redis.pcall('GET', KEYS[1])
-local tat, tat_interval = nil, interval
-if type(stored) == 'string' then
-  local t, i = string.match(stored, '^(%d+):(%d+)$')
-  if t then
-    tat, tat_interval = tonumber(t), tonumber(i)
-  else
-    tat = tonumber(stored)
+local new_tats, intervals = {}, {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local weight = tonumber(ARGV[3 * i]) or 1
+  local capacity = interval * burst
+  local stored = redis.pcall('GET', KEYS[i])
+  local tat, tat_interval = nil, interval
+  if type(stored) == 'string' then
+    local t, v = string.match(stored, '^(%d+):(%d+)$')
+    if t then
+      tat, tat_interval = tonumber(t), tonumber(v)
+    else
+      tat = tonumber(stored)
+    end
   end
+  if tat == nil or tat ~= tat or tat_interval == nil or tat_interval <= 0 then
+    tat, tat_interval = now_us, interval
+  end
+  if tat < now_us then tat = now_us end
+  if tat_interval ~= interval then
+    tat = now_us + (tat - now_us) / tat_interval * interval
+  end
+  if tat > now_us + capacity then tat = now_us + capacity end
+  local new_tat = tat + interval * weight
+  local allow_at = new_tat - capacity
+  if allow_at > now_us then
+    return {0, math.ceil(allow_at - now_us), i}
+  end
+  new_tats[i], intervals[i] = new_tat, interval
 end
-if tat == nil or tat ~= tat or tat_interval == nil or tat_interval <= 0 then
-  tat, tat_interval = now_us, interval
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], string.format('%.0f:%.0f', new_tats[i], intervals[i]),
+    'PX', math.ceil((new_tats[i] - now_us) / 1000) + 1)
 end
-if tat < now_us then tat = now_us end
-if tat_interval ~= interval then
-  tat = now_us + (tat - now_us) / tat_interval * interval
-end
-if tat > now_us + capacity then tat = now_us + capacity end
-local new_tat = tat + interval * weight
-local allow_at = new_tat - capacity
-if allow_at > now_us then
-  return {0, math.ceil(allow_at - now_us)}
-end
-redis.call('SET', KEYS[1], string.format('%.0f:%.0f', new_tat, interval),
-  'PX', math.ceil((new_tat - now_us) / 1000) + 1)
-return {1, 0}
+return {1, 0, 0}
 ";
 
 /// See the module documentation.
@@ -185,17 +194,19 @@ impl SharedLimits {
         interval: Duration,
         burst: u32,
     ) -> Option<Result<(), Duration>> {
-        self.check_weighted(key, interval, burst, 1).await
+        let bucket = Bucket {
+            key,
+            interval,
+            burst,
+            weight: 1,
+        };
+        let answer = self.check_all(&[bucket]).await?;
+        Some(answer.map_err(|(wait, _)| wait))
     }
 
-    /// As [`Self::check`], for a call that counts `weight`.
-    pub async fn check_weighted(
-        &self,
-        key: RateKey,
-        interval: Duration,
-        burst: u32,
-        weight: u32,
-    ) -> Option<Result<(), Duration>> {
+    /// As [`Self::check`], for a call that must fit every one of
+    /// `buckets` (see [`GCRA`]): refused, which one refused.
+    pub async fn check_all(&self, buckets: &[Bucket]) -> Option<Result<(), (Duration, usize)>> {
         let inner = &self.inner;
         let connection = match inner.in_outage.load(Ordering::Relaxed) {
             true => None,
@@ -209,16 +220,7 @@ impl SharedLimits {
             inner.fallbacks.inc();
             return None;
         };
-        match inner
-            .run(
-                &mut connection,
-                &inner.redis_key(key),
-                interval,
-                burst,
-                weight,
-            )
-            .await
-        {
+        match inner.run(&mut connection, buckets).await {
             Ok(answer) => Some(answer),
             Err(reason) => {
                 inner.fallbacks.inc();
@@ -233,35 +235,46 @@ impl SharedLimits {
 }
 
 impl Inner {
-    /// One GCRA check, its reply judged: only {1, 0} and {0, wait} with a
-    /// wait within the bucket are answers.
+    /// One GCRA check, its reply judged: only {1, 0, 0} and {0, wait, i}
+    /// with a bucket i of the call and a wait within that bucket are
+    /// answers.
     async fn run(
         &self,
         connection: &mut ConnectionManager,
-        redis_key: &str,
-        interval: Duration,
-        burst: u32,
-        weight: u32,
-    ) -> Result<Result<(), Duration>, String> {
-        let interval_us = u64::try_from(interval.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut invocation = self.script.key(redis_key);
-        invocation.arg(interval_us).arg(burst).arg(weight);
+        buckets: &[Bucket],
+    ) -> Result<Result<(), (Duration, usize)>, String> {
+        let mut invocation = self.script.prepare_invoke();
+        for bucket in buckets {
+            let interval_us = u64::try_from(bucket.interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            invocation
+                .key(self.redis_key(bucket.key))
+                .arg(interval_us)
+                .arg(bucket.burst)
+                .arg(bucket.weight);
+        }
         let reply = tokio::time::timeout(
             CHECK_TIMEOUT,
-            invocation.invoke_async::<(i64, i64)>(connection),
+            invocation.invoke_async::<(i64, i64, i64)>(connection),
         )
         .await
         .map_err(|_| "timed out".to_owned())?
         .map_err(|error| format!("{:?}", error.kind()))?;
-        let capacity = interval.saturating_mul(burst);
-        match reply {
-            (1, _) => Ok(Ok(())),
-            (0, wait_us) if wait_us >= 0 => Ok(Err(
-                Duration::from_micros(wait_us.unsigned_abs()).min(capacity)
-            )),
-            other => Err(format!("a reply out of range: {other:?}")),
+        let refusing = usize::try_from(reply.2)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| buckets.get(i).map(|bucket| (i, bucket)));
+        match (reply, refusing) {
+            ((1, _, _), _) => Ok(Ok(())),
+            ((0, wait_us, _), Some((i, bucket))) if wait_us >= 0 => {
+                let capacity = bucket.interval.saturating_mul(bucket.burst);
+                Ok(Err((
+                    Duration::from_micros(wait_us.unsigned_abs()).min(capacity),
+                    i,
+                )))
+            }
+            (other, _) => Err(format!("a reply out of range: {other:?}")),
         }
     }
 
@@ -284,10 +297,15 @@ impl Inner {
             .await
             .map_err(|_| Fault::Other("timed out".to_owned()))?
             .map_err(Fault::of_connecting)?;
-        let probe_key = format!("{}rate:probe", self.prefix);
         // Allowed or refused, a judged answer proves Redis works.
+        let probe = Bucket {
+            key: RateKey::Probe,
+            interval: Duration::from_micros(1),
+            burst: 1,
+            weight: 1,
+        };
         let _answer = self
-            .run(&mut connection, &probe_key, Duration::from_micros(1), 1, 1)
+            .run(&mut connection, &[probe])
             .await
             .map_err(Fault::Other)?;
         Ok(connection)
@@ -303,6 +321,8 @@ impl Inner {
                 format!("{prefix}rate:api_key:{hex}")
             }
             RateKey::OwnLimit(id) => format!("{prefix}rate:own_limit:{id}"),
+            RateKey::OrganizationLimit(id) => format!("{prefix}rate:organization_limit:{id}"),
+            RateKey::Probe => format!("{prefix}rate:probe"),
         }
     }
 }

@@ -7,8 +7,8 @@ use prost_types::Timestamp;
 
 use crate::db::models;
 use crate::domain::{
-    self, parse_balance, CreditsSetting, KeyRateLimit, ListOf, OrgRole, OrganizationId, Page,
-    PageRequest, RateUnit, Refill, Role, UsageCounts,
+    self, parse_balance, CreditsSetting, CreditsState, KeyRateLimit, ListOf, OrgRole,
+    OrganizationId, Page, PageRequest, RateUnit, Refill, Role, UsageCounts,
 };
 use crate::error::{parsed, AppResult, FieldViolation, Violations};
 use crate::proto;
@@ -105,32 +105,51 @@ impl From<models::Chatbot> for proto::Chatbot {
     }
 }
 
+/// Whose limit refused a call, as the API says it.
+pub fn limit_scope_message(scope: Option<domain::LimitScope>) -> proto::LimitScope {
+    match scope {
+        None => proto::LimitScope::Unspecified,
+        Some(domain::LimitScope::ApiKey) => proto::LimitScope::ApiKey,
+        Some(domain::LimitScope::Organization) => proto::LimitScope::Organization,
+    }
+}
+
+/// A rate limit as the API shows it.
+pub fn rate_limit_message(limit: Option<KeyRateLimit>) -> Option<proto::RateLimit> {
+    limit.map(|limit| proto::RateLimit {
+        limit: i64::from(limit.calls()),
+        window: prost_types::Duration::try_from(limit.window()).ok(),
+        unit: match limit.unit() {
+            RateUnit::Calls => proto::RateLimitUnit::Calls,
+            RateUnit::Credits => proto::RateLimitUnit::Credits,
+        }
+        .into(),
+    })
+}
+
+/// Credits as the API shows them: the balance now, refills included.
+pub fn credits_message(credits: Option<CreditsState>) -> Option<proto::Credits> {
+    credits.map(|credits| {
+        let (remaining, next_refill) = credits.as_of(Utc::now());
+        proto::Credits {
+            remaining,
+            refill: credits.refill.map(|(refill, _)| proto::Refill {
+                amount: refill.amount(),
+                interval: prost_types::Duration::try_from(refill.interval()).ok(),
+            }),
+            next_refill_time: next_refill.map(timestamp),
+        }
+    })
+}
+
 impl From<models::KeyWithLimits> for proto::ApiKey {
     fn from(models::KeyWithLimits { key: row, limits }: models::KeyWithLimits) -> Self {
         let rate_limit = limits.and_then(|limits| limits.rate_limit());
         let credits = limits.and_then(|limits| limits.credits());
         let grants = row.grants();
         proto::ApiKey {
-            rate_limit: rate_limit.map(|limit| proto::RateLimit {
-                limit: i64::from(limit.calls()),
-                window: prost_types::Duration::try_from(limit.window()).ok(),
-                unit: match limit.unit() {
-                    RateUnit::Calls => proto::RateLimitUnit::Calls,
-                    RateUnit::Credits => proto::RateLimitUnit::Credits,
-                }
-                .into(),
-            }),
-            credits: credits.map(|credits| {
-                let (remaining, next_refill) = credits.as_of(Utc::now());
-                proto::Credits {
-                    remaining,
-                    refill: credits.refill.map(|(refill, _)| proto::Refill {
-                        amount: refill.amount(),
-                        interval: prost_types::Duration::try_from(refill.interval()).ok(),
-                    }),
-                    next_refill_time: next_refill.map(timestamp),
-                }
-            }),
+            rate_limit: rate_limit_message(rate_limit),
+            credits: credits_message(credits),
             allowed_networks: grants.networks.to_strings(),
             permissions: grants
                 .permissions
@@ -200,6 +219,67 @@ pub fn parse_credits(
     })
 }
 
+/// The update-mask paths of a rate limit and credits, which UpdateApiKey
+/// and UpdateOrganization share.
+pub const LIMIT_PATHS: [&str; 4] = [
+    "rate_limit",
+    "credits",
+    "credits.remaining",
+    "credits.refill",
+];
+
+/// Parses the limit paths among `paths` of a resource (`resource` names it
+/// in field violations: `api_key`, `organization`) whose rate limit and
+/// credits are `rate_limit` and `credits`. At most one credits path.
+pub fn parse_limits_update(
+    resource: &str,
+    paths: &[&str],
+    rate_limit: Option<&proto::RateLimit>,
+    credits: Option<&proto::Credits>,
+    violations: &mut Violations,
+) -> domain::LimitsUpdate {
+    use domain::CreditsChange;
+    let mut update = domain::LimitsUpdate::default();
+    if paths.iter().filter(|p| p.starts_with("credits")).count() > 1 {
+        violations.push(FieldViolation::new(
+            "update_mask",
+            "name credits, credits.remaining or credits.refill, not several",
+        ));
+    }
+    for path in paths {
+        match *path {
+            "rate_limit" => violations.check(
+                rate_limit
+                    .map(|limit| parse_rate_limit(&format!("{resource}.rate_limit"), limit))
+                    .transpose()
+                    .map(|limit| update.rate_limit = Some(limit)),
+            ),
+            "credits" => violations.check(
+                credits
+                    .map(|credits| parse_credits(&format!("{resource}.credits"), credits))
+                    .transpose()
+                    .map(|credits| update.credits = CreditsChange::Replace(credits)),
+            ),
+            "credits.remaining" => violations.check(
+                parse_balance(
+                    &format!("{resource}.credits.remaining"),
+                    credits.map_or(0, |credits| credits.remaining),
+                )
+                .map(|remaining| update.credits = CreditsChange::Balance(remaining)),
+            ),
+            "credits.refill" => violations.check(
+                credits
+                    .and_then(|credits| credits.refill.as_ref())
+                    .map(|refill| parse_refill(&format!("{resource}.credits.refill"), refill))
+                    .transpose()
+                    .map(|refill| update.credits = CreditsChange::Refill(refill)),
+            ),
+            _ => {}
+        }
+    }
+    update
+}
+
 pub fn parse_refill(field: &str, refill: &proto::Refill) -> Result<Refill, FieldViolation> {
     let interval_field = format!("{field}.interval");
     let interval = refill
@@ -240,9 +320,9 @@ resource_responses! {
     GetApiKeyResponse.api_key <- models::KeyWithLimits,
     RevokeApiKeyResponse.api_key <- models::KeyWithLimits,
     UpdateApiKeyResponse.api_key <- models::KeyWithLimits,
-    CreateOrganizationResponse.organization <- models::Organization,
-    GetOrganizationResponse.organization <- models::Organization,
-    UpdateOrganizationResponse.organization <- models::Organization,
+    CreateOrganizationResponse.organization <- models::OrganizationWithLimits,
+    GetOrganizationResponse.organization <- models::OrganizationWithLimits,
+    UpdateOrganizationResponse.organization <- models::OrganizationWithLimits,
     RevokeServiceAccountResponse.service_account <- models::ServiceAccount,
 }
 
@@ -262,7 +342,7 @@ page_responses! {
     ListChatbotsResponse.chatbots <- models::Chatbot,
     ListApiKeysResponse.api_keys <- models::KeyWithLimits,
     ListAuditEventsResponse.audit_events <- models::AuditEvent,
-    ListOrganizationsResponse.organizations <- models::Organization,
+    ListOrganizationsResponse.organizations <- models::OrganizationWithLimits,
     ListInvitationsResponse.invitations <- models::Invitation,
     ListServiceAccountsResponse.service_accounts <- models::ServiceAccount,
 }

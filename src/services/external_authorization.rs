@@ -28,9 +28,11 @@ use tonic::{Request, Status};
 
 use super::{AppState, Origin, Rpc};
 use crate::db::models::VerificationRecord;
-use crate::domain::{parse_cost, parse_permissions, ApiKeySecret, VerifyApiKey, API_KEY_PREFIX};
+use crate::domain::{
+    parse_cost, parse_permissions, ApiKeySecret, LimitScope, VerifyApiKey, API_KEY_PREFIX,
+};
 use crate::error::{AppError, AppResult, FieldViolation};
-use crate::verification::{IssuedReservation, Rejection, Verification};
+use crate::verification::{CreditsLeft, IssuedReservation, Rejection, Verification};
 
 /// The `context_extensions` entry a route sets to say what a call through
 /// it spends from a key's credits.
@@ -230,7 +232,7 @@ fn bearer_token(value: &str) -> Option<&str> {
 pub enum Decision {
     Allow {
         record: Arc<VerificationRecord>,
-        credits_remaining: Option<i64>,
+        credits_remaining: CreditsLeft,
         reservation: Option<IssuedReservation>,
         key_headers: Vec<String>,
     },
@@ -253,6 +255,8 @@ pub struct Throttle {
     retry_after: Option<Duration>,
     limit: Option<u32>,
     remaining: Option<i64>,
+    /// Whose limit refused, for `x-limit-scope`.
+    scope: Option<LimitScope>,
 }
 
 /// The operation: VerifyApiKey's check, its answer as a decision. Only a
@@ -274,6 +278,7 @@ pub async fn check(state: &AppState, _: &Origin, cmd: CheckKey) -> AppResult<Dec
                 retry_after: Some(retry_after),
                 limit: None,
                 remaining: None,
+                scope: None,
             }))
         }
         Err(error) => return Err(error),
@@ -297,27 +302,42 @@ pub async fn check(state: &AppState, _: &Origin, cmd: CheckKey) -> AppResult<Dec
     let now = Utc::now();
     let until = |time: DateTime<Utc>| (time - now).to_std().unwrap_or_default();
     Ok(match rejection {
-        Rejection::RateLimited { retry_at } => {
-            let limit = record
-                .and_then(|record| record.rate_limit())
-                .map(|limit| limit.calls());
+        Rejection::RateLimited { retry_at, scope } => {
+            let (limit, message) = match scope {
+                LimitScope::ApiKey => (
+                    record.and_then(|record| record.rate_limit()),
+                    "this API key's rate limit is reached; retry later",
+                ),
+                LimitScope::Organization => (
+                    record.and_then(|record| record.organization_rate_limit),
+                    "the rate limit of this API key's organization is reached; retry later",
+                ),
+            };
             Decision::TooManyRequests(Throttle {
                 reason: "rate_limited",
-                message: "this API key's rate limit is reached; retry later",
+                message,
                 retry_after: Some(until(retry_at)),
-                limit,
+                limit: limit.map(|limit| limit.calls()),
                 remaining: Some(0),
+                scope: Some(scope),
             })
         }
         Rejection::UsageExceeded {
             remaining,
             next_refill,
+            scope,
         } => Decision::TooManyRequests(Throttle {
             reason: "credits_exhausted",
-            message: "this API key's credits do not cover the call",
+            message: match scope {
+                LimitScope::ApiKey => "this API key's credits do not cover the call",
+                LimitScope::Organization => {
+                    "the credits of this API key's organization do not cover the call"
+                }
+            },
             retry_after: next_refill.map(until),
             limit: None,
             remaining: Some(remaining),
+            scope: Some(scope),
         }),
         rejection @ (Rejection::AddressNotAllowed | Rejection::InsufficientPermissions { .. }) => {
             Decision::Forbidden(rejection)
@@ -354,7 +374,7 @@ const REPLACE: Option<HeaderAppendAction> = Some(HeaderAppendAction::OverwriteIf
 
 fn allowed(
     record: &VerificationRecord,
-    credits_remaining: Option<i64>,
+    credits_remaining: CreditsLeft,
     reservation: Option<IssuedReservation>,
     key_headers: Vec<String>,
 ) -> CheckResponse {
@@ -409,11 +429,19 @@ fn allowed(
             )
         })
         .collect();
-    if let Some(remaining) = credits_remaining {
-        let remaining = Value {
-            kind: Some(Kind::NumberValue(remaining as f64)),
-        };
-        metadata.insert("credits_remaining".to_owned(), remaining);
+    for (key, remaining) in [
+        ("credits_remaining", credits_remaining.key),
+        (
+            "organization_credits_remaining",
+            credits_remaining.organization,
+        ),
+    ] {
+        if let Some(remaining) = remaining {
+            let remaining = Value {
+                kind: Some(Kind::NumberValue(remaining as f64)),
+            };
+            metadata.insert(key.to_owned(), remaining);
+        }
     }
     // What the owner attached, for keys that carry any (a plain key's
     // answer is as it was): the external id, and the metadata as one JSON
@@ -506,6 +534,13 @@ fn too_many_requests(throttle: Throttle) -> CheckResponse {
     }
     if let Some(remaining) = throttle.remaining {
         headers.push(("ratelimit-remaining", remaining.to_string()));
+    }
+    if let Some(scope) = throttle.scope {
+        let scope = match scope {
+            LimitScope::ApiKey => "api_key",
+            LimitScope::Organization => "organization",
+        };
+        headers.push(("x-limit-scope", scope.to_owned()));
     }
     denied(
         Status::resource_exhausted(throttle.message),

@@ -16,16 +16,16 @@ use super::convert::{self, list_of, mask_paths, parse_role, role_message, timest
 use super::{audit, delete_row, required, service_accounts, AppState, Rpc};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{
-    Invitation, KeyUsage, Member, MemberWithEmail, NewInvitation, NewOrganization, Organization,
-    OrganizationChanges, User,
+    Invitation, KeyLimitChanges, KeyUsage, Member, MemberWithEmail, NewInvitation, NewOrganization,
+    Organization, OrganizationChanges, OrganizationLimits, OrganizationWithLimits, User,
 };
 use crate::db::sql_types::Timestamp;
 use crate::db::{is_foreign_key_violation, DbConnection, Invalidation, Written};
 use crate::domain::{
     keeps_an_owner, may_change_members, AuditAction, AuditChange, AuditRecord, AuditTarget,
-    CreateInvitation, Email, GetUsage, InvitationId, InvitationToken, ListOf, MemberRef, OrgAction,
-    OrgRole, OrganizationId, OrganizationName, Page, PageRequest, ServiceAccountId, UpdateMember,
-    UpdateOrganization, UserId,
+    CreateInvitation, Email, GetUsage, InvitationId, InvitationToken, LimitsUpdate, ListOf,
+    MemberRef, OrgAction, OrgRole, OrganizationId, OrganizationName, Page, PageRequest,
+    ServiceAccountId, UpdateMember, UpdateOrganization, UserId,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::proto;
@@ -236,10 +236,24 @@ impl TryFrom<UpdateOrganizationRequest> for UpdateOrganization {
     fn try_from(request: UpdateOrganizationRequest) -> AppResult<Self> {
         let organization = required(request.organization, "organization")?;
         let mut mask = Violations::new();
+        let updatable = [&["name"][..], &convert::LIMIT_PATHS[..]].concat();
         let paths = mask_paths(
             request.update_mask.as_ref(),
-            &["name"],
-            &["id", "personal", "create_time", "update_time"],
+            &updatable,
+            &[
+                "id",
+                "personal",
+                "create_time",
+                "update_time",
+                "credits.next_refill_time",
+            ],
+            &mut mask,
+        );
+        let limits = convert::parse_limits_update(
+            "organization",
+            &paths,
+            organization.rate_limit.as_ref(),
+            organization.credits.as_ref(),
             &mut mask,
         );
         let empty_mask =
@@ -259,7 +273,7 @@ impl TryFrom<UpdateOrganizationRequest> for UpdateOrganization {
             mask,
             name,
         ))?;
-        Ok(Self { id, name })
+        Ok(Self { id, name, limits })
     }
 }
 
@@ -349,7 +363,7 @@ pub async fn create_organization(
     state: &AppState,
     caller: &Caller,
     name: OrganizationName,
-) -> AppResult<Organization> {
+) -> AppResult<OrganizationWithLimits> {
     let id = OrganizationId::generate();
     let new = &NewOrganization {
         id,
@@ -373,16 +387,22 @@ pub async fn create_organization(
         })
         .await?;
     tracing::info!(organization_id = %id, "organization created");
-    Ok(organization)
+    Ok(OrganizationWithLimits {
+        organization,
+        limits: None,
+    })
 }
 
 pub async fn get_organization(
     state: &AppState,
     caller: &Caller,
     id: OrganizationId,
-) -> AppResult<Organization> {
+) -> AppResult<OrganizationWithLimits> {
     let mut conn = state.db.conn().await?;
-    ownership::organization(&mut conn, &state.memberships, caller, id, OrgAction::View).await
+    let view = OrgAction::View;
+    let organization =
+        ownership::organization(&mut conn, &state.memberships, caller, id, view).await?;
+    Ok(OrganizationWithLimits::load(&mut conn, organization).await?)
 }
 
 /// A user's own organizations; every organization for an admin.
@@ -390,27 +410,32 @@ pub async fn list_organizations(
     state: &AppState,
     caller: &Caller,
     page: PageRequest<OrganizationId>,
-) -> AppResult<Page<Organization>> {
+) -> AppResult<Page<OrganizationWithLimits>> {
     let mut conn = state.db.conn().await?;
     if let Some(account) = caller.service_account() {
         // A service account belongs to its one organization.
         let own = Organization::find(&mut conn, account.organization).await?;
         let first_page = page.after.is_none();
+        let own: Vec<Organization> = own.into_iter().filter(|_| first_page).collect();
         return Ok(Page {
-            items: own.into_iter().filter(|_| first_page).collect(),
+            items: OrganizationWithLimits::load_all(&mut conn, own).await?,
             next_page_token: String::new(),
         });
     }
     let member = caller.user_id().filter(|_| !caller.is_admin());
     let organizations = Organization::list(&mut conn, member, &page).await?;
-    Ok(page.page(organizations, Organization::cursor))
+    let page = page.page(organizations, Organization::cursor);
+    Ok(Page {
+        items: OrganizationWithLimits::load_all(&mut conn, page.items).await?,
+        next_page_token: page.next_page_token,
+    })
 }
 
 pub async fn update_organization(
     state: &AppState,
     caller: &Caller,
     cmd: UpdateOrganization,
-) -> AppResult<Organization> {
+) -> AppResult<OrganizationWithLimits> {
     let id = cmd.id;
     let mut conn = state.db.conn().await?;
     let manage = OrgAction::Manage;
@@ -418,17 +443,38 @@ pub async fn update_organization(
     let changes = &OrganizationChanges {
         name: cmd.name.map(OrganizationName::into_inner),
     };
+    let mut changed = Vec::new();
+    if changes.name.is_some() {
+        changed.push(AuditChange::field("name"));
+    }
+    cmd.limits.changed_fields(&mut changed);
     let record = AuditRecord::new(
         AuditAction::OrganizationUpdate,
         AuditTarget::organization(id),
     )
-    .with_changes(vec![AuditChange::field("name")]);
+    .with_changes(changed);
+    // New limits apply to every key of the organization: every replica's
+    // VerifyApiKey cache drops them.
+    let limits_changed = cmd.limits != LimitsUpdate::default();
+    let stale = limits_changed.then_some(Invalidation::Organization(id));
+    let update = cmd.limits;
     state
-        .write(&mut conn, audit::actor(caller), None, |conn| {
+        .write(&mut conn, audit::actor(caller), stale, |conn| {
             async move {
+                // The update locks the row: limit changes are serialised.
                 let organization = Organization::update(conn, id, changes)
                     .await?
                     .ok_or(AppError::NotFound("organization"))?;
+                if limits_changed {
+                    let has_balance = update.credits.depends_on_balance()
+                        && OrganizationLimits::find(conn, id)
+                            .await?
+                            .and_then(|limits| limits.credits())
+                            .is_some();
+                    let limits = KeyLimitChanges::of_update(update, has_balance, Utc::now());
+                    OrganizationLimits::apply(conn, id, &limits).await?;
+                }
+                let organization = OrganizationWithLimits::load(conn, organization).await?;
                 Ok(Written::recorded(organization, record))
             }
             .scope_boxed()
@@ -864,9 +910,16 @@ pub async fn get_organization_usage(
     Ok(KeyUsage::of_organization(&mut conn, cmd.of, cmd.range).await?)
 }
 
-impl From<Organization> for proto::Organization {
-    fn from(row: Organization) -> Self {
+impl From<OrganizationWithLimits> for proto::Organization {
+    fn from(
+        OrganizationWithLimits {
+            organization: row,
+            limits,
+        }: OrganizationWithLimits,
+    ) -> Self {
         proto::Organization {
+            rate_limit: convert::rate_limit_message(limits.and_then(|l| l.rate_limit())),
+            credits: convert::credits_message(limits.and_then(|l| l.credits())),
             personal: row.is_personal(),
             id: row.id.to_string(),
             name: row.name,

@@ -49,14 +49,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 
-pub use outcome::{IssuedReservation, Rejection, Verification};
+pub use outcome::{CreditsLeft, IssuedReservation, Rejection, Verification};
 
 use crate::db::models::{
     ApiKey, NewReservation, Reservation, ReservationState, VerificationRecord,
 };
 use crate::db::Database;
 use crate::domain::{
-    missing_permissions, ApiKeyDigest, ReservationEvent, ReservationToken, VerifyApiKey,
+    missing_permissions, ApiKeyDigest, LimitScope, ReservationEvent, ReservationToken, VerifyApiKey,
 };
 use crate::error::{AppError, AppResult};
 use crate::hot_path::api_key_cache::Lookup;
@@ -201,23 +201,8 @@ impl KeyVerifier {
         if let Some(rejection) = restricted(&record, cmd) {
             return Ok(Verification::Refused(record, rejection));
         }
-        if let Some(limit) = record.rate_limit() {
-            let weight = limit.weight(cost);
-            if let Err(retry_after) = self
-                .rate_limits
-                .check_own_limit(record.limits_key_id, limit, weight)
-                .await
-            {
-                // A full bucket frees a call within one window, whatever a
-                // store answered.
-                let wait = TimeDelta::from_std(retry_after.min(limit.window()))
-                    .unwrap_or(TimeDelta::zero());
-                let retry_at = now.checked_add_signed(wait).unwrap_or(now);
-                return Ok(Verification::Refused(
-                    record,
-                    Rejection::RateLimited { retry_at },
-                ));
-            }
+        if let Some(rejection) = self.rate_limited(&record, cost, now).await {
+            return Ok(Verification::Refused(record, rejection));
         }
         let reservation = cmd.reserve.then(|| {
             let id = ReservationToken::generate();
@@ -242,26 +227,33 @@ impl KeyVerifier {
             None => (None, None),
         };
         let credits_remaining = if record.has_credits() {
+            let id = record.limits_key_id;
+            let organization = record
+                .organization_has_credits
+                .then_some(record.organization_id);
             let outcome = match hold {
                 Some(hold) => {
-                    let id = record.limits_key_id;
-                    self.credit_spends.reserve(id, cost, hold).await?
+                    self.credit_spends
+                        .reserve(id, organization, cost, hold)
+                        .await?
                 }
-                None => self.credit_spends.spend(record.limits_key_id, cost).await?,
+                None => self.credit_spends.spend(id, organization, cost).await?,
             };
             match outcome {
-                SpendOutcome::Spent(remaining) => Some(remaining),
-                SpendOutcome::Unlimited => None,
+                SpendOutcome::Spent { key, organization } => CreditsLeft { key, organization },
+                SpendOutcome::Unlimited => CreditsLeft::default(),
                 SpendOutcome::KeyGone => return Ok(Verification::Invalid(Rejection::NotFound)),
                 SpendOutcome::Short {
                     remaining,
                     next_refill,
+                    scope,
                 } => {
                     return Ok(Verification::Refused(
                         record,
                         Rejection::UsageExceeded {
                             remaining,
                             next_refill,
+                            scope,
                         },
                     ))
                 }
@@ -272,7 +264,7 @@ impl KeyVerifier {
                     return Ok(Verification::Invalid(Rejection::NotFound));
                 }
             }
-            None
+            CreditsLeft::default()
         };
         self.last_used.record(record.id, now);
         Ok(Verification::Valid {
@@ -280,6 +272,44 @@ impl KeyVerifier {
             credits_remaining,
             reservation,
         })
+    }
+
+    /// Step 6: the key's own rate limit and its organization's, counted
+    /// together (a call refused by one counts in neither): the refusal, if
+    /// any.
+    async fn rate_limited(
+        &self,
+        record: &VerificationRecord,
+        cost: i64,
+        now: DateTime<Utc>,
+    ) -> Option<Rejection> {
+        let own = record.rate_limit().map(|limit| {
+            (
+                RateKey::OwnLimit(record.limits_key_id),
+                limit,
+                LimitScope::ApiKey,
+            )
+        });
+        let shared = record.organization_rate_limit.map(|limit| {
+            let key = RateKey::OrganizationLimit(record.organization_id);
+            (key, limit, LimitScope::Organization)
+        });
+        let limits: Vec<_> = own.into_iter().chain(shared).collect();
+        if limits.is_empty() {
+            return None;
+        }
+        let checks: Vec<_> = limits
+            .iter()
+            .map(|&(key, limit, _)| (key, limit, limit.weight(cost)))
+            .collect();
+        let (retry_after, refusing) = self.rate_limits.check_own_limits(&checks).await.err()?;
+        let (_, limit, scope) = limits[refusing];
+        // A full bucket frees a call within one window, whatever a store
+        // answered.
+        let wait =
+            TimeDelta::from_std(retry_after.min(limit.window())).unwrap_or(TimeDelta::zero());
+        let retry_at = now.checked_add_signed(wait).unwrap_or(now);
+        Some(Rejection::RateLimited { retry_at, scope })
     }
 
     /// Records a reservation of a key without credits: it holds nothing,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::db::models::VerificationRecord;
-use crate::domain::{ReservationToken, UsageEvent};
+use crate::domain::{LimitScope, ReservationToken, UsageEvent};
 
 /// A verification's answer: what a valid key grants (and the balance it
 /// leaves, for a key with credits), or why it is not valid.
@@ -13,7 +13,7 @@ use crate::domain::{ReservationToken, UsageEvent};
 pub enum Verification {
     Valid {
         record: Arc<VerificationRecord>,
-        credits_remaining: Option<i64>,
+        credits_remaining: CreditsLeft,
         /// The reservation the call holds, when it asked for one.
         reservation: Option<IssuedReservation>,
     },
@@ -35,7 +35,7 @@ impl Verification {
             } => {
                 let (credits_spent, credits_reserved) = match reservation {
                     Some(reservation) => (0, reservation.reserved),
-                    None if credits_remaining.is_some() => (cost, 0),
+                    None if credits_remaining.spent() => (cost, 0),
                     None => (0, 0),
                 };
                 Some((
@@ -65,6 +65,21 @@ impl Verification {
     }
 }
 
+/// The balances a VALID answer leaves: the key's and its organization's,
+/// each `None` where there is none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreditsLeft {
+    pub key: Option<i64>,
+    pub organization: Option<i64>,
+}
+
+impl CreditsLeft {
+    /// Whether the call spent from any balance.
+    pub fn spent(&self) -> bool {
+        self.key.is_some() || self.organization.is_some()
+    }
+}
+
 /// A reservation a VALID answer holds. Its id is shown in this answer only.
 #[derive(Debug)]
 pub struct IssuedReservation {
@@ -83,14 +98,18 @@ pub enum Rejection {
     NotFound,
     Revoked,
     Expired,
-    /// The key's own rate limit is reached until `retry_at`.
+    /// The key's own rate limit, or its organization's (`scope`), is
+    /// reached until `retry_at`.
     RateLimited {
         retry_at: DateTime<Utc>,
+        scope: LimitScope,
     },
-    /// The balance does not cover the cost; the next refill, if any.
+    /// The balance (the key's or its organization's: `scope`) does not
+    /// cover the cost; the next refill, if any.
     UsageExceeded {
         remaining: i64,
         next_refill: Option<DateTime<Utc>>,
+        scope: LimitScope,
     },
     /// The key has allowed networks, and the call's address is in none of
     /// them (or was not given).

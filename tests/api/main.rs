@@ -26,6 +26,7 @@ mod limits;
 mod llm_endpoints;
 mod login_throttle;
 mod look_alike_text;
+mod organization_limits;
 mod organizations;
 mod out_of_range;
 mod read_coalescing;

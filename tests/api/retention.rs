@@ -243,9 +243,15 @@ crate::helpers::backend_test! {
         app.stop().await;
         let url = app.database_url.clone();
 
-        // The newest three drop the replacement link, the rate limits'
-        // unit and the credit reservations: refused, then done when told.
-        for version in ["20261207000013", "20261207000012", "20261207000011"] {
+        // The newest four drop the organizations' limits, the replacement
+        // link, the rate limits' unit and the credit reservations: refused,
+        // then done when told.
+        for version in [
+            "20261208000014",
+            "20261207000013",
+            "20261207000012",
+            "20261207000011",
+        ] {
             let (ok, said) = migrate(&url, &["--revert"]).await;
             assert!(!ok, "refused: {said}");
             assert!(said.contains("--destroy-data"), "{said}");

@@ -213,6 +213,7 @@ fn declared_tables() -> Tables<DeclaredColumn> {
         organizations,
         organization_members,
         organization_invitations,
+        organization_limits,
         service_accounts,
         chatbots,
         api_keys,

@@ -142,6 +142,27 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
         Err(status) => assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}"),
         Ok(team) => {
             let team_id = team.into_inner().organization.unwrap().id;
+            // One with organizations' limits gives the team credits too;
+            // one without refuses the mask path.
+            let limited = organizations
+                .clone()
+                .update_organization(proto::UpdateOrganizationRequest {
+                    organization: Some(proto::Organization {
+                        id: team_id.clone(),
+                        credits: Some(proto::Credits {
+                            remaining: 1000,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["credits".into()],
+                    }),
+                })
+                .await;
+            if let Err(status) = limited {
+                assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            }
             organizations
                 .clone()
                 .create_invitation(proto::CreateInvitationRequest {

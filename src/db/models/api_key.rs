@@ -10,7 +10,7 @@ use diesel::{
 };
 use diesel_async::RunQueryDsl;
 
-use crate::db::schema::{api_key_limits, api_keys, chatbots};
+use crate::db::schema::{api_key_limits, api_keys, chatbots, organization_limits};
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
 use crate::domain::{
@@ -127,6 +127,10 @@ pub struct VerificationRecord {
     pub llm_endpoint_url: String,
     pub rate_limit: Option<KeyRateLimit>,
     pub credits_remaining: Option<i64>,
+    /// The organization's rate limit, shared by all its keys.
+    pub organization_rate_limit: Option<KeyRateLimit>,
+    /// Whether the organization has credits (stale as the key's balance).
+    pub organization_has_credits: bool,
     pub grants: Option<std::sync::Arc<KeyGrants>>,
 }
 
@@ -145,6 +149,10 @@ struct VerificationRow {
     rate_limit_window_ms: Option<i64>,
     rate_limit_unit: Option<String>,
     credits_remaining: Option<i64>,
+    organization_rate_limit_calls: Option<i64>,
+    organization_rate_limit_window_ms: Option<i64>,
+    organization_rate_limit_unit: Option<String>,
+    organization_credits_remaining: Option<i64>,
     allowed_networks: String,
     permissions: String,
     metadata: String,
@@ -174,6 +182,14 @@ impl From<VerificationRow> for VerificationRecord {
                 row.rate_limit_unit.as_deref().unwrap_or_default(),
             ),
             credits_remaining: row.credits_remaining,
+            organization_rate_limit: KeyRateLimit::from_stored(
+                row.organization_rate_limit_calls.unwrap_or_default(),
+                row.organization_rate_limit_window_ms.unwrap_or_default(),
+                row.organization_rate_limit_unit
+                    .as_deref()
+                    .unwrap_or_default(),
+            ),
+            organization_has_credits: row.organization_credits_remaining.is_some(),
             grants: grants.map(std::sync::Arc::new),
         }
     }
@@ -184,10 +200,10 @@ impl VerificationRecord {
         self.rate_limit
     }
 
-    /// Whether verifying spends credits (the balance read here is stale
-    /// and never used).
+    /// Whether verifying spends credits, the key's or its organization's
+    /// (the balances read here are stale and never used).
     pub fn has_credits(&self) -> bool {
-        self.credits_remaining.is_some()
+        self.credits_remaining.is_some() || self.organization_has_credits
     }
 }
 
@@ -262,6 +278,26 @@ impl ApiKey {
         Ok(update_rows!(conn, api_keys::table.find(id), touch)? == 1)
     }
 
+    /// Those of `ids` that exist, locked against deletion until the
+    /// transaction ends (FOR KEY SHARE, which changes to the key's other
+    /// columns do not wait for; on SQLite the transaction holds the whole
+    /// database already).
+    pub async fn lock_existing(
+        conn: &mut DbConnection,
+        ids: &[ApiKeyId],
+    ) -> diesel::QueryResult<Vec<ApiKeyId>> {
+        let rows = api_keys::table
+            .filter(api_keys::id.eq_any(ids))
+            .select(api_keys::id);
+        match conn {
+            DbConnection::Postgres(conn) => rows.for_key_share().load(&mut **conn).await,
+            DbConnection::Sqlite(conn) => {
+                let conn: &mut crate::db::SqliteAsyncConnection = conn;
+                rows.load(conn).await
+            }
+        }
+    }
+
     /// Changes the label or the expiry.
     pub async fn set_label_and_expiry(
         conn: &mut DbConnection,
@@ -299,6 +335,10 @@ impl ApiKey {
             api_keys::table
                 .inner_join(chatbots::table)
                 .left_join(api_key_limits::table.on(api_key_limits::api_key_id.eq(limits_key)))
+                .left_join(
+                    organization_limits::table
+                        .on(organization_limits::organization_id.eq(chatbots::organization_id)),
+                )
                 .filter(api_keys::key_hash.eq(&digest.0[..]))
                 .select((
                     api_keys::id,
@@ -313,6 +353,10 @@ impl ApiKey {
                     api_key_limits::rate_limit_window_ms.nullable(),
                     api_key_limits::rate_limit_unit.nullable(),
                     api_key_limits::credits_remaining.nullable(),
+                    organization_limits::rate_limit_calls.nullable(),
+                    organization_limits::rate_limit_window_ms.nullable(),
+                    organization_limits::rate_limit_unit.nullable(),
+                    organization_limits::credits_remaining.nullable(),
                     api_keys::allowed_networks,
                     api_keys::permissions,
                     api_keys::metadata,

@@ -12,7 +12,10 @@ use super::ApiKey;
 use crate::db::schema::api_key_limits;
 use crate::db::sql_types::Timestamp;
 use crate::db::DbConnection;
-use crate::domain::{ApiKeyId, CreditsSetting, CreditsState, KeyRateLimit, RateUnit, Refill};
+use crate::domain::{
+    ApiKeyId, CreditsEdit, CreditsSetting, CreditsState, KeyRateLimit, LimitsUpdate, RateUnit,
+    Refill,
+};
 
 /// A row of `api_key_limits`.
 #[derive(Debug, Clone, Copy, Queryable, Selectable)]
@@ -31,7 +34,7 @@ pub struct KeyLimits {
 }
 
 /// The refill columns as one value, if the key has a refill.
-fn stored_refill(
+pub(super) fn stored_refill(
     amount: Option<i64>,
     interval_ms: Option<i64>,
     refilled_at: Option<DateTime<Utc>>,
@@ -345,13 +348,13 @@ impl KeyWithLimits {
 #[derive(Debug, Default, Clone, Copy, AsChangeset)]
 #[diesel(table_name = api_key_limits)]
 pub struct KeyLimitChanges {
-    rate_limit_calls: Option<Option<i64>>,
-    rate_limit_window_ms: Option<Option<i64>>,
-    rate_limit_unit: Option<&'static str>,
-    credits_remaining: Option<Option<i64>>,
-    credits_refill_amount: Option<Option<i64>>,
-    credits_refill_interval_ms: Option<Option<i64>>,
-    credits_refilled_at: Option<Option<Timestamp>>,
+    pub(super) rate_limit_calls: Option<Option<i64>>,
+    pub(super) rate_limit_window_ms: Option<Option<i64>>,
+    pub(super) rate_limit_unit: Option<&'static str>,
+    pub(super) credits_remaining: Option<Option<i64>>,
+    pub(super) credits_refill_amount: Option<Option<i64>>,
+    pub(super) credits_refill_interval_ms: Option<Option<i64>>,
+    pub(super) credits_refilled_at: Option<Option<Timestamp>>,
 }
 
 /// A row to insert: the changes applied to a key without limits.
@@ -381,6 +384,22 @@ impl KeyLimitChanges {
         }
         if let Some(credits) = credits {
             changes.set_credits(Some(credits), now);
+        }
+        changes
+    }
+
+    /// What `update` changes, on a row that has a balance or not
+    /// ([`crate::domain::CreditsChange::edit`]).
+    pub fn of_update(update: LimitsUpdate, has_balance: bool, now: DateTime<Utc>) -> Self {
+        let mut changes = Self::default();
+        if let Some(rate_limit) = update.rate_limit {
+            changes.set_rate_limit(rate_limit);
+        }
+        match update.credits.edit(has_balance) {
+            CreditsEdit::Keep => {}
+            CreditsEdit::Replace(credits) => changes.set_credits(credits, now),
+            CreditsEdit::Balance(remaining) => changes.set_balance(remaining),
+            CreditsEdit::Refill(refill) => changes.set_refill(refill, now),
         }
         changes
     }

@@ -144,6 +144,7 @@ pub mod chatbot;
 pub mod key_limits;
 pub mod login_attempt;
 pub mod organization;
+pub mod organization_limits;
 pub mod refresh_token;
 pub mod reservation;
 pub mod service_account;
@@ -160,6 +161,7 @@ pub use organization::{
     Invitation, Member, MemberWithEmail, NewInvitation, NewOrganization, Organization,
     OrganizationChanges,
 };
+pub use organization_limits::{OrganizationBalance, OrganizationLimits, OrganizationWithLimits};
 pub use refresh_token::{NewRefreshToken, RefreshToken};
 pub use reservation::{NewReservation, Reservation, ReservationFinish, ReservationState};
 pub use service_account::{NewServiceAccount, ServiceAccount, ServiceAccountCredential};

@@ -14,7 +14,7 @@ use diesel_async::RunQueryDsl;
 use crate::db::schema::credit_reservations;
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
-use crate::domain::{ApiKeyId, ChatbotId};
+use crate::domain::{ApiKeyId, ChatbotId, OrganizationId};
 
 /// Where a reservation stands; stored as its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,8 @@ pub struct Reservation {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The organization whose balance also holds it.
+    pub organization_id: Option<OrganizationId>,
 }
 
 /// A reservation to insert.
@@ -72,9 +74,18 @@ pub struct NewReservation {
     from_balance: bool,
     created_at: Timestamp,
     expires_at: Timestamp,
+    organization_id: Option<OrganizationId>,
 }
 
 impl NewReservation {
+    /// The reservation, also held on `organization`'s balance.
+    pub fn held_by_organization(self, organization: Option<OrganizationId>) -> Self {
+        Self {
+            organization_id: organization,
+            ..self
+        }
+    }
+
     pub fn new(
         token_hash: [u8; 32],
         api_key_id: ApiKeyId,
@@ -92,6 +103,7 @@ impl NewReservation {
             from_balance,
             created_at: Timestamp(created_at),
             expires_at: Timestamp(expires_at),
+            organization_id: None,
         }
     }
 }
@@ -386,6 +398,7 @@ struct InsertReservations {
     from_balance: Vec<bool>,
     created_at: Vec<DateTime<Utc>>,
     expires_at: Vec<DateTime<Utc>>,
+    organization_ids: Vec<Option<uuid::Uuid>>,
 }
 
 impl InsertReservations {
@@ -398,6 +411,10 @@ impl InsertReservations {
             from_balance: reservations.iter().map(|r| r.from_balance).collect(),
             created_at: reservations.iter().map(|r| r.created_at.0).collect(),
             expires_at: reservations.iter().map(|r| r.expires_at.0).collect(),
+            organization_ids: reservations
+                .iter()
+                .map(|r| r.organization_id.map(|id| id.0))
+                .collect(),
         }
     }
 }
@@ -407,10 +424,11 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for InsertReservations
         &'b self,
         mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
     ) -> diesel::QueryResult<()> {
-        use diesel::sql_types::{Array, BigInt, Binary, Bool, Timestamptz, Uuid};
+        use diesel::sql_types::{Array, BigInt, Binary, Bool, Nullable, Timestamptz, Uuid};
         out.push_sql(
             "INSERT INTO credit_reservations \
-             (token_hash, api_key_id, chatbot_id, reserved, from_balance, created_at, expires_at) \
+             (token_hash, api_key_id, chatbot_id, reserved, from_balance, created_at, expires_at, \
+              organization_id) \
              SELECT * FROM unnest(",
         );
         out.push_bind_param::<Array<Binary>, _>(&self.token_hashes)?;
@@ -426,6 +444,8 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for InsertReservations
         out.push_bind_param::<Array<Timestamptz>, _>(&self.created_at)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Timestamptz>, _>(&self.expires_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Uuid>>, _>(&self.organization_ids)?;
         out.push_sql(")");
         Ok(())
     }

@@ -23,7 +23,7 @@ pub use operations::{
 
 use super::{convert, usage, AppState, Origin, Rpc};
 use crate::domain::{
-    ApiKeyId, CreateApiKey, GetUsage, ListApiKeys, ReleaseReservation, RotateApiKey,
+    ApiKeyId, CreateApiKey, GetUsage, LimitScope, ListApiKeys, ReleaseReservation, RotateApiKey,
     SettleReservation, UpdateApiKey, VerifyApiKey,
 };
 use crate::error::AppError;
@@ -38,7 +38,7 @@ use crate::proto::{
     SettleReservationResponse, UpdateApiKeyRequest, UpdateApiKeyResponse, VerifyApiKeyRequest,
     VerifyApiKeyResponse,
 };
-use crate::verification::{Rejection, Verification};
+use crate::verification::{CreditsLeft, Rejection, Verification};
 
 /// The ApiKeyService implementation.
 pub struct ApiKeys(pub Arc<AppState>);
@@ -221,7 +221,9 @@ impl From<Verification> for proto::VerifyApiKeyResponse {
                     .unwrap_or_default(),
                 missing_permissions: Vec::new(),
                 llm_endpoint_url: record.llm_endpoint_url.clone(),
-                credits_remaining,
+                credits_remaining: credits_remaining.key,
+                organization_credits_remaining: credits_remaining.organization,
+                limit_scope: proto::LimitScope::Unspecified.into(),
                 reset_time: None,
                 reservation_expire_time: reservation
                     .as_ref()
@@ -235,18 +237,35 @@ impl From<Verification> for proto::VerifyApiKeyResponse {
                     Rejection::InsufficientPermissions { missing } => missing.clone(),
                     _ => Vec::new(),
                 };
-                let (credits_remaining, reset_time) = match reason {
-                    Rejection::RateLimited { retry_at } => (None, Some(retry_at)),
+                let (left, reset_time, scope) = match reason {
+                    Rejection::RateLimited { retry_at, scope } => {
+                        (CreditsLeft::default(), Some(retry_at), Some(scope))
+                    }
                     Rejection::UsageExceeded {
                         remaining,
                         next_refill,
-                    } => (Some(remaining), next_refill),
-                    _ => (None, None),
+                        scope,
+                    } => {
+                        let left = match scope {
+                            LimitScope::ApiKey => CreditsLeft {
+                                key: Some(remaining),
+                                organization: None,
+                            },
+                            LimitScope::Organization => CreditsLeft {
+                                key: None,
+                                organization: Some(remaining),
+                            },
+                        };
+                        (left, next_refill, Some(scope))
+                    }
+                    _ => (CreditsLeft::default(), None, None),
                 };
                 proto::VerifyApiKeyResponse {
                     valid: false,
                     reason: VerifyApiKeyReason::from(reason).into(),
-                    credits_remaining,
+                    credits_remaining: left.key,
+                    organization_credits_remaining: left.organization,
+                    limit_scope: convert::limit_scope_message(scope).into(),
                     reset_time: reset_time.map(convert::timestamp),
                     missing_permissions,
                     ..Default::default()

@@ -16,8 +16,8 @@ use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation, Written};
 use crate::domain::{
     may_add_active_key, may_rotate_with_grace, permissions_json, AllowedNetworks, ApiKeyId,
-    ApiKeySecret, AuditAction, AuditChange, AuditRecord, AuditTarget, CreateApiKey, CreditsEdit,
-    DisplayText, KeyLifecycle, ListApiKeys, Metadata, OrgAction, Page, RotateApiKey, UpdateApiKey,
+    ApiKeySecret, AuditAction, AuditChange, AuditRecord, AuditTarget, CreateApiKey, DisplayText,
+    KeyLifecycle, ListApiKeys, Metadata, OrgAction, Page, RotateApiKey, UpdateApiKey,
 };
 use crate::error::{AppError, AppResult};
 
@@ -138,21 +138,12 @@ pub async fn update_api_key(
                     external_id: cmd.external_id.as_ref().map(Option::as_deref),
                 };
                 ApiKey::set_grants(conn, id, &grants).await?;
-                let mut limits = KeyLimitChanges::default();
-                if let Some(rate_limit) = cmd.rate_limit {
-                    limits.set_rate_limit(rate_limit);
-                }
-                let has_balance = cmd.credits.depends_on_balance()
+                let has_balance = cmd.limits.credits.depends_on_balance()
                     && KeyLimits::find(conn, id)
                         .await?
                         .and_then(|limits| limits.credits())
                         .is_some();
-                match cmd.credits.edit(has_balance) {
-                    CreditsEdit::Keep => {}
-                    CreditsEdit::Replace(credits) => limits.set_credits(credits, now),
-                    CreditsEdit::Balance(remaining) => limits.set_balance(remaining),
-                    CreditsEdit::Refill(refill) => limits.set_refill(refill, now),
-                }
+                let limits = KeyLimitChanges::of_update(cmd.limits, has_balance, now);
                 KeyLimits::apply(conn, id, &limits).await?;
                 Ok(Written::recorded(key_with_limits(conn, id).await?, record))
             }

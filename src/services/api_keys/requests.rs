@@ -8,11 +8,10 @@ use chrono::{DateTime, Utc};
 use super::super::convert::{self, mask_paths};
 use super::super::required;
 use crate::domain::{
-    parse_actual_cost, parse_balance, parse_client_address, parse_cost, parse_external_id,
-    parse_permissions, AllowedNetworks, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId,
-    CreateApiKey, CreditsChange, DisplayText, KeyGrants, ListApiKeys, Metadata, PageRequest,
-    ReleaseReservation, ReservationToken, RotateApiKey, SettleReservation, UpdateApiKey,
-    VerifyApiKey,
+    parse_actual_cost, parse_client_address, parse_cost, parse_external_id, parse_permissions,
+    AllowedNetworks, ApiKeyFilter, ApiKeyId, ApiKeySecret, ChatbotId, CreateApiKey, DisplayText,
+    KeyGrants, ListApiKeys, Metadata, PageRequest, ReleaseReservation, ReservationToken,
+    RotateApiKey, SettleReservation, UpdateApiKey, VerifyApiKey,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::proto;
@@ -179,10 +178,10 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
             &[
                 "display_name",
                 "expire_time",
-                "rate_limit",
-                "credits",
-                "credits.remaining",
-                "credits.refill",
+                convert::LIMIT_PATHS[0],
+                convert::LIMIT_PATHS[1],
+                convert::LIMIT_PATHS[2],
+                convert::LIMIT_PATHS[3],
                 "allowed_networks",
                 "permissions",
                 "metadata",
@@ -200,22 +199,17 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
             ],
             &mut violations,
         );
-        let credit_paths = paths
-            .iter()
-            .filter(|path| path.starts_with("credits"))
-            .count();
-        if credit_paths > 1 {
-            violations.push(FieldViolation::new(
-                "update_mask",
-                "name credits, credits.remaining or credits.refill, not several",
-            ));
-        }
         let mut cmd = UpdateApiKey {
             id: ApiKeyId(key.id),
             display_name: None,
             expires_at: None,
-            rate_limit: None,
-            credits: CreditsChange::Unchanged,
+            limits: convert::parse_limits_update(
+                "api_key",
+                &paths,
+                key.rate_limit.as_ref(),
+                key.credits.as_ref(),
+                &mut violations,
+            ),
             networks: None,
             permissions: None,
             metadata: None,
@@ -238,32 +232,6 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
                         future_time("api_key.expire_time", time, now)
                     })
                     .map(|time| cmd.expires_at = Some(time)),
-                ),
-                "rate_limit" => violations.check(
-                    optional(key.rate_limit.as_ref(), |limit| {
-                        convert::parse_rate_limit("api_key.rate_limit", limit)
-                    })
-                    .map(|limit| cmd.rate_limit = Some(limit)),
-                ),
-                "credits" => violations.check(
-                    optional(key.credits.as_ref(), |credits| {
-                        convert::parse_credits("api_key.credits", credits)
-                    })
-                    .map(|credits| cmd.credits = CreditsChange::Replace(credits)),
-                ),
-                "credits.remaining" => {
-                    let remaining = key.credits.as_ref().map_or(0, |credits| credits.remaining);
-                    violations.check(
-                        parse_balance("api_key.credits.remaining", remaining)
-                            .map(|remaining| cmd.credits = CreditsChange::Balance(remaining)),
-                    );
-                }
-                "credits.refill" => violations.check(
-                    optional(
-                        key.credits.as_ref().and_then(|c| c.refill.as_ref()),
-                        |refill| convert::parse_refill("api_key.credits.refill", refill),
-                    )
-                    .map(|refill| cmd.credits = CreditsChange::Refill(refill)),
                 ),
                 "allowed_networks" => violations.check(
                     AllowedNetworks::parse("api_key.allowed_networks", &key.allowed_networks)

@@ -45,6 +45,10 @@
 //! - `verify-api-key-credits`: 1,000 keys (on 10 chatbots) with credits,
 //!   each call spending 1 from a key drawn at random (as pgbench draws its
 //!   row): one database write per call.
+//! - `verify-api-key-organization-credits`: 1,000 keys without credits of
+//!   their own, on chatbots of 10 organizations with credits, each call
+//!   spending 1 from the organization of a key drawn at random: the path
+//!   that locks the key's and the organization's balances together.
 //! - `ext-authz-check`: Envoy's envoy.service.auth.v3.Authorization.Check
 //!   of an HTTP request carrying the issued key in `x-api-key`, as Envoy's
 //!   ext_authz filter sends it. A denial counts under the code of the
@@ -63,6 +67,7 @@ use chatbot_backend::domain::ApiKeySecret;
 use chatbot_backend::proto::api_key_service_client::ApiKeyServiceClient;
 use chatbot_backend::proto::auth_service_client::AuthServiceClient;
 use chatbot_backend::proto::chatbot_service_client::ChatbotServiceClient;
+use chatbot_backend::proto::organization_service_client::OrganizationServiceClient;
 use chatbot_backend::proto::user_service_client::UserServiceClient;
 use chatbot_backend::proto::{self, VerifyApiKeyReason};
 use clap::{Parser, ValueEnum};
@@ -148,6 +153,7 @@ enum Rpc {
     VerifyApiKeyMalformed,
     VerifyApiKeyRateLimited,
     VerifyApiKeyCredits,
+    VerifyApiKeyOrganizationCredits,
     /// One request is a pair: VerifyApiKey with `reserve` (cost 50) on one
     /// of 1,000 keys with credits at random, then SettleReservation at a
     /// real cost from 0 to 100.
@@ -171,6 +177,7 @@ impl Rpc {
             Rpc::VerifyApiKeyMalformed => "verify-api-key-malformed",
             Rpc::VerifyApiKeyRateLimited => "verify-api-key-rate-limited",
             Rpc::VerifyApiKeyCredits => "verify-api-key-credits",
+            Rpc::VerifyApiKeyOrganizationCredits => "verify-api-key-organization-credits",
             Rpc::ReserveAndSettle => "reserve-and-settle",
             Rpc::VerifyApiKeyRestricted => "verify-api-key-restricted",
             Rpc::ExtAuthzCheck => "ext-authz-check",
@@ -450,6 +457,7 @@ impl Caller {
             | Rpc::VerifyApiKeyMalformed
             | Rpc::VerifyApiKeyRateLimited
             | Rpc::VerifyApiKeyCredits
+            | Rpc::VerifyApiKeyOrganizationCredits
             | Rpc::VerifyApiKeyRestricted => {
                 let key = match self.rpc {
                     // Made up with a fast generator: the OS's, a system
@@ -470,7 +478,7 @@ impl Caller {
                     // A key at random, as pgbench's `random(1, 1000)` picks
                     // its row: callers stepping through the keys together
                     // would collide on the same rows in lockstep.
-                    Rpc::VerifyApiKeyCredits => {
+                    Rpc::VerifyApiKeyCredits | Rpc::VerifyApiKeyOrganizationCredits => {
                         let draw = splitmix64(((self.id as u64) << 32) | self.sent);
                         fixture.api_keys[(draw % fixture.api_keys.len() as u64) as usize].clone()
                     }
@@ -722,6 +730,8 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
         }
     }
 
+    let mut organizations =
+        OrganizationServiceClient::new(InterceptedService::new(channel.clone(), bearer.clone()));
     let mut keys = ApiKeyServiceClient::new(InterceptedService::new(channel, bearer.clone()));
     let mut api_keys = Vec::new();
     match rpc {
@@ -759,6 +769,50 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
                 let owner = create_chatbot(&mut chatbots, &format!("loadgen credits {c}")).await?;
                 for _ in 0..100 {
                     api_keys.push(create_key(&mut keys, &owner, None, Some(credits)).await?);
+                }
+            }
+        }
+        Rpc::VerifyApiKeyOrganizationCredits => {
+            for o in 0..CREDIT_KEYS / 100 {
+                let organization = organizations
+                    .create_organization(proto::CreateOrganizationRequest {
+                        name: format!("loadgen team {o}"),
+                    })
+                    .await
+                    .context("CreateOrganization")?
+                    .into_inner()
+                    .organization
+                    .context("CreateOrganization returned no organization")?;
+                organizations
+                    .update_organization(proto::UpdateOrganizationRequest {
+                        organization: Some(proto::Organization {
+                            id: organization.id.clone(),
+                            credits: Some(proto::Credits {
+                                remaining: 1_000_000_000_000,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["credits".into()],
+                        }),
+                    })
+                    .await
+                    .context("UpdateOrganization")?;
+                let chatbot = chatbots
+                    .create_chatbot(proto::CreateChatbotRequest {
+                        name: format!("loadgen team bot {o}"),
+                        llm_endpoint_url: LLM_ENDPOINT_URL.into(),
+                        organization_id: organization.id,
+                        ..Default::default()
+                    })
+                    .await
+                    .context("CreateChatbot")?
+                    .into_inner()
+                    .chatbot
+                    .context("CreateChatbot returned no chatbot")?;
+                for _ in 0..100 {
+                    api_keys.push(create_key(&mut keys, &chatbot.id, None, None).await?);
                 }
             }
         }

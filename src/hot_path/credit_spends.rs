@@ -33,6 +33,14 @@
 //! settlement is never lost, never applied twice, and a batch of them costs
 //! one transaction rather than one each.
 //!
+//! A key whose organization has credits spends from both balances or from
+//! neither: such spends take the locked path too, which locks the keys'
+//! rows and then the organizations' (each in id order, so two batches on
+//! any replicas lock in one order), judges each spend against both, and
+//! writes both. Several keys of one organization in a batch share one lock
+//! and one write of its row. A reservation records the organization it
+//! held on, and its settlement or release gives back there as well.
+//!
 //! At low load a spend goes out alone, at once. A batch is bounded in time
 //! like a direct query; on timeout or a database error its callers get the
 //! error (UNAVAILABLE when the store is unreachable), and nothing was spent

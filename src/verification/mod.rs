@@ -26,13 +26,16 @@
 //!
 //!    Steps 6 and 7 use the limits and credits of the key's replacement
 //!    while a rotation's grace period lasts: one budget, not one per key.
-//! 6. **The key's own rate limit** (set by its owner): `RateLimited`, with
-//!    the time it resets. Exact across replicas when Redis is configured. A
-//!    limit in credits counts the call's `cost` rather than 1.
-//! 7. **Credits**, for a key that has them: `cost` is spent through the
-//!    batched compare-and-set of [`crate::hot_path::credit_spends`]; a
-//!    balance short of `cost` is `UsageExceeded` and spends nothing. Never
-//!    below zero, on any number of replicas. With `reserve`, `cost` is held
+//! 6. **The key's own rate limit and its organization's** (set by their
+//!    owners), counted together: `RateLimited`, with the time it resets and
+//!    whose limit it was (a call refused by one counts in neither). Exact
+//!    across replicas when Redis is configured. A limit in credits counts
+//!    the call's `cost` rather than 1.
+//! 7. **Credits**, for a key or organization that has them: `cost` is spent
+//!    through the batches of [`crate::hot_path::credit_spends`], from both
+//!    balances or neither; a balance short of `cost` is `UsageExceeded`
+//!    (naming whose) and spends nothing. Never below zero, on any number of
+//!    replicas. With `reserve`, `cost` is held
 //!    instead: taken from the balance and recorded as a reservation in one
 //!    transaction (a key without credits records one that holds nothing),
 //!    later settled, released or expired (`services::api_keys`'s

@@ -53,7 +53,7 @@ fn per_minute(limit: i64) -> Option<proto::RateLimit> {
 }
 
 /// Sets the organization's credits to `remaining` (by its owner).
-async fn give_credits(app: &TestApp, owner: &TestUser, organization_id: &str, remaining: i64) {
+pub async fn give_credits(app: &TestApp, owner: &TestUser, organization_id: &str, remaining: i64) {
     let changes = proto::Organization {
         id: organization_id.into(),
         credits: credits(remaining),
@@ -66,7 +66,7 @@ async fn give_credits(app: &TestApp, owner: &TestUser, organization_id: &str, re
 
 /// A team of a new owner with one chatbot: the owner, the team's id and
 /// the chatbot's id.
-async fn team_with_chatbot(app: &TestApp) -> (TestUser, String, String) {
+pub async fn team_with_chatbot(app: &TestApp) -> (TestUser, String, String) {
     let owner = app.new_user().await;
     let team = app.create_organization(&owner, "metered team").await;
     let chatbot = app
@@ -86,7 +86,7 @@ async fn team_with_chatbot(app: &TestApp) -> (TestUser, String, String) {
 
 /// A key on `chatbot_id` with its own `key_credits` (none: unlimited) and
 /// rate limit: its secret.
-async fn key_on(
+pub async fn key_on(
     app: &TestApp,
     owner: &TestUser,
     chatbot_id: &str,
@@ -103,7 +103,7 @@ async fn key_on(
         .key
 }
 
-async fn organization_balance(app: &TestApp, caller: &TestUser, id: &str) -> Option<i64> {
+pub async fn organization_balance(app: &TestApp, caller: &TestUser, id: &str) -> Option<i64> {
     let organization = app
         .organizations(Some(&caller.token))
         .get_organization(proto::GetOrganizationRequest { id: id.into() })

@@ -14,6 +14,7 @@ use crate::helpers::{
     api_key_update, assert_code, backend_test, eventually, spawn_app, spawn_app_with,
     violated_fields, Clients, TestApp, TestUser,
 };
+use crate::organization_limits::{give_credits, key_on, organization_balance, team_with_chatbot};
 use crate::usage::key_usage;
 
 /// A key with `credits` (none: unlimited) on a new chatbot of `owner`:
@@ -405,6 +406,30 @@ async fn stored_reservations(app: &TestApp) -> (i64, i64) {
 /// held by reservations whose answers were lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_fault_mid_load_loses_no_answered_reservation_or_settlement() {
+    reserve_and_settle_through_postgres_faults(Budget::Key).await;
+}
+
+/// The same for reservations held on an organization's balance (the key has
+/// none of its own), which take the locked path over both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_fault_mid_load_loses_no_reservation_or_settlement_of_an_organization() {
+    reserve_and_settle_through_postgres_faults(Budget::Organization).await;
+}
+
+/// Whose balance the fault test's reservations hold on.
+#[derive(Clone, Copy)]
+enum Budget {
+    Key,
+    Organization,
+}
+
+/// The balance a fault test funded: a key's id, or an organization's.
+enum Funded {
+    Key(i64),
+    Organization(String),
+}
+
+async fn reserve_and_settle_through_postgres_faults(budget: Budget) {
     let database = crate::helpers::TestDatabase::create().await;
     let proxy = crate::helpers::TcpProxy::start(database.postgres_addr()).await;
     let via_proxy = database.url_via(proxy.addr);
@@ -419,8 +444,23 @@ async fn a_postgres_fault_mid_load_loses_no_answered_reservation_or_settlement()
         ],
     )
     .await;
-    let owner = app.new_user().await;
-    let (key, id) = key_with_credits(&app, &owner, Some(1_000_000)).await;
+    let owner;
+    let key;
+    let funded = match budget {
+        Budget::Key => {
+            owner = app.new_user().await;
+            let (secret, id) = key_with_credits(&app, &owner, Some(1_000_000)).await;
+            key = secret;
+            Funded::Key(id)
+        }
+        Budget::Organization => {
+            let (team_owner, team, chatbot) = team_with_chatbot(&app).await;
+            owner = team_owner;
+            key = key_on(&app, &owner, &chatbot, None, None).await;
+            give_credits(&app, &owner, &team, 1_000_000).await;
+            Funded::Organization(team)
+        }
+    };
 
     for fault in [
         crate::helpers::TcpProxy::cut,
@@ -500,10 +540,11 @@ async fn a_postgres_fault_mid_load_loses_no_answered_reservation_or_settlement()
         );
     }
     let (held_open, charged) = stored_reservations(&app).await;
-    assert_eq!(
-        balance(&app, &owner, id).await,
-        1_000_000 - charged - held_open
-    );
+    let left = match &funded {
+        Funded::Key(id) => balance(&app, &owner, *id).await,
+        Funded::Organization(team) => organization_balance(&app, &owner, team).await.unwrap(),
+    };
+    assert_eq!(left, 1_000_000 - charged - held_open);
 }
 
 /// Retries `call` until the store answers (the pool reconnects after a

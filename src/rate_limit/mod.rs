@@ -162,19 +162,16 @@ impl RateLimits {
     /// is counted in all or, refused, in none. `Err((retry_after, i))` names
     /// the first that refused. In Redis if it is configured and answers
     /// (one atomic script for all of them), else in this process.
-    pub async fn check_own_limits(
+    pub async fn check_own_limits<const N: usize>(
         &self,
-        limits: &[(RateKey, KeyRateLimit, u32)],
+        limits: [(RateKey, KeyRateLimit, u32); N],
     ) -> Result<(), (Duration, usize)> {
-        let buckets: Vec<Bucket> = limits
-            .iter()
-            .map(|&(key, limit, weight)| Bucket {
-                key,
-                interval: limit.interval(),
-                burst: limit.calls(),
-                weight,
-            })
-            .collect();
+        let buckets = limits.map(|(key, limit, weight)| Bucket {
+            key,
+            interval: limit.interval(),
+            burst: limit.calls(),
+            weight,
+        });
         if let Some(shared) = &self.shared {
             if let Some(answer) = shared.check_all(&buckets).await {
                 return answer;

@@ -6,7 +6,6 @@
 //! one refuses it.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,14 +24,12 @@ struct Counted {
 /// Each key's (or organization's) count, in shards to spread the locks.
 pub struct OwnLimits {
     shards: [Mutex<HashMap<RateKey, Counted>>; SHARDS],
-    hasher: RandomState,
 }
 
 impl Default for OwnLimits {
     fn default() -> Self {
         Self {
             shards: std::array::from_fn(|_| Mutex::default()),
-            hasher: RandomState::new(),
         }
     }
 }
@@ -71,54 +68,43 @@ impl OwnLimits {
     /// Refused: the wait and which bucket refused (the first that does).
     pub fn check_all(&self, buckets: &[Bucket]) -> Result<(), (Duration, usize)> {
         let now = Instant::now();
+        if let [bucket] = buckets {
+            // The common case (a key's own limit alone): one lock, nothing
+            // allocated.
+            let mut shard = self.shard(bucket.key);
+            let tat = next_tat(shard.get(&bucket.key), bucket, now).map_err(|wait| (wait, 0))?;
+            shard.insert(bucket.key, counted(bucket, tat));
+            return Ok(());
+        }
         // Shards locked in index order, each once: no deadlock between
         // calls locking two.
-        let mut indices: Vec<usize> = buckets.iter().map(|b| self.shard_of(b.key)).collect();
+        let mut indices: Vec<usize> = buckets.iter().map(|b| shard_of(b.key)).collect();
         indices.sort_unstable();
         indices.dedup();
         let mut locked: Vec<(usize, MutexGuard<'_, HashMap<RateKey, Counted>>)> = indices
             .into_iter()
             .map(|i| (i, self.shards[i].lock().unwrap_or_else(|e| e.into_inner())))
             .collect();
-        let mut new_tats = Vec::with_capacity(buckets.len());
+        let mut tats = Vec::with_capacity(buckets.len());
         for (position, bucket) in buckets.iter().enumerate() {
-            let shard = self.shard_of(bucket.key);
+            let shard = shard_of(bucket.key);
             let map = &locked
                 .iter()
                 .find(|(i, _)| *i == shard)
                 .expect("locked above")
                 .1;
-            let (interval, capacity) = (
-                bucket.interval,
-                bucket.interval.saturating_mul(bucket.burst),
-            );
-            let ahead = map.get(&bucket.key).map_or(Duration::ZERO, |counted| {
-                let ahead = counted.tat.saturating_duration_since(now);
-                match counted.interval == interval {
-                    true => ahead,
-                    // Calls counted, times the new interval; a result out
-                    // of Duration's range is more than a full bucket anyway.
-                    false => Duration::try_from_secs_f64(
-                        ahead.as_secs_f64() * interval.as_secs_f64()
-                            / counted.interval.as_secs_f64(),
-                    )
-                    .unwrap_or(capacity),
-                }
-            });
-            let new_ahead = ahead.min(capacity) + interval.saturating_mul(bucket.weight);
-            if new_ahead > capacity {
-                return Err((new_ahead - capacity, position));
-            }
-            new_tats.push((shard, now + new_ahead));
+            let tat =
+                next_tat(map.get(&bucket.key), bucket, now).map_err(|wait| (wait, position))?;
+            tats.push(tat);
         }
-        for (bucket, (shard, tat)) in buckets.iter().zip(new_tats) {
+        for (bucket, tat) in buckets.iter().zip(tats) {
+            let shard = shard_of(bucket.key);
             let map = &mut locked
                 .iter_mut()
                 .find(|(i, _)| *i == shard)
                 .expect("locked above")
                 .1;
-            let interval = bucket.interval;
-            map.insert(bucket.key, Counted { tat, interval });
+            map.insert(bucket.key, counted(bucket, tat));
         }
         Ok(())
     }
@@ -134,9 +120,53 @@ impl OwnLimits {
         }
     }
 
-    fn shard_of(&self, key: RateKey) -> usize {
-        usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0)
+    fn shard(&self, key: RateKey) -> MutexGuard<'_, HashMap<RateKey, Counted>> {
+        self.shards[shard_of(key)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The bucket's TAT after a call counting its weight, if the call fits:
+/// else how long until it would.
+fn next_tat(counted: Option<&Counted>, bucket: &Bucket, now: Instant) -> Result<Instant, Duration> {
+    let interval = bucket.interval;
+    let capacity = interval.saturating_mul(bucket.burst);
+    let ahead = counted.map_or(Duration::ZERO, |counted| {
+        let ahead = counted.tat.saturating_duration_since(now);
+        match counted.interval == interval {
+            true => ahead,
+            // Calls counted, times the new interval; a result out of
+            // Duration's range is more than a full bucket anyway.
+            false => Duration::try_from_secs_f64(
+                ahead.as_secs_f64() * interval.as_secs_f64() / counted.interval.as_secs_f64(),
+            )
+            .unwrap_or(capacity),
+        }
+    });
+    let new_ahead = ahead.min(capacity) + interval.saturating_mul(bucket.weight);
+    if new_ahead > capacity {
+        return Err(new_ahead - capacity);
+    }
+    Ok(now + new_ahead)
+}
+
+fn counted(bucket: &Bucket, tat: Instant) -> Counted {
+    Counted {
+        tat,
+        interval: bucket.interval,
+    }
+}
+
+/// Which shard holds `key`: a cheap spread of its id (keys' ids are
+/// sequential, organizations' random).
+fn shard_of(key: RateKey) -> usize {
+    let spread = match key {
+        RateKey::OwnLimit(id) => id.0.unsigned_abs(),
+        RateKey::OrganizationLimit(id) => id.0.as_u64_pair().1,
+        _ => 0,
+    };
+    usize::try_from(spread % SHARDS as u64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -59,7 +59,8 @@ use crate::db::models::{
 };
 use crate::db::Database;
 use crate::domain::{
-    missing_permissions, ApiKeyDigest, LimitScope, ReservationEvent, ReservationToken, VerifyApiKey,
+    missing_permissions, ApiKeyDigest, KeyRateLimit, LimitScope, ReservationEvent,
+    ReservationToken, VerifyApiKey,
 };
 use crate::error::{AppError, AppResult};
 use crate::hot_path::api_key_cache::Lookup;
@@ -297,15 +298,21 @@ impl KeyVerifier {
             let key = RateKey::OrganizationLimit(record.organization_id);
             (key, limit, LimitScope::Organization)
         });
-        let limits: Vec<_> = own.into_iter().chain(shared).collect();
-        if limits.is_empty() {
-            return None;
-        }
-        let checks: Vec<_> = limits
-            .iter()
-            .map(|&(key, limit, _)| (key, limit, limit.weight(cost)))
-            .collect();
-        let (retry_after, refusing) = self.rate_limits.check_own_limits(&checks).await.err()?;
+        let check =
+            |(key, limit, _): (RateKey, KeyRateLimit, LimitScope)| (key, limit, limit.weight(cost));
+        // Arrays of one or two, so that the common case allocates nothing.
+        let ((retry_after, refusing), limits) = match (own, shared) {
+            (None, None) => return None,
+            (Some(one), None) | (None, Some(one)) => {
+                let refused = self.rate_limits.check_own_limits([check(one)]).await;
+                (refused.err()?, [one, one])
+            }
+            (Some(own), Some(shared)) => {
+                let both = [check(own), check(shared)];
+                let refused = self.rate_limits.check_own_limits(both).await;
+                (refused.err()?, [own, shared])
+            }
+        };
         let (_, limit, scope) = limits[refusing];
         // A full bucket frees a call within one window, whatever a store
         // answered.

@@ -17,6 +17,7 @@ const PROTOS: &[&str] = &[
     "chatbot/v1/audit_service.proto",
     "chatbot/v1/organization.proto",
     "chatbot/v1/organization_service.proto",
+    "chatbot/v1/event_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

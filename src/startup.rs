@@ -35,6 +35,7 @@ use crate::proto::api_key_service_server::ApiKeyServiceServer;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::chatbot_service_server::ChatbotServiceServer;
+use crate::proto::event_service_server::EventServiceServer;
 use crate::proto::organization_service_server::OrganizationServiceServer;
 use crate::proto::status_service_server::StatusServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
@@ -43,6 +44,7 @@ use crate::services::api_keys::ApiKeys;
 use crate::services::audit::Audit;
 use crate::services::auth::Auth;
 use crate::services::chatbots::Chatbots;
+use crate::services::events::Events;
 use crate::services::external_authorization::ExternalAuthorization;
 use crate::services::organizations::Organizations;
 use crate::services::status::StatusApi;
@@ -526,6 +528,9 @@ impl Application {
             .add_service(
                 OrganizationServiceServer::new(Organizations(state.clone()))
                     .max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                EventServiceServer::new(Events(state.clone())).max_decoding_message_size(max_bytes),
             )
             .add_service(
                 AuthorizationServer::new(ExternalAuthorization::new(

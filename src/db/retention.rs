@@ -10,7 +10,9 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::db::models::{AuditEvent, Invitation, KeyUsage, RefreshToken, Reservation, Session};
+use crate::db::models::{
+    AuditEvent, Invitation, KeyUsage, OrganizationEvent, RefreshToken, Reservation, Session,
+};
 use crate::db::{Database, DbConnection};
 
 /// Rows deleted per statement.
@@ -33,6 +35,7 @@ pub struct Retention {
 #[derive(Debug, Clone, Copy)]
 enum Purged {
     AuditEvents,
+    OrganizationEvents,
     RefreshTokens,
     Sessions,
     Invitations,
@@ -41,8 +44,9 @@ enum Purged {
 }
 
 impl Purged {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::AuditEvents,
+        Self::OrganizationEvents,
         Self::RefreshTokens,
         Self::Sessions,
         Self::Usage,
@@ -53,6 +57,7 @@ impl Purged {
     fn name(self) -> &'static str {
         match self {
             Self::AuditEvents => "audit events",
+            Self::OrganizationEvents => "organizations' events",
             Self::RefreshTokens => "expired refresh tokens",
             Self::Sessions => "ended sessions",
             Self::Invitations => "expired invitations",
@@ -63,7 +68,8 @@ impl Purged {
 
     fn kept(self, retention: &Retention) -> TimeDelta {
         match self {
-            Self::AuditEvents => retention.audit_events,
+            // Kept as long as the audit log they mirror.
+            Self::AuditEvents | Self::OrganizationEvents => retention.audit_events,
             Self::RefreshTokens | Self::Sessions | Self::Invitations | Self::Reservations => {
                 retention.ended_sessions
             }
@@ -78,6 +84,7 @@ impl Purged {
     ) -> diesel::QueryResult<usize> {
         match self {
             Self::AuditEvents => AuditEvent::purge(conn, before, PURGE_BATCH).await,
+            Self::OrganizationEvents => OrganizationEvent::purge(conn, before, PURGE_BATCH).await,
             Self::RefreshTokens => RefreshToken::purge_expired(conn, before, PURGE_BATCH).await,
             Self::Sessions => Session::purge_ended(conn, before, PURGE_BATCH).await,
             Self::Invitations => Invitation::purge_expired(conn, before, PURGE_BATCH).await,

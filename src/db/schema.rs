@@ -412,12 +412,52 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
+    /// Each organization's newest event number; no row: no event yet.
+    organization_event_counters (organization_id) {
+        /// The organization; deleting it deletes its counter.
+        organization_id -> DbUuid,
+        /// The number of the organization's newest event.
+        last_sequence -> Int8,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
+    /// Every change in an organization, in commit order, for WatchEvents; purged after AUDIT_RETENTION_DAYS.
+    organization_events (organization_id, sequence) {
+        /// The organization the change was in; deleting it deletes its events.
+        organization_id -> DbUuid,
+        /// The event's number within its organization, in commit order from 1.
+        sequence -> Int8,
+        /// Stable id of the event, the same wherever it is delivered.
+        id -> DbUuid,
+        /// What happened, as the audit log names it (api_key.revoke, chatbot.update, ...).
+        event_type -> Text,
+        /// The kind of resource changed (chatbot, api_key, organization, ...).
+        resource_type -> Text,
+        /// Its id.
+        resource_id -> Text,
+        /// JSON array of the changed fields (field, and old and new values where the audit log keeps them); never a secret.
+        changes -> Text,
+        /// When the change was made.
+        created_at -> DbTimestamp,
+    }
+}
+
 diesel::joinable!(api_key_limits -> api_keys (api_key_id));
 diesel::joinable!(api_key_usage -> chatbots (chatbot_id));
 diesel::joinable!(api_keys -> chatbots (chatbot_id));
 diesel::joinable!(credit_reservations -> api_keys (api_key_id));
 diesel::joinable!(chatbots -> organizations (organization_id));
 diesel::joinable!(chatbots -> users (owner_id));
+diesel::joinable!(organization_event_counters -> organizations (organization_id));
+diesel::joinable!(organization_events -> organizations (organization_id));
 diesel::joinable!(organization_invitations -> organizations (organization_id));
 diesel::joinable!(organization_limits -> organizations (organization_id));
 diesel::joinable!(organization_members -> organizations (organization_id));
@@ -434,6 +474,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     chatbots,
     credit_reservations,
     login_attempts,
+    organization_event_counters,
+    organization_events,
     organization_invitations,
     organization_limits,
     organization_members,

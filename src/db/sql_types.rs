@@ -21,8 +21,8 @@ use diesel::sqlite::{Sqlite, SqliteValue};
 use uuid::Uuid;
 
 use crate::domain::{
-    ApiKeyId, ChatbotId, InvitationId, OrganizationId, RefreshTokenId, ServiceAccountId, SessionId,
-    UserId,
+    ApiKeyId, ChatbotId, EventId, InvitationId, OrganizationId, RefreshTokenId, ServiceAccountId,
+    SessionId, UserId,
 };
 
 /// A UUID: `uuid` on PostgreSQL, lowercase hyphenated `TEXT` on SQLite.
@@ -244,6 +244,7 @@ id_columns! {
     OrganizationId(Uuid) as DbUuid, bound as SqlUuid;
     InvitationId(Uuid) as DbUuid, bound as SqlUuid;
     ServiceAccountId(Uuid) as DbUuid, bound as SqlUuid;
+    EventId(Uuid) as DbUuid, bound as SqlUuid;
     ApiKeyId(i64) as sql_types::BigInt, bound as i64;
 }
 

@@ -1,12 +1,12 @@
 //! The one shape of a change: its statements, the audit records of what it
-//! changed and the NOTIFY that tells every replica's caches what went stale
+//! changed (and the organizations' events of them), and the NOTIFY that tells every replica's caches what went stale
 //! commit together in one transaction, or none of them does.
 //! [`crate::services::AppState::write`] adds dropping the stale entries from
 //! this process's own caches after the commit.
 
 use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 
-use super::models::{AuditActor, AuditEvent};
+use super::models::{AuditActor, AuditEvent, OrganizationEvent};
 use super::{notify_invalidation, DbConnection, Invalidation};
 use crate::domain::AuditRecord;
 
@@ -60,6 +60,8 @@ where
             let Written { value, records } = change(&mut *conn).await?;
             for record in &records {
                 AuditEvent::record(conn, &actor, record).await?;
+                // The outbox: the change as an event of its organization.
+                OrganizationEvent::record(conn, record).await?;
             }
             if let Some(stale) = stale {
                 notify_invalidation(conn, &stale).await?;

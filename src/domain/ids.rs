@@ -80,6 +80,11 @@ uuid_id!(
     ServiceAccountId
 );
 
+uuid_id!(
+    /// Id of an organization's event: the same wherever it is delivered.
+    EventId
+);
+
 impl OrganizationId {
     /// The personal organization of `user`, made with the user.
     pub fn personal(user: UserId) -> Self {

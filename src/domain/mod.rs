@@ -40,8 +40,8 @@ pub use display_text::DisplayText;
 pub use email::Email;
 pub use field_violation::FieldViolation;
 pub use ids::{
-    ApiKeyId, ChatbotId, InvitationId, OrganizationId, RefreshTokenId, ServiceAccountId, SessionId,
-    UserId,
+    ApiKeyId, ChatbotId, EventId, InvitationId, OrganizationId, RefreshTokenId, ServiceAccountId,
+    SessionId, UserId,
 };
 pub use key_limits::{
     parse_actual_cost, parse_balance, parse_cost, CreditsSetting, CreditsState, KeyRateLimit,

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod chatbots;
 pub mod convert;
+pub mod events;
 pub mod external_authorization;
 pub mod organizations;
 pub mod service_accounts;

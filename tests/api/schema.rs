@@ -214,6 +214,8 @@ fn declared_tables() -> Tables<DeclaredColumn> {
         organization_members,
         organization_invitations,
         organization_limits,
+        organization_event_counters,
+        organization_events,
         service_accounts,
         chatbots,
         api_keys,

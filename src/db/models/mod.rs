@@ -141,6 +141,7 @@ macro_rules! keyset_page {
 pub mod api_key;
 pub mod audit_event;
 pub mod chatbot;
+pub mod event;
 pub mod key_limits;
 pub mod login_attempt;
 pub mod organization;
@@ -155,6 +156,7 @@ pub mod user;
 pub use api_key::{ApiKey, NewApiKey, StoredGrants, VerificationRecord};
 pub use audit_event::{AuditActor, AuditEvent};
 pub use chatbot::{Chatbot, ChatbotChanges, ChatbotFilter, NewChatbot};
+pub use event::OrganizationEvent;
 pub use key_limits::{Balance, KeyLimitChanges, KeyLimits, KeyWithLimits};
 pub use login_attempt::{LoginAttempt, Window};
 pub use organization::{

@@ -7,6 +7,7 @@ use chatbot_backend::proto::api_key_service_client::ApiKeyServiceClient;
 use chatbot_backend::proto::audit_service_client::AuditServiceClient;
 use chatbot_backend::proto::auth_service_client::AuthServiceClient;
 use chatbot_backend::proto::chatbot_service_client::ChatbotServiceClient;
+use chatbot_backend::proto::event_service_client::EventServiceClient;
 use chatbot_backend::proto::organization_service_client::OrganizationServiceClient;
 use chatbot_backend::proto::status_service_client::StatusServiceClient;
 use chatbot_backend::proto::user_service_client::UserServiceClient;
@@ -92,6 +93,12 @@ impl Clients {
     /// no token.
     pub fn organizations(&self, token: Option<&str>) -> OrganizationServiceClient<Authed> {
         OrganizationServiceClient::new(self.authed(token))
+    }
+
+    /// An EventService client that sends `token` as its bearer, or no
+    /// token.
+    pub fn events(&self, token: Option<&str>) -> EventServiceClient<Authed> {
+        EventServiceClient::new(self.authed(token))
     }
 
     /// GetUser of user `id`, asked by `token`'s user.

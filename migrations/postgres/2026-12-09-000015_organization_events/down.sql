@@ -1,0 +1,2 @@
+DROP TABLE organization_events;
+DROP TABLE organization_event_counters;

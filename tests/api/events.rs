@@ -1,0 +1,240 @@
+//! Events for other services (issue 30, first step): every change the audit
+//! log records in an organization is an event of that organization,
+//! written in the change's transaction; WatchEvents streams them in commit
+//! order, resumes after a cursor, reaches a watcher on another replica, and
+//! is for the organization's members only.
+
+use std::time::Duration;
+
+use chatbot_backend::proto::{self, OrganizationRole};
+use tonic::{Code, Streaming};
+
+use crate::helpers::{backend_test, spawn_app, Clients, TestApp, TestUser};
+use crate::organization_limits::team_with_chatbot;
+
+/// WatchEvents on `organization` by `user`, after `cursor` (or from the
+/// oldest).
+async fn watch(
+    clients: &Clients,
+    user: &TestUser,
+    organization: &str,
+    cursor: Option<&str>,
+) -> Result<Streaming<proto::WatchEventsResponse>, tonic::Status> {
+    let request = proto::WatchEventsRequest {
+        organization_id: organization.into(),
+        cursor: cursor.unwrap_or_default().into(),
+        from_oldest: cursor.is_none(),
+    };
+    Ok(clients
+        .events(Some(&user.token))
+        .watch_events(request)
+        .await?
+        .into_inner())
+}
+
+/// The next `count` events of `stream`, each within ten seconds.
+async fn next_events(
+    stream: &mut Streaming<proto::WatchEventsResponse>,
+    count: usize,
+) -> Vec<proto::Event> {
+    let mut events = Vec::new();
+    while events.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no event after {events:?}"))
+            .expect("the stream stays up")
+            .expect("the stream does not end");
+        events.push(message.event.unwrap());
+    }
+    events
+}
+
+fn types(events: &[proto::Event]) -> Vec<&str> {
+    events.iter().map(|event| event.r#type.as_str()).collect()
+}
+
+/// Renames `organization`, by `owner`.
+async fn rename(app: &TestApp, owner: &TestUser, organization: &str, name: &str) {
+    app.organizations(Some(&owner.token))
+        .update_organization(proto::UpdateOrganizationRequest {
+            organization: Some(proto::Organization {
+                id: organization.into(),
+                name: name.into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+backend_test! {
+    async fn an_organizations_changes_stream_in_order_and_resume_after_a_cursor() {
+        let app = spawn_app().await;
+        let (owner, team, chatbot) = team_with_chatbot(&app).await;
+        let key = app.create_api_key(&owner, &chatbot).await.api_key.unwrap();
+        let mut stream = watch(&app, &owner, &team, None).await.unwrap();
+        let first = next_events(&mut stream, 3).await;
+        assert_eq!(
+            types(&first),
+            ["organization.create", "chatbot.create", "api_key.create"]
+        );
+        assert!(first.iter().all(|event| event.organization_id == team));
+        assert_eq!(first[1].resource_id, chatbot);
+        assert_eq!(first[2].resource_id, key.id.to_string());
+
+        // New changes arrive as they commit, with their changed fields.
+        rename(&app, &owner, &team, "Renamed team").await;
+        app.revoke_api_key(&owner.token, key.id).await.unwrap();
+        let next = next_events(&mut stream, 2).await;
+        assert_eq!(types(&next), ["organization.update", "api_key.revoke"]);
+        assert_eq!(next[0].changes[0].field, "name");
+        drop(stream);
+
+        // Resuming after the third event gives the fourth and fifth again,
+        // with the same ids; a change made while no one watched follows.
+        rename(&app, &owner, &team, "Renamed again").await;
+        let mut resumed = watch(&app, &owner, &team, Some(&first[2].cursor)).await.unwrap();
+        let again = next_events(&mut resumed, 3).await;
+        assert_eq!(again[0].id, next[0].id);
+        assert_eq!(again[1].id, next[1].id);
+        assert_eq!(again[2].r#type, "organization.update");
+        // Changes outside the organization are not its events.
+        let other = app.new_user().await;
+        app.create_chatbot(&other, "elsewhere").await;
+        rename(&app, &owner, &team, "Last").await;
+        let last = next_events(&mut resumed, 1).await;
+        assert_eq!(last[0].r#type, "organization.update");
+        assert_eq!(last[0].changes[0].field, "name");
+    }
+}
+
+backend_test! {
+    async fn members_watch_their_organization_and_no_one_else_does() {
+        let app = spawn_app().await;
+        let (owner, team, _) = team_with_chatbot(&app).await;
+        let viewer = app.new_member(&owner, &team, OrganizationRole::Viewer).await;
+        let stranger = app.new_user().await;
+        let mut watching = watch(&app, &viewer, &team, None).await.unwrap();
+        // The viewer joining is among the events.
+        let seen = next_events(&mut watching, 3).await;
+        assert_eq!(types(&seen)[..2], ["organization.create", "chatbot.create"]);
+
+        let refused = watch(&app, &stranger, &team, None).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let anonymous = app
+            .events(None)
+            .watch_events(proto::WatchEventsRequest {
+                organization_id: team.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(anonymous.code(), Code::Unauthenticated);
+        let bad_cursor = watch(&app, &owner, &team, Some("not-a-cursor")).await.unwrap_err();
+        assert_eq!(bad_cursor.code(), Code::InvalidArgument);
+    }
+}
+
+/// A change made through one server process reaches a watcher of another
+/// on the same database, and the stream starting "now" sees only changes
+/// committed after it started.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_on_one_replica_reaches_a_watcher_on_another_postgres() {
+    let app = spawn_app().await;
+    let (owner, team, _) = team_with_chatbot(&app).await;
+    let replica = app.spawn_replica_process(&[]).await;
+    let mut from_now = replica
+        .events(Some(&owner.token))
+        .watch_events(proto::WatchEventsRequest {
+            organization_id: team.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    rename(&app, &owner, &team, "seen elsewhere").await;
+    let seen = next_events(&mut from_now, 1).await;
+    assert_eq!(types(&seen), ["organization.update"]);
+    assert_eq!(seen[0].changes[0].field, "name");
+}
+
+/// Forty changes made at once in one organization through two server
+/// processes reach a watcher as forty events, numbered without a gap: each
+/// change takes its number under the organization's row lock and commits
+/// holding it, so no later number commits before an earlier one.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_changes_over_two_replicas_arrive_once_each_in_number_order_postgres() {
+    let app = spawn_app().await;
+    let (owner, team, chatbot) = team_with_chatbot(&app).await;
+    let replica = app.spawn_replica_process(&[]).await;
+    let mut stream = watch(&app, &owner, &team, None).await.unwrap();
+    let before = next_events(&mut stream, 2).await;
+    let changes = (0..40).map(|i| {
+        let through: &Clients = if i % 2 == 0 { &app } else { &replica };
+        let (owner, chatbot) = (&owner, chatbot.clone());
+        async move {
+            through
+                .api_keys(Some(&owner.token))
+                .create_api_key(proto::CreateApiKeyRequest {
+                    chatbot_id: chatbot,
+                    display_name: format!("key {i}"),
+                    ..Default::default()
+                })
+                .await
+                .expect("create key")
+                .into_inner()
+                .api_key
+                .unwrap()
+                .id
+        }
+    });
+    let mut created: Vec<String> = futures_util::future::join_all(changes)
+        .await
+        .into_iter()
+        .map(|id| id.to_string())
+        .collect();
+    let events = next_events(&mut stream, 40).await;
+    let numbers: Vec<i64> = events.iter().map(|e| e.cursor.parse().unwrap()).collect();
+    let first: i64 = before[1].cursor.parse().unwrap();
+    assert_eq!(numbers, ((first + 1)..=(first + 40)).collect::<Vec<_>>());
+    let mut seen: Vec<String> = events.iter().map(|e| e.resource_id.clone()).collect();
+    seen.sort();
+    created.sort();
+    assert_eq!(seen, created);
+}
+
+/// A member removed while watching is told so, and the stream ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_removed_while_watching_gets_permission_denied() {
+    let app = spawn_app().await;
+    let (owner, team, _) = team_with_chatbot(&app).await;
+    let viewer = app
+        .new_member(&owner, &team, OrganizationRole::Viewer)
+        .await;
+    let mut stream = watch(&app, &viewer, &team, None).await.unwrap();
+    next_events(&mut stream, 2).await;
+    app.organizations(Some(&owner.token))
+        .remove_member(proto::RemoveMemberRequest {
+            organization_id: team.clone(),
+            user_id: viewer.id.clone(),
+        })
+        .await
+        .unwrap();
+    // Access is checked again every few seconds; until then the stream may
+    // carry the team's events (the removal among them).
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert_eq!(ended, Some(Code::PermissionDenied));
+}

@@ -638,10 +638,20 @@ async fn create_chatbot(
     client: &mut ChatbotServiceClient<Authed>,
     name: &str,
 ) -> anyhow::Result<String> {
+    create_chatbot_in(client, name, String::new()).await
+}
+
+/// A chatbot in `organization_id` (empty: the user's personal one).
+async fn create_chatbot_in(
+    client: &mut ChatbotServiceClient<Authed>,
+    name: &str,
+    organization_id: String,
+) -> anyhow::Result<String> {
     let chatbot = client
         .create_chatbot(proto::CreateChatbotRequest {
             name: name.into(),
             llm_endpoint_url: LLM_ENDPOINT_URL.into(),
+            organization_id,
             ..Default::default()
         })
         .await
@@ -799,20 +809,10 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
                     })
                     .await
                     .context("UpdateOrganization")?;
-                let chatbot = chatbots
-                    .create_chatbot(proto::CreateChatbotRequest {
-                        name: format!("loadgen team bot {o}"),
-                        llm_endpoint_url: LLM_ENDPOINT_URL.into(),
-                        organization_id: organization.id,
-                        ..Default::default()
-                    })
-                    .await
-                    .context("CreateChatbot")?
-                    .into_inner()
-                    .chatbot
-                    .context("CreateChatbot returned no chatbot")?;
+                let name = format!("loadgen team bot {o}");
+                let chatbot = create_chatbot_in(&mut chatbots, &name, organization.id).await?;
                 for _ in 0..100 {
-                    api_keys.push(create_key(&mut keys, &chatbot.id, None, None).await?);
+                    api_keys.push(create_key(&mut keys, &chatbot, None, None).await?);
                 }
             }
         }

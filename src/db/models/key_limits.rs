@@ -33,16 +33,51 @@ pub struct KeyLimits {
     rate_limit_in_credits: bool,
 }
 
-/// The refill columns as one value, if the key has a refill.
-pub(super) fn stored_refill(
-    amount: Option<i64>,
-    interval_ms: Option<i64>,
-    refilled_at: Option<DateTime<Utc>>,
-) -> Option<(Refill, DateTime<Utc>)> {
-    Some((Refill::from_stored(amount?, interval_ms?)?, refilled_at?))
+/// A row type's `rate_limit()` and `credits()`, read from its limit
+/// columns (a key's row and an organization's name them alike).
+macro_rules! limits_from_columns {
+    ($row:ty) => {
+        impl $row {
+            fn stored(&self) -> $crate::db::models::key_limits::StoredLimits {
+                $crate::db::models::key_limits::StoredLimits {
+                    rate_limit_calls: self.rate_limit_calls,
+                    rate_limit_window_ms: self.rate_limit_window_ms,
+                    rate_limit_in_credits: self.rate_limit_in_credits,
+                    credits_remaining: self.credits_remaining,
+                    credits_refill_amount: self.credits_refill_amount,
+                    credits_refill_interval_ms: self.credits_refill_interval_ms,
+                    credits_refilled_at: self.credits_refilled_at,
+                }
+            }
+
+            pub fn rate_limit(&self) -> Option<$crate::domain::KeyRateLimit> {
+                self.stored().rate_limit()
+            }
+
+            /// The stored credits (read them as of a moment with
+            /// [`CreditsState::as_of`](crate::domain::CreditsState::as_of));
+            /// `None` means unlimited.
+            pub fn credits(&self) -> Option<$crate::domain::CreditsState> {
+                self.stored().credits()
+            }
+        }
+    };
+}
+pub(super) use limits_from_columns;
+
+/// The limit columns, as a key's and an organization's rows both hold
+/// them.
+pub(super) struct StoredLimits {
+    pub rate_limit_calls: Option<i64>,
+    pub rate_limit_window_ms: Option<i64>,
+    pub rate_limit_in_credits: bool,
+    pub credits_remaining: Option<i64>,
+    pub credits_refill_amount: Option<i64>,
+    pub credits_refill_interval_ms: Option<i64>,
+    pub credits_refilled_at: Option<DateTime<Utc>>,
 }
 
-impl KeyLimits {
+impl StoredLimits {
     pub fn rate_limit(&self) -> Option<KeyRateLimit> {
         let unit = match self.rate_limit_in_credits {
             true => RateUnit::Credits,
@@ -58,16 +93,26 @@ impl KeyLimits {
     /// The stored credits (read them as of a moment with
     /// [`CreditsState::as_of`]); `None` means unlimited.
     pub fn credits(&self) -> Option<CreditsState> {
+        let refill = match (
+            self.credits_refill_amount,
+            self.credits_refill_interval_ms,
+            self.credits_refilled_at,
+        ) {
+            (Some(amount), Some(interval_ms), Some(at)) => {
+                Refill::from_stored(amount, interval_ms).map(|refill| (refill, at))
+            }
+            _ => None,
+        };
         Some(CreditsState {
             remaining: self.credits_remaining?,
-            refill: stored_refill(
-                self.credits_refill_amount,
-                self.credits_refill_interval_ms,
-                self.credits_refilled_at,
-            ),
+            refill,
         })
     }
+}
 
+limits_from_columns!(KeyLimits);
+
+impl KeyLimits {
     pub async fn find(
         conn: &mut DbConnection,
         id: ApiKeyId,

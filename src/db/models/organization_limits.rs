@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use diesel::{ExpressionMethods, QueryDsl, Queryable, Selectable};
 
-use super::key_limits::stored_refill;
+use super::key_limits::limits_from_columns;
 use super::KeyLimitChanges;
 use crate::db::schema::organization_limits;
 use crate::db::sql_types::Timestamp;
 use crate::db::DbConnection;
-use crate::domain::{CreditsState, KeyRateLimit, OrganizationId, RateUnit};
+use crate::domain::{OrganizationId, RateUnit};
 
 /// A row of `organization_limits`.
 #[derive(Debug, Clone, Copy, Queryable, Selectable)]
@@ -42,31 +42,9 @@ pub struct OrganizationBalance {
     pub refilled_at: Option<DateTime<Utc>>,
 }
 
+limits_from_columns!(OrganizationLimits);
+
 impl OrganizationLimits {
-    pub fn rate_limit(&self) -> Option<KeyRateLimit> {
-        let unit = match self.rate_limit_in_credits {
-            true => RateUnit::Credits,
-            false => RateUnit::Calls,
-        };
-        KeyRateLimit::from_stored(
-            self.rate_limit_calls?,
-            self.rate_limit_window_ms?,
-            unit.as_str(),
-        )
-    }
-
-    /// The stored credits; `None` means unlimited.
-    pub fn credits(&self) -> Option<CreditsState> {
-        Some(CreditsState {
-            remaining: self.credits_remaining?,
-            refill: stored_refill(
-                self.credits_refill_amount,
-                self.credits_refill_interval_ms,
-                self.credits_refilled_at,
-            ),
-        })
-    }
-
     pub async fn find(
         conn: &mut DbConnection,
         id: OrganizationId,

@@ -135,6 +135,12 @@ backend_test! {
         assert_eq!(anonymous.code(), Code::Unauthenticated);
         let bad_cursor = watch(&app, &owner, &team, Some("not-a-cursor")).await.unwrap_err();
         assert_eq!(bad_cursor.code(), Code::InvalidArgument);
+        assert_eq!(crate::helpers::violated_fields(&bad_cursor), ["cursor"]);
+        let bad_id = watch(&app, &owner, "not-a-uuid", Some("-1")).await.unwrap_err();
+        assert_eq!(bad_id.code(), Code::InvalidArgument);
+        let mut fields = crate::helpers::violated_fields(&bad_id);
+        fields.sort();
+        assert_eq!(fields, ["cursor", "organization_id"]);
     }
 }
 

@@ -417,6 +417,7 @@ backend_test! {
         assert_eq!(answer.http_status, Some(429));
         assert_eq!(answer.error(), "credits_exhausted");
         assert_eq!(answer.headers["ratelimit-remaining"], "2");
+        assert_eq!(answer.headers["x-limit-scope"], "api_key");
         // No refill is set: there is no time to come back at.
         assert!(!answer.headers.contains_key("retry-after"), "{answer:?}");
 
@@ -664,5 +665,26 @@ backend_test! {
             );
             assert_eq!(violated_fields(&status), ["attributes.context_extensions.reserve"]);
         }
+    }
+}
+
+backend_test! {
+    async fn a_key_whose_organization_is_out_of_credits_is_a_429_naming_the_organization() {
+        let app = spawn_app().await;
+        let (owner, team, chatbot) = crate::organization_limits::team_with_chatbot(&app).await;
+        let key = crate::organization_limits::key_on(&app, &owner, &chatbot, None, None).await;
+        crate::organization_limits::give_credits(&app, &owner, &team, 5).await;
+
+        let expensive = [("cost", "3")];
+        let answer = check(&app, &[("x-api-key", &key)], &expensive).await.unwrap();
+        assert!(answer.allowed(), "{answer:?}");
+        assert_eq!(answer.metadata["organization_credits_remaining"], "2");
+        assert!(!answer.metadata.contains_key("credits_remaining"), "{answer:?}");
+
+        let answer = check(&app, &[("x-api-key", &key)], &expensive).await.unwrap();
+        assert_eq!(answer.http_status, Some(429));
+        assert_eq!(answer.error(), "credits_exhausted");
+        assert_eq!(answer.headers["x-limit-scope"], "organization");
+        assert_eq!(answer.headers["ratelimit-remaining"], "2");
     }
 }

@@ -13,6 +13,7 @@ use crate::domain::{
     AuditAction, AuditChange, AuditRecord, AuditTarget, ChatbotId, Email, OrganizationId, Password,
     Role, UserId,
 };
+use crate::services::events::state_of;
 
 /// An operator command as the audit log's actor: the command line, of
 /// which only the command and its own arguments are kept (the server's
@@ -143,7 +144,8 @@ pub async fn seed(db: &Database, hasher: &PasswordHasher) -> anyhow::Result<()> 
                         let chatbot = Chatbot::insert(conn, new).await?;
                         let target =
                             AuditTarget::chatbot(chatbot.id, new.owner_id, new.organization_id);
-                        let record = AuditRecord::new(AuditAction::ChatbotCreate, target);
+                        let record = AuditRecord::new(AuditAction::ChatbotCreate, target)
+                            .with_state(state_of(chatbot.clone()));
                         Ok::<_, diesel::result::Error>(Written::recorded(chatbot, record))
                     }
                     .scope_boxed()

@@ -278,6 +278,27 @@ pub struct Settings {
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "chatbot-backend:")]
     pub redis_key_prefix: String,
 
+    /// NATS with JetStream (`nats://[user:password@]host:port`, or
+    /// `tls://` for TLS) to publish every organization's events to, each on
+    /// `<NATS_SUBJECT_PREFIX>.<organization id>.<event type>` with the event
+    /// id as its message id. Unset: nothing is published.
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<SecretString>,
+
+    /// PEM file of the CA certificates a `tls://` NATS's certificate must
+    /// chain to; unset: the system's roots.
+    #[arg(long, env = "NATS_CA_FILE")]
+    pub nats_ca_file: Option<std::path::PathBuf>,
+
+    /// The JetStream stream the events are stored in; created (capturing
+    /// `<NATS_SUBJECT_PREFIX>.>`) if it does not exist.
+    #[arg(long, env = "NATS_STREAM", default_value = "CHATBOT_EVENTS")]
+    pub nats_stream: String,
+
+    /// The first tokens of every subject an event is published on.
+    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "chatbot.events")]
+    pub nats_subject_prefix: String,
+
     /// Address for the Prometheus metrics endpoint; unset = no endpoint.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -552,6 +573,42 @@ impl Settings {
                 "REDIS_CA_FILE needs a rediss:// (TLS) REDIS_URL"
             );
         }
+        if self.nats_ca_file.is_some() {
+            anyhow::ensure!(
+                self.nats_url
+                    .as_ref()
+                    .is_some_and(|url| url.expose_secret().starts_with("tls://")),
+                "NATS_CA_FILE needs a tls:// NATS_URL"
+            );
+        }
+        if let Some(path) = &self.nats_ca_file {
+            // Read when connecting, in the background: a missing file is
+            // told at start, not as an outage.
+            anyhow::ensure!(
+                path.is_file(),
+                "NATS_CA_FILE {} is not a readable file",
+                path.display()
+            );
+        }
+        // NATS names: tokens of letters, digits, '-' and '_' (no wildcard,
+        // space or empty token); a stream's name is one such token.
+        let token = |token: &str| {
+            !token.is_empty()
+                && token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        anyhow::ensure!(
+            self.nats_subject_prefix.split('.').all(token),
+            "NATS_SUBJECT_PREFIX must be dot-separated tokens of letters, digits, '-' and '_' \
+             (got {:?})",
+            self.nats_subject_prefix
+        );
+        anyhow::ensure!(
+            token(&self.nats_stream),
+            "NATS_STREAM must be letters, digits, '-' and '_' (got {:?})",
+            self.nats_stream
+        );
         let database = DatabaseTarget::parse(self.database_url.expose_secret())?;
         if let Some(url) = &self.database_listen_url {
             anyhow::ensure!(

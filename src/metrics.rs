@@ -169,6 +169,9 @@ struct Inner {
     serving: Gauge,
     rate_limit_fallbacks: Counter,
     rate_limit_store_up: Gauge,
+    event_publisher_up: Gauge,
+    events_published: Counter,
+    event_publish_failures: Counter,
     overload_refusals: Family<QueueLabel, Counter>,
     cache_lookups: Family<CacheLookupLabels, Counter>,
     invalidations_live: Gauge,
@@ -313,6 +316,26 @@ impl Metrics {
              and without REDIS_URL.",
             rate_limit_store_up.clone(),
         );
+        let event_publisher_up = Gauge::default();
+        registry.register(
+            "event_publisher_up",
+            "1 while events are published to NATS JetStream; 0 during an outage (the outbox \
+             keeps them) and without NATS_URL.",
+            event_publisher_up.clone(),
+        );
+        let events_published = Counter::default();
+        registry.register(
+            "events_published",
+            "Events this replica published to NATS JetStream (acknowledged by the stream).",
+            events_published.clone(),
+        );
+        let event_publish_failures = Counter::default();
+        registry.register(
+            "event_publish_failures",
+            "Attempts to publish to NATS JetStream that failed (connection, stream or \
+             acknowledgement); the events are published again.",
+            event_publish_failures.clone(),
+        );
         let overload_refusals = Family::<QueueLabel, Counter>::default();
         registry.register(
             "overload_refusals",
@@ -358,6 +381,9 @@ impl Metrics {
                 registry,
                 rate_limit_fallbacks,
                 rate_limit_store_up,
+                event_publisher_up,
+                events_published,
+                event_publish_failures,
                 overload_refusals,
                 methods,
                 by_path,
@@ -378,6 +404,15 @@ impl Metrics {
     /// Says whether rate-limit checks go to Redis.
     pub fn rate_limit_store_up(&self) -> Gauge {
         self.inner.rate_limit_store_up.clone()
+    }
+
+    /// The NATS publisher's gauge and counters: up, published, failures.
+    pub fn event_publishing(&self) -> (Gauge, Counter, Counter) {
+        (
+            self.inner.event_publisher_up.clone(),
+            self.inner.events_published.clone(),
+            self.inner.event_publish_failures.clone(),
+        )
     }
 
     /// Counts calls refused because the queue named `queue` was full.

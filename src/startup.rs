@@ -415,6 +415,7 @@ impl Application {
             audit_events: days(settings.audit_retention_days),
             ended_sessions: days(settings.session_retention_days),
             usage: days(settings.usage_retention_days),
+            keep_unpublished_events: settings.nats_url.is_some(),
         };
         let purge_task = tokio::spawn({
             let db = state.db.clone();
@@ -428,6 +429,28 @@ impl Application {
                 .await;
             }
         });
+        // Events leave the outbox for NATS in the background, never on a
+        // request's path.
+        let publish_task = match &settings.nats_url {
+            Some(url) => {
+                let (up, published, failures) = metrics.event_publishing();
+                let target = crate::delivery::nats::NatsTarget {
+                    url: url.clone(),
+                    ca_file: settings.nats_ca_file.clone(),
+                    stream: settings.nats_stream.clone(),
+                    subject_prefix: settings.nats_subject_prefix.clone(),
+                };
+                let metrics = crate::delivery::nats::PublishMetrics {
+                    up,
+                    published,
+                    failures,
+                };
+                let publisher =
+                    crate::delivery::nats::NatsPublisher::new(state.db.clone(), target, metrics);
+                tokio::spawn(publisher.run(background_stopped.clone()))
+            }
+            None => tokio::spawn(async {}),
+        };
         let listen_task = match database {
             // Other replicas' changes arrive as notifications; the caches
             // serve only while they can.
@@ -563,6 +586,7 @@ impl Application {
         let _ = expiry_task.await;
         let _ = usage_task.await;
         let _ = purge_task.await;
+        let _ = publish_task.await;
         let _ = listen_task.await;
         match state.verifier.last_used().flush(&state.db).await {
             Ok(flushed) => tracing::info!(flushed, "flushed API key last-used times"),

@@ -28,6 +28,9 @@ pub struct Retention {
     pub ended_sessions: TimeDelta,
     /// Usage rows, from their hour.
     pub usage: TimeDelta,
+    /// Whether events are published to NATS: then an organization's event
+    /// is kept, whatever its age, until it is published.
+    pub keep_unpublished_events: bool,
 }
 
 /// The tables purged, in order: refresh tokens before the sessions they
@@ -81,10 +84,14 @@ impl Purged {
         self,
         conn: &mut DbConnection,
         before: DateTime<Utc>,
+        retention: &Retention,
     ) -> diesel::QueryResult<usize> {
         match self {
             Self::AuditEvents => AuditEvent::purge(conn, before, PURGE_BATCH).await,
-            Self::OrganizationEvents => OrganizationEvent::purge(conn, before, PURGE_BATCH).await,
+            Self::OrganizationEvents => {
+                let keep_unpublished = retention.keep_unpublished_events;
+                OrganizationEvent::purge(conn, before, keep_unpublished, PURGE_BATCH).await
+            }
             Self::RefreshTokens => RefreshToken::purge_expired(conn, before, PURGE_BATCH).await,
             Self::Sessions => Session::purge_ended(conn, before, PURGE_BATCH).await,
             Self::Invitations => Invitation::purge_expired(conn, before, PURGE_BATCH).await,
@@ -102,7 +109,7 @@ pub async fn purge_expired(db: &Database, retention: &Retention) {
         let before = now
             .checked_sub_signed(table.kept(retention))
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        match purge_table(db, table, before).await {
+        match purge_table(db, table, before, retention).await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "purged {}", table.name()),
             Err(error) => tracing::warn!(
@@ -116,12 +123,17 @@ pub async fn purge_expired(db: &Database, retention: &Retention) {
 
 /// Deletes `table`'s rows older than `before`, a batch at a time, taking a
 /// connection per batch; returns how many went.
-async fn purge_table(db: &Database, table: Purged, before: DateTime<Utc>) -> anyhow::Result<usize> {
+async fn purge_table(
+    db: &Database,
+    table: Purged,
+    before: DateTime<Utc>,
+    retention: &Retention,
+) -> anyhow::Result<usize> {
     let mut purged = 0;
     loop {
         let batch = {
             let mut conn = db.conn().await?;
-            table.batch(&mut conn, before).await?
+            table.batch(&mut conn, before, retention).await?
         };
         purged += batch;
         if batch == 0 {

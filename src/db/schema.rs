@@ -447,6 +447,21 @@ diesel::table! {
         changes -> Text,
         /// When the change was made.
         created_at -> DbTimestamp,
+        /// The resource as the change left it, encoded as the public contract's chatbot.v1.Event with only its resource set; NULL when the change deleted it. Never a secret.
+        resource_state -> Nullable<Binary>,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::DbUuid;
+
+    /// How far each organization's events are published to NATS JetStream; no row: none yet.
+    organization_event_publications (organization_id) {
+        /// The organization; deleting it deletes its row.
+        organization_id -> DbUuid,
+        /// The number of the organization's newest event JetStream has acknowledged; every earlier one was acknowledged before it.
+        published_sequence -> Int8,
     }
 }
 
@@ -457,6 +472,7 @@ diesel::joinable!(credit_reservations -> api_keys (api_key_id));
 diesel::joinable!(chatbots -> organizations (organization_id));
 diesel::joinable!(chatbots -> users (owner_id));
 diesel::joinable!(organization_event_counters -> organizations (organization_id));
+diesel::joinable!(organization_event_publications -> organizations (organization_id));
 diesel::joinable!(organization_events -> organizations (organization_id));
 diesel::joinable!(organization_invitations -> organizations (organization_id));
 diesel::joinable!(organization_limits -> organizations (organization_id));
@@ -475,6 +491,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     credit_reservations,
     login_attempts,
     organization_event_counters,
+    organization_event_publications,
     organization_events,
     organization_invitations,
     organization_limits,

@@ -308,13 +308,21 @@ impl AuditChange {
     }
 }
 
-/// An event to record: the action, its target, what it changed.
+/// An event to record: the action, its target, what it changed and, for
+/// the organization's event of it, the target as the change left it.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
     pub action: AuditAction,
     pub target: AuditTarget,
     pub changes: Vec<AuditChange>,
+    pub state: Option<ResourceState>,
 }
+
+/// A resource as a change left it, encoded by the services layer in the
+/// public contract's terms (the store keeps the bytes as they are). Never
+/// holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceState(pub Vec<u8>);
 
 impl AuditRecord {
     pub fn new(action: AuditAction, target: AuditTarget) -> Self {
@@ -322,11 +330,17 @@ impl AuditRecord {
             action,
             target,
             changes: Vec::new(),
+            state: None,
         }
     }
 
     pub fn with_changes(mut self, changes: Vec<AuditChange>) -> Self {
         self.changes = changes;
+        self
+    }
+
+    pub fn with_state(mut self, state: ResourceState) -> Self {
+        self.state = Some(state);
         self
     }
 }

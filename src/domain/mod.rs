@@ -27,7 +27,7 @@ pub use api_key_rules::{
 pub use api_key_secret::{ApiKeyDigest, ApiKeySecret, API_KEY_PREFIX};
 pub use audit::{
     AuditAction, AuditChange, AuditFilter, AuditRecord, AuditTarget, AuditViewer, ListAuditEvents,
-    TargetType,
+    ResourceState, TargetType,
 };
 pub use chatbot::{ChatbotName, LlmEndpoint};
 pub use commands::{

@@ -9,6 +9,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
 use super::convert::mask_paths;
+use super::events::state_of;
 use super::{audit, delete_row, required, AppState, Policy, Rpc};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{Chatbot, ChatbotChanges, ChatbotFilter, Member, NewChatbot, Organization};
@@ -235,7 +236,8 @@ pub async fn create_chatbot(
                 })?;
                 let target =
                     AuditTarget::chatbot(chatbot.id, chatbot.owner_id, chatbot.organization_id);
-                let record = AuditRecord::new(AuditAction::ChatbotCreate, target);
+                let record = AuditRecord::new(AuditAction::ChatbotCreate, target)
+                    .with_state(state_of(chatbot.clone()));
                 Ok(Written::recorded(chatbot, record))
             }
             .scope_boxed()
@@ -338,8 +340,9 @@ pub async fn update_chatbot(
                     ));
                 }
                 let target = AuditTarget::chatbot(id, chatbot.owner_id, chatbot.organization_id);
-                let record =
-                    AuditRecord::new(AuditAction::ChatbotUpdate, target).with_changes(changed);
+                let record = AuditRecord::new(AuditAction::ChatbotUpdate, target)
+                    .with_changes(changed)
+                    .with_state(state_of(chatbot.clone()));
                 Ok(Written::recorded(chatbot, record))
             }
             .scope_boxed()

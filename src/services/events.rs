@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status};
@@ -19,8 +20,11 @@ use tonic::{Request, Status};
 use super::convert::timestamp;
 use super::{AppState, Rpc};
 use crate::auth::{ownership, Caller};
-use crate::db::models::OrganizationEvent;
-use crate::domain::{AuditChange, OrgAction, OrganizationId};
+use crate::db::models::{
+    Chatbot, Invitation, KeyWithLimits, MemberWithEmail, OrganizationEvent, OrganizationWithLimits,
+    ServiceAccount,
+};
+use crate::domain::{AuditChange, OrgAction, OrganizationId, ResourceState};
 use crate::error::{parsed, AppError, AppResult, FieldViolation};
 use crate::proto::event_service_server::EventService;
 use crate::proto::{self, WatchEventsRequest, WatchEventsResponse};
@@ -179,11 +183,73 @@ async fn stream_events(
     }
 }
 
+/// The resource as a change left it, for the change's event (an `Event`
+/// with only its resource set: the outbox keeps those bytes).
+pub fn state_of(resource: impl Into<proto::event::Resource>) -> ResourceState {
+    let event = proto::Event {
+        resource: Some(resource.into()),
+        ..proto::Event::default()
+    };
+    ResourceState(event.encode_to_vec())
+}
+
+impl From<Chatbot> for proto::event::Resource {
+    fn from(chatbot: Chatbot) -> Self {
+        Self::Chatbot(chatbot.into())
+    }
+}
+
+impl From<KeyWithLimits> for proto::event::Resource {
+    fn from(key: KeyWithLimits) -> Self {
+        Self::ApiKey(key.into())
+    }
+}
+
+impl From<OrganizationWithLimits> for proto::event::Resource {
+    fn from(organization: OrganizationWithLimits) -> Self {
+        Self::Organization(organization.into())
+    }
+}
+
+/// Every member may watch the events: a member's email is left out, as
+/// ListMembers leaves it out for a viewer.
+impl From<MemberWithEmail> for proto::event::Resource {
+    fn from(member: MemberWithEmail) -> Self {
+        let view = super::organizations::MemberView {
+            member,
+            show_email: false,
+        };
+        Self::Member(view.into())
+    }
+}
+
+/// The invitee's email is personal data of someone not yet a member: the
+/// event, like the audit log, says only that an invitation went out.
+impl From<Invitation> for proto::event::Resource {
+    fn from(invitation: Invitation) -> Self {
+        Self::Invitation(proto::Invitation {
+            email: String::new(),
+            ..invitation.into()
+        })
+    }
+}
+
+impl From<ServiceAccount> for proto::event::Resource {
+    fn from(account: ServiceAccount) -> Self {
+        Self::ServiceAccount(account.into())
+    }
+}
+
 impl From<OrganizationEvent> for proto::Event {
     fn from(row: OrganizationEvent) -> Self {
         // Written by this service from AuditChange values; an unreadable
         // one shows no changes rather than failing the stream.
         let changes: Vec<AuditChange> = serde_json::from_str(&row.changes).unwrap_or_default();
+        // Encoded by `state_of`; the same fallback for an unreadable one.
+        let resource = row
+            .resource_state
+            .and_then(|state| proto::Event::decode(state.as_slice()).ok())
+            .and_then(|event| event.resource);
         proto::Event {
             id: row.id.to_string(),
             organization_id: row.organization_id.to_string(),
@@ -200,6 +266,7 @@ impl From<OrganizationEvent> for proto::Event {
                     new_value: change.new.unwrap_or_default(),
                 })
                 .collect(),
+            resource,
         }
     }
 }

@@ -13,6 +13,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
 use super::convert::{self, list_of, mask_paths, parse_role, role_message, timestamp};
+use super::events::state_of;
 use super::{audit, delete_row, required, service_accounts, AppState, Rpc};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{
@@ -380,7 +381,11 @@ pub async fn create_organization(
                 let record = AuditRecord::new(
                     AuditAction::OrganizationCreate,
                     AuditTarget::organization(id),
-                );
+                )
+                .with_state(state_of(OrganizationWithLimits {
+                    organization: organization.clone(),
+                    limits: None,
+                }));
                 Ok(Written::recorded(organization, record))
             }
             .scope_boxed()
@@ -475,6 +480,7 @@ pub async fn update_organization(
                     OrganizationLimits::apply(conn, id, &limits).await?;
                 }
                 let organization = OrganizationWithLimits::load(conn, organization).await?;
+                let record = record.with_state(state_of(organization.clone()));
                 Ok(Written::recorded(organization, record))
             }
             .scope_boxed()
@@ -639,7 +645,8 @@ pub async fn update_member(
                 }
                 let target = AuditTarget::member(member.organization, member.user);
                 let record = AuditRecord::new(AuditAction::MemberRoleChange, target)
-                    .with_changes(vec![AuditChange::values("role", was, role)]);
+                    .with_changes(vec![AuditChange::values("role", was, role)])
+                    .with_state(state_of(updated.clone()));
                 Ok(Written::recorded(updated, record))
             }
             .scope_boxed()
@@ -732,6 +739,7 @@ pub async fn create_invitation(
                         false => error.into(),
                     }
                 })?;
+                let record = record.with_state(state_of(invitation.clone()));
                 Ok(Written::recorded(invitation, record))
             }
             .scope_boxed()
@@ -867,7 +875,8 @@ pub async fn accept_invitation(
                     .ok_or(AppError::NotFound("member"))?;
                 let target = AuditTarget::member(organization, user);
                 let record = AuditRecord::new(AuditAction::MemberJoin, target)
-                    .with_changes(vec![AuditChange::values("role", "", role)]);
+                    .with_changes(vec![AuditChange::values("role", "", role)])
+                    .with_state(state_of(member.clone()));
                 Ok(Written::recorded(member, record))
             }
             .scope_boxed()

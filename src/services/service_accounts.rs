@@ -9,6 +9,7 @@ use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
 
 use super::convert::{self, list_of, parse_role, role_message, timestamp};
+use super::events::state_of;
 use super::{audit, delete_row, AppState};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{NewServiceAccount, ServiceAccount};
@@ -116,6 +117,7 @@ pub async fn create_service_account(
                         false => error.into(),
                     }
                 })?;
+                let record = record.with_state(state_of(created.clone()));
                 Ok(Written::recorded(created, record))
             }
             .scope_boxed()
@@ -186,7 +188,10 @@ pub async fn revoke_service_account(
                     .await?
                     .ok_or(AppError::NotFound("service account"))?;
                 Ok(match revoked {
-                    true => Written::recorded(account, record),
+                    true => {
+                        let record = record.with_state(state_of(account.clone()));
+                        Written::recorded(account, record)
+                    }
                     false => Written::unrecorded(account),
                 })
             }

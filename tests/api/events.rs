@@ -14,7 +14,7 @@ use crate::organization_limits::team_with_chatbot;
 
 /// WatchEvents on `organization` by `user`, after `cursor` (or from the
 /// oldest).
-async fn watch(
+pub async fn watch(
     clients: &Clients,
     user: &TestUser,
     organization: &str,
@@ -33,7 +33,7 @@ async fn watch(
 }
 
 /// The next `count` events of `stream`, each within ten seconds.
-async fn next_events(
+pub async fn next_events(
     stream: &mut Streaming<proto::WatchEventsResponse>,
     count: usize,
 ) -> Vec<proto::Event> {
@@ -54,7 +54,7 @@ fn types(events: &[proto::Event]) -> Vec<&str> {
 }
 
 /// Renames `organization`, by `owner`.
-async fn rename(app: &TestApp, owner: &TestUser, organization: &str, name: &str) {
+pub async fn rename(app: &TestApp, owner: &TestUser, organization: &str, name: &str) {
     app.organizations(Some(&owner.token))
         .update_organization(proto::UpdateOrganizationRequest {
             organization: Some(proto::Organization {
@@ -243,4 +243,79 @@ async fn a_member_removed_while_watching_gets_permission_denied() {
     .await
     .expect("the stream ends");
     assert_eq!(ended, Some(Code::PermissionDenied));
+}
+
+backend_test! {
+    async fn each_event_carries_the_resource_as_the_change_left_it_and_no_secret() {
+        use proto::event::Resource;
+        let app = spawn_app().await;
+        let (owner, team, chatbot) = team_with_chatbot(&app).await;
+        let created = app.create_api_key(&owner, &chatbot).await;
+        let key = created.api_key.unwrap();
+        let member = app.new_member(&owner, &team, OrganizationRole::Editor).await;
+        crate::organization_limits::give_credits(&app, &owner, &team, 500).await;
+        app.revoke_api_key(&owner.token, key.id).await.unwrap();
+        app.delete_api_key(&owner.token, key.id).await.unwrap();
+
+        let mut stream = watch(&app, &owner, &team, None).await.unwrap();
+        let mut events = next_events(&mut stream, 8).await;
+        // The invitee's email stays out of the event, as out of the audit log.
+        let invited = events.remove(3);
+        let Some(Resource::Invitation(invitation)) = &invited.resource else {
+            panic!("{invited:?}");
+        };
+        assert_eq!(invitation.organization_id, team);
+        assert_eq!(invitation.email, "");
+        assert_eq!(
+            types(&events),
+            [
+                "organization.create",
+                "chatbot.create",
+                "api_key.create",
+                "member.join",
+                "organization.update",
+                "api_key.revoke",
+                "api_key.delete",
+            ]
+        );
+        let Some(Resource::Organization(organization)) = &events[0].resource else {
+            panic!("{:?}", events[0]);
+        };
+        assert_eq!(organization.name, "metered team");
+        assert!(organization.credits.is_none());
+        let Some(Resource::Chatbot(bot)) = &events[1].resource else {
+            panic!("{:?}", events[1]);
+        };
+        assert_eq!((bot.id.as_str(), bot.name.as_str()), (chatbot.as_str(), "team bot"));
+        let Some(Resource::ApiKey(new_key)) = &events[2].resource else {
+            panic!("{:?}", events[2]);
+        };
+        assert_eq!(new_key.id, key.id);
+        assert!(new_key.revoke_time.is_none());
+        // A member's email stays out of the event, as from a viewer's list.
+        let Some(Resource::Member(joined)) = &events[3].resource else {
+            panic!("{:?}", events[3]);
+        };
+        assert_eq!(joined.user_id, member.id);
+        assert_eq!(joined.role, OrganizationRole::Editor as i32);
+        assert_eq!(joined.email, "");
+        // The new limits, as GetOrganization shows them after the change.
+        let Some(Resource::Organization(limited)) = &events[4].resource else {
+            panic!("{:?}", events[4]);
+        };
+        assert_eq!(limited.credits.as_ref().map(|c| c.remaining), Some(500));
+        let Some(Resource::ApiKey(revoked)) = &events[5].resource else {
+            panic!("{:?}", events[5]);
+        };
+        assert!(revoked.revoke_time.is_some());
+        // Deleted: no state left to carry.
+        assert_eq!(events[6].resource, None);
+
+        // No event holds the key's secret, in any field.
+        let secret = created.key.as_bytes();
+        for event in &events {
+            let bytes = prost::Message::encode_to_vec(event);
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret), "{event:?}");
+        }
+    }
 }

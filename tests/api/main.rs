@@ -14,6 +14,7 @@ mod backup;
 mod chatbots;
 mod credits;
 mod edge;
+mod event_publishing;
 mod events;
 mod external_authorization;
 mod faults;

@@ -216,6 +216,7 @@ fn declared_tables() -> Tables<DeclaredColumn> {
         organization_limits,
         organization_event_counters,
         organization_events,
+        organization_event_publications,
         service_accounts,
         chatbots,
         api_keys,

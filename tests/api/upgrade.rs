@@ -30,7 +30,18 @@ async fn previous_version(binary: &str, database_url: &str, migrate: bool) -> (C
         .env("SHUTDOWN_DRAIN_DELAY_SECS", "0")
         .env("USAGE_FLUSH_INTERVAL_SECS", "1")
         .env("RATE_LIMIT_PER_USER", "0")
-        .env("RATE_LIMIT_PER_ADDRESS", "0");
+        .env("RATE_LIMIT_PER_ADDRESS", "0")
+        // A version that publishes events to NATS does (and so fills its
+        // table of how far it got); an older one ignores these.
+        .env(
+            "NATS_URL",
+            format!(
+                "nats://{}",
+                std::env::var("TEST_NATS_ADDR").unwrap_or_else(|_| "127.0.0.1:4222".into())
+            ),
+        )
+        .env("NATS_STREAM", "UPGRADE_CHECK")
+        .env("NATS_SUBJECT_PREFIX", "upgrade.check");
     let mut child = spawn_logging_json(&mut command);
     let addr = serving_addr(&mut child, |_| {}).await;
     (child, Clients::connect(addr).await)
@@ -184,6 +195,29 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
                 .await
                 .unwrap();
         }
+    }
+    let mut sql =
+        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url)
+            .await
+            .unwrap();
+    // A version that publishes events has published the organization's
+    // (within a second or so) before it stops.
+    for _ in 0..100 {
+        let unpublished: Vec<TableRows> = diesel::sql_query(
+            "SELECT 'organization_event_publications' AS name, count(*) AS rows \
+             FROM organization_event_counters c \
+             WHERE to_regclass('organization_event_publications') IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM organization_event_publications p \
+             WHERE p.organization_id = c.organization_id \
+             AND p.published_sequence = c.last_sequence)",
+        )
+        .load(&mut sql)
+        .await
+        .unwrap_or_default();
+        if unpublished.iter().all(|table| table.rows == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop(old).await;
 

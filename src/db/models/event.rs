@@ -10,7 +10,9 @@
 use chrono::{DateTime, Utc};
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, Queryable, Selectable};
 
-use crate::db::schema::{organization_event_counters, organization_events};
+use crate::db::schema::{
+    organization_event_counters, organization_event_publications, organization_events,
+};
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
 use crate::domain::{AuditRecord, EventId, OrganizationId};
@@ -28,6 +30,8 @@ pub struct OrganizationEvent {
     /// JSON: the audit record's changes.
     pub changes: String,
     pub created_at: DateTime<Utc>,
+    /// The resource as the change left it (see [`crate::domain::ResourceState`]).
+    pub resource_state: Option<Vec<u8>>,
 }
 
 impl OrganizationEvent {
@@ -54,6 +58,7 @@ impl OrganizationEvent {
             organization_events::resource_id.eq(&record.target.id),
             organization_events::changes.eq(changes),
             organization_events::created_at.eq(Timestamp::now()),
+            organization_events::resource_state.eq(record.state.as_ref().map(|state| &state.0)),
         );
         db_run!(conn => {
             diesel::insert_into(organization_events::table)
@@ -98,15 +103,30 @@ impl OrganizationEvent {
         Ok(latest.unwrap_or(0))
     }
 
-    /// Deletes up to `limit` events made before `before`.
+    /// Deletes up to `limit` events made before `before`; with
+    /// `keep_unpublished`, only those already published.
     pub async fn purge(
         conn: &mut DbConnection,
         before: DateTime<Utc>,
+        keep_unpublished: bool,
         limit: i64,
     ) -> diesel::QueryResult<usize> {
+        use diesel::{BoolExpressionMethods, IntoSql, NullableExpressionMethods};
         use diesel_async::RunQueryDsl;
+        let published = organization_event_publications::table
+            .filter(
+                organization_event_publications::organization_id
+                    .eq(organization_events::organization_id),
+            )
+            .select(organization_event_publications::published_sequence)
+            .single_value();
         let oldest = organization_events::table
             .filter(organization_events::created_at.lt(Timestamp(before)))
+            .filter(
+                (!keep_unpublished)
+                    .into_sql::<diesel::sql_types::Bool>()
+                    .or(organization_events::sequence.nullable().le(published)),
+            )
             .select(organization_events::id)
             .limit(limit);
         db_run!(conn => {
@@ -164,4 +184,113 @@ async fn next_sequence(
         }
     };
     Ok(next.map(|next| next.last_sequence))
+}
+
+/// The `organization_event_publications` table: how far each
+/// organization's events are published to NATS JetStream.
+pub struct EventPublication;
+
+impl EventPublication {
+    /// Organizations (up to `limit`) with events not yet published, and
+    /// the number of each one's newest event.
+    pub async fn pending(
+        conn: &mut DbConnection,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<(OrganizationId, i64)>> {
+        use diesel::{BoolExpressionMethods, JoinOnDsl, NullableExpressionMethods};
+        let published = organization_event_publications::published_sequence.nullable();
+        all_rows!(
+            conn,
+            organization_event_counters::table
+                .left_join(
+                    organization_event_publications::table
+                        .on(organization_event_publications::organization_id
+                            .eq(organization_event_counters::organization_id))
+                )
+                .filter(
+                    published
+                        .is_null()
+                        .or(published.lt(organization_event_counters::last_sequence.nullable()))
+                )
+                .select((
+                    organization_event_counters::organization_id,
+                    organization_event_counters::last_sequence,
+                ))
+                .limit(limit)
+        )
+    }
+
+    /// The organization's row, created at 0 if it has none (nothing if
+    /// the organization is gone).
+    pub async fn start(
+        conn: &mut DbConnection,
+        organization: OrganizationId,
+    ) -> diesel::QueryResult<()> {
+        use diesel_async::RunQueryDsl;
+        // "AND true" keeps SQLite from reading ON CONFLICT as the SELECT's
+        // join constraint; PostgreSQL does not mind it.
+        let sql = |placeholder: &str| {
+            format!(
+                "INSERT INTO organization_event_publications \
+                 (organization_id, published_sequence) \
+                 SELECT id, 0 FROM organizations WHERE id = {placeholder} AND true \
+                 ON CONFLICT (organization_id) DO NOTHING"
+            )
+        };
+        let id = organization.0;
+        match conn {
+            DbConnection::Postgres(conn) => {
+                diesel::sql_query(sql("$1"))
+                    .bind::<crate::db::sql_types::DbUuid, _>(id)
+                    .execute(&mut **conn)
+                    .await?
+            }
+            DbConnection::Sqlite(conn) => {
+                let conn: &mut crate::db::SqliteAsyncConnection = conn;
+                diesel::sql_query(sql("?"))
+                    .bind::<crate::db::sql_types::DbUuid, _>(id)
+                    .execute(conn)
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
+    /// The number of the organization's last published event, its row
+    /// locked until the transaction ends; `None` while another replica
+    /// holds it (PostgreSQL; SQLite's one process has no one to wait for).
+    pub async fn claim(
+        conn: &mut DbConnection,
+        organization: OrganizationId,
+    ) -> diesel::QueryResult<Option<i64>> {
+        use diesel_async::RunQueryDsl;
+        let row = organization_event_publications::table
+            .find(organization)
+            .select(organization_event_publications::published_sequence);
+        match conn {
+            DbConnection::Postgres(conn) => row
+                .for_update()
+                .skip_locked()
+                .first(&mut **conn)
+                .await
+                .optional(),
+            DbConnection::Sqlite(conn) => {
+                let conn: &mut crate::db::SqliteAsyncConnection = conn;
+                row.first(conn).await.optional()
+            }
+        }
+    }
+
+    /// Records that the organization's events up to number `published`
+    /// are published.
+    pub async fn advance(
+        conn: &mut DbConnection,
+        organization: OrganizationId,
+        published: i64,
+    ) -> diesel::QueryResult<()> {
+        let row = organization_event_publications::table.find(organization);
+        let set = organization_event_publications::published_sequence.eq(published);
+        update_rows!(conn, row, set)?;
+        Ok(())
+    }
 }

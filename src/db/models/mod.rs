@@ -156,7 +156,7 @@ pub mod user;
 pub use api_key::{ApiKey, NewApiKey, StoredGrants, VerificationRecord};
 pub use audit_event::{AuditActor, AuditEvent};
 pub use chatbot::{Chatbot, ChatbotChanges, ChatbotFilter, NewChatbot};
-pub use event::OrganizationEvent;
+pub use event::{EventPublication, OrganizationEvent};
 pub use key_limits::{Balance, KeyLimitChanges, KeyLimits, KeyWithLimits};
 pub use login_attempt::{LoginAttempt, Window};
 pub use organization::{

@@ -5,6 +5,7 @@
 use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
 
+use super::super::events::state_of;
 use super::super::{audit, delete_row, AppState};
 use crate::auth::ownership::{self, Placement};
 use crate::auth::Caller;
@@ -80,11 +81,10 @@ pub async fn create_api_key(
                 let limits = KeyLimitChanges::new_key(cmd.rate_limit, cmd.credits, now);
                 KeyLimits::apply(conn, key.id, &limits).await?;
                 let target = AuditTarget::api_key(key.id, placement.owner, placement.organization);
-                let record = AuditRecord::new(AuditAction::ApiKeyCreate, target);
-                Ok(Written::recorded(
-                    KeyWithLimits::load(conn, key).await?,
-                    record,
-                ))
+                let key = KeyWithLimits::load(conn, key).await?;
+                let record = AuditRecord::new(AuditAction::ApiKeyCreate, target)
+                    .with_state(state_of(key.clone()));
+                Ok(Written::recorded(key, record))
             }
             .scope_boxed()
         })
@@ -145,7 +145,9 @@ pub async fn update_api_key(
                         .is_some();
                 let limits = KeyLimitChanges::of_update(cmd.limits, has_balance, now);
                 KeyLimits::apply(conn, id, &limits).await?;
-                Ok(Written::recorded(key_with_limits(conn, id).await?, record))
+                let key = key_with_limits(conn, id).await?;
+                let record = record.with_state(state_of(key.clone()));
+                Ok(Written::recorded(key, record))
             }
             .scope_boxed()
         })
@@ -189,7 +191,10 @@ pub async fn revoke_api_key(
                 let key = key_with_limits(conn, id).await?;
                 // Revoking a revoked key changes nothing, and records nothing.
                 Ok(match revoked {
-                    true => Written::recorded(key, record),
+                    true => {
+                        let record = record.with_state(state_of(key.clone()));
+                        Written::recorded(key, record)
+                    }
                     false => Written::unrecorded(key),
                 })
             }
@@ -263,7 +268,8 @@ pub async fn rotate_api_key(
                 // now carries on: the replacement's.
                 Reservation::move_open(conn, id, new_key.id).await?;
                 let record = AuditRecord::new(AuditAction::ApiKeyRotate, key_target(id, placement))
-                    .with_changes(vec![AuditChange::values("replacement_id", "", new_key.id)]);
+                    .with_changes(vec![AuditChange::values("replacement_id", "", new_key.id)])
+                    .with_state(state_of(key_with_limits(conn, id).await?));
                 let new_key = KeyWithLimits::load(conn, new_key).await?;
                 Ok(Written::recorded((new_key, old_key), record))
             }

@@ -18,6 +18,8 @@ const PROTOS: &[&str] = &[
     "chatbot/v1/organization.proto",
     "chatbot/v1/organization_service.proto",
     "chatbot/v1/event_service.proto",
+    "chatbot/v1/webhook.proto",
+    "chatbot/v1/webhook_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -299,6 +299,25 @@ pub struct Settings {
     #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "chatbot.events")]
     pub nats_subject_prefix: String,
 
+    /// Webhook URLs may name private, loopback and internal hosts (tests,
+    /// receivers on the same network on premises).
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private_targets: bool,
+
+    /// How long a webhook endpoint has to answer a delivery.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
+
+    /// Attempts of one event's delivery before the webhook is disabled.
+    #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    pub webhook_max_attempts: u32,
+
+    /// The wait after a delivery's first failed attempt; each next wait is
+    /// four times longer, at most ten hours (the default schedule: 5 s,
+    /// 20 s, 80 s, 5 min, 21 min, 85 min, 5.7 h: about 7.5 hours in all).
+    #[arg(long, env = "WEBHOOK_RETRY_BASE_MILLIS", default_value_t = 5000)]
+    pub webhook_retry_base_millis: u64,
+
     /// Address for the Prometheus metrics endpoint; unset = no endpoint.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -573,6 +592,20 @@ impl Settings {
                 "REDIS_CA_FILE needs a rediss:// (TLS) REDIS_URL"
             );
         }
+        anyhow::ensure!(
+            (1..=300).contains(&self.webhook_timeout_secs),
+            "WEBHOOK_TIMEOUT_SECS must be between 1 and 300 (got {})",
+            self.webhook_timeout_secs
+        );
+        anyhow::ensure!(
+            (1..=30).contains(&self.webhook_max_attempts),
+            "WEBHOOK_MAX_ATTEMPTS must be between 1 and 30 (got {})",
+            self.webhook_max_attempts
+        );
+        anyhow::ensure!(
+            self.webhook_retry_base_millis >= 1,
+            "WEBHOOK_RETRY_BASE_MILLIS must be at least 1"
+        );
         if self.nats_ca_file.is_some() {
             anyhow::ensure!(
                 self.nats_url

@@ -39,6 +39,7 @@ use crate::proto::event_service_server::EventServiceServer;
 use crate::proto::organization_service_server::OrganizationServiceServer;
 use crate::proto::status_service_server::StatusServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
+use crate::proto::webhook_service_server::WebhookServiceServer;
 use crate::rate_limit::{RateLimitGate, RateLimits, SharedLimits};
 use crate::services::api_keys::ApiKeys;
 use crate::services::audit::Audit;
@@ -49,6 +50,7 @@ use crate::services::external_authorization::ExternalAuthorization;
 use crate::services::organizations::Organizations;
 use crate::services::status::StatusApi;
 use crate::services::users::Users;
+use crate::services::webhooks::Webhooks;
 use crate::services::{AppState, Policy};
 use crate::verification::KeyVerifier;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -248,9 +250,14 @@ impl Application {
             ),
             db,
             rate_limits,
+            webhook_signer: settings
+                .secret_key
+                .as_ref()
+                .map(|key| crate::domain::WebhookSigner::new(key.expose_secret().as_bytes())),
             policy: Policy {
                 allow_signup: settings.allow_signup,
                 allow_private_llm_endpoints: settings.allow_private_llm_endpoints,
+                allow_private_webhook_targets: settings.webhook_allow_private_targets,
                 refresh_token_ttl: Duration::from_secs(settings.refresh_token_ttl_secs),
                 max_active_api_keys_per_chatbot: settings.max_active_api_keys_per_chatbot,
             },
@@ -451,6 +458,23 @@ impl Application {
             }
             None => tokio::spawn(async {}),
         };
+        // Webhooks too, with their signing secrets' key.
+        let webhook_task = match &state.webhook_signer {
+            Some(signer) => {
+                let settings = crate::delivery::webhooks::WebhookSettings {
+                    timeout: Duration::from_secs(settings.webhook_timeout_secs),
+                    max_attempts: settings.webhook_max_attempts,
+                    retry_base: Duration::from_millis(settings.webhook_retry_base_millis),
+                };
+                let deliverer = crate::delivery::webhooks::WebhookDeliverer::new(
+                    state.db.clone(),
+                    signer.clone(),
+                    settings,
+                )?;
+                tokio::spawn(deliverer.run(background_stopped.clone()))
+            }
+            None => tokio::spawn(async {}),
+        };
         let listen_task = match database {
             // Other replicas' changes arrive as notifications; the caches
             // serve only while they can.
@@ -556,6 +580,10 @@ impl Application {
                 EventServiceServer::new(Events(state.clone())).max_decoding_message_size(max_bytes),
             )
             .add_service(
+                WebhookServiceServer::new(Webhooks(state.clone()))
+                    .max_decoding_message_size(max_bytes),
+            )
+            .add_service(
                 AuthorizationServer::new(ExternalAuthorization::new(
                     state.clone(),
                     settings.ext_authz_api_key_header.clone(),
@@ -587,6 +615,7 @@ impl Application {
         let _ = usage_task.await;
         let _ = purge_task.await;
         let _ = publish_task.await;
+        let _ = webhook_task.await;
         let _ = listen_task.await;
         match state.verifier.last_used().flush(&state.db).await {
             Ok(flushed) => tracing::info!(flushed, "flushed API key last-used times"),

@@ -133,6 +133,9 @@ fn tracer_provider_from_env() -> anyhow::Result<Option<SdkTracerProvider>> {
     {
         return Ok(None);
     }
+    // reqwest's rustls (compiled in for the webhooks) takes the process's
+    // default provider: ring, the one compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // The endpoint, headers and timeout come from the OTEL_* variables.
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()

@@ -1,7 +1,8 @@
 //! Deletes what has outlived its use, so no table grows with traffic
 //! forever: audit events past their retention, refresh tokens long
 //! expired, sessions long ended, invitations long expired, credit
-//! reservations long finished, and hourly usage rows past theirs. Every
+//! reservations and webhook deliveries long finished, and hourly usage
+//! rows past theirs. Every
 //! replica runs it at start and then hourly; replicas that purge at once
 //! only find less to delete. Each statement deletes a small batch, so a
 //! purge never holds locks or a connection for long and requests go
@@ -12,6 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::db::models::{
     AuditEvent, Invitation, KeyUsage, OrganizationEvent, RefreshToken, Reservation, Session,
+    WebhookDelivery,
 };
 use crate::db::{Database, DbConnection};
 
@@ -43,11 +45,12 @@ enum Purged {
     Sessions,
     Invitations,
     Reservations,
+    WebhookDeliveries,
     Usage,
 }
 
 impl Purged {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::AuditEvents,
         Self::OrganizationEvents,
         Self::RefreshTokens,
@@ -55,6 +58,7 @@ impl Purged {
         Self::Usage,
         Self::Invitations,
         Self::Reservations,
+        Self::WebhookDeliveries,
     ];
 
     fn name(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Purged {
             Self::Sessions => "ended sessions",
             Self::Invitations => "expired invitations",
             Self::Reservations => "finished credit reservations",
+            Self::WebhookDeliveries => "finished webhook deliveries",
             Self::Usage => "usage rows",
         }
     }
@@ -73,9 +78,11 @@ impl Purged {
         match self {
             // Kept as long as the audit log they mirror.
             Self::AuditEvents | Self::OrganizationEvents => retention.audit_events,
-            Self::RefreshTokens | Self::Sessions | Self::Invitations | Self::Reservations => {
-                retention.ended_sessions
-            }
+            Self::RefreshTokens
+            | Self::Sessions
+            | Self::Invitations
+            | Self::Reservations
+            | Self::WebhookDeliveries => retention.ended_sessions,
             Self::Usage => retention.usage,
         }
     }
@@ -97,6 +104,9 @@ impl Purged {
             Self::Invitations => Invitation::purge_expired(conn, before, PURGE_BATCH).await,
             Self::Usage => KeyUsage::purge(conn, before, PURGE_BATCH).await,
             Self::Reservations => Reservation::purge_finished(conn, before, PURGE_BATCH).await,
+            Self::WebhookDeliveries => {
+                WebhookDelivery::purge_finished(conn, before, PURGE_BATCH).await
+            }
         }
     }
 }

@@ -465,6 +465,80 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
+    /// Endpoints an organization's events are delivered to (WebhookService).
+    webhooks (id) {
+        /// Id of the webhook.
+        id -> DbUuid,
+        /// Its organization; deleting it deletes its webhooks.
+        organization_id -> DbUuid,
+        /// Where events are POSTed.
+        url -> Text,
+        /// JSON array of the event types delivered; empty: every type.
+        event_types -> Text,
+        /// A note for people.
+        description -> Text,
+        /// active or disabled.
+        state -> Text,
+        /// Why the service disabled it; empty otherwise.
+        disabled_reason -> Text,
+        /// Random bytes the signing secret is derived from, with SECRET_KEY; not a secret alone.
+        secret_salt -> Bytea,
+        /// The number of the organization's last event this webhook is done with (delivered, skipped, or given up on).
+        delivered_sequence -> Int8,
+        /// When the next event's delivery is attempted again after a failure; NULL: as soon as there is one.
+        retry_at -> Nullable<DbTimestamp>,
+        /// Until when a replica delivers this webhook's events; NULL or past: no one.
+        lease_until -> Nullable<DbTimestamp>,
+        /// The replica (a random id per process) holding the lease.
+        lease_owner -> Nullable<DbUuid>,
+        /// The user who created it.
+        created_by -> Nullable<DbUuid>,
+        /// When it was created.
+        created_at -> DbTimestamp,
+        /// When it was last changed.
+        updated_at -> DbTimestamp,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
+    /// Each event sent to each webhook, with its attempts and the last answer; finished ones purged after SESSION_RETENTION_DAYS.
+    webhook_deliveries (id) {
+        /// Id of the delivery.
+        id -> DbUuid,
+        /// The webhook; deleting it deletes its deliveries.
+        webhook_id -> DbUuid,
+        /// The event's number in its organization.
+        event_sequence -> Int8,
+        /// The event's id: the webhook-id header.
+        event_id -> DbUuid,
+        /// The event's type.
+        event_type -> Text,
+        /// pending, delivered or failed.
+        state -> Text,
+        /// Sent again on request (RedeliverWebhook), apart from the webhook's order.
+        redelivery -> Bool,
+        /// Attempts made.
+        attempts -> Int4,
+        /// HTTP status of the last answer; 0: none.
+        last_status_code -> Int4,
+        /// What went wrong in the last attempt; empty after a success.
+        last_error -> Text,
+        /// When it was first attempted.
+        created_at -> DbTimestamp,
+        /// When it was last attempted.
+        last_attempt_at -> Nullable<DbTimestamp>,
+        /// When it is attempted next, while pending.
+        next_attempt_at -> Nullable<DbTimestamp>,
+    }
+}
+
 diesel::joinable!(api_key_limits -> api_keys (api_key_id));
 diesel::joinable!(api_key_usage -> chatbots (chatbot_id));
 diesel::joinable!(api_keys -> chatbots (chatbot_id));
@@ -481,6 +555,9 @@ diesel::joinable!(organization_members -> users (user_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
 diesel::joinable!(service_accounts -> organizations (organization_id));
 diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
+diesel::joinable!(webhooks -> organizations (organization_id));
+diesel::joinable!(webhooks -> users (created_by));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_key_limits,
@@ -501,4 +578,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     service_accounts,
     sessions,
     users,
+    webhook_deliveries,
+    webhooks,
 );

@@ -21,8 +21,8 @@ use diesel::sqlite::{Sqlite, SqliteValue};
 use uuid::Uuid;
 
 use crate::domain::{
-    ApiKeyId, ChatbotId, EventId, InvitationId, OrganizationId, RefreshTokenId, ServiceAccountId,
-    SessionId, UserId,
+    ApiKeyId, ChatbotId, EventId, InvitationId, OrganizationId, RefreshTokenId, ReplicaId,
+    ServiceAccountId, SessionId, UserId, WebhookDeliveryId, WebhookId,
 };
 
 /// A UUID: `uuid` on PostgreSQL, lowercase hyphenated `TEXT` on SQLite.
@@ -245,6 +245,9 @@ id_columns! {
     InvitationId(Uuid) as DbUuid, bound as SqlUuid;
     ServiceAccountId(Uuid) as DbUuid, bound as SqlUuid;
     EventId(Uuid) as DbUuid, bound as SqlUuid;
+    WebhookId(Uuid) as DbUuid, bound as SqlUuid;
+    WebhookDeliveryId(Uuid) as DbUuid, bound as SqlUuid;
+    ReplicaId(Uuid) as DbUuid, bound as SqlUuid;
     ApiKeyId(i64) as sql_types::BigInt, bound as i64;
 }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ApiKeyId, ChatbotId, FieldViolation, InvitationId, OrganizationId, PageRequest,
-    ServiceAccountId, UserId,
+    ServiceAccountId, UserId, WebhookId,
 };
 
 /// What happened. The names are part of the API (ListAuditEvents returns
@@ -44,10 +44,15 @@ pub enum AuditAction {
     ServiceAccountCreate,
     ServiceAccountRevoke,
     ServiceAccountDelete,
+    WebhookCreate,
+    WebhookUpdate,
+    WebhookDelete,
+    /// The service disabled a webhook whose endpoint kept failing.
+    WebhookDisable,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 29] = [
+    pub const ALL: [AuditAction; 33] = [
         Self::UserCreate,
         Self::UserUpdate,
         Self::UserRoleChange,
@@ -77,6 +82,10 @@ impl AuditAction {
         Self::ServiceAccountCreate,
         Self::ServiceAccountRevoke,
         Self::ServiceAccountDelete,
+        Self::WebhookCreate,
+        Self::WebhookUpdate,
+        Self::WebhookDelete,
+        Self::WebhookDisable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,6 +119,10 @@ impl AuditAction {
             Self::ServiceAccountCreate => "service_account.create",
             Self::ServiceAccountRevoke => "service_account.revoke",
             Self::ServiceAccountDelete => "service_account.delete",
+            Self::WebhookCreate => "webhook.create",
+            Self::WebhookUpdate => "webhook.update",
+            Self::WebhookDelete => "webhook.delete",
+            Self::WebhookDisable => "webhook.disable",
         }
     }
 
@@ -132,6 +145,7 @@ pub enum TargetType {
     Member,
     Invitation,
     ServiceAccount,
+    Webhook,
     /// A call refused as a whole, named by its RPC.
     Rpc,
 }
@@ -146,6 +160,7 @@ impl TargetType {
             Self::Member => "member",
             Self::Invitation => "invitation",
             Self::ServiceAccount => "service_account",
+            Self::Webhook => "webhook",
             Self::Rpc => "rpc",
         }
     }
@@ -159,6 +174,7 @@ impl TargetType {
             Self::Member,
             Self::Invitation,
             Self::ServiceAccount,
+            Self::Webhook,
             Self::Rpc,
         ]
         .into_iter()
@@ -167,7 +183,7 @@ impl TargetType {
             FieldViolation::new(
                 field,
                 "must be user, chatbot, api_key, organization, member, invitation, \
-                 service_account or rpc",
+                 service_account, webhook or rpc",
             )
         })
     }
@@ -270,6 +286,15 @@ impl AuditTarget {
     pub fn invitation(id: InvitationId, organization: OrganizationId) -> Self {
         Self {
             kind: TargetType::Invitation,
+            id: id.to_string(),
+            owner: None,
+            organization: Some(organization),
+        }
+    }
+
+    pub fn webhook(id: WebhookId, organization: OrganizationId) -> Self {
+        Self {
+            kind: TargetType::Webhook,
             id: id.to_string(),
             owner: None,
             organization: Some(organization),

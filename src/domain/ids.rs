@@ -85,6 +85,21 @@ uuid_id!(
     EventId
 );
 
+uuid_id!(
+    /// Id of a webhook: an endpoint an organization's events are sent to.
+    WebhookId
+);
+
+uuid_id!(
+    /// Id of one event's delivery to one webhook.
+    WebhookDeliveryId
+);
+
+uuid_id!(
+    /// Id of a server process, random at each start: who holds a lease.
+    ReplicaId
+);
+
 impl OrganizationId {
     /// The personal organization of `user`, made with the user.
     pub fn personal(user: UserId) -> Self {

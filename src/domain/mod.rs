@@ -20,6 +20,7 @@ mod role;
 mod secret_token;
 mod time_range;
 mod usage;
+mod webhook_signing;
 
 pub use api_key_rules::{
     may_add_active_key, may_rotate_with_grace, CreditsEdit, KeyLifecycle, Precondition,
@@ -40,8 +41,8 @@ pub use display_text::DisplayText;
 pub use email::Email;
 pub use field_violation::FieldViolation;
 pub use ids::{
-    ApiKeyId, ChatbotId, EventId, InvitationId, OrganizationId, RefreshTokenId, ServiceAccountId,
-    SessionId, UserId,
+    ApiKeyId, ChatbotId, EventId, InvitationId, OrganizationId, RefreshTokenId, ReplicaId,
+    ServiceAccountId, SessionId, UserId, WebhookDeliveryId, WebhookId,
 };
 pub use key_limits::{
     parse_actual_cost, parse_balance, parse_cost, CreditsSetting, CreditsState, KeyRateLimit,
@@ -66,3 +67,4 @@ pub use usage::{
     hour_of, ReservationEvent, UsageCounter, UsageCounts, UsageEvent, UsageRange,
     MAX_USAGE_RANGE_HOURS,
 };
+pub use webhook_signing::{WebhookSecret, WebhookSigner};

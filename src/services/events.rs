@@ -234,6 +234,12 @@ impl From<Invitation> for proto::event::Resource {
     }
 }
 
+impl From<crate::db::models::Webhook> for proto::event::Resource {
+    fn from(webhook: crate::db::models::Webhook) -> Self {
+        Self::Webhook(webhook.into())
+    }
+}
+
 impl From<ServiceAccount> for proto::event::Resource {
     fn from(account: ServiceAccount) -> Self {
         Self::ServiceAccount(account.into())

@@ -19,6 +19,7 @@ pub mod service_accounts;
 pub mod status;
 pub mod usage;
 pub mod users;
+pub mod webhooks;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -47,6 +48,8 @@ use crate::verification::KeyVerifier;
 pub struct Policy {
     pub allow_signup: bool,
     pub allow_private_llm_endpoints: bool,
+    /// Webhook URLs may name private hosts (tests, on-premise receivers).
+    pub allow_private_webhook_targets: bool,
     pub refresh_token_ttl: Duration,
     pub max_active_api_keys_per_chatbot: i64,
 }
@@ -70,6 +73,8 @@ pub struct AppState {
     pub verifier: KeyVerifier,
     pub rate_limits: RateLimits,
     pub policy: Policy,
+    /// Derives webhooks' signing secrets; `None` without a SECRET_KEY.
+    pub webhook_signer: Option<crate::domain::WebhookSigner>,
 }
 
 /// What every handler returns.

@@ -44,3 +44,4 @@ mod traces;
 mod upgrade;
 mod usage;
 mod users;
+mod webhooks;

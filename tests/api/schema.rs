@@ -217,6 +217,8 @@ fn declared_tables() -> Tables<DeclaredColumn> {
         organization_event_counters,
         organization_events,
         organization_event_publications,
+        webhooks,
+        webhook_deliveries,
         service_accounts,
         chatbots,
         api_keys,

@@ -40,6 +40,7 @@ async fn previous_version(binary: &str, database_url: &str, migrate: bool) -> (C
                 std::env::var("TEST_NATS_ADDR").unwrap_or_else(|_| "127.0.0.1:4222".into())
             ),
         )
+        .env("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
         .env("NATS_STREAM", "UPGRADE_CHECK")
         .env("NATS_SUBJECT_PREFIX", "upgrade.check");
     let mut child = spawn_logging_json(&mut command);
@@ -184,6 +185,26 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
                 })
                 .await
                 .unwrap();
+            // One with webhooks delivers the team's next event to one
+            // (filling both of their tables); one without answers
+            // UNIMPLEMENTED.
+            let receiver = crate::webhooks::Receiver::start().await;
+            let hooked = clients
+                .webhooks(Some(&token))
+                .create_webhook(proto::CreateWebhookRequest {
+                    organization_id: team_id.clone(),
+                    webhook: Some(proto::Webhook {
+                        url: receiver.url.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await;
+            match hooked {
+                Err(status) => assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}"),
+                Ok(_) => {
+                    receiver.wait_for(1).await;
+                }
+            }
             organizations
                 .clone()
                 .create_service_account(proto::CreateServiceAccountRequest {

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, Queryable, Selectable};
 
 use crate::db::schema::{
-    organization_event_counters, organization_event_publications, organization_events,
+    organization_event_counters, organization_event_publications, organization_events, webhooks,
 };
 use crate::db::sql_types::Timestamp;
 use crate::db::{db_run, DbConnection};
@@ -104,7 +104,8 @@ impl OrganizationEvent {
     }
 
     /// Deletes up to `limit` events made before `before`; with
-    /// `keep_unpublished`, only those already published.
+    /// `keep_unpublished`, only those already published; never one an
+    /// active webhook has yet to receive.
     pub async fn purge(
         conn: &mut DbConnection,
         before: DateTime<Utc>,
@@ -127,6 +128,13 @@ impl OrganizationEvent {
                     .into_sql::<diesel::sql_types::Bool>()
                     .or(organization_events::sequence.nullable().le(published)),
             )
+            // Nor one an active webhook has yet to receive.
+            .filter(diesel::dsl::not(diesel::dsl::exists(
+                webhooks::table
+                    .filter(webhooks::organization_id.eq(organization_events::organization_id))
+                    .filter(webhooks::state.eq(crate::db::models::webhook::ACTIVE))
+                    .filter(webhooks::delivered_sequence.lt(organization_events::sequence)),
+            )))
             .select(organization_events::id)
             .limit(limit);
         db_run!(conn => {

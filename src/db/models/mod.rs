@@ -152,6 +152,7 @@ pub mod service_account;
 pub mod session;
 pub mod usage;
 pub mod user;
+pub mod webhook;
 
 pub use api_key::{ApiKey, NewApiKey, StoredGrants, VerificationRecord};
 pub use audit_event::{AuditActor, AuditEvent};
@@ -170,3 +171,4 @@ pub use service_account::{NewServiceAccount, ServiceAccount, ServiceAccountCrede
 pub use session::{LiveSession, Session};
 pub use usage::{HourlyUsage, KeyUsage, UsageRow};
 pub use user::{NewUser, User, UserChanges};
+pub use webhook::{Attempt, NewWebhook, Webhook, WebhookChanges, WebhookDelivery};

@@ -11,6 +11,7 @@ use chatbot_backend::proto::event_service_client::EventServiceClient;
 use chatbot_backend::proto::organization_service_client::OrganizationServiceClient;
 use chatbot_backend::proto::status_service_client::StatusServiceClient;
 use chatbot_backend::proto::user_service_client::UserServiceClient;
+use chatbot_backend::proto::webhook_service_client::WebhookServiceClient;
 use chatbot_backend::proto::{self};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -99,6 +100,10 @@ impl Clients {
     /// token.
     pub fn events(&self, token: Option<&str>) -> EventServiceClient<Authed> {
         EventServiceClient::new(self.authed(token))
+    }
+
+    pub fn webhooks(&self, token: Option<&str>) -> WebhookServiceClient<Authed> {
+        WebhookServiceClient::new(self.authed(token))
     }
 
     /// GetUser of user `id`, asked by `token`'s user.

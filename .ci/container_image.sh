@@ -66,7 +66,7 @@ die() { printf 'container_image: FAILED: %s\n' "$*" >&2; exit 1; }
 now() { date +%s.%N; }
 since() { python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.1f}")' "$1" "$(now)"; }
 
-for tool in podman runc grpcurl python3 createdb psql git; do
+for tool in podman runc grpcurl python3 createdb psql git strip; do
     command -v "$tool" >/dev/null || die "$tool is required"
 done
 [[ -x "$BINARY" ]] || die "no $BINARY: run \`cargo build --release\` first"
@@ -224,6 +224,9 @@ BASE=$(.ci/container_base.sh)
 CONTEXT="$WORK/context"
 mkdir -p "$CONTEXT"
 cp "$BINARY" "$CONTEXT/chatbot-backend"
+# As the Dockerfile's builder installs it: without its symbol table (the
+# build in target/ keeps it, for profiling).
+strip "$CONTEXT/chatbot-backend"
 awk '
     /^FROM[[:space:]]/ { started = 1; stage = "" }
     !started && /^ARG[[:space:]]/ { print }

@@ -278,6 +278,11 @@ pub struct Settings {
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "chatbot-backend:")]
     pub redis_key_prefix: String,
 
+    /// WatchEvents streams one replica serves at once; more are refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_EVENT_STREAMS", default_value_t = 1000)]
+    pub max_event_streams: usize,
+
     /// NATS with JetStream (`nats://[user:password@]host:port`, or
     /// `tls://` for TLS) to publish every organization's events to, each on
     /// `<NATS_SUBJECT_PREFIX>.<organization id>.<event type>` with the event
@@ -592,6 +597,10 @@ impl Settings {
                 "REDIS_CA_FILE needs a rediss:// (TLS) REDIS_URL"
             );
         }
+        anyhow::ensure!(
+            self.max_event_streams >= 1,
+            "MAX_EVENT_STREAMS must be at least 1"
+        );
         anyhow::ensure!(
             (1..=300).contains(&self.webhook_timeout_secs),
             "WEBHOOK_TIMEOUT_SECS must be between 1 and 300 (got {})",

@@ -172,6 +172,9 @@ struct Inner {
     event_publisher_up: Gauge,
     events_published: Counter,
     event_publish_failures: Counter,
+    webhook_deliveries: Counter,
+    webhook_attempt_failures: Counter,
+    webhooks_disabled: Counter,
     overload_refusals: Family<QueueLabel, Counter>,
     cache_lookups: Family<CacheLookupLabels, Counter>,
     invalidations_live: Gauge,
@@ -336,11 +339,32 @@ impl Metrics {
              acknowledgement); the events are published again.",
             event_publish_failures.clone(),
         );
+        let webhook_deliveries = Counter::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook attempts this replica made that the endpoint answered with a 2xx.",
+            webhook_deliveries.clone(),
+        );
+        let webhook_attempt_failures = Counter::default();
+        registry.register(
+            "webhook_attempt_failures",
+            "Webhook attempts that got no 2xx in time (each is tried again, until the webhook's \
+             last attempt).",
+            webhook_attempt_failures.clone(),
+        );
+        let webhooks_disabled = Counter::default();
+        registry.register(
+            "webhooks_disabled",
+            "Webhooks this replica disabled because an event could not be delivered in \
+             WEBHOOK_MAX_ATTEMPTS attempts.",
+            webhooks_disabled.clone(),
+        );
         let overload_refusals = Family::<QueueLabel, Counter>::default();
         registry.register(
             "overload_refusals",
             "Calls answered RESOURCE_EXHAUSTED because a bounded queue was full, by queue \
-             (password_hash, chatbot_reads, credit_spends).",
+             (password_hash, chatbot_reads, credit_spends), and WatchEvents streams refused \
+             past MAX_EVENT_STREAMS (event_streams).",
             overload_refusals.clone(),
         );
         let cache_lookups = Family::<CacheLookupLabels, Counter>::default();
@@ -384,6 +408,9 @@ impl Metrics {
                 event_publisher_up,
                 events_published,
                 event_publish_failures,
+                webhook_deliveries,
+                webhook_attempt_failures,
+                webhooks_disabled,
                 overload_refusals,
                 methods,
                 by_path,
@@ -404,6 +431,16 @@ impl Metrics {
     /// Says whether rate-limit checks go to Redis.
     pub fn rate_limit_store_up(&self) -> Gauge {
         self.inner.rate_limit_store_up.clone()
+    }
+
+    /// The webhook deliverer's counters: delivered, failed attempts,
+    /// webhooks disabled.
+    pub fn webhook_delivery(&self) -> (Counter, Counter, Counter) {
+        (
+            self.inner.webhook_deliveries.clone(),
+            self.inner.webhook_attempt_failures.clone(),
+            self.inner.webhooks_disabled.clone(),
+        )
     }
 
     /// The NATS publisher's gauge and counters: up, published, failures.

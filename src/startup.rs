@@ -462,14 +462,21 @@ impl Application {
         let webhook_task = match &state.webhook_signer {
             Some(signer) => {
                 let settings = crate::delivery::webhooks::WebhookSettings {
+                    allow_private: settings.webhook_allow_private_targets,
                     timeout: Duration::from_secs(settings.webhook_timeout_secs),
                     max_attempts: settings.webhook_max_attempts,
                     retry_base: Duration::from_millis(settings.webhook_retry_base_millis),
                 };
+                let (delivered, failed_attempts, disabled) = metrics.webhook_delivery();
                 let deliverer = crate::delivery::webhooks::WebhookDeliverer::new(
                     state.db.clone(),
                     signer.clone(),
                     settings,
+                    crate::delivery::webhooks::DeliveryMetrics {
+                        delivered,
+                        failed_attempts,
+                        disabled,
+                    },
                 )?;
                 tokio::spawn(deliverer.run(background_stopped.clone()))
             }
@@ -577,7 +584,12 @@ impl Application {
                     .max_decoding_message_size(max_bytes),
             )
             .add_service(
-                EventServiceServer::new(Events(state.clone())).max_decoding_message_size(max_bytes),
+                EventServiceServer::new(Events::new(
+                    state.clone(),
+                    settings.max_event_streams,
+                    metrics.overload_refusals("event_streams"),
+                ))
+                .max_decoding_message_size(max_bytes),
             )
             .add_service(
                 WebhookServiceServer::new(Webhooks(state.clone()))

@@ -49,6 +49,8 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// The delivery settings (see WEBHOOK_* in config.rs).
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
+    /// Endpoints may be private hosts: no check of what names resolve to.
+    pub allow_private: bool,
     pub timeout: Duration,
     pub max_attempts: u32,
     pub retry_base: Duration,
@@ -69,6 +71,13 @@ impl WebhookSettings {
     }
 }
 
+/// The deliverer's counters (see `metrics.rs`).
+pub struct DeliveryMetrics {
+    pub delivered: prometheus_client::metrics::counter::Counter,
+    pub failed_attempts: prometheus_client::metrics::counter::Counter,
+    pub disabled: prometheus_client::metrics::counter::Counter,
+}
+
 /// Why an attempt failed: the endpoint's status (0: no answer) and what
 /// went wrong, in words.
 struct Failure {
@@ -84,6 +93,7 @@ pub struct WebhookDeliverer {
     settings: WebhookSettings,
     replica: ReplicaId,
     event_descriptor: prost_reflect::MessageDescriptor,
+    metrics: DeliveryMetrics,
 }
 
 impl WebhookDeliverer {
@@ -91,6 +101,7 @@ impl WebhookDeliverer {
         db: Database,
         signer: WebhookSigner,
         settings: WebhookSettings,
+        metrics: DeliveryMetrics,
     ) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
@@ -100,7 +111,11 @@ impl WebhookDeliverer {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder();
+        if !settings.allow_private {
+            client = client.dns_resolver(Arc::new(PublicAddressesOnly));
+        }
+        let client = client
             .tls_backend_preconfigured(tls)
             .timeout(settings.timeout)
             // A redirect is an answer, not a delivery: no request goes
@@ -120,6 +135,7 @@ impl WebhookDeliverer {
             settings,
             replica: ReplicaId::generate(),
             event_descriptor,
+            metrics,
         })
     }
 
@@ -287,6 +303,7 @@ impl WebhookDeliverer {
     ) -> anyhow::Result<()> {
         let id = webhook.id;
         let organization = webhook.organization_id;
+        self.metrics.disabled.inc();
         tracing::warn!(
             webhook_id = %id,
             organization_id = %organization,
@@ -373,7 +390,7 @@ impl WebhookDeliverer {
             .body(body)
             .send()
             .await;
-        match sent {
+        let answer = match sent {
             Ok(response) if response.status().is_success() => {
                 Ok(i32::from(response.status().as_u16()))
             }
@@ -385,7 +402,12 @@ impl WebhookDeliverer {
                 status: 0,
                 error: describe(&error),
             }),
-        }
+        };
+        match &answer {
+            Ok(_) => self.metrics.delivered.inc(),
+            Err(_) => self.metrics.failed_attempts.inc(),
+        };
+        answer
     }
 
     /// `{"type", "timestamp", "data"}`, data in protobuf's JSON form.
@@ -409,13 +431,37 @@ impl WebhookDeliverer {
     }
 }
 
+/// Resolves a name as the system does and keeps only the public
+/// addresses: a URL whose name passed the public-host check at creation
+/// cannot reach a private address at delivery (a name pointed at 10.0.0.1,
+/// DNS rebinding). Addresses written in a URL were checked at creation.
+struct PublicAddressesOnly;
+
+impl reqwest::dns::Resolve for PublicAddressesOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let public: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|address| crate::domain::non_public_address_reason(address.ip()).is_none())
+                .collect();
+            if public.is_empty() {
+                return Err("the name resolves to no public address".into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// What went wrong, in words an owner can act on (never the URL: it may
 /// hold a token of the receiver's).
 fn describe(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         "no answer within WEBHOOK_TIMEOUT_SECS".into()
     } else if error.is_connect() {
-        "could not connect (refused, unreachable, or TLS failed)".into()
+        "could not connect (refused, unreachable, TLS failed, or a name that resolves to no \
+         public address)"
+            .into()
     } else if error.is_redirect() {
         "the endpoint redirected; redirects are not followed".into()
     } else {
@@ -443,5 +489,31 @@ fn failed(failure: Failure, next: Option<DateTime<Utc>>) -> Attempt {
         status_code: failure.status,
         error: failure.error,
         next_attempt_at: next,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::dns::Resolve;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_that_resolves_only_to_loopback_is_not_connected_to() {
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let resolved = PublicAddressesOnly.resolve(name).await;
+        assert!(resolved.is_err());
+    }
+
+    #[test]
+    fn each_retry_waits_four_times_longer_up_to_ten_hours() {
+        let settings = WebhookSettings {
+            allow_private: false,
+            timeout: Duration::from_secs(10),
+            max_attempts: 8,
+            retry_base: Duration::from_secs(5),
+        };
+        let waits: Vec<u64> = (1..=9).map(|n| settings.backoff(n).as_secs()).collect();
+        assert_eq!(waits, [5, 20, 80, 320, 1280, 5120, 20480, 36000, 36000]);
     }
 }

@@ -55,6 +55,7 @@ pub use key_restrictions::{
 pub use organization::{keeps_an_owner, may_change_members, OrgAction, OrgRole, OrganizationName};
 pub use paging::{Page, PageCursor, PageRequest};
 pub use password::Password;
+pub use public_host::non_public_address_reason;
 pub use role::Role;
 pub use secret_token::{
     digest as token_digest, InvitationToken, ReservationToken, SecretToken, ServiceAccountToken,

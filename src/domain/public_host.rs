@@ -31,6 +31,15 @@ pub fn non_public_reason(host: &Host<&str>) -> Option<String> {
     }
 }
 
+/// Why connecting to `ip` would not reach the public internet, or `None`:
+/// for judging what a name resolved to, at connect time.
+pub fn non_public_address_reason(ip: IpAddr) -> Option<String> {
+    match ip {
+        IpAddr::V4(ip) => ipv4_reason(ip),
+        IpAddr::V6(ip) => ipv6_reason(ip),
+    }
+}
+
 /// IANA IPv4 Special-Purpose Address Registry, plus multicast and the
 /// reserved 240/4. Every entry is refused, including the few the registry
 /// marks globally reachable (192.0.0.9 and .10 in 192.0.0.0/24, AS112, AMT,

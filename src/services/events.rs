@@ -21,8 +21,7 @@ use super::convert::timestamp;
 use super::{AppState, Rpc};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{
-    Chatbot, Invitation, KeyWithLimits, MemberWithEmail, OrganizationEvent, OrganizationWithLimits,
-    ServiceAccount,
+    Chatbot, Invitation, KeyWithLimits, OrganizationEvent, OrganizationWithLimits, ServiceAccount,
 };
 use crate::domain::{AuditChange, OrgAction, OrganizationId, ResourceState};
 use crate::error::{parsed, AppError, AppResult, FieldViolation};
@@ -39,7 +38,29 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const ACCESS_RECHECK: Duration = Duration::from_secs(5);
 
 /// The EventService implementation.
-pub struct Events(pub Arc<AppState>);
+pub struct Events {
+    state: Arc<AppState>,
+    /// One permit per open stream: each holds a task and, while it reads,
+    /// a connection, so a replica serves a bounded number.
+    streams: Arc<tokio::sync::Semaphore>,
+    refusals: prometheus_client::metrics::counter::Counter,
+}
+
+impl Events {
+    /// At most `max_streams` streams at once on this replica; refusals are
+    /// counted in `refusals`.
+    pub fn new(
+        state: Arc<AppState>,
+        max_streams: usize,
+        refusals: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        Self {
+            state,
+            streams: Arc::new(tokio::sync::Semaphore::new(max_streams)),
+            refusals,
+        }
+    }
+}
 
 type EventStream = ReceiverStream<Result<WatchEventsResponse, Status>>;
 
@@ -48,11 +69,24 @@ impl EventService for Events {
     type WatchEventsStream = EventStream;
 
     async fn watch_events(&self, request: Request<WatchEventsRequest>) -> Rpc<EventStream> {
-        let shared = self.0.clone();
+        let shared = self.state.clone();
+        let streams = self.streams.clone();
+        let refusals = self.refusals.clone();
         let watch = async move |_: &AppState, caller: &Caller, cmd: WatchEvents| {
-            watch_events(shared, caller, cmd).await
+            let Ok(slot) = streams.try_acquire_owned() else {
+                refusals.inc();
+                return Err(AppError::ResourceExhausted {
+                    message: "this replica serves as many event streams as it may \
+                              (MAX_EVENT_STREAMS); retry in a while"
+                        .into(),
+                    retry_after: Duration::from_secs(5),
+                });
+            };
+            watch_events(shared, caller, cmd, slot).await
         };
-        self.0.serve(request, WatchEvents::try_from, watch).await
+        self.state
+            .serve(request, WatchEvents::try_from, watch)
+            .await
     }
 }
 
@@ -109,6 +143,7 @@ async fn watch_events(
     state: Arc<AppState>,
     caller: &Caller,
     cmd: WatchEvents,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> AppResult<EventStream> {
     let organization = cmd.organization;
     let mut conn = state.db.conn().await?;
@@ -121,13 +156,12 @@ async fn watch_events(
     };
     drop(conn);
     let (sender, receiver) = mpsc::channel(PAGE);
-    tokio::spawn(stream_events(
-        state,
-        caller.clone(),
-        organization,
-        after,
-        sender,
-    ));
+    let stream = stream_events(state, caller.clone(), organization, after, sender);
+    tokio::spawn(async move {
+        stream.await;
+        // The stream's place is free once its task ends.
+        drop(slot);
+    });
     Ok(ReceiverStream::new(receiver))
 }
 
@@ -208,18 +242,6 @@ impl From<KeyWithLimits> for proto::event::Resource {
 impl From<OrganizationWithLimits> for proto::event::Resource {
     fn from(organization: OrganizationWithLimits) -> Self {
         Self::Organization(organization.into())
-    }
-}
-
-/// Every member may watch the events: a member's email is left out, as
-/// ListMembers leaves it out for a viewer.
-impl From<MemberWithEmail> for proto::event::Resource {
-    fn from(member: MemberWithEmail) -> Self {
-        let view = super::organizations::MemberView {
-            member,
-            show_email: false,
-        };
-        Self::Member(view.into())
     }
 }
 

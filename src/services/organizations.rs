@@ -538,6 +538,16 @@ pub async fn delete_organization(
     Ok(())
 }
 
+/// A member as its event carries it: every member may watch the events,
+/// so the email is left out, as ListMembers leaves it out for a viewer.
+fn member_state(member: MemberWithEmail) -> proto::event::Resource {
+    let view = MemberView {
+        member,
+        show_email: false,
+    };
+    proto::event::Resource::Member(view.into())
+}
+
 /// A member as the caller may see them: a viewer sees only their own
 /// email.
 pub struct MemberView {
@@ -646,7 +656,7 @@ pub async fn update_member(
                 let target = AuditTarget::member(member.organization, member.user);
                 let record = AuditRecord::new(AuditAction::MemberRoleChange, target)
                     .with_changes(vec![AuditChange::values("role", was, role)])
-                    .with_state(state_of(updated.clone()));
+                    .with_state(state_of(member_state(updated.clone())));
                 Ok(Written::recorded(updated, record))
             }
             .scope_boxed()
@@ -876,7 +886,7 @@ pub async fn accept_invitation(
                 let target = AuditTarget::member(organization, user);
                 let record = AuditRecord::new(AuditAction::MemberJoin, target)
                     .with_changes(vec![AuditChange::values("role", "", role)])
-                    .with_state(state_of(member.clone()));
+                    .with_state(state_of(member_state(member.clone())));
                 Ok(Written::recorded(member, record))
             }
             .scope_boxed()

@@ -319,3 +319,71 @@ backend_test! {
         }
     }
 }
+
+backend_test! {
+    async fn a_replica_serves_at_most_max_event_streams_and_refuses_more_until_one_ends() {
+        let app = crate::helpers::spawn_app_with(&["--max-event-streams", "2"]).await;
+        let (owner, team, _) = team_with_chatbot(&app).await;
+        let first = watch(&app, &owner, &team, None).await.unwrap();
+        let _second = watch(&app, &owner, &team, None).await.unwrap();
+        let refused = watch(&app, &owner, &team, None).await.unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+
+        // A consumer that goes frees its place (its task sees it gone).
+        drop(first);
+        crate::helpers::poll_until(
+            "a stream's place freed",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || async { watch(&app, &owner, &team, None).await.map(drop).map_err(|s| s.code()) },
+            Result::is_ok,
+        )
+        .await
+        .expect("a new stream once one ended");
+    }
+}
+
+/// The database cut while a consumer watches: the stream ends UNAVAILABLE,
+/// and the consumer resumes from its last cursor once the database is back,
+/// missing nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_ends_unavailable_when_the_database_goes_and_resumes_after_its_cursor_postgres() {
+    let (app, proxy) = crate::helpers::spawn_app_behind_postgres_proxy().await;
+    let (owner, team, _) = team_with_chatbot(&app).await;
+    let mut stream = watch(&app, &owner, &team, None).await.unwrap();
+    let seen = next_events(&mut stream, 2).await;
+
+    proxy.cut();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert_eq!(ended.unwrap_err().code(), Code::Unavailable);
+
+    proxy.restore();
+    crate::helpers::poll_until(
+        "the database back",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            app.organizations(Some(&owner.token))
+                .get_organization(proto::GetOrganizationRequest { id: team.clone() })
+                .await
+                .is_ok()
+        },
+        |ok: &bool| *ok,
+    )
+    .await;
+    rename(&app, &owner, &team, "after the cut").await;
+    let mut resumed = watch(&app, &owner, &team, Some(&seen[1].cursor))
+        .await
+        .unwrap();
+    let next = next_events(&mut resumed, 1).await;
+    assert_eq!(types(&next), ["organization.update"]);
+}

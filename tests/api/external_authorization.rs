@@ -18,8 +18,8 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use tonic::Code;
 
 use crate::helpers::{
-    assert_code, backend_test, changed_within_a_second, spawn_app, spawn_app_on, spawn_app_with,
-    violated_fields, Clients, KeyOwner, TcpProxy, TestApp, TestDatabase,
+    assert_code, backend_test, changed_within_a_second, spawn_app, spawn_app_with, violated_fields,
+    Clients, KeyOwner, TestApp,
 };
 
 /// Headers Check sets for a key that carries an external id or metadata,
@@ -471,20 +471,7 @@ backend_test! {
 /// one, not an allow and not a 401 that blames the client's key.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_check_the_store_cannot_answer_fails_with_unavailable() {
-    let database = TestDatabase::create().await;
-    let proxy = TcpProxy::start(database.postgres_addr()).await;
-    let via_proxy = database.url_via(proxy.addr);
-    let app = spawn_app_on(
-        database,
-        &via_proxy,
-        &[
-            "--database-acquire-timeout-ms",
-            "1000",
-            "--database-connect-timeout-ms",
-            "1000",
-        ],
-    )
-    .await;
+    let (app, proxy) = crate::helpers::spawn_app_behind_postgres_proxy().await;
     let KeyOwner { created, .. } = app.new_key_owner("bot").await;
     let key = created.key;
 

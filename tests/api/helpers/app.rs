@@ -70,6 +70,22 @@ pub async fn spawn_app_with(extra_flags: &[&str]) -> TestApp {
     spawn_app_on(database, &url, extra_flags).await
 }
 
+/// Starts a server on a fresh PostgreSQL database reached through a
+/// [`TcpProxy`](super::TcpProxy) the test can cut, garble or delay, with
+/// short acquire and connect timeouts so a cut shows within a second.
+pub async fn spawn_app_behind_postgres_proxy() -> (TestApp, super::TcpProxy) {
+    let database = TestDatabase::create().await;
+    let proxy = super::TcpProxy::start(database.postgres_addr()).await;
+    let via_proxy = database.url_via(proxy.addr);
+    let flags = [
+        "--database-acquire-timeout-ms",
+        "1000",
+        "--database-connect-timeout-ms",
+        "1000",
+    ];
+    (spawn_app_on(database, &via_proxy, &flags).await, proxy)
+}
+
 /// Starts a server on `database`, reached through `database_url`.
 pub async fn spawn_app_on(
     database: TestDatabase,

@@ -65,7 +65,7 @@ BOT=$(call ChatbotService/CreateChatbot "{\"name\":\"bot\",\"llm_endpoint_url\":
 changes() { # 5 changes a second in the organization, until killed
   local i=0
   while true; do
-    call ChatbotService/UpdateChatbot "{\"chatbot\":{\"id\":\"$BOT\",\"name\":\"bot $i\"},\"update_mask\":\"name\"}" >/dev/null
+    call ChatbotService/UpdateChatbot "{\"chatbot\":{\"id\":\"$BOT\",\"name\":\"bot $i\"},\"update_mask\":{\"paths\":[\"name\"]}}" >/dev/null
     i=$((i + 1))
     sleep 0.2
   done
@@ -93,6 +93,11 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
   sleep 2 # every webhook has a delivery hanging
   verify "events (5/s), 16 hanging webhooks, r$round"
   kill $CHANGES_PID; CHANGES_PID=
+  # What the background did meanwhile: events made, deliveries started
+  # (each hanging until WEBHOOK_TIMEOUT_SECS).
+  counts=$(psql "$PG/bench_webhooks" -tAc \
+    "SELECT (SELECT max(last_sequence) FROM organization_event_counters), (SELECT count(*) FROM webhook_deliveries)")
+  echo "{\"label\":\"background, r$round\",\"events_so_far\":${counts%|*},\"deliveries_started\":${counts#*|}}" | tee -a $OUT
   for hook in "${hooks[@]}"; do
     call WebhookService/DeleteWebhook "{\"id\":\"$hook\"}" >/dev/null
   done

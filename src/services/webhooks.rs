@@ -12,7 +12,7 @@ use super::events::state_of;
 use super::{audit, required, AppState, Rpc};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{
-    webhook, NewWebhook, OrganizationEvent, Webhook, WebhookChanges, WebhookDelivery,
+    webhook, NewWebhook, Organization, OrganizationEvent, Webhook, WebhookChanges, WebhookDelivery,
 };
 use crate::db::sql_types::Timestamp;
 use crate::db::{is_foreign_key_violation, DbConnection, Written};
@@ -325,6 +325,11 @@ async fn create_webhook(
     let webhook = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
+                // The organization's row, locked: concurrent creates count
+                // one after another, so none goes past the limit.
+                if !Organization::lock(conn, organization).await? {
+                    return Err(AppError::NotFound("organization"));
+                }
                 // The webhook starts after the newest event committed
                 // before it (one still uncommitted gets a later number).
                 let sequence = OrganizationEvent::latest(conn, organization).await?;

@@ -183,25 +183,11 @@ async fn two_replicas_publish_every_event_once_in_each_organizations_order_postg
     let replica = app.spawn_replica_process(&env).await;
     let (owner, team, chatbot) = team_with_chatbot(&app).await;
     let (other_owner, other_team, other_chatbot) = team_with_chatbot(&app).await;
-    let changes = (0..40).map(|i| {
-        let through: &crate::helpers::Clients = if i % 2 == 0 { &app } else { &replica };
-        let (owner, chatbot) = match i % 4 < 2 {
-            true => (&owner, chatbot.clone()),
-            false => (&other_owner, other_chatbot.clone()),
-        };
-        async move {
-            through
-                .api_keys(Some(&owner.token))
-                .create_api_key(proto::CreateApiKeyRequest {
-                    chatbot_id: chatbot,
-                    display_name: format!("key {i}"),
-                    ..Default::default()
-                })
-                .await
-                .expect("create key");
-        }
-    });
-    futures_util::future::join_all(changes).await;
+    let on = [
+        (&owner, chatbot.as_str()),
+        (&other_owner, other_chatbot.as_str()),
+    ];
+    crate::helpers::create_keys_through_both(&app, &replica, &on, 40).await;
 
     // Two events each before the keys: the organization and its chatbot.
     let published = nats.read(44).await;

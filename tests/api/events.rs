@@ -9,7 +9,9 @@ use std::time::Duration;
 use chatbot_backend::proto::{self, OrganizationRole};
 use tonic::{Code, Streaming};
 
-use crate::helpers::{backend_test, spawn_app, Clients, TestApp, TestUser};
+use crate::helpers::{
+    backend_test, create_keys_through_both, spawn_app, Clients, TestApp, TestUser,
+};
 use crate::organization_limits::team_with_chatbot;
 
 /// WatchEvents on `organization` by `user`, after `cursor` (or from the
@@ -178,26 +180,8 @@ async fn concurrent_changes_over_two_replicas_arrive_once_each_in_number_order_p
     let replica = app.spawn_replica_process(&[]).await;
     let mut stream = watch(&app, &owner, &team, None).await.unwrap();
     let before = next_events(&mut stream, 2).await;
-    let changes = (0..40).map(|i| {
-        let through: &Clients = if i % 2 == 0 { &app } else { &replica };
-        let (owner, chatbot) = (&owner, chatbot.clone());
-        async move {
-            through
-                .api_keys(Some(&owner.token))
-                .create_api_key(proto::CreateApiKeyRequest {
-                    chatbot_id: chatbot,
-                    display_name: format!("key {i}"),
-                    ..Default::default()
-                })
-                .await
-                .expect("create key")
-                .into_inner()
-                .api_key
-                .unwrap()
-                .id
-        }
-    });
-    let mut created: Vec<String> = futures_util::future::join_all(changes)
+    let on = [(&owner, chatbot.as_str())];
+    let mut created: Vec<String> = create_keys_through_both(&app, &replica, &on, 40)
         .await
         .into_iter()
         .map(|id| id.to_string())

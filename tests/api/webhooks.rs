@@ -456,22 +456,8 @@ async fn two_replicas_deliver_each_event_once_per_endpoint_in_order_postgres() {
             .await
             .unwrap();
     }
-    let changes = (0..30).map(|i| {
-        let through: &Clients = if i % 2 == 0 { &app } else { &replica };
-        let (owner, chatbot) = (&owner, chatbot.clone());
-        async move {
-            through
-                .api_keys(Some(&owner.token))
-                .create_api_key(proto::CreateApiKeyRequest {
-                    chatbot_id: chatbot,
-                    display_name: format!("key {i}"),
-                    ..Default::default()
-                })
-                .await
-                .expect("create key");
-        }
-    });
-    futures_util::future::join_all(changes).await;
+    let on = [(&owner, chatbot.as_str())];
+    crate::helpers::create_keys_through_both(&app, &replica, &on, 30).await;
     for receiver in [&first, &second] {
         let received = receiver.wait_for(30).await;
         let numbers: Vec<i64> = received
@@ -593,5 +579,134 @@ backend_test! {
         let mut ids: Vec<String> = received.iter().map(|r| r.id.clone()).collect();
         ids.dedup();
         assert_eq!(ids, expected);
+    }
+}
+
+/// Twenty-five CreateWebhook calls at once through two server processes:
+/// exactly twenty succeed (the organization's limit), the rest are
+/// FAILED_PRECONDITION.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates_through_two_replicas_stop_at_the_organizations_limit_postgres() {
+    let app = spawn_app_with(&[]).await;
+    let replica = app.spawn_replica_process(&[]).await;
+    let (owner, team, _) = team_with_chatbot(&app).await;
+    let creates = (0..25).map(|i| {
+        let through: &Clients = if i % 2 == 0 { &app } else { &replica };
+        let (owner, team) = (&owner, &team);
+        async move {
+            let url = format!("https://hooks.example.com/{i}");
+            create_webhook(through, owner, team, &url, &[]).await
+        }
+    });
+    let answers = futures_util::future::join_all(creates).await;
+    let created = answers.iter().filter(|answer| answer.is_ok()).count();
+    assert_eq!(created, 20);
+    for refused in answers.iter().filter_map(|answer| answer.as_ref().err()) {
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    }
+    let listed = app
+        .webhooks(Some(&owner.token))
+        .list_webhooks(proto::ListWebhooksRequest {
+            organization_id: team,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .webhooks;
+    assert_eq!(listed.len(), 20);
+    drop(replica);
+}
+
+backend_test! {
+    async fn update_list_deliveries_and_redeliver_answer_each_documented_error() {
+        let app = spawn_app_with(&[]).await;
+        let (owner, team, _) = team_with_chatbot(&app).await;
+        let editor = app.new_member(&owner, &team, OrganizationRole::Editor).await;
+        let id = create_webhook(&app, &owner, &team, "https://hooks.example.com/in", &[])
+            .await
+            .unwrap()
+            .webhook
+            .unwrap()
+            .id;
+        let update = |token: &str, webhook: proto::Webhook, paths: &[&str]| {
+            let request = proto::UpdateWebhookRequest {
+                webhook: Some(webhook),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+                }),
+            };
+            let mut client = app.webhooks(Some(token));
+            async move { client.update_webhook(request).await }
+        };
+
+        // UpdateWebhook: every bad field named at once; output-only paths
+        // refused; an editor may not; the owner may.
+        let bad = proto::Webhook {
+            id: id.clone(),
+            url: "ftp://hooks.example.com".into(),
+            state: WebhookState::Unspecified.into(),
+            ..Default::default()
+        };
+        let status = update(&owner.token, bad, &["url", "state", "disabled_reason"])
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            violated_fields(&status),
+            ["update_mask", "webhook.url", "webhook.state"]
+        );
+        let renamed = proto::Webhook {
+            id: id.clone(),
+            description: "billing".into(),
+            ..Default::default()
+        };
+        let status = update(&editor.token, renamed.clone(), &["description"]).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        let updated = update(&owner.token, renamed, &["description"])
+            .await
+            .unwrap()
+            .into_inner()
+            .webhook
+            .unwrap();
+        assert_eq!(updated.description, "billing");
+
+        // ListWebhookDeliveries: a malformed id; an editor; none yet.
+        let list = |token: &str, webhook: &str, page_size: i32| {
+            let request = proto::ListWebhookDeliveriesRequest {
+                webhook_id: webhook.into(),
+                page_size,
+                ..Default::default()
+            };
+            let mut client = app.webhooks(Some(token));
+            async move { client.list_webhook_deliveries(request).await }
+        };
+        let status = list(&owner.token, "not-a-uuid", -1).await.unwrap_err();
+        assert_eq!(violated_fields(&status), ["webhook_id", "page_size"]);
+        let status = list(&editor.token, &id, 0).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        let listed = list(&owner.token, &id, 0).await.unwrap().into_inner();
+        assert!(listed.deliveries.is_empty() && listed.next_page_token.is_empty());
+
+        // RedeliverWebhook: a malformed id; one that does not exist (the
+        // same answer as a delivery the caller may not see).
+        let redeliver = |token: &str, delivery: &str| {
+            let request = proto::RedeliverWebhookRequest {
+                delivery_id: delivery.into(),
+            };
+            let mut client = app.webhooks(Some(token));
+            async move { client.redeliver_webhook(request).await }
+        };
+        let status = redeliver(&owner.token, "nope").await.unwrap_err();
+        assert_eq!(violated_fields(&status), ["delivery_id"]);
+        let status = redeliver(&owner.token, &uuid::Uuid::new_v4().to_string())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        // A platform admin learns that it does not exist.
+        let admin = app.new_admin().await;
+        let status = redeliver(&admin.token, &uuid::Uuid::new_v4().to_string())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
     }
 }

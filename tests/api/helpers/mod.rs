@@ -47,7 +47,10 @@ pub use logs::logs;
 pub use metrics::scrape;
 pub use pgbouncer::PgBouncer;
 pub use polling::{changed_within_a_second, eventually, poll_until};
-pub use process::{run_command, server_command, serving_addr, spawn_logging_json, ReplicaProcess};
+pub use process::{
+    create_keys_through_both, run_command, server_command, serving_addr, spawn_logging_json,
+    ReplicaProcess,
+};
 pub use proxy::TcpProxy;
 pub use requests::{
     api_key_update, chatbot_update, email_change, field_mask, password_change, role_change,

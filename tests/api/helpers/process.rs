@@ -185,3 +185,34 @@ pub fn server_command() -> Command {
         );
     command
 }
+
+/// `count` CreateApiKey calls at once, alternately through `app` and
+/// `replica`, on the `(owner, chatbot)` pairs in turn (two calls each);
+/// the new keys' ids, in call order.
+pub async fn create_keys_through_both(
+    app: &Clients,
+    replica: &Clients,
+    on: &[(&super::TestUser, &str)],
+    count: usize,
+) -> Vec<i64> {
+    let calls = (0..count).map(|i| {
+        let through = if i % 2 == 0 { app } else { replica };
+        let (owner, chatbot) = on[(i / 2) % on.len()];
+        async move {
+            through
+                .api_keys(Some(&owner.token))
+                .create_api_key(chatbot_backend::proto::CreateApiKeyRequest {
+                    chatbot_id: chatbot.to_owned(),
+                    display_name: format!("key {i}"),
+                    ..Default::default()
+                })
+                .await
+                .expect("create key")
+                .into_inner()
+                .api_key
+                .expect("the key")
+                .id
+        }
+    });
+    futures_util::future::join_all(calls).await
+}

@@ -61,9 +61,28 @@ impl LlmEndpoint {
     }
 }
 
+/// A URL as the audit log and the events show it: its scheme, host and
+/// port. A webhook's path or query often holds the receiver's own token,
+/// and every member may read the events.
+pub fn url_origin(url: &str) -> String {
+    Url::parse(url)
+        .map(|url| url.origin().ascii_serialization())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_origin_keeps_scheme_host_and_port_and_drops_path_and_query() {
+        let url = "https://hooks.example.com:8443/services/T0/B0/secret?token=x";
+        assert_eq!(url_origin(url), "https://hooks.example.com:8443");
+        assert_eq!(
+            url_origin("https://hooks.example.com/a"),
+            "https://hooks.example.com"
+        );
+    }
 
     #[test]
     fn public_https_urls_are_accepted() {

@@ -30,7 +30,7 @@ pub use audit::{
     AuditAction, AuditChange, AuditFilter, AuditRecord, AuditTarget, AuditViewer, ListAuditEvents,
     ResourceState, TargetType,
 };
-pub use chatbot::{ChatbotName, LlmEndpoint};
+pub use chatbot::{url_origin, ChatbotName, LlmEndpoint};
 pub use commands::{
     ApiKeyFilter, CreateApiKey, CreateChatbot, CreateInvitation, CreateUser, CreditsChange,
     GetUsage, LimitsUpdate, ListApiKeys, ListChatbots, ListOf, Login, MemberRef,

@@ -256,9 +256,15 @@ impl From<Invitation> for proto::event::Resource {
     }
 }
 
+/// Every member may watch the events, but only owners see a webhook's
+/// URL whole: the event shows its origin.
 impl From<crate::db::models::Webhook> for proto::event::Resource {
     fn from(webhook: crate::db::models::Webhook) -> Self {
-        Self::Webhook(webhook.into())
+        let url = crate::domain::url_origin(&webhook.url);
+        Self::Webhook(proto::Webhook {
+            url,
+            ..webhook.into()
+        })
     }
 }
 

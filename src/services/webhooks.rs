@@ -17,8 +17,9 @@ use crate::db::models::{
 use crate::db::sql_types::Timestamp;
 use crate::db::{is_foreign_key_violation, DbConnection, Written};
 use crate::domain::{
-    AuditAction, AuditChange, AuditRecord, AuditTarget, DisplayText, FieldViolation, LlmEndpoint,
-    OrgAction, OrganizationId, Page, PageCursor, PageRequest, WebhookDeliveryId, WebhookId,
+    url_origin, AuditAction, AuditChange, AuditRecord, AuditTarget, DisplayText, FieldViolation,
+    LlmEndpoint, OrgAction, OrganizationId, Page, PageCursor, PageRequest, WebhookDeliveryId,
+    WebhookId,
 };
 use crate::error::{parsed, AppError, AppResult, Violations};
 use crate::proto::webhook_service_server::WebhookService;
@@ -354,7 +355,11 @@ async fn create_webhook(
                     AuditAction::WebhookCreate,
                     AuditTarget::webhook(id, organization),
                 )
-                .with_changes(vec![AuditChange::values("url", "", &webhook.url)])
+                .with_changes(vec![AuditChange::values(
+                    "url",
+                    "",
+                    url_origin(&webhook.url),
+                )])
                 .with_state(state_of(webhook.clone()));
                 Ok(Written::recorded(webhook, record))
             }
@@ -396,7 +401,11 @@ async fn update_webhook(
     let mut changes = WebhookChanges::default();
     if let Some(url) = cmd.endpoint.url {
         let url = url.into_inner();
-        changed.push(AuditChange::values("url", &current.url, &url));
+        changed.push(AuditChange::values(
+            "url",
+            url_origin(&current.url),
+            url_origin(&url),
+        ));
         changes.url = Some(url);
     }
     if let Some(types) = &cmd.endpoint.event_types {

@@ -238,6 +238,13 @@ backend_test! {
         let mut stream = watch(&app, &owner, &team, None).await.unwrap();
         let events = next_events(&mut stream, 6).await;
         let expected: Vec<&str> = events[2..].iter().map(|event| event.id.as_str()).collect();
+        // Members watch the events: the webhook's URL shows only its origin.
+        let origin = receiver.url.trim_end_matches("/hooks");
+        let Some(proto::event::Resource::Webhook(shown)) = &events[2].resource else {
+            panic!("{:?}", events[2]);
+        };
+        assert_eq!(shown.url, origin);
+        assert_eq!(events[2].changes[0].new_value, origin);
         let ids: Vec<&str> = received.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, expected);
         for request in &received {

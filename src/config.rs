@@ -323,6 +323,16 @@ pub struct Settings {
     #[arg(long, env = "WEBHOOK_RETRY_BASE_MILLIS", default_value_t = 5000)]
     pub webhook_retry_base_millis: u64,
 
+    /// A key whose expiry comes within this many hours gets one
+    /// api_key.expiring event; 0: none.
+    #[arg(long, env = "KEY_EXPIRY_NOTICE_HOURS", default_value_t = 72)]
+    pub key_expiry_notice_hours: u64,
+
+    /// How often each replica looks for due lifecycle events (keys
+    /// expiring, credits low or exhausted).
+    #[arg(long, env = "LIFECYCLE_EVENTS_INTERVAL_SECS", default_value_t = 15)]
+    pub lifecycle_events_interval_secs: u64,
+
     /// Address for the Prometheus metrics endpoint; unset = no endpoint.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -614,6 +624,14 @@ impl Settings {
         anyhow::ensure!(
             self.webhook_retry_base_millis >= 1,
             "WEBHOOK_RETRY_BASE_MILLIS must be at least 1"
+        );
+        anyhow::ensure!(
+            self.key_expiry_notice_hours <= 24 * 366,
+            "KEY_EXPIRY_NOTICE_HOURS must be at most 8784 (366 days)"
+        );
+        anyhow::ensure!(
+            (1..=3600).contains(&self.lifecycle_events_interval_secs),
+            "LIFECYCLE_EVENTS_INTERVAL_SECS must be from 1 to 3600"
         );
         if self.nats_ca_file.is_some() {
             anyhow::ensure!(

@@ -417,6 +417,31 @@ impl Application {
                 }
             },
         ));
+        // Lifecycle events too: a sweep on every replica, off the request
+        // path (the rows' locks keep each event single).
+        let lifecycle_task = tokio::spawn(every(
+            Duration::from_secs(settings.lifecycle_events_interval_secs),
+            background_stopped.clone(),
+            {
+                let db = state.db.clone();
+                let notice = chrono::TimeDelta::hours(
+                    i64::try_from(settings.key_expiry_notice_hours).unwrap_or(0),
+                );
+                move || {
+                    let db = db.clone();
+                    async move {
+                        if let Err(error) =
+                            crate::services::lifecycle_events::record_due(&db, notice).await
+                        {
+                            tracing::warn!(
+                                error = format!("{error:#}"),
+                                "could not record lifecycle events; will retry"
+                            );
+                        }
+                    }
+                }
+            },
+        ));
         let days = |days: u64| chrono::TimeDelta::days(i64::try_from(days).unwrap_or(i64::MAX));
         let retention = db::retention::Retention {
             audit_events: days(settings.audit_retention_days),
@@ -624,6 +649,7 @@ impl Application {
         let _ = health_task.await;
         let _ = flush_task.await;
         let _ = expiry_task.await;
+        let _ = lifecycle_task.await;
         let _ = usage_task.await;
         let _ = purge_task.await;
         let _ = publish_task.await;

@@ -25,6 +25,12 @@ diesel::table! {
         credits_refilled_at -> Nullable<DbTimestamp>,
         /// What rate_limit_calls counts: calls, or credits (each call its cost).
         rate_limit_unit -> Text,
+        /// A balance at or below it is low (an api_key.credits_low event); NULL: no threshold.
+        credits_low_threshold -> Nullable<Int8>,
+        /// Whether the api_key.credits_low event of the balance's present fall was recorded; cleared when it rises above the threshold.
+        credits_low_noticed -> Bool,
+        /// Whether the api_key.credits_exhausted event of the balance's present fall to zero was recorded; cleared when it rises above zero.
+        credits_exhausted_noticed -> Bool,
     }
 }
 
@@ -66,6 +72,8 @@ diesel::table! {
         external_id -> Nullable<Text>,
         /// The key RotateApiKey issued in its place; its limits and credits are this key's during the grace period.
         replaced_by -> Nullable<Int8>,
+        /// The expiry an api_key.expiring event was recorded for; a moved expiry is told again.
+        expiry_noticed_for -> Nullable<DbTimestamp>,
     }
 }
 
@@ -409,6 +417,12 @@ diesel::table! {
         credits_refill_interval_ms -> Nullable<Int8>,
         /// The last refill (or when the refill was set); the next is one interval later.
         credits_refilled_at -> Nullable<DbTimestamp>,
+        /// A balance at or below it is low (an organization.credits_low event); NULL: no threshold.
+        credits_low_threshold -> Nullable<Int8>,
+        /// Whether the organization.credits_low event of the balance's present fall was recorded; cleared when it rises above the threshold.
+        credits_low_noticed -> Bool,
+        /// Whether the organization.credits_exhausted event of the balance's present fall to zero was recorded; cleared when it rises above zero.
+        credits_exhausted_noticed -> Bool,
     }
 }
 

@@ -108,12 +108,20 @@ pub enum CreditsEdit {
     Balance(i64),
     /// The refill only; `None` stops refilling.
     Refill(Option<Refill>),
+    /// The low threshold only.
+    LowThreshold(Option<i64>),
 }
 
 impl CreditsChange {
     /// Whether [`Self::edit`] needs to know if the key has a balance now.
     pub fn depends_on_balance(&self) -> bool {
-        matches!(self, Self::Refill(_))
+        matches!(self, Self::Refill(_) | Self::LowThreshold(_))
+    }
+
+    /// Whether this change needs credits to change: a low threshold of a
+    /// key (or organization) whose credits are unlimited would never apply.
+    pub fn needs_balance(&self) -> bool {
+        matches!(self, Self::LowThreshold(Some(_)))
     }
 
     /// The edit this change makes to a key that has a balance or not. A
@@ -129,11 +137,14 @@ impl CreditsChange {
                 CreditsEdit::Replace(Some(CreditsSetting {
                     remaining: refill.amount(),
                     refill: Some(refill),
+                    low_threshold: None,
                 }))
             }
             Self::Refill(Some(refill)) => CreditsEdit::Refill(Some(refill)),
             Self::Refill(None) if has_balance => CreditsEdit::Refill(None),
             Self::Refill(None) => CreditsEdit::Keep,
+            Self::LowThreshold(threshold) if has_balance => CreditsEdit::LowThreshold(threshold),
+            Self::LowThreshold(_) => CreditsEdit::Keep,
         }
     }
 }
@@ -231,6 +242,7 @@ mod tests {
             CreditsEdit::Replace(Some(CreditsSetting {
                 remaining: 100,
                 refill: Some(refill),
+                low_threshold: None,
             }))
         );
         assert_eq!(
@@ -253,6 +265,7 @@ mod tests {
         let setting = Some(CreditsSetting {
             remaining: 5,
             refill: None,
+            low_threshold: Some(2),
         });
         for has_balance in [false, true] {
             assert_eq!(

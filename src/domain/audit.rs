@@ -49,10 +49,21 @@ pub enum AuditAction {
     WebhookDelete,
     /// The service disabled a webhook whose endpoint kept failing.
     WebhookDisable,
+    /// The service saw a key's expiry come within KEY_EXPIRY_NOTICE_HOURS.
+    ApiKeyExpiring,
+    /// The service saw a key's credits fall to their low threshold.
+    ApiKeyCreditsLow,
+    /// The service saw a key's credits run out.
+    ApiKeyCreditsExhausted,
+    /// The service saw an organization's credits fall to their low
+    /// threshold.
+    OrganizationCreditsLow,
+    /// The service saw an organization's credits run out.
+    OrganizationCreditsExhausted,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 33] = [
+    pub const ALL: [AuditAction; 38] = [
         Self::UserCreate,
         Self::UserUpdate,
         Self::UserRoleChange,
@@ -86,6 +97,11 @@ impl AuditAction {
         Self::WebhookUpdate,
         Self::WebhookDelete,
         Self::WebhookDisable,
+        Self::ApiKeyExpiring,
+        Self::ApiKeyCreditsLow,
+        Self::ApiKeyCreditsExhausted,
+        Self::OrganizationCreditsLow,
+        Self::OrganizationCreditsExhausted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -123,6 +139,11 @@ impl AuditAction {
             Self::WebhookUpdate => "webhook.update",
             Self::WebhookDelete => "webhook.delete",
             Self::WebhookDisable => "webhook.disable",
+            Self::ApiKeyExpiring => "api_key.expiring",
+            Self::ApiKeyCreditsLow => "api_key.credits_low",
+            Self::ApiKeyCreditsExhausted => "api_key.credits_exhausted",
+            Self::OrganizationCreditsLow => "organization.credits_low",
+            Self::OrganizationCreditsExhausted => "organization.credits_exhausted",
         }
     }
 

@@ -145,6 +145,11 @@ impl LimitsUpdate {
                 new: Some(remaining.to_string()),
             }),
             CreditsChange::Refill(_) => changed.push(AuditChange::field("credits.refill")),
+            CreditsChange::LowThreshold(threshold) => changed.push(AuditChange {
+                field: "credits.low_threshold".into(),
+                old: None,
+                new: Some(threshold.unwrap_or(0).to_string()),
+            }),
         }
     }
 }
@@ -159,6 +164,8 @@ pub enum CreditsChange {
     Balance(i64),
     /// `credits.refill`: the refill only; `None` stops refilling.
     Refill(Option<Refill>),
+    /// `credits.low_threshold`: the low threshold only; `None` removes it.
+    LowThreshold(Option<i64>),
 }
 
 /// Which of a chatbot's keys ListApiKeys returns.

@@ -206,6 +206,37 @@ impl Refill {
 pub struct CreditsSetting {
     pub remaining: i64,
     pub refill: Option<Refill>,
+    /// A balance at or below it is low (a `*.credits_low` event).
+    pub low_threshold: Option<i64>,
+}
+
+/// Checks a low threshold a request sets: 0 means none.
+pub fn parse_low_threshold(field: &str, threshold: i64) -> Result<Option<i64>, FieldViolation> {
+    match threshold {
+        0 => Ok(None),
+        1..=MAX_CREDITS => Ok(Some(threshold)),
+        _ => Err(FieldViolation::new(
+            field,
+            format!("must be from 0 (none) to {MAX_CREDITS}"),
+        )),
+    }
+}
+
+/// The credit notices a balance calls for: whether it is low (at or below
+/// the threshold) and whether it is exhausted (nothing left).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreditNotices {
+    pub low: bool,
+    pub exhausted: bool,
+}
+
+impl CreditNotices {
+    pub fn of(balance: i64, low_threshold: Option<i64>) -> Self {
+        Self {
+            low: low_threshold.is_some_and(|threshold| balance <= threshold),
+            exhausted: balance <= 0,
+        }
+    }
 }
 
 /// Checks a balance a request sets.
@@ -296,6 +327,29 @@ mod tests {
         };
         assert_eq!(state.as_of(at(30)), (3, Some(at(60))));
         assert_eq!(state.as_of(at(61)), (10, Some(at(120))));
+    }
+
+    #[test]
+    fn a_balance_is_low_at_its_threshold_and_exhausted_at_zero() {
+        let notices = |balance, threshold| {
+            let CreditNotices { low, exhausted } = CreditNotices::of(balance, threshold);
+            (low, exhausted)
+        };
+        assert_eq!(notices(11, Some(10)), (false, false));
+        assert_eq!(notices(10, Some(10)), (true, false));
+        assert_eq!(notices(0, Some(10)), (true, true));
+        // Below zero only by a settlement above its reservation: still out.
+        assert_eq!(notices(-5, None), (false, true));
+        assert_eq!(notices(1, None), (false, false));
+    }
+
+    #[test]
+    fn a_low_threshold_of_zero_is_none_and_a_negative_one_is_refused() {
+        assert_eq!(parse_low_threshold("t", 0), Ok(None));
+        assert_eq!(parse_low_threshold("t", 500), Ok(Some(500)));
+        assert_eq!(parse_low_threshold("t", MAX_CREDITS), Ok(Some(MAX_CREDITS)));
+        assert!(parse_low_threshold("t", -1).is_err());
+        assert!(parse_low_threshold("t", MAX_CREDITS + 1).is_err());
     }
 
     #[test]

@@ -7,8 +7,8 @@ use prost_types::Timestamp;
 
 use crate::db::models;
 use crate::domain::{
-    self, parse_balance, CreditsSetting, CreditsState, KeyRateLimit, ListOf, OrgRole,
-    OrganizationId, Page, PageRequest, RateUnit, Refill, Role, UsageCounts,
+    self, parse_balance, parse_low_threshold, CreditsSetting, CreditsState, KeyRateLimit, ListOf,
+    OrgRole, OrganizationId, Page, PageRequest, RateUnit, Refill, Role, UsageCounts,
 };
 use crate::error::{parsed, AppResult, FieldViolation, Violations};
 use crate::proto;
@@ -128,7 +128,10 @@ pub fn rate_limit_message(limit: Option<KeyRateLimit>) -> Option<proto::RateLimi
 }
 
 /// Credits as the API shows them: the balance now, refills included.
-pub fn credits_message(credits: Option<CreditsState>) -> Option<proto::Credits> {
+pub fn credits_message(
+    credits: Option<CreditsState>,
+    low_threshold: Option<i64>,
+) -> Option<proto::Credits> {
     credits.map(|credits| {
         let (remaining, next_refill) = credits.as_of(Utc::now());
         proto::Credits {
@@ -138,6 +141,7 @@ pub fn credits_message(credits: Option<CreditsState>) -> Option<proto::Credits> 
                 interval: prost_types::Duration::try_from(refill.interval()).ok(),
             }),
             next_refill_time: next_refill.map(timestamp),
+            low_threshold: low_threshold.unwrap_or(0),
         }
     })
 }
@@ -146,10 +150,11 @@ impl From<models::KeyWithLimits> for proto::ApiKey {
     fn from(models::KeyWithLimits { key: row, limits }: models::KeyWithLimits) -> Self {
         let rate_limit = limits.and_then(|limits| limits.rate_limit());
         let credits = limits.and_then(|limits| limits.credits());
+        let low_threshold = limits.and_then(|limits| limits.low_threshold());
         let grants = row.grants();
         proto::ApiKey {
             rate_limit: rate_limit_message(rate_limit),
-            credits: credits_message(credits),
+            credits: credits_message(credits, low_threshold),
             allowed_networks: grants.networks.to_strings(),
             permissions: grants
                 .permissions
@@ -216,16 +221,21 @@ pub fn parse_credits(
             .as_ref()
             .map(|refill| parse_refill(&format!("{field}.refill"), refill))
             .transpose()?,
+        low_threshold: parse_low_threshold(
+            &format!("{field}.low_threshold"),
+            credits.low_threshold,
+        )?,
     })
 }
 
 /// The update-mask paths of a rate limit and credits, which UpdateApiKey
 /// and UpdateOrganization share.
-pub const LIMIT_PATHS: [&str; 4] = [
+pub const LIMIT_PATHS: [&str; 5] = [
     "rate_limit",
     "credits",
     "credits.remaining",
     "credits.refill",
+    "credits.low_threshold",
 ];
 
 /// Parses the limit paths among `paths` of a resource (`resource` names it
@@ -243,7 +253,7 @@ pub fn parse_limits_update(
     if paths.iter().filter(|p| p.starts_with("credits")).count() > 1 {
         violations.push(FieldViolation::new(
             "update_mask",
-            "name credits, credits.remaining or credits.refill, not several",
+            "name credits, credits.remaining, credits.refill or credits.low_threshold, not several",
         ));
     }
     for path in paths {
@@ -273,6 +283,13 @@ pub fn parse_limits_update(
                     .map(|refill| parse_refill(&format!("{resource}.credits.refill"), refill))
                     .transpose()
                     .map(|refill| update.credits = CreditsChange::Refill(refill)),
+            ),
+            "credits.low_threshold" => violations.check(
+                parse_low_threshold(
+                    &format!("{resource}.credits.low_threshold"),
+                    credits.map_or(0, |credits| credits.low_threshold),
+                )
+                .map(|threshold| update.credits = CreditsChange::LowThreshold(threshold)),
             ),
             _ => {}
         }

@@ -14,6 +14,7 @@ pub mod chatbots;
 pub mod convert;
 pub mod events;
 pub mod external_authorization;
+pub mod lifecycle_events;
 pub mod organizations;
 pub mod service_accounts;
 pub mod status;

@@ -476,6 +476,13 @@ pub async fn update_organization(
                             .await?
                             .and_then(|limits| limits.credits())
                             .is_some();
+                    if update.credits.needs_balance() && !has_balance {
+                        return Err(AppError::FailedPrecondition(
+                            "the organization's credits are unlimited: set credits before a \
+                             low threshold"
+                                .into(),
+                        ));
+                    }
                     let limits = KeyLimitChanges::of_update(update, has_balance, Utc::now());
                     OrganizationLimits::apply(conn, id, &limits).await?;
                 }
@@ -938,7 +945,10 @@ impl From<OrganizationWithLimits> for proto::Organization {
     ) -> Self {
         proto::Organization {
             rate_limit: convert::rate_limit_message(limits.and_then(|l| l.rate_limit())),
-            credits: convert::credits_message(limits.and_then(|l| l.credits())),
+            credits: convert::credits_message(
+                limits.and_then(|l| l.credits()),
+                limits.and_then(|l| l.low_threshold()),
+            ),
             personal: row.is_personal(),
             id: row.id.to_string(),
             name: row.name,

@@ -77,6 +77,7 @@ backend_test! {
                 remaining: 100,
                 refill: Some(refill),
                 next_refill_time: None,
+                low_threshold: 0,
             }),
         )
         .await;
@@ -125,6 +126,7 @@ backend_test! {
                         remaining: -1,
                         refill: Some(proto::Refill { amount: 10, interval: window(1) }),
                         next_refill_time: None,
+                        low_threshold: 0,
                     }),
                     ..Default::default()
                 })
@@ -303,6 +305,7 @@ backend_test! {
                 remaining: 1,
                 refill: Some(proto::Refill { amount: 5, interval: window(60) }),
                 next_refill_time: None,
+                low_threshold: 0,
             }),
         )
         .await;

@@ -21,6 +21,7 @@ mod faults;
 mod health;
 mod helpers;
 mod key_limits;
+mod key_notices;
 mod key_restrictions;
 mod known_keys;
 mod lifecycle;

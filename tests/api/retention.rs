@@ -243,11 +243,12 @@ crate::helpers::backend_test! {
         app.stop().await;
         let url = app.database_url.clone();
 
-        // The newest seven drop the webhooks, the events' publication and state, the
-        // organizations' events and limits, the replacement link, the rate
-        // limits' unit and the credit reservations: refused, then done when
-        // told.
+        // The newest eight drop the lifecycle notices, the webhooks, the
+        // events' publication and state, the organizations' events and
+        // limits, the replacement link, the rate limits' unit and the credit
+        // reservations: refused, then done when told.
         for version in [
+            "20261212000018",
             "20261211000017",
             "20261210000016",
             "20261209000015",

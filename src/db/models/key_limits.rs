@@ -31,6 +31,7 @@ pub struct KeyLimits {
     #[diesel(select_expression = api_key_limits::rate_limit_unit.eq(RateUnit::Credits.as_str()))]
     #[diesel(select_expression_type = diesel::dsl::Eq<api_key_limits::rate_limit_unit, &'static str>)]
     rate_limit_in_credits: bool,
+    credits_low_threshold: Option<i64>,
 }
 
 /// A row type's `rate_limit()` and `credits()`, read from its limit
@@ -59,6 +60,11 @@ macro_rules! limits_from_columns {
             /// `None` means unlimited.
             pub fn credits(&self) -> Option<$crate::domain::CreditsState> {
                 self.stored().credits()
+            }
+
+            /// The low threshold of the credits; `None`: none.
+            pub fn low_threshold(&self) -> Option<i64> {
+                self.credits_low_threshold
             }
         }
     };
@@ -400,6 +406,9 @@ pub struct KeyLimitChanges {
     pub(super) credits_refill_amount: Option<Option<i64>>,
     pub(super) credits_refill_interval_ms: Option<Option<i64>>,
     pub(super) credits_refilled_at: Option<Option<Timestamp>>,
+    pub(super) credits_low_threshold: Option<Option<i64>>,
+    pub(super) credits_low_noticed: Option<bool>,
+    pub(super) credits_exhausted_noticed: Option<bool>,
 }
 
 /// A row to insert: the changes applied to a key without limits.
@@ -414,6 +423,7 @@ pub struct NewKeyLimits {
     credits_refill_amount: Option<i64>,
     credits_refill_interval_ms: Option<i64>,
     credits_refilled_at: Option<Timestamp>,
+    credits_low_threshold: Option<i64>,
 }
 
 impl KeyLimitChanges {
@@ -445,6 +455,7 @@ impl KeyLimitChanges {
             CreditsEdit::Replace(credits) => changes.set_credits(credits, now),
             CreditsEdit::Balance(remaining) => changes.set_balance(remaining),
             CreditsEdit::Refill(refill) => changes.set_refill(refill, now),
+            CreditsEdit::LowThreshold(threshold) => changes.set_low_threshold(threshold),
         }
         changes
     }
@@ -453,6 +464,7 @@ impl KeyLimitChanges {
         self.rate_limit_calls.is_none()
             && self.credits_remaining.is_none()
             && self.credits_refill_amount.is_none()
+            && self.credits_low_threshold.is_none()
     }
 
     /// The same limits for another key (a rotation's replacement): the rate
@@ -464,6 +476,7 @@ impl KeyLimitChanges {
         if let Some(credits) = limits.credits() {
             let (remaining, _) = credits.as_of(now);
             changes.set_balance(remaining);
+            changes.set_low_threshold(limits.low_threshold());
             if let Some((refill, last)) = credits.refill {
                 changes.set_refill(Some(refill), refill.latest_boundary(last, now));
             }
@@ -481,13 +494,29 @@ impl KeyLimitChanges {
 
     /// Sets the balance and the refill; `None` makes the key unlimited.
     pub fn set_credits(&mut self, credits: Option<CreditsSetting>, now: DateTime<Utc>) {
-        self.credits_remaining = Some(credits.map(|credits| credits.remaining));
+        self.set_balance_or_unlimited(credits.map(|credits| credits.remaining));
         self.set_refill(credits.and_then(|credits| credits.refill), now);
+        self.set_low_threshold(credits.and_then(|credits| credits.low_threshold));
     }
 
     /// Sets the balance only (a top-up).
     pub fn set_balance(&mut self, remaining: i64) {
-        self.credits_remaining = Some(Some(remaining));
+        self.set_balance_or_unlimited(Some(remaining));
+    }
+
+    /// An owner's new balance re-arms the credit notices: a balance still
+    /// low (or exhausted) after it is told again.
+    fn set_balance_or_unlimited(&mut self, remaining: Option<i64>) {
+        self.credits_remaining = Some(remaining);
+        self.credits_low_noticed = Some(false);
+        self.credits_exhausted_noticed = Some(false);
+    }
+
+    /// Sets (or with `None` removes) the low threshold, re-arming its
+    /// notice.
+    pub fn set_low_threshold(&mut self, threshold: Option<i64>) {
+        self.credits_low_threshold = Some(threshold);
+        self.credits_low_noticed = Some(false);
     }
 
     /// Sets (or ends) the refill; the first comes one interval after `now`.
@@ -507,6 +536,7 @@ impl KeyLimitChanges {
             credits_refill_amount: self.credits_refill_amount.flatten(),
             credits_refill_interval_ms: self.credits_refill_interval_ms.flatten(),
             credits_refilled_at: self.credits_refilled_at.flatten(),
+            credits_low_threshold: self.credits_low_threshold.flatten(),
         }
     }
 }

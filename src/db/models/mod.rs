@@ -143,6 +143,7 @@ pub mod audit_event;
 pub mod chatbot;
 pub mod event;
 pub mod key_limits;
+pub mod lifecycle_notices;
 pub mod login_attempt;
 pub mod organization;
 pub mod organization_limits;

@@ -31,6 +31,7 @@ pub struct OrganizationLimits {
     #[diesel(select_expression = organization_limits::rate_limit_unit.eq(RateUnit::Credits.as_str()))]
     #[diesel(select_expression_type = diesel::dsl::Eq<organization_limits::rate_limit_unit, &'static str>)]
     rate_limit_in_credits: bool,
+    credits_low_threshold: Option<i64>,
 }
 
 /// An organization's balance to write (under its lock): the new balance
@@ -117,6 +118,15 @@ impl OrganizationLimits {
             changes
                 .credits_refilled_at
                 .map(|v| organization_limits::credits_refilled_at.eq(v)),
+            changes
+                .credits_low_threshold
+                .map(|v| organization_limits::credits_low_threshold.eq(v)),
+            changes
+                .credits_low_noticed
+                .map(|v| organization_limits::credits_low_noticed.eq(v)),
+            changes
+                .credits_exhausted_noticed
+                .map(|v| organization_limits::credits_exhausted_noticed.eq(v)),
         );
         update_rows!(conn, organization_limits::table.find(id), set)?;
         Ok(())

@@ -143,6 +143,12 @@ pub async fn update_api_key(
                         .await?
                         .and_then(|limits| limits.credits())
                         .is_some();
+                if cmd.limits.credits.needs_balance() && !has_balance {
+                    return Err(AppError::FailedPrecondition(
+                        "the key's credits are unlimited: set credits before a low threshold"
+                            .into(),
+                    ));
+                }
                 let limits = KeyLimitChanges::of_update(cmd.limits, has_balance, now);
                 KeyLimits::apply(conn, id, &limits).await?;
                 let key = key_with_limits(conn, id).await?;

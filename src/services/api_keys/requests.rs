@@ -176,17 +176,11 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
         let paths = mask_paths(
             request.update_mask.as_ref(),
             &[
-                "display_name",
-                "expire_time",
-                convert::LIMIT_PATHS[0],
-                convert::LIMIT_PATHS[1],
-                convert::LIMIT_PATHS[2],
-                convert::LIMIT_PATHS[3],
-                "allowed_networks",
-                "permissions",
-                "metadata",
-                "external_id",
-            ],
+                &["display_name", "expire_time"][..],
+                &convert::LIMIT_PATHS[..],
+                &["allowed_networks", "permissions", "metadata", "external_id"],
+            ]
+            .concat(),
             &[
                 "id",
                 "chatbot_id",

@@ -74,15 +74,23 @@ pub async fn spawn_app_with(extra_flags: &[&str]) -> TestApp {
 /// [`TcpProxy`](super::TcpProxy) the test can cut, garble or delay, with
 /// short acquire and connect timeouts so a cut shows within a second.
 pub async fn spawn_app_behind_postgres_proxy() -> (TestApp, super::TcpProxy) {
+    spawn_app_behind_postgres_proxy_with(&[]).await
+}
+
+/// [`spawn_app_behind_postgres_proxy`] with extra command-line flags.
+pub async fn spawn_app_behind_postgres_proxy_with(
+    extra_flags: &[&str],
+) -> (TestApp, super::TcpProxy) {
     let database = TestDatabase::create().await;
     let proxy = super::TcpProxy::start(database.postgres_addr()).await;
     let via_proxy = database.url_via(proxy.addr);
-    let flags = [
+    let mut flags = vec![
         "--database-acquire-timeout-ms",
         "1000",
         "--database-connect-timeout-ms",
         "1000",
     ];
+    flags.extend_from_slice(extra_flags);
     (spawn_app_on(database, &via_proxy, &flags).await, proxy)
 }
 
@@ -122,6 +130,9 @@ async fn start_server(
         ("--rate-limit-per-user", "0".to_owned()),
         ("--rate-limit-per-address", "0".to_owned()),
         ("--rate-limit-per-api-key", "0".to_owned()),
+        // Lifecycle events (a key expiring, credits low) only where a test
+        // is about them: elsewhere they would join the events it counts.
+        ("--lifecycle-events-interval-secs", "3600".to_owned()),
     ];
     // Passed even for the production cost, so that a PASSWORD_HASH_* in the
     // developer's environment cannot change what the test measures.

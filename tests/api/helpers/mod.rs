@@ -36,8 +36,8 @@ mod templates;
 mod tls;
 
 pub use app::{
-    spawn_app, spawn_app_behind_postgres_proxy, spawn_app_on, spawn_app_with,
-    spawn_app_with_production_hash_cost, TestApp,
+    spawn_app, spawn_app_behind_postgres_proxy, spawn_app_behind_postgres_proxy_with, spawn_app_on,
+    spawn_app_with, spawn_app_with_production_hash_cost, TestApp,
 };
 pub use assertions::{assert_code, clock_hour, repeats_by_attempt, violated_fields};
 pub use clients::{verify_costing, Authed, Bearer, Clients};

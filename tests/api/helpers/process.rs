@@ -93,7 +93,9 @@ impl TestApp {
             .env("SHUTDOWN_DRAIN_DELAY_SECS", "0")
             .env("RATE_LIMIT_PER_USER", "0")
             .env("RATE_LIMIT_PER_ADDRESS", "0")
-            .env("RATE_LIMIT_PER_API_KEY", "0");
+            .env("RATE_LIMIT_PER_API_KEY", "0")
+            // As in process: lifecycle events only where a test asks.
+            .env("LIFECYCLE_EVENTS_INTERVAL_SECS", "3600");
         for (name, value) in env {
             command.env(name, value);
         }

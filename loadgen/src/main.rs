@@ -806,6 +806,7 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
                         update_mask: Some(prost_types::FieldMask {
                             paths: vec!["credits".into()],
                         }),
+                        ..Default::default()
                     })
                     .await
                     .context("UpdateOrganization")?;

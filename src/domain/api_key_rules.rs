@@ -110,18 +110,20 @@ pub enum CreditsEdit {
     Refill(Option<Refill>),
     /// The low threshold only.
     LowThreshold(Option<i64>),
+    /// This many credits more than the balance as it is when written.
+    Add(i64),
 }
 
 impl CreditsChange {
     /// Whether [`Self::edit`] needs to know if the key has a balance now.
     pub fn depends_on_balance(&self) -> bool {
-        matches!(self, Self::Refill(_) | Self::LowThreshold(_))
+        matches!(self, Self::Refill(_) | Self::LowThreshold(_) | Self::Add(_))
     }
 
     /// Whether this change needs credits to change: a low threshold of a
     /// key (or organization) whose credits are unlimited would never apply.
     pub fn needs_balance(&self) -> bool {
-        matches!(self, Self::LowThreshold(Some(_)))
+        matches!(self, Self::LowThreshold(Some(_)) | Self::Add(_))
     }
 
     /// The edit this change makes to a key that has a balance or not. A
@@ -145,6 +147,8 @@ impl CreditsChange {
             Self::Refill(None) => CreditsEdit::Keep,
             Self::LowThreshold(threshold) if has_balance => CreditsEdit::LowThreshold(threshold),
             Self::LowThreshold(_) => CreditsEdit::Keep,
+            Self::Add(amount) if has_balance => CreditsEdit::Add(amount),
+            Self::Add(_) => CreditsEdit::Keep,
         }
     }
 }

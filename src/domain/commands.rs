@@ -145,6 +145,11 @@ impl LimitsUpdate {
                 new: Some(remaining.to_string()),
             }),
             CreditsChange::Refill(_) => changed.push(AuditChange::field("credits.refill")),
+            CreditsChange::Add(amount) => changed.push(AuditChange {
+                field: "credits_to_add".into(),
+                old: None,
+                new: Some(amount.to_string()),
+            }),
             CreditsChange::LowThreshold(threshold) => changed.push(AuditChange {
                 field: "credits.low_threshold".into(),
                 old: None,
@@ -166,6 +171,8 @@ pub enum CreditsChange {
     Refill(Option<Refill>),
     /// `credits.low_threshold`: the low threshold only; `None` removes it.
     LowThreshold(Option<i64>),
+    /// `credits_to_add`: this many credits more, atomically with spends.
+    Add(i64),
 }
 
 /// Which of a chatbot's keys ListApiKeys returns.

@@ -275,6 +275,40 @@ impl CreditsState {
             }
         }
     }
+
+    /// The balance after adding `amount` as of `now`, a due refill
+    /// counted as done first, and the refill's time to store with it when
+    /// one fell due (or the refill would be applied again over the sum).
+    pub fn plus(
+        &self,
+        amount: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(i64, Option<DateTime<Utc>>), super::Precondition> {
+        let (balance, _) = self.as_of(now);
+        let sum = balance.saturating_add(amount);
+        if sum > MAX_CREDITS {
+            return Err(super::Precondition(format!(
+                "the balance would be {sum}, above {MAX_CREDITS}"
+            )));
+        }
+        let refilled_at = self.refill.and_then(|(refill, last)| {
+            let boundary = refill.latest_boundary(last, now);
+            (boundary > last).then_some(boundary)
+        });
+        Ok((sum, refilled_at))
+    }
+}
+
+/// Checks an amount of credits a request adds.
+pub fn parse_credits_to_add(field: &str, amount: i64) -> Result<i64, FieldViolation> {
+    if (1..=MAX_CREDITS).contains(&amount) {
+        Ok(amount)
+    } else {
+        Err(FieldViolation::new(
+            field,
+            format!("must be from 1 to {MAX_CREDITS}"),
+        ))
+    }
 }
 
 /// What one VerifyApiKey spends: 0 means 1.
@@ -327,6 +361,27 @@ mod tests {
         };
         assert_eq!(state.as_of(at(30)), (3, Some(at(60))));
         assert_eq!(state.as_of(at(61)), (10, Some(at(120))));
+    }
+
+    #[test]
+    fn credits_are_added_to_the_balance_as_of_now_with_a_due_refill_done_first() {
+        let refill = Refill::parse("r", 10, Duration::from_secs(60)).unwrap();
+        let state = CreditsState {
+            remaining: 3,
+            refill: Some((refill, at(0))),
+        };
+        assert_eq!(state.plus(5, at(30)), Ok((8, None)));
+        // The refill fell due: 10, plus 5, stored with the refill's time so
+        // it is not applied again over the sum.
+        assert_eq!(state.plus(5, at(61)), Ok((15, Some(at(60)))));
+        let full = CreditsState {
+            remaining: MAX_CREDITS,
+            refill: None,
+        };
+        assert!(full.plus(1, at(0)).is_err());
+        assert!(parse_credits_to_add("a", 0).is_err());
+        assert!(parse_credits_to_add("a", MAX_CREDITS + 1).is_err());
+        assert_eq!(parse_credits_to_add("a", 7), Ok(7));
     }
 
     #[test]

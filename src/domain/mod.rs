@@ -45,8 +45,9 @@ pub use ids::{
     ServiceAccountId, SessionId, UserId, WebhookDeliveryId, WebhookId,
 };
 pub use key_limits::{
-    parse_actual_cost, parse_balance, parse_cost, parse_low_threshold, CreditNotices,
-    CreditsSetting, CreditsState, KeyRateLimit, LimitScope, RateUnit, Refill, MAX_COST,
+    parse_actual_cost, parse_balance, parse_cost, parse_credits_to_add, parse_low_threshold,
+    CreditNotices, CreditsSetting, CreditsState, KeyRateLimit, LimitScope, RateUnit, Refill,
+    MAX_COST,
 };
 pub use key_restrictions::{
     missing_permissions, parse_client_address, parse_external_id, parse_permissions,

@@ -7,8 +7,9 @@ use prost_types::Timestamp;
 
 use crate::db::models;
 use crate::domain::{
-    self, parse_balance, parse_low_threshold, CreditsSetting, CreditsState, KeyRateLimit, ListOf,
-    OrgRole, OrganizationId, Page, PageRequest, RateUnit, Refill, Role, UsageCounts,
+    self, parse_balance, parse_credits_to_add, parse_low_threshold, CreditsSetting, CreditsState,
+    KeyRateLimit, ListOf, OrgRole, OrganizationId, Page, PageRequest, RateUnit, Refill, Role,
+    UsageCounts,
 };
 use crate::error::{parsed, AppResult, FieldViolation, Violations};
 use crate::proto;
@@ -238,18 +239,43 @@ pub const LIMIT_PATHS: [&str; 5] = [
     "credits.low_threshold",
 ];
 
-/// Parses the limit paths among `paths` of a resource (`resource` names it
-/// in field violations: `api_key`, `organization`) whose rate limit and
-/// credits are `rate_limit` and `credits`. At most one credits path.
+/// The limits an update request sets: the resource's (`resource` names it
+/// in field violations: `api_key`, `organization`) rate limit and credits,
+/// and the request's `credits_to_add`.
+pub struct LimitsRequest<'a> {
+    pub resource: &'a str,
+    pub rate_limit: Option<&'a proto::RateLimit>,
+    pub credits: Option<&'a proto::Credits>,
+    pub credits_to_add: i64,
+}
+
+/// Parses the limit paths among `paths` of an update request, and its
+/// credits to add. At most one credits path, and not with an addition.
 pub fn parse_limits_update(
-    resource: &str,
+    request: LimitsRequest<'_>,
     paths: &[&str],
-    rate_limit: Option<&proto::RateLimit>,
-    credits: Option<&proto::Credits>,
     violations: &mut Violations,
 ) -> domain::LimitsUpdate {
     use domain::CreditsChange;
+    let LimitsRequest {
+        resource,
+        rate_limit,
+        credits,
+        credits_to_add,
+    } = request;
     let mut update = domain::LimitsUpdate::default();
+    if credits_to_add != 0 {
+        if paths.iter().any(|p| p.starts_with("credits")) {
+            violations.push(FieldViolation::new(
+                "credits_to_add",
+                "adds to the balance: not with a credits path in update_mask",
+            ));
+        }
+        violations.check(
+            parse_credits_to_add("credits_to_add", credits_to_add)
+                .map(|amount| update.credits = CreditsChange::Add(amount)),
+        );
+    }
     if paths.iter().filter(|p| p.starts_with("credits")).count() > 1 {
         violations.push(FieldViolation::new(
             "update_mask",

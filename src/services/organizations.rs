@@ -251,15 +251,18 @@ impl TryFrom<UpdateOrganizationRequest> for UpdateOrganization {
             &mut mask,
         );
         let limits = convert::parse_limits_update(
-            "organization",
+            convert::LimitsRequest {
+                resource: "organization",
+                rate_limit: organization.rate_limit.as_ref(),
+                credits: organization.credits.as_ref(),
+                credits_to_add: request.credits_to_add,
+            },
             &paths,
-            organization.rate_limit.as_ref(),
-            organization.credits.as_ref(),
             &mut mask,
         );
         let empty_mask =
             |mask: Option<&prost_types::FieldMask>| mask.is_none_or(|m| m.paths.is_empty());
-        if empty_mask(request.update_mask.as_ref()) {
+        if empty_mask(request.update_mask.as_ref()) && request.credits_to_add == 0 {
             mask.push(FieldViolation::new(
                 "update_mask",
                 "must name at least one field",
@@ -471,19 +474,23 @@ pub async fn update_organization(
                     .await?
                     .ok_or(AppError::NotFound("organization"))?;
                 if limits_changed {
-                    let has_balance = update.credits.depends_on_balance()
-                        && OrganizationLimits::find(conn, id)
+                    // Locked: an addition is computed from the balance as
+                    // it is, and no spend may write it in between.
+                    let credits = match update.credits.depends_on_balance() {
+                        true => OrganizationLimits::lock_many(conn, &[id])
                             .await?
-                            .and_then(|limits| limits.credits())
-                            .is_some();
-                    if update.credits.needs_balance() && !has_balance {
+                            .pop()
+                            .and_then(|limits| limits.credits()),
+                        false => None,
+                    };
+                    if update.credits.needs_balance() && credits.is_none() {
                         return Err(AppError::FailedPrecondition(
-                            "the organization's credits are unlimited: set credits before a \
-                             low threshold"
+                            "the organization's credits are unlimited: set credits before \
+                             adding to them or giving them a low threshold"
                                 .into(),
                         ));
                     }
-                    let limits = KeyLimitChanges::of_update(update, has_balance, Utc::now());
+                    let limits = KeyLimitChanges::of_update(update, credits, Utc::now())?;
                     OrganizationLimits::apply(conn, id, &limits).await?;
                 }
                 let organization = OrganizationWithLimits::load(conn, organization).await?;

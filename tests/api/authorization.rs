@@ -541,6 +541,7 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
                     ..Default::default()
                 }),
                 update_mask: field_mask(&["name"]),
+                ..Default::default()
             })
             .await
             .map(drop),

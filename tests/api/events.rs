@@ -67,6 +67,7 @@ pub async fn rename(app: &TestApp, owner: &TestUser, organization: &str, name: &
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["name".into()],
             }),
+            ..Default::default()
         })
         .await
         .unwrap();

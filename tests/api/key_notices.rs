@@ -78,6 +78,7 @@ async fn update_key(
             update_mask: Some(prost_types::FieldMask {
                 paths: vec![path.into()],
             }),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -173,6 +174,7 @@ backend_test! {
             .update_organization(proto::UpdateOrganizationRequest {
                 organization: Some(organization),
                 update_mask: Some(prost_types::FieldMask { paths: vec!["credits.low_threshold".into()] }),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -191,6 +193,7 @@ backend_test! {
             .update_organization(proto::UpdateOrganizationRequest {
                 organization: Some(threshold),
                 update_mask: Some(prost_types::FieldMask { paths: vec!["credits.low_threshold".into()] }),
+                ..Default::default()
             })
             .await
             .unwrap()

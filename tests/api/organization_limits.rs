@@ -29,6 +29,7 @@ async fn update_organization(
             update_mask: Some(prost_types::FieldMask {
                 paths: paths.iter().map(|path| (*path).to_owned()).collect(),
             }),
+            ..Default::default()
         })
         .await?;
     Ok(updated.into_inner().organization.unwrap())

@@ -741,6 +741,7 @@ backend_test! {
             .update_organization(proto::UpdateOrganizationRequest {
                 organization: Some(proto::Organization { id: team.id.clone(), ..Default::default() }),
                 update_mask: field_mask(&["personal"]),
+                ..Default::default()
             })
             .await;
         assert_eq!(fields(bad_mask), ["update_mask"]);

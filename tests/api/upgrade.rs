@@ -170,6 +170,7 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
                     update_mask: Some(prost_types::FieldMask {
                         paths: vec!["credits".into()],
                     }),
+                    ..Default::default()
                 })
                 .await;
             if let Err(status) = limited {

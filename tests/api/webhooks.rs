@@ -272,6 +272,71 @@ backend_test! {
     }
 }
 
+/// Verifies `received` with the Standard Webhooks reference library for
+/// Python (`pip install standardwebhooks`), as README tells a receiver to:
+/// the event's id if it verifies, the library's error if not.
+fn verify_with_reference_library(secret: &str, received: &Received) -> Result<String, String> {
+    use std::io::Write;
+    const SCRIPT: &str = "import json, sys\n\
+        from standardwebhooks.webhooks import Webhook\n\
+        secret, msg_id, timestamp, signature = sys.argv[1:5]\n\
+        headers = {'webhook-id': msg_id, 'webhook-timestamp': timestamp, 'webhook-signature': signature}\n\
+        event = Webhook(secret).verify(sys.stdin.buffer.read(), headers)\n\
+        print(event['data']['id'])\n";
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            SCRIPT,
+            secret,
+            &received.id,
+            &received.timestamp,
+            &received.signature,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (with `pip install standardwebhooks`)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&received.body)
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !stderr.contains("ModuleNotFoundError"),
+        "the reference library is missing: pip install standardwebhooks ({stderr})"
+    );
+    match output.status.success() {
+        true => Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned()),
+        false => Err(stderr),
+    }
+}
+
+backend_test! {
+    async fn a_delivery_verifies_with_the_standard_webhooks_reference_library() {
+        let receiver = Receiver::start().await;
+        let app = spawn_app_with(FLAGS).await;
+        let (owner, team, _) = team_with_chatbot(&app).await;
+        let created = create_webhook(&app, &owner, &team, &receiver.url, &[]).await.unwrap();
+        let received = receiver.wait_for(1).await.remove(0);
+        assert_eq!(received.event_type(), "webhook.create");
+        assert_eq!(
+            verify_with_reference_library(&created.signing_secret, &received),
+            Ok(received.id.clone())
+        );
+        // A body changed on the way, or another secret, does not verify.
+        let mut tampered = received.clone();
+        tampered.body.extend_from_slice(b" ");
+        let refused = verify_with_reference_library(&created.signing_secret, &tampered);
+        assert!(refused.unwrap_err().contains("WebhookVerificationError"));
+        let other = "whsec_".to_owned() + &base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        assert!(verify_with_reference_library(&other, &received).is_err());
+    }
+}
+
 backend_test! {
     async fn a_webhook_receives_only_the_event_types_it_chose() {
         let receiver = Receiver::start().await;

@@ -13,8 +13,8 @@ use crate::db::schema::api_key_limits;
 use crate::db::sql_types::Timestamp;
 use crate::db::DbConnection;
 use crate::domain::{
-    ApiKeyId, CreditsEdit, CreditsSetting, CreditsState, KeyRateLimit, LimitsUpdate, RateUnit,
-    Refill,
+    ApiKeyId, CreditsEdit, CreditsSetting, CreditsState, KeyRateLimit, LimitsUpdate, Precondition,
+    RateUnit, Refill,
 };
 
 /// A row of `api_key_limits`.
@@ -443,21 +443,36 @@ impl KeyLimitChanges {
         changes
     }
 
-    /// What `update` changes, on a row that has a balance or not
-    /// ([`crate::domain::CreditsChange::edit`]).
-    pub fn of_update(update: LimitsUpdate, has_balance: bool, now: DateTime<Utc>) -> Self {
+    /// What `update` changes, on a row whose credits are `credits` (read
+    /// under the row's lock when the change depends on them,
+    /// [`crate::domain::CreditsChange::depends_on_balance`]; `None`:
+    /// unlimited) ([`crate::domain::CreditsChange::edit`]).
+    pub fn of_update(
+        update: LimitsUpdate,
+        credits: Option<CreditsState>,
+        now: DateTime<Utc>,
+    ) -> Result<Self, Precondition> {
         let mut changes = Self::default();
         if let Some(rate_limit) = update.rate_limit {
             changes.set_rate_limit(rate_limit);
         }
-        match update.credits.edit(has_balance) {
+        match update.credits.edit(credits.is_some()) {
             CreditsEdit::Keep => {}
             CreditsEdit::Replace(credits) => changes.set_credits(credits, now),
             CreditsEdit::Balance(remaining) => changes.set_balance(remaining),
             CreditsEdit::Refill(refill) => changes.set_refill(refill, now),
             CreditsEdit::LowThreshold(threshold) => changes.set_low_threshold(threshold),
+            CreditsEdit::Add(amount) => {
+                if let Some(credits) = credits {
+                    let (sum, refilled_at) = credits.plus(amount, now)?;
+                    changes.set_balance(sum);
+                    if let Some(at) = refilled_at {
+                        changes.credits_refilled_at = Some(Some(Timestamp(at)));
+                    }
+                }
+            }
         }
-        changes
+        Ok(changes)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -138,18 +138,23 @@ pub async fn update_api_key(
                     external_id: cmd.external_id.as_ref().map(Option::as_deref),
                 };
                 ApiKey::set_grants(conn, id, &grants).await?;
-                let has_balance = cmd.limits.credits.depends_on_balance()
-                    && KeyLimits::find(conn, id)
+                // Locked: an addition is computed from the balance as it
+                // is, and no spend may write it in between.
+                let credits = match cmd.limits.credits.depends_on_balance() {
+                    true => KeyLimits::lock_many(conn, &[id])
                         .await?
-                        .and_then(|limits| limits.credits())
-                        .is_some();
-                if cmd.limits.credits.needs_balance() && !has_balance {
+                        .pop()
+                        .and_then(|limits| limits.credits()),
+                    false => None,
+                };
+                if cmd.limits.credits.needs_balance() && credits.is_none() {
                     return Err(AppError::FailedPrecondition(
-                        "the key's credits are unlimited: set credits before a low threshold"
+                        "the key's credits are unlimited: set credits before adding to them or \
+                         giving them a low threshold"
                             .into(),
                     ));
                 }
-                let limits = KeyLimitChanges::of_update(cmd.limits, has_balance, now);
+                let limits = KeyLimitChanges::of_update(cmd.limits, credits, now)?;
                 KeyLimits::apply(conn, id, &limits).await?;
                 let key = key_with_limits(conn, id).await?;
                 let record = record.with_state(state_of(key.clone()));

@@ -167,6 +167,7 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
             .update_mask
             .as_ref()
             .is_none_or(|mask| mask.paths.is_empty())
+            && request.credits_to_add == 0
         {
             violations.push(FieldViolation::new(
                 "update_mask",
@@ -198,10 +199,13 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
             display_name: None,
             expires_at: None,
             limits: convert::parse_limits_update(
-                "api_key",
+                convert::LimitsRequest {
+                    resource: "api_key",
+                    rate_limit: key.rate_limit.as_ref(),
+                    credits: key.credits.as_ref(),
+                    credits_to_add: request.credits_to_add,
+                },
                 &paths,
-                key.rate_limit.as_ref(),
-                key.credits.as_ref(),
                 &mut violations,
             ),
             networks: None,

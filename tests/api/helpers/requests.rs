@@ -25,6 +25,7 @@ pub fn api_key_update(changes: proto::ApiKey, paths: &[&str]) -> proto::UpdateAp
     proto::UpdateApiKeyRequest {
         api_key: Some(changes),
         update_mask: field_mask(paths),
+        ..Default::default()
     }
 }
 

@@ -139,6 +139,10 @@ pub enum AppError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A conditional write whose etag no longer matches (AIP-154): read
+    /// again and retry.
+    #[error("{0}")]
+    Aborted(String),
     #[error("the caller may not do this")]
     PermissionDenied,
     #[error("{0}")]
@@ -167,6 +171,7 @@ impl AppError {
             AppError::NotFound(what) => AppError::NotFound(what),
             AppError::AlreadyExists(message) => AppError::AlreadyExists(message.clone()),
             AppError::FailedPrecondition(message) => AppError::FailedPrecondition(message.clone()),
+            AppError::Aborted(message) => AppError::Aborted(message.clone()),
             AppError::PermissionDenied => AppError::PermissionDenied,
             AppError::Unauthenticated(message) => AppError::Unauthenticated(message.clone()),
             AppError::ResourceExhausted {
@@ -245,6 +250,7 @@ impl From<AppError> for Status {
             AppError::NotFound(what) => Status::not_found(format!("{what} not found")),
             AppError::AlreadyExists(message) => Status::already_exists(message),
             AppError::FailedPrecondition(message) => Status::failed_precondition(message),
+            AppError::Aborted(message) => Status::aborted(message),
             AppError::PermissionDenied => {
                 Status::permission_denied("the caller may not access this resource")
             }

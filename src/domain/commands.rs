@@ -83,6 +83,8 @@ pub struct UpdateApiKey {
     pub permissions: Option<Vec<Permission>>,
     pub metadata: Option<Metadata>,
     pub external_id: Option<Option<String>>,
+    /// Only if the key still has this etag.
+    pub etag: Option<String>,
 }
 
 impl UpdateApiKey {
@@ -248,6 +250,8 @@ pub struct UpdateOrganization {
     pub id: OrganizationId,
     pub name: Option<OrganizationName>,
     pub limits: LimitsUpdate,
+    /// Only if the organization still has this etag.
+    pub etag: Option<String>,
 }
 
 /// One member of one organization (RemoveMember).

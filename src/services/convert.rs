@@ -147,13 +147,68 @@ pub fn credits_message(
     })
 }
 
+/// An etag (AIP-154): a digest of what a resource shows, as `shown` encodes
+/// it (without what changes by itself, such as a last-use time), and of
+/// `entries` (a map's, sorted: protobuf's encoding of a map has no order).
+fn etag(shown: &impl prost::Message, entries: &[(&String, &String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    digest.update(shown.encode_to_vec());
+    let mut entries = entries.to_vec();
+    entries.sort();
+    for (key, value) in entries {
+        for part in [key, value] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part.as_bytes());
+        }
+    }
+    let digest = digest.finalize();
+    base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        &digest[..12],
+    )
+}
+
+/// A key's etag: of the key as shown, less its last use and the next
+/// refill's time (which change without anyone changing the key).
+pub fn api_key_etag(key: &proto::ApiKey) -> String {
+    let mut shown = proto::ApiKey {
+        etag: String::new(),
+        last_used_time: None,
+        metadata: Default::default(),
+        ..key.clone()
+    };
+    if let Some(credits) = shown.credits.as_mut() {
+        credits.next_refill_time = None;
+    }
+    etag(&shown, &key.metadata.iter().collect::<Vec<_>>())
+}
+
+/// An organization's etag: of the organization as shown, less the next
+/// refill's time.
+pub fn organization_etag(organization: &proto::Organization) -> String {
+    let mut shown = proto::Organization {
+        etag: String::new(),
+        ..organization.clone()
+    };
+    if let Some(credits) = shown.credits.as_mut() {
+        credits.next_refill_time = None;
+    }
+    etag(&shown, &[])
+}
+
+/// The etag a conditional update names, if any: empty means none.
+pub fn requested_etag(etag: String) -> Option<String> {
+    (!etag.is_empty()).then_some(etag)
+}
+
 impl From<models::KeyWithLimits> for proto::ApiKey {
     fn from(models::KeyWithLimits { key: row, limits }: models::KeyWithLimits) -> Self {
         let rate_limit = limits.and_then(|limits| limits.rate_limit());
         let credits = limits.and_then(|limits| limits.credits());
         let low_threshold = limits.and_then(|limits| limits.low_threshold());
         let grants = row.grants();
-        proto::ApiKey {
+        let mut key = proto::ApiKey {
             rate_limit: rate_limit_message(rate_limit),
             credits: credits_message(credits, low_threshold),
             allowed_networks: grants.networks.to_strings(),
@@ -178,7 +233,10 @@ impl From<models::KeyWithLimits> for proto::ApiKey {
             expire_time: row.expires_at.map(timestamp),
             revoke_time: row.revoked_at.map(timestamp),
             last_used_time: row.last_used_at.map(timestamp),
-        }
+            etag: String::new(),
+        };
+        key.etag = api_key_etag(&key);
+        key
     }
 }
 

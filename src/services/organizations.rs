@@ -247,6 +247,7 @@ impl TryFrom<UpdateOrganizationRequest> for UpdateOrganization {
                 "create_time",
                 "update_time",
                 "credits.next_refill_time",
+                "etag",
             ],
             &mut mask,
         );
@@ -277,7 +278,13 @@ impl TryFrom<UpdateOrganizationRequest> for UpdateOrganization {
             mask,
             name,
         ))?;
-        Ok(Self { id, name, limits })
+        let etag = convert::requested_etag(organization.etag);
+        Ok(Self {
+            id,
+            name,
+            limits,
+            etag,
+        })
     }
 }
 
@@ -466,9 +473,28 @@ pub async fn update_organization(
     let limits_changed = cmd.limits != LimitsUpdate::default();
     let stale = limits_changed.then_some(Invalidation::Organization(id));
     let update = cmd.limits;
+    let etag = cmd.etag;
     state
         .write(&mut conn, audit::actor(caller), stale, |conn| {
             async move {
+                if let Some(etag) = etag {
+                    // Under the organization's lock and its balance's (no
+                    // spend between the check and the write).
+                    if !Organization::lock(conn, id).await? {
+                        return Err(AppError::NotFound("organization"));
+                    }
+                    OrganizationLimits::lock_many(conn, &[id]).await?;
+                    let organization = Organization::find(conn, id)
+                        .await?
+                        .ok_or(AppError::NotFound("organization"))?;
+                    let now = OrganizationWithLimits::load(conn, organization).await?;
+                    if proto::Organization::from(now).etag != etag {
+                        return Err(AppError::Aborted(
+                            "the organization changed since its etag was read: read it again"
+                                .into(),
+                        ));
+                    }
+                }
                 // The update locks the row: limit changes are serialised.
                 let organization = Organization::update(conn, id, changes)
                     .await?
@@ -950,7 +976,7 @@ impl From<OrganizationWithLimits> for proto::Organization {
             limits,
         }: OrganizationWithLimits,
     ) -> Self {
-        proto::Organization {
+        let mut organization = proto::Organization {
             rate_limit: convert::rate_limit_message(limits.and_then(|l| l.rate_limit())),
             credits: convert::credits_message(
                 limits.and_then(|l| l.credits()),
@@ -961,7 +987,10 @@ impl From<OrganizationWithLimits> for proto::Organization {
             name: row.name,
             create_time: Some(timestamp(row.created_at)),
             update_time: Some(timestamp(row.updated_at)),
-        }
+            etag: String::new(),
+        };
+        organization.etag = convert::organization_etag(&organization);
+        organization
     }
 }
 

@@ -15,6 +15,7 @@ mod chatbots;
 mod credit_top_ups;
 mod credits;
 mod edge;
+mod etags;
 mod event_publishing;
 mod events;
 mod external_authorization;

@@ -125,6 +125,17 @@ pub async fn update_api_key(
                 if !ApiKey::lock(conn, id).await? {
                     return Err(AppError::NotFound("API key"));
                 }
+                if let Some(etag) = &cmd.etag {
+                    // Under the balance's lock too: no spend between the
+                    // check and the write.
+                    KeyLimits::lock_many(conn, &[id]).await?;
+                    let key = crate::proto::ApiKey::from(key_with_limits(conn, id).await?);
+                    if key.etag != *etag {
+                        return Err(AppError::Aborted(
+                            "the key changed since its etag was read: read it again".into(),
+                        ));
+                    }
+                }
                 let now = Utc::now();
                 if cmd.expires_at.is_some() {
                     lifecycle(&find_key(conn, id).await?).may_move_expiry(now)?;

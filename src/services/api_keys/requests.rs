@@ -191,6 +191,7 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
                 "revoke_time",
                 "last_used_time",
                 "credits.next_refill_time",
+                "etag",
             ],
             &mut violations,
         );
@@ -212,6 +213,7 @@ impl TryFrom<proto::UpdateApiKeyRequest> for UpdateApiKey {
             permissions: None,
             metadata: None,
             external_id: None,
+            etag: convert::requested_etag(key.etag.clone()),
         };
         violations.check(ApiKeyId::parse("api_key.id", key.id).map(|id| cmd.id = id));
         let now = Utc::now();

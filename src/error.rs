@@ -108,6 +108,7 @@ parsed_request!(a: A, b: B, c: C, d: D, e: E);
 parsed_request!(a: A, b: B, c: C, d: D, e: E, f: F);
 parsed_request!(a: A, b: B, c: C, d: D, e: E, f: F, g: G);
 parsed_request!(a: A, b: B, c: C, d: D, e: E, f: F, g: G, h: H);
+parsed_request!(a: A, b: B, c: C, d: D, e: E, f: F, g: G, h: H, i: I);
 
 impl From<Precondition> for AppError {
     fn from(refused: Precondition) -> Self {

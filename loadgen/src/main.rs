@@ -787,6 +787,7 @@ async fn set_up(channel: Channel, rpc: Rpc) -> anyhow::Result<Fixture> {
                 let organization = organizations
                     .create_organization(proto::CreateOrganizationRequest {
                         name: format!("loadgen team {o}"),
+                        ..Default::default()
                     })
                     .await
                     .context("CreateOrganization")?

@@ -1,7 +1,8 @@
 //! Deletes what has outlived its use, so no table grows with traffic
 //! forever: audit events past their retention, refresh tokens long
 //! expired, sessions long ended, invitations long expired, credit
-//! reservations and webhook deliveries long finished, and hourly usage
+//! reservations and webhook deliveries long finished, creates' request ids
+//! after a day, and hourly usage
 //! rows past theirs. Every
 //! replica runs it at start and then hourly; replicas that purge at once
 //! only find less to delete. Each statement deletes a small batch, so a
@@ -12,9 +13,12 @@
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::db::models::{
-    AuditEvent, Invitation, KeyUsage, OrganizationEvent, RefreshToken, Reservation, Session,
-    WebhookDelivery,
+    AuditEvent, CreateRequest, Invitation, KeyUsage, OrganizationEvent, RefreshToken, Reservation,
+    Session, WebhookDelivery,
 };
+
+/// How long a create's request id is remembered (AIP-155's window).
+pub const REQUEST_ID_WINDOW: TimeDelta = TimeDelta::days(1);
 use crate::db::{Database, DbConnection};
 
 /// Rows deleted per statement.
@@ -47,10 +51,11 @@ enum Purged {
     Reservations,
     WebhookDeliveries,
     Usage,
+    CreateRequests,
 }
 
 impl Purged {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::AuditEvents,
         Self::OrganizationEvents,
         Self::RefreshTokens,
@@ -59,6 +64,7 @@ impl Purged {
         Self::Invitations,
         Self::Reservations,
         Self::WebhookDeliveries,
+        Self::CreateRequests,
     ];
 
     fn name(self) -> &'static str {
@@ -71,6 +77,7 @@ impl Purged {
             Self::Reservations => "finished credit reservations",
             Self::WebhookDeliveries => "finished webhook deliveries",
             Self::Usage => "usage rows",
+            Self::CreateRequests => "create request ids",
         }
     }
 
@@ -84,6 +91,7 @@ impl Purged {
             | Self::Reservations
             | Self::WebhookDeliveries => retention.ended_sessions,
             Self::Usage => retention.usage,
+            Self::CreateRequests => REQUEST_ID_WINDOW,
         }
     }
 
@@ -107,6 +115,7 @@ impl Purged {
             Self::WebhookDeliveries => {
                 WebhookDelivery::purge_finished(conn, before, PURGE_BATCH).await
             }
+            Self::CreateRequests => CreateRequest::purge(conn, before, PURGE_BATCH).await,
         }
     }
 }

@@ -430,6 +430,29 @@ diesel::table! {
     use diesel::sql_types::*;
     use crate::db::sql_types::{DbTimestamp, DbUuid};
 
+    /// The request ids creates were made with, for a day, so a retried create returns the first result.
+    create_requests (caller, method, request_id) {
+        /// Who made the request: user:<id> or service_account:<id>.
+        caller -> Text,
+        /// The RPC, e.g. CreateApiKey.
+        method -> Text,
+        /// The caller's id for the request.
+        request_id -> DbUuid,
+        /// SHA-256 of the request without its request_id: a reuse for another request is refused.
+        request_digest -> Bytea,
+        /// What the first request created.
+        resource_id -> Text,
+        /// CreateApiKey: the random salt its secret was derived from with SECRET_KEY (useless alone), so a retry shows the same secret; NULL without SECRET_KEY.
+        secret_salt -> Nullable<Bytea>,
+        /// When the first request was made; purged a day later.
+        created_at -> DbTimestamp,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::db::sql_types::{DbTimestamp, DbUuid};
+
     /// Each organization's newest event number; no row: no event yet.
     organization_event_counters (organization_id) {
         /// The organization; deleting it deletes its counter.
@@ -579,6 +602,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     audit_events,
     chatbots,
+    create_requests,
     credit_reservations,
     login_attempts,
     organization_event_counters,

@@ -21,8 +21,8 @@ use diesel::sqlite::{Sqlite, SqliteValue};
 use uuid::Uuid;
 
 use crate::domain::{
-    ApiKeyId, ChatbotId, EventId, InvitationId, OrganizationId, RefreshTokenId, ReplicaId,
-    ServiceAccountId, SessionId, UserId, WebhookDeliveryId, WebhookId,
+    ApiKeyId, ChatbotId, CreateRequestUuid, EventId, InvitationId, OrganizationId, RefreshTokenId,
+    ReplicaId, ServiceAccountId, SessionId, UserId, WebhookDeliveryId, WebhookId,
 };
 
 /// A UUID: `uuid` on PostgreSQL, lowercase hyphenated `TEXT` on SQLite.
@@ -248,6 +248,7 @@ id_columns! {
     WebhookId(Uuid) as DbUuid, bound as SqlUuid;
     WebhookDeliveryId(Uuid) as DbUuid, bound as SqlUuid;
     ReplicaId(Uuid) as DbUuid, bound as SqlUuid;
+    CreateRequestUuid(Uuid) as DbUuid, bound as SqlUuid;
     ApiKeyId(i64) as sql_types::BigInt, bound as i64;
 }
 

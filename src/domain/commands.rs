@@ -40,6 +40,22 @@ pub struct CreateChatbot {
     pub organization: OrganizationId,
     pub name: ChatbotName,
     pub endpoint: LlmEndpoint,
+    pub request: Option<CreateRequestId>,
+}
+
+/// A create's `request_id` (AIP-155), with a digest of the rest of the
+/// request: a retry must be the same request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateRequestId {
+    pub id: super::CreateRequestUuid,
+    pub digest: [u8; 32],
+}
+
+/// CreateOrganization.
+#[derive(Debug)]
+pub struct CreateOrganization {
+    pub name: super::OrganizationName,
+    pub request: Option<CreateRequestId>,
 }
 
 /// ListChatbots: every filter given applies; a user (not an admin) sees
@@ -69,6 +85,7 @@ pub struct CreateApiKey {
     pub credits: Option<CreditsSetting>,
     /// Its networks, permissions, metadata and external id.
     pub grants: KeyGrants,
+    pub request: Option<CreateRequestId>,
 }
 
 /// UpdateApiKey: the fields its mask names (`Some`), each with its new

@@ -100,6 +100,11 @@ uuid_id!(
     ReplicaId
 );
 
+uuid_id!(
+    /// A caller's id for one create request (AIP-155's request_id).
+    CreateRequestUuid
+);
+
 impl OrganizationId {
     /// The personal organization of `user`, made with the user.
     pub fn personal(user: UserId) -> Self {

@@ -32,17 +32,17 @@ pub use audit::{
 };
 pub use chatbot::{url_origin, ChatbotName, LlmEndpoint};
 pub use commands::{
-    ApiKeyFilter, CreateApiKey, CreateChatbot, CreateInvitation, CreateUser, CreditsChange,
-    GetUsage, LimitsUpdate, ListApiKeys, ListChatbots, ListOf, Login, MemberRef,
-    ReleaseReservation, RotateApiKey, SettleReservation, UpdateApiKey, UpdateChatbot, UpdateMember,
-    UpdateOrganization, UpdateUser, VerifyApiKey,
+    ApiKeyFilter, CreateApiKey, CreateChatbot, CreateInvitation, CreateOrganization,
+    CreateRequestId, CreateUser, CreditsChange, GetUsage, LimitsUpdate, ListApiKeys, ListChatbots,
+    ListOf, Login, MemberRef, ReleaseReservation, RotateApiKey, SettleReservation, UpdateApiKey,
+    UpdateChatbot, UpdateMember, UpdateOrganization, UpdateUser, VerifyApiKey,
 };
 pub use display_text::DisplayText;
 pub use email::Email;
 pub use field_violation::FieldViolation;
 pub use ids::{
-    ApiKeyId, ChatbotId, EventId, InvitationId, OrganizationId, RefreshTokenId, ReplicaId,
-    ServiceAccountId, SessionId, UserId, WebhookDeliveryId, WebhookId,
+    ApiKeyId, ChatbotId, CreateRequestUuid, EventId, InvitationId, OrganizationId, RefreshTokenId,
+    ReplicaId, ServiceAccountId, SessionId, UserId, WebhookDeliveryId, WebhookId,
 };
 pub use key_limits::{
     parse_actual_cost, parse_balance, parse_cost, parse_credits_to_add, parse_low_threshold,

@@ -53,6 +53,13 @@ impl WebhookSigner {
         }
     }
 
+    /// Key material for another use of `SECRET_KEY`, named by `label`, from
+    /// a random `salt` (a webhook's secret hashes its id and a random salt
+    /// of the server's instead: neither can be steered to meet a label).
+    pub fn derive(&self, label: &[u8; 32], salt: &[u8]) -> [u8; 32] {
+        hmac(&self.master, &[label, salt])
+    }
+
     /// The secret of the webhook with this id and salt.
     pub fn secret(&self, webhook_id: &uuid::Uuid, salt: &[u8]) -> WebhookSecret {
         WebhookSecret(hmac(&self.master, &[webhook_id.as_bytes(), salt]))

@@ -5,14 +5,17 @@
 
 use std::sync::Arc;
 
+use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
-use super::convert::mask_paths;
+use super::convert::{self, mask_paths};
 use super::events::state_of;
-use super::{audit, delete_row, required, AppState, Policy, Rpc};
+use super::{audit, delete_row, required, retries, AppState, Policy, Rpc};
 use crate::auth::{ownership, Caller};
-use crate::db::models::{Chatbot, ChatbotChanges, ChatbotFilter, Member, NewChatbot, Organization};
+use crate::db::models::{
+    Chatbot, ChatbotChanges, ChatbotFilter, CreateRequest, Member, NewChatbot, Organization,
+};
 use crate::db::DbConnection;
 use crate::db::{Invalidation, Written};
 use crate::domain::{
@@ -90,7 +93,11 @@ impl CreateChatbot {
                 "must be empty when organization_id is set (owner_id is deprecated)",
             )),
         };
-        let (organization, name, endpoint) = parsed((
+        let rest = proto::CreateChatbotRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let (organization, name, endpoint, request_id) = parsed((
             organization,
             ChatbotName::parse("name", &request.name),
             LlmEndpoint::parse(
@@ -98,11 +105,13 @@ impl CreateChatbot {
                 &request.llm_endpoint_url,
                 policy.allow_private_llm_endpoints,
             ),
+            convert::create_request_id(&request.request_id, &rest, &[]),
         ))?;
         Ok(Self {
             organization,
             name,
             endpoint,
+            request: request_id,
         })
     }
 }
@@ -224,16 +233,34 @@ pub async fn create_chatbot(
         llm_endpoint_url: cmd.endpoint.into_inner(),
     };
     let new = &new;
+    let retry = cmd
+        .request
+        .as_ref()
+        .map(|request| retries::request_key(caller, "CreateChatbot", request));
+    let retry = retry.as_ref();
     // A new chatbot: no cache holds it.
     let chatbot = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
+                if let Some(key) = retry {
+                    if let Some(first) = retries::claim(conn, key, None, Utc::now()).await? {
+                        let id = ChatbotId::parse("id", &first.resource_id)
+                            .map_err(|_| retries::deleted_since("chatbot"))?;
+                        let chatbot = Chatbot::find(conn, id)
+                            .await?
+                            .ok_or_else(|| retries::deleted_since("chatbot"))?;
+                        return Ok(Written::unrecorded(chatbot));
+                    }
+                }
                 let chatbot = Chatbot::insert(conn, new).await.map_err(|error| {
                     match crate::db::is_foreign_key_violation(&error) {
                         true => AppError::NotFound("organization"),
                         false => error.into(),
                     }
                 })?;
+                if let Some(key) = retry {
+                    CreateRequest::created(conn, key, &chatbot.id.to_string()).await?;
+                }
                 let target =
                     AuditTarget::chatbot(chatbot.id, chatbot.owner_id, chatbot.organization_id);
                 let record = AuditRecord::new(AuditAction::ChatbotCreate, target)

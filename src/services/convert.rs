@@ -151,6 +151,16 @@ pub fn credits_message(
 /// it (without what changes by itself, such as a last-use time), and of
 /// `entries` (a map's, sorted: protobuf's encoding of a map has no order).
 fn etag(shown: &impl prost::Message, entries: &[(&String, &String)]) -> String {
+    let digest = digest_of(shown, entries);
+    base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        &digest[..12],
+    )
+}
+
+/// SHA-256 of a message as it encodes, and of `entries` (a map's, sorted:
+/// protobuf's encoding of a map has no order).
+fn digest_of(shown: &impl prost::Message, entries: &[(&String, &String)]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
     digest.update(shown.encode_to_vec());
@@ -162,11 +172,29 @@ fn etag(shown: &impl prost::Message, entries: &[(&String, &String)]) -> String {
             digest.update(part.as_bytes());
         }
     }
-    let digest = digest.finalize();
-    base64::Engine::encode(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        &digest[..12],
-    )
+    digest.finalize().into()
+}
+
+/// A create's `request_id` (AIP-155), empty for none, with the digest of
+/// the rest of the request: `rest` is the request with its request_id
+/// (and any map) cleared, `entries` the map's.
+pub fn create_request_id(
+    request_id: &str,
+    rest: &impl prost::Message,
+    entries: &[(&String, &String)],
+) -> Result<Option<domain::CreateRequestId>, FieldViolation> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    let id = uuid::Uuid::parse_str(request_id)
+        .ok()
+        .filter(|id| !id.is_nil())
+        .map(domain::CreateRequestUuid)
+        .ok_or_else(|| FieldViolation::new("request_id", "must be a UUID"))?;
+    Ok(Some(domain::CreateRequestId {
+        id,
+        digest: digest_of(rest, entries),
+    }))
 }
 
 /// A key's etag: of the key as shown, less its last use and the next

@@ -16,6 +16,7 @@ pub mod events;
 pub mod external_authorization;
 pub mod lifecycle_events;
 pub mod organizations;
+pub mod retries;
 pub mod service_accounts;
 pub mod status;
 pub mod usage;

@@ -14,19 +14,20 @@ use tonic::Request;
 
 use super::convert::{self, list_of, mask_paths, parse_role, role_message, timestamp};
 use super::events::state_of;
-use super::{audit, delete_row, required, service_accounts, AppState, Rpc};
+use super::{audit, delete_row, required, retries, service_accounts, AppState, Rpc};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{
-    Invitation, KeyLimitChanges, KeyUsage, Member, MemberWithEmail, NewInvitation, NewOrganization,
-    Organization, OrganizationChanges, OrganizationLimits, OrganizationWithLimits, User,
+    CreateRequest, Invitation, KeyLimitChanges, KeyUsage, Member, MemberWithEmail, NewInvitation,
+    NewOrganization, Organization, OrganizationChanges, OrganizationLimits, OrganizationWithLimits,
+    User,
 };
 use crate::db::sql_types::Timestamp;
 use crate::db::{is_foreign_key_violation, DbConnection, Invalidation, Written};
 use crate::domain::{
     keeps_an_owner, may_change_members, AuditAction, AuditChange, AuditRecord, AuditTarget,
-    CreateInvitation, Email, GetUsage, InvitationId, InvitationToken, LimitsUpdate, ListOf,
-    MemberRef, OrgAction, OrgRole, OrganizationId, OrganizationName, Page, PageRequest,
-    ServiceAccountId, UpdateMember, UpdateOrganization, UserId,
+    CreateInvitation, CreateOrganization, Email, GetUsage, InvitationId, InvitationToken,
+    LimitsUpdate, ListOf, MemberRef, OrgAction, OrgRole, OrganizationId, OrganizationName, Page,
+    PageRequest, ServiceAccountId, UpdateMember, UpdateOrganization, UserId,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
 use crate::proto;
@@ -61,8 +62,17 @@ impl OrganizationService for Organizations {
         &self,
         request: Request<CreateOrganizationRequest>,
     ) -> Rpc<CreateOrganizationResponse> {
-        let parse =
-            |message: CreateOrganizationRequest| OrganizationName::parse("name", &message.name);
+        let parse = |message: CreateOrganizationRequest| {
+            let rest = CreateOrganizationRequest {
+                request_id: String::new(),
+                ..message.clone()
+            };
+            let (name, request) = parsed((
+                OrganizationName::parse("name", &message.name),
+                convert::create_request_id(&message.request_id, &rest, &[]),
+            ))?;
+            Ok::<_, AppError>(CreateOrganization { name, request })
+        };
         self.0.serve(request, parse, create_organization).await
     }
 
@@ -373,19 +383,35 @@ impl TryFrom<GetOrganizationUsageRequest> for GetUsage<OrganizationId> {
 pub async fn create_organization(
     state: &AppState,
     caller: &Caller,
-    name: OrganizationName,
+    cmd: CreateOrganization,
 ) -> AppResult<OrganizationWithLimits> {
     let id = OrganizationId::generate();
     let new = &NewOrganization {
         id,
-        name: name.into_inner(),
+        name: cmd.name.into_inner(),
     };
     let owner = caller.person()?;
+    let retry = cmd
+        .request
+        .as_ref()
+        .map(|request| retries::request_key(caller, "CreateOrganization", request));
+    let retry = retry.as_ref();
     let mut conn = state.db.conn().await?;
     let stale = Some(Invalidation::Organization(id));
     let organization = state
         .write(&mut conn, audit::actor(caller), stale, |conn| {
             async move {
+                if let Some(key) = retry {
+                    if let Some(first) = retries::claim(conn, key, None, Utc::now()).await? {
+                        let id = OrganizationId::parse("id", &first.resource_id)
+                            .map_err(|_| retries::deleted_since("organization"))?;
+                        let organization = Organization::find(conn, id)
+                            .await?
+                            .ok_or_else(|| retries::deleted_since("organization"))?;
+                        return Ok(Written::unrecorded(organization));
+                    }
+                    CreateRequest::created(conn, key, &id.to_string()).await?;
+                }
                 let organization = Organization::insert(conn, new).await?;
                 Member::insert(conn, id, owner, OrgRole::Owner).await?;
                 let record = AuditRecord::new(
@@ -401,11 +427,8 @@ pub async fn create_organization(
             .scope_boxed()
         })
         .await?;
-    tracing::info!(organization_id = %id, "organization created");
-    Ok(OrganizationWithLimits {
-        organization,
-        limits: None,
-    })
+    tracing::info!(organization_id = %organization.id, "organization created");
+    Ok(OrganizationWithLimits::load(&mut conn, organization).await?)
 }
 
 pub async fn get_organization(

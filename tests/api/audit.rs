@@ -197,6 +197,7 @@ backend_test! {
             llm_endpoint_url: "https://llm.example.com".into(),
             owner_id: "0190e4d2-0000-7000-8000-000000000000".into(),
             organization_id: String::new(),
+            request_id: String::new(),
         };
         assert_code(app.create_chatbot_from(&admin.token, orphan).await, Code::NotFound);
         assert_eq!(changes_recorded(&app, &admin).await, before);

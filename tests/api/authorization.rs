@@ -517,6 +517,7 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
             .organizations(token)
             .create_organization(proto::CreateOrganizationRequest {
                 name: "matrix team".into(),
+                ..Default::default()
             })
             .await
             .map(drop),

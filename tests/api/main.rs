@@ -38,6 +38,7 @@ mod read_coalescing;
 mod readme;
 mod reservations;
 mod retention;
+mod retried_creates;
 mod schema;
 mod server;
 mod sessions;

@@ -502,7 +502,7 @@ backend_test! {
         assert_code(me, Code::PermissionDenied);
         let new_team = app
             .organizations(Some(&token))
-            .create_organization(proto::CreateOrganizationRequest { name: "mine".into() })
+            .create_organization(proto::CreateOrganizationRequest { name: "mine".into(), ..Default::default() })
             .await;
         assert_code(new_team, Code::PermissionDenied);
         let listed = app
@@ -734,7 +734,7 @@ backend_test! {
             crate::helpers::violated_fields(&assert_code(result, Code::InvalidArgument))
         }
         let empty_name = client()
-            .create_organization(proto::CreateOrganizationRequest { name: " ".into() })
+            .create_organization(proto::CreateOrganizationRequest { name: " ".into(), ..Default::default() })
             .await;
         assert_eq!(fields(empty_name), ["name"]);
         let bad_mask = client()

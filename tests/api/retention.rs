@@ -243,11 +243,13 @@ crate::helpers::backend_test! {
         app.stop().await;
         let url = app.database_url.clone();
 
-        // The newest eight drop the lifecycle notices, the webhooks, the
-        // events' publication and state, the organizations' events and
-        // limits, the replacement link, the rate limits' unit and the credit
-        // reservations: refused, then done when told.
+        // The newest nine drop the creates' request ids, the lifecycle
+        // notices, the webhooks, the events' publication and state, the
+        // organizations' events and limits, the replacement link, the rate
+        // limits' unit and the credit reservations: refused, then done when
+        // told.
         for version in [
+            "20261213000019",
             "20261212000018",
             "20261211000017",
             "20261210000016",

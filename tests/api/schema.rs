@@ -225,6 +225,7 @@ fn declared_tables() -> Tables<DeclaredColumn> {
         api_key_limits,
         api_key_usage,
         credit_reservations,
+        create_requests,
         audit_events,
     ];
     // A table added to schema.rs must be added above too, or it would go

@@ -103,6 +103,9 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
             proto::CreateChatbotRequest {
                 name: "upgraded".into(),
                 llm_endpoint_url: "https://llm.example.com/v1/chat".into(),
+                // A version with request ids records it (its table gets a
+                // row); an older one ignores the field.
+                request_id: "3d0c8a4e-5b1f-4c2a-8e7d-9f6a1b2c3d4e".into(),
                 ..Default::default()
             },
         )
@@ -148,6 +151,7 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
         .clone()
         .create_organization(proto::CreateOrganizationRequest {
             name: "upgraded team".into(),
+            ..Default::default()
         })
         .await;
     match team {

@@ -694,7 +694,10 @@ backend_test! {
         let app = spawn_app_with(&[]).await;
         let (owner, team, _) = team_with_chatbot(&app).await;
         let editor = app.new_member(&owner, &team, OrganizationRole::Editor).await;
-        let id = create_webhook(&app, &owner, &team, "https://hooks.example.com/in", &[])
+        // Only for an event this test never makes: no delivery is ever
+        // attempted, so the listing below is empty whenever it runs.
+        let url = "https://hooks.example.com/in";
+        let id = create_webhook(&app, &owner, &team, url, &["chatbot.delete"])
             .await
             .unwrap()
             .webhook

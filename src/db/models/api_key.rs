@@ -270,6 +270,24 @@ impl ApiKey {
         )
     }
 
+    /// Whether the key's stored digest is `digest`: whether a secret is
+    /// this key's.
+    pub async fn digest_is(
+        conn: &mut DbConnection,
+        id: ApiKeyId,
+        digest: &crate::domain::ApiKeyDigest,
+    ) -> diesel::QueryResult<bool> {
+        let matching: i64 = db_run!(conn => {
+            api_keys::table
+                .filter(api_keys::id.eq(id))
+                .filter(api_keys::key_hash.eq(&digest.0[..]))
+                .count()
+                .get_result(conn)
+                .await
+        })?;
+        Ok(matching == 1)
+    }
+
     /// Locks the key's row until the transaction ends (a no-op write, which
     /// SQLite can also lock), serialising changes to its limits. Whether the
     /// key exists.

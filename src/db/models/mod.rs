@@ -141,6 +141,7 @@ macro_rules! keyset_page {
 pub mod api_key;
 pub mod audit_event;
 pub mod chatbot;
+pub mod create_request;
 pub mod event;
 pub mod key_limits;
 pub mod lifecycle_notices;
@@ -158,6 +159,7 @@ pub mod webhook;
 pub use api_key::{ApiKey, NewApiKey, StoredGrants, VerificationRecord};
 pub use audit_event::{AuditActor, AuditEvent};
 pub use chatbot::{Chatbot, ChatbotChanges, ChatbotFilter, NewChatbot};
+pub use create_request::{CreateRequest, RequestKey};
 pub use event::{EventPublication, OrganizationEvent};
 pub use key_limits::{Balance, KeyLimitChanges, KeyLimits, KeyWithLimits};
 pub use login_attempt::{LoginAttempt, Window};

@@ -6,12 +6,12 @@ use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
 
 use super::super::events::state_of;
-use super::super::{audit, delete_row, AppState};
+use super::super::{audit, delete_row, retries, AppState};
 use crate::auth::ownership::{self, Placement};
 use crate::auth::Caller;
 use crate::db::models::{
-    ApiKey, Chatbot, KeyLimitChanges, KeyLimits, KeyWithLimits, NewApiKey, Reservation,
-    StoredGrants,
+    ApiKey, Chatbot, CreateRequest, KeyLimitChanges, KeyLimits, KeyWithLimits, NewApiKey,
+    Reservation, StoredGrants,
 };
 use crate::db::sql_types::Timestamp;
 use crate::db::{DbConnection, Invalidation, Written};
@@ -19,6 +19,7 @@ use crate::domain::{
     may_add_active_key, may_rotate_with_grace, permissions_json, AllowedNetworks, ApiKeyId,
     ApiKeySecret, AuditAction, AuditChange, AuditRecord, AuditTarget, CreateApiKey, DisplayText,
     KeyLifecycle, ListApiKeys, Metadata, OrgAction, Page, RotateApiKey, UpdateApiKey,
+    WebhookSigner,
 };
 use crate::error::{AppError, AppResult};
 
@@ -52,16 +53,40 @@ pub async fn create_api_key(
         OrgAction::Edit,
     )
     .await?;
-    let secret = ApiKeySecret::generate();
     let max_active = state.policy.max_active_api_keys_per_chatbot;
     let now = Utc::now();
+    let retry = cmd
+        .request
+        .as_ref()
+        .map(|request| retries::request_key(caller, "CreateApiKey", request));
+    // With a request id the secret is derived, so a retry can show it
+    // again; the salt is kept with the request id, the secret nowhere.
+    let signer = state.webhook_signer.as_ref();
+    let salt: Option<[u8; 16]> = retry.as_ref().and(signer).map(|_| rand::random());
+    let secret = match (signer, &salt) {
+        (Some(signer), Some(salt)) => retried_secret(signer, salt, now.timestamp()),
+        _ => ApiKeySecret::generate(),
+    };
     let (secret_ref, display_name, grants) = (&secret, cmd.display_name.as_str(), &cmd.grants);
+    let (retry, salt) = (retry.as_ref(), salt.as_ref().map(|salt| &salt[..]));
     // A new key: no cache holds it.
-    let api_key = state
+    let (api_key, first) = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
                 if !Chatbot::lock(conn, chatbot_id).await? {
                     return Err(AppError::NotFound("chatbot"));
+                }
+                if let Some(key) = retry {
+                    if let Some(first) = retries::claim(conn, key, salt, now).await? {
+                        let id = first.resource_id.parse().map(ApiKeyId);
+                        let key = match id {
+                            Ok(id) => ApiKey::find(conn, id).await?,
+                            Err(_) => None,
+                        };
+                        let key = key.ok_or_else(|| retries::deleted_since("API key"))?;
+                        let key = KeyWithLimits::load(conn, key).await?;
+                        return Ok(Written::unrecorded((key, Some(first))));
+                    }
                 }
                 may_add_active_key(
                     ApiKey::count_active(conn, chatbot_id, now).await?,
@@ -80,17 +105,53 @@ pub async fn create_api_key(
                 .await?;
                 let limits = KeyLimitChanges::new_key(cmd.rate_limit, cmd.credits, now);
                 KeyLimits::apply(conn, key.id, &limits).await?;
+                if let Some(retry) = retry {
+                    CreateRequest::created(conn, retry, &key.id.to_string()).await?;
+                }
                 let target = AuditTarget::api_key(key.id, placement.owner, placement.organization);
                 let key = KeyWithLimits::load(conn, key).await?;
                 let record = AuditRecord::new(AuditAction::ApiKeyCreate, target)
                     .with_state(state_of(key.clone()));
-                Ok(Written::recorded(key, record))
+                Ok(Written::recorded((key, None), record))
             }
             .scope_boxed()
         })
         .await?;
-    tracing::info!(api_key_id = %api_key.key.id, chatbot_id = %chatbot_id, "API key created");
-    Ok(NewKey { api_key, secret })
+    let Some(first) = first else {
+        tracing::info!(api_key_id = %api_key.key.id, chatbot_id = %chatbot_id, "API key created");
+        return Ok(NewKey { api_key, secret });
+    };
+    // A retry: the first request's secret, derived again, if it can be.
+    let again = match (signer, &first.secret_salt) {
+        (Some(signer), Some(salt)) => retried_secret(signer, salt, first.created_at.timestamp()),
+        _ => {
+            return Err(AppError::FailedPrecondition(
+                "the first request created this key on a server without SECRET_KEY, so its \
+                 secret was shown once only: rotate the key"
+                    .into(),
+            ))
+        }
+    };
+    if !ApiKey::digest_is(&mut conn, api_key.key.id, &again.digest()).await? {
+        return Err(AppError::FailedPrecondition(
+            "SECRET_KEY changed since the first request created this key, so its secret \
+             cannot be shown again: rotate the key"
+                .into(),
+        ));
+    }
+    Ok(NewKey {
+        api_key,
+        secret: again,
+    })
+}
+
+/// The secret of a key created with a request id: drawn from a stream
+/// seeded by SECRET_KEY and the request's random salt, issued at
+/// `issued_at`, so a retry draws the same one.
+fn retried_secret(signer: &WebhookSigner, salt: &[u8], issued_at: i64) -> ApiKeySecret {
+    use rand_chacha::rand_core::SeedableRng;
+    let seed = signer.derive(b"chatbot-backend api key retry v1", salt);
+    ApiKeySecret::generate_with(&mut rand_chacha::ChaCha20Rng::from_seed(seed), issued_at)
 }
 
 pub async fn get_api_key(

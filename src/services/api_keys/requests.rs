@@ -37,6 +37,7 @@ impl TryFrom<proto::CreateApiKeyRequest> for CreateApiKey {
             networks,
             permissions,
             rest,
+            request_id,
         ) = parsed((
             ChatbotId::parse("chatbot_id", &request.chatbot_id),
             DisplayText::parse(
@@ -56,6 +57,15 @@ impl TryFrom<proto::CreateApiKeyRequest> for CreateApiKey {
             Metadata::parse("metadata", &request.metadata).and_then(|metadata| {
                 parse_external_id("external_id", &request.external_id).map(|id| (metadata, id))
             }),
+            convert::create_request_id(
+                &request.request_id,
+                &proto::CreateApiKeyRequest {
+                    request_id: String::new(),
+                    metadata: Default::default(),
+                    ..request.clone()
+                },
+                &request.metadata.iter().collect::<Vec<_>>(),
+            ),
         ))?;
         let (metadata, external_id) = rest;
         Ok(Self {
@@ -70,6 +80,7 @@ impl TryFrom<proto::CreateApiKeyRequest> for CreateApiKey {
                 metadata,
                 external_id,
             },
+            request: request_id,
         })
     }
 }

@@ -153,7 +153,10 @@ impl super::Clients {
     /// A team organization `owner` creates; panics on an error status.
     pub async fn create_organization(&self, owner: &TestUser, name: &str) -> proto::Organization {
         self.organizations(Some(&owner.token))
-            .create_organization(proto::CreateOrganizationRequest { name: name.into() })
+            .create_organization(proto::CreateOrganizationRequest {
+                name: name.into(),
+                ..Default::default()
+            })
             .await
             .expect("create organization")
             .into_inner()

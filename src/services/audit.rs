@@ -232,9 +232,11 @@ impl From<AuditEvent> for proto::AuditEvent {
             "denied" => AuditOutcome::Denied,
             _ => AuditOutcome::Unspecified,
         };
+        #[allow(deprecated)] // time, for the clients that still read it
         proto::AuditEvent {
             id: event.id,
             time: Some(timestamp(event.occurred_at)),
+            create_time: Some(timestamp(event.occurred_at)),
             action: event.action,
             actor: Some(proto::AuditActor {
                 user_id: event

@@ -30,6 +30,7 @@ impl StatusService for StatusApi {
 }
 
 impl From<DatabaseStatus> for GetDatabaseStatusResponse {
+    #[allow(deprecated)] // connected, for the clients that still read it
     fn from(status: DatabaseStatus) -> Self {
         Self {
             connected: true,

@@ -34,12 +34,19 @@ pub(super) fn usage_query<T>(
 impl TryFrom<proto::GetApiKeyUsageRequest> for GetUsage<ApiKeyId> {
     type Error = AppError;
 
+    #[allow(deprecated)] // id, for the clients that still send it
     fn try_from(request: proto::GetApiKeyUsageRequest) -> AppResult<Self> {
-        usage_query(
-            ApiKeyId::parse("id", request.id),
-            request.start_time.as_ref(),
-            request.end_time.as_ref(),
-        )
+        let id = match (request.api_key_id, request.id) {
+            (0, id) if id != 0 => ApiKeyId::parse("id", id),
+            (api_key_id, id) if id == 0 || id == api_key_id => {
+                ApiKeyId::parse("api_key_id", api_key_id)
+            }
+            _ => Err(FieldViolation::new(
+                "api_key_id",
+                "differs from id (deprecated): set api_key_id alone",
+            )),
+        };
+        usage_query(id, request.start_time.as_ref(), request.end_time.as_ref())
     }
 }
 

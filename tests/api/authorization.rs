@@ -470,7 +470,7 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
         Rpc::GetApiKeyUsage => app
             .api_keys(token)
             .get_api_key_usage(proto::GetApiKeyUsageRequest {
-                id: t.api_key_id,
+                api_key_id: t.api_key_id,
                 ..Default::default()
             })
             .await

@@ -304,7 +304,7 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
     let usage = new
         .api_keys(Some(&token))
         .get_api_key_usage(proto::GetApiKeyUsageRequest {
-            id: key_id,
+            api_key_id: key_id,
             ..Default::default()
         })
         .await

@@ -23,7 +23,7 @@ pub async fn key_usage(
     clients
         .api_keys(Some(&owner.token))
         .get_api_key_usage(proto::GetApiKeyUsageRequest {
-            id,
+            api_key_id: id,
             ..Default::default()
         })
         .await
@@ -152,7 +152,7 @@ backend_test! {
         );
         assert_code(
             app.api_keys(Some(&owner.token))
-                .get_api_key_usage(proto::GetApiKeyUsageRequest { id: revoked_id, ..Default::default() })
+                .get_api_key_usage(proto::GetApiKeyUsageRequest { api_key_id: revoked_id, ..Default::default() })
                 .await,
             Code::PermissionDenied,
         );
@@ -169,7 +169,7 @@ backend_test! {
             let mut client = app.api_keys(Some(&owner.token));
             async move {
                 client
-                    .get_api_key_usage(proto::GetApiKeyUsageRequest { id: key.id, start_time, end_time })
+                    .get_api_key_usage(proto::GetApiKeyUsageRequest { api_key_id: key.id, start_time, end_time, ..Default::default() })
                     .await
             }
         };
@@ -249,4 +249,38 @@ async fn usage_counted_by_two_replicas_adds_up_exactly_postgres() {
         chatbot_usage(&app, &owner, &chatbot.id).await.total,
         Some(UsageCounts { valid: 200, ..NONE })
     );
+}
+
+backend_test! {
+    async fn the_deprecated_key_id_still_works_and_may_not_contradict_api_key_id() {
+        let app = spawn_app().await;
+        let KeyOwner { owner, created, .. } = app.new_key_owner("renamed field").await;
+        let id = created.api_key.unwrap().id;
+        #[allow(deprecated)] // the old field, as clients generated before still send it
+        let by_old_name = |id: i64, api_key_id: i64| proto::GetApiKeyUsageRequest {
+            id,
+            api_key_id,
+            ..Default::default()
+        };
+        let mut client = app.api_keys(Some(&owner.token));
+        client.get_api_key_usage(by_old_name(id, 0)).await.expect("id alone");
+        client.get_api_key_usage(by_old_name(id, id)).await.expect("both, the same");
+        let both = client.get_api_key_usage(by_old_name(id, id + 1)).await.unwrap_err();
+        assert_eq!(violated_fields(&both), ["api_key_id"]);
+        let neither = client.get_api_key_usage(by_old_name(0, 0)).await.unwrap_err();
+        assert_eq!(violated_fields(&neither), ["api_key_id"]);
+
+        // The audit log's time under its consistent name, and the old one.
+        let events = app
+            .audit(Some(&owner.token))
+            .list_audit_events(proto::ListAuditEventsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .audit_events;
+        #[allow(deprecated)]
+        let old = events[0].time;
+        assert!(events[0].create_time.is_some());
+        assert_eq!(events[0].create_time, old);
+    }
 }

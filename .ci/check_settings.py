@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Keeps README's configuration table equal to what the server accepts
+(issue 34): every setting of src/config.rs (`#[arg(long, env = ...)]`) has a
+row with its flag and environment variable, every row names a setting, and
+a setting's default in the code is the row's default.
+
+Exits 1 naming each difference. Run from anywhere; needs only python3.
+"""
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIG = (ROOT / "src" / "config.rs").read_text()
+README = (ROOT / "README.md").read_text()
+
+
+def code_settings():
+    """(flag, env, default or None) of each setting, in source order."""
+    settings = []
+    for attribute, field in re.findall(r"#\[arg\(([^\]]*?)\)\]\s*pub (\w+):", CONFIG, re.S):
+        env = re.search(r'env\s*=\s*"(\w+)"', attribute)
+        if not env or not re.search(r"\blong\b", attribute):
+            continue
+        default = re.search(r'default_value_t\s*=\s*([^,\n]+?)\s*(?:,|$)', attribute)
+        if default:
+            value = default.group(1).strip().replace("_", "")
+            if "::" in value:  # an enum's variant, as clap shows it
+                value = value.split("::")[-1].lower()
+            elif re.fullmatch(r"[\d\s*+]+", value):  # arithmetic of literals
+                value = str(eval(value))  # noqa: S307 (digits and operators only)
+            elif value.endswith(")"):  # computed at start: README describes it
+                value = None
+        else:
+            default = re.search(r'default_value\s*=\s*"([^"]*)"', attribute)
+            value = default.group(1) if default else None
+        settings.append(("--" + field.replace("_", "-"), env.group(1), value))
+    return settings
+
+
+def readme_rows():
+    section = README.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].startswith("`--"):
+            flag, env, default = (cell.split("`")[1] if "`" in cell else cell for cell in cells[:3])
+            rows[env] = (flag, default)
+    return rows
+
+
+def main():
+    errors = []
+    rows = readme_rows()
+    seen = set()
+    for flag, env, default in code_settings():
+        seen.add(env)
+        if env not in rows:
+            errors.append(f"{env} ({flag}) has no row in README's configuration table")
+            continue
+        row_flag, row_default = rows[env]
+        if row_flag != flag:
+            errors.append(f"{env}: README says {row_flag}, the server takes {flag}")
+        if default is not None and row_default != default:
+            errors.append(f"{env}: README's default is {row_default!r}, the code's {default!r}")
+    for env in sorted(set(rows) - seen):
+        errors.append(f"README's configuration table names {env}, which the server does not take")
+    for error in errors:
+        print(error, file=sys.stderr)
+    if errors:
+        print(f"check_settings: {len(errors)} differences", file=sys.stderr)
+        sys.exit(1)
+    print(f"check_settings: README's table matches the server's {len(seen)} settings")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Keeps README's configuration table equal to what the server accepts
 (issue 34): every setting of src/config.rs (`#[arg(long, env = ...)]`) has a
-row with its flag and environment variable, every row names a setting, and
-a setting's default in the code is the row's default.
+row with its flag and environment variable, every row names a setting, a
+setting's default in the code is the row's default, and a setting the code
+checks in a range (its bound tables) gives that range ("From 1 to 86400").
 
 Exits 1 naming each difference. Run from anywhere; needs only python3.
 """
@@ -38,6 +39,36 @@ def code_settings():
     return settings
 
 
+CONSTANTS = {
+    "MAX_INTERVAL_SECS": "24 * 3600",
+    "MAX_TIMEOUT_MS": str(2**31 - 1),
+    "u32::MAX.into()": str(2**32 - 1),
+}
+
+
+def number(expression):
+    """A bound as the code writes it (literals, * and the constants above)."""
+    expression = expression.strip().replace("_", "")
+    for name, value in CONSTANTS.items():
+        expression = expression.replace(name.replace("_", ""), f"({value})")
+    if not re.fullmatch(r"[\d\s*+()\-]+", expression):
+        return None
+    return eval(expression)  # noqa: S307 (digits, operators and parentheses only)
+
+
+def code_bounds():
+    """{env: (least, most)} of the settings src/config.rs checks in ranges:
+    tuples ("NAME", value, least, most) in its bound tables."""
+    bounds = {}
+    for name, least, most in re.findall(
+        r'\(\s*"([A-Z_]+)",\s*[^,]+?,\s*([^,()]+?),\s*([^()]+?(?:\(\))?(?:\.into\(\))?),?\s*\)', CONFIG
+    ):
+        least, most = number(least), number(most)
+        if least is not None and most is not None:
+            bounds[name] = (least, most)
+    return bounds
+
+
 def readme_rows():
     section = README.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
     rows = {}
@@ -45,7 +76,7 @@ def readme_rows():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) >= 4 and cells[0].startswith("`--"):
             flag, env, default = (cell.split("`")[1] if "`" in cell else cell for cell in cells[:3])
-            rows[env] = (flag, default)
+            rows[env] = (flag, default, cells[3])
     return rows
 
 
@@ -58,11 +89,15 @@ def main():
         if env not in rows:
             errors.append(f"{env} ({flag}) has no row in README's configuration table")
             continue
-        row_flag, row_default = rows[env]
+        row_flag, row_default, _ = rows[env]
         if row_flag != flag:
             errors.append(f"{env}: README says {row_flag}, the server takes {flag}")
         if default is not None and row_default != default:
             errors.append(f"{env}: README's default is {row_default!r}, the code's {default!r}")
+    for env, (least, most) in code_bounds().items():
+        meaning = rows.get(env, ("", "", ""))[2].replace(",", "")
+        if f"{least} to {most}" not in meaning:
+            errors.append(f"{env}: README does not give its range, {least} to {most}")
     for env in sorted(set(rows) - seen):
         errors.append(f"README's configuration table names {env}, which the server does not take")
     for error in errors:
@@ -70,7 +105,10 @@ def main():
     if errors:
         print(f"check_settings: {len(errors)} differences", file=sys.stderr)
         sys.exit(1)
-    print(f"check_settings: README's table matches the server's {len(seen)} settings")
+    print(
+        f"check_settings: README's table matches the server's {len(seen)} settings "
+        f"and their {len(code_bounds())} ranges"
+    )
 
 
 if __name__ == "__main__":

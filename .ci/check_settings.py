@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Keeps README's configuration table equal to what the server accepts
+"""Keeps the configuration table (docs/configuration.md) equal to what the server accepts
 (issue 34): every setting of src/config.rs (`#[arg(long, env = ...)]`) has a
 row with its flag and environment variable, every row names a setting, a
 setting's default in the code is the row's default, and a setting the code
@@ -13,7 +13,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = (ROOT / "src" / "config.rs").read_text()
-README = (ROOT / "README.md").read_text()
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 
 
 def code_settings():
@@ -30,7 +30,7 @@ def code_settings():
                 value = value.split("::")[-1].lower()
             elif re.fullmatch(r"[\d\s*+]+", value):  # arithmetic of literals
                 value = str(eval(value))  # noqa: S307 (digits and operators only)
-            elif value.endswith(")"):  # computed at start: README describes it
+            elif value.endswith(")"):  # computed at start: the table describes it
                 value = None
         else:
             default = re.search(r'default_value\s*=\s*"([^"]*)"', attribute)
@@ -70,7 +70,7 @@ def code_bounds():
 
 
 def readme_rows():
-    section = README.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    section = CONFIGURATION.split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -87,26 +87,26 @@ def main():
     for flag, env, default in code_settings():
         seen.add(env)
         if env not in rows:
-            errors.append(f"{env} ({flag}) has no row in README's configuration table")
+            errors.append(f"{env} ({flag}) has no row in the configuration table (docs/configuration.md)")
             continue
         row_flag, row_default, _ = rows[env]
         if row_flag != flag:
-            errors.append(f"{env}: README says {row_flag}, the server takes {flag}")
+            errors.append(f"{env}: docs/configuration.md says {row_flag}, the server takes {flag}")
         if default is not None and row_default != default:
-            errors.append(f"{env}: README's default is {row_default!r}, the code's {default!r}")
+            errors.append(f"{env}: its default is {row_default!r}, the code's {default!r}")
     for env, (least, most) in code_bounds().items():
         meaning = rows.get(env, ("", "", ""))[2].replace(",", "")
         if f"{least} to {most}" not in meaning:
-            errors.append(f"{env}: README does not give its range, {least} to {most}")
+            errors.append(f"{env}: docs/configuration.md does not give its range, {least} to {most}")
     for env in sorted(set(rows) - seen):
-        errors.append(f"README's configuration table names {env}, which the server does not take")
+        errors.append(f"the configuration table (docs/configuration.md) names {env}, which the server does not take")
     for error in errors:
         print(error, file=sys.stderr)
     if errors:
         print(f"check_settings: {len(errors)} differences", file=sys.stderr)
         sys.exit(1)
     print(
-        f"check_settings: README's table matches the server's {len(seen)} settings "
+        f"check_settings: docs/configuration.md's table matches the server's {len(seen)} settings "
         f"and their {len(code_bounds())} ranges"
     )
 

@@ -2,7 +2,7 @@
 # Runs README.md's commands as written, so the README cannot drift from the
 # service:
 #
-# - The run command: the first ```console block under "## Run and test"
+# - The run command: the first ```console block under "## Quick start"
 #   (`cargo run --release`), run verbatim from the repository root in the
 #   background, in its own process group, until health says SERVING. Run
 #   `cargo build --release` first, or the first start compiles.
@@ -11,11 +11,13 @@
 #   repository root (refused if one is already there, and removed at exit);
 #   with README_BACKEND=postgres against a fresh PostgreSQL database
 #   readme_<random>, dropped again at exit.
-# - Then every ```sh block of README.md, in order and unchanged, in ONE bash
-#   session in the repository root under `set -euo pipefail`, so variables
-#   (TOKEN, CHATBOT_ID, ...) carry from block to block and the operator
-#   commands (`cargo run --release -- create-admin ...`) run as written.
-#   Blocks fenced as ```console or ```text are not run.
+# - Then every ```sh block of the documentation, in order and unchanged, in
+#   ONE bash session in the repository root under `set -euo pipefail`, so
+#   variables (TOKEN, CHATBOT_ID, ...) carry from block to block and the
+#   operator commands (`cargo run --release -- create-admin ...`) run as
+#   written. The files go in DOCS's order: the walkthrough first (it makes
+#   what the others use), README.md's integration guide after the reference
+#   pages. Blocks fenced as ```console or ```text are not run.
 # - Then checks a few expectations the walkthrough must have established.
 #
 # Needs: cargo, grpcurl, python3; for README_BACKEND=postgres also PostgreSQL
@@ -26,20 +28,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO_ROOT=$(pwd)
 README="${README_FILE:-$REPO_ROOT/README.md}"   # README_FILE: to try an edited copy
+# Every page with commands, in the order they run.
+DOCS=(docs/walkthrough.md docs/security.md docs/configuration.md docs/operations.md
+      docs/errors.md "$README" CONTRIBUTING.md)
 ADDR=127.0.0.1:50051
 PG_SERVER_URL=postgres://postgres@127.0.0.1:5432
 BACKEND=${README_BACKEND:-sqlite}
 
 # The run command, as README gives it.
 RUN_COMMAND=$(awk '
-    /^## Run and test/ { section = 1; next }
+    /^## Quick start/ { section = 1; next }
     section && /^## / { exit }
     section && /^```console[[:space:]]*$/ { inside = 1; next }
     inside && /^```/ { exit }
     inside { print }
 ' "$README")
 if [[ -z "$RUN_COMMAND" || "$RUN_COMMAND" == *$'\n'* ]]; then
-    echo "readme_commands: expected one run command in the first console block under '## Run and test', got: '$RUN_COMMAND'" >&2
+    echo "readme_commands: expected one run command in the first console block under '## Quick start', got: '$RUN_COMMAND'" >&2
     exit 1
 fi
 
@@ -140,22 +145,25 @@ SESSION="$WORK/session.sh"
 set -Eeuo pipefail
 __block=0
 __line=0
+__file=
 __readme_block() {
-    __block=$1
-    __line=$2
-    printf '\n=== README.md sh block %d (line %d)\n' "$__block" "$__line"
+    __file=$1
+    __block=$2
+    __line=$3
+    printf '\n=== %s sh block %d (line %d)\n' "$__file" "$__block" "$__line"
 }
-trap 'echo "readme_commands: README.md sh block $__block (starting at line $__line) failed at: $BASH_COMMAND" >&2' ERR
+trap 'echo "readme_commands: $__file sh block $__block (starting at line $__line) failed at: $BASH_COMMAND" >&2' ERR
 PRELUDE
-    awk '
-        /^```sh[[:space:]]*$/ { n++; printf "__readme_block %d %d\n", n, NR + 1; inside = 1; next }
-        inside && /^```/ { inside = 0; next }
-        inside { print }
-        END {
-            if (inside) { print "readme_commands: unterminated ```sh block in README.md" > "/dev/stderr"; exit 1 }
-            if (n == 0) { print "readme_commands: README.md has no ```sh blocks" > "/dev/stderr"; exit 1 }
-        }
-    ' "$README"
+    for doc in "${DOCS[@]}"; do
+        awk -v file="${doc#"$REPO_ROOT"/}" '
+            /^```sh[[:space:]]*$/ { n++; printf "__readme_block %s %d %d\n", file, n, NR + 1; inside = 1; next }
+            inside && /^```/ { inside = 0; next }
+            inside { print }
+            END {
+                if (inside) { print "readme_commands: unterminated ```sh block in " file > "/dev/stderr"; exit 1 }
+            }
+        ' "$doc"
+    done
     cat <<'CHECKS'
 
 printf '\n=== checks after the walkthrough\n'
@@ -177,7 +185,9 @@ CHECKS
 
 grep -q 'create-admin' "$SESSION" || { echo "readme_commands: no create-admin step among the README's sh blocks" >&2; exit 1; }
 
-echo "readme_commands: running $(grep -c '^__readme_block ' "$SESSION") README sh blocks"
+blocks=$(grep -c '^__readme_block ' "$SESSION" || true)
+[[ $blocks -gt 0 ]] || { echo "readme_commands: the documentation has no \`\`\`sh blocks" >&2; exit 1; }
+echo "readme_commands: running $blocks sh blocks of ${DOCS[*]}"
 # From the repository root, as the README says.
 if ! bash "$SESSION"; then
     echo "readme_commands: FAILED" >&2

@@ -44,7 +44,7 @@ fn half_the_cores() -> usize {
 }
 
 /// Everything the server can be told. Every field has a flag and an
-/// environment variable; README lists them all.
+/// environment variable; docs/configuration.md lists them all.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Where data lives: a `postgres://` URL selects PostgreSQL; a

@@ -97,11 +97,11 @@ pub async fn revert_last_migration(
 /// Copies a SQLite store to `output` while servers may be using it: one
 /// consistent snapshot (SQLite's `VACUUM INTO`, a read transaction that
 /// writers in WAL mode do not wait for). `output` must not exist yet.
-/// PostgreSQL is backed up with its own tools (README, Backups).
+/// PostgreSQL is backed up with its own tools (docs/operations.md, Backups).
 pub async fn back_up(target: &DatabaseTarget, output: &Path) -> anyhow::Result<()> {
     let DatabaseTarget::Sqlite(path) = target else {
         anyhow::bail!(
-            "backup copies a SQLite store; back PostgreSQL up with pg_dump (README, Backups)"
+            "backup copies a SQLite store; back PostgreSQL up with pg_dump (docs/operations.md, Backups)"
         );
     };
     if output.exists() {
@@ -256,7 +256,7 @@ mod migration_file_tests {
         "API_KEY_LIMITS",
     )];
 
-    /// README's rolling-upgrade rule: a migration only adds (tables,
+    /// The rolling-upgrade rule (docs/operations.md, Upgrades): a migration only adds (tables,
     /// nullable or defaulted columns, indexes, rows), so a replica of the
     /// previous version keeps working on the new schema. Removing or
     /// renaming waits for a later release, once no replica reads it.

@@ -1,6 +1,6 @@
 //! Organizations: who belongs to one and what each role allows. The rules
 //! are here, as pure functions, so that every RPC asks the same question
-//! ([`OrgRole::allows`]) and the one table in README can be checked
+//! ([`OrgRole::allows`]) and the one table in docs/security.md can be checked
 //! against one place.
 
 use std::fmt;
@@ -30,7 +30,7 @@ pub enum OrgAction {
 }
 
 impl OrgRole {
-    /// The permission table README states, in one place.
+    /// The permission table docs/security.md states, in one place.
     pub fn allows(self, action: OrgAction) -> bool {
         match action {
             OrgAction::View => true,

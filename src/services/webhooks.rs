@@ -118,7 +118,7 @@ fn parse_event_types(types: &[String]) -> Result<Vec<String>, FieldViolation> {
         let action = AuditAction::parse("webhook.event_types", name).map_err(|_| {
             FieldViolation::new(
                 "webhook.event_types",
-                format!("{name:?} is not an event type (README lists them)"),
+                format!("{name:?} is not an event type (docs/walkthrough.md lists them)"),
             )
         })?;
         if !parsed.iter().any(|known| known == action.name()) {

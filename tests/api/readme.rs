@@ -29,13 +29,13 @@ fn readme_client_example_is_examples_verify_api_key_rs() {
     );
 }
 
-/// The paths README's "Layout" block names (the first word of each line
-/// that starts in the first column).
+/// The paths CONTRIBUTING.md's "Layout" block names (the first word of
+/// each line that starts in the first column).
 fn readme_layout_paths() -> Vec<String> {
-    let readme = include_str!("../../README.md");
-    let section = &readme[readme
+    let contributing = include_str!("../../CONTRIBUTING.md");
+    let section = &contributing[contributing
         .find("## Layout\n")
-        .expect("README.md has a Layout section")..];
+        .expect("CONTRIBUTING.md has a Layout section")..];
     let start = section
         .find("```text\n")
         .expect("the Layout section has a block")
@@ -56,7 +56,7 @@ fn readme_layout_names_paths_that_exist_and_every_top_level_source_file() {
     for path in &listed {
         assert!(
             root.join(path).exists(),
-            "README's Layout names {path}, which does not exist"
+            "CONTRIBUTING.md's Layout names {path}, which does not exist"
         );
     }
     for entry in std::fs::read_dir(root.join("src")).expect("src/ is readable") {
@@ -70,7 +70,7 @@ fn readme_layout_names_paths_that_exist_and_every_top_level_source_file() {
         };
         assert!(
             listed.contains(&path),
-            "README's Layout does not mention {path}"
+            "CONTRIBUTING.md's Layout does not mention {path}"
         );
     }
 }

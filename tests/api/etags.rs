@@ -20,6 +20,17 @@ async fn get_key(clients: &Clients, owner: &TestUser, id: i64) -> proto::ApiKey 
         .unwrap()
 }
 
+async fn get_organization(clients: &Clients, owner: &TestUser, id: &str) -> proto::Organization {
+    clients
+        .organizations(Some(&owner.token))
+        .get_organization(proto::GetOrganizationRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .organization
+        .unwrap()
+}
+
 /// UpdateApiKey of the key's display name (and its balance, if
 /// `remaining`), only if it still has `etag`.
 async fn rename_key_if(
@@ -114,14 +125,7 @@ backend_test! {
         rename_key_if(&app, &owner, id, "", "anyway", None).await.unwrap();
 
         // An organization the same way.
-        let organization = app
-            .organizations(Some(&owner.token))
-            .get_organization(proto::GetOrganizationRequest { id: team.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .organization
-            .unwrap();
+        let organization = get_organization(&app, &owner, &team).await;
         let renamed = rename_organization_if(&app, &owner, &team, &organization.etag, "first")
             .await
             .unwrap();
@@ -149,14 +153,7 @@ backend_test! {
             .all(|status| status.code() == Code::Aborted));
         assert_eq!(get_key(&app, &owner, key.id).await.display_name, applied[0].display_name);
 
-        let organization = app
-            .organizations(Some(&owner.token))
-            .get_organization(proto::GetOrganizationRequest { id: team.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .organization
-            .unwrap();
+        let organization = get_organization(&app, &owner, &team).await;
         let tries = (0..8).map(|i| {
             let (app, owner, team, etag) = (&app, &owner, &team, organization.etag.clone());
             async move { rename_organization_if(app, owner, team, &etag, &format!("team {i}")).await }

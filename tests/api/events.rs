@@ -55,6 +55,26 @@ fn types(events: &[proto::Event]) -> Vec<&str> {
     events.iter().map(|event| event.r#type.as_str()).collect()
 }
 
+/// Waits (up to 20 s) until `owner` can read `organization` again: the
+/// database is back after a cut.
+pub async fn until_the_database_answers(app: &TestApp, owner: &TestUser, organization: &str) {
+    crate::helpers::poll_until(
+        "the database back",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            app.organizations(Some(&owner.token))
+                .get_organization(proto::GetOrganizationRequest {
+                    id: organization.to_owned(),
+                })
+                .await
+                .is_ok()
+        },
+        |ok: &bool| *ok,
+    )
+    .await;
+}
+
 /// Renames `organization`, by `owner`.
 pub async fn rename(app: &TestApp, owner: &TestUser, organization: &str, name: &str) {
     app.organizations(Some(&owner.token))
@@ -352,19 +372,7 @@ async fn a_stream_ends_unavailable_when_the_database_goes_and_resumes_after_its_
     assert_eq!(ended.unwrap_err().code(), Code::Unavailable);
 
     proxy.restore();
-    crate::helpers::poll_until(
-        "the database back",
-        Duration::from_secs(20),
-        Duration::from_millis(200),
-        || async {
-            app.organizations(Some(&owner.token))
-                .get_organization(proto::GetOrganizationRequest { id: team.clone() })
-                .await
-                .is_ok()
-        },
-        |ok: &bool| *ok,
-    )
-    .await;
+    until_the_database_answers(&app, &owner, &team).await;
     rename(&app, &owner, &team, "after the cut").await;
     let mut resumed = watch(&app, &owner, &team, Some(&seen[1].cursor))
         .await

@@ -327,19 +327,7 @@ async fn a_notice_due_while_the_database_is_cut_is_told_once_when_it_returns_pos
     proxy.cut();
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     proxy.restore();
-    crate::helpers::poll_until(
-        "the database back",
-        std::time::Duration::from_secs(20),
-        std::time::Duration::from_millis(200),
-        || async {
-            app.organizations(Some(&owner.token))
-                .get_organization(proto::GetOrganizationRequest { id: team.clone() })
-                .await
-                .is_ok()
-        },
-        |ok: &bool| *ok,
-    )
-    .await;
+    crate::events::until_the_database_answers(&app, &owner, &team).await;
     let mut resumed = watch(&app, &owner, &team, Some(&before[2].cursor))
         .await
         .unwrap();

@@ -7,19 +7,20 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use rand::RngCore;
 use tonic::Request;
 
-use super::convert::{mask_paths, timestamp};
+use super::convert::{self, mask_paths, timestamp};
 use super::events::state_of;
-use super::{audit, required, AppState, Rpc};
+use super::{audit, required, retries, AppState, Rpc};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{
-    webhook, NewWebhook, Organization, OrganizationEvent, Webhook, WebhookChanges, WebhookDelivery,
+    webhook, CreateRequest, NewWebhook, Organization, OrganizationEvent, Webhook, WebhookChanges,
+    WebhookDelivery,
 };
 use crate::db::sql_types::Timestamp;
 use crate::db::{is_foreign_key_violation, DbConnection, Written};
 use crate::domain::{
-    url_origin, AuditAction, AuditChange, AuditRecord, AuditTarget, DisplayText, FieldViolation,
-    LlmEndpoint, OrgAction, OrganizationId, Page, PageCursor, PageRequest, WebhookDeliveryId,
-    WebhookId,
+    url_origin, AuditAction, AuditChange, AuditRecord, AuditTarget, CreateRequestId, DisplayText,
+    FieldViolation, LlmEndpoint, OrgAction, OrganizationId, Page, PageCursor, PageRequest,
+    WebhookDeliveryId, WebhookId,
 };
 use crate::error::{parsed, AppError, AppResult, Violations};
 use crate::proto::webhook_service_server::WebhookService;
@@ -141,22 +142,29 @@ pub struct CreateWebhook {
     url: LlmEndpoint,
     event_types: Vec<String>,
     description: String,
+    request: Option<CreateRequestId>,
 }
 
 impl CreateWebhook {
     fn parse(request: CreateWebhookRequest, allow_private: bool) -> AppResult<Self> {
+        let rest = CreateWebhookRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
         let webhook = request.webhook.unwrap_or_default();
-        let (organization, url, event_types, description) = parsed((
+        let (organization, url, event_types, description, request_id) = parsed((
             OrganizationId::parse("organization_id", &request.organization_id),
             LlmEndpoint::parse("webhook.url", &webhook.url, allow_private),
             parse_event_types(&webhook.event_types),
             parse_description(&webhook.description),
+            convert::create_request_id(&request.request_id, &rest, &[]),
         ))?;
         Ok(Self {
             organization,
             url,
             event_types,
             description,
+            request: request_id,
         })
     }
 }
@@ -323,6 +331,11 @@ async fn create_webhook(
     };
     let new = &new;
     let organization = cmd.organization;
+    let retry = cmd
+        .request
+        .as_ref()
+        .map(|request| retries::request_key(caller, "CreateWebhook", request));
+    let retry = retry.as_ref();
     let webhook = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
@@ -330,6 +343,18 @@ async fn create_webhook(
                 // one after another, so none goes past the limit.
                 if !Organization::lock(conn, organization).await? {
                     return Err(AppError::NotFound("organization"));
+                }
+                if let Some(key) = retry {
+                    if let Some(first) = retries::claim(conn, key, None, chrono::Utc::now()).await?
+                    {
+                        let id = WebhookId::parse("id", &first.resource_id)
+                            .map_err(|_| retries::deleted_since("webhook"))?;
+                        let webhook = Webhook::find(conn, id)
+                            .await?
+                            .ok_or_else(|| retries::deleted_since("webhook"))?;
+                        return Ok(Written::unrecorded(webhook));
+                    }
+                    CreateRequest::created(conn, key, &id.to_string()).await?;
                 }
                 // The webhook starts after the newest event committed
                 // before it (one still uncommitted gets a later number).
@@ -366,8 +391,9 @@ async fn create_webhook(
             .scope_boxed()
         })
         .await?;
-    let signing_secret = signer.secret(&id.0, &salt).expose();
-    tracing::info!(webhook_id = %id, organization_id = %organization, "webhook created");
+    // The first request's webhook, on a retry: its own id and salt.
+    let signing_secret = signer.secret(&webhook.id.0, &webhook.secret_salt).expose();
+    tracing::info!(webhook_id = %webhook.id, organization_id = %organization, "webhook created");
     Ok(CreatedWebhook {
         webhook,
         signing_secret,

@@ -202,6 +202,7 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
                         url: receiver.url.clone(),
                         ..Default::default()
                     }),
+                    ..Default::default()
                 })
                 .await;
             match hooked {

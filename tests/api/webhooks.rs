@@ -165,6 +165,18 @@ async fn create_webhook(
     url: &str,
     event_types: &[&str],
 ) -> Result<proto::CreateWebhookResponse, tonic::Status> {
+    create_webhook_once(clients, owner, organization, url, event_types, "").await
+}
+
+/// CreateWebhook with a request id (AIP-155; empty: none).
+async fn create_webhook_once(
+    clients: &Clients,
+    owner: &TestUser,
+    organization: &str,
+    url: &str,
+    event_types: &[&str],
+    request_id: &str,
+) -> Result<proto::CreateWebhookResponse, tonic::Status> {
     Ok(clients
         .webhooks(Some(&owner.token))
         .create_webhook(proto::CreateWebhookRequest {
@@ -175,6 +187,7 @@ async fn create_webhook(
                 description: "test receiver".into(),
                 ..Default::default()
             }),
+            request_id: request_id.into(),
         })
         .await?
         .into_inner())
@@ -783,5 +796,29 @@ backend_test! {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::NotFound);
+    }
+}
+
+backend_test! {
+    async fn a_retried_create_webhook_answers_the_same_webhook_and_secret() {
+        let app = spawn_app_with(FLAGS).await;
+        let (owner, team, _) = team_with_chatbot(&app).await;
+        let url = "https://hooks.example.com/retried";
+        let id = "9a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c5d";
+        let only = ["chatbot.delete"];
+        let first = create_webhook_once(&app, &owner, &team, url, &only, id).await.unwrap();
+        let again = create_webhook_once(&app, &owner, &team, url, &only, id).await.unwrap();
+        assert_eq!(again.webhook.as_ref().unwrap().id, first.webhook.as_ref().unwrap().id);
+        assert_eq!(again.signing_secret, first.signing_secret);
+        let other = create_webhook_once(&app, &owner, &team, url, &["chatbot.create"], id).await;
+        assert_eq!(violated_fields(&other.unwrap_err()), ["request_id"]);
+        let listed = app
+            .webhooks(Some(&owner.token))
+            .list_webhooks(proto::ListWebhooksRequest { organization_id: team })
+            .await
+            .unwrap()
+            .into_inner()
+            .webhooks;
+        assert_eq!(listed.len(), 1);
     }
 }

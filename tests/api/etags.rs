@@ -162,3 +162,31 @@ backend_test! {
         assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 1, "{answers:?}");
     }
 }
+
+/// The same through two server processes on one database: of eight
+/// updates made from one read, half sent to each, exactly one applies.
+#[tokio::test(flavor = "multi_thread")]
+async fn of_concurrent_updates_from_one_read_on_two_replicas_exactly_one_applies_postgres() {
+    let app = spawn_app().await;
+    let replica = app.spawn_replica_process(&[]).await;
+    let (owner, _, chatbot) = team_with_chatbot(&app).await;
+    let key = app.create_api_key(&owner, &chatbot).await.api_key.unwrap();
+    let tries =
+        (0..8usize).map(|i| {
+            let clients: &Clients = if i.is_multiple_of(2) { &app } else { &replica };
+            let (owner, etag) = (&owner, key.etag.clone());
+            async move {
+                rename_key_if(clients, owner, key.id, &etag, &format!("writer {i}"), None).await
+            }
+        });
+    let answers = futures_util::future::join_all(tries).await;
+    assert_eq!(
+        answers.iter().filter(|a| a.is_ok()).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(answers
+        .iter()
+        .filter_map(|answer| answer.as_ref().err())
+        .all(|status| status.code() == Code::Aborted));
+}

@@ -215,6 +215,7 @@ pub struct ListApiKeys {
 pub struct RotateApiKey {
     pub id: ApiKeyId,
     pub grace_period: Duration,
+    pub request: Option<CreateRequestId>,
 }
 
 /// VerifyApiKey. A string that cannot be one of our keys is an answer
@@ -292,6 +293,7 @@ pub struct CreateInvitation {
     pub email: Email,
     pub role: OrgRole,
     pub ttl: Duration,
+    pub request: Option<CreateRequestId>,
 }
 
 /// ListMembers and ListInvitations: one organization's, one page.

@@ -63,7 +63,13 @@ pub struct SecretToken<K> {
 
 impl<K: TokenKind> SecretToken<K> {
     pub fn generate() -> Self {
-        let body = Alphanumeric.sample_string(&mut OsRng, BODY_LEN);
+        Self::generate_with(&mut OsRng)
+    }
+
+    /// [`Self::generate`] drawing from `rng`: a create safe to retry draws
+    /// from a stream it can replay.
+    pub fn generate_with(rng: &mut impl rand::RngCore) -> Self {
+        let body = Alphanumeric.sample_string(rng, BODY_LEN);
         Self {
             text: format!("{}{body}", K::PREFIX),
             kind: PhantomData,

@@ -352,17 +352,23 @@ impl TryFrom<CreateInvitationRequest> for CreateInvitation {
                 }
             }),
         };
-        let (organization, email, role, ttl) = parsed((
+        let rest = CreateInvitationRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let (organization, email, role, ttl, request) = parsed((
             OrganizationId::parse("organization_id", &request.organization_id),
             Email::parse("email", &request.email),
             parse_role("role", request.role),
             ttl,
+            convert::create_request_id(&request.request_id, &rest, &[]),
         ))?;
         Ok(Self {
             organization,
             email,
             role,
             ttl,
+            request,
         })
     }
 }
@@ -776,15 +782,12 @@ pub async fn create_invitation(
     let mut conn = state.db.conn().await?;
     let manage = OrgAction::Manage;
     organization_for_member_change(&mut conn, state, caller, cmd.organization, manage).await?;
-    if Member::find_by_email(&mut conn, cmd.organization, cmd.email.as_str())
-        .await?
-        .is_some()
-    {
-        return Err(AppError::AlreadyExists(
-            "a member of the organization already has this email".into(),
-        ));
-    }
-    let token = InvitationToken::generate();
+    let retry = cmd
+        .request
+        .as_ref()
+        .map(|request| retries::request_key(caller, "CreateInvitation", request));
+    let source = retries::SecretSource::new(state.webhook_signer.as_ref(), retry.as_ref(), INVITES);
+    let token = InvitationToken::generate_with(&mut source.first());
     let digest = token.digest();
     let now = Utc::now();
     let ttl = chrono::Duration::from_std(cmd.ttl).map_err(AppError::internal)?;
@@ -803,9 +806,32 @@ pub async fn create_invitation(
     // log records that an invitation went out, and with which role.
     let record = AuditRecord::new(AuditAction::InvitationCreate, target)
         .with_changes(vec![AuditChange::values("role", "", cmd.role)]);
-    let invitation = state
+    let (retry, salt, organization) = (retry.as_ref(), source.salt(), cmd.organization);
+    let (invitation, first) = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
+                // A retry answers first: the invitee may have joined since.
+                if let Some(key) = retry {
+                    if let Some(first) = retries::claim(conn, key, salt, now).await? {
+                        let id = InvitationId::parse("id", &first.resource_id)
+                            .map_err(|_| retries::deleted_since("invitation"))?;
+                        let invitation = Invitation::find(conn, id)
+                            .await?
+                            .ok_or_else(|| retries::deleted_since("invitation"))?;
+                        return Ok(Written::unrecorded((invitation, Some(first))));
+                    }
+                }
+                if Member::find_by_email(conn, organization, new.email)
+                    .await?
+                    .is_some()
+                {
+                    return Err(AppError::AlreadyExists(
+                        "a member of the organization already has this email".into(),
+                    ));
+                }
+                if let Some(key) = retry {
+                    CreateRequest::created(conn, key, &new.id.to_string()).await?;
+                }
                 let invitation = Invitation::insert(conn, new).await.map_err(|error| {
                     match is_foreign_key_violation(&error) {
                         true => AppError::NotFound("organization"),
@@ -813,14 +839,29 @@ pub async fn create_invitation(
                     }
                 })?;
                 let record = record.with_state(state_of(invitation.clone()));
-                Ok(Written::recorded(invitation, record))
+                Ok(Written::recorded((invitation, None), record))
             }
             .scope_boxed()
         })
         .await?;
-    tracing::info!(organization_id = %cmd.organization, invitation_id = %invitation.id, "invitation created");
+    let Some(first) = first else {
+        tracing::info!(organization_id = %cmd.organization, invitation_id = %invitation.id, "invitation created");
+        return Ok(NewInvitationWithToken { invitation, token });
+    };
+    // A retry: the first request's token, drawn again, if it can be.
+    let mut stream = source.again(&first, "invitation", INVITE_AGAIN)?;
+    let token = InvitationToken::generate_with(&mut stream);
+    let holder = Invitation::find_by_token(&mut conn, &token.digest()).await?;
+    if holder.is_none_or(|holder| holder.id != invitation.id) {
+        return Err(retries::secret_changed("invitation", INVITE_AGAIN));
+    }
     Ok(NewInvitationWithToken { invitation, token })
 }
+
+/// Names the stream a retried invitation's token is drawn from.
+const INVITES: &[u8; 32] = b"chatbot-backend invitation v1   ";
+/// What to do when a retry cannot show the token again.
+const INVITE_AGAIN: &str = "delete the invitation and invite again";
 
 pub async fn list_invitations(
     state: &AppState,

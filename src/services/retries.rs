@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use crate::auth::{Caller, Principal};
 use crate::db::models::{CreateRequest, RequestKey};
 use crate::db::DbConnection;
-use crate::domain::{CreateRequestId, FieldViolation};
+use crate::domain::{CreateRequestId, FieldViolation, WebhookSigner};
 use crate::error::{AppError, AppResult};
 
 /// The request's key: who made it, through which RPC, with which id.
@@ -54,4 +54,76 @@ pub fn deleted_since(what: &str) -> AppError {
     AppError::FailedPrecondition(format!(
         "the {what} this request created has been deleted since"
     ))
+}
+
+/// Where a create's shown-once secret comes from. With a request id, on a
+/// server with SECRET_KEY, it is drawn from a stream seeded by SECRET_KEY
+/// and a random salt kept with the request id (the secret itself is never
+/// stored), so a retry can draw and show the same one; otherwise from the
+/// OS generator, shown once only.
+pub struct SecretSource<'a> {
+    signer: Option<&'a WebhookSigner>,
+    label: &'static [u8; 32],
+    salt: Option<[u8; 16]>,
+}
+
+impl<'a> SecretSource<'a> {
+    /// `label` names the kind of secret, so no two kinds share a stream.
+    pub fn new(
+        signer: Option<&'a WebhookSigner>,
+        retry: Option<&RequestKey>,
+        label: &'static [u8; 32],
+    ) -> Self {
+        let salt = retry.and(signer).map(|_| rand::random());
+        Self {
+            signer,
+            label,
+            salt,
+        }
+    }
+
+    /// The salt to keep with the request id ([`claim`]).
+    pub fn salt(&self) -> Option<&[u8]> {
+        self.salt.as_ref().map(|salt| &salt[..])
+    }
+
+    /// The first request's generator: derived with a salt, else the OS's.
+    pub fn first(&self) -> Box<dyn rand::RngCore + Send> {
+        match (self.signer, &self.salt) {
+            (Some(signer), Some(salt)) => Box::new(stream(signer, self.label, salt)),
+            _ => Box::new(rand::rngs::OsRng),
+        }
+    }
+
+    /// A retry's generator: the one the first request drew `what`'s secret
+    /// from. FAILED_PRECONDITION where it cannot be derived again;
+    /// `replace` says what to do instead.
+    pub fn again(
+        &self,
+        first: &CreateRequest,
+        what: &str,
+        replace: &str,
+    ) -> AppResult<rand_chacha::ChaCha20Rng> {
+        match (self.signer, &first.secret_salt) {
+            (Some(signer), Some(salt)) => Ok(stream(signer, self.label, salt)),
+            _ => Err(AppError::FailedPrecondition(format!(
+                "the first request created this {what} on a server without SECRET_KEY, so its \
+                 secret was shown once only: {replace}"
+            ))),
+        }
+    }
+}
+
+/// The retry's secret is not the one the first request showed: the
+/// server's SECRET_KEY changed in between.
+pub fn secret_changed(what: &str, replace: &str) -> AppError {
+    AppError::FailedPrecondition(format!(
+        "SECRET_KEY changed since the first request created this {what}, so its secret cannot \
+         be shown again: {replace}"
+    ))
+}
+
+fn stream(signer: &WebhookSigner, label: &[u8; 32], salt: &[u8]) -> rand_chacha::ChaCha20Rng {
+    use rand_chacha::rand_core::SeedableRng;
+    rand_chacha::ChaCha20Rng::from_seed(signer.derive(label, salt))
 }

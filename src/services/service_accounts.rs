@@ -10,14 +10,15 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 
 use super::convert::{self, list_of, parse_role, role_message, timestamp};
 use super::events::state_of;
+use super::retries::{self, SecretSource};
 use super::{audit, delete_row, AppState};
 use crate::auth::{ownership, Caller};
-use crate::db::models::{NewServiceAccount, ServiceAccount};
+use crate::db::models::{CreateRequest, NewServiceAccount, ServiceAccount};
 use crate::db::sql_types::Timestamp;
 use crate::db::{is_foreign_key_violation, Invalidation, Written};
 use crate::domain::{
-    AuditAction, AuditChange, AuditRecord, AuditTarget, ListOf, OrgAction, OrgRole, OrganizationId,
-    OrganizationName, Page, ServiceAccountId, ServiceAccountToken,
+    AuditAction, AuditChange, AuditRecord, AuditTarget, CreateRequestId, ListOf, OrgAction,
+    OrgRole, OrganizationId, OrganizationName, Page, ServiceAccountId, ServiceAccountToken,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation};
 use crate::proto;
@@ -29,6 +30,7 @@ pub struct CreateServiceAccount {
     pub name: OrganizationName,
     pub role: OrgRole,
     pub expires_at: Option<chrono::DateTime<Utc>>,
+    pub request: Option<CreateRequestId>,
 }
 
 impl TryFrom<proto::CreateServiceAccountRequest> for CreateServiceAccount {
@@ -54,17 +56,23 @@ impl TryFrom<proto::CreateServiceAccountRequest> for CreateServiceAccount {
                 })
             })
             .transpose();
-        let (organization, name, role, expires_at) = parsed((
+        let rest = proto::CreateServiceAccountRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let (organization, name, role, expires_at, request) = parsed((
             OrganizationId::parse("organization_id", &request.organization_id),
             OrganizationName::parse("name", &request.name),
             role,
             expires_at,
+            convert::create_request_id(&request.request_id, &rest, &[]),
         ))?;
         Ok(Self {
             organization,
             name,
             role,
             expires_at,
+            request,
         })
     }
 }
@@ -90,9 +98,15 @@ pub async fn create_service_account(
         manage,
     )
     .await?;
-    let token = ServiceAccountToken::generate();
+    let retry = cmd
+        .request
+        .as_ref()
+        .map(|request| retries::request_key(caller, "CreateServiceAccount", request));
+    let source = SecretSource::new(state.webhook_signer.as_ref(), retry.as_ref(), TOKENS);
+    let token = ServiceAccountToken::generate_with(&mut source.first());
     let digest = token.digest();
     let name = cmd.name.into_inner();
+    let now = Utc::now();
     let new = NewServiceAccount {
         id: ServiceAccountId::generate(),
         organization_id: cmd.organization,
@@ -101,16 +115,28 @@ pub async fn create_service_account(
         token_prefix: token.display_prefix(),
         token_hash: &digest,
         created_by: caller.user_id(),
-        created_at: Timestamp::now(),
+        created_at: Timestamp(now),
         expires_at: cmd.expires_at.map(Timestamp),
     };
     let target = AuditTarget::service_account(new.id, cmd.organization);
     let record = AuditRecord::new(AuditAction::ServiceAccountCreate, target)
         .with_changes(vec![AuditChange::values("role", "", cmd.role)]);
+    let (retry, salt) = (retry.as_ref(), source.salt());
     // A new token: no cache holds it.
-    let service_account = state
+    let (service_account, first) = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
+                if let Some(key) = retry {
+                    if let Some(first) = retries::claim(conn, key, salt, now).await? {
+                        let id = ServiceAccountId::parse("id", &first.resource_id)
+                            .map_err(|_| retries::deleted_since("service account"))?;
+                        let account = ServiceAccount::find(conn, id)
+                            .await?
+                            .ok_or_else(|| retries::deleted_since("service account"))?;
+                        return Ok(Written::unrecorded((account, Some(first))));
+                    }
+                    CreateRequest::created(conn, key, &new.id.to_string()).await?;
+                }
                 let created = ServiceAccount::insert(conn, new).await.map_err(|error| {
                     match is_foreign_key_violation(&error) {
                         true => AppError::NotFound("organization"),
@@ -118,21 +144,42 @@ pub async fn create_service_account(
                     }
                 })?;
                 let record = record.with_state(state_of(created.clone()));
-                Ok(Written::recorded(created, record))
+                Ok(Written::recorded((created, None), record))
             }
             .scope_boxed()
         })
         .await?;
-    tracing::info!(
-        organization_id = %cmd.organization,
-        service_account_id = %service_account.id,
-        "service account created"
-    );
+    let Some(first) = first else {
+        tracing::info!(
+            organization_id = %cmd.organization,
+            service_account_id = %service_account.id,
+            "service account created"
+        );
+        return Ok(NewServiceAccountWithToken {
+            service_account,
+            token,
+        });
+    };
+    // A retry: the first request's token, drawn again, if it can be.
+    let token = ServiceAccountToken::generate_with(&mut source.again(
+        &first,
+        "service account",
+        REPLACE_INSTEAD,
+    )?);
+    let holder = ServiceAccount::find_credential(&mut conn, &token.digest()).await?;
+    if holder.is_none_or(|holder| holder.id != service_account.id) {
+        return Err(retries::secret_changed("service account", REPLACE_INSTEAD));
+    }
     Ok(NewServiceAccountWithToken {
         service_account,
         token,
     })
 }
+
+/// Names the stream a retried create's token is drawn from.
+const TOKENS: &[u8; 32] = b"chatbot-backend svc account v1  ";
+/// What to do when a retry cannot show the token again.
+const REPLACE_INSTEAD: &str = "revoke the service account and create another";
 
 pub async fn list_service_accounts(
     state: &AppState,

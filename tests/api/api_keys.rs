@@ -137,6 +137,7 @@ backend_test! {
                     seconds: 2,
                     nanos: 0,
                 }),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -166,6 +167,7 @@ backend_test! {
                 .rotate_api_key(proto::RotateApiKeyRequest {
                     id: new_id,
                     grace_period: None,
+                    ..Default::default()
                 })
                 .await,
             Code::FailedPrecondition,
@@ -402,6 +404,7 @@ backend_test! {
             .rotate_api_key(proto::RotateApiKeyRequest {
                 id,
                 grace_period: None,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -459,6 +459,7 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
             .rotate_api_key(proto::RotateApiKeyRequest {
                 id: t.api_key_id,
                 grace_period: None,
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -589,6 +590,7 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
                 email: format!("invited-{}@example.com", uuid::Uuid::new_v4().simple()),
                 role: proto::OrganizationRole::Viewer.into(),
                 ttl: None,
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -629,6 +631,7 @@ async fn call(app: &TestApp, rpc: Rpc, token: Option<&str>, t: &Target) -> Resul
                 name: "matrix service".into(),
                 role: Role::Viewer.into(),
                 expire_time: None,
+                ..Default::default()
             })
             .await
             .map(drop),

@@ -507,6 +507,7 @@ backend_test! {
             .rotate_api_key(proto::RotateApiKeyRequest {
                 id: created.api_key.unwrap().id,
                 grace_period: None,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -548,6 +549,7 @@ backend_test! {
             .rotate_api_key(proto::RotateApiKeyRequest {
                 id: replaced_id,
                 grace_period: window(3600),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -18,6 +18,7 @@ fn rotation(id: i64, grace_secs: i64) -> proto::RotateApiKeyRequest {
             seconds: grace_secs,
             nanos: 0,
         }),
+        ..Default::default()
     }
 }
 

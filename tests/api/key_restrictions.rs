@@ -121,7 +121,7 @@ backend_test! {
         // A rotation hands everything to the replacement.
         let rotated = app
             .api_keys(Some(&owner.token))
-            .rotate_api_key(proto::RotateApiKeyRequest { id: key.id, grace_period: None })
+            .rotate_api_key(proto::RotateApiKeyRequest { id: key.id, grace_period: None, ..Default::default() })
             .await
             .unwrap()
             .into_inner();

@@ -114,6 +114,7 @@ backend_test! {
                 email: "friend@example.com".into(),
                 role: Role::Editor.into(),
                 ttl: None,
+                ..Default::default()
             })
             .await;
         assert_code(invite, Code::FailedPrecondition);
@@ -311,6 +312,7 @@ backend_test! {
                 email: user.email.clone(),
                 role: Role::Editor.into(),
                 ttl: None,
+                ..Default::default()
             })
             .await;
         assert_code(again, Code::AlreadyExists);
@@ -576,6 +578,7 @@ backend_test! {
                     seconds: soon.timestamp(),
                     nanos: 0,
                 }),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -762,6 +765,7 @@ backend_test! {
                 email: "not an email".into(),
                 role: 0,
                 ttl: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                ..Default::default()
             })
             .await;
         assert_eq!(fields(bad_invitation), ["email", "role", "ttl"]);
@@ -771,6 +775,7 @@ backend_test! {
                 name: "root".into(),
                 role: Role::Owner.into(),
                 expire_time: None,
+                ..Default::default()
             })
             .await;
         assert_eq!(fields(owner_account), ["role"]);

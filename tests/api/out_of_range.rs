@@ -341,6 +341,7 @@ async fn grace_periods_of_any_size_beyond_the_limit_are_refused() {
                 .rotate_api_key(proto::RotateApiKeyRequest {
                     id: key.id,
                     grace_period: Some(prost_types::Duration { seconds, nanos }),
+                    ..Default::default()
                 })
                 .await,
             Code::InvalidArgument,

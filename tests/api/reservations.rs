@@ -579,6 +579,7 @@ backend_test! {
             .rotate_api_key(proto::RotateApiKeyRequest {
                 id: old_id,
                 grace_period: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+                ..Default::default()
             })
             .await
             .expect("rotate with a grace period")

@@ -187,6 +187,7 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
                     email: "invited@example.com".into(),
                     role: proto::OrganizationRole::Viewer.into(),
                     ttl: None,
+                    ..Default::default()
                 })
                 .await
                 .unwrap();
@@ -218,6 +219,7 @@ async fn a_database_of_the_previous_version_migrates_serves_the_same_data_and_st
                     name: "upgraded service".into(),
                     role: proto::OrganizationRole::Viewer.into(),
                     expire_time: None,
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

@@ -19,7 +19,6 @@ use crate::domain::{
     may_add_active_key, may_rotate_with_grace, permissions_json, AllowedNetworks, ApiKeyId,
     ApiKeySecret, AuditAction, AuditChange, AuditRecord, AuditTarget, CreateApiKey, DisplayText,
     KeyLifecycle, ListApiKeys, Metadata, OrgAction, Page, RotateApiKey, UpdateApiKey,
-    WebhookSigner,
 };
 use crate::error::{AppError, AppResult};
 
@@ -59,16 +58,10 @@ pub async fn create_api_key(
         .request
         .as_ref()
         .map(|request| retries::request_key(caller, "CreateApiKey", request));
-    // With a request id the secret is derived, so a retry can show it
-    // again; the salt is kept with the request id, the secret nowhere.
-    let signer = state.webhook_signer.as_ref();
-    let salt: Option<[u8; 16]> = retry.as_ref().and(signer).map(|_| rand::random());
-    let secret = match (signer, &salt) {
-        (Some(signer), Some(salt)) => retried_secret(signer, salt, now.timestamp()),
-        _ => ApiKeySecret::generate(),
-    };
+    let source = retries::SecretSource::new(state.webhook_signer.as_ref(), retry.as_ref(), KEYS);
+    let secret = ApiKeySecret::generate_with(&mut source.first(), now.timestamp());
     let (secret_ref, display_name, grants) = (&secret, cmd.display_name.as_str(), &cmd.grants);
-    let (retry, salt) = (retry.as_ref(), salt.as_ref().map(|salt| &salt[..]));
+    let (retry, salt) = (retry.as_ref(), source.salt());
     // A new key: no cache holds it.
     let (api_key, first) = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
@@ -121,23 +114,11 @@ pub async fn create_api_key(
         tracing::info!(api_key_id = %api_key.key.id, chatbot_id = %chatbot_id, "API key created");
         return Ok(NewKey { api_key, secret });
     };
-    // A retry: the first request's secret, derived again, if it can be.
-    let again = match (signer, &first.secret_salt) {
-        (Some(signer), Some(salt)) => retried_secret(signer, salt, first.created_at.timestamp()),
-        _ => {
-            return Err(AppError::FailedPrecondition(
-                "the first request created this key on a server without SECRET_KEY, so its \
-                 secret was shown once only: rotate the key"
-                    .into(),
-            ))
-        }
-    };
+    // A retry: the first request's secret, drawn again, if it can be.
+    let mut stream = source.again(&first, "key", ROTATE_INSTEAD)?;
+    let again = ApiKeySecret::generate_with(&mut stream, first.created_at.timestamp());
     if !ApiKey::digest_is(&mut conn, api_key.key.id, &again.digest()).await? {
-        return Err(AppError::FailedPrecondition(
-            "SECRET_KEY changed since the first request created this key, so its secret \
-             cannot be shown again: rotate the key"
-                .into(),
-        ));
+        return Err(retries::secret_changed("key", ROTATE_INSTEAD));
     }
     Ok(NewKey {
         api_key,
@@ -145,14 +126,10 @@ pub async fn create_api_key(
     })
 }
 
-/// The secret of a key created with a request id: drawn from a stream
-/// seeded by SECRET_KEY and the request's random salt, issued at
-/// `issued_at`, so a retry draws the same one.
-fn retried_secret(signer: &WebhookSigner, salt: &[u8], issued_at: i64) -> ApiKeySecret {
-    use rand_chacha::rand_core::SeedableRng;
-    let seed = signer.derive(b"chatbot-backend api key retry v1", salt);
-    ApiKeySecret::generate_with(&mut rand_chacha::ChaCha20Rng::from_seed(seed), issued_at)
-}
+/// Names the stream a retried create's or rotation's secret is drawn from.
+const KEYS: &[u8; 32] = b"chatbot-backend api key retry v1";
+/// What to do when a retry cannot show its key's secret again.
+const ROTATE_INSTEAD: &str = "rotate the key";
 
 pub async fn get_api_key(
     state: &AppState,
@@ -296,23 +273,44 @@ pub async fn rotate_api_key(
     caller: &Caller,
     cmd: RotateApiKey,
 ) -> AppResult<RotatedKey> {
-    let RotateApiKey { id, grace_period } = cmd;
+    let RotateApiKey {
+        id,
+        grace_period,
+        request,
+    } = cmd;
     let mut conn = state.db.conn().await?;
     let (old_key, placement) =
         ownership::api_key(&mut conn, &state.memberships, caller, id, OrgAction::Edit).await?;
     let chatbot_id = old_key.chatbot_id;
     let now = Utc::now();
     let grace_ends = now + chrono::Duration::from_std(grace_period).map_err(AppError::internal)?;
-    let secret = ApiKeySecret::generate();
+    let retry = request
+        .as_ref()
+        .map(|request| retries::request_key(caller, "RotateApiKey", request));
+    let source = retries::SecretSource::new(state.webhook_signer.as_ref(), retry.as_ref(), KEYS);
+    let secret = ApiKeySecret::generate_with(&mut source.first(), now.timestamp());
     let max_active = state.policy.max_active_api_keys_per_chatbot;
-    let secret_ref = &secret;
+    let (secret_ref, retry, salt) = (&secret, retry.as_ref(), source.salt());
     // Every replica's VerifyApiKey cache drops the key.
     let stale = Some(Invalidation::Key(id));
-    let (api_key, previous) = state
+    let (api_key, previous, first) = state
         .write(&mut conn, audit::actor(caller), stale, |conn| {
             async move {
                 if !Chatbot::lock(conn, chatbot_id).await? {
                     return Err(AppError::NotFound("API key"));
+                }
+                if let Some(key) = retry {
+                    if let Some(first) = retries::claim(conn, key, salt, now).await? {
+                        let replacement = match first.resource_id.parse().map(ApiKeyId) {
+                            Ok(replacement) => ApiKey::find(conn, replacement).await?,
+                            Err(_) => None,
+                        };
+                        let replacement =
+                            replacement.ok_or_else(|| retries::deleted_since("replacement key"))?;
+                        let replacement = KeyWithLimits::load(conn, replacement).await?;
+                        let old = key_with_limits(conn, id).await?;
+                        return Ok(Written::unrecorded((replacement, old, Some(first))));
+                    }
                 }
                 let old = find_key(conn, id).await?;
                 lifecycle(&old).may_rotate(now)?;
@@ -329,6 +327,9 @@ pub async fn rotate_api_key(
                         .with_grants(&old_grants),
                 )
                 .await?;
+                if let Some(retry) = retry {
+                    CreateRequest::created(conn, retry, &new_key.id.to_string()).await?;
+                }
                 let old_key = ApiKey::mark_rotated(conn, id, new_key.id, grace_ends, now)
                     .await?
                     .ok_or(AppError::NotFound("API key"))?;
@@ -354,15 +355,28 @@ pub async fn rotate_api_key(
                     .with_changes(vec![AuditChange::values("replacement_id", "", new_key.id)])
                     .with_state(state_of(key_with_limits(conn, id).await?));
                 let new_key = KeyWithLimits::load(conn, new_key).await?;
-                Ok(Written::recorded((new_key, old_key), record))
+                Ok(Written::recorded((new_key, old_key, None), record))
             }
             .scope_boxed()
         })
         .await?;
-    tracing::info!(old_api_key_id = %id, new_api_key_id = %api_key.key.id, "API key rotated");
+    let Some(first) = first else {
+        tracing::info!(old_api_key_id = %id, new_api_key_id = %api_key.key.id, "API key rotated");
+        return Ok(RotatedKey {
+            api_key,
+            secret,
+            previous,
+        });
+    };
+    // A retry: the first rotation's secret, drawn again, if it can be.
+    let mut stream = source.again(&first, "replacement key", ROTATE_INSTEAD)?;
+    let again = ApiKeySecret::generate_with(&mut stream, first.created_at.timestamp());
+    if !ApiKey::digest_is(&mut conn, api_key.key.id, &again.digest()).await? {
+        return Err(retries::secret_changed("replacement key", ROTATE_INSTEAD));
+    }
     Ok(RotatedKey {
         api_key,
-        secret,
+        secret: again,
         previous,
     })
 }

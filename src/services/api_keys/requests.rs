@@ -142,8 +142,20 @@ impl TryFrom<proto::RotateApiKeyRequest> for RotateApiKey {
                 }
             }),
         };
-        let (id, grace_period) = parsed((ApiKeyId::parse("id", request.id), grace_period))?;
-        Ok(Self { id, grace_period })
+        let rest = proto::RotateApiKeyRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let (id, grace_period, request) = parsed((
+            ApiKeyId::parse("id", request.id),
+            grace_period,
+            convert::create_request_id(&request.request_id, &rest, &[]),
+        ))?;
+        Ok(Self {
+            id,
+            grace_period,
+            request,
+        })
     }
 }
 

@@ -179,6 +179,7 @@ impl super::Clients {
                 email: email.into(),
                 role: role.into(),
                 ttl: None,
+                ..Default::default()
             })
             .await
             .expect("create invitation")
@@ -199,6 +200,7 @@ impl super::Clients {
                 name: "provisioning".into(),
                 role: role.into(),
                 expire_time: None,
+                ..Default::default()
             })
             .await
             .expect("create service account")

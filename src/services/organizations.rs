@@ -810,6 +810,12 @@ pub async fn create_invitation(
     let (invitation, first) = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
+                // A write first: SQLite cannot turn a transaction that
+                // began with a read into a write while another connection
+                // writes (it answers "locked" at once, without waiting).
+                if !Organization::lock(conn, organization).await? {
+                    return Err(AppError::NotFound("organization"));
+                }
                 // A retry answers first: the invitee may have joined since.
                 if let Some(key) = retry {
                     if let Some(first) = retries::claim(conn, key, salt, now).await? {

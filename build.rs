@@ -1,7 +1,8 @@
 //! Compiles proto/ with protox (pure Rust, no system `protoc`) and generates
 //! the tonic stubs. Three descriptor sets go to OUT_DIR for reflection: ours,
 //! the google.rpc error-detail types, so grpcurl can decode both, and Envoy's
-//! external authorization API (third_party/envoy), which we serve.
+//! external authorization API (third_party/envoy), which we serve. And the
+//! operator console's built files (console/dist, committed) are embedded.
 
 use std::path::PathBuf;
 
@@ -27,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=third_party/googleapis");
     println!("cargo:rerun-if-changed=third_party/envoy");
+    println!("cargo:rerun-if-changed=console/dist");
+    std::fs::write(out_dir.join("console_assets.rs"), console_assets()?)?;
 
     let descriptors = protox::compile(PROTOS, ["proto"])?;
     std::fs::write(
@@ -77,4 +80,34 @@ fn rpc_methods(descriptors: &prost_types::FileDescriptorSet) -> String {
         }
     }
     code
+}
+
+/// `ASSETS`: every file of console/dist, by name, embedded. Sorted, so the
+/// table does not depend on the directory's order; empty without a dist
+/// (the console then answers 404 to every page).
+fn console_assets() -> Result<String, Box<dyn std::error::Error>> {
+    let dist = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("console/dist");
+    let mut files = Vec::new();
+    if dist.is_dir() {
+        for entry in std::fs::read_dir(&dist)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    let mut code = String::from("pub static ASSETS: &[(&str, &[u8])] = &[\n");
+    for path in files {
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .ok_or("file name")?;
+        code.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            path.display().to_string()
+        ));
+    }
+    code.push_str("];\n");
+    Ok(code)
 }

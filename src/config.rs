@@ -337,6 +337,16 @@ pub struct Settings {
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// Address of the operator console (its pages and gRPC-Web for the
+    /// browser); `off` = no console. Port 0 picks a free port (logged).
+    #[arg(long, env = "CONSOLE_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub console_listen_addr: ConsoleAddr,
+
+    /// Origins (scheme://host[:port], comma-separated) whose pages may call
+    /// the console's gRPC-Web API besides the console itself; empty = none.
+    #[arg(long, env = "CONSOLE_ALLOWED_ORIGINS", default_value = "")]
+    pub console_allowed_origins: ConsoleOrigins,
+
     /// Log format: plain or json. Filter with RUST_LOG.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -599,6 +609,13 @@ impl Settings {
                 "METRICS_ADDR must differ from LISTEN_ADDR ({metrics_addr})"
             );
         }
+        if let ConsoleAddr(Some(console)) = self.console_listen_addr {
+            anyhow::ensure!(
+                console.port() == 0
+                    || (console != self.listen_addr && Some(console) != self.metrics_addr),
+                "CONSOLE_LISTEN_ADDR must differ from LISTEN_ADDR and METRICS_ADDR ({console})"
+            );
+        }
         if self.redis_ca_file.is_some() {
             anyhow::ensure!(
                 self.redis_url
@@ -715,6 +732,59 @@ impl Settings {
             acquire_timeout: Duration::from_millis(self.database_acquire_timeout_ms),
             connect_timeout: Duration::from_millis(self.database_connect_timeout_ms),
             statement_timeout: Duration::from_millis(self.database_statement_timeout_ms),
+        }
+    }
+}
+
+/// `CONSOLE_ALLOWED_ORIGINS`: origins, comma-separated, each kept as a
+/// browser sends it in `Origin` (lower-case host, no default port).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleOrigins(pub Vec<String>);
+
+impl std::str::FromStr for ConsoleOrigins {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let origins = value
+            .split(',')
+            .map(str::trim)
+            .filter(|origin| !origin.is_empty());
+        origins
+            .map(|origin| {
+                url::Url::parse(origin)
+                    .ok()
+                    .filter(|url| {
+                        matches!(url.scheme(), "http" | "https")
+                            && url.host().is_some()
+                            && url.path() == "/"
+                            && url.query().is_none()
+                            && url.username().is_empty()
+                            && !origin.ends_with('/')
+                    })
+                    .map(|url| url.origin().ascii_serialization())
+                    .ok_or_else(|| {
+                        format!("{origin:?} is not an origin (scheme://host[:port], no path)")
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+/// `CONSOLE_LISTEN_ADDR`: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsoleAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for ConsoleAddr {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim() {
+            "off" => Ok(Self(None)),
+            addr => addr
+                .parse()
+                .map(|addr| Self(Some(addr)))
+                .map_err(|_| format!("{value:?} is neither an address (host:port) nor `off`")),
         }
     }
 }

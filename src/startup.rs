@@ -20,6 +20,7 @@ use crate::auth::{
     Sessions, TokenKeys,
 };
 use crate::config::{Config, Settings};
+use crate::console::{AllowedOrigins, ConsoleLayer};
 use crate::db::{self, BarrierRequest, Database, DatabaseTarget, ServeLock};
 use crate::gate::GateLayer;
 use crate::health::{self, HealthReporter};
@@ -88,6 +89,8 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    /// The operator console's listener, unless CONSOLE_LISTEN_ADDR is off.
+    console: Option<(TcpListener, SocketAddr, AllowedOrigins)>,
     metrics: Metrics,
     state: Arc<AppState>,
     config: Config,
@@ -267,6 +270,17 @@ impl Application {
             .await
             .with_context(|| format!("binding LISTEN_ADDR {}", settings.listen_addr))?;
         let local_addr = listener.local_addr()?;
+        let console = match settings.console_listen_addr.0 {
+            Some(addr) => {
+                let origins = AllowedOrigins::new(&settings.console_allowed_origins);
+                let listener = TcpListener::bind(addr).await.with_context(|| {
+                    format!("binding CONSOLE_LISTEN_ADDR {addr} (`off` turns the console off)")
+                })?;
+                let bound = listener.local_addr()?;
+                Some((listener, bound, origins))
+            }
+            None => None,
+        };
         let metrics_addr = match settings.metrics_addr {
             Some(addr) => Some(
                 metrics::serve(addr, metrics.clone(), state.db.clone())
@@ -279,6 +293,7 @@ impl Application {
             listener,
             local_addr,
             metrics_addr,
+            console,
             metrics,
             state,
             config,
@@ -296,6 +311,11 @@ impl Application {
     /// Where metrics are served, if METRICS_ADDR was set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Where the operator console is served, unless it is off.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console.as_ref().map(|(_, addr, _)| *addr)
     }
 
     /// The VerifyApiKey cache, for tests that prove it is used and
@@ -330,6 +350,7 @@ impl Application {
         let Self {
             listener,
             local_addr,
+            console,
             metrics,
             state,
             config,
@@ -540,6 +561,8 @@ impl Application {
         let reporter_for_shutdown = health_reporter.clone();
         let metrics_for_shutdown = metrics.clone();
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        // The console stops accepting when the gRPC port does.
+        let (stop_console_tx, mut stop_console) = watch::channel(false);
         let stop_serving = async move {
             shutdown.await;
             tracing::info!(
@@ -550,76 +573,80 @@ impl Application {
             metrics_for_shutdown.set_serving(false);
             tokio::time::sleep(drain_delay).await;
             tracing::info!("no longer accepting connections; finishing in-flight RPCs");
+            let _ = stop_console_tx.send(true);
             let _ = draining_tx.send(());
         };
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let rpc_timeout = Duration::from_secs(settings.default_rpc_timeout_secs);
-        let server = Server::builder()
-            .timeout(rpc_timeout)
-            // HTTP/2's own limit, announced to clients in SETTINGS: cheaper
-            // than a per-request semaphore, and a client learns the limit
-            // instead of queueing blind.
-            .max_concurrent_streams(
-                u32::try_from(settings.max_concurrent_requests_per_connection).unwrap_or(u32::MAX),
-            )
-            // First added is outermost: observe everything, read the bearer
-            // token, count the request against its user (or the client's
-            // network), and only then look up the token's session.
+        // Every call goes through these, on either listener. First is
+        // outermost: observe everything, read the bearer token, count the
+        // request against its user (or the client's network), and only
+        // then look up the token's session.
+        let layers = tower::ServiceBuilder::new()
             .layer(RpcLayer::new(metrics.clone(), rpc_timeout))
             // Inside the RPC's span and metrics, so a panic is answered,
             // counted and logged like any INTERNAL.
             .layer(CatchPanicLayer);
         // Debug builds only: a test hook, see `panics::INJECT_PANIC_ENV`.
         #[cfg(debug_assertions)]
-        let server = server.layer(crate::panics::InjectedPanicLayer::from_env());
-        let server = server
+        let layers = layers.layer(crate::panics::InjectedPanicLayer::from_env());
+        let layers = layers
             .layer(GateLayer(CredentialsGate::new(state.tokens.clone())))
             .layer(GateLayer(RateLimitGate::new(state.rate_limits.clone())))
             .layer(AuthLayer::new(
                 state.sessions.clone(),
                 state.service_accounts.clone(),
             ))
+            .into_inner();
+        // HTTP/2's own limit, announced to clients in SETTINGS: cheaper
+        // than a per-request semaphore, and a client learns the limit
+        // instead of queueing blind.
+        let max_streams =
+            u32::try_from(settings.max_concurrent_requests_per_connection).unwrap_or(u32::MAX);
+        let mut api = tonic::service::RoutesBuilder::default();
+        api.add_service(
+            UserServiceServer::new(Users(state.clone())).max_decoding_message_size(max_bytes),
+        )
+        .add_service(
+            ChatbotServiceServer::new(Chatbots(state.clone())).max_decoding_message_size(max_bytes),
+        )
+        .add_service(
+            ApiKeyServiceServer::new(ApiKeys(state.clone())).max_decoding_message_size(max_bytes),
+        )
+        .add_service(
+            AuthServiceServer::new(Auth(state.clone())).max_decoding_message_size(max_bytes),
+        )
+        .add_service(
+            StatusServiceServer::new(StatusApi(state.clone())).max_decoding_message_size(max_bytes),
+        )
+        .add_service(
+            AuditServiceServer::new(Audit(state.clone())).max_decoding_message_size(max_bytes),
+        )
+        .add_service(
+            OrganizationServiceServer::new(Organizations(state.clone()))
+                .max_decoding_message_size(max_bytes),
+        )
+        .add_service(
+            EventServiceServer::new(Events::new(
+                state.clone(),
+                settings.max_event_streams,
+                metrics.overload_refusals("event_streams"),
+            ))
+            .max_decoding_message_size(max_bytes),
+        )
+        .add_service(
+            WebhookServiceServer::new(Webhooks(state.clone())).max_decoding_message_size(max_bytes),
+        );
+        let api = api.routes();
+        let server = Server::builder()
+            .timeout(rpc_timeout)
+            .max_concurrent_streams(max_streams)
+            .layer(layers.clone())
+            .add_routes(api.clone())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(
-                UserServiceServer::new(Users(state.clone())).max_decoding_message_size(max_bytes),
-            )
-            .add_service(
-                ChatbotServiceServer::new(Chatbots(state.clone()))
-                    .max_decoding_message_size(max_bytes),
-            )
-            .add_service(
-                ApiKeyServiceServer::new(ApiKeys(state.clone()))
-                    .max_decoding_message_size(max_bytes),
-            )
-            .add_service(
-                AuthServiceServer::new(Auth(state.clone())).max_decoding_message_size(max_bytes),
-            )
-            .add_service(
-                StatusServiceServer::new(StatusApi(state.clone()))
-                    .max_decoding_message_size(max_bytes),
-            )
-            .add_service(
-                AuditServiceServer::new(Audit(state.clone())).max_decoding_message_size(max_bytes),
-            )
-            .add_service(
-                OrganizationServiceServer::new(Organizations(state.clone()))
-                    .max_decoding_message_size(max_bytes),
-            )
-            .add_service(
-                EventServiceServer::new(Events::new(
-                    state.clone(),
-                    settings.max_event_streams,
-                    metrics.overload_refusals("event_streams"),
-                ))
-                .max_decoding_message_size(max_bytes),
-            )
-            .add_service(
-                WebhookServiceServer::new(Webhooks(state.clone()))
-                    .max_decoding_message_size(max_bytes),
-            )
             .add_service(
                 AuthorizationServer::new(ExternalAuthorization::new(
                     state.clone(),
@@ -628,12 +655,48 @@ impl Application {
                 .max_decoding_message_size(max_bytes),
             )
             .serve_with_incoming_shutdown(incoming, stop_serving);
+        // The console: its pages, then gRPC-Web turned into gRPC for the
+        // same services behind the same layers (HTTP/1.1, as browsers
+        // speak to a plaintext origin).
+        let console = console.map(|(listener, console_addr, origins)| {
+            tracing::info!(
+                %console_addr,
+                assets_bytes = crate::console::assets_bytes(),
+                "serving the operator console"
+            );
+            Server::builder()
+                .accept_http1(true)
+                .timeout(rpc_timeout)
+                .max_concurrent_streams(max_streams)
+                .layer(ConsoleLayer::new(origins.clone()))
+                .layer(origins.cors())
+                .layer(tonic_web::GrpcWebLayer::new())
+                .layer(layers)
+                .add_routes(api)
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async move {
+                        let _ = stop_console.wait_for(|stop| *stop).await;
+                    },
+                )
+        });
+        let server = async move {
+            let console = async move {
+                match console {
+                    Some(console) => console.await.context("console server failed"),
+                    None => Ok(()),
+                }
+            };
+            let (grpc, console) = tokio::join!(server, console);
+            grpc.context("gRPC server failed")?;
+            console
+        };
 
         tracing::info!(%local_addr, "serving gRPC");
         // The grace period bounds how long a connection that refuses to close
         // can hold up the exit; it starts once the server stops accepting.
         let served = tokio::select! {
-            result = server => result.context("gRPC server failed"),
+            result = server => result,
             () = async {
                 match draining_rx.await {
                     Ok(()) => tokio::time::sleep(grace).await,

@@ -286,6 +286,7 @@ impl LoggingServer {
             )
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("CONSOLE_LISTEN_ADDR", "127.0.0.1:0")
             .env("SECRET_KEY", SECRET_KEY)
             .env("RATE_LIMIT_PER_ADDRESS", "0");
         let mut child = spawn_logging_json(&mut command);

@@ -12,6 +12,7 @@ mod auth;
 mod authorization;
 mod backup;
 mod chatbots;
+mod console;
 mod credit_top_ups;
 mod credits;
 mod edge;

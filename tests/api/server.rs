@@ -247,6 +247,8 @@ async fn a_setting_that_cannot_work_stops_the_start_naming_itself() {
         ("PASSWORD_HASH_ITERATIONS", "0"),
         ("PASSWORD_HASH_MEMORY_KIB", "1048577"),
         ("PASSWORD_HASH_ITERATIONS", "101"),
+        ("CONSOLE_ALLOWED_ORIGINS", "ops.example.com"),
+        ("CONSOLE_LISTEN_ADDR", "localhost"),
     ];
     let scratch = std::env::temp_dir().join(format!("settings-{}", uuid::Uuid::new_v4()));
     // The starts run at once, each in a directory of its own, so a store
@@ -261,6 +263,7 @@ async fn a_setting_that_cannot_work_stops_the_start_naming_itself() {
                 .current_dir(&workdir)
                 .env("DATABASE_URL", workdir.join("never-created.db"))
                 .env("LISTEN_ADDR", "127.0.0.1:0")
+                .env("CONSOLE_LISTEN_ADDR", "127.0.0.1:0")
                 .env(name, value)
                 .kill_on_drop(true)
                 .output();

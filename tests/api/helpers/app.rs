@@ -29,6 +29,8 @@ pub struct TestApp {
     /// Where the gRPC server listens.
     pub addr: std::net::SocketAddr,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the operator console listens (on a free port by default).
+    pub console_addr: Option<std::net::SocketAddr>,
     pub database_url: String,
     pub(super) database: TestDatabase,
     pub db: Database,
@@ -133,6 +135,8 @@ async fn start_server(
         // Lifecycle events (a key expiring, credits low) only where a test
         // is about them: elsewhere they would join the events it counts.
         ("--lifecycle-events-interval-secs", "3600".to_owned()),
+        // Every test server has a console, on a port of its own.
+        ("--console-listen-addr", "127.0.0.1:0".to_owned()),
     ];
     // Passed even for the production cost, so that a PASSWORD_HASH_* in the
     // developer's environment cannot change what the test measures.
@@ -156,6 +160,7 @@ async fn start_server(
         .expect("application builds");
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
+    let console_addr = app.console_addr();
     let db = app.database().clone();
     let api_key_cache = app.api_key_cache();
     let known_keys = app.known_keys();
@@ -167,6 +172,7 @@ async fn start_server(
     TestApp {
         addr,
         metrics_addr,
+        console_addr,
         database_url: database.url.clone(),
         database,
         db,

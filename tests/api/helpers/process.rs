@@ -177,6 +177,8 @@ pub async fn run_command(
 pub fn server_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_chatbot-backend"));
     command
+        // The default port would be shared by every server a test starts.
+        .env("CONSOLE_LISTEN_ADDR", "127.0.0.1:0")
         .env(
             "PASSWORD_HASH_MEMORY_KIB",
             TEST_HASH_COST.memory_kib.to_string(),

@@ -343,9 +343,9 @@ pub struct Settings {
     pub console_listen_addr: ConsoleAddr,
 
     /// Origins (scheme://host[:port], comma-separated) whose pages may call
-    /// the console's gRPC-Web API besides the console itself; empty = none.
-    #[arg(long, env = "CONSOLE_ALLOWED_ORIGINS", default_value = "")]
-    pub console_allowed_origins: ConsoleOrigins,
+    /// the console's gRPC-Web API besides the console itself; unset = none.
+    #[arg(long, env = "CONSOLE_ALLOWED_ORIGINS")]
+    pub console_allowed_origins: Option<ConsoleOrigins>,
 
     /// Log format: plain or json. Filter with RUST_LOG.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]

@@ -272,7 +272,8 @@ impl Application {
         let local_addr = listener.local_addr()?;
         let console = match settings.console_listen_addr.0 {
             Some(addr) => {
-                let origins = AllowedOrigins::new(&settings.console_allowed_origins);
+                let listed = settings.console_allowed_origins.clone().unwrap_or_default();
+                let origins = AllowedOrigins::new(&listed);
                 let listener = TcpListener::bind(addr).await.with_context(|| {
                     format!("binding CONSOLE_LISTEN_ADDR {addr} (`off` turns the console off)")
                 })?;

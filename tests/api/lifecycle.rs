@@ -39,6 +39,7 @@ backend_test! {
             .arg("serve")
             .env("DATABASE_URL", &database.url)
             .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("CONSOLE_LISTEN_ADDR", "127.0.0.1:0")
             .env("SECRET_KEY", SECRET_KEY)
             .env("SHUTDOWN_DRAIN_DELAY_SECS", "1")
             .env("SHUTDOWN_GRACE_SECS", "10")
@@ -285,7 +286,9 @@ async fn with_no_database_url_the_binary_serves_from_a_sqlite_file_in_its_workin
     command
         .current_dir(&workdir)
         .env_remove("DATABASE_URL")
-        .env("LISTEN_ADDR", "127.0.0.1:0");
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        // The default console port would be shared with any other server.
+        .env("CONSOLE_LISTEN_ADDR", "127.0.0.1:0");
     let mut child = spawn_logging_json(&mut command);
 
     let mut backend_logged = false;

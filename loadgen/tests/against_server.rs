@@ -134,6 +134,9 @@ async fn spawn_server(database: TestDatabase) -> TestServer {
         "0",
         "--rate-limit-per-api-key",
         "0",
+        // No console: the default port would be shared by both stores' servers.
+        "--console-listen-addr",
+        "off",
     ];
     let settings = TestCli::parse_from(args).settings;
     let app = Application::build(settings)

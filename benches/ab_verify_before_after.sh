@@ -17,6 +17,8 @@
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust) and pgbench;
 # ports 50071 and 50072 free. Writes target/bench/ab.jsonl.
 set -euo pipefail
+# The console listens too (as by default), on a free port: servers run side by side here.
+export CONSOLE_LISTEN_ADDR=${CONSOLE_LISTEN_ADDR:-127.0.0.1:0}
 cd "$(dirname "$0")/.."
 PG=postgres://postgres@127.0.0.1:5432
 OLD=${OLD:?set OLD to the chatbot-backend binary of the earlier build}

@@ -14,6 +14,8 @@
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust), pgbench; port
 # 50075 free. Writes target/bench/reserve-settle.jsonl.
 set -euo pipefail
+# The console listens too (as by default), on a free port: servers run side by side here.
+export CONSOLE_LISTEN_ADDR=${CONSOLE_LISTEN_ADDR:-127.0.0.1:0}
 cd "$(dirname "$0")/.."
 PG=postgres://postgres@127.0.0.1:5432
 ADDR=127.0.0.1:50075

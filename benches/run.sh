@@ -10,6 +10,8 @@
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust), pgbench and
 # python3. Builds with `cargo build --release --bins`. Port 50061 must be free.
 set -euo pipefail
+# The console listens too (as by default), on a free port: servers run side by side here.
+export CONSOLE_LISTEN_ADDR=${CONSOLE_LISTEN_ADDR:-127.0.0.1:0}
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}

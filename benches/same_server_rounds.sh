@@ -10,6 +10,8 @@
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust) and pgbench;
 # port 50073 free. Writes target/bench/rounds.jsonl.
 set -euo pipefail
+# The console listens too (as by default), on a free port: servers run side by side here.
+export CONSOLE_LISTEN_ADDR=${CONSOLE_LISTEN_ADDR:-127.0.0.1:0}
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: $0 <loadgen --rpc>..." >&2; exit 2; }
 PG=postgres://postgres@127.0.0.1:5432

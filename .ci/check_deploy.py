@@ -7,8 +7,8 @@
   LIVENESS_SERVICE from src/startup.rs; readiness is grpc on that port with
   service "" or absent;
 - terminationGracePeriodSeconds > SHUTDOWN_DRAIN_DELAY_SECS +
-  SHUTDOWN_GRACE_SECS (ConfigMap, else the defaults in src/config.rs);
-- every ConfigMap/Secret key is an `env = "NAME"` in src/config.rs;
+  SHUTDOWN_GRACE_SECS (ConfigMap, else the defaults in src/config/);
+- every ConfigMap/Secret key is an `env = "NAME"` in src/config/;
 - the Service targets the grpc port and selects the Deployment's pods;
 - envFrom names exist; the migrate Job runs `migrate` with the same image;
 - deploy/Dockerfile's runtime stage (its last): OCI labels version,
@@ -38,7 +38,7 @@ except ImportError:
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-CONFIG_RS = ROOT / "src" / "config.rs"
+CONFIG_DIR = ROOT / "src" / "config"
 CARGO_TOML = ROOT / "Cargo.toml"
 STARTUP_RS = ROOT / "src" / "startup.rs"
 
@@ -86,10 +86,10 @@ def one(docs, kind, name=None):
 
 
 def config_env_names():
-    text = CONFIG_RS.read_text()
+    text = "\n".join(f.read_text() for f in sorted(CONFIG_DIR.glob("*.rs")))
     names = set(re.findall(r'\benv\s*=\s*"([A-Z0-9_]+)"', text))
     if not names:
-        fail("src/config.rs: found no env = \"NAME\" attributes")
+        fail("src/config/: found no env = \"NAME\" attributes")
     return names, text
 
 
@@ -283,7 +283,7 @@ def main():
     for where, keys in (("ConfigMap", cm_data), ("Secret", secret_keys)):
         for k in sorted(keys):
             if k not in env_names:
-                fail(f"{where}: {k} is not an env var in src/config.rs")
+                fail(f"{where}: {k} is not an env var in src/config/")
     if "DATABASE_URL" not in secret_keys:
         fail("Secret: DATABASE_URL missing")
     if "SECRET_KEY" not in secret_keys:
@@ -320,7 +320,7 @@ def main():
             return int(cm_data[env])
         default = config_default(config_text, env)
         if default is None:
-            fail(f"src/config.rs: no default_value_t for {env} (and not set in the ConfigMap)")
+            fail(f"src/config/: no default_value_t for {env} (and not set in the ConfigMap)")
             return 0
         return default
 
@@ -411,7 +411,7 @@ def main():
     print(f"deploy check OK: port {port} (Dockerfile, ConfigMap, Deployment, Service); "
           f"probes liveness={live!r} readiness=''; "
           f"terminationGracePeriodSeconds {tgps} > drain {drain} + grace {grace}; "
-          f"{len(cm_data)} ConfigMap + {len(secret_keys)} Secret keys known to src/config.rs; "
+          f"{len(cm_data)} ConfigMap + {len(secret_keys)} Secret keys known to src/config/; "
           f"Envoy and Istio examples reach port {port} and fail closed; "
           f"the image's labels, user {pod_user} and entrypoint agree with Cargo.toml and the pods")
     return 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Keeps the configuration table (docs/configuration.md) equal to what the server accepts
-(issue 34): every setting of src/config.rs (`#[arg(long, env = ...)]`) has a
+(issue 34): every setting of src/config/ (`#[arg(long, env = ...)]`) has a
 row with its flag and environment variable, every row names a setting, a
 setting's default in the code is the row's default, and a setting the code
 checks in a range (its bound tables) gives that range ("From 1 to 86400").
@@ -12,7 +12,8 @@ import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CONFIG = (ROOT / "src" / "config.rs").read_text()
+# The settings and their checks, in every file of src/config/.
+CONFIG = "\n".join(f.read_text() for f in sorted((ROOT / "src" / "config").glob("*.rs")))
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 
 
@@ -57,7 +58,7 @@ def number(expression):
 
 
 def code_bounds():
-    """{env: (least, most)} of the settings src/config.rs checks in ranges:
+    """{env: (least, most)} of the settings src/config/ checks in ranges:
     tuples ("NAME", value, least, most) in its bound tables."""
     bounds = {}
     for name, least, most in re.findall(

@@ -4,7 +4,7 @@
 - Deployment containerPort == port of LISTEN_ADDR in the ConfigMap == port of
   ENV LISTEN_ADDR (and EXPOSE) in deploy/Dockerfile;
 - liveness (and startup) probe is grpc on that port with service
-  LIVENESS_SERVICE from src/startup.rs; readiness is grpc on that port with
+  LIVENESS_SERVICE from src/startup/mod.rs; readiness is grpc on that port with
   service "" or absent;
 - terminationGracePeriodSeconds > SHUTDOWN_DRAIN_DELAY_SECS +
   SHUTDOWN_GRACE_SECS (ConfigMap, else the defaults in src/config/);
@@ -40,7 +40,7 @@ K8S = ROOT / "deploy" / "kubernetes"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 CONFIG_DIR = ROOT / "src" / "config"
 CARGO_TOML = ROOT / "Cargo.toml"
-STARTUP_RS = ROOT / "src" / "startup.rs"
+STARTUP_RS = ROOT / "src" / "startup" / "mod.rs"
 
 errors = []
 
@@ -102,7 +102,7 @@ def config_default(text, env):
 def liveness_service():
     m = re.search(r'const\s+LIVENESS_SERVICE\s*:\s*&str\s*=\s*"([^"]*)"\s*;', STARTUP_RS.read_text())
     if not m:
-        fail("src/startup.rs: LIVENESS_SERVICE constant not found")
+        fail("src/startup/mod.rs: LIVENESS_SERVICE constant not found")
         return None
     return m.group(1)
 
@@ -210,7 +210,7 @@ def readiness_services():
     text = STARTUP_RS.read_text()
     m = re.search(r"const READINESS_SERVICES: &\[&str\] = &\[(.*?)\];", text, re.S)
     if not m:
-        fail("src/startup.rs: READINESS_SERVICES not found")
+        fail("src/startup/mod.rs: READINESS_SERVICES not found")
         return set()
     names = set(re.findall(r'"([^"]*)"', m.group(1)))
     if "authorization_server::SERVICE_NAME" in m.group(1):

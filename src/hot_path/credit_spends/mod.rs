@@ -46,6 +46,9 @@
 //! error (UNAVAILABLE when the store is unreachable), and nothing was spent
 //! unless it committed.
 
+mod locked_reads;
+mod settlement;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,12 +59,13 @@ use tracing::Instrument;
 
 use super::batch_queue::{fail_all, within, BatchQueue, BatchSettings, Pending};
 use crate::db::models::{
-    ApiKey, Balance, KeyLimits, NewReservation, OrganizationBalance, OrganizationLimits,
-    Reservation, ReservationFinish, ReservationState,
+    Balance, KeyLimits, NewReservation, OrganizationLimits, Reservation, ReservationState,
 };
 use crate::db::{Database, DbConnection};
-use crate::domain::{ApiKeyId, ChatbotId, CreditsState, LimitScope, OrganizationId};
+use crate::domain::{ApiKeyId, ChatbotId, LimitScope, OrganizationId};
 use crate::error::{AppError, AppResult};
+use locked_reads::{finish_open, gone_keys};
+use settlement::{settle, Account, Ask, Refund, Settled};
 
 /// Spends per batch at most.
 const MAX_BATCH: usize = 256;
@@ -528,255 +532,5 @@ impl Settler {
             }
         }
         conflicted
-    }
-}
-
-/// Finishes the open, unexpired reservations among `finishes` (each at
-/// most once, the first of a batch that names it), locking them until the
-/// transaction ends: each as finished, or none.
-async fn finish_open(
-    conn: &mut DbConnection,
-    finishes: &[Finish],
-    now: DateTime<Utc>,
-) -> AppResult<Vec<Option<Reservation>>> {
-    let mut seen = HashSet::new();
-    let firsts: Vec<ReservationFinish> = finishes
-        .iter()
-        .filter(|finish| seen.insert(finish.token_hash))
-        .map(|finish| ReservationFinish {
-            token_hash: finish.token_hash,
-            state: finish.state,
-            charged: finish.charged,
-        })
-        .collect();
-    let mut finished: HashMap<[u8; 32], Reservation> = Reservation::finish_many(conn, &firsts, now)
-        .await?
-        .into_iter()
-        .collect();
-    Ok(finishes
-        .iter()
-        .map(|finish| finished.remove(&finish.token_hash))
-        .collect())
-}
-
-/// A balance: a key's or an organization's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Account {
-    Key(ApiKeyId),
-    Organization(OrganizationId),
-}
-
-/// A spend as [`settle`] judges it.
-#[derive(Debug, Clone, Copy)]
-struct Ask {
-    id: ApiKeyId,
-    organization: Option<OrganizationId>,
-    cost: i64,
-}
-
-/// Credits a finished reservation gives back to a balance it held on
-/// (negative: the excess a settlement above it takes), if the balance is
-/// still in the refill period the reservation was made in.
-#[derive(Debug, Clone, Copy)]
-struct Refund {
-    account: Account,
-    amount: i64,
-    reserved_at: DateTime<Utc>,
-}
-
-impl Refund {
-    /// What a finished reservation gives back: to the key's balance if it
-    /// held on it, and to its organization's if it held there.
-    fn of(reservation: &Reservation) -> impl Iterator<Item = Refund> {
-        let amount = reservation.reserved - reservation.charged.unwrap_or(0);
-        let reserved_at = reservation.created_at;
-        let key = reservation
-            .from_balance
-            .then_some(Account::Key(reservation.api_key_id));
-        let organization = reservation.organization_id.map(Account::Organization);
-        key.into_iter()
-            .chain(organization)
-            .map(move |account| Refund {
-                account,
-                amount,
-                reserved_at,
-            })
-    }
-}
-
-/// The keys of reservations from an organization's balance that no longer
-/// exist (deleted since they were looked up), whose reservations must not
-/// be recorded; the others are locked against deletion (FOR KEY SHARE)
-/// until the transaction ends. A key with a limits row (locked already)
-/// needs no look.
-async fn gone_keys(
-    conn: &mut DbConnection,
-    spends: &[Spend],
-    rows: &[KeyLimits],
-) -> AppResult<HashSet<ApiKeyId>> {
-    let with_row: HashSet<ApiKeyId> = rows.iter().map(|row| row.api_key_id).collect();
-    let mut ids: Vec<ApiKeyId> = spends
-        .iter()
-        .filter(|spend| spend.hold.is_some() && spend.organization.is_some())
-        .map(|spend| spend.id)
-        .filter(|id| !with_row.contains(id))
-        .collect();
-    if ids.is_empty() {
-        return Ok(HashSet::new());
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    let existing: HashSet<ApiKeyId> = ApiKey::lock_existing(conn, &ids)
-        .await?
-        .into_iter()
-        .collect();
-    Ok(ids
-        .into_iter()
-        .filter(|id| !existing.contains(id))
-        .collect())
-}
-
-/// What [`settle`] came to: each spend's outcome, and the balances to
-/// write.
-struct Settled {
-    outcomes: Vec<SpendOutcome>,
-    keys: Vec<Balance>,
-    organizations: Vec<OrganizationBalance>,
-}
-
-/// A balance as a batch changes it.
-struct Standing {
-    remaining: i64,
-    next_refill: Option<DateTime<Utc>>,
-    refilled_at: Option<DateTime<Utc>>,
-    /// When the balance's current refill period began, if it refills.
-    period_start: Option<DateTime<Utc>>,
-    changed: bool,
-}
-
-impl Standing {
-    fn of(credits: CreditsState, now: DateTime<Utc>) -> Self {
-        let (remaining, next_refill) = credits.as_of(now);
-        let refilled_at = credits.refill.and_then(|(refill, last)| {
-            Some(refill.latest_boundary(last, now)).filter(|boundary| *boundary > last)
-        });
-        let period_start = refilled_at.or(credits.refill.map(|(_, last)| last));
-        Self {
-            remaining,
-            next_refill,
-            refilled_at,
-            period_start,
-            changed: refilled_at.is_some(),
-        }
-    }
-}
-
-/// Applies `refunds` and then `spends` in order to the keys' and
-/// organizations' rows as of `now`. A spend must fit both its key's balance
-/// (if it has credits) and its organization's (if it names one with
-/// credits), and then takes its cost from both. A due refill first resets a
-/// balance, and a refund from before a refill is dropped (the refill gave
-/// the period its whole amount). A key without a row is gone when the
-/// spend is the key's alone, or when `gone` says so.
-fn settle(
-    keys: &[KeyLimits],
-    organizations: &[OrganizationLimits],
-    refunds: &[Refund],
-    gone: &HashSet<ApiKeyId>,
-    spends: &[Ask],
-    now: DateTime<Utc>,
-) -> Settled {
-    let mut accounts: HashMap<Account, Standing> =
-        keys.iter()
-            .filter_map(|row| Some((Account::Key(row.api_key_id), row.credits()?)))
-            .chain(organizations.iter().filter_map(|row| {
-                Some((Account::Organization(row.organization_id), row.credits()?))
-            }))
-            .map(|(account, credits)| (account, Standing::of(credits, now)))
-            .collect();
-    for refund in refunds {
-        if let Some(standing) = accounts.get_mut(&refund.account) {
-            if standing
-                .period_start
-                .is_none_or(|start| start <= refund.reserved_at)
-            {
-                standing.remaining = standing.remaining.saturating_add(refund.amount);
-                standing.changed = true;
-            }
-        }
-    }
-    let with_row: HashSet<ApiKeyId> = keys.iter().map(|row| row.api_key_id).collect();
-    let outcomes = spends
-        .iter()
-        .map(|ask| {
-            // A key that was looked up with credits has a row until it is
-            // deleted (the row goes by cascade).
-            if !with_row.contains(&ask.id) && (ask.organization.is_none() || gone.contains(&ask.id))
-            {
-                return SpendOutcome::KeyGone;
-            }
-            let key = Account::Key(ask.id);
-            let organization = ask.organization.map(Account::Organization);
-            let held = |account: &Account| accounts.get(account).map(|s| s.remaining);
-            let key_left = held(&key);
-            let organization_left = organization.as_ref().and_then(held);
-            for (account, left, scope) in [
-                (key, key_left, LimitScope::ApiKey),
-                (
-                    organization.unwrap_or(key),
-                    organization_left,
-                    LimitScope::Organization,
-                ),
-            ] {
-                if left.is_some_and(|left| left < ask.cost) {
-                    return SpendOutcome::Short {
-                        remaining: left.unwrap_or(0),
-                        next_refill: accounts.get(&account).and_then(|s| s.next_refill),
-                        scope,
-                    };
-                }
-            }
-            if key_left.is_none() && organization_left.is_none() {
-                return SpendOutcome::Unlimited;
-            }
-            let mut take = |account: Option<Account>| {
-                let standing = accounts.get_mut(&account?)?;
-                standing.remaining -= ask.cost;
-                standing.changed = true;
-                Some(standing.remaining)
-            };
-            SpendOutcome::Spent {
-                key: take(Some(key)),
-                organization: take(organization),
-            }
-        })
-        .collect();
-    let was: HashMap<ApiKeyId, &KeyLimits> = keys.iter().map(|row| (row.api_key_id, row)).collect();
-    let mut key_balances = Vec::new();
-    let mut organization_balances = Vec::new();
-    for (account, standing) in accounts {
-        if !standing.changed {
-            continue;
-        }
-        match account {
-            Account::Key(id) => key_balances.push(Balance {
-                id,
-                remaining: standing.remaining,
-                refilled_at: standing.refilled_at,
-                was: *was[&id],
-            }),
-            Account::Organization(id) => organization_balances.push(OrganizationBalance {
-                id,
-                remaining: standing.remaining,
-                refilled_at: standing.refilled_at,
-            }),
-        }
-    }
-    key_balances.sort_unstable_by_key(|balance| balance.id);
-    organization_balances.sort_unstable_by_key(|balance| balance.id);
-    Settled {
-        outcomes,
-        keys: key_balances,
-        organizations: organization_balances,
     }
 }

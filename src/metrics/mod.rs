@@ -7,19 +7,18 @@
 //! go-grpc-prometheus does; every other path a client invents counts under
 //! one `unknown` set, so clients cannot grow the series without bound. The
 //! served methods come from the descriptor sets of the registered services,
-//! so a new RPC is labelled without a list to keep in step.
+//! so a new RPC is labelled without a list to keep in step. The HTTP
+//! endpoint that serves them is [`endpoint`].
+
+mod endpoint;
+
+pub use endpoint::serve;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,7 +26,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use prost::Message as _;
-use tokio::net::TcpListener;
 
 use crate::db::Database;
 
@@ -523,80 +521,6 @@ impl Metrics {
         let _ = prometheus_text::encode(&mut out, &self.inner.registry);
         out
     }
-}
-
-/// How long the exporter pauses after a failed accept (out of file
-/// descriptors, say) before trying again: doubling, at most a second.
-const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Serves `GET /metrics` over HTTP/1.1 until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Metrics, db: Database) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tracing::info!(%bound, "serving Prometheus metrics");
-    tokio::spawn(async move {
-        let mut backoff = ACCEPT_BACKOFF_START;
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => {
-                    backoff = ACCEPT_BACKOFF_START;
-                    stream
-                }
-                Err(error) => {
-                    // Logged once per run of failures, not once per retry.
-                    if backoff == ACCEPT_BACKOFF_START {
-                        tracing::warn!(%error, "metrics endpoint cannot accept connections");
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    continue;
-                }
-            };
-            let metrics = metrics.clone();
-            let db = db.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    let db = db.clone();
-                    async move { Ok::<_, Infallible>(respond(&request, &metrics, &db)) }
-                });
-                // A client that never finishes its request headers is cut off.
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(5))
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok(bound)
-}
-
-fn respond<B>(
-    request: &http::Request<B>,
-    metrics: &Metrics,
-    db: &Database,
-) -> http::Response<Full<Bytes>> {
-    let response = http::Response::builder();
-    if request.uri().path() != "/metrics" {
-        return response
-            .status(http::StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
-            .unwrap_or_default();
-    }
-    if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
-        return response
-            .status(http::StatusCode::METHOD_NOT_ALLOWED)
-            .header(http::header::ALLOW, "GET, HEAD")
-            .body(Full::default())
-            .unwrap_or_default();
-    }
-    let body = metrics.render(db);
-    response
-        .header(http::header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

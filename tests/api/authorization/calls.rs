@@ -1,0 +1,332 @@
+//! Each RPC of the matrix, called with a caller's token (or none) on the
+//! target, the way a client would call it.
+
+use super::*;
+
+/// Calls `rpc` on `t` with `token`; only the answer's code matters.
+pub(super) async fn call(
+    app: &TestApp,
+    rpc: Rpc,
+    token: Option<&str>,
+    t: &Target,
+) -> Result<(), Status> {
+    match rpc {
+        Rpc::GetUser => app
+            .users(token)
+            .get_user(proto::GetUserRequest {
+                id: t.user_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::ListUsers => app
+            .users(token)
+            .list_users(proto::ListUsersRequest::default())
+            .await
+            .map(drop),
+        Rpc::UpdateUser => app
+            .users(token)
+            .update_user(proto::UpdateUserRequest {
+                user: Some(proto::User {
+                    id: t.user_id.clone(),
+                    email: format!("renamed-{}@example.com", uuid::Uuid::new_v4().simple()),
+                    ..Default::default()
+                }),
+                update_mask: field_mask(&["email"]),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteUser => app
+            .users(token)
+            .delete_user(proto::DeleteUserRequest {
+                id: t.user_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::CreateChatbot => app
+            .chatbots(token)
+            .create_chatbot(proto::CreateChatbotRequest {
+                name: "matrix".into(),
+                llm_endpoint_url: "https://llm.example.com".into(),
+                organization_id: t.organization_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::GetChatbot => app
+            .chatbots(token)
+            .get_chatbot(proto::GetChatbotRequest {
+                id: t.chatbot_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::ListChatbots => app
+            .chatbots(token)
+            .list_chatbots(proto::ListChatbotsRequest {
+                organization_id: t.organization_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::UpdateChatbot => app
+            .chatbots(token)
+            .update_chatbot(chatbot_update(
+                proto::Chatbot {
+                    id: t.chatbot_id.clone(),
+                    name: "renamed".into(),
+                    ..Default::default()
+                },
+                &["name"],
+            ))
+            .await
+            .map(drop),
+        Rpc::DeleteChatbot => app
+            .chatbots(token)
+            .delete_chatbot(proto::DeleteChatbotRequest {
+                id: t.chatbot_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::CreateApiKey => app
+            .api_keys(token)
+            .create_api_key(proto::CreateApiKeyRequest {
+                chatbot_id: t.chatbot_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::GetApiKey => app
+            .api_keys(token)
+            .get_api_key(proto::GetApiKeyRequest { id: t.api_key_id })
+            .await
+            .map(drop),
+        Rpc::UpdateApiKey => app
+            .api_keys(token)
+            .update_api_key(api_key_update(
+                proto::ApiKey {
+                    id: t.api_key_id,
+                    display_name: "renamed".into(),
+                    ..Default::default()
+                },
+                &["display_name"],
+            ))
+            .await
+            .map(drop),
+        Rpc::ListApiKeys => app
+            .api_keys(token)
+            .list_api_keys(proto::ListApiKeysRequest {
+                chatbot_id: t.chatbot_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::RevokeApiKey => app
+            .api_keys(token)
+            .revoke_api_key(proto::RevokeApiKeyRequest { id: t.api_key_id })
+            .await
+            .map(drop),
+        Rpc::RotateApiKey => app
+            .api_keys(token)
+            .rotate_api_key(proto::RotateApiKeyRequest {
+                id: t.api_key_id,
+                grace_period: None,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteApiKey => app
+            .api_keys(token)
+            .delete_api_key(proto::DeleteApiKeyRequest { id: t.api_key_id })
+            .await
+            .map(drop),
+        Rpc::GetApiKeyUsage => app
+            .api_keys(token)
+            .get_api_key_usage(proto::GetApiKeyUsageRequest {
+                api_key_id: t.api_key_id,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::GetChatbotUsage => app
+            .api_keys(token)
+            .get_chatbot_usage(proto::GetChatbotUsageRequest {
+                chatbot_id: t.chatbot_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::VerifyApiKey => app
+            .api_keys(token)
+            .verify_api_key(proto::VerifyApiKeyRequest {
+                key: t.key.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::ListAuditEvents => app
+            .audit(token)
+            .list_audit_events(proto::ListAuditEventsRequest::default())
+            .await
+            .map(drop),
+        Rpc::GetCurrentUser => app
+            .auth(token)
+            .get_current_user(proto::GetCurrentUserRequest {})
+            .await
+            .map(drop),
+        Rpc::Logout => app
+            .auth(token)
+            .logout(proto::LogoutRequest {
+                refresh_token: t.refresh_token.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::GetDatabaseStatus => app
+            .status(token)
+            .get_database_status(proto::GetDatabaseStatusRequest {})
+            .await
+            .map(drop),
+        Rpc::CreateOrganization => app
+            .organizations(token)
+            .create_organization(proto::CreateOrganizationRequest {
+                name: "matrix team".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::GetOrganization => app
+            .organizations(token)
+            .get_organization(proto::GetOrganizationRequest {
+                id: t.organization_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::ListOrganizations => app
+            .organizations(token)
+            .list_organizations(proto::ListOrganizationsRequest::default())
+            .await
+            .map(drop),
+        Rpc::UpdateOrganization => app
+            .organizations(token)
+            .update_organization(proto::UpdateOrganizationRequest {
+                organization: Some(proto::Organization {
+                    id: t.organization_id.clone(),
+                    name: "renamed team".into(),
+                    ..Default::default()
+                }),
+                update_mask: field_mask(&["name"]),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteOrganization => app
+            .organizations(token)
+            .delete_organization(proto::DeleteOrganizationRequest {
+                id: t.organization_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::ListMembers => app
+            .organizations(token)
+            .list_members(proto::ListMembersRequest {
+                organization_id: t.organization_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::UpdateMember => app
+            .organizations(token)
+            .update_member(proto::UpdateMemberRequest {
+                member: Some(proto::Member {
+                    organization_id: t.organization_id.clone(),
+                    user_id: t.member_id.clone(),
+                    role: proto::OrganizationRole::Viewer.into(),
+                    ..Default::default()
+                }),
+                update_mask: field_mask(&["role"]),
+            })
+            .await
+            .map(drop),
+        Rpc::RemoveMember => app
+            .organizations(token)
+            .remove_member(proto::RemoveMemberRequest {
+                organization_id: t.organization_id.clone(),
+                user_id: t.member_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::CreateInvitation => app
+            .organizations(token)
+            .create_invitation(proto::CreateInvitationRequest {
+                organization_id: t.organization_id.clone(),
+                email: format!("invited-{}@example.com", uuid::Uuid::new_v4().simple()),
+                role: proto::OrganizationRole::Viewer.into(),
+                ttl: None,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::ListInvitations => app
+            .organizations(token)
+            .list_invitations(proto::ListInvitationsRequest {
+                organization_id: t.organization_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteInvitation => app
+            .organizations(token)
+            .delete_invitation(proto::DeleteInvitationRequest {
+                id: t.invitation_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::AcceptInvitation => app
+            .organizations(token)
+            .accept_invitation(proto::AcceptInvitationRequest {
+                token: t.invitation_token.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::GetOrganizationUsage => app
+            .organizations(token)
+            .get_organization_usage(proto::GetOrganizationUsageRequest {
+                organization_id: t.organization_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::CreateServiceAccount => app
+            .organizations(token)
+            .create_service_account(proto::CreateServiceAccountRequest {
+                organization_id: t.organization_id.clone(),
+                name: "matrix service".into(),
+                role: Role::Viewer.into(),
+                expire_time: None,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::ListServiceAccounts => app
+            .organizations(token)
+            .list_service_accounts(proto::ListServiceAccountsRequest {
+                organization_id: t.organization_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::RevokeServiceAccount => app
+            .organizations(token)
+            .revoke_service_account(proto::RevokeServiceAccountRequest {
+                id: t.service_account_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteServiceAccount => app
+            .organizations(token)
+            .delete_service_account(proto::DeleteServiceAccountRequest {
+                id: t.service_account_id.clone(),
+            })
+            .await
+            .map(drop),
+    }
+}

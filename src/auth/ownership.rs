@@ -120,6 +120,37 @@ pub async fn chatbot(
     authorize(Some(conn), memberships, caller, found, action, "chatbot").await
 }
 
+/// The organization, for a caller who manages it: what every owner-only
+/// change of an organization's things asks first.
+pub async fn managed_organization(
+    conn: &mut DbConnection,
+    memberships: &Memberships,
+    caller: &Caller,
+    id: OrganizationId,
+) -> AppResult<Organization> {
+    organization(conn, memberships, caller, id, OrgAction::Manage).await
+}
+
+/// `found` (a thing and its organization), for a caller who manages that
+/// organization; PERMISSION_DENIED for anyone else whether or not it exists.
+pub async fn managed<T>(
+    conn: &mut DbConnection,
+    memberships: &Memberships,
+    caller: &Caller,
+    found: Option<(T, OrganizationId)>,
+    what: &'static str,
+) -> AppResult<T> {
+    authorize(
+        Some(conn),
+        memberships,
+        caller,
+        found,
+        OrgAction::Manage,
+        what,
+    )
+    .await
+}
+
 /// A chatbot already read (by GetChatbot's coalesced reads), if the caller
 /// may do `action` in its organization.
 pub async fn authorize_chatbot(

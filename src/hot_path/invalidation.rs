@@ -18,34 +18,16 @@ use crate::db::{Invalidation, ListenEvent};
 /// the sessions behind access tokens and the organization memberships.
 #[derive(Clone)]
 pub struct CacheInvalidation {
-    api_keys: Arc<ApiKeyCache>,
-    sessions: Sessions,
-    memberships: Memberships,
-    service_accounts: ServiceAccounts,
-    known_keys: Arc<KnownKeys>,
+    pub api_keys: Arc<ApiKeyCache>,
+    pub sessions: Sessions,
+    pub memberships: Memberships,
+    pub service_accounts: ServiceAccounts,
+    pub known_keys: Arc<KnownKeys>,
     /// 1 while the caches serve (they hear every change), for metrics.
-    live: Gauge,
+    pub live: Gauge,
 }
 
 impl CacheInvalidation {
-    pub fn new(
-        api_keys: Arc<ApiKeyCache>,
-        sessions: Sessions,
-        memberships: Memberships,
-        service_accounts: ServiceAccounts,
-        known_keys: Arc<KnownKeys>,
-        live: Gauge,
-    ) -> Self {
-        Self {
-            api_keys,
-            sessions,
-            memberships,
-            service_accounts,
-            known_keys,
-            live,
-        }
-    }
-
     /// Drops what a committed change made stale from this replica's caches
     /// (the local half of a write; also what the listener does with other
     /// replicas' notifications).

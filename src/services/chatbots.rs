@@ -9,7 +9,7 @@ use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
-use super::convert::{self, mask_paths};
+use super::convert::{self, required_mask_paths};
 use super::events::state_of;
 use super::{audit, delete_row, required, retries, AppState, Policy, Rpc};
 use crate::auth::{ownership, Caller};
@@ -149,23 +149,12 @@ impl UpdateChatbot {
         let chatbot = required(request.chatbot, "chatbot")?;
         let id = ChatbotId::parse("chatbot.id", &chatbot.id);
         let mut mask = Violations::new();
-        let paths = mask_paths(
+        let paths = required_mask_paths(
             request.update_mask.as_ref(),
             &["name", "llm_endpoint_url"],
             &["id", "owner_id", "create_time", "update_time"],
             &mut mask,
         );
-        if paths.is_empty()
-            && request
-                .update_mask
-                .as_ref()
-                .is_none_or(|m| m.paths.is_empty())
-        {
-            mask.push(FieldViolation::new(
-                "update_mask",
-                "must name at least one field",
-            ));
-        }
         let name = paths
             .contains(&"name")
             .then(|| ChatbotName::parse("chatbot.name", &chatbot.name))

@@ -36,6 +36,24 @@ pub fn parse_duration(
     domain::parse_duration_parts(field, value.seconds, value.nanos)
 }
 
+/// [`mask_paths`] for an update that must change something: a mask naming
+/// no field is itself a violation.
+pub fn required_mask_paths<'a>(
+    mask: Option<&'a prost_types::FieldMask>,
+    updatable: &[&str],
+    output_only: &[&str],
+    violations: &mut Violations,
+) -> Vec<&'a str> {
+    let paths = mask_paths(mask, updatable, output_only, violations);
+    if paths.is_empty() && mask.is_none_or(|m| m.paths.is_empty()) {
+        violations.push(FieldViolation::new(
+            "update_mask",
+            "must name at least one field",
+        ));
+    }
+    paths
+}
+
 /// The paths of an update mask, each checked against the fields an update
 /// may change; output-only and unknown paths are INVALID_ARGUMENT.
 pub fn mask_paths<'a>(

@@ -89,15 +89,8 @@ pub async fn create_service_account(
     cmd: CreateServiceAccount,
 ) -> AppResult<NewServiceAccountWithToken> {
     let mut conn = state.db.conn().await?;
-    let manage = OrgAction::Manage;
-    ownership::organization(
-        &mut conn,
-        &state.memberships,
-        caller,
-        cmd.organization,
-        manage,
-    )
-    .await?;
+    ownership::managed_organization(&mut conn, &state.memberships, caller, cmd.organization)
+        .await?;
     let retry = cmd
         .request
         .as_ref()
@@ -204,16 +197,7 @@ async fn managed(
         let organization = account.organization_id;
         (account, organization)
     });
-    let manage = OrgAction::Manage;
-    ownership::authorize(
-        Some(conn),
-        &state.memberships,
-        caller,
-        found,
-        manage,
-        "service account",
-    )
-    .await
+    ownership::managed(conn, &state.memberships, caller, found, "service account").await
 }
 
 /// Revoking a revoked token changes nothing, and records nothing.

@@ -28,9 +28,7 @@ use crate::db::{self, BarrierRequest, Database, DatabaseTarget, ServeLock};
 use crate::gate::GateLayer;
 use crate::health;
 use crate::hot_path::batch_queue::{BatchSettings, QueueBound};
-use crate::hot_path::{
-    ApiKeyCache, CacheInvalidation, ChatbotReads, CreditSpends, KnownKeys, ReadStats,
-};
+use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, KnownKeys, ReadStats};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
 use crate::panics::CatchPanicLayer;
@@ -216,11 +214,8 @@ impl Application {
             api_key_cache.clone(),
             known_keys.clone(),
             rate_limits.clone(),
-            CreditSpends::start(
-                db.clone(),
-                batches(settings.spend_batches_in_flight, "credit_spends"),
-            ),
-            chrono::TimeDelta::seconds(settings.reservation_ttl_secs as i64),
+            batches(settings.spend_batches_in_flight, "credit_spends"),
+            Duration::from_secs(settings.reservation_ttl_secs),
         );
         let state = Arc::new(AppState {
             chatbot_reads: ChatbotReads::start(
@@ -228,14 +223,14 @@ impl Application {
                 batches(settings.read_batches_in_flight, "chatbot_reads"),
             ),
             verifier,
-            caches: CacheInvalidation::new(
-                api_key_cache.clone(),
-                sessions.clone(),
-                memberships.clone(),
-                service_accounts.clone(),
-                known_keys.clone(),
-                metrics.invalidations_live(),
-            ),
+            caches: CacheInvalidation {
+                api_keys: api_key_cache.clone(),
+                sessions: sessions.clone(),
+                memberships: memberships.clone(),
+                service_accounts: service_accounts.clone(),
+                known_keys: known_keys.clone(),
+                live: metrics.invalidations_live(),
+            },
             service_accounts,
             sessions,
             memberships,
@@ -352,16 +347,12 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        // The rest of `self` is taken where it is used.
         let Self {
-            listener,
-            local_addr,
             console,
             metrics,
             state,
             config,
-            serve_lock,
-            known_keys,
-            barrier_requests,
             ..
         } = self;
         let Config { settings, database } = config;
@@ -393,8 +384,8 @@ impl Application {
             database,
             &metrics,
             &health_reporter,
-            known_keys,
-            barrier_requests,
+            self.known_keys,
+            self.barrier_requests,
         )?;
 
         let drain_delay = Duration::from_secs(settings.shutdown_drain_delay_secs);
@@ -418,7 +409,7 @@ impl Application {
             let _ = draining_tx.send(());
         };
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let rpc_timeout = Duration::from_secs(settings.default_rpc_timeout_secs);
         // Every call goes through these, on either listener. First is
         // outermost: observe everything, read the bearer token, count the
@@ -523,7 +514,7 @@ impl Application {
             console
         };
 
-        tracing::info!(%local_addr, "serving gRPC");
+        tracing::info!(local_addr = %self.local_addr, "serving gRPC");
         // The grace period bounds how long a connection that refuses to close
         // can hold up the exit; it starts once the server stops accepting.
         let served = tokio::select! {
@@ -556,7 +547,7 @@ impl Application {
         }
         state.db.close();
         // Only now may another process serve the SQLite file.
-        drop(serve_lock);
+        drop(self.serve_lock);
         tracing::info!("shut down");
         served
     }

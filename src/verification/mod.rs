@@ -64,6 +64,7 @@ use crate::domain::{
 };
 use crate::error::{AppError, AppResult};
 use crate::hot_path::api_key_cache::Lookup;
+use crate::hot_path::batch_queue::BatchSettings;
 use crate::hot_path::known_keys::Presence;
 use crate::hot_path::{
     ApiKeyCache, CreditSpends, Finish, Hold, KnownKeys, LastUsedRecorder, SpendOutcome,
@@ -85,22 +86,23 @@ pub struct KeyVerifier {
 }
 
 impl KeyVerifier {
-    /// A verifier with nothing recorded yet.
+    /// A verifier with nothing recorded yet; its credit spends batch as
+    /// `spend_batches` says, and a reservation holds for `reservation_ttl`.
     pub fn new(
         db: Database,
         cache: Arc<ApiKeyCache>,
         known_keys: Arc<KnownKeys>,
         rate_limits: RateLimits,
-        credit_spends: CreditSpends,
-        reservation_ttl: TimeDelta,
+        spend_batches: BatchSettings,
+        reservation_ttl: std::time::Duration,
     ) -> Self {
         Self {
+            credit_spends: CreditSpends::start(db.clone(), spend_batches),
+            reservation_ttl: TimeDelta::from_std(reservation_ttl).unwrap_or(TimeDelta::MAX),
             db,
             cache,
             known_keys,
             rate_limits,
-            credit_spends,
-            reservation_ttl,
             last_used: LastUsedRecorder::default(),
             usage: UsageRecorder::default(),
         }

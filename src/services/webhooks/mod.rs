@@ -9,7 +9,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use rand::RngCore;
 use tonic::Request;
 
-use super::convert::{self, mask_paths, timestamp};
+use super::convert::{self, required_mask_paths, timestamp};
 use super::events::state_of;
 use super::{audit, required, retries, AppState, Rpc};
 use crate::auth::{ownership, Caller};
@@ -184,7 +184,7 @@ impl UpdateWebhook {
         let webhook = required(request.webhook, "webhook")?;
         let id = WebhookId::parse("webhook.id", &webhook.id);
         let mut mask = Violations::new();
-        let paths = mask_paths(
+        let paths = required_mask_paths(
             request.update_mask.as_ref(),
             &["url", "event_types", "description", "state"],
             &[
@@ -196,17 +196,6 @@ impl UpdateWebhook {
             ],
             &mut mask,
         );
-        if paths.is_empty()
-            && request
-                .update_mask
-                .as_ref()
-                .is_none_or(|m| m.paths.is_empty())
-        {
-            mask.push(FieldViolation::new(
-                "update_mask",
-                "must name at least one field",
-            ));
-        }
         let has = |path: &str| paths.contains(&path);
         let url = has("url")
             .then(|| LlmEndpoint::parse("webhook.url", &webhook.url, allow_private))
@@ -279,16 +268,7 @@ async fn managed(
         let organization = webhook.organization_id;
         (webhook, organization)
     });
-    let manage = OrgAction::Manage;
-    ownership::authorize(
-        Some(conn),
-        &state.memberships,
-        caller,
-        found,
-        manage,
-        "webhook",
-    )
-    .await
+    ownership::managed(conn, &state.memberships, caller, found, "webhook").await
 }
 
 async fn create_webhook(
@@ -303,15 +283,8 @@ async fn create_webhook(
         )
     })?;
     let mut conn = state.db.conn().await?;
-    let manage = OrgAction::Manage;
-    ownership::organization(
-        &mut conn,
-        &state.memberships,
-        caller,
-        cmd.organization,
-        manage,
-    )
-    .await?;
+    ownership::managed_organization(&mut conn, &state.memberships, caller, cmd.organization)
+        .await?;
     let mut salt = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut salt);
     let id = WebhookId::generate();

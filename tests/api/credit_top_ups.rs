@@ -42,20 +42,15 @@ async fn add_to_organization(
     id: &str,
     amount: i64,
 ) -> Result<proto::Organization, Status> {
-    Ok(clients
-        .organizations(Some(&owner.token))
-        .update_organization(proto::UpdateOrganizationRequest {
-            organization: Some(proto::Organization {
-                id: id.into(),
-                ..Default::default()
-            }),
-            update_mask: None,
-            credits_to_add: amount,
-        })
-        .await?
-        .into_inner()
-        .organization
-        .unwrap())
+    let top_up = proto::UpdateOrganizationRequest {
+        organization: Some(proto::Organization {
+            id: id.into(),
+            ..Default::default()
+        }),
+        update_mask: None,
+        credits_to_add: amount,
+    };
+    clients.update_organization(owner, top_up).await
 }
 
 async fn key_with_credits(
@@ -159,14 +154,7 @@ async fn concurrent_additions_and_spends_on_two_replicas_all_count_postgres() {
         organization_added.iter().all(Result::is_ok),
         "{organization_added:?}"
     );
-    let key = app
-        .api_keys(Some(&owner.token))
-        .get_api_key(proto::GetApiKeyRequest { id })
-        .await
-        .unwrap()
-        .into_inner()
-        .api_key
-        .unwrap();
+    let key = app.get_api_key(&owner, id).await;
     assert_eq!(remaining(&key), 1_000 - 60 * 10 + 20 * 7);
     let organization = app
         .organizations(Some(&owner.token))

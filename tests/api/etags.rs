@@ -9,17 +9,6 @@ use tonic::{Code, Status};
 use crate::helpers::{backend_test, spawn_app, verify_costing, Clients, TestUser};
 use crate::organization_limits::team_with_chatbot;
 
-async fn get_key(clients: &Clients, owner: &TestUser, id: i64) -> proto::ApiKey {
-    clients
-        .api_keys(Some(&owner.token))
-        .get_api_key(proto::GetApiKeyRequest { id })
-        .await
-        .unwrap()
-        .into_inner()
-        .api_key
-        .unwrap()
-}
-
 async fn get_organization(clients: &Clients, owner: &TestUser, id: &str) -> proto::Organization {
     clients
         .organizations(Some(&owner.token))
@@ -74,24 +63,19 @@ async fn rename_organization_if(
     etag: &str,
     name: &str,
 ) -> Result<proto::Organization, Status> {
-    Ok(clients
-        .organizations(Some(&owner.token))
-        .update_organization(proto::UpdateOrganizationRequest {
-            organization: Some(proto::Organization {
-                id: id.into(),
-                name: name.into(),
-                etag: etag.into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["name".into()],
-            }),
+    let rename = proto::UpdateOrganizationRequest {
+        organization: Some(proto::Organization {
+            id: id.into(),
+            name: name.into(),
+            etag: etag.into(),
             ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .organization
-        .unwrap())
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["name".into()],
+        }),
+        ..Default::default()
+    };
+    clients.update_organization(owner, rename).await
 }
 
 backend_test! {
@@ -104,23 +88,23 @@ backend_test! {
         };
         let created = app.create_api_key_with(&owner, &chatbot, request).await;
         let id = created.api_key.as_ref().unwrap().id;
-        let read = get_key(&app, &owner, id).await;
+        let read = app.get_api_key(&owner, id).await;
         assert!(!read.etag.is_empty());
-        assert_eq!(get_key(&app, &owner, id).await.etag, read.etag, "stable while unchanged");
+        assert_eq!(app.get_api_key(&owner, id).await.etag, read.etag, "stable while unchanged");
         assert_eq!(created.api_key.unwrap().etag, read.etag);
 
         // A spend changes the balance, so the etag: a balance set from the
         // old read would lose it, and is refused.
         assert!(verify_costing(&app, &created.key, 10).await.valid);
-        let spent = get_key(&app, &owner, id).await;
+        let spent = app.get_api_key(&owner, id).await;
         assert_ne!(spent.etag, read.etag);
         let stale = rename_key_if(&app, &owner, id, &read.etag, "top-up", Some(200)).await;
         assert_eq!(stale.unwrap_err().code(), Code::Aborted);
-        assert_eq!(get_key(&app, &owner, id).await.credits.unwrap().remaining, 90);
+        assert_eq!(app.get_api_key(&owner, id).await.credits.unwrap().remaining, 90);
         let applied = rename_key_if(&app, &owner, id, &spent.etag, "top-up", Some(200)).await.unwrap();
         assert_eq!(applied.credits.as_ref().unwrap().remaining, 200);
         assert_ne!(applied.etag, spent.etag);
-        assert_eq!(applied.etag, get_key(&app, &owner, id).await.etag);
+        assert_eq!(applied.etag, app.get_api_key(&owner, id).await.etag);
         // Without an etag, unconditional as before.
         rename_key_if(&app, &owner, id, "", "anyway", None).await.unwrap();
 
@@ -151,7 +135,7 @@ backend_test! {
             .iter()
             .filter_map(|answer| answer.as_ref().err())
             .all(|status| status.code() == Code::Aborted));
-        assert_eq!(get_key(&app, &owner, key.id).await.display_name, applied[0].display_name);
+        assert_eq!(app.get_api_key(&owner, key.id).await.display_name, applied[0].display_name);
 
         let organization = get_organization(&app, &owner, &team).await;
         let tries = (0..8).map(|i| {

@@ -6,14 +6,13 @@
 //! verification on every replica.
 
 use chatbot_backend::proto::{self, LimitScope, OrganizationRole, VerifyApiKeyReason};
-use rand::Rng;
 use tonic::{Code, Status};
 
 use crate::helpers::{
-    assert_code, backend_test, eventually, spawn_app, spawn_app_with, verify_costing,
-    violated_fields, Clients, TestApp, TestUser,
+    assert_code, backend_test, eventually, reserve_and_settle_across, spawn_app, spawn_app_with,
+    verify_costing, violated_fields, Clients, TestApp, TestUser,
 };
-use crate::shared_limits::{redis_addr, redis_url, RedisPrefix};
+use crate::shared_limits::{app_and_replica_on_redis, redis_addr, redis_url, RedisPrefix};
 
 /// UpdateOrganization of `changes` (with `id`) under `paths`, by `caller`.
 async fn update_organization(
@@ -365,54 +364,13 @@ async fn concurrent_reservations_of_many_keys_over_two_replicas_never_overrun_th
             .organization_credits_remaining
     })
     .await;
-    let costs: Vec<i64> = {
-        let mut rng = rand::thread_rng();
-        (0..200).map(|_| rng.gen_range(0..=100)).collect()
-    };
-    let pairs = costs.iter().enumerate().map(|(call, &actual)| {
-        let (reserving, settling): (&Clients, &Clients) = match call % 2 {
-            0 => (&app, &replica),
-            _ => (&replica, &app),
-        };
-        let key = keys[call % keys.len()].clone();
-        async move {
-            let answer = reserving
-                .api_keys(None)
-                .verify_api_key(proto::VerifyApiKeyRequest {
-                    key,
-                    cost: 50,
-                    reserve: true,
-                    ..Default::default()
-                })
-                .await
-                .expect("VerifyApiKey answers OK")
-                .into_inner();
-            if !answer.valid {
-                assert_eq!(answer.reason(), VerifyApiKeyReason::UsageExceeded);
-                assert_eq!(answer.limit_scope(), LimitScope::Organization);
-                assert!(answer.organization_credits_remaining.unwrap() < 50);
-                return None;
-            }
-            assert!(answer.organization_credits_remaining.unwrap() >= 0);
-            let settled = settling
-                .api_keys(None)
-                .settle_reservation(proto::SettleReservationRequest {
-                    reservation_id: answer.reservation_id,
-                    actual_cost: actual,
-                })
-                .await
-                .expect("settle")
-                .into_inner()
-                .reservation
-                .unwrap();
-            Some(settled.charged_cost)
+    let charged = reserve_and_settle_across(&app, &replica, &keys, |answer| {
+        if !answer.valid {
+            assert_eq!(answer.limit_scope(), LimitScope::Organization);
         }
-    });
-    let settled: Vec<Option<i64>> = futures_util::future::join_all(pairs).await;
-    let granted = settled.iter().flatten().count();
-    assert!(granted > 50, "most reservations fit: {granted}");
-    assert!(granted < 200, "the balance ran out: {granted}");
-    let charged: i64 = settled.iter().flatten().sum();
+        answer.organization_credits_remaining
+    })
+    .await;
     assert_eq!(
         organization_balance(&app, &owner, &team).await,
         Some(5_000 - 1 - charged)
@@ -426,10 +384,7 @@ async fn concurrent_reservations_of_many_keys_over_two_replicas_never_overrun_th
 async fn an_organizations_rate_limit_holds_across_replicas_sharing_redis() {
     let prefix = RedisPrefix::new();
     let url = redis_url(redis_addr());
-    let app = spawn_app_with(&["--redis-url", &url, "--redis-key-prefix", &prefix.0]).await;
-    let replica = app
-        .spawn_replica_process(&[("REDIS_URL", &url), ("REDIS_KEY_PREFIX", &prefix.0)])
-        .await;
+    let (app, replica) = app_and_replica_on_redis(&url, &prefix, &[]).await;
     let (owner, team, chatbot) = team_with_chatbot(&app).await;
     let keys = [
         key_on(&app, &owner, &chatbot, None, None).await,

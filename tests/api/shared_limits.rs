@@ -83,6 +83,40 @@ pub async fn anonymous_call(clients: &Clients) -> Result<(), ()> {
     }
 }
 
+/// One anonymous call a second per client address, in bursts of three.
+pub const ONE_CALL_A_SECOND_PER_ADDRESS: [&str; 4] = [
+    "--rate-limit-per-address",
+    "1",
+    "--rate-limit-burst-factor",
+    "3",
+];
+
+/// A server and a replica process sharing Redis at `url` under `prefix`,
+/// each started with `flags` (the replica with each flag's environment
+/// variable).
+pub async fn app_and_replica_on_redis(
+    url: &str,
+    prefix: &RedisPrefix,
+    flags: &[&str],
+) -> (TestApp, ReplicaProcess) {
+    let redis = ["--redis-url", url, "--redis-key-prefix", &prefix.0];
+    let app = spawn_app_with(&[flags, &redis].concat()).await;
+    let env: Vec<(String, &str)> = flags
+        .chunks(2)
+        .chain(redis.chunks(2))
+        .map(|pair| {
+            let name = pair[0].trim_start_matches("--").replace('-', "_");
+            (name.to_uppercase(), pair[1])
+        })
+        .collect();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (name.as_str(), *value))
+        .collect();
+    let replica = app.spawn_replica_process(&env).await;
+    (app, replica)
+}
+
 /// A server and a replica process sharing Redis at `url` under `prefix`,
 /// each allowing one anonymous call a second per address, in bursts of
 /// three.
@@ -90,26 +124,7 @@ pub async fn two_replicas_sharing_redis(
     url: &str,
     prefix: &RedisPrefix,
 ) -> (TestApp, ReplicaProcess) {
-    let app = spawn_app_with(&[
-        "--rate-limit-per-address",
-        "1",
-        "--rate-limit-burst-factor",
-        "3",
-        "--redis-url",
-        url,
-        "--redis-key-prefix",
-        &prefix.0,
-    ])
-    .await;
-    let replica = app
-        .spawn_replica_process(&[
-            ("RATE_LIMIT_PER_ADDRESS", "1"),
-            ("RATE_LIMIT_BURST_FACTOR", "3"),
-            ("REDIS_URL", url),
-            ("REDIS_KEY_PREFIX", &prefix.0),
-        ])
-        .await;
-    (app, replica)
+    app_and_replica_on_redis(url, prefix, &ONE_CALL_A_SECOND_PER_ADDRESS).await
 }
 
 /// Ten anonymous calls alternating between `one` and `other`: how many the

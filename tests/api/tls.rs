@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use chatbot_backend::proto;
 use tokio::process::Child;
 
+use crate::shared_limits::ONE_CALL_A_SECOND_PER_ADDRESS;
+
 use crate::helpers::{
     serving_addr, spawn_app_with, spawn_logging_json, Clients, TlsFiles, TlsPostgres, TlsRedis,
     PASSWORD, SECRET_KEY,
@@ -274,19 +276,15 @@ async fn rediss_with_the_right_ca_counts_rate_limits_in_redis() {
     let files = TlsFiles::generate();
     let redis = TlsRedis::start(&files).await;
     let prefix = format!("tls-{}:", uuid::Uuid::new_v4().simple());
-    let app = spawn_app_with(&[
-        "--rate-limit-per-address",
-        "1",
-        "--rate-limit-burst-factor",
-        "3",
+    let redis_flags = [
         "--redis-url",
         &redis.url("localhost"),
         "--redis-ca-file",
         files.ca.to_str().unwrap(),
         "--redis-key-prefix",
         &prefix,
-    ])
-    .await;
+    ];
+    let app = spawn_app_with(&[&ONE_CALL_A_SECOND_PER_ADDRESS[..], &redis_flags].concat()).await;
     let mut answers = Vec::new();
     for _ in 0..5 {
         answers.push(anonymous_call(&app).await);

@@ -53,16 +53,6 @@ fn key_id(id: i64) -> proto::ApiKey {
     }
 }
 
-async fn get_key(app: &TestApp, owner: &TestUser, id: i64) -> proto::ApiKey {
-    app.api_keys(Some(&owner.token))
-        .get_api_key(proto::GetApiKeyRequest { id })
-        .await
-        .expect("get the key")
-        .into_inner()
-        .api_key
-        .unwrap()
-}
-
 backend_test! {
     async fn a_key_is_created_with_limits_and_shows_them_on_get_and_list() {
         let app = spawn_app().await;
@@ -93,7 +83,7 @@ backend_test! {
         let create = key.create_time.unwrap();
         assert!((3590..=3610).contains(&(next.seconds - create.seconds)), "{next:?} vs {create:?}");
 
-        assert_eq!(get_key(&app, &owner, key.id).await.credits, key.credits);
+        assert_eq!(app.get_api_key(&owner, key.id).await.credits, key.credits);
         let listed = app
             .api_keys(Some(&owner.token))
             .list_api_keys(proto::ListApiKeysRequest {
@@ -175,7 +165,7 @@ backend_test! {
 
         assert_eq!(verify_costing(&app, &key, 2).await.credits_remaining, Some(0));
         let id = created.api_key.unwrap().id;
-        assert_eq!(get_key(&app, &owner, id).await.credits.unwrap().remaining, 0);
+        assert_eq!(app.get_api_key(&owner, id).await.credits.unwrap().remaining, 0);
     }
 }
 
@@ -236,7 +226,7 @@ async fn a_killed_replica_loses_no_spend_it_answered_valid_postgres() {
     let id = created.api_key.unwrap().id;
     assert_eq!(spent, 40);
     assert_eq!(
-        get_key(&app, &owner, id).await.credits.unwrap().remaining,
+        app.get_api_key(&owner, id).await.credits.unwrap().remaining,
         10
     );
 }
@@ -290,7 +280,7 @@ async fn a_replica_spends_from_the_balance_as_it_is_now_not_as_it_last_saw_it_po
     assert_eq!(refused.reason(), VerifyApiKeyReason::UsageExceeded);
     assert_eq!(refused.credits_remaining, Some(0));
     assert_eq!(
-        get_key(&app, &owner, id).await.credits.unwrap().remaining,
+        app.get_api_key(&owner, id).await.credits.unwrap().remaining,
         0
     );
 }
@@ -330,7 +320,7 @@ backend_test! {
         let answer = verify_costing(&app, &created.key, 2).await;
         assert!(answer.valid, "{answer:?}");
         assert_eq!(answer.credits_remaining, Some(3), "refilled to 5, then 2 spent");
-        let key = get_key(&app, &owner, id.0).await.credits.unwrap();
+        let key = app.get_api_key(&owner, id.0).await.credits.unwrap();
         let next = key.next_refill_time.unwrap();
         // The refill keeps its schedule: the next is within one interval.
         let now = chrono::Utc::now().timestamp();
@@ -363,7 +353,7 @@ backend_test! {
         let now = chrono::Utc::now().timestamp();
         assert!((now..=now + 21).contains(&reset.seconds), "one call every 20 s: {reset:?}");
         let id = created.api_key.unwrap().id;
-        assert_eq!(get_key(&app, &owner, id).await.credits.unwrap().remaining, 97);
+        assert_eq!(app.get_api_key(&owner, id).await.credits.unwrap().remaining, 97);
     }
 }
 

@@ -70,7 +70,7 @@ backend_test! {
             app.api_keys(Some(&owner.token)).update_api_key(expiry(replaced_id)).await,
             Code::FailedPrecondition,
         );
-        assert!(get_key(&app, &owner, replaced_id).await.expire_time.is_some());
+        assert!(app.get_api_key(&owner, replaced_id).await.expire_time.is_some());
 
         // A live key's expiry may be cleared.
         let live = app.create_api_key(&owner, &chatbot.id).await;

@@ -17,8 +17,8 @@ use crate::helpers::{
     Backend, Clients, KeyOwner, PgBouncer, TcpProxy, TestApp, TestDatabase, TestUser,
 };
 use crate::shared_limits::{
-    anonymous_call, let_through_alternating, redis_addr, redis_url, two_replicas_sharing_redis,
-    RedisPrefix,
+    anonymous_call, app_and_replica_on_redis, let_through_alternating, redis_addr, redis_url,
+    two_replicas_sharing_redis, RedisPrefix,
 };
 
 mod process_faults;
@@ -117,10 +117,7 @@ async fn a_limit_change_applies_at_the_next_call_when_counted_in_redis() {
 async fn a_limit_changed_through_one_replica_applies_at_once_on_the_other() {
     let prefix = RedisPrefix::new();
     let url = redis_url(redis_addr());
-    let app = spawn_app_with(&["--redis-url", &url, "--redis-key-prefix", &prefix.0]).await;
-    let replica = app
-        .spawn_replica_process(&[("REDIS_URL", &url), ("REDIS_KEY_PREFIX", &prefix.0)])
-        .await;
+    let (app, replica) = app_and_replica_on_redis(&url, &prefix, &[]).await;
     let (owner, created) = key_allowing_a_day(&app, 3).await;
     let id = created.api_key.as_ref().unwrap().id;
     // Spent on both replicas together, and the key's row is now cached on

@@ -150,6 +150,33 @@ impl TestApp {
 }
 
 impl super::Clients {
+    /// UpdateOrganization `request` by `caller`: the organization it answers.
+    pub async fn update_organization(
+        &self,
+        caller: &TestUser,
+        request: proto::UpdateOrganizationRequest,
+    ) -> Result<proto::Organization, tonic::Status> {
+        let updated = self
+            .organizations(Some(&caller.token))
+            .update_organization(request)
+            .await?;
+        Ok(updated
+            .into_inner()
+            .organization
+            .expect("an organization in the response"))
+    }
+
+    /// Key `id` as GetApiKey shows it to `owner`; panics on an error status.
+    pub async fn get_api_key(&self, owner: &TestUser, id: i64) -> proto::ApiKey {
+        self.api_keys(Some(&owner.token))
+            .get_api_key(proto::GetApiKeyRequest { id })
+            .await
+            .expect("get the key")
+            .into_inner()
+            .api_key
+            .expect("a key in the response")
+    }
+
     /// A team organization `owner` creates; panics on an error status.
     pub async fn create_organization(&self, owner: &TestUser, name: &str) -> proto::Organization {
         self.organizations(Some(&owner.token))

@@ -13,7 +13,7 @@
 //!
 //! What lives where: `app` starts a server, `database` and `templates` make
 //! its database, `clients` calls it, `requests` builds the requests several
-//! files send, `fixtures` makes the users, chatbots and keys a test starts
+//! files send, `reservations` reserves and settles credits, `fixtures` makes the users, chatbots and keys a test starts
 //! from, `polling` waits for an answer to change, `process` runs the real
 //! binary, `proxy` cuts or garbles a connection, `pgbouncer` runs a real
 //! PgBouncer, `tls` a PostgreSQL and a Redis with certificates of the
@@ -32,6 +32,7 @@ mod polling;
 mod process;
 mod proxy;
 mod requests;
+mod reservations;
 mod templates;
 mod tls;
 
@@ -55,6 +56,7 @@ pub use proxy::TcpProxy;
 pub use requests::{
     api_key_update, chatbot_update, email_change, field_mask, password_change, role_change,
 };
+pub use reservations::{reserve, reserve_and_settle_across, settle};
 pub use tls::{TempDir, TlsFiles, TlsPostgres, TlsRedis};
 
 use std::future::Future;

@@ -64,6 +64,50 @@ async fn set_role(
     Ok(updated.into_inner().member.expect("member in response"))
 }
 
+/// The invitations of `organization_id` still pending, as `owner` lists
+/// them.
+async fn pending_invitations(
+    app: &Clients,
+    owner: &TestUser,
+    organization_id: &str,
+) -> Vec<proto::Invitation> {
+    app.organizations(Some(&owner.token))
+        .list_invitations(proto::ListInvitationsRequest {
+            organization_id: organization_id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invitations
+}
+
+/// The ids of the chatbots ListChatbots shows `user`: of `organization_id`,
+/// or of all their organizations when it is empty.
+async fn listed_chatbot_ids(app: &Clients, user: &TestUser, organization_id: &str) -> Vec<String> {
+    app.chatbots(Some(&user.token))
+        .list_chatbots(proto::ListChatbotsRequest {
+            organization_id: organization_id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .chatbots
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+/// GetChatbot of `id` with `token` through `server`, as its code alone.
+async fn read_chatbot_code(server: &Clients, token: &str, id: &str) -> Result<(), Code> {
+    server
+        .get_chatbot(token, id)
+        .await
+        .map(drop)
+        .map_err(|s| s.code())
+}
+
 async fn remove(
     app: &Clients,
     by: &TestUser,
@@ -148,16 +192,7 @@ backend_test! {
         let again = app.accept(&editor, &invitation.token).await.unwrap();
         assert_eq!(again.user_id, joined.user_id);
         assert_eq!(again.create_time, joined.create_time);
-        let pending = app
-            .organizations(Some(&owner.token))
-            .list_invitations(proto::ListInvitationsRequest {
-                organization_id: team.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .invitations;
+        let pending = pending_invitations(&app, &owner, &team.id).await;
         assert!(pending.is_empty(), "an accepted invitation is no longer pending");
 
         // The editor builds in the team; the chatbot is the team's.
@@ -168,30 +203,9 @@ backend_test! {
         assert_eq!(app.verify(&key.key).await.organization_id, team.id);
         // The owner sees it among their chatbots, with their personal ones.
         let personal = app.create_chatbot(&owner, "own").await;
-        let listed: Vec<String> = app
-            .chatbots(Some(&owner.token))
-            .list_chatbots(proto::ListChatbotsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .chatbots
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+        let listed = listed_chatbot_ids(&app, &owner, "").await;
         assert_eq!(listed, vec![chatbot.id.clone(), personal.id.clone()]);
-        let team_only: Vec<String> = app
-            .chatbots(Some(&owner.token))
-            .list_chatbots(proto::ListChatbotsRequest {
-                organization_id: team.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .chatbots
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+        let team_only = listed_chatbot_ids(&app, &owner, &team.id).await;
         assert_eq!(team_only, vec![chatbot.id.clone()]);
 
         // A viewer reads, and sees other members without their emails.
@@ -443,13 +457,7 @@ async fn a_change_of_membership_reaches_the_other_replica_within_a_second_on_pos
     let _ = changed_within_a_second(|| rename("as viewer"), |answer| *answer == refused).await;
     let read = || {
         let (other, token, id) = (&other, editor.token.clone(), chatbot.id.clone());
-        async move {
-            other
-                .get_chatbot(&token, &id)
-                .await
-                .map(drop)
-                .map_err(|s| s.code())
-        }
+        async move { read_chatbot_code(other, &token, &id).await }
     };
     assert_eq!(read().await, Ok(()), "a viewer still reads");
 

@@ -158,13 +158,7 @@ async fn a_revoked_service_account_is_refused_by_the_other_replica_within_a_seco
     let other = app.spawn_replica_process(&[]).await;
     let read = || {
         let (other, token, id) = (&other, created.token.clone(), chatbot.id.clone());
-        async move {
-            other
-                .get_chatbot(&token, &id)
-                .await
-                .map(drop)
-                .map_err(|s| s.code())
-        }
+        async move { read_chatbot_code(other, &token, &id).await }
     };
     // Warm: the other replica has the token cached.
     assert_eq!(read().await, Ok(()));
@@ -336,15 +330,7 @@ backend_test! {
         // listed and withdrawn; gone, it is PERMISSION_DENIED to an owner
         // like any id that names nothing (AIP-193). The usage is empty.
         let invited = app.invite(&owner, &team.id, "later@example.com", Role::Viewer).await;
-        let pending = client()
-            .list_invitations(proto::ListInvitationsRequest {
-                organization_id: team.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .invitations;
+        let pending = pending_invitations(&app, &owner, &team.id).await;
         let invitation = invited.invitation.unwrap();
         assert_eq!(pending.iter().map(|i| &i.id).collect::<Vec<_>>(), vec![&invitation.id]);
         let withdraw = || {

@@ -7,12 +7,11 @@
 use std::time::Duration;
 
 use chatbot_backend::proto::{self, CreditReservationState, VerifyApiKeyReason};
-use rand::Rng;
 use tonic::{Code, Status};
 
 use crate::helpers::{
-    api_key_update, assert_code, backend_test, eventually, spawn_app, spawn_app_with,
-    violated_fields, Clients, TestApp, TestUser,
+    api_key_update, assert_code, backend_test, eventually, reserve, reserve_and_settle_across,
+    settle, spawn_app, spawn_app_with, violated_fields, Clients, TestApp, TestUser,
 };
 use crate::organization_limits::{give_credits, key_on, organization_balance, team_with_chatbot};
 use crate::usage::key_usage;
@@ -34,35 +33,6 @@ async fn key_with_credits(app: &TestApp, owner: &TestUser, credits: Option<i64>)
     (created.key, created.api_key.unwrap().id)
 }
 
-async fn reserve(clients: &Clients, key: &str, cost: i64) -> proto::VerifyApiKeyResponse {
-    clients
-        .api_keys(None)
-        .verify_api_key(proto::VerifyApiKeyRequest {
-            key: key.into(),
-            cost,
-            reserve: true,
-            ..Default::default()
-        })
-        .await
-        .expect("VerifyApiKey answers OK")
-        .into_inner()
-}
-
-async fn settle(
-    clients: &Clients,
-    reservation_id: &str,
-    actual_cost: i64,
-) -> Result<proto::CreditReservation, Status> {
-    clients
-        .api_keys(None)
-        .settle_reservation(proto::SettleReservationRequest {
-            reservation_id: reservation_id.into(),
-            actual_cost,
-        })
-        .await
-        .map(|response| response.into_inner().reservation.unwrap())
-}
-
 async fn release(
     clients: &Clients,
     reservation_id: &str,
@@ -78,13 +48,8 @@ async fn release(
 
 async fn balance(clients: &Clients, owner: &TestUser, id: i64) -> i64 {
     clients
-        .api_keys(Some(&owner.token))
-        .get_api_key(proto::GetApiKeyRequest { id })
+        .get_api_key(owner, id)
         .await
-        .expect("get the key")
-        .into_inner()
-        .api_key
-        .unwrap()
         .credits
         .expect("the key has credits")
         .remaining
@@ -281,43 +246,10 @@ async fn concurrent_reservations_over_two_replicas_never_overrun_postgres() {
     let owner = app.new_user().await;
     let (key, id) = key_with_credits(&app, &owner, Some(5_000)).await;
     let replica = app.spawn_replica_process(&[]).await;
-    let costs: Vec<i64> = {
-        let mut rng = rand::thread_rng();
-        (0..200).map(|_| rng.gen_range(0..=100)).collect()
-    };
-    let pairs = costs.iter().enumerate().map(|(call, &actual)| {
-        let (reserving, settling): (&Clients, &Clients) = match call % 2 {
-            0 => (&app, &replica),
-            _ => (&replica, &app),
-        };
-        let key = key.clone();
-        async move {
-            let answer = reserve(reserving, &key, 50).await;
-            if !answer.valid {
-                assert_eq!(answer.reason(), VerifyApiKeyReason::UsageExceeded);
-                assert!(
-                    answer.credits_remaining.unwrap() < 50,
-                    "refused with enough: {answer:?}"
-                );
-                return None;
-            }
-            assert!(
-                answer.credits_remaining.unwrap() >= 0,
-                "held more than there was: {answer:?}"
-            );
-            let settled = settle(settling, &answer.reservation_id, actual)
-                .await
-                .expect("settle");
-            Some(settled.charged_cost)
-        }
-    });
-    let settled: Vec<Option<i64>> = futures_util::future::join_all(pairs).await;
-    let granted = settled.iter().flatten().count();
     // 5,000 holds 100 reservations of 50, fewer once settlements above
     // their reservation take more; 200 never fit.
-    assert!(granted > 50, "most reservations fit: {granted}");
-    assert!(granted < 200, "the balance ran out: {granted}");
-    let charged: i64 = settled.iter().flatten().sum();
+    let charged =
+        reserve_and_settle_across(&app, &replica, &[key], |answer| answer.credits_remaining).await;
     assert_eq!(balance(&app, &owner, id).await, 5_000 - charged);
 }
 

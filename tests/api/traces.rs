@@ -2,7 +2,8 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` exports its spans to a real OTLP/HTTP
 //! receiver, which decodes them as OTLP protobuf: one server span per RPC,
 //! continuing the caller's W3C `traceparent`, with children for database
-//! work and password hashing, and no secret in any of them.
+//! work and password hashing, and no secret (password, session, API key,
+//! invitation or service-account token) in any of them or in an error.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -25,8 +26,9 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tokio::net::TcpListener;
+use tonic::Code;
 
-use crate::helpers::{spawn_app, PASSWORD};
+use crate::helpers::{spawn_app, TestUser, PASSWORD};
 
 /// The caller's trace and span, as its `traceparent` names them.
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -259,6 +261,56 @@ async fn rpc_spans_are_exported_over_otlp_with_the_callers_parent_their_children
         .into_inner();
     assert!(verified.valid);
 
+    // An invitation and a service account, whose tokens are secrets too;
+    // the account's token is used once.
+    let owner = TestUser {
+        id: user.id.clone(),
+        email: email.clone(),
+        password: PASSWORD.into(),
+        token: login.access_token.clone(),
+        refresh_token: login.refresh_token.clone(),
+    };
+    let team = server.create_organization(&owner, "traced team").await;
+    let viewer = proto::OrganizationRole::Viewer;
+    let invitation = server
+        .invite(&owner, &team.id, "invited@example.com", viewer)
+        .await
+        .token;
+    let account = server
+        .create_service_account(&owner, &team.id, viewer)
+        .await
+        .token;
+    server
+        .chatbots(Some(&account))
+        .list_chatbots(proto::ListChatbotsRequest::default())
+        .await
+        .unwrap();
+    // Accepting someone else's invitation, or one that does not exist, is
+    // refused without the token in the error.
+    let unknown = format!("cbi_{}", "x".repeat(43));
+    for (token, code) in [
+        (&invitation, Code::PermissionDenied),
+        (&unknown, Code::NotFound),
+    ] {
+        let refused = server
+            .organizations(Some(&owner.token))
+            .accept_invitation(proto::AcceptInvitationRequest {
+                token: token.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "{refused:?}");
+        let error = format!(
+            "{} {}",
+            refused.message(),
+            String::from_utf8_lossy(refused.details())
+        );
+        assert!(
+            !error.contains(&token[4..]),
+            "the error carries the token: {error}"
+        );
+    }
+
     // Long enough for a health check to run, whose spans must not arrive.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let spans = receiver
@@ -268,6 +320,10 @@ async fn rpc_spans_are_exported_over_otlp_with_the_callers_parent_their_children
             "chatbot.v1.ChatbotService/CreateChatbot",
             "chatbot.v1.ApiKeyService/CreateApiKey",
             "chatbot.v1.ApiKeyService/VerifyApiKey",
+            "chatbot.v1.OrganizationService/CreateInvitation",
+            "chatbot.v1.OrganizationService/CreateServiceAccount",
+            "chatbot.v1.ChatbotService/ListChatbots",
+            "chatbot.v1.OrganizationService/AcceptInvitation",
         ])
         .await;
     let by_id: HashMap<Vec<u8>, &Span> = spans
@@ -367,6 +423,8 @@ async fn rpc_spans_are_exported_over_otlp_with_the_callers_parent_their_children
         login.access_token.as_str(),
         login.refresh_token.as_str(),
         key.as_str(),
+        invitation.as_str(),
+        account.as_str(),
     ];
     for received in &spans {
         assert_eq!(received.service_name, "chatbot-backend-under-test");

@@ -1,9 +1,12 @@
-//! Each RPC of the matrix, called with a caller's token (or none) on the
-//! target, the way a client would call it.
+//! One call of each RPC in the matrix, on a cell's target, reduced to its
+//! answer.
 
-use super::*;
+use chatbot_backend::proto::{self, OrganizationRole as Role};
+use tonic::Status;
 
-/// Calls `rpc` on `t` with `token`; only the answer's code matters.
+use super::{Rpc, Target};
+use crate::helpers::{api_key_update, chatbot_update, field_mask, TestApp};
+
 pub(super) async fn call(
     app: &TestApp,
     rpc: Rpc,

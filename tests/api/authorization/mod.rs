@@ -3,18 +3,15 @@
 //! organization's chatbot and key; its owner, an editor and a viewer are
 //! members, and a stranger belongs to another organization only.
 
-use chatbot_backend::proto;
-use tonic::{Code, Status};
-
-use crate::auth::bad_tokens;
-use crate::helpers::{
-    api_key_update, backend_test, chatbot_update, field_mask, spawn_app_with, TestApp, TestUser,
-};
-use proto::OrganizationRole as Role;
-
 mod calls;
+mod targets;
 
-use calls::call;
+use tonic::Code;
+
+use self::calls::call;
+use self::targets::{fresh_target, missing_target};
+use crate::auth::bad_tokens;
+use crate::helpers::{backend_test, spawn_app_with, TestApp, TestUser};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rpc {
@@ -132,6 +129,8 @@ enum Who {
     ServiceAccountViewer,
     /// A service account of the team whose token was revoked.
     RevokedServiceAccount,
+    /// A service account of the team whose token's expiry has passed.
+    ExpiredServiceAccount,
     Admin,
     /// A plain user, on ids that do not exist.
     UserOnMissing,
@@ -165,6 +164,7 @@ struct Team {
     account_editor: String,
     account_viewer: String,
     account_revoked: String,
+    account_expired: String,
 }
 
 impl Rpc {
@@ -307,7 +307,10 @@ fn expected(rpc: Rpc, who: Who) -> Code {
         needed => needed as u8 <= role as u8,
     };
     match who {
-        Who::Anonymous | Who::BadToken(_) | Who::RevokedServiceAccount => Code::Unauthenticated,
+        Who::Anonymous
+        | Who::BadToken(_)
+        | Who::RevokedServiceAccount
+        | Who::ExpiredServiceAccount => Code::Unauthenticated,
         // The invitation names someone else's email; a token that matches
         // none is NOT_FOUND to anyone.
         _ if rpc == Rpc::AcceptInvitation => match who {
@@ -342,85 +345,6 @@ fn expected(rpc: Rpc, who: Who) -> Code {
     }
 }
 
-/// A fresh team (owner, editor, viewer) with a chatbot, a key and a
-/// pending invitation, so cells that change their target do not disturb
-/// each other.
-async fn fresh_target(app: &TestApp) -> (Team, Target) {
-    let owner = app.new_user().await;
-    let organization = app.create_organization(&owner, "matrix team").await;
-    let editor = app.new_member(&owner, &organization.id, Role::Editor).await;
-    let viewer = app.new_member(&owner, &organization.id, Role::Viewer).await;
-    let chatbot = app
-        .create_chatbot_from(
-            &owner.token,
-            proto::CreateChatbotRequest {
-                name: "matrix bot".into(),
-                llm_endpoint_url: "https://llm.example.com".into(),
-                organization_id: organization.id.clone(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let key = app.create_api_key(&owner, &chatbot.id).await;
-    let pending = app
-        .invite(
-            &owner,
-            &organization.id,
-            "someone-else@example.com",
-            Role::Viewer,
-        )
-        .await;
-    let account = |role| app.create_service_account(&owner, &organization.id, role);
-    let account_editor = account(Role::Editor).await;
-    let account_viewer = account(Role::Viewer).await;
-    let account_revoked = account(Role::Editor).await;
-    app.organizations(Some(&owner.token))
-        .revoke_service_account(proto::RevokeServiceAccountRequest {
-            id: account_revoked.service_account.unwrap().id,
-        })
-        .await
-        .unwrap();
-    let target = Target {
-        user_id: owner.id.clone(),
-        organization_id: organization.id,
-        chatbot_id: chatbot.id,
-        api_key_id: key.api_key.unwrap().id,
-        key: key.key,
-        refresh_token: owner.refresh_token.clone(),
-        member_id: editor.id.clone(),
-        invitation_id: pending.invitation.unwrap().id,
-        invitation_token: pending.token,
-        service_account_id: account_viewer.service_account.unwrap().id,
-    };
-    (
-        Team {
-            owner,
-            editor,
-            viewer,
-            account_editor: account_editor.token,
-            account_viewer: account_viewer.token,
-            account_revoked: account_revoked.token,
-        },
-        target,
-    )
-}
-
-fn missing_target() -> Target {
-    Target {
-        user_id: uuid::Uuid::new_v4().to_string(),
-        organization_id: uuid::Uuid::new_v4().to_string(),
-        chatbot_id: uuid::Uuid::new_v4().to_string(),
-        api_key_id: 987_654_321,
-        key: "cbk_missing".into(),
-        refresh_token: "cbr_missing".into(),
-        member_id: uuid::Uuid::new_v4().to_string(),
-        invitation_id: uuid::Uuid::new_v4().to_string(),
-        invitation_token: format!("cbi_{}", "x".repeat(43)),
-        service_account_id: uuid::Uuid::new_v4().to_string(),
-    }
-}
-
 /// Cells run this many at a time: they are independent (each that may
 /// change its target has its own), and at the test pool's size none waits
 /// long for a connection.
@@ -444,6 +368,7 @@ backend_test! {
             Who::ServiceAccountEditor,
             Who::ServiceAccountViewer,
             Who::RevokedServiceAccount,
+            Who::ExpiredServiceAccount,
             Who::Admin,
             Who::UserOnMissing,
             Who::AdminOnMissing,
@@ -484,6 +409,7 @@ backend_test! {
                     Who::ServiceAccountEditor => team.map(|team| team.account_editor),
                     Who::ServiceAccountViewer => team.map(|team| team.account_viewer),
                     Who::RevokedServiceAccount => team.map(|team| team.account_revoked),
+                    Who::ExpiredServiceAccount => team.map(|team| team.account_expired),
                     Who::Admin | Who::AdminOnMissing => Some(admin.token.clone()),
                 };
                 let code = match call(app, rpc, token.as_deref(), &target).await {

@@ -1,0 +1,96 @@
+//! The targets of the matrix's cells: a fresh team with everything an RPC
+//! can name (and its service accounts, one revoked and one expired), and
+//! ids that name nothing.
+
+use chatbot_backend::proto::{self, OrganizationRole as Role};
+
+use super::{Target, Team};
+use crate::helpers::TestApp;
+use crate::organizations::{run_sql, LONG_AGO};
+
+/// A fresh team (owner, editor, viewer) with a chatbot, a key and a
+/// pending invitation, so cells that change their target do not disturb
+/// each other.
+pub(super) async fn fresh_target(app: &TestApp) -> (Team, Target) {
+    let owner = app.new_user().await;
+    let organization = app.create_organization(&owner, "matrix team").await;
+    let editor = app.new_member(&owner, &organization.id, Role::Editor).await;
+    let viewer = app.new_member(&owner, &organization.id, Role::Viewer).await;
+    let chatbot = app
+        .create_chatbot_from(
+            &owner.token,
+            proto::CreateChatbotRequest {
+                name: "matrix bot".into(),
+                llm_endpoint_url: "https://llm.example.com".into(),
+                organization_id: organization.id.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let key = app.create_api_key(&owner, &chatbot.id).await;
+    let pending = app
+        .invite(
+            &owner,
+            &organization.id,
+            "someone-else@example.com",
+            Role::Viewer,
+        )
+        .await;
+    let account = |role| app.create_service_account(&owner, &organization.id, role);
+    let account_editor = account(Role::Editor).await;
+    let account_viewer = account(Role::Viewer).await;
+    let account_revoked = account(Role::Editor).await;
+    app.organizations(Some(&owner.token))
+        .revoke_service_account(proto::RevokeServiceAccountRequest {
+            id: account_revoked.service_account.unwrap().id,
+        })
+        .await
+        .unwrap();
+    // An editor's token, so that an expiry not kept would show as OK.
+    let account_expired = account(Role::Editor).await;
+    let expired = format!(
+        "UPDATE service_accounts SET expires_at = '{LONG_AGO}' WHERE id = '{}'",
+        account_expired.service_account.unwrap().id
+    );
+    assert_eq!(run_sql(app, &expired).await, 1);
+    let target = Target {
+        user_id: owner.id.clone(),
+        organization_id: organization.id,
+        chatbot_id: chatbot.id,
+        api_key_id: key.api_key.unwrap().id,
+        key: key.key,
+        refresh_token: owner.refresh_token.clone(),
+        member_id: editor.id.clone(),
+        invitation_id: pending.invitation.unwrap().id,
+        invitation_token: pending.token,
+        service_account_id: account_viewer.service_account.unwrap().id,
+    };
+    (
+        Team {
+            owner,
+            editor,
+            viewer,
+            account_editor: account_editor.token,
+            account_viewer: account_viewer.token,
+            account_revoked: account_revoked.token,
+            account_expired: account_expired.token,
+        },
+        target,
+    )
+}
+
+pub(super) fn missing_target() -> Target {
+    Target {
+        user_id: uuid::Uuid::new_v4().to_string(),
+        organization_id: uuid::Uuid::new_v4().to_string(),
+        chatbot_id: uuid::Uuid::new_v4().to_string(),
+        api_key_id: 987_654_321,
+        key: "cbk_missing".into(),
+        refresh_token: "cbr_missing".into(),
+        member_id: uuid::Uuid::new_v4().to_string(),
+        invitation_id: uuid::Uuid::new_v4().to_string(),
+        invitation_token: format!("cbi_{}", "x".repeat(43)),
+        service_account_id: uuid::Uuid::new_v4().to_string(),
+    }
+}

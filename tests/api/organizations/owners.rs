@@ -1,0 +1,119 @@
+//! The last-owner rule under races, and deletions (of a user, of an
+//! organization) that never leave a team without an owner or a chatbot
+//! without its organization.
+
+use chatbot_backend::proto::{self, OrganizationRole as Role};
+use tonic::Code;
+
+use super::{app_with_team, members, remove, set_role, team_chatbot};
+use crate::helpers::{assert_code, backend_test, spawn_app, TestUser};
+
+backend_test! {
+    async fn two_owners_leaving_at_once_leave_one_owner() {
+        let app = spawn_app().await;
+        for _ in 0..4 {
+            let first = app.new_user().await;
+            let team = app.create_organization(&first, "two owners").await;
+            let second = app.new_member(&first, &team.id, Role::Owner).await;
+            let (a, b) = tokio::join!(
+                remove(&app, &first, &team.id, &first.id),
+                remove(&app, &second, &team.id, &second.id),
+            );
+            let codes = [a.map_err(|s| s.code()), b.map_err(|s| s.code())];
+            assert_eq!(
+                codes.iter().filter(|c| c.is_ok()).count(),
+                1,
+                "exactly one leaves: {codes:?}"
+            );
+            assert!(codes.contains(&Err(Code::FailedPrecondition)), "{codes:?}");
+            // Demoting the last owner is refused the same way.
+            let stayed = if codes[0].is_ok() { &second } else { &first };
+            let left = members(&app, stayed, &team.id).await;
+            assert_eq!(left.len(), 1);
+            assert_eq!(left[0].role(), Role::Owner);
+            let demote = set_role(&app, stayed, &team.id, &stayed.id, Role::Viewer).await;
+            assert_code(demote, Code::FailedPrecondition);
+        }
+    }
+}
+
+backend_test! {
+    async fn an_organization_that_owns_a_chatbot_is_never_deleted_under_it() {
+        let (app, owner, team) = app_with_team("team").await;
+        let chatbot = team_chatbot(&app, &owner, &team.id).await.unwrap();
+        let delete = |id: String| {
+            let mut client = app.organizations(Some(&owner.token));
+            async move {
+                client
+                    .delete_organization(proto::DeleteOrganizationRequest { id })
+                    .await
+                    .map(drop)
+            }
+        };
+        assert_code(delete(team.id.clone()).await, Code::FailedPrecondition);
+        app.delete_chatbot(&owner.token, &chatbot.id).await.unwrap();
+        delete(team.id.clone()).await.unwrap();
+
+        // A chatbot created while its organization is deleted: one wins.
+        for _ in 0..8 {
+            let team = app.create_organization(&owner, "racing").await;
+            let (created, deleted) =
+                tokio::join!(team_chatbot(&app, &owner, &team.id), delete(team.id.clone()));
+            match (created, deleted) {
+                (Ok(chatbot), Err(refused)) => {
+                    assert_eq!(refused.code(), Code::FailedPrecondition);
+                    assert_eq!(app.read_chatbot(&owner.token, &chatbot.id).await.organization_id, team.id);
+                }
+                (Err(refused), Ok(())) => assert!(
+                    matches!(refused.code(), Code::NotFound | Code::PermissionDenied),
+                    "{refused:?}"
+                ),
+                other => panic!("both or neither succeeded: {other:?}"),
+            }
+        }
+    }
+}
+
+backend_test! {
+    async fn deleting_a_user_hands_their_team_chatbots_to_another_owner() {
+        let app = spawn_app().await;
+        let founder = app.new_user().await;
+        let team = app.create_organization(&founder, "team").await;
+        let partner = app.new_member(&founder, &team.id, Role::Editor).await;
+        let chatbot = team_chatbot(&app, &founder, &team.id).await.unwrap();
+        let delete_founder = || {
+            let mut client = app.users(Some(&founder.token));
+            let request = proto::DeleteUserRequest { id: founder.id.clone() };
+            async move { client.delete_user(request).await.map(drop) }
+        };
+        // The only owner cannot go: the team would have no one to run it.
+        assert_code(delete_founder().await, Code::FailedPrecondition);
+
+        let promote = set_role(&app, &founder, &team.id, &partner.id, Role::Owner)
+            .await
+            .unwrap();
+        assert_eq!(promote.role(), Role::Owner);
+        delete_founder().await.unwrap();
+
+        let kept = app.read_chatbot(&partner.token, &chatbot.id).await;
+        assert_eq!(kept.organization_id, team.id);
+        assert_eq!(kept.owner_id, partner.id, "passed to the remaining owner");
+        let left = members(&app, &partner, &team.id).await;
+        assert_eq!(left.len(), 1);
+
+        // Two owners deleting their accounts at once: one goes, the other
+        // stays to run the team.
+        let first = app.new_user().await;
+        let team = app.create_organization(&first, "pair").await;
+        let second = app.new_member(&first, &team.id, Role::Owner).await;
+        let delete = |user: &TestUser| {
+            let mut client = app.users(Some(&user.token));
+            let request = proto::DeleteUserRequest { id: user.id.clone() };
+            async move { client.delete_user(request).await.map(drop).map_err(|s| s.code()) }
+        };
+        let (a, b) = tokio::join!(delete(&first), delete(&second));
+        let mut codes = [a, b];
+        codes.sort_by_key(|code| code.is_err());
+        assert_eq!(codes, [Ok(()), Err(Code::FailedPrecondition)]);
+    }
+}

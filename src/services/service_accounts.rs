@@ -17,8 +17,8 @@ use crate::db::models::{CreateRequest, NewServiceAccount, ServiceAccount};
 use crate::db::sql_types::Timestamp;
 use crate::db::{is_foreign_key_violation, Invalidation, Written};
 use crate::domain::{
-    AuditAction, AuditChange, AuditRecord, AuditTarget, CreateRequestId, ListOf, OrgAction,
-    OrgRole, OrganizationId, OrganizationName, Page, ServiceAccountId, ServiceAccountToken,
+    AuditAction, AuditChange, AuditRecord, AuditTarget, CreateRequestId, ListOf, OrgRole,
+    OrganizationId, OrganizationName, Page, ServiceAccountId, ServiceAccountToken,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation};
 use crate::proto;
@@ -179,9 +179,9 @@ pub async fn list_service_accounts(
     caller: &Caller,
     cmd: ListOf<ServiceAccountId>,
 ) -> AppResult<Page<ServiceAccount>> {
-    let (organization, manage) = (cmd.organization, OrgAction::Manage);
+    let organization = cmd.organization;
     let mut conn = state.db.conn().await?;
-    ownership::organization(&mut conn, &state.memberships, caller, organization, manage).await?;
+    ownership::managed_organization(&mut conn, &state.memberships, caller, organization).await?;
     let accounts = ServiceAccount::list(&mut conn, organization, &cmd.page).await?;
     Ok(cmd.page.page(accounts, ServiceAccount::cursor))
 }

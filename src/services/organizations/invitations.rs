@@ -15,8 +15,14 @@ pub async fn create_invitation(
     cmd: CreateInvitation,
 ) -> AppResult<NewInvitationWithToken> {
     let mut conn = state.db.conn().await?;
-    let manage = OrgAction::Manage;
-    organization_for_member_change(&mut conn, state, caller, cmd.organization, manage).await?;
+    organization_for_member_change(
+        &mut conn,
+        state,
+        caller,
+        cmd.organization,
+        OrgAction::Manage,
+    )
+    .await?;
     let retry = cmd
         .request
         .as_ref()
@@ -109,9 +115,9 @@ pub async fn list_invitations(
     caller: &Caller,
     cmd: ListOf<InvitationId>,
 ) -> AppResult<Page<Invitation>> {
-    let (organization, manage) = (cmd.organization, OrgAction::Manage);
+    let organization = cmd.organization;
     let mut conn = state.db.conn().await?;
-    ownership::organization(&mut conn, &state.memberships, caller, organization, manage).await?;
+    ownership::managed_organization(&mut conn, &state.memberships, caller, organization).await?;
     let invitations = Invitation::list_pending(&mut conn, cmd.organization, &cmd.page).await?;
     Ok(cmd.page.page(invitations, Invitation::cursor))
 }
@@ -125,16 +131,8 @@ pub async fn delete_invitation(
     let found = Invitation::find(&mut conn, id)
         .await?
         .map(|invitation| (invitation.organization_id, invitation.organization_id));
-    let manage = OrgAction::Manage;
-    let organization = ownership::authorize(
-        Some(&mut conn),
-        &state.memberships,
-        caller,
-        found,
-        manage,
-        "invitation",
-    )
-    .await?;
+    let organization =
+        ownership::managed(&mut conn, &state.memberships, caller, found, "invitation").await?;
     let record = AuditRecord::new(
         AuditAction::InvitationDelete,
         AuditTarget::invitation(id, organization),

@@ -100,8 +100,14 @@ pub async fn update_member(
 ) -> AppResult<MemberView> {
     let UpdateMember { member, role } = cmd;
     let mut conn = state.db.conn().await?;
-    let manage = OrgAction::Manage;
-    organization_for_member_change(&mut conn, state, caller, member.organization, manage).await?;
+    organization_for_member_change(
+        &mut conn,
+        state,
+        caller,
+        member.organization,
+        OrgAction::Manage,
+    )
+    .await?;
     let stale = Some(Invalidation::Organization(member.organization));
     let updated = state
         .write(&mut conn, audit::actor(caller), stale, |conn| {

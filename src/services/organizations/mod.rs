@@ -348,8 +348,7 @@ pub async fn update_organization(
 ) -> AppResult<OrganizationWithLimits> {
     let id = cmd.id;
     let mut conn = state.db.conn().await?;
-    let manage = OrgAction::Manage;
-    ownership::organization(&mut conn, &state.memberships, caller, id, manage).await?;
+    ownership::managed_organization(&mut conn, &state.memberships, caller, id).await?;
     let changes = &OrganizationChanges {
         name: cmd.name.map(OrganizationName::into_inner),
     };
@@ -432,9 +431,8 @@ pub async fn delete_organization(
     id: OrganizationId,
 ) -> AppResult<()> {
     let mut conn = state.db.conn().await?;
-    let manage = OrgAction::Manage;
     let organization =
-        ownership::organization(&mut conn, &state.memberships, caller, id, manage).await?;
+        ownership::managed_organization(&mut conn, &state.memberships, caller, id).await?;
     if organization.is_personal() {
         return Err(AppError::FailedPrecondition(
             "a personal organization goes with its user; delete the user instead".into(),

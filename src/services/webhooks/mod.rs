@@ -21,8 +21,8 @@ use crate::db::sql_types::Timestamp;
 use crate::db::{is_foreign_key_violation, DbConnection, Written};
 use crate::domain::{
     url_origin, AuditAction, AuditChange, AuditRecord, AuditTarget, CreateRequestId, DisplayText,
-    FieldViolation, LlmEndpoint, OrgAction, OrganizationId, Page, PageCursor, PageRequest,
-    WebhookDeliveryId, WebhookId,
+    FieldViolation, LlmEndpoint, OrganizationId, Page, PageCursor, PageRequest, WebhookDeliveryId,
+    WebhookId,
 };
 use crate::error::{parsed, AppError, AppResult, Violations};
 use crate::proto::webhook_service_server::WebhookService;
@@ -386,8 +386,7 @@ async fn list_webhooks(
     organization: OrganizationId,
 ) -> AppResult<Vec<Webhook>> {
     let mut conn = state.db.conn().await?;
-    let manage = OrgAction::Manage;
-    ownership::organization(&mut conn, &state.memberships, caller, organization, manage).await?;
+    ownership::managed_organization(&mut conn, &state.memberships, caller, organization).await?;
     Ok(Webhook::of_organization(&mut conn, organization, MAX_WEBHOOKS_PER_ORGANIZATION).await?)
 }
 
@@ -515,16 +514,7 @@ async fn redeliver(
             .map(|webhook| ((), webhook.organization_id)),
         None => None,
     };
-    let manage = OrgAction::Manage;
-    ownership::authorize(
-        Some(&mut conn),
-        &state.memberships,
-        caller,
-        found,
-        manage,
-        "delivery",
-    )
-    .await?;
+    ownership::managed(&mut conn, &state.memberships, caller, found, "delivery").await?;
     let delivery = delivery.ok_or(AppError::NotFound("delivery"))?;
     let again = WebhookDelivery::redeliver(&mut conn, &delivery).await?;
     tracing::info!(delivery_id = %id, redelivery_id = %again.id, "webhook redelivery requested");

@@ -1,4 +1,4 @@
-//! Column types that mean the same on both backends, so `schema.rs` and
+//! Column types that mean the same on both backends, so `schema/` and
 //! every query are written once, and how the domain's values are stored in
 //! them. PostgreSQL keeps its native `uuid` and `timestamptz`; SQLite, which
 //! has neither, stores text whose byte order is the value order (lowercase

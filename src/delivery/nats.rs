@@ -56,7 +56,7 @@ pub struct NatsTarget {
     pub subject_prefix: String,
 }
 
-/// The publisher's gauge and counters (see `metrics.rs`).
+/// The publisher's gauge and counters (see `crate::metrics`).
 pub struct PublishMetrics {
     pub up: Gauge,
     pub published: Counter,

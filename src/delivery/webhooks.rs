@@ -46,7 +46,7 @@ const EVENTS_PER_LEASE: usize = 50;
 /// Room left in a lease for the attempt under way.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
-/// The delivery settings (see WEBHOOK_* in config.rs).
+/// The delivery settings (see WEBHOOK_* in `crate::config`).
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
     /// Endpoints may be private hosts: no check of what names resolve to.
@@ -71,7 +71,7 @@ impl WebhookSettings {
     }
 }
 
-/// The deliverer's counters (see `metrics.rs`).
+/// The deliverer's counters (see `crate::metrics`).
 pub struct DeliveryMetrics {
     pub delivered: prometheus_client::metrics::counter::Counter,
     pub failed_attempts: prometheus_client::metrics::counter::Counter,

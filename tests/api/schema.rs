@@ -2,7 +2,7 @@
 //! backend-neutral types), so nothing but this test ties it to the
 //! migrations. It migrates a fresh database of each backend, reads the
 //! tables and columns they really have, and compares them both ways with
-//! what schema.rs declares: every table, every column, a compatible type and
+//! what schema/ declares: every table, every column, a compatible type and
 //! the same nullability. The expected side comes from the `table!` types
 //! themselves (column names, SQL types, the backends' own type metadata).
 
@@ -19,7 +19,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::helpers::{Backend, TestDatabase};
 
-/// One column as schema.rs declares it.
+/// One column as schema/ declares it.
 #[derive(Debug, Clone)]
 struct DeclaredColumn {
     sql_type: &'static str,
@@ -107,12 +107,12 @@ impl Nullability for is_nullable::NotNull {
     const NULLABLE: bool = false;
 }
 
-/// Every type schema.rs uses has a fixed OID, so no lookup ever happens.
+/// Every type schema/ uses has a fixed OID, so no lookup ever happens.
 struct NoLookup;
 
 impl PgMetadataLookup for NoLookup {
     fn lookup_type(&mut self, type_name: &str, schema: Option<&str>) -> PgTypeMetadata {
-        panic!("schema.rs uses {schema:?}.{type_name}, which has no fixed OID; teach this test")
+        panic!("schema/ uses {schema:?}.{type_name}, which has no fixed OID; teach this test")
     }
 }
 
@@ -190,7 +190,7 @@ where
         .collect()
 }
 
-/// The tables schema.rs declares. `table!` names each table's module after
+/// The tables schema/ declares. `table!` names each table's module after
 /// the table, so the names come from the schema's own items.
 macro_rules! declared_tables {
     ($($table:ident),+ $(,)?) => {{
@@ -228,7 +228,7 @@ fn declared_tables() -> Tables<DeclaredColumn> {
         create_requests,
         audit_events,
     ];
-    // A table added to schema.rs must be added above too, or it would go
+    // A table added to schema/ must be added above too, or it would go
     // unchecked.
     let in_source = [
         include_str!("../../src/db/schema/accounts.rs"),
@@ -242,7 +242,7 @@ fn declared_tables() -> Tables<DeclaredColumn> {
     assert_eq!(
         tables.len(),
         in_source,
-        "schema.rs declares {in_source} tables; list every one in declared_tables()"
+        "schema/ declares {in_source} tables; list every one in declared_tables()"
     );
     tables
 }
@@ -339,7 +339,7 @@ fn compatible(declared: &DeclaredColumn, actual: &ActualKind) -> bool {
     }
 }
 
-/// Every difference between schema.rs and a migrated database, one a line.
+/// Every difference between schema/ and a migrated database, one a line.
 fn differences(
     store: &str,
     declared: &Tables<DeclaredColumn>,
@@ -347,12 +347,12 @@ fn differences(
 ) -> Vec<String> {
     let mut found = Vec::new();
     for table in actual.keys().filter(|t| !declared.contains_key(*t)) {
-        found.push(format!("{store}: table {table} exists, schema.rs lacks it"));
+        found.push(format!("{store}: table {table} exists, schema/ lacks it"));
     }
     for (table, declared_columns) in declared {
         let Some(actual_columns) = actual.get(table) else {
             found.push(format!(
-                "{store}: schema.rs declares table {table}, the migrations create none"
+                "{store}: schema/ declares table {table}, the migrations create none"
             ));
             continue;
         };
@@ -361,19 +361,19 @@ fn differences(
             .filter(|c| !declared_columns.contains_key(*c))
         {
             found.push(format!(
-                "{store}: column {table}.{column} exists, schema.rs lacks it"
+                "{store}: column {table}.{column} exists, schema/ lacks it"
             ));
         }
         for (column, declared) in declared_columns {
             let Some(actual) = actual_columns.get(column) else {
                 found.push(format!(
-                    "{store}: schema.rs declares {table}.{column}, the migrations create none"
+                    "{store}: schema/ declares {table}.{column}, the migrations create none"
                 ));
                 continue;
             };
             if !compatible(declared, &actual.kind) {
                 found.push(format!(
-                    "{store}: {table}.{column} is {} ({:?}), schema.rs says {}",
+                    "{store}: {table}.{column} is {} ({:?}), schema/ says {}",
                     actual.declared_type, actual.kind, declared.sql_type
                 ));
             }
@@ -382,7 +382,7 @@ fn differences(
             {
                 let says = |nullable| if nullable { "nullable" } else { "NOT NULL" };
                 found.push(format!(
-                    "{store}: {table}.{column} is {}, schema.rs says {}",
+                    "{store}: {table}.{column} is {}, schema/ says {}",
                     says(actual.nullable),
                     says(declared.nullable)
                 ));
@@ -394,7 +394,7 @@ fn differences(
 
 /// Columns nullable in the database only so that the previous version's
 /// inserts (which do not know them) still work, and filled in by a trigger
-/// on insert, so schema.rs reads them as NOT NULL (see the migrations).
+/// on insert, so schema/ reads them as NOT NULL (see the migrations).
 const FILLED_BY_TRIGGER: &[(&str, &str)] = &[("chatbots", "organization_id")];
 
 fn assert_no_differences(found: &[String]) {
@@ -404,7 +404,7 @@ fn assert_no_differences(found: &[String]) {
     }
     assert!(
         found.is_empty(),
-        "schema.rs and the migrations differ:\n{report}"
+        "schema/ and the migrations differ:\n{report}"
     );
 }
 
@@ -463,12 +463,12 @@ fn every_kind_of_difference_is_reported() {
     actual.insert("audit_log".into(), BTreeMap::new());
     let found = differences("copy", &declared, &actual);
     for expected in [
-        "column users.e_mail exists, schema.rs lacks it",
-        "schema.rs declares users.email, the migrations create none",
-        "users.role is nullable, schema.rs says NOT NULL",
+        "column users.e_mail exists, schema/ lacks it",
+        "schema/ declares users.email, the migrations create none",
+        "users.role is nullable, schema/ says NOT NULL",
         "users.created_at is",
-        "schema.rs declares table sessions, the migrations create none",
-        "table audit_log exists, schema.rs lacks it",
+        "schema/ declares table sessions, the migrations create none",
+        "table audit_log exists, schema/ lacks it",
     ] {
         assert!(
             found.iter().any(|line| line.contains(expected)),

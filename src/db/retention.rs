@@ -22,7 +22,7 @@ pub const REQUEST_ID_WINDOW: TimeDelta = TimeDelta::days(1);
 use crate::db::{Database, DbConnection};
 
 /// Rows deleted per statement.
-const PURGE_BATCH: i64 = 1000;
+pub const PURGE_BATCH: i64 = 1000;
 
 /// How long each kind of row is kept after it stops mattering.
 #[derive(Debug, Clone, Copy)]

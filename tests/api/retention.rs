@@ -376,3 +376,110 @@ crate::helpers::backend_test! {
         );
     }
 }
+
+crate::helpers::backend_test! {
+    async fn finished_reservations_old_deliveries_old_request_ids_and_ended_login_windows_go_and_live_ones_stay() {
+        use crate::helpers::{reserve, settle};
+        use crate::webhooks::{create_webhook, Receiver, FLAGS};
+
+        let receiver = Receiver::start().await;
+        let mut app = crate::helpers::spawn_app_with(FLAGS).await;
+        let KeyOwner { owner, created, .. } = app.new_key_owner("bot").await;
+        let key = created.key;
+        create_webhook(&app, &owner, &owner.id, &receiver.url, &[]).await.unwrap();
+        // Two creates with request ids (each also a webhook delivery).
+        for (request_id, name) in [
+            ("0b7f6a52-8f0e-4f4e-9b7e-1c2d3e4f5a61", "first"),
+            ("0b7f6a52-8f0e-4f4e-9b7e-1c2d3e4f5a62", "second"),
+        ] {
+            crate::retried_creates::create_chatbot(&app, &owner, &owner.id, request_id, name)
+                .await
+                .unwrap();
+        }
+        // Two reservations settled and one left open.
+        for _ in 0..2 {
+            let reserved = reserve(&app, &key, 10).await;
+            settle(&app, &reserved.reservation_id, 5).await.unwrap();
+        }
+        let open = reserve(&app, &key, 10).await;
+        assert!(open.valid, "{open:?}");
+        // Failed logins: a window for each email and one for the address.
+        for email in ["nobody@example.com", &owner.email] {
+            let refused = app.login(email, "wrong password").await;
+            assert!(refused.is_err());
+        }
+        // The webhook's own event and the two creates, delivered.
+        receiver.wait_for(3).await;
+
+        let mut store = Store::open(&app).await;
+        let before = [
+            ("credit_reservations", store.count("credit_reservations").await),
+            ("webhook_deliveries", store.count("webhook_deliveries").await),
+            ("create_requests", store.count("create_requests").await),
+            ("login_attempts", store.count("login_attempts").await),
+        ];
+        assert_eq!(
+            before.map(|(_, rows)| rows),
+            [3, 3, 2, 3],
+            "what the calls left: {before:?}"
+        );
+        // One of each is aged past its retention: a reservation and a
+        // delivery finished 40 days ago (30 are kept), a request id 2 days
+        // old (one is kept), a login window that started 2 days ago (15
+        // minutes long). The open reservation is made as old: it stays.
+        let (long_ago, days_ago_2) = (days_ago(40), days_ago(2));
+        store.run(&format!(
+            "UPDATE credit_reservations SET created_at = '{long_ago}', finished_at = '{long_ago}' \
+             WHERE token_hash = (SELECT token_hash FROM credit_reservations WHERE state = 'settled' LIMIT 1)"
+        )).await;
+        store.run(&format!(
+            "UPDATE credit_reservations SET created_at = '{long_ago}' WHERE state = 'open'"
+        )).await;
+        store.run(&format!(
+            "UPDATE webhook_deliveries SET created_at = '{long_ago}', last_attempt_at = '{long_ago}' \
+             WHERE id = (SELECT id FROM webhook_deliveries LIMIT 1)"
+        )).await;
+        store.run(&format!(
+            "UPDATE create_requests SET created_at = '{days_ago_2}' \
+             WHERE request_id = '0b7f6a52-8f0e-4f4e-9b7e-1c2d3e4f5a61'"
+        )).await;
+        store.run(&format!(
+            "UPDATE login_attempts SET window_start = '{days_ago_2}' \
+             WHERE subject = (SELECT subject FROM login_attempts LIMIT 1)"
+        )).await;
+        drop(store);
+
+        // A server starting on the database purges at once; the login
+        // windows go with the throttle's sweep (every flush interval).
+        app.stop().await;
+        let mut flags = FLAGS.to_vec();
+        flags.extend(["--last-used-flush-interval-secs", "1"]);
+        let _restarted = app.spawn_replica(&flags).await;
+        let app = &app;
+        let counts = || async move {
+            let mut store = Store::open(app).await;
+            [
+                store.count("credit_reservations").await,
+                store.count("webhook_deliveries").await,
+                store.count("create_requests").await,
+                store.count("login_attempts").await,
+            ]
+        };
+        crate::helpers::eventually([2, 2, 1, 2], counts).await;
+        let mut store = Store::open(app).await;
+        let states = {
+            #[derive(QueryableByName)]
+            struct State {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                state: String,
+            }
+            let query = diesel::sql_query("SELECT state FROM credit_reservations ORDER BY state");
+            let rows: Vec<State> = match &mut store {
+                Store::Postgres(conn) => query.load(conn).await.unwrap(),
+                Store::Sqlite(conn) => diesel::RunQueryDsl::load(query, conn).unwrap(),
+            };
+            rows.into_iter().map(|row| row.state).collect::<Vec<_>>()
+        };
+        assert_eq!(states, ["open", "settled"], "the open one stays, however old");
+    }
+}

@@ -35,7 +35,7 @@ async fn create_key(
         .into_inner())
 }
 
-async fn create_chatbot(
+pub(crate) async fn create_chatbot(
     clients: &Clients,
     owner: &TestUser,
     organization: &str,

@@ -149,6 +149,50 @@ async fn verify_full_with_the_right_ca_and_host_name_serves_with_every_connectio
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_migrate_command_connects_over_tls_and_refuses_a_certificate_that_fails_the_check() {
+    let files = TlsFiles::generate();
+    // Plaintext to database `chatbot` is refused, so a migration that
+    // connects at all connected encrypted.
+    let postgres = TlsPostgres::start_refusing_plaintext(&files).await;
+    let (ca, wrong_ca) = (
+        files.ca.display().to_string(),
+        files.wrong_ca.display().to_string(),
+    );
+    let plaintext = postgres.url("localhost", "sslmode=disable");
+    let verified = postgres.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let another_ca = postgres.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={wrong_ca}"),
+    );
+    let (migrated, said) = migrate(&verified).await;
+    assert!(migrated, "migrate over verify-full: {said}");
+    // The cluster does refuse plaintext (else the line above proves
+    // nothing), and the migrations are all there.
+    let (migrated, said) = migrate(&plaintext).await;
+    assert!(!migrated && said.contains("no encryption"), "{said}");
+    let (migrated, said) = migrate(&another_ca).await;
+    assert!(!migrated, "{said}");
+    assert!(
+        said.contains("DATABASE_URL's sslmode=verify-full")
+            && said.contains("invalid peer certificate"),
+        "{said}"
+    );
+    // Migrated once: the server over TLS starts on the schema and serves.
+    let (_server, clients) =
+        serving(&[("DATABASE_URL", &verified), ("MIGRATE_ON_START", "false")]).await;
+    a_key_verifies(&clients).await;
+}
+
+/// The binary's `migrate` on `database_url`: whether it succeeded, and
+/// what it said.
+async fn migrate(database_url: &str) -> (bool, String) {
+    crate::helpers::run_command(database_url, &[std::ffi::OsStr::new("migrate")], "").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn verify_ca_checks_the_chain_but_not_the_host_name() {
     let files = TlsFiles::generate();
     let postgres = TlsPostgres::start(Some(&files)).await;

@@ -80,15 +80,26 @@ impl LoginAttempt {
         })
     }
 
-    /// Deletes windows that ended, so the table holds only the current ones.
+    /// Deletes up to `limit` windows that ended, so the table holds only
+    /// the current ones; returns how many went. A window restarted since
+    /// it was read is kept (the delete checks its start again).
     pub async fn purge_ended(
         conn: &mut DbConnection,
         window_ended_at: DateTime<Utc>,
+        limit: i64,
     ) -> diesel::QueryResult<usize> {
+        let ended = login_attempts::window_start.le(Timestamp(window_ended_at));
         db_run!(conn => {
+            let subjects: Vec<Vec<u8>> = login_attempts::table
+                .filter(ended)
+                .select(login_attempts::subject)
+                .limit(limit)
+                .load(conn)
+                .await?;
             diesel::delete(
                 login_attempts::table
-                    .filter(login_attempts::window_start.le(Timestamp(window_ended_at))),
+                    .filter(login_attempts::subject.eq_any(subjects))
+                    .filter(ended),
             )
             .execute(conn)
             .await

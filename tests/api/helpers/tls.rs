@@ -139,6 +139,18 @@ pub struct TlsPostgres {
 
 impl TlsPostgres {
     pub async fn start(files: Option<&TlsFiles>) -> Self {
+        Self::start_with(files, false).await
+    }
+
+    /// A cluster with `ssl = on` that refuses plaintext connections to
+    /// every database but `postgres` (where [`Self::server_connections`]
+    /// asks): a client that connects to `chatbot` at all connected
+    /// encrypted.
+    pub async fn start_refusing_plaintext(files: &TlsFiles) -> Self {
+        Self::start_with(Some(files), true).await
+    }
+
+    async fn start_with(files: Option<&TlsFiles>, refuse_plaintext: bool) -> Self {
         let owner = postgres_user();
         let dir = TempDir::new("tls-pg");
         std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -177,6 +189,18 @@ impl TlsPostgres {
             ])
             .args(["-c", "fsync=off"])
             .args(["-c", "max_connections=50"]);
+        if refuse_plaintext {
+            let hba = dir.0.join("pg_hba.conf");
+            std::fs::write(
+                &hba,
+                "local all all trust\n\
+                 hostnossl postgres all 127.0.0.1/32 trust\n\
+                 hostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+            chown_to(&hba, owner);
+            command.args(["-c", &format!("hba_file={}", hba.display())]);
+        }
         match files {
             Some(files) => {
                 // PostgreSQL reads its key only if its own user alone can.

@@ -149,7 +149,7 @@ impl Receiver {
 
 /// The server's flags for webhook tests: a local receiver is a private
 /// target, and retries come quickly.
-const FLAGS: &[&str] = &[
+pub(crate) const FLAGS: &[&str] = &[
     "--webhook-allow-private-targets",
     "true",
     "--webhook-retry-base-millis",
@@ -160,7 +160,7 @@ const FLAGS: &[&str] = &[
     "2",
 ];
 
-async fn create_webhook(
+pub(crate) async fn create_webhook(
     clients: &Clients,
     owner: &TestUser,
     organization: &str,

@@ -4,8 +4,12 @@
 use chatbot_backend::proto::{self, OrganizationRole as Role};
 use tonic::Status;
 
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+
 use super::{Rpc, Target};
-use crate::helpers::{api_key_update, chatbot_update, field_mask, TestApp};
+use crate::external_authorization::check_request;
+use crate::helpers::{api_key_update, chatbot_update, field_mask, Bearer, TestApp, PASSWORD};
 
 pub(super) async fn call(
     app: &TestApp,
@@ -328,6 +332,126 @@ pub(super) async fn call(
             .organizations(token)
             .delete_service_account(proto::DeleteServiceAccountRequest {
                 id: t.service_account_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::CreateUser => app
+            .users(token)
+            .create_user(proto::CreateUserRequest {
+                email: format!("signup-{}@example.com", uuid::Uuid::new_v4().simple()),
+                password: PASSWORD.into(),
+                role: 0,
+            })
+            .await
+            .map(drop),
+        Rpc::Login => app
+            .auth(token)
+            .login(proto::LoginRequest {
+                email: t.email.clone(),
+                password: t.password.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::RefreshToken => app
+            .auth(token)
+            .refresh_token(proto::RefreshTokenRequest {
+                refresh_token: t.refresh_token.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::Check => {
+            let bearer = Bearer(token.map(str::to_owned));
+            let answer = AuthorizationClient::with_interceptor(app.channel(), bearer)
+                .check(check_request(&[("x-api-key", &t.key)], &[]))
+                .await?
+                .into_inner();
+            // The key's verdict, as Envoy acts on it.
+            match answer.http_response {
+                Some(HttpResponse::OkResponse(_)) => Ok(()),
+                other => Err(Status::unauthenticated(format!("denied: {other:?}"))),
+            }
+        }
+        Rpc::SettleReservation => app
+            .api_keys(token)
+            .settle_reservation(proto::SettleReservationRequest {
+                reservation_id: t.reservation_to_settle.clone(),
+                actual_cost: 1,
+            })
+            .await
+            .map(drop),
+        Rpc::ReleaseReservation => app
+            .api_keys(token)
+            .release_reservation(proto::ReleaseReservationRequest {
+                reservation_id: t.reservation_to_release.clone(),
+            })
+            .await
+            .map(drop),
+        // Refused before the stream starts; an allowed one is dropped.
+        Rpc::WatchEvents => app
+            .events(token)
+            .watch_events(proto::WatchEventsRequest {
+                organization_id: t.organization_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::CreateWebhook => app
+            .webhooks(token)
+            .create_webhook(proto::CreateWebhookRequest {
+                organization_id: t.organization_id.clone(),
+                webhook: Some(proto::Webhook {
+                    url: "http://127.0.0.1:9/another".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::GetWebhook => app
+            .webhooks(token)
+            .get_webhook(proto::GetWebhookRequest {
+                id: t.webhook_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::ListWebhooks => app
+            .webhooks(token)
+            .list_webhooks(proto::ListWebhooksRequest {
+                organization_id: t.organization_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::UpdateWebhook => app
+            .webhooks(token)
+            .update_webhook(proto::UpdateWebhookRequest {
+                webhook: Some(proto::Webhook {
+                    id: t.webhook_id.clone(),
+                    description: "renamed".into(),
+                    ..Default::default()
+                }),
+                update_mask: field_mask(&["description"]),
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteWebhook => app
+            .webhooks(token)
+            .delete_webhook(proto::DeleteWebhookRequest {
+                id: t.webhook_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::ListWebhookDeliveries => app
+            .webhooks(token)
+            .list_webhook_deliveries(proto::ListWebhookDeliveriesRequest {
+                webhook_id: t.webhook_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Rpc::RedeliverWebhook => app
+            .webhooks(token)
+            .redeliver_webhook(proto::RedeliverWebhookRequest {
+                delivery_id: t.delivery_id.clone(),
             })
             .await
             .map(drop),

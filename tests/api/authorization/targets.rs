@@ -4,9 +4,14 @@
 
 use chatbot_backend::proto::{self, OrganizationRole as Role};
 
+use std::time::Duration;
+
 use super::{Target, Team};
-use crate::helpers::TestApp;
+use crate::helpers::{poll_until, reserve, TestApp};
 use crate::organizations::{run_sql, LONG_AGO};
+
+/// Where the teams' webhooks send: a local port nothing listens on.
+const CLOSED_PORT: &str = "http://127.0.0.1:9/hooks";
 
 /// A fresh team (owner, editor, viewer) with a chatbot, a key and a
 /// pending invitation, so cells that change their target do not disturb
@@ -54,8 +59,50 @@ pub(super) async fn fresh_target(app: &TestApp) -> (Team, Target) {
         account_expired.service_account.unwrap().id
     );
     assert_eq!(run_sql(app, &expired).await, 1);
+    let webhook = app
+        .webhooks(Some(&owner.token))
+        .create_webhook(proto::CreateWebhookRequest {
+            organization_id: organization.id.clone(),
+            webhook: Some(proto::Webhook {
+                url: CLOSED_PORT.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .webhook
+        .unwrap();
+    // Its own creation is the webhook's first delivery.
+    let deliveries = || async {
+        app.webhooks(Some(&owner.token))
+            .list_webhook_deliveries(proto::ListWebhookDeliveriesRequest {
+                webhook_id: webhook.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries
+    };
+    let delivery = poll_until(
+        "the webhook's first delivery",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        deliveries,
+        |deliveries| !deliveries.is_empty(),
+    )
+    .await
+    .remove(0);
+    let key_secret = key.key.clone();
+    let reservation = || async { reserve(app, &key_secret, 1).await.reservation_id };
+    let (reservation_to_settle, reservation_to_release) =
+        (reservation().await, reservation().await);
     let target = Target {
         user_id: owner.id.clone(),
+        email: owner.email.clone(),
+        password: owner.password.clone(),
         organization_id: organization.id,
         chatbot_id: chatbot.id,
         api_key_id: key.api_key.unwrap().id,
@@ -65,6 +112,10 @@ pub(super) async fn fresh_target(app: &TestApp) -> (Team, Target) {
         invitation_id: pending.invitation.unwrap().id,
         invitation_token: pending.token,
         service_account_id: account_viewer.service_account.unwrap().id,
+        webhook_id: webhook.id,
+        delivery_id: delivery.id,
+        reservation_to_settle,
+        reservation_to_release,
     };
     (
         Team {
@@ -92,5 +143,11 @@ pub(super) fn missing_target() -> Target {
         invitation_id: uuid::Uuid::new_v4().to_string(),
         invitation_token: format!("cbi_{}", "x".repeat(43)),
         service_account_id: uuid::Uuid::new_v4().to_string(),
+        webhook_id: uuid::Uuid::new_v4().to_string(),
+        delivery_id: uuid::Uuid::new_v4().to_string(),
+        reservation_to_settle: format!("rsv_{}", "x".repeat(43)),
+        reservation_to_release: format!("rsv_{}", "y".repeat(43)),
+        email: format!("missing-{}@example.com", uuid::Uuid::new_v4().simple()),
+        password: "not the password".into(),
     }
 }

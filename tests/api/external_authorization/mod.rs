@@ -34,7 +34,7 @@ const RESERVATION_EXPIRY: &str = "x-credit-reservation-expire-time";
 
 /// A Check of an HTTP request with these headers, through a route that
 /// sets these context extensions.
-fn check_request(headers: &[(&str, &str)], extensions: &[(&str, &str)]) -> CheckRequest {
+pub(crate) fn check_request(headers: &[(&str, &str)], extensions: &[(&str, &str)]) -> CheckRequest {
     let owned = |pairs: &[(&str, &str)]| {
         pairs
             .iter()

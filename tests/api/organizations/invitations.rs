@@ -131,6 +131,12 @@ backend_test! {
             .find(|e| e.action == "invitation.create")
             .unwrap();
         assert_eq!(by_owner.actor.as_ref().unwrap().email, owner.email);
+        // docs/security.md's table: an editor sees an owner's email, not
+        // where the owner called from; the owner sees their own address.
+        assert_eq!(by_owner.client_address, "", "{by_owner:?}");
+        let own = events(&owner).await;
+        let own = own.iter().find(|e| e.action == "invitation.create").unwrap();
+        assert_eq!(own.client_address, "127.0.0.1", "{own:?}");
         for event in events(&viewer).await {
             let actor = event.actor.unwrap();
             if actor.user_id != viewer.id {

@@ -6,7 +6,10 @@
 #
 #   cargo build --release --bins
 #   benches/login_flood.sh         # writes target/bench/login-flood.jsonl
+#   PASSWORD_HASH_DUTY_PERCENT=100 OUT=target/bench/duty-100.jsonl benches/login_flood.sh
 #
+# The server takes the server settings in the environment (such as
+# PASSWORD_HASH_DUTY_PERCENT, to compare duty cycles in one sitting).
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust); port 50081 free.
 set -euo pipefail
 # The console listens too (as by default), on a free port: servers run side by side here.
@@ -18,7 +21,7 @@ SERVER=target/release/chatbot-backend
 LOADGEN=target/release/loadgen
 DURATION=${DURATION:-10}
 mkdir -p target/bench
-OUT=target/bench/login-flood.jsonl
+OUT=${OUT:-target/bench/login-flood.jsonl}
 : >"$OUT"
 psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS login_flood WITH (FORCE)" >/dev/null
 DATABASE_URL=$PG/login_flood "$SERVER" migrate >/dev/null
@@ -45,7 +48,8 @@ lg() { # rpc concurrency label [extra loadgen flags...]
 # What the hashing threads complete, closed loop.
 lg login 64 "capacity" --duration-secs "$DURATION"
 login_rps=$(tail -n1 "$OUT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ok_throughput_rps"])')
-flood_rate=$(python3 -c "print(max(1.0, round(10 * $login_rps, 1)))")
+# FLOOD_RATE offers another rate (say, the same to two settings).
+flood_rate=${FLOOD_RATE:-$(python3 -c "print(max(1.0, round(10 * $login_rps, 1)))")}
 echo "flood: $flood_rate logins/s offered"
 
 for round in 1 2 3; do

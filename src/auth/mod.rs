@@ -17,7 +17,7 @@ pub use layer::{
     PUBLIC_METHODS, PUBLIC_SERVICES,
 };
 pub use memberships::{MembershipCache, Memberships};
-pub use password::{HashCost, HashSlot, PasswordHasher};
+pub use password::{HashCost, HashSlot, PasswordHasher, DEFAULT_HASH_DUTY_PERCENT};
 pub use service_accounts::{ServiceAccountCache, ServiceAccounts};
 pub use sessions::{SessionCache, Sessions};
 pub use throttle::{LoginThrottle, Reservation};

@@ -11,12 +11,16 @@
 //! A caller with other work to do first (Login reads and writes the
 //! database) claims its place with [`PasswordHasher::claim_slot`] before
 //! that work, so a busy server refuses it before it costs anything.
+//! Under a flood the threads also rest between hashes
+//! ([`PasswordHasher::with_duty_percent`]): nice values do not reach a
+//! PostgreSQL in another scheduling group, and a hashing thread busy all
+//! the time would take CPU its backends need for the cheap RPCs.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
@@ -41,6 +45,10 @@ const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// core (CFS weight 110 against 1024), all of it when the core is idle.
 #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 const HASH_THREAD_NICE: i32 = 10;
+
+/// The share of its time a hashing thread hashes while hashes are waiting,
+/// unless [`PasswordHasher::with_duty_percent`] says otherwise.
+pub const DEFAULT_HASH_DUTY_PERCENT: u32 = 50;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -110,6 +118,8 @@ pub struct PasswordHasher {
     max_queued: usize,
     /// Counts calls refused because the queue was full.
     refusals: Counter,
+    /// Percent of the time a thread hashes while more hashes wait (1..=100).
+    duty_percent: Arc<AtomicU32>,
 }
 
 /// A PHC string of `secret` under a fresh salt.
@@ -146,8 +156,11 @@ impl PasswordHasher {
         }
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let duty_percent = Arc::new(AtomicU32::new(DEFAULT_HASH_DUTY_PERCENT));
         for index in 0..max_concurrent.max(1) {
-            let queue = queue.clone();
+            let (queue, queued, duty_percent) =
+                (queue.clone(), queued.clone(), duty_percent.clone());
             std::thread::Builder::new()
                 .name(format!("argon2-{index}"))
                 .spawn(move || {
@@ -155,12 +168,16 @@ impl PasswordHasher {
                     loop {
                         // The lock is held only while waiting for the next job.
                         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        match next {
-                            // A panicking hash fails its caller, not the thread.
-                            Ok(job) => {
-                                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
-                            }
-                            Err(mpsc::RecvError) => return,
+                        let Ok(job) = next else {
+                            return;
+                        };
+                        let started = Instant::now();
+                        // A panicking hash fails its caller, not the thread.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                        // Only under load: a lone hash's next one starts at once.
+                        if queued.load(Ordering::Acquire) > 0 {
+                            let duty = duty_percent.load(Ordering::Relaxed);
+                            std::thread::sleep(rest_after(started.elapsed(), duty));
                         }
                     }
                 })
@@ -177,10 +194,20 @@ impl PasswordHasher {
             jobs,
             argon2,
             dummy_hash,
-            queued: Arc::default(),
+            queued,
             max_queued: DEFAULT_MAX_QUEUED_HASHES,
             refusals: Counter::default(),
+            duty_percent,
         })
+    }
+
+    /// While hashes wait, each thread hashes `percent` of the time and
+    /// rests the rest (100: never rests). Fewer logins a second under a
+    /// flood, for more CPU left to everything else on the host.
+    pub fn with_duty_percent(self, percent: u32) -> Self {
+        self.duty_percent
+            .store(percent.clamp(1, 100), Ordering::Relaxed);
+        self
     }
 
     /// At most `max_queued` hashes wait for a thread; more are refused and
@@ -296,6 +323,13 @@ impl PasswordHasher {
     }
 }
 
+/// How long a thread that has just hashed for `hashed` rests, so that it
+/// hashes `duty_percent` of the time.
+fn rest_after(hashed: Duration, duty_percent: u32) -> Duration {
+    let duty = duty_percent.clamp(1, 100);
+    hashed * (100 - duty) / duty
+}
+
 /// Raises this thread's nice value by [`HASH_THREAD_NICE`]. On Linux the
 /// nice value is per thread, so the runtime's threads keep theirs.
 fn lower_this_threads_priority() {
@@ -329,6 +363,17 @@ mod tests {
         // SAFETY: no pointers; -1 is also a valid nice value, which errno
         // would tell apart, but these tests never run at -1.
         unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[test]
+    fn a_thread_rests_so_that_it_hashes_its_duty_share_of_the_time() {
+        let hashed = Duration::from_millis(40);
+        assert_eq!(rest_after(hashed, 100), Duration::ZERO);
+        assert_eq!(rest_after(hashed, 50), hashed);
+        assert_eq!(rest_after(hashed, 25), hashed * 3);
+        // Out of range is clamped, never a division by zero.
+        assert_eq!(rest_after(hashed, 0), hashed * 99);
+        assert_eq!(rest_after(hashed, 500), Duration::ZERO);
     }
 
     #[tokio::test]

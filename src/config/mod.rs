@@ -138,6 +138,12 @@ pub struct Settings {
     #[arg(long, env = "MAX_QUEUED_HASHES", default_value_t = 64)]
     pub max_queued_hashes: usize,
 
+    /// While hashes wait, the percent of the time each hashing thread
+    /// hashes; it rests the remainder, leaving the CPU to the cheap RPCs and
+    /// to a PostgreSQL on the same host (100: never rests).
+    #[arg(long, env = "PASSWORD_HASH_DUTY_PERCENT", default_value_t = 50)]
+    pub password_hash_duty_percent: u32,
+
     /// Maximum active (not revoked, not expired) API keys per chatbot.
     #[arg(long, env = "MAX_ACTIVE_API_KEYS_PER_CHATBOT", default_value_t = 100)]
     pub max_active_api_keys_per_chatbot: i64,
@@ -411,6 +417,15 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         settings: Settings,
+    }
+
+    #[test]
+    fn the_hash_duty_default_is_the_hashers_own() {
+        let settings = Cli::parse_from(["test"]).settings;
+        assert_eq!(
+            settings.password_hash_duty_percent,
+            crate::auth::DEFAULT_HASH_DUTY_PERCENT
+        );
     }
 
     #[test]

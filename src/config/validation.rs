@@ -37,7 +37,7 @@ impl Settings {
         // would start but could not work (every RPC cancelled, no answer
         // at all, a panic on the first token, a database that refuses the
         // session setting...).
-        let bounds: [(&str, u64, u64, u64); 29] = [
+        let bounds: [(&str, u64, u64, u64); 30] = [
             (
                 "DATABASE_POOL_SIZE",
                 self.database_pool_size as u64,
@@ -128,6 +128,12 @@ impl Settings {
                 self.max_queued_hashes as u64,
                 1,
                 65_536,
+            ),
+            (
+                "PASSWORD_HASH_DUTY_PERCENT",
+                u64::from(self.password_hash_duty_percent),
+                1,
+                100,
             ),
             (
                 "LAST_USED_FLUSH_INTERVAL_SECS",

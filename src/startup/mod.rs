@@ -242,7 +242,8 @@ impl Application {
             .with_queue_limit(
                 settings.max_queued_hashes,
                 metrics.overload_refusals("password_hash"),
-            ),
+            )
+            .with_duty_percent(settings.password_hash_duty_percent),
             tokens: Arc::new(tokens),
             throttle: LoginThrottle::new(
                 db.clone(),

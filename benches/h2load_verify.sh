@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # VerifyApiKey for a plain key and for a restricted one (ten networks, ten
-# permissions, as loadgen's verify-api-key-restricted makes it), driven by
+# permissions, as loadgen's verify-api-key-restricted makes it), and Envoy's
+# Check for the plain key (the request loadgen's ext-authz-check sends), driven by
 # h2load with a prepared request body: the client neither builds requests
 # nor decodes answers, so the rates compare the server's work alone (the
 # load generator of `benches/run.sh` decodes every answer on the same two
@@ -10,6 +11,13 @@
 #
 #   cargo build --release --bins
 #   benches/h2load_verify.sh      # writes target/bench/h2load-verify.jsonl
+#   KINDS="plain check" benches/h2load_verify.sh
+#   KINDS="get-chatbot pgbench-8 pgbench-64" benches/h2load_verify.sh
+#
+# Kinds: plain, restricted, check (VerifyApiKey's key through Envoy's
+# Check), get-chatbot (the chatbot, as its owner), and pgbench-8 /
+# pgbench-64 (pgbench -S -M prepared at 8 and 64 clients on a scale-10
+# database, for the ratio the issues ask of GetChatbot).
 #
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust), h2load
 # (Debian's nghttp2-client), grpcurl, python3; port 50082 free.
@@ -21,6 +29,7 @@ ADDR=127.0.0.1:50082
 SERVER=target/release/chatbot-backend
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
+KINDS=${KINDS:-plain restricted}
 mkdir -p target/bench
 OUT=${OUT:-target/bench/h2load-verify.jsonl}
 : >"$OUT"
@@ -65,19 +74,27 @@ RESTRICTED=$(key ",$RESTRICTIONS")
 body() { # name key [client_address permission]
     python3 - "$WORK/$1.bin" "${@:2}" <<'PY'
 import struct, sys
-def field(number, text):
-    data = text.encode()
+def field(number, data):
+    data = data.encode() if isinstance(data, str) else data
     assert len(data) < 128
     return bytes([number << 3 | 2, len(data)]) + data
 out, key, *rest = sys.argv[1:]
-message = field(1, key)
-if rest:
-    message += field(3, rest[0]) + field(4, rest[1])
+if rest == ["check"]:
+    # CheckRequest{attributes{request{http{method, headers{x-api-key}, path}}}}
+    header = field(1, "x-api-key") + field(2, key)
+    http = field(2, "POST") + field(3, header) + field(4, "/v1/chat/completions")
+    message = field(1, field(4, field(2, http)))
+else:
+    message = field(1, key)
+    if rest:
+        message += field(3, rest[0]) + field(4, rest[1])
 open(out, "wb").write(b"\0" + struct.pack(">I", len(message)) + message)
 PY
 }
 body plain "$PLAIN"
 body restricted "$RESTRICTED" 198.51.100.7 models/loadgen-model-9
+body check "$PLAIN" check
+body get-chatbot "$CHATBOT"
 for check in "{\"key\":\"$PLAIN\"}" \
     "{\"key\":\"$RESTRICTED\",\"client_address\":\"198.51.100.7\",\"required_permissions\":[\"models/loadgen-model-9\"]}"; do
     [[ $(grpcurl -plaintext -d "$check" "$ADDR" chatbot.v1.ApiKeyService/VerifyApiKey | json_field valid) == True ]] \
@@ -85,12 +102,28 @@ for check in "{\"key\":\"$PLAIN\"}" \
 done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+if [[ $KINDS == *pgbench* ]]; then
+    psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS pgbench_h2" -c "CREATE DATABASE pgbench_h2" >/dev/null
+    pgbench -i -q -s 10 -h 127.0.0.1 -U postgres pgbench_h2 >/dev/null 2>&1
+fi
+pgbench_run() { # clients round
+    local tps
+    tps=$(pgbench -S -M prepared -c "$1" -j 2 -T "$DURATION" -h 127.0.0.1 -U postgres pgbench_h2 2>/dev/null \
+        | awk '/^tps/ {print $3; exit}')
+    echo "{\"key\": \"pgbench-$1\", \"round\": $2, \"rps\": $tps}" | tee -a "$OUT"
+}
+
 run() { # name round
-    local before after
+    local before after path=chatbot.v1.ApiKeyService/VerifyApiKey auth=()
+    case $1 in
+        pgbench-*) pgbench_run "${1#pgbench-}" "$2"; return ;;
+        check) path=envoy.service.auth.v3.Authorization/Check ;;
+        get-chatbot) path=chatbot.v1.ChatbotService/GetChatbot auth=(-H "authorization: Bearer $TOKEN") ;;
+    esac
     before=$(cpu_ticks)
     h2load -c 4 -m 16 -D "$DURATION" --warm-up-time 1 \
-        -H 'content-type: application/grpc' -H 'te: trailers' \
-        -d "$WORK/$1.bin" "http://$ADDR/chatbot.v1.ApiKeyService/VerifyApiKey" >"$WORK/out" 2>&1
+        -H 'content-type: application/grpc' -H 'te: trailers' "${auth[@]}" \
+        -d "$WORK/$1.bin" "http://$ADDR/$path" >"$WORK/out" 2>&1
     after=$(cpu_ticks)
     python3 - "$WORK/out" "$1" "$2" "$((after - before))" "$(getconf CLK_TCK)" <<'PY' | tee -a "$OUT"
 import json, re, sys
@@ -106,19 +139,56 @@ print(json.dumps({"key": key, "round": round_, "rps": rps, "ok_2xx": int(statuse
                   "server_cpu_us_per_req": round(ticks / hz * 1e6 / max(completed, 1), 1)}))
 PY
 }
+# Check must allow the key (an OK answer, not a denial) for its rate to mean anything.
+python3 - "$WORK/check.bin" >"$WORK/check.json" <<'PY'
+import json, sys
+data = open(sys.argv[1], "rb").read()[5:]
+def fields(data):
+    at = 0
+    while at < len(data):
+        tag, length = data[at], data[at + 1]
+        yield tag >> 3, data[at + 2 : at + 2 + length]
+        at += 2 + length
+http = dict(fields(dict(fields(dict(fields(dict(fields(data))[1]))[4]))[2]))
+header = dict(fields(http[3]))
+print(json.dumps({"attributes": {"request": {"http": {"method": http[2].decode(),
+    "path": http[4].decode(), "headers": {header[1].decode(): header[2].decode()}}}}}))
+PY
+grpcurl -plaintext -d @ "$ADDR" envoy.service.auth.v3.Authorization/Check <"$WORK/check.json" | grep -q '"okResponse"' \
+    || { echo "h2load_verify: Check does not allow the key" >&2; exit 1; }
+
+[[ $(grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d "{\"id\":\"$CHATBOT\"}" "$ADDR" \
+    chatbot.v1.ChatbotService/GetChatbot | json_field chatbot id) == "$CHATBOT" ]] \
+    || { echo "h2load_verify: GetChatbot does not answer the chatbot" >&2; exit 1; }
+
 for round in $(seq "$ROUNDS"); do
-    run plain "$round"
-    run restricted "$round"
+    for kind in $KINDS; do
+        run "$kind" "$round"
+    done
 done
 
 python3 - "$OUT" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| round | plain key req/s | restricted key req/s (ratio) | server CPU µs/req plain / restricted |")
-print("|---|---|---|---|")
+kinds = list(dict.fromkeys(r["key"] for r in rows))
+if "pgbench-8" in kinds and "get-chatbot" in kinds:
+    print("| round | pgbench -S 8 / 64 clients | GetChatbot req/s (ratio to the better) | server CPU µs/req |")
+    print("|---|---|---|---|")
+    for n in sorted({r["round"] for r in rows}):
+        row = {r["key"]: r for r in rows if r["round"] == n}
+        best = max(row["pgbench-8"]["rps"], row["pgbench-64"]["rps"])
+        g = row["get-chatbot"]
+        print(f"| {n} | {row['pgbench-8']['rps']:,.0f} / {row['pgbench-64']['rps']:,.0f} "
+              f"| {g['rps']:,.0f} ({g['rps'] / best:.2f}x) | {g['server_cpu_us_per_req']} |")
+    sys.exit(0)
+others = [k for k in kinds if k != "plain"]
+print("| round | plain key req/s | " + " | ".join(f"{k} req/s (ratio)" for k in others)
+      + " | server CPU µs/req " + " / ".join(kinds) + " |")
+print("|---" * (3 + len(others)) + "|")
 for n in sorted({r["round"] for r in rows}):
-    p = next(r for r in rows if r["round"] == n and r["key"] == "plain")
-    r = next(r for r in rows if r["round"] == n and r["key"] == "restricted")
-    print(f"| {n} | {p['rps']:,.0f} | {r['rps']:,.0f} ({r['rps'] / p['rps']:.2f}x) "
-          f"| {p['server_cpu_us_per_req']} / {r['server_cpu_us_per_req']} |")
+    row = {r["key"]: r for r in rows if r["round"] == n}
+    p = row["plain"]
+    cells = [f"{row[k]['rps']:,.0f} ({row[k]['rps'] / p['rps']:.2f}x)" for k in others]
+    cpu = " / ".join(str(row[k]["server_cpu_us_per_req"]) for k in kinds)
+    print(f"| {n} | {p['rps']:,.0f} | " + " | ".join(cells) + f" | {cpu} |")
 PY

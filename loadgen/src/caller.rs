@@ -1,7 +1,28 @@
 //! One caller: the request it sends for the chosen RPC, how an outcome is
 //! counted, and the shared tallies and progress line.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatbot_backend::domain::ApiKeySecret;
+use chatbot_backend::proto::api_key_service_client::ApiKeyServiceClient;
+use chatbot_backend::proto::auth_service_client::AuthServiceClient;
+use chatbot_backend::proto::chatbot_service_client::ChatbotServiceClient;
+use chatbot_backend::proto::{self, VerifyApiKeyReason};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{
+    attribute_context, AttributeContext, CheckRequest,
+};
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Code, Status};
+
+use crate::connection::{Connection, Direct};
+use crate::setup::{
+    restricted_permission, splitmix64, Fixture, RESTRICTED_CLIENT_ADDRESS, RESTRICTIONS,
+};
+use crate::{Rpc, LIST_PAGE_SIZE, LLM_ENDPOINT_URL, MALFORMED_KEY, PASSWORD};
 
 /// The result of one request: its status code and, for VerifyApiKey, the
 /// reason in the response.

@@ -1,7 +1,15 @@
 //! The load generator's connections: a bearer token on every call, and
 //! channels that each keep one HTTP/2 connection of their own.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+use crate::Args;
 
 /// Adds `authorization: Bearer <token>` to every request.
 #[derive(Clone)]

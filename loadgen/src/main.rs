@@ -67,28 +67,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use chatbot_backend::domain::ApiKeySecret;
-use chatbot_backend::proto::api_key_service_client::ApiKeyServiceClient;
-use chatbot_backend::proto::auth_service_client::AuthServiceClient;
-use chatbot_backend::proto::chatbot_service_client::ChatbotServiceClient;
-use chatbot_backend::proto::organization_service_client::OrganizationServiceClient;
-use chatbot_backend::proto::user_service_client::UserServiceClient;
-use chatbot_backend::proto::{self, VerifyApiKeyReason};
 use clap::{Parser, ValueEnum};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{
-    attribute_context, AttributeContext, CheckRequest,
-};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::Code;
 
 use caller::{progress, run_caller, Caller, Outcome, Shared};
-use connection::{Authed, Bearer, Connection, Direct};
-use setup::{
-    endpoint, restricted_permission, set_up, splitmix64, Fixture, RESTRICTED_CLIENT_ADDRESS,
-    RESTRICTIONS,
-};
+use connection::Connection;
+use setup::{endpoint, set_up};
 
 const PASSWORD: &str = "loadgen password, not a secret";
 const LLM_ENDPOINT_URL: &str = "https://llm.example.com/v1";

@@ -2,7 +2,21 @@
 //! user, a login, chatbots, and keys (restricted, with credits, or in
 //! organizations with credits) as the RPC asks.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use chatbot_backend::proto;
+use chatbot_backend::proto::api_key_service_client::ApiKeyServiceClient;
+use chatbot_backend::proto::auth_service_client::AuthServiceClient;
+use chatbot_backend::proto::chatbot_service_client::ChatbotServiceClient;
+use chatbot_backend::proto::organization_service_client::OrganizationServiceClient;
+use chatbot_backend::proto::user_service_client::UserServiceClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::connection::{Authed, Bearer};
+use crate::{Args, Rpc, GET_CHATBOTS, LIST_CHATBOTS, LIST_PAGE_SIZE, LLM_ENDPOINT_URL, PASSWORD};
 
 /// What the setup created; every caller shares it.
 pub(crate) struct Fixture {

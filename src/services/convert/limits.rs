@@ -1,7 +1,13 @@
 //! A key's or an organization's rate limit, credits and refill as a request
 //! sets them, parsed with every bad field named.
 
-use super::*;
+use super::parse_duration;
+use crate::domain::{
+    self, parse_balance, parse_credits_to_add, parse_low_threshold, CreditsSetting, KeyRateLimit,
+    RateUnit, Refill,
+};
+use crate::error::{FieldViolation, Violations};
+use crate::proto;
 
 /// A key's own rate limit as a request sets it (`field` names the message).
 pub fn parse_rate_limit(

@@ -13,9 +13,8 @@ use prost_types::Timestamp;
 
 use crate::db::models;
 use crate::domain::{
-    self, parse_balance, parse_credits_to_add, parse_low_threshold, CreditsSetting, CreditsState,
-    KeyRateLimit, ListOf, OrgRole, OrganizationId, Page, PageRequest, RateUnit, Refill, Role,
-    UsageCounts,
+    self, CreditsState, KeyRateLimit, ListOf, OrgRole, OrganizationId, Page, PageRequest, RateUnit,
+    Role, UsageCounts,
 };
 use crate::error::{parsed, AppResult, FieldViolation, Violations};
 use crate::proto;

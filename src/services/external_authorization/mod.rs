@@ -17,16 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
-};
-use envoy_types::ext_authz::v3::{
-    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
-};
+use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
 use envoy_types::pb::envoy::config::core::v3::HeaderMap;
-use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use http::HeaderName;
-use tonic::{Request, Status};
+use tonic::Request;
 
 use super::{AppState, Origin, Rpc};
 use crate::db::models::VerificationRecord;

@@ -1,7 +1,23 @@
 //! Envoy's answers: an allowed request with the headers the upstream gets,
 //! or a denial with the HTTP status and body a client sees.
 
-use super::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpStatusCode};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use tonic::Status;
+
+use super::{
+    Decision, Throttle, EXTERNAL_ID_HEADER, METADATA_HEADER, REALM, RESERVATION_EXPIRY_HEADER,
+    RESERVATION_ID_HEADER,
+};
+use crate::db::models::VerificationRecord;
+use crate::domain::LimitScope;
+use crate::verification::{CreditsLeft, IssuedReservation, Rejection};
 
 impl From<Decision> for CheckResponse {
     fn from(decision: Decision) -> Self {

@@ -1,7 +1,24 @@
 //! Invitations: created with a token shown once, listed, withdrawn and
 //! accepted, each acceptance making one membership.
 
-use super::*;
+use chrono::Utc;
+use diesel_async::scoped_futures::ScopedFutureExt;
+
+use super::members::{member_state, organization_for_member_change, MemberView};
+use crate::auth::{ownership, Caller};
+use crate::db::models::{CreateRequest, Invitation, Member, NewInvitation, Organization, User};
+use crate::db::sql_types::Timestamp;
+use crate::db::{is_foreign_key_violation, DbConnection, Invalidation, Written};
+use crate::domain::{
+    AuditAction, AuditChange, AuditRecord, AuditTarget, CreateInvitation, InvitationId,
+    InvitationToken, ListOf, OrgAction, OrgRole, OrganizationId, Page, UserId,
+};
+use crate::error::{AppError, AppResult};
+use crate::proto;
+use crate::proto::CreateInvitationResponse;
+use crate::services::convert::{role_message, timestamp};
+use crate::services::events::state_of;
+use crate::services::{audit, delete_row, retries, AppState};
 
 /// A new invitation, with its token: shown once, never stored.
 pub struct NewInvitationWithToken {

@@ -1,7 +1,21 @@
 //! An organization's members: listing them, changing a role and removing one,
 //! each under the organization's row lock so the last-owner rule holds.
 
-use super::*;
+use diesel_async::scoped_futures::ScopedFutureExt;
+
+use crate::auth::{ownership, Caller};
+use crate::db::models::{Member, MemberWithEmail, Organization};
+use crate::db::{DbConnection, Invalidation, Written};
+use crate::domain::{
+    keeps_an_owner, may_change_members, AuditAction, AuditChange, AuditRecord, AuditTarget, ListOf,
+    MemberRef, OrgAction, OrgRole, OrganizationId, Page, UpdateMember, UserId,
+};
+use crate::error::{AppError, AppResult};
+use crate::proto;
+use crate::proto::{AcceptInvitationResponse, ListMembersResponse, UpdateMemberResponse};
+use crate::services::convert::{role_message, timestamp};
+use crate::services::events::state_of;
+use crate::services::{audit, AppState};
 
 /// A member as its event carries it: every member may watch the events,
 /// so the email is left out, as ListMembers leaves it out for a viewer.

@@ -10,10 +10,7 @@ mod members;
 mod requests;
 
 use invitations::{accept_invitation, create_invitation, delete_invitation, list_invitations};
-use members::{
-    list_members, member_state, organization_for_member_change, remove_member, update_member,
-    MemberView,
-};
+use members::{list_members, remove_member, update_member};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,24 +19,22 @@ use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
 use tonic::Request;
 
-use super::convert::{self, list_of, mask_paths, parse_role, role_message, timestamp};
+use super::convert::{self, list_of, timestamp};
 use super::events::state_of;
-use super::{audit, delete_row, required, retries, service_accounts, AppState, Rpc};
+use super::{audit, retries, service_accounts, AppState, Rpc};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{
-    CreateRequest, Invitation, KeyLimitChanges, KeyUsage, Member, MemberWithEmail, NewInvitation,
-    NewOrganization, Organization, OrganizationChanges, OrganizationLimits, OrganizationWithLimits,
-    User,
+    CreateRequest, KeyLimitChanges, KeyUsage, Member, NewOrganization, Organization,
+    OrganizationChanges, OrganizationLimits, OrganizationWithLimits,
 };
-use crate::db::sql_types::Timestamp;
-use crate::db::{is_foreign_key_violation, DbConnection, Invalidation, Written};
+use crate::db::{is_foreign_key_violation, Invalidation, Written};
 use crate::domain::{
-    keeps_an_owner, may_change_members, AuditAction, AuditChange, AuditRecord, AuditTarget,
-    CreateInvitation, CreateOrganization, Email, GetUsage, InvitationId, InvitationToken,
-    LimitsUpdate, ListOf, MemberRef, OrgAction, OrgRole, OrganizationId, OrganizationName, Page,
-    PageRequest, ServiceAccountId, UpdateMember, UpdateOrganization, UserId,
+    AuditAction, AuditChange, AuditRecord, AuditTarget, CreateInvitation, CreateOrganization,
+    GetUsage, InvitationId, InvitationToken, LimitsUpdate, MemberRef, OrgAction, OrgRole,
+    OrganizationId, OrganizationName, Page, PageRequest, ServiceAccountId, UpdateMember,
+    UpdateOrganization, UserId,
 };
-use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
+use crate::error::{parsed, AppError, AppResult};
 use crate::proto;
 use crate::proto::organization_service_server::OrganizationService;
 use crate::proto::{

@@ -1,7 +1,18 @@
 //! OrganizationService's requests parsed into the domain's commands, every
 //! bad field named.
 
-use super::*;
+use super::{DEFAULT_INVITATION_TTL, MAX_INVITATION_TTL, MIN_INVITATION_TTL};
+use crate::domain::{
+    CreateInvitation, Email, GetUsage, MemberRef, OrganizationId, OrganizationName, UpdateMember,
+    UpdateOrganization, UserId,
+};
+use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
+use crate::proto::{
+    CreateInvitationRequest, GetOrganizationUsageRequest, UpdateMemberRequest,
+    UpdateOrganizationRequest,
+};
+use crate::services::convert::{self, mask_paths, parse_role};
+use crate::services::required;
 
 impl TryFrom<UpdateOrganizationRequest> for UpdateOrganization {
     type Error = AppError;

@@ -9,7 +9,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use rand::RngCore;
 use tonic::Request;
 
-use super::convert::{self, required_mask_paths, timestamp};
+use super::convert::{self, required_mask_paths};
 use super::events::state_of;
 use super::{audit, required, retries, AppState, Rpc};
 use crate::auth::{ownership, Caller};
@@ -26,7 +26,7 @@ use crate::domain::{
 };
 use crate::error::{parsed, AppError, AppResult, Violations};
 use crate::proto::webhook_service_server::WebhookService;
-use crate::proto::{self, *};
+use crate::proto::*;
 
 /// Webhooks an organization may have: each one is a delivery stream to
 /// keep up with.

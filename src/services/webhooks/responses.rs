@@ -1,6 +1,10 @@
 //! WebhookService's rows as the API shows them, and its responses.
 
-use super::*;
+use super::CreatedWebhook;
+use crate::db::models::{webhook, Webhook, WebhookDelivery};
+use crate::domain::Page;
+use crate::proto::{self, *};
+use crate::services::convert::timestamp;
 
 impl From<Webhook> for proto::Webhook {
     fn from(row: Webhook) -> Self {

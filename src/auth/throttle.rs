@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::client_network;
 use crate::db::models::LoginAttempt;
-use crate::db::retention::PURGE_BATCH;
+use crate::db::retention::{purge_in_batches, PURGE_BATCH};
 use crate::db::{Database, DbConnection};
 use crate::error::{AppError, AppResult};
 
@@ -129,25 +129,16 @@ impl LoginThrottle {
         Ok(())
     }
 
-    /// Deletes ended windows, a batch per statement and a connection per
-    /// batch like the other purges (`db::retention`); run periodically so
-    /// the table stays small.
+    /// Deletes ended windows, in batches like the other purges
+    /// (`db::retention`); run periodically so the table stays small.
     pub async fn purge_ended(&self) -> anyhow::Result<usize> {
         let window_ended_at = Utc::now()
             .checked_sub_signed(self.window_length())
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let mut purged = 0;
-        loop {
-            let batch = {
-                let mut conn = self.db.conn().await?;
-                LoginAttempt::purge_ended(&mut conn, window_ended_at, PURGE_BATCH).await?
-            };
-            purged += batch;
-            if batch == 0 {
-                return Ok(purged);
-            }
-            tokio::task::yield_now().await;
-        }
+        purge_in_batches(&self.db, |conn| {
+            LoginAttempt::purge_ended(conn, window_ended_at, PURGE_BATCH).scope_boxed()
+        })
+        .await
     }
 }
 

@@ -11,6 +11,7 @@
 //! the throttle (`auth::LoginThrottle::purge_ended`).
 
 use chrono::{DateTime, TimeDelta, Utc};
+use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 
 use crate::db::models::{
     AuditEvent, CreateRequest, Invitation, KeyUsage, OrganizationEvent, RefreshToken, Reservation,
@@ -148,14 +149,29 @@ async fn purge_table(
     before: DateTime<Utc>,
     retention: &Retention,
 ) -> anyhow::Result<usize> {
+    purge_in_batches(db, |conn| {
+        table.batch(conn, before, retention).scope_boxed()
+    })
+    .await
+}
+
+/// Runs `batch` (a delete of at most [`PURGE_BATCH`] rows) until it
+/// deletes nothing, each time on a connection of its own and yielding in
+/// between, so requests go between batches; returns how many went.
+pub async fn purge_in_batches<'a>(
+    db: &Database,
+    mut batch: impl for<'c> FnMut(
+        &'c mut DbConnection,
+    ) -> ScopedBoxFuture<'a, 'c, diesel::QueryResult<usize>>,
+) -> anyhow::Result<usize> {
     let mut purged = 0;
     loop {
-        let batch = {
+        let deleted = {
             let mut conn = db.conn().await?;
-            table.batch(&mut conn, before, retention).await?
+            batch(&mut conn).await?
         };
-        purged += batch;
-        if batch == 0 {
+        purged += deleted;
+        if deleted == 0 {
             return Ok(purged);
         }
         tokio::task::yield_now().await;

@@ -13,8 +13,8 @@ use tokio::process::Child;
 use crate::shared_limits::ONE_CALL_A_SECOND_PER_ADDRESS;
 
 use crate::helpers::{
-    serving_addr, spawn_app_with, spawn_logging_json, Clients, TlsFiles, TlsPostgres, TlsRedis,
-    PASSWORD, SECRET_KEY,
+    migrate, serving_addr, spawn_app_with, spawn_logging_json, Clients, TlsFiles, TlsPostgres,
+    TlsRedis, PASSWORD, SECRET_KEY,
 };
 use crate::shared_limits::anonymous_call;
 
@@ -167,13 +167,13 @@ async fn the_migrate_command_connects_over_tls_and_refuses_a_certificate_that_fa
         "localhost",
         &format!("sslmode=verify-full&sslrootcert={wrong_ca}"),
     );
-    let (migrated, said) = migrate(&verified).await;
+    let (migrated, said) = migrate(&verified, &[]).await;
     assert!(migrated, "migrate over verify-full: {said}");
     // The cluster does refuse plaintext (else the line above proves
     // nothing), and the migrations are all there.
-    let (migrated, said) = migrate(&plaintext).await;
+    let (migrated, said) = migrate(&plaintext, &[]).await;
     assert!(!migrated && said.contains("no encryption"), "{said}");
-    let (migrated, said) = migrate(&another_ca).await;
+    let (migrated, said) = migrate(&another_ca, &[]).await;
     assert!(!migrated, "{said}");
     assert!(
         said.contains("DATABASE_URL's sslmode=verify-full")
@@ -184,12 +184,6 @@ async fn the_migrate_command_connects_over_tls_and_refuses_a_certificate_that_fa
     let (_server, clients) =
         serving(&[("DATABASE_URL", &verified), ("MIGRATE_ON_START", "false")]).await;
     a_key_verifies(&clients).await;
-}
-
-/// The binary's `migrate` on `database_url`: whether it succeeded, and
-/// what it said.
-async fn migrate(database_url: &str) -> (bool, String) {
-    crate::helpers::run_command(database_url, &[std::ffi::OsStr::new("migrate")], "").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::{Target, Team};
 use crate::helpers::{poll_until, reserve, TestApp};
 use crate::organizations::{run_sql, LONG_AGO};
+use crate::webhooks::{create_webhook, deliveries};
 
 /// Where the teams' webhooks send: a local port nothing listens on.
 const CLOSED_PORT: &str = "http://127.0.0.1:9/hooks";
@@ -59,38 +60,17 @@ pub(super) async fn fresh_target(app: &TestApp) -> (Team, Target) {
         account_expired.service_account.unwrap().id
     );
     assert_eq!(run_sql(app, &expired).await, 1);
-    let webhook = app
-        .webhooks(Some(&owner.token))
-        .create_webhook(proto::CreateWebhookRequest {
-            organization_id: organization.id.clone(),
-            webhook: Some(proto::Webhook {
-                url: CLOSED_PORT.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    let webhook = create_webhook(app, &owner, &organization.id, CLOSED_PORT, &[])
         .await
         .unwrap()
-        .into_inner()
         .webhook
         .unwrap();
     // Its own creation is the webhook's first delivery.
-    let deliveries = || async {
-        app.webhooks(Some(&owner.token))
-            .list_webhook_deliveries(proto::ListWebhookDeliveriesRequest {
-                webhook_id: webhook.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .deliveries
-    };
     let delivery = poll_until(
         "the webhook's first delivery",
         Duration::from_secs(10),
         Duration::from_millis(20),
-        deliveries,
+        || deliveries(app, &owner, &webhook.id),
         |deliveries| !deliveries.is_empty(),
     )
     .await

@@ -49,8 +49,8 @@ pub use metrics::scrape;
 pub use pgbouncer::PgBouncer;
 pub use polling::{changed_within_a_second, eventually, poll_until};
 pub use process::{
-    create_keys_through_both, run_command, server_command, serving_addr, spawn_logging_json,
-    ReplicaProcess,
+    create_keys_through_both, migrate, run_command, server_command, serving_addr,
+    spawn_logging_json, ReplicaProcess,
 };
 pub use proxy::TcpProxy;
 pub use requests::{

@@ -172,6 +172,16 @@ pub async fn run_command(
     (output.status.success(), said)
 }
 
+/// The binary's `migrate` with `args` on `database_url`: whether it
+/// succeeded, and what it said.
+pub async fn migrate(database_url: &str, args: &[&str]) -> (bool, String) {
+    let args: Vec<&std::ffi::OsStr> = std::iter::once("migrate")
+        .chain(args.iter().copied())
+        .map(std::ffi::OsStr::new)
+        .collect();
+    run_command(database_url, &args, "").await
+}
+
 /// The server binary, hashing at [`TEST_HASH_COST`] like the in-process
 /// servers.
 pub fn server_command() -> Command {

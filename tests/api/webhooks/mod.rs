@@ -199,7 +199,11 @@ async fn rename(app: &TestApp, owner: &TestUser, organization: &str, name: &str)
     crate::events::rename(app, owner, organization, name).await;
 }
 
-async fn deliveries(app: &TestApp, owner: &TestUser, webhook: &str) -> Vec<proto::WebhookDelivery> {
+pub(crate) async fn deliveries(
+    app: &TestApp,
+    owner: &TestUser,
+    webhook: &str,
+) -> Vec<proto::WebhookDelivery> {
     app.webhooks(Some(&owner.token))
         .list_webhook_deliveries(proto::ListWebhookDeliveriesRequest {
             webhook_id: webhook.into(),

@@ -26,7 +26,7 @@ export CONSOLE_LISTEN_ADDR=${CONSOLE_LISTEN_ADDR:-127.0.0.1:0}
 cd "$(dirname "$0")/.."
 PG=postgres://postgres@127.0.0.1:5432
 ADDR=127.0.0.1:50082
-SERVER=target/release/chatbot-backend
+SERVER=${SERVER:-target/release/chatbot-backend}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 KINDS=${KINDS:-plain restricted}

@@ -51,6 +51,7 @@ mod tests {
             organization_rate_limit: None,
             organization_has_credits: false,
             grants: None,
+            encoded: Default::default(),
         };
         assert!(record.is_stale_after(&Invalidation::Key(ApiKeyId(1))));
         assert!(record.is_stale_after(&Invalidation::Chatbot(chatbot)));

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod chatbots;
 pub mod convert;
+pub mod encoded;
 pub mod events;
 pub mod external_authorization;
 pub mod lifecycle_events;

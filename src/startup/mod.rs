@@ -4,6 +4,7 @@
 //! (health, flushes, sweeps, publishing, LISTEN) is in [`background`].
 
 mod background;
+mod copied_writes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::TryStreamExt;
 use secrecy::{ExposeSecret, SecretSlice};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -43,12 +45,13 @@ use crate::proto::status_service_server::StatusServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
 use crate::proto::webhook_service_server::WebhookServiceServer;
 use crate::rate_limit::{RateLimitGate, RateLimits, SharedLimits};
-use crate::services::api_keys::ApiKeys;
+use crate::services::api_keys::{ApiKeys, VerifyMethod, VERIFY_API_KEY_PATH};
 use crate::services::audit::Audit;
 use crate::services::auth::Auth;
 use crate::services::chatbots::Chatbots;
+use crate::services::encoded::AnswerWritten;
 use crate::services::events::Events;
-use crate::services::external_authorization::ExternalAuthorization;
+use crate::services::external_authorization::{CheckMethod, ExternalAuthorization, CHECK_PATH};
 use crate::services::organizations::Organizations;
 use crate::services::status::StatusApi;
 use crate::services::users::Users;
@@ -56,6 +59,7 @@ use crate::services::webhooks::Webhooks;
 use crate::services::{AppState, Policy};
 use crate::verification::KeyVerifier;
 use background::{set_readiness, BackgroundTasks};
+use copied_writes::CopiedWrites;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Health service name that reports SERVING while the process runs, whatever
@@ -410,7 +414,9 @@ impl Application {
             let _ = draining_tx.send(());
         };
 
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let incoming = TcpIncoming::from(self.listener)
+            .with_nodelay(Some(true))
+            .map_ok(CopiedWrites);
         let rpc_timeout = Duration::from_secs(settings.default_rpc_timeout_secs);
         // Every call goes through these, on either listener. First is
         // outermost: observe everything, read the bearer token, count the
@@ -451,7 +457,12 @@ impl Application {
         let mut api = tonic::service::RoutesBuilder::default();
         api.add_service(limited!(UserServiceServer, Users(state.clone())))
             .add_service(limited!(ChatbotServiceServer, Chatbots(state.clone())))
-            .add_service(limited!(ApiKeyServiceServer, ApiKeys(state.clone())))
+            .add_service(AnswerWritten::new(
+                limited!(ApiKeyServiceServer, ApiKeys(state.clone())),
+                VERIFY_API_KEY_PATH,
+                VerifyMethod(state.clone()),
+                max_bytes,
+            ))
             .add_service(limited!(AuthServiceServer, Auth(state.clone())))
             .add_service(limited!(StatusServiceServer, StatusApi(state.clone())))
             .add_service(limited!(AuditServiceServer, Audit(state.clone())))
@@ -462,6 +473,10 @@ impl Application {
             .add_service(limited!(EventServiceServer, events))
             .add_service(limited!(WebhookServiceServer, Webhooks(state.clone())));
         let api = api.routes();
+        let external_authorization = Arc::new(ExternalAuthorization::new(
+            state.clone(),
+            settings.ext_authz_api_key_header.clone(),
+        ));
         let server = Server::builder()
             .timeout(rpc_timeout)
             .max_concurrent_streams(max_streams)
@@ -470,13 +485,13 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(
-                AuthorizationServer::new(ExternalAuthorization::new(
-                    state.clone(),
-                    settings.ext_authz_api_key_header.clone(),
-                ))
-                .max_decoding_message_size(max_bytes),
-            )
+            .add_service(AnswerWritten::new(
+                AuthorizationServer::from_arc(external_authorization.clone())
+                    .max_decoding_message_size(max_bytes),
+                CHECK_PATH,
+                CheckMethod(external_authorization),
+                max_bytes,
+            ))
             .serve_with_incoming_shutdown(incoming, stop_serving);
         // The console: its pages, then gRPC-Web turned into gRPC for the
         // same services behind the same layers (HTTP/1.1, as browsers

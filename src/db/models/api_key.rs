@@ -2,6 +2,9 @@
 //! presented secret; the secret itself is never stored.
 
 use std::fmt;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
 
 use chrono::{DateTime, Utc};
 use diesel::{
@@ -132,6 +135,22 @@ pub struct VerificationRecord {
     /// Whether the organization has credits (stale as the key's balance).
     pub organization_has_credits: bool,
     pub grants: Option<std::sync::Arc<KeyGrants>>,
+    /// This record's answers, encoded once while it is cached.
+    pub encoded: EncodedAnswers,
+}
+
+/// A cached key's part of its answers, encoded once by the services that
+/// word them (`services::encoded`) instead of at every call. They live and
+/// die with the record: a change to the key replaces the record, and so
+/// them.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedAnswers {
+    /// VerifyApiKey's VALID answer, but for what each call adds.
+    pub verify: OnceLock<Bytes>,
+    /// Check's allowed answer: the upstream's part (`OkHttpResponse`'s
+    /// fields) and the dynamic metadata's (`Struct`'s), but for what each
+    /// call adds.
+    pub check: OnceLock<[Bytes; 2]>,
 }
 
 /// The row [`VerificationRecord`] is made from.
@@ -191,6 +210,7 @@ impl From<VerificationRow> for VerificationRecord {
             ),
             organization_has_credits: row.organization_credits_remaining.is_some(),
             grants: grants.map(std::sync::Arc::new),
+            encoded: EncodedAnswers::default(),
         }
     }
 }

@@ -156,7 +156,7 @@ pub mod usage;
 pub mod user;
 pub mod webhook;
 
-pub use api_key::{ApiKey, NewApiKey, StoredGrants, VerificationRecord};
+pub use api_key::{ApiKey, EncodedAnswers, NewApiKey, StoredGrants, VerificationRecord};
 pub use audit_event::{AuditActor, AuditEvent};
 pub use chatbot::{Chatbot, ChatbotChanges, ChatbotFilter, NewChatbot};
 pub use create_request::{CreateRequest, RequestKey};

@@ -12,6 +12,8 @@ mod reservations;
 
 use std::sync::Arc;
 
+use bytes::{BufMut, Bytes};
+use prost::{EncodeError, Message};
 use tonic::Request;
 
 pub use reservations::expire_due_reservations;
@@ -21,14 +23,16 @@ pub use operations::{
     update_api_key, NewKey, RotatedKey,
 };
 
+use super::encoded::{AnsweredMethod, WriteAnswer};
 use super::{convert, usage, AppState, Origin, Rpc};
+use crate::db::models::VerificationRecord;
 use crate::domain::{
     ApiKeyId, CreateApiKey, GetUsage, LimitScope, ListApiKeys, ReleaseReservation, RotateApiKey,
     SettleReservation, UpdateApiKey, VerifyApiKey,
 };
 use crate::error::AppError;
 use crate::proto::api_key_service_server::ApiKeyService;
-use crate::proto::{self, VerifyApiKeyReason};
+use crate::proto::VerifyApiKeyReason;
 use crate::proto::{
     CreateApiKeyRequest, CreateApiKeyResponse, DeleteApiKeyRequest, DeleteApiKeyResponse,
     GetApiKeyRequest, GetApiKeyResponse, GetApiKeyUsageRequest, GetApiKeyUsageResponse,
@@ -98,13 +102,16 @@ impl ApiKeyService for ApiKeys {
         self.0.serve(request, parse, delete_api_key).await
     }
 
+    /// The server serves VerifyApiKey through [`VerifyMethod`]; this is
+    /// the same answer as a message.
     async fn verify_api_key(
         &self,
         request: Request<VerifyApiKeyRequest>,
     ) -> Rpc<VerifyApiKeyResponse> {
-        let verify = async |state: &AppState, _: &Origin, cmd| state.verifier.verify(cmd).await;
-        let parse = VerifyApiKey::try_from;
-        self.0.serve_public(request, parse, verify).await
+        let answer = verify_api_key(&self.0, request).await?;
+        let (metadata, answer, extensions) = answer.into_parts();
+        let message = answer.into_message()?;
+        Ok(tonic::Response::from_parts(metadata, message, extensions))
     }
 
     async fn settle_reservation(
@@ -180,97 +187,175 @@ impl From<Rejection> for VerifyApiKeyReason {
     }
 }
 
-impl From<Verification> for proto::VerifyApiKeyResponse {
-    // owner_id stays filled in for the clients that still read it.
-    #[allow(deprecated)]
+/// VerifyApiKey's answer, written as bytes (see [`super::encoded`]): for a
+/// VALID answer, the key's part, encoded once while its record is cached,
+/// then what this call adds; for any other, the whole message.
+pub struct VerifyAnswer {
+    key_part: Option<Bytes>,
+    call_part: VerifyApiKeyResponse,
+}
+
+impl WriteAnswer for VerifyAnswer {
+    fn write(self, buf: &mut impl BufMut) -> Result<(), EncodeError> {
+        if let Some(key_part) = &self.key_part {
+            buf.put_slice(key_part);
+        }
+        self.call_part.encode(buf)
+    }
+}
+
+/// The path [`VerifyMethod`] serves.
+pub const VERIFY_API_KEY_PATH: &str = "/chatbot.v1.ApiKeyService/VerifyApiKey";
+
+/// VerifyApiKey as the server serves it: answers written as bytes.
+#[derive(Clone)]
+pub struct VerifyMethod(pub Arc<AppState>);
+
+impl AnsweredMethod for VerifyMethod {
+    type Request = VerifyApiKeyRequest;
+    type Answer = VerifyAnswer;
+
+    async fn call(&self, request: Request<VerifyApiKeyRequest>) -> Rpc<VerifyAnswer> {
+        verify_api_key(&self.0, request).await
+    }
+}
+
+async fn verify_api_key(
+    state: &AppState,
+    request: Request<VerifyApiKeyRequest>,
+) -> Rpc<VerifyAnswer> {
+    let verify = async |state: &AppState, _: &Origin, cmd| state.verifier.verify(cmd).await;
+    let parse = VerifyApiKey::try_from;
+    state.serve_public(request, parse, verify).await
+}
+
+/// What a VALID answer says about the key itself: the same at every call
+/// while the key's record is cached.
+// owner_id stays filled in for the clients that still read it.
+#[allow(deprecated)]
+fn key_part(record: &VerificationRecord) -> VerifyApiKeyResponse {
+    let grants = record.grants.as_deref();
+    VerifyApiKeyResponse {
+        valid: true,
+        reason: VerifyApiKeyReason::Valid.into(),
+        api_key_id: record.id.0,
+        chatbot_id: record.chatbot_id.to_string(),
+        owner_id: record.owner_id.to_string(),
+        organization_id: record.organization_id.to_string(),
+        llm_endpoint_url: record.llm_endpoint_url.clone(),
+        permissions: grants.map_or_else(Vec::new, |grants| {
+            grants
+                .permissions
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect()
+        }),
+        metadata: grants.map_or_else(Default::default, |grants| {
+            grants
+                .metadata
+                .entries()
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect()
+        }),
+        external_id: grants
+            .and_then(|grants| grants.external_id.clone())
+            .unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+impl From<Verification> for VerifyAnswer {
     fn from(verification: Verification) -> Self {
         match verification {
             Verification::Valid {
                 record,
                 credits_remaining,
                 reservation,
-            } => proto::VerifyApiKeyResponse {
-                valid: true,
-                reason: VerifyApiKeyReason::Valid.into(),
-                api_key_id: record.id.0,
-                chatbot_id: record.chatbot_id.to_string(),
-                owner_id: record.owner_id.to_string(),
-                organization_id: record.organization_id.to_string(),
-                permissions: record.grants.as_ref().map_or_else(Vec::new, |grants| {
-                    grants
-                        .permissions
-                        .iter()
-                        .map(|p| p.as_str().to_owned())
-                        .collect()
-                }),
-                metadata: record
-                    .grants
-                    .as_ref()
-                    .map_or_else(Default::default, |grants| {
-                        grants
-                            .metadata
-                            .entries()
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect()
-                    }),
-                external_id: record
-                    .grants
-                    .as_ref()
-                    .and_then(|grants| grants.external_id.clone())
-                    .unwrap_or_default(),
-                missing_permissions: Vec::new(),
-                llm_endpoint_url: record.llm_endpoint_url.clone(),
-                credits_remaining: credits_remaining.key,
-                organization_credits_remaining: credits_remaining.organization,
-                limit_scope: proto::LimitScope::Unspecified.into(),
-                reset_time: None,
-                reservation_expire_time: reservation
-                    .as_ref()
-                    .map(|reservation| convert::timestamp(reservation.expires_at)),
-                reservation_id: reservation
-                    .map(|reservation| reservation.id.expose().to_owned())
-                    .unwrap_or_default(),
-            },
-            Verification::Refused(_, reason) | Verification::Invalid(reason) => {
-                let missing_permissions = match &reason {
-                    Rejection::InsufficientPermissions { missing } => missing.clone(),
-                    _ => Vec::new(),
-                };
-                let (left, reset_time, scope) = match reason {
-                    Rejection::RateLimited { retry_at, scope } => {
-                        (CreditsLeft::default(), Some(retry_at), Some(scope))
-                    }
-                    Rejection::UsageExceeded {
-                        remaining,
-                        next_refill,
-                        scope,
-                    } => {
-                        let left = match scope {
-                            LimitScope::ApiKey => CreditsLeft {
-                                key: Some(remaining),
-                                organization: None,
-                            },
-                            LimitScope::Organization => CreditsLeft {
-                                key: None,
-                                organization: Some(remaining),
-                            },
-                        };
-                        (left, next_refill, Some(scope))
-                    }
-                    _ => (CreditsLeft::default(), None, None),
-                };
-                proto::VerifyApiKeyResponse {
-                    valid: false,
-                    reason: VerifyApiKeyReason::from(reason).into(),
-                    credits_remaining: left.key,
-                    organization_credits_remaining: left.organization,
-                    limit_scope: convert::limit_scope_message(scope).into(),
-                    reset_time: reset_time.map(convert::timestamp),
-                    missing_permissions,
-                    ..Default::default()
+            } => {
+                let key_part = record
+                    .encoded
+                    .verify
+                    .get_or_init(|| key_part(&record).encode_to_vec().into());
+                VerifyAnswer {
+                    key_part: Some(key_part.clone()),
+                    call_part: VerifyApiKeyResponse {
+                        credits_remaining: credits_remaining.key,
+                        organization_credits_remaining: credits_remaining.organization,
+                        reservation_expire_time: reservation
+                            .as_ref()
+                            .map(|reservation| convert::timestamp(reservation.expires_at)),
+                        reservation_id: reservation
+                            .map(|reservation| reservation.id.expose().to_owned())
+                            .unwrap_or_default(),
+                        ..Default::default()
+                    },
                 }
             }
+            Verification::Refused(_, reason) | Verification::Invalid(reason) => VerifyAnswer {
+                key_part: None,
+                call_part: refusal(reason),
+            },
         }
+    }
+}
+
+/// A refusal's whole answer: why, and what the caller may do about it.
+fn refusal(reason: Rejection) -> VerifyApiKeyResponse {
+    let missing_permissions = match &reason {
+        Rejection::InsufficientPermissions { missing } => missing.clone(),
+        _ => Vec::new(),
+    };
+    let (left, reset_time, scope) = match reason {
+        Rejection::RateLimited { retry_at, scope } => {
+            (CreditsLeft::default(), Some(retry_at), Some(scope))
+        }
+        Rejection::UsageExceeded {
+            remaining,
+            next_refill,
+            scope,
+        } => {
+            let left = match scope {
+                LimitScope::ApiKey => CreditsLeft {
+                    key: Some(remaining),
+                    organization: None,
+                },
+                LimitScope::Organization => CreditsLeft {
+                    key: None,
+                    organization: Some(remaining),
+                },
+            };
+            (left, next_refill, Some(scope))
+        }
+        _ => (CreditsLeft::default(), None, None),
+    };
+    VerifyApiKeyResponse {
+        valid: false,
+        reason: VerifyApiKeyReason::from(reason).into(),
+        credits_remaining: left.key,
+        organization_credits_remaining: left.organization,
+        limit_scope: convert::limit_scope_message(scope).into(),
+        reset_time: reset_time.map(convert::timestamp),
+        missing_permissions,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::server::NamedService;
+
+    use super::*;
+    use crate::proto::api_key_service_server::ApiKeyServiceServer;
+    use crate::proto::RpcRequest;
+
+    #[test]
+    fn the_verify_path_is_the_generated_servers() {
+        let path = format!(
+            "/{}/{}",
+            ApiKeyServiceServer::<ApiKeys>::NAME,
+            VerifyApiKeyRequest::METHOD
+        );
+        assert_eq!(VERIFY_API_KEY_PATH, path);
     }
 }

@@ -12,6 +12,8 @@
 
 mod responses;
 
+pub use responses::CheckAnswer;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use http::HeaderName;
 use tonic::Request;
 
+use super::encoded::{AnsweredMethod, WriteAnswer};
 use super::{AppState, Origin, Rpc};
 use crate::db::models::VerificationRecord;
 use crate::domain::{
@@ -70,13 +73,38 @@ impl ExternalAuthorization {
     pub fn new(state: Arc<AppState>, key_header: HeaderName) -> Self {
         Self { state, key_header }
     }
+
+    async fn answer(&self, request: Request<CheckRequest>) -> Rpc<CheckAnswer> {
+        let parse = |message| CheckKey::parse(message, &self.key_header);
+        self.state.serve_public(request, parse, check).await
+    }
 }
 
+/// The server serves Check through [`CheckMethod`]; this is the same answer
+/// as a message.
 #[tonic::async_trait]
 impl Authorization for ExternalAuthorization {
     async fn check(&self, request: Request<CheckRequest>) -> Rpc<CheckResponse> {
-        let parse = |message| CheckKey::parse(message, &self.key_header);
-        self.state.serve_public(request, parse, check).await
+        let answer = self.answer(request).await?;
+        let (metadata, answer, extensions) = answer.into_parts();
+        let message = answer.into_message()?;
+        Ok(tonic::Response::from_parts(metadata, message, extensions))
+    }
+}
+
+/// The path [`CheckMethod`] serves.
+pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// Check as the server serves it: answers written as bytes.
+#[derive(Clone)]
+pub struct CheckMethod(pub Arc<ExternalAuthorization>);
+
+impl AnsweredMethod for CheckMethod {
+    type Request = CheckRequest;
+    type Answer = CheckAnswer;
+
+    async fn call(&self, request: Request<CheckRequest>) -> Rpc<CheckAnswer> {
+        self.0.answer(request).await
     }
 }
 
@@ -88,7 +116,23 @@ pub struct CheckKey {
     /// Whether the request carried anything in a key's place; a request
     /// without is told a key is missing rather than that it is invalid.
     presented: bool,
-    key_headers: Vec<String>,
+    key_headers: KeyHeaders,
+}
+
+/// The request headers that carried a key.
+#[derive(Debug, Default)]
+pub struct KeyHeaders {
+    authorization: bool,
+    named: Option<HeaderName>,
+}
+
+impl KeyHeaders {
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        let authorization = self.authorization.then_some("authorization");
+        authorization
+            .into_iter()
+            .chain(self.named.as_ref().map(HeaderName::as_str))
+    }
 }
 
 impl CheckKey {
@@ -159,19 +203,16 @@ impl CheckKey {
             .map(|http| RequestHeaders::new(http.headers, http.header_map))
             .unwrap_or_default();
 
-        let mut key_headers = Vec::new();
         let bearer_key = headers
             .values("authorization")
             .filter_map(|value| bearer_token(value))
             .filter(|token| token.starts_with(API_KEY_PREFIX))
             .collect::<Vec<_>>();
-        if !bearer_key.is_empty() {
-            key_headers.push("authorization".to_owned());
-        }
         let header_key = headers.values(key_header.as_str()).collect::<Vec<_>>();
-        if !header_key.is_empty() {
-            key_headers.push(key_header.as_str().to_owned());
-        }
+        let key_headers = KeyHeaders {
+            authorization: !bearer_key.is_empty(),
+            named: (!header_key.is_empty()).then(|| key_header.clone()),
+        };
         let presented = match (header_key.as_slice(), bearer_key.as_slice()) {
             ([], []) => None,
             ([key], []) | ([], [key]) => Some(Some(*key)),
@@ -230,7 +271,7 @@ pub enum Decision {
         record: Arc<VerificationRecord>,
         credits_remaining: CreditsLeft,
         reservation: Option<IssuedReservation>,
-        key_headers: Vec<String>,
+        key_headers: KeyHeaders,
     },
     /// No key, or not one that is valid now: 401.
     Unauthenticated {
@@ -348,6 +389,17 @@ pub async fn check(state: &AppState, _: &Origin, cmd: CheckKey) -> AppResult<Dec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_check_path_is_the_generated_servers() {
+        use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+        use tonic::server::NamedService;
+
+        use crate::proto::RpcRequest;
+
+        let name = AuthorizationServer::<ExternalAuthorization>::NAME;
+        assert_eq!(CHECK_PATH, format!("/{name}/{}", CheckRequest::METHOD));
+    }
 
     #[test]
     fn only_a_bearer_scheme_yields_a_token() {

@@ -4,37 +4,117 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpStatusCode};
+use bytes::{BufMut, Bytes};
+use envoy_types::ext_authz::v3::pb::{
+    CheckResponse, HeaderAppendAction, HttpStatusCode, OkHttpResponse,
+};
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use prost::{EncodeError, Message};
 use tonic::Status;
 
 use super::{
-    Decision, Throttle, EXTERNAL_ID_HEADER, METADATA_HEADER, REALM, RESERVATION_EXPIRY_HEADER,
-    RESERVATION_ID_HEADER,
+    Decision, KeyHeaders, Throttle, EXTERNAL_ID_HEADER, METADATA_HEADER, REALM,
+    RESERVATION_EXPIRY_HEADER, RESERVATION_ID_HEADER,
 };
 use crate::db::models::VerificationRecord;
 use crate::domain::LimitScope;
+use crate::services::encoded::{
+    put_length_delimited_key, put_string_field, string_field_len, WriteAnswer,
+};
 use crate::verification::{CreditsLeft, IssuedReservation, Rejection};
 
-impl From<Decision> for CheckResponse {
+/// Check's answer, written as bytes (see [`crate::services::encoded`]): an
+/// allowed request's answer is the key's part, encoded once while its record
+/// is cached, then this call's; any other is the whole message.
+pub enum CheckAnswer {
+    Allowed {
+        /// `OkHttpResponse`'s and the dynamic metadata's fields about the
+        /// key.
+        key_part: [Bytes; 2],
+        /// The headers that carried the key, which never reach the upstream.
+        key_headers: KeyHeaders,
+        /// The reservation's headers for the upstream; without one, a
+        /// client's own headers of their names are removed.
+        reservation: Option<OkHttpResponse>,
+        /// The balances left, for a key or organization with credits.
+        credits: Option<Struct>,
+    },
+    Message(CheckResponse),
+}
+
+impl WriteAnswer for CheckAnswer {
+    fn write(self, buf: &mut impl BufMut) -> Result<(), EncodeError> {
+        let (key_part, key_headers, reservation, credits) = match self {
+            Self::Message(message) => return message.encode(buf),
+            Self::Allowed {
+                key_part,
+                key_headers,
+                reservation,
+                credits,
+            } => (key_part, key_headers, reservation, credits),
+        };
+        let [key_upstream, key_metadata] = key_part;
+        let no_reservation = [RESERVATION_ID_HEADER, RESERVATION_EXPIRY_HEADER];
+        let removed = || {
+            let no_reservation = reservation.is_none().then_some(no_reservation);
+            key_headers
+                .names()
+                .chain(no_reservation.into_iter().flatten())
+        };
+        let removed_len: usize = removed()
+            .map(|name| string_field_len(OK_HEADERS_TO_REMOVE, name))
+            .sum();
+        let reservation_len = reservation.as_ref().map_or(0, Message::encoded_len);
+        let credits_len = credits.as_ref().map_or(0, Message::encoded_len);
+
+        // status: OK (code 0, no message), which encodes as an empty message.
+        put_length_delimited_key(CHECK_STATUS, 0, buf);
+        let upstream_len = key_upstream.len() + removed_len + reservation_len;
+        put_length_delimited_key(CHECK_OK_RESPONSE, upstream_len, buf);
+        buf.put_slice(&key_upstream);
+        for name in removed() {
+            put_string_field(OK_HEADERS_TO_REMOVE, name, buf);
+        }
+        if let Some(reservation) = &reservation {
+            reservation.encode(buf)?;
+        }
+        let metadata_len = key_metadata.len() + credits_len;
+        put_length_delimited_key(CHECK_DYNAMIC_METADATA, metadata_len, buf);
+        buf.put_slice(&key_metadata);
+        if let Some(credits) = &credits {
+            credits.encode(buf)?;
+        }
+        Ok(())
+    }
+}
+
+// CheckResponse's fields (envoy/service/auth/v3/external_auth.proto).
+const CHECK_STATUS: u32 = 1;
+const CHECK_OK_RESPONSE: u32 = 3;
+const CHECK_DYNAMIC_METADATA: u32 = 4;
+/// OkHttpResponse's `headers_to_remove`.
+const OK_HEADERS_TO_REMOVE: u32 = 5;
+
+impl From<Decision> for CheckAnswer {
     fn from(decision: Decision) -> Self {
-        match decision {
+        let message = match decision {
             Decision::Allow {
                 record,
                 credits_remaining,
                 reservation,
                 key_headers,
-            } => allowed(&record, credits_remaining, reservation, key_headers),
+            } => return allowed(&record, credits_remaining, reservation, key_headers),
             Decision::Unauthenticated {
                 presented,
                 rejection,
             } => unauthenticated(presented, rejection),
             Decision::TooManyRequests(throttle) => too_many_requests(throttle),
             Decision::Forbidden(rejection) => forbidden(&rejection),
-        }
+        };
+        Self::Message(message)
     }
 }
 
@@ -46,8 +126,61 @@ fn allowed(
     record: &VerificationRecord,
     credits_remaining: CreditsLeft,
     reservation: Option<IssuedReservation>,
-    key_headers: Vec<String>,
-) -> CheckResponse {
+    key_headers: KeyHeaders,
+) -> CheckAnswer {
+    let key_part = record.encoded.check.get_or_init(|| {
+        let (upstream, metadata) = key_part(record);
+        [
+            upstream.encode_to_vec().into(),
+            metadata.encode_to_vec().into(),
+        ]
+    });
+    let reservation = reservation.map(|reservation| {
+        let expires = reservation
+            .expires_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut upstream = OkHttpResponseBuilder::new();
+        upstream
+            .add_header(
+                RESERVATION_ID_HEADER,
+                reservation.id.expose(),
+                REPLACE,
+                false,
+            )
+            .add_header(RESERVATION_EXPIRY_HEADER, expires, REPLACE, false);
+        upstream.build()
+    });
+    let credits = [
+        ("credits_remaining", credits_remaining.key),
+        (
+            "organization_credits_remaining",
+            credits_remaining.organization,
+        ),
+    ];
+    let credits = credits_remaining.spent().then(|| {
+        let fields = credits
+            .into_iter()
+            .filter_map(|(key, remaining)| {
+                let remaining = Value {
+                    kind: Some(Kind::NumberValue(remaining? as f64)),
+                };
+                Some((key.to_owned(), remaining))
+            })
+            .collect();
+        Struct { fields }
+    });
+    CheckAnswer::Allowed {
+        key_part: key_part.clone(),
+        key_headers,
+        reservation,
+        credits,
+    }
+}
+
+/// What an allowed answer says about the key itself, the same at every call
+/// while its record is cached: the upstream's headers and the dynamic
+/// metadata.
+fn key_part(record: &VerificationRecord) -> (OkHttpResponse, Struct) {
     let granted = [
         ("x-chatbot-id", "chatbot_id", record.chatbot_id.to_string()),
         (
@@ -66,60 +199,17 @@ fn allowed(
     for (header, _, value) in &granted {
         upstream.add_header(*header, value, REPLACE, false);
     }
-    for header in key_headers {
-        upstream.remove_header(header);
-    }
-    // A client's own reservation headers never reach the upstream.
-    match &reservation {
-        Some(reservation) => {
-            upstream.add_header(
-                RESERVATION_ID_HEADER,
-                reservation.id.expose(),
-                REPLACE,
-                false,
-            );
-            let expires = reservation
-                .expires_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            upstream.add_header(RESERVATION_EXPIRY_HEADER, expires, REPLACE, false);
-        }
-        None => {
-            upstream.remove_header(RESERVATION_ID_HEADER);
-            upstream.remove_header(RESERVATION_EXPIRY_HEADER);
-        }
-    }
-    let mut metadata: HashMap<String, Value> = granted
-        .into_iter()
-        .map(|(_, key, value)| {
-            (
-                key.to_owned(),
-                Value {
-                    kind: Some(Kind::StringValue(value)),
-                },
-            )
-        })
-        .collect();
-    for (key, remaining) in [
-        ("credits_remaining", credits_remaining.key),
-        (
-            "organization_credits_remaining",
-            credits_remaining.organization,
-        ),
-    ] {
-        if let Some(remaining) = remaining {
-            let remaining = Value {
-                kind: Some(Kind::NumberValue(remaining as f64)),
-            };
-            metadata.insert(key.to_owned(), remaining);
-        }
-    }
-    // What the owner attached, for keys that carry any (a plain key's
-    // answer is as it was): the external id, and the metadata as one JSON
-    // object.
-    // A client's own headers of these names never reach the upstream.
     let text = |value: String| Value {
         kind: Some(Kind::StringValue(value)),
     };
+    let mut metadata: HashMap<String, Value> = granted
+        .into_iter()
+        .map(|(_, key, value)| (key.to_owned(), text(value)))
+        .collect();
+    // What the owner attached, for keys that carry any (a plain key's
+    // answer is as it was): the external id, and the metadata as one JSON
+    // object. A client's own headers of these names never reach the
+    // upstream.
     let grants = record.grants.as_deref();
     match grants.and_then(|grants| grants.external_id.as_ref()) {
         Some(external_id) => {
@@ -140,11 +230,7 @@ fn allowed(
             upstream.remove_header(METADATA_HEADER);
         }
     }
-    let mut response = CheckResponse::with_status(Status::ok(""));
-    response
-        .set_http_response(upstream.build())
-        .set_dynamic_metadata(Some(Struct { fields: metadata }));
-    response
+    (upstream.build(), Struct { fields: metadata })
 }
 
 /// 401, with the challenge RFC 6750 describes: without an error code when

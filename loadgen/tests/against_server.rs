@@ -137,6 +137,9 @@ async fn spawn_server(database: TestDatabase) -> TestServer {
         // No console: the default port would be shared by both stores' servers.
         "--console-listen-addr",
         "off",
+        // Every GetChatbot reaches the database, where the test counts it.
+        "--chatbot-cache-capacity",
+        "0",
     ];
     let settings = TestCli::parse_from(args).settings;
     let app = Application::build(settings)

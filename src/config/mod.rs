@@ -170,6 +170,12 @@ pub struct Settings {
     #[arg(long, env = "API_KEY_CACHE_TTL_SECS", default_value_t = 10)]
     pub api_key_cache_ttl_secs: u64,
 
+    /// Most chatbots held in GetChatbot's in-process cache (invalidated on
+    /// every replica like the VerifyApiKey cache; entries live at most
+    /// API_KEY_CACHE_TTL_SECS); 0 turns the cache off.
+    #[arg(long, env = "CHATBOT_CACHE_CAPACITY", default_value_t = 10_000)]
+    pub chatbot_cache_capacity: usize,
+
     /// Batches of coalesced chatbot reads (GetChatbot) at the database at
     /// once; reads arriving meanwhile wait to go out together in the next.
     #[arg(long, env = "READ_BATCHES_IN_FLIGHT", default_value_t = 2)]

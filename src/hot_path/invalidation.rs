@@ -10,15 +10,17 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::{ApiKeyCache, KnownKeys};
+use super::{ApiKeyCache, ChatbotCache, KnownKeys};
 use crate::auth::{Memberships, ServiceAccounts, Sessions};
 use crate::db::{Invalidation, ListenEvent};
 
 /// Every cache of rows other replicas can change: the VerifyApiKey cache,
-/// the sessions behind access tokens and the organization memberships.
+/// GetChatbot's, the sessions behind access tokens and the organization
+/// memberships.
 #[derive(Clone)]
 pub struct CacheInvalidation {
     pub api_keys: Arc<ApiKeyCache>,
+    pub chatbots: Arc<ChatbotCache>,
     pub sessions: Sessions,
     pub memberships: Memberships,
     pub service_accounts: ServiceAccounts,
@@ -33,6 +35,7 @@ impl CacheInvalidation {
     /// replicas' notifications).
     pub fn invalidate_here(&self, change: &Invalidation) {
         self.api_keys.invalidate(change);
+        self.chatbots.invalidate(change);
         self.sessions.cache().invalidate(change);
         self.memberships.cache().invalidate(change);
         self.service_accounts.cache().invalidate(change);
@@ -53,6 +56,7 @@ impl CacheInvalidation {
                 self.live.set(0);
                 self.known_keys.lost();
                 self.api_keys.deactivate();
+                self.chatbots.deactivate();
                 self.sessions.cache().deactivate();
                 self.memberships.cache().deactivate();
                 self.service_accounts.cache().deactivate();
@@ -61,6 +65,7 @@ impl CacheInvalidation {
                 Some(change) => self.invalidate_here(&change),
                 None => {
                     self.api_keys.clear();
+                    self.chatbots.clear();
                     self.sessions.cache().clear();
                     self.memberships.cache().clear();
                     self.service_accounts.cache().clear();
@@ -73,6 +78,7 @@ impl CacheInvalidation {
     /// changes (SQLite), where [`Self::invalidate_here`] sees every change.
     pub fn activate(&self) {
         self.api_keys.activate();
+        self.chatbots.activate();
         self.sessions.cache().activate();
         self.memberships.cache().activate();
         self.service_accounts.cache().activate();

@@ -9,9 +9,12 @@
 //! - [`known_keys`]: VerifyApiKey answers a well-formed key that does not
 //!   exist without a query, on every replica, and never "not found" for a
 //!   key whose creation has committed anywhere.
-//! - [`read_coalescing`]: GetChatbot's point reads that arrive together go
-//!   to the database as one statement; a read still sees every write
-//!   committed before it arrived.
+//! - [`chatbot_cache`]: GetChatbot answers a chatbot read lately without a
+//!   query; like the VerifyApiKey cache, it never serves a row a committed
+//!   change made stale.
+//! - [`read_coalescing`]: GetChatbot's point reads that the cache cannot
+//!   answer and that arrive together go to the database as one statement;
+//!   a read still sees every write committed before it arrived.
 //! - [`last_used`]: VerifyApiKey writes no last-used time per call; they are written
 //!   in one batch per interval, and a failed batch is retried, never lost
 //!   or moved back in time.
@@ -29,6 +32,7 @@
 
 pub mod api_key_cache;
 pub mod batch_queue;
+pub mod chatbot_cache;
 pub mod credit_spends;
 pub mod invalidation;
 pub mod known_keys;
@@ -37,6 +41,7 @@ pub mod read_coalescing;
 pub mod usage;
 
 pub use api_key_cache::ApiKeyCache;
+pub use chatbot_cache::ChatbotCache;
 pub use credit_spends::{CreditSpends, Finish, Hold, SpendOutcome};
 pub use invalidation::CacheInvalidation;
 pub use known_keys::KnownKeys;

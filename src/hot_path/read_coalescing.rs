@@ -1,4 +1,5 @@
-//! Coalesced point reads of chatbots, the path GetChatbot takes.
+//! Coalesced point reads of chatbots, the path GetChatbot takes when the
+//! chatbot is not in its cache ([`super::chatbot_cache`]).
 //!
 //! Each read on its own costs a pooled connection, a round trip and a
 //! PostgreSQL wake-up, and under load those, not the row lookup, are what
@@ -22,6 +23,8 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use super::batch_queue::{fail_all, within, BatchQueue, BatchSettings, Pending};
+use super::chatbot_cache::ChatbotCache;
+use crate::cache::Lookup;
 use crate::db::models::Chatbot;
 use crate::db::Database;
 use crate::domain::ChatbotId;
@@ -35,11 +38,12 @@ const MAX_BATCH: usize = 128;
 /// dispatcher.
 pub struct ChatbotReads {
     queue: BatchQueue<ChatbotId, Option<Chatbot>>,
+    cache: Arc<ChatbotCache>,
     stats: Arc<ReadStats>,
 }
 
-/// Reads asked for and statements sent for them, so far; their ratio is the
-/// mean batch size.
+/// Reads sent to the database (not answered by the cache) and statements
+/// sent for them, so far; their ratio is the mean batch size.
 #[derive(Debug, Default)]
 pub struct ReadStats {
     reads: AtomicU64,
@@ -60,8 +64,9 @@ type PendingRead = Pending<ChatbotId, Option<Chatbot>>;
 
 impl ChatbotReads {
     /// Starts the dispatcher on the current runtime; `settings.in_flight`
-    /// bounds the connections it holds at once.
-    pub fn start(db: Database, settings: BatchSettings) -> Self {
+    /// bounds the connections it holds at once. Rows read are kept in
+    /// `cache`.
+    pub fn start(db: Database, settings: BatchSettings, cache: Arc<ChatbotCache>) -> Self {
         let batch_timeout = settings.timeout;
         let stats = Arc::new(ReadStats::default());
         let counted = stats.clone();
@@ -70,15 +75,31 @@ impl ChatbotReads {
             let db = db.clone();
             async move { answer(&db, reads, batch_timeout).await }
         });
-        Self { queue, stats }
+        Self {
+            queue,
+            cache,
+            stats,
+        }
     }
 
     pub fn stats(&self) -> Arc<ReadStats> {
         self.stats.clone()
     }
 
-    /// The chatbot, if it exists.
+    /// The chatbot, if it exists: from the cache, else read (and cached).
     pub async fn find(&self, id: ChatbotId) -> AppResult<Option<Chatbot>> {
+        let generation = match self.cache.get(&id) {
+            Lookup::Hit(row) => return Ok(Some(Chatbot::clone(&row))),
+            Lookup::Miss(generation) => generation,
+        };
+        let found = self.read(id).await?;
+        if let Some(row) = &found {
+            self.cache.insert(&id, Arc::new(row.clone()), generation);
+        }
+        Ok(found)
+    }
+
+    async fn read(&self, id: ChatbotId) -> AppResult<Option<Chatbot>> {
         let answer = self.queue.enqueue(id)?;
         // Counted once queued, so a count that includes a read means the
         // dispatcher can see it.

@@ -30,7 +30,9 @@ use crate::db::{self, BarrierRequest, Database, DatabaseTarget, ServeLock};
 use crate::gate::GateLayer;
 use crate::health;
 use crate::hot_path::batch_queue::{BatchSettings, QueueBound};
-use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads, KnownKeys, ReadStats};
+use crate::hot_path::{
+    ApiKeyCache, CacheInvalidation, ChatbotCache, ChatbotReads, KnownKeys, ReadStats,
+};
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
 use crate::panics::CatchPanicLayer;
@@ -198,6 +200,14 @@ impl Application {
             )
             .counting_lookups(hits, misses),
         );
+        let (hits, misses) = metrics.cache_lookups("chatbots");
+        let chatbot_cache = Arc::new(
+            ChatbotCache::new(
+                settings.chatbot_cache_capacity,
+                Duration::from_secs(settings.api_key_cache_ttl_secs),
+            )
+            .counting_lookups(hits, misses),
+        );
         let rate_limits = RateLimits::new(settings.rate_limit_settings(), shared_limits);
         let batches = |in_flight, queue| {
             let bound = QueueBound {
@@ -225,10 +235,12 @@ impl Application {
             chatbot_reads: ChatbotReads::start(
                 db.clone(),
                 batches(settings.read_batches_in_flight, "chatbot_reads"),
+                chatbot_cache.clone(),
             ),
             verifier,
             caches: CacheInvalidation {
                 api_keys: api_key_cache.clone(),
+                chatbots: chatbot_cache,
                 sessions: sessions.clone(),
                 memberships: memberships.clone(),
                 service_accounts: service_accounts.clone(),

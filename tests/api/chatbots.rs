@@ -299,9 +299,13 @@ async fn mixed_reads(app: &crate::helpers::TestApp) -> Vec<ExpectedRead> {
     reads
 }
 
+/// What a test that counts GetChatbot's reads at the database runs with:
+/// no cache in front of them.
+const NO_CHATBOT_CACHE: &[&str] = &["--chatbot-cache-capacity", "0"];
+
 backend_test! {
     async fn concurrent_reads_each_get_the_answer_they_would_get_alone() {
-        let app = spawn_app().await;
+        let app = spawn_app_with(NO_CHATBOT_CACHE).await;
         let reads = mixed_reads(&app).await;
         let reads_before = app.chatbot_reads.reads();
         let count = reads.len() as u64;
@@ -334,8 +338,13 @@ backend_test! {
 }
 
 /// What every held-batch test's server allows: one read batch in flight,
-/// so the held one keeps the others queued.
-const ONE_READ_BATCH_IN_FLIGHT: &[&str] = &["--read-batches-in-flight", "1"];
+/// so the held one keeps the others queued, and no cache in front of them.
+const ONE_READ_BATCH_IN_FLIGHT: &[&str] = &[
+    "--read-batches-in-flight",
+    "1",
+    "--chatbot-cache-capacity",
+    "0",
+];
 
 /// What the held-batch tests read: the mixed reads, and one more read to
 /// hold. Made before anything is held, since making it needs the database.

@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 mod authorization;
 mod backup;
+mod chatbot_cache;
 mod chatbots;
 mod console;
 mod credit_top_ups;

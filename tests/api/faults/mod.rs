@@ -324,6 +324,8 @@ async fn reads_beyond_the_batch_queue_are_refused_at_once_with_retry_info_and_co
         "1",
         "--read-batches-in-flight",
         "1",
+        "--chatbot-cache-capacity",
+        "0",
         "--metrics-addr",
         "127.0.0.1:0",
     ])

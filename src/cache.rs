@@ -1,6 +1,7 @@
 //! In-process caches of rows that other replicas can change: the
-//! VerifyApiKey lookups and the sessions behind access tokens. They exist so
-//! that a hot key or a signed-in caller costs no database query, and they
+//! VerifyApiKey lookups, GetChatbot's chatbots, and the sessions,
+//! memberships and service accounts behind callers. They exist so that a hot
+//! key, a chatbot or a signed-in caller costs no database query, and they
 //! must never serve a row that a committed change made stale.
 //!
 //! Correctness comes before hits:

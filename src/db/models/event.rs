@@ -43,29 +43,44 @@ impl OrganizationEvent {
         let Some(organization) = record.target.organization else {
             return Ok(());
         };
-        let Some(sequence) = next_sequence(conn, organization).await? else {
-            return Ok(());
-        };
         // The changes as the audit log keeps them: no secret is ever in one.
         let changes = serde_json::to_string(&record.changes)
             .map_err(|error| diesel::result::Error::SerializationError(Box::new(error)))?;
+        let event = RecordEvent {
+            organization: organization.0,
+            id: EventId::generate().0,
+            event_type: record.action.name(),
+            resource_type: record.target.kind.name(),
+            resource_id: record.target.id.clone(),
+            changes,
+            created_at: Utc::now(),
+            resource_state: record.state.as_ref().map(|state| state.0.clone()),
+        };
+        let conn = match conn {
+            DbConnection::Postgres(conn) => {
+                return event.execute(&mut **conn).await.map(drop);
+            }
+            DbConnection::Sqlite(conn) => conn,
+        };
+        let conn: &mut crate::db::SqliteAsyncConnection = conn;
+        let Some(sequence) = next_sequence_on_sqlite(conn, organization).await? else {
+            return Ok(());
+        };
         let row = (
             organization_events::organization_id.eq(organization),
             organization_events::sequence.eq(sequence),
-            organization_events::id.eq(EventId::generate()),
-            organization_events::event_type.eq(record.action.name()),
-            organization_events::resource_type.eq(record.target.kind.name()),
-            organization_events::resource_id.eq(&record.target.id),
-            organization_events::changes.eq(changes),
-            organization_events::created_at.eq(Timestamp::now()),
-            organization_events::resource_state.eq(record.state.as_ref().map(|state| &state.0)),
+            organization_events::id.eq(EventId(event.id)),
+            organization_events::event_type.eq(event.event_type),
+            organization_events::resource_type.eq(event.resource_type),
+            organization_events::resource_id.eq(&event.resource_id),
+            organization_events::changes.eq(&event.changes),
+            organization_events::created_at.eq(Timestamp(event.created_at)),
+            organization_events::resource_state.eq(event.resource_state.as_deref()),
         );
-        db_run!(conn => {
-            diesel::insert_into(organization_events::table)
-                .values(row)
-                .execute(conn)
-                .await
-        })?;
+        diesel::insert_into(organization_events::table)
+            .values(row)
+            .execute(conn)
+            .await?;
         Ok(())
     }
 
@@ -146,11 +161,71 @@ impl OrganizationEvent {
     }
 }
 
-/// The organization's next event number, its counter row locked until the
-/// transaction ends (one statement: created at 1, else incremented); `None`
-/// if the organization is gone (deleted by this very transaction).
-async fn next_sequence(
-    conn: &mut DbConnection,
+/// One event of [`OrganizationEvent::record`] on PostgreSQL, in one
+/// statement: the organization's counter is incremented (created at 1; its
+/// row stays locked until the transaction ends) and the event inserted with
+/// that number, or nothing if the organization is gone (deleted by this
+/// very transaction). One round trip, prepared once per connection (a
+/// static query id; diesel prepares a `sql_query` anew on every call): the
+/// counter's lock, which orders an organization's changes, is held for the
+/// insert's and the commit's round trips only.
+#[derive(diesel::query_builder::QueryId)]
+struct RecordEvent {
+    organization: uuid::Uuid,
+    id: uuid::Uuid,
+    event_type: &'static str,
+    resource_type: &'static str,
+    resource_id: String,
+    changes: String,
+    created_at: DateTime<Utc>,
+    resource_state: Option<Vec<u8>>,
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for RecordEvent {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        use diesel::sql_types::{Binary, Nullable, Text};
+
+        use crate::db::sql_types::{DbTimestamp, DbUuid};
+        out.push_sql(
+            "WITH next AS ( \
+                 INSERT INTO organization_event_counters (organization_id, last_sequence) \
+                 SELECT id, 1 FROM organizations WHERE id = ",
+        );
+        out.push_bind_param::<DbUuid, _>(&self.organization)?;
+        out.push_sql(
+            " ON CONFLICT (organization_id) DO UPDATE \
+                 SET last_sequence = organization_event_counters.last_sequence + 1 \
+                 RETURNING organization_id, last_sequence) \
+             INSERT INTO organization_events (organization_id, sequence, id, event_type, \
+                 resource_type, resource_id, changes, created_at, resource_state) \
+             SELECT organization_id, last_sequence, ",
+        );
+        out.push_bind_param::<DbUuid, _>(&self.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(self.event_type)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(self.resource_type)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.resource_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.changes)?;
+        out.push_sql(", ");
+        out.push_bind_param::<DbTimestamp, _>(&self.created_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Binary>, _>(&self.resource_state)?;
+        out.push_sql(" FROM next");
+        Ok(())
+    }
+}
+
+/// The organization's next event number on SQLite (whose one writer at a
+/// time already orders the changes), or `None` if the organization is gone
+/// (deleted by this very transaction).
+async fn next_sequence_on_sqlite(
+    conn: &mut crate::db::SqliteAsyncConnection,
     organization: OrganizationId,
 ) -> diesel::QueryResult<Option<i64>> {
     use diesel::sql_types::BigInt;
@@ -161,36 +236,19 @@ async fn next_sequence(
         #[diesel(sql_type = BigInt)]
         last_sequence: i64,
     }
-    let id = organization.0;
-    let next: Option<Next> = match conn {
-        DbConnection::Postgres(conn) => diesel::sql_query(
-            "INSERT INTO organization_event_counters (organization_id, last_sequence) \
-                 SELECT id, 1 FROM organizations WHERE id = $1 \
-                 ON CONFLICT (organization_id) DO UPDATE \
-                 SET last_sequence = organization_event_counters.last_sequence + 1 \
-                 RETURNING last_sequence",
-        )
-        .bind::<crate::db::sql_types::DbUuid, _>(id)
-        .get_result(&mut **conn)
-        .await
-        .optional()?,
-        DbConnection::Sqlite(conn) => {
-            let conn: &mut crate::db::SqliteAsyncConnection = conn;
-            // "WHERE true" keeps SQLite from reading ON CONFLICT as the
-            // SELECT's join constraint.
-            diesel::sql_query(
-                "INSERT INTO organization_event_counters (organization_id, last_sequence) \
-                 SELECT id, 1 FROM organizations WHERE id = ? AND true \
-                 ON CONFLICT (organization_id) DO UPDATE \
-                 SET last_sequence = organization_event_counters.last_sequence + 1 \
-                 RETURNING last_sequence",
-            )
-            .bind::<crate::db::sql_types::DbUuid, _>(id)
-            .get_result(conn)
-            .await
-            .optional()?
-        }
-    };
+    // "WHERE true" keeps SQLite from reading ON CONFLICT as the SELECT's
+    // join constraint.
+    let next: Option<Next> = diesel::sql_query(
+        "INSERT INTO organization_event_counters (organization_id, last_sequence) \
+         SELECT id, 1 FROM organizations WHERE id = ? AND true \
+         ON CONFLICT (organization_id) DO UPDATE \
+         SET last_sequence = organization_event_counters.last_sequence + 1 \
+         RETURNING last_sequence",
+    )
+    .bind::<crate::db::sql_types::DbUuid, _>(organization.0)
+    .get_result(conn)
+    .await
+    .optional()?;
     Ok(next.map(|next| next.last_sequence))
 }
 

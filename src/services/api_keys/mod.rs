@@ -108,7 +108,7 @@ impl ApiKeyService for ApiKeys {
         &self,
         request: Request<VerifyApiKeyRequest>,
     ) -> Rpc<VerifyApiKeyResponse> {
-        let answer = verify_api_key(&self.0, request).await?;
+        let answer = verification_answer(&self.0, request).await?;
         let (metadata, answer, extensions) = answer.into_parts();
         let message = answer.into_message()?;
         Ok(tonic::Response::from_parts(metadata, message, extensions))
@@ -216,11 +216,12 @@ impl AnsweredMethod for VerifyMethod {
     type Answer = VerifyAnswer;
 
     async fn call(&self, request: Request<VerifyApiKeyRequest>) -> Rpc<VerifyAnswer> {
-        verify_api_key(&self.0, request).await
+        verification_answer(&self.0, request).await
     }
 }
 
-async fn verify_api_key(
+/// VerifyApiKey's answer to `request`, however it is then sent.
+async fn verification_answer(
     state: &AppState,
     request: Request<VerifyApiKeyRequest>,
 ) -> Rpc<VerifyAnswer> {

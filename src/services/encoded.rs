@@ -54,6 +54,14 @@ pub trait WriteAnswer: Send + 'static {
     }
 }
 
+/// An answer written as bytes, as the message it encodes: what a generated
+/// trait's method returns for a method [`AnswerWritten`] serves.
+pub fn as_message<A: WriteAnswer, M: prost::Message + Default>(answer: Rpc<A>) -> Rpc<M> {
+    let (metadata, answer, extensions) = answer?.into_parts();
+    let message = answer.into_message()?;
+    Ok(tonic::Response::from_parts(metadata, message, extensions))
+}
+
 fn encode_failed(error: EncodeError) -> Status {
     tracing::error!(%error, "an answer could not be encoded");
     Status::internal("internal error")

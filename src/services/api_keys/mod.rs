@@ -23,7 +23,7 @@ pub use operations::{
     update_api_key, NewKey, RotatedKey,
 };
 
-use super::encoded::{AnsweredMethod, WriteAnswer};
+use super::encoded::{as_message, AnsweredMethod, WriteAnswer};
 use super::{convert, usage, AppState, Origin, Rpc};
 use crate::db::models::VerificationRecord;
 use crate::domain::{
@@ -108,10 +108,7 @@ impl ApiKeyService for ApiKeys {
         &self,
         request: Request<VerifyApiKeyRequest>,
     ) -> Rpc<VerifyApiKeyResponse> {
-        let answer = verification_answer(&self.0, request).await?;
-        let (metadata, answer, extensions) = answer.into_parts();
-        let message = answer.into_message()?;
-        Ok(tonic::Response::from_parts(metadata, message, extensions))
+        as_message(verification_answer(&self.0, request).await)
     }
 
     async fn settle_reservation(

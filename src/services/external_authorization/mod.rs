@@ -24,7 +24,7 @@ use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use http::HeaderName;
 use tonic::Request;
 
-use super::encoded::{AnsweredMethod, WriteAnswer};
+use super::encoded::{as_message, AnsweredMethod};
 use super::{AppState, Origin, Rpc};
 use crate::db::models::VerificationRecord;
 use crate::domain::{
@@ -85,10 +85,7 @@ impl ExternalAuthorization {
 #[tonic::async_trait]
 impl Authorization for ExternalAuthorization {
     async fn check(&self, request: Request<CheckRequest>) -> Rpc<CheckResponse> {
-        let answer = self.answer(request).await?;
-        let (metadata, answer, extensions) = answer.into_parts();
-        let message = answer.into_message()?;
-        Ok(tonic::Response::from_parts(metadata, message, extensions))
+        as_message(self.answer(request).await)
     }
 }
 

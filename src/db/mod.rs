@@ -42,7 +42,7 @@ pub use migrate::{back_up, revert_last_migration, run_migrations, schema_version
 pub use pool::{Database, PoolError, PoolSettings};
 pub use target::{DatabaseTarget, ServeLock};
 pub use tls::{PgConnectError, PgConnector};
-pub use write::{write, Written};
+pub use write::{insert, write, Written};
 
 /// Whether `error` is a foreign key refusing a change: PostgreSQL's or
 /// SQLite's own, or one of the triggers that stand in for a foreign key on

@@ -6,7 +6,7 @@
 
 use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 
-use super::models::{AuditActor, AuditEvent, OrganizationEvent};
+use super::models::{AuditActor, AuditEvent};
 use super::{notify_invalidation, DbConnection, Invalidation};
 use crate::domain::AuditRecord;
 
@@ -59,14 +59,47 @@ where
         async move {
             let Written { value, records } = change(&mut *conn).await?;
             for record in &records {
+                // With the change as an event of its organization (the outbox).
                 AuditEvent::record(conn, &actor, record).await?;
-                // The outbox: the change as an event of its organization.
-                OrganizationEvent::record(conn, record).await?;
             }
             if let Some(stale) = stale {
                 notify_invalidation(conn, &stale).await?;
             }
             Ok(value)
+        }
+        .scope_boxed()
+    })
+    .await
+}
+
+/// A change that is one insert of a row known before it is written, in an
+/// organization. On PostgreSQL the insert, its audit record and the
+/// organization's event are one statement that commits on its own: one
+/// round trip where [`write`] takes four (BEGIN, the insert, the records,
+/// COMMIT), and the organization's counter is locked only while PostgreSQL
+/// commits, not across round trips. Elsewhere (SQLite, or a change outside
+/// any organization), [`write`] runs it. Returns the rows inserted.
+pub async fn insert<I>(
+    conn: &mut DbConnection,
+    actor: AuditActor,
+    record: AuditRecord,
+    insert: I,
+) -> diesel::QueryResult<usize>
+where
+    I: diesel::query_builder::QueryFragment<diesel::pg::Pg>
+        + diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite>
+        + diesel::query_builder::QueryId
+        + Send,
+{
+    if matches!(conn, DbConnection::Postgres(_)) && record.target.organization.is_some() {
+        return AuditEvent::record_with_change(conn, &actor, &record, insert).await;
+    }
+    write(conn, actor, None, |conn| {
+        async move {
+            let inserted = crate::db::db_run!(conn => {
+                diesel_async::RunQueryDsl::execute(insert, conn).await
+            })?;
+            Ok(Written::recorded(inserted, record))
         }
         .scope_boxed()
     })

@@ -226,30 +226,35 @@ pub async fn create_chatbot(
         .request
         .as_ref()
         .map(|request| retries::request_key(caller, "CreateChatbot", request));
-    let retry = retry.as_ref();
+    let Some(retry) = retry.as_ref() else {
+        // No request id to claim: the insert and its records are one
+        // statement on PostgreSQL (see db::insert).
+        let (chatbot, insert) = Chatbot::insertion(new);
+        let target = AuditTarget::chatbot(chatbot.id, chatbot.owner_id, chatbot.organization_id);
+        let record = AuditRecord::new(AuditAction::ChatbotCreate, target)
+            .with_state(state_of(chatbot.clone()));
+        crate::db::insert(&mut conn, audit::actor(caller), record, insert)
+            .await
+            .map_err(organization_gone)?;
+        tracing::info!(chatbot_id = %chatbot.id, owner_id = %chatbot.owner_id, "chatbot created");
+        return Ok(chatbot);
+    };
     // A new chatbot: no cache holds it.
     let chatbot = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
-                if let Some(key) = retry {
-                    if let Some(first) = retries::claim(conn, key, None, Utc::now()).await? {
-                        let id = ChatbotId::parse("id", &first.resource_id)
-                            .map_err(|_| retries::deleted_since("chatbot"))?;
-                        let chatbot = Chatbot::find(conn, id)
-                            .await?
-                            .ok_or_else(|| retries::deleted_since("chatbot"))?;
-                        return Ok(Written::unrecorded(chatbot));
-                    }
+                if let Some(first) = retries::claim(conn, retry, None, Utc::now()).await? {
+                    let id = ChatbotId::parse("id", &first.resource_id)
+                        .map_err(|_| retries::deleted_since("chatbot"))?;
+                    let chatbot = Chatbot::find(conn, id)
+                        .await?
+                        .ok_or_else(|| retries::deleted_since("chatbot"))?;
+                    return Ok(Written::unrecorded(chatbot));
                 }
-                let chatbot = Chatbot::insert(conn, new).await.map_err(|error| {
-                    match crate::db::is_foreign_key_violation(&error) {
-                        true => AppError::NotFound("organization"),
-                        false => error.into(),
-                    }
-                })?;
-                if let Some(key) = retry {
-                    CreateRequest::created(conn, key, &chatbot.id.to_string()).await?;
-                }
+                let chatbot = Chatbot::insert(conn, new)
+                    .await
+                    .map_err(organization_gone)?;
+                CreateRequest::created(conn, retry, &chatbot.id.to_string()).await?;
                 let target =
                     AuditTarget::chatbot(chatbot.id, chatbot.owner_id, chatbot.organization_id);
                 let record = AuditRecord::new(AuditAction::ChatbotCreate, target)
@@ -261,6 +266,15 @@ pub async fn create_chatbot(
         .await?;
     tracing::info!(chatbot_id = %chatbot.id, owner_id = %chatbot.owner_id, "chatbot created");
     Ok(chatbot)
+}
+
+/// A chatbot's insert failing its foreign key: its organization (or the
+/// person accountable) was deleted meanwhile.
+fn organization_gone(error: diesel::result::Error) -> AppError {
+    match crate::db::is_foreign_key_violation(&error) {
+        true => AppError::NotFound("organization"),
+        false => error.into(),
+    }
 }
 
 /// Through the coalesced reads of [`crate::hot_path::read_coalescing`].

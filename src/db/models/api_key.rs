@@ -49,6 +49,7 @@ pub struct ApiKey {
 /// A key to insert.
 #[derive(Insertable)]
 #[diesel(table_name = api_keys)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 pub struct NewApiKey<'a> {
     pub chatbot_id: ChatbotId,
     pub display_name: &'a str,

@@ -10,6 +10,7 @@ use diesel::{
     Queryable, Selectable,
 };
 
+use crate::db::models::OrganizationEvent;
 use crate::db::schema::{audit_events, organization_members, users};
 use crate::db::sql_types::Timestamp;
 use crate::db::DbConnection;
@@ -41,6 +42,7 @@ const REFUSAL_WINDOW_SECS: i64 = 3600;
 
 #[derive(Insertable)]
 #[diesel(table_name = audit_events)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 struct NewAuditEvent<'a> {
     occurred_at: Timestamp,
     action: &'a str,
@@ -87,21 +89,38 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// Records a change that succeeded, in the caller's transaction, with
-    /// the actor's email as it is now.
+    /// the actor's email as it is now, and with it the change as an event
+    /// of its organization (the outbox; [`OrganizationEvent`]).
     pub async fn record(
         conn: &mut DbConnection,
         actor: &AuditActor,
         record: &AuditRecord,
     ) -> diesel::QueryResult<()> {
         let new = Self::new_row(conn, actor, record, SUCCEEDED, None).await?;
-        crate::db::db_run!(conn => {
-            diesel_async::RunQueryDsl::execute(
-                diesel::insert_into(audit_events::table).values(&new),
-                conn,
-            )
-            .await
-        })
-        .map(drop)
+        let insert = diesel::insert_into(audit_events::table).values(&new);
+        OrganizationEvent::record_with_audit(conn, record, insert).await
+    }
+
+    /// [`Self::record`] and `change` (an insert), as one statement that
+    /// commits on its own: see [`OrganizationEvent::record_with_change`].
+    /// Returns the rows `change` inserted.
+    pub async fn record_with_change<C>(
+        conn: &mut DbConnection,
+        actor: &AuditActor,
+        record: &AuditRecord,
+        change: C,
+    ) -> diesel::QueryResult<usize>
+    where
+        C: diesel::query_builder::QueryFragment<diesel::pg::Pg>
+            + diesel::query_builder::QueryId
+            + Send,
+    {
+        let new = Self::new_row(conn, actor, record, SUCCEEDED, None).await?;
+        let insert = diesel::insert_into(audit_events::table).values(&new);
+        let DbConnection::Postgres(conn) = conn else {
+            return Err(diesel::result::Error::NotInTransaction);
+        };
+        OrganizationEvent::record_with_change(conn, record, insert, change).await
     }
 
     /// Records a refused attempt: a new row, or one more repeat of the same

@@ -28,6 +28,7 @@ pub struct Chatbot {
 /// A chatbot to insert.
 #[derive(Debug, Insertable)]
 #[diesel(table_name = chatbots)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 pub struct NewChatbot {
     pub id: ChatbotId,
     pub organization_id: OrganizationId,
@@ -71,6 +72,39 @@ impl Chatbot {
                 .filter(chatbots::id.eq_any(ids))
                 .select(Chatbot::as_select())
         )
+    }
+
+    /// The chatbot `new` becomes, stamped now (to the microsecond, as both
+    /// stores keep it), and the statement that inserts it: for
+    /// [`crate::db::insert`], which needs the row before it is written.
+    pub fn insertion(
+        new: &NewChatbot,
+    ) -> (
+        Chatbot,
+        impl diesel::query_builder::QueryFragment<diesel::pg::Pg>
+            + diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite>
+            + diesel::query_builder::QueryId
+            + Send
+            + '_,
+    ) {
+        use chrono::SubsecRound;
+        let now = Utc::now().trunc_subsecs(6);
+        let chatbot = Chatbot {
+            id: new.id,
+            owner_id: new.owner_id,
+            name: new.name.clone(),
+            llm_endpoint_url: new.llm_endpoint_url.clone(),
+            created_at: now,
+            updated_at: now,
+            organization_id: new.organization_id,
+        };
+        let stamped = crate::db::sql_types::Timestamp(now);
+        let insert = diesel::insert_into(chatbots::table).values((
+            new,
+            chatbots::created_at.eq(stamped),
+            chatbots::updated_at.eq(stamped),
+        ));
+        (chatbot, insert)
     }
 
     /// The chatbot's organization and owner: what authorizing a call about

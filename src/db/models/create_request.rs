@@ -13,6 +13,7 @@ use crate::domain::CreateRequestUuid;
 /// and a digest of the rest of the request.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = create_requests)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 pub struct RequestKey {
     pub caller: String,
     pub method: &'static str,

@@ -35,34 +35,40 @@ pub struct OrganizationEvent {
 }
 
 impl OrganizationEvent {
-    /// Records `record` as the next event of its organization, in the
-    /// caller's transaction; nothing for a change outside any organization
-    /// (a user's own account) or in one this transaction deleted.
-    pub async fn record(conn: &mut DbConnection, record: &AuditRecord) -> diesel::QueryResult<()> {
+    /// Records `record`'s audit row (`audit`, its insert) and, for a
+    /// change in an organization, the organization's next event, in the
+    /// caller's transaction. On PostgreSQL that is one statement; no event
+    /// for a change outside any organization (a user's own account) or in
+    /// one this transaction deleted.
+    pub async fn record_with_audit<A>(
+        conn: &mut DbConnection,
+        record: &AuditRecord,
+        audit: A,
+    ) -> diesel::QueryResult<()>
+    where
+        A: diesel::query_builder::QueryFragment<diesel::pg::Pg>
+            + diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite>
+            + diesel::query_builder::QueryId
+            + Send,
+    {
         use diesel_async::RunQueryDsl;
-        let Some(organization) = record.target.organization else {
-            return Ok(());
+        let Some(event) = RecordEvent::of(record)? else {
+            return crate::db::db_run!(conn => audit.execute(conn).await).map(drop);
         };
-        // The changes as the audit log keeps them: no secret is ever in one.
-        let changes = serde_json::to_string(&record.changes)
-            .map_err(|error| diesel::result::Error::SerializationError(Box::new(error)))?;
-        let event = RecordEvent {
-            organization: organization.0,
-            id: EventId::generate().0,
-            event_type: record.action.name(),
-            resource_type: record.target.kind.name(),
-            resource_id: record.target.id.clone(),
-            changes,
-            created_at: Utc::now(),
-            resource_state: record.state.as_ref().map(|state| state.0.clone()),
-        };
+        let organization = OrganizationId(event.organization);
         let conn = match conn {
             DbConnection::Postgres(conn) => {
-                return event.execute(&mut **conn).await.map(drop);
+                let both = AuditedEvent::<A, NoChange> {
+                    audit,
+                    event,
+                    change: None,
+                };
+                return both.execute(&mut **conn).await.map(drop);
             }
             DbConnection::Sqlite(conn) => conn,
         };
         let conn: &mut crate::db::SqliteAsyncConnection = conn;
+        audit.execute(&mut *conn).await?;
         let Some(sequence) = next_sequence_on_sqlite(conn, organization).await? else {
             return Ok(());
         };
@@ -82,6 +88,35 @@ impl OrganizationEvent {
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    /// `change` (an insert), `audit` (its audit row, recording `record`)
+    /// and the organization's event of it, as one PostgreSQL statement:
+    /// outside a transaction it commits on its own, all or nothing, and the
+    /// counter's lock is held only while PostgreSQL commits. Returns the
+    /// rows `change` inserted; `record` must be of an organization.
+    pub async fn record_with_change<A, C>(
+        conn: &mut diesel_async::AsyncPgConnection,
+        record: &AuditRecord,
+        audit: A,
+        change: C,
+    ) -> diesel::QueryResult<usize>
+    where
+        A: diesel::query_builder::QueryFragment<diesel::pg::Pg>
+            + diesel::query_builder::QueryId
+            + Send,
+        C: diesel::query_builder::QueryFragment<diesel::pg::Pg>
+            + diesel::query_builder::QueryId
+            + Send,
+    {
+        use diesel_async::RunQueryDsl;
+        let event = RecordEvent::of(record)?.ok_or(diesel::result::Error::NotFound)?;
+        let all = AuditedEvent {
+            audit,
+            event,
+            change: Some(change),
+        };
+        all.execute(conn).await
     }
 
     /// Up to `limit` of the organization's events after number `after`, in
@@ -161,14 +196,11 @@ impl OrganizationEvent {
     }
 }
 
-/// One event of [`OrganizationEvent::record`] on PostgreSQL, in one
-/// statement: the organization's counter is incremented (created at 1; its
-/// row stays locked until the transaction ends) and the event inserted with
-/// that number, or nothing if the organization is gone (deleted by this
-/// very transaction). One round trip, prepared once per connection (a
-/// static query id; diesel prepares a `sql_query` anew on every call): the
-/// counter's lock, which orders an organization's changes, is held for the
-/// insert's and the commit's round trips only.
+/// One event of [`OrganizationEvent::record_with_audit`] on PostgreSQL:
+/// the organization's counter is incremented (created at 1; its row stays
+/// locked until the transaction ends) and the event inserted with that
+/// number, or nothing if the organization is gone (deleted by this very
+/// transaction).
 #[derive(diesel::query_builder::QueryId)]
 struct RecordEvent {
     organization: uuid::Uuid,
@@ -181,7 +213,58 @@ struct RecordEvent {
     resource_state: Option<Vec<u8>>,
 }
 
-impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for RecordEvent {
+impl RecordEvent {
+    /// The event of `record`; `None` for a change outside any organization.
+    fn of(record: &AuditRecord) -> diesel::QueryResult<Option<Self>> {
+        let Some(organization) = record.target.organization else {
+            return Ok(None);
+        };
+        // The changes as the audit log keeps them: no secret is ever in one.
+        let changes = serde_json::to_string(&record.changes)
+            .map_err(|error| diesel::result::Error::SerializationError(Box::new(error)))?;
+        Ok(Some(Self {
+            organization: organization.0,
+            id: EventId::generate().0,
+            event_type: record.action.name(),
+            resource_type: record.target.kind.name(),
+            resource_id: record.target.id.clone(),
+            changes,
+            created_at: Utc::now(),
+            resource_state: record.state.as_ref().map(|state| state.0.clone()),
+        }))
+    }
+}
+
+/// A change's audit row and its organization's event in one statement, so
+/// one round trip: prepared once per connection (a static query id, as
+/// the audit insert's is), and the counter's lock, which orders an
+/// organization's changes, is held for the commit's round trip only. With
+/// `change` (an insert), that too, after the WITH.
+#[derive(diesel::query_builder::QueryId)]
+struct AuditedEvent<A, C> {
+    audit: A,
+    event: RecordEvent,
+    change: Option<C>,
+}
+
+/// No change: [`AuditedEvent`]'s event insert is its main statement.
+#[derive(diesel::query_builder::QueryId)]
+struct NoChange;
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for NoChange {
+    fn walk_ast<'b>(
+        &'b self,
+        _: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        Ok(())
+    }
+}
+
+impl<A, C> diesel::query_builder::QueryFragment<diesel::pg::Pg> for AuditedEvent<A, C>
+where
+    A: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
+    C: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
+{
     fn walk_ast<'b>(
         &'b self,
         mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
@@ -189,34 +272,47 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for RecordEvent {
         use diesel::sql_types::{Binary, Nullable, Text};
 
         use crate::db::sql_types::{DbTimestamp, DbUuid};
+        let event = &self.event;
+        // A data-modifying WITH runs once whether or not it is read.
+        out.push_sql("WITH audit AS (");
+        self.audit.walk_ast(out.reborrow())?;
         out.push_sql(
-            "WITH next AS ( \
+            "), next AS ( \
                  INSERT INTO organization_event_counters (organization_id, last_sequence) \
                  SELECT id, 1 FROM organizations WHERE id = ",
         );
-        out.push_bind_param::<DbUuid, _>(&self.organization)?;
+        out.push_bind_param::<DbUuid, _>(&event.organization)?;
         out.push_sql(
             " ON CONFLICT (organization_id) DO UPDATE \
                  SET last_sequence = organization_event_counters.last_sequence + 1 \
-                 RETURNING organization_id, last_sequence) \
-             INSERT INTO organization_events (organization_id, sequence, id, event_type, \
+                 RETURNING organization_id, last_sequence) ",
+        );
+        if self.change.is_some() {
+            out.push_sql(", event AS (");
+        }
+        out.push_sql(
+            "INSERT INTO organization_events (organization_id, sequence, id, event_type, \
                  resource_type, resource_id, changes, created_at, resource_state) \
              SELECT organization_id, last_sequence, ",
         );
-        out.push_bind_param::<DbUuid, _>(&self.id)?;
+        out.push_bind_param::<DbUuid, _>(&event.id)?;
         out.push_sql(", ");
-        out.push_bind_param::<Text, _>(self.event_type)?;
+        out.push_bind_param::<Text, _>(event.event_type)?;
         out.push_sql(", ");
-        out.push_bind_param::<Text, _>(self.resource_type)?;
+        out.push_bind_param::<Text, _>(event.resource_type)?;
         out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&self.resource_id)?;
+        out.push_bind_param::<Text, _>(&event.resource_id)?;
         out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&self.changes)?;
+        out.push_bind_param::<Text, _>(&event.changes)?;
         out.push_sql(", ");
-        out.push_bind_param::<DbTimestamp, _>(&self.created_at)?;
+        out.push_bind_param::<DbTimestamp, _>(&event.created_at)?;
         out.push_sql(", ");
-        out.push_bind_param::<Nullable<Binary>, _>(&self.resource_state)?;
+        out.push_bind_param::<Nullable<Binary>, _>(&event.resource_state)?;
         out.push_sql(" FROM next");
+        if let Some(change) = &self.change {
+            out.push_sql(") ");
+            change.walk_ast(out.reborrow())?;
+        }
         Ok(())
     }
 }

@@ -414,6 +414,7 @@ pub struct KeyLimitChanges {
 /// A row to insert: the changes applied to a key without limits.
 #[derive(Insertable)]
 #[diesel(table_name = api_key_limits)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 pub struct NewKeyLimits {
     api_key_id: ApiKeyId,
     rate_limit_calls: Option<i64>,

@@ -2,6 +2,13 @@
 //! query on that table, as associated functions taking the connection.
 //! What the resource tables (users, chatbots, API keys) share is written
 //! once, in `resource_table!` and `keyset_page!` (defined before the modules, so in scope in each).
+//!
+//! Every insert type says `treat_none_as_default_value = false`: a `None`
+//! is inserted as NULL (no such column has another default). diesel's
+//! default writes each field as "value or DEFAULT", and a statement whose
+//! text may vary like that is never cached, so every insert was prepared
+//! anew: one more round trip, and a parse and plan in PostgreSQL, per row
+//! written. Now each is prepared once per connection.
 
 /// The queries every resource table has: `find` by id, `delete` (whether a
 /// row went), `count`, and `cursor` (where a page ending at this row

@@ -31,6 +31,7 @@ pub struct Organization {
 /// A (team) organization to insert.
 #[derive(Debug, Insertable)]
 #[diesel(table_name = organizations)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 pub struct NewOrganization {
     pub id: OrganizationId,
     pub name: String,
@@ -357,6 +358,7 @@ pub struct Invitation {
 /// An invitation to insert.
 #[derive(Insertable)]
 #[diesel(table_name = organization_invitations)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 pub struct NewInvitation<'a> {
     pub id: InvitationId,
     pub organization_id: OrganizationId,

@@ -26,6 +26,7 @@ pub struct RefreshToken {
 /// A token to insert.
 #[derive(Insertable)]
 #[diesel(table_name = refresh_tokens)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 pub struct NewRefreshToken<'a> {
     pub id: RefreshTokenId,
     pub user_id: UserId,

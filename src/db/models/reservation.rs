@@ -66,6 +66,7 @@ pub struct Reservation {
 /// A reservation to insert.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = credit_reservations)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 pub struct NewReservation {
     token_hash: Vec<u8>,
     api_key_id: ApiKeyId,

@@ -34,6 +34,7 @@ pub struct ServiceAccount {
 /// A service account to insert.
 #[derive(Insertable)]
 #[diesel(table_name = service_accounts)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 pub struct NewServiceAccount<'a> {
     pub id: ServiceAccountId,
     pub organization_id: OrganizationId,

@@ -25,6 +25,7 @@ pub struct UsageRow {
 /// The counter columns of a row, written and read together.
 #[derive(Debug, Clone, Copy, Default, Insertable, Queryable, Selectable)]
 #[diesel(table_name = api_key_usage, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 struct CounterColumns {
     valid: i64,
     revoked: i64,
@@ -80,6 +81,7 @@ impl From<CounterColumns> for UsageCounts {
 
 #[derive(Insertable)]
 #[diesel(table_name = api_key_usage)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 struct NewUsage {
     api_key_id: ApiKeyId,
     hour: Timestamp,

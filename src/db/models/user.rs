@@ -38,6 +38,7 @@ impl fmt::Debug for User {
 /// A user to insert.
 #[derive(Insertable)]
 #[diesel(table_name = users)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 pub struct NewUser<'a> {
     pub id: UserId,
     pub email: &'a str,

@@ -59,6 +59,7 @@ impl Webhook {
 /// A webhook to insert.
 #[derive(Insertable)]
 #[diesel(table_name = webhooks)]
+#[diesel(treat_none_as_default_value = false)] // see db::models: prepared once
 pub struct NewWebhook<'a> {
     pub id: WebhookId,
     pub organization_id: OrganizationId,

@@ -428,7 +428,7 @@ impl Application {
 
         let incoming = TcpIncoming::from(self.listener)
             .with_nodelay(Some(true))
-            .map_ok(CopiedWrites::new);
+            .map_ok(CopiedWrites);
         let rpc_timeout = Duration::from_secs(settings.default_rpc_timeout_secs);
         // Every call goes through these, on either listener. First is
         // outermost: observe everything, read the bearer token, count the

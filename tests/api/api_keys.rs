@@ -514,3 +514,35 @@ async fn on_postgres_a_revoke_through_one_replica_reaches_the_others_cache_withi
     )
     .await;
 }
+
+backend_test! {
+    async fn recording_last_use_sets_each_keys_time_and_never_moves_one_back() {
+        use chatbot_backend::db::models::ApiKey;
+        use chatbot_backend::domain::ApiKeyId;
+        use chrono::SubsecRound;
+
+        let app = spawn_app().await;
+        let KeyOwner {
+            owner,
+            chatbot,
+            created,
+        } = app.new_key_owner("last used").await;
+        let second = app.create_api_key(&owner, &chatbot.id).await;
+        let first = ApiKeyId(created.api_key.unwrap().id);
+        let second = ApiKeyId(second.api_key.unwrap().id);
+        let earlier = chrono::Utc::now().trunc_subsecs(6) - chrono::Duration::minutes(5);
+        let later = earlier + chrono::Duration::minutes(1);
+        let mut conn = app.db.conn().await.unwrap();
+
+        let uses = [(first, later), (second, earlier)];
+        assert_eq!(ApiKey::record_last_used(&mut conn, &uses).await.unwrap(), 2);
+        // An older time changes nothing; a newer one moves the key forward.
+        let uses = [(first, earlier), (second, later)];
+        assert_eq!(ApiKey::record_last_used(&mut conn, &uses).await.unwrap(), 1);
+        for id in [first, second] {
+            let key = ApiKey::find(&mut conn, id).await.unwrap().unwrap();
+            assert_eq!(key.last_used_at, Some(later));
+        }
+        assert_eq!(ApiKey::record_last_used(&mut conn, &[]).await.unwrap(), 0);
+    }
+}

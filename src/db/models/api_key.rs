@@ -518,12 +518,23 @@ impl ApiKey {
         Self::find(conn, id).await
     }
 
-    /// Records keys' last use; never moves a time back. One statement per
-    /// key: the caller batches them into one transaction.
+    /// Records keys' last use; never moves a time back. On PostgreSQL one
+    /// statement for them all, locking the rows in id order (replicas
+    /// flushing overlapping keys at once wait instead of deadlocking); on
+    /// SQLite one statement per key, which the caller batches into one
+    /// transaction.
     pub async fn record_last_used(
         conn: &mut DbConnection,
         uses: &[(ApiKeyId, DateTime<Utc>)],
     ) -> diesel::QueryResult<usize> {
+        if let DbConnection::Postgres(conn) = conn {
+            use diesel_async::RunQueryDsl;
+            let statement = RecordLastUsed {
+                ids: uses.iter().map(|(id, _)| id.0).collect(),
+                times: uses.iter().map(|&(_, at)| at).collect(),
+            };
+            return statement.execute(&mut **conn).await;
+        }
         let mut updated = 0;
         for &(id, at) in uses {
             let used_earlier = api_keys::last_used_at
@@ -533,5 +544,36 @@ impl ApiKey {
             updated += update_rows!(conn, key, api_keys::last_used_at.eq(Timestamp(at)))?;
         }
         Ok(updated)
+    }
+}
+
+/// [`ApiKey::record_last_used`] on PostgreSQL: one statement, prepared once
+/// per connection (diesel prepares each of its UPDATEs anew), where one per
+/// key took two round trips each.
+#[derive(diesel::query_builder::QueryId)]
+struct RecordLastUsed {
+    ids: Vec<i64>,
+    times: Vec<DateTime<Utc>>,
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for RecordLastUsed {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Timestamptz};
+        out.push_sql("WITH used AS (SELECT * FROM unnest(");
+        out.push_bind_param::<Array<BigInt>, _>(&self.ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.times)?;
+        out.push_sql(
+            ") AS u(id, at)), \
+             locked AS (SELECT k.id, used.at FROM api_keys k JOIN used ON k.id = used.id \
+                 WHERE k.last_used_at IS NULL OR k.last_used_at < used.at \
+                 ORDER BY k.id FOR UPDATE OF k) \
+             UPDATE api_keys SET last_used_at = locked.at FROM locked \
+             WHERE api_keys.id = locked.id",
+        );
+        Ok(())
     }
 }

@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn a_remembered_token_still_expires() {
         let keys = keys();
-        // Expired a second ago, within the five seconds' leeway.
+        // Expired four seconds ago: within the five seconds of leeway.
         let token = token_expiring_in(&keys, -4);
         let first = keys.verify(&token).unwrap();
         assert_eq!(keys.verify(&token).unwrap(), first);

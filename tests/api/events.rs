@@ -217,6 +217,47 @@ async fn concurrent_changes_over_two_replicas_arrive_once_each_in_number_order_p
     assert_eq!(seen, created);
 }
 
+/// CreateChatbot is one statement that commits on its own (db::insert):
+/// creates in one organization through two server processes at once still
+/// number their events without a gap, each once, in commit order.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_chatbot_creates_over_two_replicas_are_numbered_once_each_postgres() {
+    let app = spawn_app().await;
+    let (owner, team, _) = team_with_chatbot(&app).await;
+    let replica = app.spawn_replica_process(&[]).await;
+    let mut stream = watch(&app, &owner, &team, None).await.unwrap();
+    let before = next_events(&mut stream, 2).await;
+    let calls = (0..40).map(|i| {
+        let through = if i % 2 == 0 { &*app } else { &*replica };
+        let (token, team) = (&owner.token, &team);
+        async move {
+            through
+                .chatbots(Some(token))
+                .create_chatbot(proto::CreateChatbotRequest {
+                    organization_id: team.clone(),
+                    name: format!("bot {i}"),
+                    llm_endpoint_url: "https://llm.example.com/v1".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("create chatbot")
+                .into_inner()
+                .chatbot
+                .expect("the chatbot")
+                .id
+        }
+    });
+    let mut created = futures_util::future::join_all(calls).await;
+    let events = next_events(&mut stream, 40).await;
+    let numbers: Vec<i64> = events.iter().map(|e| e.cursor.parse().unwrap()).collect();
+    let first: i64 = before[1].cursor.parse().unwrap();
+    assert_eq!(numbers, ((first + 1)..=(first + 40)).collect::<Vec<_>>());
+    let mut seen: Vec<String> = events.iter().map(|e| e.resource_id.clone()).collect();
+    seen.sort();
+    created.sort();
+    assert_eq!(seen, created);
+}
+
 /// A member removed while watching is told so, and the stream ends.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_removed_while_watching_gets_permission_denied() {

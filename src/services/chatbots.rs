@@ -244,12 +244,14 @@ pub async fn create_chatbot(
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
                 if let Some(first) = retries::claim(conn, retry, None, Utc::now()).await? {
-                    let id = ChatbotId::parse("id", &first.resource_id)
-                        .map_err(|_| retries::deleted_since("chatbot"))?;
-                    let chatbot = Chatbot::find(conn, id)
-                        .await?
-                        .ok_or_else(|| retries::deleted_since("chatbot"))?;
-                    return Ok(Written::unrecorded(chatbot));
+                    let chatbot = retries::first_created(
+                        conn,
+                        &first,
+                        "chatbot",
+                        ChatbotId::parse,
+                        Chatbot::find,
+                    );
+                    return Ok(Written::unrecorded(chatbot.await?));
                 }
                 let chatbot = Chatbot::insert(conn, new)
                     .await

@@ -49,6 +49,20 @@ pub async fn claim(
     }
 }
 
+/// A retry's answer: what the first request created, found by the id it
+/// recorded; FAILED_PRECONDITION, naming `what`, if it has been deleted
+/// since.
+pub async fn first_created<Id, T>(
+    conn: &mut DbConnection,
+    first: &CreateRequest,
+    what: &str,
+    parse: fn(&str, &str) -> Result<Id, FieldViolation>,
+    find: impl AsyncFnOnce(&mut DbConnection, Id) -> diesel::QueryResult<Option<T>>,
+) -> AppResult<T> {
+    let id = parse("id", &first.resource_id).map_err(|_| deleted_since(what))?;
+    find(conn, id).await?.ok_or_else(|| deleted_since(what))
+}
+
 /// The first request's resource is gone: a retry cannot answer with it.
 pub fn deleted_since(what: &str) -> AppError {
     AppError::FailedPrecondition(format!(

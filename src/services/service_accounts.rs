@@ -121,12 +121,14 @@ pub async fn create_service_account(
             async move {
                 if let Some(key) = retry {
                     if let Some(first) = retries::claim(conn, key, salt, now).await? {
-                        let id = ServiceAccountId::parse("id", &first.resource_id)
-                            .map_err(|_| retries::deleted_since("service account"))?;
-                        let account = ServiceAccount::find(conn, id)
-                            .await?
-                            .ok_or_else(|| retries::deleted_since("service account"))?;
-                        return Ok(Written::unrecorded((account, Some(first))));
+                        let account = retries::first_created(
+                            conn,
+                            &first,
+                            "service account",
+                            ServiceAccountId::parse,
+                            ServiceAccount::find,
+                        );
+                        return Ok(Written::unrecorded((account.await?, Some(first))));
                     }
                     CreateRequest::created(conn, key, &new.id.to_string()).await?;
                 }

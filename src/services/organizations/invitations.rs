@@ -77,12 +77,14 @@ pub async fn create_invitation(
                 // A retry answers first: the invitee may have joined since.
                 if let Some(key) = retry {
                     if let Some(first) = retries::claim(conn, key, salt, now).await? {
-                        let id = InvitationId::parse("id", &first.resource_id)
-                            .map_err(|_| retries::deleted_since("invitation"))?;
-                        let invitation = Invitation::find(conn, id)
-                            .await?
-                            .ok_or_else(|| retries::deleted_since("invitation"))?;
-                        return Ok(Written::unrecorded((invitation, Some(first))));
+                        let invitation = retries::first_created(
+                            conn,
+                            &first,
+                            "invitation",
+                            InvitationId::parse,
+                            Invitation::find,
+                        );
+                        return Ok(Written::unrecorded((invitation.await?, Some(first))));
                     }
                 }
                 if Member::find_by_email(conn, organization, new.email)

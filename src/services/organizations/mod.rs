@@ -270,12 +270,14 @@ pub async fn create_organization(
             async move {
                 if let Some(key) = retry {
                     if let Some(first) = retries::claim(conn, key, None, Utc::now()).await? {
-                        let id = OrganizationId::parse("id", &first.resource_id)
-                            .map_err(|_| retries::deleted_since("organization"))?;
-                        let organization = Organization::find(conn, id)
-                            .await?
-                            .ok_or_else(|| retries::deleted_since("organization"))?;
-                        return Ok(Written::unrecorded(organization));
+                        let organization = retries::first_created(
+                            conn,
+                            &first,
+                            "organization",
+                            OrganizationId::parse,
+                            Organization::find,
+                        );
+                        return Ok(Written::unrecorded(organization.await?));
                     }
                     CreateRequest::created(conn, key, &id.to_string()).await?;
                 }

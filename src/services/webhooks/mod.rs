@@ -322,12 +322,14 @@ async fn create_webhook(
                 if let Some(key) = retry {
                     if let Some(first) = retries::claim(conn, key, None, chrono::Utc::now()).await?
                     {
-                        let id = WebhookId::parse("id", &first.resource_id)
-                            .map_err(|_| retries::deleted_since("webhook"))?;
-                        let webhook = Webhook::find(conn, id)
-                            .await?
-                            .ok_or_else(|| retries::deleted_since("webhook"))?;
-                        return Ok(Written::unrecorded(webhook));
+                        let webhook = retries::first_created(
+                            conn,
+                            &first,
+                            "webhook",
+                            WebhookId::parse,
+                            Webhook::find,
+                        );
+                        return Ok(Written::unrecorded(webhook.await?));
                     }
                     CreateRequest::created(conn, key, &id.to_string()).await?;
                 }

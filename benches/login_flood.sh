@@ -9,7 +9,8 @@
 #   PASSWORD_HASH_DUTY_PERCENT=100 OUT=target/bench/duty-100.jsonl benches/login_flood.sh
 #
 # The server takes the server settings in the environment (such as
-# PASSWORD_HASH_DUTY_PERCENT, to compare duty cycles in one sitting).
+# PASSWORD_HASH_DUTY_PERCENT, to compare duty cycles in one sitting);
+# SERVER names another build of chatbot-backend.
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust); port 50081 free.
 set -euo pipefail
 # The console listens too (as by default), on a free port: servers run side by side here.
@@ -17,7 +18,7 @@ export CONSOLE_LISTEN_ADDR=${CONSOLE_LISTEN_ADDR:-127.0.0.1:0}
 cd "$(dirname "$0")/.."
 PG=postgres://postgres@127.0.0.1:5432
 ADDR=127.0.0.1:50081
-SERVER=target/release/chatbot-backend
+SERVER=${SERVER:-target/release/chatbot-backend}
 LOADGEN=target/release/loadgen
 DURATION=${DURATION:-10}
 mkdir -p target/bench

@@ -8,18 +8,22 @@ use chatbot_backend::db::{self, Database};
 use chatbot_backend::startup::Application;
 use chatbot_backend::{admin, telemetry};
 
-/// argon2 allocates (and frees) 19 MiB per hash. glibc's adaptive mmap
-/// threshold would soon serve such blocks from per-thread arenas that keep
-/// them after `free`; measured under a Login flood, resident memory grew
-/// from 14 MiB to 420 MiB and stayed there. A fixed threshold turns off
-/// the adaptation: every block above it is mmap'd and returned on free.
-fn release_large_allocations_at_once() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; glibc serialises it.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
+/// mimalloc serves the server's allocations, not glibc's malloc:
+/// - a list page, a batch of spends or an answer is hundreds of small
+///   allocations and frees, which glibc served at about a tenth of the
+///   server's CPU (BENCHMARKS.md, "the allocator");
+/// - argon2 takes 19 MiB per hash. glibc kept such blocks in per-thread
+///   arenas after `free` (420 MiB resident after a Login flood) unless its
+///   mmap threshold was fixed, and then every hash mapped and zeroed its
+///   19 MiB anew. mimalloc reuses a hashing thread's block, so at most
+///   MAX_CONCURRENT_HASHES of them stay resident, and hands other freed
+///   memory back to the OS after a short delay.
+///
+/// Transparent huge pages are off for the process (`no_thp`): with them,
+/// mimalloc's eagerly committed arenas grew the idle resident memory by
+/// about 20 MiB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -68,7 +72,6 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    release_large_allocations_at_once();
     // A missing .env is normal; flags and the environment still apply.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();

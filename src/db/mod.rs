@@ -24,6 +24,7 @@ mod listen;
 mod migrate;
 pub mod models;
 mod pool;
+mod prepared_once;
 pub mod retention;
 pub mod schema;
 pub mod sql_types;
@@ -40,6 +41,7 @@ pub use listen::{
 };
 pub use migrate::{back_up, revert_last_migration, run_migrations, schema_version};
 pub use pool::{Database, PoolError, PoolSettings};
+pub use prepared_once::PreparedOnce;
 pub use target::{DatabaseTarget, ServeLock};
 pub use tls::{PgConnectError, PgConnector};
 pub use write::{insert, write, Written};

@@ -152,15 +152,17 @@ impl AuditEvent {
         let new = Self::new_row(conn, actor, record, DENIED, Some(key)).await?;
         crate::db::db_run!(conn => {
             diesel_async::RunQueryDsl::execute(
-                diesel::insert_into(audit_events::table)
-                    .values(&new)
-                    .on_conflict(audit_events::aggregate_key)
-                    .do_update()
-                    .set((
-                        audit_events::repeats.eq(audit_events::repeats + 1),
-                        audit_events::last_occurred_at
-                            .eq(diesel::upsert::excluded(audit_events::last_occurred_at)),
-                    )),
+                crate::db::PreparedOnce(
+                    diesel::insert_into(audit_events::table)
+                        .values(&new)
+                        .on_conflict(audit_events::aggregate_key)
+                        .do_update()
+                        .set((
+                            audit_events::repeats.eq(audit_events::repeats + 1),
+                            audit_events::last_occurred_at
+                                .eq(diesel::upsert::excluded(audit_events::last_occurred_at)),
+                        )),
+                ),
                 conn,
             )
             .await

@@ -32,18 +32,15 @@ impl LoginAttempt {
         window_ended_at: DateTime<Utc>,
     ) -> diesel::QueryResult<Window> {
         db_run!(conn => {
-            diesel::update(
-                login_attempts::table
-                    .find(subject)
-                    .filter(login_attempts::window_start.le(Timestamp(window_ended_at))),
-            )
-            .set((
+            let ended = login_attempts::table
+                .find(subject)
+                .filter(login_attempts::window_start.le(Timestamp(window_ended_at)));
+            let restart = diesel::update(ended).set((
                 login_attempts::window_start.eq(Timestamp(now)),
                 login_attempts::attempts.eq(0),
-            ))
-            .execute(conn)
-            .await?;
-            let (started, attempts) = diesel::insert_into(login_attempts::table)
+            ));
+            crate::db::PreparedOnce(restart).execute(conn).await?;
+            let count = diesel::insert_into(login_attempts::table)
                 .values((
                     login_attempts::subject.eq(subject),
                     login_attempts::window_start.eq(Timestamp(now)),
@@ -52,7 +49,8 @@ impl LoginAttempt {
                 .on_conflict(login_attempts::subject)
                 .do_update()
                 .set(login_attempts::attempts.eq(login_attempts::attempts + 1))
-                .returning((login_attempts::window_start, login_attempts::attempts))
+                .returning((login_attempts::window_start, login_attempts::attempts));
+            let (started, attempts) = crate::db::PreparedOnce(count)
                 .get_result::<(DateTime<Utc>, i32)>(conn)
                 .await?;
             Ok(Window { started, attempts })

@@ -75,12 +75,10 @@ macro_rules! resource_table {
                 use ::diesel_async::RunQueryDsl;
                 let now = $crate::db::sql_types::Timestamp::now();
                 $crate::db::db_run!(conn => {
-                    ::diesel::update($table::table.find(id))
+                    let update = ::diesel::update($table::table.find(id))
                         .set((changes, $table::updated_at.eq(now)))
-                        .returning($model::as_returning())
-                        .get_result(conn)
-                        .await
-                        .optional()
+                        .returning($model::as_returning());
+                    $crate::db::PreparedOnce(update).get_result(conn).await.optional()
                 })
             }
             )?
@@ -88,7 +86,9 @@ macro_rules! resource_table {
     };
 }
 
-/// `UPDATE $rows SET $changes` on either backend: how many rows changed.
+/// `UPDATE $rows SET $changes` on either backend (prepared once per
+/// PostgreSQL connection, see [`crate::db::PreparedOnce`]): how many rows
+/// changed.
 /// `$rows` (a table, or a filtered one) does not depend on the backend,
 /// so it is built outside the dispatch.
 macro_rules! update_rows {
@@ -97,7 +97,7 @@ macro_rules! update_rows {
         let rows = $rows;
         let changes = $changes;
         $crate::db::db_run!($conn => {
-            ::diesel::update(rows).set(changes).execute($conn).await
+            $crate::db::PreparedOnce(::diesel::update(rows).set(changes)).execute($conn).await
         })
     }};
 }

@@ -262,12 +262,10 @@ impl Reservation {
             credit_reservations::finished_at.eq(Some(Timestamp(now))),
         );
         db_run!(conn => {
-            diesel::update(open)
+            let finish = diesel::update(open)
                 .set(changes)
-                .returning(Reservation::as_returning())
-                .get_result(conn)
-                .await
-                .optional()
+                .returning(Reservation::as_returning());
+            crate::db::PreparedOnce(finish).get_result(conn).await.optional()
         })
     }
 
@@ -310,11 +308,10 @@ impl Reservation {
             .filter(credit_reservations::token_hash.eq_any(hashes))
             .filter(credit_reservations::state.eq(ReservationState::Open.as_str()));
         db_run!(conn => {
-            diesel::update(expiring)
+            let expire = diesel::update(expiring)
                 .set(changes)
-                .returning(Reservation::as_returning())
-                .load(conn)
-                .await
+                .returning(Reservation::as_returning());
+            crate::db::PreparedOnce(expire).load(conn).await
         })
     }
 

@@ -153,12 +153,10 @@ impl Webhook {
     ) -> diesel::QueryResult<Option<Webhook>> {
         let now = webhooks::updated_at.eq(Timestamp::now());
         db_run!(conn => {
-            diesel::update(webhooks::table.find(id))
+            let update = diesel::update(webhooks::table.find(id))
                 .set((changes, now))
-                .returning(Webhook::as_returning())
-                .get_result(conn)
-                .await
-                .optional()
+                .returning(Webhook::as_returning());
+            crate::db::PreparedOnce(update).get_result(conn).await.optional()
         })
     }
 
@@ -204,13 +202,13 @@ impl Webhook {
         };
         let claimed: Vec<Claimed> = match conn {
             DbConnection::Postgres(conn) => {
-                diesel::sql_query(sql("$", "FOR UPDATE OF w SKIP LOCKED"))
+                // Its text is fixed, so prepared once (every replica polls).
+                let claim = diesel::sql_query(sql("$", "FOR UPDATE OF w SKIP LOCKED"))
                     .bind::<DbTimestamp, _>(Timestamp(until))
                     .bind::<DbUuid, _>(owner)
                     .bind::<DbTimestamp, _>(Timestamp(now))
-                    .bind::<diesel::sql_types::BigInt, _>(limit)
-                    .load(&mut **conn)
-                    .await?
+                    .bind::<diesel::sql_types::BigInt, _>(limit);
+                crate::db::PreparedOnce(claim).load(&mut **conn).await?
             }
             DbConnection::Sqlite(conn) => {
                 let conn: &mut crate::db::SqliteAsyncConnection = conn;

@@ -292,7 +292,11 @@ struct WriteBalances {
 }
 
 impl WriteBalances {
+    /// The balances in key order, the order their rows are locked in.
     fn new(balances: &[Balance]) -> Self {
+        let mut sorted: Vec<&Balance> = balances.iter().collect();
+        sorted.sort_unstable_by_key(|balance| balance.id);
+        let balances = sorted;
         Self {
             ids: balances.iter().map(|b| b.id.0).collect(),
             remaining: balances.iter().map(|b| b.remaining).collect(),
@@ -340,16 +344,21 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for WriteBalances {
         out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.was_refill_amount)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.was_refill_interval_ms)?;
+        // Each row is found by its key (an index probe) and locked in the
+        // order of `ids`, which is sorted, then updated through its
+        // locked version's ctid: no statement here reads the whole table.
+        // A join on the key instead let PostgreSQL choose to scan it (twice
+        // per batch while it was small), which cost more than the batch.
+        // A row updated and committed after this statement began is locked
+        // at its new version, which this statement cannot see: it is left
+        // alone, like any row that no longer holds what was read.
         out.push_sql(
             ") AS v(id, remaining, refilled_at, was_remaining, was_refilled_at, \
                     was_refill_amount, was_refill_interval_ms) \
-             WHERE l.api_key_id = v.id \
-               AND l.api_key_id IN (SELECT api_key_id FROM api_key_limits \
-                                    WHERE api_key_id = ANY(",
-        );
-        out.push_bind_param::<Array<BigInt>, _>(&self.ids)?;
-        out.push_sql(
-            ") ORDER BY api_key_id FOR UPDATE) \
+             CROSS JOIN LATERAL (SELECT k.ctid AS tid FROM api_key_limits AS k \
+                                 WHERE k.api_key_id = v.id FOR UPDATE) AS k \
+             WHERE l.ctid = k.tid \
+               AND l.api_key_id = v.id \
                AND l.credits_remaining IS NOT DISTINCT FROM v.was_remaining \
                AND l.credits_refilled_at IS NOT DISTINCT FROM v.was_refilled_at \
                AND l.credits_refill_amount IS NOT DISTINCT FROM v.was_refill_amount \

@@ -169,6 +169,26 @@ where
         }
     }
 
+    /// Whether a live entry is cached under `key`, without counting a
+    /// lookup (for a caller that must do more before it may serve it).
+    pub fn contains(&self, key: &K) -> bool {
+        self.is_active()
+            && self
+                .shard(key)
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key)
+                .is_some_and(|entry| entry.cached_at.elapsed() < self.ttl)
+    }
+
+    /// A lookup that does not ask the cache: counts a miss and returns the
+    /// generation to [`InvalidatedCache::insert`] with.
+    pub fn bypass(&self) -> u64 {
+        let generation = self.generation.load(Ordering::Acquire);
+        self.misses.inc();
+        generation
+    }
+
     /// Caches a lookup made after [`InvalidatedCache::get`] returned
     /// `Miss(generation)`, unless something was invalidated since.
     pub fn insert(&self, key: &K, value: V, generation: u64) {

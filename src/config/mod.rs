@@ -176,6 +176,13 @@ pub struct Settings {
     #[arg(long, env = "CHATBOT_CACHE_CAPACITY", default_value_t = 10_000)]
     pub chatbot_cache_capacity: usize,
 
+    /// Most ListChatbots pages held in memory, as encoded answers of at
+    /// most 64 KiB each (PostgreSQL only; every chatbot or membership
+    /// change on any replica empties it; entries live at most
+    /// API_KEY_CACHE_TTL_SECS); 0 turns the cache off.
+    #[arg(long, env = "CHATBOT_PAGE_CACHE_CAPACITY", default_value_t = 256)]
+    pub chatbot_page_cache_capacity: usize,
+
     /// Batches of coalesced chatbot reads (GetChatbot) at the database at
     /// once; reads arriving meanwhile wait to go out together in the next.
     #[arg(long, env = "READ_BATCHES_IN_FLIGHT", default_value_t = 2)]

@@ -42,6 +42,11 @@ pub const INVALIDATION_CHANNEL: &str = "chatbot_api_key_invalidation";
 /// bytes of its digest, in hex.
 pub const KEY_ANNOUNCEMENT_CHANNEL: &str = "chatbot_api_keys";
 
+/// The channel on which triggers announce every change to chatbots or to
+/// organizations' members (the table's name): ListChatbots' cached pages
+/// are dropped when one arrives.
+pub const CHATBOT_CHANGES_CHANNEL: &str = "chatbot_changes";
+
 /// A request for a barrier: answered once every notification committed
 /// before it was made has been heard; dropped if the listener fails first.
 pub type BarrierRequest = oneshot::Sender<()>;
@@ -105,12 +110,21 @@ pub enum ListenEvent {
     Notification(String),
     /// A key was inserted: the hex fingerprint the trigger sent.
     KeyAnnounced(String),
+    /// A chatbot or an organization's membership changed.
+    ChatbotsChanged,
     /// Every notification committed before this time (Unix milliseconds)
     /// has been heard.
     Synced(i64),
     /// The connection was lost; notifications may be missed until the next
     /// `Listening`.
     Lost,
+}
+
+/// Which channel a notification came on.
+enum Heard {
+    Invalidation,
+    KeyAnnounced,
+    ChatbotsChanged,
 }
 
 /// Tells every replica (this one included) about `change`. Inside a
@@ -354,8 +368,12 @@ async fn listen_once(
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(notification))) => {
-                    let announcement = notification.channel() == KEY_ANNOUNCEMENT_CHANNEL;
-                    let _ = sender.send(Ok((announcement, notification.payload().to_owned())));
+                    let heard = match notification.channel() {
+                        KEY_ANNOUNCEMENT_CHANNEL => Heard::KeyAnnounced,
+                        CHATBOT_CHANGES_CHANNEL => Heard::ChatbotsChanged,
+                        _ => Heard::Invalidation,
+                    };
+                    let _ = sender.send(Ok((heard, notification.payload().to_owned())));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
@@ -369,7 +387,8 @@ async fn listen_once(
     let result = async {
         client
             .batch_execute(&format!(
-                "LISTEN {INVALIDATION_CHANNEL}; LISTEN {KEY_ANNOUNCEMENT_CHANNEL}"
+                "LISTEN {INVALIDATION_CHANNEL}; LISTEN {KEY_ANNOUNCEMENT_CHANNEL}; \
+                 LISTEN {CHATBOT_CHANGES_CHANNEL}"
             ))
             .await?;
         // Live once the first heartbeat comes back: only then is it known
@@ -383,8 +402,11 @@ async fn listen_once(
         loop {
             tokio::select! {
                 message = received.recv() => match message {
-                    Some(Ok((true, payload))) => handler(ListenEvent::KeyAnnounced(payload)),
-                    Some(Ok((false, payload))) => match Heartbeat::beat_id(&payload) {
+                    Some(Ok((Heard::KeyAnnounced, payload))) => {
+                        handler(ListenEvent::KeyAnnounced(payload))
+                    }
+                    Some(Ok((Heard::ChatbotsChanged, _))) => handler(ListenEvent::ChatbotsChanged),
+                    Some(Ok((Heard::Invalidation, payload))) => match Heartbeat::beat_id(&payload) {
                         Some(id) => {
                             // Another replica's beat, or one of ours.
                             let Some((sent_ms, proves_path)) = out.heard(id) else { continue };

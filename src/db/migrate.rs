@@ -49,7 +49,7 @@ pub async fn run_migrations(target: &DatabaseTarget) -> anyhow::Result<Vec<Strin
 /// ones `migrate --revert` undoes without `--destroy-data`. Every other
 /// revert drops tables or columns with what they hold. A unit test keeps
 /// this list true to the files.
-const REVERTS_KEEPING_DATA: &[&str] = &["20261204000007", "20261206000010"];
+const REVERTS_KEEPING_DATA: &[&str] = &["20261204000007", "20261206000010", "20261214000020"];
 
 /// Reverts the newest applied migration; returns its version. A migration
 /// whose revert drops data is refused unless `destroy_data` says so.

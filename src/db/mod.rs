@@ -37,7 +37,7 @@ pub(crate) use connection::{db_run, db_span, query_span};
 pub use connection::{ping, DbConnection, SqliteAsyncConnection};
 pub use listen::{
     listen_for_invalidations, notify_invalidation, BarrierRequest, Invalidation, ListenEvent,
-    INVALIDATION_CHANNEL, KEY_ANNOUNCEMENT_CHANNEL,
+    CHATBOT_CHANGES_CHANNEL, INVALIDATION_CHANNEL, KEY_ANNOUNCEMENT_CHANNEL,
 };
 pub use migrate::{back_up, revert_last_migration, run_migrations, schema_version};
 pub use pool::{Database, PoolError, PoolSettings};

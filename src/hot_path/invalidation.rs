@@ -10,17 +10,19 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::{ApiKeyCache, ChatbotCache, KnownKeys};
+use super::{ApiKeyCache, ChatbotCache, ChatbotPages, KnownKeys};
 use crate::auth::{Memberships, ServiceAccounts, Sessions};
 use crate::db::{Invalidation, ListenEvent};
 
 /// Every cache of rows other replicas can change: the VerifyApiKey cache,
-/// GetChatbot's, the sessions behind access tokens and the organization
-/// memberships.
+/// GetChatbot's, ListChatbots' pages, the sessions behind access tokens and
+/// the organization memberships.
 #[derive(Clone)]
 pub struct CacheInvalidation {
     pub api_keys: Arc<ApiKeyCache>,
     pub chatbots: Arc<ChatbotCache>,
+    /// Emptied by the triggers' announcements, not by [`Invalidation`]s.
+    pub chatbot_pages: Arc<ChatbotPages>,
     pub sessions: Sessions,
     pub memberships: Memberships,
     pub service_accounts: ServiceAccounts,
@@ -52,11 +54,13 @@ impl CacheInvalidation {
             }
             ListenEvent::Synced(sent_ms) => self.known_keys.synced(sent_ms),
             ListenEvent::KeyAnnounced(payload) => self.known_keys.announced(&payload),
+            ListenEvent::ChatbotsChanged => self.chatbot_pages.clear(),
             ListenEvent::Lost => {
                 self.live.set(0);
                 self.known_keys.lost();
                 self.api_keys.deactivate();
                 self.chatbots.deactivate();
+                self.chatbot_pages.deactivate();
                 self.sessions.cache().deactivate();
                 self.memberships.cache().deactivate();
                 self.service_accounts.cache().deactivate();
@@ -66,6 +70,7 @@ impl CacheInvalidation {
                 None => {
                     self.api_keys.clear();
                     self.chatbots.clear();
+                    self.chatbot_pages.clear();
                     self.sessions.cache().clear();
                     self.memberships.cache().clear();
                     self.service_accounts.cache().clear();
@@ -79,6 +84,7 @@ impl CacheInvalidation {
     pub fn activate(&self) {
         self.api_keys.activate();
         self.chatbots.activate();
+        self.chatbot_pages.activate();
         self.sessions.cache().activate();
         self.memberships.cache().activate();
         self.service_accounts.cache().activate();

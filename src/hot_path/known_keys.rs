@@ -199,8 +199,11 @@ impl KnownKeys {
             .contains(&print)
     }
 
-    /// Waits for a barrier; false if none could be had in time.
-    async fn barrier(&self) -> bool {
+    /// Waits for a barrier: true once every notification committed before
+    /// this call has been heard and applied; false if none could be had in
+    /// time (or there is no listener). ListChatbots' cached pages wait for
+    /// one too ([`super::chatbot_pages`]).
+    pub async fn barrier(&self) -> bool {
         let Some(barriers) = &self.barriers else {
             return false;
         };

@@ -12,6 +12,9 @@
 //! - [`chatbot_cache`]: GetChatbot answers a chatbot read lately without a
 //!   query; like the VerifyApiKey cache, it never serves a row a committed
 //!   change made stale.
+//! - [`chatbot_pages`]: ListChatbots answers a page listed lately from
+//!   the bytes it was encoded to; a cached page is served only once every
+//!   change committed before the call, on any replica, has been heard.
 //! - [`read_coalescing`]: GetChatbot's point reads that the cache cannot
 //!   answer and that arrive together go to the database as one statement;
 //!   a read still sees every write committed before it arrived.
@@ -33,6 +36,7 @@
 pub mod api_key_cache;
 pub mod batch_queue;
 pub mod chatbot_cache;
+pub mod chatbot_pages;
 pub mod credit_spends;
 pub mod invalidation;
 pub mod known_keys;
@@ -42,6 +46,7 @@ pub mod usage;
 
 pub use api_key_cache::ApiKeyCache;
 pub use chatbot_cache::ChatbotCache;
+pub use chatbot_pages::ChatbotPages;
 pub use credit_spends::{CreditSpends, Finish, Hold, SpendOutcome};
 pub use invalidation::CacheInvalidation;
 pub use known_keys::KnownKeys;

@@ -5,11 +5,14 @@
 
 use std::sync::Arc;
 
+use bytes::{BufMut, Bytes};
 use chrono::Utc;
 use diesel_async::scoped_futures::ScopedFutureExt;
+use prost::{EncodeError, Message};
 use tonic::Request;
 
 use super::convert::{self, required_mask_paths};
+use super::encoded::{self, AnsweredMethod, WriteAnswer};
 use super::events::state_of;
 use super::{audit, delete_row, required, retries, AppState, Policy, Rpc};
 use crate::auth::{ownership, Caller};
@@ -20,9 +23,10 @@ use crate::db::DbConnection;
 use crate::db::{Invalidation, Written};
 use crate::domain::{
     AuditAction, AuditChange, AuditRecord, AuditTarget, ChatbotId, ChatbotName, CreateChatbot,
-    ListChatbots, LlmEndpoint, OrgAction, OrganizationId, Page, PageRequest, UpdateChatbot, UserId,
+    ListChatbots, LlmEndpoint, OrgAction, OrganizationId, PageRequest, UpdateChatbot, UserId,
 };
 use crate::error::{parsed, AppError, AppResult, FieldViolation, Violations};
+use crate::hot_path::chatbot_pages::PageKey;
 use crate::proto;
 use crate::proto::chatbot_service_server::ChatbotService;
 use crate::proto::{
@@ -55,7 +59,8 @@ impl ChatbotService for Chatbots {
         request: Request<ListChatbotsRequest>,
     ) -> Rpc<ListChatbotsResponse> {
         let parse = ListChatbots::parse;
-        self.0.serve(request, parse, list_chatbots).await
+        let page: Rpc<ListedPage> = self.0.serve(request, parse, list_chatbots).await;
+        encoded::as_message(page)
     }
 
     async fn update_chatbot(
@@ -72,6 +77,36 @@ impl ChatbotService for Chatbots {
     ) -> Rpc<DeleteChatbotResponse> {
         let parse = |message: DeleteChatbotRequest| ChatbotId::parse("id", &message.id);
         self.0.serve(request, parse, delete_chatbot).await
+    }
+}
+
+/// The path [`ListChatbotsMethod`] serves.
+pub const LIST_CHATBOTS_PATH: &str = "/chatbot.v1.ChatbotService/ListChatbots";
+
+/// ListChatbots as the server serves it: pages written as the bytes they
+/// were encoded to, from memory when cached ([`crate::hot_path::chatbot_pages`]).
+#[derive(Clone)]
+pub struct ListChatbotsMethod(pub Arc<AppState>);
+
+impl AnsweredMethod for ListChatbotsMethod {
+    type Request = ListChatbotsRequest;
+    type Answer = ListedPage;
+
+    async fn call(&self, request: Request<ListChatbotsRequest>) -> Rpc<ListedPage> {
+        self.0
+            .serve(request, ListChatbots::parse, list_chatbots)
+            .await
+    }
+}
+
+/// A ListChatbots answer, encoded.
+pub struct ListedPage(Bytes);
+
+impl WriteAnswer for ListedPage {
+    fn write(self, buf: &mut impl BufMut) -> Result<(), EncodeError> {
+        // Both buffers it is written to grow (tonic's and a Vec).
+        buf.put_slice(&self.0);
+        Ok(())
     }
 }
 
@@ -291,7 +326,7 @@ pub async fn list_chatbots(
     state: &AppState,
     caller: &Caller,
     cmd: ListChatbots,
-) -> AppResult<Page<Chatbot>> {
+) -> AppResult<ListedPage> {
     if let Some(owner) = cmd.owner {
         caller.require_may_act_for(owner)?;
     }
@@ -308,9 +343,19 @@ pub async fn list_chatbots(
         owner: cmd.owner,
         member: caller.user_id().filter(|_| !caller.is_admin()),
     };
-    let mut conn = state.db.conn().await?;
-    let chatbots = Chatbot::list(&mut conn, &filter, &cmd.page).await?;
-    Ok(cmd.page.page(chatbots, Chatbot::cursor))
+    let key = PageKey::new(&filter, &cmd.page);
+    let read = async || {
+        let mut conn = state.db.conn().await?;
+        let chatbots = Chatbot::list(&mut conn, &filter, &cmd.page).await?;
+        let page = ListChatbotsResponse::from(cmd.page.page(chatbots, Chatbot::cursor));
+        Ok::<_, AppError>(Bytes::from(page.encode_to_vec()))
+    };
+    state
+        .caches
+        .chatbot_pages
+        .page(key, read)
+        .await
+        .map(ListedPage)
 }
 
 /// Who a new chatbot in `organization` is accountable to (its owner_id):

@@ -31,7 +31,7 @@ use crate::gate::GateLayer;
 use crate::health;
 use crate::hot_path::batch_queue::{BatchSettings, QueueBound};
 use crate::hot_path::{
-    ApiKeyCache, CacheInvalidation, ChatbotCache, ChatbotReads, KnownKeys, ReadStats,
+    ApiKeyCache, CacheInvalidation, ChatbotCache, ChatbotPages, ChatbotReads, KnownKeys, ReadStats,
 };
 use crate::metrics::{self, Metrics};
 use crate::observability::RpcLayer;
@@ -50,7 +50,7 @@ use crate::rate_limit::{RateLimitGate, RateLimits, SharedLimits};
 use crate::services::api_keys::{ApiKeys, VerifyMethod, VERIFY_API_KEY_PATH};
 use crate::services::audit::Audit;
 use crate::services::auth::Auth;
-use crate::services::chatbots::Chatbots;
+use crate::services::chatbots::{Chatbots, ListChatbotsMethod, LIST_CHATBOTS_PATH};
 use crate::services::encoded::AnswerWritten;
 use crate::services::events::Events;
 use crate::services::external_authorization::{CheckMethod, ExternalAuthorization, CHECK_PATH};
@@ -223,6 +223,21 @@ impl Application {
             DatabaseTarget::Postgres(_) => KnownKeys::for_replicas(),
             DatabaseTarget::Sqlite(_) => (KnownKeys::disabled(), mpsc::channel(1).1),
         };
+        // Its pages are dropped by triggers' announcements, which only
+        // PostgreSQL's listener hears.
+        let page_cache_capacity = match target {
+            DatabaseTarget::Postgres(_) => settings.chatbot_page_cache_capacity,
+            DatabaseTarget::Sqlite(_) => 0,
+        };
+        let (hits, misses) = metrics.cache_lookups("chatbot_pages");
+        let chatbot_pages = Arc::new(
+            ChatbotPages::new(
+                page_cache_capacity,
+                Duration::from_secs(settings.api_key_cache_ttl_secs),
+                known_keys.clone(),
+            )
+            .counting_lookups(hits, misses),
+        );
         let verifier = KeyVerifier::new(
             db.clone(),
             api_key_cache.clone(),
@@ -241,6 +256,7 @@ impl Application {
             caches: CacheInvalidation {
                 api_keys: api_key_cache.clone(),
                 chatbots: chatbot_cache,
+                chatbot_pages,
                 sessions: sessions.clone(),
                 memberships: memberships.clone(),
                 service_accounts: service_accounts.clone(),
@@ -468,7 +484,12 @@ impl Application {
         );
         let mut api = tonic::service::RoutesBuilder::default();
         api.add_service(limited!(UserServiceServer, Users(state.clone())))
-            .add_service(limited!(ChatbotServiceServer, Chatbots(state.clone())))
+            .add_service(AnswerWritten::new(
+                limited!(ChatbotServiceServer, Chatbots(state.clone())),
+                LIST_CHATBOTS_PATH,
+                ListChatbotsMethod(state.clone()),
+                max_bytes,
+            ))
             .add_service(AnswerWritten::new(
                 limited!(ApiKeyServiceServer, ApiKeys(state.clone())),
                 VERIFY_API_KEY_PATH,

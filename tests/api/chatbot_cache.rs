@@ -1,11 +1,17 @@
-//! GetChatbot's cache: a chatbot read again costs no query, and no change
-//! to it is hidden: at once on the replica that made it, within a second on
-//! another.
+//! GetChatbot's cache and ListChatbots' pages: a chatbot read or a page
+//! listed again costs no query, and no change is hidden: a chatbot's at once
+//! on the replica that made it and within a second on another, a list's at
+//! once on every replica.
+
+use std::time::Duration;
 
 use chatbot_backend::proto;
 use tonic::Code;
 
-use crate::helpers::{backend_test, changed_within_a_second, chatbot_update, spawn_app, TestApp};
+use crate::helpers::{
+    backend_test, changed_within_a_second, chatbot_update, metric_value, scrape, spawn_app,
+    spawn_app_with, TcpProxy, TestApp,
+};
 
 backend_test! {
     async fn a_chatbot_read_again_costs_no_query_and_its_changes_show_at_once() {
@@ -109,4 +115,115 @@ async fn a_chatbot_changed_on_one_replica_is_read_changed_on_the_other_within_a_
 
     app.delete_chatbot(&owner.token, &chatbot.id).await.unwrap();
     let _ = changed_within_a_second(read, Result::is_err).await;
+}
+
+/// The names on a page of `token`'s chatbots, as `clients` lists them.
+async fn listed_names(clients: &crate::helpers::Clients, token: &str) -> Vec<String> {
+    let page = clients
+        .chatbots(Some(token))
+        .list_chatbots(proto::ListChatbotsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    page.chatbots
+        .into_iter()
+        .map(|chatbot| chatbot.name)
+        .collect()
+}
+
+backend_test! {
+    async fn a_page_listed_again_costs_no_query_on_postgres_and_every_change_shows_at_once() {
+        let app = spawn_app_with(&["--metrics-addr", "127.0.0.1:0"]).await;
+        app.wait_for_api_key_cache().await;
+        let founder = app.new_user().await;
+        let team = app.create_organization(&founder, "team").await;
+        let member = app.new_member(&founder, &team.id, proto::OrganizationRole::Viewer).await;
+        let create = |name: &str| proto::CreateChatbotRequest {
+            name: name.into(),
+            llm_endpoint_url: "https://llm.example.com/v1".into(),
+            organization_id: team.id.clone(),
+            ..Default::default()
+        };
+        let first = app.create_chatbot_from(&founder.token, create("first")).await.unwrap();
+
+        let hits = r#"cache_lookups_total{cache="chatbot_pages",result="hit"}"#;
+        let addr = app.metrics_addr.expect("metrics enabled");
+        let before = metric_value(&scrape(addr).await, hits);
+        for _ in 0..3 {
+            assert_eq!(listed_names(&app, &member.token).await, ["first"]);
+        }
+        let cached = metric_value(&scrape(addr).await, hits) - before;
+        match app.database_url.starts_with("postgres") {
+            true => assert_eq!(cached, 2.0, "read once, then from the cache"),
+            false => assert_eq!(cached, 0.0, "a SQLite file's lists are read each time"),
+        }
+
+        // Every change shows in the next list, cached or not.
+        app.create_chatbot_from(&founder.token, create("second")).await.unwrap();
+        assert_eq!(listed_names(&app, &member.token).await, ["first", "second"]);
+        let changes = proto::Chatbot {
+            id: first.id.clone(),
+            name: "renamed".into(),
+            ..Default::default()
+        };
+        app.chatbots(Some(&founder.token))
+            .update_chatbot(chatbot_update(changes, &["name"]))
+            .await
+            .unwrap();
+        assert_eq!(listed_names(&app, &member.token).await, ["renamed", "second"]);
+        app.delete_chatbot(&founder.token, &first.id).await.unwrap();
+        assert_eq!(listed_names(&app, &member.token).await, ["second"]);
+        app.organizations(Some(&founder.token))
+            .remove_member(proto::RemoveMemberRequest {
+                organization_id: team.id.clone(),
+                user_id: member.id.clone(),
+            })
+            .await
+            .unwrap();
+        assert!(listed_names(&app, &member.token).await.is_empty(), "no longer a member");
+    }
+}
+
+/// A chatbot created through one replica is in the very next list through
+/// another, whose page from before the create was cached, though the
+/// other's notifications arrive late (its listener behind a slow network)
+/// and while its listener hears nothing at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chatbot_created_on_one_replica_is_listed_at_once_on_the_other_on_postgres() {
+    let app: TestApp = spawn_app().await;
+    let owner = app.new_user().await;
+    app.create_chatbot(&owner, "bot 0").await;
+    let proxy = TcpProxy::start(app.database_postgres_addr()).await;
+    let listen_url = app.database_url_via(proxy.addr);
+    let other = app
+        .spawn_replica_process(&[("DATABASE_LISTEN_URL", &listen_url)])
+        .await;
+    proxy.delay(Duration::from_millis(300));
+    let mut created = 1;
+    let mut create_then_list = async || {
+        // Listed twice: the second answer comes from the cache.
+        for _ in 0..2 {
+            assert_eq!(listed_names(&other, &owner.token).await.len(), created);
+        }
+        app.create_chatbot(&owner, &format!("bot {created}")).await;
+        created += 1;
+        let names = listed_names(&other, &owner.token).await;
+        assert_eq!(
+            names.len(),
+            created,
+            "bot {} missing from {names:?}",
+            created - 1
+        );
+    };
+    for _ in 0..5 {
+        create_then_list().await;
+    }
+    proxy.restore();
+    for fault in [TcpProxy::silence, TcpProxy::garble, TcpProxy::cut] {
+        fault(&proxy);
+        for _ in 0..2 {
+            create_then_list().await;
+        }
+        proxy.restore();
+    }
 }

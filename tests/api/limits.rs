@@ -4,7 +4,9 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt;
 
-use crate::helpers::{assert_code, backend_test, scrape, spawn_app_with, KeyOwner, PASSWORD};
+use crate::helpers::{
+    assert_code, backend_test, metric_value, scrape, spawn_app_with, KeyOwner, PASSWORD,
+};
 
 backend_test! {
     async fn an_authenticated_caller_past_its_rate_gets_resource_exhausted_with_retry_info() {
@@ -126,16 +128,6 @@ backend_test! {
             assert!(body.contains(expected), "missing {expected}\n{body}");
         }
     }
-}
-
-/// The value of the series named exactly `series` (name and labels) in a
-/// scrape.
-fn metric_value(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in\n{body}"))
-        .parse()
-        .unwrap()
 }
 
 backend_test! {

@@ -235,8 +235,9 @@ crate::helpers::backend_test! {
         let url = app.database_url.clone();
 
         // Newest first, each migration and whether reverting it drops data
-        // (refused, then done when told) or not (done at once): the newest
-        // nine drop the creates' request ids, the lifecycle notices, the
+        // (refused, then done when told) or not (done at once): 000020 only
+        // drops the chatbot changes' triggers; the next nine drop the
+        // creates' request ids, the lifecycle notices, the
         // webhooks, the events' publication and state, the organizations'
         // events and limits, the replacement link, the rate limits' unit and
         // the credit reservations; 000010 only drops the key announcements'
@@ -244,6 +245,7 @@ crate::helpers::backend_test! {
         // organizations; 000007 only drops indexes; 000006 drops the audit
         // log with its events.
         for (version, drops_data) in [
+            ("20261214000020", false),
             ("20261213000019", true),
             ("20261212000018", true),
             ("20261211000017", true),

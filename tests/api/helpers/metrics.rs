@@ -23,3 +23,13 @@ pub async fn scrape(addr: SocketAddr) -> String {
     .unwrap();
     response
 }
+
+/// The value of the series named exactly `series` (name and labels) in a
+/// scrape.
+pub fn metric_value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+        .parse()
+        .unwrap()
+}

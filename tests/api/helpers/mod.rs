@@ -45,7 +45,7 @@ pub use clients::{verify_costing, Authed, Bearer, Clients};
 pub use database::{finish_in_drop, TestDatabase};
 pub use fixtures::{KeyOwner, TestUser};
 pub use logs::logs;
-pub use metrics::scrape;
+pub use metrics::{metric_value, scrape};
 pub use pgbouncer::PgBouncer;
 pub use polling::{changed_within_a_second, eventually, poll_until};
 pub use process::{

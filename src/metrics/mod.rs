@@ -368,8 +368,8 @@ impl Metrics {
         let cache_lookups = Family::<CacheLookupLabels, Counter>::default();
         registry.register(
             "cache_lookups",
-            "Cache lookups by cache (api_keys, chatbots, sessions, memberships, \
-             service_accounts) and result (hit, miss); a bypassed cache misses.",
+            "Cache lookups by cache (api_keys, chatbots, chatbot_pages, sessions, \
+             memberships, service_accounts) and result (hit, miss); a bypassed cache misses.",
             cache_lookups.clone(),
         );
         let invalidations_live = Gauge::default();

@@ -184,20 +184,28 @@ impl Webhook {
             #[diesel(sql_type = DbUuid)]
             id: WebhookId,
         }
-        // The same statement on both stores, in SQLite's numbered
-        // parameters (?1) or PostgreSQL's ($1).
-        let sql = |parameter: &str, lock: &str| {
+        // The same statements on both stores, in SQLite's numbered
+        // parameters (?1) or PostgreSQL's ($1): the webhooks due, and the
+        // claim of them.
+        let due = |parameter: &str, lock: &str| {
             format!(
-                "UPDATE webhooks SET lease_until = {p}1, lease_owner = {p}2 WHERE id IN ( \
-                 SELECT w.id FROM webhooks w \
+                "SELECT w.id FROM webhooks w \
                  LEFT JOIN organization_event_counters c ON c.organization_id = w.organization_id \
                  WHERE (w.lease_until IS NULL OR w.lease_until < {p}3) AND ( \
                  (w.state = 'active' AND COALESCE(c.last_sequence, 0) > w.delivered_sequence \
                  AND (w.retry_at IS NULL OR w.retry_at <= {p}3)) \
                  OR EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.webhook_id = w.id \
                  AND d.redelivery AND d.state = 'pending' AND d.next_attempt_at <= {p}3)) \
-                 ORDER BY w.id LIMIT {p}4 {lock}) RETURNING id",
+                 ORDER BY w.id LIMIT {p}4 {lock}",
                 p = parameter
+            )
+        };
+        let sql = |parameter: &str, lock: &str| {
+            format!(
+                "UPDATE webhooks SET lease_until = {p}1, lease_owner = {p}2 WHERE id IN ( \
+                 {due}) RETURNING id",
+                p = parameter,
+                due = due(parameter, lock)
             )
         };
         let claimed: Vec<Claimed> = match conn {
@@ -212,6 +220,26 @@ impl Webhook {
             }
             DbConnection::Sqlite(conn) => {
                 let conn: &mut crate::db::SqliteAsyncConnection = conn;
+                // An UPDATE takes SQLite's one write lock even when it
+                // matches nothing, so an idle poll would queue behind every
+                // writer (and they behind it) several times a second: ask
+                // first, without the lock, whether anything is due.
+                #[derive(diesel::QueryableByName)]
+                struct Due {
+                    #[diesel(sql_type = diesel::sql_types::Bool)]
+                    any: bool,
+                }
+                let Due { any } =
+                    diesel::sql_query(format!("SELECT EXISTS ({}) AS any", due("?", "")))
+                        .bind::<DbTimestamp, _>(Timestamp(until))
+                        .bind::<DbUuid, _>(owner)
+                        .bind::<DbTimestamp, _>(Timestamp(now))
+                        .bind::<diesel::sql_types::BigInt, _>(limit)
+                        .get_result(conn)
+                        .await?;
+                if !any {
+                    return Ok(Vec::new());
+                }
                 diesel::sql_query(sql("?", ""))
                     .bind::<DbTimestamp, _>(Timestamp(until))
                     .bind::<DbUuid, _>(owner)

@@ -68,6 +68,18 @@ impl<K: FromStr + Display> PageRequest<K> {
 
     /// The page of `rows` (fetched with [`Self::fetch_limit`]) and the token
     /// for the next one.
+    /// The filters this request's tokens are bound to (the same 8 bytes
+    /// the tokens carry): two requests with equal fingerprints, size and
+    /// cursor get the same page and the same next token.
+    pub fn filter_fingerprint(&self) -> u64 {
+        let mut bytes = [0u8; 8];
+        if let Ok(decoded) = URL_SAFE_NO_PAD.decode(&self.filter_fingerprint) {
+            let len = decoded.len().min(8);
+            bytes[..len].copy_from_slice(&decoded[..len]);
+        }
+        u64::from_be_bytes(bytes)
+    }
+
     pub fn page<T>(&self, mut rows: Vec<T>, cursor_of: impl Fn(&T) -> PageCursor<K>) -> Page<T> {
         let next_page_token = self.finish(&mut rows, cursor_of);
         Page {

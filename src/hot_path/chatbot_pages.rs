@@ -47,6 +47,10 @@ pub struct PageKey {
     member: Option<UserId>,
     size: i64,
     after: Option<(DateTime<Utc>, ChatbotId)>,
+    /// The filters as asked, which the next page's token is bound to: a
+    /// service account's list with and without its organization named
+    /// selects the same rows but must not share a token.
+    tokens_bound_to: u64,
 }
 
 impl PageKey {
@@ -60,6 +64,7 @@ impl PageKey {
                 .after
                 .as_ref()
                 .map(|after| (after.create_time, after.id)),
+            tokens_bound_to: page.filter_fingerprint(),
         }
     }
 }

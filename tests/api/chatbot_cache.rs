@@ -184,6 +184,52 @@ backend_test! {
     }
 }
 
+backend_test! {
+    async fn a_service_accounts_list_with_and_without_its_organization_named_pages_on_with_its_own_token() {
+        let app = spawn_app().await;
+        app.wait_for_api_key_cache().await;
+        let founder = app.new_user().await;
+        let team = app.create_organization(&founder, "team").await;
+        for name in ["a", "b", "c"] {
+            let request = proto::CreateChatbotRequest {
+                name: name.into(),
+                llm_endpoint_url: "https://llm.example.com/v1".into(),
+                organization_id: team.id.clone(),
+                ..Default::default()
+            };
+            app.create_chatbot_from(&founder.token, request).await.unwrap();
+        }
+        let account = app.create_service_account(&founder, &team.id, proto::OrganizationRole::Viewer).await;
+        // Its own organization, named or not: the same rows, but each
+        // request's next token is bound to the filter as it was asked.
+        let list = |organization_id: &str, page_token: String| {
+            let mut client = app.chatbots(Some(&account.token));
+            let request = proto::ListChatbotsRequest {
+                organization_id: organization_id.into(),
+                page_size: 2,
+                page_token,
+                ..Default::default()
+            };
+            async move { client.list_chatbots(request).await.map(|page| page.into_inner()) }
+        };
+        for first in [&team.id[..], ""] {
+            let then = if first.is_empty() { &team.id[..] } else { "" };
+            // Listed first by the one, then by the other, whose page would
+            // be the first's if they shared it.
+            list(first, String::new()).await.unwrap();
+            for organization_id in [then, first] {
+                let page = list(organization_id, String::new()).await.unwrap();
+                assert_eq!(page.chatbots.len(), 2);
+                let rest = list(organization_id, page.next_page_token)
+                    .await
+                    .unwrap_or_else(|refused| panic!("{organization_id:?}'s own token: {refused:?}"));
+                let names: Vec<_> = rest.chatbots.into_iter().map(|chatbot| chatbot.name).collect();
+                assert_eq!(names, ["c"]);
+            }
+        }
+    }
+}
+
 /// A chatbot created through one replica is in the very next list through
 /// another, whose page from before the create was cached, though the
 /// other's notifications arrive late (its listener behind a slow network)

@@ -282,8 +282,12 @@ where
                  SELECT id, 1 FROM organizations WHERE id = ",
         );
         out.push_bind_param::<DbUuid, _>(&event.organization)?;
+        // The organization's row is locked before its counter, as a
+        // delete locks them (the row, then the counter by its cascade):
+        // left to the foreign keys' checks at the statement's end, the
+        // lock came after the counter's and a racing delete deadlocked.
         out.push_sql(
-            " ON CONFLICT (organization_id) DO UPDATE \
+            " FOR KEY SHARE ON CONFLICT (organization_id) DO UPDATE \
                  SET last_sequence = organization_event_counters.last_sequence + 1 \
                  RETURNING organization_id, last_sequence) ",
         );

@@ -74,6 +74,38 @@ backend_test! {
     }
 }
 
+/// A delete locks the organization's row and then, by its cascade, the
+/// counter that numbers the organization's events. A create that locked the
+/// counter first and the row last (at its foreign keys' checks) deadlocked
+/// with it, and PostgreSQL failed one of the two: the create as INTERNAL,
+/// or the delete. Only PostgreSQL lets a test hold a delete half way.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_a_chatbot_created_while_its_organization_is_being_deleted_is_not_found() {
+    use diesel_async::SimpleAsyncConnection;
+
+    for round in 0..3 {
+        let (app, owner, team) = app_with_team("held").await;
+        // The organization has had an event (its creation), so its counter
+        // has a row for the create to lock.
+        let mut delete = app.sql().await;
+        let lock = format!(
+            "BEGIN; SELECT 1 FROM organizations WHERE id = '{}' FOR UPDATE",
+            team.id
+        );
+        delete.batch_execute(&lock).await.unwrap();
+        let finish_delete = async {
+            // Long enough for the create to reach its statement and wait.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let sql = format!("DELETE FROM organizations WHERE id = '{}'; COMMIT", team.id);
+            delete.batch_execute(&sql).await
+        };
+        let (created, deleted) = tokio::join!(team_chatbot(&app, &owner, &team.id), finish_delete);
+        deleted.unwrap_or_else(|error| panic!("round {round}: the delete failed: {error}"));
+        let refused = created.expect_err("the organization is gone");
+        assert_eq!(refused.code(), Code::NotFound, "round {round}: {refused:?}");
+    }
+}
+
 backend_test! {
     async fn deleting_a_user_hands_their_team_chatbots_to_another_owner() {
         let app = spawn_app().await;

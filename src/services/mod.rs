@@ -37,7 +37,7 @@ use crate::auth::{
 use diesel::QueryResult;
 use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 
-use crate::db::models::AuditActor;
+use crate::db::models::{AuditActor, Organization};
 use crate::db::{self, Database, DbConnection, Invalidation, Written};
 use crate::domain::{AuditAction, AuditRecord, AuditTarget};
 use crate::error::{AppError, AppResult, FieldViolation};
@@ -229,9 +229,16 @@ where
         + Send
         + 'a,
 {
+    let organization = record.target.organization;
     let deleted = state
         .write(conn, actor, Some(stale), move |conn| {
             async move {
+                // Its organization first, as a delete of that takes them.
+                if let Some(organization) = organization {
+                    if !Organization::hold(conn, organization).await? {
+                        return Ok(Written::unrecorded(false));
+                    }
+                }
                 Ok(match delete(conn).await? {
                     true => Written::recorded(true, record),
                     false => Written::unrecorded(false),

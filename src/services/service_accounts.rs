@@ -13,7 +13,7 @@ use super::events::state_of;
 use super::retries::{self, SecretSource};
 use super::{audit, delete_row, AppState};
 use crate::auth::{ownership, Caller};
-use crate::db::models::{CreateRequest, NewServiceAccount, ServiceAccount};
+use crate::db::models::{CreateRequest, NewServiceAccount, Organization, ServiceAccount};
 use crate::db::sql_types::Timestamp;
 use crate::db::{is_foreign_key_violation, Invalidation, Written};
 use crate::domain::{
@@ -216,6 +216,10 @@ pub async fn revoke_service_account(
     let revoked = state
         .write(&mut conn, audit::actor(caller), stale, |conn| {
             async move {
+                // See Organization::hold.
+                if !Organization::hold(conn, account.organization_id).await? {
+                    return Err(AppError::NotFound("service account"));
+                }
                 let revoked = ServiceAccount::revoke(conn, id, Utc::now()).await?;
                 let account = ServiceAccount::find(conn, id)
                     .await?

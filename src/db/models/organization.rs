@@ -5,8 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    AsChangeset, BoolExpressionMethods, ExpressionMethods, Insertable, QueryDsl, Queryable,
-    Selectable, SelectableHelper,
+    AsChangeset, BoolExpressionMethods, ExpressionMethods, Insertable, OptionalExtension, QueryDsl,
+    Queryable, Selectable, SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
 
@@ -58,6 +58,26 @@ impl Organization {
     pub async fn lock(conn: &mut DbConnection, id: OrganizationId) -> diesel::QueryResult<bool> {
         let touch = organizations::updated_at.eq(organizations::updated_at);
         Ok(update_rows!(conn, organizations::table.find(id), touch)? == 1)
+    }
+
+    /// Holds the organization's row against deletion until the transaction
+    /// ends (FOR KEY SHARE: other changes to it do not wait). A change to a
+    /// row that deleting the organization would delete with it (a service
+    /// account, a webhook, an invitation) takes this first: a delete locks
+    /// the organization, then those rows, and a change that locked its row
+    /// first deadlocked with it at the event it records. On SQLite the
+    /// transaction already holds the whole database. Whether it exists.
+    pub async fn hold(conn: &mut DbConnection, id: OrganizationId) -> diesel::QueryResult<bool> {
+        let row = organizations::table.find(id).select(organizations::id);
+        let held: Option<OrganizationId> = match conn {
+            DbConnection::Postgres(conn) => row.for_key_share().first(&mut **conn).await,
+            DbConnection::Sqlite(conn) => {
+                let conn: &mut crate::db::SqliteAsyncConnection = conn;
+                row.first(conn).await
+            }
+        }
+        .optional()?;
+        Ok(held.is_some())
     }
 
     /// Whether any chatbot belongs to the organization.

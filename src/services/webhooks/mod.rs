@@ -438,6 +438,10 @@ async fn update_webhook(
     state
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
+                // See Organization::hold.
+                if !Organization::hold(conn, organization).await? {
+                    return Err(AppError::NotFound("webhook"));
+                }
                 let webhook = Webhook::update(conn, id, changes)
                     .await?
                     .ok_or(AppError::NotFound("webhook"))?;
@@ -457,13 +461,18 @@ async fn update_webhook(
 async fn delete_webhook(state: &AppState, caller: &Caller, id: WebhookId) -> AppResult<()> {
     let mut conn = state.db.conn().await?;
     let current = managed(&mut conn, state, caller, id).await?;
+    let organization = current.organization_id;
     let record = AuditRecord::new(
         AuditAction::WebhookDelete,
-        AuditTarget::webhook(id, current.organization_id),
+        AuditTarget::webhook(id, organization),
     );
     let deleted = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
+                // See Organization::hold.
+                if !Organization::hold(conn, organization).await? {
+                    return Ok(Written::unrecorded(false));
+                }
                 Ok(match Webhook::delete(conn, id).await? {
                     true => Written::recorded(true, record),
                     false => Written::unrecorded(false),

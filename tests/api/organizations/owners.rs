@@ -6,7 +6,7 @@ use chatbot_backend::proto::{self, OrganizationRole as Role};
 use tonic::Code;
 
 use super::{app_with_team, members, remove, set_role, team_chatbot};
-use crate::helpers::{assert_code, backend_test, spawn_app, TestUser};
+use crate::helpers::{assert_code, backend_test, spawn_app, TestApp, TestUser};
 
 backend_test! {
     async fn two_owners_leaving_at_once_leave_one_owner() {
@@ -74,35 +74,73 @@ backend_test! {
     }
 }
 
-/// A delete locks the organization's row and then, by its cascade, the
-/// counter that numbers the organization's events. A create that locked the
-/// counter first and the row last (at its foreign keys' checks) deadlocked
-/// with it, and PostgreSQL failed one of the two: the create as INTERNAL,
-/// or the delete. Only PostgreSQL lets a test hold a delete half way.
-#[tokio::test(flavor = "multi_thread")]
-async fn on_postgres_a_chatbot_created_while_its_organization_is_being_deleted_is_not_found() {
+/// `change` while a delete of `organization` is held half way (its row
+/// locked, as DeleteOrganization locks it first) and then finished, which
+/// must succeed: `change`'s answer.
+async fn racing_a_held_delete<T>(
+    app: &TestApp,
+    organization: &str,
+    change: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
     use diesel_async::SimpleAsyncConnection;
 
-    for round in 0..3 {
-        let (app, owner, team) = app_with_team("held").await;
+    let mut delete = app.sql().await;
+    let lock = format!("BEGIN; SELECT 1 FROM organizations WHERE id = '{organization}' FOR UPDATE");
+    delete.batch_execute(&lock).await.unwrap();
+    let finish_delete = async {
+        // Long enough for the change to reach its statements and wait.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let sql = format!("DELETE FROM organizations WHERE id = '{organization}'; COMMIT");
+        delete.batch_execute(&sql).await
+    };
+    let (changed, deleted) = tokio::join!(change, finish_delete);
+    deleted.unwrap_or_else(|error| panic!("the delete failed: {error}"));
+    changed
+}
+
+/// A delete locks the organization's row and then, by its cascade, the rows
+/// that go with it (the counter that numbers its events, its service
+/// accounts, invitations, webhooks). A change that locked one of those
+/// first and the organization last (at its event, or its foreign keys'
+/// checks) deadlocked with it, and PostgreSQL failed one of the two: the
+/// change as INTERNAL, or the delete. Only PostgreSQL lets a test hold a
+/// delete half way.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_a_change_racing_its_organizations_delete_is_not_found() {
+    for _ in 0..2 {
         // The organization has had an event (its creation), so its counter
-        // has a row for the create to lock.
-        let mut delete = app.sql().await;
-        let lock = format!(
-            "BEGIN; SELECT 1 FROM organizations WHERE id = '{}' FOR UPDATE",
-            team.id
-        );
-        delete.batch_execute(&lock).await.unwrap();
-        let finish_delete = async {
-            // Long enough for the create to reach its statement and wait.
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            let sql = format!("DELETE FROM organizations WHERE id = '{}'; COMMIT", team.id);
-            delete.batch_execute(&sql).await
-        };
-        let (created, deleted) = tokio::join!(team_chatbot(&app, &owner, &team.id), finish_delete);
-        deleted.unwrap_or_else(|error| panic!("round {round}: the delete failed: {error}"));
-        let refused = created.expect_err("the organization is gone");
-        assert_eq!(refused.code(), Code::NotFound, "round {round}: {refused:?}");
+        // has a row for a create to lock.
+        let (app, owner, team) = app_with_team("held").await;
+        let created = racing_a_held_delete(&app, &team.id, team_chatbot(&app, &owner, &team.id));
+        assert_code(created.await, Code::NotFound);
+
+        let team = app.create_organization(&owner, "held").await;
+        let account = app
+            .create_service_account(&owner, &team.id, Role::Viewer)
+            .await;
+        let id = account.service_account.unwrap().id;
+        let mut accounts = app.organizations(Some(&owner.token));
+        let revoke = proto::RevokeServiceAccountRequest { id: id.clone() };
+        let revoked = racing_a_held_delete(&app, &team.id, accounts.revoke_service_account(revoke));
+        assert_code(revoked.await, Code::NotFound);
+
+        let team = app.create_organization(&owner, "held").await;
+        let account = app
+            .create_service_account(&owner, &team.id, Role::Viewer)
+            .await;
+        let id = account.service_account.unwrap().id;
+        let delete = proto::DeleteServiceAccountRequest { id };
+        let deleted = racing_a_held_delete(&app, &team.id, accounts.delete_service_account(delete));
+        assert_code(deleted.await, Code::NotFound);
+
+        let team = app.create_organization(&owner, "held").await;
+        let invited = app
+            .invite(&owner, &team.id, "held@example.com", Role::Viewer)
+            .await;
+        let id = invited.invitation.unwrap().id;
+        let delete = proto::DeleteInvitationRequest { id };
+        let deleted = racing_a_held_delete(&app, &team.id, accounts.delete_invitation(delete));
+        assert_code(deleted.await, Code::NotFound);
     }
 }
 

@@ -233,7 +233,7 @@ where
     let deleted = state
         .write(conn, actor, Some(stale), move |conn| {
             async move {
-                // Its organization first, as a delete of that takes them.
+                // See Organization::hold.
                 if let Some(organization) = organization {
                     if !Organization::hold(conn, organization).await? {
                         return Ok(Written::unrecorded(false));

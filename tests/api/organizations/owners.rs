@@ -6,7 +6,10 @@ use chatbot_backend::proto::{self, OrganizationRole as Role};
 use tonic::Code;
 
 use super::{app_with_team, members, remove, set_role, team_chatbot};
-use crate::helpers::{assert_code, backend_test, spawn_app, TestApp, TestUser};
+use crate::helpers::{
+    assert_code, backend_test, field_mask, spawn_app, spawn_app_with, TestApp, TestUser,
+};
+use crate::webhooks::create_webhook;
 
 backend_test! {
     async fn two_owners_leaving_at_once_leave_one_owner() {
@@ -110,7 +113,10 @@ async fn on_postgres_a_change_racing_its_organizations_delete_is_not_found() {
     for _ in 0..2 {
         // The organization has had an event (its creation), so its counter
         // has a row for a create to lock.
-        let (app, owner, team) = app_with_team("held").await;
+        // Webhooks to a closed local port: their deliveries only fail.
+        let app = spawn_app_with(&["--webhook-allow-private-targets", "true"]).await;
+        let owner = app.new_user().await;
+        let team = app.create_organization(&owner, "held").await;
         let created = racing_a_held_delete(&app, &team.id, team_chatbot(&app, &owner, &team.id));
         assert_code(created.await, Code::NotFound);
 
@@ -141,6 +147,38 @@ async fn on_postgres_a_change_racing_its_organizations_delete_is_not_found() {
         let delete = proto::DeleteInvitationRequest { id };
         let deleted = racing_a_held_delete(&app, &team.id, accounts.delete_invitation(delete));
         assert_code(deleted.await, Code::NotFound);
+
+        let mut webhooks = app.webhooks(Some(&owner.token));
+        for update in [true, false] {
+            let team = app.create_organization(&owner, "held").await;
+            let url = "http://127.0.0.1:9/hook";
+            let created = create_webhook(&app, &owner, &team.id, url, &[])
+                .await
+                .unwrap();
+            let id = created.webhook.unwrap().id;
+            let changed = match update {
+                true => {
+                    let request = proto::UpdateWebhookRequest {
+                        webhook: Some(proto::Webhook {
+                            id,
+                            description: "renamed".into(),
+                            ..Default::default()
+                        }),
+                        update_mask: field_mask(&["description"]),
+                    };
+                    racing_a_held_delete(&app, &team.id, webhooks.update_webhook(request))
+                        .await
+                        .map(drop)
+                }
+                false => {
+                    let request = proto::DeleteWebhookRequest { id };
+                    racing_a_held_delete(&app, &team.id, webhooks.delete_webhook(request))
+                        .await
+                        .map(drop)
+                }
+            };
+            assert_code(changed, Code::NotFound);
+        }
     }
 }
 

@@ -7,7 +7,11 @@
 # and claiming to be issued just now), ROUNDS times. The flood is offered at
 # FLOOD_RATE (default 10000/s, beyond what the version before issue 28
 # answered at all: 6,939/s); FLOOD_RATE=max floods with 64 callers back to
-# back, which saturates the CPU the valid calls need too.
+# back, which saturates the CPU the valid calls need too. Each measure lasts
+# VALID_SECS (default 10); on a noisy machine, more and shorter rounds
+# (ROUNDS=8 VALID_SECS=5) give a steadier median. The last line printed is
+# each flood's p99 ratio to the same round's unloaded p99: the median and
+# the range over the rounds.
 #
 #   cargo build --release --bins
 #   benches/unknown_key_flood.sh
@@ -24,6 +28,7 @@ ADDR=127.0.0.1:50074
 SERVER=${SERVER:-target/release/chatbot-backend}
 LOADGEN=target/release/loadgen
 RATE=${RATE:-500}
+VALID_SECS=${VALID_SECS:-10}
 FLOOD_RATE=${FLOOD_RATE:-10000}
 FLOOD_PACE=(--rate "$FLOOD_RATE")
 [ "$FLOOD_RATE" = max ] && FLOOD_PACE=()
@@ -39,13 +44,13 @@ trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
 sleep 4
 valid() { # label
   line=$($LOADGEN --addr "http://$ADDR" --rpc verify-api-key-valid --rate "$RATE" --concurrency 16 \
-    --duration-secs 10 --warmup-secs 1 --json 2>/dev/null | tail -n1)
+    --duration-secs "$VALID_SECS" --warmup-secs 1 --json 2>/dev/null | tail -n1)
   python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['label']=sys.argv[2]; print(json.dumps(r))" "$line" "$1" | tee -a $OUT
 }
 for round in $(seq 1 "${ROUNDS:-2}"); do
   valid "uncached valid key, unloaded, r$round"
   for flood in verify-api-key-invalid verify-api-key-invalid-fresh; do
-    $LOADGEN --addr "http://$ADDR" --rpc $flood --concurrency 64 "${FLOOD_PACE[@]}" --duration-secs 14 --warmup-secs 0 --json \
+    $LOADGEN --addr "http://$ADDR" --rpc $flood --concurrency 64 "${FLOOD_PACE[@]}" --duration-secs $((VALID_SECS + 4)) --warmup-secs 0 --json \
       2>/dev/null | tail -n1 >target/bench/flood.json &
     FLOOD=$!
     sleep 2
@@ -55,3 +60,19 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
       target/bench/flood.json "the flood, r$round" | tee -a $OUT
   done
 done
+python3 - "$OUT" <<'PY'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+unloaded = {}
+ratios = {}
+for row in rows:
+    label, p99 = row["label"], row["latency_ms"]["p99"]
+    round_ = label.rsplit(" r", 1)[1]
+    if "unloaded" in label:
+        unloaded[round_] = p99
+    elif "during" in label:
+        kind = label.split("flood of ")[1].rsplit(",", 1)[0]
+        ratios.setdefault(kind, []).append(p99 / unloaded[round_])
+print(json.dumps({kind: {"median": round(statistics.median(r), 2), "min": round(min(r), 2),
+                         "max": round(max(r), 2)} for kind, r in ratios.items()}))
+PY

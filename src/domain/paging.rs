@@ -26,7 +26,7 @@ pub struct PageCursor<K> {
 pub struct PageRequest<K> {
     pub size: i64,
     pub after: Option<PageCursor<K>>,
-    filter_fingerprint: String,
+    filter_fingerprint: [u8; 8],
 }
 
 const TOKEN_VERSION: &str = "p1";
@@ -66,20 +66,15 @@ impl<K: FromStr + Display> PageRequest<K> {
         self.size + 1
     }
 
-    /// The page of `rows` (fetched with [`Self::fetch_limit`]) and the token
-    /// for the next one.
-    /// The filters this request's tokens are bound to (the same 8 bytes
-    /// the tokens carry): two requests with equal fingerprints, size and
-    /// cursor get the same page and the same next token.
+    /// The filters this request's tokens are bound to (the 8 bytes the
+    /// tokens carry): two requests with equal fingerprints, size and cursor
+    /// get the same page and the same next token.
     pub fn filter_fingerprint(&self) -> u64 {
-        let mut bytes = [0u8; 8];
-        if let Ok(decoded) = URL_SAFE_NO_PAD.decode(&self.filter_fingerprint) {
-            let len = decoded.len().min(8);
-            bytes[..len].copy_from_slice(&decoded[..len]);
-        }
-        u64::from_be_bytes(bytes)
+        u64::from_be_bytes(self.filter_fingerprint)
     }
 
+    /// The page of `rows` (fetched with [`Self::fetch_limit`]) and the token
+    /// for the next one.
     pub fn page<T>(&self, mut rows: Vec<T>, cursor_of: impl Fn(&T) -> PageCursor<K>) -> Page<T> {
         let next_page_token = self.finish(&mut rows, cursor_of);
         Page {
@@ -109,13 +104,16 @@ pub struct Page<T> {
     pub next_page_token: String,
 }
 
-fn fingerprint(filter: &str) -> String {
+fn fingerprint(filter: &str) -> [u8; 8] {
     let digest = Sha256::digest(filter.as_bytes());
-    URL_SAFE_NO_PAD.encode(&digest[..8])
+    let mut first = [0; 8];
+    first.copy_from_slice(&digest[..8]);
+    first
 }
 
-fn encode_token<K: Display>(cursor: &PageCursor<K>, filter_fingerprint: &str) -> String {
+fn encode_token<K: Display>(cursor: &PageCursor<K>, filter_fingerprint: &[u8; 8]) -> String {
     let micros = cursor.create_time.timestamp_micros();
+    let filter_fingerprint = URL_SAFE_NO_PAD.encode(filter_fingerprint);
     let raw = format!(
         "{TOKEN_VERSION}|{filter_fingerprint}|{micros}|{}",
         cursor.id
@@ -125,7 +123,7 @@ fn encode_token<K: Display>(cursor: &PageCursor<K>, filter_fingerprint: &str) ->
 
 fn decode_token<K: FromStr>(
     token: &str,
-    filter_fingerprint: &str,
+    filter_fingerprint: &[u8; 8],
 ) -> Result<PageCursor<K>, FieldViolation> {
     let invalid = || FieldViolation::new("page_token", "is not a token this list issued");
     if token.len() > MAX_TOKEN_LEN {
@@ -139,7 +137,7 @@ fn decode_token<K: FromStr>(
     else {
         return Err(invalid());
     };
-    if fingerprint != filter_fingerprint {
+    if fingerprint != URL_SAFE_NO_PAD.encode(filter_fingerprint) {
         return Err(FieldViolation::new(
             "page_token",
             "was issued for a different filter; start again without a token",
@@ -187,7 +185,7 @@ mod tests {
     fn forged(fingerprint_of: &str, micros: &str, id: &str) -> String {
         let raw = format!(
             "{TOKEN_VERSION}|{}|{micros}|{id}",
-            fingerprint(fingerprint_of)
+            URL_SAFE_NO_PAD.encode(fingerprint(fingerprint_of))
         );
         URL_SAFE_NO_PAD.encode(raw)
     }
@@ -231,7 +229,10 @@ mod tests {
             forged("f", "0x10", uuid),
             forged("f", " 1", uuid),
             forged("other filter", "0", uuid),
-            URL_SAFE_NO_PAD.encode(format!("p2|{}|0|{uuid}", fingerprint("f"))),
+            URL_SAFE_NO_PAD.encode(format!(
+                "p2|{}|0|{uuid}",
+                URL_SAFE_NO_PAD.encode(fingerprint("f"))
+            )),
             URL_SAFE_NO_PAD.encode("p1"),
             URL_SAFE_NO_PAD.encode([0xff, 0xfe, b'|']),
             "=".into(),

@@ -44,7 +44,7 @@ pub use pool::{Database, PoolError, PoolSettings};
 pub use prepared_once::PreparedOnce;
 pub use target::{DatabaseTarget, ServeLock};
 pub use tls::{PgConnectError, PgConnector};
-pub use write::{insert, write, Written};
+pub use write::{insert, write, write_in, Written};
 
 /// Whether `error` is a foreign key refusing a change: PostgreSQL's or
 /// SQLite's own, or one of the triggers that stand in for a foreign key on

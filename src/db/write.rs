@@ -6,9 +6,9 @@
 
 use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 
-use super::models::{AuditActor, AuditEvent};
+use super::models::{AuditActor, AuditEvent, Organization};
 use super::{notify_invalidation, DbConnection, Invalidation};
-use crate::domain::AuditRecord;
+use crate::domain::{AuditRecord, OrganizationId};
 
 /// What a change's statements did: their result, and the audit record of
 /// each change they made. A change that turned out to change nothing (a
@@ -55,8 +55,33 @@ where
     E: From<diesel::result::Error> + Send + 'a,
     R: Send + 'a,
 {
+    write_in(conn, None, actor, stale, change).await
+}
+
+/// [`write`] of a change to rows that deleting `organization` deletes with
+/// it (its service accounts, invitations, webhooks): the organization's row
+/// is held first ([`Organization::hold`]), the order its delete locks them
+/// in, so the two wait for each other instead of deadlocking. A change that
+/// waited for the delete finds its rows gone. `None` is [`write`].
+pub async fn write_in<'a, R, E, F>(
+    conn: &mut DbConnection,
+    organization: Option<OrganizationId>,
+    actor: AuditActor,
+    stale: Option<Invalidation>,
+    change: F,
+) -> Result<R, E>
+where
+    F: for<'r> FnOnce(&'r mut DbConnection) -> ScopedBoxFuture<'a, 'r, Result<Written<R>, E>>
+        + Send
+        + 'a,
+    E: From<diesel::result::Error> + Send + 'a,
+    R: Send + 'a,
+{
     conn.transaction(|conn| {
         async move {
+            if let Some(organization) = organization {
+                Organization::hold(conn, organization).await?;
+            }
             let Written { value, records } = change(&mut *conn).await?;
             for record in &records {
                 // With the change as an event of its organization (the outbox).

@@ -27,7 +27,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::db::models::webhook::{delivery_state, DISABLED};
 use crate::db::models::{
-    Attempt, AuditActor, Organization, OrganizationEvent, Webhook, WebhookChanges, WebhookDelivery,
+    Attempt, AuditActor, OrganizationEvent, Webhook, WebhookChanges, WebhookDelivery,
 };
 use crate::db::{Database, Written};
 use crate::domain::{AuditAction, AuditRecord, AuditTarget, ReplicaId, WebhookSigner};
@@ -320,12 +320,8 @@ impl WebhookDeliverer {
             ..WebhookChanges::default()
         };
         let changes = &changes;
-        crate::db::write(conn, actor, None, |conn| {
+        crate::db::write_in(conn, Some(organization), actor, None, |conn| {
             async move {
-                // See Organization::hold.
-                if !Organization::hold(conn, organization).await? {
-                    return Ok(Written::unrecorded(()));
-                }
                 Webhook::advance(conn, id, gave_up_on, None).await?;
                 let Some(webhook) = Webhook::update(conn, id, changes).await? else {
                     return Ok(Written::unrecorded(()));

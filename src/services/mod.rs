@@ -37,9 +37,9 @@ use crate::auth::{
 use diesel::QueryResult;
 use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 
-use crate::db::models::{AuditActor, Organization};
+use crate::db::models::AuditActor;
 use crate::db::{self, Database, DbConnection, Invalidation, Written};
-use crate::domain::{AuditAction, AuditRecord, AuditTarget};
+use crate::domain::{AuditAction, AuditRecord, AuditTarget, OrganizationId};
 use crate::error::{AppError, AppResult, FieldViolation};
 use crate::hot_path::{ApiKeyCache, CacheInvalidation, ChatbotReads};
 use crate::proto::RpcRequest;
@@ -206,7 +206,26 @@ impl AppState {
             + 'a,
         R: Send + 'a,
     {
-        let value = db::write(conn, actor, stale, change).await?;
+        self.write_in(conn, None, actor, stale, change).await
+    }
+
+    /// [`Self::write`] through [`db::write_in`]: for a change to rows that
+    /// deleting `organization` deletes with them.
+    pub async fn write_in<'a, R, F>(
+        &self,
+        conn: &mut DbConnection,
+        organization: Option<OrganizationId>,
+        actor: AuditActor,
+        stale: Option<Invalidation>,
+        change: F,
+    ) -> AppResult<R>
+    where
+        F: for<'r> FnOnce(&'r mut DbConnection) -> ScopedBoxFuture<'a, 'r, AppResult<Written<R>>>
+            + Send
+            + 'a,
+        R: Send + 'a,
+    {
+        let value = db::write_in(conn, organization, actor, stale, change).await?;
         if let Some(stale) = &stale {
             self.caches.invalidate_here(stale);
         }
@@ -231,14 +250,8 @@ where
 {
     let organization = record.target.organization;
     let deleted = state
-        .write(conn, actor, Some(stale), move |conn| {
+        .write_in(conn, organization, actor, Some(stale), move |conn| {
             async move {
-                // See Organization::hold.
-                if let Some(organization) = organization {
-                    if !Organization::hold(conn, organization).await? {
-                        return Ok(Written::unrecorded(false));
-                    }
-                }
                 Ok(match delete(conn).await? {
                     true => Written::recorded(true, record),
                     false => Written::unrecorded(false),

@@ -13,7 +13,7 @@ use super::events::state_of;
 use super::retries::{self, SecretSource};
 use super::{audit, delete_row, AppState};
 use crate::auth::{ownership, Caller};
-use crate::db::models::{CreateRequest, NewServiceAccount, Organization, ServiceAccount};
+use crate::db::models::{CreateRequest, NewServiceAccount, ServiceAccount};
 use crate::db::sql_types::Timestamp;
 use crate::db::{is_foreign_key_violation, Invalidation, Written};
 use crate::domain::{
@@ -213,27 +213,30 @@ pub async fn revoke_service_account(
     let target = AuditTarget::service_account(id, account.organization_id);
     let record = AuditRecord::new(AuditAction::ServiceAccountRevoke, target);
     let stale = Some(Invalidation::ServiceAccount(id));
+    let organization = Some(account.organization_id);
     let revoked = state
-        .write(&mut conn, audit::actor(caller), stale, |conn| {
-            async move {
-                // See Organization::hold.
-                if !Organization::hold(conn, account.organization_id).await? {
-                    return Err(AppError::NotFound("service account"));
+        .write_in(
+            &mut conn,
+            organization,
+            audit::actor(caller),
+            stale,
+            |conn| {
+                async move {
+                    let revoked = ServiceAccount::revoke(conn, id, Utc::now()).await?;
+                    let account = ServiceAccount::find(conn, id)
+                        .await?
+                        .ok_or(AppError::NotFound("service account"))?;
+                    Ok(match revoked {
+                        true => {
+                            let record = record.with_state(state_of(account.clone()));
+                            Written::recorded(account, record)
+                        }
+                        false => Written::unrecorded(account),
+                    })
                 }
-                let revoked = ServiceAccount::revoke(conn, id, Utc::now()).await?;
-                let account = ServiceAccount::find(conn, id)
-                    .await?
-                    .ok_or(AppError::NotFound("service account"))?;
-                Ok(match revoked {
-                    true => {
-                        let record = record.with_state(state_of(account.clone()));
-                        Written::recorded(account, record)
-                    }
-                    false => Written::unrecorded(account),
-                })
-            }
-            .scope_boxed()
-        })
+                .scope_boxed()
+            },
+        )
         .await?;
     tracing::info!(service_account_id = %id, "service account revoked");
     Ok(revoked)

@@ -5,8 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    AsChangeset, BoolExpressionMethods, ExpressionMethods, Insertable, OptionalExtension, QueryDsl,
-    Queryable, Selectable, SelectableHelper,
+    AsChangeset, BoolExpressionMethods, ExpressionMethods, Insertable, QueryDsl, Queryable,
+    Selectable, SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
 
@@ -61,25 +61,18 @@ impl Organization {
     }
 
     /// Holds the organization's row against deletion until the transaction
-    /// ends (FOR KEY SHARE: other changes to it do not wait). A change to a
-    /// row that deleting the organization would delete with it (a service
-    /// account, a webhook, an invitation) takes this first: a delete locks
-    /// the organization, then those rows, and a change that locked its row
-    /// first deadlocked with it at the event it records. Whether it exists.
-    ///
-    /// On SQLite the one writer cannot deadlock, and this reads nothing: a
-    /// read before a transaction's first write makes that write fail at once
-    /// (SQLITE_BUSY) if another connection wrote in between, where a write
-    /// first waits its turn. The change's own statements find a deleted
-    /// organization's rows gone.
-    pub async fn hold(conn: &mut DbConnection, id: OrganizationId) -> diesel::QueryResult<bool> {
+    /// ends (FOR KEY SHARE: other changes to it do not wait); see
+    /// [`crate::db::write_in`], which takes it before a change to the rows
+    /// the organization's delete deletes with it. Nothing is held on SQLite,
+    /// whose one writer cannot deadlock, and nothing read: a read before a
+    /// transaction's first write makes that write fail at once (SQLITE_BUSY)
+    /// if another connection wrote in between, where a write waits its turn.
+    pub async fn hold(conn: &mut DbConnection, id: OrganizationId) -> diesel::QueryResult<()> {
         let DbConnection::Postgres(conn) = conn else {
-            return Ok(true);
+            return Ok(());
         };
         let row = organizations::table.find(id).select(organizations::id);
-        let held: Option<OrganizationId> =
-            row.for_key_share().first(&mut **conn).await.optional()?;
-        Ok(held.is_some())
+        row.for_key_share().execute(&mut **conn).await.map(drop)
     }
 
     /// Whether any chatbot belongs to the organization.

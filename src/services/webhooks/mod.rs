@@ -436,50 +436,54 @@ async fn update_webhook(
     let organization = current.organization_id;
     let changes = &changes;
     state
-        .write(&mut conn, audit::actor(caller), None, |conn| {
-            async move {
-                // See Organization::hold.
-                if !Organization::hold(conn, organization).await? {
-                    return Err(AppError::NotFound("webhook"));
+        .write_in(
+            &mut conn,
+            Some(organization),
+            audit::actor(caller),
+            None,
+            |conn| {
+                async move {
+                    let webhook = Webhook::update(conn, id, changes)
+                        .await?
+                        .ok_or(AppError::NotFound("webhook"))?;
+                    let record = AuditRecord::new(
+                        AuditAction::WebhookUpdate,
+                        AuditTarget::webhook(id, organization),
+                    )
+                    .with_changes(changed)
+                    .with_state(state_of(webhook.clone()));
+                    Ok(Written::recorded(webhook, record))
                 }
-                let webhook = Webhook::update(conn, id, changes)
-                    .await?
-                    .ok_or(AppError::NotFound("webhook"))?;
-                let record = AuditRecord::new(
-                    AuditAction::WebhookUpdate,
-                    AuditTarget::webhook(id, organization),
-                )
-                .with_changes(changed)
-                .with_state(state_of(webhook.clone()));
-                Ok(Written::recorded(webhook, record))
-            }
-            .scope_boxed()
-        })
+                .scope_boxed()
+            },
+        )
         .await
 }
 
 async fn delete_webhook(state: &AppState, caller: &Caller, id: WebhookId) -> AppResult<()> {
     let mut conn = state.db.conn().await?;
     let current = managed(&mut conn, state, caller, id).await?;
-    let organization = current.organization_id;
     let record = AuditRecord::new(
         AuditAction::WebhookDelete,
-        AuditTarget::webhook(id, organization),
+        AuditTarget::webhook(id, current.organization_id),
     );
+    let organization = Some(current.organization_id);
     let deleted = state
-        .write(&mut conn, audit::actor(caller), None, |conn| {
-            async move {
-                // See Organization::hold.
-                if !Organization::hold(conn, organization).await? {
-                    return Ok(Written::unrecorded(false));
+        .write_in(
+            &mut conn,
+            organization,
+            audit::actor(caller),
+            None,
+            |conn| {
+                async move {
+                    Ok(match Webhook::delete(conn, id).await? {
+                        true => Written::recorded(true, record),
+                        false => Written::unrecorded(false),
+                    })
                 }
-                Ok(match Webhook::delete(conn, id).await? {
-                    true => Written::recorded(true, record),
-                    false => Written::unrecorded(false),
-                })
-            }
-            .scope_boxed()
-        })
+                .scope_boxed()
+            },
+        )
         .await?;
     match deleted {
         true => {

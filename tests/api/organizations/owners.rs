@@ -101,6 +101,15 @@ async fn racing_a_held_delete<T>(
     changed
 }
 
+/// A new team organization of `owner` with a service account: their ids.
+async fn team_with_service_account(app: &TestApp, owner: &TestUser) -> (String, String) {
+    let team = app.create_organization(owner, "held").await;
+    let account = app
+        .create_service_account(owner, &team.id, Role::Viewer)
+        .await;
+    (team.id, account.service_account.unwrap().id)
+}
+
 /// A delete locks the organization's row and then, by its cascade, the rows
 /// that go with it (the counter that numbers its events, its service
 /// accounts, invitations, webhooks). A change that locked one of those
@@ -111,32 +120,24 @@ async fn racing_a_held_delete<T>(
 #[tokio::test(flavor = "multi_thread")]
 async fn on_postgres_a_change_racing_its_organizations_delete_is_not_found() {
     for _ in 0..2 {
-        // The organization has had an event (its creation), so its counter
-        // has a row for a create to lock.
         // Webhooks to a closed local port: their deliveries only fail.
         let app = spawn_app_with(&["--webhook-allow-private-targets", "true"]).await;
         let owner = app.new_user().await;
+        // The organization has had an event (its creation), so its counter
+        // has a row for a create to lock.
         let team = app.create_organization(&owner, "held").await;
         let created = racing_a_held_delete(&app, &team.id, team_chatbot(&app, &owner, &team.id));
         assert_code(created.await, Code::NotFound);
 
-        let team = app.create_organization(&owner, "held").await;
-        let account = app
-            .create_service_account(&owner, &team.id, Role::Viewer)
-            .await;
-        let id = account.service_account.unwrap().id;
+        let (team, id) = team_with_service_account(&app, &owner).await;
         let mut accounts = app.organizations(Some(&owner.token));
-        let revoke = proto::RevokeServiceAccountRequest { id: id.clone() };
-        let revoked = racing_a_held_delete(&app, &team.id, accounts.revoke_service_account(revoke));
+        let revoke = proto::RevokeServiceAccountRequest { id };
+        let revoked = racing_a_held_delete(&app, &team, accounts.revoke_service_account(revoke));
         assert_code(revoked.await, Code::NotFound);
 
-        let team = app.create_organization(&owner, "held").await;
-        let account = app
-            .create_service_account(&owner, &team.id, Role::Viewer)
-            .await;
-        let id = account.service_account.unwrap().id;
+        let (team, id) = team_with_service_account(&app, &owner).await;
         let delete = proto::DeleteServiceAccountRequest { id };
-        let deleted = racing_a_held_delete(&app, &team.id, accounts.delete_service_account(delete));
+        let deleted = racing_a_held_delete(&app, &team, accounts.delete_service_account(delete));
         assert_code(deleted.await, Code::NotFound);
 
         let team = app.create_organization(&owner, "held").await;

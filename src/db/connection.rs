@@ -143,7 +143,28 @@ impl DbConnection {
     }
 
     async fn begin(&mut self) -> diesel::QueryResult<()> {
-        with_transaction_manager!(self, begin_transaction)
+        match self {
+            // Every transaction here writes. SQLite's default BEGIN takes the
+            // one write lock only at the first write, and if another
+            // connection wrote after this transaction's first read, that
+            // write fails at once (SQLITE_BUSY, no busy_timeout wait).
+            // BEGIN IMMEDIATE takes the lock first, waiting its turn, so no
+            // change has to be ordered write-first to be safe. Nested
+            // transactions are savepoints as before.
+            DbConnection::Sqlite(c) => {
+                c.spawn_blocking(|inner| {
+                    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+                    match AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE") {
+                        Err(diesel::result::Error::AlreadyInTransaction) => {
+                            AnsiTransactionManager::begin_transaction(inner)
+                        }
+                        begun => begun,
+                    }
+                })
+                .await
+            }
+            DbConnection::Postgres(_) => with_transaction_manager!(self, begin_transaction),
+        }
     }
 
     async fn commit(&mut self) -> diesel::QueryResult<()> {
@@ -172,4 +193,91 @@ pub async fn ping(conn: &mut DbConnection) -> diesel::QueryResult<String> {
     };
     let row: ServerVersion = db_run!(conn => diesel::sql_query(query).get_result(conn).await)?;
     Ok(row.server_version)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use diesel_async::scoped_futures::ScopedFutureExt;
+    use diesel_async::SimpleAsyncConnection;
+
+    use super::DbConnection;
+    use crate::db::{Database, DatabaseTarget, PoolSettings};
+
+    async fn run(conn: &mut DbConnection, sql: &str) -> diesel::QueryResult<()> {
+        match conn {
+            DbConnection::Sqlite(conn) => conn.batch_execute(sql).await,
+            DbConnection::Postgres(conn) => conn.batch_execute(sql).await,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_sqlite_a_transaction_that_reads_before_it_writes_commits_while_another_connection_writes(
+    ) {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!("begin-{}-{nanos}.db", std::process::id()));
+        let settings = PoolSettings {
+            max_size: 2,
+            acquire_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+        };
+        let db = Database::new(&DatabaseTarget::Sqlite(path.clone()), &settings).unwrap();
+        let mut conn = db.conn().await.unwrap();
+        let schema = "CREATE TABLE counters (n INTEGER NOT NULL); INSERT INTO counters VALUES (0)";
+        run(&mut conn, schema).await.unwrap();
+
+        let (read, other_may_write) = tokio::sync::oneshot::channel();
+        let other = tokio::spawn({
+            let db = db.clone();
+            async move {
+                other_may_write.await.unwrap();
+                let mut conn = db.conn().await.unwrap();
+                run(&mut conn, "UPDATE counters SET n = n + 1").await
+            }
+        });
+        let reads_first = conn
+            .transaction(|conn| {
+                async move {
+                    run(conn, "SELECT n FROM counters").await?;
+                    read.send(()).unwrap();
+                    // Time for the other connection's write to commit, were
+                    // it not made to wait for this transaction.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    run(conn, "UPDATE counters SET n = n + 10").await
+                }
+                .scope_boxed()
+            })
+            .await;
+        let other = other.await.unwrap();
+
+        let mut check = db.conn().await.unwrap();
+        let ends = match &mut check {
+            DbConnection::Sqlite(c) => {
+                use diesel_async::RunQueryDsl;
+                diesel::sql_query("SELECT n FROM counters")
+                    .load::<Counter>(&mut **c)
+                    .await
+            }
+            DbConnection::Postgres(_) => unreachable!("a SQLite database"),
+        };
+        drop((conn, check));
+        db.close();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        reads_first.expect("the transaction that read first commits");
+        other.expect("the other connection's write waits its turn and commits");
+        assert_eq!(ends.unwrap().iter().map(|c| c.n).collect::<Vec<_>>(), [11]);
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Counter {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
 }

@@ -321,8 +321,7 @@ pub async fn delete_user(state: &AppState, caller: &Caller, id: UserId) -> AppRe
     let deleted = state
         .write(&mut conn, audit::actor(caller), stale, |conn| {
             async move {
-                // A write first: on SQLite it takes the write lock at once
-                // rather than failing a later read-to-write upgrade.
+                // The user's row locked first: a racing change waits.
                 if !User::lock(conn, id).await? {
                     return Ok(Written::unrecorded(false));
                 }

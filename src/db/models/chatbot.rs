@@ -156,9 +156,8 @@ impl Chatbot {
     /// Locks the chatbot's row until the transaction ends, serialising
     /// changes to its key set (the active-key limit). A no-op write rather
     /// than `SELECT ... FOR UPDATE`, which SQLite lacks: on PostgreSQL it
-    /// takes the row lock, on SQLite the database's write lock, and as the
-    /// transaction's first statement it waits (busy_timeout) instead of
-    /// failing a later read-to-write upgrade with SQLITE_BUSY.
+    /// takes the row lock; a SQLite transaction holds the database's write
+    /// lock from its BEGIN.
     pub async fn lock(conn: &mut DbConnection, id: ChatbotId) -> diesel::QueryResult<bool> {
         let touch = chatbots::updated_at.eq(chatbots::updated_at);
         Ok(update_rows!(conn, chatbots::table.find(id), touch)? == 1)

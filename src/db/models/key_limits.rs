@@ -188,18 +188,10 @@ impl KeyLimits {
                     .load(&mut **conn)
                     .await
             }
-            // SQLite has no row locks: a no-op write as the transaction's
-            // first statement takes the database's write lock (waiting
-            // busy_timeout for it rather than failing a later upgrade).
+            // SQLite has no row locks; its transaction holds the one write
+            // lock from its BEGIN (`DbConnection::transaction`).
             DbConnection::Sqlite(conn) => {
-                let conn: &mut crate::db::SqliteAsyncConnection = conn;
-                diesel::update(
-                    api_key_limits::table.filter(api_key_limits::api_key_id.eq_any(ids)),
-                )
-                .set(api_key_limits::credits_remaining.eq(api_key_limits::credits_remaining))
-                .execute(conn)
-                .await?;
-                rows.select(KeyLimits::as_select()).load(conn).await
+                rows.select(KeyLimits::as_select()).load(&mut **conn).await
             }
         }
     }

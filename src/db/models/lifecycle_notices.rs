@@ -37,30 +37,12 @@ pub async fn keys_expiring_unnoticed(
         .select(api_keys::id)
         .order(api_keys::expires_at)
         .limit(limit);
-    // Only the lock differs: SQLite has no row locks (one writer).
+    // Only the lock differs: SQLite has no row locks, and its transaction
+    // holds the one write lock from its BEGIN (`DbConnection::transaction`).
     match conn {
         DbConnection::Postgres(conn) => due.for_update().skip_locked().load(&mut **conn).await,
-        DbConnection::Sqlite(conn) => {
-            let conn: &mut crate::db::SqliteAsyncConnection = conn;
-            take_sqlite_write_lock(conn).await?;
-            due.load(conn).await
-        }
+        DbConnection::Sqlite(conn) => due.load(&mut **conn).await,
     }
-}
-
-/// SQLite has no row locks: a write as the transaction's first statement
-/// takes the database's write lock (waiting busy_timeout for it), rather
-/// than a read whose later upgrade to a write fails if another connection
-/// wrote in between. It matches no row; starting to write is what locks.
-async fn take_sqlite_write_lock(
-    conn: &mut crate::db::SqliteAsyncConnection,
-) -> diesel::QueryResult<()> {
-    use diesel_async::RunQueryDsl;
-    diesel::update(api_keys::table.filter(api_keys::id.eq(-1)))
-        .set(api_keys::revoked.eq(api_keys::revoked))
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// Records that the key's present expiry has had its event.
@@ -222,11 +204,7 @@ macro_rules! credit_notice_queries {
                 DbConnection::Postgres(conn) => {
                     row.for_update().first(&mut **conn).await.optional()?
                 }
-                DbConnection::Sqlite(conn) => {
-                    let conn: &mut crate::db::SqliteAsyncConnection = conn;
-                    take_sqlite_write_lock(conn).await?;
-                    row.first(conn).await.optional()?
-                }
+                DbConnection::Sqlite(conn) => row.first(&mut **conn).await.optional()?,
             };
             Ok(row.and_then(notice_row))
         }

@@ -63,10 +63,9 @@ impl Organization {
     /// Holds the organization's row against deletion until the transaction
     /// ends (FOR KEY SHARE: other changes to it do not wait); see
     /// [`crate::db::write_in`], which takes it before a change to the rows
-    /// the organization's delete deletes with it. Nothing is held on SQLite,
-    /// whose one writer cannot deadlock, and nothing read: a read before a
-    /// transaction's first write makes that write fail at once (SQLITE_BUSY)
-    /// if another connection wrote in between, where a write waits its turn.
+    /// the organization's delete deletes with it. Nothing to hold on SQLite,
+    /// whose transactions take the one write lock at BEGIN and so cannot
+    /// deadlock.
     pub async fn hold(conn: &mut DbConnection, id: OrganizationId) -> diesel::QueryResult<()> {
         let DbConnection::Postgres(conn) = conn else {
             return Ok(());

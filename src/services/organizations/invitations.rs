@@ -68,9 +68,8 @@ pub async fn create_invitation(
     let (invitation, first) = state
         .write(&mut conn, audit::actor(caller), None, |conn| {
             async move {
-                // A write first: SQLite cannot turn a transaction that
-                // began with a read into a write while another connection
-                // writes (it answers "locked" at once, without waiting).
+                // The organization's row locked first, as every member
+                // change locks it.
                 if !Organization::lock(conn, organization).await? {
                     return Err(AppError::NotFound("organization"));
                 }

@@ -206,10 +206,7 @@ mod tests {
     use crate::db::{Database, DatabaseTarget, PoolSettings};
 
     async fn run(conn: &mut DbConnection, sql: &str) -> diesel::QueryResult<()> {
-        match conn {
-            DbConnection::Sqlite(conn) => conn.batch_execute(sql).await,
-            DbConnection::Postgres(conn) => conn.batch_execute(sql).await,
-        }
+        db_run!(conn => conn.batch_execute(sql).await)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,17 +252,12 @@ mod tests {
             .await;
         let other = other.await.unwrap();
 
-        let mut check = db.conn().await.unwrap();
-        let ends = match &mut check {
-            DbConnection::Sqlite(c) => {
-                use diesel_async::RunQueryDsl;
-                diesel::sql_query("SELECT n FROM counters")
-                    .load::<Counter>(&mut **c)
-                    .await
-            }
-            DbConnection::Postgres(_) => unreachable!("a SQLite database"),
-        };
-        drop((conn, check));
+        let mut reader = db.conn().await.unwrap();
+        let check = &mut reader;
+        let ends: diesel::QueryResult<Vec<Counter>> = db_run!(check => {
+            diesel_async::RunQueryDsl::load(diesel::sql_query("SELECT n FROM counters"), check).await
+        });
+        drop((conn, reader));
         db.close();
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));

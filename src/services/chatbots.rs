@@ -436,7 +436,7 @@ pub async fn delete_chatbot(state: &AppState, caller: &Caller, id: ChatbotId) ->
     delete_row(
         state,
         &mut conn,
-        Invalidation::Chatbot(id),
+        Some(Invalidation::Chatbot(id)),
         "chatbot",
         (audit::actor(caller), record),
         move |conn| Chatbot::delete(conn, id).scope_boxed(),

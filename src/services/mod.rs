@@ -234,11 +234,12 @@ impl AppState {
 }
 
 /// Deletes a row through [`AppState::write`]; NOT_FOUND (naming `what`) if
-/// the row was already gone, and then nothing is recorded.
+/// the row was already gone, and then nothing is recorded. `stale` is what
+/// the caches held of it, if anything.
 async fn delete_row<'a, F>(
     state: &AppState,
     conn: &mut DbConnection,
-    stale: Invalidation,
+    stale: Option<Invalidation>,
     what: &'static str,
     (actor, record): (AuditActor, AuditRecord),
     delete: F,
@@ -250,7 +251,7 @@ where
 {
     let organization = record.target.organization;
     let deleted = state
-        .write_in(conn, organization, actor, Some(stale), move |conn| {
+        .write_in(conn, organization, actor, stale, move |conn| {
             async move {
                 Ok(match delete(conn).await? {
                     true => Written::recorded(true, record),

@@ -255,7 +255,7 @@ pub async fn delete_service_account(
     delete_row(
         state,
         &mut conn,
-        Invalidation::ServiceAccount(id),
+        Some(Invalidation::ServiceAccount(id)),
         "service account",
         (audit::actor(caller), record),
         move |conn| ServiceAccount::delete(conn, id).scope_boxed(),

@@ -389,7 +389,7 @@ pub async fn delete_api_key(state: &AppState, caller: &Caller, id: ApiKeyId) -> 
     delete_row(
         state,
         &mut conn,
-        Invalidation::Key(id),
+        Some(Invalidation::Key(id)),
         "API key",
         (audit::actor(caller), record),
         move |conn| ApiKey::delete(conn, id).scope_boxed(),

@@ -158,7 +158,7 @@ pub async fn delete_invitation(
     delete_row(
         state,
         &mut conn,
-        Invalidation::Organization(organization),
+        Some(Invalidation::Organization(organization)),
         "invitation",
         (audit::actor(caller), record),
         move |conn| Invitation::delete(conn, id).scope_boxed(),

@@ -11,7 +11,7 @@ use tonic::Request;
 
 use super::convert::{self, required_mask_paths};
 use super::events::state_of;
-use super::{audit, required, retries, AppState, Rpc};
+use super::{audit, delete_row, required, retries, AppState, Rpc};
 use crate::auth::{ownership, Caller};
 use crate::db::models::{
     webhook, CreateRequest, NewWebhook, Organization, OrganizationEvent, Webhook, WebhookChanges,
@@ -467,31 +467,18 @@ async fn delete_webhook(state: &AppState, caller: &Caller, id: WebhookId) -> App
         AuditAction::WebhookDelete,
         AuditTarget::webhook(id, current.organization_id),
     );
-    let organization = Some(current.organization_id);
-    let deleted = state
-        .write_in(
-            &mut conn,
-            organization,
-            audit::actor(caller),
-            None,
-            |conn| {
-                async move {
-                    Ok(match Webhook::delete(conn, id).await? {
-                        true => Written::recorded(true, record),
-                        false => Written::unrecorded(false),
-                    })
-                }
-                .scope_boxed()
-            },
-        )
-        .await?;
-    match deleted {
-        true => {
-            tracing::info!(webhook_id = %id, "webhook deleted");
-            Ok(())
-        }
-        false => Err(AppError::NotFound("webhook")),
-    }
+    // No cache holds a webhook.
+    delete_row(
+        state,
+        &mut conn,
+        None,
+        "webhook",
+        (audit::actor(caller), record),
+        |conn| Webhook::delete(conn, id).scope_boxed(),
+    )
+    .await?;
+    tracing::info!(webhook_id = %id, "webhook deleted");
+    Ok(())
 }
 
 async fn list_deliveries(
